@@ -1,0 +1,68 @@
+"""peer-ring core: consistent hashing, membership, transport and the quorum coordinator.
+
+The public API is re-exported here; everything in ``_``-prefixed modules is private.
+"""
+
+from peer_ring.core.__about__ import __version__
+from peer_ring.core._clock import Clock, SystemClock, TimerHandle
+from peer_ring.core._config import DEFAULT_PARTITIONS, PeerRingConfig
+from peer_ring.core._discovery import Discovery
+from peer_ring.core._errors import (
+    InvalidArgumentError,
+    MessageTooLargeError,
+    NotRunningError,
+    OverloadedError,
+    PeerRingError,
+    PeerUnavailableError,
+    QuorumNotReachedError,
+    RemoteError,
+    RequestTimeoutError,
+    UnknownCommandError,
+)
+from peer_ring.core._hashing import bucket_for_key, fingerprint64, partition_for_key
+from peer_ring.core._hooks import DIGEST_BUCKETS, DataHooks
+from peer_ring.core._membership import Membership
+from peer_ring.core._node import Handler, PeerRing
+from peer_ring.core._result import CommandContext, ExecuteResult, Reply
+from peer_ring.core._ring import Ring
+from peer_ring.core._runner import run, uvloop_available
+from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "DIGEST_BUCKETS",
+    "Clock",
+    "CommandContext",
+    "DataHooks",
+    "Discovery",
+    "ExecuteResult",
+    "Handler",
+    "InvalidArgumentError",
+    "Member",
+    "Membership",
+    "MessageTooLargeError",
+    "NotRunningError",
+    "OverloadedError",
+    "PeerRing",
+    "PeerRingConfig",
+    "PeerRingError",
+    "PeerUnavailableError",
+    "QuorumNotReachedError",
+    "RemoteError",
+    "Reply",
+    "Request",
+    "RequestTimeoutError",
+    "Response",
+    "Ring",
+    "Status",
+    "SystemClock",
+    "TimerHandle",
+    "TransferRequest",
+    "UnknownCommandError",
+    "__version__",
+    "bucket_for_key",
+    "fingerprint64",
+    "partition_for_key",
+    "run",
+    "uvloop_available",
+]

@@ -1,0 +1,107 @@
+"""What a replicated operation returns, and what a command handler receives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """Passed to every command handler.
+
+    Attributes:
+        source: address of the node that sent the request (this node's own for local runs).
+        partition: the partition of the key, as computed by the sender.
+        hint: for sloppy-quorum writes, the replica this write is held for ("" otherwise).
+        local: True when the handler runs on the coordinating node itself.
+    """
+
+    source: str
+    partition: int
+    hint: str = ""
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One replica's answer.
+
+    Attributes:
+        node: the replica's address.
+        payload: the handler's result bytes (empty on error).
+        error: the error the replica produced, or None on success.
+    """
+
+    node: str
+    payload: bytes = b""
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the replica answered successfully."""
+        return self.error is None
+
+
+CompletionCallback = Callable[[list["Reply"]], None]
+
+
+class ExecuteResult:
+    """The outcome of ``PeerRing.execute``: returned as soon as the quorum is met.
+
+    ``replies`` holds every reply received so far (at least ``quorum`` successes) and keeps
+    growing as slower replicas answer; ``on_complete`` / ``all_replies`` give the
+    application every replica's reply once all have answered or failed, which is what
+    read repair needs.
+    """
+
+    __slots__ = ("_callbacks", "_complete", "partition", "preference_list", "replies")
+
+    def __init__(self, partition: int, preference_list: tuple[str, ...]) -> None:
+        self.partition = partition
+        self.preference_list = preference_list
+        self.replies: list[Reply] = []
+        self._complete = False
+        self._callbacks: list[CompletionCallback] = []
+
+    @property
+    def ok_replies(self) -> list[Reply]:
+        """Successful replies received so far."""
+        return [r for r in self.replies if r.error is None]
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """Payloads of the successful replies received so far."""
+        return [r.payload for r in self.replies if r.error is None]
+
+    @property
+    def complete(self) -> bool:
+        """True once every replica in the preference list answered or failed."""
+        return self._complete
+
+    def on_complete(self, callback: CompletionCallback) -> None:
+        """Call ``callback(replies)`` once every replica has answered or failed."""
+        if self._complete:
+            callback(list(self.replies))
+        else:
+            self._callbacks.append(callback)
+
+    async def all_replies(self) -> list[Reply]:
+        """Wait for every replica's reply (bounded by the operation's timeout)."""
+        if self._complete:
+            return list(self.replies)
+        fut: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+
+        def resolve(replies: list[Reply]) -> None:
+            if not fut.done():
+                fut.set_result(replies)
+
+        self.on_complete(resolve)
+        return await fut
+
+    def _finish(self) -> None:
+        self._complete = True
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(list(self.replies))

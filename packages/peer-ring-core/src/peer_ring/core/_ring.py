@@ -1,0 +1,468 @@
+"""The ring: fixed partitions, claimed by nodes, and preference lists.
+
+The key space is cut into ``P`` fixed, equal partitions (``fingerprint64(key) % P``), which
+play the role of the virtual nodes of a consistent-hash ring, as in Riak's ``chash``. Nodes
+*claim* partitions with a balance-capped rendezvous (highest-random-weight) assignment, so
+that every node owns ``P // n`` or ``P // n + 1`` partitions and the whole table is a pure
+function of ``(member set, P)``: every peer that sees the same view computes the same
+owners, with no coordination. A partition's preference list (Dynamo paper, section 4.3) is
+its owner followed by the owners of the next partitions clockwise, skipping nodes already in
+the list, until it holds ``n`` distinct nodes.
+
+The exact algorithm, with test vectors, is written down in ``docs/hash-spec.md`` so that a
+client in another language can compute owners; keep the two in step.
+
+A :class:`Ring` is immutable and does no I/O. Preference lists are computed lazily, once
+per replication factor, and then served from a tuple: :meth:`Ring.partition_for_key`,
+:meth:`Ring.owner` and :meth:`Ring.preference_list` are on the request hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+import farmhash
+
+from peer_ring.core._errors import InvalidArgumentError
+from peer_ring.core._hashing import partition_for_key as _partition_for_key
+
+__all__ = ["DEFAULT_PARTITIONS", "PartitionChange", "Ring", "RingDiff"]
+
+#: Default number of partitions. All members of a cluster must use the same value.
+#:
+#: Trade-off (measured with ``tools/ring-stats``, see ``docs/hash-spec.md``): more partitions
+#: bring the data moved when a node joins or leaves closer to the ideal ``1/(n+1)`` on large
+#: clusters, but cost build time and per-partition work (anti-entropy digests, handoff
+#: streams). 2048 keeps movement within ~1.2x of ideal up to ~10 nodes and ~3x at 100, and
+#: builds a 100-node ring in ~0.1 s.
+DEFAULT_PARTITIONS: Final = 2048
+
+# How many best-scoring candidates per partition enter the first, globally sorted pass of
+# the claim. Most partitions are claimed by one of their first few candidates; the rare one
+# that is refused by all of them falls back to a heap that yields its further candidates in
+# exactly the global order, so the result equals the plain algorithm of the spec (a test
+# compares the two). Sorting P*8 instead of P*n candidates is what keeps n=100 fast.
+_FIRST_PASS: Final = 8
+
+# Rings rebuilt from the same view are shared; views change rarely, so a few suffice.
+_BUILD_CACHE_SIZE: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionChange:
+    """How one partition's preference list differs between two rings.
+
+    Attributes:
+        partition: the partition.
+        before: its preference list in the old ring.
+        after: its preference list in the new ring.
+    """
+
+    partition: int
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    @property
+    def added(self) -> frozenset[str]:
+        """Nodes that replicate the partition only in the new ring (they must receive it)."""
+        return frozenset(self.after).difference(self.before)
+
+    @property
+    def removed(self) -> frozenset[str]:
+        """Nodes that replicate the partition only in the old ring (they may drop it)."""
+        return frozenset(self.before).difference(self.after)
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """Old replicas that stay replicas, in old preference order (handoff sources)."""
+        return tuple(node for node in self.before if node in self.after)
+
+    @property
+    def owner_changed(self) -> bool:
+        """Whether the primary (first node of the list) differs."""
+        return self.before[0] != self.after[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RingDiff:
+    """The data movement between two rings at one replication factor.
+
+    Built by :meth:`Ring.diff`. ``gained`` and ``lost`` drive rebalancing: a node pulls the
+    partitions it gained (from the old replicas, see :attr:`PartitionChange.kept`) and may
+    drop the partitions it lost once the new replicas hold them.
+
+    Attributes:
+        replication: the preference-list length the diff was computed at.
+        changes: every partition whose preference list changed (new replicas, removed
+            replicas, or only a new order), by increasing partition.
+        gained: node -> partitions it replicates in the new ring but not in the old one.
+            Only nodes with at least one gained partition appear.
+        lost: node -> partitions it replicates in the old ring but not in the new one.
+            Only nodes with at least one lost partition appear.
+    """
+
+    replication: int
+    changes: tuple[PartitionChange, ...]
+    gained: Mapping[str, frozenset[int]]
+    lost: Mapping[str, frozenset[int]]
+
+    def gained_by(self, node: str) -> frozenset[int]:
+        """Partitions ``node`` must receive (empty when none)."""
+        return self.gained.get(node, frozenset())
+
+    def lost_by(self, node: str) -> frozenset[int]:
+        """Partitions ``node`` no longer replicates (empty when none)."""
+        return self.lost.get(node, frozenset())
+
+    @property
+    def moved_replicas(self) -> int:
+        """How many (partition, node) replicas must be copied to a node that lacks them."""
+        return sum(len(parts) for parts in self.gained.values())
+
+    def __bool__(self) -> bool:
+        """True when any preference list changed."""
+        return bool(self.changes)
+
+
+class Ring:
+    """An immutable assignment of ``partitions`` partitions to a set of member nodes.
+
+    Args:
+        members: node identities (``host:port`` addresses); order and duplicates do not
+            matter. Must be non-empty and hold at most ``partitions`` distinct nodes.
+        partitions: number of partitions ``P``; every member of a cluster must agree on it.
+
+    Raises:
+        InvalidArgumentError: no members, an empty or non-``str`` member, ``partitions < 1``,
+            or more members than partitions (some node would own nothing).
+
+    Example:
+        >>> ring = Ring(["127.0.0.1:7101", "127.0.0.2:7101", "127.0.0.3:7101"])
+        >>> p = ring.partition_for_key("user:1")
+        >>> len(ring.preference_list(p, 3))
+        3
+    """
+
+    __slots__ = ("_hash", "_lists", "_members", "_owners", "_partitions", "_shares")
+
+    def __init__(self, members: Iterable[str], partitions: int = DEFAULT_PARTITIONS) -> None:
+        nodes = _check_members(members)
+        _check_partitions(partitions)
+        if len(nodes) > partitions:
+            raise InvalidArgumentError(
+                f"a ring of {partitions} partitions cannot hold {len(nodes)} members: "
+                "every member must own at least one partition"
+            )
+        self._members: tuple[str, ...] = tuple(sorted(nodes))
+        self._partitions = partitions
+        self._owners: tuple[str, ...] = tuple(
+            self._members[i] for i in _claim(self._members, partitions)
+        )
+        self._hash = hash((self._members, partitions))
+        # Caches keyed by the requested replication n (several n may share one entry).
+        self._lists: dict[int, tuple[tuple[str, ...], ...]] = {1: tuple((o,) for o in self._owners)}
+        self._shares: dict[int, Mapping[str, frozenset[int]]] = {}
+
+    @classmethod
+    def build(cls, members: Iterable[str], partitions: int = DEFAULT_PARTITIONS) -> Ring:
+        """Return the ring of ``members``, shared with earlier calls for the same set.
+
+        Membership views rebuild rings often, and mostly for member sets seen before (a
+        node flaps, or every peer reports the same change); a small LRU cache keyed by the
+        member *set* makes those rebuilds free. Prefer it to the constructor.
+        """
+        return _build_cached(frozenset(_check_members(members)), _check_partitions(partitions))
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        """The number of partitions ``P``."""
+        return self._partitions
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The member nodes, sorted (by code point, which is UTF-8 byte order)."""
+        return self._members
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        """The partition table: ``owners[p]`` is the primary of partition ``p``."""
+        return self._owners
+
+    def __len__(self) -> int:
+        """The number of members."""
+        return len(self._members)
+
+    def __contains__(self, node: object) -> bool:
+        """Whether ``node`` is a member."""
+        return node in self._shares_for(1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ring):
+            return NotImplemented
+        return self._partitions == other._partitions and self._members == other._members
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        shown = ", ".join(self._members[:4]) + (", ..." if len(self._members) > 4 else "")
+        return f"Ring([{shown}] ({len(self._members)} members), partitions={self._partitions})"
+
+    # -- lookups (hot path) ------------------------------------------------------------------
+
+    def partition_for_key(self, key: bytes | str) -> int:
+        """The partition of ``key``: ``fingerprint64(key) % partitions`` (UTF-8 for ``str``)."""
+        return _partition_for_key(key, self._partitions)
+
+    def owner(self, partition: int) -> str:
+        """The primary node of ``partition``.
+
+        Raises:
+            InvalidArgumentError: ``partition`` is not in ``range(partitions)``.
+        """
+        if 0 <= partition < self._partitions:
+            return self._owners[partition]
+        raise self._bad_partition(partition)
+
+    def preference_list(self, partition: int, n: int) -> tuple[str, ...]:
+        """The first ``min(n, len(ring))`` distinct nodes responsible for ``partition``.
+
+        The owner comes first, then the owners of ``partition + 1``, ``partition + 2``...
+        (modulo ``partitions``), each node once.
+
+        Raises:
+            InvalidArgumentError: ``n < 1`` or ``partition`` is out of range.
+        """
+        lists = self._lists.get(n)
+        if lists is None:
+            lists = self._lists_for(n)
+        if 0 <= partition < self._partitions:
+            return lists[partition]
+        raise self._bad_partition(partition)
+
+    def partitions_of(self, node: str, n: int) -> frozenset[int]:
+        """Partitions whose preference list of length ``n`` contains ``node``.
+
+        ``n=1`` gives the partitions ``node`` owns. A node that is not a member holds none.
+
+        Raises:
+            InvalidArgumentError: ``n < 1``.
+        """
+        return self._shares_for(n).get(node, frozenset())
+
+    # -- data movement ---------------------------------------------------------------------
+
+    def diff(self, other: Ring, n: int) -> RingDiff:
+        """What changes, at replication ``n``, when the cluster moves from this ring to ``other``.
+
+        Raises:
+            InvalidArgumentError: the rings have different partition counts, or ``n < 1``.
+        """
+        if other._partitions != self._partitions:
+            raise InvalidArgumentError(
+                f"cannot diff rings of {self._partitions} and {other._partitions} partitions"
+            )
+        before, after = self._lists_for(n), other._lists_for(n)
+        changes: list[PartitionChange] = []
+        gained: dict[str, set[int]] = {}
+        lost: dict[str, set[int]] = {}
+        for partition, (old, new) in enumerate(zip(before, after, strict=True)):
+            if old == new:
+                continue
+            changes.append(PartitionChange(partition, old, new))
+            for node in new:
+                if node not in old:
+                    gained.setdefault(node, set()).add(partition)
+            for node in old:
+                if node not in new:
+                    lost.setdefault(node, set()).add(partition)
+        return RingDiff(
+            replication=n,
+            changes=tuple(changes),
+            gained=_freeze(gained),
+            lost=_freeze(lost),
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _lists_for(self, n: int) -> tuple[tuple[str, ...], ...]:
+        lists = self._lists.get(n)
+        if lists is not None:
+            return lists
+        _check_replication(n)
+        effective = min(n, len(self._members))
+        lists = self._lists.get(effective)
+        if lists is None:
+            lists = _preference_lists(self._owners, effective)
+            self._lists[effective] = lists
+        # Racing threads may both compute; the results are equal, so either may win.
+        self._lists[n] = lists
+        return lists
+
+    def _shares_for(self, n: int) -> Mapping[str, frozenset[int]]:
+        shares = self._shares.get(n)
+        if shares is None:
+            acc: dict[str, list[int]] = {node: [] for node in self._members}
+            for partition, nodes in enumerate(self._lists_for(n)):
+                for node in nodes:
+                    acc[node].append(partition)
+            shares = MappingProxyType({node: frozenset(ps) for node, ps in acc.items()})
+            self._shares[n] = shares
+        return shares
+
+    def _bad_partition(self, partition: int) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"partition {partition!r} is out of range for a ring of {self._partitions} partitions"
+        )
+
+
+@functools.lru_cache(maxsize=_BUILD_CACHE_SIZE)
+def _build_cached(members: frozenset[str], partitions: int) -> Ring:
+    return Ring(members, partitions)
+
+
+def _check_members(members: Iterable[str]) -> set[str]:
+    # A lone address string is iterable too; without this check it would become a ring
+    # of one-character "nodes".
+    if isinstance(members, (str, bytes)):
+        raise InvalidArgumentError(f"members must be a collection of addresses, not {members!r}")
+    nodes = set(members)
+    if not nodes:
+        raise InvalidArgumentError("a ring needs at least one member")
+    for node in nodes:
+        if not isinstance(node, str) or not node:
+            raise InvalidArgumentError(f"a member must be a non-empty str, got {node!r}")
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form to hash
+            raise InvalidArgumentError(f"member {node!r} is not valid Unicode") from exc
+    return nodes
+
+
+def _check_partitions(partitions: int) -> int:
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise InvalidArgumentError(f"partitions must be an int >= 1, got {partitions!r}")
+    return partitions
+
+
+def _check_replication(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidArgumentError(f"replication n must be an int >= 1, got {n!r}")
+
+
+def _freeze(acc: dict[str, set[int]]) -> Mapping[str, frozenset[int]]:
+    return MappingProxyType({node: frozenset(ps) for node, ps in sorted(acc.items())})
+
+
+def _claim(members: tuple[str, ...], partitions: int) -> list[int]:
+    """Assign every partition to a member; return the owner's index in ``members``.
+
+    The spec (``docs/hash-spec.md``, "Claim"): with ``q, r = divmod(P, n)``, walk every
+    (partition, node) pair by descending ``score = fingerprint64(f"{p}:{node}")`` (ties:
+    lower partition first, then lower node), and give ``p`` to ``node`` when ``p`` is free
+    and ``node`` holds fewer than ``q`` partitions, or exactly ``q`` while fewer than ``r``
+    nodes hold ``q + 1``. Every node ends with ``q`` or ``q + 1`` partitions.
+
+    ``members`` must be sorted, distinct, and no more than ``partitions``.
+    """
+    n = len(members)
+    q, r = divmod(partitions, n)
+    fingerprint = farmhash.fingerprint64
+    # Pack (score, partition, node) into one int so that sorting compares ints only, and so
+    # that *descending* int order is the spec's order: score descending, then partition
+    # ascending, then node ascending (hence the complements in the low bits).
+    node_bits = (n - 1).bit_length()
+    part_bits = (partitions - 1).bit_length()
+    node_mask = (1 << node_bits) - 1
+    part_mask = (1 << part_bits) - 1
+    shift = node_bits + part_bits
+    encoded = [(m.encode("utf-8"), node_mask - i) for i, m in enumerate(members)]
+    first_pass = min(_FIRST_PASS, n)
+
+    rows: list[list[int]] = []  # per partition: all its candidates, best first
+    first: list[int] = []  # the best ``first_pass`` candidates of every partition
+    for p in range(partitions):
+        prefix = b"%d:" % p
+        low = (part_mask - p) << node_bits
+        row = [(fingerprint(prefix + m) << shift) | low | tail for m, tail in encoded]
+        row.sort(reverse=True)
+        rows.append(row)
+        first += row[:first_pass]
+    first.sort(reverse=True)
+
+    owner = [-1] * partitions
+    held = [0] * n
+    extra = r  # how many more nodes may still reach q + 1
+    left = partitions
+    queued = [first_pass] * partitions  # how many of each row entered the candidate stream
+    later: list[int] = []  # max-heap (negated) of candidates beyond the first pass
+
+    def offer(cand: int) -> None:
+        nonlocal extra, left
+        p = part_mask - ((cand >> node_bits) & part_mask)
+        if owner[p] >= 0:
+            return
+        i = node_mask - (cand & node_mask)
+        c = held[i]
+        if c < q or (c == q and extra > 0):
+            if c == q:
+                extra -= 1
+            owner[p] = i
+            held[i] = c + 1
+            left -= 1
+            return
+        # Refused: a node that is full stays full, so the plain algorithm would simply go
+        # on to p's next candidate. If this was the last one of p in the stream, queue the
+        # next. (It cannot run out: all nodes full means all P partitions are claimed.)
+        k = queued[p]
+        if rows[p][k - 1] == cand:
+            queued[p] = k + 1
+            heapq.heappush(later, -rows[p][k])
+
+    for cand in first:
+        while later and -later[0] > cand:
+            offer(-heapq.heappop(later))
+        offer(cand)
+        if not left:
+            return owner
+    while left:
+        offer(-heapq.heappop(later))
+    return owner
+
+
+def _preference_lists(owners: tuple[str, ...], n: int) -> tuple[tuple[str, ...], ...]:
+    """Preference lists of length ``n`` for every partition.
+
+    ``n`` must not exceed the number of distinct owners. Rather than walking the ring from
+    every partition, derive each list from its successor's: the list of ``p`` is ``owner(p)``
+    followed by the list of ``p + 1`` without ``owner(p)``, cut to ``n`` (the first ``n - 1``
+    distinct nodes other than ``owner(p)`` met from ``p + 1`` on are exactly those).
+    """
+    size = len(owners)
+    walk: list[str] = []
+    j = size - 1
+    while len(walk) < n:
+        node = owners[j % size]
+        if node not in walk:
+            walk.append(node)
+        j += 1
+    lists: list[tuple[str, ...]] = [()] * size
+    following = lists[size - 1] = tuple(walk)
+    for p in range(size - 2, -1, -1):
+        node = owners[p]
+        if following[0] == node:
+            current = following
+        elif node in following:
+            i = following.index(node)
+            current = (node, *following[:i], *following[i + 1 :])
+        else:
+            current = (node, *following[: n - 1])
+        lists[p] = following = current
+    return tuple(lists)
