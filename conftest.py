@@ -33,6 +33,9 @@ from typing import Protocol
 
 import pytest
 
+# `pytester` lets the repository-level tests (tests/) run pytest on generated test trees.
+pytest_plugins = ["pytester"]
+
 
 class RequireComponent(Protocol):
     """Signature of the callable returned by the ``require_component`` fixture."""

@@ -143,9 +143,7 @@ async def test_quorum_greater_than_replication_is_rejected(
     assert (await nodes[0].execute("t", "put", b"k", b"v", quorum=3)).complete
 
 
-async def test_unknown_command_names_the_replicas(
-    network: MemoryNetwork, clock: FakeClock
-) -> None:
+async def test_unknown_command_names_the_replicas(network: MemoryNetwork, clock: FakeClock) -> None:
     nodes, _ = await make_cluster(3, network, clock)
     with pytest.raises(QuorumNotReachedError) as info:
         await nodes[0].execute("nope", "cmd", b"k", b"", quorum=2)
@@ -222,9 +220,7 @@ async def test_partitioned_peer_is_suspected_then_cleared(
     assert not nodes[0].membership.is_suspected(b)
 
 
-async def test_single_node_cannot_meet_quorum_two(
-    network: MemoryNetwork, clock: FakeClock
-) -> None:
+async def test_single_node_cannot_meet_quorum_two(network: MemoryNetwork, clock: FakeClock) -> None:
     nodes, _ = await make_cluster(1, network, clock)
     with pytest.raises(QuorumNotReachedError, match="only 1 member"):
         await nodes[0].execute("t", "put", b"k", b"v", replication=3, quorum=2)

@@ -68,8 +68,17 @@ def test_from_env_missing(env: dict[str, str], message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["127.0.0.1", "127.0.0.1:", ":7101", "127.0.0.1:0", "127.0.0.1:99999", "::1:7101",
-            "[zz]:7101", "host:port"]
+    "bad",
+    [
+        "127.0.0.1",
+        "127.0.0.1:",
+        ":7101",
+        "127.0.0.1:0",
+        "127.0.0.1:99999",
+        "::1:7101",
+        "[zz]:7101",
+        "host:port",
+    ],
 )
 def test_bad_addresses_rejected(bad: str) -> None:
     with pytest.raises(InvalidArgumentError):

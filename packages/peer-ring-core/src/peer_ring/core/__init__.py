@@ -5,7 +5,7 @@ The public API is re-exported here; everything in ``_``-prefixed modules is priv
 
 from peer_ring.core.__about__ import __version__
 from peer_ring.core._clock import Clock, SystemClock, TimerHandle
-from peer_ring.core._config import DEFAULT_PARTITIONS, PeerRingConfig
+from peer_ring.core._config import PeerRingConfig, check_replication
 from peer_ring.core._discovery import Discovery
 from peer_ring.core._errors import (
     InvalidArgumentError,
@@ -24,8 +24,9 @@ from peer_ring.core._hooks import DIGEST_BUCKETS, DataHooks
 from peer_ring.core._membership import Membership
 from peer_ring.core._node import Handler, PeerRing
 from peer_ring.core._result import CommandContext, ExecuteResult, Reply
-from peer_ring.core._ring import Ring
+from peer_ring.core._ring import DEFAULT_PARTITIONS, Ring
 from peer_ring.core._runner import run, uvloop_available
+from peer_ring.core._status import error_for_status, status_for_error
 from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
 
 __all__ = [
@@ -61,8 +62,11 @@ __all__ = [
     "UnknownCommandError",
     "__version__",
     "bucket_for_key",
+    "check_replication",
+    "error_for_status",
     "fingerprint64",
     "partition_for_key",
     "run",
+    "status_for_error",
     "uvloop_available",
 ]

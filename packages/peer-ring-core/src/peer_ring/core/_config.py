@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peer_ring.core._errors import InvalidArgumentError
+from peer_ring.core._ring import DEFAULT_PARTITIONS
 from peer_ring.core.transport._base import TransportLimits
-
-#: Default number of partitions. All members of a cluster must use the same value.
-#: See docs/hash-spec.md for the balance / movement / ring-build-time trade-off.
-DEFAULT_PARTITIONS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +40,7 @@ class PeerRingConfig:
             raise InvalidArgumentError(f"partitions must be >= 1, got {self.partitions}")
         check_replication(self.replication, self.quorum)
         if self.request_timeout <= 0:
-            raise InvalidArgumentError(
-                f"request_timeout must be > 0, got {self.request_timeout}"
-            )
+            raise InvalidArgumentError(f"request_timeout must be > 0, got {self.request_timeout}")
 
     def quorum_for(self, replication: int) -> int:
         """The default quorum for ``replication`` replicas."""

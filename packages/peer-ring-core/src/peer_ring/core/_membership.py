@@ -33,7 +33,7 @@ class Membership:
         self._clock = clock
         self._suspicion_timeout = suspicion_timeout
         self._members: dict[str, Member] = {self_address: Member(self_address)}
-        self._ring = Ring([self_address], partitions)
+        self._ring = Ring.build([self_address], partitions)
         self._suspected: dict[str, float] = {}
         self._listeners: list[RingListener] = []
 
@@ -65,7 +65,7 @@ class Membership:
             del self._suspected[gone]
         if changed:
             old = self._ring
-            self._ring = Ring(new.keys(), self._partitions)
+            self._ring = Ring.build(new.keys(), self._partitions)
             logger.info(
                 "membership changed: %d members (+%s -%s)",
                 len(new),

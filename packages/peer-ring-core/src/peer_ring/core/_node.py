@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._config import PeerRingConfig, check_replication
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 #: A command handler: ``handler(ctx, key, payload) -> result bytes``. Plain functions run
 #: inline (fastest: no Task); coroutine functions are awaited.
-Handler = Callable[[CommandContext, bytes, bytes], Union[bytes, Awaitable[bytes]]]
+Handler = Callable[[CommandContext, bytes, bytes], bytes | Awaitable[bytes]]
 
 #: Records are moved in chunks of at most this many bytes (well under the message limit).
 _TRANSFER_CHUNK_BYTES = 1 << 20
@@ -197,9 +197,7 @@ class PeerRing:
             self._watch_discovery(), name=f"peer-ring-discovery-{self._address}"
         )
         self._started.set()
-        logger.info(
-            "node %s started with %d members", self._address, len(self._membership.members)
-        )
+        logger.info("node %s started with %d members", self._address, len(self._membership.members))
 
     async def stop(self) -> None:
         """Stop discovery and the transport. Idempotent."""
@@ -405,17 +403,13 @@ class PeerRing:
     ) -> AsyncIterator[list[bytes]]:
         """Stream the records ``node`` exports for one partition (bulk data movement)."""
         request = TransferRequest(namespace, partition, tuple(sorted(buckets)))
-        async for chunk in self._transport.transfer(
-            node, request, self._config.transfer_timeout
-        ):
+        async for chunk in self._transport.transfer(node, request, self._config.transfer_timeout):
             yield chunk
 
     # -- inbound -----------------------------------------------------------------------
 
     def _unknown(self, namespace: str, command: str) -> UnknownCommandError:
-        return UnknownCommandError(
-            f"unknown command {namespace}/{command} on {self._address}"
-        )
+        return UnknownCommandError(f"unknown command {namespace}/{command} on {self._address}")
 
     def _on_request(self, source: str, request: Request) -> Response | Awaitable[Response]:
         handler = self._handlers.get((request.namespace, request.command))

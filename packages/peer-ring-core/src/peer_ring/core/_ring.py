@@ -148,7 +148,7 @@ class Ring:
         3
     """
 
-    __slots__ = ("_hash", "_lists", "_members", "_owners", "_partitions", "_shares")
+    __slots__ = ("_hash", "_lists", "_member_set", "_members", "_owners", "_partitions", "_shares")
 
     def __init__(self, members: Iterable[str], partitions: int = DEFAULT_PARTITIONS) -> None:
         nodes = _check_members(members)
@@ -159,6 +159,7 @@ class Ring:
                 "every member must own at least one partition"
             )
         self._members: tuple[str, ...] = tuple(sorted(nodes))
+        self._member_set = frozenset(nodes)
         self._partitions = partitions
         self._owners: tuple[str, ...] = tuple(
             self._members[i] for i in _claim(self._members, partitions)
@@ -201,7 +202,7 @@ class Ring:
 
     def __contains__(self, node: object) -> bool:
         """Whether ``node`` is a member."""
-        return node in self._shares_for(1)
+        return node in self._member_set
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Ring):

@@ -17,8 +17,7 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import cast
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._errors import (
@@ -56,9 +55,7 @@ class MemoryNetwork:
         self._paused: set[str] = set()
         self.delivered = 0
 
-    def transport(
-        self, address: str, *, limits: TransportLimits | None = None
-    ) -> MemoryTransport:
+    def transport(self, address: str, *, limits: TransportLimits | None = None) -> MemoryTransport:
         """Create the transport of the node at ``address``."""
         return MemoryTransport(self, address, limits or TransportLimits())
 
@@ -73,7 +70,7 @@ class MemoryNetwork:
                 node.notify_reachability(y, False)
 
     def heal(self, a: str | None = None, b: str | None = None) -> None:
-        """Restore the link ``a``–``b``, or every link when called without arguments."""
+        """Restore the link ``a`` - ``b``, or every link when called without arguments."""
         healed = list(self._cuts) if a is None else [frozenset((a, b or ""))]
         for link in healed:
             self._cuts.discard(link)
@@ -210,9 +207,7 @@ class MemoryTransport(Transport):
             return  # swallowed: the sender's deadline fires
         target._handle(self._address, request, lambda resp: self._reply(peer, rid, resp))
 
-    def _handle(
-        self, source: str, request: Request, respond: Callable[[Response], None]
-    ) -> None:
+    def _handle(self, source: str, request: Request, respond: Callable[[Response], None]) -> None:
         assert self._on_request is not None
         try:
             result = self._on_request(source, request)
@@ -220,7 +215,7 @@ class MemoryTransport(Transport):
             respond(Response(Status.ERROR, b"", f"{type(exc).__name__}: {exc}"))
             return
         if inspect.isawaitable(result):
-            task = asyncio.ensure_future(cast("Awaitable[Response]", result))
+            task = asyncio.ensure_future(result)
 
             def done(t: asyncio.Future[Response]) -> None:
                 if t.cancelled():
@@ -233,7 +228,7 @@ class MemoryTransport(Transport):
 
             task.add_done_callback(done)
         else:
-            respond(cast(Response, result))
+            respond(result)
 
     def _reply(self, peer: str, rid: int, response: Response) -> None:
         def arrive() -> None:
@@ -247,7 +242,7 @@ class MemoryTransport(Transport):
 
         self._network._schedule(arrive)
 
-    async def transfer(  # type: ignore[override]
+    async def transfer(
         self, peer: str, request: TransferRequest, timeout: float
     ) -> AsyncIterator[list[bytes]]:
         if not self.running:

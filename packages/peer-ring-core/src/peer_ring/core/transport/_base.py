@@ -44,6 +44,11 @@ class TransportLimits:
         connect_timeout: seconds to wait for a peer's stream to open.
         backoff_initial / backoff_max: reconnect delays after a broken stream (doubling,
             with jitter).
+        default_timeout: deadline in seconds of a request whose ``timeout`` is 0.
+        keepalive_time / keepalive_timeout: a transport pings an idle connection every
+            ``keepalive_time`` seconds and drops it when the ping is not answered within
+            ``keepalive_timeout``, so a peer that vanished without closing its sockets
+            (power loss, network partition, SIGSTOP) is detected in bounded time.
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
@@ -52,6 +57,9 @@ class TransportLimits:
     connect_timeout: float = 5.0
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
+    default_timeout: float = 5.0
+    keepalive_time: float = 10.0
+    keepalive_timeout: float = 5.0
 
 
 class Transport(ABC):

@@ -38,9 +38,7 @@ class StaticDiscovery:
         self._self = normalize_address(self_address)
         normalized = [normalize_address(p) for p in peers if p.strip()]
         if self._self not in normalized:
-            logger.warning(
-                "self address %s is not in the peer list; adding it", self._self
-            )
+            logger.warning("self address %s is not in the peer list; adding it", self._self)
             normalized.append(self._self)
         self._members = frozenset(Member(p) for p in normalized)
         self._stopped = asyncio.Event()

@@ -1,0 +1,24 @@
+"""Transports: how peer-ring nodes exchange requests, responses and bulk transfers.
+
+:class:`Transport` is the contract the coordinator uses; :class:`GrpcTransport` is the
+production implementation (wire spec: ``peer_ring/core/proto/peer_ring.proto``), and
+``peer_ring.core.testing.MemoryTransport`` the in-process one.
+"""
+
+from peer_ring.core.transport._base import (
+    InboundHandler,
+    ReachabilityListener,
+    TransferHandler,
+    Transport,
+    TransportLimits,
+)
+from peer_ring.core.transport._grpc import GrpcTransport
+
+__all__ = [
+    "GrpcTransport",
+    "InboundHandler",
+    "ReachabilityListener",
+    "TransferHandler",
+    "Transport",
+    "TransportLimits",
+]

@@ -1,0 +1,505 @@
+"""The gRPC implementation of :class:`~peer_ring.core.transport.Transport`.
+
+Wire protocol: ``peer_ring/core/proto/peer_ring.proto``. Moving parts:
+
+- a ``grpc.aio`` server on this node's address serves the ``Exchange`` streams peers open
+  to us (:mod:`._inbound`) and the ``Transfer`` RPC;
+- one :class:`~._outbound.PeerConnection` per peer holds the channel and this node's
+  ``Exchange`` stream to it (:mod:`._outbound`);
+- one :class:`~._deadlines.DeadlineWheel` holds every request deadline.
+
+Both RPCs are registered with *raw bytes* (no gRPC-level serializers): frames are built from
+pre-serialized parts (see :mod:`._codec`) and parsed by our reader, which also lets a
+malformed frame be refused cleanly instead of failing inside gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import logging
+import random
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from peer_ring.core._clock import Clock, SystemClock
+from peer_ring.core._errors import (
+    InvalidArgumentError,
+    MessageTooLargeError,
+    NotRunningError,
+    PeerRingError,
+    PeerUnavailableError,
+    RemoteError,
+    RequestTimeoutError,
+    UnknownCommandError,
+)
+from peer_ring.core._types import Request, Response, TransferRequest
+from peer_ring.core.transport._base import (
+    InboundHandler,
+    ReachabilityListener,
+    TransferHandler,
+    Transport,
+    TransportLimits,
+)
+from peer_ring.core.transport._codec import (
+    RecordTooLargeError,
+    decode_transfer_chunk,
+    decode_transfer_request,
+    encode_transfer_request,
+    transfer_chunks,
+)
+from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._inbound import InboundStream
+from peer_ring.core.transport._options import (
+    ACCEPTED_KEY,
+    AUTHORIZATION_KEY,
+    EOF,
+    EXCHANGE_METHOD,
+    SENDER_KEY,
+    SERVICE,
+    TRANSFER_METHOD,
+    TRANSFER_PATH,
+    channel_options,
+    server_options,
+)
+from peer_ring.core.transport._outbound import Metadata, PeerConnection
+from peer_ring.core.transport._stats import TransportStats
+
+logger = logging.getLogger(__name__)
+
+#: Seconds ``close()`` lets in-progress RPCs (transfers) finish before cancelling them.
+CLOSE_GRACE = 0.5
+
+_Refusal = tuple[grpc.StatusCode, str]
+
+
+class GrpcTransport(Transport):
+    """Transport over gRPC (grpc.aio): one multiplexed, coalescing stream per peer.
+
+    Args:
+        address: ``host:port`` to listen on; it is also this node's identity, sent to peers.
+            Port 0 picks a free port (``address`` then reports the real one after ``start``).
+        limits: resource bounds (message size, in-flight, queue, timeouts, backoff).
+        token: shared cluster secret. When set, it is sent to peers and required from them
+            (``authorization: Bearer <token>``); a stream without it is refused with
+            UNAUTHENTICATED. Use TLS when the network is not trusted: the token is sent as is.
+        clock: source of time for deadlines, connect timeouts and backoff.
+        server_credentials: ``grpc.ServerCredentials`` for TLS/mTLS on the listener
+            (``grpc.ssl_server_credentials(...)``, or dynamic credentials for reloading).
+        channel_credentials: ``grpc.ChannelCredentials`` for TLS/mTLS to peers.
+        rng: randomness for backoff jitter (seed it for reproducible runs).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        limits: TransportLimits = TransportLimits(),  # noqa: B008 - frozen, shared safely
+        token: str | None = None,
+        clock: Clock | None = None,
+        server_credentials: grpc.ServerCredentials | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if limits.max_message_bytes < 64:
+            raise InvalidArgumentError("max_message_bytes must be at least 64")
+        self._address = address
+        self._limits = limits
+        self._clock: Clock = clock or SystemClock()
+        self._server_credentials = server_credentials
+        self._channel_credentials = channel_credentials
+        self._rng = rng or random.Random()
+        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self._token = token
+        self._stats = TransportStats()
+        self._wheel = DeadlineWheel(self._clock)
+        self._peers: dict[str, PeerConnection] = {}
+        self._inbound: set[InboundStream] = set()
+        self._listeners: list[ReachabilityListener] = []
+        self._server: grpc.aio.Server | None = None
+        self._on_request: InboundHandler | None = None
+        self._on_transfer: TransferHandler | None = None
+        self._running = False
+        self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
+        self._metadata = self._build_metadata()
+
+    def _build_metadata(self) -> Metadata:
+        if self._token:
+            return ((SENDER_KEY, self._address), (AUTHORIZATION_KEY, f"Bearer {self._token}"))
+        return ((SENDER_KEY, self._address),)
+
+    # -- Transport API -----------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The local ``host:port`` peers use to reach this node."""
+        return self._address
+
+    @property
+    def limits(self) -> TransportLimits:
+        """The resource bounds this transport enforces."""
+        return self._limits
+
+    async def start(self, on_request: InboundHandler, on_transfer: TransferHandler) -> None:
+        """Bind the address and serve peers.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not local, malformed).
+            NotRunningError: the transport was already closed (transports are single-use).
+        """
+        if self._closed:
+            raise NotRunningError(f"transport {self._address} is closed; create a new one")
+        if self._running:
+            return
+        self._on_request = on_request
+        self._on_transfer = on_transfer
+        server = grpc.aio.server(options=server_options(self._limits))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE,
+                    {
+                        # No serializers: handlers get and return raw bytes.
+                        EXCHANGE_METHOD: grpc.stream_stream_rpc_method_handler(
+                            self._serve_exchange
+                        ),
+                        TRANSFER_METHOD: grpc.unary_stream_rpc_method_handler(self._serve_transfer),
+                    },
+                ),
+            )
+        )
+        try:
+            if self._server_credentials is not None:
+                port = server.add_secure_port(self._address, self._server_credentials)
+            else:
+                port = server.add_insecure_port(self._address)
+        except RuntimeError as exc:
+            raise _bind_error(self._address, str(exc)) from exc
+        if port == 0:
+            raise _bind_error(self._address, "gRPC could not bind")
+        host, _, wanted = self._address.rpartition(":")
+        if wanted == "0":
+            self._address = f"{host}:{port}"
+            self._metadata = self._build_metadata()
+        await server.start()
+        self._server = server
+        self._running = True
+        logger.info("peer-ring transport listening on %s", self._address)
+
+    def request(self, peer: str, request: Request) -> asyncio.Future[Response]:
+        """Send ``request`` to ``peer``; the future resolves with its response.
+
+        Never raises: network problems, deadlines and limits fail the future with
+        ``PeerUnavailableError``, ``RequestTimeoutError``, ``MessageTooLargeError``,
+        ``OverloadedError`` or ``NotRunningError``. Creates no asyncio Task.
+        """
+        conn = self._peers.get(peer)
+        if conn is None:
+            if not self._running:
+                fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+                fut.set_exception(self._not_running())
+                return fut
+            conn = self._connection(peer)
+        return conn.request(request)
+
+    async def connect(self, peer: str) -> None:
+        """Open the stream to ``peer`` now (otherwise the first request does).
+
+        Raises:
+            PeerUnavailableError: the attempt failed (the transport keeps retrying).
+            NotRunningError: the transport is not started.
+        """
+        if not self._running:
+            raise self._not_running()
+        await self._connection(peer).wait_up()
+
+    async def transfer(
+        self,
+        peer: str,
+        request: TransferRequest,
+        timeout: float,  # noqa: ASYNC109 - the contract's name; bounds each chunk, not the call
+    ) -> AsyncIterator[list[bytes]]:
+        """Stream the records ``peer`` exports for ``request``, chunk by chunk.
+
+        ``timeout`` bounds the wait for each chunk. Raises (from iteration)
+        ``PeerUnavailableError``, ``RequestTimeoutError``, ``MessageTooLargeError`` (a record
+        over the size limit), ``UnknownCommandError``/``InvalidArgumentError`` (refused by
+        the peer's handler), ``RemoteError`` (the peer's export failed).
+        """
+        if not self._running:
+            raise self._not_running()
+        conn = self._connection(peer)
+        call: grpc.aio.UnaryStreamCall[bytes, bytes] = conn.channel.unary_stream(
+            TRANSFER_PATH, request_serializer=None, response_deserializer=None
+        )(encode_transfer_request(request), metadata=self._metadata)
+        self._stats.transfers_received += 1
+        try:
+            while True:
+                data = await self._read_within(call, timeout, peer, request)
+                if data is EOF:
+                    return
+                try:
+                    records = decode_transfer_chunk(data)
+                except DecodeError as exc:
+                    self._stats.malformed_frames += 1
+                    raise RemoteError(f"malformed transfer chunk from {peer}: {exc}") from None
+                if records:
+                    yield records
+        except grpc.aio.AioRpcError as exc:
+            if not self._running:
+                raise self._not_running() from None
+            raise _transfer_error(peer, exc) from None
+        finally:
+            call.cancel()
+
+    def add_reachability_listener(self, listener: ReachabilityListener) -> None:
+        """Register a callback for peers becoming (un)reachable.
+
+        Called with ``(peer, False)`` when a stream to the peer broke or could not be opened,
+        and ``(peer, True)`` when a stream is up (again). Only changes are reported.
+        """
+        self._listeners.append(listener)
+
+    def forget_peer(self, peer: str) -> None:
+        """Close the connection to ``peer``; its pending requests fail with
+        ``PeerUnavailableError``. A later request to it connects afresh."""
+        conn = self._peers.pop(peer, None)
+        if conn is None:
+            return
+        conn.shutdown(lambda: PeerUnavailableError(peer, "peer left the cluster"))
+        task = asyncio.get_running_loop().create_task(conn.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Stop serving and close every connection; pending requests fail with
+        ``NotRunningError``. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._running = False
+        peers = list(self._peers.values())
+        self._peers.clear()
+        for conn in peers:
+            conn.shutdown(self._not_running)
+        # Ending our inbound streams first lets their RPCs finish at once, so the server's
+        # grace period only waits for transfers in progress.
+        for stream in list(self._inbound):
+            stream.close()
+        if self._server is not None:
+            await self._server.stop(CLOSE_GRACE)
+        await asyncio.gather(
+            *(conn.aclose() for conn in peers), *self._closing, return_exceptions=True
+        )
+        self._wheel.close()
+        logger.info("peer-ring transport %s closed", self._address)
+
+    # -- extras --------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start (frames, requests, responses, errors, refusals...).
+
+        See :class:`~peer_ring.core.transport._stats.TransportStats` for their meaning.
+        """
+        return self._stats.as_dict()
+
+    def peers(self) -> list[str]:
+        """Peers this transport currently holds a connection object for."""
+        return list(self._peers)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _not_running(self) -> NotRunningError:
+        if self._closed:
+            return NotRunningError(f"transport {self._address} is closed")
+        return NotRunningError(f"transport {self._address} is not started")
+
+    def _connection(self, peer: str) -> PeerConnection:
+        conn = self._peers.get(peer)
+        if conn is None:
+            options = channel_options(self._limits)
+            if self._channel_credentials is not None:
+                channel = grpc.aio.secure_channel(peer, self._channel_credentials, options)
+            else:
+                channel = grpc.aio.insecure_channel(peer, options)
+            conn = PeerConnection(
+                peer,
+                channel,
+                metadata=self._metadata,
+                limits=self._limits,
+                clock=self._clock,
+                rng=self._rng,
+                wheel=self._wheel,
+                stats=self._stats,
+                on_reachability=self._notify,
+            )
+            self._peers[peer] = conn
+        return conn
+
+    def _notify(self, peer: str, reachable: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(peer, reachable)
+            except Exception:
+                logger.exception("reachability listener failed for %s", peer)
+
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str | _Refusal:
+        """Return the sender's address, or why the call is refused."""
+        sender = ""
+        auth = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == SENDER_KEY:
+                sender = str(value)
+            elif key == AUTHORIZATION_KEY:
+                auth = str(value)
+        if self._expected_auth is not None and not hmac.compare_digest(
+            auth.encode(), self._expected_auth
+        ):
+            self._stats.refused_connections += 1
+            logger.warning(
+                "refused %s from %s (%s): %s token",
+                method,
+                sender or "unknown sender",
+                context.peer(),
+                "wrong" if auth else "missing",
+            )
+            return (grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+        if not sender:
+            self._stats.refused_connections += 1
+            logger.warning("refused %s from %s: no %s metadata", method, context.peer(), SENDER_KEY)
+            return (grpc.StatusCode.INVALID_ARGUMENT, f"missing {SENDER_KEY} metadata")
+        if not self._running or self._on_request is None:
+            return (grpc.StatusCode.UNAVAILABLE, "node is stopping")
+        return sender
+
+    async def _serve_exchange(
+        self, _requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
+        admitted = self._admit(context, "Exchange")
+        if isinstance(admitted, tuple):
+            await _abort(context, *admitted)
+        assert self._on_request is not None  # checked by _admit
+        await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+        stream = InboundStream(
+            admitted, context, self._on_request, self._limits.max_message_bytes, self._stats
+        )
+        self._inbound.add(stream)
+        self._stats.inbound_streams += 1
+        try:
+            await stream.run()
+        finally:
+            self._inbound.discard(stream)
+        if stream.abort_reason is not None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, stream.abort_reason)
+
+    async def _serve_transfer(
+        self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
+        admitted = self._admit(context, "Transfer")
+        if isinstance(admitted, tuple):
+            await _abort(context, *admitted)
+        assert self._on_transfer is not None
+        try:
+            request = decode_transfer_request(data)
+        except DecodeError as exc:
+            self._stats.malformed_frames += 1
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+        self._stats.transfers_sent += 1
+        failure: _Refusal | None = None
+        chunks = self._on_transfer(admitted, request)
+        try:
+            async for records in chunks:
+                for chunk in transfer_chunks(records, self._limits.max_message_bytes):
+                    await context.write(chunk)
+        except RecordTooLargeError as exc:
+            failure = (grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except UnknownCommandError as exc:
+            failure = (grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        except InvalidArgumentError as exc:
+            failure = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            if not isinstance(exc, PeerRingError):
+                logger.warning("transfer %s to %s failed", request, admitted, exc_info=exc)
+            failure = (grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            if isinstance(chunks, AsyncGenerator):
+                with contextlib.suppress(Exception):
+                    await chunks.aclose()
+        if failure is not None:
+            await _abort(context, *failure)
+
+    async def _read_within(
+        self,
+        call: grpc.aio.UnaryStreamCall[bytes, bytes],
+        seconds: float,
+        peer: str,
+        request: TransferRequest,
+    ) -> Any:
+        """``call.read()``, failing with ``RequestTimeoutError`` after ``seconds``."""
+        read = asyncio.ensure_future(call.read())
+        expired = False
+
+        def on_timeout() -> None:
+            nonlocal expired
+            expired = True
+            read.cancel()
+
+        timer = self._clock.call_later(seconds, on_timeout)
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if expired:
+                raise RequestTimeoutError(
+                    f"transfer of {request.namespace}/{request.partition} from {peer}: "
+                    f"no chunk within {seconds:g}s"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, details: str
+) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _transfer_error(peer: str, exc: grpc.aio.AioRpcError) -> PeerRingError:
+    code = exc.code()
+    details = exc.details() or code.name
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return RequestTimeoutError(f"transfer from {peer}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return MessageTooLargeError(f"transfer from {peer}: {details}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return UnknownCommandError(f"transfer from {peer}: {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgumentError(f"transfer from {peer}: {details}")
+    if code == grpc.StatusCode.INTERNAL:
+        return RemoteError(f"transfer from {peer} failed: {details}")
+    return PeerUnavailableError(peer, f"{code.name}: {details}")
+
+
+def _bind_error(address: str, detail: str) -> OSError:
+    """Turn gRPC's bind failure (a RuntimeError without errno) into a precise OSError."""
+    host, _, port = address.rpartition(":")
+    code = errno.EADDRINUSE
+    try:
+        family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        code = exc.errno or code
+    except ValueError:
+        code = errno.EINVAL
+    return OSError(code, f"cannot listen on {address}: {detail}")

@@ -1,0 +1,500 @@
+"""The outbound side of a peer link: this node's Exchange stream to one peer.
+
+A :class:`PeerConnection` owns one gRPC channel and, at any time, at most one Exchange
+stream to its peer. It carries this node's requests to the peer and the peer's responses
+back. Its life:
+
+``CONNECTING`` (first attempt; requests queue) -> ``UP`` (requests flow) -> on a broken
+stream ``DOWN`` (pending requests fail, new ones fail fast with ``PeerUnavailableError``;
+reconnect attempts with exponential backoff and jitter run in the background) -> ``UP``
+again ... -> ``CLOSED`` (the peer was forgotten or the transport closed).
+
+Per stream, exactly one *writer* task writes (grpc.aio allows one pending write per
+stream): it sleeps until something is queued, then joins everything queued into one
+frame, writes it, and repeats, so requests made while a write is in progress coalesce
+into the next frame. One *reader* task matches responses to requests by id. There is no
+task per request: :meth:`PeerConnection.request` returns an :class:`OutboundCall` (a
+future) and the request's deadline lives in a shared :class:`DeadlineWheel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from peer_ring.core._clock import Clock
+from peer_ring.core._errors import (
+    MessageTooLargeError,
+    OverloadedError,
+    PeerUnavailableError,
+    RequestTimeoutError,
+)
+from peer_ring.core._types import Request, Response
+from peer_ring.core.proto import peer_ring_pb2 as pb
+from peer_ring.core.transport._base import TransportLimits
+from peer_ring.core.transport._codec import (
+    cancel_parts,
+    join_frames,
+    request_part,
+    status_of,
+    timeout_ms,
+)
+from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
+from peer_ring.core.transport._stats import TransportStats
+
+logger = logging.getLogger(__name__)
+
+#: ``(key, value)`` pairs sent as call metadata.
+Metadata = tuple[tuple[str, str], ...]
+#: Builds the exception a request fails with (a fresh one per future, so tracebacks of
+#: different awaiters never pile up on one shared exception object).
+ErrorFactory = Callable[[], BaseException]
+
+
+class _State(enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+class _ConnectError(Exception):
+    """An attempt to open the Exchange stream failed (the message says why)."""
+
+
+class OutboundCall(asyncio.Future[Response]):
+    """The future of one request: it *is* the request's bookkeeping entry.
+
+    Subclassing the future (instead of adding a done-callback) lets a cancellation by the
+    caller release the in-flight slot at once, at no cost on the normal path.
+    """
+
+    __slots__ = ("_conn", "data", "request", "rid", "sent", "tick", "timeout")
+
+    def __init__(
+        self,
+        conn: PeerConnection,
+        rid: int,
+        request: Request,
+        data: bytes,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(loop=loop)
+        self._conn = conn
+        self.rid = rid
+        self.request = request
+        self.data = data  # the encoded Frame part, until written
+        self.timeout = timeout
+        self.sent = False
+        self.tick = 0
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Abandon the request: the slot is freed and the peer told to stop working on it."""
+        if not super().cancel(msg):
+            return False
+        self._conn.abandon(self)
+        return True
+
+    def expire(self) -> None:
+        """Called by the deadline wheel when the request's deadline passed."""
+        self._conn.expire(self)
+
+
+class PeerConnection:
+    """This node's link to one peer: channel, Exchange stream, pending requests.
+
+    Args:
+        peer: the peer's ``host:port``.
+        channel: the gRPC channel to the peer (owned: closed by :meth:`aclose`).
+        metadata: call metadata identifying this node (sender, token).
+        limits: resource bounds.
+        clock: time source for connect timeouts and backoff.
+        rng: jitter source.
+        wheel: where request deadlines are kept (shared by the transport).
+        stats: the transport's counters.
+        on_reachability: called with ``(peer, reachable)`` on every change.
+    """
+
+    def __init__(
+        self,
+        peer: str,
+        channel: grpc.aio.Channel,
+        *,
+        metadata: Metadata,
+        limits: TransportLimits,
+        clock: Clock,
+        rng: random.Random,
+        wheel: DeadlineWheel,
+        stats: TransportStats,
+        on_reachability: Callable[[str, bool], None],
+    ) -> None:
+        self.peer = peer
+        self.channel = channel
+        self._metadata = metadata
+        self._limits = limits
+        self._clock = clock
+        self._rng = rng
+        self._wheel = wheel
+        self._stats = stats
+        self._on_reachability = on_reachability
+        self._loop = asyncio.get_running_loop()
+        self._max_bytes = limits.max_message_bytes
+        self._max_in_flight = limits.max_in_flight_per_peer
+        # Requests accepted and not yet resolved (queued or sent): in-flight + queued.
+        self._capacity = limits.max_in_flight_per_peer + limits.max_queued_per_peer
+
+        self._state = _State.CONNECTING
+        self._down_reason = "not connected yet"
+        self._closed_error: ErrorFactory = lambda: PeerUnavailableError(peer, "closed")
+        self._reachable: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stream: grpc.aio.StreamStreamCall[bytes, bytes] | None = None
+        self._attempt_waiters: list[asyncio.Future[None]] = []
+
+        # Every unresolved call by id; a call leaves it exactly when its future resolves.
+        self._calls: dict[int, OutboundCall] = {}
+        # Calls not yet written, in order (may hold already-resolved calls: skipped).
+        self._queue: deque[OutboundCall] = deque()
+        self._in_flight = 0  # written and unresolved
+        self._cancels: list[int] = []  # ids to tell the peer to drop
+        self._wakeup = asyncio.Event()  # "the writer has something to do"
+        self._next_id = 1
+
+    # -- requests ------------------------------------------------------------------------
+
+    def request(self, req: Request) -> asyncio.Future[Response]:
+        """Queue ``req``; the returned future resolves with the peer's response."""
+        state = self._state
+        if state is _State.DOWN:
+            self._stats.unavailable += 1
+            return self._failed(PeerUnavailableError(self.peer, self._down_reason))
+        if state is _State.CLOSED:
+            return self._failed(self._closed_error())
+        if self._task is None:
+            self.start()
+        if len(self._calls) >= self._capacity:
+            self._stats.overloaded += 1
+            return self._failed(
+                OverloadedError(
+                    f"{len(self._calls)} requests already pending for peer {self.peer} "
+                    f"(max_in_flight_per_peer + max_queued_per_peer = {self._capacity})"
+                )
+            )
+        rid = self._next_id
+        self._next_id = rid + 1
+        timeout = req.timeout if req.timeout > 0 else self._limits.default_timeout
+        data = request_part(rid, req, timeout_ms(timeout))
+        if len(data) > self._max_bytes:
+            self._stats.oversized_requests += 1
+            return self._failed(
+                MessageTooLargeError(
+                    f"request {req.namespace}/{req.command} to {self.peer} is {len(data)} "
+                    f"bytes, over max_message_bytes={self._max_bytes}"
+                )
+            )
+        call = OutboundCall(self, rid, req, data, timeout, self._loop)
+        call.tick = self._wheel.add(call, timeout)
+        self._calls[rid] = call
+        self._queue.append(call)
+        if state is _State.UP and self._in_flight < self._max_in_flight:
+            self._wakeup.set()
+        return call
+
+    def _failed(self, exc: BaseException) -> asyncio.Future[Response]:
+        fut: asyncio.Future[Response] = self._loop.create_future()
+        fut.set_exception(exc)
+        return fut
+
+    def expire(self, call: OutboundCall) -> None:
+        """Fail ``call`` with ``RequestTimeoutError`` (its deadline passed)."""
+        if call.done():
+            return
+        self._forget(call)
+        self._stats.timeouts += 1
+        req = call.request
+        call.set_exception(
+            RequestTimeoutError(
+                f"{req.namespace}/{req.command} to {self.peer} got no answer "
+                f"within {call.timeout:g}s"
+            )
+        )
+
+    def abandon(self, call: OutboundCall) -> None:
+        """The caller cancelled ``call``: release its slot, tell the peer."""
+        self._forget(call)
+
+    def _forget(self, call: OutboundCall) -> None:
+        if self._calls.pop(call.rid, None) is None:
+            return
+        self._wheel.remove(call, call.tick)
+        if call.sent:
+            self._in_flight -= 1
+            if self._state is _State.UP:
+                # Spare the peer work nobody waits for; it also frees a slot for the queue.
+                self._cancels.append(call.rid)
+                self._wakeup.set()
+        else:
+            call.data = b""  # still in the queue until the writer skips it; drop the bytes
+
+    def _fail_all(self, make_error: ErrorFactory) -> int:
+        calls = self._calls
+        self._calls = {}
+        self._queue.clear()
+        self._cancels = []
+        self._in_flight = 0
+        for call in calls.values():
+            self._wheel.remove(call, call.tick)
+            call.set_exception(make_error())
+        return len(calls)
+
+    # -- connection lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (and keep reconnecting) in the background. Idempotent."""
+        if self._task is None and self._state is not _State.CLOSED:
+            self._task = self._loop.create_task(self._run(), name=f"peer-ring->{self.peer}")
+
+    async def wait_up(self) -> None:
+        """Return once the stream is up; raise ``PeerUnavailableError`` if an attempt fails."""
+        if self._state is _State.UP:
+            return
+        if self._state is _State.CLOSED:
+            raise self._closed_error()
+        self.start()
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._attempt_waiters.append(waiter)
+        await waiter
+
+    def _settle_attempt(self, error: BaseException | None) -> None:
+        waiters = self._attempt_waiters
+        self._attempt_waiters = []
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def _set_reachable(self, reachable: bool) -> None:
+        if self._reachable is reachable or self._state is _State.CLOSED:
+            return
+        self._reachable = reachable
+        self._on_reachability(self.peer, reachable)
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential, capped, with "equal jitter": half fixed, half random, so that nodes
+        # that lost the same peer at the same moment do not reconnect in lockstep.
+        base = min(self._limits.backoff_max, self._limits.backoff_initial * (1 << min(attempt, 30)))
+        return base * (0.5 + 0.5 * self._rng.random())
+
+    async def _run(self) -> None:
+        attempt = 0
+        while self._state is not _State.CLOSED:
+            try:
+                stream = await self._open()
+            except _ConnectError as exc:
+                self._stats.connect_failures += 1
+                reason = str(exc)
+                logger.debug("connecting to %s failed: %s", self.peer, reason)
+                self._go_down(reason)
+                self._settle_attempt(PeerUnavailableError(self.peer, reason))
+                await self._clock.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            self._stream = stream
+            self._state = _State.UP
+            self._stats.streams_opened += 1
+            logger.debug("stream to %s is up", self.peer)
+            self._settle_attempt(None)
+            self._set_reachable(True)
+            if self._queue:
+                self._wakeup.set()
+            reason = await self._serve(stream)
+            self._stream = None
+            if self._state is _State.CLOSED:
+                return
+            self._stats.stream_failures += 1
+            logger.info("stream to %s broke: %s", self.peer, reason)
+            self._go_down(reason)
+            await self._clock.sleep(self._backoff(0))
+            attempt = 1
+
+    def _go_down(self, reason: str) -> None:
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.DOWN
+        self._down_reason = reason
+        self._stats.unavailable += self._fail_all(lambda: PeerUnavailableError(self.peer, reason))
+        self._set_reachable(False)
+
+    async def _open(self) -> grpc.aio.StreamStreamCall[bytes, bytes]:
+        """Open the Exchange stream and wait until the peer accepted it."""
+        stream: grpc.aio.StreamStreamCall[bytes, bytes] = self.channel.stream_stream(
+            EXCHANGE_PATH, request_serializer=None, response_deserializer=None
+        )(None, metadata=self._metadata)
+        timed_out = False
+
+        def on_timeout() -> None:
+            nonlocal timed_out
+            timed_out = True
+            stream.cancel()
+
+        timer = self._clock.call_later(self._limits.connect_timeout, on_timeout)
+        try:
+            initial = await stream.initial_metadata()
+        except BaseException:
+            stream.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if initial is not None and any(key == ACCEPTED_KEY for key, _ in initial):
+            return stream
+        if timed_out:
+            wait = self._limits.connect_timeout
+            raise _ConnectError(f"no answer within connect_timeout={wait:g}s")
+        code = await stream.code()
+        details = await stream.details()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            logger.warning("peer %s refused this node: %s", self.peer, details)
+        return_reason = f"{code.name}: {details}" if details else code.name
+        raise _ConnectError(return_reason)
+
+    async def _serve(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> str:
+        """Run the reader and the writer until the stream breaks; return why it did."""
+        reader = self._loop.create_task(self._read_loop(stream))
+        writer = self._loop.create_task(self._write_loop(stream))
+        try:
+            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            writer.cancel()
+            stream.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        for task in (reader, writer):
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is None:
+                if task is reader:
+                    return reader.result()
+                continue
+            return _describe(exc)
+        return "stream ended"
+
+    # -- the stream's reader and writer ----------------------------------------------------
+
+    async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        stats = self._stats
+        queue = self._queue
+        wakeup = self._wakeup
+        max_bytes = self._max_bytes
+        max_in_flight = self._max_in_flight
+        while True:
+            if not self._cancels and not (queue and self._in_flight < max_in_flight):
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            parts: list[bytes] = []
+            if self._cancels:
+                ids = self._cancels
+                self._cancels = []
+                parts.extend(cancel_parts(ids, max_bytes))
+                stats.cancels_sent += len(ids)
+            room = max_in_flight - self._in_flight
+            sent = 0
+            while queue and sent < room:
+                call = queue.popleft()
+                if call.done():  # timed out or cancelled while queued
+                    continue
+                parts.append(call.data)
+                call.data = b""
+                call.sent = True
+                sent += 1
+            self._in_flight += sent
+            stats.requests_sent += sent
+            if not parts:
+                continue
+            frames = join_frames(parts, max_bytes)
+            for frame in frames:
+                await stream.write(frame)
+            stats.frames_sent += len(frames)
+
+    async def _read_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> str:
+        stats = self._stats
+        while True:
+            data = await stream.read()
+            if data is EOF:
+                return "stream closed by peer"
+            assert isinstance(data, bytes)
+            try:
+                frame = pb.Frame.FromString(data)
+            except DecodeError as exc:
+                stats.malformed_frames += 1
+                return f"malformed frame from peer: {exc}"
+            stats.frames_received += 1
+            responses = frame.responses
+            if responses:
+                self._on_responses(responses)
+
+    def _on_responses(self, responses: Sequence[pb.Response]) -> None:
+        calls = self._calls
+        remove = self._wheel.remove
+        freed = 0
+        for msg in responses:
+            rid = msg.id
+            call = calls.get(rid)
+            if call is None or not call.sent:
+                continue  # answered, timed out or cancelled already (or a bogus id)
+            del calls[rid]
+            remove(call, call.tick)
+            call.set_result(Response(status_of(msg.status), msg.payload, msg.error))
+            freed += 1
+        self._in_flight -= freed
+        self._stats.responses_received += len(responses)
+        self._stats.late_responses += len(responses) - freed
+        if freed and self._queue:
+            self._wakeup.set()
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def shutdown(self, make_error: ErrorFactory) -> None:
+        """Stop for good: fail every pending request with ``make_error()``; stop the task.
+
+        The channel is closed by :meth:`aclose`.
+        """
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._closed_error = make_error
+        self._fail_all(make_error)
+        self._settle_attempt(make_error())
+        if self._stream is not None:
+            self._stream.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Wait for the connection task to end and close the channel."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.channel.close(None)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = exc.details()
+        return f"{exc.code().name}: {details}" if details else exc.code().name
+    return f"{type(exc).__name__}: {exc}"

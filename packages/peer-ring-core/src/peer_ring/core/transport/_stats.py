@@ -1,0 +1,59 @@
+"""Counters of a transport, exported by ``GrpcTransport.stats()`` (for metrics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Monotonic counters; plain attributes so the hot path pays one integer add.
+
+    Attributes:
+        frames_sent / frames_received: stream messages (each carries many operations).
+        requests_sent / requests_received: requests written to / read from streams.
+        responses_sent / responses_received: responses written / read (matched or late).
+        cancels_sent / cancels_received: abandoned-request notices.
+        late_responses: responses whose request was already answered, timed out or cancelled.
+        timeouts: requests failed with ``RequestTimeoutError``.
+        overloaded: requests refused with ``OverloadedError`` (peer queue full).
+        oversized_requests: requests refused with ``MessageTooLargeError``.
+        oversized_responses: responses replaced by a ``TOO_LARGE`` error response.
+        unavailable: requests failed with ``PeerUnavailableError``.
+        handler_errors: inbound requests whose handler raised.
+        malformed_frames: inbound frames that could not be parsed (the stream is ended).
+        refused_connections: inbound streams refused (bad token, missing sender).
+        inbound_streams: inbound Exchange streams accepted.
+        streams_opened: outbound Exchange streams established.
+        stream_failures: outbound streams that broke after being established.
+        connect_failures: failed attempts to establish an outbound stream.
+        transfers_sent / transfers_received: Transfer RPCs served / made.
+    """
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    requests_sent: int = 0
+    requests_received: int = 0
+    responses_sent: int = 0
+    responses_received: int = 0
+    cancels_sent: int = 0
+    cancels_received: int = 0
+    late_responses: int = 0
+    timeouts: int = 0
+    overloaded: int = 0
+    oversized_requests: int = 0
+    oversized_responses: int = 0
+    unavailable: int = 0
+    handler_errors: int = 0
+    malformed_frames: int = 0
+    refused_connections: int = 0
+    inbound_streams: int = 0
+    streams_opened: int = 0
+    stream_failures: int = 0
+    connect_failures: int = 0
+    transfers_sent: int = 0
+    transfers_received: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """A snapshot of every counter."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

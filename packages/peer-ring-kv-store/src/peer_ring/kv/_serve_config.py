@@ -1,0 +1,519 @@
+"""Configuration of ``peer-ring-kv serve``: command-line flags, environment variables, checks.
+
+Every setting has a flag and a ``PEER_RING_*`` environment variable (a container is usually
+configured through its environment, a laptop through flags). Precedence: flag, then
+environment, then default. All checks happen here, before anything binds a port, so a
+mistake is reported as one clear line and exit status 2 (the usual code for bad usage).
+
+This module only *describes and validates* the settings; :func:`build_store` turns them into
+a :class:`~peer_ring.kv.KVStore` (the only place that imports the store and discovery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from peer_ring.core import DEFAULT_PARTITIONS, Discovery, PeerRingConfig
+from peer_ring.core.transport._base import TransportLimits
+
+if TYPE_CHECKING:
+    from peer_ring.kv import KVStore
+
+#: Default largest value accepted (also the KVStore default).
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+#: Default deadline of one replicated operation, in seconds (the core's default).
+DEFAULT_REQUEST_TIMEOUT = 2.0
+#: Offset between the peer port and the default HTTP port (7101 -> 8101).
+HTTP_PORT_OFFSET = 1000
+#: Room for keys, versions and framing around the largest value in one peer message.
+_MESSAGE_OVERHEAD_BYTES = 1 << 20
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DiscoveryKind = Literal["static", "kubernetes"]
+
+
+class UsageError(ValueError):
+    """A setting is missing or invalid; the message says which and why (exit status 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """One setting: its flag, its environment variable and its help text."""
+
+    dest: str
+    flag: str
+    env: str
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+# The single table that drives both argparse and the environment lookup, so a flag can never
+# lack its variable (or the other way round) and `--help` always names both.
+_OPTIONS: tuple[_Option, ...] = (
+    _Option(
+        "listen",
+        "--listen",
+        "PEER_RING_SELF_ADDRESS",
+        "peer (gRPC) address host:port; it is this node's identity in the ring, so every "
+        "node must list it with the same spelling in --peers",
+        "HOST:PORT",
+    ),
+    _Option(
+        "http",
+        "--http",
+        "PEER_RING_HTTP_ADDRESS",
+        "HTTP API address host:port (port 0 picks a free one). Default: the peer host when it "
+        f"is a loopback address, else 127.0.0.1, with the peer port + {HTTP_PORT_OFFSET}",
+        "HOST:PORT",
+    ),
+    _Option(
+        "peers",
+        "--peers",
+        "PEER_RING_PEERS",
+        "comma-separated peer addresses for static discovery (this node's own address may "
+        "be included; without --peers the node forms a one-node cluster)",
+        "HOST:PORT,...",
+    ),
+    _Option(
+        "discovery",
+        "--discovery",
+        "PEER_RING_DISCOVERY",
+        "how peers are found: a static list (--peers) or the Kubernetes API "
+        "(needs peer-ring-discovery-k8s). Default: static",
+        choices=("static", "kubernetes"),
+    ),
+    _Option(
+        "replication",
+        "--replication",
+        "PEER_RING_REPLICATION",
+        "default number of replicas N of each key. Default: 3",
+        "N",
+    ),
+    _Option(
+        "quorum",
+        "--quorum",
+        "PEER_RING_QUORUM",
+        "default number of replicas that must answer a read or write. Default: a majority "
+        "of the replication (N // 2 + 1)",
+        "Q",
+    ),
+    _Option(
+        "partitions",
+        "--partitions",
+        "PEER_RING_PARTITIONS",
+        f"number of partitions; every node must use the same. Default: {DEFAULT_PARTITIONS}",
+        "P",
+    ),
+    _Option(
+        "max_bytes",
+        "--max-bytes",
+        "PEER_RING_MAX_BYTES",
+        "memory bound of this node's store (LRU eviction beyond it), bytes or with a "
+        "K/M/G suffix (powers of 1024). Default: unbounded",
+        "SIZE",
+    ),
+    _Option(
+        "max_value_bytes",
+        "--max-value-bytes",
+        "PEER_RING_MAX_VALUE_BYTES",
+        "largest value accepted (HTTP 413 beyond it), bytes or with a K/M/G suffix. Default: 1M",
+        "SIZE",
+    ),
+    _Option(
+        "request_timeout",
+        "--request-timeout",
+        "PEER_RING_REQUEST_TIMEOUT",
+        f"seconds one replicated operation may take. Default: {DEFAULT_REQUEST_TIMEOUT:g}",
+        "SECONDS",
+    ),
+    _Option(
+        "token",
+        "--token",
+        "PEER_RING_TOKEN",
+        "shared secret every peer must present (prefer the environment variable: "
+        "command lines are visible to other users). Default: none",
+        "SECRET",
+    ),
+    _Option(
+        "http_token",
+        "--http-token",
+        "PEER_RING_HTTP_TOKEN",
+        "bearer token required on the HTTP API except /healthz and /readyz (prefer the "
+        "environment variable). Default: none (the API binds to loopback by default)",
+        "SECRET",
+    ),
+    _Option(
+        "log_level",
+        "--log-level",
+        "PEER_RING_LOG_LEVEL",
+        "log verbosity: debug, info, warning, error or critical. Default: info",
+        "LEVEL",
+    ),
+)
+
+#: Environment variables read by ``serve``, by destination name (for docs and tests).
+ENV_VARS: Mapping[str, str] = {o.dest: o.env for o in _OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """The validated settings of one ``peer-ring-kv serve`` node.
+
+    Attributes:
+        listen: peer (gRPC) ``host:port``; ``None`` only with Kubernetes discovery, which
+            then supplies the address (the pod IP).
+        http: HTTP API ``(host, port)``; ``None`` means "derive from ``listen``"
+            (see :func:`default_http_address`).
+        peers: static peer list (empty: a one-node cluster, or unused with Kubernetes).
+        discovery: ``"static"`` or ``"kubernetes"``.
+        replication: default replicas per key.
+        quorum: default quorum; ``None`` is a majority of ``replication``.
+        partitions: partitions of the ring (identical on every node).
+        max_bytes: memory bound of the local store; ``None`` is unbounded.
+        max_value_bytes: largest value accepted.
+        request_timeout: deadline of one replicated operation, in seconds.
+        token: shared peer secret, or ``None``.
+        http_token: bearer token of the HTTP API, or ``None``.
+        log_level: one of :data:`LOG_LEVELS`.
+    """
+
+    listen: str | None
+    http: tuple[str, int] | None = None
+    peers: tuple[str, ...] = ()
+    discovery: DiscoveryKind = "static"
+    replication: int = 3
+    quorum: int | None = None
+    partitions: int = DEFAULT_PARTITIONS
+    max_bytes: int | None = None
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    token: str | None = field(default=None, repr=False)
+    http_token: str | None = field(default=None, repr=False)
+    log_level: str = "info"
+
+    def peer_config(self) -> PeerRingConfig:
+        """The :class:`~peer_ring.core.PeerRingConfig` of the node these settings describe."""
+        limits = TransportLimits()
+        # A value must fit in one peer message with its key and version around it; raise the
+        # transport bound when the value bound asks for it rather than failing at run time.
+        needed = self.max_value_bytes + _MESSAGE_OVERHEAD_BYTES
+        if needed > limits.max_message_bytes:
+            limits = dataclasses.replace(limits, max_message_bytes=needed)
+        return PeerRingConfig(
+            partitions=self.partitions,
+            replication=self.replication,
+            quorum=self.quorum,
+            request_timeout=self.request_timeout,
+            transport_limits=limits,
+            token=self.token,
+        )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every ``serve`` flag to ``parser`` (defaults are applied by :func:`config_from`)."""
+    for option in _OPTIONS:
+        # default=None everywhere: "not given" must be distinguishable from "given the
+        # default value" so that the environment variable can fill the gap.
+        parser.add_argument(
+            option.flag,
+            dest=option.dest,
+            default=None,
+            metavar=option.metavar,
+            choices=option.choices,
+            help=f"{option.help} [env: {option.env}]",
+        )
+
+
+def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    """Merge parsed flags with the environment and validate the result.
+
+    Args:
+        args: the namespace produced by a parser set up with :func:`add_serve_arguments`.
+        environ: the environment (``os.environ`` in the CLI; a dict in tests).
+
+    Raises:
+        UsageError: a missing or invalid setting, with a message naming the flag and
+            the environment variable.
+    """
+    raw: dict[str, tuple[str, str] | None] = {}
+    for option in _OPTIONS:
+        value: Any = getattr(args, option.dest, None)
+        if value is not None:
+            raw[option.dest] = (str(value), option.flag)
+            continue
+        env_value = environ.get(option.env, "").strip()
+        # An empty variable counts as unset: that is what `FOO= cmd` and empty ConfigMap
+        # entries mean in practice.
+        raw[option.dest] = (env_value, option.env) if env_value else None
+    return _validate(raw)
+
+
+def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
+    discovery_raw = raw.get("discovery")
+    discovery: DiscoveryKind = "static"
+    if discovery_raw is not None:
+        text, origin = discovery_raw
+        if text not in ("static", "kubernetes"):
+            raise UsageError(f"{origin}: expected 'static' or 'kubernetes', got {text!r}")
+        discovery = "kubernetes" if text == "kubernetes" else "static"
+
+    listen: str | None = None
+    if (item := raw.get("listen")) is not None:
+        listen = _address(item, allow_port_zero=False)
+    elif discovery == "static":
+        raise UsageError(
+            "the peer address is required: pass --listen HOST:PORT or set PEER_RING_SELF_ADDRESS"
+        )
+
+    http: tuple[str, int] | None = None
+    if (item := raw.get("http")) is not None:
+        text = _address(item, allow_port_zero=True)
+        http = split_address(text)
+
+    peers: tuple[str, ...] = ()
+    if (item := raw.get("peers")) is not None:
+        text, origin = item
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        peers = tuple(dict.fromkeys(_address((p, origin), allow_port_zero=False) for p in parts))
+        if discovery == "kubernetes":
+            raise UsageError(f"{origin} is only used with static discovery, not kubernetes")
+
+    replication = _int(raw.get("replication"), minimum=1, default=3)
+    quorum = _int_or_none(raw.get("quorum"), minimum=1)
+    if quorum is not None and quorum > replication:
+        item = raw.get("quorum")
+        origin = item[1] if item is not None else "--quorum"
+        raise UsageError(
+            f"{origin}: quorum ({quorum}) cannot be greater than replication ({replication})"
+        )
+    partitions = _int(raw.get("partitions"), minimum=1, default=DEFAULT_PARTITIONS)
+    members = len(set(peers) | ({listen} if listen else set()))
+    if members > partitions:
+        raise UsageError(
+            f"{members} peers cannot share {partitions} partitions: every node must own at "
+            "least one (raise --partitions)"
+        )
+    max_bytes = _size_or_none(raw.get("max_bytes"))
+    max_value_bytes = _size_or_none(raw.get("max_value_bytes"))
+    if max_value_bytes is None:
+        max_value_bytes = DEFAULT_MAX_VALUE_BYTES
+    if max_bytes is not None and max_value_bytes > max_bytes:
+        raise UsageError(
+            f"--max-value-bytes ({max_value_bytes}) cannot be greater than --max-bytes "
+            f"({max_bytes}): such a value could never be stored"
+        )
+    request_timeout = _seconds(raw.get("request_timeout"), default=DEFAULT_REQUEST_TIMEOUT)
+    log_level = "info"
+    if (item := raw.get("log_level")) is not None:
+        text, origin = item
+        if text.lower() not in LOG_LEVELS:
+            raise UsageError(f"{origin}: expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+        log_level = text.lower()
+
+    config = ServeConfig(
+        listen=listen,
+        http=http,
+        peers=peers,
+        discovery=discovery,
+        replication=replication,
+        quorum=quorum,
+        partitions=partitions,
+        max_bytes=max_bytes,
+        max_value_bytes=max_value_bytes,
+        request_timeout=request_timeout,
+        token=_secret(raw.get("token")),
+        http_token=_secret(raw.get("http_token")),
+        log_level=log_level,
+    )
+    if config.http is None and config.listen is not None:
+        default_http_address(config.listen)  # fail now (exit 2) if it cannot be derived
+    return config
+
+
+# -- value parsers ----------------------------------------------------------------------------
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 as ``[::1]:8101``) into the host to bind and the port."""
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_http_address(listen: str) -> tuple[str, int]:
+    """The HTTP address used when ``--http`` is not given.
+
+    The peer host when it is a loopback address (so that nodes on 127.0.0.1, 127.0.0.2...
+    get distinct HTTP addresses), else 127.0.0.1: the HTTP API is for the application next to
+    the node (a sidecar), and exposing it beyond the host must be a decision (``--http``).
+    The port is the peer port + 1000.
+
+    Raises:
+        UsageError: the derived port would be above 65535.
+    """
+    host, port = split_address(listen)
+    http_port = port + HTTP_PORT_OFFSET
+    if http_port > 65535:
+        raise UsageError(
+            f"cannot derive the HTTP port from peer port {port} (+{HTTP_PORT_OFFSET} > 65535): "
+            "pass --http HOST:PORT"
+        )
+    return (host if is_loopback(host) else "127.0.0.1"), http_port
+
+
+def _address(item: tuple[str, str], *, allow_port_zero: bool) -> str:
+    text, origin = item
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text:
+        raise UsageError(f"{origin}: {text!r} is not of the form host:port")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise UsageError(f"{origin}: {text!r} has a bad IPv6 host") from None
+    elif ":" in host:
+        raise UsageError(f"{origin}: write IPv6 hosts in brackets, like [::1]:7101 (got {text!r})")
+    lowest = 0 if allow_port_zero else 1
+    if not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+        raise UsageError(f"{origin}: {text!r} has an invalid port (expected {lowest}..65535)")
+    return text
+
+
+def _int(item: tuple[str, str] | None, *, minimum: int, default: int) -> int:
+    value = _int_or_none(item, minimum=minimum)
+    return default if value is None else value
+
+
+def _int_or_none(item: tuple[str, str] | None, *, minimum: int) -> int | None:
+    if item is None:
+        return None
+    text, origin = item
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise UsageError(f"{origin}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"{origin}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _seconds(item: tuple[str, str] | None, *, default: float) -> float:
+    if item is None:
+        return default
+    text, origin = item
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise UsageError(f"{origin}: expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{origin}: must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"1048576"``, ``"512K"``, ``"64MiB"``, ``"1g"``... (suffixes are powers of 1024).
+
+    Raises:
+        ValueError: not a size, or zero.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"expected a size like 1048576, 512K or 64MiB, got {text!r}")
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _size_or_none(item: tuple[str, str] | None) -> int | None:
+    if item is None:
+        return None
+    text, origin = item
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"{origin}: {exc}") from None
+
+
+def _secret(item: tuple[str, str] | None) -> str | None:
+    if item is None:
+        return None
+    text, origin = item
+    if any(c.isspace() for c in text):
+        # A token with spaces cannot travel in an `Authorization: Bearer` header; it is
+        # almost always a copy-paste accident (a trailing newline from a secret file).
+        raise UsageError(f"{origin}: a token cannot contain whitespace")
+    return text
+
+
+# -- building the node ---------------------------------------------------------------------
+
+
+def build_discovery(config: ServeConfig) -> Discovery:
+    """The discovery module that ``config`` names.
+
+    Raises:
+        UsageError: Kubernetes discovery is asked for but not installed, or it disagrees
+            with ``--listen``.
+    """
+    if config.discovery == "kubernetes":
+        try:
+            from peer_ring.discovery.k8s import (  # type: ignore[attr-defined,unused-ignore]
+                KubernetesDiscovery,
+            )
+        except ImportError as exc:
+            raise UsageError(
+                "--discovery kubernetes needs the peer-ring-discovery-k8s package "
+                f"(pip install peer-ring-discovery-k8s): {exc}"
+            ) from None
+        discovery: Discovery = KubernetesDiscovery.from_env()
+        if config.listen is not None and discovery.self_address != config.listen:
+            raise UsageError(
+                f"--listen {config.listen} differs from the address Kubernetes discovery "
+                f"publishes for this pod ({discovery.self_address}); drop --listen or make "
+                "them agree"
+            )
+        return discovery
+    from peer_ring.discovery.static import StaticDiscovery
+
+    assert config.listen is not None  # checked by _validate for static discovery
+    peers = list(config.peers) or [config.listen]
+    return StaticDiscovery(peers, self_address=config.listen)
+
+
+def build_store(config: ServeConfig, discovery: Discovery | None = None) -> KVStore:
+    """The :class:`~peer_ring.kv.KVStore` that ``config`` describes (not started)."""
+    from peer_ring.kv import KVStore
+
+    return KVStore(
+        discovery if discovery is not None else build_discovery(config),
+        replication=config.replication,
+        quorum=config.quorum,
+        max_bytes=config.max_bytes,
+        max_value_bytes=config.max_value_bytes,
+        config=config.peer_config(),
+    )

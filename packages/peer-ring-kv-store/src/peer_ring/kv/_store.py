@@ -1,0 +1,540 @@
+"""``KVStore``: the embedded, replicated key-value store.
+
+Each process runs one ``KVStore``; together they form a cluster. A write gets a hybrid
+logical clock version on the coordinating node and goes to the key's N replicas; it is
+acknowledged once W of them stored it. A read asks the replicas, waits for R answers,
+reconciles them (last writer wins, or the application's resolver) and repairs the replicas
+that answered with an older version (Dynamo §4.5 read repair). With R + W > N every read
+overlaps every acknowledged write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from peer_ring.core import (
+    Clock,
+    CommandContext,
+    Discovery,
+    InvalidArgumentError,
+    NotRunningError,
+    PeerRing,
+    PeerRingConfig,
+    QuorumNotReachedError,
+    Reply,
+    Request,
+    Response,
+    Status,
+    SystemClock,
+    check_replication,
+    error_for_status,
+)
+from peer_ring.core.transport import Transport
+from peer_ring.kv._batch import BatchCollector
+from peer_ring.kv._codec import DEFAULT_CODEC, Codec, decode_value, encode_value
+from peer_ring.kv._engine import KVEngine
+from peer_ring.kv._errors import KeyTooLargeError, ValueTooLargeError
+from peer_ring.kv._expiry import run_active_expiry
+from peer_ring.kv._hlc import HLC
+from peer_ring.kv._hooks import KVHooks
+from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._wire import (
+    decode_entries,
+    decode_get_response,
+    decode_keys,
+    decode_optional_records,
+    decode_record,
+    encode_entries,
+    encode_get_response,
+    encode_keys,
+    encode_optional_records,
+    encode_record,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The core namespace the store's commands and data-movement hooks live in.
+NAMESPACE = "kv"
+
+#: Longest accepted key, in bytes (UTF-8 for ``str`` keys).
+MAX_KEY_BYTES = 64 * 1024
+
+Key = str | bytes
+
+#: Builds a batch request payload from the keys sent to one node (and their indexes).
+_Encoder = Callable[[list[bytes], list[int]], bytes]
+#: Consumes one node's batch reply payload for the keys at ``indexes``.
+_PayloadSink = Callable[[list[int], bytes], None]
+
+
+class KVStore:
+    """An embedded, replicated in-memory key-value store.
+
+    Args:
+        discovery: how this node finds the others (``StaticDiscovery``,
+            ``KubernetesDiscovery``...); its ``self_address`` is this node's identity.
+        replication: default number of replicas N of every key.
+        quorum: default read and write quorum (default: a majority of ``replication``).
+        codec: how non-``bytes`` values are encoded; ``bytes`` always pass through
+            untouched. The default is JSON-based and safe to decode from any peer.
+        resolver: ``resolver(key, records) -> record`` to reconcile replicas that disagree;
+            default: the highest version wins (last writer wins).
+        max_bytes: memory bound of this node's data (LRU eviction); ``None``: unbounded.
+        max_value_bytes: largest accepted encoded value; larger ones raise
+            :class:`ValueTooLargeError`.
+        tombstone_grace: seconds a delete marker is kept before it is collected (must
+            exceed the time a replica can stay away and come back: anti-entropy respects it).
+        expiry_interval: seconds between two active-expiry rounds.
+        config: the underlying node's configuration (partitions, timeouts, limits, token);
+            its replication/quorum are overridden by the arguments above.
+        transport: inject a transport (tests: ``MemoryNetwork(...).transport(address)``).
+        clock: inject a clock (tests: ``FakeClock``).
+
+    Example:
+        >>> async with KVStore(discovery=StaticDiscovery(peers, self_address=me)) as kv:
+        ...     await kv.set("user:1", b"alice", ttl=30.0, quorum=2)   # doctest: +SKIP
+        ...     assert await kv.get("user:1", quorum=2) == b"alice"
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        *,
+        replication: int = 3,
+        quorum: int | None = None,
+        codec: Codec | None = None,
+        resolver: Resolver | None = None,
+        max_bytes: int | None = None,
+        max_value_bytes: int = 1 << 20,
+        tombstone_grace: float = 3600.0,
+        expiry_interval: float = 0.1,
+        config: PeerRingConfig | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        base = config or PeerRingConfig()
+        self._config = PeerRingConfig(
+            partitions=base.partitions,
+            replication=replication,
+            quorum=quorum,
+            request_timeout=base.request_timeout,
+            transport_limits=base.transport_limits,
+            token=base.token,
+            suspicion_timeout=base.suspicion_timeout,
+            transfer_timeout=base.transfer_timeout,
+        )
+        if max_value_bytes < 1:
+            raise InvalidArgumentError(f"max_value_bytes must be >= 1, got {max_value_bytes}")
+        self._clock: Clock = clock or SystemClock()
+        self._node = PeerRing(
+            discovery, config=self._config, transport=transport, clock=self._clock
+        )
+        self._codec = codec or DEFAULT_CODEC
+        self._resolver = resolver
+        self._max_value_bytes = max_value_bytes
+        self._expiry_interval = expiry_interval
+        self._engine = KVEngine(
+            self._config.partitions,
+            self._clock,
+            max_bytes=max_bytes,
+            tombstone_grace=tombstone_grace,
+            resolver=resolver,
+        )
+        self._hlc = HLC(self._clock, self._node.address)
+        self._hooks = KVHooks(self._engine, on_record=self._observe)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.read_repairs = 0
+        self._register()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def node(self) -> PeerRing:
+        """The underlying peer-ring node (address, ring, members)."""
+        return self._node
+
+    @property
+    def engine(self) -> KVEngine:
+        """This node's local storage engine."""
+        return self._engine
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._node.running
+
+    @property
+    def ready(self) -> bool:
+        """True once the node joined the ring (and finished its initial sync)."""
+        return self._node.running
+
+    async def start(self) -> None:
+        """Join the cluster. Raises ``OSError`` when the address cannot be bound."""
+        await self._node.start()
+        self._expiry_task = asyncio.create_task(
+            run_active_expiry(self._engine, self._clock, self._expiry_interval),
+            name=f"kv-expiry-{self._node.address}",
+        )
+
+    async def stop(self) -> None:
+        """Leave the cluster and stop background work. Idempotent."""
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+            self._expiry_task = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._node.stop()
+
+    async def __aenter__(self) -> KVStore:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- replica side --------------------------------------------------------------------
+
+    def _register(self) -> None:
+        node = self._node
+        node.register(NAMESPACE, "set", self._h_set)
+        node.register(NAMESPACE, "get", self._h_get)
+        node.register(NAMESPACE, "mset", self._h_mset)
+        node.register(NAMESPACE, "mget", self._h_mget)
+        node.register_hooks(NAMESPACE, self._hooks)
+
+    def _observe(self, record: Record) -> None:
+        # Every version this node sees moves its HLC forward, so its next write orders
+        # after every write it has observed (causality for read-then-write).
+        self._hlc.update(record.version)
+
+    def _h_set(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        record = decode_record(payload)
+        if not ctx.local:
+            self._hlc.update(record.version)
+        self._engine.put(key, record)
+        return b""
+
+    def _h_get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        return encode_get_response(self._engine.get_record(key))
+
+    def _h_mset(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        for k, record in decode_entries(payload):
+            self._hlc.update(record.version)
+            self._engine.put(k, record)
+        return b""
+
+    def _h_mget(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        get = self._engine.get_record
+        return encode_optional_records([get(k) for k in decode_keys(payload)])
+
+    # -- client API ----------------------------------------------------------------------
+
+    def _key(self, key: Key) -> bytes:
+        if isinstance(key, str):
+            key_b = key.encode()
+        elif isinstance(key, bytes):
+            key_b = key
+        else:
+            raise InvalidArgumentError(f"keys are str or bytes, not {type(key).__name__}")
+        if not key_b:
+            raise KeyTooLargeError("keys must not be empty")
+        if len(key_b) > MAX_KEY_BYTES:
+            raise KeyTooLargeError(f"key of {len(key_b)} bytes exceeds {MAX_KEY_BYTES}")
+        return key_b
+
+    def _expires(self, ttl: float | None) -> float:
+        if ttl is None:
+            return 0.0
+        if not isinstance(ttl, int | float) or ttl != ttl or ttl <= 0:
+            raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        return self._clock.time() + float(ttl)
+
+    def _check_running(self) -> None:
+        if not self._node.running:
+            raise NotRunningError(f"KVStore {self._node.address} is not running")
+
+    def _record(self, value: object, ttl: float | None) -> Record:
+        data, encoded = encode_value(value, self._codec)
+        if len(data) > self._max_value_bytes:
+            raise ValueTooLargeError(len(data), self._max_value_bytes)
+        return Record(data, self._hlc.now(), self._expires(ttl), False, encoded)
+
+    async def set(
+        self,
+        key: Key,
+        value: object,
+        *,
+        ttl: float | None = None,
+        quorum: int | None = None,
+        replication: int | None = None,
+    ) -> None:
+        """Store ``value`` under ``key`` on ``replication`` replicas; wait for ``quorum``.
+
+        Args:
+            key: ``str`` (UTF-8) or ``bytes``.
+            value: ``bytes`` are stored untouched; anything else goes through the codec.
+            ttl: seconds until the value expires (``None``: never).
+            quorum: replicas that must acknowledge (default: the store's).
+            replication: replicas to write (default: the store's).
+
+        Raises:
+            InvalidArgumentError: bad key, ttl, quorum or replication.
+            ValueTooLargeError: the encoded value exceeds ``max_value_bytes``.
+            QuorumNotReachedError: fewer than ``quorum`` replicas acknowledged.
+        """
+        self._check_running()
+        key_b = self._key(key)
+        record = self._record(value, ttl)
+        await self._node.execute(
+            NAMESPACE,
+            "set",
+            key_b,
+            encode_record(record),
+            replication=replication,
+            quorum=quorum,
+        )
+
+    async def delete(
+        self, key: Key, *, quorum: int | None = None, replication: int | None = None
+    ) -> None:
+        """Delete ``key`` (writes a tombstone, so the delete wins over older copies)."""
+        self._check_running()
+        key_b = self._key(key)
+        record = Record.deleted(self._hlc.now())
+        await self._node.execute(
+            NAMESPACE,
+            "set",
+            key_b,
+            encode_record(record),
+            replication=replication,
+            quorum=quorum,
+        )
+
+    async def get(
+        self,
+        key: Key,
+        default: Any = None,
+        *,
+        quorum: int | None = None,
+        replication: int | None = None,
+    ) -> Any:
+        """The value of ``key``, or ``default`` when it is absent, deleted or expired.
+
+        With ``quorum=1`` on a node that replicates the key, the local copy answers with no
+        network round trip.
+
+        Raises:
+            InvalidArgumentError: bad key, quorum or replication.
+            QuorumNotReachedError: fewer than ``quorum`` replicas answered.
+        """
+        self._check_running()
+        key_b = self._key(key)
+        node = self._node
+        n = self._config.replication if replication is None else replication
+        q = self._config.quorum_for(n) if quorum is None else quorum
+        if q == 1 and n >= 1 and node.address in node.preference_list(key_b, n):
+            record = self._engine.get(key_b)
+            return self._value(record, default)
+        result = await node.execute(NAMESPACE, "get", key_b, replication=n, quorum=q)
+        records = [decode_get_response(p) for p in result.payloads]
+        winner = reconcile(key_b, records, self._resolver)
+        if winner is not None:
+            result.on_complete(lambda replies: self._repair(key_b, winner, replies))
+        return self._value(winner, default)
+
+    def _value(self, record: Record | None, default: Any) -> Any:
+        if record is None or not record.is_live(self._clock.time()):
+            return default
+        return decode_value(record.value, record.encoded, self._codec)
+
+    def _repair(self, key: bytes, winner: Record, replies: list[Reply]) -> None:
+        """Send the reconciled record to replicas that answered with an older one."""
+        stale = []
+        for reply in replies:
+            if reply.error is not None:
+                continue
+            try:
+                record = decode_get_response(reply.payload)
+            except ValueError:
+                stale.append(reply.node)
+                continue
+            if record is None or record.version < winner.version:
+                stale.append(reply.node)
+        if not stale or not self._node.running:
+            return
+        payload = encode_record(winner)
+        for node in stale:
+            self.read_repairs += 1
+            if node == self._node.address:
+                self._engine.put(key, winner)
+                continue
+            fut = self._node.transport.request(
+                node,
+                Request(NAMESPACE, "set", key, payload, 0, "", self._config.request_timeout),
+            )
+            fut.add_done_callback(_log_repair_failure(node, key))
+
+    async def mget(
+        self,
+        keys: Iterable[Key],
+        *,
+        quorum: int | None = None,
+        replication: int | None = None,
+    ) -> dict[Key, Any]:
+        """Values of several keys in one round trip per replica node.
+
+        Returns:
+            ``{key: value}`` for every key that exists (absent keys are left out).
+        """
+        self._check_running()
+        key_list = list(dict.fromkeys(keys))
+        keys_b = [self._key(k) for k in key_list]
+        n = self._config.replication if replication is None else replication
+        q = self._config.quorum_for(n) if quorum is None else quorum
+        records: list[list[Record | None]] = [[] for _ in keys_b]
+
+        def on_payload(indexes: list[int], payload: bytes) -> None:
+            for i, rec in zip(indexes, decode_optional_records(payload), strict=True):
+                records[i].append(rec)
+
+        await self._batch("mget", keys_b, n, q, lambda ks, _: encode_keys(ks), on_payload)
+        out: dict[Key, Any] = {}
+        for key, key_b, recs in zip(key_list, keys_b, records, strict=True):
+            winner = reconcile(key_b, recs, self._resolver)
+            if winner is not None and winner.is_live(self._clock.time()):
+                out[key] = decode_value(winner.value, winner.encoded, self._codec)
+        return out
+
+    async def mset(
+        self,
+        mapping: Mapping[Key, object],
+        *,
+        ttl: float | None = None,
+        quorum: int | None = None,
+        replication: int | None = None,
+    ) -> None:
+        """Store several values in one round trip per replica node."""
+        self._check_running()
+        items = [(self._key(k), self._record(v, ttl)) for k, v in mapping.items()]
+        n = self._config.replication if replication is None else replication
+        q = self._config.quorum_for(n) if quorum is None else quorum
+        by_key = dict(items)
+        await self._batch(
+            "mset",
+            [k for k, _ in items],
+            n,
+            q,
+            lambda ks, _: encode_entries((k, by_key[k]) for k in ks),
+            None,
+        )
+
+    async def _batch(
+        self,
+        command: str,
+        keys: list[bytes],
+        replication: int,
+        quorum: int,
+        encode: _Encoder,
+        on_payload: _PayloadSink | None,
+    ) -> None:
+        """Send one request per replica node carrying all its keys; wait per-key quorum."""
+        check_replication(replication, quorum)
+        node = self._node
+        per_node: dict[str, list[int]] = defaultdict(list)
+        key_nodes: list[tuple[str, ...]] = []
+        for i, key in enumerate(keys):
+            prefs = node.preference_list(key, replication)
+            if len(prefs) < quorum:
+                raise QuorumNotReachedError(
+                    NAMESPACE,
+                    command,
+                    quorum,
+                    [],
+                    {"cluster": InvalidArgumentError(f"only {len(prefs)} member(s)")},
+                )
+            key_nodes.append(prefs)
+            for member in prefs:
+                per_node[member].append(i)
+        collector = BatchCollector(asyncio.get_running_loop(), command, key_nodes, quorum)
+        timeout = self._config.request_timeout
+        for member, indexes in per_node.items():
+            payload = encode([keys[i] for i in indexes], indexes)
+            if member == node.address:
+                handler = self._h_mget if command == "mget" else self._h_mset
+                ctx = CommandContext(member, 0, "", True)
+                try:
+                    out = handler(ctx, b"", payload)
+                except Exception as exc:
+                    collector.node_failed(member, indexes, exc)
+                    continue
+                if on_payload is not None:
+                    on_payload(indexes, out)
+                collector.node_succeeded(member, indexes)
+                continue
+            fut = node.transport.request(
+                member, Request(NAMESPACE, command, b"", payload, 0, "", timeout)
+            )
+            fut.add_done_callback(_batch_callback(collector, member, indexes, on_payload))
+        await collector.future
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters of this node's store (keys, bytes, evictions, expiries, repairs)."""
+        engine_stats: dict[str, int | float] = dict(self._engine.stats())
+        engine_stats["read_repairs"] = self.read_repairs
+        engine_stats["members"] = len(self._node.members)
+        return engine_stats
+
+
+def _batch_callback(
+    collector: BatchCollector, node: str, indexes: list[int], on_payload: _PayloadSink | None
+) -> Callable[[asyncio.Future[Response]], None]:
+    def done(fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled():
+            collector.node_failed(node, indexes, asyncio.CancelledError())
+            return
+        exc = fut.exception()
+        if exc is not None:
+            collector.node_failed(node, indexes, exc)
+            return
+        response = fut.result()
+        if response.status != Status.OK:
+            collector.node_failed(
+                node, indexes, error_for_status(Status(response.status), response.error, node)
+            )
+            return
+        if on_payload is not None:
+            try:
+                on_payload(indexes, response.payload)
+            except ValueError as err:
+                collector.node_failed(node, indexes, err)
+                return
+        collector.node_succeeded(node, indexes)
+
+    return done
+
+
+def _log_repair_failure(node: str, key: bytes) -> Callable[[asyncio.Future[Response]], None]:
+    def done(fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            logger.debug("read repair of %r on %s failed: %s", key, node, exc)
+
+    return done
