@@ -5,18 +5,21 @@ size) and for a fast local read:
 
 * one ``dict`` per partition, ``key -> blob``, so exporting, dropping or digesting a
   partition touches only its own keys;
-* each record is a *single* ``bytes`` object: a 25-byte header followed by the value.
-  A tuple or slotted object per record, plus a ``Version`` tuple and its ints, would cost
-  about 150 bytes more per key than this::
+* each record is a *single* ``bytes`` object: a header followed by the value. A tuple
+  or slotted object per record, plus a ``Version`` tuple and its ints, would cost about
+  150 bytes more per key. Two header formats, both starting with one little-endian u64
+  ``word = flags | physical << 8`` (``physical`` < 2**56 microseconds, year 4253)::
 
-      flags     u8   1 tombstone, 2 encoded value, 4 has a TTL
-      physical  u64  version
-      logical   u32  version
-      node      u32  index of the writer's node id in this engine's node table
-      expires   f64  absolute expiry (seconds), 0 = none
+      compact (11 bytes): word, node u16, logical u8
+      wide    (24 bytes): word, logical u32, node u32, expires f64
 
-  Node ids are interned (a cluster has few writers) so a record stores 4 bytes, not the
-  ``host:port`` string. :class:`Record` objects are built only when a caller asks for one.
+  flags: 1 tombstone, 2 encoded value, 4 has a TTL, 8 wide header. The compact form
+  serves the common record (no TTL, logical < 256, fewer than 65,536 writer ids); it
+  exists because CPython allocates small objects in 16-byte steps and an 11-byte header
+  keeps a 100-byte value in the 144-byte class instead of the 160-byte one (issue 6's
+  measure). Node ids are interned (a cluster has few writers), so a record stores an
+  index, not the ``host:port`` string. :class:`Record` objects are built only when a
+  caller asks for one.
 
 Merging is last-writer-wins on :class:`Version` (``put`` applies a record only if its
 version is higher than the stored one), so replicas that receive the same records in any
@@ -62,6 +65,7 @@ import logging
 import math
 import random
 import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 
@@ -74,15 +78,17 @@ from peer_ring.kv._versions import Version
 
 logger = logging.getLogger(__name__)
 
-#: Bytes added to ``len(key) + len(value)`` per record by the size accounting: the blob's
-#: header and object overhead, the key object's, and the dict entry (measured: about 100
-#: bytes per record without ``max_bytes``, about 180 with the LRU order).
-RECORD_OVERHEAD = 128
+#: Bytes added to ``len(key) + len(stored record)`` per record by the size accounting:
+#: two object headers, the dict entry and the LRU entry (measured with ``max_bytes`` set:
+#: about 200 bytes per record; 110 without the LRU order, which only ``max_bytes`` needs).
+RECORD_OVERHEAD = 200
 
-_HEADER = struct.Struct("<BQIId")  # flags, physical, logical, node index, expires
-_HEADER_SIZE = _HEADER.size
+_COMPACT = struct.Struct("<QHB")  # flags | physical << 8, node index, logical
+_WIDE = struct.Struct("<QIId")  # flags | physical << 8, logical, node index, expires
+_COMPACT_SIZE = _COMPACT.size
+_WIDE_SIZE = _WIDE.size
 _EXPIRES = struct.Struct("<d")
-_EXPIRES_AT = 17
+_EXPIRES_AT = 16  # in the wide header, which every record with a TTL has
 _DIGEST_INPUT = struct.Struct("<QQIQB")  # key fp, physical, logical, node fp, is-delete
 _DIGEST_OUTPUT = struct.Struct("<QI")  # sum of record hashes mod 2**64, record count
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -90,13 +96,27 @@ _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _TOMB = 0x01
 _ENCODED = 0x02
 _TTL = 0x04
+_WIDE_FLAG = 0x08
 
 # The spec's Fingerprint64 (peer_ring.core.fingerprint64), called directly: the wrapper's
 # extra call costs ~100 ns on every read.
 _fp64: Callable[[bytes | str], int] = farmhash.fingerprint64
-_unpack = _HEADER.unpack_from
-_pack = _HEADER.pack
+_unpack_compact = _COMPACT.unpack_from
+_unpack_wide = _WIDE.unpack_from
 _new = tuple.__new__
+
+
+def _header(blob: bytes) -> tuple[int, int, int, int, float, int]:
+    """``(flags, physical, logical, node, expires, value offset)`` of a stored record."""
+    if blob[0] & _WIDE_FLAG:
+        word, logical, node, expires = _unpack_wide(blob)
+        return word & 0xFF, word >> 8, logical, node, expires, _WIDE_SIZE
+    word, node, logical = _unpack_compact(blob)
+    return word & 0xFF, word >> 8, logical, node, 0.0, _COMPACT_SIZE
+
+
+def _empty_digest() -> array[int]:
+    return array("Q", bytes(16 * DIGEST_BUCKETS))
 
 
 class KVEngine:
@@ -143,14 +163,18 @@ class KVEngine:
         self.resolver = resolver
         self._rng = rng if rng is not None else random.Random()
         self._parts: list[dict[bytes, bytes]] = [{} for _ in range(partitions)]
-        self._sums: list[list[int]] = [[0] * DIGEST_BUCKETS for _ in range(partitions)]
-        self._counts: list[list[int]] = [[0] * DIGEST_BUCKETS for _ in range(partitions)]
+        # Per partition: DIGEST_BUCKETS sums of record hashes, then as many record counts.
+        # Arrays hold them unboxed (a list of 64-bit ints would cost ~7 MB at P=2048).
+        self._digest: list[array[int]] = [_empty_digest() for _ in range(partitions)]
         # Interned writer ids: index <-> id, and the id's fingerprint for digests.
         self._nodes: list[str] = []
         self._node_index: dict[str, int] = {}
         self._node_fps: list[int] = []
         self._lru: OrderedDict[bytes, None] | None = None if max_bytes is None else OrderedDict()
         self._ttl = TTLIndex()
+        # Per partition, a lower bound on the expiry of its live TTL records: digests()
+        # sweeps a partition only when that bound says a record may be past its grace.
+        self._ttl_floor: list[float] = [math.inf] * partitions
         # (collection time, key) of tombstones; entries go stale when the key is
         # rewritten or dropped and are checked when popped.
         self._graves: list[tuple[float, bytes]] = []
@@ -251,18 +275,25 @@ class KVEngine:
         blob = self._parts[partition].get(key)
         if blob is None:
             return None
-        flags, physical, logical, node, expires = _unpack(blob)
+        flags = blob[0]
         if flags & _TOMB:
             return None
-        if expires and expires <= self._clock.time():
-            self._expire(partition, fp, key, blob)
-            return None
+        if flags & _WIDE_FLAG:
+            word, logical, node, expires = _unpack_wide(blob)
+            if expires and expires <= self._clock.time():
+                self._expire(partition, fp, key, blob)
+                return None
+            value = blob[_WIDE_SIZE:]
+        else:
+            word, node, logical = _unpack_compact(blob)
+            expires = 0.0
+            value = blob[_COMPACT_SIZE:]
         lru = self._lru
         if lru is not None:
             lru.move_to_end(key)
         # tuple.__new__ skips NamedTuple's Python-level __new__: a third of the read cost.
-        version = _new(Version, (physical, logical, self._nodes[node]))
-        return _new(Record, (blob[_HEADER_SIZE:], version, expires, False, bool(flags & _ENCODED)))
+        version = _new(Version, (word >> 8, logical, self._nodes[node]))
+        return _new(Record, (value, version, expires, False, (flags & _ENCODED) != 0))
 
     def get_record(self, key: bytes) -> Record | None:
         """The stored record of ``key`` including tombstones, or ``None`` if none.
@@ -276,14 +307,14 @@ class KVEngine:
         blob = self._parts[partition].get(key)
         if blob is None:
             return None
-        flags, physical, logical, node, expires = _unpack(blob)
+        flags, physical, logical, node, expires, offset = _header(blob)
         version = _new(Version, (physical, logical, self._nodes[node]))
         if not flags & _TOMB:
             if not (expires and expires <= self._clock.time()):
                 if self._lru is not None:
                     self._lru.move_to_end(key)
-                value = blob[_HEADER_SIZE:]
-                return _new(Record, (value, version, expires, False, bool(flags & _ENCODED)))
+                value = blob[offset:]
+                return _new(Record, (value, version, expires, False, (flags & _ENCODED) != 0))
             self._expire(partition, fp, key, blob)
         return _new(Record, (b"", version, expires, True, False))
 
@@ -320,8 +351,11 @@ class KVEngine:
         part = self._parts[partition]
         old = part.get(key)
         if old is not None:
-            _, old_physical, old_logical, old_node, _ = _unpack(old)
-            if (old_physical, old_logical, self._nodes[old_node]) >= version:
+            if old[0] & _WIDE_FLAG:
+                old_word, old_logical, old_node, _ = _unpack_wide(old)
+            else:
+                old_word, old_node, old_logical = _unpack_compact(old)
+            if (old_word >> 8, old_logical, self._nodes[old_node]) >= version:
                 return False
         expires = record.expires
         tombstone = record.tombstone
@@ -350,7 +384,11 @@ class KVEngine:
             flags = (_ENCODED if record.encoded else 0) | (_TTL if expires else 0)
             value = record.value
         try:
-            blob = _pack(flags, physical, logical, node, expires) + value
+            if expires or logical > 0xFF or node > 0xFFFF:
+                flags |= _WIDE_FLAG
+                blob = _WIDE.pack(flags | physical << 8, logical, node, expires) + value
+            else:
+                blob = _COMPACT.pack(flags | physical << 8, node, logical) + value
         except struct.error as exc:
             raise ValueError(f"version out of range: {version!r} ({exc})") from None
         limit = self._max_bytes
@@ -363,6 +401,8 @@ class KVEngine:
             self._unaccount(partition, fp, key, old)
         part[key] = blob
         self._account(partition, fp, key, blob, flags, physical, logical, node, deadline)
+        if flags & _TTL and expires < self._ttl_floor[partition]:
+            self._ttl_floor[partition] = expires
         if limit is not None and self._size > limit:
             self._evict(key)
         return True
@@ -454,15 +494,15 @@ class KVEngine:
         for key, blob in items:
             if wanted is not None and (_fp64(key) >> 32) % DIGEST_BUCKETS not in wanted:
                 continue
-            flags, physical, logical, node, expires = _unpack(blob)
+            flags, physical, logical, node, expires, offset = _header(blob)
             version = _new(Version, (physical, logical, nodes[node]))
             if flags & _TOMB or (expires and expires <= now):
                 if (expires or physical / 1_000_000) + grace <= now:
                     continue
                 yield key, _new(Record, (b"", version, expires, True, False))
             else:
-                value = blob[_HEADER_SIZE:]
-                yield key, _new(Record, (value, version, expires, False, bool(flags & _ENCODED)))
+                value = blob[offset:]
+                yield key, _new(Record, (value, version, expires, False, (flags & _ENCODED) != 0))
 
     def drop(self, partition: int) -> int:
         """Forget every record of ``partition``; returns how many there were."""
@@ -482,8 +522,8 @@ class KVEngine:
                     lru.pop(key, None)
         count = len(part)
         self._parts[partition] = {}
-        self._sums[partition] = [0] * DIGEST_BUCKETS
-        self._counts[partition] = [0] * DIGEST_BUCKETS
+        self._digest[partition] = _empty_digest()
+        self._ttl_floor[partition] = math.inf
         self._size -= size
         self._stored -= count
         self._tombstones -= tombstones
@@ -493,17 +533,37 @@ class KVEngine:
         """``DIGEST_BUCKETS`` digests of ``partition``: ``b""`` for an empty bucket.
 
         Each is 12 bytes: the sum (mod 2**64) of the bucket's record hashes and the record
-        count. Tombstones past their collection time are collected first, so replicas
-        compare what they will keep.
+        count. Records past their collection time are collected first -- tombstones, and
+        expired values that active expiry has not found yet -- so that replicas compare
+        what they keep, whether or not they noticed an expiry.
         """
-        self.collect_tombstones()
+        now = self._clock.time()
+        self.collect_tombstones(now)
+        if self._ttl_floor[partition] + self._grace <= now:
+            self._sweep(partition, now)
         pack = _DIGEST_OUTPUT.pack
+        digest = self._digest[partition]
         return [
-            pack(total, count) if count else b""
-            for total, count in zip(self._sums[partition], self._counts[partition], strict=True)
+            pack(digest[bucket], count) if (count := digest[DIGEST_BUCKETS + bucket]) else b""
+            for bucket in range(DIGEST_BUCKETS)
         ]
 
     # ------------------------------------------------------------------ internals
+
+    def _sweep(self, partition: int, now: float) -> None:
+        """Expire every expired value of ``partition`` (removing those past their grace)."""
+        floor = math.inf
+        expired = []
+        for key, blob in self._parts[partition].items():
+            if blob[0] & (_TOMB | _TTL) == _TTL:
+                expires = _EXPIRES.unpack_from(blob, _EXPIRES_AT)[0]
+                if expires <= now:
+                    expired.append((key, blob))
+                elif expires < floor:
+                    floor = expires
+        for key, blob in expired:
+            self._expire(partition, _fp64(key), key, blob)
+        self._ttl_floor[partition] = floor
 
     def _intern(self, node_id: str) -> int:
         index = len(self._nodes)
@@ -534,11 +594,10 @@ class KVEngine:
         self._size += len(key) + len(blob) + RECORD_OVERHEAD
         self._stored += 1
         bucket = (fp >> 32) % DIGEST_BUCKETS
-        sums = self._sums[partition]
-        sums[bucket] = (sums[bucket] + self._record_hash(fp, flags, physical, logical, node)) & (
-            _MASK64
-        )
-        self._counts[partition][bucket] += 1
+        digest = self._digest[partition]
+        record_hash = self._record_hash(fp, flags, physical, logical, node)
+        digest[bucket] = (digest[bucket] + record_hash) & _MASK64
+        digest[DIGEST_BUCKETS + bucket] += 1
         if flags & _TOMB:
             self._tombstones += 1
             self._bury(key, deadline)
@@ -549,15 +608,14 @@ class KVEngine:
                 self._lru[key] = None
 
     def _unaccount(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
-        flags, physical, logical, node, _ = _unpack(blob)
+        flags, physical, logical, node, _, _ = _header(blob)
         self._size -= len(key) + len(blob) + RECORD_OVERHEAD
         self._stored -= 1
         bucket = (fp >> 32) % DIGEST_BUCKETS
-        sums = self._sums[partition]
-        sums[bucket] = (sums[bucket] - self._record_hash(fp, flags, physical, logical, node)) & (
-            _MASK64
-        )
-        self._counts[partition][bucket] -= 1
+        digest = self._digest[partition]
+        record_hash = self._record_hash(fp, flags, physical, logical, node)
+        digest[bucket] = (digest[bucket] - record_hash) & _MASK64
+        digest[DIGEST_BUCKETS + bucket] -= 1
         if flags & _TOMB:
             self._tombstones -= 1  # its grave entry goes stale
         else:
@@ -571,15 +629,16 @@ class KVEngine:
         self._unaccount(partition, fp, key, blob)
 
     def _expire(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
-        """Turn a live, expired record into a tombstone that keeps its version."""
-        flags, physical, logical, node, expires = _unpack(blob)
+        """Turn a live, expired record (wide header) into a tombstone keeping its version."""
+        word, logical, node, expires = _unpack_wide(blob)
         self._expired += 1
         deadline = expires + self._grace
         if deadline <= self._clock.time():
             self._remove(partition, fp, key, blob)
             return
         # The digest hash is unchanged (see _record_hash); only the value goes.
-        grave = _pack((flags | _TOMB) & ~_ENCODED, physical, logical, node, expires)
+        flags = ((word & 0xFF) | _TOMB) & ~_ENCODED
+        grave = _WIDE.pack((word & ~0xFF) | flags, logical, node, expires)
         self._parts[partition][key] = grave
         self._size -= len(blob) - len(grave)
         self._ttl.discard(key)
@@ -607,7 +666,7 @@ class KVEngine:
         """Whether ``blob`` is the tombstone that a grave entry ``deadline`` refers to."""
         if blob is None or not blob[0] & _TOMB:
             return False
-        _, physical, _, _, expires = _unpack(blob)
+        _, physical, _, _, expires, _ = _header(blob)
         return bool((expires or physical / 1_000_000) + self._grace == deadline)
 
     def _evict(self, protect: bytes) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from peer_ring.core import DEFAULT_PARTITIONS, Discovery, PeerRingConfig
+from peer_ring.core import DEFAULT_PARTITIONS, Discovery, InvalidArgumentError, PeerRingConfig
 from peer_ring.core.transport._base import TransportLimits
 
 if TYPE_CHECKING:
@@ -73,6 +73,14 @@ _OPTIONS: tuple[_Option, ...] = (
         "HTTP API address host:port (port 0 picks a free one). Default: the peer host when it "
         f"is a loopback address, else 127.0.0.1, with the peer port + {HTTP_PORT_OFFSET}",
         "HOST:PORT",
+    ),
+    _Option(
+        "http_port",
+        "--http-port",
+        "PEER_RING_HTTP_PORT",
+        "HTTP API port on the default host (the loopback rule of --http); --http wins "
+        "when both are given",
+        "PORT",
     ),
     _Option(
         "peers",
@@ -172,6 +180,7 @@ class ServeConfig:
             then supplies the address (the pod IP).
         http: HTTP API ``(host, port)``; ``None`` means "derive from ``listen``"
             (see :func:`default_http_address`).
+        http_port: HTTP port on the default host, used when ``http`` is ``None``.
         peers: static peer list (empty: a one-node cluster, or unused with Kubernetes).
         discovery: ``"static"`` or ``"kubernetes"``.
         replication: default replicas per key.
@@ -187,6 +196,7 @@ class ServeConfig:
 
     listen: str | None
     http: tuple[str, int] | None = None
+    http_port: int | None = None
     peers: tuple[str, ...] = ()
     discovery: DiscoveryKind = "static"
     replication: int = 3
@@ -277,6 +287,10 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
     if (item := raw.get("http")) is not None:
         text = _address(item, allow_port_zero=True)
         http = split_address(text)
+    http_port = _int_or_none(raw.get("http_port"), minimum=0)
+    if http_port is not None and http_port > 65535:
+        item = raw.get("http_port")
+        raise UsageError(f"{item[1] if item else '--http-port'}: must be <= 65535")
 
     peers: tuple[str, ...] = ()
     if (item := raw.get("peers")) is not None:
@@ -321,6 +335,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
     config = ServeConfig(
         listen=listen,
         http=http,
+        http_port=http_port,
         peers=peers,
         discovery=discovery,
         replication=replication,
@@ -333,8 +348,8 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         http_token=_secret(raw.get("http_token")),
         log_level=log_level,
     )
-    if config.http is None and config.listen is not None:
-        default_http_address(config.listen)  # fail now (exit 2) if it cannot be derived
+    if config.listen is not None:
+        http_address(config, config.listen)  # fail now (exit 2) if it cannot be derived
     return config
 
 
@@ -359,22 +374,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def default_http_address(listen: str) -> tuple[str, int]:
+def http_address(config: ServeConfig, listen: str) -> tuple[str, int]:
+    """The HTTP address to bind: ``--http``, else the default host with ``--http-port``,
+    else :func:`default_http_address`.
+
+    Raises:
+        UsageError: the port cannot be derived.
+    """
+    if config.http is not None:
+        return config.http
+    host, port = default_http_address(listen, config.http_port)
+    return host, port
+
+
+def default_http_address(listen: str, port: int | None = None) -> tuple[str, int]:
     """The HTTP address used when ``--http`` is not given.
 
     The peer host when it is a loopback address (so that nodes on 127.0.0.1, 127.0.0.2...
     get distinct HTTP addresses), else 127.0.0.1: the HTTP API is for the application next to
     the node (a sidecar), and exposing it beyond the host must be a decision (``--http``).
-    The port is the peer port + 1000.
+    The port is ``port`` when given, else the peer port + 1000.
 
     Raises:
         UsageError: the derived port would be above 65535.
     """
-    host, port = split_address(listen)
-    http_port = port + HTTP_PORT_OFFSET
+    host, peer_port = split_address(listen)
+    http_port = peer_port + HTTP_PORT_OFFSET if port is None else port
     if http_port > 65535:
         raise UsageError(
-            f"cannot derive the HTTP port from peer port {port} (+{HTTP_PORT_OFFSET} > 65535): "
+            f"cannot derive the HTTP port from peer port {peer_port} "
+            f"(+{HTTP_PORT_OFFSET} > 65535): "
             "pass --http HOST:PORT"
         )
     return (host if is_loopback(host) else "127.0.0.1"), http_port
@@ -473,12 +502,17 @@ def _secret(item: tuple[str, str] | None) -> str | None:
 # -- building the node ---------------------------------------------------------------------
 
 
-def build_discovery(config: ServeConfig) -> Discovery:
+def build_discovery(config: ServeConfig, environ: Mapping[str, str] | None = None) -> Discovery:
     """The discovery module that ``config`` names.
 
+    Args:
+        config: the validated settings.
+        environ: the environment Kubernetes discovery reads (``POD_IP``...); default
+            ``os.environ``.
+
     Raises:
-        UsageError: Kubernetes discovery is asked for but not installed, or it disagrees
-            with ``--listen``.
+        UsageError: Kubernetes discovery is asked for but not installed, misconfigured,
+            or it disagrees with ``--listen``.
     """
     if config.discovery == "kubernetes":
         try:
@@ -490,7 +524,13 @@ def build_discovery(config: ServeConfig) -> Discovery:
                 "--discovery kubernetes needs the peer-ring-discovery-k8s package "
                 f"(pip install peer-ring-discovery-k8s): {exc}"
             ) from None
-        discovery: Discovery = KubernetesDiscovery.from_env()
+        # The pod IP comes from the environment (downward API); --listen, when given,
+        # supplies the port and must name the same host.
+        port = split_address(config.listen)[1] if config.listen is not None else None
+        try:
+            discovery: Discovery = KubernetesDiscovery.from_env(port=port, environ=environ)
+        except InvalidArgumentError as exc:
+            raise UsageError(f"kubernetes discovery: {exc}") from None
         if config.listen is not None and discovery.self_address != config.listen:
             raise UsageError(
                 f"--listen {config.listen} differs from the address Kubernetes discovery "

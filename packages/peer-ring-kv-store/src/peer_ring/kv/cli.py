@@ -26,7 +26,7 @@ from peer_ring.kv._serve_config import (
     build_discovery,
     build_store,
     config_from,
-    default_http_address,
+    http_address,
 )
 
 logger = logging.getLogger("peer_ring.kv.serve")
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--host", default="127.0.0.1", help="loopback address of every node. Default: 127.0.0.1"
     )
+    demo.set_defaults(subparser=demo)
     return parser
 
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             config = config_from(args, env)
         except UsageError as exc:
             args.subparser.error(str(exc))  # prints usage and exits with status 2
-        return run_serve(config)
+        return run_serve(config, env)
     if args.command == "demo":
         from peer_ring.kv._demo import DemoOptions, run_demo
 
@@ -123,13 +124,13 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def run_serve(config: ServeConfig) -> int:
+def run_serve(config: ServeConfig, environ: Mapping[str, str] | None = None) -> int:
     """Run a node until SIGTERM/SIGINT; returns the exit status."""
     from peer_ring.core import run
 
     configure_logging(config.log_level)
     try:
-        return run(_serve(config))
+        return run(_serve(config, environ))
     except UsageError as exc:
         # Problems only detectable once discovery is built (Kubernetes settings).
         print(f"peer-ring-kv serve: error: {exc}", file=sys.stderr)
@@ -138,12 +139,12 @@ def run_serve(config: ServeConfig) -> int:
         return EXIT_INTERRUPTED
 
 
-async def _serve(config: ServeConfig) -> int:
+async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
     from peer_ring.kv._server import KVHttpApi, KVHttpServer
 
-    discovery = build_discovery(config)
+    discovery = build_discovery(config, environ)
     listen = discovery.self_address
-    http_host, http_port = config.http or default_http_address(listen)
+    http_host, http_port = http_address(config, listen)
     store = build_store(config, discovery)
     api = KVHttpApi(
         store,
@@ -201,6 +202,16 @@ async def _serve(config: ServeConfig) -> int:
             store.node.ring.partitions,
             config.replication,
         )
+        members = len(store.node.ring.members)
+        quorum = store.node.config.quorum_for(config.replication)
+        if members < quorum:
+            # Legal (more nodes may join), but a surprise when trying a single node out.
+            logger.warning(
+                "only %d member(s) for the default quorum of %d: reads and writes will fail "
+                "with 503 until more nodes join (for one node, use --replication 1)",
+                members,
+                quorum,
+            )
         await stop.wait()
         return EXIT_OK
     finally:

@@ -3,10 +3,14 @@
 A ``Frame`` is ``repeated Request requests = 1; repeated Response responses = 2;
 repeated uint64 cancels = 3``. In the protobuf wire format a message is the concatenation of
 its fields, so a frame is simply the concatenation of *parts*, each part one field:
-``tag + length + serialized Request`` (and likewise for responses and packed cancels).
-Each request or response is therefore serialized once, when it is queued (that also gives
+``tag + length + encoded Request`` (and likewise for responses and packed cancels).
+Each request or response is therefore encoded once, when it is queued (that also gives
 its exact size for the max-message check), and the single writer of a stream only joins
-bytes: it never builds a ``Frame`` object. Decoding uses the generated (upb, C) parser.
+bytes: it never builds a ``Frame`` object.
+
+Requests and responses are encoded by hand (measured: about twice as fast as the generated
+classes, whose keyword-argument construction dominates); everything is decoded with the
+generated upb (C) parser, which is fast and validates the input.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ _RECORDS_TAG = b"\x0a"  # TransferChunk.records = 1
 #: Upper bound of the bytes one cancel id adds to a frame (a 64-bit varint).
 CANCEL_ID_BYTES = 10
 
-#: The largest uint32 (``Request.timeout_ms``).
 _MAX_UINT32 = 0xFFFFFFFF
+_MAX_INT32 = 0x7FFFFFFF  # enum values are int32 on the wire
+_MAX_UINT64 = 0xFFFFFFFFFFFFFFFF
+
+#: Encoded (namespace, command, hint, timeout) fields, by value: see ``_request_head``.
+_REQUEST_HEADS: dict[tuple[str, str, str, float], bytes] = {}
+_MAX_HEADS = 4096
 
 _ONE_BYTE = [bytes((i,)) for i in range(128)]
 
@@ -54,9 +63,18 @@ _STATUS_OF_ERROR: tuple[tuple[type[PeerRingError], Status], ...] = (
 
 
 def varint(value: int) -> bytes:
-    """Encode a non-negative integer as a protobuf base-128 varint."""
-    if value < 0x80:
+    """Encode an unsigned integer as a protobuf base-128 varint.
+
+    Raises:
+        ValueError: ``value`` is negative or does not fit in 64 bits.
+    """
+    # Unrolled for the sizes the hot path sees (lengths, ids); a call costs ~0.2 us.
+    if 0 <= value < 0x80:
         return _ONE_BYTE[value]
+    if 0x80 <= value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if not 0 <= value <= _MAX_UINT64:
+        raise ValueError(f"{value} is not a 64-bit unsigned integer")
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -78,27 +96,91 @@ def timeout_ms(seconds: float) -> int:
     return min(max(ms, 0), _MAX_UINT32)
 
 
-def request_part(rid: int, req: Request, deadline_ms: int) -> bytes:
-    """One ``Frame.requests`` entry: tag, length and the serialized ``Request``."""
-    body = pb.Request(
-        id=rid,
-        namespace=req.namespace,
-        command=req.command,
-        key=req.key,
-        payload=req.payload,
-        partition=req.partition,
-        hint=req.hint,
-        timeout_ms=deadline_ms,
-    ).SerializeToString()
-    return _REQUESTS_TAG + varint(len(body)) + body
+def _request_head(namespace: str, command: str, hint: str, timeout: float) -> bytes:
+    """The fields of a Request that repeat from request to request, encoded once."""
+    head = _REQUEST_HEADS.get((namespace, command, hint, timeout))
+    if head is None:
+        parts: list[bytes] = []
+        for tag, text in ((b"\x12", namespace), (b"\x1a", command), (b"\x3a", hint)):
+            if text:
+                raw = text.encode()
+                parts += (tag, varint(len(raw)), raw)
+        ms = timeout_ms(timeout)
+        if ms:
+            parts += (b"\x40", varint(ms))
+        head = b"".join(parts)
+        if len(_REQUEST_HEADS) >= _MAX_HEADS:
+            _REQUEST_HEADS.clear()  # bounded: namespaces/commands/hints are few in practice
+        _REQUEST_HEADS[(namespace, command, hint, timeout)] = head
+    return head
+
+
+def request_part(rid: int, req: Request, timeout: float) -> bytes:
+    """One ``Frame.requests`` entry: tag, length and the encoded ``Request``.
+
+    Encoded by hand: about twice as fast as building a generated message from keyword
+    arguments and serializing it, and the payload is copied once. Field order and the
+    explicit empty ``key``/``payload``/``partition`` are valid protobuf; any parser reads
+    the same message (``tests/test_grpc_transport_codec.py`` checks this).
+
+    Raises:
+        TypeError: ``key`` or ``payload`` is not bytes-like.
+        ValueError: ``partition`` or ``rid`` is out of range, or a text field cannot be
+            encoded as UTF-8.
+    """
+    head = _request_head(req.namespace, req.command, req.hint, timeout)
+    key = req.key
+    payload = req.payload
+    rv = varint(rid)
+    kv = varint(len(key))
+    pv = varint(len(payload))
+    partition = req.partition
+    if not 0 <= partition <= _MAX_UINT32:
+        raise ValueError(f"partition {partition} is not a 32-bit unsigned integer")
+    sv = varint(partition)
+    size = 4 + len(rv) + len(head) + len(kv) + len(key) + len(pv) + len(payload) + len(sv)
+    return b"\x0a%b\x08%b%b\x22%b%b\x2a%b%b\x30%b" % (
+        varint(size),
+        rv,
+        head,
+        kv,
+        key,
+        pv,
+        payload,
+        sv,
+    )
 
 
 def response_part(rid: int, resp: Response) -> bytes:
-    """One ``Frame.responses`` entry: tag, length and the serialized ``Response``."""
-    body = pb.Response(
-        id=rid, status=pb.Status.ValueType(resp.status), payload=resp.payload, error=resp.error
-    ).SerializeToString()
-    return _RESPONSES_TAG + varint(len(body)) + body
+    """One ``Frame.responses`` entry: tag, length and the encoded ``Response``.
+
+    Raises:
+        TypeError: ``payload`` is not bytes-like.
+        ValueError: ``status`` is not a valid status value.
+    """
+    payload = resp.payload
+    rv = varint(rid)
+    pv = varint(len(payload))
+    status = int(resp.status)
+    error = resp.error
+    if status == 0 and not error:  # the common case
+        size = 2 + len(rv) + len(pv) + len(payload)
+        return b"\x12%b\x08%b\x1a%b%b" % (varint(size), rv, pv, payload)
+    if not 0 <= status <= _MAX_INT32:
+        raise ValueError(f"invalid status {status}")
+    sv = varint(status)
+    raw = error.encode()
+    ev = varint(len(raw))
+    size = 4 + len(rv) + len(sv) + len(pv) + len(payload) + len(ev) + len(raw)
+    return b"\x12%b\x08%b\x10%b\x1a%b%b\x22%b%b" % (
+        varint(size),
+        rv,
+        sv,
+        pv,
+        payload,
+        ev,
+        raw,
+    )
 
 
 def cancel_parts(ids: Sequence[int], max_bytes: int) -> Iterator[bytes]:

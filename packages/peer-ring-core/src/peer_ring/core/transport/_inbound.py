@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -67,7 +67,7 @@ class InboundStream:
         self._loop = asyncio.get_running_loop()
         self._outbox: list[bytes] = []
         self._wakeup = asyncio.Event()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Future[Any]] = {}
         self._closed = False
         #: Set when the stream must end with INVALID_ARGUMENT (a malformed frame).
         self.abort_reason: str | None = None
@@ -128,11 +128,8 @@ class InboundStream:
                     )
                     return
                 stats.frames_received += 1
-                requests = frame.requests
-                if requests:
-                    stats.requests_received += len(requests)
-                    for msg in requests:
-                        self._dispatch(msg)
+                # Cancels first: they name requests of earlier frames, whose slots the
+                # opener already reused for the requests of this one.
                 cancels = frame.cancels
                 if cancels:
                     stats.cancels_received += len(cancels)
@@ -140,6 +137,11 @@ class InboundStream:
                         task = self._tasks.pop(rid, None)
                         if task is not None:
                             task.cancel()
+                requests = frame.requests
+                if requests:
+                    stats.requests_received += len(requests)
+                    for msg in requests:
+                        self._dispatch(msg)
                 if self._outbox:
                     self._wakeup.set()
         except asyncio.CancelledError:
@@ -161,26 +163,31 @@ class InboundStream:
         if isinstance(result, Response):
             self._respond(rid, result)  # the inline path: no Task
         elif inspect.isawaitable(result):
-            self._tasks[rid] = self._loop.create_task(
-                self._finish(rid, request.namespace, request.command, result)
-            )
+            # The handler's coroutine becomes the one Task (a future is used as is); no
+            # wrapper coroutine, so a task cancelled before it ever ran leaves no
+            # never-awaited coroutine behind.
+            task = asyncio.ensure_future(result, loop=self._loop)
+            self._tasks[rid] = task
+            task.add_done_callback(partial(self._finish, rid, request.namespace, request.command))
         else:
-            self._respond(rid, _not_a_response(result))
+            self._respond(rid, self._not_a_response(request.namespace, request.command, result))
 
-    async def _finish(
-        self, rid: int, namespace: str, command: str, awaitable: Awaitable[Response]
-    ) -> None:
-        try:
-            result: object = await awaitable
-        except asyncio.CancelledError:
-            raise  # cancelled by the peer, or the stream closed: nobody waits for an answer
-        except Exception as exc:
+    def _finish(self, rid: int, namespace: str, command: str, task: asyncio.Future[Any]) -> None:
+        if self._tasks.get(rid) is task:
+            del self._tasks[rid]
+        if task.cancelled() or self._closed:
+            return  # cancelled by the peer, or the stream closed: nobody waits for an answer
+        exc = task.exception()
+        result: object
+        if exc is None:
+            result = task.result()
+        elif isinstance(exc, Exception):
             result = self._handler_failed(namespace, command, exc)
-        finally:
-            self._tasks.pop(rid, None)
-        if self._closed:
+        else:  # KeyboardInterrupt, SystemExit...: not ours to turn into a response
             return
-        self._respond(rid, result if isinstance(result, Response) else _not_a_response(result))
+        if not isinstance(result, Response):
+            result = self._not_a_response(namespace, command, result)
+        self._respond(rid, result)
         self._wakeup.set()
 
     def _handler_failed(self, namespace: str, command: str, exc: Exception) -> Response:
@@ -197,6 +204,10 @@ class InboundStream:
                 exc_info=exc,
             )
         return error_response(exc)
+
+    def _not_a_response(self, namespace: str, command: str, value: object) -> Response:
+        error = TypeError(f"handler returned {type(value).__name__}, not a Response")
+        return self._handler_failed(namespace, command, error)
 
     def _respond(self, rid: int, response: Response) -> None:
         try:
@@ -215,7 +226,3 @@ class InboundStream:
             )
         self._outbox.append(part)
         self._stats.responses_sent += 1
-
-
-def _not_a_response(value: object) -> Response:
-    return error_response(TypeError(f"handler returned {type(value).__name__}, not a Response"))

@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from peer_ring.core._clock import Clock
 from peer_ring.core._errors import (
+    InvalidArgumentError,
     MessageTooLargeError,
     OverloadedError,
     PeerUnavailableError,
@@ -46,7 +47,6 @@ from peer_ring.core.transport._codec import (
     join_frames,
     request_part,
     status_of,
-    timeout_ms,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
@@ -79,25 +79,16 @@ class OutboundCall(asyncio.Future[Response]):
     caller release the in-flight slot at once, at no cost on the normal path.
     """
 
+    # Set by PeerConnection.request right after construction: no Python __init__, which
+    # would cost an extra call per request.
     __slots__ = ("_conn", "data", "request", "rid", "sent", "tick", "timeout")
-
-    def __init__(
-        self,
-        conn: PeerConnection,
-        rid: int,
-        request: Request,
-        data: bytes,
-        timeout: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        super().__init__(loop=loop)
-        self._conn = conn
-        self.rid = rid
-        self.request = request
-        self.data = data  # the encoded Frame part, until written
-        self.timeout = timeout
-        self.sent = False
-        self.tick = 0
+    _conn: PeerConnection
+    rid: int
+    request: Request
+    data: bytes  # the encoded Frame part, until written
+    timeout: float
+    sent: bool
+    tick: int
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Abandon the request: the slot is freed and the peer told to stop working on it."""
@@ -194,7 +185,10 @@ class PeerConnection:
         rid = self._next_id
         self._next_id = rid + 1
         timeout = req.timeout if req.timeout > 0 else self._limits.default_timeout
-        data = request_part(rid, req, timeout_ms(timeout))
+        try:
+            data = request_part(rid, req, timeout)
+        except (TypeError, ValueError) as exc:
+            return self._failed(InvalidArgumentError(f"cannot encode request: {exc}"))
         if len(data) > self._max_bytes:
             self._stats.oversized_requests += 1
             return self._failed(
@@ -203,7 +197,13 @@ class PeerConnection:
                     f"bytes, over max_message_bytes={self._max_bytes}"
                 )
             )
-        call = OutboundCall(self, rid, req, data, timeout, self._loop)
+        call = OutboundCall(loop=self._loop)
+        call._conn = self
+        call.rid = rid
+        call.request = req
+        call.data = data
+        call.timeout = timeout
+        call.sent = False
         call.tick = self._wheel.add(call, timeout)
         self._calls[rid] = call
         self._queue.append(call)

@@ -55,6 +55,7 @@ class WatchStats:
         expired: 410 Gone answers (each followed by a relist).
         errors: failed attempts (connection errors, 5xx, 403...), each followed by a backoff.
         last_error: the message of the most recent failure ("" if none yet).
+        resource_version: where the next watch resumes from.
     """
 
     lists: int = 0
@@ -64,6 +65,7 @@ class WatchStats:
     expired: int = 0
     errors: int = 0
     last_error: str = ""
+    resource_version: str = ""
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -143,6 +145,7 @@ class Reflector:
         items, version = await self._api.list_objects(self._kind, self._namespace, self._selector)
         self._store.replace(items, version)
         self.stats.lists += 1
+        self.stats.resource_version = version
         logger.debug("listed %d %s at resourceVersion %s", len(items), self._describe(), version)
         self._on_change(self._store.objects)
 
@@ -277,6 +280,7 @@ class Reflector:
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         outcome = self._store.apply(event)
+        self.stats.resource_version = self._store.resource_version
         if outcome is Outcome.CHANGED:
             self.stats.events += 1
             self._on_change(self._store.objects)

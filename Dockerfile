@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# The peer-ring key-value node (`peer-ring-kv serve`), used as a sidecar by deploy/ and by
+# the kind e2e workflow (.github/workflows/e2e-kind.yml):
+#   docker build -t peer-ring-kv:dev .
+#   docker run --rm -e PEER_RING_PEERS=... peer-ring-kv:dev serve
+
+# --- build: wheels of the workspace packages ------------------------------------------------
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir "hatchling>=1.21"
+COPY packages/ packages/
+# --no-deps: only our own packages become wheels here; their third-party dependencies are
+# resolved from PyPI in the runtime stage, against these exact wheels.
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels \
+      packages/peer-ring-core \
+      packages/peer-ring-discovery-static \
+      packages/peer-ring-discovery-k8s \
+      packages/peer-ring-kv-store
+
+# --- runtime ---------------------------------------------------------------------------------
+FROM python:3.11-slim
+RUN groupadd --gid 10001 peer-ring \
+ && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin peer-ring
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl \
+ && rm -rf /wheels
+ENV PYTHONUNBUFFERED=1
+USER 10001:10001
+# 7101: peer gRPC (PEER_RING_PEER_PORT); 8080: HTTP API (PEER_RING_HTTP_PORT).
+EXPOSE 7101 8080
+ENTRYPOINT ["peer-ring-kv"]
+CMD ["serve"]

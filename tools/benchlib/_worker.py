@@ -1,0 +1,257 @@
+"""One benchmark process: a peer-ring node with its embedded load generator, or a Redis client.
+
+Run as ``python -m benchlib._worker '<spec JSON>'`` by the parent (:mod:`benchlib._procs`).
+It talks to the parent with JSON lines: commands arrive on stdin, events leave on stdout
+prefixed with :data:`PREFIX` (anything else on stdout is ignored; logs go to stderr). The
+phases, each acknowledged so that the parent can keep every process in step:
+
+1. start (node: ``KVStore`` listening; Redis: connected) -> ``{"event": "started"}``
+2. ``{"cmd": "prefill"}`` -> this process writes its share of the keys -> ``"prefilled"``
+3. ``{"cmd": "run", "start_at": t}`` -> warm-up then measurement on the shared schedule ->
+   ``{"event": "result", ...}``
+4. ``{"cmd": "stop"}`` -> a node stays up until then, because the other nodes' load still
+   reaches it; then it leaves and the process exits 0.
+
+If stdin closes (the parent died), the process exits. Runs on uvloop
+(``peer_ring.core.run`` picks it when installed; the Redis client uses it too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import functools
+import json
+import logging
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from benchlib._load import Schedule, Workload, make_keys, make_sequence, make_value, run_load
+
+#: Marks the protocol lines on stdout.
+PREFIX = "@@bench "
+
+_PREFILL_BATCH = 500
+
+
+def _emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(PREFIX + json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+class _Commands:
+    """Lines from stdin (read by a thread, so the event loop never blocks on the pipe)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._loop = loop
+        threading.Thread(target=self._read, name="bench-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in sys.stdin:
+            line = line.strip()
+            if line:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, json.loads(line))
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def expect(self, name: str) -> dict[str, Any]:
+        command = await self._queue.get()
+        if command is None:
+            raise SystemExit("stdin closed: the parent went away")
+        if command.get("cmd") != name:
+            raise RuntimeError(f"expected command {name!r}, got {command!r}")
+        return command
+
+
+def _cpu_seconds() -> float:
+    # RUSAGE_SELF covers every thread of the process, so gRPC's C-core threads (and
+    # redis-py's nothing) are included: the honest cost of serving the load.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _Meter:
+    """Samples CPU time and counters at the window's boundaries; runs the profiler."""
+
+    def __init__(
+        self, counters: Callable[[], dict[str, int]] | None, profile_path: str | None
+    ) -> None:
+        self._counters = counters
+        self._profile_path = profile_path
+        self._profiler = cProfile.Profile() if profile_path else None
+        self.cpu_s = 0.0
+        self.counters: dict[str, int] = {}
+        self._cpu0 = 0.0
+        self._counters0: dict[str, int] = {}
+
+    def __call__(self, mark: str) -> None:
+        if mark == "start":
+            self._cpu0 = _cpu_seconds()
+            self._counters0 = self._counters() if self._counters else {}
+            if self._profiler is not None:
+                self._profiler.enable()
+            return
+        if self._profiler is not None:
+            self._profiler.disable()
+            self._profiler.dump_stats(str(self._profile_path))
+        self.cpu_s = _cpu_seconds() - self._cpu0
+        if self._counters:
+            after = self._counters()
+            self.counters = {k: v - self._counters0.get(k, 0) for k, v in after.items()}
+
+
+async def _measure(
+    spec: dict[str, Any],
+    commands: _Commands,
+    get: Callable[[str], Awaitable[Any]],
+    set_: Callable[[str, bytes], Awaitable[Any]],
+    prefill: Callable[[list[str], bytes], Awaitable[None]],
+    counters: Callable[[], dict[str, int]] | None,
+) -> None:
+    """Phases 2 and 3, common to both systems."""
+    workload = Workload(**spec["workload"])
+    keys = make_keys(workload.keys)
+    value = make_value(workload.value_size)
+    index = int(spec["index"])
+    sequence = make_sequence(workload, keys, workload.seed * 1000 + index)
+
+    await commands.expect("prefill")
+    began = time.perf_counter()
+    await prefill(keys[index :: int(spec["processes"])], value)
+    _emit("prefilled", seconds=time.perf_counter() - began)
+
+    command = await commands.expect("run")
+    schedule = Schedule(float(command["start_at"]), float(spec["warmup"]), float(spec["duration"]))
+    meter = _Meter(counters, spec.get("profile_path"))
+    result = await run_load(get, set_, workload, sequence, value, schedule, on_window=meter)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _emit(
+        "result",
+        index=index,
+        pid=os.getpid(),
+        loop=type(asyncio.get_running_loop()).__module__,
+        cpu_s=meter.cpu_s,
+        peak_rss_bytes=usage.ru_maxrss * 1024,
+        rss_bytes=_rss_bytes(),
+        counters=meter.counters,
+        **result.to_json(),
+    )
+
+
+async def _prefill_batches(
+    keys: list[str], value: bytes, write: Callable[[dict[str, bytes]], Awaitable[Any]]
+) -> None:
+    for start in range(0, len(keys), _PREFILL_BATCH):
+        batch = {key: value for key in keys[start : start + _PREFILL_BATCH]}
+        # Bounded retries: a node that is still opening its streams answers
+        # PeerUnavailableError for a moment.
+        for attempt in range(50):
+            try:
+                await write(batch)
+                break
+            except Exception:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+async def _node(spec: dict[str, Any]) -> None:
+    from peer_ring.core import PeerRingConfig
+    from peer_ring.discovery.static import StaticDiscovery
+    from peer_ring.kv import KVStore
+
+    commands = _Commands(asyncio.get_running_loop())
+    replication = int(spec["replication"])
+    quorum = int(spec["quorum"])
+    discovery = StaticDiscovery(spec["peers"], self_address=spec["address"])
+    config = PeerRingConfig(request_timeout=float(spec["request_timeout"]))
+    async with KVStore(
+        discovery, replication=replication, quorum=quorum, config=config
+    ) as kv:
+        _emit("started", address=kv.node.address)
+        transport = kv.node.transport
+        stats = getattr(transport, "stats", None)
+
+        async def prefill(keys: list[str], value: bytes) -> None:
+            connect = getattr(transport, "connect", None)
+            if connect is not None:  # open every stream before the first batch
+                for peer in spec["peers"]:
+                    if peer != kv.node.address:
+                        with contextlib.suppress(Exception):
+                            await connect(peer)
+            # Every replica gets the prefill: quorum = replication.
+            await _prefill_batches(
+                keys,
+                value,
+                lambda batch: kv.mset(batch, quorum=replication, replication=replication),
+            )
+
+        # partial() of the bound methods, not wrapper coroutines: the benchmark measures
+        # the store, not an extra coroutine frame of the harness (Redis gets the same).
+        get = functools.partial(kv.get, quorum=quorum, replication=replication)
+        set_ = functools.partial(kv.set, quorum=quorum, replication=replication)
+        await _measure(spec, commands, get, set_, prefill, stats)
+        await commands.expect("stop")
+
+
+async def _redis(spec: dict[str, Any]) -> None:
+    import redis.asyncio as aioredis
+
+    commands = _Commands(asyncio.get_running_loop())
+    workload = Workload(**spec["workload"])
+    # One connection per in-flight operation, as redis.asyncio's pool opens them on demand
+    # under concurrency (bounded so a bug cannot open thousands).
+    client = aioredis.Redis(
+        host=spec["redis_host"],
+        port=int(spec["redis_port"]),
+        max_connections=workload.concurrency + 4,
+    )
+    try:
+        await client.ping()
+        _emit("started", address=f"{spec['redis_host']}:{spec['redis_port']}")
+
+        async def prefill(keys: list[str], value: bytes) -> None:
+            await _prefill_batches(keys, value, client.mset)
+
+        await _measure(spec, commands, client.get, client.set, prefill, None)
+        await commands.expect("stop")
+    finally:
+        await client.aclose()
+
+
+def main() -> None:
+    """Entry point: ``python -m benchlib._worker '<spec JSON>'``."""
+    spec: dict[str, Any] = json.loads(sys.argv[1])
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"%(asctime)s {spec['role']}{spec['index']} %(name)s %(levelname)s %(message)s",
+    )
+    # Both systems on the same loop: uvloop unless --no-uvloop (peer_ring.core.run is
+    # what an application embedding peer-ring would call).
+    from peer_ring.core import run
+
+    coro = _node(spec) if spec["role"] == "node" else _redis(spec)
+    try:
+        run(coro, use_uvloop=bool(spec.get("uvloop", True)))
+    except SystemExit:
+        raise
+    except BaseException:
+        _emit("error", message=traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

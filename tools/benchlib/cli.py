@@ -1,0 +1,287 @@
+"""``tools/bench``: peer-ring (embedded KVStore, N node processes) vs Redis, same workload.
+
+What one invocation does, in order:
+
+1. for each round (``--repeat``) and each concurrency: Redis (``redis-server`` started here,
+   driven by N client processes with redis.asyncio), then every peer-ring configuration
+   (N node processes on 127.0.0.1..N, each embedding a ``KVStore`` and the same load
+   generator). Each run: start, prefill the keys, warm up, measure for ``--duration``.
+2. ``--micro``: local get of an owned key; ``--memory``: 1,000,000 keys in one node.
+3. A table on the terminal, the issue's targets, and a JSON document
+   (default ``bench-results/<timestamp>.json``).
+
+Speed is never a pass/fail criterion here (DESIGN.md); the exit status is non-zero only
+when the benchmark itself could not run (or, in ``--smoke``, measured no operation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import _report
+from benchlib._load import Workload
+from benchlib._procs import (
+    INSTALL_REDIS_HINT,
+    REPO,
+    RedisServer,
+    RunPlan,
+    WorkerFailedError,
+    child_env,
+    redis_server_binary,
+    run_plan,
+)
+from benchlib._profile import analyze_cprofile, analyze_py_spy, format_profile
+from benchlib._worker import PREFIX
+
+
+def running_in_ci() -> bool:
+    """Same rule as the repository's conftest: ``CI`` set to something truthy."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(
+        prog="tools/bench",
+        description="peer-ring (embedded KVStore cluster) vs Redis from Python, same workload.",
+    )
+    p.add_argument("--nodes", type=int, default=3, help="node (and Redis client) processes")
+    p.add_argument(
+        "--concurrency", type=int, nargs="+", default=[64],
+        help="operations in flight per process (several values: one run each)",
+    )
+    p.add_argument("--replication", type=int, default=1, help="replicas N per key")
+    p.add_argument("--quorum", type=int, default=None, help="read/write quorum (default: N//2+1)")
+    p.add_argument(
+        "--matrix", action="store_true",
+        help="the issue's matrix: concurrency 16 and 64 x {R1/Q1, R3/Q2} (+ Redis)",
+    )
+    p.add_argument("--value-size", type=int, default=100, help="bytes per value")
+    p.add_argument("--keys", type=int, default=10_000, help="key space size")
+    p.add_argument("--read-ratio", type=float, default=0.5, help="fraction of gets (0..1)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    p.add_argument("--repeat", type=int, default=1, help="rounds (ratios pair runs per round)")
+    p.add_argument("--max-ops", type=int, default=20_000_000, help="op bound per process")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--request-timeout", type=float, default=2.0, help="peer-ring seconds")
+    p.add_argument("--single-ip", action="store_true",
+                   help="all nodes on 127.0.0.1 with distinct ports (default: 127.0.0.x)")
+    p.add_argument("--no-redis", action="store_true", help="skip the Redis baseline")
+    p.add_argument("--no-load", action="store_true", help="skip the cluster runs")
+    p.add_argument("--micro", action="store_true", help="local-get micro-benchmark")
+    p.add_argument("--memory", action="store_true", help="1M-key memory test")
+    p.add_argument("--memory-keys", type=int, default=1_000_000)
+    p.add_argument("--full", action="store_true", help="--matrix --micro --memory")
+    p.add_argument("--no-uvloop", action="store_true", help="plain asyncio (for comparison)")
+    p.add_argument(
+        "--profile", choices=("py-spy", "cprofile"), default=None,
+        help="profile peer-ring node 0 during the window (py-spy: sampling, no overhead)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="results file")
+    p.add_argument("--smoke", action="store_true", help="tiny run (~5 s): it starts and reports")
+    opts = p.parse_args(argv)
+    if opts.full:
+        opts.matrix = opts.micro = opts.memory = True
+    if opts.smoke:
+        opts.concurrency = [8]
+        opts.keys = 1000
+        opts.warmup = 0.3
+        opts.duration = 1.0
+        opts.replication, opts.quorum = 3, 2
+        opts.micro = opts.memory = True
+        opts.memory_keys = 20_000
+    for name in ("nodes", "replication", "keys", "value_size", "repeat", "max_ops"):
+        if getattr(opts, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 <= opts.read_ratio <= 1.0:
+        p.error("--read-ratio must be within 0..1")
+    if opts.duration <= 0 or opts.warmup < 0:
+        p.error("--duration must be > 0 and --warmup >= 0")
+    if opts.quorum is None:
+        opts.quorum = opts.replication // 2 + 1
+    if not 1 <= opts.quorum <= opts.replication:
+        p.error("--quorum must be within 1..replication")
+    if opts.replication > opts.nodes and not opts.matrix:
+        p.error("--replication cannot exceed --nodes")
+    return opts
+
+
+def _configs(opts: argparse.Namespace) -> list[tuple[int, int]]:
+    if opts.matrix:
+        return [(1, 1), (min(3, opts.nodes), min(2, opts.nodes))]
+    return [(opts.replication, opts.quorum)]
+
+
+def _concurrencies(opts: argparse.Namespace) -> list[int]:
+    return [16, 64] if opts.matrix else list(opts.concurrency)
+
+
+async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``benchlib._micro`` in a fresh process (bounded, killed on failure)."""
+    import json
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchlib._micro", json.dumps({"kind": kind, **spec}),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=child_env(), start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        raise WorkerFailedError(f"{kind} benchmark did not finish within {timeout:g}s") from None
+    finally:
+        if proc.returncode is None:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith(PREFIX):
+            result: dict[str, Any] = json.loads(line[len(PREFIX) :])
+            result.pop("event", None)
+            return result
+    raise WorkerFailedError(
+        f"{kind} benchmark failed (exit {proc.returncode}):\n{err.decode(errors='replace')[-3000:]}"
+    )
+
+
+def _attach_profile(raw: dict[str, Any]) -> None:
+    files = raw["profile_files"]
+    try:
+        if "py-spy" in files:
+            raw["profile"] = {**analyze_py_spy(Path(files["py-spy"])), "file": files["py-spy"]}
+        elif "cprofile" in files:
+            raw["profile"] = {
+                **analyze_cprofile(Path(files["cprofile"])), "file": files["cprofile"]
+            }
+    except Exception as exc:  # a broken profile must not lose the measurements
+        raw["profile"] = {"error": repr(exc)}
+
+
+async def _main(opts: argparse.Namespace) -> int:
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="peer-ring-bench-"))
+    use_redis = not opts.no_redis
+    if use_redis and redis_server_binary() is None:
+        if opts.smoke and not running_in_ci():
+            print(f"tools/bench: {INSTALL_REDIS_HINT}\n  -> skipping the Redis part (not in CI)")
+            use_redis = False
+        else:
+            why = "CI is set: a missing baseline is an error" if running_in_ci() else ""
+            print(f"tools/bench: {INSTALL_REDIS_HINT}. {why}", file=sys.stderr)
+            return 2
+    runs: list[dict[str, Any]] = []
+    micro: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
+    redis: RedisServer | None = None
+    uvloop = not opts.no_uvloop
+    try:
+        if use_redis:
+            redis = RedisServer(workdir)
+            await redis.start()
+            print(f"redis-server {redis.version} on {redis.host}:{redis.port}")
+        if not opts.no_load:
+            for round_ in range(opts.repeat):
+                for concurrency in _concurrencies(opts):
+                    workload = Workload(
+                        keys=opts.keys, value_size=opts.value_size, read_ratio=opts.read_ratio,
+                        concurrency=concurrency, max_ops=opts.max_ops, seed=opts.seed,
+                    ).__dict__
+                    plans = []
+                    if redis is not None:
+                        plans.append(RunPlan("redis", opts.nodes, workload, opts.warmup,
+                                             opts.duration, uvloop=uvloop))
+                    for r, q in _configs(opts):
+                        plans.append(RunPlan(
+                            "peer-ring", opts.nodes, workload, opts.warmup, opts.duration,
+                            replication=r, quorum=q, single_ip=opts.single_ip, uvloop=uvloop,
+                            request_timeout=opts.request_timeout, profile=opts.profile,
+                        ))
+                    for plan in plans:
+                        print(f"running {_report.label(plan)} "
+                              f"({opts.nodes} processes, {opts.warmup:g}s warm-up + "
+                              f"{opts.duration:g}s)...", flush=True)
+                        raw = await run_plan(plan, workdir, redis)
+                        _attach_profile(raw)
+                        summary = _report.summarize(raw)
+                        summary["round"] = round_
+                        summary["rounds"] = opts.repeat
+                        runs.append(summary)
+        if opts.micro:
+            print("running the local-get micro-benchmark...", flush=True)
+            small = opts.smoke
+            micro = await _run_micro("micro", {
+                "replications": [1, 3], "keys": 3000 if small else 30_000,
+                "value_size": opts.value_size, "timeit_number": 500,
+                "timeit_repeat": 20 if small else 400, "batches": 50 if small else 2000,
+                "calls": 5000 if small else 200_000, "uvloop": uvloop,
+            }, timeout=300)
+        if opts.memory:
+            print(f"running the memory test ({opts.memory_keys:,} keys)...", flush=True)
+            spec: dict[str, Any] = {
+                "count": opts.memory_keys, "value_size": opts.value_size, "uvloop": uvloop,
+            }
+            if redis is not None:
+                spec.update(redis_host=redis.host, redis_port=redis.port)
+            memory = await _run_micro("memory", spec, timeout=600)
+    finally:
+        if redis is not None:
+            await redis.stop()
+
+    comparisons = _report.compare(runs)
+    goals = _report.targets(runs, comparisons, micro, memory, opts.nodes)
+    document = {
+        "tool": "tools/bench",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "argv": sys.argv[1:],
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "machine": {**_report.machine_info(), "redis_server": redis.version if redis else None},
+        "runs": runs,
+        "comparisons": comparisons,
+        "micro": micro,
+        "memory": memory,
+        "targets": goals,
+    }
+    print()
+    if runs:
+        print(_report.run_table(runs, comparisons))
+        for run in runs:
+            if run.get("profile") and "layers" in run["profile"]:
+                print(f"\n[{run['label']}] " + format_profile(run["profile"]))
+    if micro:
+        print()
+        print(_report.micro_table(micro))
+    if memory:
+        print()
+        print(_report.memory_table(memory))
+    if goals:
+        print()
+        print(_report.targets_table(goals))
+    path = opts.json or REPO / "bench-results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    _report.write_json(path, document)
+    print(f"\nresults: {path}   (worker logs: {workdir})")
+    if opts.smoke and (not runs or any(r["ops"] == 0 for r in runs)):
+        print("tools/bench --smoke: a run measured no operation", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tools/bench``."""
+    opts = parse_args(argv)
+    try:
+        return asyncio.run(_main(opts))
+    except WorkerFailedError as exc:
+        print(f"tools/bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
