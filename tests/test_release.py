@@ -1,8 +1,8 @@
 """tools/release, run for real in a throw-away git repository.
 
-The repository is a minimal copy of this monorepo: the real release script, the real
-pyproject.toml, CHANGELOG.md and version file of one distribution, a stand-in module and
-README, and fragments written by the test. Real git, hatch and towncrier do the work.
+The repository is a minimal copy of this monorepo: the real release script and workspace
+pyproject.toml, the real pyproject.toml and CHANGELOG.md of one distribution, a stand-in
+module, README and version file, and fragments written by the test. Real git, hatch and towncrier do the work.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def make_repo(root: Path) -> Path:
     (repo / "tools").mkdir(parents=True)
     shutil.copy2(REPO / "tools" / "release", repo / "tools" / "release")
     shutil.copy2(REPO / ".gitignore", repo / ".gitignore")
+    shutil.copy2(REPO / "pyproject.toml", repo / "pyproject.toml")  # the workspace root
     (pkg / "src" / LEAF).mkdir(parents=True)
     for name in ("pyproject.toml", "CHANGELOG.md"):
         shutil.copy2(REPO / "packages" / DIST / name, pkg / name)

@@ -108,6 +108,20 @@ def test_root_config_covers_every_package() -> None:
         assert pkg.name in workflow, f"{pkg.name} has no job in ci.yml"
 
 
+def test_hatch_and_pip_setups_agree() -> None:
+    """The hatch workspace installs the same tools as requirements-dev.txt."""
+    root = pyproject(REPO / "pyproject.toml")
+    envs = root["tool"]["hatch"]["envs"]
+    requirements = {
+        line.strip()
+        for line in (REPO / "requirements-dev.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith(("#", "-e "))
+    }
+    hatch_deps = set(envs["default"]["dependencies"]) | set(envs["types"]["extra-dependencies"])
+    assert hatch_deps <= requirements, hatch_deps - requirements
+    assert envs["default"]["workspace"]["members"] == ["packages/*"]
+
+
 def quick_start_commands() -> list[str]:
     """The first code block under the README's Quick start heading, as quickstart-check reads it."""
     lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()

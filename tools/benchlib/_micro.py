@@ -41,7 +41,7 @@ from typing import Any
 
 from benchlib._load import make_keys, make_value
 from benchlib._procs import node_addresses
-from benchlib._worker import PREFIX
+from benchlib._worker import PREFIX, die_with_parent
 
 
 def _rss_bytes() -> int:
@@ -92,7 +92,7 @@ async def _local_get(replication: int, spec: dict[str, Any]) -> dict[str, Any]:
             if me in kv.node.preference_list(k.encode(), replication)
         ]
         for start in range(0, len(owned), 500):
-            batch = dict.fromkeys(owned[start : start + 500], value)
+            batch: dict[str | bytes, object] = dict.fromkeys(owned[start : start + 500], value)
             await kv.mset(batch, quorum=replication)
         assert await kv.get(owned[0], quorum=1) == value
         get = kv.get
@@ -205,7 +205,7 @@ async def _memory(spec: dict[str, Any]) -> dict[str, Any]:
         raw = 0
         began = time.perf_counter()
         for start in range(0, count, batch):
-            mapping: dict[str, bytes] = {}
+            mapping: dict[str | bytes, object] = {}
             for i in range(start, min(count, start + batch)):
                 key = f"key:{i:08d}"
                 # Distinct value objects: the test must not profit from shared bytes.
@@ -272,6 +272,7 @@ def _redis_memory(spec: dict[str, Any], count: int, value_size: int, filler: byt
 
 def main() -> None:
     """Entry point: ``python -m benchlib._micro '<spec JSON>'``."""
+    die_with_parent()
     spec: dict[str, Any] = json.loads(sys.argv[1])
     from peer_ring.core import run
 

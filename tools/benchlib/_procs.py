@@ -83,6 +83,13 @@ def node_addresses(count: int, single_ip: bool) -> list[str]:
     return [f"{host}:{port}" for host in hosts]
 
 
+#: Runs ``argv[1:]`` after asking the kernel to SIGKILL it when the parent dies
+#: (PR_SET_PDEATHSIG survives exec), so a SIGKILLed ``tools/bench`` leaks no redis-server.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -138,8 +145,7 @@ class Worker:
             return await asyncio.wait_for(self._next(event), timeout)
         except TimeoutError:
             raise WorkerFailedError(
-                f"{self.name} sent no {event!r} within {timeout:g}s; log tail:\n"
-                f"{_tail(self.log)}"
+                f"{self.name} sent no {event!r} within {timeout:g}s; log tail:\n{_tail(self.log)}"
             ) from None
 
     async def _next(self, event: str) -> dict[str, Any]:
@@ -236,6 +242,9 @@ class RedisServer:
         self.port = free_port([self.host])
         log = self.workdir / "redis-server.log"
         self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _DIE_WITH_PARENT,
             binary,
             "--bind",
             self.host,
@@ -274,9 +283,7 @@ class RedisServer:
 
     async def command(self, *args: bytes) -> bytes:
         """Send one RESP command on a fresh connection; the raw reply (small replies only)."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), 5
-        )
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5)
         try:
             parts = [b"*%d\r\n" % len(args)]
             for arg in args:
@@ -434,7 +441,7 @@ async def _sample_window(start: float, end: float, server_pid: int | None) -> di
     out = {
         "machine_busy_cpu_s": busy1 - busy0,
         "machine_total_cpu_s": total1 - total0,
-        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
+        "loadavg_1m": os.getloadavg()[0],
     }
     if server_pid:
         out["server_cpu_s"] = server1 - server0
@@ -459,13 +466,15 @@ async def _start_py_spy(
             str(pid),
             "--duration",
             str(max(1, int(duration))),
+            # Blocking mode (py-spy pauses the process per sample): --nonblocking gave torn
+            # stacks here. 100 Hz keeps the pauses' cost small.
             "--rate",
-            "250",
+            "100",
+            "--threads",
             "--format",
             "raw",
             "--output",
             str(run_dir / "node0.pyspy.txt"),
-            "--nonblocking",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=log,

@@ -27,7 +27,6 @@ import logging
 import os
 import resource
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -41,30 +40,54 @@ PREFIX = "@@bench "
 _PREFILL_BATCH = 500
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; else no-op).
+
+    Belt and braces with the parent's ``finally``: a SIGKILLed ``tools/bench`` must not
+    leave nodes holding their ports.
+    """
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def _emit(event: str, **fields: Any) -> None:
     sys.stdout.write(PREFIX + json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
 
 
 class _Commands:
-    """Lines from stdin (read by a thread, so the event loop never blocks on the pipe)."""
+    """Command lines from the parent, read from stdin by the event loop itself.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._loop = loop
-        threading.Thread(target=self._read, name="bench-stdin", daemon=True).start()
+    A pipe reader on the loop, not a thread: a thread blocked on stdin would show up in
+    profiles and add a GIL participant to the process being measured.
+    """
 
-    def _read(self) -> None:
-        for line in sys.stdin:
-            line = line.strip()
-            if line:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, json.loads(line))
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+    def __init__(self) -> None:
+        self._reader: asyncio.StreamReader | None = None
+
+    async def _open(self) -> asyncio.StreamReader:
+        if self._reader is None:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=1 << 20)
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+            )
+            self._reader = reader
+        return self._reader
 
     async def expect(self, name: str) -> dict[str, Any]:
-        command = await self._queue.get()
-        if command is None:
-            raise SystemExit("stdin closed: the parent went away")
+        """The next command, which must be ``name``; exits when the parent went away."""
+        reader = await self._open()
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise SystemExit("stdin closed: the parent went away")
+            if line.strip():
+                break
+        command: dict[str, Any] = json.loads(line)
         if command.get("cmd") != name:
             raise RuntimeError(f"expected command {name!r}, got {command!r}")
         return command
@@ -75,6 +98,25 @@ def _cpu_seconds() -> float:
     # redis-py's nothing) are included: the honest cost of serving the load.
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread group of this process: ``main`` (the event loop's thread)
+    and the others by name (gRPC's ``event_engine`` pool, its poller thread...)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pid = os.getpid()
+    out: dict[str, float] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                name = comm.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        group = "main" if int(task) == pid else name
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def _rss_bytes() -> int:
@@ -92,13 +134,16 @@ class _Meter:
         self._profile_path = profile_path
         self._profiler = cProfile.Profile() if profile_path else None
         self.cpu_s = 0.0
+        self.threads: dict[str, float] = {}
         self.counters: dict[str, int] = {}
         self._cpu0 = 0.0
+        self._threads0: dict[str, float] = {}
         self._counters0: dict[str, int] = {}
 
     def __call__(self, mark: str) -> None:
         if mark == "start":
             self._cpu0 = _cpu_seconds()
+            self._threads0 = _thread_cpu()
             self._counters0 = self._counters() if self._counters else {}
             if self._profiler is not None:
                 self._profiler.enable()
@@ -107,6 +152,10 @@ class _Meter:
             self._profiler.disable()
             self._profiler.dump_stats(str(self._profile_path))
         self.cpu_s = _cpu_seconds() - self._cpu0
+        self.threads = {
+            name: round(cpu - self._threads0.get(name, 0.0), 3)
+            for name, cpu in _thread_cpu().items()
+        }
         if self._counters:
             after = self._counters()
             self.counters = {k: v - self._counters0.get(k, 0) for k, v in after.items()}
@@ -143,6 +192,7 @@ async def _measure(
         pid=os.getpid(),
         loop=type(asyncio.get_running_loop()).__module__,
         cpu_s=meter.cpu_s,
+        thread_cpu_s=meter.threads,
         peak_rss_bytes=usage.ru_maxrss * 1024,
         rss_bytes=_rss_bytes(),
         counters=meter.counters,
@@ -151,10 +201,10 @@ async def _measure(
 
 
 async def _prefill_batches(
-    keys: list[str], value: bytes, write: Callable[[dict[str, bytes]], Awaitable[Any]]
+    keys: list[str], value: bytes, write: Callable[[dict[Any, Any]], Awaitable[Any]]
 ) -> None:
     for start in range(0, len(keys), _PREFILL_BATCH):
-        batch = {key: value for key in keys[start : start + _PREFILL_BATCH]}
+        batch: dict[Any, Any] = dict.fromkeys(keys[start : start + _PREFILL_BATCH], value)
         # Bounded retries: a node that is still opening its streams answers
         # PeerUnavailableError for a moment.
         for attempt in range(50):
@@ -172,14 +222,12 @@ async def _node(spec: dict[str, Any]) -> None:
     from peer_ring.discovery.static import StaticDiscovery
     from peer_ring.kv import KVStore
 
-    commands = _Commands(asyncio.get_running_loop())
+    commands = _Commands()
     replication = int(spec["replication"])
     quorum = int(spec["quorum"])
     discovery = StaticDiscovery(spec["peers"], self_address=spec["address"])
     config = PeerRingConfig(request_timeout=float(spec["request_timeout"]))
-    async with KVStore(
-        discovery, replication=replication, quorum=quorum, config=config
-    ) as kv:
+    async with KVStore(discovery, replication=replication, quorum=quorum, config=config) as kv:
         _emit("started", address=kv.node.address)
         transport = kv.node.transport
         stats = getattr(transport, "stats", None)
@@ -209,7 +257,7 @@ async def _node(spec: dict[str, Any]) -> None:
 async def _redis(spec: dict[str, Any]) -> None:
     import redis.asyncio as aioredis
 
-    commands = _Commands(asyncio.get_running_loop())
+    commands = _Commands()
     workload = Workload(**spec["workload"])
     # One connection per in-flight operation, as redis.asyncio's pool opens them on demand
     # under concurrency (bounded so a bug cannot open thousands).
@@ -233,6 +281,7 @@ async def _redis(spec: dict[str, Any]) -> None:
 
 def main() -> None:
     """Entry point: ``python -m benchlib._worker '<spec JSON>'``."""
+    die_with_parent()
     spec: dict[str, Any] = json.loads(sys.argv[1])
     logging.basicConfig(
         level=logging.WARNING,

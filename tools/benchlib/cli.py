@@ -54,13 +54,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--nodes", type=int, default=3, help="node (and Redis client) processes")
     p.add_argument(
-        "--concurrency", type=int, nargs="+", default=[64],
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[64],
         help="operations in flight per process (several values: one run each)",
     )
     p.add_argument("--replication", type=int, default=1, help="replicas N per key")
     p.add_argument("--quorum", type=int, default=None, help="read/write quorum (default: N//2+1)")
     p.add_argument(
-        "--matrix", action="store_true",
+        "--matrix",
+        action="store_true",
         help="the issue's matrix: concurrency 16 and 64 x {R1/Q1, R3/Q2} (+ Redis)",
     )
     p.add_argument("--value-size", type=int, default=100, help="bytes per value")
@@ -72,8 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-ops", type=int, default=20_000_000, help="op bound per process")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--request-timeout", type=float, default=2.0, help="peer-ring seconds")
-    p.add_argument("--single-ip", action="store_true",
-                   help="all nodes on 127.0.0.1 with distinct ports (default: 127.0.0.x)")
+    p.add_argument(
+        "--single-ip",
+        action="store_true",
+        help="all nodes on 127.0.0.1 with distinct ports (default: 127.0.0.x)",
+    )
     p.add_argument("--no-redis", action="store_true", help="skip the Redis baseline")
     p.add_argument("--no-load", action="store_true", help="skip the cluster runs")
     p.add_argument("--micro", action="store_true", help="local-get micro-benchmark")
@@ -82,7 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="--matrix --micro --memory")
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio (for comparison)")
     p.add_argument(
-        "--profile", choices=("py-spy", "cprofile"), default=None,
+        "--profile",
+        choices=("py-spy", "cprofile"),
+        default=None,
         help="profile peer-ring node 0 during the window (py-spy: sampling, no overhead)",
     )
     p.add_argument("--json", type=Path, default=None, help="results file")
@@ -129,9 +138,14 @@ async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[st
     import json
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchlib._micro", json.dumps({"kind": kind, **spec}),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=child_env(), start_new_session=True,
+        sys.executable,
+        "-m",
+        "benchlib._micro",
+        json.dumps({"kind": kind, **spec}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(),
+        start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -160,7 +174,8 @@ def _attach_profile(raw: dict[str, Any]) -> None:
             raw["profile"] = {**analyze_py_spy(Path(files["py-spy"])), "file": files["py-spy"]}
         elif "cprofile" in files:
             raw["profile"] = {
-                **analyze_cprofile(Path(files["cprofile"])), "file": files["cprofile"]
+                **analyze_cprofile(Path(files["cprofile"])),
+                "file": files["cprofile"],
             }
     except Exception as exc:  # a broken profile must not lose the measurements
         raw["profile"] = {"error": repr(exc)}
@@ -192,46 +207,96 @@ async def _main(opts: argparse.Namespace) -> int:
             for round_ in range(opts.repeat):
                 for concurrency in _concurrencies(opts):
                     workload = Workload(
-                        keys=opts.keys, value_size=opts.value_size, read_ratio=opts.read_ratio,
-                        concurrency=concurrency, max_ops=opts.max_ops, seed=opts.seed,
+                        keys=opts.keys,
+                        value_size=opts.value_size,
+                        read_ratio=opts.read_ratio,
+                        concurrency=concurrency,
+                        max_ops=opts.max_ops,
+                        seed=opts.seed,
                     ).__dict__
                     plans = []
                     if redis is not None:
-                        plans.append(RunPlan("redis", opts.nodes, workload, opts.warmup,
-                                             opts.duration, uvloop=uvloop))
+                        plans.append(
+                            RunPlan(
+                                "redis",
+                                opts.nodes,
+                                workload,
+                                opts.warmup,
+                                opts.duration,
+                                uvloop=uvloop,
+                            )
+                        )
                     for r, q in _configs(opts):
-                        plans.append(RunPlan(
-                            "peer-ring", opts.nodes, workload, opts.warmup, opts.duration,
-                            replication=r, quorum=q, single_ip=opts.single_ip, uvloop=uvloop,
-                            request_timeout=opts.request_timeout, profile=opts.profile,
-                        ))
+                        plans.append(
+                            RunPlan(
+                                "peer-ring",
+                                opts.nodes,
+                                workload,
+                                opts.warmup,
+                                opts.duration,
+                                replication=r,
+                                quorum=q,
+                                single_ip=opts.single_ip,
+                                uvloop=uvloop,
+                                request_timeout=opts.request_timeout,
+                                profile=opts.profile,
+                            )
+                        )
                     for plan in plans:
-                        print(f"running {_report.label(plan)} "
-                              f"({opts.nodes} processes, {opts.warmup:g}s warm-up + "
-                              f"{opts.duration:g}s)...", flush=True)
+                        print(
+                            f"running {_report.label(plan)} "
+                            f"({opts.nodes} processes, {opts.warmup:g}s warm-up + "
+                            f"{opts.duration:g}s)...",
+                            flush=True,
+                        )
                         raw = await run_plan(plan, workdir, redis)
                         _attach_profile(raw)
                         summary = _report.summarize(raw)
                         summary["round"] = round_
                         summary["rounds"] = opts.repeat
                         runs.append(summary)
+        small = opts.smoke
+        jobs: dict[str, Any] = {}
         if opts.micro:
-            print("running the local-get micro-benchmark...", flush=True)
-            small = opts.smoke
-            micro = await _run_micro("micro", {
-                "replications": [1, 3], "keys": 3000 if small else 30_000,
-                "value_size": opts.value_size, "timeit_number": 500,
-                "timeit_repeat": 20 if small else 400, "batches": 50 if small else 2000,
-                "calls": 5000 if small else 200_000, "uvloop": uvloop,
-            }, timeout=300)
+            jobs["micro"] = _run_micro(
+                "micro",
+                {
+                    "replications": [1, 3],
+                    "keys": 3000 if small else 30_000,
+                    "value_size": opts.value_size,
+                    "timeit_number": 500,
+                    "timeit_repeat": 20 if small else 400,
+                    "batches": 50 if small else 2000,
+                    "calls": 5000 if small else 200_000,
+                    "uvloop": uvloop,
+                },
+                timeout=300,
+            )
         if opts.memory:
-            print(f"running the memory test ({opts.memory_keys:,} keys)...", flush=True)
             spec: dict[str, Any] = {
-                "count": opts.memory_keys, "value_size": opts.value_size, "uvloop": uvloop,
+                "count": opts.memory_keys,
+                "value_size": opts.value_size,
+                "uvloop": uvloop,
             }
             if redis is not None:
                 spec.update(redis_host=redis.host, redis_port=redis.port)
-            memory = await _run_micro("memory", spec, timeout=600)
+            jobs["memory"] = _run_micro("memory", spec, timeout=600)
+        titles = {
+            "micro": "the local-get micro-benchmark",
+            "memory": f"the memory test ({opts.memory_keys:,} keys)",
+        }
+        done: dict[str, Any] = {}
+        if small and jobs:
+            # --smoke only checks that everything runs: overlap the two to save seconds.
+            print(f"running {' and '.join(titles[name] for name in jobs)}...", flush=True)
+            done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        for name, job in jobs.items():
+            if name not in done:
+                # Measured one after the other: each must have the machine to itself.
+                print(f"running {titles[name]}...", flush=True)
+                done[name] = await job
+        micro = done.get("micro")
+        memory = done.get("memory")
     finally:
         if redis is not None:
             await redis.stop()

@@ -296,7 +296,19 @@ async def test_bad_request_fields_fail_the_future_not_the_caller(nodes: NodeFact
     fut = a.transport.request(b.address, Request("t", "c", partition=-1))
     with pytest.raises(InvalidArgumentError):
         await bounded(fut)
+    # Odd deadlines are tolerated: NaN means the default, inf is capped.
+    for timeout in (float("nan"), float("inf"), -1.0):
+        resp = await bounded(a.request(b, b"odd", timeout=timeout))
+        assert resp.payload == b"odd"
     assert (await bounded(a.request(b, b"ok"))).payload == b"ok"
+
+
+def test_token_must_be_printable_ascii() -> None:
+    with pytest.raises(InvalidArgumentError):
+        GrpcTransport("127.0.0.1:1", token="caf\u00e9")
+    with pytest.raises(InvalidArgumentError):
+        GrpcTransport("127.0.0.1:1", token="line\nbreak")
+    GrpcTransport("127.0.0.1:1", token="")  # empty = no token
 
 
 # -- deadlines and cancellation -------------------------------------------------------------------
@@ -741,3 +753,68 @@ async def test_transfer_token_is_checked(nodes: NodeFactory) -> None:
     with pytest.raises(PeerUnavailableError, match="UNAUTHENTICATED"):
         await bounded(collect_from(a, b.address))
     assert b.transport.stats()["refused_connections"] == 1
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+def make_cluster_certificate() -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, node key, node certificate) for 127.0.0.1, all PEM."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from datetime import UTC, datetime, timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def build(subject: str, issuer: str, public: Any, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]),
+                critical=False,
+            ).add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build("peer-ring test CA", "peer-ring test CA", ca_key.public_key(), ca_key, True)
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node_cert = build("node", "peer-ring test CA", node_key.public_key(), ca_key, False)
+    pem = serialization.Encoding.PEM
+    key_pem = node_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return ca_cert.public_bytes(pem), key_pem, node_cert.public_bytes(pem)
+
+
+async def test_mutual_tls(nodes: NodeFactory) -> None:
+    ca, key, cert = make_cluster_certificate()
+    server_creds = grpc.ssl_server_credentials([(key, cert)], ca, require_client_auth=True)
+    channel_creds = grpc.ssl_channel_credentials(ca, key, cert)
+    a = await nodes(server_credentials=server_creds, channel_credentials=channel_creds)
+    b = await nodes(server_credentials=server_creds, channel_credentials=channel_creds)
+    assert (await bounded(a.request(b, b"secret"))).payload == b"secret"
+    # A node without a client certificate cannot get in.
+    outsider = await nodes(channel_credentials=grpc.ssl_channel_credentials(ca))
+    with pytest.raises(PeerUnavailableError):
+        await bounded(outsider.request(b, b"let me in"))
+    plain = await nodes()
+    with pytest.raises(PeerUnavailableError):
+        await bounded(plain.request(b, b"let me in"))

@@ -7,7 +7,7 @@ import logging
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peer_ring.core.testing import FakeClock
@@ -32,7 +32,7 @@ class CountingTTLIndex(TTLIndex):
         super().__init__()
         self.rounds = 0
 
-    def sample(self, rng: random.Random, count: int) -> list[bytes]:
+    def sample(self, rng: random.Random, count: int) -> list[tuple[int, bytes]]:
         self.rounds += 1
         return super().sample(rng, count)
 
@@ -54,24 +54,33 @@ def make(
 # ----------------------------------------------------------------------- TTLIndex
 
 
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 30)), max_size=80))
-def test_ttl_index_behaves_like_a_set(ops: list[tuple[bool, int]]) -> None:
+@given(st.lists(st.integers(0, 30), max_size=80), st.data())
+def test_ttl_index_sample_and_remove(numbers: list[int], data: st.DataObject) -> None:
     index = TTLIndex()
-    model: set[bytes] = set()
-    for add, n in ops:
-        key = b"%d" % n
-        if add:
-            index.add(key)
-            model.add(key)
-        else:
-            index.discard(key)
-            model.discard(key)
-        assert len(index) == len(model)
-    assert set(index.sample(random.Random(0), len(model))) == model
-    assert all(key in index for key in model)
-    sample = index.sample(random.Random(0), 3)
-    assert len(sample) == min(3, len(model))
-    assert set(sample) <= model
+    keys = [b"%d" % n for n in numbers]
+    for key in keys:
+        index.add(key)
+    assert len(index) == len(keys)
+    assert index.sample(random.Random(0), len(keys)) == list(enumerate(keys))
+    count = data.draw(st.integers(1, 10))
+    sample = index.sample(random.Random(data.draw(st.integers(0, 99))), count)
+    assert len(sample) <= count
+    assert len({position for position, _ in sample}) == len(sample)  # distinct entries
+    assert all(keys[position] == key for position, key in sample)
+    removed = [position for position, _ in sample]
+    index.remove(removed)
+    remaining = [key for i, key in enumerate(keys) if i not in set(removed)]
+    assert sorted(key for _, key in index.sample(random.Random(0), len(keys))) == sorted(
+        remaining
+    )
+
+
+def test_ttl_index_compact_keeps_one_entry_per_wanted_key() -> None:
+    index = TTLIndex()
+    for key in [b"a", b"b", b"a", b"c", b"b", b"a"]:
+        index.add(key)
+    index.compact(lambda key: key != b"c")
+    assert index.sample(random.Random(0), 10) == [(0, b"a"), (1, b"b")]
     index.clear()
     assert len(index) == 0 and index.sample(random.Random(0), 5) == []
 
@@ -138,6 +147,50 @@ def test_rewritten_key_is_not_expired_by_its_old_ttl() -> None:
     clock.advance(5.0)
     assert engine.expire_step() == 0
     assert engine.get(b"ttl-0") == Record(b"new", v(10))
+
+
+ttl_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["ttl", "plain", "delete", "drop"]),
+        st.integers(0, 40),
+        st.floats(0.5, 30.0),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=40)
+@given(ttl_ops)
+def test_ttl_count_stays_exact_and_every_expired_key_is_found(
+    ops: list[tuple[str, int, float]],
+) -> None:
+    clock = FakeClock(START)
+    engine = KVEngine(4, clock, rng=random.Random(3))
+    for i, (op, k, ttl) in enumerate(ops):
+        key = b"k%d" % k
+        if op == "ttl":
+            engine.put(key, Record(b"v", v(i), START + ttl))
+        elif op == "plain":
+            engine.put(key, Record(b"v", v(i)))
+        elif op == "delete":
+            engine.delete(key, v(i))
+        else:
+            engine.drop(engine.partition_of(key))
+        live_ttl = sum(
+            1
+            for p in range(4)
+            for _, record in engine.export(p)
+            if record.expires and not record.tombstone
+        )
+        assert engine.ttl_keys == live_ttl
+    clock.advance(31.0)
+    for _ in range(100):
+        engine.expire_step()
+        if engine.ttl_keys == 0:
+            break
+    assert engine.ttl_keys == 0
+    assert all(not r.expires or r.tombstone for p in range(4) for _, r in engine.export(p))
+    assert len(engine._ttl) == 0  # stale entries were removed as they were sampled
 
 
 # ----------------------------------------------------------------------- the loop

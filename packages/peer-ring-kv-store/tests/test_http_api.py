@@ -228,6 +228,20 @@ async def test_oversized_value_is_413_from_content_length(
         assert r.status == 204
 
 
+async def test_expect_100_continue(
+    http: tuple[str, aiohttp.ClientSession], stores: list[KVStore]
+) -> None:
+    url, session = http
+    # Refused before the upload: the final status answers the Expect header.
+    async with session.put(f"{url}/kv/big", data=b"x" * (MAX_VALUE + 1), expect100=True) as r:
+        assert r.status == 413
+        assert (await _json(r))["limit"] == MAX_VALUE
+    # Accepted: 100 Continue, then the body, then 204.
+    async with session.put(f"{url}/kv/ok", data=b"y" * MAX_VALUE, expect100=True) as r:
+        assert r.status == 204
+    assert await stores[1].get("ok", quorum=2) == b"y" * MAX_VALUE
+
+
 async def test_oversized_chunked_value_is_413(http: tuple[str, aiohttp.ClientSession]) -> None:
     url, session = http
 
@@ -444,6 +458,8 @@ async def test_bearer_token_is_required_when_configured(stores: list[KVStore]) -
                     assert r.status == 401, (path, headers)
                     assert r.headers["WWW-Authenticate"].startswith("Bearer")
                     assert "token" in (await _json(r))["error"]
+        async with session.put(f"{url}/kv/k", data=b"v", expect100=True) as r:
+            assert r.status == 401  # refused before the body is sent
         good = {"Authorization": f"Bearer {TOKEN}"}
         async with session.put(f"{url}/kv/k", data=b"v", headers=good) as r:
             assert r.status == 204

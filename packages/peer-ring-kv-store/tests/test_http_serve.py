@@ -171,6 +171,7 @@ async def test_metrics_names(cluster: LocalCluster, session: aiohttp.ClientSessi
         "peer_ring_members 3.0",
         "peer_ring_partitions ",
         "peer_ring_ready 1.0",
+        "peer_ring_transport_",  # the gRPC transport's stats()
     ):
         assert name in text, name
 

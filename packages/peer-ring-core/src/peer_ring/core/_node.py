@@ -5,6 +5,18 @@ key's preference list, runs the command locally when it is a replica, sends it t
 other replicas, and returns once ``quorum`` of them succeeded. It creates no asyncio Task
 per operation: remote replies resolve futures whose callbacks feed a
 :class:`~peer_ring.core._quorum.QuorumCollector`.
+
+Two refinements keep quorums meaningful while data moves (``docs/data-movement.md``):
+
+* **sloppy quorum** (Dynamo §4.6) for commands registered with ``kind="write"``: a
+  preferred replica that is suspected (or that fails) is replaced by the next healthy node
+  of the ring walk, which stores the write as a *hint* and hands it over later;
+* **read forwarding** for ``kind="read"``: a replica still pulling the key's partition
+  answers "not ready" instead of "not found", and the coordinator asks the partition's
+  previous holders (which keep it until the handoff is confirmed) in its place.
+
+Data movement itself (initial sync, rebalancing, handoff, anti-entropy, failure detection)
+is driven by :class:`~peer_ring.core._sync.SyncManager`.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._config import PeerRingConfig, check_replication
@@ -23,6 +35,7 @@ from peer_ring.core._discovery import Discovery
 from peer_ring.core._errors import (
     InvalidArgumentError,
     NotRunningError,
+    PeerUnavailableError,
     QuorumNotReachedError,
     RequestTimeoutError,
     UnknownCommandError,
@@ -33,6 +46,7 @@ from peer_ring.core._quorum import QuorumCollector
 from peer_ring.core._result import CommandContext, ExecuteResult, Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status, status_for_error
+from peer_ring.core._sync import INTERNAL, LeaveReport, PartitionNotReadyError, SyncManager
 from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
 
 if TYPE_CHECKING:
@@ -43,6 +57,14 @@ logger = logging.getLogger(__name__)
 #: A command handler: ``handler(ctx, key, payload) -> result bytes``. Plain functions run
 #: inline (fastest: no Task); coroutine functions are awaited.
 Handler = Callable[[CommandContext, bytes, bytes], bytes | Awaitable[bytes]]
+
+#: What a command does to the data, declared at registration (``register(..., kind=)``):
+#: ``"read"`` commands are refused by a replica that is still pulling the key's partition
+#: (so that an empty new replica never answers "not found" in a read quorum) and are then
+#: sent to the partition's previous holders; ``"write"`` commands get sloppy quorum and
+#: hinted handoff and must be idempotent; ``"other"`` commands get neither.
+CommandKind = Literal["read", "write", "other"]
+_KINDS = frozenset(("read", "write", "other"))
 
 #: Records are moved in chunks of at most this many bytes (well under the message limit).
 _TRANSFER_CHUNK_BYTES = 1 << 20
@@ -91,14 +113,30 @@ class PeerRing:
                 f"self_address {self._address}"
             )
         self._transport = transport
-        self._membership = Membership(
-            self._address, self._config.partitions, self._clock, self._config.suspicion_timeout
-        )
+        cfg = self._config
+        # A suspicion must outlive the gap between two failed probes, or "continuously
+        # suspected for down_after" could never hold.
+        suspicion = max(cfg.suspicion_timeout, 2 * (cfg.probe_interval + cfg.probe_timeout))
+        self._membership = Membership(self._address, cfg.partitions, self._clock, suspicion)
         self._handlers: dict[tuple[str, str], Handler] = {}
+        self._kinds: dict[tuple[str, str], CommandKind] = {}
         self._hooks: dict[str, DataHooks] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._running = False
         self._started = asyncio.Event()
+        self._previous_ring: Ring | None = None
+        self._sync = SyncManager(
+            self._address,
+            cfg,
+            self._clock,
+            self._membership,
+            self._transport,
+            self._hooks,
+            self.transfer,
+            self._local_write,
+        )
+        # First listener: the sync bookkeeping must see a change before anyone else acts.
+        self._membership.add_listener(self._on_ring_change)
         self._transport.add_reachability_listener(self._on_reachability)
 
     # -- properties --------------------------------------------------------------------
@@ -125,7 +163,7 @@ class PeerRing:
 
     @property
     def members(self) -> dict[str, Member]:
-        """Current members by address."""
+        """Current members by address (those in the ring: discovered, not down, not left)."""
         return self._membership.members
 
     @property
@@ -143,26 +181,110 @@ class PeerRing:
         """True between ``start()`` and ``stop()``."""
         return self._running
 
+    @property
+    def ready(self) -> bool:
+        """True once the node is running and finished its initial sync.
+
+        The initial sync pulls every partition this node replicates (at the default
+        replication) from the other nodes that hold it. It ends when every partition was
+        merged from at least one complete copy, or when every other member answered and
+        none holds one (a new cluster), or after ``sync_give_up_after`` seconds for
+        partitions whose holders stay unreachable. Once true it stays true: later ring
+        changes make only the affected partitions "not ready" (see ``partition_ready``).
+        """
+        return self._running and self._sync.ready
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until :attr:`ready` (``timeout`` in seconds of the node's clock).
+
+        Raises:
+            RequestTimeoutError: not ready within ``timeout``.
+            NotRunningError: the node is not started.
+        """
+        if not self._running:
+            raise NotRunningError(f"node {self._address} is not running")
+        if timeout is None:
+            await self._sync.wait_ready()
+            return
+        waiter = asyncio.ensure_future(self._sync.wait_ready())
+        timer = self._clock.call_later(timeout, waiter.cancel)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled() and not self._sync.ready:
+                raise RequestTimeoutError(
+                    f"node {self._address} not ready after {timeout:g}s"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
+
+    def partition_ready(self, partition: int) -> bool:
+        """Whether this node may answer reads of ``partition`` (it is not pulling it).
+
+        Handlers of batch reads (several keys per request, so the core cannot check the
+        partition for them) should refuse keys of partitions that are not ready by
+        raising :class:`PartitionNotReadyError`.
+        """
+        return self._sync.readable(partition)
+
+    def sync_status(self) -> dict[str, Any]:
+        """Data-movement state, for ``GET /cluster`` and metrics (JSON-friendly).
+
+        Keys: ``ready``, ``partitions`` (replicated, pending, held_for_handoff, synced,
+        handed_off, dropped, records/bytes received...), ``hints`` (pending per target,
+        stored, delivered, dropped...), ``anti_entropy`` (rounds, partitions compared and
+        repaired...), ``membership`` (suspected, down, left) and ``leave`` (state and
+        report).
+        """
+        status = self._sync.status()
+        status["ready"] = self.ready
+        status["address"] = self._address
+        status["incarnation"] = self._sync.incarnation
+        status["members"] = len(self._membership.ring)
+        return status
+
     # -- registration ------------------------------------------------------------------
 
-    def register(self, namespace: str, command: str, handler: Handler) -> None:
+    def register(
+        self, namespace: str, command: str, handler: Handler, *, kind: CommandKind = "other"
+    ) -> None:
         """Register ``handler`` for ``(namespace, command)`` on this node.
 
         Every node of the cluster must register the same commands (they are called on
         whichever node replicates the key). Plain functions run inline on the transport's
         reader (keep them fast and non-blocking); coroutine functions run in a task.
 
+        Args:
+            namespace: the application namespace.
+            command: the command name.
+            handler: ``handler(ctx, key, payload) -> bytes``.
+            kind: ``"read"`` (refused while the key's partition is being pulled, then
+                forwarded to its previous holders), ``"write"`` (sloppy quorum and hinted
+                handoff; must be idempotent, since a hint may be replayed) or
+                ``"other"`` (neither).
+
         Raises:
-            InvalidArgumentError: empty names, or the pair is already registered.
+            InvalidArgumentError: empty names, a reserved namespace, an unknown kind, or
+                the pair is already registered.
         """
         if not namespace or not command:
             raise InvalidArgumentError("namespace and command must be non-empty strings")
+        if namespace == INTERNAL:
+            raise InvalidArgumentError(f"namespace {INTERNAL!r} is reserved for the core")
+        if kind not in _KINDS:
+            raise InvalidArgumentError(f"kind must be 'read', 'write' or 'other', not {kind!r}")
         if (namespace, command) in self._handlers:
             raise InvalidArgumentError(f"{namespace}/{command} is already registered")
         self._handlers[(namespace, command)] = handler
+        self._kinds[(namespace, command)] = kind
 
     def register_hooks(self, namespace: str, hooks: DataHooks) -> None:
-        """Register the data-movement hooks of ``namespace`` (see :class:`DataHooks`)."""
+        """Register the data-movement hooks of ``namespace`` (see :class:`DataHooks`).
+
+        Register them before ``start()``: the initial sync pulls every namespace that has
+        hooks at that moment.
+        """
         if namespace in self._hooks:
             raise InvalidArgumentError(f"hooks for {namespace!r} are already registered")
         self._hooks[namespace] = hooks
@@ -178,7 +300,10 @@ class PeerRing:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the transport and discovery and join the ring.
+        """Start the transport and discovery, join the ring and begin the initial sync.
+
+        It returns without waiting for the initial sync; see :attr:`ready` and
+        :meth:`wait_ready`.
 
         Raises:
             OSError: the listen address cannot be bound.
@@ -193,6 +318,7 @@ class PeerRing:
             raise
         self._membership.update(members)
         self._running = True
+        self._sync.start()
         self._watch_task = asyncio.create_task(
             self._watch_discovery(), name=f"peer-ring-discovery-{self._address}"
         )
@@ -200,10 +326,15 @@ class PeerRing:
         logger.info("node %s started with %d members", self._address, len(self._membership.members))
 
     async def stop(self) -> None:
-        """Stop discovery and the transport. Idempotent."""
+        """Stop data movement, discovery and the transport. Idempotent.
+
+        This is an abrupt exit for the rest of the cluster (as a crash is); use
+        :meth:`leave` to hand the node's data off first.
+        """
         if not self._running:
             return
         self._running = False
+        await self._sync.stop()
         await self._discovery.stop()
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -212,6 +343,33 @@ class PeerRing:
             self._watch_task = None
         await self._transport.close()
         logger.info("node %s stopped", self._address)
+
+    async def leave(self, deadline: float | None = None) -> LeaveReport:
+        """Leave the cluster gracefully, then stop.
+
+        The node tells every peer it leaves; each peer takes it out of its ring, pulls the
+        partitions it gains while this node still serves them, and acknowledges. The node
+        stops once every peer acknowledged or ``deadline`` seconds passed. Peers keep it
+        out of their ring (even if discovery still lists it) until it starts again.
+
+        Args:
+            deadline: seconds to wait for the handoff (default: ``config.leave_deadline``).
+
+        Returns:
+            What was and was not handed off.
+
+        Raises:
+            NotRunningError: the node is not started.
+        """
+        if not self._running:
+            raise NotRunningError(f"node {self._address} is not running")
+        try:
+            report = await self._sync.leave(
+                self._config.leave_deadline if deadline is None else deadline
+            )
+        finally:
+            await self.stop()
+        return report
 
     async def __aenter__(self) -> PeerRing:
         await self.start()
@@ -235,10 +393,11 @@ class PeerRing:
             logger.exception("discovery watch of %s failed; member view frozen", self._address)
 
     def _on_reachability(self, peer: str, reachable: bool) -> None:
-        if reachable:
-            self._membership.clear(peer)
-        else:
-            self._membership.suspect(peer)
+        self._sync.reachability(peer, reachable)
+
+    def _on_ring_change(self, old: Ring, new: Ring) -> None:
+        self._previous_ring = old
+        self._sync.on_ring_change(old, new)
 
     # -- coordination ------------------------------------------------------------------
 
@@ -264,6 +423,12 @@ class PeerRing:
         timeout: float | None = None,
     ) -> ExecuteResult:
         """Run a command on the replicas of ``key`` and wait for a quorum.
+
+        For commands registered with ``kind="write"``, a replica that is suspected or
+        fails is replaced by the next healthy node of the ring walk, which holds the
+        write as a hint for it (its reply counts toward the quorum and carries its own
+        address). For ``kind="read"``, a replica that is still pulling the partition is
+        replaced by one of the partition's previous holders.
 
         Args:
             namespace: the application namespace the command belongs to.
@@ -306,41 +471,35 @@ class PeerRing:
         loop = asyncio.get_running_loop()
         collector = QuorumCollector(loop, namespace, command, result, q)
         wait = cfg.request_timeout if timeout is None else timeout
-        local = False
-        for node in prefs:
-            if node == self._address:
-                local = True
-                continue
-            fut = self._transport.request(
-                node, Request(namespace, command, key_b, payload, partition, "", wait)
-            )
-            fut.add_done_callback(_reply_callback(collector, node))
-        if local:
-            self._run_local(collector, namespace, command, key_b, payload, partition, wait)
+        kind = self._kinds.get((namespace, command), "other")
+        op = _Operation(self, collector, ring, namespace, command, key_b, payload, partition, n)
+        op.timeout = wait
+        op.kind = kind
+        op.start(prefs)
         return await collector.future
 
     def _run_local(
         self,
-        collector: QuorumCollector,
         namespace: str,
         command: str,
         key: bytes,
         payload: bytes,
         partition: int,
         timeout: float,
+        on_reply: Callable[[Reply], None],
     ) -> None:
         handler = self._handlers.get((namespace, command))
         if handler is None:
-            collector.add(Reply(self._address, b"", self._unknown(namespace, command)))
+            on_reply(Reply(self._address, b"", self._unknown(namespace, command)))
             return
         ctx = CommandContext(self._address, partition, "", True)
         try:
             out = handler(ctx, key, payload)
             if not inspect.isawaitable(out):
-                collector.add(Reply(self._address, _as_bytes(out), None))
+                on_reply(Reply(self._address, _as_bytes(out), None))
                 return
         except Exception as exc:
-            collector.add(Reply(self._address, b"", exc))
+            on_reply(Reply(self._address, b"", exc))
             return
         task = asyncio.ensure_future(out)
         timer = self._clock.call_later(timeout, task.cancel)
@@ -351,13 +510,24 @@ class PeerRing:
                 err: BaseException = RequestTimeoutError(
                     f"{namespace}/{command} on {self._address} timed out after {timeout:g}s"
                 )
-                collector.add(Reply(self._address, b"", err))
+                on_reply(Reply(self._address, b"", err))
             elif (exc := t.exception()) is not None:
-                collector.add(Reply(self._address, b"", exc))
+                on_reply(Reply(self._address, b"", exc))
             else:
-                collector.add(Reply(self._address, _as_bytes(t.result()), None))
+                on_reply(Reply(self._address, _as_bytes(t.result()), None))
 
         task.add_done_callback(done)
+
+    async def _local_write(self, namespace: str, command: str, key: bytes, payload: bytes) -> None:
+        """Apply a write on this node (a hint redirected here because its target is gone)."""
+        handler = self._handlers.get((namespace, command))
+        if handler is None:
+            raise self._unknown(namespace, command)
+        partition = self._membership.ring.partition_for_key(key)
+        self._sync.note_write(partition)
+        out = handler(CommandContext(self._address, partition, "", True), key, payload)
+        if inspect.isawaitable(out):
+            await out
 
     async def call(
         self,
@@ -412,13 +582,22 @@ class PeerRing:
         return UnknownCommandError(f"unknown command {namespace}/{command} on {self._address}")
 
     def _on_request(self, source: str, request: Request) -> Response | Awaitable[Response]:
-        handler = self._handlers.get((request.namespace, request.command))
+        if request.namespace == INTERNAL:
+            return self._sync.on_internal(source, request)
+        self._sync.inbound(source)
+        pair = (request.namespace, request.command)
+        handler = self._handlers.get(pair)
         if handler is None:
             return Response(
                 Status.UNKNOWN_COMMAND,
                 b"",
                 str(self._unknown(request.namespace, request.command)),
             )
+        kind = self._kinds[pair]
+        if kind != "other":
+            refusal = self._admit(kind, request)
+            if refusal is not None:
+                return refusal
         ctx = CommandContext(source, request.partition, request.hint, False)
         try:
             out = handler(ctx, request.key, request.payload)
@@ -429,6 +608,26 @@ class PeerRing:
         if inspect.isawaitable(out):
             return _await_response(out)
         return _error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
+
+    def _admit(self, kind: CommandKind, request: Request) -> Response | None:
+        """Hints, and reads of partitions still being pulled, are not run by the handler."""
+        hint = request.hint
+        if hint and hint != self._address:
+            if kind != "write":
+                return Response(
+                    Status.INVALID_ARGUMENT, b"", f"only writes can be hinted, not a {kind}"
+                )
+            return self._sync.store_hint(request)
+        if not request.key:
+            return None  # batch commands check their keys themselves (partition_ready)
+        partition = self._membership.ring.partition_for_key(request.key)
+        if kind == "read":
+            if not self._sync.readable(partition):
+                err = PartitionNotReadyError(self._address, partition)
+                return Response(Status.UNAVAILABLE, b"", err.reason)
+        else:
+            self._sync.note_write(partition)
+        return None
 
     async def _on_transfer(
         self, source: str, request: TransferRequest
@@ -453,6 +652,195 @@ class PeerRing:
             yield chunk
 
 
+class _Operation:
+    """The fan-out of one ``execute``: sloppy-quorum substitutes and read forwarding.
+
+    Every reply (remote or local) goes through :meth:`_settle`, which either feeds the
+    quorum collector or, for a failed write, sends the write to a substitute with a hint
+    (Dynamo §4.6), or, for a read refused as "not ready", asks a previous holder of the
+    partition instead. Each node is asked at most once per operation.
+    """
+
+    __slots__ = (
+        "collector",
+        "command",
+        "key",
+        "kind",
+        "n",
+        "namespace",
+        "node",
+        "partition",
+        "payload",
+        "ring",
+        "timeout",
+        "used",
+    )
+
+    def __init__(
+        self,
+        node: PeerRing,
+        collector: QuorumCollector,
+        ring: Ring,
+        namespace: str,
+        command: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        n: int,
+    ) -> None:
+        self.node = node
+        self.collector = collector
+        self.ring = ring
+        self.namespace = namespace
+        self.command = command
+        self.key = key
+        self.payload = payload
+        self.partition = partition
+        self.n = n
+        self.timeout = 0.0
+        self.kind: CommandKind = "other"
+        self.used: set[str] = set()
+
+    def start(self, prefs: tuple[str, ...]) -> None:
+        node = self.node
+        me = node._address
+        self.used.update(prefs)
+        membership = node._membership
+        local = False
+        for replica in prefs:
+            if replica == me:
+                local = True
+                continue
+            if self.kind == "write" and membership.is_suspected(replica):
+                substitute = self._substitute()
+                if substitute is not None:
+                    self._send(substitute, replica)
+                    continue
+            self._send(replica, "")
+        if local:
+            self._send(me, "")
+
+    def _send(self, target: str, hint: str) -> None:
+        node = self.node
+        if target == node._address:
+            if hint:
+                request = Request(
+                    self.namespace, self.command, self.key, self.payload, self.partition, hint
+                )
+                response = node._sync.store_hint(request)
+                self._settle_response(target, hint, response)
+            else:
+                self._run_local()
+            return
+        fut = node._transport.request(
+            target,
+            Request(
+                self.namespace,
+                self.command,
+                self.key,
+                self.payload,
+                self.partition,
+                hint,
+                self.timeout,
+            ),
+        )
+        fut.add_done_callback(lambda f: self._on_done(target, hint, f))
+
+    def _run_local(self) -> None:
+        node = self.node
+        me = node._address
+        if self.kind == "read" and not node._sync.readable(self.partition):
+            err = PartitionNotReadyError(me, self.partition)
+            self._settle(me, "", err, forward=True)
+            return
+        if self.kind == "write":
+            node._sync.note_write(self.partition)
+        node._run_local(
+            self.namespace,
+            self.command,
+            self.key,
+            self.payload,
+            self.partition,
+            self.timeout,
+            self.collector.add,
+        )
+
+    def _on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
+        sync = self.node._sync
+        if fut.cancelled():
+            err = RequestTimeoutError(f"request to {target} cancelled")
+            self._settle(target, hint, err, forward=False)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            unreachable = isinstance(exc, PeerUnavailableError | RequestTimeoutError)
+            if unreachable:
+                sync.peer_failed(target)
+            self._settle(target, hint, exc, forward=unreachable)
+            return
+        sync.peer_ok(target)
+        self._settle_response(target, hint, fut.result())
+
+    def _settle_response(self, target: str, hint: str, response: Response) -> None:
+        if response.status == Status.OK:
+            self.collector.add(Reply(target, response.payload, None))
+            return
+        status = Status(response.status)
+        err = error_for_status(status, response.error, target)
+        # UNAVAILABLE from a peer that answered: it is up but cannot serve this now
+        # (pulling the partition, stopping): another holder may.
+        self._settle(target, hint, err, forward=status is Status.UNAVAILABLE)
+
+    def _settle(self, target: str, hint: str, err: BaseException, *, forward: bool) -> None:
+        if forward and self.node._running:
+            if self.kind == "write":
+                substitute = self._substitute()
+                if substitute is not None:
+                    self._send(substitute, hint or target)
+                    return
+            elif self.kind == "read":
+                holder = self._previous_holder()
+                if holder is not None:
+                    self._send(holder, "")
+                    return
+        self.collector.add(Reply(target, b"", err))
+
+    def _substitute(self) -> str | None:
+        """The next node of the ring walk beyond the first N that is not suspected."""
+        ring = self.ring
+        size = len(ring)
+        if size <= self.n:
+            return None
+        walk = ring.preference_list(self.partition, min(size, self.n + max(self.n, 3)))
+        membership = self.node._membership
+        me = self.node._address
+        for candidate in walk[self.n :]:
+            if candidate in self.used:
+                continue
+            if candidate != me and membership.is_suspected(candidate):
+                continue
+            self.used.add(candidate)
+            return candidate
+        return None
+
+    def _previous_holder(self) -> str | None:
+        """A node that replicated the partition before the last ring change."""
+        node = self.node
+        candidates: list[str] = list(node._sync.read_fallbacks(self.partition))
+        previous = node._previous_ring
+        if previous is not None and previous.partitions == self.ring.partitions:
+            candidates.extend(previous.preference_list(self.partition, self.n))
+        membership = node._membership
+        for candidate in candidates:
+            if candidate in self.used or membership.is_suspected(candidate):
+                continue
+            if membership.is_down(candidate):
+                continue
+            self.used.add(candidate)
+            return candidate
+        return None
+
+
 def _as_bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -474,25 +862,3 @@ async def _await_response(out: Awaitable[bytes]) -> Response:
         raise
     except Exception as exc:
         return _error_response(exc)
-
-
-def _reply_callback(
-    collector: QuorumCollector, node: str
-) -> Callable[[asyncio.Future[Response]], None]:
-    def on_done(fut: asyncio.Future[Response]) -> None:
-        if fut.cancelled():
-            collector.add(Reply(node, b"", RequestTimeoutError(f"request to {node} cancelled")))
-            return
-        exc = fut.exception()
-        if exc is not None:
-            collector.add(Reply(node, b"", exc))
-            return
-        response = fut.result()
-        if response.status == Status.OK:
-            collector.add(Reply(node, response.payload, None))
-        else:
-            collector.add(
-                Reply(node, b"", error_for_status(Status(response.status), response.error, node))
-            )
-
-    return on_done

@@ -284,7 +284,8 @@ async def demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                     break
             ok = all(s.passed for s in report.steps) and len(report.steps) == len(plan)
     finally:
-        cluster.keep_logs = not ok  # keep the evidence of a failure
+        # Keep the evidence of a failed step; an interrupted run leaves nothing behind.
+        cluster.keep_logs = any(not s.passed for s in report.steps)
         report.say("stopping the cluster ...")
         await cluster.close()
     print(file=out)

@@ -172,6 +172,7 @@ class KVEngine:
         self._node_fps: list[int] = []
         self._lru: OrderedDict[bytes, None] | None = None if max_bytes is None else OrderedDict()
         self._ttl = TTLIndex()
+        self._ttl_count = 0  # live records with a TTL (the index also holds stale entries)
         # Per partition, a lower bound on the expiry of its live TTL records: digests()
         # sweeps a partition only when that bound says a record may be past its grace.
         self._ttl_floor: list[float] = [math.inf] * partitions
@@ -235,14 +236,14 @@ class KVEngine:
     @property
     def ttl_keys(self) -> int:
         """Live records that carry a TTL."""
-        return len(self._ttl)
+        return self._ttl_count
 
     def stats(self) -> dict[str, int]:
         """Every counter at once (for metrics): keys, tombstones, bytes, evictions..."""
         return {
             "keys": len(self),
             "tombstones": self._tombstones,
-            "ttl_keys": len(self._ttl),
+            "ttl_keys": self._ttl_count,
             "size_bytes": self._size,
             "max_bytes": self._max_bytes or 0,
             "evictions": self._evictions,
@@ -426,25 +427,27 @@ class KVEngine:
         now = self._clock.time()
         parts = self._parts
         partitions = self._partitions
+        ttl = self._ttl
         freed = 0
         for _ in range(MAX_ROUNDS):
-            keys = self._ttl.sample(self._rng, sample)
-            if not keys:
+            entries = ttl.sample(self._rng, sample)
+            if not entries:
                 break
-            hits = 0
-            for key in keys:
+            done = []  # entries to remove: expired now, or stale already
+            for position, key in entries:
                 fp = _fp64(key)
                 partition = fp % partitions
                 blob = parts[partition].get(key)
-                # A key sampled twice in one round was already turned into a tombstone.
-                if blob is None or blob[0] & _TOMB:
+                if blob is None or blob[0] & (_TOMB | _TTL) != _TTL:
+                    done.append(position)  # stale: the key no longer has a live TTL
                     continue
                 expires = _EXPIRES.unpack_from(blob, _EXPIRES_AT)[0]
-                if expires and expires <= now:
+                if expires <= now:
                     self._expire(partition, fp, key, blob)
-                    hits += 1
-            freed += hits
-            if hits <= len(keys) * REPEAT_THRESHOLD:
+                    freed += 1
+                    done.append(position)
+            ttl.remove(done)
+            if len(done) <= len(entries) * REPEAT_THRESHOLD:
                 break
         self.collect_tombstones(now)
         return freed
@@ -508,16 +511,16 @@ class KVEngine:
         """Forget every record of ``partition``; returns how many there were."""
         part = self._parts[partition]
         lru = self._lru
-        ttl = self._ttl
         size = 0
         tombstones = 0
+        with_ttl = 0
         for key, blob in part.items():
             size += len(key) + len(blob) + RECORD_OVERHEAD
             if blob[0] & _TOMB:
                 tombstones += 1
             else:
                 if blob[0] & _TTL:
-                    ttl.discard(key)
+                    with_ttl += 1  # its TTL index entry goes stale
                 if lru is not None:
                     lru.pop(key, None)
         count = len(part)
@@ -527,6 +530,7 @@ class KVEngine:
         self._size -= size
         self._stored -= count
         self._tombstones -= tombstones
+        self._ttl_count -= with_ttl
         return count
 
     def digests(self, partition: int) -> list[bytes]:
@@ -603,7 +607,7 @@ class KVEngine:
             self._bury(key, deadline)
         else:
             if flags & _TTL:
-                self._ttl.add(key)
+                self._add_ttl(key)
             if self._lru is not None:
                 self._lru[key] = None
 
@@ -620,7 +624,7 @@ class KVEngine:
             self._tombstones -= 1  # its grave entry goes stale
         else:
             if flags & _TTL:
-                self._ttl.discard(key)
+                self._ttl_count -= 1  # its TTL index entry goes stale
             if self._lru is not None:
                 self._lru.pop(key, None)
 
@@ -641,11 +645,24 @@ class KVEngine:
         grave = _WIDE.pack((word & ~0xFF) | flags, logical, node, expires)
         self._parts[partition][key] = grave
         self._size -= len(blob) - len(grave)
-        self._ttl.discard(key)
+        self._ttl_count -= 1  # its TTL index entry goes stale
         if self._lru is not None:
             self._lru.pop(key, None)
         self._tombstones += 1
         self._bury(key, deadline)
+
+    def _add_ttl(self, key: bytes) -> None:
+        self._ttl_count += 1
+        ttl = self._ttl
+        ttl.add(key)
+        # Stale entries are removed when sampled; compact once they may outnumber the
+        # live ones, so the index stays O(live TTL keys) at an amortized O(1) per entry.
+        if len(ttl) > 2 * self._ttl_count + 1024:
+            ttl.compact(self._has_live_ttl)
+
+    def _has_live_ttl(self, key: bytes) -> bool:
+        blob = self._lookup(key)
+        return blob is not None and blob[0] & (_TOMB | _TTL) == _TTL
 
     def _bury(self, key: bytes, deadline: float) -> None:
         graves = self._graves

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from peer_ring.core import Clock
@@ -32,57 +33,67 @@ DEFAULT_INTERVAL = 0.1
 
 
 class TTLIndex:
-    """The set of keys that carry a TTL, with O(1) add, discard and random sampling.
+    """The keys that may carry a TTL: a plain list, sampled uniformly at random.
 
-    A list gives uniform random access; a dict from key to list position makes removal a
-    swap with the last element. Only keys with a TTL pay for it (about 50 bytes each).
+    Memory is the point: 8 bytes per key (the list slot; the key object is the store's).
+    An exact set with O(1) removal needs a position dict, about 75 bytes more per key.
+    So removal is lazy: when a key loses its TTL (rewritten, deleted, expired, dropped)
+    its entry stays and becomes *stale*; whoever samples a stale entry removes it
+    (:meth:`remove`), and :meth:`compact` rebuilds the list once stale entries could
+    outnumber live ones. A key rewritten with a TTL may appear twice until then; callers
+    check the record behind every sampled entry anyway.
     """
 
-    __slots__ = ("_keys", "_pos")
+    __slots__ = ("_keys",)
 
     def __init__(self) -> None:
         self._keys: list[bytes] = []
-        self._pos: dict[bytes, int] = {}
 
     def __len__(self) -> int:
+        """Entries, stale ones included."""
         return len(self._keys)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._pos
-
     def add(self, key: bytes) -> None:
-        """Track ``key`` (no-op if already tracked)."""
-        if key not in self._pos:
-            self._pos[key] = len(self._keys)
-            self._keys.append(key)
+        """Track ``key``."""
+        self._keys.append(key)
 
-    def discard(self, key: bytes) -> None:
-        """Stop tracking ``key`` (no-op if not tracked)."""
-        index = self._pos.pop(key, None)
-        if index is None:
-            return
-        last = self._keys.pop()
-        if index < len(self._keys):
-            self._keys[index] = last
-            self._pos[last] = index
+    def sample(self, rng: random.Random, count: int) -> list[tuple[int, bytes]]:
+        """Up to ``count`` distinct entries ``(position, key)`` chosen uniformly.
 
-    def sample(self, rng: random.Random, count: int) -> list[bytes]:
-        """Up to ``count`` tracked keys chosen uniformly (with replacement).
-
-        When ``count`` covers the whole index every key is returned once, so a small
-        index is always fully checked.
+        When ``count`` covers the whole index every entry is returned, so a small index
+        is always fully checked.
         """
         keys = self._keys
         size = len(keys)
         if size <= count:
-            return list(keys)
+            return list(enumerate(keys))
         randrange = rng.randrange
-        return [keys[randrange(size)] for _ in range(count)]
+        positions = {randrange(size) for _ in range(count)}
+        return [(position, keys[position]) for position in positions]
+
+    def remove(self, positions: Iterable[int]) -> None:
+        """Remove the entries at ``positions`` (as returned by the same :meth:`sample`)."""
+        keys = self._keys
+        # Highest first: swapping the last entry into a removed slot never moves an entry
+        # that is still to be removed.
+        for position in sorted(set(positions), reverse=True):
+            last = keys.pop()
+            if position < len(keys):
+                keys[position] = last
+
+    def compact(self, keep: Callable[[bytes], bool]) -> None:
+        """Keep one entry per key for which ``keep(key)`` is true; drop the rest."""
+        seen: set[bytes] = set()
+        kept = []
+        for key in self._keys:
+            if key not in seen and keep(key):
+                seen.add(key)
+                kept.append(key)
+        self._keys = kept
 
     def clear(self) -> None:
-        """Forget every key."""
-        self._keys.clear()
-        self._pos.clear()
+        """Forget every entry."""
+        self._keys = []
 
 
 async def run_active_expiry(

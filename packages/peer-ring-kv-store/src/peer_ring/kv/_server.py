@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from peer_ring.core import (
     InvalidArgumentError,
@@ -175,7 +175,7 @@ class KVHttpApi:
         router = app.router
         kv = router.add_resource(r"/kv/{key:.+}", name="kv")
         kv.add_route("GET", self._get)  # adds HEAD too
-        kv.add_route("PUT", self._put)
+        kv.add_route("PUT", self._put, expect_handler=self._expect_put)
         kv.add_route("DELETE", self._delete)
         for path in ("/kv", "/kv/"):
             router.add_resource(path).add_route("*", self._empty_key)
@@ -228,6 +228,26 @@ class KVHttpApi:
         body = await self._read_body(request)
         await self._store.set(key, body, ttl=ttl, quorum=quorum, replication=replication)
         return web.Response(status=204)
+
+    async def _expect_put(self, request: web.Request) -> web.StreamResponse | None:
+        # `Expect: 100-continue` (curl sends it for large bodies) asks whether to upload at
+        # all: answer with the final error when the body would be refused anyway, so an
+        # oversized value or an unauthenticated client never uploads its body.
+        try:
+            self._authorize(request)
+            declared = request.content_length
+            if declared is not None and declared > self._max_value_bytes:
+                raise _too_large(declared, self._max_value_bytes)
+        except HTTPError as exc:
+            response = _error_response(exc, request)
+            self.metrics.observe("kv_put", response.status, 0.0)
+            return response
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers['Expect']}")
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the interim answer is not the response body
+        return None
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
         key = _key(request)

@@ -161,6 +161,21 @@ class KVStore:
         return self._node
 
     @property
+    def replication(self) -> int:
+        """Default number of replicas of every key."""
+        return self._config.replication
+
+    @property
+    def quorum(self) -> int:
+        """Default read and write quorum."""
+        return self._config.quorum_for(self._config.replication)
+
+    @property
+    def max_value_bytes(self) -> int:
+        """Largest accepted encoded value, in bytes."""
+        return self._max_value_bytes
+
+    @property
     def engine(self) -> KVEngine:
         """This node's local storage engine."""
         return self._engine

@@ -192,6 +192,9 @@ async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
         except OSError as exc:
             logger.error("cannot listen for peers on %s: %s", listen, exc)
             return EXIT_FAILURE
+        except Exception:
+            logger.exception("the node failed to start")
+            return EXIT_FAILURE
         api.set_ready(True)
         logger.info(
             "%s peer=%s http=%s members=%d partitions=%d replication=%d",

@@ -10,7 +10,6 @@ timer, and an answered request only leaves its tick's set. A deadline therefore 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,14 +35,15 @@ class DeadlineWheel:
 
     def __init__(self, clock: Clock, resolution: float = DEFAULT_RESOLUTION) -> None:
         self._clock = clock
+        self._monotonic = clock.monotonic
         self._resolution = resolution
         self._ticks: dict[int, set[Expirable]] = {}
         self._timers: dict[int, TimerHandle] = {}
 
     def add(self, item: Expirable, timeout: float) -> int:
         """Expire ``item`` after ``timeout`` seconds (rounded up to a tick); return the tick."""
-        now = self._clock.monotonic()
-        tick = math.ceil((now + timeout) / self._resolution)
+        now = self._monotonic()
+        tick = int((now + timeout) / self._resolution) + 1  # round up: never early
         members = self._ticks.get(tick)
         if members is None:
             members = self._ticks[tick] = set()

@@ -87,9 +87,10 @@ class GrpcTransport(Transport):
         address: ``host:port`` to listen on; it is also this node's identity, sent to peers.
             Port 0 picks a free port (``address`` then reports the real one after ``start``).
         limits: resource bounds (message size, in-flight, queue, timeouts, backoff).
-        token: shared cluster secret. When set, it is sent to peers and required from them
-            (``authorization: Bearer <token>``); a stream without it is refused with
-            UNAUTHENTICATED. Use TLS when the network is not trusted: the token is sent as is.
+        token: shared cluster secret (printable ASCII). When set, it is sent to peers and
+            required from them (``authorization: Bearer <token>``); a stream without it is
+            refused with UNAUTHENTICATED. ``None`` or ``""`` disables the check. Use TLS when
+            the network is not trusted: the token is sent as is.
         clock: source of time for deadlines, connect timeouts and backoff.
         server_credentials: ``grpc.ServerCredentials`` for TLS/mTLS on the listener
             (``grpc.ssl_server_credentials(...)``, or dynamic credentials for reloading).
@@ -110,6 +111,10 @@ class GrpcTransport(Transport):
     ) -> None:
         if limits.max_message_bytes < 64:
             raise InvalidArgumentError("max_message_bytes must be at least 64")
+        token = token or None  # an empty token (e.g. from an unset env var) means none
+        if token is not None and not (token.isascii() and token.isprintable()):
+            # gRPC metadata values must be printable ASCII; fail here, not on every call.
+            raise InvalidArgumentError("token must be printable ASCII")
         self._address = address
         self._limits = limits
         self._clock: Clock = clock or SystemClock()
@@ -182,8 +187,10 @@ class GrpcTransport(Transport):
             else:
                 port = server.add_insecure_port(self._address)
         except RuntimeError as exc:
+            await server.stop(None)
             raise _bind_error(self._address, str(exc)) from exc
         if port == 0:
+            await server.stop(None)
             raise _bind_error(self._address, "gRPC could not bind")
         host, _, wanted = self._address.rpartition(":")
         if wanted == "0":
@@ -225,7 +232,7 @@ class GrpcTransport(Transport):
         self,
         peer: str,
         request: TransferRequest,
-        timeout: float,  # noqa: ASYNC109 - the contract's name; bounds each chunk, not the call
+        timeout: float,
     ) -> AsyncIterator[list[bytes]]:
         """Stream the records ``peer`` exports for ``request``, chunk by chunk.
 

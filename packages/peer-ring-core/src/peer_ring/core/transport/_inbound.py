@@ -77,6 +77,10 @@ class InboundStream:
         reader = self._loop.create_task(self._read_loop())
         try:
             await self._write_loop()
+        except Exception as exc:
+            # The peer went away while we wrote (cancelled call, reset connection). Handled
+            # here: an exception escaping the servicer would be logged by gRPC as an error.
+            logger.debug("writing the stream to %s failed: %r", self.sender, exc)
         finally:
             self._closed = True
             reader.cancel()

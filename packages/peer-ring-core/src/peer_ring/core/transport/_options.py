@@ -55,8 +55,11 @@ def channel_options(limits: TransportLimits) -> list[tuple[str, int | str]]:
         # gRPC's own reconnect backoff (default: 1 s initial, 120 s max) would hold the
         # channel in TRANSIENT_FAILURE long after the peer is back; align it with ours.
         ("grpc.initial_reconnect_backoff_ms", _ms(limits.backoff_initial)),
-        ("grpc.min_reconnect_backoff_ms", _ms(limits.backoff_initial)),
         ("grpc.max_reconnect_backoff_ms", _ms(limits.backoff_max)),
+        # Despite its name, gRPC core uses this as the *minimum connect timeout* of one
+        # attempt (doc/connection-backoff.md, MIN_CONNECT_TIMEOUT): setting it to a small
+        # backoff would abort slow handshakes. Our own connect_timeout also bounds a wait.
+        ("grpc.min_reconnect_backoff_ms", _ms(limits.connect_timeout)),
         # Retries would buffer the frames of a stream; the transport fails and reconnects
         # on its own, so gRPC retries only add memory.
         ("grpc.enable_retries", 0),

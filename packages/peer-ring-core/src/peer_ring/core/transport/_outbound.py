@@ -54,6 +54,9 @@ from peer_ring.core.transport._stats import TransportStats
 
 logger = logging.getLogger(__name__)
 
+#: Longest request deadline in seconds (about 11.5 days); longer ones, inf included, are cut.
+MAX_TIMEOUT = 1_000_000.0
+
 #: ``(key, value)`` pairs sent as call metadata.
 Metadata = tuple[tuple[str, str], ...]
 #: Builds the exception a request fails with (a fresh one per future, so tracebacks of
@@ -184,7 +187,9 @@ class PeerConnection:
             )
         rid = self._next_id
         self._next_id = rid + 1
-        timeout = req.timeout if req.timeout > 0 else self._limits.default_timeout
+        timeout = req.timeout if req.timeout > 0 else self._limits.default_timeout  # NaN too
+        if timeout > MAX_TIMEOUT:
+            timeout = MAX_TIMEOUT  # inf would overflow the wire's uint32 milliseconds
         try:
             data = request_part(rid, req, timeout)
         except (TypeError, ValueError) as exc:
@@ -304,9 +309,9 @@ class PeerConnection:
         while self._state is not _State.CLOSED:
             try:
                 stream = await self._open()
-            except _ConnectError as exc:
+            except Exception as exc:  # _ConnectError, or anything unexpected from gRPC
                 self._stats.connect_failures += 1
-                reason = str(exc)
+                reason = str(exc) if isinstance(exc, _ConnectError) else _describe(exc)
                 logger.debug("connecting to %s failed: %s", self.peer, reason)
                 self._go_down(reason)
                 self._settle_attempt(PeerUnavailableError(self.peer, reason))

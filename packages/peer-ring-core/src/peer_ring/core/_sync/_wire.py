@@ -1,0 +1,153 @@
+"""Payloads of the core's internal commands (namespace :data:`INTERNAL`).
+
+Small, fixed binary layouts (big-endian ``struct``), never JSON: they travel inside the
+opaque ``payload`` bytes of ordinary requests, so the transport needs no change.
+
+=============  ===========================================  ===============================
+command        request payload                              response payload
+=============  ===========================================  ===============================
+``ping``       incarnation u64, flags u8                    incarnation u64, flags u8
+``digests``    count u32, (partition u32, root u64)*        count u32, entry*
+``handoff``    count u32, partition u32*                    count u32, partition u32*
+``leaving``    incarnation u64                              partitions not pulled u32
+=============  ===========================================  ===============================
+
+A digests *entry* is ``partition u32, state u8, equal u8`` followed, when the state is not
+NONE and the roots differ, by ``namespaces u16`` and per namespace ``name (u16 length +
+UTF-8), buckets u16, (length u16 + digest)*``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+from peer_ring.core._sync._digests import HoldState, NamespaceDigests, RemotePartition
+
+#: Namespace of the core's own commands; applications cannot register in it.
+INTERNAL = "__peer_ring__"
+
+#: ``ping`` flag: the node is leaving the cluster.
+FLAG_LEAVING = 0x01
+
+_PING = struct.Struct(">QB")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_ROOT = struct.Struct(">IQ")
+_ENTRY = struct.Struct(">IBB")
+
+
+def encode_ping(incarnation: int, flags: int) -> bytes:
+    """A ``ping`` request or response."""
+    return _PING.pack(incarnation, flags)
+
+
+def decode_ping(data: bytes) -> tuple[int, int]:
+    """``(incarnation, flags)`` of a ``ping`` payload."""
+    incarnation, flags = _PING.unpack_from(data)
+    return int(incarnation), int(flags)
+
+
+def encode_partitions(partitions: Iterable[int]) -> bytes:
+    """A list of partitions (``handoff`` request and response)."""
+    items = list(partitions)
+    return _U32.pack(len(items)) + b"".join(_U32.pack(p) for p in items)
+
+
+def decode_partitions(data: bytes) -> list[int]:
+    """The partitions of :func:`encode_partitions`."""
+    (count,) = _U32.unpack_from(data)
+    return [_U32.unpack_from(data, 4 + 4 * i)[0] for i in range(count)]
+
+
+def encode_u64(value: int) -> bytes:
+    """One unsigned 64-bit integer (``leaving`` request)."""
+    return _U64.pack(value)
+
+
+def decode_u64(data: bytes) -> int:
+    """The integer of :func:`encode_u64`."""
+    return int(_U64.unpack_from(data)[0])
+
+
+def encode_u32(value: int) -> bytes:
+    """One unsigned 32-bit integer (``leaving`` response)."""
+    return _U32.pack(value)
+
+
+def decode_u32(data: bytes) -> int:
+    """The integer of :func:`encode_u32`."""
+    return int(_U32.unpack_from(data)[0])
+
+
+def encode_digest_request(roots: Sequence[tuple[int, int]]) -> bytes:
+    """A ``digests`` request: ``(partition, root of the asker's copy)`` pairs."""
+    return _U32.pack(len(roots)) + b"".join(_ROOT.pack(p, r) for p, r in roots)
+
+
+def decode_digest_request(data: bytes) -> list[tuple[int, int]]:
+    """The pairs of :func:`encode_digest_request`."""
+    (count,) = _U32.unpack_from(data)
+    return [
+        (int(p), int(r)) for p, r in (_ROOT.unpack_from(data, 4 + 12 * i) for i in range(count))
+    ]
+
+
+def encode_digest_response(entries: Sequence[RemotePartition]) -> bytes:
+    """A ``digests`` response (see the module docstring for the layout)."""
+    out = [_U32.pack(len(entries))]
+    for entry in entries:
+        out.append(_ENTRY.pack(entry.partition, int(entry.state), 1 if entry.equal else 0))
+        if entry.state is HoldState.NONE or entry.equal:
+            continue
+        out.append(_U16.pack(len(entry.digests)))
+        for namespace in sorted(entry.digests):
+            name = namespace.encode()
+            buckets = entry.digests[namespace]
+            out.append(_U16.pack(len(name)) + name + _U16.pack(len(buckets)))
+            out.extend(_U16.pack(len(d)) + d for d in buckets)
+    return b"".join(out)
+
+
+def decode_digest_response(data: bytes) -> list[RemotePartition]:
+    """The entries of :func:`encode_digest_response`.
+
+    Raises:
+        ValueError: the payload is truncated or malformed.
+    """
+    try:
+        (count,) = _U32.unpack_from(data)
+        pos = 4
+        entries = []
+        for _ in range(count):
+            partition, state, equal = _ENTRY.unpack_from(data, pos)
+            pos += _ENTRY.size
+            hold = HoldState(state)
+            digests: dict[str, list[bytes]] = {}
+            if hold is not HoldState.NONE and not equal:
+                (namespaces,) = _U16.unpack_from(data, pos)
+                pos += 2
+                for _ in range(namespaces):
+                    (size,) = _U16.unpack_from(data, pos)
+                    name = data[pos + 2 : pos + 2 + size].decode()
+                    pos += 2 + size
+                    (buckets,) = _U16.unpack_from(data, pos)
+                    pos += 2
+                    values = []
+                    for _ in range(buckets):
+                        (size,) = _U16.unpack_from(data, pos)
+                        values.append(bytes(data[pos + 2 : pos + 2 + size]))
+                        pos += 2 + size
+                    digests[name] = values
+            entries.append(RemotePartition(int(partition), hold, bool(equal), digests))
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} trailing bytes")
+        return entries
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed digests payload: {exc}") from None
+
+
+def namespace_digests(digests: NamespaceDigests) -> dict[str, list[bytes]]:
+    """A plain, mutable copy (for building responses)."""
+    return {ns: list(buckets) for ns, buckets in digests.items()}
