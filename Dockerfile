@@ -26,7 +26,7 @@ RUN pip install --no-cache-dir /wheels/*.whl \
  && rm -rf /wheels
 ENV PYTHONUNBUFFERED=1
 USER 10001:10001
-# 7101: peer gRPC (PEER_RING_PEER_PORT); 8080: HTTP API (PEER_RING_HTTP_PORT).
+# 7101: peer gRPC (PEER_RING_PEER_PORT); 8080: HTTP API (PEER_RING_HTTP_ADDRESS).
 EXPOSE 7101 8080
 ENTRYPOINT ["peer-ring-kv"]
 CMD ["serve"]

@@ -46,6 +46,10 @@ async def cluster(network: MemoryNetwork, clock: FakeClock) -> AsyncIterator[lis
     stores = [make_store(a, network, clock) for a in PEERS]
     for s in stores:
         await s.start()
+    # Started nodes pull their partitions first (issue 4): wait until every node is ready
+    # (no clock needed: peers that come up wake the pending pulls) and the traffic settled.
+    await asyncio.gather(*(s.wait_ready() for s in stores))
+    await settle_loop()
     yield stores
     for s in stores:
         await s.stop()

@@ -22,11 +22,12 @@ from peer_ring.core._errors import (
 from peer_ring.core._hashing import bucket_for_key, fingerprint64, partition_for_key
 from peer_ring.core._hooks import DIGEST_BUCKETS, DataHooks
 from peer_ring.core._membership import Membership
-from peer_ring.core._node import Handler, PeerRing
+from peer_ring.core._node import CommandKind, Handler, PeerRing
 from peer_ring.core._result import CommandContext, ExecuteResult, Reply
 from peer_ring.core._ring import DEFAULT_PARTITIONS, Ring
 from peer_ring.core._runner import run, uvloop_available
 from peer_ring.core._status import error_for_status, status_for_error
+from peer_ring.core._sync import LeaveReport, PartitionNotReadyError
 from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
 
 __all__ = [
@@ -34,16 +35,19 @@ __all__ = [
     "DIGEST_BUCKETS",
     "Clock",
     "CommandContext",
+    "CommandKind",
     "DataHooks",
     "Discovery",
     "ExecuteResult",
     "Handler",
     "InvalidArgumentError",
+    "LeaveReport",
     "Member",
     "Membership",
     "MessageTooLargeError",
     "NotRunningError",
     "OverloadedError",
+    "PartitionNotReadyError",
     "PeerRing",
     "PeerRingConfig",
     "PeerRingError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +24,9 @@ from peer_ring.core import (
     CommandContext,
     Discovery,
     InvalidArgumentError,
+    LeaveReport,
     NotRunningError,
+    PartitionNotReadyError,
     PeerRing,
     PeerRingConfig,
     QuorumNotReachedError,
@@ -119,16 +122,8 @@ class KVStore:
         clock: Clock | None = None,
     ) -> None:
         base = config or PeerRingConfig()
-        self._config = PeerRingConfig(
-            partitions=base.partitions,
-            replication=replication,
-            quorum=quorum,
-            request_timeout=base.request_timeout,
-            transport_limits=base.transport_limits,
-            token=base.token,
-            suspicion_timeout=base.suspicion_timeout,
-            transfer_timeout=base.transfer_timeout,
-        )
+        # replace() keeps every other setting of the node (data movement included).
+        self._config = dataclasses.replace(base, replication=replication, quorum=quorum)
         if max_value_bytes < 1:
             raise InvalidArgumentError(f"max_value_bytes must be >= 1, got {max_value_bytes}")
         self._clock: Clock = clock or SystemClock()
@@ -187,8 +182,12 @@ class KVStore:
 
     @property
     def ready(self) -> bool:
-        """True once the node joined the ring (and finished its initial sync)."""
-        return self._node.running
+        """True once the node joined the ring and finished its initial sync."""
+        return self._node.ready
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until :attr:`ready` (see ``PeerRing.wait_ready``)."""
+        await self._node.wait_ready(timeout)
 
     async def start(self) -> None:
         """Join the cluster. Raises ``OSError`` when the address cannot be bound."""
@@ -211,6 +210,19 @@ class KVStore:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._node.stop()
 
+    async def leave(self, deadline: float | None = None) -> LeaveReport:
+        """Hand this node's data to the other nodes, then stop (``serve`` does it on
+        SIGTERM). See ``PeerRing.leave``.
+
+        Args:
+            deadline: seconds to wait for the peers to pull (default: the config's).
+        """
+        self._check_running()
+        try:
+            return await self._node.leave(deadline)
+        finally:
+            await self.stop()
+
     async def __aenter__(self) -> KVStore:
         await self.start()
         return self
@@ -227,10 +239,12 @@ class KVStore:
 
     def _register(self) -> None:
         node = self._node
-        node.register(NAMESPACE, "set", self._h_set)
-        node.register(NAMESPACE, "get", self._h_get)
-        node.register(NAMESPACE, "mset", self._h_mset)
-        node.register(NAMESPACE, "mget", self._h_mget)
+        # Kinds tell the core what may be hinted (idempotent LWW writes) and what must not
+        # be answered by a replica that is still pulling the partition (reads).
+        node.register(NAMESPACE, "set", self._h_set, kind="write")
+        node.register(NAMESPACE, "get", self._h_get, kind="read")
+        node.register(NAMESPACE, "mset", self._h_mset, kind="write")
+        node.register(NAMESPACE, "mget", self._h_mget, kind="read")
         node.register_hooks(NAMESPACE, self._hooks)
 
     def _observe(self, record: Record) -> None:
@@ -255,8 +269,18 @@ class KVStore:
         return b""
 
     def _h_mget(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        keys = decode_keys(payload)
+        # A batch has no single partition for the core to check: refuse the whole batch
+        # if any key's partition is still being pulled here (an empty answer would count
+        # as "not found" in the read quorum).
+        node = self._node
+        partition_of = self._engine.partition_of
+        for k in keys:
+            partition = partition_of(k)
+            if not node.partition_ready(partition):
+                raise PartitionNotReadyError(node.address, partition)
         get = self._engine.get_record
-        return encode_optional_records([get(k) for k in decode_keys(payload)])
+        return encode_optional_records([get(k) for k in keys])
 
     # -- client API ----------------------------------------------------------------------
 
@@ -363,7 +387,11 @@ class KVStore:
         node = self._node
         n = self._config.replication if replication is None else replication
         q = self._config.quorum_for(n) if quorum is None else quorum
-        if q == 1 and n >= 1 and node.address in node.preference_list(key_b, n):
+        if (
+            q == 1
+            and node.address in node.preference_list(key_b, n)
+            and node.partition_ready(self._engine.partition_of(key_b))
+        ):
             record = self._engine.get(key_b)
             return self._value(record, default)
         result = await node.execute(NAMESPACE, "get", key_b, replication=n, quorum=q)

@@ -574,6 +574,7 @@ class SyncManager:
         """One attempt at pulling ``partitions``: digests from every live member, then
         the differing buckets from each holder, then judge each partition."""
         membership = self._membership
+        epoch = self.table.epoch
         down = membership.down
         left = membership.left
         alive = [a for a in membership.discovered if a != self._me and a not in down]
@@ -637,7 +638,7 @@ class SyncManager:
                     p,
                     self.table.pending_for(p, now),
                 )
-            self.table.pull_result(p, outcome, now)
+            self.table.pull_result(p, outcome, now, epoch)
 
         before = len(self.table.pending)
         await asyncio.gather(*(one(p) for p in partitions))

@@ -164,6 +164,9 @@ class PartitionTable:
     started: bool = False
     initial_total: int = 0
     ready: bool = False
+    #: Bumped by :meth:`retry_now`; an attempt that started before the bump and fails is
+    #: retried at once rather than after its backoff (the peer it missed is back).
+    epoch: int = 0
 
     # -- transitions -----------------------------------------------------------------------
 
@@ -238,15 +241,28 @@ class PartitionTable:
         pull = self.pending.get(partition)
         return now - pull.since if pull is not None else 0.0
 
-    def pull_result(self, partition: int, outcome: PullOutcome, now: float) -> None:
-        """Record the outcome of a pull attempt (ignored if no longer pending)."""
+    def pull_result(
+        self, partition: int, outcome: PullOutcome, now: float, epoch: int | None = None
+    ) -> None:
+        """Record the outcome of a pull attempt (ignored if no longer pending).
+
+        Args:
+            partition: the partition.
+            outcome: how the attempt ended.
+            now: the current time.
+            epoch: :attr:`epoch` when the attempt started (None: unknown).
+        """
         pull = self.pending.get(partition)
         if pull is None:
             return
         if outcome is PullOutcome.RETRY:
             pull.attempts += 1
             self.counters.retries += 1
-            pull.next_at = now + min(self.retry_initial * 2 ** (pull.attempts - 1), self.retry_max)
+            if epoch is not None and epoch != self.epoch:
+                pull.next_at = now
+            else:
+                delay = min(self.retry_initial * 2 ** (pull.attempts - 1), self.retry_max)
+                pull.next_at = now + delay
             return
         del self.pending[partition]
         if outcome is PullOutcome.SYNCED:
@@ -259,6 +275,7 @@ class PartitionTable:
 
     def retry_now(self, now: float) -> None:
         """A peer became reachable: pending partitions need not wait for their backoff."""
+        self.epoch += 1
         for pull in self.pending.values():
             pull.next_at = min(pull.next_at, now)
 

@@ -318,7 +318,7 @@ class PeerConnection:
                 await self._clock.sleep(self._backoff(attempt))
                 attempt += 1
                 continue
-            attempt = 0
+            up_since = self._clock.monotonic()
             self._stream = stream
             self._state = _State.UP
             self._stats.streams_opened += 1
@@ -334,8 +334,12 @@ class PeerConnection:
             self._stats.stream_failures += 1
             logger.info("stream to %s broke: %s", self.peer, reason)
             self._go_down(reason)
-            await self._clock.sleep(self._backoff(0))
-            attempt = 1
+            # A stream that broke soon after opening (a peer that accepts and then fails)
+            # keeps the backoff growing; one that lived a while starts over.
+            if self._clock.monotonic() - up_since >= self._limits.backoff_max:
+                attempt = 0
+            await self._clock.sleep(self._backoff(attempt))
+            attempt += 1
 
     def _go_down(self, reason: str) -> None:
         if self._state is _State.CLOSED:

@@ -147,7 +147,7 @@ class Reflector:
         self.stats.lists += 1
         self.stats.resource_version = version
         logger.debug("listed %d %s at resourceVersion %s", len(items), self._describe(), version)
-        self._on_change(self._store.objects)
+        self._notify()
 
     async def _open_watch(
         self,
@@ -278,12 +278,19 @@ class Reflector:
         finally:
             await self.close()
 
+    def _notify(self) -> None:
+        # A failing consumer must not kill the watch loop (and with it every later update).
+        try:
+            self._on_change(self._store.objects)
+        except Exception:
+            logger.exception("discovery change callback failed; continuing to watch")
+
     def _handle(self, event: Mapping[str, Any]) -> None:
         outcome = self._store.apply(event)
         self.stats.resource_version = self._store.resource_version
         if outcome is Outcome.CHANGED:
             self.stats.events += 1
-            self._on_change(self._store.objects)
+            self._notify()
         elif outcome is Outcome.UNCHANGED:
             if event.get("type") == "BOOKMARK":
                 self.stats.bookmarks += 1
