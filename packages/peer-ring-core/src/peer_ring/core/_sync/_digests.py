@@ -52,17 +52,12 @@ class RemotePartition:
 def partition_root(digests: NamespaceDigests) -> int:
     """The root hash of a partition's digests; 0 when every bucket of every namespace
     is empty, so that two empty replicas compare equal without any exchange."""
-    parts: list[bytes] = []
-    empty = True
-    for namespace in sorted(digests):
-        buckets = digests[namespace]
-        parts.append(namespace.encode() + b"\0")
-        for digest in buckets:
-            if digest:
-                empty = False
-            parts.append(len(digest).to_bytes(2, "big") + digest)
-    if empty:
+    if not any(any(buckets) for buckets in digests.values()):
         return 0
+    parts: list[bytes] = []
+    for namespace in sorted(digests):
+        parts.append(namespace.encode() + b"\0")
+        parts.extend(len(d).to_bytes(2, "big") + d for d in digests[namespace])
     return fingerprint64(b"".join(parts)) or 1
 
 

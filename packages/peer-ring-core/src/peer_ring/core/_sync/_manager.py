@@ -257,7 +257,7 @@ class SyncManager:
         if self._membership.clear(peer):
             self._peer_back(peer)
         if self._membership.is_down(peer):
-            self._membership.mark_up(peer)
+            self._mark_up(peer)
 
     def peer_failed(self, peer: str) -> None:
         """A request to ``peer`` failed at the transport level (unreachable, timeout)."""
@@ -276,6 +276,39 @@ class SyncManager:
             self.inbound(peer)
         else:
             self._membership.suspect(peer)
+
+    def _mark_up(self, peer: str) -> None:
+        if self._membership.mark_up(peer):
+            # It missed every write while it was out of the ring (paused, partitioned):
+            # ask it to pull what it shares with us, rather than wait for anti-entropy.
+            self._spawn(self._catch_up(peer), "peer-ring-catch-up")
+
+    async def _catch_up(self, peer: str) -> None:
+        ring = self._membership.ring
+        pending = self.table.pending
+        shared = [
+            p
+            for p in sorted(self.table.replicated)
+            if p not in pending and peer in ring.preference_list(p, self._n)
+        ]
+        confirmed = 0
+        for i in range(0, len(shared), _HANDOFF_BATCH):
+            batch = shared[i : i + _HANDOFF_BATCH]
+            try:
+                data = await self._ask(
+                    peer, "handoff", encode_partitions(batch), self._cfg.handoff_timeout
+                )
+            except PeerRingError as exc:
+                logger.info("catch-up of %s stopped: %s (anti-entropy will finish)", peer, exc)
+                return
+            confirmed += len(decode_partitions(data))
+        logger.info(
+            "node %s: %s is back; it synced %d of the %d partition(s) we share",
+            self._me,
+            peer,
+            confirmed,
+            len(shared),
+        )
 
     def _peer_back(self, peer: str) -> None:
         now = self._clock.monotonic()
@@ -435,8 +468,8 @@ class SyncManager:
             membership.forget_left(peer)
         elif known is not None and known != incarnation:
             logger.info("peer %s restarted (new incarnation)", peer)
-        if confirmed and peer in membership.down:
-            membership.mark_up(peer)
+        if confirmed and membership.is_down(peer):
+            self._mark_up(peer)
 
     # -- requests ------------------------------------------------------------------------
 

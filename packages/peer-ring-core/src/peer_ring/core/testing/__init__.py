@@ -10,6 +10,14 @@ A whole cluster runs in one process and one event loop::
 
 from peer_ring.core.testing._fake_clock import FakeClock, settle_loop
 from peer_ring.core.testing._memory_network import MemoryNetwork, MemoryTransport
+from peer_ring.core.testing._ports import free_port
 from peer_ring.core.testing._static import FixedDiscovery
 
-__all__ = ["FakeClock", "FixedDiscovery", "MemoryNetwork", "MemoryTransport", "settle_loop"]
+__all__ = [
+    "FakeClock",
+    "FixedDiscovery",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "free_port",
+    "settle_loop",
+]
