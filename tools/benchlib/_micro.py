@@ -59,6 +59,12 @@ def _drive(coro: Coroutine[Any, Any, Any]) -> Any:
     raise RuntimeError("the coroutine suspended: not the local fast path")
 
 
+async def _wait_ready(stores: list[Any]) -> None:
+    """Wait (bounded) for the stores' initial sync, where the store has one."""
+    waits = [s.wait_ready(60.0) for s in stores if hasattr(s, "wait_ready")]
+    await asyncio.gather(*waits)
+
+
 def _pct(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -83,6 +89,7 @@ async def _local_get(replication: int, spec: dict[str, Any]) -> dict[str, Any]:
     for store in stores:
         await store.start()
     try:
+        await _wait_ready(stores)
         kv = stores[0]
         me = kv.node.address
         value = make_value(int(spec["value_size"]))
@@ -200,6 +207,7 @@ async def _memory(spec: dict[str, Any]) -> dict[str, Any]:
     async with KVStore(
         StaticDiscovery([address], self_address=address), replication=1, quorum=1
     ) as kv:
+        await _wait_ready([kv])
         gc.collect()
         rss0 = _rss_bytes()
         raw = 0

@@ -233,6 +233,11 @@ async def _node(spec: dict[str, Any]) -> None:
         stats = getattr(transport, "stats", None)
 
         async def prefill(keys: list[str], value: bytes) -> None:
+            # Every node is started by now: wait for this one's initial sync (reads of a
+            # partition still being pulled are refused), where the store has it.
+            wait_ready = getattr(kv, "wait_ready", None)
+            if wait_ready is not None:
+                await wait_ready(60.0)
             connect = getattr(transport, "connect", None)
             if connect is not None:  # open every stream before the first batch
                 for peer in spec["peers"]:
