@@ -2,7 +2,8 @@
 
 The repository is a minimal copy of this monorepo: the real release script and workspace
 pyproject.toml, the real pyproject.toml and CHANGELOG.md of one distribution, a stand-in
-module, README and version file, and fragments written by the test. Real git, hatch and towncrier do the work.
+module, README and version file, and fragments written by the test. Real git, hatch and
+towncrier do the work.
 """
 
 from __future__ import annotations

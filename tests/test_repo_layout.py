@@ -113,11 +113,15 @@ def test_hatch_and_pip_setups_agree() -> None:
     root = pyproject(REPO / "pyproject.toml")
     envs = root["tool"]["hatch"]["envs"]
     requirements = {
-        line.strip()
+        line.split(" #", 1)[0].strip()  # pip allows trailing comments
         for line in (REPO / "requirements-dev.txt").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith(("#", "-e "))
     }
-    hatch_deps = set(envs["default"]["dependencies"]) | set(envs["types"]["extra-dependencies"])
+    hatch_deps = (
+        set(envs["default"]["dependencies"])
+        | set(envs["types"]["extra-dependencies"])
+        | set(envs["lint"]["dependencies"])
+    )
     assert hatch_deps <= requirements, hatch_deps - requirements
     assert envs["default"]["workspace"]["members"] == ["packages/*"]
 

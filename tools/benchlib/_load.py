@@ -33,6 +33,8 @@ SetOp = Callable[[str, bytes], Awaitable[Any]]
 
 #: Length of the precomputed operation sequence (a power of two: index with a mask).
 _SEQUENCE = 1 << 16
+#: Period of the event-loop lag monitor.
+_LAG_PERIOD_NS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class LoadResult:
     warmup_ops: int = 0
     warmup_errors: int = 0
     window_s: float = 0.0
+    loop_lag_ns: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Counts and histograms (no raw latencies)."""
@@ -103,7 +106,20 @@ class LoadResult:
             "hist": both.to_json(),
             "hist_get": Histogram.from_ns(self.gets).to_json(),
             "hist_set": Histogram.from_ns(self.sets).to_json(),
+            "loop_lag_ms": _lag_summary(self.loop_lag_ns),
         }
+
+
+def _lag_summary(lags: list[int]) -> dict[str, float]:
+    if not lags:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "samples": 0}
+    ordered = sorted(lags)
+    return {
+        "p50": ordered[len(ordered) // 2] / 1e6,
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] / 1e6,
+        "max": ordered[-1] / 1e6,
+        "samples": len(ordered),
+    }
 
 
 def make_keys(count: int) -> list[str]:
@@ -202,6 +218,13 @@ async def run_load(
         if on_window is not None:
             on_window("start")
         began = time.perf_counter_ns()
+        # Event-loop lag: how late a 10 ms sleep wakes up. Large values mean the loop was
+        # blocked (long synchronous work, GC) or the process was not scheduled (a busy
+        # machine); compare with the Redis client processes, which run the same monitor.
+        lags = result.loop_lag_ns
+        while (now := clock()) < window_end - _LAG_PERIOD_NS:
+            await asyncio.sleep(_LAG_PERIOD_NS / 1e9)
+            lags.append(max(0, clock() - now - _LAG_PERIOD_NS))
         await _sleep_until_ns(window_end)
         if on_window is not None:
             on_window("end")

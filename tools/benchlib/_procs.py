@@ -216,6 +216,26 @@ def system_cpu() -> tuple[float, float]:
     return (total - idle) / ticks, total / ticks
 
 
+#: Machine-wide TCP counters sampled over each window (loopback retransmissions and
+#: tail-loss probes: one such stall delays every operation multiplexed on that connection).
+TCP_COUNTERS = ("RetransSegs", "TCPLossProbes", "TCPTimeouts", "TCPSpuriousRTOs")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The :data:`TCP_COUNTERS` from /proc/net/snmp and /proc/net/netstat (0 if absent)."""
+    out = dict.fromkeys(TCP_COUNTERS, 0)
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            for name, value in zip(names.split()[1:], values.split()[1:], strict=False):
+                if name in out:
+                    out[name] = int(value)
+    return out
+
+
 # -- Redis server ------------------------------------------------------------------------
 
 
@@ -430,18 +450,21 @@ async def _sleep_until(wall: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _sample_window(start: float, end: float, server_pid: int | None) -> dict[str, float]:
+async def _sample_window(start: float, end: float, server_pid: int | None) -> dict[str, Any]:
     """Machine-wide CPU and the Redis server's CPU over the measurement window."""
     await _sleep_until(start)
     busy0, total0 = system_cpu()
+    tcp0 = tcp_counters()
     server0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
     await _sleep_until(end)
     busy1, total1 = system_cpu()
+    tcp1 = tcp_counters()
     server1 = proc_cpu_seconds(server_pid) if server_pid else 0.0
-    out = {
+    out: dict[str, Any] = {
         "machine_busy_cpu_s": busy1 - busy0,
         "machine_total_cpu_s": total1 - total0,
         "loadavg_1m": os.getloadavg()[0],
+        "tcp": {name: tcp1[name] - tcp0[name] for name in TCP_COUNTERS},
     }
     if server_pid:
         out["server_cpu_s"] = server1 - server0

@@ -89,12 +89,15 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             else None
         ),
         "event_loop": sorted({p["loop"] for p in procs}),
+        "loop_lag_max_ms": max(float(p.get("loop_lag_ms", {}).get("max", 0.0)) for p in procs),
+        "loop_lag_p99_ms": max(float(p.get("loop_lag_ms", {}).get("p99", 0.0)) for p in procs),
         "prefill_s": raw["prefill_s"],
         "machine": {
             "busy_cpu_s": window["machine_busy_cpu_s"],
             "cores": window["machine_total_cpu_s"] / duration if duration else 0.0,
             "other_cpu_s": max(0.0, window["machine_busy_cpu_s"] - our_cpu),
             "loadavg_1m": window["loadavg_1m"],
+            "tcp_during_window": window.get("tcp", {}),
         },
         "per_process": [
             {
@@ -103,12 +106,15 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                 "errors": p["errors"],
                 "cpu_s": p["cpu_s"],
                 "thread_cpu_s": p.get("thread_cpu_s", {}),
+                "loop_lag_ms": p.get("loop_lag_ms", {}),
                 "peak_rss_mb": round(int(p["peak_rss_bytes"]) / 2**20, 1),
                 **Histogram.from_json(p["hist"]).summary_ms(),
             }
             for p in procs
         ],
         "logs": raw["logs"],
+        # The merged latency histogram: {bucket: count}, bucket b spans 1.01**b..1.01**(b+1) ns.
+        "histogram": hist.to_json(),
     }
     if counters:
         out["transport"] = counters
@@ -243,7 +249,8 @@ def run_table(runs: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> 
     ratio_of = {(c["label"], c["round"]): c["ratio"] for c in comparisons}
     header = (
         f"{'run':<24} {'ops/s':>9} {'vs redis':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'p99.9 ms':>8} {'errors':>7} {'CPU us/op':>9} {'peak RSS MB':>12} {'other CPU':>9}"
+        f"{'p99.9 ms':>8} {'errors':>7} {'CPU us/op':>9} {'peak RSS MB':>12} {'other CPU':>9} "
+        f"{'loop lag p99/max ms':>19}"
     )
     lines = [header, "-" * len(header)]
     for run in runs:
@@ -259,7 +266,8 @@ def run_table(runs: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> 
             f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8} "
             f"{run['p50_ms']:>7.2f} {run['p99_ms']:>7.2f} {run['p999_ms']:>8.2f} "
             f"{run['error_total']:>7} {run['cpu_us_per_op']:>9.1f} {rss_text:>12} "
-            f"{other:>8.2f}c"
+            f"{other:>8.2f}c "
+            f"{run['loop_lag_p99_ms']:>9.1f}/{run['loop_lag_max_ms']:<9.1f}"
         )
         if run["error_total"]:
             for name_, count in run["errors"].items():

@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-redis", action="store_true", help="skip the Redis baseline")
     p.add_argument("--no-load", action="store_true", help="skip the cluster runs")
+    p.add_argument(
+        "--redis-only", action="store_true", help="only the Redis baseline (no peer-ring runs)"
+    )
     p.add_argument("--micro", action="store_true", help="local-get micro-benchmark")
     p.add_argument("--memory", action="store_true", help="1M-key memory test")
     p.add_argument("--memory-keys", type=int, default=1_000_000)
@@ -226,7 +229,7 @@ async def _main(opts: argparse.Namespace) -> int:
                                 uvloop=uvloop,
                             )
                         )
-                    for r, q in _configs(opts):
+                    for r, q in [] if opts.redis_only else _configs(opts):
                         plans.append(
                             RunPlan(
                                 "peer-ring",

@@ -6,7 +6,7 @@ import math
 import pickle
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peer_ring.kv._codec import (
@@ -28,6 +28,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(st.binary())
 def test_bytes_pass_through_untouched(data: bytes) -> None:
     stored, encoded = encode_value(data)
@@ -41,6 +42,7 @@ def test_bytes_like_values_are_stored_raw() -> None:
     assert encode_value(memoryview(b"cd")) == (b"cd", False)
 
 
+@settings(deadline=None)
 @given(json_values)
 def test_json_values_round_trip_and_are_flagged(value: object) -> None:
     stored, encoded = encode_value(value)
@@ -72,6 +74,7 @@ def test_unsupported_type_is_a_type_error() -> None:
         encode_value({1, 2})
 
 
+@settings(deadline=None)
 @given(st.binary())
 def test_decoding_random_bytes_is_safe(data: bytes) -> None:
     codecs: list[Codec] = [JsonCodec()]

@@ -225,7 +225,7 @@ def test_both_header_formats_round_trip(record: Record) -> None:
     assert [r for _, r in engine.export(engine.partition_of(b"k"))] == [record]
 
 
-@settings(max_examples=50)
+@settings(deadline=None, max_examples=50)
 @given(
     st.integers(0, 2**56 - 1),
     st.integers(0, MAX_LOGICAL),
@@ -247,9 +247,9 @@ def test_many_writers_spill_into_the_wide_header() -> None:
     engine, _ = make(partitions=1)
     writers = 0x10000 + 2  # more node ids than the compact header can index
     for i in range(writers):
-        engine.put(b"k%d" % (i % 4), Record(b"v", v(i, "node-%d" % i)))
+        engine.put(b"k%d" % (i % 4), Record(b"v", v(i, f"node-{i}")))
     for i in range(writers - 4, writers):
-        assert engine.get(b"k%d" % (i % 4)) == Record(b"v", v(i, "node-%d" % i))
+        assert engine.get(b"k%d" % (i % 4)) == Record(b"v", v(i, f"node-{i}"))
 
 
 def test_put_validates_its_input() -> None:
@@ -316,7 +316,7 @@ def as_records(ops: list[tuple[bytes, int, str, bool, float, bytes]]) -> list[tu
     return out
 
 
-@settings(max_examples=60)
+@settings(deadline=None, max_examples=60)
 @given(writes, st.randoms(use_true_random=False))
 def test_replicas_converge_whatever_the_order(
     ops: list[tuple[bytes, int, str, bool, float, bytes]], rnd: random.Random

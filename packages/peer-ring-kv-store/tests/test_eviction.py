@@ -116,7 +116,7 @@ def live_keys(engine: KVEngine) -> set[bytes]:
     }
 
 
-@settings(max_examples=60)
+@settings(deadline=None, max_examples=60)
 @given(
     st.integers(1, 6),
     st.lists(st.tuples(st.sampled_from(["put", "get", "delete"]), st.integers(0, 9)), max_size=60),

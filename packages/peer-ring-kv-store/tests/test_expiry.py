@@ -54,6 +54,7 @@ def make(
 # ----------------------------------------------------------------------- TTLIndex
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 30), max_size=80), st.data())
 def test_ttl_index_sample_and_remove(numbers: list[int], data: st.DataObject) -> None:
     index = TTLIndex()
@@ -70,9 +71,7 @@ def test_ttl_index_sample_and_remove(numbers: list[int], data: st.DataObject) ->
     removed = [position for position, _ in sample]
     index.remove(removed)
     remaining = [key for i, key in enumerate(keys) if i not in set(removed)]
-    assert sorted(key for _, key in index.sample(random.Random(0), len(keys))) == sorted(
-        remaining
-    )
+    assert sorted(key for _, key in index.sample(random.Random(0), len(keys))) == sorted(remaining)
 
 
 def test_ttl_index_compact_keeps_one_entry_per_wanted_key() -> None:
@@ -159,7 +158,7 @@ ttl_ops = st.lists(
 )
 
 
-@settings(max_examples=40)
+@settings(deadline=None, max_examples=40)
 @given(ttl_ops)
 def test_ttl_count_stays_exact_and_every_expired_key_is_found(
     ops: list[tuple[str, int, float]],

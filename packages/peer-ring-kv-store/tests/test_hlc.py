@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peer_ring.core import TimerHandle
@@ -161,6 +161,7 @@ steps = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(steps)
 def test_properties_under_random_events(events: list[tuple[object, ...]]) -> None:
     """Strictly increasing; after a receive within the drift bound, later than the

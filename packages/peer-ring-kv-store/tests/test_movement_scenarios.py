@@ -102,7 +102,11 @@ class Cluster:
         """Nothing pending, held or hinted on any running node."""
         for s in self.running:
             st = s.node.sync_status()
-            if not st["ready"] or st["partitions"]["pending"] or st["partitions"]["held_for_handoff"]:
+            if (
+                not st["ready"]
+                or st["partitions"]["pending"]
+                or st["partitions"]["held_for_handoff"]
+            ):
                 return False
             if st["hints"]["pending_total"]:
                 return False
@@ -265,23 +269,27 @@ async def test_a_dead_replica_is_replaced_then_a_second_death_loses_nothing(
     ring = stores[0].node.ring
     # a node that is a replica but not the owner of the first key
     victim = ring.preference_list(ring.partition_for_key(data[0]), 3)[1]
+    coordinator = next(s for s in stores if s.node.address != victim)
     await cluster.crash(victim)
     await cluster.until(
         lambda: all(victim not in s.node.ring for s in cluster.running) and cluster.converged()
     )
     cluster.assert_replicated(data)  # N copies again, on the four survivors
-    second = next(s for s in cluster.running if s.node.address != stores[0].node.address)
+    second = next(s for s in cluster.running if s is not coordinator)
     await cluster.crash(second.node.address)
     for key in data:  # before the second death is even detected
-        assert await stores[0].get(key, quorum=2) == b"v" + key
-    await cluster.until(cluster.converged)
+        assert await coordinator.get(key, quorum=2) == b"v" + key
+    gone = second.node.address
+    await cluster.until(
+        lambda: all(gone not in s.node.ring for s in cluster.running) and cluster.converged()
+    )
     cluster.assert_replicated(data)
 
 
 async def test_a_restarted_empty_node_resyncs_and_never_serves_empty_reads(
     cluster: Cluster,
 ) -> None:
-    a, b, c = await start_cluster(cluster, 3)
+    a, _, c = await start_cluster(cluster, 3)
     data = keys(150)
     await write_all(a, data)
     address = c.node.address

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peer_ring.kv._versions import MAX_LOGICAL, MAX_PHYSICAL, ZERO_VERSION, Version
@@ -21,12 +21,14 @@ def test_physical_then_logical_then_node_id() -> None:
     assert max([Version(5, 0, "n2"), Version(5, 0, "n10"), Version(5, 0, "n1")]).node_id == "n2"
 
 
+@settings(deadline=None)
 @given(versions, versions)
 def test_order_is_total_and_matches_fields(a: Version, b: Version) -> None:
     assert (a < b) + (a == b) + (a > b) == 1
     assert (a < b) == ((a.physical, a.logical, a.node_id) < (b.physical, b.logical, b.node_id))
 
 
+@settings(deadline=None)
 @given(versions)
 def test_round_trip(version: Version) -> None:
     data = version.to_bytes()
@@ -57,6 +59,7 @@ def test_decode_rejects_malformed(data: bytes) -> None:
         Version.from_bytes(data)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=40))
 def test_decode_random_bytes_never_leaks_other_errors(data: bytes) -> None:
     try:

@@ -46,6 +46,7 @@ DECODERS: list[Callable[[bytes], object]] = [
 ]
 
 
+@settings(deadline=None)
 @given(records())
 def test_record_round_trip(record: Record) -> None:
     data = wire.encode_record(record)
@@ -53,26 +54,31 @@ def test_record_round_trip(record: Record) -> None:
     assert wire.decode_record(data) == record
 
 
+@settings(deadline=None)
 @given(entries)
 def test_entry_round_trip(entry: tuple[bytes, Record]) -> None:
     assert wire.decode_entry(wire.encode_entry(*entry)) == entry
 
 
+@settings(deadline=None)
 @given(optional_records)
 def test_get_response_round_trip(record: Record | None) -> None:
     assert wire.decode_get_response(wire.encode_get_response(record)) == record
 
 
+@settings(deadline=None)
 @given(st.lists(keys, max_size=20))
 def test_multi_get_request_round_trip(key_list: list[bytes]) -> None:
     assert wire.decode_keys(wire.encode_keys(key_list)) == key_list
 
 
+@settings(deadline=None)
 @given(st.lists(optional_records, max_size=10))
 def test_multi_get_response_round_trip(items: list[Record | None]) -> None:
     assert wire.decode_optional_records(wire.encode_optional_records(items)) == items
 
 
+@settings(deadline=None)
 @given(st.lists(entries, max_size=10))
 def test_multi_set_round_trip(items: list[tuple[bytes, Record]]) -> None:
     assert wire.decode_entries(wire.encode_entries(items)) == items
@@ -87,7 +93,7 @@ def test_command_aliases_share_one_format() -> None:
     assert wire.decode_multi_get_response(wire.encode_multi_get_response([None])) == [None]
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(st.binary(max_size=120))
 def test_random_bytes_decode_or_raise_malformed(data: bytes) -> None:
     for decode in DECODERS:
@@ -95,7 +101,7 @@ def test_random_bytes_decode_or_raise_malformed(data: bytes) -> None:
             decode(data)
 
 
-@settings(max_examples=200)
+@settings(deadline=None, max_examples=200)
 @given(
     st.lists(entries, min_size=1, max_size=4),
     st.integers(0, 10_000),
@@ -137,8 +143,9 @@ GOOD = wire.encode_record(Record(b"val", Version(1, 2, "node"), 0.0, False, Fals
         (b"\x08" + GOOD[1:], "unknown record flags 0x08"),
         (GOOD[:13] + b"\x00\x00\x00\x00\x00\x00\xf8\x7f" + GOOD[21:], "not a finite time"),
         (GOOD[:13] + b"\x00\x00\x00\x00\x00\x00\xf0\xbf" + GOOD[21:], "not a finite time"),
-        (GOOD[:21] + b"\x04\xff\xfe\xfd\xfc" + GOOD[26:], "not valid UTF-8"),
+        (GOOD[:26] + b"\xff\xfe\xfd\xfc" + GOOD[30:], "not valid UTF-8"),
         (GOOD[:21] + b"\xff" + GOOD[22:], "overruns"),
+        (GOOD[:22] + b"\x04\x00\x00\x00" + GOOD[26:], "overruns"),
         (b"\x01" + GOOD[1:], "tombstone carries a value"),
     ],
 )

@@ -199,6 +199,10 @@ class Membership:
             return False
         return True
 
+    def maybe_suspected(self, address: str) -> bool:
+        """Cheap check for the request path: a suspicion is recorded (maybe expired)."""
+        return address in self._suspected
+
     def suspected_for(self, address: str) -> float:
         """Seconds ``address`` has been suspected without interruption (0 when it is not)."""
         if not self.is_suspected(address):

@@ -396,7 +396,8 @@ class PeerRing:
         self._sync.reachability(peer, reachable)
 
     def _on_ring_change(self, old: Ring, new: Ring) -> None:
-        self._previous_ring = old
+        if self._running:  # not the placeholder ring {self} of before the first snapshot
+            self._previous_ring = old
         self._sync.on_ring_change(old, new)
 
     # -- coordination ------------------------------------------------------------------
@@ -610,19 +611,23 @@ class PeerRing:
         return _error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
 
     def _admit(self, kind: CommandKind, request: Request) -> Response | None:
-        """Hints, and reads of partitions still being pulled, are not run by the handler."""
+        """Hints, and reads of partitions still being pulled, are not run by the handler.
+
+        A hinted *write* is stored for its intended replica. A hinted *read* was
+        forwarded here in place of a replica that could not serve it: it is answered only
+        if this node holds a complete copy of the partition (a node that already handed
+        it off would otherwise answer "not found").
+        """
         hint = request.hint
-        if hint and hint != self._address:
-            if kind != "write":
-                return Response(
-                    Status.INVALID_ARGUMENT, b"", f"only writes can be hinted, not a {kind}"
-                )
+        forwarded = bool(hint) and hint != self._address
+        if forwarded and kind == "write":
             return self._sync.store_hint(request)
         if not request.key:
             return None  # batch commands check their keys themselves (partition_ready)
         partition = self._membership.ring.partition_for_key(request.key)
         if kind == "read":
-            if not self._sync.readable(partition):
+            ok = self._sync.holds(partition) if forwarded else self._sync.readable(partition)
+            if not ok:
                 err = PartitionNotReadyError(self._address, partition)
                 return Response(Status.UNAVAILABLE, b"", err.reason)
         else:
@@ -723,14 +728,14 @@ class _Operation:
     def _send(self, target: str, hint: str) -> None:
         node = self.node
         if target == node._address:
-            if hint:
+            if hint and self.kind == "write":
                 request = Request(
                     self.namespace, self.command, self.key, self.payload, self.partition, hint
                 )
                 response = node._sync.store_hint(request)
                 self._settle_response(target, hint, response)
             else:
-                self._run_local()
+                self._run_local(forwarded=bool(hint))
             return
         fut = node._transport.request(
             target,
@@ -746,13 +751,16 @@ class _Operation:
         )
         fut.add_done_callback(lambda f: self._on_done(target, hint, f))
 
-    def _run_local(self) -> None:
+    def _run_local(self, forwarded: bool = False) -> None:
         node = self.node
         me = node._address
-        if self.kind == "read" and not node._sync.readable(self.partition):
-            err = PartitionNotReadyError(me, self.partition)
-            self._settle(me, "", err, forward=True)
-            return
+        if self.kind == "read":
+            sync = node._sync
+            ok = sync.holds(self.partition) if forwarded else sync.readable(self.partition)
+            if not ok:
+                err = PartitionNotReadyError(me, self.partition)
+                self._settle(me, "", err, forward=True)
+                return
         if self.kind == "write":
             node._sync.note_write(self.partition)
         node._run_local(
@@ -801,7 +809,7 @@ class _Operation:
             elif self.kind == "read":
                 holder = self._previous_holder()
                 if holder is not None:
-                    self._send(holder, "")
+                    self._send(holder, hint or target)
                     return
         self.collector.add(Reply(target, b"", err))
 

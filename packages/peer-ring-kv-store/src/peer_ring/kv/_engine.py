@@ -21,6 +21,11 @@ size) and for a fast local read:
   index, not the ``host:port`` string. :class:`Record` objects are built only when a
   caller asks for one.
 
+Measured on CPython 3.11 with 1,000,000 keys of 11 bytes and values of 100 bytes: about
+124 bytes per key on top of the raw key and value (2.12x the raw bytes for the engine,
+2.48x for the whole process with ``peer_ring.core`` imported); 215 bytes with
+``max_bytes`` (the LRU order); 148 bytes when every key has a TTL.
+
 Merging is last-writer-wins on :class:`Version` (``put`` applies a record only if its
 version is higher than the stored one), so replicas that receive the same records in any
 order, any number of times, end up identical (Dynamo section 4.4; ``apply_records`` of the
@@ -43,17 +48,19 @@ engine maintains, incrementally on every change, the sum modulo 2**64 of a 64-bi
 ``(key, version, is-delete)`` and the number of records. The sum is order-independent, so
 two replicas holding the same records have the same digest whatever the order of writes.
 Expiry does not change a record's hash (an expired value and the tombstone it turns into
-hash alike), so replicas that noticed an expiry at different moments still agree;
-collected tombstones leave the digest.
+hash alike), so replicas that noticed an expiry at different moments still agree.
+Records past their collection time leave the digest: :meth:`KVEngine.digests` first
+collects due tombstones, and sweeps the partition for expired values past their grace when
+a per-partition lower bound on expiry times says there may be some.
 
-Memory bound (``max_bytes``): every record is accounted as ``len(key) + len(value) +``
-:data:`RECORD_OVERHEAD` (approximate: Python object headers and the dict entry), visible as
-:attr:`KVEngine.size_bytes`. When a write takes the total over ``max_bytes``, live records
-are evicted in least-recently-used order (reads and writes count as use). Tombstones are
-not in the LRU order and are evicted only when no live record is left to evict, oldest
-collection time first: forgetting a tombstone early can let a deleted key come back from
-another replica, so it is the last resort. Evictions are local (a cache-like bound, not a
-delete): other replicas keep their copy.
+Memory bound (``max_bytes``): every record is accounted as ``len(key)`` + the stored
+record's length (header and value) + :data:`RECORD_OVERHEAD` (approximate: Python object
+headers, the dict and LRU entries), visible as :attr:`KVEngine.size_bytes`. When a write
+takes the total over ``max_bytes``, live records are evicted in least-recently-used order
+(reads and writes count as use). Tombstones are not in the LRU order and are evicted only
+when no live record is left to evict, oldest collection time first: forgetting a tombstone
+early can let a deleted key come back from another replica, so it is the last resort.
+Evictions are local (a cache-like bound, not a delete): other replicas keep their copy.
 
 The engine is not thread-safe; it is meant for one asyncio event loop.
 """
@@ -113,6 +120,15 @@ def _header(blob: bytes) -> tuple[int, int, int, int, float, int]:
         return word & 0xFF, word >> 8, logical, node, expires, _WIDE_SIZE
     word, node, logical = _unpack_compact(blob)
     return word & 0xFF, word >> 8, logical, node, 0.0, _COMPACT_SIZE
+
+
+def _is_delete(flags: int) -> int:
+    """1 for a delete's tombstone, else 0: the only flag a record's digest hash covers.
+
+    An expired value (flagged TTL, whether or not it was already turned into a tombstone)
+    hashes like the write it was, so noticing an expiry does not change the digest.
+    """
+    return 1 if flags & (_TOMB | _TTL) == _TOMB else 0
 
 
 def _empty_digest() -> array[int]:
@@ -399,7 +415,11 @@ class KVEngine:
                 f"cannot fit in max_bytes={limit}"
             )
         if old is not None:
-            self._unaccount(partition, fp, key, old)
+            old_flags = old_word & 0xFF
+            old_physical = old_word >> 8
+            self._unaccount_parsed(
+                partition, fp, key, old, old_flags, old_physical, old_logical, old_node
+            )
         part[key] = blob
         self._account(partition, fp, key, blob, flags, physical, logical, node, deadline)
         if flags & _TTL and expires < self._ttl_floor[partition]:
@@ -576,13 +596,6 @@ class KVEngine:
         self._node_fps.append(_fp64(node_id))
         return index
 
-    def _record_hash(self, fp: int, flags: int, physical: int, logical: int, node: int) -> int:
-        # Only deletes hash differently from values: an expired value keeps the hash of
-        # the write it was, so noticing the expiry does not change the digest.
-        is_delete = 1 if flags & (_TOMB | _TTL) == _TOMB else 0
-        data = _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], is_delete)
-        return _fp64(data)
-
     def _account(
         self,
         partition: int,
@@ -599,7 +612,9 @@ class KVEngine:
         self._stored += 1
         bucket = (fp >> 32) % DIGEST_BUCKETS
         digest = self._digest[partition]
-        record_hash = self._record_hash(fp, flags, physical, logical, node)
+        record_hash = _fp64(
+            _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], _is_delete(flags))
+        )
         digest[bucket] = (digest[bucket] + record_hash) & _MASK64
         digest[DIGEST_BUCKETS + bucket] += 1
         if flags & _TOMB:
@@ -613,11 +628,26 @@ class KVEngine:
 
     def _unaccount(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
         flags, physical, logical, node, _, _ = _header(blob)
+        self._unaccount_parsed(partition, fp, key, blob, flags, physical, logical, node)
+
+    def _unaccount_parsed(
+        self,
+        partition: int,
+        fp: int,
+        key: bytes,
+        blob: bytes,
+        flags: int,
+        physical: int,
+        logical: int,
+        node: int,
+    ) -> None:
         self._size -= len(key) + len(blob) + RECORD_OVERHEAD
         self._stored -= 1
         bucket = (fp >> 32) % DIGEST_BUCKETS
         digest = self._digest[partition]
-        record_hash = self._record_hash(fp, flags, physical, logical, node)
+        record_hash = _fp64(
+            _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], _is_delete(flags))
+        )
         digest[bucket] = (digest[bucket] - record_hash) & _MASK64
         digest[DIGEST_BUCKETS + bucket] -= 1
         if flags & _TOMB:
@@ -640,7 +670,7 @@ class KVEngine:
         if deadline <= self._clock.time():
             self._remove(partition, fp, key, blob)
             return
-        # The digest hash is unchanged (see _record_hash); only the value goes.
+        # The digest hash is unchanged (see _is_delete); only the value goes.
         flags = ((word & 0xFF) | _TOMB) & ~_ENCODED
         grave = _WIDE.pack((word & ~0xFF) | flags, logical, node, expires)
         self._parts[partition][key] = grave

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_DRIFT = 60.0
 
 _WARN_EVERY = 10.0
+# Versions are built without NamedTuple's Python-level __new__: now() is on every write.
+_new = tuple.__new__
 
 
 class HLC:
@@ -91,7 +93,7 @@ class HLC:
             self._logical = 0
         else:
             self._bump(self._logical + 1)
-        return Version(self._physical, self._logical, self._node_id)
+        return _new(Version, (self._physical, self._logical, self._node_id))
 
     def update(self, remote: Version) -> Version:
         """Merge a timestamp received from another node (the HLC receive rule).
@@ -120,7 +122,7 @@ class HLC:
             logical = 0
         self._physical = physical
         self._bump(logical)
-        return Version(self._physical, self._logical, self._node_id)
+        return _new(Version, (self._physical, self._logical, self._node_id))
 
     def _bump(self, logical: int) -> None:
         # The logical counter is a u32 on the wire. Rather than overflow, borrow one

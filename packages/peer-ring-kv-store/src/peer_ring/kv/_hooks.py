@@ -40,9 +40,14 @@ class KVHooks:
         self, partition: int, buckets: Collection[int] | None = None
     ) -> Iterator[bytes]:
         """Encoded entries of ``partition`` (tombstones included, expired values as
-        tombstones, collected tombstones left out); only ``buckets`` when given."""
-        for key, record in self._engine.export(partition, buckets):
-            yield encode_entry(key, record)
+        tombstones, collected tombstones left out); only ``buckets`` when given.
+
+        The partition is snapshotted by this call, before the first item is consumed.
+        """
+        # The generator expression evaluates engine.export() -- the snapshot -- right away.
+        return (
+            encode_entry(key, record) for key, record in self._engine.export(partition, buckets)
+        )
 
     def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
         """Merge received entries by version (idempotent, any order).

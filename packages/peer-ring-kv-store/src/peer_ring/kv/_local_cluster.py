@@ -15,6 +15,13 @@ Two address layouts, as in production: one host with distinct ports
 (``127.0.0.1:7101``, ``127.0.0.1:7102``...) or distinct loopback hosts sharing one port
 (``127.0.0.1:7101``, ``127.0.0.2:7101``..., like pods; 127.0.0.0/8 aliases need no setup on
 Linux).
+
+Membership that changes at run time (the e2e suite scales clusters up and down): with
+``peers_file``, nodes get ``--peers-file`` instead of a fixed ``--peers`` list, and
+:meth:`LocalCluster.set_members` rewrites that file; every node re-reads it within a second.
+With ``group_base`` (root only), node ``i`` runs with group id ``group_base + i``, so that
+packet filters can tell its traffic apart (``iptables -m owner --gid-owner``): on loopback,
+every outgoing connection has source address 127.0.0.1 whatever the node's own address.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -200,12 +207,16 @@ class LocalNode:
         command: Sequence[str],
         log_path: Path,
         env: Mapping[str, str],
+        *,
+        group: int | None = None,
     ) -> None:
         self.index = index
         self.address = address
         self.command = list(command)
         self.log_path = log_path
         self._env = dict(env)
+        #: Group id the process runs with (``None``: the caller's); see the module docs.
+        self.group = group
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -232,14 +243,26 @@ class LocalNode:
             log.flush()
             # A new session: the node gets its own process group (killpg reaches all of it)
             # and a terminal's Ctrl-C reaches only the driver, which then stops the nodes.
-            self.process = await asyncio.create_subprocess_exec(
-                *self.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self._env,
-                start_new_session=True,
-            )
+            if self.group is None:
+                self.process = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self._env,
+                    start_new_session=True,
+                )
+            else:
+                self.process = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self._env,
+                    start_new_session=True,
+                    group=self.group,
+                    extra_groups=[],
+                )
         _LIVE_GROUPS.add(self.process.pid)
 
     def send_signal(self, signum: int) -> None:
@@ -297,6 +320,12 @@ class LocalCluster:
         log_dir: where ``node-<i>.log`` files go; a temporary directory (removed by
             :meth:`close` unless ``keep_logs``) when ``None``.
         python: interpreter that runs the nodes.
+        keep_logs: keep a temporary ``log_dir`` after :meth:`close`.
+        peers_file: when given, nodes discover each other through this file
+            (``--peers-file``), which the cluster writes: every address at first, then
+            whatever :meth:`set_members` says. ``None``: a fixed ``--peers`` list.
+        group_base: when given, node ``i`` runs with group id ``group_base + i`` (needs
+            root); ``None``: the caller's group.
 
     Example:
         >>> async with LocalCluster(allocate_addresses(3)) as cluster:  # doctest: +SKIP
@@ -313,6 +342,8 @@ class LocalCluster:
         log_dir: Path | None = None,
         python: str = sys.executable,
         keep_logs: bool = False,
+        peers_file: Path | None = None,
+        group_base: int | None = None,
     ) -> None:
         self._own_log_dir = log_dir is None
         self.log_dir = (
@@ -323,30 +354,74 @@ class LocalCluster:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("PEER_RING_")}
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env.update(env or {})
-        peers = ",".join(a.peer for a in addresses)
-        self.nodes = [
-            LocalNode(
-                i,
-                address,
-                [
-                    python,
-                    "-m",
-                    "peer_ring.kv.cli",
-                    "serve",
-                    "--listen",
-                    address.peer,
-                    "--http",
-                    address.http,
-                    "--peers",
-                    peers,
-                    *serve_args,
-                ],
-                self.log_dir / f"node-{i + 1}.log",
-                child_env,
-            )
-            for i, address in enumerate(addresses)
-        ]
+        self._python = python
+        self._serve_args = list(serve_args)
+        self._child_env = child_env
+        self._group_base = group_base
+        self.peers_file = peers_file
+        self._peers = ",".join(a.peer for a in addresses)
+        self.nodes: list[LocalNode] = []
+        for address in addresses:
+            self._new_node(address)
+        if peers_file is not None:
+            self.set_members(range(len(self.nodes)))
         self._session: aiohttp.ClientSession | None = None
+
+    def _new_node(self, address: NodeAddress) -> LocalNode:
+        index = len(self.nodes)
+        if self.peers_file is not None:
+            discovery = ["--peers-file", str(self.peers_file)]
+        else:
+            discovery = ["--peers", self._peers]
+        node = LocalNode(
+            index,
+            address,
+            [
+                self._python,
+                "-m",
+                "peer_ring.kv.cli",
+                "serve",
+                "--listen",
+                address.peer,
+                "--http",
+                address.http,
+                *discovery,
+                *self._serve_args,
+            ],
+            self.log_dir / f"node-{index + 1}.log",
+            self._child_env,
+            group=None if self._group_base is None else self._group_base + index,
+        )
+        self.nodes.append(node)
+        return node
+
+    def add_node(self, address: NodeAddress) -> LocalNode:
+        """Add a node (not started, not yet a member: see :meth:`set_members`).
+
+        Raises:
+            RuntimeError: the cluster has no ``peers_file`` (a fixed ``--peers`` list
+                cannot grow).
+        """
+        if self.peers_file is None:
+            raise RuntimeError("adding nodes needs a cluster created with peers_file")
+        return self._new_node(address)
+
+    def set_members(self, indexes: Iterable[int]) -> list[str]:
+        """Write the peers file so that it lists the nodes ``indexes``; returns the list.
+
+        The file is replaced atomically (a temporary file renamed over it), so a node never
+        reads half a list.
+
+        Raises:
+            RuntimeError: the cluster has no ``peers_file``.
+        """
+        if self.peers_file is None:
+            raise RuntimeError("membership changes need a cluster created with peers_file")
+        peers = [self.nodes[i].address.peer for i in sorted(set(indexes))]
+        tmp = self.peers_file.with_name(f".{self.peers_file.name}.tmp")
+        tmp.write_text("".join(f"{p}\n" for p in peers), encoding="utf-8")
+        os.replace(tmp, self.peers_file)
+        return peers
 
     async def __aenter__(self) -> LocalCluster:
         return self

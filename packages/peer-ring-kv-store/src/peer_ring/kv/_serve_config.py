@@ -91,6 +91,15 @@ _OPTIONS: tuple[_Option, ...] = (
         "HOST:PORT,...",
     ),
     _Option(
+        "peers_file",
+        "--peers-file",
+        "PEER_RING_PEERS_FILE",
+        "file listing the peer addresses (separated by commas, spaces or newlines; # starts "
+        "a comment), re-read every second so that editing it adds or removes members at run "
+        "time (replace it atomically: write a new file, then rename it). Instead of --peers",
+        "PATH",
+    ),
+    _Option(
         "discovery",
         "--discovery",
         "PEER_RING_DISCOVERY",
@@ -182,6 +191,8 @@ class ServeConfig:
             (see :func:`default_http_address`).
         http_port: HTTP port on the default host, used when ``http`` is ``None``.
         peers: static peer list (empty: a one-node cluster, or unused with Kubernetes).
+        peers_file: file of peer addresses re-read at run time (static discovery), or
+            ``None``; exclusive with ``peers``.
         discovery: ``"static"`` or ``"kubernetes"``.
         replication: default replicas per key.
         quorum: default quorum; ``None`` is a majority of ``replication``.
@@ -198,6 +209,7 @@ class ServeConfig:
     http: tuple[str, int] | None = None
     http_port: int | None = None
     peers: tuple[str, ...] = ()
+    peers_file: str | None = None
     discovery: DiscoveryKind = "static"
     replication: int = 3
     quorum: int | None = None
@@ -300,6 +312,16 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         if discovery == "kubernetes":
             raise UsageError(f"{origin} is only used with static discovery, not kubernetes")
 
+    peers_file: str | None = None
+    if (item := raw.get("peers_file")) is not None:
+        text, origin = item
+        if discovery == "kubernetes":
+            raise UsageError(f"{origin} is only used with static discovery, not kubernetes")
+        if peers:
+            # Two sources of one member list would disagree sooner or later.
+            raise UsageError(f"{origin}: give either --peers or --peers-file, not both")
+        peers_file = text.strip()
+
     replication = _int(raw.get("replication"), minimum=1, default=3)
     quorum = _int_or_none(raw.get("quorum"), minimum=1)
     if quorum is not None and quorum > replication:
@@ -337,6 +359,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         http=http,
         http_port=http_port,
         peers=peers,
+        peers_file=peers_file,
         discovery=discovery,
         replication=replication,
         quorum=quorum,
@@ -538,9 +561,14 @@ def build_discovery(config: ServeConfig, environ: Mapping[str, str] | None = Non
                 "them agree"
             )
         return discovery
-    from peer_ring.discovery.static import StaticDiscovery
+    from peer_ring.discovery.static import FileDiscovery, StaticDiscovery
 
     assert config.listen is not None  # checked by _validate for static discovery
+    if config.peers_file is not None:
+        try:
+            return FileDiscovery(config.peers_file, self_address=config.listen)
+        except InvalidArgumentError as exc:
+            raise UsageError(f"--peers-file: {exc}") from None
     peers = list(config.peers) or [config.listen]
     return StaticDiscovery(peers, self_address=config.listen)
 

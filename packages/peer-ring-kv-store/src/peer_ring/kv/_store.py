@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from peer_ring.core import (
     Clock,
@@ -69,6 +69,8 @@ NAMESPACE = "kv"
 MAX_KEY_BYTES = 64 * 1024
 
 Key = str | bytes
+#: A key type: ``str`` or ``bytes`` (a TypeVar so ``dict[str, ...]`` arguments type-check).
+K = TypeVar("K", str, bytes)
 
 #: Builds a batch request payload from the keys sent to one node (and their indexes).
 _Encoder = Callable[[list[bytes], list[int]], bytes]
@@ -435,11 +437,11 @@ class KVStore:
 
     async def mget(
         self,
-        keys: Iterable[Key],
+        keys: Iterable[K],
         *,
         quorum: int | None = None,
         replication: int | None = None,
-    ) -> dict[Key, Any]:
+    ) -> dict[K, Any]:
         """Values of several keys in one round trip per replica node.
 
         Returns:
@@ -457,7 +459,7 @@ class KVStore:
                 records[i].append(rec)
 
         await self._batch("mget", keys_b, n, q, lambda ks, _: encode_keys(ks), on_payload)
-        out: dict[Key, Any] = {}
+        out: dict[K, Any] = {}
         for key, key_b, recs in zip(key_list, keys_b, records, strict=True):
             winner = reconcile(key_b, recs, self._resolver)
             if winner is not None and winner.is_live(self._clock.time()):
@@ -466,7 +468,7 @@ class KVStore:
 
     async def mset(
         self,
-        mapping: Mapping[Key, object],
+        mapping: Mapping[K, object],
         *,
         ttl: float | None = None,
         quorum: int | None = None,

@@ -141,6 +141,7 @@ class SyncManager:
         self._handoff_task: asyncio.Task[None] | None = None
         self._ae_task: asyncio.Task[None] | None = None
         self._delivering: set[str] = set()
+        self._probing: set[str] = set()
         self._wake = asyncio.Event()
         self._probe_wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -172,8 +173,9 @@ class SyncManager:
         now = self._clock.monotonic()
         self._started_at = now
         self.table.start(self._membership.ring, now)
-        if not self._hooks:
-            self.table.mark_all_synced()  # nothing to move: no application data
+        if not self._hooks or len(self._membership.discovered) == 1:
+            # Nothing to move (no application data), or nobody to pull from.
+            self.table.mark_all_synced()
         total = len(self.table.pending)
         if total:
             logger.info(
@@ -264,18 +266,31 @@ class SyncManager:
         self._membership.suspect(peer)
 
     def inbound(self, peer: str) -> None:
-        """``peer`` sent this node a request: it is alive (and reaches us)."""
+        """``peer`` sent this node a request (called for every request: keep it cheap).
+
+        That it can send proves little (a peer too slow to answer, or reachable one way
+        only, still sends), so a suspected or down peer is not cleared here: it is probed
+        at once, and only the answer to the probe clears it.
+        """
+        membership = self._membership
+        if membership.maybe_suspected(peer) or membership.is_down(peer):
+            self._probe_soon(peer)
+
+    def reachability(self, peer: str, reachable: bool) -> None:
+        """Transport reachability report (a stream to ``peer`` opened or broke)."""
+        if not reachable:
+            self._membership.suspect(peer)
+            return
+        # The peer accepted a connection this node opened: a real answer.
         if self._membership.clear(peer):
             self._peer_back(peer)
         if self._membership.is_down(peer):
-            self._probe_wake.set()  # confirm with a probe of our own before re-adding it
+            self._probe_soon(peer)
 
-    def reachability(self, peer: str, reachable: bool) -> None:
-        """Transport reachability report."""
-        if reachable:
-            self.inbound(peer)
-        else:
-            self._membership.suspect(peer)
+    def _probe_soon(self, peer: str) -> None:
+        if peer not in self._probing and self._loops:
+            self._probing.add(peer)
+            self._spawn(self._probe(peer), "peer-ring-probe")
 
     def _mark_up(self, peer: str) -> None:
         if self._membership.mark_up(peer):
@@ -321,6 +336,10 @@ class SyncManager:
     def readable(self, partition: int) -> bool:
         """Whether this node may answer reads of ``partition`` (it is not pulling it)."""
         return partition not in self.table.pending
+
+    def holds(self, partition: int) -> bool:
+        """Whether this node holds a complete copy of ``partition`` (for forwarded reads)."""
+        return self.table.state(partition) is HoldState.COMPLETE
 
     def note_write(self, partition: int) -> None:
         """A write of ``partition`` is stored here (hold it if nobody expects it here)."""
@@ -544,6 +563,8 @@ class SyncManager:
         except PeerRingError:
             self.probes_failed += 1
             return
+        finally:
+            self._probing.discard(peer)
         try:
             incarnation, peer_flags = decode_ping(payload)
         except ValueError:

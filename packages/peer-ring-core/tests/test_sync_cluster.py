@@ -1,0 +1,377 @@
+"""Data movement driven by the core, with a minimal application (no KV store).
+
+The application is a dict of ``key -> (version, value)`` with last-writer-wins merge and
+the four data hooks, which is all the core needs: these tests check that the core's
+mechanisms work for *any* application, on the in-memory network with a FakeClock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+
+import pytest
+
+from peer_ring.core import (
+    DIGEST_BUCKETS,
+    CommandContext,
+    InvalidArgumentError,
+    NotRunningError,
+    PeerRing,
+    PeerRingConfig,
+    PeerUnavailableError,
+    QuorumNotReachedError,
+    RequestTimeoutError,
+    bucket_for_key,
+    fingerprint64,
+    partition_for_key,
+)
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+
+P = 32
+ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 6)]
+CONFIG = PeerRingConfig(
+    partitions=P,
+    request_timeout=1.0,
+    probe_interval=0.5,
+    probe_timeout=0.5,
+    suspicion_timeout=2.0,
+    down_after=3.0,
+    handoff_delay=0.5,
+    sync_retry_initial=0.2,
+    sync_retry_max=1.0,
+    sync_give_up_after=20.0,
+    anti_entropy_interval=None,
+)
+
+_REC = struct.Struct(">QH")  # version, key length
+
+
+class App:
+    """A versioned dict with LWW merge: the application under test."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, tuple[int, bytes]] = {}
+
+    # commands ---------------------------------------------------------------------------
+
+    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        version = int.from_bytes(payload[:8], "big")
+        self.merge(key, version, payload[8:])
+        return b""
+
+    def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        found = self.data.get(key)
+        if found is None:
+            return b""
+        return found[0].to_bytes(8, "big") + found[1]
+
+    def merge(self, key: bytes, version: int, value: bytes) -> None:
+        current = self.data.get(key)
+        if current is None or current[0] < version:
+            self.data[key] = (version, value)
+
+    # DataHooks --------------------------------------------------------------------------
+
+    def export_partition(
+        self, partition: int, buckets: Collection[int] | None = None
+    ) -> Iterable[bytes]:
+        for key, (version, value) in list(self.data.items()):
+            if partition_for_key(key, P) != partition:
+                continue
+            if buckets is not None and bucket_for_key(key) not in buckets:
+                continue
+            yield _REC.pack(version, len(key)) + key + value
+
+    def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
+        for record in records:
+            version, size = _REC.unpack_from(record)
+            key = record[_REC.size : _REC.size + size]
+            self.merge(key, version, record[_REC.size + size :])
+
+    def drop_partition(self, partition: int) -> None:
+        for key in [k for k in self.data if partition_for_key(k, P) == partition]:
+            del self.data[key]
+
+    def digest_partition(self, partition: int) -> Sequence[bytes]:
+        sums = [0] * DIGEST_BUCKETS
+        for key, (version, _) in self.data.items():
+            if partition_for_key(key, P) == partition:
+                b = bucket_for_key(key)
+                sums[b] = (sums[b] + fingerprint64(key + version.to_bytes(8, "big"))) % 2**64
+        return [s.to_bytes(8, "big") if s else b"" for s in sums]
+
+
+def put_payload(version: int, value: bytes) -> bytes:
+    return version.to_bytes(8, "big") + value
+
+
+class Harness:
+    def __init__(self, clock: FakeClock, network: MemoryNetwork) -> None:
+        self.clock = clock
+        self.network = network
+        self.nodes: dict[str, PeerRing] = {}
+        self.apps: dict[str, App] = {}
+        self.discoveries: dict[str, FixedDiscovery] = {}
+
+    async def start(
+        self,
+        address: str,
+        peers: list[str],
+        config: PeerRingConfig = CONFIG,
+        hooks: bool = True,
+    ) -> PeerRing:
+        discovery = FixedDiscovery(address, peers)
+        node = PeerRing(
+            discovery, config=config, transport=self.network.transport(address), clock=self.clock
+        )
+        app = App()
+        node.register("app", "put", app.put, kind="write")
+        node.register("app", "get", app.get, kind="read")
+        if hooks:
+            node.register_hooks("app", app)
+        await node.start()
+        self.nodes[address] = node
+        self.apps[address] = app
+        self.discoveries[address] = discovery
+        return node
+
+    async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
+        waited = 0.0
+        while True:
+            await settle_loop(60)
+            if predicate():
+                return
+            assert waited < within, f"condition not met within {within}s of fake time"
+            await self.clock.advance_async(0.1, settle=60)
+            waited += 0.1
+
+    async def stop_all(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def network(clock: FakeClock) -> MemoryNetwork:
+    return MemoryNetwork(clock)
+
+
+@pytest.fixture
+async def harness(clock: FakeClock, network: MemoryNetwork) -> AsyncIterator[Harness]:
+    h = Harness(clock, network)
+    yield h
+    await h.stop_all()
+
+
+async def three(h: Harness) -> list[PeerRing]:
+    nodes = [await h.start(a, ADDRS[:3]) for a in ADDRS[:3]]
+    await h.until(lambda: all(n.ready for n in nodes))
+    return nodes
+
+
+# -- registration and lifecycle ------------------------------------------------------------
+
+
+async def test_register_validates_kind_and_reserves_the_internal_namespace(
+    harness: Harness,
+) -> None:
+    node = await harness.start(ADDRS[0], ADDRS[:1])
+    with pytest.raises(InvalidArgumentError, match="kind"):
+        node.register("x", "y", lambda c, k, p: b"", kind="delete")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="reserved"):
+        node.register("__peer_ring__", "ping", lambda c, k, p: b"")
+
+
+async def test_a_single_node_is_ready_at_once(harness: Harness) -> None:
+    node = await harness.start(ADDRS[0], ADDRS[:1])
+    assert node.ready
+    await node.wait_ready(timeout=0.1)
+    status = node.sync_status()
+    assert status["ready"] and status["partitions"]["pending"] == 0
+    assert status["partitions"]["nothing_to_pull"] == P
+
+
+async def test_without_data_hooks_there_is_nothing_to_pull(harness: Harness) -> None:
+    node = await harness.start(ADDRS[0], ADDRS[:3], hooks=False)
+    assert node.ready
+
+
+async def test_wait_ready_times_out_on_the_node_clock(harness: Harness, clock: FakeClock) -> None:
+    # Two listed peers never start and down_after is off: the partitions wait for them
+    # until sync_give_up_after.
+    config = PeerRingConfig(partitions=P, down_after=None, sync_give_up_after=30.0)
+    node = await harness.start(ADDRS[0], ADDRS[:3], config=config)
+    waiter = asyncio.ensure_future(node.wait_ready(timeout=5.0))
+    await harness.until(waiter.done, within=10.0)
+    with pytest.raises(RequestTimeoutError, match="not ready after 5s"):
+        await waiter
+    await harness.until(lambda: node.ready, within=40.0)
+    assert node.sync_status()["partitions"]["given_up"] > 0
+    with pytest.raises(NotRunningError):
+        await PeerRing(FixedDiscovery(ADDRS[4], ADDRS[4:]), config=config).wait_ready()
+
+
+async def test_unreachable_listed_peers_are_declared_down_and_the_rest_becomes_ready(
+    harness: Harness,
+) -> None:
+    nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:3]]  # two never start
+    await harness.until(lambda: all(n.ready for n in nodes), within=10.0)
+    for node in nodes:
+        assert sorted(node.ring.members) == ADDRS[:3]
+        assert node.sync_status()["membership"]["down"] == ADDRS[3:5]
+
+
+# -- reads while a replica pulls -----------------------------------------------------------
+
+
+async def test_a_pulling_replica_refuses_reads_and_the_previous_holder_answers(
+    harness: Harness,
+) -> None:
+    a, b, c = await three(harness)
+    for i in range(100):
+        await a.execute("app", "put", f"k{i}", put_payload(1, b"v%d" % i), quorum=3)
+    d = await harness.start(ADDRS[3], ADDRS[:4])
+
+    async def never(partitions: list[int]) -> None:  # hold D's pulls: it stays pending
+        await asyncio.sleep(0)
+
+    d._sync._pull_round = never  # type: ignore[method-assign]
+    for node in (a, b, c):
+        harness.discoveries[node.address].set_members(ADDRS[:4])
+    await settle_loop(60)
+    assert all(len(n.ring) == 4 for n in (a, b, c, d))
+    # a key whose new preference list includes D
+    key = next(f"k{i}" for i in range(100) if d.address in a.preference_list(f"k{i}", 3)).encode()
+    partition = a.ring.partition_for_key(key)
+    assert not d.partition_ready(partition)
+    with pytest.raises(PeerUnavailableError, match=f"partition {partition} is not ready"):
+        await a.call(d.address, "app", "get", key)  # the replica refuses...
+    result = await a.execute("app", "get", key, quorum=3)  # ...and R=3 still succeeds
+    assert d.address not in {r.node for r in result.ok_replies}
+    answered = {r.node for r in result.ok_replies}
+    assert len(answered) == 3 and all(r.payload[8:].startswith(b"v") for r in result.ok_replies)
+    # the extra replica is the one D replaces (it keeps the partition until the handoff)
+    assert answered - set(a.preference_list(key, 3))
+    # writes are accepted while pulling
+    await a.execute("app", "put", key, put_payload(2, b"new"), quorum=3)
+    assert harness.apps[d.address].data[key] == (2, b"new")
+
+
+# -- failure detector, re-replication ------------------------------------------------------
+
+
+async def test_a_crashed_node_is_removed_after_down_after_and_re_added_when_back(
+    harness: Harness,
+) -> None:
+    nodes = [await harness.start(a, ADDRS[:4]) for a in ADDRS[:4]]
+    await harness.until(lambda: all(n.ready for n in nodes))
+    for i in range(100):
+        await nodes[0].execute("app", "put", f"k{i}", put_payload(1, b"x"), quorum=3)
+    victim = nodes[3]
+    await victim.stop()
+    start = harness.clock.monotonic()
+    await harness.until(lambda: all(victim.address not in n.ring for n in nodes[:3]))
+    assert 3.0 <= harness.clock.monotonic() - start <= 5.0
+    # every key has N=3 copies on the three survivors again
+    await harness.until(
+        lambda: all(n.sync_status()["partitions"]["pending"] == 0 for n in nodes[:3])
+    )
+    for i in range(100):
+        assert all(f"k{i}".encode() in harness.apps[n.address].data for n in nodes[:3])
+    back = await harness.start(victim.address, ADDRS[:4])
+    await harness.until(lambda: all(len(n.ring) == 4 for n in nodes[:3]) and back.ready)
+    await harness.until(
+        lambda: all(not n.sync_status()["partitions"]["held_for_handoff"] for n in nodes[:3])
+    )
+    for i in range(100):
+        key = f"k{i}".encode()
+        holders = {
+            a for a, app in harness.apps.items() if key in app.data and harness.nodes[a].running
+        }
+        assert holders == set(back.preference_list(key, 3))
+
+
+# -- sloppy quorum --------------------------------------------------------------------------
+
+
+async def test_writes_to_suspected_replicas_go_to_substitutes_with_a_hint(
+    harness: Harness, network: MemoryNetwork
+) -> None:
+    nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:5]]
+    await harness.until(lambda: all(n.ready for n in nodes))
+    a = nodes[0]
+    key = next(f"k{i}" for i in range(500) if a.preference_list(f"k{i}", 3)[0] == a.address)
+    _, y, z = a.preference_list(key, 3)
+    network.cut(a.address, y)
+    network.cut(a.address, z)
+    result = await a.execute("app", "put", key, put_payload(7, b"h"), quorum=3)
+    substitutes = {r.node for r in result.ok_replies} - {a.address}
+    assert len(substitutes) == 2 and not substitutes & {y, z}
+    # the substitutes hold hints for y and z, not data
+    pending: dict[str, int] = {}
+    for s in substitutes:
+        assert key.encode() not in harness.apps[s].data
+        for target, count in harness.nodes[s].sync_status()["hints"]["pending"].items():
+            pending[target] = pending.get(target, 0) + count
+    assert pending == {y: 1, z: 1}
+    network.heal()
+    await harness.until(
+        lambda: all(harness.apps[r].data.get(key.encode()) == (7, b"h") for r in (y, z))
+    )
+    # a read/other command is never hinted
+    with pytest.raises(QuorumNotReachedError):
+        network.cut(a.address, y)
+        network.cut(a.address, z)
+        await a.execute("app", "get", key, quorum=2)
+
+
+async def test_a_hint_whose_target_left_the_ring_is_redirected_to_the_current_replicas(
+    harness: Harness, network: MemoryNetwork
+) -> None:
+    nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:5]]
+    await harness.until(lambda: all(n.ready for n in nodes))
+    a = nodes[0]
+    key = next(f"k{i}" for i in range(500) if a.preference_list(f"k{i}", 3)[0] == a.address)
+    _, y, _ = a.preference_list(key, 3)
+    network.cut(a.address, y)
+    await a.execute("app", "put", key, put_payload(9, b"r"), quorum=3)
+    await harness.nodes[y].stop()  # y never comes back: it is declared down
+    network.heal()
+    await harness.until(
+        lambda: all(n.sync_status()["hints"]["pending_total"] == 0 for n in nodes if n.running)
+    )
+    for replica in a.preference_list(key, 3):
+        assert harness.apps[replica].data[key.encode()] == (9, b"r")
+
+
+# -- graceful leave -------------------------------------------------------------------------
+
+
+async def test_leave_of_the_last_node_and_leave_when_not_running(harness: Harness) -> None:
+    node = await harness.start(ADDRS[0], ADDRS[:1])
+    report = await node.leave(deadline=1.0)
+    assert report.complete and report.acknowledged == ()
+    assert not node.running
+    with pytest.raises(NotRunningError):
+        await node.leave()
+
+
+async def test_leave_reports_peers_that_did_not_acknowledge(
+    harness: Harness, network: MemoryNetwork
+) -> None:
+    nodes = await three(harness)
+    leaver = nodes[2]
+    network.pause(nodes[1].address)  # never answers: the leave hits its deadline
+    task = asyncio.ensure_future(leaver.leave(deadline=2.0))
+    await harness.until(task.done, within=5.0)
+    report = task.result()
+    assert not report.complete
+    assert set(report.failed) == {nodes[1].address}
+    assert report.acknowledged == (nodes[0].address,)
+    assert leaver.sync_status()["leave"]["state"] == "left"
