@@ -11,7 +11,9 @@ from peer_ring.kv.__about__ import __version__
 from peer_ring.kv._codec import Codec, CodecError, JsonCodec, PickleCodec
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._errors import KeyTooLargeError, ValueTooLargeError
+from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
+from peer_ring.kv._hooks import KVHooks
 from peer_ring.kv._record import Record, Resolver, latest, reconcile
 from peer_ring.kv._store import NAMESPACE, KVStore
 from peer_ring.kv._versions import Version
@@ -24,6 +26,7 @@ __all__ = [
     "CodecError",
     "JsonCodec",
     "KVEngine",
+    "KVHooks",
     "KVStore",
     "KeyTooLargeError",
     "MalformedPayloadError",
@@ -35,4 +38,5 @@ __all__ = [
     "__version__",
     "latest",
     "reconcile",
+    "run_active_expiry",
 ]

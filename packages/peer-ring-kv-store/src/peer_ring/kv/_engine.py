@@ -422,7 +422,7 @@ class KVEngine:
             )
         part[key] = blob
         self._account(partition, fp, key, blob, flags, physical, logical, node, deadline)
-        if flags & _TTL and expires < self._ttl_floor[partition]:
+        if flags & (_TOMB | _TTL) == _TTL and expires < self._ttl_floor[partition]:
             self._ttl_floor[partition] = expires
         if limit is not None and self._size > limit:
             self._evict(key)

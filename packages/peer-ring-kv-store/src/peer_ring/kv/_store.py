@@ -384,18 +384,31 @@ class KVStore:
             InvalidArgumentError: bad key, quorum or replication.
             QuorumNotReachedError: fewer than ``quorum`` replicas answered.
         """
-        self._check_running()
-        key_b = self._key(key)
         node = self._node
-        n = self._config.replication if replication is None else replication
-        q = self._config.quorum_for(n) if quorum is None else quorum
-        if (
-            q == 1
-            and node.address in node.preference_list(key_b, n)
-            and node.partition_ready(self._engine.partition_of(key_b))
-        ):
-            record = self._engine.get(key_b)
-            return self._value(record, default)
+        if not node.running:
+            self._check_running()
+        # Hot path (issue 6: a local read in a few microseconds). A str of at most
+        # MAX_KEY_BYTES // 4 characters is at most MAX_KEY_BYTES once UTF-8 encoded, so only
+        # unusual keys pay for _key()'s checks.
+        if type(key) is str and 0 < len(key) <= MAX_KEY_BYTES // 4:
+            key_b = key.encode()
+        else:
+            key_b = self._key(key)
+        config = self._config
+        n = config.replication if replication is None else replication
+        q = config.quorum_for(n) if quorum is None else quorum
+        if q == 1:
+            # One hash for both the ring and the readiness check (the engine uses the
+            # ring's partition count), and no second liveness check: engine.get() already
+            # returns None for absent, deleted and expired keys.
+            engine = self._engine
+            partition = engine.partition_of(key_b)
+            replicas = node.ring.preference_list(partition, n)
+            if node.address in replicas and node.partition_ready(partition):
+                record = engine.get(key_b)
+                if record is None:
+                    return default
+                return decode_value(record.value, record.encoded, self._codec)
         result = await node.execute(NAMESPACE, "get", key_b, replication=n, quorum=q)
         records = [decode_get_response(p) for p in result.payloads]
         winner = reconcile(key_b, records, self._resolver)

@@ -1,0 +1,178 @@
+"""Fixtures of the e2e suite: drivers, the HTTP session, fault tooling and the reports.
+
+Run with ``pytest e2e -m e2e`` (every test here carries the ``e2e`` marker). Environment:
+
+* ``PEER_RING_E2E_DRIVER`` — ``local`` (default: processes on this machine) or ``kind``
+  (the kind workflow; also ``PEER_RING_E2E_NAMESPACE``, ``PEER_RING_E2E_DEPLOYMENT``);
+* ``PEER_RING_E2E_RESULTS`` — where figures and node logs go (default ``e2e/results``);
+* ``PEER_RING_E2E_RING_TRIALS`` — trials of the "five nodes start at once" scenario (20).
+
+Missing components (root for iptables, loopback aliases, kubectl...) skip the scenarios
+that need them on a laptop, and fail them when ``CI`` is set: see ``require_component`` in
+the repository's root ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The suite is the `e2e` package at the repository root; pytest runs with
+# --import-mode=importlib, which does not put the root on sys.path by itself.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from e2e.api import new_session  # noqa: E402
+from e2e.drivers.base import ClusterDriver  # noqa: E402
+from e2e.drivers.netfault import IptablesFaults  # noqa: E402
+from e2e.report import RESULTS_DIR, ScenarioReport  # noqa: E402
+
+import aiohttp  # noqa: E402  (after the path setup, with the other imports)
+
+DRIVER = os.environ.get("PEER_RING_E2E_DRIVER", "local").strip().lower() or "local"
+#: ``serve`` flags of every local node: N=3 and quorum 2 are the defaults, made explicit.
+SERVE_ARGS = ("--replication", "3", "--quorum", "2", "--log-level", "info")
+
+_REPORTS: list[ScenarioReport] = []
+_E2E_DIR = Path(__file__).resolve().parent
+
+DriverFactory = Callable[..., Awaitable[ClusterDriver]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this folder ``e2e`` (``-m e2e`` selects them, ``-m 'not e2e'``
+    leaves them out of a quick run)."""
+    for item in items:
+        if _E2E_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so the ``report`` fixture knows the outcome."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print every scenario's figures at the end of the run (CI logs keep them)."""
+    if not _REPORTS:
+        return
+    terminalreporter.section("e2e figures")
+    for report in _REPORTS:
+        terminalreporter.write_line(report.text())
+    terminalreporter.write_line(f"(JSON and summary.md in {RESULTS_DIR})")
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+def _scenario_id(node: pytest.Item) -> str:
+    name = re.sub(r"^test_", "", node.name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Iterator[ScenarioReport]:
+    """The scenario's figures; written to ``e2e/results`` when the test ends, pass or fail."""
+    doc = (request.function.__doc__ or "").strip().splitlines()
+    scenario = ScenarioReport(_scenario_id(request.node), doc[0] if doc else request.node.name)
+    yield scenario
+    call = getattr(request.node, "rep_call", None)
+    scenario.passed = bool(call is not None and call.passed)
+    if call is not None and call.skipped:
+        return  # nothing ran: keep the previous figures of this scenario
+    if call is not None and call.failed and call.longrepr is not None:
+        # The first line of the failure, so the summary says *why* it failed.
+        message = str(getattr(call.longrepr, "reprcrash", None) or "")
+        scenario.note(f"failed: {message.splitlines()[0] if message else 'see the test output'}"[:400])
+    scenario.write()
+    _REPORTS.append(scenario)
+
+
+# -- components ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    """Unique per pytest run: prefixes keys, so reruns against one cluster never collide."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def iptables_faults(require_component: Any) -> AsyncIterator[IptablesFaults]:
+    """An :class:`IptablesFaults` with its chain open; every rule and the chain are removed
+    at the end of the test, even when it fails."""
+    binary, why = await IptablesFaults.probe()
+    require_component("iptables (as root)", binary is not None, why)
+    assert binary is not None
+    faults = IptablesFaults(binary)
+    await faults.open()
+    try:
+        yield faults
+    finally:
+        await faults.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP client of the workload and the checker."""
+    async with new_session() as s:
+        yield s
+
+
+@pytest.fixture
+async def make_driver(
+    request: pytest.FixtureRequest, require_component: Any
+) -> AsyncIterator[DriverFactory]:
+    """A factory of cluster drivers of the selected kind (``PEER_RING_E2E_DRIVER``).
+
+    ``await make_driver(capacity=5, faults=...)``. Every driver it made is closed at the
+    end of the test (nodes killed, faults healed), also when the test fails.
+    """
+    drivers: list[ClusterDriver] = []
+
+    async def make(*, capacity: int = 5, faults: IptablesFaults | None = None) -> ClusterDriver:
+        driver: ClusterDriver
+        if DRIVER == "local":
+            from e2e.drivers.local import LocalDriver, random_hosts
+            from peer_ring.kv._local_cluster import loopback_aliases_available
+
+            hosts = random_hosts(capacity)
+            require_component(
+                "loopback aliases (127.x.y.z)",
+                loopback_aliases_available(hosts),
+                "the local driver needs 127.0.0.0/8 bound to lo (Linux has it)",
+            )
+            log_dir = RESULTS_DIR / "logs" / _scenario_id(request.node)
+            shutil.rmtree(log_dir, ignore_errors=True)
+            driver = LocalDriver(
+                log_dir, capacity=capacity, serve_args=SERVE_ARGS, faults=faults, hosts=hosts
+            )
+        elif DRIVER == "kind":
+            from e2e.drivers.kind import KindDriver
+
+            require_component(
+                "kubectl", shutil.which("kubectl") is not None, "the kind driver runs kubectl"
+            )
+            driver = KindDriver.from_env(capacity=capacity)
+        else:
+            raise pytest.UsageError(f"PEER_RING_E2E_DRIVER={DRIVER!r}: expected local or kind")
+        drivers.append(driver)
+        return driver
+
+    try:
+        yield make
+    finally:
+        for driver in reversed(drivers):
+            await driver.close()
