@@ -13,6 +13,7 @@ raising, because the suite counts failures rather than stopping at the first one
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -102,8 +103,6 @@ async def get_json(
     if not answer.ok:
         return None
     try:
-        import json
-
         document = json.loads(answer.body)
     except ValueError:
         return None

@@ -56,11 +56,14 @@ def judge(history: KeyHistory, status: int, body: bytes) -> tuple[Verdict, str]:
     if status == 404:
         return "lost", f"absent (acknowledged seq {history.acked})"
     parsed = parse_value(body)
-    if parsed is None or parsed[0] != history.writer or parsed[1] not in history.attempts:
+    if parsed is None or parsed[0] != history.writer:
         return "lost", f"unknown value {body[:40]!r}"
     seq = parsed[1]
     if seq >= history.acked:
+        # A seq beyond the history's attempts is a write issued after a snapshot: newer.
         return "ok", ""
+    if seq not in history.attempts:
+        return "lost", f"seq {seq} was never written"
     if history.attempts[seq] == "no_answer":
         return "late_unanswered", f"seq {seq} (unanswered) after acknowledged {history.acked}"
     return "lost", f"stale seq {seq} < acknowledged {history.acked}"
@@ -129,7 +132,9 @@ def _pending(handoff: object) -> int | None:
     return pending if isinstance(pending, int) else None
 
 
-async def cluster_view(session: aiohttp.ClientSession, endpoints: Sequence[Endpoint]) -> ClusterView:
+async def cluster_view(
+    session: aiohttp.ClientSession, endpoints: Sequence[Endpoint]
+) -> ClusterView:
     """``GET /cluster`` of every endpoint, concurrently."""
     docs = await asyncio.gather(*(get_json(session, f"{e.url}/cluster") for e in endpoints))
     view = ClusterView()
@@ -339,7 +344,8 @@ async def replica_report(
         report.error = f"no agreed ring: {view.unreachable or view.member_sets()}"
         return report
     partitions = {d.get("partitions") for d in view.documents.values()}
-    if len(partitions) != 1 or not isinstance(next(iter(partitions)), int):
+    count = next(iter(partitions)) if len(partitions) == 1 else None
+    if not isinstance(count, int):
         report.error = f"nodes disagree on the partition count: {partitions}"
         return report
     by_peer = {e.peer: e for e in endpoints}
@@ -348,7 +354,7 @@ async def replica_report(
         report.error = f"ring members without a serving endpoint: {missing_endpoints}"
         return report
     report.members = sorted(members)
-    ring = Ring.build(members, next(iter(partitions)))
+    ring = Ring.build(members, count)
     n = min(replication, len(members))
     items = sorted(keys.items())
 

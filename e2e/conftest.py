@@ -14,15 +14,15 @@ the repository's root ``conftest.py``.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 # The suite is the `e2e` package at the repository root; pytest runs with
@@ -35,17 +35,10 @@ from e2e.api import new_session  # noqa: E402
 from e2e.drivers.base import ClusterDriver  # noqa: E402
 from e2e.drivers.netfault import IptablesFaults  # noqa: E402
 from e2e.report import RESULTS_DIR, ScenarioReport  # noqa: E402
-
-import aiohttp  # noqa: E402  (after the path setup, with the other imports)
-
-DRIVER = os.environ.get("PEER_RING_E2E_DRIVER", "local").strip().lower() or "local"
-#: ``serve`` flags of every local node: N=3 and quorum 2 are the defaults, made explicit.
-SERVE_ARGS = ("--replication", "3", "--quorum", "2", "--log-level", "info")
+from e2e.settings import DRIVER, SERVE_ARGS, DriverFactory  # noqa: E402
 
 _REPORTS: list[ScenarioReport] = []
 _E2E_DIR = Path(__file__).resolve().parent
-
-DriverFactory = Callable[..., Awaitable[ClusterDriver]]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,8 +78,10 @@ def _scenario_id(node: pytest.Item) -> str:
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Iterator[ScenarioReport]:
     """The scenario's figures; written to ``e2e/results`` when the test ends, pass or fail."""
-    doc = (request.function.__doc__ or "").strip().splitlines()
-    scenario = ScenarioReport(_scenario_id(request.node), doc[0] if doc else request.node.name)
+    # The title is the docstring's first paragraph, on one line.
+    doc = (request.function.__doc__ or "").strip().split("\n\n", 1)[0]
+    title = " ".join(doc.split()) or request.node.name
+    scenario = ScenarioReport(_scenario_id(request.node), title)
     yield scenario
     call = getattr(request.node, "rep_call", None)
     scenario.passed = bool(call is not None and call.passed)
@@ -95,7 +90,8 @@ def report(request: pytest.FixtureRequest) -> Iterator[ScenarioReport]:
     if call is not None and call.failed and call.longrepr is not None:
         # The first line of the failure, so the summary says *why* it failed.
         message = str(getattr(call.longrepr, "reprcrash", None) or "")
-        scenario.note(f"failed: {message.splitlines()[0] if message else 'see the test output'}"[:400])
+        first = message.splitlines()[0] if message else "see the test output"
+        scenario.note(f"failed: {first}"[:400])
     scenario.write()
     _REPORTS.append(scenario)
 
@@ -107,21 +103,6 @@ def report(request: pytest.FixtureRequest) -> Iterator[ScenarioReport]:
 def run_id() -> str:
     """Unique per pytest run: prefixes keys, so reruns against one cluster never collide."""
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-async def iptables_faults(require_component: Any) -> AsyncIterator[IptablesFaults]:
-    """An :class:`IptablesFaults` with its chain open; every rule and the chain are removed
-    at the end of the test, even when it fails."""
-    binary, why = await IptablesFaults.probe()
-    require_component("iptables (as root)", binary is not None, why)
-    assert binary is not None
-    faults = IptablesFaults(binary)
-    await faults.open()
-    try:
-        yield faults
-    finally:
-        await faults.close()
 
 
 @pytest.fixture
@@ -137,13 +118,24 @@ async def make_driver(
 ) -> AsyncIterator[DriverFactory]:
     """A factory of cluster drivers of the selected kind (``PEER_RING_E2E_DRIVER``).
 
-    ``await make_driver(capacity=5, faults=...)``. Every driver it made is closed at the
-    end of the test (nodes killed, faults healed), also when the test fails.
+    ``await make_driver(capacity=5, partitions=True)``. ``partitions`` asks for network
+    partitions: locally that needs root and a working iptables (skipped without, failed in
+    CI). Every driver it made is closed at the end of the test (nodes killed), and every
+    iptables rule and chain removed, also when the test fails.
     """
     drivers: list[ClusterDriver] = []
+    fault_sets: list[IptablesFaults] = []
 
-    async def make(*, capacity: int = 5, faults: IptablesFaults | None = None) -> ClusterDriver:
+    async def make(*, capacity: int = 5, partitions: bool = False) -> ClusterDriver:
         driver: ClusterDriver
+        faults: IptablesFaults | None = None
+        if DRIVER == "local" and partitions:
+            binary, why = await IptablesFaults.probe()
+            require_component("iptables (as root)", binary is not None, why)
+            assert binary is not None
+            faults = IptablesFaults(binary)
+            fault_sets.append(faults)  # before open(): close() undoes a half-open chain
+            await faults.open()
         if DRIVER == "local":
             from e2e.drivers.local import LocalDriver, random_hosts
             from peer_ring.kv._local_cluster import loopback_aliases_available
@@ -174,5 +166,9 @@ async def make_driver(
     try:
         yield make
     finally:
-        for driver in reversed(drivers):
-            await driver.close()
+        try:
+            for driver in reversed(drivers):
+                await driver.close()
+        finally:
+            for faults in fault_sets:
+                await faults.close()

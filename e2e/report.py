@@ -47,7 +47,7 @@ class ScenarioReport:
     figures: dict[str, Any] = field(default_factory=dict)
     passed: bool = False
     notes: list[str] = field(default_factory=list)
-    started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    started: str = field(default_factory=lambda: _now())
 
     def add(self, **figures: Any) -> None:
         """Record figures (later values replace earlier ones of the same name)."""
@@ -87,6 +87,10 @@ class ScenarioReport:
             lines.append(f"    {name}: {value}")
         lines.extend(f"    note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def load_results(directory: Path = RESULTS_DIR) -> list[dict[str, Any]]:

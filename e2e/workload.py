@@ -138,6 +138,7 @@ class Workload:
         self.keys: dict[str, KeyHistory] = {}
         self.ops: list[Op] = []
         self._acked_keys: list[str] = []
+        self._next_seq: dict[int, int] = {}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = 0.0
@@ -206,9 +207,13 @@ class Workload:
     async def _writer(self, writer: int, deadline: float) -> None:
         cfg = self.config
         started = time.monotonic()
-        seq = 0
-        while await self._pace(started, seq, deadline):
-            seq += 1
+        done = 0
+        # Sequence numbers continue across start()/stop() cycles, so a key's writes stay
+        # one increasing sequence however many load phases a scenario runs.
+        while await self._pace(started, done, deadline):
+            done += 1
+            seq = self._next_seq.get(writer, 1)
+            self._next_seq[writer] = seq + 1
             key = self.key(writer, (seq - 1) % cfg.keys_per_writer)
             history = self.keys.setdefault(key, KeyHistory(writer))
             target = self._target(writer + seq)
@@ -292,8 +297,13 @@ class Workload:
         return sum(h.acked_count for h in self.keys.values())
 
     def acknowledged_keys(self) -> dict[str, KeyHistory]:
-        """The keys with at least one acknowledged write."""
-        return {k: h for k, h in self.keys.items() if h.acked}
+        """A snapshot of the keys with at least one acknowledged write (copies: checks may
+        run while the load goes on)."""
+        return {
+            k: KeyHistory(h.writer, dict(h.attempts), h.acked, h.acked_count)
+            for k, h in self.keys.items()
+            if h.acked
+        }
 
     def summary(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         """Counts of operations (optionally only those started in ``[since, until)``)."""
@@ -306,6 +316,9 @@ class Workload:
         reads = [op for op in ops if op.kind == "read"]
         failed = [op for op in ops if op.outcome != "ok"]
         reasons = Counter(_reason(op) for op in failed)
+        examples: dict[str, str] = {}
+        for op in failed:
+            examples.setdefault(_reason(op), f"{op.node}: {op.error}"[:240])
         return {
             "writes": len(writes),
             "acknowledged_writes": sum(1 for op in writes if op.outcome == "ok"),
@@ -317,12 +330,11 @@ class Workload:
             "stale_reads": sum(1 for op in reads if op.stale),
             "failed_ops": len(failed),
             "failure_reasons": dict(reasons.most_common(8)),
+            "failure_examples": [examples[r] for r, _n in reasons.most_common(4)],
             "keys": len(self.keys),
         }
 
-    def ops_through(
-        self, nodes: Sequence[str], since: float, until: float
-    ) -> tuple[int, int]:
+    def ops_through(self, nodes: Sequence[str], since: float, until: float) -> tuple[int, int]:
         """``(ok, failed)`` operations sent to ``nodes`` and started in ``[since, until)``."""
         chosen = [op for op in self.ops if op.node in nodes and since <= op.start < until]
         ok = sum(1 for op in chosen if op.outcome == "ok")

@@ -91,7 +91,11 @@ class LocalDriver(ClusterDriver):
         self._cluster: LocalCluster | None = None
         self._members: list[int] = []  # node indexes in the member set, in join order
         self._paused: set[int] = set()
+        # Stopping, or spawned and not yet ready: clients keep away (as a load balancer
+        # with readiness checks would).
+        self._unavailable: set[int] = set()
         self._removed: set[int] = set()
+        self._spare: list[NodeAddress] = []
         root = os.geteuid() == 0
         # Distinct group ids per driver (two concurrent runs never share one), only as root.
         self._group_base = GROUP_BASE + (os.getpid() % 1000) * 16 if root else None
@@ -143,18 +147,26 @@ class LocalDriver(ClusterDriver):
             peers_file=self.log_dir / "peers",
             group_base=self._group_base,
         )
-        self._spare: list[NodeAddress] = list(addresses[count:])
+        self._spare = list(addresses[count:])
         self._members = list(range(count))
         # Spawn every process before waiting for any: "started at the same moment".
         for index in self._members:
             await self.cluster.nodes[index].start()
+        await asyncio.gather(*(self._until_ready(i, ready_within) for i in self._members))
+        return [self._name(i) for i in self._members]
+
+    async def _until_ready(self, index: int, within: float, *, spawn: bool = False) -> None:
+        """(Start and) wait for node ``index``; it serves clients only once ready."""
+        self._unavailable.add(index)
         try:
-            await asyncio.gather(
-                *(self.cluster.wait_ready(i, ready_within) for i in self._members)
-            )
+            if spawn:
+                await self.cluster.start_node(index, within)
+            else:
+                await self.cluster.wait_ready(index, within)
         except NodeFailedError as exc:
             raise DriverError(str(exc)) from None
-        return [self._name(i) for i in self._members]
+        finally:
+            self._unavailable.discard(index)
 
     async def close(self) -> None:
         cluster, self._cluster = self._cluster, None
@@ -183,13 +195,10 @@ class LocalDriver(ClusterDriver):
     def is_serving(self, name: str) -> bool:
         index = self._index(name)
         node = self.cluster.nodes[index]
-        return node.running and index not in self._paused
+        return node.running and index not in self._paused and index not in self._unavailable
 
     async def wait_ready(self, name: str, within: float = 60.0) -> None:
-        try:
-            await self.cluster.wait_ready(self._index(name), within)
-        except NodeFailedError as exc:
-            raise DriverError(str(exc)) from None
+        await self._until_ready(self._index(name), within)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self._node(name).log_tail(lines)
@@ -229,6 +238,7 @@ class LocalDriver(ClusterDriver):
         started = time.monotonic()
         if not node.running:
             return StopResult(name, 0.0, node.process.returncode if node.process else None, False)
+        self._unavailable.add(node.index)  # out of rotation before the signal
         if node.index in self._paused:
             node.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
             self._paused.discard(node.index)
@@ -250,10 +260,7 @@ class LocalDriver(ClusterDriver):
     ) -> str:
         node = self._node(name)
         await self._stop(node, graceful=graceful, grace=grace)
-        try:
-            await self.cluster.start_node(node.index, ready_within)
-        except NodeFailedError as exc:
-            raise DriverError(str(exc)) from None
+        await self._until_ready(node.index, ready_within, spawn=True)
         return name
 
     async def add_node(self, *, ready_within: float = 60.0) -> str:
@@ -265,10 +272,7 @@ class LocalDriver(ClusterDriver):
         # listening yet fail fast with "connection refused").
         self._members.append(node.index)
         self.cluster.set_members(self._members)
-        try:
-            await self.cluster.start_node(node.index, ready_within)
-        except NodeFailedError as exc:
-            raise DriverError(str(exc)) from None
+        await self._until_ready(node.index, ready_within, spawn=True)
         return self._name(node.index)
 
     async def remove_node(self, name: str, *, grace: float = 45.0) -> StopResult:

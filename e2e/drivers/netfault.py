@@ -140,7 +140,9 @@ class IptablesFaults:
         self._isolated[key] = isolation  # before the rules: close() removes partial ones too
         for rule in isolation.rules():
             await _run(self.binary, "-w", "-A", self.chain, *rule, "-j", "DROP")
-        logger.info("partitioned %s (%s:%d, gid %d)", key, isolation.host, isolation.port, isolation.gid)
+        logger.info(
+            "partitioned %s (%s:%d, gid %d)", key, isolation.host, isolation.port, isolation.gid
+        )
 
     async def heal(self, key: str) -> None:
         """Remove the rules of node ``key`` (no-op when it is not isolated)."""

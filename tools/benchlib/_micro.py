@@ -99,7 +99,7 @@ async def _local_get(replication: int, spec: dict[str, Any]) -> dict[str, Any]:
             if me in kv.node.preference_list(k.encode(), replication)
         ]
         for start in range(0, len(owned), 500):
-            batch: dict[str | bytes, object] = dict.fromkeys(owned[start : start + 500], value)
+            batch: dict[str, object] = dict.fromkeys(owned[start : start + 500], value)
             await kv.mset(batch, quorum=replication)
         assert await kv.get(owned[0], quorum=1) == value
         get = kv.get
@@ -213,7 +213,7 @@ async def _memory(spec: dict[str, Any]) -> dict[str, Any]:
         raw = 0
         began = time.perf_counter()
         for start in range(0, count, batch):
-            mapping: dict[str | bytes, object] = {}
+            mapping: dict[str, object] = {}
             for i in range(start, min(count, start + batch)):
                 key = f"key:{i:08d}"
                 # Distinct value objects: the test must not profit from shared bytes.

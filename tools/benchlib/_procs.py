@@ -42,6 +42,11 @@ class WorkerFailedError(RuntimeError):
     """A child exited or stalled; the message ends with its log tail."""
 
 
+class StartFailedError(WorkerFailedError):
+    """A child failed before the measurement began (e.g. its port was taken meanwhile on
+    this shared machine); the caller may retry the run with fresh ports."""
+
+
 def child_env() -> dict[str, str]:
     """The environment of every child: tools/ and the package sources on PYTHONPATH."""
     env = dict(os.environ)
@@ -393,12 +398,15 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
                 spec["profile_path"] = str(cprofile_path)
             name = f"{base['role']}{index}"
             workers.append(await Worker.spawn(name, spec, run_dir / f"{name}.log"))
-        await asyncio.gather(*(w.expect("started", 90) for w in workers))
-        if redis is not None:
-            await redis.command(b"FLUSHALL")
-        for w in workers:
-            w.send("prefill")
-        prefills = await asyncio.gather(*(w.expect("prefilled", 180) for w in workers))
+        try:
+            await asyncio.gather(*(w.expect("started", 90) for w in workers))
+            if redis is not None:
+                await redis.command(b"FLUSHALL")
+            for w in workers:
+                w.send("prefill")
+            prefills = await asyncio.gather(*(w.expect("prefilled", 180) for w in workers))
+        except WorkerFailedError as exc:
+            raise StartFailedError(str(exc)) from None
         start_at = time.time() + 0.5
         for w in workers:
             w.send("run", start_at=start_at)

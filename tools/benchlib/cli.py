@@ -32,6 +32,7 @@ from benchlib._procs import (
     REPO,
     RedisServer,
     RunPlan,
+    StartFailedError,
     WorkerFailedError,
     child_env,
     redis_server_binary,
@@ -170,6 +171,21 @@ async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[st
     )
 
 
+async def _run_with_retries(
+    plan: RunPlan, workdir: Path, redis: RedisServer | None, attempts: int = 3
+) -> dict[str, Any]:
+    """``run_plan``, retried (bounded) when it failed before measuring anything."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await run_plan(plan, workdir, redis)
+        except StartFailedError as exc:
+            if attempt == attempts:
+                raise
+            first = str(exc).splitlines()[0]
+            print(f"  start failed ({first}); retrying with fresh ports", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 def _attach_profile(raw: dict[str, Any]) -> None:
     files = raw["profile_files"]
     try:
@@ -252,7 +268,7 @@ async def _main(opts: argparse.Namespace) -> int:
                             f"{opts.duration:g}s)...",
                             flush=True,
                         )
-                        raw = await run_plan(plan, workdir, redis)
+                        raw = await _run_with_retries(plan, workdir, redis)
                         _attach_profile(raw)
                         summary = _report.summarize(raw)
                         summary["round"] = round_

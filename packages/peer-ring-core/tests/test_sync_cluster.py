@@ -250,9 +250,17 @@ async def test_a_pulling_replica_refuses_reads_and_the_previous_holder_answers(
     key = next(f"k{i}" for i in range(100) if d.address in a.preference_list(f"k{i}", 3)).encode()
     partition = a.ring.partition_for_key(key)
     assert not d.partition_ready(partition)
+    # the replica holds the read a little (half its timeout), then refuses...
+    refused = asyncio.ensure_future(a.call(d.address, "app", "get", key))
+    await settle_loop(60)
+    assert not refused.done()
+    await harness.until(refused.done, within=1.0)
     with pytest.raises(PeerUnavailableError, match=f"partition {partition} is not ready"):
-        await a.call(d.address, "app", "get", key)  # the replica refuses...
-    result = await a.execute("app", "get", key, quorum=3)  # ...and R=3 still succeeds
+        await refused
+    # ...and R=3 still succeeds: the previous holder answers in its place
+    op = asyncio.ensure_future(a.execute("app", "get", key, quorum=3))
+    await harness.until(op.done, within=2.0)
+    result = op.result()
     assert d.address not in {r.node for r in result.ok_replies}
     answered = {r.node for r in result.ok_replies}
     assert len(answered) == 3 and all(r.payload[8:].startswith(b"v") for r in result.ok_replies)

@@ -71,7 +71,7 @@ class PeerRingConfig:
     probe_interval: float = 1.0
     probe_timeout: float = 1.0
     sync_concurrency: int = 4
-    sync_batch: int = 256
+    sync_batch: int = 1024
     sync_retry_initial: float = 0.5
     sync_retry_max: float = 5.0
     sync_give_up_after: float = 60.0
@@ -83,7 +83,7 @@ class PeerRingConfig:
     hint_ttl: float = 3600.0
     hint_batch: int = 64
     anti_entropy_interval: float | None = 30.0
-    anti_entropy_batch: int = 128
+    anti_entropy_batch: int = 256
     leave_deadline: float = 30.0
 
     def __post_init__(self) -> None:

@@ -66,6 +66,11 @@ Handler = Callable[[CommandContext, bytes, bytes], bytes | Awaitable[bytes]]
 CommandKind = Literal["read", "write", "other"]
 _KINDS = frozenset(("read", "write", "other"))
 
+#: A read that reaches a replica still pulling its partition waits at most this share of
+#: its timeout (and at most _READ_WAIT_MAX seconds) for the pull before it is refused.
+_READ_WAIT_SHARE = 0.5
+_READ_WAIT_MAX = 1.0
+
 #: Records are moved in chunks of at most this many bytes (well under the message limit).
 _TRANSFER_CHUNK_BYTES = 1 << 20
 
@@ -125,6 +130,7 @@ class PeerRing:
         self._running = False
         self._started = asyncio.Event()
         self._previous_ring: Ring | None = None
+        self._waiting: set[asyncio.Future[None]] = set()  # local reads waiting for a pull
         self._sync = SyncManager(
             self._address,
             cfg,
@@ -596,27 +602,22 @@ class PeerRing:
             )
         kind = self._kinds[pair]
         if kind != "other":
-            refusal = self._admit(kind, request)
-            if refusal is not None:
-                return refusal
-        ctx = CommandContext(source, request.partition, request.hint, False)
-        try:
-            out = handler(ctx, request.key, request.payload)
-        except Exception as exc:
-            return _error_response(exc)
-        if type(out) is bytes:
-            return Response(Status.OK, out, "")
-        if inspect.isawaitable(out):
-            return _await_response(out)
-        return _error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
+            verdict = self._admit(kind, source, request)
+            if verdict is not None:
+                return verdict
+        return _run_handler(handler, source, request)
 
-    def _admit(self, kind: CommandKind, request: Request) -> Response | None:
-        """Hints, and reads of partitions still being pulled, are not run by the handler.
+    def _admit(
+        self, kind: CommandKind, source: str, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """Hints, and reads of partitions still being pulled, are not run by the handler
+        at once (None: run it now).
 
-        A hinted *write* is stored for its intended replica. A hinted *read* was
-        forwarded here in place of a replica that could not serve it: it is answered only
-        if this node holds a complete copy of the partition (a node that already handed
-        it off would otherwise answer "not found").
+        A hinted *write* is stored for its intended replica. A read of a partition this
+        node is still pulling waits a little for the pull, then is refused "not ready".
+        A hinted *read* was forwarded here in place of a replica that could not serve
+        it: it is answered only if this node holds a complete copy of the partition (a
+        node that already handed it off would otherwise answer "not found").
         """
         hint = request.hint
         forwarded = bool(hint) and hint != self._address
@@ -626,13 +627,29 @@ class PeerRing:
             return None  # batch commands check their keys themselves (partition_ready)
         partition = self._membership.ring.partition_for_key(request.key)
         if kind == "read":
-            ok = self._sync.holds(partition) if forwarded else self._sync.readable(partition)
-            if not ok:
-                err = PartitionNotReadyError(self._address, partition)
-                return Response(Status.UNAVAILABLE, b"", err.reason)
+            if forwarded:
+                if not self._sync.holds(partition):
+                    return self._not_ready(partition)
+            elif not self._sync.readable(partition):
+                return self._read_when_ready(source, request, partition)
         else:
             self._sync.note_write(partition)
         return None
+
+    def _not_ready(self, partition: int) -> Response:
+        err = PartitionNotReadyError(self._address, partition)
+        return Response(Status.UNAVAILABLE, b"", err.reason)
+
+    def _read_wait(self, timeout: float) -> float:
+        timeout = timeout or self._config.request_timeout
+        return min(timeout * _READ_WAIT_SHARE, _READ_WAIT_MAX)
+
+    async def _read_when_ready(self, source: str, request: Request, partition: int) -> Response:
+        if not await self._sync.wait_readable(partition, self._read_wait(request.timeout)):
+            return self._not_ready(partition)
+        handler = self._handlers[(request.namespace, request.command)]
+        out = _run_handler(handler, source, request)
+        return out if isinstance(out, Response) else await out
 
     async def _on_transfer(
         self, source: str, request: TransferRequest
@@ -756,14 +773,20 @@ class _Operation:
         me = node._address
         if self.kind == "read":
             sync = node._sync
-            ok = sync.holds(self.partition) if forwarded else sync.readable(self.partition)
-            if not ok:
-                err = PartitionNotReadyError(me, self.partition)
-                self._settle(me, "", err, forward=True)
+            if forwarded and not sync.holds(self.partition):
+                self._settle(me, "", PartitionNotReadyError(me, self.partition), forward=True)
+                return
+            if not forwarded and not sync.readable(self.partition):
+                task = asyncio.ensure_future(self._run_local_when_ready())
+                node._waiting.add(task)
+                task.add_done_callback(node._waiting.discard)
                 return
         if self.kind == "write":
             node._sync.note_write(self.partition)
-        node._run_local(
+        self._run_handler_locally()
+
+    def _run_handler_locally(self) -> None:
+        self.node._run_local(
             self.namespace,
             self.command,
             self.key,
@@ -772,6 +795,14 @@ class _Operation:
             self.timeout,
             self.collector.add,
         )
+
+    async def _run_local_when_ready(self) -> None:
+        node = self.node
+        if await node._sync.wait_readable(self.partition, node._read_wait(self.timeout)):
+            self._run_handler_locally()
+        else:
+            err = PartitionNotReadyError(node._address, self.partition)
+            self._settle(node._address, "", err, forward=True)
 
     def _on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
         sync = self.node._sync
@@ -855,6 +886,19 @@ def _as_bytes(value: object) -> bytes:
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"handler returned {type(value).__name__}, not bytes")
+
+
+def _run_handler(handler: Handler, source: str, request: Request) -> Response | Awaitable[Response]:
+    ctx = CommandContext(source, request.partition, request.hint, False)
+    try:
+        out = handler(ctx, request.key, request.payload)
+    except Exception as exc:
+        return _error_response(exc)
+    if type(out) is bytes:
+        return Response(Status.OK, out, "")
+    if inspect.isawaitable(out):
+        return _await_response(out)
+    return _error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
 
 
 def _error_response(exc: BaseException) -> Response:

@@ -144,7 +144,8 @@ class SyncManager:
         self._probing: set[str] = set()
         self._wake = asyncio.Event()
         self._probe_wake = asyncio.Event()
-        self._progress = asyncio.Event()
+        self._progress: asyncio.Future[None] | None = None
+        self._stopped = False
         self._ready = asyncio.Event()
         self._ae_next = 0.0
         self._started_at = 0.0
@@ -195,6 +196,8 @@ class SyncManager:
 
     async def stop(self) -> None:
         """Cancel every task of the manager."""
+        self._stopped = True
+        self._progress_made()
         tasks = [*self._loops, *self._tasks]
         for task in tasks:
             task.cancel()
@@ -217,17 +220,47 @@ class SyncManager:
         task.add_done_callback(done)
         return task
 
-    async def _sleep_or(self, event: asyncio.Event, delay: float) -> None:
+    async def _sleep_or(self, event: asyncio.Event | asyncio.Future[None], delay: float) -> None:
         """Sleep ``delay`` seconds of the node's clock, or less if ``event`` is set."""
-        if event.is_set():
+        if event.is_set() if isinstance(event, asyncio.Event) else event.done():
             return
         sleeper = asyncio.ensure_future(self._clock.sleep(max(delay, 0.0)))
-        waiter = asyncio.ensure_future(event.wait())
+        waiter: asyncio.Future[Any]
+        if isinstance(event, asyncio.Event):
+            waiter = asyncio.ensure_future(event.wait())
+        else:
+            waiter = asyncio.ensure_future(asyncio.shield(event))
         try:
             await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
             waiter.cancel()
+
+    def _progress_made(self) -> None:
+        """Wake everyone waiting for pulls to progress (a round ended, the ring changed)."""
+        fut, self._progress = self._progress, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _wait_progress(self, timeout: float) -> None:
+        if self._progress is None:
+            self._progress = asyncio.get_running_loop().create_future()
+        await self._sleep_or(self._progress, timeout)
+
+    async def wait_readable(self, partition: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``partition`` to become readable.
+
+        A read that reaches a replica still pulling the partition waits a little before
+        it is refused: a cluster that has just started pulls in milliseconds, and the read
+        then succeeds instead of failing its quorum.
+        """
+        deadline = self._clock.monotonic() + timeout
+        while not self.readable(partition):
+            left = deadline - self._clock.monotonic()
+            if left <= 0 or self._stopped:
+                return False
+            await self._wait_progress(left)
+        return True
 
     def _note_ready(self) -> None:
         if self.table.ready and not self._ready.is_set():
@@ -245,6 +278,7 @@ class SyncManager:
     def on_ring_change(self, old: Ring, new: Ring) -> None:
         """Ring listener: plan pulls of gained partitions and handoffs of lost ones."""
         change = self.table.ring_changed(old, new, self._clock.monotonic())
+        self._progress_made()
         if change.gained or change.lost:
             logger.info(
                 "node %s: ring change gains %d partition(s) to pull and loses %d to hand off",
@@ -422,7 +456,11 @@ class SyncManager:
         return Response(Status.OK, encode_digest_response(entries), "")
 
     async def _h_handoff(self, source: str, payload: bytes) -> bytes:
-        """``source`` lost these partitions: pull what differs from it, then confirm."""
+        """``source`` lost these partitions: pull what differs from it, then confirm.
+
+        A partition this node is still pulling is merged but not confirmed: the source
+        must keep it (and keep answering forwarded reads) until this node serves it.
+        """
         wanted = [p for p in decode_partitions(payload) if p in self.table.replicated]
         if not wanted:
             return encode_partitions([])
@@ -434,12 +472,12 @@ class SyncManager:
             entry = remote.get(p)
             if entry is None:
                 return
-            if entry.state is HoldState.NONE or entry.equal:
+            if not (entry.state is HoldState.NONE or entry.equal):
+                async with sem:
+                    if await self._merge_from(source, p, entry.digests) is None:
+                        return
+            if p not in self.table.pending:
                 confirmed.append(p)
-                return
-            async with sem:
-                if await self._merge_from(source, p, entry.digests) is not None:
-                    confirmed.append(p)
 
         await asyncio.gather(*(one(p) for p in wanted))
         return encode_partitions(sorted(confirmed))
@@ -463,8 +501,7 @@ class SyncManager:
             left = deadline - self._clock.monotonic()
             if not remaining or left <= 0:
                 break
-            self._progress.clear()
-            await self._sleep_or(self._progress, min(left, self._cfg.probe_interval))
+            await self._wait_progress(left)
         if remaining:
             logger.warning(
                 "%s left before %d partition(s) were pulled; they stay pending",
@@ -509,8 +546,14 @@ class SyncManager:
     def _local_digests(self, partition: int) -> dict[str, Sequence[bytes]]:
         return {ns: hooks.digest_partition(partition) for ns, hooks in self._hooks.items()}
 
-    async def _fetch_digests(self, peer: str, partitions: list[int]) -> dict[int, RemotePartition]:
-        roots = [(p, partition_root(self._local_digests(p))) for p in partitions]
+    async def _fetch_digests(
+        self, peer: str, partitions: list[int], roots_of: dict[int, int] | None = None
+    ) -> dict[int, RemotePartition]:
+        """Ask ``peer`` for its digests of ``partitions`` (only those whose root differs
+        from ours come back with bucket digests)."""
+        if roots_of is None:
+            roots_of = {p: partition_root(self._local_digests(p)) for p in partitions}
+        roots = [(p, roots_of[p]) for p in partitions]
         data = await self._ask(
             peer, "digests", encode_digest_request(roots), self._cfg.request_timeout
         )
@@ -643,31 +686,37 @@ class SyncManager:
                 ask.setdefault(node, []).append(p)
         suspected = membership.suspected
         answers: dict[str, dict[int, RemotePartition]] = {}
+        asked = {node: parts for node, parts in ask.items() if node not in suspected}
+        if asked:
+            # Our own roots once per round, whoever we ask (digests cost CPU on big stores).
+            roots = {p: partition_root(self._local_digests(p)) for p in partitions}
 
-        async def fetch(node: str, parts: list[int]) -> None:
-            try:
-                answers[node] = await self._fetch_digests(node, parts)
-            except (PeerRingError, ValueError) as exc:
-                logger.debug("digests from %s failed: %s", node, exc)
+            async def fetch(node: str, parts: list[int]) -> None:
+                try:
+                    answers[node] = await self._fetch_digests(node, parts, roots)
+                except (PeerRingError, ValueError) as exc:
+                    logger.debug("digests from %s failed: %s", node, exc)
 
-        await asyncio.gather(
-            *(fetch(node, parts) for node, parts in ask.items() if node not in suspected)
-        )
+            await asyncio.gather(*(fetch(node, parts) for node, parts in asked.items()))
         sem = asyncio.Semaphore(self._cfg.sync_concurrency)
         ring = membership.ring
+        give_up = self._cfg.sync_give_up_after
 
-        async def one(p: int) -> None:
-            if p not in self.table.pending:
-                return
-            order = [*self.table.holders(p), *ring.preference_list(p, self._n)]
-            rank = {node: i for i, node in reversed(list(enumerate(order)))}
-            sources = sorted(
-                ((node, answers[node][p]) for node in candidates[p] if p in answers.get(node, {})),
-                key=lambda item: (
-                    item[1].state is not HoldState.COMPLETE,
-                    rank.get(item[0], len(order)),
-                ),
-            )
+        def judge(p: int, sources: list[tuple[str, RemotePartition]], merged: bool) -> None:
+            now = self._clock.monotonic()
+            states = {node: entry.state for node, entry in sources}
+            pending_for = self.table.pending_for(p, now)
+            outcome = decide_pull(candidates[p], states, merged, pending_for, give_up)
+            if outcome is PullOutcome.GAVE_UP:
+                logger.warning(
+                    "partition %d: no complete replica reachable for %.0fs; serving what was "
+                    "pulled (anti-entropy repairs it later)",
+                    p,
+                    pending_for,
+                )
+            self.table.pull_result(p, outcome, now, epoch)
+
+        async def merge(p: int, sources: list[tuple[str, RemotePartition]]) -> None:
             merged_complete = False
             async with sem:
                 for node, entry in sources:
@@ -676,40 +725,48 @@ class SyncManager:
                     ok = entry.equal or await self._merge_from(node, p, entry.digests) is not None
                     if ok and entry.state is HoldState.COMPLETE:
                         merged_complete = True
-            states = {node: entry.state for node, entry in sources}
-            now = self._clock.monotonic()
-            outcome = decide_pull(
-                candidates[p],
-                states,
-                merged_complete,
-                self.table.pending_for(p, now),
-                self._cfg.sync_give_up_after,
-            )
-            if outcome is PullOutcome.GAVE_UP:
-                logger.warning(
-                    "partition %d: no complete replica reachable for %.0fs; serving what was "
-                    "pulled (anti-entropy repairs it later)",
-                    p,
-                    self.table.pending_for(p, now),
-                )
-            self.table.pull_result(p, outcome, now, epoch)
+            judge(p, sources, merged_complete)
 
-        before = len(self.table.pending)
-        await asyncio.gather(*(one(p) for p in partitions))
-        after = len(self.table.pending)
-        self._progress.set()
-        if before != after:
-            if self.table.ready and self._ready.is_set():
-                logger.info(
-                    "node %s: pulled %d partition(s), %d pending", self._me, before - after, after
+        transfers = []
+        for p in partitions:
+            if p not in self.table.pending:
+                continue
+            sources = [
+                (node, answers[node][p]) for node in candidates[p] if p in answers.get(node, {})
+            ]
+            if all(entry.equal or entry.state is HoldState.NONE for _, entry in sources):
+                # Nothing to transfer (the common case of empty or identical copies):
+                # judged at once, without a task per partition.
+                complete = any(entry.state is HoldState.COMPLETE for _, entry in sources)
+                judge(p, sources, complete)
+                continue
+            order = [*self.table.holders(p), *ring.preference_list(p, self._n)]
+            rank = {node: i for i, node in reversed(list(enumerate(order)))}
+            # Complete copies first, previous holders first among them.
+            sources.sort(
+                key=lambda item: (
+                    item[1].state is not HoldState.COMPLETE,
+                    rank.get(item[0], len(order)),
                 )
+            )
+            transfers.append(merge(p, sources))
+        before = len(partitions)
+        await asyncio.gather(*transfers)
+        done = sum(1 for p in partitions if p not in self.table.pending)
+        self._progress_made()
+        if done:
+            after = len(self.table.pending)
+            if self._ready.is_set():
+                logger.info("node %s: pulled %d partition(s), %d pending", self._me, done, after)
             else:
                 total = self.table.initial_total
                 logger.info(
-                    "node %s: initial sync %d/%d partitions done",
+                    "node %s: initial sync %d/%d partitions done (%d in this round of %d)",
                     self._me,
                     max(total - after, 0),
                     total,
+                    done,
+                    before,
                 )
         self._note_ready()
 

@@ -13,11 +13,13 @@ from peer_ring.core.transport._base import (
     TransportLimits,
 )
 from peer_ring.core.transport._grpc import GrpcTransport
+from peer_ring.core.transport._tls import TLSConfig
 
 __all__ = [
     "GrpcTransport",
     "InboundHandler",
     "ReachabilityListener",
+    "TLSConfig",
     "TransferHandler",
     "Transport",
     "TransportLimits",

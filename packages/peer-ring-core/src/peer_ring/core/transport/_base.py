@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from peer_ring.core._errors import InvalidArgumentError
 from peer_ring.core._types import Request, Response, TransferRequest
 
 #: Called for each inbound request with the sender's address. May return the response
@@ -34,6 +35,11 @@ ReachabilityListener = Callable[[str, bool], None]
 class TransportLimits:
     """Resource bounds of a transport; every limit produces a clear error when hit.
 
+    The first group bounds what this node *sends*; the second (from
+    ``max_inbound_streams`` on) bounds what it *accepts* from the network: a peer that
+    breaks those is refused with a clear gRPC status, and the refusal is counted in
+    ``GrpcTransport.stats()``. ``check()`` validates every value.
+
     Attributes:
         max_message_bytes: largest frame sent or accepted. A single request or response
             larger than this fails with ``MessageTooLargeError`` (the stream stays up).
@@ -48,7 +54,39 @@ class TransportLimits:
         keepalive_time / keepalive_timeout: a transport pings an idle connection every
             ``keepalive_time`` seconds and drops it when the ping is not answered within
             ``keepalive_timeout``, so a peer that vanished without closing its sockets
-            (power loss, network partition, SIGSTOP) is detected in bounded time.
+            (power loss, network partition, SIGSTOP) is detected in bounded time. The
+            server also *enforces* the interval: a client that pings without data more
+            often than every ``keepalive_time / 2`` seconds gets GOAWAY ``too_many_pings``
+            after two such pings (every node of a cluster should share these settings).
+        max_inbound_streams: Exchange streams this node serves at once (one per peer in a
+            healthy cluster, briefly two during a reconnect). Beyond it a new stream is
+            refused with RESOURCE_EXHAUSTED (``refused_overload``).
+        max_inbound_transfers: Transfer calls served at once, same refusal.
+        max_concurrent_streams: HTTP/2 streams one client connection may open at once
+            (gRPC's ``grpc.max_concurrent_streams``); further calls queue in the client.
+        max_inbound_pending_bytes: response bytes of one inbound stream that wait to be
+            written. A client that sends requests but does not read the answers fills
+            this; the node then stops *reading* that stream (HTTP/2 flow control then
+            stops the client's writes) until the client reads again. Backpressure, not an
+            error: the stream stays up and other peers are unaffected.
+        max_inbound_pending_requests: requests of one inbound stream whose (asynchronous)
+            handler is still running; beyond it the node stops reading the stream, as above.
+        max_request_timeout: longest deadline in seconds an inbound request gets. Its
+            ``timeout_ms`` is clamped to this (and 0, "unspecified", becomes
+            ``default_timeout``); an asynchronous handler still running at the deadline is
+            cancelled and answered with ``TIMEOUT``. Senders give up earlier anyway, so
+            this only reclaims work a misbehaving peer left behind.
+        handshake_timeout: seconds a new connection has to complete its TLS and HTTP/2
+            handshakes before the server drops it (idle sockets of a connection flood).
+        max_connection_idle: seconds after which the server closes a client connection
+            that carries no call at all (GOAWAY); peers always hold their Exchange stream
+            open, so only clients that connect and do nothing are affected. ``None``
+            disables it.
+        max_connection_age: when set, seconds after which the server asks a client to
+            reconnect (GOAWAY, then ``max_connection_age_grace`` for calls in progress). It
+            bounds how long a connection outlives a certificate rotation, at the price of a
+            periodic reconnect of every Exchange stream; ``None`` (default) disables it.
+        max_connection_age_grace: see ``max_connection_age``.
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
@@ -60,6 +98,56 @@ class TransportLimits:
     default_timeout: float = 5.0
     keepalive_time: float = 10.0
     keepalive_timeout: float = 5.0
+    max_inbound_streams: int = 256
+    max_inbound_transfers: int = 64
+    max_concurrent_streams: int = 128
+    max_inbound_pending_bytes: int = 32 * 1024 * 1024
+    max_inbound_pending_requests: int = 8192
+    max_request_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+    max_connection_idle: float | None = 600.0
+    max_connection_age: float | None = None
+    max_connection_age_grace: float = 30.0
+
+    def check(self) -> None:
+        """Raise :class:`InvalidArgumentError` when a limit cannot work.
+
+        Raises:
+            InvalidArgumentError: a limit is out of range (the message names it).
+        """
+        if self.max_message_bytes < 64:
+            raise InvalidArgumentError("max_message_bytes must be at least 64")
+        for name in (
+            "max_in_flight_per_peer",
+            "max_inbound_streams",
+            "max_inbound_transfers",
+            "max_concurrent_streams",
+            "max_inbound_pending_bytes",
+            "max_inbound_pending_requests",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_queued_per_peer < 0:
+            raise InvalidArgumentError(
+                f"max_queued_per_peer must be >= 0, got {self.max_queued_per_peer!r}"
+            )
+        for name in (
+            "connect_timeout",
+            "default_timeout",
+            "keepalive_time",
+            "keepalive_timeout",
+            "max_request_timeout",
+            "handshake_timeout",
+            "max_connection_age_grace",
+        ):
+            value = getattr(self, name)
+            if not value > 0:  # also refuses NaN
+                raise InvalidArgumentError(f"{name} must be > 0, got {value!r}")
+        for name in ("max_connection_idle", "max_connection_age"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidArgumentError(f"{name} must be > 0 or None, got {value!r}")
 
 
 class Transport(ABC):

@@ -6,7 +6,16 @@ Wire protocol: ``peer_ring/core/proto/peer_ring.proto``. Moving parts:
   to us (:mod:`._inbound`) and the ``Transfer`` RPC;
 - one :class:`~._outbound.PeerConnection` per peer holds the channel and this node's
   ``Exchange`` stream to it (:mod:`._outbound`);
-- one :class:`~._deadlines.DeadlineWheel` holds every request deadline.
+- one :class:`~._deadlines.DeadlineWheel` holds every request deadline (outbound requests
+  and inbound handlers alike);
+- optional TLS/mTLS from certificate files reloaded at run time (:mod:`._tls`), and an
+  optional shared token checked on every call.
+
+Admission of an inbound call, in order: the token (UNAUTHENTICATED), the sender metadata
+(INVALID_ARGUMENT), then the capacity bounds ``max_inbound_streams`` /
+``max_inbound_transfers`` (RESOURCE_EXHAUSTED). Each refusal is counted in :meth:`stats` and
+logged at WARNING, at most once per ``REFUSAL_LOG_INTERVAL`` per kind of refusal, so that a
+client hammering the port cannot flood the logs.
 
 Both RPCs are registered with *raw bytes* (no gRPC-level serializers): frames are built from
 pre-serialized parts (see :mod:`._codec`) and parsed by our reader, which also lets a
@@ -22,7 +31,7 @@ import hmac
 import logging
 import random
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -34,6 +43,7 @@ from peer_ring.core._errors import (
     InvalidArgumentError,
     MessageTooLargeError,
     NotRunningError,
+    OverloadedError,
     PeerRingError,
     PeerUnavailableError,
     RemoteError,
@@ -57,6 +67,7 @@ from peer_ring.core.transport._codec import (
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._inbound import InboundStream
+from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import (
     ACCEPTED_KEY,
     AUTHORIZATION_KEY,
@@ -71,11 +82,24 @@ from peer_ring.core.transport._options import (
 )
 from peer_ring.core.transport._outbound import Metadata, PeerConnection
 from peer_ring.core.transport._stats import TransportStats
+from peer_ring.core.transport._tls import (
+    CertificateFiles,
+    ClientCredentials,
+    TLSConfig,
+    server_credentials,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Seconds ``close()`` lets in-progress RPCs (transfers) finish before cancelling them.
 CLOSE_GRACE = 0.5
+
+#: Seconds between two log lines about the same kind of refused call (all are counted).
+REFUSAL_LOG_INTERVAL = 10.0
+
+#: Start of the details of a refusal for capacity; lets the caller tell it apart from
+#: gRPC's own RESOURCE_EXHAUSTED (a message over the size limit).
+OVERLOADED_DETAILS = "overloaded:"
 
 _Refusal = tuple[grpc.StatusCode, str]
 
@@ -95,7 +119,16 @@ class GrpcTransport(Transport):
         server_credentials: ``grpc.ServerCredentials`` for TLS/mTLS on the listener
             (``grpc.ssl_server_credentials(...)``, or dynamic credentials for reloading).
         channel_credentials: ``grpc.ChannelCredentials`` for TLS/mTLS to peers.
+        tls: TLS/mTLS from certificate files that are reloaded when they change (the
+            usual way; see :class:`~peer_ring.core.transport.TLSConfig`). Exclusive with
+            ``server_credentials`` / ``channel_credentials``, which are fixed for the
+            transport's life.
         rng: randomness for backoff jitter (seed it for reproducible runs).
+
+    Raises:
+        InvalidArgumentError: a limit is out of range, the token is not printable ASCII,
+            ``tls`` is combined with explicit credentials, or a TLS file is missing or
+            not PEM.
     """
 
     def __init__(
@@ -107,10 +140,14 @@ class GrpcTransport(Transport):
         clock: Clock | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSConfig | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if limits.max_message_bytes < 64:
-            raise InvalidArgumentError("max_message_bytes must be at least 64")
+        limits.check()
+        if tls is not None and (server_credentials is not None or channel_credentials is not None):
+            raise InvalidArgumentError(
+                "give either tls or server_credentials/channel_credentials, not both"
+            )
         token = token or None  # an empty token (e.g. from an unset env var) means none
         if token is not None and not (token.isascii() and token.isprintable()):
             # gRPC metadata values must be printable ASCII; fail here, not on every call.
@@ -124,6 +161,14 @@ class GrpcTransport(Transport):
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self._token = token
         self._stats = TransportStats()
+        self._tls = tls
+        self._tls_files: CertificateFiles | None = None
+        self._client_tls: ClientCredentials | None = None
+        if tls is not None:
+            self._tls_files = CertificateFiles(tls, self._stats)
+            self._client_tls = ClientCredentials(self._tls_files)
+        self._refusal_log = RateLimitedLog(logger, self._clock, REFUSAL_LOG_INTERVAL)
+        self._transfers_in_progress = 0
         self._wheel = DeadlineWheel(self._clock)
         self._peers: dict[str, PeerConnection] = {}
         self._inbound: set[InboundStream] = set()
@@ -167,6 +212,9 @@ class GrpcTransport(Transport):
         self._on_request = on_request
         self._on_transfer = on_transfer
         server = grpc.aio.server(options=server_options(self._limits))
+        credentials = self._server_credentials
+        if self._tls_files is not None:
+            credentials = server_credentials(self._tls_files, self._stats)
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -182,8 +230,8 @@ class GrpcTransport(Transport):
             )
         )
         try:
-            if self._server_credentials is not None:
-                port = server.add_secure_port(self._address, self._server_credentials)
+            if credentials is not None:
+                port = server.add_secure_port(self._address, credentials)
             else:
                 port = server.add_insecure_port(self._address)
         except RuntimeError as exc:
@@ -332,14 +380,11 @@ class GrpcTransport(Transport):
     def _connection(self, peer: str) -> PeerConnection:
         conn = self._peers.get(peer)
         if conn is None:
-            options = channel_options(self._limits)
-            if self._channel_credentials is not None:
-                channel = grpc.aio.secure_channel(peer, self._channel_credentials, options)
-            else:
-                channel = grpc.aio.insecure_channel(peer, options)
+            channel, renew = self._channel(peer)
             conn = PeerConnection(
                 peer,
                 channel,
+                renew_channel=renew,
                 metadata=self._metadata,
                 limits=self._limits,
                 clock=self._clock,
@@ -351,6 +396,33 @@ class GrpcTransport(Transport):
             self._peers[peer] = conn
         return conn
 
+    def _channel(
+        self, peer: str
+    ) -> tuple[grpc.aio.Channel, Callable[[], grpc.aio.Channel | None] | None]:
+        """A channel to ``peer``, and with reloaded TLS, how to renew it after a rotation."""
+        client_tls = self._client_tls
+        if client_tls is None:
+            options = channel_options(self._limits)
+            if self._channel_credentials is not None:
+                return grpc.aio.secure_channel(peer, self._channel_credentials, options), None
+            return grpc.aio.insecure_channel(peer, options), None
+        assert self._tls is not None
+        options = channel_options(self._limits, self._tls.server_name)
+        version, credentials = client_tls.current()
+
+        def renew() -> grpc.aio.Channel | None:
+            # Called before each reconnect: a channel keeps the credentials it was built
+            # with, so new files need a new channel (the old one is closed by the caller).
+            nonlocal version
+            latest, fresh = client_tls.current()
+            if latest == version:
+                return None
+            version = latest
+            logger.info("TLS files changed: new channel to %s", peer)
+            return grpc.aio.secure_channel(peer, fresh, options)
+
+        return grpc.aio.secure_channel(peer, credentials, options), renew
+
     def _notify(self, peer: str, reachable: bool) -> None:
         for listener in list(self._listeners):
             try:
@@ -359,7 +431,7 @@ class GrpcTransport(Transport):
                 logger.exception("reachability listener failed for %s", peer)
 
     def _admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str | _Refusal:
-        """Return the sender's address, or why the call is refused."""
+        """Return the sender's address, or why the call is refused (counted and logged)."""
         sender = ""
         auth = ""
         for key, value in context.invocation_metadata() or ():
@@ -367,25 +439,54 @@ class GrpcTransport(Transport):
                 sender = str(value)
             elif key == AUTHORIZATION_KEY:
                 auth = str(value)
+        # Constant-time comparison (of bytes: compare_digest refuses non-ASCII str), so the
+        # time a refusal takes tells nothing about how much of the token was right.
         if self._expected_auth is not None and not hmac.compare_digest(
-            auth.encode(), self._expected_auth
+            auth.encode("utf-8", "surrogateescape"), self._expected_auth
         ):
             self._stats.refused_connections += 1
-            logger.warning(
+            kind = "wrong" if auth else "missing"
+            self._refusal_log.warning(
+                (method, kind),
                 "refused %s from %s (%s): %s token",
                 method,
                 sender or "unknown sender",
                 context.peer(),
-                "wrong" if auth else "missing",
+                kind,
             )
             return (grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
         if not sender:
             self._stats.refused_connections += 1
-            logger.warning("refused %s from %s: no %s metadata", method, context.peer(), SENDER_KEY)
+            self._refusal_log.warning(
+                (method, "sender"),
+                "refused %s from %s: no %s metadata",
+                method,
+                context.peer(),
+                SENDER_KEY,
+            )
             return (grpc.StatusCode.INVALID_ARGUMENT, f"missing {SENDER_KEY} metadata")
         if not self._running or self._on_request is None:
             return (grpc.StatusCode.UNAVAILABLE, "node is stopping")
         return sender
+
+    def _overloaded(
+        self, method: str, sender: str, context: Any, limit: str, value: int
+    ) -> _Refusal:
+        self._stats.refused_overload += 1
+        self._refusal_log.warning(
+            (method, "overload"),
+            "refused %s from %s (%s): %s=%d reached",
+            method,
+            sender,
+            context.peer(),
+            limit,
+            value,
+        )
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{OVERLOADED_DETAILS} node {self._address} serves {limit}={value} "
+            f"{method} calls already; retry later",
+        )
 
     async def _serve_exchange(
         self, _requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
@@ -394,11 +495,22 @@ class GrpcTransport(Transport):
         if isinstance(admitted, tuple):
             await _abort(context, *admitted)
         assert self._on_request is not None  # checked by _admit
-        await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+        limit = self._limits.max_inbound_streams
+        if len(self._inbound) >= limit:
+            await _abort(
+                context,
+                *self._overloaded("Exchange", admitted, context, "max_inbound_streams", limit),
+            )
         stream = InboundStream(
-            admitted, context, self._on_request, self._limits.max_message_bytes, self._stats
+            admitted, context, self._on_request, self._limits, self._stats, self._wheel
         )
+        # Registered before the first await, so that concurrent openers count each other.
         self._inbound.add(stream)
+        try:
+            await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+        except BaseException:
+            self._inbound.discard(stream)
+            raise
         self._stats.inbound_streams += 1
         try:
             await stream.run()
@@ -413,6 +525,21 @@ class GrpcTransport(Transport):
         admitted = self._admit(context, "Transfer")
         if isinstance(admitted, tuple):
             await _abort(context, *admitted)
+        limit = self._limits.max_inbound_transfers
+        if self._transfers_in_progress >= limit:
+            await _abort(
+                context,
+                *self._overloaded("Transfer", admitted, context, "max_inbound_transfers", limit),
+            )
+        self._transfers_in_progress += 1
+        try:
+            await self._transfer_to(admitted, data, context)
+        finally:
+            self._transfers_in_progress -= 1
+
+    async def _transfer_to(
+        self, admitted: str, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> None:
         assert self._on_transfer is not None
         try:
             request = decode_transfer_request(data)
@@ -486,6 +613,8 @@ def _transfer_error(peer: str, exc: grpc.aio.AioRpcError) -> PeerRingError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return RequestTimeoutError(f"transfer from {peer}: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if details.startswith(OVERLOADED_DETAILS):
+            return OverloadedError(f"transfer from {peer}: {details}")
         return MessageTooLargeError(f"transfer from {peer}: {details}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return UnknownCommandError(f"transfer from {peer}: {details}")

@@ -10,6 +10,17 @@ itself) joins everything in the outbox into one frame per write.
 Nothing a handler does can break the stream: exceptions become error responses, an
 oversized response becomes a ``TOO_LARGE`` response. A frame that cannot be parsed ends
 this stream (INVALID_ARGUMENT), never the server.
+
+What a peer can make this node hold is bounded (``TransportLimits``):
+
+- *backpressure*: the reader stops reading while the stream's unsent responses exceed
+  ``max_inbound_pending_bytes`` or its running handlers ``max_inbound_pending_requests``.
+  A client that writes requests and never reads the answers then fills gRPC's flow-control
+  window and its own writes block; the node holds at most about one bound (plus one
+  response) for it, instead of every answer it ever asked for.
+- *deadlines*: every request's ``timeout_ms`` is clamped to ``max_request_timeout`` (0,
+  "unspecified", means ``default_timeout``); a handler Task still running at its deadline
+  is cancelled and answered with ``TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -25,19 +36,45 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from peer_ring.core._errors import PeerRingError
-from peer_ring.core._types import Response, Status
+from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
-from peer_ring.core.transport._base import InboundHandler
+from peer_ring.core.transport._base import InboundHandler, TransportLimits
 from peer_ring.core.transport._codec import (
     error_response,
     join_frames,
     request_from_pb,
     response_part,
 )
+from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._options import EOF
 from peer_ring.core.transport._stats import TransportStats
 
 logger = logging.getLogger(__name__)
+
+
+class _Pending:
+    """An inbound request whose handler returned an awaitable: its Task and its deadline."""
+
+    __slots__ = ("command", "namespace", "rid", "stream", "task", "tick", "timeout")
+
+    def __init__(
+        self,
+        stream: InboundStream,
+        rid: int,
+        request: Request,
+        task: asyncio.Future[Any],
+    ) -> None:
+        self.stream = stream
+        self.rid = rid
+        self.namespace = request.namespace
+        self.command = request.command
+        self.timeout = request.timeout
+        self.task = task
+        self.tick = 0
+
+    def expire(self) -> None:
+        """Called by the deadline wheel: the request's (clamped) deadline passed."""
+        self.stream._expire(self)
 
 
 class InboundStream:
@@ -47,8 +84,9 @@ class InboundStream:
         sender: the peer's address, from the call metadata.
         context: the gRPC servicer context of the stream.
         on_request: the node's inbound handler.
-        max_bytes: max message size (frames and single responses).
+        limits: message size, inbound bounds and deadlines.
         stats: the transport's counters.
+        wheel: where the deadlines of running handlers are kept (the transport's).
     """
 
     def __init__(
@@ -56,18 +94,29 @@ class InboundStream:
         sender: str,
         context: grpc.aio.ServicerContext[bytes, bytes],
         on_request: InboundHandler,
-        max_bytes: int,
+        limits: TransportLimits,
         stats: TransportStats,
+        wheel: DeadlineWheel,
     ) -> None:
         self.sender = sender
         self._context = context
         self._on_request = on_request
-        self._max_bytes = max_bytes
+        self._max_bytes = limits.max_message_bytes
+        self._max_pending_bytes = limits.max_inbound_pending_bytes
+        self._max_pending_requests = limits.max_inbound_pending_requests
+        self._default_timeout = limits.default_timeout
+        self._max_timeout = limits.max_request_timeout
         self._stats = stats
+        self._wheel = wheel
         self._loop = asyncio.get_running_loop()
         self._outbox: list[bytes] = []
+        #: Bytes of responses queued in the outbox or being written (backpressure).
+        self._pending_bytes = 0
         self._wakeup = asyncio.Event()
-        self._tasks: dict[int, asyncio.Future[Any]] = {}
+        #: Set by the writer and by finishing handlers while the reader is paused.
+        self._room = asyncio.Event()
+        self._paused = False
+        self._tasks: dict[int, _Pending] = {}
         self._closed = False
         #: Set when the stream must end with INVALID_ARGUMENT (a malformed frame).
         self.abort_reason: str | None = None
@@ -84,16 +133,18 @@ class InboundStream:
         finally:
             self._closed = True
             reader.cancel()
-            tasks = list(self._tasks.values())
+            pending = list(self._tasks.values())
             self._tasks.clear()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(reader, *tasks, return_exceptions=True)
+            for item in pending:
+                self._wheel.remove(item, item.tick)
+                item.task.cancel()
+            await asyncio.gather(reader, *(p.task for p in pending), return_exceptions=True)
 
     def close(self) -> None:
         """End the stream (unsent responses are dropped)."""
         self._closed = True
         self._wakeup.set()
+        self._room.set()
 
     async def _write_loop(self) -> None:
         stats = self._stats
@@ -106,10 +157,16 @@ class InboundStream:
                 continue
             parts = self._outbox
             self._outbox = []
+            size = sum(map(len, parts))
             frames = join_frames(parts, self._max_bytes)
             for frame in frames:
+                # Blocks while the client does not read (HTTP/2 flow control); the reader
+                # then stops reading once the bound is reached: see _wait_for_room.
                 await context.write(frame)
             stats.frames_sent += len(frames)
+            self._pending_bytes -= size
+            if self._paused:
+                self._room.set()
 
     async def _read_loop(self) -> None:
         stats = self._stats
@@ -138,14 +195,24 @@ class InboundStream:
                 if cancels:
                     stats.cancels_received += len(cancels)
                     for rid in cancels:
-                        task = self._tasks.pop(rid, None)
-                        if task is not None:
-                            task.cancel()
+                        pending = self._tasks.get(rid)
+                        if pending is not None:
+                            self._forget(pending)
+                            pending.task.cancel()
                 requests = frame.requests
                 if requests:
                     stats.requests_received += len(requests)
                     for msg in requests:
                         self._dispatch(msg)
+                        # Checked per request: one frame of tiny requests may ask for
+                        # answers far larger than itself.
+                        if (
+                            self._pending_bytes > self._max_pending_bytes
+                            or len(self._tasks) >= self._max_pending_requests
+                        ):
+                            await self._wait_for_room()
+                            if self._closed:
+                                return
                 if self._outbox:
                     self._wakeup.set()
         except asyncio.CancelledError:
@@ -156,9 +223,39 @@ class InboundStream:
         finally:
             self.close()
 
+    async def _wait_for_room(self) -> None:
+        """Stop reading until the writer and the handlers are back under the bounds."""
+        self._stats.backpressure_pauses += 1
+        logger.debug(
+            "stream from %s paused: %d response bytes unsent, %d handlers running",
+            self.sender,
+            self._pending_bytes,
+            len(self._tasks),
+        )
+        self._paused = True
+        self._wakeup.set()  # the writer must drain what is queued
+        try:
+            # Resume at half the bounds, so that a client hovering at the limit does not
+            # flip the reader on and off for every response.
+            while not self._closed and (
+                self._pending_bytes > self._max_pending_bytes // 2
+                or len(self._tasks) > self._max_pending_requests // 2
+            ):
+                self._room.clear()
+                await self._room.wait()
+        finally:
+            self._paused = False
+
+    def _deadline(self, timeout_ms: int) -> float:
+        """The deadline of an inbound request: its own, clamped to the node's bounds."""
+        if timeout_ms == 0:
+            return self._default_timeout
+        return min(timeout_ms / 1000.0, self._max_timeout)
+
     def _dispatch(self, msg: pb.Request) -> None:
         rid = msg.id
         request = request_from_pb(msg)
+        request.timeout = self._deadline(msg.timeout_ms)
         try:
             result = self._on_request(self.sender, request)
         except Exception as exc:
@@ -171,27 +268,63 @@ class InboundStream:
             # wrapper coroutine, so a task cancelled before it ever ran leaves no
             # never-awaited coroutine behind.
             task = asyncio.ensure_future(result, loop=self._loop)
-            self._tasks[rid] = task
-            task.add_done_callback(partial(self._finish, rid, request.namespace, request.command))
+            pending = _Pending(self, rid, request, task)
+            previous = self._tasks.get(rid)
+            if previous is not None:
+                # A reused id (a buggy or hostile peer): the newer request wins, the older
+                # one is abandoned, so the bookkeeping never loses track of a Task.
+                self._wheel.remove(previous, previous.tick)
+                previous.task.cancel()
+            self._tasks[rid] = pending
+            pending.tick = self._wheel.add(pending, request.timeout)
+            task.add_done_callback(partial(self._finish, pending))
         else:
             self._respond(rid, self._not_a_response(request.namespace, request.command, result))
 
-    def _finish(self, rid: int, namespace: str, command: str, task: asyncio.Future[Any]) -> None:
-        if self._tasks.get(rid) is task:
-            del self._tasks[rid]
+    def _forget(self, pending: _Pending) -> None:
+        if self._tasks.get(pending.rid) is pending:
+            del self._tasks[pending.rid]
+            self._wheel.remove(pending, pending.tick)
+            if self._paused:
+                self._room.set()
+
+    def _expire(self, pending: _Pending) -> None:
+        """A handler outlived its request's deadline: cancel it, answer TIMEOUT."""
+        if self._tasks.get(pending.rid) is not pending or self._closed:
+            return
+        del self._tasks[pending.rid]
+        if self._paused:
+            self._room.set()
+        self._stats.inbound_timeouts += 1
+        pending.task.cancel()
+        self._respond(
+            pending.rid,
+            Response(
+                Status.TIMEOUT,
+                b"",
+                f"{pending.namespace}/{pending.command} exceeded its deadline of "
+                f"{pending.timeout:g}s on the receiving node",
+            ),
+        )
+        self._wakeup.set()
+
+    def _finish(self, pending: _Pending, task: asyncio.Future[Any]) -> None:
+        if self._tasks.get(pending.rid) is not pending:
+            return  # cancelled by the peer, expired, or replaced: already answered or dropped
+        self._forget(pending)
         if task.cancelled() or self._closed:
-            return  # cancelled by the peer, or the stream closed: nobody waits for an answer
+            return  # the stream closed (or the handler cancelled itself): nobody waits
         exc = task.exception()
         result: object
         if exc is None:
             result = task.result()
         elif isinstance(exc, Exception):
-            result = self._handler_failed(namespace, command, exc)
+            result = self._handler_failed(pending.namespace, pending.command, exc)
         else:  # KeyboardInterrupt, SystemExit...: not ours to turn into a response
             return
         if not isinstance(result, Response):
-            result = self._not_a_response(namespace, command, result)
-        self._respond(rid, result)
+            result = self._not_a_response(pending.namespace, pending.command, result)
+        self._respond(pending.rid, result)
         self._wakeup.set()
 
     def _handler_failed(self, namespace: str, command: str, exc: Exception) -> Response:
@@ -229,4 +362,5 @@ class InboundStream:
                 ),
             )
         self._outbox.append(part)
+        self._pending_bytes += len(part)
         self._stats.responses_sent += 1

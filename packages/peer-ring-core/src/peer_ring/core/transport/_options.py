@@ -38,10 +38,18 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def channel_options(limits: TransportLimits) -> list[tuple[str, int | str]]:
-    """Options of the client channel to one peer."""
+def channel_options(
+    limits: TransportLimits, server_name: str | None = None
+) -> list[tuple[str, int | str]]:
+    """Options of the client channel to one peer.
+
+    Args:
+        limits: the transport's bounds.
+        server_name: with TLS, the name the peers' certificates are checked against
+            instead of the address dialled (see ``TLSConfig.server_name``).
+    """
     size = limits.max_message_bytes + MESSAGE_HEADROOM
-    return [
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_send_message_length", size),
         ("grpc.max_receive_message_length", size),
         # Keepalive: ping every keepalive_time, give up after keepalive_timeout without an
@@ -68,6 +76,11 @@ def channel_options(limits: TransportLimits) -> list[tuple[str, int | str]]:
         # benchmarks) must not share connections: closing one would break the others.
         ("grpc.use_local_subchannel_pool", 1),
     ]
+    if server_name:
+        # Peers are dialled by IP:port; without an IP SAN in every certificate, TLS needs
+        # one shared name to verify instead (gRPC also sends it as SNI and :authority).
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
 
 
 def server_options(limits: TransportLimits) -> list[tuple[str, int | str]]:
@@ -83,10 +96,33 @@ def server_options(limits: TransportLimits) -> list[tuple[str, int | str]]:
         ("grpc.keepalive_time_ms", _ms(limits.keepalive_time)),
         ("grpc.keepalive_timeout_ms", _ms(limits.keepalive_timeout)),
         ("grpc.keepalive_permit_without_calls", 1),
-        # Accept the clients' keepalive pings (default policy: at most one every 5 min
-        # without data, then GOAWAY "too_many_pings"). Half the client interval tolerates
-        # timer skew; 0 strikes = never punish a peer for pinging.
+        # Keepalive *enforcement*: accept the peers' pings (gRPC's default policy allows one
+        # every 5 min without data), but no more often than half their interval (half
+        # tolerates timer skew). A client that pings faster (a ping flood costs the server
+        # a write each) gets GOAWAY "too_many_pings" after 2 strikes, gRPC's default.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(limits.keepalive_time / 2)),
         ("grpc.http2.min_ping_interval_without_data_ms", _ms(limits.keepalive_time / 2)),
-        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+        # HTTP/2 streams (calls) one connection may have open; gRPC's default is unlimited.
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        # A connection must finish its TLS/HTTP2 handshakes within this (default 120 s):
+        # sockets opened by a connection flood, which never speak, are reclaimed quickly.
+        ("grpc.server_handshake_timeout_ms", _ms(limits.handshake_timeout)),
+        *_connection_lifetime(limits),
     ]
+
+
+#: Pings without data a client may send too early before it gets GOAWAY (gRPC's default).
+MAX_PING_STRIKES = 2
+
+
+def _connection_lifetime(limits: TransportLimits) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = []
+    if limits.max_connection_idle is not None:
+        options.append(("grpc.max_connection_idle_ms", _ms(limits.max_connection_idle)))
+    if limits.max_connection_age is not None:
+        options += [
+            ("grpc.max_connection_age_ms", _ms(limits.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace)),
+        ]
+    return options

@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 #: Longest request deadline in seconds (about 11.5 days); longer ones, inf included, are cut.
 MAX_TIMEOUT = 1_000_000.0
 
+#: Seconds a replaced channel (after a certificate rotation) lets its calls in progress
+#: (a bulk transfer) finish before it is closed.
+OLD_CHANNEL_GRACE = 30.0
+
 #: ``(key, value)`` pairs sent as call metadata.
 Metadata = tuple[tuple[str, str], ...]
 #: Builds the exception a request fails with (a fresh one per future, so tracebacks of
@@ -118,6 +122,8 @@ class PeerConnection:
         wheel: where request deadlines are kept (shared by the transport).
         stats: the transport's counters.
         on_reachability: called with ``(peer, reachable)`` on every change.
+        renew_channel: called before every reconnect attempt; returns a new channel to
+            use instead (TLS files changed since the current one was built) or ``None``.
     """
 
     def __init__(
@@ -132,9 +138,13 @@ class PeerConnection:
         wheel: DeadlineWheel,
         stats: TransportStats,
         on_reachability: Callable[[str, bool], None],
+        renew_channel: Callable[[], grpc.aio.Channel | None] | None = None,
     ) -> None:
         self.peer = peer
         self.channel = channel
+        self._renew_channel = renew_channel
+        # Channels replaced after a certificate rotation, each closing with a grace period.
+        self._old_channels: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._metadata = metadata
         self._limits = limits
         self._clock = clock
@@ -306,7 +316,11 @@ class PeerConnection:
 
     async def _run(self) -> None:
         attempt = 0
+        first = True
         while self._state is not _State.CLOSED:
+            if not first:
+                self._maybe_renew_channel()
+            first = False
             try:
                 stream = await self._open()
             except Exception as exc:  # _ConnectError, or anything unexpected from gRPC
@@ -340,6 +354,21 @@ class PeerConnection:
                 attempt = 0
             await self._clock.sleep(self._backoff(attempt))
             attempt += 1
+
+    def _maybe_renew_channel(self) -> None:
+        if self._renew_channel is None:
+            return
+        try:
+            channel = self._renew_channel()
+        except Exception:
+            logger.exception("building a new channel to %s failed; keeping the old one", self.peer)
+            return
+        if channel is None:
+            return
+        old, self.channel = self.channel, channel
+        task = self._loop.create_task(old.close(OLD_CHANNEL_GRACE))
+        self._old_channels[task] = old
+        task.add_done_callback(lambda done: self._old_channels.pop(done, None))
 
     def _go_down(self, reason: str) -> None:
         if self._state is _State.CLOSED:
@@ -500,6 +529,13 @@ class PeerConnection:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.channel.close(None)
+        # The transport is going away: no more grace for calls on replaced channels.
+        old = dict(self._old_channels)
+        for task in old:
+            task.cancel()
+        await asyncio.gather(*old, return_exceptions=True)
+        for channel in old.values():
+            await channel.close(None)
 
 
 def _describe(exc: BaseException) -> str:

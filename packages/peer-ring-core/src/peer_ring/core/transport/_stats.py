@@ -22,7 +22,21 @@ class TransportStats:
         unavailable: requests failed with ``PeerUnavailableError``.
         handler_errors: inbound requests whose handler raised.
         malformed_frames: inbound frames that could not be parsed (the stream is ended).
-        refused_connections: inbound streams refused (bad token, missing sender).
+        refused_connections: inbound calls refused because the caller is not admitted:
+            missing or wrong token, or no sender metadata (UNAUTHENTICATED /
+            INVALID_ARGUMENT). TLS handshakes that fail (no certificate, another CA) are
+            refused by gRPC core before any call exists: see ``tls_handshakes``.
+        refused_overload: inbound calls refused with RESOURCE_EXHAUSTED because
+            ``max_inbound_streams`` or ``max_inbound_transfers`` was reached.
+        inbound_timeouts: inbound requests whose handler was still running at the
+            request's (clamped) deadline: cancelled and answered with TIMEOUT.
+        backpressure_pauses: times an inbound stream stopped being read because its
+            unsent responses or running handlers reached their bound (a slow or
+            non-reading client).
+        tls_handshakes: TLS handshakes the server started (gRPC asks for the certificate
+            once per new connection). Those not followed by a call are mostly refused
+            handshakes; gRPC core logs each refusal (``Handshake failed ...``).
+        certificate_reloads: times changed certificate files were loaded.
         inbound_streams: inbound Exchange streams accepted.
         streams_opened: outbound Exchange streams established.
         stream_failures: outbound streams that broke after being established.
@@ -47,6 +61,11 @@ class TransportStats:
     handler_errors: int = 0
     malformed_frames: int = 0
     refused_connections: int = 0
+    refused_overload: int = 0
+    inbound_timeouts: int = 0
+    backpressure_pauses: int = 0
+    tls_handshakes: int = 0
+    certificate_reloads: int = 0
     inbound_streams: int = 0
     streams_opened: int = 0
     stream_failures: int = 0

@@ -1,0 +1,28 @@
+"""Settings of the e2e suite, read from the environment (shared by conftest and scenarios).
+
+* ``PEER_RING_E2E_DRIVER`` — ``local`` (default: processes on this machine) or ``kind``;
+* ``PEER_RING_E2E_RING_TRIALS`` — trials of scenario 6 (default 20 locally, 5 on kind).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable
+from typing import Protocol
+
+from e2e.drivers.base import ClusterDriver
+
+DRIVER = os.environ.get("PEER_RING_E2E_DRIVER", "local").strip().lower() or "local"
+
+#: ``serve`` flags of every local node: N=3 and quorum 2 are the defaults, made explicit.
+SERVE_ARGS = ("--replication", "3", "--quorum", "2", "--log-level", "info")
+
+RING_TRIALS = int(os.environ.get("PEER_RING_E2E_RING_TRIALS", "20" if DRIVER == "local" else "5"))
+
+
+class DriverFactory(Protocol):
+    """The ``make_driver`` fixture: ``await make_driver(capacity=5, partitions=False)``."""
+
+    def __call__(self, *, capacity: int = 5, partitions: bool = False) -> Awaitable[ClusterDriver]:
+        """A new driver (not started), closed by the fixture at the end of the test."""
+        ...

@@ -1,0 +1,51 @@
+"""Rate-limited warnings, for events a remote party can trigger at will (refused calls).
+
+A client that reconnects in a loop with a wrong token would otherwise write a warning per
+attempt: thousands of lines per second, drowning the node's useful logs and its disk.
+Every event is still counted by the caller (``TransportStats``); only the log lines are
+thinned out, and the next line says how many similar events it stands for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+
+from peer_ring.core._clock import Clock
+
+
+class RateLimitedLog:
+    """At most one WARNING per ``interval`` seconds for each kind of event.
+
+    Args:
+        logger: where the lines go.
+        clock: time source (a fake clock makes the thinning deterministic in tests).
+        interval: seconds between two lines of the same kind.
+    """
+
+    def __init__(self, logger: logging.Logger, clock: Clock, interval: float) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._interval = interval
+        # kind -> (time of the last line, events suppressed since). The kinds are a small
+        # fixed set chosen by the caller (never a remote address), so this stays bounded.
+        self._state: dict[Hashable, tuple[float, int]] = {}
+
+    def warning(self, kind: Hashable, message: str, *args: object) -> bool:
+        """Log ``message % args`` unless a line of this ``kind`` was logged recently.
+
+        Returns:
+            True when the line was written.
+        """
+        now = self._clock.monotonic()
+        last = self._state.get(kind)
+        if last is not None and now - last[0] < self._interval:
+            self._state[kind] = (last[0], last[1] + 1)
+            return False
+        suppressed = last[1] if last is not None else 0
+        if suppressed:
+            message += " (%d similar event(s) since the previous such line were not logged)"
+            args = (*args, suppressed)
+        self._logger.warning(message, *args)
+        self._state[kind] = (now, 0)
+        return True
