@@ -83,10 +83,11 @@ def report(request: pytest.FixtureRequest) -> Iterator[ScenarioReport]:
     title = " ".join(doc.split()) or request.node.name
     scenario = ScenarioReport(_scenario_id(request.node), title)
     yield scenario
+    setup = getattr(request.node, "rep_setup", None)
     call = getattr(request.node, "rep_call", None)
-    scenario.passed = bool(call is not None and call.passed)
-    if call is not None and call.skipped:
-        return  # nothing ran: keep the previous figures of this scenario
+    if call is None or call.skipped or (setup is not None and setup.skipped):
+        return  # nothing ran (skipped, or a fixture failed): keep the previous figures
+    scenario.passed = call.passed
     if call is not None and call.failed and call.longrepr is not None:
         # The first line of the failure, so the summary says *why* it failed.
         message = str(getattr(call.longrepr, "reprcrash", None) or "")

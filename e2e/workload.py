@@ -118,7 +118,7 @@ class Workload:
             serve); called before every operation, so faults change the routing at once.
         config: shape and bounds of the load.
         prefix: prefix of every key (unique per scenario run).
-        seed: seed of the readers' choices.
+        seed: seed of the random choices (target nodes, keys read).
     """
 
     def __init__(
@@ -134,7 +134,7 @@ class Workload:
         self.targets = targets
         self.config = config or WorkloadConfig()
         self.prefix = prefix
-        self.rng = random.Random(seed)
+        self.seed = seed
         self.keys: dict[str, KeyHistory] = {}
         self.ops: list[Op] = []
         self._acked_keys: list[str] = []
@@ -198,14 +198,17 @@ class Workload:
                 await asyncio.wait_for(self._stop.wait(), delay)
         return not self._stop.is_set() and time.monotonic() < deadline
 
-    def _target(self, turn: int) -> Endpoint | None:
+    def _target(self, rng: random.Random) -> Endpoint | None:
+        # Random, not round-robin: with a fixed stride a key could always be written
+        # through the same node (keys_per_writer a multiple of the node count).
         targets = self.targets()
         if not targets:
             return None
-        return targets[turn % len(targets)]
+        return rng.choice(targets)
 
     async def _writer(self, writer: int, deadline: float) -> None:
         cfg = self.config
+        rng = random.Random(f"{self.seed}:writer:{writer}")
         started = time.monotonic()
         done = 0
         # Sequence numbers continue across start()/stop() cycles, so a key's writes stay
@@ -216,7 +219,7 @@ class Workload:
             self._next_seq[writer] = seq + 1
             key = self.key(writer, (seq - 1) % cfg.keys_per_writer)
             history = self.keys.setdefault(key, KeyHistory(writer))
-            target = self._target(writer + seq)
+            target = self._target(rng)
             t0 = time.monotonic()
             if target is None:
                 history.attempts[seq] = "answered"  # nothing sent: it cannot take effect
@@ -253,15 +256,16 @@ class Workload:
 
     async def _reader(self, reader: int, deadline: float) -> None:
         cfg = self.config
+        rng = random.Random(f"{self.seed}:reader:{reader}")
         started = time.monotonic()
         done = 0
         while await self._pace(started, done, deadline):
             done += 1
             if not self._acked_keys:
                 continue
-            key = self.rng.choice(self._acked_keys)
+            key = rng.choice(self._acked_keys)
             expected = self.keys[key].acked
-            target = self._target(reader * 7 + done)
+            target = self._target(rng)
             if target is None:
                 continue
             t0 = time.monotonic()

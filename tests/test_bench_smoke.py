@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ RUN_FIELDS = {
 
 
 @pytest.mark.slow
-def test_bench_smoke_writes_valid_json(tmp_path: Path, require_component) -> None:
+def test_bench_smoke_writes_valid_json(
+    tmp_path: Path, require_component: Callable[..., None]
+) -> None:
     have_redis = shutil.which("redis-server") is not None
     in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
     if in_ci:

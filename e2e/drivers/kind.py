@@ -340,7 +340,9 @@ class KindDriver(ClusterDriver):
     # -- observation -------------------------------------------------------------------------
 
     def members(self) -> list[str]:
-        return [n for n in self._order if n not in self._killed]
+        # Killed pods stay listed until restart() replaces them, as the contract says
+        # (their endpoint names the identity the survivors must stop counting on).
+        return list(self._order)
 
     def endpoint(self, name: str) -> Endpoint:
         pod = self._pod(name)

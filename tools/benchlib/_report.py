@@ -276,6 +276,30 @@ def run_table(runs: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> 
     return "\n".join(lines)
 
 
+def ratio_summary(comparisons: list[dict[str, Any]]) -> str:
+    """Per configuration, over the rounds: the ops/s ratio and the CPU-efficiency ratio
+    (Redis CPU per op / peer-ring CPU per op). On a saturated machine throughput follows
+    CPU per op, and CPU per op is far less sensitive to the neighbours' load than ops/s."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for c in comparisons:
+        key = (c["replication"], c["quorum"], c["concurrency"])
+        groups.setdefault(key, []).append(c)
+    lines = ["peer-ring / Redis, median over rounds (min..max):"]
+    for (r, q, conc), items in sorted(groups.items()):
+        ops = [c["ratio"] for c in items]
+        eff = [1 / c["cpu_ratio"] for c in items if c["cpu_ratio"]]
+        text = (
+            f"  R{r}/Q{q} c{conc}: ops/s {statistics.median(ops):.2f}x "
+            f"({min(ops):.2f}..{max(ops):.2f})"
+        )
+        if eff:
+            text += (
+                f", CPU efficiency {statistics.median(eff):.2f}x ({min(eff):.2f}..{max(eff):.2f})"
+            )
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def micro_table(micro: dict[str, Any]) -> str:
     """Local-get micro-benchmark lines."""
     lines = [
@@ -356,3 +380,56 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write the results document (creating the folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The results as Markdown tables (for docs/benchmarks.md)."""
+    runs = document["runs"]
+    comparisons = document["comparisons"]
+    ratio_of = {(c["label"], c["round"]): c for c in comparisons}
+    out = [
+        "| run | round | ops/s | vs Redis | p50 ms | p99 ms | p99.9 ms | errors "
+        "| CPU µs/op | CPU eff. vs Redis | peak RSS MB/proc | other load (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        c = ratio_of.get((run["label"], run["round"]))
+        ratio = f"{c['ratio']:.2f}x" if c else "-"
+        eff = f"{1 / c['cpu_ratio']:.2f}x" if c and c["cpu_ratio"] else "-"
+        rss = f"{max(run['peak_rss_mb']):.0f}"
+        if run.get("server_peak_rss_mb") is not None:
+            rss += f" (+{run['server_peak_rss_mb']:.0f} server)"
+        other = run["machine"]["other_cpu_s"] / run["duration_s"]
+        out.append(
+            f"| {run['label']} | {run['round'] + 1} | {run['ops_per_s']:,.0f} | {ratio} "
+            f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | {run['p999_ms']:.1f} "
+            f"| {run['error_total']} | {run['cpu_us_per_op']:.0f} | {eff} | {rss} "
+            f"| {other:.2f} |"
+        )
+    micro = document.get("micro")
+    if micro:
+        out += [
+            "",
+            "| local get, owned key, quorum=1 | await per call p50 | p99 | await, batches "
+            "of 100 (median) | timeit best | engine.get best |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for e in micro["local_get"]:
+            out.append(
+                f"| replication {e['replication']} | {e['await_per_call_us']['median']:.2f} µs "
+                f"| {e['await_per_call_us']['p99']:.2f} µs "
+                f"| {e['await_batched_us']['median']:.2f} µs "
+                f"| {e['timeit_us']['best']:.2f} µs | {e['engine_get_us']['best']:.2f} µs |"
+            )
+    memory = document.get("memory")
+    if memory:
+        out += ["", memory_table(memory)]
+    goals = document.get("targets")
+    if goals:
+        out += ["", "| target | goal | measured | |", "|---|---|---|---|"]
+        for t in goals:
+            out.append(
+                f"| {t['name']} | {t['target']} | {t['measured']} "
+                f"| {'met' if t['met'] else '**missed**'} |"
+            )
+    return "\n".join(out) + "\n"

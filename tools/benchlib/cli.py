@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -99,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="profile peer-ring node 0 during the window (py-spy: sampling, no overhead)",
     )
     p.add_argument("--json", type=Path, default=None, help="results file")
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the processes' logs after a good run"
+    )
+    p.add_argument("--markdown", type=Path, default=None, help="also write Markdown tables")
     p.add_argument("--smoke", action="store_true", help="tiny run (~5 s): it starts and reports")
     opts = p.parse_args(argv)
     if opts.full:
@@ -139,8 +147,6 @@ def _concurrencies(opts: argparse.Namespace) -> list[int]:
 
 async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run ``benchlib._micro`` in a fresh process (bounded, killed on failure)."""
-    import json
-
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -157,9 +163,8 @@ async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[st
         raise WorkerFailedError(f"{kind} benchmark did not finish within {timeout:g}s") from None
     finally:
         if proc.returncode is None:
-            import signal
-
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     for line in out.decode(errors="replace").splitlines():
         if line.startswith(PREFIX):
@@ -202,7 +207,6 @@ def _attach_profile(raw: dict[str, Any]) -> None:
 
 async def _main(opts: argparse.Namespace) -> int:
     started = time.time()
-    workdir = Path(tempfile.mkdtemp(prefix="peer-ring-bench-"))
     use_redis = not opts.no_redis
     if use_redis and redis_server_binary() is None:
         if opts.smoke and not running_in_ci():
@@ -217,6 +221,7 @@ async def _main(opts: argparse.Namespace) -> int:
     memory: dict[str, Any] | None = None
     redis: RedisServer | None = None
     uvloop = not opts.no_uvloop
+    workdir = Path(tempfile.mkdtemp(prefix="peer-ring-bench-"))
     try:
         if use_redis:
             redis = RedisServer(workdir)
@@ -316,6 +321,8 @@ async def _main(opts: argparse.Namespace) -> int:
                 done[name] = await job
         micro = done.get("micro")
         memory = done.get("memory")
+    except WorkerFailedError as exc:
+        raise WorkerFailedError(f"{exc}\n(all logs kept in {workdir})") from None
     finally:
         if redis is not None:
             await redis.stop()
@@ -338,6 +345,9 @@ async def _main(opts: argparse.Namespace) -> int:
     print()
     if runs:
         print(_report.run_table(runs, comparisons))
+        if comparisons:
+            print()
+            print(_report.ratio_summary(comparisons))
         for run in runs:
             if run.get("profile") and "layers" in run["profile"]:
                 print(f"\n[{run['label']}] " + format_profile(run["profile"]))
@@ -352,7 +362,15 @@ async def _main(opts: argparse.Namespace) -> int:
         print(_report.targets_table(goals))
     path = opts.json or REPO / "bench-results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     _report.write_json(path, document)
-    print(f"\nresults: {path}   (worker logs: {workdir})")
+    if opts.markdown:
+        opts.markdown.parent.mkdir(parents=True, exist_ok=True)
+        opts.markdown.write_text(_report.markdown(document))
+    if opts.keep_logs or opts.profile:
+        print(f"\nresults: {path}   (worker logs and profiles: {workdir})")
+    else:
+        # Logs only matter when something failed (then this line is never reached).
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\nresults: {path}")
     if opts.smoke and (not runs or any(r["ops"] == 0 for r in runs)):
         print("tools/bench --smoke: a run measured no operation", file=sys.stderr)
         return 1

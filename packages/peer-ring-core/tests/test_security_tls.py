@@ -171,7 +171,9 @@ Factory = Callable[..., Awaitable[GrpcTransport]]
 async def transports() -> AsyncIterator[Factory]:
     made: list[GrpcTransport] = []
 
-    async def make(host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> GrpcTransport:
+    async def make(
+        host: str = "127.0.0.1", port: int | None = None, **kwargs: Any
+    ) -> GrpcTransport:
         kwargs.setdefault("limits", FAST)
         transport = GrpcTransport(f"{host}:{port or free_port(host)}", **kwargs)
         made.append(transport)

@@ -383,3 +383,12 @@ async def test_leave_reports_peers_that_did_not_acknowledge(
     assert set(report.failed) == {nodes[1].address}
     assert report.acknowledged == (nodes[0].address,)
     assert leaver.sync_status()["leave"]["state"] == "left"
+
+
+async def test_a_node_object_can_be_stopped_and_started_again(harness: Harness) -> None:
+    nodes = await three(harness)
+    await nodes[2].stop()
+    await nodes[2].start()
+    assert not nodes[2].ready  # it pulls again: its data may be stale
+    await harness.until(lambda: nodes[2].ready)
+    assert nodes[2].sync_status()["partitions"]["pending"] == 0

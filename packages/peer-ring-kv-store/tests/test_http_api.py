@@ -398,7 +398,9 @@ async def test_cluster_document(http: tuple[str, aiohttp.ClientSession]) -> None
     assert body["replication"] == 3
     assert body["quorum"] == 2
     assert body["ready"] is True
-    assert body["handoff"] == {"pending": 0}
+    # the data-movement state of the node (PeerRing.sync_status, issue 4)
+    assert body["handoff"]["partitions"]["pending"] == 0
+    assert body["handoff"]["partitions"]["held_for_handoff"] == 0
     assert set(body["owned_partitions"]) == set(PEERS)
     # Every partition has exactly one owner; with N=3 on 3 nodes each holds all of them.
     assert sum(body["owned_partitions"].values()) == CONFIG.partitions

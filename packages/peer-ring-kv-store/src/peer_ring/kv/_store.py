@@ -212,6 +212,10 @@ class KVStore:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._node.stop()
 
+    def handoff_state(self) -> dict[str, Any]:
+        """Data-movement state for ``GET /cluster`` (see ``PeerRing.sync_status``)."""
+        return self._node.sync_status()
+
     async def leave(self, deadline: float | None = None) -> LeaveReport:
         """Hand this node's data to the other nodes, then stop (``serve`` does it on
         SIGTERM). See ``PeerRing.leave``.

@@ -78,7 +78,7 @@ TransferFn = Callable[[str, str, int, Collection[int]], AsyncIterator[list[bytes
 LocalWriteFn = Callable[[str, str, bytes, bytes], Awaitable[None]]
 
 # Partitions per ``handoff`` request: the receiver pulls them while the sender waits.
-_HANDOFF_BATCH = 32
+_HANDOFF_BATCH = 128
 
 
 class SyncManager:
@@ -173,6 +173,8 @@ class SyncManager:
         """Plan the initial pull and start the loops (the ring must be known)."""
         now = self._clock.monotonic()
         self._started_at = now
+        self._stopped = False
+        self._ready = asyncio.Event()
         self.table.start(self._membership.ring, now)
         if not self._hooks or len(self._membership.discovered) == 1:
             # Nothing to move (no application data), or nobody to pull from.

@@ -174,6 +174,8 @@ class PartitionTable:
         """Begin: every partition this node replicates must be pulled (the node may be a
         restarted in-memory node that came back empty)."""
         self.started = True
+        self.ready = False
+        self.held.clear()
         self.replicated = ring.partitions_of(self.me, self.replication)
         self.pending = {p: _Pull(now, now, ()) for p in sorted(self.replicated)}
         self.initial_total = len(self.pending)

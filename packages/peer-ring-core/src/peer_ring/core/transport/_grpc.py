@@ -502,7 +502,13 @@ class GrpcTransport(Transport):
                 *self._overloaded("Exchange", admitted, context, "max_inbound_streams", limit),
             )
         stream = InboundStream(
-            admitted, context, self._on_request, self._limits, self._stats, self._wheel
+            admitted,
+            context,
+            self._on_request,
+            self._limits,
+            self._stats,
+            self._wheel,
+            self._refusal_log,
         )
         # Registered before the first await, so that concurrent openers count each other.
         self._inbound.add(stream)
@@ -545,6 +551,9 @@ class GrpcTransport(Transport):
             request = decode_transfer_request(data)
         except DecodeError as exc:
             self._stats.malformed_frames += 1
+            self._refusal_log.warning(
+                "malformed transfer", "malformed Transfer request from %s: %s", admitted, exc
+            )
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
         self._stats.transfers_sent += 1
         failure: _Refusal | None = None
@@ -600,10 +609,22 @@ class GrpcTransport(Transport):
             timer.cancel()
 
 
+#: Longest status message sent back: details may quote the caller's input (a namespace),
+#: and gRPC clients refuse trailers over 8 KiB by default, hiding the real status.
+MAX_DETAILS_CHARS = 1024
+
+
+def clip(text: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    """``text``, shortened to ``limit`` characters with a marker when it is longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text) - limit + 40} more characters)"
+
+
 async def _abort(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, details: str
 ) -> NoReturn:
-    await context.abort(code, details)
+    await context.abort(code, clip(details))
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

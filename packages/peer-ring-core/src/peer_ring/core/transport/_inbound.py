@@ -46,10 +46,14 @@ from peer_ring.core.transport._codec import (
     response_part,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import EOF
 from peer_ring.core.transport._stats import TransportStats
 
 logger = logging.getLogger(__name__)
+
+#: Longest error message of a response (characters); longer ones are cut.
+MAX_ERROR_CHARS = 4096
 
 
 class _Pending:
@@ -87,6 +91,8 @@ class InboundStream:
         limits: message size, inbound bounds and deadlines.
         stats: the transport's counters.
         wheel: where the deadlines of running handlers are kept (the transport's).
+        log: where malformed frames are reported (rate-limited: a client can send them in
+            a loop); by default every one is logged.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class InboundStream:
         limits: TransportLimits,
         stats: TransportStats,
         wheel: DeadlineWheel,
+        log: RateLimitedLog | None = None,
     ) -> None:
         self.sender = sender
         self._context = context
@@ -108,6 +115,7 @@ class InboundStream:
         self._max_timeout = limits.max_request_timeout
         self._stats = stats
         self._wheel = wheel
+        self._log = log
         self._loop = asyncio.get_running_loop()
         self._outbox: list[bytes] = []
         #: Bytes of responses queued in the outbox or being written (backpressure).
@@ -181,12 +189,12 @@ class InboundStream:
                 except DecodeError as exc:
                     stats.malformed_frames += 1
                     self.abort_reason = f"malformed frame: {exc}"
-                    logger.warning(
-                        "malformed frame on the stream from %s (%s): %s",
-                        self.sender,
-                        context.peer(),
-                        exc,
-                    )
+                    args = (self.sender, context.peer(), exc)
+                    message = "malformed frame on the stream from %s (%s): %s"
+                    if self._log is not None:
+                        self._log.warning("malformed frame", message, *args)
+                    else:
+                        logger.warning(message, *args)
                     return
                 stats.frames_received += 1
                 # Cancels first: they name requests of earlier frames, whose slots the
@@ -347,6 +355,15 @@ class InboundStream:
         return self._handler_failed(namespace, command, error)
 
     def _respond(self, rid: int, response: Response) -> None:
+        error = response.error
+        if error and (type(error) is not str or len(error) > MAX_ERROR_CHARS):
+            # Error messages often quote the request (an unknown namespace): a request of
+            # megabytes must not be echoed back in full.
+            text = str(error)
+            if len(text) > MAX_ERROR_CHARS:
+                cut = MAX_ERROR_CHARS - 40
+                text = f"{text[:cut]}... ({len(text) - cut} more characters)"
+            response = Response(response.status, response.payload, text)
         try:
             part = response_part(rid, response)
         except (TypeError, ValueError) as exc:  # e.g. a str payload, an invalid status
