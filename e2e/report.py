@@ -19,12 +19,14 @@ from typing import Any
 RESULTS_DIR = Path(os.environ.get("PEER_RING_E2E_RESULTS", Path(__file__).parent / "results"))
 
 #: Figures shown in the summary table, in this order (others stay in the JSON files).
+#: ``headline`` is the one figure specific to each scenario (set by the scenario).
 TABLE_COLUMNS = (
     ("acknowledged_writes", "acked writes"),
     ("lost", "lost"),
     ("failed_ops", "failed ops"),
     ("converge_seconds", "converge (s)"),
     ("replicas_ok_ratio", "replicas ok"),
+    ("headline", "scenario figure"),
 )
 
 
@@ -104,9 +106,11 @@ def load_results(directory: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     return results
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, key: str = "") -> str:
     if value is None:
         return "—"
+    if key.endswith("_ratio") and isinstance(value, int | float):
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.3g}" if value < 100 else f"{value:.0f}"
     return str(value)
@@ -128,7 +132,7 @@ def summary_markdown(directory: Path = RESULTS_DIR) -> str:
         row = [
             result.get("scenario", "?"),
             "pass" if result.get("passed") else "FAIL",
-            *(_cell(figures.get(key)) for key, _label in TABLE_COLUMNS),
+            *(_cell(figures.get(key), key) for key, _label in TABLE_COLUMNS),
             result.get("started", ""),
         ]
         lines.append("| " + " | ".join(row) + " |")

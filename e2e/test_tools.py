@@ -78,12 +78,13 @@ def test_kv_url_and_metrics() -> None:
 
 def test_report_files(tmp_path: Path) -> None:
     report = ScenarioReport("s0_demo", "a demo")
-    report.add(acknowledged_writes=10, lost=0, converge_seconds=1.234)
+    report.add(acknowledged_writes=10, lost=0, converge_seconds=1.234, replicas_ok_ratio=1.0)
+    report.add(headline="all good")
     report.passed = True
     report.write(tmp_path)
     assert [r["scenario"] for r in load_results(tmp_path)] == ["s0_demo"]
     table = summary_markdown(tmp_path)
-    assert "| s0_demo | pass | 10 | 0 | — | 1.23 |" in table
+    assert "| s0_demo | pass | 10 | 0 | — | 1.23 | 100.0% | all good |" in table
 
 
 def test_isolation_rules() -> None:

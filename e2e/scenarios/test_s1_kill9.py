@@ -22,7 +22,7 @@ from e2e.workload import Workload, WorkloadConfig
 DEAD_SECONDS = 10.0
 
 
-async def test_kill9_one_of_three(
+async def test_s1_kill9_one_of_three(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -59,5 +59,9 @@ async def test_kill9_one_of_three(
     record_load(report, workload)
     ring, acked, replicas = await final_check(session, driver, workload, report, since=ready_at)
 
+    report.add(
+        headline=f"{victim} dead {DEAD_SECONDS:g} s: {dead.lost} lost while dead, "
+        f"restarted ready in {ready_at - restarted_at:.1f} s"
+    )
     assert dead.lost == 0 and dead.unreadable == 0, f"while node dead: {dead.examples[:5]}"
     assert_no_loss(report, ring, acked, replicas)

@@ -37,7 +37,7 @@ from e2e.workload import Workload, WorkloadConfig
 LOAD_AFTER_DEATH = 12.0
 
 
-async def test_replica_loss_then_second_death(
+async def test_s2_replica_loss_then_second_death(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -86,6 +86,10 @@ async def test_replica_loss_then_second_death(
     replicas = await check_replicas(session, driver, workload, report)
     report.add(converge_seconds=round(time.monotonic() - second_at - acked.seconds, 2))
 
+    report.add(
+        headline=f"3 copies restored {report.figures['restore_seconds']:.0f} s after the "
+        f"first death ({restored.report.replicas_ok}/{restored.report.replicas_expected})"
+    )
     assert ring1.converged, f"first death: {ring1.detail}"
     assert restored.report.complete, (
         f"N copies not restored after the first death: {restored.report.examples[:5]}"

@@ -17,7 +17,7 @@ from e2e.steps import assert_no_loss, final_check, record_load, warm_up
 from e2e.workload import Workload, WorkloadConfig
 
 
-async def test_rolling_restart_of_five(
+async def test_s3_rolling_restart_of_five(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -42,4 +42,8 @@ async def test_rolling_restart_of_five(
     report.add(restart_seconds=durations, rolling_seconds=round(sum(durations.values()), 1))
     record_load(report, workload)
     ring, acked, replicas = await final_check(session, driver, workload, report, since=last)
+    report.add(
+        headline=f"5 restarts in {sum(durations.values()):.0f} s "
+        f"(slowest {max(durations.values()):.1f} s)"
+    )
     assert_no_loss(report, ring, acked, replicas)

@@ -76,7 +76,7 @@ def _moved(
     return figures
 
 
-async def test_scale_three_five_three(
+async def test_s4_scale_three_five_three(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -136,6 +136,12 @@ async def test_scale_three_five_three(
             **_moved("scale_down", after_up, after_down, survivors, ring5, ring3b, 3),
         )
 
+    moved_up = report.figures.get("scale_up_moved_fraction")
+    report.add(
+        headline=f"3->5: new nodes hold {share or 0:.1%} (ring: {ideal_share:.1%}); moved "
+        + (f"{moved_up:.1%}" if moved_up is not None else "n/a")
+        + f" (ideal {report.figures['scale_up_ideal_moved_fraction']:.1%})"
+    )
     assert up.converged, f"scale up did not converge: {up.detail}"
     assert not any(s.forced for s in stops), "a leaving node had to be killed"
     assert_no_loss(report, ring, acked, replicas)

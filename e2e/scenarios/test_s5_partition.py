@@ -22,7 +22,7 @@ from e2e.workload import Workload, WorkloadConfig
 PARTITION_SECONDS = 30.0
 
 
-async def test_partition_one_of_five(
+async def test_s5_partition_one_of_five(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -58,4 +58,8 @@ async def test_partition_one_of_five(
     )
     record_load(report, workload)
     ring, acked, replicas = await final_check(session, driver, workload, report, since=healed_at)
+    report.add(
+        headline=f"{ok_others}/{ok_others + failed_others} ops ok via the others during "
+        f"the partition; {ok_victim}/{ok_victim + failed_victim} via the cut-off node"
+    )
     assert_no_loss(report, ring, acked, replicas)

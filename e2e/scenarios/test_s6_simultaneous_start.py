@@ -45,7 +45,7 @@ async def _one_trial(
         await asyncio.sleep(0.2)
 
 
-async def test_five_nodes_started_together_form_one_ring(
+async def test_s6_five_nodes_started_together_form_one_ring(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -71,4 +71,5 @@ async def test_five_nodes_started_together_form_one_ring(
         agree_after_ready_seconds_max=round(max(agrees), 2) if agrees else None,
         failures=[o[3] for o in outcomes if not o[0]][:5],
     )
+    report.add(headline=f"{len(agreed)}/{len(outcomes)} trials formed one ring")
     assert len(agreed) == TRIALS, f"{TRIALS - len(agreed)} of {TRIALS} trials without one ring"

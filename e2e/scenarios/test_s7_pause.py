@@ -32,7 +32,7 @@ PAUSE_SECONDS = 8.0
 MIN_OK_RATIO = 0.95
 
 
-async def test_paused_node_others_keep_serving(
+async def test_s7_paused_node_others_keep_serving(
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
@@ -73,6 +73,9 @@ async def test_paused_node_others_keep_serving(
         session, [driver.endpoint(victim)], workload, report, label="via_paused_node"
     )
 
+    report.add(
+        headline=f"{ok}/{ok + failed} ops ok via the others during the {PAUSE_SECONDS:g} s pause"
+    )
     assert ok > 0 and ratio >= MIN_OK_RATIO, (
         f"during the pause only {ok} of {ok + failed} operations through the others "
         f"succeeded: {workload.summary(paused_at, resumed_at)['failure_reasons']}"

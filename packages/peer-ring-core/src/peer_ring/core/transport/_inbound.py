@@ -340,14 +340,15 @@ class InboundStream:
         if isinstance(exc, PeerRingError):
             logger.debug("handler %s/%s failed: %s", namespace, command, exc)
         else:
-            # Not an error the application meant to signal: most likely a bug, so show it.
-            logger.warning(
-                "handler %s/%s raised on a request from %s",
-                namespace,
-                command,
-                self.sender,
-                exc_info=exc,
-            )
+            # Not an error the application meant to signal: most likely a bug, so show it
+            # (thinned per exception type: a peer can trigger it with every request).
+            message = "handler %s/%s raised on a request from %s"
+            args = (namespace, command, self.sender)
+            if self._log is not None:
+                kind = ("handler", type(exc).__qualname__)
+                self._log.warning(kind, message, *args, exc_info=exc)
+            else:
+                logger.warning(message, *args, exc_info=exc)
         return error_response(exc)
 
     def _not_a_response(self, namespace: str, command: str, value: object) -> Response:

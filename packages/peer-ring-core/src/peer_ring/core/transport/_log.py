@@ -23,16 +23,27 @@ class RateLimitedLog:
         interval: seconds between two lines of the same kind.
     """
 
-    def __init__(self, logger: logging.Logger, clock: Clock, interval: float) -> None:
+    def __init__(
+        self, logger: logging.Logger, clock: Clock, interval: float, max_kinds: int = 256
+    ) -> None:
         self._logger = logger
         self._clock = clock
         self._interval = interval
-        # kind -> (time of the last line, events suppressed since). The kinds are a small
-        # fixed set chosen by the caller (never a remote address), so this stays bounded.
+        self._max_kinds = max_kinds
+        # kind -> (time of the last line, events suppressed since). Callers choose kinds
+        # from a small fixed set (never a remote address); max_kinds bounds it regardless.
         self._state: dict[Hashable, tuple[float, int]] = {}
 
-    def warning(self, kind: Hashable, message: str, *args: object) -> bool:
+    def warning(
+        self, kind: Hashable, message: str, *args: object, exc_info: BaseException | None = None
+    ) -> bool:
         """Log ``message % args`` unless a line of this ``kind`` was logged recently.
+
+        Args:
+            kind: what the event is, for the thinning (e.g. ``("Exchange", "wrong")``).
+            message: ``%``-style format, as for :meth:`logging.Logger.warning`.
+            args: its arguments.
+            exc_info: an exception whose traceback goes with the line.
 
         Returns:
             True when the line was written.
@@ -46,6 +57,8 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar event(s) since the previous such line were not logged)"
             args = (*args, suppressed)
-        self._logger.warning(message, *args)
+        self._logger.warning(message, *args, exc_info=exc_info)
+        if last is None and len(self._state) >= self._max_kinds:
+            self._state.clear()  # forget old kinds rather than grow without bound
         self._state[kind] = (now, 0)
         return True
