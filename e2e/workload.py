@@ -187,6 +187,17 @@ class Workload:
             await asyncio.sleep(0.05)
         return self.acknowledged_writes >= count
 
+    async def wait_all_keys(self, within: float) -> bool:
+        """Wait until every key has an acknowledged write (the data set has its full size:
+        later writes only overwrite); False after ``within`` seconds."""
+        total = self.config.writers * self.config.keys_per_writer
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if len(self._acked_keys) >= total:
+                return True
+            await asyncio.sleep(0.05)
+        return len(self._acked_keys) >= total
+
     async def _pace(self, started: float, done: int, deadline: float) -> bool:
         """Sleep until operation ``done`` is due; False when the task must end."""
         if self._stop.is_set() or done >= self.config.max_ops_per_task:

@@ -480,6 +480,7 @@ def run_case(client: Client, node: NodeProcess, coro: Any) -> None:
 SETTINGS = settings(
     deadline=None,
     database=None,  # no example database written into the repository
+    print_blob=True,  # a failure prints how to reproduce it
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

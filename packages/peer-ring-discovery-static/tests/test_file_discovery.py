@@ -32,6 +32,17 @@ async def next_change(it: AsyncIterator[frozenset[Member]]) -> frozenset[Member]
     return await asyncio.wait_for(anext(it), 5.0)
 
 
+async def finish(d: FileDiscovery, it: AsyncIterator[frozenset[Member]]) -> None:
+    """Stop the discovery; its watch must then end (promptly)."""
+    await d.stop()
+
+    async def drain() -> None:
+        async for _ in it:
+            pass
+
+    await asyncio.wait_for(drain(), 5.0)
+
+
 def test_parse_commas_spaces_newlines_comments_and_duplicates() -> None:
     text = f"# the cluster\n{A}, {B}\n\n  {C} {A}  # again\n#{D}\n"
     assert parse_peers_text(text) == [A, B, C]
@@ -84,8 +95,7 @@ async def test_watch_reports_additions_and_removals(tmp_path: Path) -> None:
         assert await next_change(it) == members(A, D)
         assert d.peers == {A, D}
     finally:
-        await d.stop()
-        await it.aclose()
+        await finish(d, it)
 
 
 async def test_watch_ignores_rewrites_with_the_same_members(tmp_path: Path) -> None:
@@ -102,8 +112,7 @@ async def test_watch_ignores_rewrites_with_the_same_members(tmp_path: Path) -> N
         write_atomically(path, f"{A},{B},{C}")
         assert await next_change(it) == members(A, B, C)
     finally:
-        await d.stop()
-        await it.aclose()
+        await finish(d, it)
 
 
 @pytest.mark.parametrize("bad", ["", "# nobody\n", f"{A}\n127.0.0.9\n", None])

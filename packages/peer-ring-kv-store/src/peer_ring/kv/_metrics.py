@@ -104,6 +104,14 @@ class KVMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.http_auth_failures = Counter(
+            "peer_ring_kv_http_auth_failures",
+            "HTTP API requests refused with 401, by reason (missing or invalid token).",
+            ("reason",),
+            registry=self.registry,
+        )
+        for reason in ("missing", "invalid"):
+            self.http_auth_failures.labels(reason)  # exported as 0 before the first refusal
         self.registry.register(_NodeCollector(store, ready, replication))
 
     def observe(self, op: str, status: int, seconds: float) -> None:
@@ -111,6 +119,10 @@ class KVMetrics:
         code = str(status)
         self.http_requests.labels(op, code).inc()
         self.http_latency.labels(op, code).observe(seconds)
+
+    def auth_failure(self, reason: str) -> None:
+        """Record one request refused for its bearer token (``missing`` or ``invalid``)."""
+        self.http_auth_failures.labels(reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric of this store."""

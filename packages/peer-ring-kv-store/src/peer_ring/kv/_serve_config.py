@@ -15,12 +15,14 @@ import argparse
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from peer_ring.core import DEFAULT_PARTITIONS, Discovery, InvalidArgumentError, PeerRingConfig
+from peer_ring.core.transport import GrpcTransport, TLSConfig
 from peer_ring.core.transport._base import TransportLimits
 
 if TYPE_CHECKING:
@@ -168,6 +170,37 @@ _OPTIONS: tuple[_Option, ...] = (
         "SECRET",
     ),
     _Option(
+        "tls_ca",
+        "--tls-ca",
+        "PEER_RING_TLS_CA",
+        "PEM file of the CA (bundle) that signs the peers' certificates; with --tls-cert and "
+        "--tls-key it turns on mutual TLS between peers. The three files are re-read when "
+        "they change (certificate rotation without restart). Default: plaintext",
+        "FILE",
+    ),
+    _Option(
+        "tls_cert",
+        "--tls-cert",
+        "PEER_RING_TLS_CERT",
+        "PEM certificate (chain) of this node, presented to peers as server and as client",
+        "FILE",
+    ),
+    _Option(
+        "tls_key",
+        "--tls-key",
+        "PEER_RING_TLS_KEY",
+        "PEM private key of --tls-cert",
+        "FILE",
+    ),
+    _Option(
+        "tls_server_name",
+        "--tls-server-name",
+        "PEER_RING_TLS_SERVER_NAME",
+        "name every peer certificate carries (a DNS SAN), checked instead of the dialled IP; "
+        "without it each certificate needs its node's IP as an IP SAN",
+        "NAME",
+    ),
+    _Option(
         "log_level",
         "--log-level",
         "PEER_RING_LOG_LEVEL",
@@ -202,6 +235,7 @@ class ServeConfig:
         request_timeout: deadline of one replicated operation, in seconds.
         token: shared peer secret, or ``None``.
         http_token: bearer token of the HTTP API, or ``None``.
+        tls: mutual TLS between peers (certificate files), or ``None`` for plaintext.
         log_level: one of :data:`LOG_LEVELS`.
     """
 
@@ -219,6 +253,7 @@ class ServeConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     token: str | None = field(default=None, repr=False)
     http_token: str | None = field(default=None, repr=False)
+    tls: TLSConfig | None = None
     log_level: str = "info"
 
     def peer_config(self) -> PeerRingConfig:
@@ -347,6 +382,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
             f"({max_bytes}): such a value could never be stored"
         )
     request_timeout = _seconds(raw.get("request_timeout"), default=DEFAULT_REQUEST_TIMEOUT)
+    tls = _tls(raw)
     log_level = "info"
     if (item := raw.get("log_level")) is not None:
         text, origin = item
@@ -369,6 +405,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         request_timeout=request_timeout,
         token=_secret(raw.get("token")),
         http_token=_secret(raw.get("http_token")),
+        tls=tls,
         log_level=log_level,
     )
     if config.listen is not None:
@@ -511,6 +548,34 @@ def _size_or_none(item: tuple[str, str] | None) -> int | None:
         raise UsageError(f"{origin}: {exc}") from None
 
 
+def _tls(raw: Mapping[str, tuple[str, str] | None]) -> TLSConfig | None:
+    files = {name: raw.get(name) for name in ("tls_ca", "tls_cert", "tls_key")}
+    given = {name: item for name, item in files.items() if item is not None}
+    server_name = raw.get("tls_server_name")
+    if not given:
+        if server_name is not None:
+            raise UsageError(f"{server_name[1]} needs --tls-ca, --tls-cert and --tls-key")
+        return None
+    if len(given) < len(files):
+        missing = ", ".join(f"--{n.replace('_', '-')}" for n in files if n not in given)
+        origins = ", ".join(origin for _, origin in given.values())
+        raise UsageError(f"{origins}: mutual TLS needs all three files; missing {missing}")
+    paths: dict[str, str] = {}
+    for name, (text, origin) in given.items():
+        path = text.strip()
+        # Checked here so that a typo fails at once with exit status 2, not at the first
+        # connection; the files are read (and checked as PEM) again when the node starts.
+        if not os.path.isfile(path):
+            raise UsageError(f"{origin}: {path!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{origin}: {path!r} is not readable")
+        paths[name] = path
+    override = server_name[0].strip() if server_name is not None else None
+    if server_name is not None and not override:
+        raise UsageError(f"{server_name[1]}: must not be empty")
+    return TLSConfig(paths["tls_ca"], paths["tls_cert"], paths["tls_key"], server_name=override)
+
+
 def _secret(item: tuple[str, str] | None) -> str | None:
     if item is None:
         return None
@@ -574,14 +639,34 @@ def build_discovery(config: ServeConfig, environ: Mapping[str, str] | None = Non
 
 
 def build_store(config: ServeConfig, discovery: Discovery | None = None) -> KVStore:
-    """The :class:`~peer_ring.kv.KVStore` that ``config`` describes (not started)."""
+    """The :class:`~peer_ring.kv.KVStore` that ``config`` describes (not started).
+
+    Raises:
+        UsageError: a TLS file is not usable (not PEM, say).
+    """
     from peer_ring.kv import KVStore
 
+    discovery = discovery if discovery is not None else build_discovery(config)
+    peer = config.peer_config()
+    transport = None
+    if config.tls is not None:
+        # PeerRingConfig has no TLS setting (yet): the node's transport is built here, with
+        # exactly the settings the node would give its default transport.
+        try:
+            transport = GrpcTransport(
+                discovery.self_address,
+                limits=peer.transport_limits,
+                token=peer.token,
+                tls=config.tls,
+            )
+        except InvalidArgumentError as exc:
+            raise UsageError(f"--tls-*: {exc}") from None
     return KVStore(
-        discovery if discovery is not None else build_discovery(config),
+        discovery,
         replication=config.replication,
         quorum=config.quorum,
         max_bytes=config.max_bytes,
         max_value_bytes=config.max_value_bytes,
-        config=config.peer_config(),
+        config=peer,
+        transport=transport,
     )

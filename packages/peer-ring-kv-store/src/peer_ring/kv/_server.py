@@ -55,6 +55,8 @@ _READ_CHUNK = 64 * 1024
 # reveal nothing but "up" and "ready".
 _UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
 _MISSING: Any = object()
+#: Seconds between two log lines about refused tokens (every refusal is counted).
+_REFUSAL_LOG_INTERVAL = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -143,6 +145,8 @@ class KVHttpApi:
         )
         self._quorum = quorum if quorum is not None else getattr(store, "quorum", None)
         self._ready = False
+        # Refusal kind -> (time of the last log line, refusals not logged since).
+        self._refusals: dict[str, tuple[float, int]] = {}
         self.metrics = metrics or KVMetrics(
             store, ready=lambda: self.ready, replication=self._replication
         )
@@ -204,10 +208,33 @@ class KVHttpApi:
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() != "bearer" or not credentials:
+            self._refuse(request, "missing")
             raise HTTPError(401, "missing bearer token (Authorization: Bearer <token>)")
-        # Constant-time comparison: the token must not leak through response timing.
-        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+        # Constant-time comparison: the token must not leak through response timing. Bytes,
+        # because compare_digest refuses non-ASCII str; surrogateescape, because aiohttp
+        # decodes header bytes that are not UTF-8 that way (and they must not cause a 500).
+        offered = credentials.strip().encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(offered, self._token):
+            self._refuse(request, "invalid")
             raise HTTPError(401, "invalid bearer token")
+
+    def _refuse(self, request: web.Request, reason: str) -> None:
+        self.metrics.auth_failure(reason)
+        now = time.monotonic()
+        last, suppressed = self._refusals.get(reason, (-math.inf, 0))
+        if now - last < _REFUSAL_LOG_INTERVAL:
+            # Counted (metrics) but not logged: a client in a loop must not flood the log.
+            self._refusals[reason] = (last, suppressed + 1)
+            return
+        self._refusals[reason] = (now, 0)
+        logger.warning(
+            "refused %s %s from %s: %s bearer token (%d similar refusal(s) not logged)",
+            request.method,
+            request.path,
+            request.remote,
+            reason,
+            suppressed,
+        )
 
     # -- /kv ------------------------------------------------------------------------------------
 

@@ -317,12 +317,14 @@ class InboundStream:
         self._wakeup.set()
 
     def _finish(self, pending: _Pending, task: asyncio.Future[Any]) -> None:
+        # Retrieve the outcome first, always: a Task that failed just before the peer
+        # cancelled it would otherwise be reported as "exception was never retrieved".
+        exc = None if task.cancelled() else task.exception()
         if self._tasks.get(pending.rid) is not pending:
             return  # cancelled by the peer, expired, or replaced: already answered or dropped
         self._forget(pending)
         if task.cancelled() or self._closed:
             return  # the stream closed (or the handler cancelled itself): nobody waits
-        exc = task.exception()
         result: object
         if exc is None:
             result = task.result()
