@@ -216,6 +216,14 @@ async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
                 quorum,
             )
         await stop.wait()
+        # Graceful leave (SIGTERM, or Ctrl-C): hand this node's partitions to the nodes that
+        # take them over before exiting, so a scale-down or rolling restart loses no copy.
+        api.set_ready(False)
+        try:
+            report = await store.leave()
+            logger.info("left the ring: %s", report)
+        except Exception:
+            logger.exception("graceful leave failed; stopping without handoff")
         return EXIT_OK
     finally:
         api.set_ready(False)
