@@ -18,6 +18,7 @@ from e2e.api import Outcome, kv_url, parse_metrics
 from e2e.checker import ClusterView, judge
 from e2e.drivers.netfault import IptablesFaults, Isolation
 from e2e.report import ScenarioReport, load_results, summary_markdown
+from e2e.settings import DRIVER
 from e2e.workload import KeyHistory, make_value, parse_value
 
 
@@ -109,6 +110,8 @@ async def _connects(host: str, port: int, gid: int | None) -> bool:
 async def test_partition_rules_cut_and_heal_and_leave_nothing(require_component: Any) -> None:
     """A node cut off cannot reach a peer port nor be reached on its own; healing restores
     both; closing removes the chain."""
+    if DRIVER != "local":
+        pytest.skip(f"iptables partitions are the local driver's tool (driver: {DRIVER})")
     binary, why = await IptablesFaults.probe()
     require_component("iptables (as root)", binary is not None, why)
     assert binary is not None
