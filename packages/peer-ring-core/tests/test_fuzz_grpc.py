@@ -426,13 +426,14 @@ async def exchange_case(client: Client, sent: list[bytes], counts: Counter[str])
             await call.write(data)
         # Read until every required answer came, or the node ended the stream.
         while not ended and (failure is not None or not must <= answered):
-            data = await call.read()
-            if data is grpc.aio.EOF:  # type: ignore[attr-defined]
+            received = await call.read()
+            if received is grpc.aio.EOF:  # type: ignore[attr-defined]
                 break
-            reply = pb.Frame.FromString(data)
+            assert isinstance(received, bytes)
+            reply = pb.Frame.FromString(received)
             assert not reply.requests and not reply.cancels
             for response in reply.responses:
-                assert response.status in Status.__members__.values()
+                assert int(response.status) in {int(s) for s in Status}
                 if response.status != pb.OK:
                     assert response.error, f"status {response.status} without a message"
                 answered.add(response.id)
@@ -458,6 +459,7 @@ async def transfer_case(client: Client, data: bytes, counts: Counter[str]) -> No
     )(data, metadata=client.metadata)
     try:
         while (chunk := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            assert isinstance(chunk, bytes)
             pb.TransferChunk.FromString(chunk)
         counts["transfer OK"] += 1
     except grpc.aio.AioRpcError as exc:

@@ -268,6 +268,7 @@ async def test_running_handlers_per_stream_are_bounded_then_expire(
     async def read_all() -> None:
         while len(answered) < 100:
             data = await call.read()
+            assert isinstance(data, bytes)
             answered.extend(pb.Frame.FromString(data).responses)
 
     reader = asyncio.ensure_future(read_all())

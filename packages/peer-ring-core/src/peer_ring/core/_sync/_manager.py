@@ -72,6 +72,10 @@ from peer_ring.core.transport._base import Transport
 
 logger = logging.getLogger(__name__)
 
+#: Digests fetched at the start of a pull round are reused for this long; a transfer that
+#: waited longer for its slot asks for fresh ones (see ``_pull_round``).
+_DIGESTS_FRESH_FOR = 0.2
+
 #: Streams the records of one partition (bucket-restricted) from a peer.
 TransferFn = Callable[[str, str, int, Collection[int]], AsyncIterator[list[bytes]]]
 #: Runs a write on this node as if a coordinator had sent it (hint redirection).
@@ -470,13 +474,20 @@ class SyncManager:
         confirmed: list[int] = []
         sem = asyncio.Semaphore(self._cfg.sync_concurrency)
 
+        fetched_at = self._clock.monotonic()
+
         async def one(p: int) -> None:
             entry = remote.get(p)
             if entry is None:
                 return
             if not (entry.state is HoldState.NONE or entry.equal):
                 async with sem:
-                    if await self._merge_from(source, p, entry.digests) is None:
+                    if self._clock.monotonic() - fetched_at > _DIGESTS_FRESH_FOR:
+                        # Stale after waiting for a slot: see _pull_round.
+                        entry = (await self._fetch_digests(source, [p])).get(p, entry)
+                    if entry.equal:
+                        pass
+                    elif await self._merge_from(source, p, entry.digests) is None:
                         return
             if p not in self.table.pending:
                 confirmed.append(p)
@@ -700,6 +711,7 @@ class SyncManager:
                     logger.debug("digests from %s failed: %s", node, exc)
 
             await asyncio.gather(*(fetch(node, parts) for node, parts in asked.items()))
+        fetched_at = self._clock.monotonic()
         sem = asyncio.Semaphore(self._cfg.sync_concurrency)
         ring = membership.ring
         give_up = self._cfg.sync_give_up_after
@@ -721,10 +733,26 @@ class SyncManager:
         async def merge(p: int, sources: list[tuple[str, RemotePartition]]) -> None:
             merged_complete = False
             async with sem:
+                merged_any = False
                 for node, entry in sources:
                     if entry.state is HoldState.NONE:
                         continue
+                    stale = self._clock.monotonic() - fetched_at > _DIGESTS_FRESH_FOR
+                    if (merged_any or stale) and not entry.equal:
+                        # The round's digests predate the merge we just did (or the wait for
+                        # a transfer slot), and under load every bucket written since then
+                        # differs from them: comparing against them would re-send whole
+                        # buckets we already have. Ask again, right before the transfer.
+                        try:
+                            fresh = await self._fetch_digests(node, [p])
+                        except (PeerRingError, ValueError) as exc:
+                            logger.debug("digests from %s failed: %s", node, exc)
+                            continue
+                        if p not in fresh:
+                            continue
+                        entry = fresh[p]
                     ok = entry.equal or await self._merge_from(node, p, entry.digests) is not None
+                    merged_any = merged_any or ok
                     if ok and entry.state is HoldState.COMPLETE:
                         merged_complete = True
             judge(p, sources, merged_complete)
