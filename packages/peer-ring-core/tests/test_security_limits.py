@@ -386,6 +386,11 @@ async def test_connection_flood_is_survived_and_peers_are_unaffected(
     assert stats["refused_overload"] == refused_streams
     assert refused_streams == len(calls) - (64 - 1)  # the peer's own stream holds a slot
     assert max(latencies) < 2.0
+    print(
+        f"\nflood: {attempted} connections in {time.monotonic() - started:.1f}s, "
+        f"{refused_streams} Exchange streams refused (RESOURCE_EXHAUSTED), peer latency "
+        f"max {max(latencies) * 1000:.0f} ms"
+    )
 
     # Sockets that never complete a handshake are dropped by the server (handshake_timeout).
     async def closed_by_server(writer: asyncio.StreamWriter) -> bool:

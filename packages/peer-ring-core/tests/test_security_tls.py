@@ -546,3 +546,28 @@ async def test_token_refusals_are_counted_and_their_logs_thinned(
     # Logged, but not once per attempt: a client in a loop cannot flood the log.
     assert 1 <= len(lines) <= 2
     assert "rogue:0" in lines[0].getMessage()
+
+
+async def test_transfers_use_rotated_certificates_too(transports: Factory, tmp_path: Path) -> None:
+    """A channel used only for transfers (no Exchange stream) is renewed before each call."""
+    ca1 = Authority.create("CA1")
+    ca2 = Authority.create("CA2")
+    a_files = node_files(tmp_path, "a", ca1)
+    a = await transports(tls=a_files.config())
+    b = await transports(tls=node_files(tmp_path, "b", ca1).config())
+    address = b.address
+
+    async def pull() -> list[bytes]:
+        out: list[bytes] = []
+        async for chunk in a.transfer(address, TransferRequest("t", 1), 5.0):
+            out.extend(chunk)
+        return out
+
+    assert await bounded(pull()) == [b"record"]
+    # a moves to CA2, and b is replaced (same address) by a node trusting CA2 only: the old
+    # channel's connection is gone, and a new handshake must present a's new certificate.
+    a_files.write(ca2.pem, *ca2.issue("a2", ips=("127.0.0.1",)))
+    await b.close()
+    host, _, port = address.rpartition(":")
+    await transports(host, int(port), tls=node_files(tmp_path, "b2", ca2).config())
+    assert await bounded(pull()) == [b"record"]

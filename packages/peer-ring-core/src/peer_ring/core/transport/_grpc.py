@@ -292,6 +292,7 @@ class GrpcTransport(Transport):
         if not self._running:
             raise self._not_running()
         conn = self._connection(peer)
+        conn.renew_idle_channel()
         call: grpc.aio.UnaryStreamCall[bytes, bytes] = conn.channel.unary_stream(
             TRANSFER_PATH, request_serializer=None, response_deserializer=None
         )(encode_transfer_request(request), metadata=self._metadata)

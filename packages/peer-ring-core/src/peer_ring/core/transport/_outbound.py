@@ -355,6 +355,12 @@ class PeerConnection:
             await self._clock.sleep(self._backoff(attempt))
             attempt += 1
 
+    def renew_idle_channel(self) -> None:
+        """Pick up rotated TLS files for a connection whose Exchange stream never started
+        (one used only for transfers); a started one renews on its next reconnect."""
+        if self._task is None and self._state is not _State.CLOSED:
+            self._maybe_renew_channel()
+
     def _maybe_renew_channel(self) -> None:
         if self._renew_channel is None:
             return
