@@ -96,7 +96,7 @@ def test_every_option_has_an_environment_variable(capsys: pytest.CaptureFixture[
         main(["serve", "--help"], environ={})
     assert info.value.code == 0
     help_text = capsys.readouterr().out
-    assert len(ENV_VARS) == 19
+    assert len(ENV_VARS) == 22
     for dest, env in ENV_VARS.items():
         assert env.startswith("PEER_RING_"), dest
         assert env in help_text, env
@@ -310,3 +310,16 @@ def test_kubernetes_discovery_not_installed(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "peer_ring.discovery.k8s", None)
     with pytest.raises(UsageError, match="pip install peer-ring-discovery-k8s"):
         build_discovery(parse(["--discovery=kubernetes"]), K8S_ENV)
+
+
+def test_data_movement_settings_reach_the_node_config() -> None:
+    config = parse(
+        ["--listen", "127.0.0.1:7101", "--down-after", "off", "--leave-deadline", "5"],
+        {"PEER_RING_ANTI_ENTROPY_INTERVAL": "2.5"},
+    )
+    peer = config.peer_config()
+    assert peer.down_after is None
+    assert peer.anti_entropy_interval == 2.5
+    assert peer.leave_deadline == 5.0
+    with pytest.raises(UsageError, match="--down-after"):
+        parse(["--listen", "127.0.0.1:7101", "--down-after", "-1"])

@@ -28,6 +28,7 @@ from peer_ring.core._ring import DEFAULT_PARTITIONS, Ring
 from peer_ring.core._runner import run, uvloop_available
 from peer_ring.core._status import error_for_status, status_for_error
 from peer_ring.core._sync import LeaveReport, PartitionNotReadyError
+from peer_ring.core.transport import TLSConfig, TransportLimits
 from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
 
 __all__ = [
@@ -61,8 +62,10 @@ __all__ = [
     "Ring",
     "Status",
     "SystemClock",
+    "TLSConfig",
     "TimerHandle",
     "TransferRequest",
+    "TransportLimits",
     "UnknownCommandError",
     "__version__",
     "bucket_for_key",

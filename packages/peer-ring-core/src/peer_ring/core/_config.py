@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from peer_ring.core._errors import InvalidArgumentError
 from peer_ring.core._ring import DEFAULT_PARTITIONS
 from peer_ring.core.transport._base import TransportLimits
+from peer_ring.core.transport._tls import TLSConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class PeerRingConfig:
         request_timeout: default seconds a replicated operation may take.
         transport_limits: message size, in-flight and reconnect bounds of the transport.
         token: shared secret peers must present (None disables the check).
+        tls: mutual TLS between peers (CA, certificate and key files, re-read when they
+            change); None means plaintext gRPC. See docs/security.md.
         suspicion_timeout: seconds a peer stays suspected after the last failure report
             (a failed request or probe), unless it answers again sooner.
         transfer_timeout: seconds to wait for each chunk of a partition transfer.
@@ -65,6 +68,7 @@ class PeerRingConfig:
     request_timeout: float = 2.0
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
     token: str | None = None
+    tls: TLSConfig | None = None
     suspicion_timeout: float = 5.0
     transfer_timeout: float = 10.0
     down_after: float | None = 10.0

@@ -111,6 +111,7 @@ class PeerRing:
                 limits=self._config.transport_limits,
                 token=self._config.token,
                 clock=self._clock,
+                tls=self._config.tls,
             )
         if transport.address != self._address:
             raise InvalidArgumentError(

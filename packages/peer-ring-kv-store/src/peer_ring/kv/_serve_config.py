@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from peer_ring.core import DEFAULT_PARTITIONS, Discovery, InvalidArgumentError, PeerRingConfig
-from peer_ring.core.transport import GrpcTransport, TLSConfig
+from peer_ring.core.transport import TLSConfig
 from peer_ring.core.transport._base import TransportLimits
 
 if TYPE_CHECKING:
@@ -154,6 +154,30 @@ _OPTIONS: tuple[_Option, ...] = (
         "SECONDS",
     ),
     _Option(
+        "down_after",
+        "--down-after",
+        "PEER_RING_DOWN_AFTER",
+        "seconds a peer may stay unreachable before it is taken out of the ring and its "
+        "partitions are re-replicated elsewhere; 'off' never does. Default: 10",
+        "SECONDS",
+    ),
+    _Option(
+        "anti_entropy_interval",
+        "--anti-entropy-interval",
+        "PEER_RING_ANTI_ENTROPY_INTERVAL",
+        "mean seconds between two anti-entropy rounds (replicas compare digests and repair "
+        "what differs); 'off' disables them. Default: 30",
+        "SECONDS",
+    ),
+    _Option(
+        "leave_deadline",
+        "--leave-deadline",
+        "PEER_RING_LEAVE_DEADLINE",
+        "seconds a node waits on SIGTERM for its peers to take over its partitions before "
+        "it exits. Default: 30",
+        "SECONDS",
+    ),
+    _Option(
         "token",
         "--token",
         "PEER_RING_TOKEN",
@@ -236,6 +260,9 @@ class ServeConfig:
         token: shared peer secret, or ``None``.
         http_token: bearer token of the HTTP API, or ``None``.
         tls: mutual TLS between peers (certificate files), or ``None`` for plaintext.
+        down_after: seconds before an unreachable peer leaves the ring (None: never).
+        anti_entropy_interval: mean seconds between anti-entropy rounds (None: off).
+        leave_deadline: seconds the graceful leave on SIGTERM may take.
         log_level: one of :data:`LOG_LEVELS`.
     """
 
@@ -254,6 +281,9 @@ class ServeConfig:
     token: str | None = field(default=None, repr=False)
     http_token: str | None = field(default=None, repr=False)
     tls: TLSConfig | None = None
+    down_after: float | None = 10.0
+    anti_entropy_interval: float | None = 30.0
+    leave_deadline: float = 30.0
     log_level: str = "info"
 
     def peer_config(self) -> PeerRingConfig:
@@ -271,6 +301,10 @@ class ServeConfig:
             request_timeout=self.request_timeout,
             transport_limits=limits,
             token=self.token,
+            tls=self.tls,
+            down_after=self.down_after,
+            anti_entropy_interval=self.anti_entropy_interval,
+            leave_deadline=self.leave_deadline,
         )
 
 
@@ -383,6 +417,9 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         )
     request_timeout = _seconds(raw.get("request_timeout"), default=DEFAULT_REQUEST_TIMEOUT)
     tls = _tls(raw)
+    down_after = _seconds_or_off(raw.get("down_after"), default=10.0)
+    anti_entropy_interval = _seconds_or_off(raw.get("anti_entropy_interval"), default=30.0)
+    leave_deadline = _seconds(raw.get("leave_deadline"), default=30.0)
     log_level = "info"
     if (item := raw.get("log_level")) is not None:
         text, origin = item
@@ -406,6 +443,9 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         token=_secret(raw.get("token")),
         http_token=_secret(raw.get("http_token")),
         tls=tls,
+        down_after=down_after,
+        anti_entropy_interval=anti_entropy_interval,
+        leave_deadline=leave_deadline,
         log_level=log_level,
     )
     if config.listen is not None:
@@ -517,6 +557,12 @@ def _seconds(item: tuple[str, str] | None, *, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"{origin}: must be a finite number of seconds > 0, got {text!r}")
     return value
+
+
+def _seconds_or_off(item: tuple[str, str] | None, *, default: float) -> float | None:
+    if item is not None and item[0].strip().lower() in ("off", "none", "never"):
+        return None
+    return _seconds(item, default=default)
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -648,25 +694,16 @@ def build_store(config: ServeConfig, discovery: Discovery | None = None) -> KVSt
 
     discovery = discovery if discovery is not None else build_discovery(config)
     peer = config.peer_config()
-    transport = None
-    if config.tls is not None:
-        # PeerRingConfig has no TLS setting (yet): the node's transport is built here, with
-        # exactly the settings the node would give its default transport.
-        try:
-            transport = GrpcTransport(
-                discovery.self_address,
-                limits=peer.transport_limits,
-                token=peer.token,
-                tls=config.tls,
-            )
-        except InvalidArgumentError as exc:
-            raise UsageError(f"--tls-*: {exc}") from None
-    return KVStore(
-        discovery,
-        replication=config.replication,
-        quorum=config.quorum,
-        max_bytes=config.max_bytes,
-        max_value_bytes=config.max_value_bytes,
-        config=peer,
-        transport=transport,
-    )
+    try:
+        return KVStore(
+            discovery,
+            replication=config.replication,
+            quorum=config.quorum,
+            max_bytes=config.max_bytes,
+            max_value_bytes=config.max_value_bytes,
+            config=peer,
+        )
+    except InvalidArgumentError as exc:
+        if config.tls is None:
+            raise
+        raise UsageError(f"--tls-*: {exc}") from None

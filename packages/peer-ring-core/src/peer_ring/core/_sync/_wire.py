@@ -19,9 +19,12 @@ UTF-8), buckets u16, (length u16 + digest)*``.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
+from peer_ring.core._errors import InvalidArgumentError
 from peer_ring.core._sync._digests import HoldState, NamespaceDigests, RemotePartition
 
 #: Namespace of the core's own commands; applications cannot register in it.
@@ -38,11 +41,29 @@ _ROOT = struct.Struct(">IQ")
 _ENTRY = struct.Struct(">IBB")
 
 
+_T = TypeVar("_T")
+
+
+def _strict(decode: Callable[[bytes], _T]) -> Callable[[bytes], _T]:
+    """Turn ``struct`` errors on truncated input into a clear ``InvalidArgumentError``
+    (a ``ValueError``), which the node answers as INVALID_ARGUMENT instead of ERROR."""
+
+    @functools.wraps(decode)
+    def wrapper(data: bytes) -> _T:
+        try:
+            return decode(data)
+        except struct.error as exc:
+            raise InvalidArgumentError(f"malformed {decode.__name__[7:]} payload: {exc}") from None
+
+    return wrapper
+
+
 def encode_ping(incarnation: int, flags: int) -> bytes:
     """A ``ping`` request or response."""
     return _PING.pack(incarnation, flags)
 
 
+@_strict
 def decode_ping(data: bytes) -> tuple[int, int]:
     """``(incarnation, flags)`` of a ``ping`` payload."""
     incarnation, flags = _PING.unpack_from(data)
@@ -55,6 +76,7 @@ def encode_partitions(partitions: Iterable[int]) -> bytes:
     return _U32.pack(len(items)) + b"".join(_U32.pack(p) for p in items)
 
 
+@_strict
 def decode_partitions(data: bytes) -> list[int]:
     """The partitions of :func:`encode_partitions`."""
     (count,) = _U32.unpack_from(data)
@@ -66,6 +88,7 @@ def encode_u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
+@_strict
 def decode_u64(data: bytes) -> int:
     """The integer of :func:`encode_u64`."""
     return int(_U64.unpack_from(data)[0])
@@ -76,6 +99,7 @@ def encode_u32(value: int) -> bytes:
     return _U32.pack(value)
 
 
+@_strict
 def decode_u32(data: bytes) -> int:
     """The integer of :func:`encode_u32`."""
     return int(_U32.unpack_from(data)[0])
@@ -86,6 +110,7 @@ def encode_digest_request(roots: Sequence[tuple[int, int]]) -> bytes:
     return _U32.pack(len(roots)) + b"".join(_ROOT.pack(p, r) for p, r in roots)
 
 
+@_strict
 def decode_digest_request(data: bytes) -> list[tuple[int, int]]:
     """The pairs of :func:`encode_digest_request`."""
     (count,) = _U32.unpack_from(data)
