@@ -46,6 +46,7 @@ from peer_ring.core.transport._codec import (
     response_part,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._linger import linger
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import EOF
 from peer_ring.core.transport._stats import TransportStats
@@ -162,6 +163,7 @@ class InboundStream:
             if not self._outbox:
                 wakeup.clear()
                 await wakeup.wait()
+                await linger(lambda: len(self._outbox))
                 continue
             parts = self._outbox
             self._outbox = []

@@ -49,6 +49,7 @@ from peer_ring.core.transport._codec import (
     status_of,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._linger import linger
 from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
 from peer_ring.core.transport._stats import TransportStats
 
@@ -450,6 +451,7 @@ class PeerConnection:
             if not self._cancels and not (queue and self._in_flight < max_in_flight):
                 wakeup.clear()
                 await wakeup.wait()
+                await linger(lambda: len(queue))
                 continue
             parts: list[bytes] = []
             if self._cancels:
