@@ -28,8 +28,8 @@ from peer_ring.core._ring import DEFAULT_PARTITIONS, Ring
 from peer_ring.core._runner import run, uvloop_available
 from peer_ring.core._status import error_for_status, status_for_error
 from peer_ring.core._sync import LeaveReport, PartitionNotReadyError
-from peer_ring.core.transport import TLSConfig, TransportLimits
 from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
+from peer_ring.core.transport import TLSConfig, TransportLimits
 
 __all__ = [
     "DEFAULT_PARTITIONS",
