@@ -399,24 +399,34 @@ class GrpcTransport(Transport):
 
     def _channel(
         self, peer: str
-    ) -> tuple[grpc.aio.Channel, Callable[[], grpc.aio.Channel | None] | None]:
-        """A channel to ``peer``, and with reloaded TLS, how to renew it after a rotation."""
+    ) -> tuple[grpc.aio.Channel, Callable[[bool], grpc.aio.Channel | None]]:
+        """A channel to ``peer``, and how to renew it: ``renew(force)`` returns a new channel
+        after a TLS rotation, or always when ``force`` (a channel in gRPC's own reconnect
+        backoff fails fast until it ends; a new one connects at once)."""
         client_tls = self._client_tls
         if client_tls is None:
             options = channel_options(self._limits)
-            if self._channel_credentials is not None:
-                return grpc.aio.secure_channel(peer, self._channel_credentials, options), None
-            return grpc.aio.insecure_channel(peer, options), None
+            credentials_ = self._channel_credentials
+
+            def make() -> grpc.aio.Channel:
+                if credentials_ is not None:
+                    return grpc.aio.secure_channel(peer, credentials_, options)
+                return grpc.aio.insecure_channel(peer, options)
+
+            def renew_plain(force: bool) -> grpc.aio.Channel | None:
+                return make() if force else None
+
+            return make(), renew_plain
         assert self._tls is not None
         options = channel_options(self._limits, self._tls.server_name)
         version, credentials = client_tls.current()
 
-        def renew() -> grpc.aio.Channel | None:
+        def renew(force: bool) -> grpc.aio.Channel | None:
             # Called before each reconnect: a channel keeps the credentials it was built
             # with, so new files need a new channel (the old one is closed by the caller).
             nonlocal version
             latest, fresh = client_tls.current()
-            if latest == version:
+            if latest == version and not force:
                 return None
             version = latest
             logger.info("TLS files changed: new channel to %s", peer)
@@ -496,6 +506,12 @@ class GrpcTransport(Transport):
         if isinstance(admitted, tuple):
             await _abort(context, *admitted)
         assert self._on_request is not None  # checked by _admit
+        # The peer just reached us, so it is up: if our own stream to it is waiting out a
+        # reconnect backoff (it was down when we last tried, e.g. it started after us),
+        # retry now instead of failing its requests fast until the backoff ends.
+        conn = self._peers.get(admitted)
+        if conn is not None:
+            conn.retry_now()
         limit = self._limits.max_inbound_streams
         if len(self._inbound) >= limit:
             await _abort(

@@ -123,8 +123,9 @@ class PeerConnection:
         wheel: where request deadlines are kept (shared by the transport).
         stats: the transport's counters.
         on_reachability: called with ``(peer, reachable)`` on every change.
-        renew_channel: called before every reconnect attempt; returns a new channel to
-            use instead (TLS files changed since the current one was built) or ``None``.
+        renew_channel: called before every reconnect attempt with ``force``; returns a new
+            channel to use instead (TLS files changed since the current one was built, or
+            ``force``: the peer was seen alive, see :meth:`retry_now`) or ``None``.
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class PeerConnection:
         wheel: DeadlineWheel,
         stats: TransportStats,
         on_reachability: Callable[[str, bool], None],
-        renew_channel: Callable[[], grpc.aio.Channel | None] | None = None,
+        renew_channel: Callable[[bool], grpc.aio.Channel | None] | None = None,
     ) -> None:
         self.peer = peer
         self.channel = channel
@@ -174,6 +175,8 @@ class PeerConnection:
         self._in_flight = 0  # written and unresolved
         self._cancels: list[int] = []  # ids to tell the peer to drop
         self._wakeup = asyncio.Event()  # "the writer has something to do"
+        self._retry = asyncio.Event()  # "the peer is alive: stop waiting out the backoff"
+        self._fresh_channel = False  # the next attempt uses a new channel (retry_now)
         self._next_id = 1
 
     # -- requests ------------------------------------------------------------------------
@@ -320,7 +323,8 @@ class PeerConnection:
         first = True
         while self._state is not _State.CLOSED:
             if not first:
-                self._maybe_renew_channel()
+                self._maybe_renew_channel(force=self._fresh_channel)
+                self._fresh_channel = False
             first = False
             try:
                 stream = await self._open()
@@ -330,7 +334,7 @@ class PeerConnection:
                 logger.debug("connecting to %s failed: %s", self.peer, reason)
                 self._go_down(reason)
                 self._settle_attempt(PeerUnavailableError(self.peer, reason))
-                await self._clock.sleep(self._backoff(attempt))
+                await self._backoff_sleep(self._backoff(attempt))
                 attempt += 1
                 continue
             up_since = self._clock.monotonic()
@@ -353,20 +357,37 @@ class PeerConnection:
             # keeps the backoff growing; one that lived a while starts over.
             if self._clock.monotonic() - up_since >= self._limits.backoff_max:
                 attempt = 0
-            await self._clock.sleep(self._backoff(attempt))
+            await self._backoff_sleep(self._backoff(attempt))
             attempt += 1
+
+    def retry_now(self) -> None:
+        """Cut a reconnect backoff short (the peer was just seen alive)."""
+        if self._state is not _State.UP and self._state is not _State.CLOSED:
+            self._fresh_channel = True
+            self._retry.set()
+
+    async def _backoff_sleep(self, delay: float) -> None:
+        """Sleep ``delay`` on the clock, or until :meth:`retry_now` is called."""
+        self._retry.clear()
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waiter = asyncio.ensure_future(self._retry.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
 
     def renew_idle_channel(self) -> None:
         """Pick up rotated TLS files for a connection whose Exchange stream never started
         (one used only for transfers); a started one renews on its next reconnect."""
         if self._task is None and self._state is not _State.CLOSED:
-            self._maybe_renew_channel()
+            self._maybe_renew_channel(force=False)
 
-    def _maybe_renew_channel(self) -> None:
+    def _maybe_renew_channel(self, force: bool) -> None:
         if self._renew_channel is None:
             return
         try:
-            channel = self._renew_channel()
+            channel = self._renew_channel(force)
         except Exception:
             logger.exception("building a new channel to %s failed; keeping the old one", self.peer)
             return
