@@ -5,6 +5,7 @@ from __future__ import annotations
 from peer_ring.core._errors import (
     InvalidArgumentError,
     MessageTooLargeError,
+    NotRunningError,
     OverloadedError,
     PeerRingError,
     PeerUnavailableError,
@@ -33,18 +34,23 @@ def error_for_status(status: Status, message: str, peer: str) -> PeerRingError:
     return RemoteError(text)
 
 
+#: Error class -> wire status, most specific first; anything else is ``Status.ERROR``.
+#: The one mapping used by the node and by the transport, so that a handler's error keeps
+#: its meaning on the wire whichever path answers it.
+_STATUS_OF_ERROR: tuple[tuple[type[BaseException], Status], ...] = (
+    (UnknownCommandError, Status.UNKNOWN_COMMAND),
+    (InvalidArgumentError, Status.INVALID_ARGUMENT),
+    (RequestTimeoutError, Status.TIMEOUT),
+    (OverloadedError, Status.OVERLOADED),
+    (MessageTooLargeError, Status.TOO_LARGE),
+    (PeerUnavailableError, Status.UNAVAILABLE),
+    (NotRunningError, Status.UNAVAILABLE),
+)
+
+
 def status_for_error(error: BaseException) -> Status:
     """The wire status a handler's exception is reported with."""
-    if isinstance(error, UnknownCommandError):
-        return Status.UNKNOWN_COMMAND
-    if isinstance(error, InvalidArgumentError):
-        return Status.INVALID_ARGUMENT
-    if isinstance(error, RequestTimeoutError):
-        return Status.TIMEOUT
-    if isinstance(error, OverloadedError):
-        return Status.OVERLOADED
-    if isinstance(error, MessageTooLargeError):
-        return Status.TOO_LARGE
-    if isinstance(error, PeerUnavailableError):
-        return Status.UNAVAILABLE
+    for kind, status in _STATUS_OF_ERROR:
+        if isinstance(error, kind):
+            return status
     return Status.ERROR

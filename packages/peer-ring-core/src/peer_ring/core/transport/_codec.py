@@ -17,16 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from peer_ring.core._errors import (
-    InvalidArgumentError,
-    MessageTooLargeError,
-    NotRunningError,
-    OverloadedError,
-    PeerRingError,
-    PeerUnavailableError,
-    RequestTimeoutError,
-    UnknownCommandError,
-)
+from peer_ring.core._errors import MessageTooLargeError
+from peer_ring.core._status import status_for_error
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.proto import peer_ring_pb2 as pb
 
@@ -51,15 +43,6 @@ _ONE_BYTE = [bytes((i,)) for i in range(128)]
 
 #: Wire status value -> Status; values this version does not know map to ERROR.
 _STATUSES: tuple[Status, ...] = tuple(sorted(Status, key=int))
-_STATUS_OF_ERROR: tuple[tuple[type[PeerRingError], Status], ...] = (
-    (UnknownCommandError, Status.UNKNOWN_COMMAND),
-    (InvalidArgumentError, Status.INVALID_ARGUMENT),
-    (RequestTimeoutError, Status.TIMEOUT),
-    (OverloadedError, Status.OVERLOADED),
-    (MessageTooLargeError, Status.TOO_LARGE),
-    (PeerUnavailableError, Status.UNAVAILABLE),
-    (NotRunningError, Status.UNAVAILABLE),
-)
 
 
 def varint(value: int) -> bytes:
@@ -248,12 +231,7 @@ def error_response(exc: BaseException) -> Response:
     Typed peer-ring errors keep their meaning on the wire (an ``UnknownCommandError`` raised
     by a handler arrives as ``UNKNOWN_COMMAND``); anything else is ``ERROR``.
     """
-    status = Status.ERROR
-    for kind, mapped in _STATUS_OF_ERROR:
-        if isinstance(exc, kind):
-            status = mapped
-            break
-    return Response(status, b"", str(exc) or type(exc).__name__)
+    return Response(status_for_error(exc), b"", str(exc) or type(exc).__name__)
 
 
 def encode_transfer_request(req: TransferRequest) -> bytes:
