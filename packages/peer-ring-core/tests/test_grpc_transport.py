@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -31,7 +30,7 @@ from peer_ring.core._errors import (
 )
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.proto import peer_ring_pb2 as pb
-from peer_ring.core.testing import FakeClock, settle_loop
+from peer_ring.core.testing import FakeClock, free_port, settle_loop
 from peer_ring.core.transport import GrpcTransport, TransportLimits
 from peer_ring.core.transport._options import EXCHANGE_PATH, SENDER_KEY
 
@@ -46,25 +45,6 @@ NodeFactory = Callable[..., Awaitable["Node"]]
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def free_port(*hosts: str) -> int:
-    """A TCP port that is free on every host in ``hosts`` right now."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind((hosts[0], 0))
-            port = int(first.getsockname()[1])
-            ok = True
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    try:
-                        other.bind((host, port))
-                    except OSError:
-                        ok = False
-                        break
-            if ok:
-                return port
-    raise RuntimeError(f"no common free port on {hosts}")
 
 
 def echo(sender: str, request: Request) -> Response:

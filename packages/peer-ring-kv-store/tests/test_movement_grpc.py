@@ -8,13 +8,12 @@ events (``wait_ready``, the leave itself) bounded by ``asyncio.wait_for``; no sl
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from peer_ring.core import PeerRingConfig
-from peer_ring.core.testing import FixedDiscovery
+from peer_ring.core.testing import FixedDiscovery, free_port
 from peer_ring.kv import KVStore
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
@@ -30,30 +29,9 @@ CONFIG = PeerRingConfig(
 )
 
 
-def free_port() -> int:
-    for _ in range(50):
-        sockets = []
-        try:
-            first = socket.socket()
-            sockets.append(first)
-            first.bind((HOSTS[0], 0))
-            port = int(first.getsockname()[1])
-            for host in HOSTS[1:]:
-                other = socket.socket()
-                sockets.append(other)
-                other.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no common free port")
-
-
 @pytest.fixture
 async def addresses() -> AsyncIterator[list[str]]:
-    port = free_port()
+    port = free_port(*HOSTS)
     yield [f"{host}:{port}" for host in HOSTS]
 
 
