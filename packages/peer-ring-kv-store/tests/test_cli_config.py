@@ -96,7 +96,7 @@ def test_every_option_has_an_environment_variable(capsys: pytest.CaptureFixture[
         main(["serve", "--help"], environ={})
     assert info.value.code == 0
     help_text = capsys.readouterr().out
-    assert len(ENV_VARS) == 22
+    assert len(ENV_VARS) == 23
     for dest, env in ENV_VARS.items():
         assert env.startswith("PEER_RING_"), dest
         assert env in help_text, env

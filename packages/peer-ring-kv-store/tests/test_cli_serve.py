@@ -67,7 +67,7 @@ def test_console_script_is_declared() -> None:
         (["serve", "--listen", "127.0.0.1:7101", "--quorum", "4"], "cannot be greater"),
         (["serve", "--listen", "127.0.0.1:7101", "--replication", "many"], "expected an integer"),
         (["serve", "--bogus"], "unrecognized arguments: --bogus"),
-        (["serve", "--discovery", "dns"], "invalid choice"),
+        (["serve", "--discovery", "dns"], "unknown discovery 'dns'"),
         (["demo", "--nodes", "1"], "--nodes must be between 3"),
     ],
 )

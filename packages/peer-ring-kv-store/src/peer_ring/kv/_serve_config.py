@@ -19,11 +19,17 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from peer_ring.core import DEFAULT_PARTITIONS, Discovery, InvalidArgumentError, PeerRingConfig
 from peer_ring.core.transport import TLSConfig
 from peer_ring.core.transport._base import TransportLimits
+from peer_ring.kv._discovery_plugins import (
+    BUILTIN_DISCOVERIES,
+    available_discoveries,
+    load_factory,
+    parse_options,
+)
 
 if TYPE_CHECKING:
     from peer_ring.kv import KVStore
@@ -38,7 +44,9 @@ HTTP_PORT_OFFSET = 1000
 _MESSAGE_OVERHEAD_BYTES = 1 << 20
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-DiscoveryKind = Literal["static", "kubernetes"]
+#: ``"static"``, ``"kubernetes"`` or the name of an installed discovery plugin
+#: (see :mod:`peer_ring.kv._discovery_plugins`).
+DiscoveryKind = str
 
 
 class UsageError(ValueError):
@@ -55,6 +63,9 @@ class _Option:
     help: str
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
+    #: The flag may be given several times; the environment variable holds
+    #: whitespace-separated values.
+    repeat: bool = False
 
 
 # The single table that drives both argparse and the environment lookup, so a flag can never
@@ -105,9 +116,21 @@ _OPTIONS: tuple[_Option, ...] = (
         "discovery",
         "--discovery",
         "PEER_RING_DISCOVERY",
-        "how peers are found: a static list (--peers) or the Kubernetes API "
-        "(needs peer-ring-discovery-k8s). Default: static",
-        choices=("static", "kubernetes"),
+        "how peers are found: 'static' (--peers or --peers-file), 'kubernetes' (needs "
+        "peer-ring-discovery-k8s) or the name of an installed discovery package "
+        "('etcd', 'zookeeper', 'gossip'...; configured with --discovery-option). "
+        "Default: static",
+        "NAME",
+    ),
+    _Option(
+        "discovery_options",
+        "--discovery-option",
+        "PEER_RING_DISCOVERY_OPTIONS",
+        "a KEY=VALUE setting of the discovery package named by --discovery (its README "
+        "lists them); repeat the flag for several (the variable takes them separated by "
+        "spaces)",
+        "KEY=VALUE",
+        repeat=True,
     ),
     _Option(
         "replication",
@@ -250,7 +273,8 @@ class ServeConfig:
         peers: static peer list (empty: a one-node cluster, or unused with Kubernetes).
         peers_file: file of peer addresses re-read at run time (static discovery), or
             ``None``; exclusive with ``peers``.
-        discovery: ``"static"`` or ``"kubernetes"``.
+        discovery: ``"static"``, ``"kubernetes"`` or an installed discovery plugin's name.
+        discovery_options: ``--discovery-option`` settings of a discovery plugin.
         replication: default replicas per key.
         quorum: default quorum; ``None`` is a majority of ``replication``.
         partitions: partitions of the ring (identical on every node).
@@ -272,6 +296,7 @@ class ServeConfig:
     peers: tuple[str, ...] = ()
     peers_file: str | None = None
     discovery: DiscoveryKind = "static"
+    discovery_options: tuple[tuple[str, str], ...] = ()
     replication: int = 3
     quorum: int | None = None
     partitions: int = DEFAULT_PARTITIONS
@@ -319,6 +344,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             metavar=option.metavar,
             choices=option.choices,
+            action="append" if option.repeat else "store",
             help=f"{option.help} [env: {option.env}]",
         )
 
@@ -337,6 +363,8 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeCo
     raw: dict[str, tuple[str, str] | None] = {}
     for option in _OPTIONS:
         value: Any = getattr(args, option.dest, None)
+        if isinstance(value, list):  # a repeatable flag (action="append")
+            value = " ".join(value)
         if value is not None:
             raw[option.dest] = (str(value), option.flag)
             continue
@@ -352,9 +380,25 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
     discovery: DiscoveryKind = "static"
     if discovery_raw is not None:
         text, origin = discovery_raw
-        if text not in ("static", "kubernetes"):
-            raise UsageError(f"{origin}: expected 'static' or 'kubernetes', got {text!r}")
-        discovery = "kubernetes" if text == "kubernetes" else "static"
+        known = available_discoveries()
+        if text not in known:
+            raise UsageError(
+                f"{origin}: unknown discovery {text!r}; installed: {', '.join(known)} "
+                "(other kinds need their package, e.g. pip install "
+                f"peer-ring-discovery-{text})"
+            )
+        discovery = text
+    discovery_options: dict[str, str] = {}
+    if (item := raw.get("discovery_options")) is not None:
+        if discovery in BUILTIN_DISCOVERIES:
+            raise UsageError(
+                f"{item[1]} configures a discovery package, not the built-in {discovery!r} "
+                "discovery (use --peers, --peers-file or the Kubernetes environment)"
+            )
+        try:
+            discovery_options = parse_options([item])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     listen: str | None = None
     if (item := raw.get("listen")) is not None:
@@ -378,14 +422,14 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         text, origin = item
         parts = [p.strip() for p in text.split(",") if p.strip()]
         peers = tuple(dict.fromkeys(_address((p, origin), allow_port_zero=False) for p in parts))
-        if discovery == "kubernetes":
-            raise UsageError(f"{origin} is only used with static discovery, not kubernetes")
+        if discovery != "static":
+            raise UsageError(f"{origin} is only used with static discovery, not {discovery}")
 
     peers_file: str | None = None
     if (item := raw.get("peers_file")) is not None:
         text, origin = item
-        if discovery == "kubernetes":
-            raise UsageError(f"{origin} is only used with static discovery, not kubernetes")
+        if discovery != "static":
+            raise UsageError(f"{origin} is only used with static discovery, not {discovery}")
         if peers:
             # Two sources of one member list would disagree sooner or later.
             raise UsageError(f"{origin}: give either --peers or --peers-file, not both")
@@ -434,6 +478,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         peers=peers,
         peers_file=peers_file,
         discovery=discovery,
+        discovery_options=tuple(sorted(discovery_options.items())),
         replication=replication,
         quorum=quorum,
         partitions=partitions,
@@ -641,13 +686,16 @@ def build_discovery(config: ServeConfig, environ: Mapping[str, str] | None = Non
 
     Args:
         config: the validated settings.
-        environ: the environment Kubernetes discovery reads (``POD_IP``...); default
-            ``os.environ``.
+        environ: the environment Kubernetes discovery and plugins read (``POD_IP``...);
+            default ``os.environ``.
 
     Raises:
         UsageError: Kubernetes discovery is asked for but not installed, misconfigured,
-            or it disagrees with ``--listen``.
+            or it disagrees with ``--listen``; a discovery plugin refuses its options or
+            cannot be loaded.
     """
+    if config.discovery not in BUILTIN_DISCOVERIES:
+        return _plugin_discovery(config, os.environ if environ is None else environ)
     if config.discovery == "kubernetes":
         try:
             from peer_ring.discovery.k8s import (  # type: ignore[attr-defined,unused-ignore]
@@ -682,6 +730,28 @@ def build_discovery(config: ServeConfig, environ: Mapping[str, str] | None = Non
             raise UsageError(f"--peers-file: {exc}") from None
     peers = list(config.peers) or [config.listen]
     return StaticDiscovery(peers, self_address=config.listen)
+
+
+def _plugin_discovery(config: ServeConfig, environ: Mapping[str, str]) -> Discovery:
+    name = config.discovery
+    try:
+        factory = load_factory(name)
+    except LookupError:
+        raise UsageError(f"--discovery {name}: no installed package provides it") from None
+    except Exception as exc:  # a broken plugin: say which and why, do not crash
+        raise UsageError(f"--discovery {name}: cannot load its package: {exc}") from None
+    try:
+        discovery = factory(config.listen, dict(config.discovery_options), environ)
+    except ValueError as exc:
+        raise UsageError(f"{name} discovery: {exc}") from None
+    if not isinstance(discovery, Discovery):
+        raise UsageError(f"{name} discovery: its factory returned {type(discovery).__name__}")
+    if config.listen is not None and discovery.self_address != config.listen:
+        raise UsageError(
+            f"--listen {config.listen} differs from the address {name} discovery publishes "
+            f"for this node ({discovery.self_address})"
+        )
+    return discovery
 
 
 def build_store(config: ServeConfig, discovery: Discovery | None = None) -> KVStore:

@@ -1,0 +1,149 @@
+"""``serve --discovery NAME``: discovery packages found through entry points.
+
+The plugin here is installed for real: a ``*.dist-info`` folder with an
+``entry_points.txt`` on ``sys.path``, which is exactly what ``pip install`` of a discovery
+package leaves behind, so :mod:`importlib.metadata` finds it the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from peer_ring.discovery.static import StaticDiscovery
+from peer_ring.kv._discovery_plugins import available_discoveries, parse_options
+from peer_ring.kv._serve_config import ServeConfig, UsageError, build_discovery, config_from
+from peer_ring.kv.cli import build_parser
+
+PLUGIN = """
+from peer_ring.discovery.static import StaticDiscovery
+
+calls = []
+
+def from_serve_options(listen, options, environ):
+    calls.append((listen, dict(options), environ.get("FAKE_ZONE")))
+    unknown = set(options) - {"peers", "self"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: peers, self")
+    me = options.get("self") or listen
+    if me is None:
+        raise ValueError("needs --listen or self=HOST:PORT")
+    return StaticDiscovery(options.get("peers", me).split(","), self_address=me)
+
+def broken(listen, options, environ):
+    return object()
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    (tmp_path / "fake_discovery_plugin.py").write_text(PLUGIN)
+    info = tmp_path / "fake_discovery_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-discovery-plugin\n")
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent(
+            """
+            [peer_ring.discovery]
+            fake = fake_discovery_plugin:from_serve_options
+            broken = fake_discovery_plugin:broken
+            missing = no_such_module_anywhere:factory
+            static = fake_discovery_plugin:from_serve_options
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    module = importlib.import_module("fake_discovery_plugin")
+    yield module
+    sys.modules.pop("fake_discovery_plugin", None)
+
+
+def parse(argv: list[str], env: dict[str, str] | None = None) -> ServeConfig:
+    args = build_parser().parse_args(["serve", *argv])
+    return config_from(args, env or {})
+
+
+def test_installed_plugins_are_listed_after_the_builtins(plugin: object) -> None:
+    names = available_discoveries()
+    assert names[:2] == ("static", "kubernetes")
+    assert {"fake", "broken", "missing"} <= set(names)
+    assert names.count("static") == 1  # a plugin cannot replace a built-in
+
+
+def test_flags_reach_the_factory(plugin: object) -> None:
+    config = parse(
+        [
+            "--discovery=fake",
+            "--listen=127.0.0.1:7101",
+            "--discovery-option",
+            "peers=127.0.0.1:7101,127.0.0.2:7101",
+            "--discovery-option=self=127.0.0.1:7101",
+        ]
+    )
+    assert config.discovery == "fake"
+    assert dict(config.discovery_options) == {
+        "peers": "127.0.0.1:7101,127.0.0.2:7101",
+        "self": "127.0.0.1:7101",
+    }
+    discovery = build_discovery(config, {"FAKE_ZONE": "z1"})
+    assert isinstance(discovery, StaticDiscovery)
+    assert discovery.self_address == "127.0.0.1:7101"
+    assert plugin.calls[-1] == (  # type: ignore[attr-defined]
+        "127.0.0.1:7101",
+        {"peers": "127.0.0.1:7101,127.0.0.2:7101", "self": "127.0.0.1:7101"},
+        "z1",
+    )
+
+
+def test_environment_form(plugin: object) -> None:
+    env = {
+        "PEER_RING_DISCOVERY": "fake",
+        "PEER_RING_DISCOVERY_OPTIONS": "self=127.0.0.3:7101  peers=127.0.0.3:7101",
+    }
+    config = parse([], env)
+    assert config.listen is None  # plugins may supply the address themselves
+    assert build_discovery(config, {}).self_address == "127.0.0.3:7101"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--discovery=nope", "--listen=127.0.0.1:1"], "unknown discovery 'nope'"),
+        (["--discovery-option=a=1", "--listen=127.0.0.1:1"], "not the built-in 'static'"),
+        (["--discovery=fake", "--discovery-option=novalue"], "expected KEY=VALUE"),
+        (["--discovery=fake", "--discovery-option=a=1", "--discovery-option=a=2"], "twice"),
+        (["--discovery=fake", "--peers=127.0.0.1:1"], "only used with static discovery"),
+    ],
+)
+def test_bad_settings_are_usage_errors(plugin: object, argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--discovery=fake", "--discovery-option=color=red"], "fake discovery: unknown option"),
+        (["--discovery=fake"], "needs --listen or self="),
+        (["--discovery=broken", "--listen=127.0.0.1:7101"], "its factory returned object"),
+        (["--discovery=missing", "--listen=127.0.0.1:7101"], "cannot load its package"),
+        (
+            ["--discovery=fake", "--listen=127.0.0.1:7101", "--discovery-option=self=127.0.0.9:1"],
+            "differs from the address fake discovery publishes",
+        ),
+    ],
+)
+def test_factory_problems_are_usage_errors(plugin: object, argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_discovery(parse(argv), {})
+
+
+def test_parse_options_keeps_commas_and_equals_in_values() -> None:
+    got = parse_options([("endpoints=a:1,b:2 token=x=y", "env")])
+    assert got == {"endpoints": "a:1,b:2", "token": "x=y"}
