@@ -24,7 +24,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from e2e.drivers.base import (
@@ -69,6 +69,9 @@ class LocalDriver(ClusterDriver):
         serve_args: extra ``serve`` flags for every node (``--replication 3`` ...).
         faults: iptables partitions; ``None`` leaves out :attr:`Capability.PARTITION`.
         hosts: node addresses (default: :func:`random_hosts`).
+        discovery_args: ``discovery_args(address)`` gives a node's discovery flags (etcd,
+            ZooKeeper, gossip...) instead of the peers file; membership then follows that
+            discovery: a removed node leaves it by its graceful leave, an added one joins it.
     """
 
     name = "local"
@@ -81,7 +84,9 @@ class LocalDriver(ClusterDriver):
         serve_args: Sequence[str] = (),
         faults: IptablesFaults | None = None,
         hosts: Sequence[str] | None = None,
+        discovery_args: Callable[[NodeAddress], Sequence[str]] | None = None,
     ) -> None:
+        self._discovery_args = discovery_args
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
@@ -144,8 +149,9 @@ class LocalDriver(ClusterDriver):
             serve_args=self.serve_args,
             log_dir=self.log_dir,
             keep_logs=True,
-            peers_file=self.log_dir / "peers",
+            peers_file=None if self._discovery_args else self.log_dir / "peers",
             group_base=self._group_base,
+            discovery_args=self._discovery_args,
         )
         self._spare = list(addresses[count:])
         self._members = list(range(count))
@@ -271,7 +277,8 @@ class LocalDriver(ClusterDriver):
         # others learn about it within a poll interval (the probes of a peer that is not
         # listening yet fail fast with "connection refused").
         self._members.append(node.index)
-        self.cluster.set_members(self._members)
+        if self.cluster.peers_file is not None:
+            self.cluster.set_members(self._members)
         await self._until_ready(node.index, ready_within, spawn=True)
         return self._name(node.index)
 
@@ -284,7 +291,8 @@ class LocalDriver(ClusterDriver):
         with contextlib.suppress(ValueError):
             self._members.remove(node.index)
         self._removed.add(node.index)
-        self.cluster.set_members(self._members)
+        if self.cluster.peers_file is not None:
+            self.cluster.set_members(self._members)
         return result
 
     def _isolation(self, node: LocalNode) -> Isolation:

@@ -147,3 +147,22 @@ def test_factory_problems_are_usage_errors(plugin: object, argv: list[str], mess
 def test_parse_options_keeps_commas_and_equals_in_values() -> None:
     got = parse_options([("endpoints=a:1,b:2 token=x=y", "env")])
     assert got == {"endpoints": "a:1,b:2", "token": "x=y"}
+
+
+def test_local_cluster_passes_discovery_flags_instead_of_a_peer_list(tmp_path: Path) -> None:
+    from peer_ring.kv._local_cluster import LocalCluster, NodeAddress
+
+    addresses = [NodeAddress(f"127.0.0.{i}:7101", f"127.0.0.{i}:8101") for i in (1, 2)]
+
+    def flags(address: NodeAddress) -> list[str]:
+        return ["--discovery", "fake", "--discovery-option", f"self={address.peer}"]
+
+    cluster = LocalCluster(addresses, log_dir=tmp_path, discovery_args=flags)
+    first = cluster.nodes[0].command
+    assert first[first.index("--discovery-option") + 1] == "self=127.0.0.1:7101"
+    assert "--peers" not in first and "--peers-file" not in first
+    # Membership follows the discovery: nodes can be added without a peers file.
+    added = cluster.add_node(NodeAddress("127.0.0.3:7101", "127.0.0.3:8101"))
+    assert "self=127.0.0.3:7101" in added.command
+    with pytest.raises(ValueError, match="not both"):
+        LocalCluster(addresses, log_dir=tmp_path, discovery_args=flags, peers_file=tmp_path / "p")

@@ -37,7 +37,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -326,6 +326,10 @@ class LocalCluster:
             whatever :meth:`set_members` says. ``None``: a fixed ``--peers`` list.
         group_base: when given, node ``i`` runs with group id ``group_base + i`` (needs
             root); ``None``: the caller's group.
+        discovery_args: when given, ``discovery_args(address)`` returns the discovery flags
+            of the node at ``address`` (``["--discovery", "etcd", "--discovery-option",
+            ...]``) instead of ``--peers``/``--peers-file``: the nodes find each other
+            through that discovery, and nodes can be added without a peers file.
 
     Example:
         >>> async with LocalCluster(allocate_addresses(3)) as cluster:  # doctest: +SKIP
@@ -344,7 +348,11 @@ class LocalCluster:
         keep_logs: bool = False,
         peers_file: Path | None = None,
         group_base: int | None = None,
+        discovery_args: Callable[[NodeAddress], Sequence[str]] | None = None,
     ) -> None:
+        if discovery_args is not None and peers_file is not None:
+            raise ValueError("give peers_file or discovery_args, not both")
+        self._discovery_args = discovery_args
         self._own_log_dir = log_dir is None
         self.log_dir = (
             Path(tempfile.mkdtemp(prefix="peer-ring-kv-")) if log_dir is None else log_dir
@@ -369,7 +377,9 @@ class LocalCluster:
 
     def _new_node(self, address: NodeAddress) -> LocalNode:
         index = len(self.nodes)
-        if self.peers_file is not None:
+        if self._discovery_args is not None:
+            discovery = list(self._discovery_args(address))
+        elif self.peers_file is not None:
             discovery = ["--peers-file", str(self.peers_file)]
         else:
             discovery = ["--peers", self._peers]
@@ -402,7 +412,7 @@ class LocalCluster:
             RuntimeError: the cluster has no ``peers_file`` (a fixed ``--peers`` list
                 cannot grow).
         """
-        if self.peers_file is None:
+        if self.peers_file is None and self._discovery_args is None:
             raise RuntimeError("adding nodes needs a cluster created with peers_file")
         return self._new_node(address)
 
