@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: Called with (old ring, new ring) after the effective member set changed.
 RingListener = Callable[[Ring, Ring], None]
+#: Called with a peer's address when it departs: discovery no longer lists it, or it
+#: announced a graceful leave. Not called for suspected or down peers (they may be back).
+DepartureListener = Callable[[str], None]
 
 
 class Membership:
@@ -51,6 +54,7 @@ class Membership:
         self._down: set[str] = set()
         self._left: dict[str, int] = {}  # peer -> incarnation that left
         self._listeners: list[RingListener] = []
+        self._departure_listeners: list[DepartureListener] = []
 
     # -- views -------------------------------------------------------------------------
 
@@ -92,6 +96,14 @@ class Membership:
         """Call ``listener(old, new)`` whenever the ring changes."""
         self._listeners.append(listener)
 
+    def add_departure_listener(self, listener: DepartureListener) -> None:
+        """Call ``listener(address)`` when a peer departs (see :data:`DepartureListener`).
+
+        It is called after the ring listeners, so that data movement already planned
+        around the departure (the transport connection to the peer can then be closed).
+        """
+        self._departure_listeners.append(listener)
+
     # -- discovery ---------------------------------------------------------------------
 
     def update(self, members: Iterable[Member]) -> bool:
@@ -102,13 +114,17 @@ class Membership:
         """
         new = {m.address: m for m in members}
         new.setdefault(self.self_address, self._discovered[self.self_address])
+        departed = sorted(set(self._discovered) - set(new))
         self._discovered = new
         for gone in set(self._suspected) - set(new):
             del self._suspected[gone]
         self._down &= set(new)
         for gone in set(self._left) - set(new):
             del self._left[gone]
-        return self._rebuild()
+        changed = self._rebuild()
+        for address in departed:
+            self._departed(address)
+        return changed
 
     # -- down / left -------------------------------------------------------------------
 
@@ -142,7 +158,9 @@ class Membership:
             return False
         self._left[address] = incarnation
         logger.info("peer %s is leaving: removed from the ring", address)
-        return self._rebuild()
+        changed = self._rebuild()
+        self._departed(address)
+        return changed
 
     def forget_left(self, address: str) -> bool:
         """Put a peer that had left back in the ring (it started again)."""
@@ -166,6 +184,14 @@ class Membership:
         for listener in list(self._listeners):
             listener(old, self._ring)
         return True
+
+    def _departed(self, address: str) -> None:
+        for listener in list(self._departure_listeners):
+            try:
+                listener(address)
+            except Exception:
+                # A listener's bug must not stop the view from applying later snapshots.
+                logger.exception("departure listener failed for %s", address)
 
     # -- suspicion ---------------------------------------------------------------------
 

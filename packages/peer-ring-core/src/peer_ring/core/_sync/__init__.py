@@ -1,8 +1,11 @@
 """Data movement driven by the core: initial sync, rebalancing, re-replication, hinted
 handoff, graceful leave and anti-entropy. See ``docs/data-movement.md``.
 
-The pure planners (:mod:`._partitions`, :mod:`._hints`, :mod:`._antientropy`,
-:mod:`._digests`, :mod:`._leave`) decide; :mod:`._manager` runs the I/O.
+The pure planners (:mod:`._partitions`, :mod:`._planning`, :mod:`._hints`,
+:mod:`._antientropy`, :mod:`._digests`, :mod:`._leave`) decide; the I/O is split by
+concept (:mod:`._detector`, :mod:`._puller`, :mod:`._handoff`, :mod:`._hinted`,
+:mod:`._repair`, :mod:`._leaver`, :mod:`._commands`) behind the facade
+:class:`~._manager.SyncManager` that the node calls.
 """
 
 from peer_ring.core._sync._antientropy import AntiEntropyPlanner, jittered
@@ -24,11 +27,19 @@ from peer_ring.core._sync._partitions import (
     RingChange,
     decide_pull,
 )
+from peer_ring.core._sync._planning import (
+    ChangePlan,
+    PullRequests,
+    order_sources,
+    plan_pull_requests,
+    plan_ring_change,
+)
 from peer_ring.core._sync._wire import INTERNAL
 
 __all__ = [
     "INTERNAL",
     "AntiEntropyPlanner",
+    "ChangePlan",
     "Hint",
     "HintStore",
     "HoldState",
@@ -36,6 +47,7 @@ __all__ = [
     "PartitionNotReadyError",
     "PartitionTable",
     "PullOutcome",
+    "PullRequests",
     "RemotePartition",
     "RingChange",
     "SyncManager",
@@ -45,5 +57,8 @@ __all__ = [
     "gains_after_leave",
     "is_empty",
     "jittered",
+    "order_sources",
     "partition_root",
+    "plan_pull_requests",
+    "plan_ring_change",
 ]

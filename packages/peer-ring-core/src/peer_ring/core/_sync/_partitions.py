@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from peer_ring.core._errors import PeerUnavailableError
 from peer_ring.core._ring import Ring
 from peer_ring.core._sync._digests import HoldState
+from peer_ring.core._sync._planning import plan_ring_change
 
 logger = logging.getLogger(__name__)
 
@@ -188,26 +189,29 @@ class PartitionTable:
         self._check_ready()
 
     def ring_changed(self, old: Ring, new: Ring, now: float) -> RingChange:
-        """Account for a ring change; returns what this node gained and lost."""
+        """Account for a ring change; returns what this node gained and lost.
+
+        The plan comes from :func:`~peer_ring.core._sync._planning.plan_ring_change`; this
+        method only applies it. Readiness is checked again afterwards: a partition that
+        was still pending when the node lost it is no longer waited for.
+        """
         if not self.started:
             return RingChange(frozenset(), frozenset())
-        before = self.replicated
-        after = new.partitions_of(self.me, self.replication)
-        gained = after - before
-        lost = before - after
-        for p in gained:
+        plan = plan_ring_change(old, new, self.me, self.replication, self.replicated, self.held)
+        for p in plan.reclaimed:
             self.held.pop(p, None)  # held data is merged with what is pulled
-            holders = tuple(n for n in old.preference_list(p, self.replication) if n != self.me)
+        for p, holders in plan.gained.items():
             self.pending[p] = _Pull(now, now, holders)
-        for p in lost:
+        for p in plan.lost:
             # A partition lost while still pending may have accepted writes: it is handed
             # off like a complete one (the receivers only pull what differs).
             self.pending.pop(p, None)
             self.held[p] = _Held(now, now + self.handoff_delay, True)
-        self.replicated = after
-        self.counters.gained += len(gained)
-        self.counters.lost += len(lost)
-        return RingChange(frozenset(gained), frozenset(lost))
+        self.replicated = plan.replicated
+        self.counters.gained += len(plan.gained)
+        self.counters.lost += len(plan.lost)
+        self._check_ready()
+        return RingChange(frozenset(plan.gained), plan.lost)
 
     def note_stray(self, partition: int, now: float) -> bool:
         """Data arrived for a partition this node neither replicates nor holds.

@@ -140,6 +140,8 @@ class MemoryTransport(Transport):
         self._in_flight: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.running = False
+        #: Peers passed to :meth:`forget_peer`, in order (for tests).
+        self.forgotten: list[str] = []
 
     @property
     def address(self) -> str:
@@ -266,7 +268,8 @@ class MemoryTransport(Transport):
             listener(peer, reachable)
 
     def forget_peer(self, peer: str) -> None:
-        return None
+        """Nothing to close in memory; the call is recorded in :attr:`forgotten`."""
+        self.forgotten.append(peer)
 
     async def close(self) -> None:
         self.running = False

@@ -1,0 +1,98 @@
+"""Internal commands (namespace ``__peer_ring__``) that peers send each other: ``ping``,
+``digests``, ``handoff`` and ``leaving``. One entry point, one error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from peer_ring.core._errors import PeerRingError
+from peer_ring.core._sync._context import SyncContext
+from peer_ring.core._sync._detector import FailureDetector
+from peer_ring.core._sync._digests import HoldState, RemotePartition, partition_root
+from peer_ring.core._sync._wire import (
+    FLAG_LEAVING,
+    decode_digest_request,
+    decode_ping,
+    encode_digest_response,
+    encode_ping,
+)
+from peer_ring.core._types import Request, Response, Status
+
+#: ``serve(source, payload)`` of a command answered asynchronously.
+AsyncServe = Callable[[str, bytes], Awaitable[bytes]]
+#: ``serve(source, payload, timeout)`` of the leave command.
+LeaveServe = Callable[[str, bytes, float], Awaitable[bytes]]
+
+
+class InternalCommands:
+    """Answers the internal commands of peers.
+
+    Args:
+        ctx: the node's sync context.
+        detector: the failure detector (pings carry incarnations).
+        serve_handoff: answers ``handoff`` (see :meth:`Handoff.serve`).
+        serve_leaving: answers ``leaving`` (see :meth:`Leaver.serve`).
+    """
+
+    def __init__(
+        self,
+        ctx: SyncContext,
+        detector: FailureDetector,
+        serve_handoff: AsyncServe,
+        serve_leaving: LeaveServe,
+    ) -> None:
+        self._ctx = ctx
+        self._detector = detector
+        self._serve_handoff = serve_handoff
+        self._serve_leaving = serve_leaving
+
+    def answer(self, source: str, request: Request) -> Response | Awaitable[Response]:
+        """Answer one internal command (synchronously when it can)."""
+        command = request.command
+        try:
+            if command == "ping":
+                return self._ping(source, request.payload)
+            if command == "digests":
+                return self._digests(request.payload)
+            if command == "handoff":
+                return self._guard(self._serve_handoff(source, request.payload))
+            if command == "leaving":
+                return self._guard(self._serve_leaving(source, request.payload, request.timeout))
+        except (ValueError, IndexError) as exc:
+            return Response(Status.INVALID_ARGUMENT, b"", f"bad {command} payload: {exc}")
+        return Response(Status.UNKNOWN_COMMAND, b"", f"unknown internal command {command!r}")
+
+    async def _guard(self, coro: Awaitable[bytes]) -> Response:
+        try:
+            return Response(Status.OK, await coro, "")
+        except asyncio.CancelledError:
+            raise
+        except (ValueError, IndexError) as exc:
+            return Response(Status.INVALID_ARGUMENT, b"", str(exc))
+        except PeerRingError as exc:
+            return Response(Status.ERROR, b"", f"{type(exc).__name__}: {exc}")
+
+    def _ping(self, source: str, payload: bytes) -> Response:
+        incarnation, flags = decode_ping(payload)
+        self._detector.observe_incarnation(source, incarnation, flags, confirmed=False)
+        self._detector.inbound(source)
+        ctx = self._ctx
+        flags_out = FLAG_LEAVING if ctx.leaving else 0
+        return Response(Status.OK, encode_ping(ctx.incarnation, flags_out), "")
+
+    def _digests(self, payload: bytes) -> Response:
+        ctx = self._ctx
+        entries = []
+        partitions = ctx.cfg.partitions
+        for p, root in decode_digest_request(payload):
+            if not 0 <= p < partitions:
+                raise ValueError(f"partition {p} out of range")
+            state = ctx.table.state(p)
+            if state is HoldState.NONE:
+                entries.append(RemotePartition(p, state, False, {}))
+                continue
+            digests = ctx.local_digests(p)
+            equal = partition_root(digests) == root
+            entries.append(RemotePartition(p, state, equal, {} if equal else digests))
+        return Response(Status.OK, encode_digest_response(entries), "")

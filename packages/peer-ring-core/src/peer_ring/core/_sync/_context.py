@@ -1,0 +1,238 @@
+"""What the parts of data movement share: the node's handles, tasks, wake-ups and requests.
+
+One :class:`SyncContext` per node. The parts (failure detector, puller, handoff, hinted
+handoff, anti-entropy, leave) each take it; none of them holds a reference to another
+except through the callbacks set on the context by the facade
+(:class:`~peer_ring.core._sync._manager.SyncManager`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
+from typing import Any
+
+from peer_ring.core._clock import Clock
+from peer_ring.core._config import PeerRingConfig
+from peer_ring.core._errors import PeerRingError, PeerUnavailableError, RequestTimeoutError
+from peer_ring.core._hooks import DataHooks
+from peer_ring.core._membership import Membership
+from peer_ring.core._status import error_for_status
+from peer_ring.core._sync._digests import (
+    NamespaceDigests,
+    RemotePartition,
+    buckets_to_pull,
+    partition_root,
+)
+from peer_ring.core._sync._hints import HintStore
+from peer_ring.core._sync._partitions import PartitionTable
+from peer_ring.core._sync._wire import (
+    INTERNAL,
+    decode_digest_response,
+    encode_digest_request,
+)
+from peer_ring.core._types import Request, Status
+from peer_ring.core.transport._base import Transport
+
+logger = logging.getLogger(__name__)
+
+#: Digests fetched at the start of a pull round are reused for this long; a transfer that
+#: waited longer for its slot asks for fresh ones (see ``Puller.round``).
+DIGESTS_FRESH_FOR = 0.2
+
+#: Partitions per ``handoff`` request: the receiver pulls them while the sender waits.
+HANDOFF_BATCH = 128
+
+#: Streams the records of one partition (bucket-restricted) from a peer.
+TransferFn = Callable[[str, str, int, Collection[int]], AsyncIterator[list[bytes]]]
+#: Runs a write on this node as if a coordinator had sent it (hint redirection).
+LocalWriteFn = Callable[[str, str, bytes, bytes], Awaitable[None]]
+
+
+def _nothing(peer: str) -> None:
+    return None
+
+
+class SyncContext:
+    """Handles and plumbing shared by the parts of one node's data movement.
+
+    Args:
+        address: this node's address.
+        config: the node's configuration.
+        clock: the node's clock.
+        membership: the node's membership view.
+        transport: the node's transport.
+        hooks: the node's data hooks by namespace (the live dict).
+        transfer: the node's bulk pull of a partition from a peer.
+        rng: randomness for jitter and incarnations.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        config: PeerRingConfig,
+        clock: Clock,
+        membership: Membership,
+        transport: Transport,
+        hooks: dict[str, DataHooks],
+        transfer: TransferFn,
+        rng: random.Random,
+    ) -> None:
+        self.me = address
+        self.cfg = config
+        self.clock = clock
+        self.membership = membership
+        self.transport = transport
+        self.hooks = hooks
+        self.transfer = transfer
+        self.rng = rng
+        self.n = config.replication
+        self.incarnation = rng.getrandbits(63) or 1
+        self.table = PartitionTable(
+            address,
+            config.replication,
+            handoff_delay=config.handoff_delay,
+            handoff_retention=config.handoff_retention,
+            retry_initial=config.sync_retry_initial,
+            retry_max=config.sync_retry_max,
+            give_up_after=config.sync_give_up_after,
+        )
+        self.hints = HintStore(config.hint_max, config.hint_max_bytes, config.hint_ttl)
+        #: Set while this node announces a graceful leave (probes and pings carry it).
+        self.leaving = False
+        #: True between ``start`` and ``stop`` of the manager (its loops run).
+        self.running = False
+        self.stopped = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        #: "Something may be due": wakes the work loop.
+        self.wake = asyncio.Event()
+        self._progress: asyncio.Future[None] | None = None
+        #: Round-trip outcomes, wired to the failure detector by the facade.
+        self.peer_ok: Callable[[str], None] = _nothing
+        self.peer_failed: Callable[[str], None] = _nothing
+        self.records_received = 0
+        self.bytes_received = 0
+
+    # -- tasks and waiting -----------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``coro`` in a task owned by the manager (cancelled by ``stop``)."""
+        task = asyncio.create_task(coro, name=f"{name}-{self.me}")
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self.wake.set()
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                logger.error("%s failed on %s", name, self.me, exc_info=exc)
+
+        task.add_done_callback(done)
+        return task
+
+    async def sleep_or(self, event: asyncio.Event | asyncio.Future[None], delay: float) -> None:
+        """Sleep ``delay`` seconds of the node's clock, or less if ``event`` is set."""
+        if event.is_set() if isinstance(event, asyncio.Event) else event.done():
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(max(delay, 0.0)))
+        waiter: asyncio.Future[Any]
+        if isinstance(event, asyncio.Event):
+            waiter = asyncio.ensure_future(event.wait())
+        else:
+            waiter = asyncio.ensure_future(asyncio.shield(event))
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+
+    def progress_made(self) -> None:
+        """Wake everyone waiting for pulls to progress (a round ended, the ring changed)."""
+        fut, self._progress = self._progress, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait_progress(self, timeout: float) -> None:
+        """Wait until :meth:`progress_made` or ``timeout`` seconds of the node's clock."""
+        if self._progress is None:
+            self._progress = asyncio.get_running_loop().create_future()
+        await self.sleep_or(self._progress, timeout)
+
+    # -- local data --------------------------------------------------------------------------
+
+    def local_digests(self, partition: int) -> dict[str, Sequence[bytes]]:
+        """This node's bucket digests of ``partition``, by namespace."""
+        return {ns: hooks.digest_partition(partition) for ns, hooks in self.hooks.items()}
+
+    def drop(self, partition: int) -> None:
+        """Drop ``partition`` from every namespace."""
+        for hooks in self.hooks.values():
+            hooks.drop_partition(partition)
+
+    def note_write(self, partition: int) -> None:
+        """A write of ``partition`` is stored here (hold it if nobody expects it here)."""
+        table = self.table
+        if partition in table.replicated or partition in table.held:
+            return
+        if table.note_stray(partition, self.clock.monotonic()):
+            self.wake.set()
+
+    # -- requests to peers -------------------------------------------------------------------
+
+    async def ask(self, peer: str, command: str, payload: bytes, timeout: float) -> bytes:
+        """Send an internal command to ``peer``; its outcome feeds the failure detector.
+
+        Raises:
+            PeerRingError: the peer is unreachable, timed out or refused the command.
+        """
+        fut = self.transport.request(peer, Request(INTERNAL, command, b"", payload, 0, "", timeout))
+        try:
+            response = await fut
+        except (PeerUnavailableError, RequestTimeoutError):
+            self.peer_failed(peer)
+            raise
+        self.peer_ok(peer)
+        if response.status != Status.OK:
+            raise error_for_status(Status(response.status), response.error, peer)
+        return response.payload
+
+    async def fetch_digests(
+        self, peer: str, partitions: list[int], roots_of: dict[int, int] | None = None
+    ) -> dict[int, RemotePartition]:
+        """Ask ``peer`` for its digests of ``partitions`` (only those whose root differs
+        from ours come back with bucket digests)."""
+        if roots_of is None:
+            roots_of = {p: partition_root(self.local_digests(p)) for p in partitions}
+        roots = [(p, roots_of[p]) for p in partitions]
+        data = await self.ask(
+            peer, "digests", encode_digest_request(roots), self.cfg.request_timeout
+        )
+        return {entry.partition: entry for entry in decode_digest_response(data)}
+
+    async def merge_from(self, peer: str, partition: int, remote: NamespaceDigests) -> int | None:
+        """Pull the buckets of ``partition`` that differ from ``peer``'s digests.
+
+        Returns the number of records received, or None when the transfer failed.
+        """
+        received = 0
+        for namespace, hooks in sorted(self.hooks.items()):
+            theirs = remote.get(namespace)
+            if theirs is None:
+                continue
+            buckets = buckets_to_pull(hooks.digest_partition(partition), theirs)
+            if not buckets:
+                continue
+            try:
+                async for chunk in self.transfer(peer, namespace, partition, buckets):
+                    self.note_write(partition)
+                    hooks.apply_records(partition, chunk)
+                    received += len(chunk)
+                    self.bytes_received += sum(len(r) for r in chunk)
+            except (PeerRingError, ValueError) as exc:
+                logger.info(
+                    "pulling partition %d of %s from %s failed: %s", partition, namespace, peer, exc
+                )
+                return None
+        self.records_received += received
+        return received
