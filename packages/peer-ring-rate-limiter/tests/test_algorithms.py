@@ -236,3 +236,14 @@ def test_records_carry_durations_not_clock_readings(algo: Algorithm) -> None:
 def test_corrupt_records_raise_typed_errors(record: bytes) -> None:
     with pytest.raises(CorruptStateError):
         decode_state(record, 0.0)
+
+
+@pytest.mark.parametrize("algo", ALL, ids=lambda a: a.name.lower())
+def test_forced_hits_are_recorded_over_the_limit(algo: Algorithm) -> None:
+    limit = Limit(3, 60.0, algorithm=algo)
+    state, _ = decide(None, limit, 3, 0.0)
+    state, d = decide(state, limit, 2, 0.0, force=True)
+    assert d.allowed and d.remaining == 0
+    # A refund of 1 does not make room: 5 are recorded against a limit of 3.
+    state, _ = decide(state, limit, -1, 0.0)
+    assert not decide(state, limit, 1, 0.0)[1].allowed

@@ -25,27 +25,37 @@ from peer_ring.ratelimit._errors import (
     UnknownAlgorithmError,
 )
 from peer_ring.ratelimit._limit import MAX_LIMIT, MAX_LOG_LIMIT, Algorithm, Limit
+from peer_ring.ratelimit._limiter import MAX_COST, MAX_KEY_BYTES, RateLimiter, fair_share
+from peer_ring.ratelimit._metrics import RateLimiterMetrics
+from peer_ring.ratelimit._policy import FailPolicy, Mode
 from peer_ring.ratelimit._state import STATE_VERSION, decode_state, encode_state
 
 __all__ = [
+    "MAX_COST",
+    "MAX_KEY_BYTES",
     "MAX_LIMIT",
     "MAX_LOG_LIMIT",
     "STATE_VERSION",
     "Algorithm",
     "CorruptStateError",
     "Decision",
+    "FailPolicy",
     "InvalidCostError",
     "InvalidLimitError",
     "KeyTooLongError",
     "Limit",
+    "Mode",
     "OwnerUnavailableError",
     "RateLimitError",
+    "RateLimiter",
+    "RateLimiterMetrics",
     "UnknownAlgorithmError",
     "__version__",
     "decide",
     "decode_state",
     "encode_state",
     "expires_at",
+    "fair_share",
     "fixed_window",
     "gcra",
     "leaky_bucket",

@@ -47,7 +47,7 @@ def _floor(x: float) -> int:
 
 
 def token_bucket(
-    state: TokenBucketState | None, limit: Limit, cost: int, now: float
+    state: TokenBucketState | None, limit: Limit, cost: int, now: float, force: bool = False
 ) -> tuple[TokenBucketState | None, Decision]:
     """Token bucket: ``capacity`` tokens, refilled continuously at ``limit / period``.
 
@@ -65,7 +65,7 @@ def token_bucket(
         allowed = True
     elif cost == 0:
         new, allowed = state, level + 1 <= cap + _EPS
-    elif level + cost <= cap + _EPS:
+    elif force or level + cost <= cap + _EPS:
         level += cost
         new, allowed = TokenBucketState(level, last), True
     else:
@@ -75,7 +75,7 @@ def token_bucket(
 
 
 def leaky_bucket(
-    state: LeakyBucketState | None, limit: Limit, cost: int, now: float
+    state: LeakyBucketState | None, limit: Limit, cost: int, now: float, force: bool = False
 ) -> tuple[LeakyBucketState | None, Decision]:
     """Leaky bucket (as a meter): hits fill a bucket of ``capacity`` whole units, and one
     unit leaks out every ``period / limit`` seconds.
@@ -105,16 +105,16 @@ def leaky_bucket(
         return new, Decision(True, limit.limit, max(0, cap - level), drain)
     if cost == 0:
         return state, Decision(level + 1 <= cap, limit.limit, max(0, cap - level), drain)
-    if level + cost > cap:
+    if not force and level + cost > cap:
         retry = math.inf if cost > cap else (level + cost - cap) * interval - since
         return state, Decision(False, limit.limit, max(0, cap - level), drain, max(0.0, retry))
     level += cost
     drain = max(0.0, level * interval - since)
-    return LeakyBucketState(level, last), Decision(True, limit.limit, cap - level, drain)
+    return LeakyBucketState(level, last), Decision(True, limit.limit, max(0, cap - level), drain)
 
 
 def gcra(
-    state: GCRAState | None, limit: Limit, cost: int, now: float
+    state: GCRAState | None, limit: Limit, cost: int, now: float, force: bool = False
 ) -> tuple[GCRAState | None, Decision]:
     """Generic cell rate algorithm: one timestamp (the theoretical arrival time) per key.
 
@@ -143,7 +143,7 @@ def gcra(
         return state, Decision(allowed, limit.limit, remaining(tat), tat - now)
     new_tat = tat + cost * interval
     allow_at = new_tat - tau
-    if allow_at > now + _EPS * interval:
+    if not force and allow_at > now + _EPS * interval:
         retry = math.inf if cost > limit.capacity else allow_at - now
         return state, Decision(False, limit.limit, remaining(tat), tat - now, retry)
     return GCRAState(new_tat, interval), Decision(
@@ -152,7 +152,7 @@ def gcra(
 
 
 def fixed_window(
-    state: FixedWindowState | None, limit: Limit, cost: int, now: float
+    state: FixedWindowState | None, limit: Limit, cost: int, now: float, force: bool = False
 ) -> tuple[FixedWindowState | None, Decision]:
     """Fixed window: at most ``limit`` hits per window of ``period`` seconds.
 
@@ -177,15 +177,17 @@ def fixed_window(
         return state, Decision(
             count + 1 <= limit.limit, limit.limit, max(0, limit.limit - count), reset
         )
-    if count + cost > limit.limit:
+    if not force and count + cost > limit.limit:
         retry = math.inf if cost > limit.limit else left
         return state, Decision(False, limit.limit, max(0, limit.limit - count), left, retry)
     count += cost
-    return FixedWindowState(start, count), Decision(True, limit.limit, limit.limit - count, left)
+    return FixedWindowState(start, count), Decision(
+        True, limit.limit, max(0, limit.limit - count), left
+    )
 
 
 def sliding_window_log(
-    state: SlidingLogState | None, limit: Limit, cost: int, now: float
+    state: SlidingLogState | None, limit: Limit, cost: int, now: float, force: bool = False
 ) -> tuple[SlidingLogState | None, Decision]:
     """Sliding window log: exact; any ``period``-long interval admits at most ``limit``.
 
@@ -216,7 +218,7 @@ def sliding_window_log(
         return state, Decision(
             allowed, limit.limit, max(0, limit.limit - used), reset_after(entries)
         )
-    if used + cost > limit.limit:
+    if not force and used + cost > limit.limit:
         retry = math.inf
         if cost <= limit.limit:
             freed = 0
@@ -235,12 +237,12 @@ def sliding_window_log(
         entries.append((now, cost))
     used += cost
     return SlidingLogState(tuple(entries)), Decision(
-        True, limit.limit, limit.limit - used, reset_after(entries)
+        True, limit.limit, max(0, limit.limit - used), reset_after(entries)
     )
 
 
 def sliding_window_counter(
-    state: SlidingCounterState | None, limit: Limit, cost: int, now: float
+    state: SlidingCounterState | None, limit: Limit, cost: int, now: float, force: bool = False
 ) -> tuple[SlidingCounterState | None, Decision]:
     """Sliding window counter: the previous window's count, weighted by how much of it still
     overlaps the sliding period, plus the current window's count, is at most ``limit``.
@@ -276,7 +278,7 @@ def sliding_window_counter(
         return state, Decision(
             est + 1 <= limit.limit + _EPS, limit.limit, _floor(limit.limit - est), reset
         )
-    if est + cost > limit.limit + _EPS:
+    if not force and est + cost > limit.limit + _EPS:
         return state, Decision(
             False,
             limit.limit,
@@ -319,12 +321,16 @@ _FUNCTIONS: dict[Algorithm, Callable[..., tuple[Any, Decision]]] = {
 
 
 def decide(
-    state: State | None, limit: Limit, cost: int, now: float
+    state: State | None, limit: Limit, cost: int, now: float, *, force: bool = False
 ) -> tuple[State | None, Decision]:
-    """Run ``limit.algorithm`` on ``state`` (a state of another algorithm starts afresh)."""
+    """Run ``limit.algorithm`` on ``state`` (a state of another algorithm starts afresh).
+
+    ``force=True`` admits a positive cost even over the limit (the state records it): the
+    owner uses it for hits other nodes already admitted in global mode.
+    """
     if state is not None and algorithm_of(state) is not limit.algorithm:
         state = None
-    new, decision = _FUNCTIONS[limit.algorithm](state, limit, cost, now)
+    new, decision = _FUNCTIONS[limit.algorithm](state, limit, cost, now, force)
     return new, decision
 
 

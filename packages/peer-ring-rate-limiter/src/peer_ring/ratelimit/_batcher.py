@@ -1,0 +1,91 @@
+"""Coalesce concurrent calls into one batched call per event-loop turn.
+
+Every item submitted while the loop is busy is sent in the *same* flush, scheduled with
+``loop.call_soon`` (optionally after ``window`` seconds): under light load a batch holds one
+item and adds no delay; under heavy load the batch grows with the work done between two
+loop turns, with no timer to tune. ``window > 0`` adds a fixed gathering delay on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Call ``flush(items)`` once per loop turn (or window) for the items submitted.
+
+    ``flush`` returns one result or exception per item, in order; each submitter's future
+    gets its own. An exception raised by ``flush`` itself fails every item of the batch.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
+        *,
+        window: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._flush = flush
+        self._window = window
+        self._on_batch = on_batch
+        self._items: list[T] = []
+        self._futures: list[asyncio.Future[R]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item`` for the next flush; the future resolves with its result."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._items.append(item)
+        self._futures.append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            if self._window > 0:
+                loop.call_later(self._window, self._start)
+            else:
+                loop.call_soon(self._start)
+        return fut
+
+    def _start(self) -> None:
+        self._scheduled = False
+        items, futures = self._items, self._futures
+        self._items, self._futures = [], []
+        if not items:
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(items))
+        task = asyncio.get_running_loop().create_task(self._run(items, futures))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
+        try:
+            results = await self._flush(items)
+        except BaseException as exc:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for fut, res in zip(futures, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    async def close(self) -> None:
+        """Wait for the flushes in flight (new submissions are the caller's to stop)."""
+        if self._scheduled:
+            await asyncio.sleep(self._window)
+            await asyncio.sleep(0)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,423 @@
+"""The :class:`RateLimiter`: owner-decided limits on a peer-ring cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from peer_ring.core import (
+    Clock,
+    Command,
+    CommandContext,
+    Discovery,
+    PeerRing,
+    PeerRingConfig,
+    PeerRingError,
+    SystemClock,
+    Transport,
+)
+from peer_ring.ratelimit._algorithms import decide, expires_at
+from peer_ring.ratelimit._batcher import Batcher
+from peer_ring.ratelimit._decision import Decision
+from peer_ring.ratelimit._errors import (
+    InvalidCostError,
+    KeyTooLongError,
+    OwnerUnavailableError,
+    RateLimitError,
+)
+from peer_ring.ratelimit._global import GlobalSync
+from peer_ring.ratelimit._limit import MAX_LIMIT, Limit
+from peer_ring.ratelimit._metrics import RateLimiterMetrics
+from peer_ring.ratelimit._policy import FailPolicy, Mode
+from peer_ring.ratelimit._state import State
+from peer_ring.ratelimit._store import StateStore
+from peer_ring.ratelimit._wire import (
+    Entry,
+    decode_decision,
+    decode_entry,
+    decode_hit,
+    encode_decision,
+    encode_entry,
+    encode_hit,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Default longest key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+#: Largest absolute cost of one hit.
+MAX_COST = MAX_LIMIT
+
+#: Decide a hit on the key's owner. ``reads``: a new owner still pulling the key's partition
+#: refuses it and a previous holder (which has the state) decides instead; not hinted: a
+#: hit must never be decided on a node without the key's state.
+HIT = Command("hit", reads=True, mutates=True, hinted=False)
+#: Store a newer entry (owner to replicas). Idempotent (higher seq wins), hence hinted.
+STATE = Command("state", mutates=True)
+#: Forget a key (a tombstone with the next seq), decided on the owner.
+RESET = Command("reset", reads=True, mutates=True, hinted=False)
+
+
+class RateLimiter:
+    """A distributed rate limiter embedded in the service.
+
+    Args:
+        discovery: how this node finds the others (a new :class:`PeerRing` is created).
+        node: an existing, not yet started :class:`PeerRing` shared with other
+            applications (give either ``discovery`` or ``node``).
+        replication: copies of each key's state (owner included); default 2, or the
+            node's ``config.replication`` when ``node`` is given.
+        state_quorum: acknowledgements (owner included) a decision's state needs before
+            the decision is returned; default: ``replication`` (every replica, sloppy
+            substitutes allowed).
+        mode: default :class:`Mode` (per call override with ``hit(..., mode=)``).
+        fail_policy: what a hit gets when the owner is unreachable (default
+            ``LOCAL_ESTIMATE``).
+        timeout: seconds a forwarded hit may take before the fail policy applies.
+        batch_window: extra seconds to gather forwarded hits before sending them (0: send
+            at the next event-loop turn, which already batches concurrent hits).
+        sync_interval: global mode: seconds between two reconciliations with the owner.
+        rtt_budget: global mode: the round trip assumed by the per-node allowance.
+        retain: seconds expired entries are remembered (ordering of late records).
+        max_key_bytes: longest key accepted.
+        metrics: a :class:`RateLimiterMetrics` (default: a new one with its own registry).
+        config, transport, clock: for the node created from ``discovery``.
+        namespace: the command namespace on the node (two limiters on one node need two).
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery | None = None,
+        *,
+        node: PeerRing | None = None,
+        replication: int | None = None,
+        state_quorum: int | None = None,
+        mode: Mode | str = Mode.OWNER,
+        fail_policy: FailPolicy | str = FailPolicy.LOCAL_ESTIMATE,
+        timeout: float = 1.0,
+        batch_window: float = 0.0,
+        sync_interval: float = 0.1,
+        rtt_budget: float = 0.01,
+        retain: float = 30.0,
+        max_key_bytes: int = MAX_KEY_BYTES,
+        metrics: RateLimiterMetrics | None = None,
+        config: PeerRingConfig | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        namespace: str = "ratelimit",
+    ) -> None:
+        if (discovery is None) == (node is None):
+            raise RateLimitError("give exactly one of discovery= or node=")
+        if node is None:
+            assert discovery is not None
+            base = config or PeerRingConfig()
+            repl = replication or 2
+            self._node = PeerRing(
+                discovery,
+                config=dataclasses.replace(base, replication=repl),
+                transport=transport,
+                clock=clock or SystemClock(),
+            )
+        else:
+            self._node = node
+            repl = replication or node.config.replication
+        self._replication = repl
+        self._state_quorum = min(state_quorum or repl, repl)
+        self._mode = Mode(mode)
+        self._fail_policy = FailPolicy(fail_policy)
+        self._timeout = timeout
+        self._max_key_bytes = max_key_bytes
+        self._ns = namespace
+        self._clock = self._node.clock
+        self.metrics = metrics or RateLimiterMetrics()
+        self._store = StateStore(self._clock.monotonic, self._node.partition_for_key, retain)
+        self.metrics.bind_store(self._store)
+        self._estimates: dict[bytes, State] = {}
+        self._forward: Batcher[tuple[bytes, bytes], Decision] = Batcher(
+            self._send_hits, window=batch_window, on_batch=self.metrics.observe_batch
+        )
+        self._replicate: Batcher[bytes, None] = Batcher(self._send_states)
+        self._global = GlobalSync(self, sync_interval, rtt_budget)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_every = max(1.0, retain / 2)
+        self._node.register(self._ns, HIT, self._on_hit)
+        self._node.register(self._ns, STATE, self._on_state)
+        self._node.register(self._ns, RESET, self._on_reset)
+        self._node.register_hooks(self._ns, self._store)
+        self._global.register(self._node, self._ns)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def node(self) -> PeerRing:
+        """The underlying peer-ring node."""
+        return self._node
+
+    @property
+    def store(self) -> StateStore:
+        """This node's key states (introspection and tests)."""
+        return self._store
+
+    @property
+    def replication(self) -> int:
+        """Copies of each key's state."""
+        return self._replication
+
+    async def start(self) -> None:
+        """Start the node (unless it was given already running) and background work."""
+        if not self._node.running:
+            await self._node.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        self._global.start()
+
+    async def stop(self) -> None:
+        """Stop background work and the node. Idempotent."""
+        await self._global.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self._forward.close()
+        await self._replicate.close()
+        if self._node.running:
+            await self._node.stop()
+
+    async def leave(self, deadline: float | None = None) -> None:
+        """Hand this node's key states to the other nodes (``PeerRing.leave``), then stop."""
+        try:
+            await self._node.leave(deadline)
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> RateLimiter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await self._clock.sleep(self._sweep_every)
+            self._store.sweep()
+            self._global.sweep()
+            self._estimates.clear()
+
+    # -- public API --------------------------------------------------------------------
+
+    async def hit(
+        self,
+        key: str | bytes,
+        limit: Limit,
+        cost: int = 1,
+        *,
+        mode: Mode | str | None = None,
+    ) -> Decision:
+        """Count ``cost`` hits of ``key`` against ``limit`` and return the decision.
+
+        ``cost`` 0 peeks, a negative cost refunds. Raises :class:`KeyTooLongError`,
+        :class:`InvalidCostError` for bad input, :class:`OwnerUnavailableError` only with
+        ``FailPolicy.RAISE``.
+        """
+        kb = self._key(key)
+        _check_cost(cost)
+        if not isinstance(limit, Limit):
+            raise RateLimitError(f"limit must be a Limit, got {type(limit).__name__}")
+        m = self._mode if mode is None else Mode(mode)
+        if m is Mode.GLOBAL:
+            d = await self._global.hit(kb, limit, cost)
+        else:
+            d = await self._owner_hit(kb, limit, cost)
+        self.metrics.decision(limit.label, d)
+        return d
+
+    async def peek(self, key: str | bytes, limit: Limit) -> Decision:
+        """The key's state against ``limit`` without counting anything (a cost-0 hit)."""
+        return await self.hit(key, limit, 0)
+
+    async def refund(self, key: str | bytes, limit: Limit, amount: int = 1) -> Decision:
+        """Give back ``amount`` hits (never beyond the key's initial allowance)."""
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise InvalidCostError(f"refund amount must be a non-negative integer, got {amount!r}")
+        return await self.hit(key, limit, -amount)
+
+    async def reset(self, key: str | bytes) -> None:
+        """Forget ``key`` everywhere: its next hit starts from a fresh allowance."""
+        kb = self._key(key)
+        owner = self._node.preference_list(kb, 1)[0]
+        p = self._node.partition_for_key(kb)
+        if owner == self._node.address and self._node.partition_ready(p):
+            await self._reset_local(kb, p)
+            return
+        try:
+            await self._node.execute(self._ns, RESET, kb, b"", replication=1, timeout=self._timeout)
+        except PeerRingError as exc:
+            raise OwnerUnavailableError(f"cannot reset {key!r}: {exc}") from exc
+
+    # -- owner mode --------------------------------------------------------------------
+
+    def _key(self, key: str | bytes) -> bytes:
+        if isinstance(key, str):
+            kb = key.encode()
+        elif isinstance(key, bytes | bytearray | memoryview):
+            kb = bytes(key)
+        else:
+            raise RateLimitError(f"a key is str or bytes, got {type(key).__name__}")
+        if len(kb) > self._max_key_bytes:
+            raise KeyTooLongError(f"key of {len(kb)} bytes exceeds {self._max_key_bytes}")
+        return kb
+
+    async def _owner_hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
+        owner = self._node.preference_list(kb, 1)[0]
+        p = self._node.partition_for_key(kb)
+        if owner == self._node.address and self._node.partition_ready(p):
+            out = self.decide_here(kb, p, limit, cost)
+            return out if isinstance(out, Decision) else await out
+        self.metrics.forwarded += 1
+        try:
+            return await self._forward.submit((kb, encode_hit(limit, cost)))
+        except (TimeoutError, PeerRingError, RateLimitError) as exc:
+            return self._fail(kb, limit, cost, exc)
+
+    def decide_here(
+        self, kb: bytes, partition: int, limit: Limit, cost: int, *, force: bool = False
+    ) -> Decision | Awaitable[Decision]:
+        """Decide on this node (the owner) and replicate the new state before answering."""
+        now = self._clock.monotonic()
+        entry = self._store.get(kb, partition)
+        state = entry.state if entry is not None and entry.expires > now else None
+        new, d = decide(state, limit, cost, now, force=force)
+        if new is state:
+            return d
+        seq = (entry.seq if entry is not None else 0) + 1
+        self._store.put(kb, Entry(seq, new, expires_at(new, limit, now)), partition)
+        self._global.on_owner_change(kb)
+        if self._replication <= 1:
+            return d
+        return self._after_replication(kb, d)
+
+    async def _after_replication(self, kb: bytes, d: Decision) -> Decision:
+        await self._replicate.submit(kb)
+        return d
+
+    async def _reset_local(self, kb: bytes, partition: int) -> None:
+        entry = self._store.get(kb, partition)
+        if entry is None:
+            return
+        self._store.put(kb, Entry(entry.seq + 1, None, entry.expires), partition)
+        self._global.on_owner_change(kb)
+        if self._replication > 1:
+            await self._replicate.submit(kb)
+
+    async def _send_hits(
+        self, items: Sequence[tuple[bytes, bytes]]
+    ) -> list[Decision | BaseException]:
+        results = await self._node.execute_many(
+            self._ns, HIT, list(items), replication=1, quorum=1, timeout=self._timeout
+        )
+        out: list[Decision | BaseException] = []
+        for res in results:
+            if res.ok and res.payloads:
+                try:
+                    out.append(decode_decision(res.payloads[0]))
+                except RateLimitError as exc:
+                    out.append(exc)
+            else:
+                out.append(res.error or OwnerUnavailableError("no reply from the owner"))
+        return out
+
+    async def _send_states(self, keys: Sequence[bytes]) -> list[BaseException | None]:
+        now = self._clock.monotonic()
+        unique = list(dict.fromkeys(keys))
+        items = []
+        for kb in unique:
+            entry = self._store.get(kb)
+            if entry is not None:
+                items.append((kb, encode_entry(kb, entry, now)))
+        results = await self._node.execute_many(
+            self._ns,
+            STATE,
+            items,
+            replication=self._replication,
+            quorum=self._state_quorum,
+            timeout=self._timeout,
+        )
+        for res in results:
+            if not res.ok:
+                self.metrics.replication_failures += 1
+                logger.debug("state of %r not replicated: %s", res.key, res.error)
+        # A decision stands once taken; a replication failure is counted, not returned.
+        return [None] * len(keys)
+
+    def _fail(self, kb: bytes, limit: Limit, cost: int, exc: BaseException) -> Decision:
+        self.metrics.owner_unavailable += 1
+        policy = self._fail_policy
+        logger.debug("owner of %r unavailable (%s): %s", kb, exc, policy.value)
+        if policy is FailPolicy.RAISE:
+            raise OwnerUnavailableError(f"owner of {kb!r} unreachable: {exc}") from exc
+        if policy is FailPolicy.FAIL_OPEN:
+            return Decision(True, limit.limit, limit.limit, 0.0, 0.0, policy.value)
+        if policy is FailPolicy.FAIL_CLOSED:
+            return Decision(False, limit.limit, 0, limit.period, limit.period, policy.value)
+        return self._estimate(kb, limit, cost)
+
+    def _estimate(self, kb: bytes, limit: Limit, cost: int) -> Decision:
+        share = fair_share(limit, max(1, len(self._node.members)))
+        new, d = decide(self._estimates.get(kb), share, cost, self._clock.monotonic())
+        if new is None:
+            self._estimates.pop(kb, None)
+        else:
+            self._estimates[kb] = new
+        return dataclasses.replace(d, limit=limit.limit, source=FailPolicy.LOCAL_ESTIMATE.value)
+
+    # -- handlers (run on the owner / replicas) ----------------------------------------
+
+    def _on_hit(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes | Awaitable[bytes]:
+        limit, cost = decode_hit(payload)
+        _check_cost(cost)
+        out = self.decide_here(key, ctx.partition, limit, cost)
+        if isinstance(out, Decision):
+            return encode_decision(out)
+        return _encoded(out)
+
+    def _on_state(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        rkey, entry = decode_entry(payload, self._clock.monotonic())
+        if rkey != key:
+            raise RateLimitError("state record for another key")
+        self._store.merge(key, entry, ctx.partition)
+        return b""
+
+    def _on_reset(self, ctx: CommandContext, key: bytes, payload: bytes) -> Awaitable[bytes]:
+        return _empty(self._reset_local(key, ctx.partition))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this node (also exported as Prometheus metrics)."""
+        return self.metrics.snapshot()
+
+
+def fair_share(limit: Limit, nodes: int) -> Limit:
+    """``limit`` divided among ``nodes`` (each at least 1), for local estimates."""
+    burst = None if limit.burst is None else max(1, math.ceil(limit.burst / nodes))
+    return dataclasses.replace(limit, limit=max(1, math.ceil(limit.limit / nodes)), burst=burst)
+
+
+def _check_cost(cost: object) -> None:
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise InvalidCostError(f"cost must be an integer, got {cost!r}")
+    if abs(cost) > MAX_COST:
+        raise InvalidCostError(f"cost {cost} outside [-{MAX_COST}, {MAX_COST}]")
+
+
+async def _encoded(out: Awaitable[Decision]) -> bytes:
+    return encode_decision(await out)
+
+
+async def _empty(out: Awaitable[None]) -> bytes:
+    await out
+    return b""

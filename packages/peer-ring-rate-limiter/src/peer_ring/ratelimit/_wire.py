@@ -1,0 +1,106 @@
+"""Messages between nodes: a hit request, a decision, a key's replicated entry.
+
+All big-endian with a leading version byte; every decoder raises
+:class:`~peer_ring.ratelimit.CorruptStateError` on malformed input, so a bad peer message
+fails that one request and leaves the node running.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+from peer_ring.ratelimit._decision import Decision
+from peer_ring.ratelimit._errors import CorruptStateError, RateLimitError
+from peer_ring.ratelimit._limit import Algorithm, Limit
+from peer_ring.ratelimit._state import State, decode_state, encode_state
+
+WIRE_VERSION = 1
+
+# version, algorithm, limit, period, burst (0: none), cost
+_HIT = struct.Struct(">BBqdqq")
+# version, allowed, limit, remaining, reset_after, retry_after (-1: never)
+_DECISION = struct.Struct(">BBqqdd")
+# version, seq, expires (offset from the encoder's now), key length
+_ENTRY = struct.Struct(">BQdH")
+
+
+def encode_hit(limit: Limit, cost: int) -> bytes:
+    """A hit request for the key's owner."""
+    return _HIT.pack(
+        WIRE_VERSION, limit.algorithm.value, limit.limit, limit.period, limit.burst or 0, cost
+    )
+
+
+def decode_hit(data: bytes) -> tuple[Limit, int]:
+    """Decode :func:`encode_hit`; a bad limit inside is a :class:`CorruptStateError`."""
+    try:
+        version, algo, count, period, burst, cost = _HIT.unpack(data)
+    except struct.error as exc:
+        raise CorruptStateError(f"malformed hit request ({len(data)} bytes)") from exc
+    if version != WIRE_VERSION:
+        raise CorruptStateError(f"unsupported hit request version {version}")
+    try:
+        limit = Limit(count, period, burst or None, Algorithm.parse(algo))
+    except RateLimitError as exc:
+        raise CorruptStateError(f"hit request with a bad limit: {exc}") from exc
+    return limit, cost
+
+
+def encode_decision(d: Decision) -> bytes:
+    """A decision, as the owner answers it."""
+    retry = -1.0 if math.isinf(d.retry_after) else d.retry_after
+    return _DECISION.pack(WIRE_VERSION, d.allowed, d.limit, d.remaining, d.reset_after, retry)
+
+
+def decode_decision(data: bytes, source: str = "owner") -> Decision:
+    """Decode :func:`encode_decision`."""
+    try:
+        version, allowed, limit, remaining, reset, retry = _DECISION.unpack(data)
+    except struct.error as exc:
+        raise CorruptStateError(f"malformed decision ({len(data)} bytes)") from exc
+    if version != WIRE_VERSION:
+        raise CorruptStateError(f"unsupported decision version {version}")
+    return Decision(
+        bool(allowed), limit, remaining, reset, math.inf if retry < 0 else retry, source
+    )
+
+
+@dataclass(slots=True)
+class Entry:
+    """One key's state on one node: ``seq`` orders the owner's successive decisions.
+
+    ``state`` is None for a key that was reset (a tombstone: it still carries its seq, so
+    an older record arriving late cannot bring the old state back). ``expires`` is the time
+    on this node's clock from which the entry is equivalent to no entry.
+    """
+
+    seq: int
+    state: State | None
+    expires: float
+
+
+def encode_entry(key: bytes, entry: Entry, now: float) -> bytes:
+    """A self-describing record (key included) of an entry, times relative to ``now``."""
+    body = b"" if entry.state is None else encode_state(entry.state, now)
+    return _ENTRY.pack(WIRE_VERSION, entry.seq, entry.expires - now, len(key)) + key + body
+
+
+def decode_entry(data: bytes, now: float) -> tuple[bytes, Entry]:
+    """Decode :func:`encode_entry` with times on this node's clock (``now``)."""
+    try:
+        version, seq, expires, klen = _ENTRY.unpack_from(data)
+    except struct.error as exc:
+        raise CorruptStateError(f"malformed entry record ({len(data)} bytes)") from exc
+    if version != WIRE_VERSION:
+        raise CorruptStateError(f"unsupported entry record version {version}")
+    if not math.isfinite(expires):
+        raise CorruptStateError("entry record with a non-finite expiry")
+    start = _ENTRY.size
+    if len(data) < start + klen:
+        raise CorruptStateError("entry record shorter than its key")
+    key = bytes(data[start : start + klen])
+    body = data[start + klen :]
+    state = decode_state(bytes(body), now) if body else None
+    return key, Entry(seq, state, expires + now)

@@ -1,0 +1,64 @@
+"""Fixtures: rate limiter clusters on the in-memory network (fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from peer_ring.core import PeerRingConfig
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.ratelimit import RateLimiter
+
+CONFIG = PeerRingConfig(partitions=64, request_timeout=1.0)
+
+
+def peers(n: int) -> list[str]:
+    return [f"127.0.0.{i}:7201" for i in range(1, n + 1)]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def network(clock: FakeClock) -> MemoryNetwork:
+    return MemoryNetwork(clock)
+
+
+MakeLimiter = Callable[..., RateLimiter]
+
+
+@pytest.fixture
+def make_limiter(network: MemoryNetwork, clock: FakeClock) -> MakeLimiter:
+    def make(address: str, members: list[str], **kw: object) -> RateLimiter:
+        kw.setdefault("replication", 2)
+        return RateLimiter(
+            FixedDiscovery(address, members),
+            config=kw.pop("config", CONFIG),  # type: ignore[arg-type]
+            transport=network.transport(address),
+            clock=clock,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+async def cluster(
+    make_limiter: MakeLimiter, request: pytest.FixtureRequest
+) -> AsyncIterator[list[RateLimiter]]:
+    """Five started limiters (``@pytest.mark.parametrize("cluster", [kwargs], indirect=True)``
+    passes limiter keyword arguments)."""
+    kw = getattr(request, "param", {}) or {}
+    members = peers(kw.pop("nodes", 5))
+    limiters = [make_limiter(a, members, **kw) for a in members]
+    for rl in limiters:
+        await rl.start()
+    await asyncio.gather(*(rl.node.wait_ready() for rl in limiters))
+    await settle_loop()
+    yield limiters
+    for rl in limiters:
+        await rl.stop()
