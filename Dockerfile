@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The peer-ring key-value node (`peer-ring-kv serve`), used as a sidecar by deploy/ and by
 # the kind e2e workflow (.github/workflows/e2e-kind.yml):
 #   docker build -t peer-ring-kv:dev .
