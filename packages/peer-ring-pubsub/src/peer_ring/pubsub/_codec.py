@@ -1,0 +1,97 @@
+"""A small, strict binary codec for records and command payloads.
+
+Fields are written in a fixed order per message type: unsigned/signed 64-bit integers,
+doubles, and length-prefixed byte strings. Decoding a truncated or malformed buffer raises
+:class:`CodecError` (never a bare ``struct.error``), so bad input from a peer becomes a
+typed error and never crashes a handler.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_Q = struct.Struct(">Q")
+_q = struct.Struct(">q")
+_D = struct.Struct(">d")
+_I = struct.Struct(">I")
+
+
+class CodecError(ValueError):
+    """A buffer could not be decoded (truncated, trailing bytes, or bad values)."""
+
+
+class Writer:
+    """Appends fields to a growing buffer."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def u64(self, value: int) -> Writer:
+        self._parts.append(_Q.pack(value))
+        return self
+
+    def i64(self, value: int) -> Writer:
+        self._parts.append(_q.pack(value))
+        return self
+
+    def f64(self, value: float) -> Writer:
+        self._parts.append(_D.pack(value))
+        return self
+
+    def bytes_(self, value: bytes) -> Writer:
+        self._parts.append(_I.pack(len(value)))
+        self._parts.append(value)
+        return self
+
+    def str_(self, value: str) -> Writer:
+        return self.bytes_(value.encode())
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Reader:
+    """Reads fields back in the order they were written."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self._buf = memoryview(buf)
+        self._pos = 0
+
+    def _take(self, n: int) -> memoryview:
+        end = self._pos + n
+        if n < 0 or end > len(self._buf):
+            raise CodecError("truncated buffer")
+        view = self._buf[self._pos : end]
+        self._pos = end
+        return view
+
+    def u64(self) -> int:
+        return int(_Q.unpack(self._take(8))[0])
+
+    def i64(self) -> int:
+        return int(_q.unpack(self._take(8))[0])
+
+    def f64(self) -> float:
+        return float(_D.unpack(self._take(8))[0])
+
+    def bytes_(self) -> bytes:
+        (n,) = _I.unpack(self._take(4))
+        return bytes(self._take(int(n)))
+
+    def str_(self) -> str:
+        try:
+            return self.bytes_().decode()
+        except UnicodeDecodeError as exc:
+            raise CodecError("invalid UTF-8 string") from exc
+
+    def at_end(self) -> bool:
+        return self._pos == len(self._buf)
+
+    def done(self) -> None:
+        """Raise unless every byte was consumed."""
+        if self._pos != len(self._buf):
+            raise CodecError("trailing bytes")

@@ -1,0 +1,222 @@
+"""A consumer group's state on one topic partition: cursor, pending list, acks (pure).
+
+The state is a join-semilattice so that replicas can merge copies in any order and a cursor
+never moves backwards:
+
+* ``floor``: every sequence below it is done (acked, terminated or dead-lettered); max-merged.
+* ``next``: the first sequence never handed out; max-merged.
+* ``done``: sequences in ``[floor, next)`` finished out of order; union-merged.
+* ``pending``: sequences handed out and not done, each with the consumer holding it, its
+  delivery count and a revision bumped by ``in_progress``/``nak``; per sequence the higher
+  ``(deliveries, rev)`` wins, and done always beats pending.
+
+Every change made by the sequencer is a *delta* of the same shape, replicated to W replicas
+before the consumer sees its effect (a delivery, an ack's success), so a replica that takes
+over knows every delivery and every ack that was reported. Deadlines are the sequencer's
+monotonic time; a new sequencer restarts every pending deadline at ``now + ack_wait`` (see
+:meth:`GroupState.restart_deadlines`), so a failover never redelivers early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from peer_ring.pubsub._errors import NotHeldError, StaleAckError
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A delivered, unfinished message.
+
+    Attributes:
+        consumer: the subscriber holding it.
+        deliveries: how many times it was delivered (1 on the first delivery).
+        rev: bumped by ``in_progress`` / ``nak`` within one delivery.
+        deadline: when it may be redelivered (the sequencer's monotonic time).
+    """
+
+    consumer: str
+    deliveries: int
+    rev: int
+    deadline: float
+
+    def version(self) -> tuple[int, int, float]:
+        """Merge order: later delivery, then later revision, then later deadline."""
+        return (self.deliveries, self.rev, self.deadline)
+
+
+@dataclass(slots=True)
+class Claim:
+    """What one fetch hands out.
+
+    Attributes:
+        deliver: ``(seq, deliveries)`` to send to the consumer.
+        dead: sequences that reached ``max_deliver``, for the dead-letter topic.
+        expired: messages that left retention before this group saw them.
+        delta: the state change to replicate before delivering.
+    """
+
+    deliver: list[tuple[int, int]] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    expired: int = 0
+    delta: GroupState | None = None
+
+
+@dataclass(slots=True)
+class GroupState:
+    """One group's progress on one partition."""
+
+    floor: int = 0
+    next: int = 0
+    done: set[int] = field(default_factory=set)
+    pending: dict[int, Pending] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- queries
+    def is_done(self, seq: int) -> bool:
+        """True when ``seq`` was acked, terminated or dead-lettered."""
+        return seq < self.floor or seq in self.done
+
+    def held_by(self, consumer: str) -> int:
+        """How many messages ``consumer`` holds."""
+        return sum(1 for p in self.pending.values() if p.consumer == consumer)
+
+    def copy(self) -> GroupState:
+        """An independent copy."""
+        return GroupState(self.floor, self.next, set(self.done), dict(self.pending))
+
+    # ------------------------------------------------------------------- merge
+    def merge(self, other: GroupState) -> None:
+        """Join ``other`` into this state (commutative, associative, idempotent)."""
+        self.floor = max(self.floor, other.floor)
+        self.next = max(self.next, other.next, self.floor)
+        self.done |= other.done
+        for seq, theirs in other.pending.items():
+            mine = self.pending.get(seq)
+            if mine is None or theirs.version() > mine.version():
+                self.pending[seq] = theirs
+        self._normalize()
+
+    def _normalize(self) -> None:
+        for seq in [s for s in self.pending if self.is_done(s)]:
+            del self.pending[seq]
+        while self.floor in self.done:
+            self.done.discard(self.floor)
+            self.floor += 1
+        self.next = max(self.next, self.floor)
+        self.done = {s for s in self.done if s >= self.floor}
+
+    # ---------------------------------------------------------- sequencer ops
+    def claim(
+        self,
+        consumer: str,
+        limit: int,
+        is_message: Callable[[int], bool],
+        first: int,
+        end: int,
+        now: float,
+        ack_wait: float,
+        max_deliver: int,
+    ) -> Claim:
+        """Hand up to ``limit`` messages to ``consumer`` and return the delta to replicate.
+
+        Expired pending messages are redelivered first (oldest first); those that already
+        had ``max_deliver`` deliveries are returned in ``dead`` instead. Then new messages
+        from ``next`` up to ``end`` (exclusive); ``is_message(seq)`` is False for no-ops,
+        which are finished at once. Sequences below ``first`` (the log's first retained
+        one) are gone: the cursor moves to ``first`` and ``claim.expired`` counts the
+        messages that were never delivered. Nothing is applied here: the caller replicates
+        ``claim.delta`` and then merges it.
+        """
+        claim = Claim()
+        delta = GroupState(floor=max(self.floor, first), next=max(self.next, first))
+        claim.expired = max(0, first - self.next)
+        for seq in sorted(self.pending):
+            if len(claim.deliver) >= limit:
+                break
+            p = self.pending[seq]
+            if p.deadline > now or seq < first:
+                continue
+            if p.deliveries >= max_deliver:
+                claim.dead.append(seq)
+                continue
+            delta.pending[seq] = Pending(consumer, p.deliveries + 1, 0, now + ack_wait)
+            claim.deliver.append((seq, p.deliveries + 1))
+        seq = delta.next
+        while seq < end and len(claim.deliver) < limit:
+            if is_message(seq):
+                delta.pending[seq] = Pending(consumer, 1, 0, now + ack_wait)
+                claim.deliver.append((seq, 1))
+            else:
+                delta.done.add(seq)
+            seq += 1
+        delta.next = seq
+        delta._normalize()
+        claim.delta = delta
+        return claim
+
+    def check_held(self, consumer: str, seq: int, deliveries: int) -> Pending | None:
+        """The pending entry ``consumer`` holds at ``seq``, or None if already done.
+
+        Raises:
+            StaleAckError: the message was redelivered since (another delivery count).
+            NotHeldError: the message was never delivered, or is held by someone else.
+        """
+        if self.is_done(seq):
+            return None
+        p = self.pending.get(seq)
+        if p is None:
+            raise NotHeldError(f"message {seq} is not held by any consumer of this group")
+        if p.deliveries != deliveries:
+            raise StaleAckError(
+                f"message {seq} was redelivered (delivery {p.deliveries}, "
+                f"this is delivery {deliveries}); its ack_wait had expired"
+            )
+        if p.consumer != consumer:
+            raise NotHeldError(f"message {seq} is held by another consumer")
+        return p
+
+    def finish(self, consumer: str, seqs: Iterable[tuple[int, int]]) -> GroupState:
+        """Delta that acks (or terminates) ``(seq, deliveries)`` pairs held by ``consumer``.
+
+        Raises:
+            StaleAckError / NotHeldError: see :meth:`check_held` (nothing is changed).
+        """
+        delta = GroupState(floor=self.floor, next=self.next)
+        for seq, deliveries in seqs:
+            self.check_held(consumer, seq, deliveries)
+            # Already done: replicate it again anyway, so a repeated ack is only reported
+            # once the ack is durable (the first one may still be replicating).
+            if seq >= self.floor:
+                delta.done.add(seq)
+        delta._normalize()
+        return delta
+
+    def extend(self, consumer: str, seq: int, deliveries: int, deadline: float) -> GroupState:
+        """Delta that moves a held message's deadline (``in_progress`` or ``nak(delay)``).
+
+        Raises:
+            StaleAckError / NotHeldError: see :meth:`check_held`.
+        """
+        delta = GroupState(floor=self.floor, next=self.next)
+        p = self.check_held(consumer, seq, deliveries)
+        if p is not None:
+            delta.pending[seq] = replace(p, rev=p.rev + 1, deadline=deadline)
+        return delta
+
+    def mark_done(self, seqs: Iterable[int]) -> GroupState:
+        """Delta that finishes ``seqs`` whoever holds them (dead-lettered messages)."""
+        return GroupState(floor=self.floor, next=self.next, done=set(seqs))
+
+    def restart_deadlines(self, now: float, ack_wait: float) -> None:
+        """Give every pending message a full ``ack_wait`` from ``now`` (after a takeover)."""
+        for seq, p in self.pending.items():
+            self.pending[seq] = replace(p, deadline=now + ack_wait)
+
+    def release(self, consumer: str) -> GroupState:
+        """Delta making ``consumer``'s messages redeliverable now (it closed cleanly)."""
+        delta = GroupState(floor=self.floor, next=self.next)
+        for seq, p in self.pending.items():
+            if p.consumer == consumer:
+                delta.pending[seq] = replace(p, rev=p.rev + 1, deadline=float("-inf"))
+        return delta

@@ -1,0 +1,198 @@
+"""Everything a replica stores for one topic partition, and its record encoding.
+
+A :class:`PartitionState` is the partition's :class:`PartitionLog` plus the state of every
+consumer group reading it. Both halves merge as join-semilattices, so the records that the
+core's data movement carries (``DataHooks``) can be applied in any order, twice, or late.
+
+Records (opaque to the core) are self-describing: a kind byte, the ring key, then fields.
+A partition exports one ``META`` record (config, promise, epoch starts, first retained
+sequence, dedup window), its entries in chunks, and one record per group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from peer_ring.pubsub._codec import CodecError, Reader, Writer
+from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._group import GroupState, Pending
+from peer_ring.pubsub._log import Ballot, DedupRecord, Entry, PartitionLog
+
+META = 1
+ENTRIES = 2
+GROUP = 3
+ENTRIES_PER_RECORD = 256
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """One replica's copy of a topic partition: log and consumer groups."""
+
+    log: PartitionLog
+    groups: dict[str, GroupState] = field(default_factory=dict)
+
+    def group(self, name: str) -> GroupState:
+        """The group's state, created empty (at sequence 0) on first use."""
+        state = self.groups.get(name)
+        if state is None:
+            state = self.groups[name] = GroupState()
+        return state
+
+    def merge_group(self, name: str, delta: GroupState) -> None:
+        """Merge a group delta or copy."""
+        self.group(name).merge(delta)
+
+    def merge(self, other: PartitionState) -> None:
+        """Join ``other`` into this state."""
+        self.log.merge(other.log)
+        for name, state in other.groups.items():
+            self.merge_group(name, state)
+
+    def records(self, key: bytes) -> Iterator[bytes]:
+        """Export this state as mergeable records (see the module docstring)."""
+        yield encode_meta(key, self.log)
+        batch: list[Entry] = []
+        for entry in self.log.iter_entries():
+            batch.append(entry)
+            if len(batch) == ENTRIES_PER_RECORD:
+                yield encode_entries(key, batch)
+                batch = []
+        if batch:
+            yield encode_entries(key, batch)
+        for name, state in sorted(self.groups.items()):
+            yield encode_group(key, name, state)
+
+    def digest(self) -> bytes:
+        """A digest equal on two replicas holding the same state (order-independent)."""
+        h = hashlib.blake2b(digest_size=16)
+        log = self.log
+        w = Writer().u64(log.first).i64(log.commit).u64(log.promised.epoch)
+        w.str_(log.promised.node)
+        for epoch, start in sorted(log.epoch_starts.items()):
+            w.u64(epoch).u64(start)
+        h.update(w.getvalue())
+        for seq in sorted(log.entries):
+            entry = log.entries[seq]
+            h.update(Writer().u64(seq).u64(entry.epoch).u64(entry.writer).getvalue())
+        for msg_id in sorted(log.dedup):
+            h.update(msg_id.encode())
+        for name, state in sorted(self.groups.items()):
+            h.update(encode_group(b"", name, state))
+        return h.digest()
+
+
+# ------------------------------------------------------------------- encoding
+def encode_entry(w: Writer, entry: Entry) -> None:
+    """Append one entry to ``w``."""
+    w.u64(entry.epoch).u64(entry.seq).f64(entry.time).str_(entry.msg_id)
+    w.bytes_(entry.key).bytes_(entry.data).u64(entry.kind).u64(entry.writer)
+
+
+def decode_entry(r: Reader) -> Entry:
+    """Read one entry written by :func:`encode_entry`."""
+    return Entry(r.u64(), r.u64(), r.f64(), r.str_(), r.bytes_(), r.bytes_(), r.u64(), r.u64())
+
+
+def encode_epoch_starts(w: Writer, starts: dict[int, int]) -> None:
+    """Append an epoch-start map."""
+    w.u64(len(starts))
+    for epoch, start in sorted(starts.items()):
+        w.u64(epoch).u64(start)
+
+
+def decode_epoch_starts(r: Reader) -> dict[int, int]:
+    """Read an epoch-start map."""
+    return {r.u64(): r.u64() for _ in range(r.u64())}
+
+
+def encode_group_state(w: Writer, state: GroupState) -> None:
+    """Append a group state (or delta)."""
+    w.u64(state.floor).u64(state.next).u64(len(state.done))
+    for seq in sorted(state.done):
+        w.u64(seq)
+    w.u64(len(state.pending))
+    for seq, p in sorted(state.pending.items()):
+        w.u64(seq).str_(p.consumer).u64(p.deliveries).u64(p.rev).f64(p.deadline)
+
+
+def decode_group_state(r: Reader) -> GroupState:
+    """Read a group state written by :func:`encode_group_state`."""
+    state = GroupState(r.u64(), r.u64())
+    state.done = {r.u64() for _ in range(r.u64())}
+    for _ in range(r.u64()):
+        seq = r.u64()
+        state.pending[seq] = Pending(r.str_(), r.u64(), r.u64(), r.f64())
+    return state
+
+
+def encode_meta(key: bytes, log: PartitionLog) -> bytes:
+    """The META record of a partition."""
+    w = Writer().u64(META).bytes_(key)
+    log.config.encode(w)
+    w.u64(log.promised.epoch).str_(log.promised.node).u64(log.first).i64(log.commit)
+    encode_epoch_starts(w, log.epoch_starts)
+    w.u64(len(log.dedup))
+    for rec in log.dedup.values():
+        w.str_(rec.msg_id).u64(rec.epoch).u64(rec.seq).f64(rec.time).u64(max(rec.writer, 0))
+    return w.getvalue()
+
+
+def encode_entries(key: bytes, entries: list[Entry]) -> bytes:
+    """An ENTRIES record."""
+    w = Writer().u64(ENTRIES).bytes_(key).u64(len(entries))
+    for entry in entries:
+        encode_entry(w, entry)
+    return w.getvalue()
+
+
+def encode_group(key: bytes, name: str, state: GroupState) -> bytes:
+    """A GROUP record."""
+    w = Writer().u64(GROUP).bytes_(key).str_(name)
+    encode_group_state(w, state)
+    return w.getvalue()
+
+
+@dataclass(slots=True)
+class DecodedRecord:
+    """A record split into its ring key and the partial state it carries."""
+
+    key: bytes
+    config: TopicConfig | None
+    state: PartitionState
+
+
+def decode_record(record: bytes, default: TopicConfig) -> DecodedRecord:
+    """Decode any record into a partial :class:`PartitionState` to merge.
+
+    Raises:
+        CodecError: a malformed record.
+    """
+    r = Reader(record)
+    kind = r.u64()
+    key = r.bytes_()
+    config: TopicConfig | None = None
+    log = PartitionLog(default)
+    state = PartitionState(log)
+    if kind == META:
+        config = TopicConfig.decode(r)
+        log.config = config
+        log.promised = Ballot(r.u64(), r.str_())
+        log.first = r.u64()
+        log.commit = r.i64()
+        log.epoch_starts = decode_epoch_starts(r)
+        for _ in range(r.u64()):
+            dedup = DedupRecord(r.str_(), r.u64(), r.u64(), r.f64(), r.u64())
+            log.dedup[dedup.msg_id] = dedup
+    elif kind == ENTRIES:
+        for _ in range(r.u64()):
+            entry = decode_entry(r)
+            log.entries[entry.seq] = entry
+    elif kind == GROUP:
+        name = r.str_()
+        state.groups[name] = decode_group_state(r)
+    else:
+        raise CodecError(f"unknown record kind {kind}")
+    r.done()
+    return DecodedRecord(key, config, state)
