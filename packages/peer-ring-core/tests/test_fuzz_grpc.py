@@ -58,7 +58,9 @@ INTERNAL = "__peer_ring__"
 
 NODE_SCRIPT = r"""
 import asyncio, logging, sys
-from peer_ring.core import PeerRing, PeerRingConfig, bucket_for_key, partition_for_key
+from peer_ring.core import (
+    Command, PeerRing, PeerRingConfig, bucket_for_key, partition_for_key,
+)
 from peer_ring.core.testing import FixedDiscovery
 from peer_ring.core.transport import GrpcTransport, TransportLimits
 
@@ -111,8 +113,8 @@ async def main():
     )
     node = PeerRing(FixedDiscovery(address, [address]), config=config,
                     transport=GrpcTransport(address, limits=limits))
-    node.register("t", "set", h_set, kind="write")
-    node.register("t", "get", h_get, kind="read")
+    node.register("t", Command("set", mutates=True), h_set)
+    node.register("t", Command("get", reads=True), h_get)
     node.register("t", "slow", h_slow)
     node.register("t", "boom", h_boom)
     node.register_hooks("t", Hooks())

@@ -337,8 +337,8 @@ async def test_three_peer_ring_nodes_with_mtls_replicate_while_a_rogue_is_refuse
         def get(ctx: Any, key: bytes, payload: bytes, store: dict[bytes, bytes] = store) -> bytes:
             return store.get(key, b"")
 
-        node.register("t", "put", put, kind="other")
-        node.register("t", "get", get, kind="other")
+        node.register("t", "put", put)
+        node.register("t", "get", get)
         nodes.append(node)
 
     rogue_key, rogue_cert = other.issue("rogue", ips=hosts)

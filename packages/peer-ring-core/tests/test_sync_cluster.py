@@ -15,6 +15,7 @@ import pytest
 
 from peer_ring.core import (
     DIGEST_BUCKETS,
+    Command,
     CommandContext,
     InvalidArgumentError,
     NotRunningError,
@@ -127,8 +128,8 @@ class Harness:
             discovery, config=config, transport=self.network.transport(address), clock=self.clock
         )
         app = App()
-        node.register("app", "put", app.put, kind="write")
-        node.register("app", "get", app.get, kind="read")
+        node.register("app", Command("put", mutates=True), app.put)
+        node.register("app", Command("get", reads=True), app.get)
         if hooks:
             node.register_hooks("app", app)
         await node.start()
@@ -178,12 +179,12 @@ async def three(h: Harness) -> list[PeerRing]:
 # -- registration and lifecycle ------------------------------------------------------------
 
 
-async def test_register_validates_kind_and_reserves_the_internal_namespace(
+async def test_register_validates_commands_and_reserves_the_internal_namespace(
     harness: Harness,
 ) -> None:
     node = await harness.start(ADDRS[0], ADDRS[:1])
-    with pytest.raises(InvalidArgumentError, match="kind"):
-        node.register("x", "y", lambda c, k, p: b"", kind="delete")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="hinted=True requires mutates=True"):
+        node.register("x", Command("y", hinted=True), lambda c, k, p: b"")
     with pytest.raises(InvalidArgumentError, match="reserved"):
         node.register("__peer_ring__", "ping", lambda c, k, p: b"")
 

@@ -52,7 +52,7 @@ async def cluster(
 ) -> AsyncIterator[list[RateLimiter]]:
     """Five started limiters (``@pytest.mark.parametrize("cluster", [kwargs], indirect=True)``
     passes limiter keyword arguments)."""
-    kw = getattr(request, "param", {}) or {}
+    kw = dict(getattr(request, "param", {}) or {})
     members = peers(kw.pop("nodes", 5))
     limiters = [make_limiter(a, members, **kw) for a in members]
     for rl in limiters:

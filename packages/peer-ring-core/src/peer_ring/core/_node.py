@@ -1,75 +1,50 @@
-"""``PeerRing``: one node of the cluster — handlers, the coordinator and the lifecycle.
+"""``PeerRing``: one node of the cluster — the facade applications use.
 
-The coordinator follows Dynamo §4.5: any node can coordinate an operation; it computes the
-key's preference list, runs the command locally when it is a replica, sends it to the
-other replicas, and returns once ``quorum`` of them succeeded. It creates no asyncio Task
-per operation: remote replies resolve futures whose callbacks feed a
-:class:`~peer_ring.core._quorum.QuorumCollector`.
+The work is done by three parts this class wires together:
 
-Two refinements keep quorums meaningful while data moves (``docs/data-movement.md``):
-
-* **sloppy quorum** (Dynamo §4.6) for commands registered with ``kind="write"``: a
-  preferred replica that is suspected (or that fails) is replaced by the next healthy node
-  of the ring walk, which stores the write as a *hint* and hands it over later;
-* **read forwarding** for ``kind="read"``: a replica still pulling the key's partition
-  answers "not ready" instead of "not found", and the coordinator asks the partition's
-  previous holders (which keep it until the handoff is confirmed) in its place.
-
-Data movement itself (initial sync, rebalancing, handoff, anti-entropy, failure detection)
-is driven by :class:`~peer_ring.core._sync.SyncManager`.
+* the :class:`~peer_ring.core._dispatcher.Dispatcher` holds the registered commands and is
+  the one path by which a handler runs, for requests from peers and for the node's own
+  runs alike;
+* the :class:`~peer_ring.core._coordinator.Coordinator` runs ``execute``,
+  ``execute_many``, ``send`` and ``call`` (quorums, sloppy quorum with hinted handoff for
+  hinted commands, read forwarding for reading commands);
+* the :class:`~peer_ring.core._sync.SyncManager` moves data (initial sync, rebalancing,
+  handoff, hinted handoff, anti-entropy, failure detection).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Collection, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from peer_ring.core._clock import Clock, SystemClock
-from peer_ring.core._config import PeerRingConfig, check_replication
+from peer_ring.core._command import Command, Handler, as_command
+from peer_ring.core._config import PeerRingConfig
+from peer_ring.core._coordinator import Coordinator
 from peer_ring.core._discovery import Discovery
+from peer_ring.core._dispatcher import Dispatcher
 from peer_ring.core._errors import (
     InvalidArgumentError,
     NotRunningError,
-    PeerUnavailableError,
-    QuorumNotReachedError,
     RequestTimeoutError,
     UnknownCommandError,
 )
 from peer_ring.core._hooks import DataHooks
 from peer_ring.core._membership import Membership, RingListener
-from peer_ring.core._quorum import QuorumCollector
-from peer_ring.core._result import CommandContext, ExecuteResult, Reply
+from peer_ring.core._ownership import OwnershipListener, OwnershipTracker
+from peer_ring.core._result import ExecuteResult
 from peer_ring.core._ring import Ring
-from peer_ring.core._status import error_for_status, status_for_error
-from peer_ring.core._sync import INTERNAL, LeaveReport, PartitionNotReadyError, SyncManager
-from peer_ring.core._types import Member, Request, Response, Status, TransferRequest
+from peer_ring.core._sync import LeaveReport, SyncManager
+from peer_ring.core._types import Member, TransferRequest
 
 if TYPE_CHECKING:
     from peer_ring.core.transport._base import Transport
 
 logger = logging.getLogger(__name__)
-
-#: A command handler: ``handler(ctx, key, payload) -> result bytes``. Plain functions run
-#: inline (fastest: no Task); coroutine functions are awaited.
-Handler = Callable[[CommandContext, bytes, bytes], bytes | Awaitable[bytes]]
-
-#: What a command does to the data, declared at registration (``register(..., kind=)``):
-#: ``"read"`` commands are refused by a replica that is still pulling the key's partition
-#: (so that an empty new replica never answers "not found" in a read quorum) and are then
-#: sent to the partition's previous holders; ``"write"`` commands get sloppy quorum and
-#: hinted handoff and must be idempotent; ``"other"`` commands get neither.
-CommandKind = Literal["read", "write", "other"]
-_KINDS = frozenset(("read", "write", "other"))
-
-#: A read that reaches a replica still pulling its partition waits at most this share of
-#: its timeout (and at most _READ_WAIT_MAX seconds) for the pull before it is refused.
-_READ_WAIT_SHARE = 0.5
-_READ_WAIT_MAX = 1.0
 
 #: Records are moved in chunks of at most this many bytes (well under the message limit).
 _TRANSFER_CHUNK_BYTES = 1 << 20
@@ -86,9 +61,10 @@ class PeerRing:
         clock: time source (inject ``peer_ring.core.testing.FakeClock`` in tests).
 
     Example:
+        >>> SAY = Command("say")
         >>> async with PeerRing(StaticDiscovery(peers, self_address=me)) as node:  # doctest: +SKIP
-        ...     node.register("echo", "say", lambda ctx, key, payload: payload)
-        ...     result = await node.execute("echo", "say", b"k", b"hi", replication=3, quorum=2)
+        ...     node.register("echo", SAY, lambda ctx, key, payload: payload)
+        ...     result = await node.execute("echo", SAY, b"k", b"hi", replication=3, quorum=2)
     """
 
     def __init__(
@@ -124,14 +100,13 @@ class PeerRing:
         # suspected for down_after" could never hold.
         suspicion = max(cfg.suspicion_timeout, 2 * (cfg.probe_interval + cfg.probe_timeout))
         self._membership = Membership(self._address, cfg.partitions, self._clock, suspicion)
-        self._handlers: dict[tuple[str, str], Handler] = {}
-        self._kinds: dict[tuple[str, str], CommandKind] = {}
         self._hooks: dict[str, DataHooks] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._running = False
         self._started = asyncio.Event()
-        self._previous_ring: Ring | None = None
-        self._waiting: set[asyncio.Future[None]] = set()  # local reads waiting for a pull
+        self._dispatcher = Dispatcher(
+            self._address, self._clock, self._membership, cfg.request_timeout
+        )
         self._sync = SyncManager(
             self._address,
             cfg,
@@ -140,8 +115,13 @@ class PeerRing:
             self._transport,
             self._hooks,
             self.transfer,
-            self._local_write,
+            self._dispatcher.local_write,
         )
+        self._dispatcher.sync = self._sync
+        self._coord = Coordinator(
+            self._address, cfg, self._membership, transport, self._dispatcher, self._sync
+        )
+        self._ownership = OwnershipTracker(self._address, cfg.replication)
         # First listener: the sync bookkeeping must see a change before anyone else acts.
         self._membership.add_listener(self._on_ring_change)
         self._transport.add_reachability_listener(self._on_reachability)
@@ -249,42 +229,35 @@ class PeerRing:
         status["address"] = self._address
         status["incarnation"] = self._sync.incarnation
         status["members"] = len(self._membership.ring)
+        status["send"] = {"sent": self._coord.sent, "failed": self._coord.send_failures}
         return status
 
     # -- registration ------------------------------------------------------------------
 
-    def register(
-        self, namespace: str, command: str, handler: Handler, *, kind: CommandKind = "other"
-    ) -> None:
-        """Register ``handler`` for ``(namespace, command)`` on this node.
+    def register(self, namespace: str, command: Command | str, handler: Handler) -> None:
+        """Register ``handler`` for ``command`` in ``namespace`` on this node.
 
         Every node of the cluster must register the same commands (they are called on
         whichever node replicates the key). Plain functions run inline on the transport's
-        reader (keep them fast and non-blocking); coroutine functions run in a task.
+        reader (keep them fast and non-blocking); coroutine functions run in a task,
+        bounded by the request's timeout. A handler returns ``bytes`` (``bytearray`` and
+        ``memoryview`` are accepted and converted); an exception it raises reaches the
+        caller as the same typed error whether the handler ran locally or remotely
+        (``PeerRingError`` subclasses keep their class, anything else is a
+        :class:`RemoteError` naming the original type).
 
         Args:
             namespace: the application namespace.
-            command: the command name.
+            command: the :class:`Command` declaration (what the coordinator must know:
+                reads, mutates, hinted). A bare name registers a plain command (neither
+                reads nor mutates: no read forwarding, no hints).
             handler: ``handler(ctx, key, payload) -> bytes``.
-            kind: ``"read"`` (refused while the key's partition is being pulled, then
-                forwarded to its previous holders), ``"write"`` (sloppy quorum and hinted
-                handoff; must be idempotent, since a hint may be replayed) or
-                ``"other"`` (neither).
 
         Raises:
-            InvalidArgumentError: empty names, a reserved namespace, an unknown kind, or
-                the pair is already registered.
+            InvalidArgumentError: empty names, a reserved namespace (``__peer_ring*``),
+                or the pair is already registered.
         """
-        if not namespace or not command:
-            raise InvalidArgumentError("namespace and command must be non-empty strings")
-        if namespace == INTERNAL:
-            raise InvalidArgumentError(f"namespace {INTERNAL!r} is reserved for the core")
-        if kind not in _KINDS:
-            raise InvalidArgumentError(f"kind must be 'read', 'write' or 'other', not {kind!r}")
-        if (namespace, command) in self._handlers:
-            raise InvalidArgumentError(f"{namespace}/{command} is already registered")
-        self._handlers[(namespace, command)] = handler
-        self._kinds[(namespace, command)] = kind
+        self._dispatcher.register(namespace, as_command(command), handler)
 
     def register_hooks(self, namespace: str, hooks: DataHooks) -> None:
         """Register the data-movement hooks of ``namespace`` (see :class:`DataHooks`).
@@ -304,6 +277,17 @@ class PeerRing:
         """Call ``listener(old_ring, new_ring)`` whenever the member set changes."""
         self._membership.add_listener(listener)
 
+    def add_ownership_listener(self, listener: OwnershipListener) -> None:
+        """Call ``listener(OwnershipChange)`` when this node's partitions change.
+
+        It is called once at ``start()`` (everything this node replicates is "gained";
+        at once when added to a running node) and then on every ring change that changes
+        the partitions this node replicates at ``config.replication`` or heads. Use it for
+        state kept outside :class:`DataHooks` (leases, sessions, caches). Called inline on
+        the event loop; exceptions are logged and ignored.
+        """
+        self._ownership.add_listener(listener)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -317,14 +301,15 @@ class PeerRing:
         """
         if self._running:
             return
-        await self._transport.start(self._on_request, self._on_transfer)
+        await self._transport.start(self._dispatcher.on_request, self._on_transfer)
         try:
             members = await self._discovery.start()
         except BaseException:
             await self._transport.close()
             raise
         self._membership.update(members)
-        self._running = True
+        self._running = self._coord.running = True
+        self._ownership.update(self._membership.ring)
         self._sync.start()
         self._watch_task = asyncio.create_task(
             self._watch_discovery(), name=f"peer-ring-discovery-{self._address}"
@@ -340,7 +325,7 @@ class PeerRing:
         """
         if not self._running:
             return
-        self._running = False
+        self._running = self._coord.running = False
         await self._sync.stop()
         await self._discovery.stop()
         if self._watch_task is not None:
@@ -403,9 +388,10 @@ class PeerRing:
         self._sync.reachability(peer, reachable)
 
     def _on_ring_change(self, old: Ring, new: Ring) -> None:
-        if self._running:  # not the placeholder ring {self} of before the first snapshot
-            self._previous_ring = old
         self._sync.on_ring_change(old, new)
+        if self._running:  # not the placeholder ring {self} of before the first snapshot
+            self._coord.previous_ring = old
+            self._ownership.update(new)
 
     # -- coordination ------------------------------------------------------------------
 
@@ -419,10 +405,14 @@ class PeerRing:
         """True when this node is one of the ``replication`` replicas of ``key``."""
         return self._address in self.preference_list(key, replication)
 
+    def partition_for_key(self, key: bytes | str) -> int:
+        """The partition of ``key`` in this node's ring (``str`` keys are UTF-8 encoded)."""
+        return self._membership.ring.partition_for_key(key)
+
     async def execute(
         self,
         namespace: str,
-        command: str,
+        command: Command | str,
         key: bytes | str,
         payload: bytes = b"",
         *,
@@ -432,15 +422,15 @@ class PeerRing:
     ) -> ExecuteResult:
         """Run a command on the replicas of ``key`` and wait for a quorum.
 
-        For commands registered with ``kind="write"``, a replica that is suspected or
-        fails is replaced by the next healthy node of the ring walk, which holds the
-        write as a hint for it (its reply counts toward the quorum and carries its own
-        address). For ``kind="read"``, a replica that is still pulling the partition is
-        replaced by one of the partition's previous holders.
+        For hinted commands, a replica that is suspected or fails is replaced by the next
+        healthy node of the ring walk, which holds the command as a hint for it (its reply
+        counts toward the quorum and carries its own address). For reading commands, a
+        replica that is still pulling the partition is replaced by one of the partition's
+        previous holders.
 
         Args:
             namespace: the application namespace the command belongs to.
-            command: the registered command name.
+            command: the :class:`Command` (or its registered name).
             key: the key (``str`` is UTF-8 encoded); it selects the replicas.
             payload: opaque bytes passed to the handlers.
             replication: number of replicas N (default from the config).
@@ -452,125 +442,99 @@ class PeerRing:
             replicas' replies keep arriving in it (``on_complete``/``all_replies``).
 
         Raises:
-            InvalidArgumentError: bad replication/quorum (e.g. quorum > replication).
+            InvalidArgumentError: bad replication/quorum (e.g. quorum > replication), or
+                a :class:`Command` that differs from the one registered under its name.
             QuorumNotReachedError: too few replicas succeeded; names the failed replicas
                 and their errors (unknown command, timeout, unreachable...).
             NotRunningError: the node is not started.
         """
-        if not self._running:
-            raise NotRunningError(f"node {self._address} is not running")
-        cfg = self._config
-        n = cfg.replication if replication is None else replication
-        check_replication(n, quorum)
-        q = cfg.quorum_for(n) if quorum is None else quorum
-        key_b = key.encode() if isinstance(key, str) else key
-        ring = self._membership.ring
-        partition = ring.partition_for_key(key_b)
-        prefs = ring.preference_list(partition, n)
-        result = ExecuteResult(partition, prefs)
-        if len(prefs) < q:
-            raise QuorumNotReachedError(
-                namespace,
-                command,
-                q,
-                [],
-                {"cluster": InvalidArgumentError(f"only {len(prefs)} member(s) for quorum {q}")},
-            )
-        loop = asyncio.get_running_loop()
-        collector = QuorumCollector(loop, namespace, command, result, q)
-        wait = cfg.request_timeout if timeout is None else timeout
-        kind = self._kinds.get((namespace, command), "other")
-        op = _Operation(self, collector, ring, namespace, command, key_b, payload, partition, n)
-        op.timeout = wait
-        op.kind = kind
-        op.start(prefs)
-        return await collector.future
+        return await self._coord.execute(
+            namespace, command, key, payload, replication, quorum, timeout
+        )
 
-    def _run_local(
+    async def execute_many(
         self,
         namespace: str,
-        command: str,
-        key: bytes,
-        payload: bytes,
-        partition: int,
-        timeout: float,
-        on_reply: Callable[[Reply], None],
+        command: Command | str,
+        items: Iterable[tuple[bytes | str, bytes]],
+        *,
+        replication: int | None = None,
+        quorum: int | None = None,
+        timeout: float | None = None,
+    ) -> list[ExecuteResult]:
+        """Run one command on many keys: one request per peer, a quorum per key.
+
+        The keys are grouped by replica node and each peer receives one request carrying
+        its items (split only past half the transport's message limit); the same handler
+        runs for each item as with :meth:`execute`, and sloppy quorum, hinted handoff and
+        read forwarding apply per key exactly as there.
+
+        Args:
+            namespace: the application namespace.
+            command: the :class:`Command` (or its registered name).
+            items: ``(key, payload)`` pairs; a key may appear more than once.
+            replication: replicas N of every key (default from the config).
+            quorum: successful replies needed per key.
+            timeout: seconds before unanswered replicas count as failed.
+
+        Returns:
+            One :class:`ExecuteResult` per item, in the order of ``items``, once every key
+            reached its quorum or can no longer reach it. A key that failed has ``ok``
+            false and its :class:`QuorumNotReachedError` in ``error``: per-key failures
+            are never raised.
+
+        Raises:
+            InvalidArgumentError: bad replication/quorum/command, or a payload that is not
+                ``bytes`` (nothing is sent then).
+            NotRunningError: the node is not started.
+        """
+        return await self._coord.execute_many(
+            namespace, command, items, replication, quorum, timeout
+        )
+
+    def send(
+        self,
+        namespace: str,
+        command: Command | str,
+        key: bytes | str,
+        payload: bytes = b"",
+        *,
+        replication: int = 1,
+        nodes: Collection[str] | None = None,
     ) -> None:
-        handler = self._handlers.get((namespace, command))
-        if handler is None:
-            on_reply(Reply(self._address, b"", self._unknown(namespace, command)))
-            return
-        ctx = CommandContext(self._address, partition, "", True)
-        try:
-            out = handler(ctx, key, payload)
-            if not inspect.isawaitable(out):
-                on_reply(Reply(self._address, _as_bytes(out), None))
-                return
-        except Exception as exc:
-            on_reply(Reply(self._address, b"", exc))
-            return
-        task = asyncio.ensure_future(out)
-        timer = self._clock.call_later(timeout, task.cancel)
+        """Fire and forget: run a command on the first ``replication`` replicas of ``key``
+        (or on the explicit ``nodes``) without waiting for any answer.
 
-        def done(t: asyncio.Future[bytes]) -> None:
-            timer.cancel()
-            if t.cancelled():
-                err: BaseException = RequestTimeoutError(
-                    f"{namespace}/{command} on {self._address} timed out after {timeout:g}s"
-                )
-                on_reply(Reply(self._address, b"", err))
-            elif (exc := t.exception()) is not None:
-                on_reply(Reply(self._address, b"", exc))
-            else:
-                on_reply(Reply(self._address, _as_bytes(t.result()), None))
+        For applications that reconcile asynchronously (read repair, a rate limiter's
+        global counts). Delivery failures are counted (``sync_status()["send"]``) and
+        logged at debug level, never raised; nothing is retried or hinted.
 
-        task.add_done_callback(done)
-
-    async def _local_write(self, namespace: str, command: str, key: bytes, payload: bytes) -> None:
-        """Apply a write on this node (a hint redirected here because its target is gone)."""
-        handler = self._handlers.get((namespace, command))
-        if handler is None:
-            raise self._unknown(namespace, command)
-        partition = self._membership.ring.partition_for_key(key)
-        self._sync.note_write(partition)
-        out = handler(CommandContext(self._address, partition, "", True), key, payload)
-        if inspect.isawaitable(out):
-            await out
+        Raises:
+            InvalidArgumentError: a bad command, key or replication (programming errors).
+        """
+        self._coord.send(namespace, command, key, payload, replication, nodes)
 
     async def call(
         self,
         node: str,
         namespace: str,
-        command: str,
+        command: Command | str,
         key: bytes | str = b"",
         payload: bytes = b"",
         *,
         timeout: float | None = None,
     ) -> bytes:
-        """Run a command on one specific node (for batched or node-level operations).
+        """Run a command on one specific node and return its result.
 
-        Raises the typed error of the failure (``PeerUnavailableError``,
-        ``RequestTimeoutError``, ``UnknownCommandError``, ``RemoteError``...).
+        The handler runs through the same path as for :meth:`execute` (a reading command
+        waits for, or is refused on, a partition still being pulled there).
+
+        Raises:
+            The typed error of the failure (``PeerUnavailableError``,
+            ``RequestTimeoutError``, ``UnknownCommandError``, ``RemoteError``...);
+            ``NotRunningError`` when this node is not started.
         """
-        if not self._running:
-            raise NotRunningError(f"node {self._address} is not running")
-        key_b = key.encode() if isinstance(key, str) else key
-        partition = self._membership.ring.partition_for_key(key_b) if key_b else 0
-        wait = self._config.request_timeout if timeout is None else timeout
-        if node == self._address:
-            handler = self._handlers.get((namespace, command))
-            if handler is None:
-                raise self._unknown(namespace, command)
-            out = handler(CommandContext(self._address, partition, "", True), key_b, payload)
-            if inspect.isawaitable(out):
-                return _as_bytes(await asyncio.wait_for(out, wait))
-            return _as_bytes(out)
-        response = await self._transport.request(
-            node, Request(namespace, command, key_b, payload, partition, "", wait)
-        )
-        if response.status is not Status.OK:
-            raise error_for_status(Status(response.status), response.error, node)
-        return response.payload
+        return await self._coord.call(node, namespace, command, key, payload, timeout)
 
     async def transfer(
         self,
@@ -585,72 +549,6 @@ class PeerRing:
             yield chunk
 
     # -- inbound -----------------------------------------------------------------------
-
-    def _unknown(self, namespace: str, command: str) -> UnknownCommandError:
-        return UnknownCommandError(f"unknown command {namespace}/{command} on {self._address}")
-
-    def _on_request(self, source: str, request: Request) -> Response | Awaitable[Response]:
-        if request.namespace == INTERNAL:
-            return self._sync.on_internal(source, request)
-        self._sync.inbound(source)
-        pair = (request.namespace, request.command)
-        handler = self._handlers.get(pair)
-        if handler is None:
-            return Response(
-                Status.UNKNOWN_COMMAND,
-                b"",
-                str(self._unknown(request.namespace, request.command)),
-            )
-        kind = self._kinds[pair]
-        if kind != "other":
-            verdict = self._admit(kind, source, request)
-            if verdict is not None:
-                return verdict
-        return _run_handler(handler, source, request)
-
-    def _admit(
-        self, kind: CommandKind, source: str, request: Request
-    ) -> Response | Awaitable[Response] | None:
-        """Hints, and reads of partitions still being pulled, are not run by the handler
-        at once (None: run it now).
-
-        A hinted *write* is stored for its intended replica. A read of a partition this
-        node is still pulling waits a little for the pull, then is refused "not ready".
-        A hinted *read* was forwarded here in place of a replica that could not serve
-        it: it is answered only if this node holds a complete copy of the partition (a
-        node that already handed it off would otherwise answer "not found").
-        """
-        hint = request.hint
-        forwarded = bool(hint) and hint != self._address
-        if forwarded and kind == "write":
-            return self._sync.store_hint(request)
-        if not request.key:
-            return None  # batch commands check their keys themselves (partition_ready)
-        partition = self._membership.ring.partition_for_key(request.key)
-        if kind == "read":
-            if forwarded:
-                if not self._sync.holds(partition):
-                    return self._not_ready(partition)
-            elif not self._sync.readable(partition):
-                return self._read_when_ready(source, request, partition)
-        else:
-            self._sync.note_write(partition)
-        return None
-
-    def _not_ready(self, partition: int) -> Response:
-        err = PartitionNotReadyError(self._address, partition)
-        return Response(Status.UNAVAILABLE, b"", err.reason)
-
-    def _read_wait(self, timeout: float) -> float:
-        timeout = timeout or self._config.request_timeout
-        return min(timeout * _READ_WAIT_SHARE, _READ_WAIT_MAX)
-
-    async def _read_when_ready(self, source: str, request: Request, partition: int) -> Response:
-        if not await self._sync.wait_readable(partition, self._read_wait(request.timeout)):
-            return self._not_ready(partition)
-        handler = self._handlers[(request.namespace, request.command)]
-        out = _run_handler(handler, source, request)
-        return out if isinstance(out, Response) else await out
 
     async def _on_transfer(
         self, source: str, request: TransferRequest
@@ -673,245 +571,3 @@ class PeerRing:
                 await asyncio.sleep(0)  # let the node serve requests between chunks
         if chunk:
             yield chunk
-
-
-class _Operation:
-    """The fan-out of one ``execute``: sloppy-quorum substitutes and read forwarding.
-
-    Every reply (remote or local) goes through :meth:`_settle`, which either feeds the
-    quorum collector or, for a failed write, sends the write to a substitute with a hint
-    (Dynamo §4.6), or, for a read refused as "not ready", asks a previous holder of the
-    partition instead. Each node is asked at most once per operation.
-    """
-
-    __slots__ = (
-        "collector",
-        "command",
-        "key",
-        "kind",
-        "n",
-        "namespace",
-        "node",
-        "partition",
-        "payload",
-        "ring",
-        "timeout",
-        "used",
-    )
-
-    def __init__(
-        self,
-        node: PeerRing,
-        collector: QuorumCollector,
-        ring: Ring,
-        namespace: str,
-        command: str,
-        key: bytes,
-        payload: bytes,
-        partition: int,
-        n: int,
-    ) -> None:
-        self.node = node
-        self.collector = collector
-        self.ring = ring
-        self.namespace = namespace
-        self.command = command
-        self.key = key
-        self.payload = payload
-        self.partition = partition
-        self.n = n
-        self.timeout = 0.0
-        self.kind: CommandKind = "other"
-        self.used: set[str] = set()
-
-    def start(self, prefs: tuple[str, ...]) -> None:
-        node = self.node
-        me = node._address
-        self.used.update(prefs)
-        membership = node._membership
-        local = False
-        for replica in prefs:
-            if replica == me:
-                local = True
-                continue
-            if self.kind == "write" and membership.is_suspected(replica):
-                substitute = self._substitute()
-                if substitute is not None:
-                    self._send(substitute, replica)
-                    continue
-            self._send(replica, "")
-        if local:
-            self._send(me, "")
-
-    def _send(self, target: str, hint: str) -> None:
-        node = self.node
-        if target == node._address:
-            if hint and self.kind == "write":
-                request = Request(
-                    self.namespace, self.command, self.key, self.payload, self.partition, hint
-                )
-                response = node._sync.store_hint(request)
-                self._settle_response(target, hint, response)
-            else:
-                self._run_local(forwarded=bool(hint))
-            return
-        fut = node._transport.request(
-            target,
-            Request(
-                self.namespace,
-                self.command,
-                self.key,
-                self.payload,
-                self.partition,
-                hint,
-                self.timeout,
-            ),
-        )
-        fut.add_done_callback(lambda f: self._on_done(target, hint, f))
-
-    def _run_local(self, forwarded: bool = False) -> None:
-        node = self.node
-        me = node._address
-        if self.kind == "read":
-            sync = node._sync
-            if forwarded and not sync.holds(self.partition):
-                self._settle(me, "", PartitionNotReadyError(me, self.partition), forward=True)
-                return
-            if not forwarded and not sync.readable(self.partition):
-                task = asyncio.ensure_future(self._run_local_when_ready())
-                node._waiting.add(task)
-                task.add_done_callback(node._waiting.discard)
-                return
-        if self.kind == "write":
-            node._sync.note_write(self.partition)
-        self._run_handler_locally()
-
-    def _run_handler_locally(self) -> None:
-        self.node._run_local(
-            self.namespace,
-            self.command,
-            self.key,
-            self.payload,
-            self.partition,
-            self.timeout,
-            self.collector.add,
-        )
-
-    async def _run_local_when_ready(self) -> None:
-        node = self.node
-        if await node._sync.wait_readable(self.partition, node._read_wait(self.timeout)):
-            self._run_handler_locally()
-        else:
-            err = PartitionNotReadyError(node._address, self.partition)
-            self._settle(node._address, "", err, forward=True)
-
-    def _on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
-        sync = self.node._sync
-        if fut.cancelled():
-            err = RequestTimeoutError(f"request to {target} cancelled")
-            self._settle(target, hint, err, forward=False)
-            return
-        exc = fut.exception()
-        if exc is not None:
-            unreachable = isinstance(exc, PeerUnavailableError | RequestTimeoutError)
-            if unreachable:
-                sync.peer_failed(target)
-            self._settle(target, hint, exc, forward=unreachable)
-            return
-        sync.peer_ok(target)
-        self._settle_response(target, hint, fut.result())
-
-    def _settle_response(self, target: str, hint: str, response: Response) -> None:
-        if response.status == Status.OK:
-            self.collector.add(Reply(target, response.payload, None))
-            return
-        status = Status(response.status)
-        err = error_for_status(status, response.error, target)
-        # UNAVAILABLE from a peer that answered: it is up but cannot serve this now
-        # (pulling the partition, stopping): another holder may.
-        self._settle(target, hint, err, forward=status is Status.UNAVAILABLE)
-
-    def _settle(self, target: str, hint: str, err: BaseException, *, forward: bool) -> None:
-        if forward and self.node._running:
-            if self.kind == "write":
-                substitute = self._substitute()
-                if substitute is not None:
-                    self._send(substitute, hint or target)
-                    return
-            elif self.kind == "read":
-                holder = self._previous_holder()
-                if holder is not None:
-                    self._send(holder, hint or target)
-                    return
-        self.collector.add(Reply(target, b"", err))
-
-    def _substitute(self) -> str | None:
-        """The next node of the ring walk beyond the first N that is not suspected."""
-        ring = self.ring
-        size = len(ring)
-        if size <= self.n:
-            return None
-        walk = ring.preference_list(self.partition, min(size, self.n + max(self.n, 3)))
-        membership = self.node._membership
-        me = self.node._address
-        for candidate in walk[self.n :]:
-            if candidate in self.used:
-                continue
-            if candidate != me and membership.is_suspected(candidate):
-                continue
-            self.used.add(candidate)
-            return candidate
-        return None
-
-    def _previous_holder(self) -> str | None:
-        """A node that replicated the partition before the last ring change."""
-        node = self.node
-        candidates: list[str] = list(node._sync.read_fallbacks(self.partition))
-        previous = node._previous_ring
-        if previous is not None and previous.partitions == self.ring.partitions:
-            candidates.extend(previous.preference_list(self.partition, self.n))
-        membership = node._membership
-        for candidate in candidates:
-            if candidate in self.used or membership.is_suspected(candidate):
-                continue
-            if membership.is_down(candidate):
-                continue
-            self.used.add(candidate)
-            return candidate
-        return None
-
-
-def _as_bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"handler returned {type(value).__name__}, not bytes")
-
-
-def _run_handler(handler: Handler, source: str, request: Request) -> Response | Awaitable[Response]:
-    ctx = CommandContext(source, request.partition, request.hint, False)
-    try:
-        out = handler(ctx, request.key, request.payload)
-    except Exception as exc:
-        return _error_response(exc)
-    if type(out) is bytes:
-        return Response(Status.OK, out, "")
-    if inspect.isawaitable(out):
-        return _await_response(out)
-    return _error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
-
-
-def _error_response(exc: BaseException) -> Response:
-    if not isinstance(exc, InvalidArgumentError | UnknownCommandError):
-        logger.debug("handler failed", exc_info=exc)
-    return Response(status_for_error(exc), b"", f"{type(exc).__name__}: {exc}")
-
-
-async def _await_response(out: Awaitable[bytes]) -> Response:
-    try:
-        return Response(Status.OK, _as_bytes(await out), "")
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        return _error_response(exc)

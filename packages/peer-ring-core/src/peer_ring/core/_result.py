@@ -48,22 +48,51 @@ CompletionCallback = Callable[[list["Reply"]], None]
 
 
 class ExecuteResult:
-    """The outcome of ``PeerRing.execute``: returned as soon as the quorum is met.
+    """The outcome of one key of ``PeerRing.execute`` / ``execute_many``.
 
-    ``replies`` holds every reply received so far (at least ``quorum`` successes) and keeps
+    ``execute`` returns it as soon as the quorum is met; ``execute_many`` returns one per
+    item once every key has reached its quorum or can no longer reach it (then ``error``
+    says why and ``ok`` is false). ``replies`` holds every reply received so far and keeps
     growing as slower replicas answer; ``on_complete`` / ``all_replies`` give the
     application every replica's reply once all have answered or failed, which is what
     read repair needs.
+
+    Attributes:
+        key: the key (bytes).
+        partition: the key's partition.
+        preference_list: the replicas the key was sent to first (owner first).
+        replies: every reply received so far (substitutes and previous holders included).
+        error: for ``execute_many``, the key's :class:`QuorumNotReachedError` (or the
+            error that made the key fail); ``None`` on success. ``execute`` raises it.
     """
 
-    __slots__ = ("_callbacks", "_complete", "partition", "preference_list", "replies")
+    __slots__ = (
+        "_callbacks",
+        "_complete",
+        "error",
+        "key",
+        "partition",
+        "preference_list",
+        "replies",
+    )
 
-    def __init__(self, partition: int, preference_list: tuple[str, ...]) -> None:
+    def __init__(self, partition: int, preference_list: tuple[str, ...], key: bytes = b"") -> None:
+        self.key = key
         self.partition = partition
         self.preference_list = preference_list
         self.replies: list[Reply] = []
+        self.error: BaseException | None = None
         self._complete = False
         self._callbacks: list[CompletionCallback] = []
+
+    @property
+    def ok(self) -> bool:
+        """True when the key reached its quorum."""
+        return self.error is None
+
+    def __repr__(self) -> str:
+        state = "ok" if self.error is None else f"error={self.error!r}"
+        return f"ExecuteResult(key={self.key!r}, {state}, replies={len(self.replies)})"
 
     @property
     def ok_replies(self) -> list[Reply]:

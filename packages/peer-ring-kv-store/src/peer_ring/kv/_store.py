@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from peer_ring.core import (
     Clock,
+    Command,
     CommandContext,
     Discovery,
     InvalidArgumentError,
@@ -64,6 +65,13 @@ logger = logging.getLogger(__name__)
 
 #: The core namespace the store's commands and data-movement hooks live in.
 NAMESPACE = "kv"
+
+# The declarations tell the core what may be hinted (idempotent LWW writes) and what must
+# not be answered by a replica that is still pulling the partition (reads).
+SET = Command("set", mutates=True)
+GET = Command("get", reads=True)
+MSET = Command("mset", mutates=True)
+MGET = Command("mget", reads=True)
 
 #: Longest accepted key, in bytes (UTF-8 for ``str`` keys).
 MAX_KEY_BYTES = 64 * 1024
@@ -247,10 +255,10 @@ class KVStore:
         node = self._node
         # Kinds tell the core what may be hinted (idempotent LWW writes) and what must not
         # be answered by a replica that is still pulling the partition (reads).
-        node.register(NAMESPACE, "set", self._h_set, kind="write")
-        node.register(NAMESPACE, "get", self._h_get, kind="read")
-        node.register(NAMESPACE, "mset", self._h_mset, kind="write")
-        node.register(NAMESPACE, "mget", self._h_mget, kind="read")
+        node.register(NAMESPACE, SET, self._h_set)
+        node.register(NAMESPACE, GET, self._h_get)
+        node.register(NAMESPACE, MSET, self._h_mset)
+        node.register(NAMESPACE, MGET, self._h_mget)
         node.register_hooks(NAMESPACE, self._hooks)
 
     def _observe(self, record: Record) -> None:

@@ -8,15 +8,16 @@ A node that is not the owner decides from its copy and counts what it admitted
 broadcasts its newest state of each changed global key to every other node once per
 ``sync_interval``.
 
-**Bound.** A node's copy lags the owner by at most ``sync_interval + RTT`` (its last sync
-reaching the owner, the owner's next broadcast coming back). To keep what the other nodes
+**Bound.** The owner broadcasts a key as soon as it applied a node's sync (and its own
+decisions at its next tick), so a node's copy lags the owner by about ``sync_interval + RTT``. To keep what the other nodes
 admit in that lag bounded however fast the traffic is, a non-owner admits at most
 ``allowance = max(1, ceil(rate * (sync_interval + rtt_budget)))`` cost per sync interval
 from its copy, with ``rate = limit / period``. The owner's decisions are exact, so the
 cluster admits at most ``(nodes - 1) * allowance`` more than the limit's own definition
 allows over any window, i.e. about ``(nodes - 1) * rate * (sync_interval + RTT)``.
 The price: a non-owner alone admits at most ``allowance`` per interval even when the limit
-has room (a burst on one non-owner node is smoothed over several intervals).
+has room (a burst on one non-owner node is smoothed over several intervals), and a hit whose
+cost exceeds the allowance is decided by the owner (a forwarded, exact decision).
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class GlobalSync:
             out = self._rl.decide_here(kb, p, limit, cost)
             d = out if isinstance(out, Decision) else await out
             return dataclasses.replace(d, source=GLOBAL)
+        if cost > self.allowance(limit):
+            # Larger than a non-owner may ever admit alone: the owner decides it exactly.
+            self._copies.setdefault(kb, _Copy(limit))
+            return await self._rl.owner_hit(kb, limit, cost)
         copy = self._copies.get(kb)
         if copy is None:
             copy = self._copies[kb] = _Copy(limit)
@@ -142,15 +147,17 @@ class GlobalSync:
                 self._rl.metrics.global_syncs += 1
                 copy.pending = 0
             copy.spent = 0
-        if not self._dirty:
-            return
-        others = [a for a in node.members if a != node.address]
-        now = node.clock.monotonic()
         for kb in self._dirty:
-            entry = self._rl.store.get(kb)
-            if entry is not None and others:
-                node.send(self._ns, BCAST, kb, encode_entry(kb, entry, now), nodes=others)
+            self._broadcast(kb)
         self._dirty.clear()
+
+    def _broadcast(self, kb: bytes) -> None:
+        node = self._rl.node
+        entry = self._rl.store.get(kb)
+        others = [a for a in node.members if a != node.address]
+        if entry is not None and others:
+            now = node.clock.monotonic()
+            node.send(self._ns, BCAST, kb, encode_entry(kb, entry, now), nodes=others)
 
     def _on_sync(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         limit, cost = decode_hit(payload)
@@ -159,7 +166,10 @@ class GlobalSync:
         if not isinstance(out, Decision):
             task = asyncio.get_running_loop().create_task(_drain(out))
             task.add_done_callback(lambda t: t.exception())
-        self._dirty.add(key)
+        # At once, not at the next tick: a copy then lags by one sync interval plus the
+        # round trip, which is what the allowance covers.
+        self._dirty.discard(key)
+        self._broadcast(key)
         return b""
 
     def _on_bcast(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:

@@ -233,7 +233,7 @@ class RateLimiter:
         if m is Mode.GLOBAL:
             d = await self._global.hit(kb, limit, cost)
         else:
-            d = await self._owner_hit(kb, limit, cost)
+            d = await self.owner_hit(kb, limit, cost)
         self.metrics.decision(limit.label, d)
         return d
 
@@ -273,7 +273,8 @@ class RateLimiter:
             raise KeyTooLongError(f"key of {len(kb)} bytes exceeds {self._max_key_bytes}")
         return kb
 
-    async def _owner_hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
+    async def owner_hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
+        """Decide ``kb`` on its owner (locally when this node is the owner)."""
         owner = self._node.preference_list(kb, 1)[0]
         p = self._node.partition_for_key(kb)
         if owner == self._node.address and self._node.partition_ready(p):

@@ -1,0 +1,289 @@
+"""The coordinator: ``execute``, ``execute_many``, ``send`` and ``call`` (Dynamo §4.5).
+
+Any node can coordinate an operation: it computes the key's preference list, runs the
+command locally when it is a replica (through the dispatcher, like any peer would), sends
+it to the other replicas and returns once ``quorum`` of them succeeded. It creates no
+asyncio Task per operation: remote replies resolve futures whose callbacks feed a
+:class:`~peer_ring.core._quorum.QuorumCollector` (see :mod:`._operation`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, Any
+
+from peer_ring.core._command import Command
+from peer_ring.core._config import PeerRingConfig, check_replication
+from peer_ring.core._dispatcher import Dispatcher
+from peer_ring.core._errors import (
+    InvalidArgumentError,
+    NotRunningError,
+    QuorumNotReachedError,
+)
+from peer_ring.core._membership import Membership
+from peer_ring.core._operation import BatchSender, Operation
+from peer_ring.core._quorum import QuorumCollector
+from peer_ring.core._result import ExecuteResult
+from peer_ring.core._ring import Ring
+from peer_ring.core._status import error_for_status
+from peer_ring.core._types import Request, Response, Status
+
+if TYPE_CHECKING:
+    from peer_ring.core._sync import SyncManager
+    from peer_ring.core.transport._base import Transport
+
+logger = logging.getLogger(__name__)
+
+#: A batch frame carries at most this share of the transport's message limit (the rest is
+#: headroom for framing), and at most _FRAME_BUDGET_MAX bytes so one huge batch does not
+#: hold a peer's stream for long.
+_FRAME_SHARE = 0.5
+_FRAME_BUDGET_MAX = 4 << 20
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise InvalidArgumentError(f"keys are str or bytes, not {type(key).__name__}")
+
+
+class Coordinator:
+    """Runs operations for one node (the state it needs is the node's, shared)."""
+
+    def __init__(
+        self,
+        address: str,
+        config: PeerRingConfig,
+        membership: Membership,
+        transport: Transport,
+        dispatcher: Dispatcher,
+        sync: SyncManager,
+    ) -> None:
+        self.address = address
+        self.config = config
+        self.membership = membership
+        self.transport = transport
+        self.dispatcher = dispatcher
+        self.sync = sync
+        self.running = False
+        self.previous_ring: Ring | None = None
+        self.sent = 0
+        self.send_failures = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
+        limit = config.transport_limits.max_message_bytes
+        self._frame_budget = max(1024, min(int(limit * _FRAME_SHARE), _FRAME_BUDGET_MAX))
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a reference to a local handler run until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def resolve(self, namespace: str, command: Command | str) -> Command:
+        """The declaration to coordinate ``command`` with.
+
+        A name resolves to the command registered here (or a plain command when this node
+        did not register it); a :class:`Command` must match the registered one.
+        """
+        if isinstance(command, Command):
+            registered = self.dispatcher.declaration(namespace, command.name)
+            if registered is not None and registered != command:
+                raise InvalidArgumentError(
+                    f"{namespace}/{command.name} is registered as {registered}, not {command}"
+                )
+            return command
+        if isinstance(command, str):
+            registered = self.dispatcher.declaration(namespace, command)
+            return registered if registered is not None else Command(command)
+        kind = type(command).__name__
+        raise InvalidArgumentError(f"a command is a Command or a name, not {kind}")
+
+    def _check_running(self) -> None:
+        if not self.running:
+            raise NotRunningError(f"node {self.address} is not running")
+
+    def _sizes(self, replication: int | None, quorum: int | None) -> tuple[int, int]:
+        cfg = self.config
+        n = cfg.replication if replication is None else replication
+        check_replication(n, quorum)
+        return n, cfg.quorum_for(n) if quorum is None else quorum
+
+    async def execute(
+        self,
+        namespace: str,
+        command: Command | str,
+        key: bytes | str,
+        payload: bytes,
+        replication: int | None,
+        quorum: int | None,
+        timeout: float | None,
+    ) -> ExecuteResult:
+        """See ``PeerRing.execute``."""
+        self._check_running()
+        decl = self.resolve(namespace, command)
+        n, q = self._sizes(replication, quorum)
+        key_b = _key_bytes(key)
+        ring = self.membership.ring
+        partition = ring.partition_for_key(key_b)
+        prefs = ring.preference_list(partition, n)
+        result = ExecuteResult(partition, prefs, key_b)
+        if len(prefs) < q:
+            raise _too_few(namespace, decl.name, q, len(prefs))
+        collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
+        wait = self.config.request_timeout if timeout is None else timeout
+        op = Operation(self, collector, ring, namespace, decl, key_b, payload, partition, n, wait)
+        op.start(prefs)
+        return await collector.future
+
+    async def execute_many(
+        self,
+        namespace: str,
+        command: Command | str,
+        items: Iterable[tuple[bytes | str, bytes]],
+        replication: int | None,
+        quorum: int | None,
+        timeout: float | None,
+    ) -> list[ExecuteResult]:
+        """See ``PeerRing.execute_many``."""
+        self._check_running()
+        decl = self.resolve(namespace, command)
+        n, q = self._sizes(replication, quorum)
+        pairs = [(_key_bytes(k), p) for k, p in items]
+        for _, payload in pairs:
+            if not isinstance(payload, bytes):
+                raise InvalidArgumentError(f"payloads are bytes, not {type(payload).__name__}")
+        loop = asyncio.get_running_loop()
+        ring = self.membership.ring
+        wait = self.config.request_timeout if timeout is None else timeout
+        sender = BatchSender(self, namespace, decl.name, self._frame_budget)
+        results: list[ExecuteResult] = []
+        all_done: asyncio.Future[None] = loop.create_future()
+        remaining = 0
+
+        def key_done(result: ExecuteResult, fut: asyncio.Future[ExecuteResult]) -> None:
+            nonlocal remaining
+            exc = fut.exception()  # also marks it retrieved
+            if exc is not None:
+                result.error = exc
+            remaining -= 1
+            if remaining == 0 and not all_done.done():
+                all_done.set_result(None)
+
+        for key_b, payload in pairs:
+            partition = ring.partition_for_key(key_b)
+            prefs = ring.preference_list(partition, n)
+            result = ExecuteResult(partition, prefs, key_b)
+            results.append(result)
+            if len(prefs) < q:
+                result.error = _too_few(namespace, decl.name, q, len(prefs))
+                result._finish()
+                continue
+            collector = QuorumCollector(loop, namespace, decl.name, result, q)
+            remaining += 1
+            collector.future.add_done_callback(functools.partial(key_done, result))
+            op = Operation(
+                self, collector, ring, namespace, decl, key_b, payload, partition, n, wait, sender
+            )
+            op.start(prefs)
+        sender.flush()
+        if remaining:
+            await all_done
+        return results
+
+    def send(
+        self,
+        namespace: str,
+        command: Command | str,
+        key: bytes | str,
+        payload: bytes,
+        replication: int,
+        nodes: Collection[str] | None,
+    ) -> None:
+        """See ``PeerRing.send``."""
+        decl = self.resolve(namespace, command)
+        key_b = _key_bytes(key)
+        if not self.running:
+            self.send_failures += 1
+            logger.debug("send %s/%s dropped: %s not running", namespace, decl.name, self.address)
+            return
+        ring = self.membership.ring
+        partition = ring.partition_for_key(key_b)
+        if nodes is None:
+            check_replication(replication, None)
+            targets: Collection[str] = ring.preference_list(partition, replication)
+        else:
+            targets = nodes
+        timeout = self.config.request_timeout
+        for target in targets:
+            self.sent += 1
+            if target == self.address:
+                out = self.dispatcher.dispatch(
+                    target, namespace, decl.name, key_b, payload, partition, "", timeout
+                )
+                if isinstance(out, Response):
+                    self._sent(target, out)
+                else:
+                    task = asyncio.ensure_future(out)
+                    self.track(task)
+                    task.add_done_callback(functools.partial(self._sent_future, target))
+                continue
+            request = Request(namespace, decl.name, key_b, payload, partition, "", timeout)
+            fut = self.transport.request(target, request)
+            fut.add_done_callback(functools.partial(self._sent_future, target))
+
+    def _sent_future(self, target: str, fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled():
+            self.send_failures += 1
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.send_failures += 1
+            logger.debug("send to %s failed: %s", target, exc)
+            return
+        self._sent(target, fut.result())
+
+    def _sent(self, target: str, response: Response) -> None:
+        if response.status != Status.OK:
+            self.send_failures += 1
+            logger.debug("send to %s failed: %s", target, response.error)
+
+    async def call(
+        self,
+        node: str,
+        namespace: str,
+        command: Command | str,
+        key: bytes | str,
+        payload: bytes,
+        timeout: float | None,
+    ) -> bytes:
+        """See ``PeerRing.call``."""
+        self._check_running()
+        decl = self.resolve(namespace, command)
+        key_b = _key_bytes(key)
+        partition = self.membership.ring.partition_for_key(key_b) if key_b else 0
+        wait = self.config.request_timeout if timeout is None else timeout
+        if node == self.address:
+            out = self.dispatcher.dispatch(
+                node, namespace, decl.name, key_b, payload, partition, "", wait
+            )
+            response = out if isinstance(out, Response) else await out
+        else:
+            request = Request(namespace, decl.name, key_b, payload, partition, "", wait)
+            response = await self.transport.request(node, request)
+        if response.status != Status.OK:
+            raise error_for_status(Status(response.status), response.error, node)
+        return response.payload
+
+
+def _too_few(namespace: str, name: str, quorum: int, members: int) -> QuorumNotReachedError:
+    return QuorumNotReachedError(
+        namespace,
+        name,
+        quorum,
+        [],
+        {"cluster": InvalidArgumentError(f"only {members} member(s) for quorum {quorum}")},
+    )

@@ -1,0 +1,278 @@
+"""The dispatcher: the one path by which a command handler is invoked.
+
+Requests from peers (single or batched) and runs the coordinator makes on its own node go
+through :meth:`Dispatcher.dispatch`: the same admission (hinted writes are stored for their
+replica, reads of partitions still being pulled wait or are refused), the same handler
+invocation, the same validation of the result (``bytes``; ``bytearray`` and
+``memoryview`` are converted) and the same mapping of errors to a wire status. Its outcome
+is always a :class:`Response`, which the coordinator turns into a reply the same way for
+local and remote runs, so a handler behaves identically wherever it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, NamedTuple
+
+from peer_ring.core._batch import BATCH, decode_items, encode_results
+from peer_ring.core._clock import Clock
+from peer_ring.core._command import Command, Handler
+from peer_ring.core._errors import (
+    InvalidArgumentError,
+    RequestTimeoutError,
+    UnknownCommandError,
+)
+from peer_ring.core._membership import Membership
+from peer_ring.core._result import CommandContext
+from peer_ring.core._status import error_for_status, status_for_error
+from peer_ring.core._sync import INTERNAL, PartitionNotReadyError
+from peer_ring.core._types import Request, Response, Status
+
+if TYPE_CHECKING:
+    from peer_ring.core._sync import SyncManager
+
+logger = logging.getLogger(__name__)
+
+#: A read that reaches a replica still pulling its partition waits at most this share of
+#: its timeout (and at most _READ_WAIT_MAX seconds) for the pull before it is refused.
+_READ_WAIT_SHARE = 0.5
+_READ_WAIT_MAX = 1.0
+
+_RESERVED_PREFIX = "__peer_ring"
+
+
+class Registered(NamedTuple):
+    """A registered command and its handler."""
+
+    command: Command
+    handler: Handler
+
+
+class Dispatcher:
+    """Registered commands of one node and the single way to run them."""
+
+    def __init__(
+        self, address: str, clock: Clock, membership: Membership, request_timeout: float
+    ) -> None:
+        self._address = address
+        self._clock = clock
+        self._membership = membership
+        self._request_timeout = request_timeout
+        self._commands: dict[tuple[str, str], Registered] = {}
+        self.sync: SyncManager | None = None  # set by the node once built (it needs us too)
+
+    # -- registration ------------------------------------------------------------------
+
+    def register(self, namespace: str, command: Command, handler: Handler) -> None:
+        """Register ``handler`` for ``command`` in ``namespace`` (see ``PeerRing.register``)."""
+        if not isinstance(namespace, str) or not namespace:
+            raise InvalidArgumentError("namespace must be a non-empty string")
+        if namespace.startswith(_RESERVED_PREFIX):
+            raise InvalidArgumentError(f"namespace {namespace!r} is reserved for the core")
+        if not callable(handler):
+            raise InvalidArgumentError(f"handler of {namespace}/{command.name} is not callable")
+        if (namespace, command.name) in self._commands:
+            raise InvalidArgumentError(f"{namespace}/{command.name} is already registered")
+        self._commands[(namespace, command.name)] = Registered(command, handler)
+
+    def declaration(self, namespace: str, name: str) -> Command | None:
+        """The command registered under ``(namespace, name)``, if any."""
+        entry = self._commands.get((namespace, name))
+        return None if entry is None else entry.command
+
+    def unknown(self, namespace: str, name: str) -> UnknownCommandError:
+        """The error for a command nobody registered here."""
+        return UnknownCommandError(f"unknown command {namespace}/{name} on {self._address}")
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def on_request(self, source: str, request: Request) -> Response | Awaitable[Response]:
+        """The transport's inbound handler: internal, batched and single requests."""
+        namespace = request.namespace
+        sync = self.sync
+        assert sync is not None
+        if namespace == INTERNAL:
+            return sync.on_internal(source, request)
+        sync.inbound(source)
+        if namespace == BATCH:
+            return self._on_batch(source, request)
+        return self.dispatch(
+            source,
+            namespace,
+            request.command,
+            request.key,
+            request.payload,
+            request.partition,
+            request.hint,
+            request.timeout,
+        )
+
+    def _on_batch(self, source: str, request: Request) -> Response | Awaitable[Response]:
+        try:
+            namespace, items = decode_items(request.payload)
+        except InvalidArgumentError as exc:
+            return error_response(exc)
+        if namespace.startswith(_RESERVED_PREFIX):
+            return error_response(InvalidArgumentError(f"namespace {namespace!r} is reserved"))
+        dispatch = self.dispatch
+        name = request.command
+        timeout = request.timeout
+        outs = [
+            dispatch(source, namespace, name, i.key, i.payload, i.partition, i.hint, timeout)
+            for i in items
+        ]
+        ready = [o for o in outs if isinstance(o, Response)]
+        if len(ready) == len(outs):
+            return Response(Status.OK, encode_results(ready), "")
+        return _gather_batch(outs)
+
+    # -- the one invocation path ---------------------------------------------------------
+
+    def dispatch(
+        self,
+        source: str,
+        namespace: str,
+        name: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        hint: str,
+        timeout: float,
+    ) -> Response | Awaitable[Response]:
+        """Admit and run one command on this node (``source`` is the coordinator).
+
+        A hinted write for another replica is stored as a hint. A read of a partition
+        this node is still pulling waits a little for the pull, then is refused "not
+        ready"; a read forwarded here in place of another replica is answered only if
+        this node holds a complete copy. Otherwise the handler runs.
+        """
+        entry = self._commands.get((namespace, name))
+        if entry is None:
+            return Response(Status.UNKNOWN_COMMAND, b"", str(self.unknown(namespace, name)))
+        command = entry.command
+        ctx = CommandContext(source, partition, hint, source == self._address)
+        if command.reads or command.mutates:
+            sync = self.sync
+            assert sync is not None
+            forwarded = bool(hint) and hint != self._address
+            if forwarded and command.hinted:
+                return sync.store_hint(Request(namespace, name, key, payload, partition, hint))
+            if key:  # batch-style commands (no key) check their keys with partition_ready
+                p = self._membership.ring.partition_for_key(key)
+                if command.reads:
+                    if forwarded:
+                        if not sync.holds(p):
+                            return self._not_ready(p)
+                    elif not sync.readable(p):
+                        return self._invoke_when_ready(entry.handler, ctx, key, payload, p, timeout)
+                if command.mutates:
+                    sync.note_write(p)
+        return self.invoke(entry.handler, ctx, key, payload, timeout)
+
+    def invoke(
+        self, handler: Handler, ctx: CommandContext, key: bytes, payload: bytes, timeout: float
+    ) -> Response | Awaitable[Response]:
+        """Call ``handler``; validate its result and map its error to a status."""
+        try:
+            out = handler(ctx, key, payload)
+        except Exception as exc:
+            return error_response(exc)
+        if type(out) is bytes:
+            return Response(Status.OK, out, "")
+        if isinstance(out, bytearray | memoryview):
+            return Response(Status.OK, bytes(out), "")
+        if inspect.isawaitable(out):
+            return self._await(out, timeout or self._request_timeout)
+        return error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
+
+    async def _await(self, out: Awaitable[object], timeout: float) -> Response:
+        task = asyncio.ensure_future(out)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        # The node's clock, not the loop's, bounds the handler (fake clocks in tests).
+        timer = self._clock.call_later(timeout, expire)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            return error_response(
+                RequestTimeoutError(f"handler on {self._address} timed out after {timeout:g}s")
+            )
+        except Exception as exc:
+            return error_response(exc)
+        finally:
+            timer.cancel()
+        if type(result) is bytes:
+            return Response(Status.OK, result, "")
+        if isinstance(result, bytearray | memoryview):
+            return Response(Status.OK, bytes(result), "")
+        return error_response(TypeError(f"handler returned {type(result).__name__}, not bytes"))
+
+    def _not_ready(self, partition: int) -> Response:
+        err = PartitionNotReadyError(self._address, partition)
+        return Response(Status.UNAVAILABLE, b"", err.reason)
+
+    def read_wait(self, timeout: float) -> float:
+        """How long a read waits for a partition being pulled before it is refused."""
+        timeout = timeout or self._request_timeout
+        return min(timeout * _READ_WAIT_SHARE, _READ_WAIT_MAX)
+
+    async def _invoke_when_ready(
+        self,
+        handler: Handler,
+        ctx: CommandContext,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        timeout: float,
+    ) -> Response:
+        sync = self.sync
+        assert sync is not None
+        if not await sync.wait_readable(partition, self.read_wait(timeout)):
+            return self._not_ready(partition)
+        out = self.invoke(handler, ctx, key, payload, timeout)
+        return out if isinstance(out, Response) else await out
+
+    async def local_write(self, namespace: str, name: str, key: bytes, payload: bytes) -> None:
+        """Apply a write on this node (a hint redirected here because its target is gone).
+
+        Raises:
+            PeerRingError: the typed error of the failure (the same mapping as remotely).
+        """
+        entry = self._commands.get((namespace, name))
+        if entry is None:
+            raise self.unknown(namespace, name)
+        partition = self._membership.ring.partition_for_key(key)
+        sync = self.sync
+        assert sync is not None
+        sync.note_write(partition)
+        ctx = CommandContext(self._address, partition, "", True)
+        out = self.invoke(entry.handler, ctx, key, payload, self._request_timeout)
+        response = out if isinstance(out, Response) else await out
+        if response.status != Status.OK:
+            raise error_for_status(Status(response.status), response.error, self._address)
+
+
+def error_response(exc: BaseException) -> Response:
+    """The response carrying a handler's error (its wire status and message)."""
+    if not isinstance(exc, InvalidArgumentError | UnknownCommandError):
+        logger.debug("handler failed", exc_info=exc)
+    return Response(status_for_error(exc), b"", f"{type(exc).__name__}: {exc}")
+
+
+async def _gather_batch(outs: list[Response | Awaitable[Response]]) -> Response:
+    # Awaitables of one batch run concurrently, each bounded by its own timeout; they
+    # return a Response for every outcome (errors included), so gather cannot fail.
+    waits = [o for o in outs if not isinstance(o, Response)]
+    done = iter(await asyncio.gather(*waits))
+    results = [o if isinstance(o, Response) else next(done) for o in outs]
+    return Response(Status.OK, encode_results(results), "")

@@ -1,0 +1,321 @@
+"""The fan-out of one key: sloppy-quorum substitutes, read forwarding, batched sends.
+
+An :class:`Operation` sends one key's command to its replicas and feeds every reply,
+local or remote, to its :class:`~peer_ring.core._quorum.QuorumCollector` through
+:meth:`Operation.settle`. A failed hinted write goes to a substitute with a hint (Dynamo
+§4.6); a read refused as "not ready" goes to a previous holder of the partition. Each node
+is asked at most once per key.
+
+The operations of one ``execute_many`` share a :class:`BatchSender`: what each of them
+sends to a peer is queued and flushed as one batch request per peer (split only when it
+would exceed the frame budget), and the per-item answers are handed back to each key's
+operation, so substitutes, hints and forwarding work per key exactly as for ``execute``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from peer_ring.core._batch import BATCH, BatchItem, decode_results, encode_items, item_size
+from peer_ring.core._command import Command
+from peer_ring.core._errors import (
+    InvalidArgumentError,
+    PeerUnavailableError,
+    RequestTimeoutError,
+)
+from peer_ring.core._quorum import QuorumCollector
+from peer_ring.core._result import Reply
+from peer_ring.core._ring import Ring
+from peer_ring.core._status import error_for_status
+from peer_ring.core._types import Request, Response, Status
+
+if TYPE_CHECKING:
+    from peer_ring.core._coordinator import Coordinator
+
+
+class Operation:
+    """One key of one ``execute`` / ``execute_many`` call."""
+
+    __slots__ = (
+        "batch",
+        "collector",
+        "command",
+        "coord",
+        "key",
+        "n",
+        "namespace",
+        "partition",
+        "payload",
+        "ring",
+        "timeout",
+        "used",
+    )
+
+    def __init__(
+        self,
+        coord: Coordinator,
+        collector: QuorumCollector,
+        ring: Ring,
+        namespace: str,
+        command: Command,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        n: int,
+        timeout: float,
+        batch: BatchSender | None = None,
+    ) -> None:
+        self.coord = coord
+        self.collector = collector
+        self.ring = ring
+        self.namespace = namespace
+        self.command = command
+        self.key = key
+        self.payload = payload
+        self.partition = partition
+        self.n = n
+        self.timeout = timeout
+        self.batch = batch
+        self.used: set[str] = set()
+
+    def start(self, prefs: tuple[str, ...]) -> None:
+        """Send to every replica in ``prefs`` (suspected ones replaced when hinted)."""
+        coord = self.coord
+        me = coord.address
+        self.used.update(prefs)
+        membership = coord.membership
+        hinted = self.command.hinted
+        local = False
+        for replica in prefs:
+            if replica == me:
+                local = True
+                continue
+            if hinted and membership.is_suspected(replica):
+                substitute = self._substitute()
+                if substitute is not None:
+                    self.send(substitute, replica)
+                    continue
+            self.send(replica, "")
+        if local:  # last: remote requests are on their way while the handler runs
+            self.send(me, "")
+
+    def send(self, target: str, hint: str) -> None:
+        """Ask ``target`` (for the replica ``hint`` when it stands in for one)."""
+        coord = self.coord
+        if target == coord.address:
+            self._run_here(hint)
+        elif self.batch is not None:
+            self.batch.add(self, target, hint)
+        else:
+            self.send_direct(target, hint)
+
+    def send_direct(self, target: str, hint: str) -> None:
+        """One request to ``target`` for this key alone."""
+        request = Request(
+            self.namespace,
+            self.command.name,
+            self.key,
+            self.payload,
+            self.partition,
+            hint,
+            self.timeout,
+        )
+        fut = self.coord.transport.request(target, request)
+        fut.add_done_callback(lambda f: self.on_done(target, hint, f))
+
+    def _run_here(self, hint: str) -> None:
+        coord = self.coord
+        me = coord.address
+        out = coord.dispatcher.dispatch(
+            me,
+            self.namespace,
+            self.command.name,
+            self.key,
+            self.payload,
+            self.partition,
+            hint,
+            self.timeout,
+        )
+        if isinstance(out, Response):
+            self.settle_response(me, hint, out)
+            return
+        task = asyncio.ensure_future(out)
+        coord.track(task)
+        task.add_done_callback(lambda t: self._local_done(hint, t))
+
+    def _local_done(self, hint: str, task: asyncio.Future[Response]) -> None:
+        me = self.coord.address
+        if task.cancelled():
+            self.settle(me, hint, RequestTimeoutError(f"run on {me} cancelled"), forward=False)
+            return
+        self.settle_response(me, hint, task.result())
+
+    def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
+        """A direct request to ``target`` finished."""
+        sync = self.coord.sync
+        if fut.cancelled():
+            err = RequestTimeoutError(f"request to {target} cancelled")
+            self.settle(target, hint, err, forward=False)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            unreachable = isinstance(exc, PeerUnavailableError | RequestTimeoutError)
+            if unreachable:
+                sync.peer_failed(target)
+            self.settle(target, hint, exc, forward=unreachable)
+            return
+        sync.peer_ok(target)
+        self.settle_response(target, hint, fut.result())
+
+    def settle_response(self, target: str, hint: str, response: Response) -> None:
+        """Count ``target``'s answer (the same mapping for local and remote runs)."""
+        if response.status == Status.OK:
+            self.collector.add(Reply(target, response.payload, None))
+            return
+        status = Status(response.status)
+        err = error_for_status(status, response.error, target)
+        # UNAVAILABLE from a node that answered: it is up but cannot serve this now
+        # (pulling the partition, stopping): another holder may.
+        self.settle(target, hint, err, forward=status is Status.UNAVAILABLE)
+
+    def settle(self, target: str, hint: str, err: BaseException, *, forward: bool) -> None:
+        """Count a failure, or first try a substitute / previous holder in its place."""
+        if forward and self.coord.running:
+            if self.command.hinted:
+                substitute = self._substitute()
+                if substitute is not None:
+                    self.send(substitute, hint or target)
+                    return
+            elif self.command.reads:
+                holder = self._previous_holder()
+                if holder is not None:
+                    self.send(holder, hint or target)
+                    return
+        self.collector.add(Reply(target, b"", err))
+
+    def _substitute(self) -> str | None:
+        """The next node of the ring walk beyond the first N that is not suspected."""
+        ring = self.ring
+        size = len(ring)
+        if size <= self.n:
+            return None
+        walk = ring.preference_list(self.partition, min(size, self.n + max(self.n, 3)))
+        coord = self.coord
+        membership = coord.membership
+        me = coord.address
+        for candidate in walk[self.n :]:
+            if candidate in self.used:
+                continue
+            if candidate != me and membership.is_suspected(candidate):
+                continue
+            self.used.add(candidate)
+            return candidate
+        return None
+
+    def _previous_holder(self) -> str | None:
+        """A node that replicated the partition before the last ring change."""
+        coord = self.coord
+        candidates: list[str] = list(coord.sync.read_fallbacks(self.partition))
+        previous = coord.previous_ring
+        if previous is not None and previous.partitions == self.ring.partitions:
+            candidates.extend(previous.preference_list(self.partition, self.n))
+        membership = coord.membership
+        for candidate in candidates:
+            if candidate in self.used or membership.is_suspected(candidate):
+                continue
+            if membership.is_down(candidate):
+                continue
+            self.used.add(candidate)
+            return candidate
+        return None
+
+
+#: (operation, hint) queued for one peer.
+_Entry = tuple[Operation, str]
+
+
+class BatchSender:
+    """Queues the sends of many operations and flushes one request per peer."""
+
+    __slots__ = ("_coord", "_frame_budget", "_name", "_namespace", "_pending", "_scheduled")
+
+    def __init__(self, coord: Coordinator, namespace: str, name: str, frame_budget: int) -> None:
+        self._coord = coord
+        self._namespace = namespace
+        self._name = name
+        self._frame_budget = frame_budget
+        self._pending: dict[str, list[_Entry]] = {}
+        self._scheduled = False
+
+    def add(self, op: Operation, target: str, hint: str) -> None:
+        """Queue ``op``'s item for ``target``; it leaves at the next flush."""
+        entries = self._pending.get(target)
+        if entries is None:
+            self._pending[target] = [(op, hint)]
+        else:
+            entries.append((op, hint))
+        if not self._scheduled:
+            # Sends made from callbacks (substitutes, forwarding) leave together too.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send every queued item: one request per peer (more only past the budget)."""
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for target, entries in pending.items():
+            chunk: list[_Entry] = []
+            size = 0
+            for op, hint in entries:
+                grow = item_size(op.key, op.payload, hint)
+                if chunk and size + grow > self._frame_budget:
+                    self._send(target, chunk)
+                    chunk, size = [], 0
+                chunk.append((op, hint))
+                size += grow
+            self._send(target, chunk)
+
+    def _send(self, target: str, entries: list[_Entry]) -> None:
+        if len(entries) == 1:  # a single item needs no batch framing
+            op, hint = entries[0]
+            op.send_direct(target, hint)
+            return
+        items = [BatchItem(op.key, op.payload, op.partition, hint) for op, hint in entries]
+        timeout = max(op.timeout for op, _ in entries)
+        request = Request(
+            BATCH, self._name, b"", encode_items(self._namespace, items), 0, "", timeout
+        )
+        fut = self._coord.transport.request(target, request)
+        fut.add_done_callback(lambda f: self._on_done(target, entries, f))
+
+    def _on_done(self, target: str, entries: list[_Entry], fut: asyncio.Future[Response]) -> None:
+        try:
+            self._settle(target, entries, fut)
+        finally:
+            self.flush()  # substitutes and forwards chosen while settling leave now
+
+    def _settle(self, target: str, entries: list[_Entry], fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            for op, hint in entries:
+                op.on_done(target, hint, fut)
+            return
+        response = fut.result()
+        if response.status == Status.UNKNOWN_COMMAND:
+            # A peer of an older version, without batches: one request per item.
+            for op, hint in entries:
+                op.send_direct(target, hint)
+            return
+        self._coord.sync.peer_ok(target)
+        if response.status != Status.OK:
+            for op, hint in entries:
+                op.settle_response(target, hint, response)
+            return
+        try:
+            answers = decode_results(response.payload, len(entries))
+        except InvalidArgumentError as err:
+            for op, hint in entries:
+                op.settle(target, hint, err, forward=False)
+            return
+        for (op, hint), answer in zip(entries, answers, strict=True):
+            op.settle_response(target, hint, answer)
