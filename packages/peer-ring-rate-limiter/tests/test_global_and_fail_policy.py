@@ -49,9 +49,6 @@ async def test_global_mode_stays_within_its_bound(
     allowance = sync.allowance(limit)
     admitted = await drive(cluster, clock, "hot", limit, seconds=seconds, per_step=20)
     bound = (len(cluster) - 1) * allowance
-    print(
-        f"global {limit.label} {limit.algorithm.name}: admitted={admitted} exact={exact} bound=±{bound}"
-    )
     assert exact - bound <= admitted <= exact + bound, (admitted, exact, bound)
     # Decided locally: nothing was forwarded to the owner hit by hit.
     assert sum(rl.stats()["forwarded"] for rl in cluster) == 0

@@ -9,8 +9,9 @@ broadcasts its newest state of each changed global key to every other node once 
 ``sync_interval``.
 
 **Bound.** The owner broadcasts a key as soon as it applied a node's sync (and its own
-decisions at its next tick), so a node's copy lags the owner by about ``sync_interval + RTT``. To keep what the other nodes
-admit in that lag bounded however fast the traffic is, a non-owner admits at most
+decisions at its next tick), so a node's copy lags the owner by about
+``sync_interval + RTT``. To keep what the other nodes admit in that lag bounded however
+fast the traffic is, a non-owner admits at most
 ``allowance = max(1, ceil(rate * (sync_interval + rtt_budget)))`` cost per sync interval
 from its copy, with ``rate = limit / period``. The owner's decisions are exact, so the
 cluster admits at most ``(nodes - 1) * allowance`` more than the limit's own definition
