@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from peer_ring.core import InvalidArgumentError, Member
+from peer_ring.core.testing import FakeClock, settle_loop
 from peer_ring.discovery.static import FileDiscovery, parse_peers_text
 
 A, B, C, D = (f"127.0.0.{i}:7101" for i in range(1, 5))
@@ -98,21 +99,74 @@ async def test_watch_reports_additions_and_removals(tmp_path: Path) -> None:
         await finish(d, it)
 
 
+class Watching:
+    """A watch consumed by a task from the start, polled when the test moves the clock."""
+
+    def __init__(self, d: FileDiscovery, clock: FakeClock) -> None:
+        self.d = d
+        self.clock = clock
+        self.seen: list[frozenset[Member]] = []
+        self.task = asyncio.ensure_future(self._consume())
+
+    async def _consume(self) -> None:
+        async for snapshot in self.d.watch():
+            self.seen.append(snapshot)
+
+    async def poll(self) -> None:
+        """Exactly one poll of the file (the watch sleeps on the fake clock)."""
+        await self.clock.advance_async(POLL_FAKE)
+
+    async def close(self) -> None:
+        await self.d.stop()
+        await asyncio.wait_for(self.task, 5.0)
+
+
+POLL_FAKE = 1.0
+
+
+async def watching(path: Path) -> Watching:
+    clock = FakeClock()
+    d = FileDiscovery(path, self_address=A, poll_interval=POLL_FAKE, clock=clock)
+    await d.start()
+    w = Watching(d, clock)
+    await settle_loop()  # the watch is waiting for its first poll
+    return w
+
+
 async def test_watch_ignores_rewrites_with_the_same_members(tmp_path: Path) -> None:
     path = tmp_path / "peers"
     path.write_text(f"{A},{B}")
-    d = FileDiscovery(path, self_address=A, poll_interval=POLL)
-    await d.start()
-    it = d.watch()
+    w = await watching(path)
     try:
-        # Same set in another order and spelling: no event; then a real change is the
-        # first thing the watch yields.
+        # Same set in another order and spelling, seen by a poll: no event...
         write_atomically(path, f"# reordered\n{B}\n{A}\n")
-        await asyncio.sleep(10 * POLL)
+        await w.poll()
+        assert w.seen == []
+        # ...and the poll did read it: a real change is reported by the very next poll.
         write_atomically(path, f"{A},{B},{C}")
-        assert await next_change(it) == members(A, B, C)
+        await w.poll()
+        assert w.seen == [members(A, B, C)]
+        # Another rewrite with the same members, and an unchanged file: still one event.
+        write_atomically(path, f"{C} {B} {A}")
+        await w.poll()
+        await w.poll()
+        assert w.seen == [members(A, B, C)]
     finally:
-        await finish(d, it)
+        await w.close()
+
+
+async def test_watch_polls_on_its_clock_only(tmp_path: Path) -> None:
+    path = tmp_path / "peers"
+    path.write_text(f"{A},{B}")
+    w = await watching(path)
+    try:
+        write_atomically(path, f"{A},{C}")
+        await w.clock.advance_async(POLL_FAKE * 0.99)
+        assert w.seen == []  # the interval has not passed on the discovery's clock
+        await w.clock.advance_async(POLL_FAKE * 0.01)
+        assert w.seen == [members(A, C)]
+    finally:
+        await w.close()
 
 
 @pytest.mark.parametrize("bad", ["", "# nobody\n", f"{A}\n127.0.0.9\n", None])
@@ -121,37 +175,25 @@ async def test_watch_keeps_the_last_good_list(
 ) -> None:
     path = tmp_path / "peers"
     path.write_text(f"{A},{B}")
-    d = FileDiscovery(path, self_address=A, poll_interval=POLL)
-    await d.start()
-    seen: list[frozenset[Member]] = []
-    changed = asyncio.Event()
-
-    async def consume() -> None:
-        async for snapshot in d.watch():
-            seen.append(snapshot)
-            changed.set()
-
-    task = asyncio.create_task(consume())
+    w = await watching(path)
+    d = w.d
     try:
         if bad is None:
             path.unlink()
         else:
             write_atomically(path, bad)
-        # The problem is logged (once) and the members stay; a later good file applies.
-        for _ in range(500):
-            if "keeping the previous 2 members" in caplog.text:
-                break
-            await asyncio.sleep(POLL)
-        assert "keeping the previous 2 members" in caplog.text
-        assert caplog.text.count("keeping the previous") == 1
-        assert seen == []
+        # The problem is logged (once, over several polls) and the members stay...
+        for _ in range(3):
+            await w.poll()
+        assert caplog.text.count("keeping the previous 2 members") == 1
+        assert w.seen == []
         assert d.peers == {A, B}
+        # ...and a later good file applies.
         write_atomically(path, f"{A},{C}")
-        await asyncio.wait_for(changed.wait(), 5.0)
-        assert seen == [members(A, C)]
+        await w.poll()
+        assert w.seen == [members(A, C)]
     finally:
-        await d.stop()
-        await asyncio.wait_for(task, 5.0)
+        await w.close()
 
 
 async def test_watch_ends_on_stop(tmp_path: Path) -> None:

@@ -22,13 +22,12 @@ one-member ring that takes ownership of everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from peer_ring.core import InvalidArgumentError, Member
+from peer_ring.core import Clock, InvalidArgumentError, Member, SystemClock
 from peer_ring.discovery.static._address import normalize_address
 
 logger = logging.getLogger(__name__)
@@ -63,6 +62,9 @@ class FileDiscovery:
         poll_interval: seconds between two checks of the file. A check costs one
             ``stat``; the file is read only when its size, modification time or inode
             changed.
+        clock: what the poll interval is measured on (default: the real clock). Tests
+            pass a :class:`~peer_ring.core.testing.FakeClock` to poll exactly when they
+            move it.
 
     Raises:
         InvalidArgumentError: the file cannot be read or holds a malformed address, or
@@ -75,12 +77,14 @@ class FileDiscovery:
         self_address: str,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        clock: Clock | None = None,
     ) -> None:
         if not poll_interval > 0:
             raise InvalidArgumentError(f"poll_interval must be > 0, got {poll_interval!r}")
         self._path = Path(path)
         self._self = normalize_address(self_address)
         self._poll_interval = poll_interval
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._stopped = asyncio.Event()
         self._stamp = self._stat()
         if self._stamp is None:
@@ -115,8 +119,7 @@ class FileDiscovery:
         """
         last_problem = ""
         while not self._stopped.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), self._poll_interval)
+            await self._pause()
             if self._stopped.is_set():
                 return
             stamp = self._stat()
@@ -163,6 +166,17 @@ class FileDiscovery:
         self._stopped.set()
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _pause(self) -> None:
+        """Wait one poll interval on the clock, or less if ``stop()`` is called."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(self._poll_interval))
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
