@@ -98,12 +98,21 @@ def member_process(zk_server, zk_path, tmp_path):
     procs: list[subprocess.Popen[str]] = []
 
     def start(address: str, session: float = SESSION) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", MEMBER_SCRIPT, zk_server.hosts, address, zk_path, str(session)],
-            stdout=subprocess.PIPE,
-            stderr=(tmp_path / f"member-{len(procs)}.log").open("w"),
-            text=True,
-        )
+        with (tmp_path / f"member-{len(procs)}.log").open("w") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    MEMBER_SCRIPT,
+                    zk_server.hosts,
+                    address,
+                    zk_path,
+                    str(session),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until registered (or the process died)
@@ -115,3 +124,5 @@ def member_process(zk_server, zk_path, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -136,6 +136,7 @@ class ZooKeeperDiscovery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._zxid_reset: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._connected = False
         self._stale = False
@@ -267,8 +268,9 @@ class ZooKeeperDiscovery:
         self._stopping = True
         self._changed.set()
         self._wake.set()
-        if self._retry is not None:
-            self._retry.cancel()
+        for timer in (self._retry, self._zxid_reset):
+            if timer is not None:
+                timer.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -307,6 +309,9 @@ class ZooKeeperDiscovery:
     def _on_state(self, state: SessionState) -> None:
         if self._stopping:
             return
+        if state is not SessionState.SUSPENDED and self._zxid_reset is not None:
+            self._zxid_reset.cancel()
+            self._zxid_reset = None
         if state is SessionState.CONNECTED:
             if not self._connected:
                 logger.info("zookeeper discovery %s: connected again", self._self_address)
@@ -316,12 +321,31 @@ class ZooKeeperDiscovery:
             self._connected = False
             self._stats.suspensions += 1
             self._mark_stale("connection to ZooKeeper lost; the session may still be alive")
+            if self._zxid_reset is None and self._loop is not None:
+                self._zxid_reset = self._loop.call_later(
+                    self._session_timeout, self._allow_server_behind
+                )
         else:
             self._connected = False
             self._registered_session = None
             self._lost_at = time.monotonic()
             self._stats.expirations += 1
             self._mark_stale("ZooKeeper session lost; this node will register again")
+
+    def _allow_server_behind(self) -> None:
+        # Disconnected for a whole session timeout: if the server is up but refuses us
+        # because it lost its data (it is "behind" our last zxid), only a reconnection
+        # without that zxid gets the "session expired" answer that starts a new session.
+        self._zxid_reset = None
+        if self._connected or self._stopping or self._zk is None:
+            return
+        logger.warning(
+            "zookeeper discovery %s: disconnected for %.0f s; accepting servers behind the "
+            "last seen transaction (a ZooKeeper restarted without its data)",
+            self._self_address,
+            self._session_timeout,
+        )
+        self._zk.forget_last_zxid()
 
     def _mark_stale(self, why: str) -> None:
         if not self._stale:

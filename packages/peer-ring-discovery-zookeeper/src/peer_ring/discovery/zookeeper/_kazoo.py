@@ -179,6 +179,18 @@ class ZkClient:
         client_id = self._client.client_id
         return None if client_id is None else bytes(client_id[1])
 
+    def forget_last_zxid(self) -> None:
+        """Let the next reconnection reach a server that is behind what this client saw.
+
+        A ZooKeeper server refuses a client that has seen a newer transaction id than its
+        own ("client must try another server"). After a server lost its data (restarted
+        empty) kazoo would retry that refusal forever, never reaching the "session
+        expired" answer that starts a new session. Zero makes every server acceptable;
+        a server that still knows the session simply revalidates it. Called from the
+        event loop while disconnected; kazoo reads the int when it next connects.
+        """
+        self._client.last_zxid = 0
+
     # -- requests (awaitable; never block the loop) ----------------------------------------
 
     async def _wait(self, async_result: Any) -> Any:
