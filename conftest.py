@@ -29,12 +29,21 @@ Actions and ``.ci/run`` set ``CI=true``).
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+# --import-mode=importlib does not put the root on sys.path: do it for testing_components.
+_ROOT = str(Path(__file__).resolve().parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
 # `pytester` lets the repository-level tests (tests/) run pytest on generated test trees.
-pytest_plugins = ["pytester"]
+# `testing_components.plugin`: real test components (Redis...) from a binary or a container,
+# for every package's tests (fixtures `redis_server`, `docker_engine`; see its docstring).
+pytest_plugins = ["pytester", "testing_components.plugin"]
 
 
 class RequireComponent(Protocol):

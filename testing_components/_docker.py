@@ -1,0 +1,164 @@
+"""Containers for tests: testcontainers on host networking, no reaper, always removed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from typing import TYPE_CHECKING
+
+# The reaper (Ryuk) is a container too, whose image cannot be pulled where no registry is
+# reachable; every container here is removed by the context manager that started it instead.
+# Set before testcontainers is imported: it reads its configuration once, at import.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+if TYPE_CHECKING:
+    from testcontainers.core.container import DockerContainer
+
+#: Where the images come from when no registry is reachable.
+PREPARE_HINT = "run `tools/docker-test-env` (installs docker.io, starts dockerd, builds images)"
+#: Names of every container this layer starts (``docker ps -a --filter name=peer-ring-test``).
+NAME_PREFIX = "peer-ring-test"
+_POLL = 0.1
+
+
+class ContainerNotReadyError(RuntimeError):
+    """A container exited, or was not ready within its deadline; carries its last log lines."""
+
+
+@cache
+def docker_status() -> tuple[bool, str]:
+    """Whether a Docker engine answers here, and what it is (or why not).
+
+    Cached for the process: the answer is asked once per test session.
+    """
+    try:
+        import docker  # type: ignore[import-untyped]
+        from docker.errors import DockerException  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - requirements-dev.txt installs it
+        return False, f"the docker Python package is missing ({exc}); pip install testcontainers"
+    try:
+        client = docker.from_env(timeout=10)
+    except DockerException as exc:
+        return False, f"no Docker engine answers ({_first_line(exc)}); {PREPARE_HINT}"
+    try:
+        client.ping()
+        version = client.version().get("Version", "?")
+    except (DockerException, OSError) as exc:
+        return False, f"no Docker engine answers ({_first_line(exc)}); {PREPARE_HINT}"
+    finally:
+        client.close()
+    return True, f"Docker engine {version}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _log_tail(container: DockerContainer, lines: int) -> str:
+    try:
+        out, err = container.get_logs()
+    except Exception as exc:  # the container may already be gone
+        return f"(no log: {_first_line(exc)})"
+    text = (out + err).decode(errors="replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+@contextmanager
+def run_container(
+    image: str,
+    command: Sequence[str] | None,
+    *,
+    ready: Callable[[], bool],
+    deadline: float,
+    name: str,
+    environment: dict[str, str] | None = None,
+    log_lines: int = 30,
+) -> Iterator[DockerContainer]:
+    """Start ``image`` on host networking, wait until ``ready()``, remove it afterwards.
+
+    The container is removed (``docker rm -f``) when the block ends, also when the test or
+    the readiness wait fails. The caller chooses free loopback ports and passes them in
+    ``command`` or ``environment``: with host networking nothing is published.
+
+    Args:
+        image: A local image; pulled when missing (possible only where a registry answers).
+        command: The container's command (``None``: the image's default).
+        ready: Polled every 0.1 s until it returns true; must not block for long.
+        deadline: Seconds to wait for ``ready()``.
+        name: A short name; the container is called ``peer-ring-test-<name>-<random>``.
+        environment: Extra environment variables.
+        log_lines: How many log lines a :class:`ContainerNotReadyError` carries.
+
+    Raises:
+        ContainerNotReadyError: the container exited or was not ready within ``deadline``.
+        RuntimeError: the image is missing and cannot be pulled.
+    """
+    from docker.errors import APIError, ImageNotFound
+    from testcontainers.core.config import testcontainers_config
+    from testcontainers.core.container import DockerContainer
+
+    testcontainers_config.ryuk_disabled = True  # also when the variable was set to false
+    full_name = f"{NAME_PREFIX}-{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    container = DockerContainer(
+        image,
+        command=shlex.join(command) if command is not None else None,
+        env=environment or {},
+        name=full_name,
+    ).with_kwargs(network="host")
+    try:
+        try:
+            container.start()
+        except ImageNotFound as exc:
+            raise RuntimeError(
+                f"image {image} is missing and cannot be pulled; {PREPARE_HINT}"
+            ) from exc
+        except APIError as exc:
+            if "pull" in str(exc).lower() or "not found" in str(exc).lower():
+                raise RuntimeError(
+                    f"image {image} is missing and cannot be pulled ({_first_line(exc)}); "
+                    f"{PREPARE_HINT}"
+                ) from exc
+            raise
+        _wait_ready(container, full_name, ready, deadline, log_lines)
+        yield container
+    finally:
+        # stop() is `docker rm -f -v`; a container that never got created has nothing to remove.
+        if container.get_wrapped_container() is not None:
+            container.stop()
+        else:
+            container.get_docker_client().client.close()
+
+
+def _wait_ready(
+    container: DockerContainer,
+    name: str,
+    ready: Callable[[], bool],
+    deadline: float,
+    log_lines: int,
+) -> None:
+    wrapped = container.get_wrapped_container()
+    limit = time.monotonic() + deadline
+    # Bounded twice: by the deadline, and by a poll count derived from it.
+    for _ in range(int(deadline / _POLL) + 2):
+        if ready():
+            return
+        wrapped.reload()
+        if wrapped.status in ("exited", "dead"):
+            code = wrapped.attrs.get("State", {}).get("ExitCode")
+            raise ContainerNotReadyError(
+                f"container {name} ({container.image}) exited with status {code} before it "
+                f"was ready; last {log_lines} log lines:\n{_log_tail(container, log_lines)}"
+            )
+        if time.monotonic() >= limit:
+            break
+        time.sleep(_POLL)
+    raise ContainerNotReadyError(
+        f"container {name} ({container.image}) not ready within {deadline:g}s; "
+        f"last {log_lines} log lines:\n{_log_tail(container, log_lines)}"
+    )
