@@ -1,0 +1,311 @@
+"""The asyncio adapter: runs a pure :class:`Swim` on a UDP socket, a TCP listener and the
+event loop's clock. All protocol decisions stay in ``Swim``; this file only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from peer_ring.discovery.gossip._codec import encode
+from peer_ring.discovery.gossip._config import GossipConfig
+from peer_ring.discovery.gossip._membership import initial_incarnation
+from peer_ring.discovery.gossip._messages import Address, PushPull
+from peer_ring.discovery.gossip._outputs import OpenStream, SendPacket
+from peer_ring.discovery.gossip._packet import BadPacketError, PacketCodec
+from peer_ring.discovery.gossip._protocol import Swim
+
+logger = logging.getLogger(__name__)
+
+_FRAME = struct.Struct(">I")
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, runtime: GossipRuntime) -> None:
+        self._runtime = runtime
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._runtime.on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the failure detector already copes with it.
+        logger.debug("UDP error: %s", exc)
+
+
+class GossipRuntime:
+    """One running gossip node.
+
+    Args:
+        name: the member name (the node's peer-ring address).
+        bind: gossip ``(host, port)`` to bind UDP and TCP on (port 0: any free port, the
+            same for both).
+        advertise: the gossip address announced to others (default: the bound one).
+        seeds: gossip addresses to join through.
+        config: protocol settings.
+        codec: packet framing (cluster name, optional encryption).
+        meta: this node's metadata.
+        on_change: called (on the loop) whenever the live member set or metadata changed.
+        rng: randomness (default: a fresh ``random.Random()``).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bind: Address,
+        advertise: Address | None,
+        seeds: list[Address],
+        config: GossipConfig,
+        codec: PacketCodec,
+        meta: Mapping[str, str],
+        on_change: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.bind = bind
+        self.advertise = advertise
+        self.seeds = seeds
+        self.config = config
+        self.codec = codec
+        self.meta = dict(meta)
+        self.swim: Swim | None = None
+        self.stats: Counter[str] = Counter()
+        self._on_change = on_change
+        self._rng = rng or random.Random()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._version = -1
+        self._joined = asyncio.Event()
+
+    @property
+    def address(self) -> Address:
+        """The gossip address others reach this node at."""
+        assert self.swim is not None
+        return self.swim.addr
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def start(self) -> None:
+        """Bind the sockets and start the protocol (joining the seeds in the background).
+
+        Raises:
+            OSError: the gossip address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        host, port = self.bind
+        self._server = await asyncio.start_server(
+            self._serve_stream, host, port, reuse_address=True
+        )
+        bound_port = self._server.sockets[0].getsockname()[1]
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, bound_port)
+            )
+        except OSError:
+            self._server.close()
+            raise
+        self._udp = transport
+        addr = self.advertise or (host, bound_port)
+        self.swim = Swim(
+            self.name,
+            addr,
+            config=self.config,
+            now=self._now(),
+            rng=self._rng,
+            incarnation=initial_incarnation(time.time()),
+            meta=self.meta,
+            seeds=self.seeds,
+            packet_overhead=self.codec.overhead(),
+        )
+        if self.swim.joined:
+            self._joined.set()
+        self._flush()
+        self._loop_task = asyncio.create_task(self._run(), name=f"gossip {self.name}")
+
+    def wake(self) -> None:
+        """Flush the protocol's outputs after an outside change (metadata update)."""
+        self._flush()
+
+    async def wait_joined(self, timeout: float) -> bool:
+        """Wait until a seed answered (True), or ``timeout`` (False)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._joined.wait(), timeout)
+        return self._joined.is_set()
+
+    async def leave(self, timeout: float) -> None:
+        """Announce the leave and wait (up to ``timeout``) until it has been sent out."""
+        swim = self.swim
+        if swim is None or swim.stopped:
+            return
+        swim.leave(self._now())
+        self._flush()
+        deadline = self._now() + timeout
+        while not swim.leave_sent() and swim.live > 0:
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                break
+            self._flushed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), remaining)
+
+    async def stop(self) -> None:
+        """Close the sockets and stop the protocol; idempotent."""
+        if self.swim is not None:
+            self.swim.stop()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    # ---- the timer loop ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        swim = self.swim
+        assert swim is not None
+        while not swim.stopped:
+            deadline = swim.next_deadline()
+            delay = None if deadline is None else max(0.0, deadline - self._now())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            swim.tick(self._now())
+            self._flush()
+
+    def _flush(self) -> None:
+        swim = self.swim
+        if swim is None:
+            return
+        for out in swim.take_outputs():
+            if isinstance(out, SendPacket):
+                self._send_packet(out)
+            elif isinstance(out, OpenStream):
+                task = asyncio.create_task(self._push_pull(out))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        swim.events.clear()
+        if swim.joined and not self._joined.is_set():
+            self._joined.set()
+        if swim.version != self._version:
+            self._version = swim.version
+            self._on_change()
+        self._wake.set()
+        self._flushed.set()
+
+    def _send_packet(self, out: SendPacket) -> None:
+        if self._udp is None:
+            return
+        data = self.codec.pack(list(out.messages))
+        try:
+            self._udp.sendto(data, out.to)
+        except OSError as exc:  # unreachable network and the like: a lost packet
+            logger.debug("UDP send to %s failed: %s", out.to, exc)
+            self.stats["udp_send_errors"] += 1
+            return
+        self.stats["packets_sent"] += 1
+        self.stats["bytes_sent"] += len(data)
+
+    def on_datagram(self, data: bytes, src: Address) -> None:
+        """Handle one inbound UDP packet."""
+        swim = self.swim
+        if swim is None or swim.stopped:
+            return
+        self.stats["packets_received"] += 1
+        try:
+            messages = self.codec.unpack(data)
+        except BadPacketError as exc:
+            self.stats[f"bad_packets.{exc.reason}"] += 1
+            logger.debug("dropped a packet from %s: %s", src, exc)
+            return
+        swim.handle_packet(self._now(), src, messages)
+        self._flush()
+
+    # ---- TCP push-pull ------------------------------------------------------------------------
+
+    def _frame(self, msg: PushPull) -> bytes:
+        data = self.codec.pack([encode(msg)])
+        return _FRAME.pack(len(data)) + data
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> PushPull:
+        header = await reader.readexactly(_FRAME.size)
+        (size,) = _FRAME.unpack(header)
+        if size > self.config.max_stream_size:
+            raise BadPacketError("too_large", f"stream frame of {size} bytes")
+        messages = self.codec.unpack(await reader.readexactly(size))
+        if len(messages) != 1 or not isinstance(messages[0], PushPull):
+            raise BadPacketError("bad_message", "a stream carries one push-pull")
+        return messages[0]
+
+    async def _push_pull(self, out: OpenStream) -> None:
+        reply: PushPull | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.config.stream_timeout):
+                reader, writer = await asyncio.open_connection(*out.to)
+                writer.write(self._frame(out.message))
+                await writer.drain()
+                reply = await self._read_frame(reader)
+            self.stats["push_pulls"] += 1
+        except BadPacketError as exc:
+            self.stats[f"bad_packets.{exc.reason}"] += 1
+            logger.debug("bad push-pull reply from %s: %s", out.to, exc)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            self.stats["push_pull_failures"] += 1
+            logger.debug("push-pull with %s failed: %r", out.to, exc)
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        swim = self.swim
+        if swim is not None:
+            swim.stream_done(self._now(), out.id, reply)
+            self._flush()
+
+    async def _serve_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.config.stream_timeout):
+                request = await self._read_frame(reader)
+                swim = self.swim
+                if swim is None or swim.stopped:
+                    return
+                peer = writer.get_extra_info("peername")
+                reply = swim.handle_stream(self._now(), (str(peer[0]), int(peer[1])), request)
+                self._flush()
+                writer.write(self._frame(reply))
+                await writer.drain()
+        except BadPacketError as exc:
+            self.stats[f"bad_packets.{exc.reason}"] += 1
+            logger.debug("dropped a push-pull: %s", exc)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            logger.debug("serving a push-pull failed: %r", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
