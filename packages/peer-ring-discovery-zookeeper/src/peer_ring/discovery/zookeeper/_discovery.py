@@ -313,7 +313,7 @@ class ZooKeeperDiscovery:
             self._zxid_reset.cancel()
             self._zxid_reset = None
         if state is SessionState.CONNECTED:
-            if not self._connected:
+            if not self._connected and self._task is not None:
                 logger.info("zookeeper discovery %s: connected again", self._self_address)
             self._connected = True
             self._wake.set()
@@ -339,9 +339,9 @@ class ZooKeeperDiscovery:
         self._zxid_reset = None
         if self._connected or self._stopping or self._zk is None:
             return
-        logger.warning(
-            "zookeeper discovery %s: disconnected for %.0f s; accepting servers behind the "
-            "last seen transaction (a ZooKeeper restarted without its data)",
+        logger.info(
+            "zookeeper discovery %s: disconnected for %.0f s; from now on also accepting a "
+            "server behind the last seen transaction (in case ZooKeeper lost its data)",
             self._self_address,
             self._session_timeout,
         )
