@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -24,23 +24,17 @@ from peer_ring.core import (
     Command,
     CommandContext,
     Discovery,
+    ExecuteResult,
     InvalidArgumentError,
     LeaveReport,
     NotRunningError,
     PartitionNotReadyError,
     PeerRing,
     PeerRingConfig,
-    QuorumNotReachedError,
     Reply,
-    Request,
-    Response,
-    Status,
     SystemClock,
-    check_replication,
-    error_for_status,
+    Transport,
 )
-from peer_ring.core.transport import Transport
-from peer_ring.kv._batch import BatchCollector
 from peer_ring.kv._codec import DEFAULT_CODEC, Codec, decode_value, encode_value
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._errors import KeyTooLargeError, ValueTooLargeError
@@ -52,11 +46,8 @@ from peer_ring.kv._wire import (
     decode_entries,
     decode_get_response,
     decode_keys,
-    decode_optional_records,
     decode_record,
-    encode_entries,
     encode_get_response,
-    encode_keys,
     encode_optional_records,
     encode_record,
 )
@@ -70,6 +61,8 @@ NAMESPACE = "kv"
 # not be answered by a replica that is still pulling the partition (reads).
 SET = Command("set", mutates=True)
 GET = Command("get", reads=True)
+# Batches of older versions (one request per node, with all its keys); this version sends
+# SET/GET through ``execute_many`` and keeps these handlers for mixed-version clusters.
 MSET = Command("mset", mutates=True)
 MGET = Command("mget", reads=True)
 
@@ -79,11 +72,6 @@ MAX_KEY_BYTES = 64 * 1024
 Key = str | bytes
 #: A key type: ``str`` or ``bytes`` (a TypeVar so ``dict[str, ...]`` arguments type-check).
 K = TypeVar("K", str, bytes)
-
-#: Builds a batch request payload from the keys sent to one node (and their indexes).
-_Encoder = Callable[[list[bytes], list[int]], bytes]
-#: Consumes one node's batch reply payload for the keys at ``indexes``.
-_PayloadSink = Callable[[list[int], bytes], None]
 
 
 class KVStore:
@@ -356,7 +344,7 @@ class KVStore:
         record = self._record(value, ttl)
         await self._node.execute(
             NAMESPACE,
-            "set",
+            SET,
             key_b,
             encode_record(record),
             replication=replication,
@@ -372,7 +360,7 @@ class KVStore:
         record = Record.deleted(self._hlc.now())
         await self._node.execute(
             NAMESPACE,
-            "set",
+            SET,
             key_b,
             encode_record(record),
             replication=replication,
@@ -421,7 +409,7 @@ class KVStore:
                 if record is None:
                     return default
                 return decode_value(record.value, record.encoded, self._codec)
-        result = await node.execute(NAMESPACE, "get", key_b, replication=n, quorum=q)
+        result = await node.execute(NAMESPACE, GET, key_b, replication=n, quorum=q)
         records = [decode_get_response(p) for p in result.payloads]
         winner = reconcile(key_b, records, self._resolver)
         if winner is not None:
@@ -446,19 +434,17 @@ class KVStore:
                 continue
             if record is None or record.version < winner.version:
                 stale.append(reply.node)
-        if not stale or not self._node.running:
+        node = self._node
+        if not stale or not node.running:
             return
-        payload = encode_record(winner)
-        for node in stale:
-            self.read_repairs += 1
-            if node == self._node.address:
-                self._engine.put(key, winner)
-                continue
-            fut = self._node.transport.request(
-                node,
-                Request(NAMESPACE, "set", key, payload, 0, "", self._config.request_timeout),
-            )
-            fut.add_done_callback(_log_repair_failure(node, key))
+        self.read_repairs += len(stale)
+        if node.address in stale:
+            stale.remove(node.address)
+            self._engine.put(key, winner)
+        if stale:
+            # Fire and forget: a repair that does not arrive is retried by the next read
+            # or by anti-entropy.
+            node.send(NAMESPACE, SET, key, encode_record(winner), nodes=stale)
 
     async def mget(
         self,
@@ -469,25 +455,37 @@ class KVStore:
     ) -> dict[K, Any]:
         """Values of several keys in one round trip per replica node.
 
+        Each key gets its own read quorum (and read repair), with the same read forwarding
+        as :meth:`get` while partitions move.
+
         Returns:
             ``{key: value}`` for every key that exists (absent keys are left out).
+
+        Raises:
+            InvalidArgumentError: a bad key, quorum or replication.
+            QuorumNotReachedError: some key got fewer than ``quorum`` answers (the first
+                such key's error).
         """
         self._check_running()
         key_list = list(dict.fromkeys(keys))
         keys_b = [self._key(k) for k in key_list]
-        n = self._config.replication if replication is None else replication
-        q = self._config.quorum_for(n) if quorum is None else quorum
-        records: list[list[Record | None]] = [[] for _ in keys_b]
-
-        def on_payload(indexes: list[int], payload: bytes) -> None:
-            for i, rec in zip(indexes, decode_optional_records(payload), strict=True):
-                records[i].append(rec)
-
-        await self._batch("mget", keys_b, n, q, lambda ks, _: encode_keys(ks), on_payload)
+        results = await self._node.execute_many(
+            NAMESPACE,
+            GET,
+            [(k, b"") for k in keys_b],
+            replication=replication,
+            quorum=quorum,
+        )
+        _raise_first_error(results)
         out: dict[K, Any] = {}
-        for key, key_b, recs in zip(key_list, keys_b, records, strict=True):
-            winner = reconcile(key_b, recs, self._resolver)
-            if winner is not None and winner.is_live(self._clock.time()):
+        now = self._clock.time()
+        for key, key_b, result in zip(key_list, keys_b, results, strict=True):
+            records = [decode_get_response(p) for p in result.payloads]
+            winner = reconcile(key_b, records, self._resolver)
+            if winner is None:
+                continue
+            result.on_complete(functools.partial(self._repair, key_b, winner))
+            if winner.is_live(now):
                 out[key] = decode_value(winner.value, winner.encoded, self._codec)
         return out
 
@@ -499,69 +497,24 @@ class KVStore:
         quorum: int | None = None,
         replication: int | None = None,
     ) -> None:
-        """Store several values in one round trip per replica node."""
-        self._check_running()
-        items = [(self._key(k), self._record(v, ttl)) for k, v in mapping.items()]
-        n = self._config.replication if replication is None else replication
-        q = self._config.quorum_for(n) if quorum is None else quorum
-        by_key = dict(items)
-        await self._batch(
-            "mset",
-            [k for k, _ in items],
-            n,
-            q,
-            lambda ks, _: encode_entries((k, by_key[k]) for k in ks),
-            None,
-        )
+        """Store several values in one round trip per replica node.
 
-    async def _batch(
-        self,
-        command: str,
-        keys: list[bytes],
-        replication: int,
-        quorum: int,
-        encode: _Encoder,
-        on_payload: _PayloadSink | None,
-    ) -> None:
-        """Send one request per replica node carrying all its keys; wait per-key quorum."""
-        check_replication(replication, quorum)
-        node = self._node
-        per_node: dict[str, list[int]] = defaultdict(list)
-        key_nodes: list[tuple[str, ...]] = []
-        for i, key in enumerate(keys):
-            prefs = node.preference_list(key, replication)
-            if len(prefs) < quorum:
-                raise QuorumNotReachedError(
-                    NAMESPACE,
-                    command,
-                    quorum,
-                    [],
-                    {"cluster": InvalidArgumentError(f"only {len(prefs)} member(s)")},
-                )
-            key_nodes.append(prefs)
-            for member in prefs:
-                per_node[member].append(i)
-        collector = BatchCollector(asyncio.get_running_loop(), command, key_nodes, quorum)
-        timeout = self._config.request_timeout
-        for member, indexes in per_node.items():
-            payload = encode([keys[i] for i in indexes], indexes)
-            if member == node.address:
-                handler = self._h_mget if command == "mget" else self._h_mset
-                ctx = CommandContext(member, 0, "", True)
-                try:
-                    out = handler(ctx, b"", payload)
-                except Exception as exc:
-                    collector.node_failed(member, indexes, exc)
-                    continue
-                if on_payload is not None:
-                    on_payload(indexes, out)
-                collector.node_succeeded(member, indexes)
-                continue
-            fut = node.transport.request(
-                member, Request(NAMESPACE, command, b"", payload, 0, "", timeout)
-            )
-            fut.add_done_callback(_batch_callback(collector, member, indexes, on_payload))
-        await collector.future
+        Each key gets its own write quorum, with sloppy quorum and hinted handoff as for
+        :meth:`set` (a replica that is down is replaced by a substitute holding a hint).
+
+        Raises:
+            InvalidArgumentError: a bad key, ttl, quorum or replication.
+            ValueTooLargeError: an encoded value exceeds ``max_value_bytes`` (nothing is
+                written then).
+            QuorumNotReachedError: some key got fewer than ``quorum`` acknowledgements
+                (the first such key's error; the other keys may be written).
+        """
+        self._check_running()
+        items = [(self._key(k), encode_record(self._record(v, ttl))) for k, v in mapping.items()]
+        results = await self._node.execute_many(
+            NAMESPACE, SET, items, replication=replication, quorum=quorum
+        )
+        _raise_first_error(results)
 
     def stats(self) -> dict[str, int | float]:
         """Counters of this node's store (keys, bytes, evictions, expiries, repairs)."""
@@ -571,40 +524,7 @@ class KVStore:
         return engine_stats
 
 
-def _batch_callback(
-    collector: BatchCollector, node: str, indexes: list[int], on_payload: _PayloadSink | None
-) -> Callable[[asyncio.Future[Response]], None]:
-    def done(fut: asyncio.Future[Response]) -> None:
-        if fut.cancelled():
-            collector.node_failed(node, indexes, asyncio.CancelledError())
-            return
-        exc = fut.exception()
-        if exc is not None:
-            collector.node_failed(node, indexes, exc)
-            return
-        response = fut.result()
-        if response.status != Status.OK:
-            collector.node_failed(
-                node, indexes, error_for_status(Status(response.status), response.error, node)
-            )
-            return
-        if on_payload is not None:
-            try:
-                on_payload(indexes, response.payload)
-            except ValueError as err:
-                collector.node_failed(node, indexes, err)
-                return
-        collector.node_succeeded(node, indexes)
-
-    return done
-
-
-def _log_repair_failure(node: str, key: bytes) -> Callable[[asyncio.Future[Response]], None]:
-    def done(fut: asyncio.Future[Response]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            logger.debug("read repair of %r on %s failed: %s", key, node, exc)
-
-    return done
+def _raise_first_error(results: Sequence[ExecuteResult]) -> None:
+    for result in results:
+        if result.error is not None:
+            raise result.error
