@@ -1,0 +1,92 @@
+"""The container layer of the test components (testing_components/) on a real Docker engine.
+
+Needs a Docker engine and the images of ``tools/docker-test-env``; skips without one on a
+laptop and fails in CI (``docker_engine`` fixture). Run by ``.ci/run``'s container step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import docker  # type: ignore[import-untyped]
+import pytest
+
+from testing_components import REDIS_IMAGE, ContainerNotReadyError, run_container
+from testing_components._docker import NAME_PREFIX
+from testing_components.redis import redis_via_container
+
+
+def _leftovers(name: str) -> list[str]:
+    """Containers (running or not) of this process whose name starts with ``name``."""
+    client = docker.from_env(timeout=10)
+    try:
+        prefix = f"{NAME_PREFIX}-{name}-{os.getpid()}-"
+        return [c.name for c in client.containers.list(all=True) if c.name.startswith(prefix)]
+    finally:
+        client.close()
+
+
+def test_redis_container_serves_on_loopback_and_is_removed(docker_engine: str) -> None:
+    with redis_via_container() as endpoint:
+        assert endpoint.via == "container"
+        assert endpoint.version.startswith("7.")
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as sock:
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(64) == b"+PONG\r\n"
+        assert len(_leftovers("redis")) == 1
+    assert _leftovers("redis") == []
+
+
+def test_not_ready_within_deadline_fails_with_log_tail(docker_engine: str) -> None:
+    script = "echo peer-ring-marker-line; sleep 60"
+    with (
+        pytest.raises(ContainerNotReadyError, match=r"not ready within 2s(.|\n)*marker-line"),
+        run_container(
+            REDIS_IMAGE, ["sh", "-c", script], ready=lambda: False, deadline=2, name="slow"
+        ),
+    ):
+        pass  # pragma: no cover - never ready
+    assert _leftovers("slow") == []
+
+
+def test_exited_container_fails_at_once_with_status_and_log(docker_engine: str) -> None:
+    script = "echo cannot-start-here >&2; exit 3"
+    with (
+        pytest.raises(ContainerNotReadyError, match=r"exited with status 3(.|\n)*cannot-start"),
+        run_container(
+            REDIS_IMAGE, ["sh", "-c", script], ready=lambda: False, deadline=60, name="dies"
+        ),
+    ):
+        pass  # pragma: no cover - never ready
+    assert _leftovers("dies") == []
+
+
+def test_container_is_removed_when_the_test_body_fails(docker_engine: str) -> None:
+    class BodyFailed(Exception):
+        pass
+
+    with (
+        pytest.raises(BodyFailed),
+        run_container(
+            REDIS_IMAGE, ["sleep", "60"], ready=lambda: True, deadline=5, name="bodyfails"
+        ),
+    ):
+        assert len(_leftovers("bodyfails")) == 1
+        raise BodyFailed
+    assert _leftovers("bodyfails") == []
+
+
+def test_missing_image_says_how_to_get_it(docker_engine: str) -> None:
+    with (
+        pytest.raises(RuntimeError, match="tools/docker-test-env"),
+        run_container(
+            "peer-ring-no-such-image:never",
+            None,
+            ready=lambda: True,
+            deadline=5,
+            name="noimage",
+        ),
+    ):
+        pass  # pragma: no cover
+    assert _leftovers("noimage") == []
