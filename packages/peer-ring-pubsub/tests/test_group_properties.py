@@ -60,10 +60,11 @@ class Simulation:
         state = GroupState()
         for q in quorum:
             state.merge(self.replicas[q])
-        state.restart_deadlines(self.now, ACK_WAIT)
+        state.restart_deadlines(self.now)
         self.leader, self.state = node, state
         for seq, (consumer, deliveries, deadline) in list(self.held.items()):
-            self.held[seq] = (consumer, deliveries, max(deadline, self.now + ACK_WAIT))
+            wait = state.pending[seq].wait if seq in state.pending else ACK_WAIT
+            self.held[seq] = (consumer, deliveries, max(deadline, self.now + wait))
 
     def claim(self, consumer: str, limit: int, targets: list[int]) -> None:
         if self.state is None:
@@ -99,7 +100,7 @@ class Simulation:
             if kind == "ack":
                 delta = self.state.finish(consumer, [(seq, deliveries)])
             else:
-                delta = self.state.extend(consumer, seq, deliveries, self.now + delay)
+                delta = self.state.extend(consumer, seq, deliveries, self.now, delay)
         except StaleAckError:
             return  # redelivered by a sequencer that never saw this consumer's last signal
         except NotHeldError:
@@ -171,6 +172,7 @@ groups = st.builds(
             st.integers(1, 3),
             st.integers(0, 2),
             st.sampled_from([1.0, 2.0]),
+            st.sampled_from([1.0, 10.0]),
         ),
         max_size=4,
     ),
@@ -240,6 +242,6 @@ def test_nak_delay_and_in_progress_move_the_deadline() -> None:
     claim = g.claim("a", 1, lambda s: True, 0, 1, 0.0, ACK_WAIT, MAX_DELIVER)
     assert claim.delta is not None
     g.merge(claim.delta)
-    g.merge(g.extend("a", 0, 1, 100.0))  # in_progress / nak(delay)
+    g.merge(g.extend("a", 0, 1, 0.0, 100.0))  # in_progress / nak(delay)
     assert g.claim("b", 1, lambda s: True, 0, 1, 50.0, ACK_WAIT, MAX_DELIVER).deliver == []
     assert g.claim("b", 1, lambda s: True, 0, 1, 100.0, ACK_WAIT, MAX_DELIVER).deliver == [(0, 2)]

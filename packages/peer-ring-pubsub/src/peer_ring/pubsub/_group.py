@@ -34,16 +34,19 @@ class Pending:
         deliveries: how many times it was delivered (1 on the first delivery).
         rev: bumped by ``in_progress`` / ``nak`` within one delivery.
         deadline: when it may be redelivered (the sequencer's monotonic time).
+        wait: the duration that set ``deadline`` (``ack_wait`` or a nak's delay); a new
+            sequencer, whose clock differs, restarts the deadline as ``now + wait``.
     """
 
     consumer: str
     deliveries: int
     rev: int
     deadline: float
+    wait: float = 0.0
 
-    def version(self) -> tuple[int, int, float]:
+    def version(self) -> tuple[int, int, float, float, str]:
         """Merge order: later delivery, then later revision, then later deadline."""
-        return (self.deliveries, self.rev, self.deadline)
+        return (self.deliveries, self.rev, self.deadline, self.wait, self.consumer)
 
 
 @dataclass(slots=True)
@@ -140,12 +143,12 @@ class GroupState:
             if p.deliveries >= max_deliver:
                 claim.dead.append(seq)
                 continue
-            delta.pending[seq] = Pending(consumer, p.deliveries + 1, 0, now + ack_wait)
+            delta.pending[seq] = Pending(consumer, p.deliveries + 1, 0, now + ack_wait, ack_wait)
             claim.deliver.append((seq, p.deliveries + 1))
         seq = delta.next
         while seq < end and len(claim.deliver) < limit:
             if is_message(seq):
-                delta.pending[seq] = Pending(consumer, 1, 0, now + ack_wait)
+                delta.pending[seq] = Pending(consumer, 1, 0, now + ack_wait, ack_wait)
                 claim.deliver.append((seq, 1))
             else:
                 delta.done.add(seq)
@@ -192,7 +195,9 @@ class GroupState:
         delta._normalize()
         return delta
 
-    def extend(self, consumer: str, seq: int, deliveries: int, deadline: float) -> GroupState:
+    def extend(
+        self, consumer: str, seq: int, deliveries: int, now: float, wait: float
+    ) -> GroupState:
         """Delta that moves a held message's deadline (``in_progress`` or ``nak(delay)``).
 
         Raises:
@@ -201,22 +206,24 @@ class GroupState:
         delta = GroupState(floor=self.floor, next=self.next)
         p = self.check_held(consumer, seq, deliveries)
         if p is not None:
-            delta.pending[seq] = replace(p, rev=p.rev + 1, deadline=deadline)
+            delta.pending[seq] = replace(p, rev=p.rev + 1, deadline=now + wait, wait=wait)
         return delta
 
     def mark_done(self, seqs: Iterable[int]) -> GroupState:
         """Delta that finishes ``seqs`` whoever holds them (dead-lettered messages)."""
         return GroupState(floor=self.floor, next=self.next, done=set(seqs))
 
-    def restart_deadlines(self, now: float, ack_wait: float) -> None:
-        """Give every pending message a full ``ack_wait`` from ``now`` (after a takeover)."""
+    def restart_deadlines(self, now: float) -> None:
+        """Restart every pending deadline at ``now + wait`` (after a takeover: the old
+        sequencer's monotonic clock means nothing here, and redelivering early would give
+        a message to two live consumers)."""
         for seq, p in self.pending.items():
-            self.pending[seq] = replace(p, deadline=now + ack_wait)
+            self.pending[seq] = replace(p, deadline=now + p.wait)
 
     def release(self, consumer: str) -> GroupState:
         """Delta making ``consumer``'s messages redeliverable now (it closed cleanly)."""
         delta = GroupState(floor=self.floor, next=self.next)
         for seq, p in self.pending.items():
             if p.consumer == consumer:
-                delta.pending[seq] = replace(p, rev=p.rev + 1, deadline=float("-inf"))
+                delta.pending[seq] = replace(p, rev=p.rev + 1, deadline=float("-inf"), wait=0.0)
         return delta

@@ -114,7 +114,7 @@ def encode_group_state(w: Writer, state: GroupState) -> None:
         w.u64(seq)
     w.u64(len(state.pending))
     for seq, p in sorted(state.pending.items()):
-        w.u64(seq).str_(p.consumer).u64(p.deliveries).u64(p.rev).f64(p.deadline)
+        w.u64(seq).str_(p.consumer).u64(p.deliveries).u64(p.rev).f64(p.deadline).f64(p.wait)
 
 
 def decode_group_state(r: Reader) -> GroupState:
@@ -123,7 +123,7 @@ def decode_group_state(r: Reader) -> GroupState:
     state.done = {r.u64() for _ in range(r.u64())}
     for _ in range(r.u64()):
         seq = r.u64()
-        state.pending[seq] = Pending(r.str_(), r.u64(), r.u64(), r.f64())
+        state.pending[seq] = Pending(r.str_(), r.u64(), r.u64(), r.f64(), r.f64())
     return state
 
 

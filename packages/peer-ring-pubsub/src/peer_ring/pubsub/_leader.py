@@ -1,0 +1,364 @@
+"""The sequencer of a topic partition, run by the head of its preference list.
+
+One :class:`Leader` per partition this node sequences. It is created by a takeover
+(:mod:`._sequencer`: learn and promise from R = N - W + 1 replicas, adopt, re-replicate),
+then assigns sequences and replicates appends in batches (one APPEND in flight per
+partition; publishes arriving meanwhile form the next batch, so load turns into batching).
+A failed replication, a refused append or a ring change steps it down; the next request
+runs a new takeover with a higher epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peer_ring.core import PeerRing, PeerRingError
+from peer_ring.pubsub._codec import Reader
+from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._errors import (
+    NotSequencerError,
+    PartitionUnavailableError,
+    PayloadTooLargeError,
+    PublishError,
+)
+from peer_ring.pubsub._group import GroupState
+from peer_ring.pubsub._log import Ballot, Entry
+from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
+from peer_ring.pubsub._store import Store
+from peer_ring.pubsub._tasks import spawn
+from peer_ring.pubsub._wire import (
+    APPEND,
+    GROUP,
+    NAMESPACE,
+    PROMISE,
+    RANGE,
+    STATUS,
+    AppendRequest,
+    GroupRequest,
+    OutgoingMessage,
+    ReplicaStatusReply,
+    decode_entries_reply,
+    encode_config_ballot,
+    encode_range,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+_RANGE_PAGE = 1024
+
+
+@dataclass(slots=True)
+class Leader:
+    """This node's sequencer state for one partition (valid until it steps down)."""
+
+    key: bytes
+    config: TopicConfig
+    ballot: Ballot
+    start: int
+    next: int
+    commit: int
+    preference: tuple[str, ...]
+    queue: list[tuple[Entry, asyncio.Future[Entry]]] = field(default_factory=list)
+    inflight: dict[str, asyncio.Future[Entry]] = field(default_factory=dict)
+    flushing: bool = False
+    active: bool = True
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        """Wake every long-poll waiting on this partition."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class Leaders:
+    """The partitions this node sequences, their takeovers and their appends."""
+
+    def __init__(self, node: PeerRing, store: Store, replication: int, quorum: int) -> None:
+        self.node = node
+        self.store = store
+        self.replication = replication
+        self.quorum = quorum
+        self.leaders: dict[bytes, Leader] = {}
+        self._elections: dict[bytes, asyncio.Future[Leader]] = {}
+        self.takeovers = 0
+        self.step_downs = 0
+        self.on_step_down: Callable[[bytes], None] = lambda key: None
+
+    # ------------------------------------------------------------ leadership
+    def _check_head(self, key: bytes) -> tuple[str, ...]:
+        prefs = self.node.preference_list(key, self.replication)
+        if not prefs or prefs[0] != self.node.address:
+            head = prefs[0] if prefs else "nobody"
+            raise NotSequencerError(f"{self.node.address} is not the sequencer ({head} is)")
+        if not self.node.partition_ready(self.node.partition_for_key(key)):
+            raise PartitionUnavailableError(
+                f"{self.node.address} is still pulling this partition; retry shortly"
+            )
+        return prefs
+
+    async def get(self, key: bytes, config: TopicConfig) -> Leader:
+        """This node's leader for ``key``, running a takeover when there is none."""
+        prefs = self._check_head(key)
+        leader = self.leaders.get(key)
+        if leader is not None and leader.active:
+            if config != leader.config:
+                leader.config = config
+            return leader
+        pending = self._elections.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._takeover(key, config, prefs))
+            self._elections[key] = pending
+            pending.add_done_callback(lambda _: self._elections.pop(key, None))
+        return await asyncio.shield(pending)
+
+    def step_down(self, key: bytes, reason: str) -> None:
+        """Stop sequencing ``key``; queued publishes fail with a retryable error."""
+        leader = self.leaders.pop(key, None)
+        if leader is None:
+            return
+        leader.active = False
+        self.step_downs += 1
+        logger.info("pubsub: %s steps down as sequencer of %r: %s", self.node.address, key, reason)
+        err = NotSequencerError(f"sequencer stepped down: {reason}")
+        for _, fut in leader.queue:
+            if not fut.done():
+                fut.set_exception(err)
+        leader.queue.clear()
+        leader.notify()
+        self.on_step_down(key)
+
+    def step_down_all(self, keys: set[bytes] | None = None, reason: str = "ring change") -> None:
+        """Step down for ``keys`` (every partition when None)."""
+        for key in list(self.leaders):
+            if keys is None or key in keys:
+                self.step_down(key, reason)
+
+    async def _takeover(self, key: bytes, config: TopicConfig, prefs: tuple[str, ...]) -> Leader:
+        node = self.node
+        state = self.store.state(key, config)
+        log = state.log
+        learn = learn_quorum(self.replication, self.quorum)
+        last_error: BaseException | None = None
+        for attempt in range(4):
+            try:
+                res = await node.execute(
+                    NAMESPACE,
+                    STATUS,
+                    key,
+                    encode_config_ballot(config, Ballot()),
+                    replication=self.replication,
+                    quorum=learn,
+                )
+                seen = max(
+                    [log.max_epoch] + [ReplicaStatusReply.decode(p).max_epoch for p in res.payloads]
+                )
+                ballot = Ballot(seen + 1 + attempt, node.address)
+                res = await node.execute(
+                    NAMESPACE,
+                    PROMISE,
+                    key,
+                    encode_config_ballot(config, ballot),
+                    replication=self.replication,
+                    quorum=learn,
+                )
+            except PeerRingError as exc:
+                last_error = exc
+                await node.clock.sleep(0.05 * (attempt + 1))
+                continue
+            replies = [(r.node, ReplicaStatusReply.decode(r.payload)) for r in res.ok_replies]
+            if log.promised != ballot:  # a newer ballot reached our own replica meanwhile
+                last_error = PartitionUnavailableError("a newer sequencer appeared")
+                continue
+            return await self._adopt(key, config, ballot, prefs, replies)
+        raise PartitionUnavailableError(f"sequencer takeover failed: {last_error}")
+
+    async def _adopt(
+        self,
+        key: bytes,
+        config: TopicConfig,
+        ballot: Ballot,
+        prefs: tuple[str, ...],
+        replies: list[tuple[str, ReplicaStatusReply]],
+    ) -> Leader:
+        state = self.store.state(key, config)
+        log = state.log
+        statuses = []
+        for _, reply in replies:
+            for epoch, start in reply.epoch_starts.items():
+                log.start_epoch(epoch, start)
+            log.note_commit(reply.commit)
+            for name, group in reply.groups.items():
+                state.merge_group(name, group)
+            statuses.append(ReplicaStatus(reply.last, reply.first, reply.commit))
+        _, last = takeover_range(statuses)
+        await self._fetch_missing(key, config, last, replies)
+        now = self.node.clock.time()
+        tail = adopt(log, ballot, last, now)
+        monotonic = self.node.clock.monotonic()
+        for group in state.groups.values():
+            group.restart_deadlines(monotonic)
+        leader = Leader(key, config, ballot, last + 1, last + 1, last, prefs)
+        # Re-replicate the adopted tail (and the epoch start) before serving anything.
+        for i in range(0, max(len(tail), 1), MAX_BATCH):
+            await self._replicate(leader, tail[i : i + MAX_BATCH])
+        for name, group in state.groups.items():
+            await self._replicate_group(leader, name, group.copy())
+        log.note_commit(last)
+        self.leaders[key] = leader
+        self.takeovers += 1
+        logger.info(
+            "pubsub: %s sequences %r at epoch %d from sequence %d",
+            self.node.address,
+            key,
+            ballot.epoch,
+            last + 1,
+        )
+        return leader
+
+    async def _fetch_missing(
+        self,
+        key: bytes,
+        config: TopicConfig,
+        last: int,
+        replies: list[tuple[str, ReplicaStatusReply]],
+    ) -> None:
+        log = self.store.state(key, config).log
+        for peer, reply in sorted(replies, key=lambda r: -r[1].last):
+            if peer == self.node.address:
+                continue
+            while True:
+                missing = next(
+                    (
+                        s
+                        for s in range(log.first, min(last, reply.last) + 1)
+                        if s not in log.entries
+                    ),
+                    None,
+                )
+                if missing is None:
+                    break
+                payload = await self.node.call(
+                    peer, NAMESPACE, RANGE, key, encode_range(config, missing, last, _RANGE_PAGE)
+                )
+                first, starts, entries = decode_entries_reply(Reader(payload))
+                for epoch, start in starts.items():
+                    log.start_epoch(epoch, start)
+                log.advance_first(first)
+                added = [e for e in entries if log.add(e)]
+                if not entries or (not added and entries[-1].seq >= min(last, reply.last)):
+                    break
+
+    # --------------------------------------------------------------- appends
+    async def publish(
+        self, key: bytes, config: TopicConfig, messages: list[OutgoingMessage]
+    ) -> list[tuple[Entry, bool]]:
+        """Append ``messages`` (deduplicated by msg_id) and wait until W replicas hold them."""
+        leader = await self.get(key, config)
+        log = self.store.state(key, config).log
+        waits: list[tuple[asyncio.Future[Entry], bool]] = []
+        now = self.node.clock.time()
+        loop = asyncio.get_running_loop()
+        for m in messages:
+            size = len(m.data) + len(m.key) + len(m.msg_id)
+            if size > config.max_message_bytes:
+                raise PayloadTooLargeError(
+                    f"message of {size} bytes exceeds max_message_bytes={config.max_message_bytes}"
+                )
+        for m in messages:
+            if m.msg_id:
+                known = leader.inflight.get(m.msg_id)
+                if known is not None:
+                    waits.append((known, True))
+                    continue
+                record = log.lookup(m.msg_id)
+                if record is not None and record.seq <= leader.commit:
+                    done: asyncio.Future[Entry] = loop.create_future()
+                    entry = log.get(record.seq) or Entry(
+                        record.epoch, record.seq, record.time, m.msg_id, m.key, b""
+                    )
+                    done.set_result(entry)
+                    waits.append((done, True))
+                    continue
+            entry = Entry(leader.ballot.epoch, leader.next, now, m.msg_id, m.key, m.data)
+            leader.next += 1
+            fut: asyncio.Future[Entry] = loop.create_future()
+            leader.queue.append((entry, fut))
+            if m.msg_id:
+                leader.inflight[m.msg_id] = fut
+            waits.append((fut, False))
+        if not leader.flushing and leader.queue:
+            leader.flushing = True
+            spawn(self._flush(leader))
+        out = []
+        for fut, duplicate in waits:
+            out.append((await asyncio.shield(fut), duplicate))
+        return out
+
+    async def _flush(self, leader: Leader) -> None:
+        try:
+            while leader.queue and leader.active:
+                batch = leader.queue[:MAX_BATCH]
+                del leader.queue[:MAX_BATCH]
+                entries = [e for e, _ in batch]
+                try:
+                    await self._replicate(leader, entries)
+                except PeerRingError as exc:
+                    err = PublishError(
+                        f"not acknowledged by {self.quorum} replicas ({exc}); retry with the "
+                        "same msg_id"
+                    )
+                    for entry, fut in batch:
+                        leader.inflight.pop(entry.msg_id, None)
+                        if not fut.done():
+                            fut.set_exception(err)
+                    self.step_down(leader.key, f"replication failed: {exc}")
+                    return
+                leader.commit = entries[-1].seq
+                self.store.state(leader.key, leader.config).log.note_commit(leader.commit)
+                for entry, fut in batch:
+                    leader.inflight.pop(entry.msg_id, None)
+                    if not fut.done():
+                        fut.set_result(entry)
+                leader.notify()
+        finally:
+            leader.flushing = False
+
+    async def _replicate(self, leader: Leader, entries: list[Entry]) -> None:
+        req = AppendRequest(leader.config, leader.ballot, leader.start, leader.commit, entries)
+        await self.node.execute(
+            NAMESPACE,
+            APPEND,
+            leader.key,
+            req.encode(),
+            replication=self.replication,
+            quorum=self.quorum,
+        )
+
+    async def _replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:
+        req = GroupRequest(leader.config, leader.ballot.epoch, group, delta)
+        await self.node.execute(
+            NAMESPACE,
+            GROUP,
+            leader.key,
+            req.encode(),
+            replication=self.replication,
+            quorum=self.quorum,
+        )
+
+    async def replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:
+        """Merge ``delta`` here at once, then wait until W replicas hold it.
+
+        Raises:
+            PartitionUnavailableError: replication failed (the sequencer stepped down; the
+                change is not reported as done).
+        """
+        self.store.state(leader.key, leader.config).merge_group(group, delta)
+        try:
+            await self._replicate_group(leader, group, delta)
+        except PeerRingError as exc:
+            self.step_down(leader.key, f"group replication failed: {exc}")
+            raise PartitionUnavailableError(f"group state not replicated: {exc}") from exc

@@ -1,0 +1,400 @@
+"""``PubSub`` (one per node) and ``Topic``: the public entry points."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from peer_ring.core import (
+    Clock,
+    Discovery,
+    InvalidArgumentError,
+    OwnershipChange,
+    PeerRing,
+    PeerRingConfig,
+    fingerprint64,
+)
+from peer_ring.pubsub._client import SequencerClient
+from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._errors import InvalidOptionError, PayloadTooLargeError
+from peer_ring.pubsub._leader import Leaders
+from peer_ring.pubsub._log import Entry
+from peer_ring.pubsub._message import Message, PublishResult
+from peer_ring.pubsub._service import Service
+from peer_ring.pubsub._store import Store
+from peer_ring.pubsub._subscription import Subscription
+from peer_ring.pubsub._wire import (
+    APPEND,
+    FETCH,
+    GROUP,
+    NAMESPACE,
+    PROMISE,
+    PUBLISH,
+    RANGE,
+    SETTLE,
+    STATUS,
+    FetchReply,
+    FetchRequest,
+    OutgoingMessage,
+    check_topic_name,
+    ring_key,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ACK_WAIT = 30.0
+DEFAULT_MAX_DELIVER = 5
+DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_TIMEOUT = 10.0
+DEAD_LETTER_SUFFIX = ".dead-letter"
+
+
+class PubSub:
+    """Partitioned, replicated topics on a peer-ring cluster (one instance per node).
+
+    Args:
+        discovery: how this node finds its peers (a ``PeerRing`` is created from it);
+            or pass ``node=`` instead.
+        node: an existing, not yet started ``PeerRing`` shared with other applications
+            (it must register nothing else under the ``pubsub`` namespace).
+        replication: replicas N of every partition's log and group state.
+        quorum: replicas W that must hold a message before ``publish`` returns (and a
+            group change before it takes effect). A sequencer takeover asks N - W + 1.
+        config: the ``PeerRingConfig`` of the node created from ``discovery``.
+        transport: the node's transport (tests pass an in-memory one).
+        clock: the node's clock (tests pass a fake one).
+        timeout: seconds a publish, fetch or settle keeps retrying while a partition
+            changes hands.
+
+    Raises:
+        InvalidArgumentError: neither or both of ``discovery``/``node``, or a bad
+            replication / quorum.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery | None = None,
+        *,
+        node: PeerRing | None = None,
+        replication: int = 3,
+        quorum: int = 2,
+        config: PeerRingConfig | None = None,
+        transport: Any = None,
+        clock: Clock | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if (discovery is None) == (node is None):
+            raise InvalidArgumentError("pass exactly one of discovery= or node=")
+        if not isinstance(replication, int) or replication < 1:
+            raise InvalidArgumentError(f"replication must be >= 1, not {replication!r}")
+        if not isinstance(quorum, int) or not 1 <= quorum <= replication:
+            raise InvalidArgumentError(f"quorum must be in [1, replication], not {quorum!r}")
+        self._owns_node = node is None
+        if node is None:
+            assert discovery is not None
+            cfg = config or PeerRingConfig(replication=replication, quorum=quorum)
+            node = PeerRing(discovery, config=cfg, transport=transport, clock=clock)
+        self.node: PeerRing = node
+        self.replication = replication
+        self.quorum = quorum
+        self.store = Store(node.partition_for_key, node.clock.time)
+        self.leaders = Leaders(node, self.store, replication, quorum)
+        self.client = SequencerClient(node, replication, timeout)
+        self.service = Service(self.leaders, self._dead_letter)
+        self.store.on_change = self._on_store_change
+        self._topics: dict[str, Topic] = {}
+        self._subscriptions: set[Subscription] = set()
+        self.published = 0
+        self._register()
+
+    def _register(self) -> None:
+        node, store, service = self.node, self.store, self.service
+        node.register(NAMESPACE, STATUS, store.handle_status)
+        node.register(NAMESPACE, PROMISE, store.handle_promise)
+        node.register(NAMESPACE, RANGE, store.handle_range)
+        node.register(NAMESPACE, APPEND, store.handle_append)
+        node.register(NAMESPACE, GROUP, store.handle_group)
+        node.register(NAMESPACE, PUBLISH, service.handle_publish)
+        node.register(NAMESPACE, FETCH, service.handle_fetch)
+        node.register(NAMESPACE, SETTLE, service.handle_settle)
+        node.register_hooks(NAMESPACE, store)
+        node.add_ownership_listener(self._on_ownership)
+
+    # --------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Start the node (when this PubSub created it)."""
+        if self._owns_node:
+            await self.node.start()
+
+    async def stop(self) -> None:
+        """Close every subscription, then stop the node (when this PubSub created it)."""
+        for sub in list(self._subscriptions):
+            await sub.close()
+        self.leaders.step_down_all(reason="stopping")
+        if self._owns_node:
+            await self.node.stop()
+
+    async def __aenter__(self) -> PubSub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ topics
+    def topic(self, name: str, **options: Any) -> Topic:
+        """The topic ``name`` with ``options`` (see ``TopicConfig`` for names and defaults).
+
+        Every node must declare a topic with the same options.
+
+        Raises:
+            InvalidOptionError: a bad name, an unknown or invalid option, or options that
+                differ from an earlier declaration on this node.
+        """
+        check_topic_name(name)
+        config = TopicConfig.from_options(options)
+        known = self._topics.get(name)
+        if known is not None:
+            if options and known.config != config:
+                raise InvalidOptionError(
+                    f"topic {name!r} was declared with other options: {known.config}"
+                )
+            return known
+        topic = self._topics[name] = Topic(self, name, config)
+        return topic
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of this node, with the health of each local subscription."""
+        return {
+            "published": self.published,
+            "sequencing": len(self.leaders.leaders),
+            "takeovers": self.leaders.takeovers,
+            "step_downs": self.leaders.step_downs,
+            "retries": self.client.retries,
+            "expired_unread": self.service.expired,
+            "dead_lettered": self.service.dead_lettered,
+            "partitions_held": len(self.store.states),
+            "subscriptions": [s.health() for s in self._subscriptions],
+        }
+
+    # ---------------------------------------------------------------- internal
+    def _on_store_change(self, key: bytes) -> None:
+        leader = self.leaders.leaders.get(key)
+        if leader is not None:
+            leader.notify()
+
+    def _on_ownership(self, change: OwnershipChange) -> None:
+        ring = change.ring
+        for key, leader in list(self.leaders.leaders.items()):
+            prefs = ring.preference_list(ring.partition_for_key(key), self.replication)
+            if prefs != leader.preference:
+                self.leaders.step_down(key, "its replicas changed")
+
+    async def _dead_letter(self, topic: str, key: bytes, group: str, entry: Entry) -> None:
+        source = self._topics.get(topic)
+        config = source.config if source is not None else TopicConfig()
+        name = topic + DEAD_LETTER_SUFFIX
+        target = self._topics.get(name) or self.topic(name, **_options(config))
+        await target.publish(
+            entry.data,
+            key=entry.key or None,
+            msg_id=f"dead:{key.decode()}:{group}:{entry.epoch}:{entry.seq}",
+        )
+
+
+def _options(config: TopicConfig) -> dict[str, Any]:
+    return {
+        "partitions": config.partitions,
+        "max_messages": config.max_messages,
+        "max_bytes": config.max_bytes,
+        "max_age": config.max_age,
+        "max_message_bytes": config.max_message_bytes,
+        "dedup_window": config.dedup_window,
+    }
+
+
+class Topic:
+    """A topic: publish to it, subscribe to it, replay it. Get one with ``PubSub.topic``."""
+
+    def __init__(self, pubsub: PubSub, name: str, config: TopicConfig) -> None:
+        self.pubsub = pubsub
+        self.name = name
+        self.config = config
+        self._round_robin = itertools.count()
+
+    @property
+    def dead_letter(self) -> Topic:
+        """The topic receiving this topic's messages that reached ``max_deliver``."""
+        name = self.name + DEAD_LETTER_SUFFIX
+        return self.pubsub._topics.get(name) or self.pubsub.topic(name, **_options(self.config))
+
+    def partition_for(self, key: bytes | str | None) -> int:
+        """The partition a message with ``key`` goes to (round robin without a key)."""
+        if key is None:
+            return next(self._round_robin) % self.config.partitions
+        raw = key.encode() if isinstance(key, str) else key
+        return fingerprint64(raw) % self.config.partitions
+
+    async def publish(
+        self,
+        data: bytes,
+        *,
+        key: bytes | str | None = None,
+        msg_id: str | None = None,
+        partition: int | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult:
+        """Append ``data`` to the topic; returns once W replicas hold it.
+
+        Args:
+            data: the payload.
+            key: messages with the same key go to the same partition, in order.
+            msg_id: idempotency id: a retry with the same id within the topic's
+                ``dedup_window`` is stored once (``duplicate=True`` on the retry), also
+                across a sequencer failover.
+            partition: an explicit partition (instead of ``key``).
+            timeout: seconds to keep retrying while the partition changes hands.
+
+        Raises:
+            PayloadTooLargeError: ``data`` is larger than ``max_message_bytes``.
+            InvalidOptionError: bad argument types or partition.
+            PublishError / PartitionUnavailableError: not acknowledged by W replicas in
+                time; the message may or may not be stored (retry with the same msg_id).
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidOptionError(f"data must be bytes, not {type(data).__name__}")
+        raw_key = b"" if key is None else (key.encode() if isinstance(key, str) else bytes(key))
+        if msg_id is not None and not isinstance(msg_id, str):
+            raise InvalidOptionError("msg_id must be a string")
+        body = bytes(data)
+        size = len(body) + len(raw_key) + len(msg_id or "")
+        if size > self.config.max_message_bytes:
+            raise PayloadTooLargeError(
+                f"message of {size} bytes exceeds max_message_bytes="
+                f"{self.config.max_message_bytes} of topic {self.name!r}"
+            )
+        if partition is None:
+            partition = self.partition_for(key)
+        elif not isinstance(partition, int) or not 0 <= partition < self.config.partitions:
+            raise InvalidOptionError(
+                f"partition must be in [0, {self.config.partitions}), not {partition!r}"
+            )
+        epoch, seq, duplicate = await self.pubsub.client.publish(
+            ring_key(self.name, partition),
+            self.config,
+            OutgoingMessage(body, raw_key, msg_id or ""),
+            timeout,
+        )
+        self.pubsub.published += 1
+        return PublishResult(self.name, partition, seq, epoch, duplicate)
+
+    def subscribe(
+        self,
+        group: str | None = None,
+        *,
+        ack_wait: float = DEFAULT_ACK_WAIT,
+        max_deliver: int = DEFAULT_MAX_DELIVER,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        start: str | int = "earliest",
+        partitions: list[int] | None = None,
+    ) -> Subscription:
+        """Subscribe: ``group`` for competing consumers, ``None`` for broadcast.
+
+        Args:
+            group: consumers of one group share the messages (each to one live member);
+                without a group every subscriber gets every message (not durable: it
+                starts at ``start`` each time).
+            ack_wait: seconds before an unacked message is redelivered.
+            max_deliver: deliveries before a message goes to the dead-letter topic.
+            max_in_flight: messages this subscriber holds at most (backpressure).
+            start: where a new group (or a broadcast subscriber) starts: "earliest",
+                "latest" or an offset (broadcast only).
+            partitions: only these partitions (default: all).
+
+        Raises:
+            InvalidOptionError: an invalid option.
+        """
+        if group is not None and (not isinstance(group, str) or not group):
+            raise InvalidOptionError("group must be a non-empty string or None")
+        _check_positive("ack_wait", ack_wait)
+        if not isinstance(max_deliver, int) or max_deliver < 1:
+            raise InvalidOptionError(f"max_deliver must be >= 1, not {max_deliver!r}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise InvalidOptionError(f"max_in_flight must be >= 1, not {max_in_flight!r}")
+        if start not in ("earliest", "latest") and (
+            group is not None or not isinstance(start, int) or isinstance(start, bool) or start < 0
+        ):
+            raise InvalidOptionError(
+                f"start must be 'earliest', 'latest' (or an offset without a group): {start!r}"
+            )
+        parts = self._partitions(partitions)
+        return Subscription(
+            self,
+            group,
+            ack_wait=float(ack_wait),
+            max_deliver=max_deliver,
+            max_in_flight=max_in_flight,
+            start=start,
+            partitions=parts,
+        )
+
+    async def read(
+        self,
+        start: int = 0,
+        *,
+        partitions: list[int] | None = None,
+        batch: int = 256,
+    ) -> AsyncIterator[Message]:
+        """Replay the topic from offset ``start`` of each partition to its current end.
+
+        Partitions are read one after the other, each in offset order.
+
+        Raises:
+            OffsetOutOfRangeError: ``start`` is below a partition's retention (its
+                ``first`` attribute says where the retained messages begin).
+        """
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise InvalidOptionError(f"start must be an offset >= 0, not {start!r}")
+        for partition in self._partitions(partitions):
+            key = ring_key(self.name, partition)
+            position = start
+            while True:
+                req = FetchRequest(self.config, "", "", position, batch, 0.0, 1.0, 1)
+                r = await self.pubsub.client.call(key, FETCH, req.encode())
+                reply = FetchReply.from_reader(r)
+                for entry in reply.entries:
+                    yield Message(
+                        self.name,
+                        partition,
+                        entry.seq,
+                        entry.epoch,
+                        entry.data,
+                        entry.key,
+                        entry.msg_id,
+                        entry.time,
+                        0,
+                    )
+                if reply.next <= position:
+                    break
+                position = reply.next
+
+    def _partitions(self, partitions: list[int] | None) -> list[int]:
+        if partitions is None:
+            return list(range(self.config.partitions))
+        for p in partitions:
+            if not isinstance(p, int) or not 0 <= p < self.config.partitions:
+                raise InvalidOptionError(f"no partition {p!r} in topic {self.name!r}")
+        return list(partitions)
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidOptionError(f"{name} must be a positive number, not {value!r}")

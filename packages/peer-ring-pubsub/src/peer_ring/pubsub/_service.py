@@ -1,0 +1,229 @@
+"""Sequencer-side handlers: publish, fetch (long-poll) and settle (ack / nak / ...).
+
+Each handler runs on the head of the partition's preference list; every error a client
+should see is returned in the reply with its code (:func:`._wire.error_reply`), so the
+node keeps serving and the caller raises the same typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from peer_ring.core import CommandContext, PeerRingError
+from peer_ring.pubsub._codec import CodecError, Writer
+from peer_ring.pubsub._errors import InvalidOptionError, OffsetOutOfRangeError, PubSubError
+from peer_ring.pubsub._group import GroupState
+from peer_ring.pubsub._leader import Leader, Leaders
+from peer_ring.pubsub._log import MESSAGE, Entry
+from peer_ring.pubsub._tasks import spawn
+from peer_ring.pubsub._wire import (
+    ACK,
+    NAK,
+    PROGRESS,
+    RELEASE,
+    TERM,
+    FetchReply,
+    FetchRequest,
+    SettleRequest,
+    decode_publish,
+    error_reply,
+    ok_reply,
+    split_key,
+)
+
+logger = logging.getLogger(__name__)
+
+#: ``dead_letter(topic, partition_key, group, entry)`` publishes to the dead-letter topic.
+DeadLetter = Callable[[str, bytes, str, Entry], Awaitable[None]]
+
+
+class Service:
+    """The PUBLISH / FETCH / SETTLE handlers of this node."""
+
+    def __init__(self, leaders: Leaders, dead_letter: DeadLetter) -> None:
+        self.leaders = leaders
+        self.store = leaders.store
+        self.clock = leaders.node.clock
+        self._dead_letter = dead_letter
+        self._dead_inflight: set[tuple[bytes, str, int]] = set()
+        self.expired = 0
+        self.dead_lettered = 0
+
+    async def _guard(self, run: Callable[[], Awaitable[bytes]]) -> bytes:
+        try:
+            return await run()
+        except PubSubError as exc:
+            return error_reply(exc)
+        except (CodecError, ValueError) as exc:
+            return error_reply(InvalidOptionError(f"malformed request: {exc}"))
+
+    # ---------------------------------------------------------------- publish
+    async def handle_publish(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        async def run() -> bytes:
+            config, messages = decode_publish(payload)
+            results = await self.leaders.publish(key, config, messages)
+            w = Writer().u64(len(results))
+            for entry, duplicate in results:
+                w.u64(entry.epoch).u64(entry.seq).u64(int(duplicate))
+            return ok_reply(w.getvalue())
+
+        return await self._guard(run)
+
+    # ------------------------------------------------------------------ fetch
+    async def handle_fetch(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        async def run() -> bytes:
+            req = FetchRequest.decode(payload)
+            if req.limit < 1 or req.wait < 0 or req.ack_wait <= 0 or req.max_deliver < 1:
+                raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
+            leader = await self.leaders.get(key, req.config)
+            deadline = self.clock.monotonic() + min(req.wait, 30.0)
+            while True:
+                if not leader.active:
+                    leader = await self.leaders.get(key, req.config)
+                if req.group:
+                    reply = await self._claim(leader, req)
+                else:
+                    reply = self._read(leader, req)
+                now = self.clock.monotonic()
+                if reply.entries or now >= deadline:
+                    return reply.encode()
+                wake = deadline
+                if req.group:
+                    group = self.store.state(key, req.config).groups.get(req.group)
+                    if group is not None and group.pending:
+                        wake = min(wake, min(p.deadline for p in group.pending.values()))
+                await self._wait(leader.changed, max(0.0, wake - now))
+
+        return await self._guard(run)
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def fire() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        handle = self.clock.call_later(timeout, fire)
+        waiter = asyncio.ensure_future(event.wait())
+        waiter.add_done_callback(lambda _: fire())
+        try:
+            await done
+        finally:
+            handle.cancel()
+            waiter.cancel()
+
+    def _read(self, leader: Leader, req: FetchRequest) -> FetchReply:
+        log = self.store.state(leader.key, req.config).log
+        start = leader.commit + 1 if req.start < 0 else req.start
+        if start < log.first:
+            _, partition = split_key(leader.key)
+            raise OffsetOutOfRangeError(
+                f"partition {partition}: offset {start} is below retention "
+                f"(first retained: {log.first})",
+                partition,
+                start,
+                log.first,
+            )
+        entries = log.read(start, leader.commit, req.limit) if start <= leader.commit else []
+        nxt = entries[-1].seq + 1 if entries else max(start, log.first)
+        messages = [e for e in entries if e.kind == MESSAGE]
+        return FetchReply(messages, [0] * len(messages), nxt, 0)
+
+    async def _claim(self, leader: Leader, req: FetchRequest) -> FetchReply:
+        state = self.store.state(leader.key, req.config)
+        log = state.log
+        group = state.groups.get(req.group)
+        if group is None:
+            group = state.group(req.group)
+            if req.start < 0:  # "latest": a new group starts at the end of the log
+                await self.leaders.replicate_group(
+                    leader, req.group, GroupState(leader.commit + 1, leader.commit + 1)
+                )
+        now = self.clock.monotonic()
+
+        def is_message(seq: int) -> bool:
+            entry = log.entries.get(seq)
+            return entry is not None and entry.kind == MESSAGE
+
+        claim = group.claim(
+            req.consumer,
+            req.limit,
+            is_message,
+            log.first,
+            leader.commit + 1,
+            now,
+            req.ack_wait,
+            req.max_deliver,
+        )
+        assert claim.delta is not None
+        changed = claim.delta.floor > group.floor or claim.delta.next > group.next
+        if claim.deliver or claim.delta.done or changed:
+            await self.leaders.replicate_group(leader, req.group, claim.delta)
+        if claim.expired:
+            self.expired += claim.expired
+            logger.warning(
+                "pubsub: group %r lost %d messages of %r to retention before reading them",
+                req.group,
+                claim.expired,
+                leader.key,
+            )
+        for seq in claim.dead:
+            self._schedule_dead_letter(leader, req.group, seq)
+        entries = []
+        deliveries = []
+        for seq, count in claim.deliver:
+            entry = log.entries.get(seq)
+            if entry is not None:
+                entries.append(entry)
+                deliveries.append(count)
+        return FetchReply(entries, deliveries, group.next, claim.expired)
+
+    def _schedule_dead_letter(self, leader: Leader, group: str, seq: int) -> None:
+        token = (leader.key, group, seq)
+        if token in self._dead_inflight:
+            return
+        self._dead_inflight.add(token)
+
+        async def run() -> None:
+            try:
+                entry = self.store.state(leader.key, leader.config).log.entries.get(seq)
+                if entry is not None:
+                    topic, _ = split_key(leader.key)
+                    await self._dead_letter(topic, leader.key, group, entry)
+                state = self.store.state(leader.key, leader.config).group(group)
+                await self.leaders.replicate_group(leader, group, state.mark_done([seq]))
+                self.dead_lettered += 1
+            except PeerRingError as exc:
+                logger.info("pubsub: dead-lettering %r/%d deferred: %s", leader.key, seq, exc)
+            finally:
+                self._dead_inflight.discard(token)
+
+        spawn(run())
+
+    # ----------------------------------------------------------------- settle
+    async def handle_settle(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        async def run() -> bytes:
+            req = SettleRequest.decode(payload)
+            leader = await self.leaders.get(key, req.config)
+            group = self.store.state(key, req.config).group(req.group)
+            now = self.clock.monotonic()
+            if req.op in (ACK, TERM):
+                delta = group.finish(req.consumer, req.items)
+            elif req.op in (NAK, PROGRESS):
+                if len(req.items) != 1 or req.wait < 0:
+                    raise InvalidOptionError("nak / in_progress settle one message")
+                seq, deliveries = req.items[0]
+                delta = group.extend(req.consumer, seq, deliveries, now, req.wait)
+            elif req.op == RELEASE:
+                delta = group.release(req.consumer)
+            else:
+                raise InvalidOptionError(f"unknown settle operation {req.op}")
+            await self.leaders.replicate_group(leader, req.group, delta)
+            if req.op in (NAK, RELEASE):
+                leader.notify()
+            return ok_reply()
+
+        return await self._guard(run)

@@ -1,0 +1,288 @@
+"""Subscriptions: competing consumers of a group, or broadcast readers.
+
+A subscription runs one long-poll loop per topic partition against the partition's
+sequencer (FETCH through ``call``). Messages wait in a local queue bounded by
+``max_in_flight``: a loop only asks for as many messages as there is room for, so a slow
+application holds at most ``max_in_flight`` messages and never slows other groups (each
+group's progress is its own state on the sequencer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from peer_ring.core import PeerRingError
+from peer_ring.pubsub._errors import (
+    InvalidOptionError,
+    OffsetOutOfRangeError,
+    PubSubError,
+    SubscriptionClosedError,
+)
+from peer_ring.pubsub._message import Message, SubscriptionHealth
+from peer_ring.pubsub._wire import (
+    FETCH,
+    PROGRESS,
+    RELEASE,
+    SETTLE,
+    FetchReply,
+    FetchRequest,
+    SettleRequest,
+    ring_key,
+)
+
+if TYPE_CHECKING:
+    from peer_ring.pubsub._pubsub import Topic
+
+logger = logging.getLogger(__name__)
+
+#: How long one FETCH waits on the sequencer for new messages.
+POLL_WAIT = 1.0
+
+_END = object()
+
+
+class Subscription:
+    """A subscriber of one topic; use as ``async with topic.subscribe(...) as sub``.
+
+    Iterate it (``async for msg in sub``) to receive messages. In a group, settle each one
+    with ``ack()``, ``nak(delay)``, ``in_progress()`` or ``term()``; without a group
+    (broadcast) nothing needs settling.
+    """
+
+    def __init__(
+        self,
+        topic: Topic,
+        group: str | None,
+        *,
+        ack_wait: float,
+        max_deliver: int,
+        max_in_flight: int,
+        start: str | int,
+        partitions: list[int],
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.consumer = uuid.uuid4().hex
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.max_in_flight = max_in_flight
+        self._start = start
+        self._partitions = partitions
+        self._queue: asyncio.Queue[Message | BaseException | object] = asyncio.Queue()
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._delivered = self._acked = self._redelivered = 0
+        self._expired = self._errors = 0
+        self._last_error = ""
+        self._last_settle = topic.pubsub.node.clock.monotonic()
+
+    # --------------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> Subscription:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the fetch loops (``async with`` does it)."""
+        if self._tasks or self._closed:
+            return
+        for partition in self._partitions:
+            self._tasks.append(asyncio.ensure_future(self._loop(partition)))
+        self.topic.pubsub._subscriptions.add(self)
+
+    async def close(self) -> None:
+        """Stop fetching; in a group, give unsettled messages back for redelivery now."""
+        if self._closed:
+            return
+        self._closed = True
+        self.topic.pubsub._subscriptions.discard(self)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue.put_nowait(_END)
+        if self.group is not None and self.topic.pubsub.node.running:
+            await asyncio.gather(
+                *(self._release(p) for p in self._partitions), return_exceptions=True
+            )
+
+    async def _release(self, partition: int) -> None:
+        req = SettleRequest(self.topic.config, self.group or "", self.consumer, RELEASE, 0.0, [])
+        await self.topic.pubsub.client.call(
+            ring_key(self.topic.name, partition), SETTLE, req.encode(), timeout=1.0
+        )
+
+    # --------------------------------------------------------------- iteration
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, Message)
+        if self.group is None:
+            self._free(1)
+        return item
+
+    async def next(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None after ``timeout`` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except (TimeoutError, StopAsyncIteration):
+            return None
+
+    def health(self) -> SubscriptionHealth:
+        """Counters and a stalled flag (see :class:`SubscriptionHealth`)."""
+        idle = self.topic.pubsub.node.clock.monotonic() - self._last_settle
+        return SubscriptionHealth(
+            topic=self.topic.name,
+            group=self.group,
+            consumer=self.consumer,
+            in_flight=self._in_flight,
+            max_in_flight=self.max_in_flight,
+            delivered=self._delivered,
+            acked=self._acked,
+            redelivered=self._redelivered,
+            expired=self._expired,
+            errors=self._errors,
+            last_error=self._last_error,
+            stalled=self._in_flight >= self.max_in_flight and idle > self.ack_wait,
+        )
+
+    # ------------------------------------------------------------ fetch loops
+    def _free(self, count: int) -> None:
+        self._in_flight -= count
+        self._last_settle = self.topic.pubsub.node.clock.monotonic()
+        if self._in_flight < self.max_in_flight:
+            self._room.set()
+
+    async def _loop(self, partition: int) -> None:
+        pubsub = self.topic.pubsub
+        clock = pubsub.node.clock
+        key = ring_key(self.topic.name, partition)
+        position = self._initial_position()
+        per_fetch = max(1, self.max_in_flight // max(1, len(self._partitions)))
+        while not self._closed:
+            await self._room.wait()
+            room = self.max_in_flight - self._in_flight
+            if room <= 0:
+                self._room.clear()
+                continue
+            limit = min(room, per_fetch)
+            self._in_flight += limit  # reserved while the fetch is out
+            got = 0
+            try:
+                req = FetchRequest(
+                    self.topic.config,
+                    self.group or "",
+                    self.consumer,
+                    position,
+                    limit,
+                    POLL_WAIT,
+                    self.ack_wait,
+                    self.max_deliver,
+                )
+                r = await pubsub.client.call(key, FETCH, req.encode(), wait=POLL_WAIT)
+                reply = FetchReply.from_reader(r)
+                got = len(reply.entries)
+            except OffsetOutOfRangeError as exc:
+                self._in_flight -= limit
+                if self._start == "earliest":
+                    position = exc.first  # the policy says: from the first retained message
+                    continue
+                self._record_error(exc)
+                self._queue.put_nowait(exc)
+                return
+            except (PubSubError, PeerRingError) as exc:
+                self._in_flight -= limit
+                self._record_error(exc)
+                await clock.sleep(0.2)
+                continue
+            self._in_flight -= limit - got
+            if self._in_flight < self.max_in_flight:
+                self._room.set()
+            if self.group is None:
+                position = reply.next
+            self._expired += reply.expired
+            for entry, deliveries in zip(reply.entries, reply.deliveries, strict=True):
+                self._delivered += 1
+                if deliveries > 1:
+                    self._redelivered += 1
+                self._queue.put_nowait(
+                    Message(
+                        self.topic.name,
+                        partition,
+                        entry.seq,
+                        entry.epoch,
+                        entry.data,
+                        entry.key,
+                        entry.msg_id,
+                        entry.time,
+                        deliveries,
+                        self._settle if self.group is not None else None,
+                    )
+                )
+
+    def _initial_position(self) -> int:
+        if self._start == "latest":
+            return -1
+        if self._start == "earliest":
+            return 0
+        if isinstance(self._start, int) and not isinstance(self._start, bool):
+            return self._start
+        raise InvalidOptionError(
+            f"start must be 'earliest', 'latest' or an offset: {self._start!r}"
+        )
+
+    def _record_error(self, exc: BaseException) -> None:
+        self._errors += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        logger.debug("pubsub: subscription %s: %s", self.consumer, self._last_error)
+
+    async def _settle(self, message: Message, op: int, wait: float) -> None:
+        if message.settled and op != PROGRESS:
+            return
+        if self._closed:
+            raise SubscriptionClosedError("the subscription is closed")
+        if op == PROGRESS:
+            wait = self.ack_wait
+        req = SettleRequest(
+            self.topic.config,
+            self.group or "",
+            self.consumer,
+            op,
+            wait,
+            [(message.offset, message.deliveries)],
+        )
+        try:
+            await self.topic.pubsub.client.call(
+                ring_key(self.topic.name, message.partition), SETTLE, req.encode()
+            )
+        except PubSubError as exc:
+            self._record_error(exc)
+            if exc.code in ("stale_ack", "not_held") and not message.settled:
+                message.settled = True
+                self._free(1)
+            raise
+        if op != PROGRESS:
+            message.settled = True
+            if op in (0, 3):
+                self._acked += 1
+            self._free(1)

@@ -1,0 +1,352 @@
+"""Command declarations and payload encodings of the ``pubsub`` namespace.
+
+Replica commands go through ``execute`` to the partition's N replicas; sequencer commands go
+through ``call`` to the head of the preference list. Every sequencer reply starts with an
+error code ("" for success) and a message, so typed errors cross the network intact.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from peer_ring.core import Command
+from peer_ring.pubsub._codec import Reader, Writer
+from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._errors import (
+    InvalidOptionError,
+    OffsetOutOfRangeError,
+    PubSubError,
+    error_from_code,
+)
+from peer_ring.pubsub._group import GroupState
+from peer_ring.pubsub._log import Ballot, Entry
+from peer_ring.pubsub._state import (
+    decode_entry,
+    decode_epoch_starts,
+    decode_group_state,
+    encode_entry,
+    encode_epoch_starts,
+    encode_group_state,
+)
+
+NAMESPACE = "pubsub"
+
+# Replica commands (execute on the N replicas). Learning commands read: a replica still
+# pulling the partition refuses them and the core asks a previous holder instead, so an
+# empty restarted replica never answers "I hold nothing" in a learn quorum.
+STATUS = Command("status", reads=True)
+PROMISE = Command("promise", reads=True, mutates=True, hinted=False)
+RANGE = Command("range", reads=True)
+# Appends and group deltas are never hinted: a hint held by a node outside the preference
+# list would not be seen by the next sequencer's learn quorum.
+APPEND = Command("append", mutates=True, hinted=False)
+GROUP = Command("group", mutates=True, hinted=False)
+# Sequencer commands (call on the head of the preference list).
+PUBLISH = Command("publish")
+FETCH = Command("fetch")
+SETTLE = Command("settle")
+
+TOPIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+ACK, NAK, PROGRESS, TERM, RELEASE = range(5)
+
+
+def check_topic_name(name: object) -> str:
+    """Return ``name`` if it is a valid topic name, else raise InvalidOptionError."""
+    if not isinstance(name, str) or not TOPIC_NAME.fullmatch(name):
+        raise InvalidOptionError(
+            f"invalid topic name {name!r}: 1-200 characters of letters, digits and ._:- "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def ring_key(topic: str, partition: int) -> bytes:
+    """The ring key of a topic partition."""
+    return f"{topic}/{partition}".encode()
+
+
+def split_key(key: bytes) -> tuple[str, int]:
+    """``(topic, partition)`` of a ring key."""
+    topic, _, partition = key.decode().rpartition("/")
+    return topic, int(partition)
+
+
+# ---------------------------------------------------------------- replies
+def ok_reply(body: bytes = b"") -> bytes:
+    """A success reply."""
+    return Writer().str_("").str_("").getvalue() + body
+
+
+def error_reply(exc: PubSubError) -> bytes:
+    """An error reply carrying the error's code (and range details)."""
+    w = Writer().str_(exc.code).str_(str(exc))
+    if isinstance(exc, OffsetOutOfRangeError):
+        w.i64(exc.partition).i64(exc.requested).i64(exc.first)
+    return w.getvalue()
+
+
+def open_reply(payload: bytes) -> Reader:
+    """Return a reader positioned on the body, or raise the error the reply carries."""
+    r = Reader(payload)
+    code, message = r.str_(), r.str_()
+    if code:
+        if code == OffsetOutOfRangeError.code:
+            raise OffsetOutOfRangeError(message, r.i64(), r.i64(), r.i64())
+        raise error_from_code(code, message)
+    return r
+
+
+# ----------------------------------------------------------- replica commands
+@dataclass(slots=True)
+class AppendRequest:
+    """Entries the sequencer of ``ballot`` replicates (also carries its epoch start)."""
+
+    config: TopicConfig
+    ballot: Ballot
+    start: int
+    commit: int
+    entries: list[Entry]
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.config.encode(w)
+        w.u64(self.ballot.epoch).str_(self.ballot.node).u64(self.start).i64(self.commit)
+        w.u64(len(self.entries))
+        for entry in self.entries:
+            encode_entry(w, entry)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> AppendRequest:
+        r = Reader(payload)
+        config = TopicConfig.decode(r)
+        ballot = Ballot(r.u64(), r.str_())
+        start, commit = r.u64(), r.i64()
+        entries = [decode_entry(r) for _ in range(r.u64())]
+        r.done()
+        return cls(config, ballot, start, commit, entries)
+
+
+@dataclass(slots=True)
+class ReplicaStatusReply:
+    """A replica's view of a partition (STATUS, and PROMISE when granted)."""
+
+    max_epoch: int
+    last: int
+    first: int
+    commit: int
+    epoch_starts: dict[int, int] = field(default_factory=dict)
+    groups: dict[str, GroupState] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        w = Writer().u64(self.max_epoch).i64(self.last).u64(self.first).i64(self.commit)
+        encode_epoch_starts(w, self.epoch_starts)
+        w.u64(len(self.groups))
+        for name, state in sorted(self.groups.items()):
+            w.str_(name)
+            encode_group_state(w, state)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ReplicaStatusReply:
+        r = Reader(payload)
+        reply = cls(r.u64(), r.i64(), r.u64(), r.i64(), decode_epoch_starts(r))
+        for _ in range(r.u64()):
+            name = r.str_()
+            reply.groups[name] = decode_group_state(r)
+        r.done()
+        return reply
+
+
+def encode_config_ballot(config: TopicConfig, ballot: Ballot) -> bytes:
+    """STATUS / PROMISE payload."""
+    w = Writer()
+    config.encode(w)
+    return w.u64(ballot.epoch).str_(ballot.node).getvalue()
+
+
+def decode_config_ballot(payload: bytes) -> tuple[TopicConfig, Ballot]:
+    """Inverse of :func:`encode_config_ballot`."""
+    r = Reader(payload)
+    config = TopicConfig.decode(r)
+    ballot = Ballot(r.u64(), r.str_())
+    r.done()
+    return config, ballot
+
+
+@dataclass(slots=True)
+class GroupRequest:
+    """A group delta replicated by the sequencer of epoch ``epoch``."""
+
+    config: TopicConfig
+    epoch: int
+    group: str
+    delta: GroupState
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.config.encode(w)
+        w.u64(self.epoch).str_(self.group)
+        encode_group_state(w, self.delta)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> GroupRequest:
+        r = Reader(payload)
+        config = TopicConfig.decode(r)
+        epoch, group = r.u64(), r.str_()
+        delta = decode_group_state(r)
+        r.done()
+        return cls(config, epoch, group, delta)
+
+
+def encode_range(config: TopicConfig, start: int, upto: int, limit: int) -> bytes:
+    """RANGE payload."""
+    w = Writer()
+    config.encode(w)
+    return w.u64(start).i64(upto).u64(limit).getvalue()
+
+
+def decode_range(payload: bytes) -> tuple[TopicConfig, int, int, int]:
+    """Inverse of :func:`encode_range`."""
+    r = Reader(payload)
+    config = TopicConfig.decode(r)
+    out = (config, r.u64(), r.i64(), r.u64())
+    r.done()
+    return out
+
+
+def encode_entries_reply(first: int, starts: dict[int, int], entries: list[Entry]) -> bytes:
+    """RANGE reply (and the body of FETCH replies)."""
+    w = Writer().u64(first)
+    encode_epoch_starts(w, starts)
+    w.u64(len(entries))
+    for entry in entries:
+        encode_entry(w, entry)
+    return w.getvalue()
+
+
+def decode_entries_reply(r: Reader) -> tuple[int, dict[int, int], list[Entry]]:
+    """Inverse of :func:`encode_entries_reply`."""
+    first = r.u64()
+    starts = decode_epoch_starts(r)
+    return first, starts, [decode_entry(r) for _ in range(r.u64())]
+
+
+# --------------------------------------------------------- sequencer commands
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message to publish."""
+
+    data: bytes
+    key: bytes
+    msg_id: str
+
+
+def encode_publish(config: TopicConfig, messages: list[OutgoingMessage]) -> bytes:
+    """PUBLISH payload."""
+    w = Writer()
+    config.encode(w)
+    w.u64(len(messages))
+    for m in messages:
+        w.bytes_(m.data).bytes_(m.key).str_(m.msg_id)
+    return w.getvalue()
+
+
+def decode_publish(payload: bytes) -> tuple[TopicConfig, list[OutgoingMessage]]:
+    """Inverse of :func:`encode_publish`."""
+    r = Reader(payload)
+    config = TopicConfig.decode(r)
+    messages = [OutgoingMessage(r.bytes_(), r.bytes_(), r.str_()) for _ in range(r.u64())]
+    r.done()
+    return config, messages
+
+
+@dataclass(slots=True)
+class FetchRequest:
+    """A consumer's long-poll: a group claim, or a plain read when ``group`` is ""."""
+
+    config: TopicConfig
+    group: str
+    consumer: str
+    start: int  # plain reads: the first sequence (-1: the end); groups: -1 latest, else 0
+    limit: int
+    wait: float
+    ack_wait: float
+    max_deliver: int
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.config.encode(w)
+        w.str_(self.group).str_(self.consumer).i64(self.start).u64(self.limit)
+        w.f64(self.wait).f64(self.ack_wait).u64(self.max_deliver)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> FetchRequest:
+        r = Reader(payload)
+        config = TopicConfig.decode(r)
+        req = cls(config, r.str_(), r.str_(), r.i64(), r.u64(), r.f64(), r.f64(), r.u64())
+        r.done()
+        return req
+
+
+@dataclass(slots=True)
+class FetchReply:
+    """Messages handed out, with their delivery counts, and where a plain read continues."""
+
+    entries: list[Entry]
+    deliveries: list[int]
+    next: int
+    expired: int
+
+    def encode(self) -> bytes:
+        w = Writer().u64(self.next).u64(self.expired).u64(len(self.entries))
+        for entry, deliveries in zip(self.entries, self.deliveries, strict=True):
+            encode_entry(w, entry)
+            w.u64(deliveries)
+        return ok_reply(w.getvalue())
+
+    @classmethod
+    def decode(cls, payload: bytes) -> FetchReply:
+        return cls.from_reader(open_reply(payload))
+
+    @classmethod
+    def from_reader(cls, r: Reader) -> FetchReply:
+        reply = cls([], [], r.u64(), r.u64())
+        for _ in range(r.u64()):
+            reply.entries.append(decode_entry(r))
+            reply.deliveries.append(r.u64())
+        r.done()
+        return reply
+
+
+@dataclass(slots=True)
+class SettleRequest:
+    """Ack / nak / in-progress / term / release of messages held by ``consumer``."""
+
+    config: TopicConfig
+    group: str
+    consumer: str
+    op: int
+    wait: float
+    items: list[tuple[int, int]]  # (seq, deliveries)
+
+    def encode(self) -> bytes:
+        w = Writer()
+        self.config.encode(w)
+        w.str_(self.group).str_(self.consumer).u64(self.op).f64(self.wait).u64(len(self.items))
+        for seq, deliveries in self.items:
+            w.u64(seq).u64(deliveries)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> SettleRequest:
+        r = Reader(payload)
+        config = TopicConfig.decode(r)
+        group, consumer, op, wait = r.str_(), r.str_(), r.u64(), r.f64()
+        items = [(r.u64(), r.u64()) for _ in range(r.u64())]
+        r.done()
+        return cls(config, group, consumer, op, wait, items)
