@@ -228,3 +228,15 @@ async def test_zookeeper_restart_without_data_registers_everyone_again(
     finally:
         for d in made:
             await d.stop()
+
+
+async def test_stop_while_zookeeper_is_down_is_quick(own_zk_server, zk_path) -> None:
+    a = ZooKeeperDiscovery(own_zk_server.hosts, A, path=zk_path, session_timeout=SESSION)
+    await a.start()
+    own_zk_server.kill()
+    await wait_for(lambda: a.stale)
+    started = time.monotonic()
+    await a.stop()
+    took = time.monotonic() - started
+    print(f"stop() with ZooKeeper down took {took * 1000:.0f} ms")
+    assert took < 10.0

@@ -307,8 +307,8 @@ class ZooKeeperDiscovery:
     # -- on the loop ------------------------------------------------------------------------
 
     def _on_state(self, state: SessionState) -> None:
-        if self._stopping:
-            return
+        if self._stopping or self._zk is None:
+            return  # stopping, or a start() that failed: kazoo's closing LOST is not news
         if state is not SessionState.SUSPENDED and self._zxid_reset is not None:
             self._zxid_reset.cancel()
             self._zxid_reset = None
