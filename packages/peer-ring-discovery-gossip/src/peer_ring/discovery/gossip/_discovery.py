@@ -151,16 +151,23 @@ class GossipDiscovery:
                 self._snapshot = snapshot
                 yield snapshot
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave: bool = True) -> None:
         """Leave gracefully (announced at once, waiting up to ``leave_timeout``), then
-        close the listener; idempotent."""
+        close the listener; idempotent.
+
+        Args:
+            leave: False closes without announcing anything, as a crash would (the others
+                then detect the failure); for tests and for handing the address over to a
+                restarted process.
+        """
         if self._stopped:
             return
         self._stopped = True
         self._changed.set()
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
-            await runtime.leave(self._leave_timeout)
+            if leave:
+                await runtime.leave(self._leave_timeout)
             await runtime.stop()
 
     # ---- extras -------------------------------------------------------------------------------

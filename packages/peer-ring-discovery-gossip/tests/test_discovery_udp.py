@@ -1,0 +1,176 @@
+"""``GossipDiscovery`` on real UDP and TCP sockets on loopback, several in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from importlib.metadata import entry_points
+
+import pytest
+
+from peer_ring.core import Discovery
+from peer_ring.core.testing import free_port
+from peer_ring.discovery.gossip import (
+    ENV_KEY,
+    GossipConfig,
+    GossipDiscovery,
+    Keyring,
+    from_serve_options,
+    parse_address,
+)
+
+
+def make(i: int, seeds: list[str], config: GossipConfig, **kw) -> GossipDiscovery:
+    return GossipDiscovery(
+        "127.0.0.1:0", seeds, self_address=f"127.0.0.1:{7100 + i}", config=config, **kw
+    )
+
+
+async def test_form_kill_leave_with_encryption(fast_config, wait_view) -> None:
+    key = Keyring(os.urandom(32))
+    nodes = [make(0, [], fast_config, keyring=key, metadata={"zone": "a"})]
+    await nodes[0].start()
+    seed = nodes[0].gossip_address
+    for i in range(1, 5):
+        d = make(i, [seed], fast_config, keyring=key, metadata={"zone": "b"})
+        await d.start()
+        nodes.append(d)
+    everyone = {f"127.0.0.1:{7100 + i}" for i in range(5)}
+    try:
+        for d in nodes:
+            assert isinstance(d, Discovery)
+            assert await wait_view(d, lambda v: v == everyone) == everyone
+        zones = {m.address: m.metadata.get("zone") for m in nodes[3]._members()}
+        assert zones["127.0.0.1:7100"] == "a" and zones["127.0.0.1:7104"] == "b"
+
+        # kill (no leave message): the others detect it.
+        started = time.monotonic()
+        await nodes[4].stop(leave=False)
+        for d in nodes[:4]:
+            await wait_view(d, lambda v: "127.0.0.1:7104" not in v, timeout=15.0)
+        detected = time.monotonic() - started
+
+        # graceful leave: seen at once, long before the failure detector could.
+        started = time.monotonic()
+        await nodes[3].stop()
+        for d in nodes[:3]:
+            await wait_view(d, lambda v: "127.0.0.1:7103" not in v, timeout=5.0)
+        left = time.monotonic() - started
+        assert left < detected
+        stats = nodes[0].stats()
+        assert stats["probes"] > 0 and stats.get("bad_packets.decrypt_failed", 0) == 0
+    finally:
+        for d in nodes:
+            await d.stop()
+
+
+async def test_restart_on_the_same_address_rejoins_at_once(fast_config, wait_view) -> None:
+    a = make(0, [], fast_config)
+    await a.start()
+    port = free_port()
+    b = GossipDiscovery(
+        f"127.0.0.1:{port}", [a.gossip_address], self_address="127.0.0.1:7101", config=fast_config
+    )
+    await b.start()
+    try:
+        await wait_view(a, lambda v: "127.0.0.1:7101" in v)
+        await b.stop(leave=False)
+        b = GossipDiscovery(
+            f"127.0.0.1:{port}",
+            [a.gossip_address],
+            self_address="127.0.0.1:7101",
+            config=fast_config,
+        )
+        started = time.monotonic()
+        await b.start()
+        # The new process's first incarnation beats anything the old one announced.
+        assert await wait_view(b, lambda v: v == {"127.0.0.1:7100", "127.0.0.1:7101"})
+        assert "127.0.0.1:7101" in await wait_view(a, lambda v: "127.0.0.1:7101" in v)
+        assert time.monotonic() - started < 2.0
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_other_cluster_and_garbage_are_dropped_and_counted(fast_config, wait_view) -> None:
+    a = make(0, [], fast_config)
+    await a.start()
+    stranger = make(1, [a.gossip_address], GossipConfig.local(cluster="other"), join_timeout=0.5)
+    await stranger.start()
+    try:
+        host, port = parse_address(a.gossip_address)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for data in (b"", b"\xa7g", os.urandom(500), b"\xa7g\x01\x00\x05other\x01"):
+                sock.sendto(data, (host, port))
+        deadline = time.monotonic() + 5.0
+        while sum(v for k, v in a.stats().items() if k.startswith("bad_packets.")) < 4:
+            assert time.monotonic() < deadline, a.stats()
+            await asyncio.sleep(0.05)
+        stats = a.stats()
+        assert stats["bad_packets.wrong_cluster"] >= 1
+        assert {m.address for m in a._members()} == {"127.0.0.1:7100"}
+        assert {m.address for m in stranger._members()} == {"127.0.0.1:7101"}
+    finally:
+        await a.stop()
+        await stranger.stop()
+
+
+async def test_start_alone_when_no_seed_answers(fast_config) -> None:
+    d = make(0, [f"127.0.0.1:{free_port()}"], fast_config, join_timeout=0.3)
+    try:
+        view = await d.start()
+        assert {m.address for m in view} == {"127.0.0.1:7100"}
+    finally:
+        await d.stop()
+
+
+async def test_bind_conflict_fails_start(fast_config) -> None:
+    a = make(0, [], fast_config)
+    await a.start()
+    b = GossipDiscovery(a.gossip_address, [], self_address="127.0.0.1:7101", config=fast_config)
+    try:
+        with pytest.raises(OSError):
+            await b.start()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+def test_serve_options() -> None:
+    key = os.urandom(32)
+    import base64
+
+    d = from_serve_options(
+        "127.0.0.2:7101",
+        {
+            "seeds": "127.0.0.1:7946,127.0.0.3:7946",
+            "preset": "local",
+            "probe_interval": "0.5",
+            "lifeguard": "false",
+            "meta.zone": "eu-1",
+            "cluster": "prod",
+        },
+        {ENV_KEY: base64.b64encode(key).decode()},
+    )
+    assert d.self_address == "127.0.0.2:7101"
+    assert d.gossip_address == "127.0.0.2:7946"
+    assert d.keyring is not None and d.keyring.primary == key
+    assert d._config.probe_interval == 0.5 and d._config.lifeguard is False
+    assert d._config.cluster == "prod" and d._metadata == {"zone": "eu-1"}
+    with pytest.raises(ValueError, match="valid: "):
+        from_serve_options("127.0.0.1:7101", {"sedes": "x"}, {})
+    with pytest.raises(ValueError, match="--listen"):
+        from_serve_options(None, {}, {})
+    with pytest.raises(ValueError, match="base64"):
+        from_serve_options("127.0.0.1:7101", {"key": "not base64!"}, {})
+    with pytest.raises(ValueError, match="probe_interval"):
+        from_serve_options("127.0.0.1:7101", {"probe_interval": "fast"}, {})
+    with pytest.raises(ValueError, match="gossip discovery"):
+        from_serve_options("127.0.0.1:7101", {"probe_interval": "-1"}, {})
+
+
+def test_entry_point_is_registered() -> None:
+    found = {ep.name: ep for ep in entry_points(group="peer_ring.discovery")}
+    assert found["gossip"].load() is from_serve_options
