@@ -62,3 +62,54 @@ async def cluster(
     yield limiters
     for rl in limiters:
         await rl.stop()
+
+
+AsgiCall = Callable[..., "asyncio.Future[tuple[int, dict[str, str], bytes]]"]
+
+
+@pytest.fixture
+def asgi_get() -> Callable[..., object]:
+    """``await asgi_get(app, path, client=("10.0.0.1", 1234), headers={})`` -> (status,
+    headers, body): one HTTP GET through an ASGI app, no server and no HTTP client needed."""
+
+    async def call(
+        app: Callable[..., object],
+        path: str,
+        client: tuple[str, int] = ("10.0.0.1", 1234),
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+            + [(b"host", b"test")],
+            "client": client,
+            "server": ("test", 80),
+        }
+        sent: list[dict[str, object]] = []
+        done = False
+
+        async def receive() -> dict[str, object]:
+            nonlocal done
+            if done:
+                await asyncio.Event().wait()
+            done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)  # type: ignore[misc]
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
+        hdrs = {k.decode().lower(): v.decode() for k, v in start["headers"]}  # type: ignore[attr-defined]
+        return int(start["status"]), hdrs, body  # type: ignore[call-overload]
+
+    return call

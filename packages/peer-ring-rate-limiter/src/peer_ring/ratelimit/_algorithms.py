@@ -7,7 +7,7 @@ shared state. Common rules:
 - ``cost > 0`` is a hit; it is admitted only if all of it fits, and a rejected hit consumes
   nothing (the input state is returned unchanged, as the same object).
 - ``cost == 0`` is a peek: nothing changes; ``allowed`` says whether a hit of cost 1 would be
-  admitted.
+  admitted (through :func:`decide`, a refused peek also has that hit's ``retry_after``).
 - ``cost < 0`` is a refund of ``-cost`` hits; it is always allowed and never brings the key
   above its initial, unused state.
 - The limit is read on every call, so a changed limit takes effect on the key's existing
@@ -330,7 +330,12 @@ def decide(
     """
     if state is not None and algorithm_of(state) is not limit.algorithm:
         state = None
-    new, decision = _FUNCTIONS[limit.algorithm](state, limit, cost, now, force)
+    fn = _FUNCTIONS[limit.algorithm]
+    new, decision = fn(state, limit, cost, now, force)
+    if cost == 0 and not decision.allowed:
+        # A peek that would be refused says when a hit of cost 1 would pass.
+        retry = fn(state, limit, 1, now, False)[1].retry_after
+        decision = Decision(False, decision.limit, decision.remaining, decision.reset_after, retry)
     return new, decision
 
 
