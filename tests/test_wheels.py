@@ -15,6 +15,7 @@ DISTS = {
     "peer-ring-discovery-static": "peer_ring/discovery/static",
     "peer-ring-kv-store": "peer_ring/kv",
     "peer-ring-discovery-k8s": "peer_ring/discovery/k8s",
+    "peer-ring-discovery-zookeeper": "peer_ring/discovery/zookeeper",
 }
 
 
