@@ -73,7 +73,11 @@ class Subscription:
         self._start = start
         self._partitions = partitions
         self._queue: asyncio.Queue[Message | BaseException | object] = asyncio.Queue()
-        self._in_flight = 0
+        self._in_flight = 0  # held messages plus slots reserved by fetches in flight
+        self._reserved = 0
+        # Held group messages -> local deadline: past its ack_wait a message no longer
+        # counts against max_in_flight (the sequencer may redeliver it to anyone).
+        self._held: dict[tuple[int, int, int], float] = {}
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,11 +146,21 @@ class Subscription:
         return item
 
     async def next(self, timeout: float | None = None) -> Message | None:
-        """The next message, or None after ``timeout`` seconds without one."""
+        """The next message, or None after ``timeout`` seconds (of the node's clock)
+        without one, or once the subscription is closed."""
+        task = asyncio.ensure_future(self.__anext__())
+        timer = None
+        if timeout is not None:
+            timer = self.topic.pubsub.node.clock.call_later(timeout, task.cancel)
         try:
-            return await asyncio.wait_for(self.__anext__(), timeout)
-        except (TimeoutError, StopAsyncIteration):
-            return None
+            return await task
+        except (asyncio.CancelledError, StopAsyncIteration):
+            if task.cancelled() or task.done():
+                return None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def health(self) -> SubscriptionHealth:
         """Counters and a stalled flag (see :class:`SubscriptionHealth`)."""
@@ -155,7 +169,7 @@ class Subscription:
             topic=self.topic.name,
             group=self.group,
             consumer=self.consumer,
-            in_flight=self._in_flight,
+            in_flight=self._in_flight - self._reserved,
             max_in_flight=self.max_in_flight,
             delivered=self._delivered,
             acked=self._acked,
@@ -163,10 +177,18 @@ class Subscription:
             expired=self._expired,
             errors=self._errors,
             last_error=self._last_error,
-            stalled=self._in_flight >= self.max_in_flight and idle > self.ack_wait,
+            stalled=self._in_flight - self._reserved >= self.max_in_flight and idle > self.ack_wait,
         )
 
     # ------------------------------------------------------------ fetch loops
+    def _expire_held(self) -> None:
+        now = self.topic.pubsub.node.clock.monotonic()
+        for token in [t for t, deadline in self._held.items() if deadline <= now]:
+            del self._held[token]
+            self._in_flight -= 1
+        if self._in_flight < self.max_in_flight:
+            self._room.set()
+
     def _free(self, count: int) -> None:
         self._in_flight -= count
         self._last_settle = self.topic.pubsub.node.clock.monotonic()
@@ -180,13 +202,19 @@ class Subscription:
         position = self._initial_position()
         per_fetch = max(1, self.max_in_flight // max(1, len(self._partitions)))
         while not self._closed:
-            await self._room.wait()
+            self._expire_held()
             room = self.max_in_flight - self._in_flight
             if room <= 0:
                 self._room.clear()
+                waker = clock.call_later(self._next_expiry(), self._room.set)
+                try:
+                    await self._room.wait()
+                finally:
+                    waker.cancel()
                 continue
             limit = min(room, per_fetch)
             self._in_flight += limit  # reserved while the fetch is out
+            self._reserved += limit
             got = 0
             try:
                 req = FetchRequest(
@@ -204,6 +232,7 @@ class Subscription:
                 got = len(reply.entries)
             except OffsetOutOfRangeError as exc:
                 self._in_flight -= limit
+                self._reserved -= limit
                 if self._start == "earliest":
                     position = exc.first  # the policy says: from the first retained message
                     continue
@@ -212,16 +241,21 @@ class Subscription:
                 return
             except (PubSubError, PeerRingError) as exc:
                 self._in_flight -= limit
+                self._reserved -= limit
                 self._record_error(exc)
                 await clock.sleep(0.2)
                 continue
             self._in_flight -= limit - got
+            self._reserved -= limit
             if self._in_flight < self.max_in_flight:
                 self._room.set()
             if self.group is None:
                 position = reply.next
             self._expired += reply.expired
+            expires = clock.monotonic() + self.ack_wait
             for entry, deliveries in zip(reply.entries, reply.deliveries, strict=True):
+                if self.group is not None:
+                    self._held[(partition, entry.seq, deliveries)] = expires
                 self._delivered += 1
                 if deliveries > 1:
                     self._redelivered += 1
@@ -239,6 +273,12 @@ class Subscription:
                         self._settle if self.group is not None else None,
                     )
                 )
+
+    def _next_expiry(self) -> float:
+        if not self._held:
+            return self.ack_wait
+        now = self.topic.pubsub.node.clock.monotonic()
+        return max(0.0, min(self._held.values()) - now)
 
     def _initial_position(self) -> int:
         if self._start == "latest":
@@ -279,10 +319,21 @@ class Subscription:
             self._record_error(exc)
             if exc.code in ("stale_ack", "not_held") and not message.settled:
                 message.settled = True
-                self._free(1)
+                self._unhold(message)
             raise
-        if op != PROGRESS:
-            message.settled = True
-            if op in (0, 3):
-                self._acked += 1
+        if op == PROGRESS:
+            token = (message.partition, message.offset, message.deliveries)
+            if token in self._held:
+                self._held[token] = self.topic.pubsub.node.clock.monotonic() + self.ack_wait
+            return
+        message.settled = True
+        if op in (0, 3):
+            self._acked += 1
+        self._unhold(message)
+
+    def _unhold(self, message: Message) -> None:
+        token = (message.partition, message.offset, message.deliveries)
+        if self._held.pop(token, None) is not None:
             self._free(1)
+        else:
+            self._last_settle = self.topic.pubsub.node.clock.monotonic()
