@@ -16,6 +16,7 @@ DISTS = {
     "peer-ring-kv-store": "peer_ring/kv",
     "peer-ring-discovery-k8s": "peer_ring/discovery/k8s",
     "peer-ring-discovery-zookeeper": "peer_ring/discovery/zookeeper",
+    "peer-ring-pubsub": "peer_ring/pubsub",
 }
 
 
