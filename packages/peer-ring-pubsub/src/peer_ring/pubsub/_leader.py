@@ -173,7 +173,12 @@ class Leaders:
             if log.promised != ballot:  # a newer ballot reached our own replica meanwhile
                 last_error = PartitionUnavailableError("a newer sequencer appeared")
                 continue
-            return await self._adopt(key, config, ballot, prefs, replies)
+            try:
+                return await self._adopt(key, config, ballot, prefs, replies)
+            except PeerRingError as exc:
+                if isinstance(exc, PartitionUnavailableError):
+                    raise
+                raise PartitionUnavailableError(f"sequencer takeover failed: {exc}") from exc
         raise PartitionUnavailableError(f"sequencer takeover failed: {last_error}")
 
     async def _adopt(

@@ -13,7 +13,12 @@ from collections.abc import Awaitable, Callable
 
 from peer_ring.core import CommandContext, PeerRingError
 from peer_ring.pubsub._codec import CodecError, Writer
-from peer_ring.pubsub._errors import InvalidOptionError, OffsetOutOfRangeError, PubSubError
+from peer_ring.pubsub._errors import (
+    InvalidOptionError,
+    OffsetOutOfRangeError,
+    PartitionUnavailableError,
+    PubSubError,
+)
 from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._leader import Leader, Leaders
 from peer_ring.pubsub._log import MESSAGE, Entry
@@ -58,6 +63,8 @@ class Service:
             return error_reply(exc)
         except (CodecError, ValueError) as exc:
             return error_reply(InvalidOptionError(f"malformed request: {exc}"))
+        except PeerRingError as exc:  # a replica or peer failed under us: retryable
+            return error_reply(PartitionUnavailableError(f"{type(exc).__name__}: {exc}"))
 
     # ---------------------------------------------------------------- publish
     async def handle_publish(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:

@@ -15,7 +15,6 @@ import uuid
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from peer_ring.core import PeerRingError
 from peer_ring.pubsub._errors import (
     InvalidOptionError,
     OffsetOutOfRangeError,
@@ -239,7 +238,7 @@ class Subscription:
                 self._record_error(exc)
                 self._queue.put_nowait(exc)
                 return
-            except (PubSubError, PeerRingError) as exc:
+            except Exception as exc:  # keep fetching: the partition may come back
                 self._in_flight -= limit
                 self._reserved -= limit
                 self._record_error(exc)
