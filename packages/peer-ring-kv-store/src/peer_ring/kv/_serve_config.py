@@ -21,9 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from peer_ring.core import DEFAULT_PARTITIONS, Discovery, InvalidArgumentError, PeerRingConfig
-from peer_ring.core.transport import TLSConfig
-from peer_ring.core.transport._base import TransportLimits
+from peer_ring.core import (
+    DEFAULT_PARTITIONS,
+    Discovery,
+    InvalidArgumentError,
+    PeerRingConfig,
+    TLSConfig,
+    TransportLimits,
+)
 from peer_ring.kv._discovery_plugins import (
     BUILTIN_DISCOVERIES,
     available_discoveries,
