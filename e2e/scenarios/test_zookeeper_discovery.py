@@ -1,6 +1,7 @@
 """ZooKeeper discovery end to end: 3 ``peer-ring-kv serve`` nodes that find each other
-through a real ZooKeeper, under load (N=3, W=2, R=2): ``kill -9`` and restart of a node,
-then a restart of ZooKeeper itself. No acknowledged write may be lost.
+through a real ZooKeeper, under load (N=3, W=2, R=2): ``kill -9`` and restart of a node
+(after its session expired, then another one at once, within its session), then a restart
+of ZooKeeper itself. No acknowledged write may be lost.
 
 Local driver only (the nodes and ZooKeeper are processes on this machine). ZooKeeper is
 Debian's ``zookeeper`` package run by ``peer_ring.discovery.zookeeper.testing``.
@@ -25,11 +26,11 @@ from e2e.steps import assert_no_loss, final_check, peers, record_load, warm_up
 from e2e.workload import Workload, WorkloadConfig
 
 #: Session timeout of the nodes (seconds): a killed node leaves the ring this long after.
-SESSION_TIMEOUT = 4.0
+SESSION_TIMEOUT = 8.0
 #: How long the killed node stays dead (longer than the session timeout: it leaves).
-DEAD_SECONDS = 8.0
+DEAD_SECONDS = 12.0
 #: How long ZooKeeper stays down (longer than the session timeout: sessions must survive).
-ZK_DOWN_SECONDS = 8.0
+ZK_DOWN_SECONDS = 10.0
 POLL = 0.1
 
 
@@ -126,6 +127,22 @@ async def test_zookeeper_kill9_restart_and_zookeeper_restart(
         rejoined = await _wait_members(session, driver, everyone)
         report.add(rejoined_seconds=round(time.monotonic() - restarted_at, 2))
         assert rejoined >= 0
+
+        # Phase 2b: kill -9 another node and restart it at once, within its old session's
+        # timeout: the new process finds its predecessor's znode and takes it over.
+        second = driver.members()[0]
+        await driver.kill(second)
+        quick_at = time.monotonic()
+        await driver.restart(second, graceful=False)
+        await _wait_members(session, driver, everyone)
+        report.add(quick_restart_ready_seconds=round(time.monotonic() - quick_at, 2))
+        await asyncio.sleep(SESSION_TIMEOUT + 1.0)  # the old session expires meanwhile...
+        await _wait_members(session, driver, everyone, within=1.0)  # ...removing nothing
+        replaced = sum(
+            log.read_text(errors="replace").count("zookeeper discovery: replacing")
+            for log in log_dir.glob("node-*.log")
+        )
+        report.add(znodes_replaced=replaced)
 
         # Phase 3: ZooKeeper down longer than the session timeout, then back. The nodes keep
         # their (stale) view: no departure may be reported while ZooKeeper cannot be asked.
