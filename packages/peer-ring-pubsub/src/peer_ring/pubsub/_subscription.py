@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,9 @@ from peer_ring.pubsub._errors import (
     SubscriptionClosedError,
 )
 from peer_ring.pubsub._message import Message, SubscriptionHealth
+from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
+    ACK,
     FETCH,
     PROGRESS,
     RELEASE,
@@ -42,6 +45,13 @@ logger = logging.getLogger(__name__)
 POLL_WAIT = 1.0
 
 _END = object()
+_ACK_BATCH = 512
+
+
+@dataclass(slots=True)
+class _AckBatch:
+    items: list[tuple[Message, asyncio.Future[None]]] = field(default_factory=list)
+    running: bool = False
 
 
 class Subscription:
@@ -81,6 +91,7 @@ class Subscription:
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._ack_batches: dict[int, _AckBatch] = {}
         self._delivered = self._acked = self._redelivered = 0
         self._expired = self._errors = 0
         self._last_error = ""
@@ -302,18 +313,11 @@ class Subscription:
             raise SubscriptionClosedError("the subscription is closed")
         if op == PROGRESS:
             wait = self.ack_wait
-        req = SettleRequest(
-            self.topic.config,
-            self.group or "",
-            self.consumer,
-            op,
-            wait,
-            [(message.offset, message.deliveries)],
-        )
         try:
-            await self.topic.pubsub.client.call(
-                ring_key(self.topic.name, message.partition), SETTLE, req.encode()
-            )
+            if op == ACK:
+                await self._ack_batched(message)
+            else:
+                await self._send_settle(message.partition, op, wait, [message])
         except PubSubError as exc:
             self._record_error(exc)
             if exc.code in ("stale_ack", "not_held") and not message.settled:
@@ -329,6 +333,64 @@ class Subscription:
         if op in (0, 3):
             self._acked += 1
         self._unhold(message)
+
+    async def _send_settle(
+        self, partition: int, op: int, wait: float, messages: list[Message]
+    ) -> None:
+        req = SettleRequest(
+            self.topic.config,
+            self.group or "",
+            self.consumer,
+            op,
+            wait,
+            [(m.offset, m.deliveries) for m in messages],
+        )
+        await self.topic.pubsub.client.call(
+            ring_key(self.topic.name, partition), SETTLE, req.encode()
+        )
+
+    async def _ack_batched(self, message: Message) -> None:
+        # Acks of one partition share one SETTLE request in flight; acks made meanwhile go
+        # in the next one (one replication of the group state for the whole batch).
+        batch = self._ack_batches.setdefault(message.partition, _AckBatch())
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.items.append((message, fut))
+        if not batch.running:
+            batch.running = True
+            spawn(self._drain_acks(message.partition, batch))
+        await fut
+
+    async def _drain_acks(self, partition: int, batch: _AckBatch) -> None:
+        try:
+            while batch.items:
+                items = batch.items[:_ACK_BATCH]
+                del batch.items[:_ACK_BATCH]
+                results: list[BaseException | None]
+                try:
+                    await self._send_settle(partition, ACK, 0.0, [m for m, _ in items])
+                    results = [None] * len(items)
+                except PubSubError as exc:
+                    if len(items) == 1:
+                        results = [exc]
+                    else:  # one bad ack refuses the batch: settle one by one to tell which
+                        results = []
+                        for m, _ in items:
+                            try:
+                                await self._send_settle(partition, ACK, 0.0, [m])
+                                results.append(None)
+                            except PubSubError as one:
+                                results.append(one)
+                except Exception as exc:
+                    results = [exc] * len(items)
+                for (_, fut), result in zip(items, results, strict=True):
+                    if fut.done():
+                        continue
+                    if result is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(result)
+        finally:
+            batch.running = False
 
     def _unhold(self, message: Message) -> None:
         token = (message.partition, message.offset, message.deliveries)
