@@ -6,6 +6,7 @@ laptop and fails in CI (``docker_engine`` fixture). Run by ``.ci/run``'s contain
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -13,7 +14,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 
 from testing_components import REDIS_IMAGE, ContainerNotReadyError, run_container
-from testing_components._docker import NAME_PREFIX
+from testing_components._docker import NAME_PREFIX, remove_stale_containers
 from testing_components.redis import redis_via_container
 
 
@@ -90,3 +91,34 @@ def test_missing_image_says_how_to_get_it(docker_engine: str) -> None:
     ):
         pass  # pragma: no cover
     assert _leftovers("noimage") == []
+
+
+def test_containers_of_dead_runs_are_swept(docker_engine: str) -> None:
+    dead = _dead_pid()
+    stale = f"{NAME_PREFIX}-stale-{dead}-000000"
+    live = f"{NAME_PREFIX}-stale-{os.getpid()}-000000"
+    client = docker.from_env(timeout=30)
+    try:
+        for name in (stale, live):
+            client.containers.create(REDIS_IMAGE, ["true"], name=name, network="host")
+        try:
+            assert remove_stale_containers() == [stale]
+            assert _leftovers("stale") == [live]  # this process is alive: kept
+        finally:
+            for name in (stale, live):
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.containers.get(name).remove(force=True)
+    finally:
+        client.close()
+
+
+def _dead_pid() -> int:
+    """A pid that no process has right now."""
+    for pid in range(4_000_000, 3_000_000, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    raise AssertionError("no free pid found")  # pragma: no cover

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from peer_ring.core.testing import free_port
+from testing_components._docker import container_name
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "peer-ring-kv:smoke"
@@ -64,7 +65,8 @@ class Node:
     """One ``serve`` container on host networking."""
 
     def __init__(self, index: int, peer_port: int, http_port: int) -> None:
-        self.name = f"peer-ring-smoke-{index}-{peer_port}"
+        # The container layer's naming: swept by the next run if this one is SIGKILLed.
+        self.name = container_name(f"smoke{index}")
         self.peer = f"127.0.0.1:{peer_port}"
         self.http = f"http://127.0.0.1:{http_port}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 import uuid
@@ -55,9 +56,59 @@ def docker_status() -> tuple[bool, str]:
     return True, f"Docker engine {version}"
 
 
+def remove_stale_containers() -> list[str]:
+    """Remove containers of this layer left by test runs that died (SIGKILL, power loss).
+
+    Names carry the pid of the process that started them (``peer-ring-test-<name>-<pid>-...``);
+    a container whose process is gone is removed. Returns the names removed.
+    """
+    import docker
+    from docker.errors import DockerException
+
+    removed: list[str] = []
+    client = docker.from_env(timeout=30)
+    try:
+        for container in client.containers.list(all=True, filters={"name": NAME_PREFIX}):
+            match = _NAME_PID.match(container.name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            try:
+                container.remove(force=True, v=True)
+                removed.append(container.name)
+            except DockerException:  # removed meanwhile by another run's sweep
+                pass
+    finally:
+        client.close()
+    return removed
+
+
+_NAME_PID = re.compile(rf"^{NAME_PREFIX}-[^-]+-(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def container_name(name: str) -> str:
+    """``peer-ring-test-<name>-<pid>-<random>``: unique, and sweepable once this process is gone.
+
+    Raises:
+        ValueError: ``name`` is empty or has a ``-`` (the pid must stay the third field).
+    """
+    if not name or "-" in name:
+        raise ValueError(f"container name part must be non-empty without '-': {name!r}")
+    return f"{NAME_PREFIX}-{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def _log_tail(container: DockerContainer, lines: int) -> str:
@@ -99,40 +150,50 @@ def run_container(
         ContainerNotReadyError: the container exited or was not ready within ``deadline``.
         RuntimeError: the image is missing and cannot be pulled.
     """
-    from docker.errors import APIError, ImageNotFound
     from testcontainers.core.config import testcontainers_config
     from testcontainers.core.container import DockerContainer
+    from testcontainers.core.exceptions import ContainerStartException
 
     testcontainers_config.ryuk_disabled = True  # also when the variable was set to false
-    full_name = f"{NAME_PREFIX}-{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    full_name = container_name(name)
     container = DockerContainer(
         image,
         command=shlex.join(command) if command is not None else None,
         env=environment or {},
         name=full_name,
     ).with_kwargs(network="host")
+    _ensure_image(image)
     try:
-        try:
-            container.start()
-        except ImageNotFound as exc:
-            raise RuntimeError(
-                f"image {image} is missing and cannot be pulled; {PREPARE_HINT}"
-            ) from exc
-        except APIError as exc:
-            if "pull" in str(exc).lower() or "not found" in str(exc).lower():
-                raise RuntimeError(
-                    f"image {image} is missing and cannot be pulled ({_first_line(exc)}); "
-                    f"{PREPARE_HINT}"
-                ) from exc
-            raise
+        container.start()
         _wait_ready(container, full_name, ready, deadline, log_lines)
         yield container
     finally:
         # stop() is `docker rm -f -v`; a container that never got created has nothing to remove.
-        if container.get_wrapped_container() is not None:
-            container.stop()
-        else:
+        try:
+            container.get_wrapped_container()
+        except ContainerStartException:
             container.get_docker_client().client.close()
+        else:
+            container.stop()
+
+
+def _ensure_image(image: str) -> None:
+    """Pull ``image`` when it is not local; a clear error when that is impossible."""
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+
+    client = docker.from_env(timeout=120)
+    try:
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            client.images.pull(image)
+    except DockerException as exc:
+        raise RuntimeError(
+            f"image {image} is not here and cannot be pulled ({_first_line(exc)}); {PREPARE_HINT}"
+        ) from exc
+    finally:
+        client.close()
 
 
 def _wait_ready(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from testing_components._docker import docker_status
+from testing_components._docker import docker_status, remove_stale_containers
 from testing_components._mode import COMPONENTS_ENV, components_mode
 from testing_components.redis import (
     INSTALL_HINT,
@@ -30,6 +30,7 @@ def docker_engine(require_component: RequireComponent) -> str:
     """The running Docker engine's description; skips (fails in CI) when none answers."""
     available, what = docker_status()
     require_component("docker engine", available, what)
+    remove_stale_containers()
     return what
 
 
@@ -58,5 +59,6 @@ def redis_server(require_component: RequireComponent) -> Iterator[RedisEndpoint]
     else:
         available, what = docker_status()
         require_component("docker engine", available, f"{what}; {COMPONENTS_ENV}=container")
+        remove_stale_containers()
         with redis_via_container() as endpoint:
             yield endpoint
