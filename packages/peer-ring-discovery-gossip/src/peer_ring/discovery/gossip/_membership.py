@@ -176,8 +176,9 @@ class MemberTable:
         elif a.incarnation <= state.incarnation:
             return
         self._cancel_suspicion(a.name)
-        self._queue(now, a.name, a)
         old_status, old_meta, old_addr = state.status, state.meta, state.addr
+        # A (re)join or a refutation changes views: spread it at once, like a death.
+        self._queue(now, a.name, a, urgent=old_status != Status.ALIVE)
         state.incarnation = a.incarnation
         state.meta = a.meta
         state.addr = a.addr

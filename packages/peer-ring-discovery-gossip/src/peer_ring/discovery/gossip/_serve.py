@@ -61,6 +61,16 @@ def _convert(name: str, kind: object, text: str) -> object:
     return text
 
 
+def _seconds(options: Mapping[str, str], name: str, default: float) -> float:
+    if name not in options:
+        return default
+    value = _convert(name, float, options[name])
+    assert isinstance(value, float)
+    if not value > 0:
+        raise ValueError(f"gossip option {name} must be > 0")
+    return value
+
+
 def from_serve_options(
     listen: str | None, options: Mapping[str, str], environ: Mapping[str, str]
 ) -> GossipDiscovery:
@@ -81,6 +91,11 @@ def from_serve_options(
     valid = sorted({*_OWN, *config_fields, "meta.<name>"})
     changes: dict[str, object] = {}
     metadata: dict[str, str] = {}
+    normalized: dict[str, str] = {}
+    for raw, value in options.items():
+        # `probe-interval` and `probe_interval` are the same option.
+        normalized[raw if raw.startswith("meta.") else raw.replace("-", "_")] = value
+    options = normalized
     for name, value in options.items():
         if name.startswith("meta.") and len(name) > 5:
             metadata[name[5:]] = value
@@ -110,8 +125,8 @@ def from_serve_options(
             config=config,
             keyring=keyring,
             advertise=options.get("advertise") or None,
-            join_timeout=float(options.get("join_timeout", 5.0)),
-            leave_timeout=float(options.get("leave_timeout", 1.0)),
+            join_timeout=_seconds(options, "join_timeout", 5.0),
+            leave_timeout=_seconds(options, "leave_timeout", 1.0),
         )
     except InvalidArgumentError as exc:
         raise ValueError(f"gossip discovery: {exc}") from None
