@@ -4,6 +4,7 @@ watch snapshots, fail-fast configuration, a real PeerRing ring."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -81,6 +82,20 @@ async def test_unreachable_zookeeper_fails_start_fast(make_discovery) -> None:
         await d.start()
     assert hosts in str(info.value)
     assert time.monotonic() - start < 10.0
+
+
+async def test_a_cancelled_start_leaves_no_kazoo_thread_behind(make_discovery) -> None:
+    def zk_threads() -> int:
+        return sum("zk_loop" in t.name for t in threading.enumerate())
+
+    before = zk_threads()
+    d = make_discovery("127.0.0.1:7101", hosts=f"127.0.0.1:{free_port()}", startup_timeout=60)
+    starting = asyncio.create_task(d.start())
+    await wait_for(lambda: zk_threads() > before)  # kazoo is trying to connect
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await wait_for(lambda: zk_threads() == before, timeout=5.0)
 
 
 async def test_a_path_zookeeper_refuses_fails_start(make_discovery, zk_server, zk_path) -> None:

@@ -138,6 +138,7 @@ class ZooKeeperDiscovery:
         self._retry: asyncio.TimerHandle | None = None
         self._zxid_reset: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
+        self._first_connect = asyncio.Event()
         self._connected = False
         self._stale = False
         self._registered_session: int | None = None
@@ -219,14 +220,21 @@ class ZooKeeperDiscovery:
             request_timeout=self._request_timeout,
             on_state=self._state_from_kazoo,
         )
-        try:
-            await asyncio.to_thread(zk.start_blocking, self._startup_timeout)
-        except ZkUnavailable as exc:
-            raise ZooKeeperDiscoveryError(
-                f"ZooKeeper at {self._hosts} is unreachable ({exc}); check the hosts and "
-                "that the server runs"
-            ) from None
         self._zk = zk
+        self._first_connect = asyncio.Event()
+        try:
+            zk.connect()  # kazoo connects on its thread; CONNECTED sets _first_connect
+            await asyncio.wait_for(self._first_connect.wait(), self._startup_timeout)
+        except TimeoutError:
+            await self._close_client()
+            raise ZooKeeperDiscoveryError(
+                f"ZooKeeper at {self._hosts} is unreachable (no server answered within "
+                f"{self._startup_timeout:g} s); check the hosts and that the server runs"
+            ) from None
+        except BaseException:  # cancelled: close without waiting for kazoo's threads
+            self._zk = None
+            self._loop.run_in_executor(None, zk.close_blocking)
+            raise
         self._connected = True
         try:
             await zk.ensure_path(self._path)
@@ -316,6 +324,7 @@ class ZooKeeperDiscovery:
             if not self._connected and self._task is not None:
                 logger.info("zookeeper discovery %s: connected again", self._self_address)
             self._connected = True
+            self._first_connect.set()
             self._wake.set()
         elif state is SessionState.SUSPENDED:
             self._connected = False

@@ -11,8 +11,8 @@ logic sees a small typed surface. It also fixes the threading rules in one place
 * Requests use kazoo's ``*_async`` methods, which only queue the request. Their
   ``IAsyncResult`` is bridged to an asyncio future with ``rawlink`` (the link runs on
   kazoo's completion thread and only schedules the future's completion on the loop), so
-  no executor thread blocks per request. ``start``/``stop`` block by design and are run
-  with ``asyncio.to_thread``.
+  no executor thread blocks per request. Connecting is ``start_async`` plus the
+  ``CONNECTED`` state event; only kazoo's ``stop`` blocks, and runs in ``asyncio.to_thread``.
 * kazoo's exceptions are mapped to the few internal ones of ``_errors``.
 """
 
@@ -145,18 +145,15 @@ class ZkClient:
         if mapped is not None:
             self._on_state(mapped)
 
+    # -- connecting and closing ----------------------------------------------------------
+
+    def connect(self) -> None:
+        """Start connecting, without waiting: kazoo connects (and reconnects) on its own
+        thread and reports ``CONNECTED`` through ``on_state``. Does not block: a fresh
+        client has no earlier connection to wait for."""
+        self._client.start_async()
+
     # -- blocking: run with asyncio.to_thread -------------------------------------------
-
-    def start_blocking(self, timeout: float) -> None:
-        """Connect (blocking); on timeout kazoo stops and closes the client itself.
-
-        Raises:
-            ZkUnavailable: no server answered within ``timeout`` seconds.
-        """
-        try:
-            self._client.start(timeout=timeout)
-        except KazooTimeoutError:
-            raise ZkUnavailable(f"no ZooKeeper server answered within {timeout:g} s") from None
 
     def close_blocking(self) -> None:
         """Close the session (its ephemeral nodes go at once) and release the client."""
