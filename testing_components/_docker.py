@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,12 @@ def docker_status() -> tuple[bool, str]:
         from docker.errors import DockerException  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - requirements-dev.txt installs it
         return False, f"the docker Python package is missing ({exc}); pip install testcontainers"
+    # Knock first without docker-py: when no engine answers, docker-py raises from inside its
+    # client's constructor and leaves that client's socket unclosed (a ResourceWarning later,
+    # in some other test, where warnings are errors).
+    problem = _knock()
+    if problem is not None:
+        return False, f"no Docker engine answers ({problem}); {PREPARE_HINT}"
     try:
         client = docker.from_env(timeout=10)
     except DockerException as exc:
@@ -93,6 +100,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def _knock() -> str | None:
+    """Connect to the engine's socket (``DOCKER_HOST`` or the default); the problem, or None.
+
+    Only plain ``unix://`` and ``tcp://`` endpoints are checked here; others (ssh, ...) are
+    left to docker-py.
+    """
+    host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
+    try:
+        if host.startswith("unix://"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(host.removeprefix("unix://"))
+        elif host.startswith("tcp://"):
+            address, _, port = host.removeprefix("tcp://").rstrip("/").rpartition(":")
+            socket.create_connection((address, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        return f"{host}: {exc}"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
