@@ -23,16 +23,27 @@ async def servers() -> AsyncIterator[list[str]]:
     peers = ",".join(f"{h}:{port}" for h in HOSTS)
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "peer_ring.ratelimit.cli", "serve",
-            "--listen", f"{h}:{port}", "--http", f"{h}:{http}", "--peers", peers,
-            "--log-level", "warning",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "peer_ring.ratelimit.cli",
+            "serve",
+            "--listen",
+            f"{h}:{port}",
+            "--http",
+            f"{h}:{http}",
+            "--peers",
+            peers,
+            "--log-level",
+            "warning",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         for h in HOSTS
     ]
     urls = [f"http://{h}:{http}" for h in HOSTS]
     try:
         async with aiohttp.ClientSession() as session:
+
             async def ready(url: str) -> None:
                 while True:
                     try:
@@ -60,6 +71,7 @@ async def servers() -> AsyncIterator[list[str]]:
 async def test_http_api_is_exact_and_validates(servers: list[str]) -> None:
     hit = {"key": "api:user:1", "limit": 50, "period": 60, "algorithm": "fixed_window"}
     async with aiohttp.ClientSession() as s:
+
         async def one(i: int) -> dict[str, object]:
             async with s.post(servers[i % 3] + "/v1/hit", json=hit) as r:
                 assert r.status == 200
@@ -72,9 +84,14 @@ async def test_http_api_is_exact_and_validates(servers: list[str]) -> None:
         assert [d["allowed"] for d in batch] == [False, True]
         async with s.post(servers[2] + "/v1/hit", json={**hit, "cost": 0}) as r:
             assert r.headers["RateLimit-Remaining"] == "0" and "Retry-After" in r.headers
-        for bad in ({"key": "k", "limit": -1, "period": 1}, {"key": "k", "limit": 5, "period": 0},
-                    {"key": "k", "limit": 5, "period": 1, "algorithm": "nope"}, {"key": ""},
-                    {"key": "x" * 5000, "limit": 5, "period": 1}, [1, 2]):
+        for bad in (
+            {"key": "k", "limit": -1, "period": 1},
+            {"key": "k", "limit": 5, "period": 0},
+            {"key": "k", "limit": 5, "period": 1, "algorithm": "nope"},
+            {"key": ""},
+            {"key": "x" * 5000, "limit": 5, "period": 1},
+            [1, 2],
+        ):
             async with s.post(servers[0] + "/v1/hit", json=bad) as r:
                 assert r.status == 400 and "error" in await r.json()
         async with s.post(servers[0] + "/v1/hit", data=b"{not json") as r:
@@ -85,5 +102,8 @@ async def test_http_api_is_exact_and_validates(servers: list[str]) -> None:
         async with s.get(servers[0] + "/metrics") as r:
             text = await r.text()
         assert 'peer_ring_ratelimit_decisions_total{limit="50/60s",result="allowed"' in text
+        async with s.get(servers[0] + "/v1/owner", params={"key": "api:user:1"}) as r:
+            owner = await r.json()
+        assert owner["owner"] == owner["replicas"][0] and len(owner["replicas"]) == 2
         async with s.get(servers[0] + "/cluster") as r:
             assert len((await r.json())["members"]) == 3

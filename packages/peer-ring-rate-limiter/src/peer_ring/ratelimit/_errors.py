@@ -33,3 +33,8 @@ class CorruptStateError(RateLimitError, ValueError):
 
 class OwnerUnavailableError(RateLimitError):
     """The key's owner could not be reached and the fail policy is ``raise``."""
+
+
+class NotOwnerError(RateLimitError):
+    """A node asked to decide a key it does not own in its own view of the ring (a ring
+    change in progress); the sender applies its fail policy."""

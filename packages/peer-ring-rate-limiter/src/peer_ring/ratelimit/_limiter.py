@@ -15,6 +15,7 @@ from peer_ring.core import (
     Command,
     CommandContext,
     Discovery,
+    PartitionNotReadyError,
     PeerRing,
     PeerRingConfig,
     PeerRingError,
@@ -27,6 +28,7 @@ from peer_ring.ratelimit._decision import Decision
 from peer_ring.ratelimit._errors import (
     InvalidCostError,
     KeyTooLongError,
+    NotOwnerError,
     OwnerUnavailableError,
     RateLimitError,
 )
@@ -53,14 +55,15 @@ MAX_KEY_BYTES = 1024
 #: Largest absolute cost of one hit.
 MAX_COST = MAX_LIMIT
 
-#: Decide a hit on the key's owner. ``reads``: a new owner still pulling the key's partition
-#: refuses it and a previous holder (which has the state) decides instead; not hinted: a
-#: hit must never be decided on a node without the key's state.
-HIT = Command("hit", reads=True, mutates=True, hinted=False)
+#: Decide a hit on the key's owner. Neither ``reads`` nor ``hinted``: the core must never
+#: send a hit elsewhere when the owner fails (a previous holder or a substitute may have a
+#: stale state, or none, and would decide alongside the owner if it is only slow). A hit the
+#: owner cannot take gets the fail policy instead (see ``_on_hit``).
+HIT = Command("hit", mutates=True, hinted=False)
 #: Store a newer entry (owner to replicas). Idempotent (higher seq wins), hence hinted.
 STATE = Command("state", mutates=True)
 #: Forget a key (a tombstone with the next seq), decided on the owner.
-RESET = Command("reset", reads=True, mutates=True, hinted=False)
+RESET = Command("reset", mutates=True, hinted=False)
 
 
 class RateLimiter:
@@ -382,6 +385,14 @@ class RateLimiter:
     def _on_hit(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes | Awaitable[bytes]:
         limit, cost = decode_hit(payload)
         _check_cost(cost)
+        node = self._node
+        # Decide only as the owner in this node's own ring, on a partition it holds in full:
+        # during a ring change the sender and this node may disagree, and a new owner still
+        # pulling the partition lacks the state. Refusing sends the hit to the fail policy.
+        if node.preference_list(key, 1)[0] != node.address:
+            raise NotOwnerError(f"{node.address} does not own {key!r} in its ring")
+        if not node.partition_ready(ctx.partition):
+            raise PartitionNotReadyError(node.address, ctx.partition)
         out = self.decide_here(key, ctx.partition, limit, cost)
         if isinstance(out, Decision):
             return encode_decision(out)

@@ -9,6 +9,7 @@
                         with the RateLimit-* / X-RateLimit-* (and Retry-After) headers
     POST /v1/hits    {"hits": [{...}, ...]}  -> 200 {"decisions": [{...}, ...]}  (same order)
     POST /v1/reset   {"key": "api:user:7"}   -> 204
+    GET  /v1/owner?key=api:user:7            -> {"key", "owner", "replicas"} (this node's view)
     GET  /healthz    200 while the process is up
     GET  /readyz     200 once the node has joined the ring, else 503
     GET  /cluster    this node, its ready flag and the ring members
@@ -99,6 +100,7 @@ class RateLimitHttpApi:
         app.router.add_post("/v1/hit", self._hit)
         app.router.add_post("/v1/hits", self._hits)
         app.router.add_post("/v1/reset", self._reset)
+        app.router.add_get("/v1/owner", self._owner)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/cluster", self._cluster)
@@ -143,6 +145,13 @@ class RateLimitHttpApi:
         except (BadRequest, RateLimitError) as exc:
             return _error(exc)
         return web.Response(status=204)
+
+    async def _owner(self, request: web.Request) -> web.StreamResponse:
+        key = request.query.get("key", "")
+        if not key:
+            return _error(BadRequest("give ?key="))
+        replicas = self.limiter.node.preference_list(key.encode(), self.limiter.replication)
+        return web.json_response({"key": key, "owner": replicas[0], "replicas": list(replicas)})
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
