@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
+from kazoo.exceptions import NoAuthError  # type: ignore[import-untyped]
 
 from peer_ring.core import Member, PeerRing
 from peer_ring.core.testing import free_port
@@ -161,3 +162,24 @@ async def test_a_peer_ring_cluster_forms_over_zookeeper(zk_server, zk_path) -> N
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def test_digest_credentials_keep_strangers_out(make_discovery, zk_server, zk_path) -> None:
+    a = make_discovery("127.0.0.1:7101", digest="peers:s3cret")
+    b = make_discovery("127.0.0.1:7102", digest="peers:s3cret")
+    await a.start()
+    assert addresses(await b.start()) == {"127.0.0.1:7101", "127.0.0.1:7102"}
+    stranger = KazooClient(hosts=zk_server.hosts)
+    stranger.start(timeout=WAIT)
+    try:
+        with pytest.raises(NoAuthError):
+            stranger.get_children(zk_path)
+        with pytest.raises(NoAuthError):
+            stranger.create(f"{zk_path}/127.0.0.9:7101", b"", ephemeral=True)
+    finally:
+        stranger.stop()
+        stranger.close()
+    intruder = make_discovery("127.0.0.1:7103", digest="peers:wrong")
+    with pytest.raises(ZooKeeperDiscoveryError, match="NoAuth"):
+        await intruder.start()
+    assert addresses(a.members) == {"127.0.0.1:7101", "127.0.0.1:7102"}

@@ -81,6 +81,7 @@ def test_snapshot_key_sees_metadata_changes() -> None:
         ({"path": "nope"}, "absolute"),
         ({"session_timeout": 0}, "session_timeout"),
         ({"metadata": {"zone": 1}}, "strings"),
+        ({"digest": "no-colon"}, "user:password"),
     ],
 )
 def test_constructor_refuses_bad_configuration(kwargs: dict[str, object], match: str) -> None:
@@ -108,9 +109,9 @@ def test_serve_options_build_a_discovery() -> None:
 
 
 def test_serve_options_defaults_and_environment() -> None:
-    d = from_serve_options(
-        None, {"address": "127.0.0.2:7101"}, {"PEER_RING_ZOOKEEPER_HOSTS": "zk:2181"}
-    )
+    env = {"PEER_RING_ZOOKEEPER_HOSTS": "zk:2181", "PEER_RING_ZOOKEEPER_DIGEST": "u:p"}
+    d = from_serve_options(None, {"address": "127.0.0.2:7101"}, env)
+    assert d._digest == "u:p"
     assert d.self_address == "127.0.0.2:7101"
     assert d.path == DEFAULT_PATH
 

@@ -9,11 +9,12 @@ from peer_ring.discovery.zookeeper._discovery import (
 )
 from peer_ring.discovery.zookeeper._errors import ZooKeeperDiscoveryError
 from peer_ring.discovery.zookeeper._members import decode_member, encode_member
-from peer_ring.discovery.zookeeper._serve import ENV_HOSTS, from_serve_options
+from peer_ring.discovery.zookeeper._serve import ENV_DIGEST, ENV_HOSTS, from_serve_options
 
 __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SESSION_TIMEOUT",
+    "ENV_DIGEST",
     "ENV_HOSTS",
     "ZooKeeperDiscovery",
     "ZooKeeperDiscoveryError",

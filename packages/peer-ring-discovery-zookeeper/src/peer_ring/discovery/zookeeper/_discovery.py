@@ -96,6 +96,10 @@ class ZooKeeperDiscovery:
         startup_timeout: how long ``start()`` waits for a first connection.
         request_timeout: seconds allowed for one ZooKeeper request.
         reconnect_max_delay: longest pause between reconnection attempts during an outage.
+        digest: ``user:password`` for ZooKeeper's digest authentication. The member znodes
+            (and the path, when discovery creates it) then get the "creator all" ACL: only
+            clients with the same credentials (the other members) can read or change them.
+            Without it, znodes are world-readable and writable (ZooKeeper's open ACL).
 
     Raises:
         InvalidArgumentError: a bad address, path, hosts list, metadata or timeout.
@@ -112,8 +116,12 @@ class ZooKeeperDiscovery:
         startup_timeout: float = 10.0,
         request_timeout: float = 10.0,
         reconnect_max_delay: float = 1.0,
+        digest: str | None = None,
     ) -> None:
         self._hosts = _normalize_hosts(hosts)
+        if digest is not None and (":" not in digest or digest.startswith(":")):
+            raise InvalidArgumentError("digest must be user:password")
+        self._digest = digest
         self._self_address = validate_address(self_address)
         self._path = validate_path(path)
         for name, value in (
@@ -219,6 +227,7 @@ class ZooKeeperDiscovery:
             reconnect_max_delay=self._reconnect_max_delay,
             request_timeout=self._request_timeout,
             on_state=self._state_from_kazoo,
+            digest=self._digest,
         )
         self._zk = zk
         self._first_connect = asyncio.Event()

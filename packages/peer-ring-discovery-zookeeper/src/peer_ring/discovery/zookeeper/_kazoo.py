@@ -29,6 +29,7 @@ from kazoo import exceptions as kz_errors  # type: ignore[import-untyped]
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 from kazoo.handlers.threading import KazooTimeoutError  # type: ignore[import-untyped]
 from kazoo.protocol.states import KazooState  # type: ignore[import-untyped]
+from kazoo.security import CREATOR_ALL_ACL  # type: ignore[import-untyped]
 
 from peer_ring.discovery.zookeeper._errors import (
     ZkBadVersion,
@@ -113,6 +114,9 @@ class ZkClient:
             came back.
         request_timeout: seconds to wait for the answer to one request.
         on_state: called with each state change, on a kazoo thread.
+        digest: ``user:password`` credentials: the session authenticates with them (again
+            on every reconnection) and creates nodes readable and writable only by the
+            same identity (ZooKeeper's "creator all" ACL).
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class ZkClient:
         reconnect_max_delay: float,
         request_timeout: float,
         on_state: Callable[[SessionState], None],
+        digest: str | None = None,
     ) -> None:
         self._on_state = on_state
         self._request_timeout = request_timeout
@@ -136,6 +141,8 @@ class ZkClient:
                 "max_jitter": 0.2,
                 "max_delay": reconnect_max_delay,
             },
+            auth_data=[("digest", digest)] if digest else None,
+            default_acl=CREATOR_ALL_ACL if digest else None,
         )
         self._client.add_listener(self._listener)
 

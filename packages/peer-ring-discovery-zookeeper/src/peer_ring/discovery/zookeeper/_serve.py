@@ -8,6 +8,9 @@ from peer_ring.discovery.zookeeper._discovery import DEFAULT_PATH, ZooKeeperDisc
 
 #: Environment variable read when the ``hosts`` option is not given.
 ENV_HOSTS = "PEER_RING_ZOOKEEPER_HOSTS"
+#: Environment variable read when the ``digest`` option is not given (keeps the password
+#: off the command line, where ``ps`` shows it).
+ENV_DIGEST = "PEER_RING_ZOOKEEPER_DIGEST"
 
 # Option -> constructor keyword, for the options that are seconds.
 _SECONDS = {
@@ -16,7 +19,7 @@ _SECONDS = {
     "request-timeout": "request_timeout",
     "reconnect-max-delay": "reconnect_max_delay",
 }
-_KEYS = ("hosts", "path", "address", *_SECONDS)
+_KEYS = ("hosts", "path", "address", "digest", *_SECONDS)
 _META = "meta."
 
 
@@ -27,7 +30,8 @@ def from_serve_options(
 
     Options: ``hosts`` (required, or ``$PEER_RING_ZOOKEEPER_HOSTS``), ``path`` (default
     ``/peer-ring/members``), ``address`` (default: ``--listen``), ``session-timeout``,
-    ``startup-timeout``, ``request-timeout``, ``reconnect-max-delay`` (seconds), and
+    ``startup-timeout``, ``request-timeout``, ``reconnect-max-delay`` (seconds),
+    ``digest`` (``user:password``, or ``$PEER_RING_ZOOKEEPER_DIGEST``), and
     ``meta.KEY=VALUE`` for this node's metadata (``meta.zone=eu-1a``). No I/O here:
     ``start()`` connects.
 
@@ -80,4 +84,5 @@ def from_serve_options(
         startup_timeout=seconds.get("startup_timeout", 10.0),
         request_timeout=seconds.get("request_timeout", 10.0),
         reconnect_max_delay=seconds.get("reconnect_max_delay", 1.0),
+        digest=(options.get("digest") or environ.get(ENV_DIGEST, "")).strip() or None,
     )
