@@ -2,6 +2,8 @@
 # the kind e2e workflow (.github/workflows/e2e-kind.yml):
 #   docker build -t peer-ring-kv:dev .
 #   docker run --rm -e PEER_RING_PEERS=... peer-ring-kv:dev serve
+# Where no registry answers, tools/docker-test-env builds local stand-ins of the base image
+# (same name) and dockerd has no bridge: `docker build --network host ...` (deploy/README.md).
 
 # --- build: wheels of the workspace packages ------------------------------------------------
 FROM python:3.11-slim AS build
@@ -27,5 +29,8 @@ ENV PYTHONUNBUFFERED=1
 USER 10001:10001
 # 7101: peer gRPC (PEER_RING_PEER_PORT); 8080: HTTP API (PEER_RING_HTTP_ADDRESS).
 EXPOSE 7101 8080
+# Exec form, no shell or init in between: the server is PID 1 and receives `docker stop`'s /
+# Kubernetes' SIGTERM itself, which starts its graceful leave (partitions handed off, exit 0).
+# It starts no child processes, so it has no zombies to reap.
 ENTRYPOINT ["peer-ring-kv"]
 CMD ["serve"]
