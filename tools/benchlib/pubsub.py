@@ -1,0 +1,388 @@
+"""``tools/bench pubsub``: peer-ring-pubsub vs Redis Streams, same workload, one invocation.
+
+Each system gets the same load from Python in one process: ``--concurrency`` publishers
+(publish / XADD of ``--size`` bytes) while one consumer-group member consumes and acks
+(subscribe(group=...) + ack / XREADGROUP + XACK). Two phases per system:
+
+1. *throughput*: publishers as fast as they can for ``--duration`` seconds; reports the
+   publish rate (acknowledged publishes/s), the end-to-end rate (consumed and acked/s),
+   errors, and publish latency percentiles;
+2. *latency*: a fixed offered rate (``--rate`` messages/s) for ``--duration`` seconds;
+   reports end-to-end latency (publish call to receipt by the consumer) p50/p99.
+
+peer-ring runs as N node processes (``--nodes 1 3``; N=1 is R1/W1, N=3 is R3/W2) each
+embedding a ``PubSub``; the load runs inside node 0 (the embedded deployment). Redis runs as
+a ``redis-server`` process and one client process running the same load through
+redis.asyncio. Speed is never pass/fail: the exit status is non-zero only when a run could
+not be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib._hist import Histogram
+from benchlib._procs import REPO, RedisServer, child_env, free_port, redis_server_binary
+
+PREFIX = "BENCH-PUBSUB "
+TOPIC_PARTITIONS = 8
+
+
+# ------------------------------------------------------------------ the load
+class Recorder:
+    """Counts and latencies of one phase (the window excludes the warm-up)."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.consumed = 0
+        self.errors = 0
+        self.publish_ns: list[int] = []
+        self.e2e_ns: list[int] = []
+        self.measuring = False
+
+    def summary(self, duration: float) -> dict[str, Any]:
+        return {
+            "publish_per_s": round(self.published / duration, 1),
+            "e2e_per_s": round(self.consumed / duration, 1),
+            "errors": self.errors,
+            "publish_ms": Histogram.from_ns(self.publish_ns).summary_ms(),
+            "e2e_ms": Histogram.from_ns(self.e2e_ns).summary_ms(),
+        }
+
+
+def _payload(size: int) -> bytes:
+    # The first 8 bytes carry the send time (perf_counter_ns) for the end-to-end latency.
+    return time.perf_counter_ns().to_bytes(8, "big") + b"x" * max(0, size - 8)
+
+
+def _received(rec: Recorder, data: bytes) -> None:
+    if rec.measuring:
+        rec.consumed += 1
+        rec.e2e_ns.append(time.perf_counter_ns() - int.from_bytes(data[:8], "big"))
+
+
+async def _phase(
+    publish: Any, rec: Recorder, spec: dict[str, Any], rate: float | None
+) -> dict[str, Any]:
+    """Run publishers (closed loop, or paced at ``rate``) for warm-up + duration."""
+    size, conc = spec["size"], spec["concurrency"]
+    stop_at = time.monotonic() + spec["warmup"] + spec["duration"]
+
+    async def one() -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            await publish(_payload(size))
+        except Exception:
+            rec.errors += rec.measuring
+            return
+        if rec.measuring:
+            rec.published += 1
+            rec.publish_ns.append(time.perf_counter_ns() - t0)
+
+    async def closed_loop() -> None:
+        while time.monotonic() < stop_at:
+            await one()
+
+    async def paced() -> None:
+        assert rate is not None
+        start = time.monotonic()
+        sent = 0
+        inflight: set[asyncio.Task[None]] = set()
+        while (now := time.monotonic()) < stop_at:
+            due = int((now - start) * rate)
+            while sent < due and len(inflight) < 4096:
+                task = asyncio.ensure_future(one())
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*inflight)
+
+    async def window() -> None:
+        await asyncio.sleep(spec["warmup"])
+        rec.measuring = True
+        await asyncio.sleep(spec["duration"])
+        rec.measuring = False
+
+    runners = [paced()] if rate else [closed_loop() for _ in range(conc)]
+    await asyncio.gather(window(), *runners)
+    return rec.summary(spec["duration"])
+
+
+async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
+    from peer_ring.core import PeerRingConfig
+    from peer_ring.discovery.static import StaticDiscovery
+    from peer_ring.pubsub import PubSub
+
+    n, w = spec["replication"], spec["quorum"]
+    ps = PubSub(
+        StaticDiscovery(spec["peers"], self_address=spec["self"]),
+        replication=n,
+        quorum=w,
+        config=PeerRingConfig(replication=n, quorum=w, anti_entropy_interval=None),
+    )
+    async with ps:
+        await ps.node.wait_ready(60)
+        if spec["role"] == "serve":
+            await asyncio.Event().wait()
+        out: dict[str, Any] = {}
+        for phase, rate in (("throughput", None), ("latency", spec["rate"])):
+            topic = ps.topic(f"bench-{phase}", partitions=TOPIC_PARTITIONS)
+            rec = Recorder()
+            sub = topic.subscribe(group="g", max_in_flight=2048, start="latest")
+
+            async with sub:
+                task = asyncio.ensure_future(_consume_pubsub(sub, rec))
+                await asyncio.sleep(0.5)  # the group is created at the log's end
+
+                async def publish(data: bytes, t: Any = topic) -> None:
+                    await t.publish(data)
+
+                out[phase] = await _phase(publish, rec, spec, rate)
+                task.cancel()
+        return out
+
+
+async def _consume_pubsub(sub: Any, rec: Recorder) -> None:
+    acks: set[asyncio.Future[None]] = set()
+    async for msg in sub:
+        _received(rec, msg.data)
+        ack = asyncio.ensure_future(msg.ack())  # acks are batched per partition
+        acks.add(ack)
+        ack.add_done_callback(acks.discard)
+
+
+async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
+    import redis.asyncio as redis
+
+    client = redis.Redis(host=spec["redis_host"], port=spec["redis_port"], max_connections=256)
+    out: dict[str, Any] = {}
+    try:
+        for phase, rate in (("throughput", None), ("latency", spec["rate"])):
+            stream = f"bench-{phase}"
+            await client.xgroup_create(stream, "g", id="$", mkstream=True)
+            rec = Recorder()
+
+            async def consume(stream: str = stream, rec: Recorder = rec) -> None:
+                while True:
+                    reply: Any = await client.xreadgroup(
+                        "g", "c1", {stream: ">"}, count=256, block=100
+                    )
+                    for _, entries in reply or []:
+                        ids = []
+                        for entry_id, fields in entries:
+                            _received(rec, fields[b"d"])
+                            ids.append(entry_id)
+                        if ids:
+                            await client.xack(stream, "g", *ids)
+
+            async def publish(data: bytes, stream: str = stream) -> None:
+                await client.xadd(stream, {"d": data}, maxlen=100_000, approximate=True)
+
+            task = asyncio.ensure_future(consume())
+            out[phase] = await _phase(publish, rec, spec, rate)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await client.aclose()
+    return out
+
+
+def worker(spec: dict[str, Any]) -> None:
+    """Entry point of a child process: run the load, print one result line."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    load = redis_load if spec["backend"] == "redis" else pubsub_load
+    result = asyncio.run(load(spec))
+    print(PREFIX + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- the parent
+def _env() -> dict[str, str]:
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "packages" / "peer-ring-pubsub" / "src"), env["PYTHONPATH"]]
+    )
+    return env
+
+
+async def _spawn(spec: dict[str, Any], log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchlib.pubsub",
+            "worker",
+            json.dumps(spec),
+            stdout=asyncio.subprocess.PIPE if spec["role"] == "load" else out,
+            stderr=out,
+            env=_env(),
+            start_new_session=True,
+        )
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+async def _collect(proc: asyncio.subprocess.Process, timeout: float, log: Path) -> dict[str, Any]:
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        raise RuntimeError(
+            f"load did not finish in {timeout:g}s; log tail:\n{_tail(log)}"
+        ) from None
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith(PREFIX):
+            result: dict[str, Any] = json.loads(line[len(PREFIX) :])
+            return result
+    raise RuntimeError(f"load failed (exit {proc.returncode}); log tail:\n{_tail(log)}")
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def run_pubsub(opts: argparse.Namespace, nodes: int, workdir: Path) -> dict[str, Any]:
+    port = free_port(["127.0.0.1"])
+    ports = [port + i for i in range(nodes)]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    replication, quorum = (1, 1) if nodes == 1 else (3, 2)
+    base = {**_base_spec(opts), "backend": "pubsub", "peers": peers}
+    base.update(replication=replication, quorum=quorum)
+    procs = []
+    try:
+        for i, address in enumerate(peers[1:], start=1):
+            log = workdir / f"pubsub-n{nodes}-node{i}.log"
+            procs.append(await _spawn({**base, "self": address, "role": "serve"}, log))
+        log = workdir / f"pubsub-n{nodes}-node0.log"
+        load = await _spawn({**base, "self": peers[0], "role": "load"}, log)
+        procs.append(load)
+        result = await _collect(load, 60 + 4 * (opts.duration + opts.warmup), log)
+    finally:
+        for proc in procs:
+            _kill(proc)
+            await proc.wait()
+    return {"system": f"peer-ring-pubsub N={replication} W={quorum}", "nodes": nodes, **result}
+
+
+async def run_redis(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    server = RedisServer(workdir)
+    await server.start()
+    try:
+        spec = {**_base_spec(opts), "backend": "redis", "role": "load"}
+        spec.update(redis_host=server.host, redis_port=server.port)
+        log = workdir / "redis-client.log"
+        proc = await _spawn(spec, log)
+        try:
+            result = await _collect(proc, 30 + 4 * (opts.duration + opts.warmup), log)
+        finally:
+            _kill(proc)
+            await proc.wait()
+    finally:
+        await server.stop()
+    return {"system": f"Redis Streams {server.version}", "nodes": 1, **result}
+
+
+def _base_spec(opts: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "size": opts.size,
+        "concurrency": opts.concurrency,
+        "duration": opts.duration,
+        "warmup": opts.warmup,
+        "rate": opts.rate,
+    }
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'system':<34} {'publish/s':>10} {'e2e/s':>10} {'err':>5} {'pub p50':>8} "
+        f"{'pub p99':>8} | {'@rate e2e p50':>13} {'p99 ms':>7} {'e2e/s':>8}"
+    ]
+    for r in results:
+        t, lat = r["throughput"], r["latency"]
+        lines.append(
+            f"{r['system']:<34} {t['publish_per_s']:>10.0f} {t['e2e_per_s']:>10.0f} "
+            f"{t['errors'] + lat['errors']:>5} {t['publish_ms']['p50_ms']:>8.2f} "
+            f"{t['publish_ms']['p99_ms']:>8.2f} | {lat['e2e_ms']['p50_ms']:>13.2f} "
+            f"{lat['e2e_ms']['p99_ms']:>7.2f} {lat['e2e_per_s']:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tools/bench pubsub", description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, nargs="+", default=[1, 3], help="cluster sizes (1, 3)")
+    p.add_argument("--concurrency", type=int, default=64, help="publishers in flight")
+    p.add_argument("--size", type=int, default=100, help="message bytes (>= 8)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per phase")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--rate", type=float, default=2000.0, help="offered msgs/s, latency phase")
+    p.add_argument("--no-redis", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--smoke", action="store_true", help="~10 s: it starts and reports")
+    opts = p.parse_args(argv)
+    if opts.smoke:
+        opts.duration, opts.warmup, opts.nodes, opts.rate = 1.0, 0.3, [1], 200.0
+    if opts.size < 8 or opts.concurrency < 1 or opts.duration <= 0 or opts.rate <= 0:
+        p.error("--size >= 8, --concurrency >= 1, --duration > 0 and --rate > 0")
+    if any(n not in (1, 3) for n in opts.nodes):
+        p.error("--nodes takes 1 and/or 3")
+    return opts
+
+
+async def _main(opts: argparse.Namespace) -> int:
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-pubsub-") as tmp:
+        workdir = Path(tmp)
+        if not opts.no_redis:
+            if redis_server_binary() is None:
+                print("redis-server not found: Redis baseline skipped", file=sys.stderr)
+            else:
+                results.append(await run_redis(opts, workdir))
+        for nodes in opts.nodes:
+            results.append(await run_pubsub(opts, nodes, workdir))
+    print(_table(results))
+    redis = next((r for r in results if r["system"].startswith("Redis")), None)
+    if redis is not None:
+        for r in results:
+            if r is not redis:
+                base = redis["throughput"]
+                ratio = r["throughput"]["e2e_per_s"] / max(base["e2e_per_s"], 1)
+                pub = r["throughput"]["publish_per_s"] / max(base["publish_per_s"], 1)
+                print(f"{r['system']}: publish {pub:.2f}x, end-to-end {ratio:.2f}x Redis Streams")
+    doc = {"options": vars(opts) | {"json": str(opts.json)}, "results": results}
+    path = opts.json or REPO / "bench-results" / f"pubsub-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    print(f"results: {path}")
+    if any(r["throughput"]["publish_per_s"] == 0 for r in results):
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``tools/bench pubsub [options]``."""
+    return asyncio.run(_main(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["worker"]:
+        worker(json.loads(sys.argv[2]))
+    else:
+        sys.exit(main(sys.argv[1:]))
