@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 
 import pytest
 
 from peer_ring.core import (
+    DIGEST_BUCKETS,
     Command,
     CommandContext,
     ExecuteResult,
@@ -21,7 +22,10 @@ from peer_ring.core import (
     QuorumNotReachedError,
     RemoteError,
     UnknownCommandError,
+    bucket_for_key,
+    partition_for_key,
 )
+from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
 
 P = 32
@@ -68,6 +72,31 @@ class App:
         # bytearray / memoryview are accepted and converted on both paths
         return bytearray(b"ba:" + key) if payload == b"ba" else memoryview(b"mv:" + key)
 
+    # DataHooks (records: 2-byte key length, key, value) ------------------------------------
+
+    def export_partition(
+        self, partition: int, buckets: Collection[int] | None = None
+    ) -> Iterable[bytes]:
+        for key, value in list(self.data.items()):
+            if partition_for_key(key, P) == partition:
+                yield len(key).to_bytes(2, "big") + key + value
+
+    def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
+        for record in records:
+            size = int.from_bytes(record[:2], "big")
+            self.data.setdefault(record[2 : 2 + size], record[2 + size :])
+
+    def drop_partition(self, partition: int) -> None:
+        for key in [k for k in self.data if partition_for_key(k, P) == partition]:
+            del self.data[key]
+
+    def digest_partition(self, partition: int) -> Sequence[bytes]:
+        digests = [b""] * DIGEST_BUCKETS
+        for key in self.data:
+            if partition_for_key(key, P) == partition:
+                digests[bucket_for_key(key)] = b"x"  # presence only: enough here
+        return digests
+
     def boom(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         if payload == b"typed":
             raise InvalidArgumentError("payload rejected")
@@ -98,6 +127,7 @@ class Cluster:
         node.register("t", BUMP, app.bump)
         node.register("t", RAW, app.raw)
         node.register("t", BOOM, app.boom)
+        node.register_hooks("t", app)
         await node.start()
         self.nodes[address] = node
         self.apps[address] = app
@@ -366,3 +396,57 @@ async def test_ownership_listener_registered_before_start_is_called_at_start(
     await node.start()
     assert len(changes) == 1
     assert changes[0].gained == node.ring.partitions_of(node.address, 3)
+
+
+async def test_execute_many_forwards_reads_of_a_pulling_replica_per_key(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await start(cluster, 3)
+    items = [(f"k{i}".encode(), b"v%d" % i) for i in range(60)]
+    assert all(r.ok for r in await a.execute_many("t", PUT, items, quorum=3))
+    discovery = FixedDiscovery(ADDRS[3], ADDRS[:4])
+    d = await cluster.start(ADDRS[3], ADDRS[:4], discovery)
+
+    async def never(partitions: list[int]) -> None:  # hold D's pulls: it stays pending
+        await asyncio.sleep(0)
+
+    d._sync._pull_round = never  # type: ignore[method-assign]
+    for node in (a, b, c):
+        node._discovery.set_members(ADDRS[:4])  # type: ignore[attr-defined]
+    await settle_loop(60)
+    assert all(len(n.ring) == 4 for n in (a, b, c, d))
+    moved = [k for k, _ in items if d.address in a.preference_list(k, 3)]
+    assert moved and not any(d.partition_ready(a.partition_for_key(k)) for k in moved)
+    reads = [(k, b"") for k, _ in items]
+    op = asyncio.ensure_future(a.execute_many("t", GET, reads, quorum=3))
+    await cluster.until(op.done, within=3.0)
+    results = op.result()
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    for result, (key, value) in zip(results, items, strict=True):
+        assert result.payloads[:3] == [value] * 3
+        if key in moved:  # D refused "not ready"; a previous holder answered instead
+            assert d.address not in {r.node for r in result.ok_replies}
+
+
+async def test_execute_many_falls_back_to_single_requests_for_a_peer_without_batches(
+    cluster: Cluster,
+) -> None:
+    a, b, _ = await start(cluster, 3)
+    transport = a.transport
+    original = transport.request
+    refused: list[str] = []
+
+    def old_peer(peer: str, request: Request) -> asyncio.Future[Response]:
+        if peer == b.address and request.namespace.startswith("__peer_ring_batch"):
+            refused.append(peer)  # what a node of an older version answers
+            fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            fut.set_result(Response(Status.UNKNOWN_COMMAND, b"", "unknown command"))
+            return fut
+        return original(peer, request)
+
+    transport.request = old_peer  # type: ignore[method-assign]
+    items = [(f"k{i}".encode(), b"v%d" % i) for i in range(20)]
+    results = await a.execute_many("t", PUT, items, quorum=3)
+    assert refused == [b.address]
+    assert all(r.ok for r in results)
+    assert all(cluster.apps[b.address].data[k] == v for k, v in items)
