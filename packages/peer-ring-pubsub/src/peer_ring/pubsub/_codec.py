@@ -69,6 +69,14 @@ class Reader:
         self._pos = end
         return view
 
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end), without consuming them."""
+        return bytes(self._buf[self._pos : self._pos + n])
+
+    def skip(self, n: int) -> None:
+        """Consume ``n`` bytes."""
+        self._take(n)
+
     def u64(self) -> int:
         return int(_Q.unpack(self._take(8))[0])
 

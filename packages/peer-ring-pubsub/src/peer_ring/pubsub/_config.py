@@ -16,6 +16,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_DEDUP_WINDOW = 120.0
 MAX_PARTITIONS = 4096
+_ENCODED_SIZE = 48  # six 8-byte fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,20 @@ class TopicConfig:
 
     @classmethod
     def decode(cls, r: Reader) -> TopicConfig:
-        """Read a config written by :meth:`encode`."""
+        """Read a config written by :meth:`encode` (every request carries one: the few
+        distinct encodings are cached)."""
+        raw = r.peek(_ENCODED_SIZE)
+        known = _DECODED.get(raw)
+        if known is not None:
+            r.skip(_ENCODED_SIZE)
+            return known
+        config = cls._decode(r)
+        if len(_DECODED) < 1024:
+            _DECODED[raw] = config
+        return config
+
+    @classmethod
+    def _decode(cls, r: Reader) -> TopicConfig:
         partitions, max_messages, max_bytes = r.u64(), r.u64(), r.u64()
         age = r.f64()
         config = cls(
@@ -86,6 +100,9 @@ class TopicConfig:
         )
         config.validate()
         return config
+
+
+_DECODED: dict[bytes, TopicConfig] = {}
 
 
 def _int_in(name: str, value: object, low: int, high: int) -> None:

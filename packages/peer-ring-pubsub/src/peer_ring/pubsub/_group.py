@@ -90,15 +90,39 @@ class GroupState:
 
     # ------------------------------------------------------------------- merge
     def merge(self, other: GroupState) -> None:
-        """Join ``other`` into this state (commutative, associative, idempotent)."""
-        self.floor = max(self.floor, other.floor)
-        self.next = max(self.next, other.next, self.floor)
-        self.done |= other.done
+        """Join ``other`` into this state (commutative, associative, idempotent).
+
+        Costs O(size of ``other`` + how far the floor moves), not O(size of this state):
+        the sequencer merges one small delta per fetch and per ack batch.
+        """
+        old_floor = self.floor
+        for seq in other.done:
+            if seq >= self.floor:
+                self.done.add(seq)
+                self.pending.pop(seq, None)
         for seq, theirs in other.pending.items():
+            if seq < other.floor or seq in self.done or seq < self.floor:
+                continue
             mine = self.pending.get(seq)
             if mine is None or theirs.version() > mine.version():
                 self.pending[seq] = theirs
-        self._normalize()
+        self.floor = max(self.floor, other.floor)
+        while self.floor in self.done:
+            self.done.discard(self.floor)
+            self.floor += 1
+        self.next = max(self.next, other.next, self.floor)
+        if self.floor > old_floor:
+            self._drop_below(old_floor)
+
+    def _drop_below(self, old_floor: int) -> None:
+        """Forget done / pending entries below the floor (which moved up from old_floor)."""
+        if self.floor - old_floor <= len(self.pending) + len(self.done):
+            for seq in range(old_floor, self.floor):
+                self.pending.pop(seq, None)
+                self.done.discard(seq)
+        else:  # a long jump (retention): scanning what is held is cheaper
+            self.pending = {s: p for s, p in self.pending.items() if s >= self.floor}
+            self.done = {s for s in self.done if s >= self.floor}
 
     def _normalize(self) -> None:
         for seq in [s for s in self.pending if self.is_done(s)]:
@@ -134,12 +158,11 @@ class GroupState:
         claim = Claim()
         delta = GroupState(floor=max(self.floor, first), next=max(self.next, first))
         claim.expired = max(0, first - self.next)
-        for seq in sorted(self.pending):
+        expired = [s for s, p in self.pending.items() if p.deadline <= now and s >= first]
+        for seq in sorted(expired):
             if len(claim.deliver) >= limit:
                 break
             p = self.pending[seq]
-            if p.deadline > now or seq < first:
-                continue
             if p.deliveries >= max_deliver:
                 claim.dead.append(seq)
                 continue
