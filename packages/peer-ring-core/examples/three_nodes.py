@@ -13,8 +13,11 @@ import asyncio
 import sys
 from collections import defaultdict
 
-from peer_ring.core import CommandContext, PeerRing, PeerRingConfig
+from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
 from peer_ring.discovery.static import StaticDiscovery
+
+#: Increments are not idempotent: never stored as a hint to be replayed.
+INCR = Command("incr", mutates=True, hinted=False)
 
 
 def counter_app(node: PeerRing) -> dict[bytes, int]:
@@ -24,7 +27,7 @@ def counter_app(node: PeerRing) -> dict[bytes, int]:
         counts[key] += int(payload)
         return str(counts[key]).encode()
 
-    node.register("counter", "incr", incr)
+    node.register("counter", INCR, incr)
     return counts
 
 
@@ -36,7 +39,7 @@ async def main(base_port: int) -> None:
     for node in nodes:
         await node.start()
     try:
-        result = await nodes[0].execute("counter", "incr", "visits", b"5", quorum=2)
+        result = await nodes[0].execute("counter", INCR, "visits", b"5", quorum=2)
         print("replicas:", result.preference_list)
         print("first quorum replies:", [(r.node, r.payload) for r in result.ok_replies])
         replies = await result.all_replies()

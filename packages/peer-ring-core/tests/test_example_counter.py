@@ -168,3 +168,11 @@ def test_the_demo_runs_over_grpc() -> None:
     ).stdout
     assert "counts: {'page:/': 6, 'page:/about': 3, 'page:/new': 0}" in out
     assert "after a node stopped: 16" in out
+
+
+def test_the_readme_documents_every_public_name() -> None:
+    import peer_ring.core
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [n for n in peer_ring.core.__all__ if n != "__version__" and f"`{n}" not in readme]
+    assert not missing, f"not documented in the core README: {missing}"
