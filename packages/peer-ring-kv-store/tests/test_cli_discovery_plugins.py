@@ -166,3 +166,62 @@ def test_local_cluster_passes_discovery_flags_instead_of_a_peer_list(tmp_path: P
     assert "self=127.0.0.3:7101" in added.command
     with pytest.raises(ValueError, match="not both"):
         LocalCluster(addresses, log_dir=tmp_path, discovery_args=flags, peers_file=tmp_path / "p")
+
+
+FAILING_PLUGIN = """
+from peer_ring.core import PeerRingError
+
+
+class Unreachable:
+    def __init__(self, me):
+        self.self_address = me
+
+    async def start(self):
+        raise PeerRingError("registry at 127.0.0.1:9 is unreachable (connection refused)")
+
+    async def watch(self):
+        yield frozenset()
+
+    async def stop(self):
+        pass
+
+
+def from_serve_options(listen, options, environ):
+    return Unreachable(listen)
+"""
+
+
+def test_a_registry_unreachable_at_start_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from peer_ring.core.testing import free_port
+
+    (tmp_path / "failing_discovery_plugin.py").write_text(FAILING_PLUGIN)
+    info = tmp_path / "failing_discovery_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-discovery-plugin\n")
+    (info / "entry_points.txt").write_text(
+        "[peer_ring.discovery]\nfailing = failing_discovery_plugin:from_serve_options\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEER_RING_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    port = free_port("127.0.0.1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peer_ring.kv.cli",
+            "serve",
+            "--discovery=failing",
+            f"--listen=127.0.0.1:{port}",
+            "--http=127.0.0.1:0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "the node failed to start: registry at 127.0.0.1:9 is unreachable" in proc.stderr
+    assert "Traceback" not in proc.stderr

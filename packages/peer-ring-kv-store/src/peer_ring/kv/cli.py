@@ -140,6 +140,7 @@ def run_serve(config: ServeConfig, environ: Mapping[str, str] | None = None) -> 
 
 
 async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
+    from peer_ring.core import PeerRingError
     from peer_ring.kv._server import KVHttpApi, KVHttpServer
 
     discovery = build_discovery(config, environ)
@@ -191,6 +192,11 @@ async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
             start.result()
         except OSError as exc:
             logger.error("cannot listen for peers on %s: %s", listen, exc)
+            return EXIT_FAILURE
+        except PeerRingError as exc:
+            # A typed error says what is wrong (a registry unreachable at start, a refused
+            # credential): one line, no traceback.
+            logger.error("the node failed to start: %s", exc)
             return EXIT_FAILURE
         except Exception:
             logger.exception("the node failed to start")
