@@ -34,22 +34,24 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._now = start
+        # Monotonic seconds since creation, kept apart from ``start``: near 1.7e9 a float
+        # only resolves ~2e-7 s, and tiny steps (an event loop's timers) would be lost.
+        self._mono = 0.0
         self._start = start
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
 
     def time(self) -> float:
         """Wall-clock seconds (starts at ``start``)."""
-        return self._now
+        return self._start + self._mono
 
     def monotonic(self) -> float:
         """Monotonic seconds since the clock was created."""
-        return self._now - self._start
+        return self._mono
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> _Timer:
         """Schedule ``callback`` for ``delay`` fake seconds from now."""
-        timer = _Timer(self._now + max(0.0, delay), callback)
+        timer = _Timer(self._mono + max(0.0, delay), callback)
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
 
@@ -74,15 +76,15 @@ class FakeClock:
         """Move time forward by ``seconds``, firing due timers in order; returns how many fired."""
         if seconds < 0:
             raise ValueError("a clock cannot go backwards")
-        target = self._now + seconds
+        target = self._mono + seconds
         fired = 0
         while self._timers and self._timers[0][0] <= target:
             when, _, timer = heapq.heappop(self._timers)
-            self._now = max(self._now, when)
+            self._mono = max(self._mono, when)
             if not timer.cancelled:
                 timer.callback()
                 fired += 1
-        self._now = target
+        self._mono = target
         return fired
 
     async def advance_async(self, seconds: float, *, settle: int = 20) -> int:
@@ -91,6 +93,13 @@ class FakeClock:
         fired = self.advance(seconds)
         await settle_loop(settle)
         return fired
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time of the earliest timer not yet fired or cancelled (or None)."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
 
     @property
     def pending_timers(self) -> int:
