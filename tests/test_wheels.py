@@ -17,6 +17,9 @@ DISTS = {
     "peer-ring-discovery-k8s": "peer_ring/discovery/k8s",
     "peer-ring-discovery-zookeeper": "peer_ring/discovery/zookeeper",
     "peer-ring-pubsub": "peer_ring/pubsub",
+    "peer-ring-discovery-etcd": "peer_ring/discovery/etcd",
+    "peer-ring-discovery-gossip": "peer_ring/discovery/gossip",
+    "peer-ring-rate-limiter": "peer_ring/ratelimit",
 }
 
 
