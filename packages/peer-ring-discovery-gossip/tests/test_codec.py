@@ -18,6 +18,7 @@ from peer_ring.discovery.gossip._messages import (
     Dead,
     IndirectPing,
     MemberRecord,
+    Message,
     Nack,
     Ping,
     PushPull,
@@ -85,7 +86,7 @@ def test_a_ping_is_small() -> None:
 def test_packet_round_trip(encrypted: bool) -> None:
     keyring = Keyring(os.urandom(32)) if encrypted else None
     codec = PacketCodec("c1", keyring)
-    msgs = [Ping(1, "a"), Alive("a", 5, ("127.0.0.1", 7946), {"zone": "z"}), Ack(3)]
+    msgs: list[Message] = [Ping(1, "a"), Alive("a", 5, ("127.0.0.1", 7946), {"zone": "z"}), Ack(3)]
     assert codec.unpack(codec.pack_messages(msgs)) == msgs
 
 
