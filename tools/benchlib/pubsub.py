@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -172,9 +173,13 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
             stream = f"bench-{phase}"
             await client.xgroup_create(stream, "g", id="$", mkstream=True)
             rec = Recorder()
+            stop = asyncio.Event()
 
-            async def consume(stream: str = stream, rec: Recorder = rec) -> None:
-                while True:
+            async def consume(
+                stream: str = stream, rec: Recorder = rec, stop: asyncio.Event = stop
+            ) -> None:
+                # A flag, not cancel(): redis-py may swallow a cancel in a blocking read.
+                while not stop.is_set():
                     reply: Any = await client.xreadgroup(
                         "g", "c1", {stream: ">"}, count=256, block=100
                     )
@@ -191,9 +196,8 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
 
             task = asyncio.ensure_future(consume())
             out[phase] = await _phase(publish, rec, spec, rate)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stop.set()
+            await asyncio.wait_for(task, 10)
     finally:
         await client.aclose()
     return out
@@ -201,6 +205,8 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker(spec: dict[str, Any]) -> None:
     """Entry point of a child process: run the load, print one result line."""
+    if spec["role"] == "load":  # a stuck run leaves its stacks in the log
+        faulthandler.dump_traceback_later(20 + 3 * (spec["warmup"] + spec["duration"]), exit=True)
     with contextlib.suppress(ImportError):
         import uvloop
 
