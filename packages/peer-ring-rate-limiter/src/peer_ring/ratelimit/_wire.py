@@ -104,3 +104,28 @@ def decode_entry(data: bytes, now: float) -> tuple[bytes, Entry]:
     body = data[start + klen :]
     state = decode_state(bytes(body), now) if body else None
     return key, Entry(seq, state, expires + now)
+
+
+_LEN = struct.Struct(">I")
+
+
+def pack_records(records: list[bytes]) -> bytes:
+    """Several records in one payload (``u32 length`` before each)."""
+    return b"".join(_LEN.pack(len(r)) + r for r in records)
+
+
+def unpack_records(data: bytes) -> list[bytes]:
+    """Inverse of :func:`pack_records`; raises :class:`CorruptStateError` on bad framing."""
+    out: list[bytes] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        if pos + _LEN.size > len(view):
+            raise CorruptStateError("truncated record length")
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += _LEN.size
+        if pos + n > len(view):
+            raise CorruptStateError("truncated record")
+        out.append(bytes(view[pos : pos + n]))
+        pos += n
+    return out
