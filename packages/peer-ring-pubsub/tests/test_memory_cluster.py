@@ -31,3 +31,21 @@ async def test_publish_then_group_consume_in_key_order(cluster) -> None:
         async for m in c.topic("orders", partitions=4).read(start=0)
     ]
     assert sorted(replay) == sorted(published)
+
+
+async def test_publish_nowait_is_fire_and_forget(cluster) -> None:
+    a, b, _ = await cluster.start(3)
+    topic = a.topic("fire", partitions=2)
+    for i in range(10):
+        assert topic.publish_nowait(str(i).encode(), key=str(i)) is None  # returns at once
+    reader = b.topic("fire", partitions=2)
+    await cluster.until(lambda: sum(ps.published for ps in (a,)) == 0)  # nothing awaited
+
+    async def count() -> int:
+        return len([m async for m in reader.read(start=0)])
+
+    for _ in range(100):  # bounded: the sends land within a few loop turns
+        if await count() == 10:
+            break
+        await cluster.clock.sleep(0.1)
+    assert await count() == 10

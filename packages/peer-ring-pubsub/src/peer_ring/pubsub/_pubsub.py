@@ -40,6 +40,7 @@ from peer_ring.pubsub._wire import (
     FetchRequest,
     OutgoingMessage,
     check_topic_name,
+    encode_publish,
     ring_key,
 )
 
@@ -269,6 +270,23 @@ class Topic:
             PublishError / PartitionUnavailableError: not acknowledged by W replicas in
                 time; the message may or may not be stored (retry with the same msg_id).
         """
+        raw_key, body, partition = self._prepare(data, key, msg_id, partition)
+        epoch, seq, duplicate = await self.pubsub.client.publish(
+            ring_key(self.name, partition),
+            self.config,
+            OutgoingMessage(body, raw_key, msg_id or ""),
+            timeout,
+        )
+        self.pubsub.published += 1
+        return PublishResult(self.name, partition, seq, epoch, duplicate)
+
+    def _prepare(
+        self,
+        data: bytes,
+        key: bytes | str | None,
+        msg_id: str | None,
+        partition: int | None,
+    ) -> tuple[bytes, bytes, int]:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidOptionError(f"data must be bytes, not {type(data).__name__}")
         raw_key = b"" if key is None else (key.encode() if isinstance(key, str) else bytes(key))
@@ -287,14 +305,33 @@ class Topic:
             raise InvalidOptionError(
                 f"partition must be in [0, {self.config.partitions}), not {partition!r}"
             )
-        epoch, seq, duplicate = await self.pubsub.client.publish(
+        return raw_key, body, partition
+
+    def publish_nowait(
+        self,
+        data: bytes,
+        *,
+        key: bytes | str | None = None,
+        msg_id: str | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Fire and forget: hand ``data`` to the partition's sequencer and return at once.
+
+        Nothing is awaited and nothing is reported: the message is lost if the sequencer
+        is unreachable, changing hands or refuses it (too large...). When it arrives, it is
+        stored and replicated like any other (subscribers cannot tell the difference).
+
+        Raises:
+            PayloadTooLargeError / InvalidOptionError: checked locally, before sending.
+        """
+        raw_key, body, partition = self._prepare(data, key, msg_id, partition)
+        self.pubsub.node.send(
+            NAMESPACE,
+            PUBLISH,
             ring_key(self.name, partition),
-            self.config,
-            OutgoingMessage(body, raw_key, msg_id or ""),
-            timeout,
+            encode_publish(self.config, [OutgoingMessage(body, raw_key, msg_id or "")]),
+            replication=1,
         )
-        self.pubsub.published += 1
-        return PublishResult(self.name, partition, seq, epoch, duplicate)
 
     def subscribe(
         self,
