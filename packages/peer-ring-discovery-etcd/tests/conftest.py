@@ -102,6 +102,14 @@ class EtcdServer:
             proc.kill()
             proc.wait(timeout=10)
 
+    async def astop(self, sig: int = signal.SIGTERM) -> None:
+        """:meth:`stop` without blocking the event loop (etcd's graceful stop takes seconds)."""
+        await asyncio.to_thread(self.stop, sig)
+
+    async def astart(self) -> None:
+        """:meth:`start` without blocking the event loop."""
+        await asyncio.to_thread(self.start)
+
     def close(self) -> None:
         self.stop(signal.SIGKILL)
 
@@ -166,6 +174,9 @@ class Recorder:
             self.changed.set()
 
     def start(self, discovery: Any) -> Recorder:
+        # watch() yields changes after start(): begin from the member set as it is now.
+        self.snapshots.append(discovery.members)
+        self.times.append(time.monotonic())
         self.task = asyncio.create_task(self._run(discovery))
         return self
 

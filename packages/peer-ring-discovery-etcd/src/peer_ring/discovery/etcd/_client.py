@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 # grows to 120 s), and detect a dead connection under an open watch. etcd refuses pings
 # more often than every 5 s (--grpc-keepalive-min-time), hence 10 s.
 _CHANNEL_OPTIONS: dict[str, Any] = {
+    # A fresh channel must really reconnect: with grpc's global subchannel pool it would
+    # share the old channel's subchannel, still backing off after the outage.
+    "grpc.use_local_subchannel_pool": 1,
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
@@ -73,6 +76,8 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 
 def _convert(error: BaseException, what: str, endpoint: str) -> EtcdError:
     """One exception of the library (or the deadline) as the adapter's error."""
+    if isinstance(error, EtcdError):
+        return error
     if isinstance(error, aetcd.RevisionCompactedError):
         return EtcdCompactedError(int(error.compacted_revision))
     if isinstance(error, _REJECTED):
@@ -89,14 +94,45 @@ def _convert(error: BaseException, what: str, endpoint: str) -> EtcdError:
     return EtcdUnavailableError(f"etcd at {endpoint}: {what} failed: {detail}")
 
 
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (as opposed to a call cancelled under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class WatchStream:
-    """The events of one open watch; :meth:`next` raises :class:`EtcdError` when it breaks."""
+    """The events of one open watch; :meth:`next` raises :class:`EtcdError` when it breaks.
+
+    A task pumps the library's event iterator into a queue: :meth:`next` may then be
+    abandoned at a deadline (the re-list of a quiet watch) without cancelling the
+    iterator itself, which would end it for good.
+    """
 
     def __init__(self, watch: Any, endpoint: str, on_error: Callable[[EtcdError], None]) -> None:
         self._watch = watch
-        self._iterator = watch.__aiter__()
         self._endpoint = endpoint
         self._on_error = on_error
+        self._queue: asyncio.Queue[WatchEvent | EtcdError] = asyncio.Queue()
+        self._pump = asyncio.get_running_loop().create_task(self._run(), name="etcd-watch-pump")
+
+    async def _run(self) -> None:
+        try:
+            async for event in self._watch:
+                kind: Literal["put", "delete"] = "delete" if event.kind == "DELETE" else "put"
+                kv = event.kv
+                self._queue.put_nowait(
+                    WatchEvent(kind, bytes(kv.key), bytes(kv.value), int(kv.mod_revision))
+                )
+            ended: EtcdError = EtcdUnavailableError(f"etcd at {self._endpoint}: watch ended")
+        except asyncio.CancelledError as error:
+            if _cancelling():
+                raise  # cancel() below
+            ended = EtcdUnavailableError(f"etcd at {self._endpoint}: watch interrupted")
+            ended.__cause__ = error
+        except Exception as error:  # see EtcdClient._call: every error, one vocabulary
+            ended = _convert(error, "watch", self._endpoint)
+            ended.__cause__ = error
+        self._queue.put_nowait(ended)
 
     async def next(self) -> WatchEvent:
         """The next change (waits for it).
@@ -105,26 +141,21 @@ class WatchStream:
             EtcdCompactedError: etcd compacted the revisions this watch still had to send.
             EtcdUnavailableError: the stream broke or ended.
         """
-        try:
-            event = await self._iterator.__anext__()
-        except StopAsyncIteration:
-            ended = EtcdUnavailableError(f"etcd at {self._endpoint}: watch stream ended")
-            self._on_error(ended)
-            raise ended from None
-        except (aetcd.ClientError, grpc.RpcError, OSError) as error:
-            converted = _convert(error, "watch", self._endpoint)
-            self._on_error(converted)
-            raise converted from error
-        kind: Literal["put", "delete"] = "delete" if event.kind == "DELETE" else "put"
-        return WatchEvent(kind, bytes(event.kv.key), bytes(event.kv.value), event.kv.mod_revision)
+        item = await self._queue.get()
+        if isinstance(item, EtcdError):
+            self._queue.put_nowait(item)  # every later call fails the same way
+            self._on_error(item)
+            raise item
+        return item
 
     async def cancel(self, timeout: float) -> None:
-        """Cancel the watch on the server (best effort)."""
+        """Cancel the watch on the server (best effort) and stop the pump."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
                 await self._watch.cancel()
-        with contextlib.suppress(Exception):
-            await self._iterator.aclose()
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
 
 
 class EtcdClient:
@@ -196,14 +227,22 @@ class EtcdClient:
             return
         self._client = None
         self._index = (self._index + 1) % len(self._endpoints)
-        task = asyncio.get_running_loop().create_task(self._close_quietly(client))
+        task = asyncio.get_running_loop().create_task(
+            self._close_quietly(client, delay=self._timeout)
+        )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close_quietly(self, client: aetcd.Client) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._timeout):
-                await client.close()
+    async def _close_quietly(self, client: aetcd.Client, delay: float = 0.0) -> None:
+        # The delay lets calls still running on the old channel end by their own deadlines
+        # instead of being cancelled under their callers.
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:  # also when close() cancels the delay
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await client.close()
 
     async def _call(self, what: str, timeout: float | None, op: Any, *args: Any) -> Any:
         client = self._current()
@@ -212,7 +251,16 @@ class EtcdClient:
             async with asyncio.timeout(self._timeout if timeout is None else timeout):
                 await client.connect()
                 return await op(client, *args)
-        except (aetcd.ClientError, grpc.RpcError, OSError, TimeoutError) as error:
+        except asyncio.CancelledError as error:
+            if _cancelling():
+                raise  # this task is being cancelled: let it
+            # grpc cancels the calls of a channel being closed (another task's failure
+            # replaced it): for this call that is a connectivity failure, not a cancel.
+            raise EtcdUnavailableError(f"etcd at {endpoint}: {what} interrupted") from error
+        except Exception as error:
+            # Everything the library can raise, not only its documented errors: a call on
+            # a channel being closed raises grpc's UsageError, a call racing close() an
+            # AttributeError. A loop must see one vocabulary, or it would die of the rest.
             converted = _convert(error, what, endpoint)
             self._failed(client, converted)
             raise converted from error

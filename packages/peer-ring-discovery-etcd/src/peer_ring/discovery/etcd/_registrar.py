@@ -128,23 +128,32 @@ class Registrar:
             )
 
     async def run(self) -> None:
-        """Keep the registration alive until cancelled."""
+        """Keep the registration alive until cancelled; never gives up."""
         while True:
-            if self.tracker.needs_registration:
-                try:
-                    await self.register()
-                    self._backoff.reset()
-                except EtcdError as error:
-                    delay = self._backoff.next()
-                    logger.warning(
-                        "etcd discovery: registration failed (%s); retrying in %.1f s",
-                        error,
-                        delay,
-                    )
-                    await self._sleep(delay)
-                continue
-            await self._sleep(self.tracker.keepalive_delay(time.monotonic()))
-            await self._keepalive_once()
+            try:
+                await self._step()
+            except Exception:
+                # A bug, not an etcd failure (those are EtcdError): log it loudly, but keep
+                # the node registered rather than let the loop die silently.
+                logger.exception("etcd discovery: unexpected error in the registration loop")
+                await self._sleep(self._backoff.next())
+
+    async def _step(self) -> None:
+        if self.tracker.needs_registration:
+            try:
+                await self.register()
+                self._backoff.reset()
+            except EtcdError as error:
+                delay = self._backoff.next()
+                logger.warning(
+                    "etcd discovery: registration failed (%s); retrying in %.1f s",
+                    error,
+                    delay,
+                )
+                await self._sleep(delay)
+            return
+        await self._sleep(self.tracker.keepalive_delay(time.monotonic()))
+        await self._keepalive_once()
 
     async def _keepalive_once(self) -> None:
         lease_id = self.tracker.lease_id
@@ -161,6 +170,7 @@ class Registrar:
             return
         if self.tracker.on_keepalive(ttl, time.monotonic()):
             self.stats.keepalives += 1
+            logger.debug("etcd discovery: lease %x kept alive, TTL %d s", lease_id, ttl)
             if self._key_missing:
                 await self._restore_key(lease_id)
             return

@@ -43,7 +43,8 @@ class WatchStats:
         events: changes received through watches.
         compactions: watches refused because their revision was compacted.
         errors: failed calls (each retried).
-        resyncs: periodic re-lists of a quiet watch.
+        resyncs: periodic re-lists of a quiet watch (attempted; a failed one counts as an
+            error too and reopens the watch).
         repairs: re-lists that disagreed with the view (a missed change, a silent watch
             or a restored etcd) and replaced it.
         outages: times the view became stale.
@@ -111,33 +112,43 @@ class Watcher:
         """Watch until cancelled; never gives up."""
         while True:
             try:
-                if self._need_list:
-                    await self.list_once()
-                stream = await self._client.watch(self._prefix_bytes, self.view.revision + 1)
-            except EtcdCompactedError as error:
-                self.stats.compactions += 1
-                logger.info(
-                    "etcd discovery: revision %d compacted (oldest kept: %d); listing again",
-                    self.view.revision + 1,
-                    error.compact_revision,
-                )
+                await self._step()
+            except Exception as error:
+                # A bug, not an etcd failure (those are EtcdError): log it loudly, mark the
+                # view stale and go on, rather than let the loop die silently.
+                logger.exception("etcd discovery: unexpected error in the watch loop")
                 self._need_list = True
-                continue
-            except EtcdError as error:
-                await self._failed(error)
-                continue
-            self.stats.watches += 1
-            self._recovered()
-            try:
-                await self._consume(stream)
-            except EtcdCompactedError as error:
-                self.stats.compactions += 1
-                logger.info("etcd discovery: watch compacted (%s); listing again", error)
-                self._need_list = True
-            except EtcdError as error:
-                await self._failed(error)
-            finally:
-                await stream.cancel(self._client.request_timeout)
+                await self._failed(EtcdError(f"unexpected {type(error).__name__}"))
+
+    async def _step(self) -> None:
+        try:
+            if self._need_list:
+                await self.list_once()
+            stream = await self._client.watch(self._prefix_bytes, self.view.revision + 1)
+        except EtcdCompactedError as error:
+            self.stats.compactions += 1
+            logger.info(
+                "etcd discovery: revision %d compacted (oldest kept: %d); listing again",
+                self.view.revision + 1,
+                error.compact_revision,
+            )
+            self._need_list = True
+            return
+        except EtcdError as error:
+            await self._failed(error)
+            return
+        self.stats.watches += 1
+        self._recovered()
+        try:
+            await self._consume(stream)
+        except EtcdCompactedError as error:
+            self.stats.compactions += 1
+            logger.info("etcd discovery: watch compacted (%s); listing again", error)
+            self._need_list = True
+        except EtcdError as error:
+            await self._failed(error)
+        finally:
+            await stream.cancel(self._client.request_timeout)
 
     async def _consume(self, stream: WatchStream) -> None:
         """Apply the stream's events; return when the watch must be reopened."""
@@ -159,9 +170,9 @@ class Watcher:
 
     async def _resync(self) -> bool:
         """List again; returns True when the listing disagreed (and replaced the view)."""
+        self.stats.resyncs += 1
         listing = await self._client.list_prefix(self._prefix_bytes)
         self.stats.lists += 1
-        self.stats.resyncs += 1
         if listing.revision >= self.view.revision and self.view.same_members(listing):
             return False
         self.stats.repairs += 1
