@@ -172,9 +172,13 @@ class Membership:
     def _rebuild(self) -> bool:
         effective = [a for a in self._discovered if a not in self._down and a not in self._left]
         old = self._ring
-        if set(effective) == set(old.members):
+        # A member's zone (discovery metadata) is part of the placement: a relabelled
+        # member changes the ring even when the member set stays the same.
+        zones = {a: self._discovered[a].metadata.get("zone", "") for a in effective}
+        ring = Ring.build(effective, self._partitions, zones)
+        if ring == old:
             return False
-        self._ring = Ring.build(effective, self._partitions)
+        self._ring = ring
         logger.info(
             "ring changed: %d members (+%s -%s)",
             len(effective),

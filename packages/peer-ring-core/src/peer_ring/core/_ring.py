@@ -9,6 +9,15 @@ owners, with no coordination. A partition's preference list (Dynamo paper, secti
 its owner followed by the owners of the next partitions clockwise, skipping nodes already in
 the list, until it holds ``n`` distinct nodes.
 
+**Zones.** When the members carry at least two distinct zones (``Member.metadata["zone"]``,
+passed as ``zones=``), placement becomes zone-aware: partition ``p`` is claimed only by the
+members of zone ``zones[p % Z]`` (zones sorted, ``Z`` of them), with the same balance-capped
+rendezvous within the zone, so consecutive partitions rotate through the zones; and a
+preference list first takes, walking clockwise, one member of each zone not yet in the list
+until ``min(N, Z)`` zones are in it, then fills up with the walk's next members. So a
+partition's replicas are never two in one zone while another zone has none. With zero or
+one distinct zone the ring is exactly the zone-less one.
+
 The exact algorithm, with test vectors, is written down in ``docs/hash-spec.md`` so that a
 client in another language can compute owners; keep the two in step.
 
@@ -20,7 +29,6 @@ per replication factor, and then served from a tuple: :meth:`Ring.partition_for_
 from __future__ import annotations
 
 import functools
-import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,6 +37,13 @@ from typing import Final
 import farmhash
 
 from peer_ring.core._errors import InvalidArgumentError
+from peer_ring.core._placement import (
+    claim,
+    claim_zoned,
+    effective_zones,
+    preference_lists,
+    zoned_preference_lists,
+)
 
 __all__ = ["DEFAULT_PARTITIONS", "PartitionChange", "Ring", "RingDiff"]
 
@@ -40,14 +55,6 @@ __all__ = ["DEFAULT_PARTITIONS", "PartitionChange", "Ring", "RingDiff"]
 #: streams). 2048 keeps movement within ~1.2x of ideal up to ~10 nodes and ~3x at 100, and
 #: builds a 100-node ring in ~0.1 s.
 DEFAULT_PARTITIONS: Final = 2048
-
-# How many best-scoring candidates per partition enter the first, globally sorted pass of
-# the claim. Nearly every partition is claimed by one of its first few candidates; one that
-# is refused by all of them (a few hundred candidates in all at n=100, none at n=10) falls
-# back to a heap that yields its further candidates in exactly the global order, so the
-# result equals the plain algorithm of the spec (a test compares the two). Sorting P*8
-# instead of P*n packed ints halves the n=100 build; the rest is hashing the P*n scores.
-_FIRST_PASS: Final = 8
 
 # Rings rebuilt from the same view are shared; views change rarely, so a few suffice.
 _BUILD_CACHE_SIZE: Final = 64
@@ -140,10 +147,16 @@ class Ring:
         members: node identities (``host:port`` addresses); order and duplicates do not
             matter. Must be non-empty and hold at most ``partitions`` distinct nodes.
         partitions: number of partitions ``P``; every member of a cluster must agree on it.
+        zones: optional member -> zone (failure domain) labels. A member missing from the
+            mapping is in zone ``""``; entries for non-members are ignored. With two or more
+            distinct zones among the members the placement is zone-aware (see the module
+            docstring); otherwise it is ignored and the ring equals the zone-less one.
 
     Raises:
         InvalidArgumentError: no members, an empty or non-``str`` member, ``partitions < 1``,
-            or more members than partitions (some node would own nothing).
+            more members than partitions (some node would own nothing), a non-``str`` zone,
+            or a zone with more members than the partitions it is given (``P`` over the
+            number of zones, rounded down or up).
 
     Example:
         >>> ring = Ring(["127.0.0.1:7101", "127.0.0.2:7101", "127.0.0.3:7101"])
@@ -152,9 +165,24 @@ class Ring:
         3
     """
 
-    __slots__ = ("_hash", "_lists", "_member_set", "_members", "_owners", "_partitions", "_shares")
+    __slots__ = (
+        "_hash",
+        "_lists",
+        "_member_set",
+        "_members",
+        "_owners",
+        "_partitions",
+        "_shares",
+        "_zone_key",
+        "_zones",
+    )
 
-    def __init__(self, members: Iterable[str], partitions: int = DEFAULT_PARTITIONS) -> None:
+    def __init__(
+        self,
+        members: Iterable[str],
+        partitions: int = DEFAULT_PARTITIONS,
+        zones: Mapping[str, str] | None = None,
+    ) -> None:
         nodes = _check_members(members)
         _check_partitions(partitions)
         if len(nodes) > partitions:
@@ -165,23 +193,39 @@ class Ring:
         self._members: tuple[str, ...] = tuple(sorted(nodes))
         self._member_set = frozenset(nodes)
         self._partitions = partitions
-        self._owners: tuple[str, ...] = tuple(
-            self._members[i] for i in _claim(self._members, partitions)
-        )
-        self._hash = hash((self._members, partitions))
+        # member -> zone, only when the placement is zone-aware (>= 2 distinct zones).
+        self._zones: Mapping[str, str] | None = effective_zones(self._members, zones)
+        if self._zones is None:
+            self._owners: tuple[str, ...] = tuple(
+                self._members[i] for i in claim(self._members, partitions)
+            )
+            self._zone_key: tuple[tuple[str, str], ...] = ()
+        else:
+            self._owners = claim_zoned(self._members, partitions, self._zones)
+            self._zone_key = tuple(sorted(self._zones.items()))
+        self._hash = hash((self._members, partitions, self._zone_key))
         # Caches keyed by the requested replication n (several n may share one entry).
         self._lists: dict[int, tuple[tuple[str, ...], ...]] = {1: tuple((o,) for o in self._owners)}
         self._shares: dict[int, Mapping[str, frozenset[int]]] = {}
 
     @classmethod
-    def build(cls, members: Iterable[str], partitions: int = DEFAULT_PARTITIONS) -> Ring:
+    def build(
+        cls,
+        members: Iterable[str],
+        partitions: int = DEFAULT_PARTITIONS,
+        zones: Mapping[str, str] | None = None,
+    ) -> Ring:
         """Return the ring of ``members``, shared with earlier calls for the same set.
 
         Membership views rebuild rings often, and mostly for member sets seen before (a
         node flaps, or every peer reports the same change); a small LRU cache keyed by the
-        member *set* makes those rebuilds free. Prefer it to the constructor.
+        member *set* (and the members' zones) makes those rebuilds free. Prefer it to the
+        constructor.
         """
-        return _build_cached(frozenset(_check_members(members)), _check_partitions(partitions))
+        nodes = frozenset(_check_members(members))
+        key = effective_zones(tuple(sorted(nodes)), zones)
+        zone_items = frozenset(key.items()) if key is not None else frozenset()
+        return _build_cached(nodes, _check_partitions(partitions), zone_items)
 
     # -- identity -----------------------------------------------------------------------
 
@@ -200,6 +244,15 @@ class Ring:
         """The partition table: ``owners[p]`` is the primary of partition ``p``."""
         return self._owners
 
+    @property
+    def zone_aware(self) -> bool:
+        """Whether the placement spreads replicas over zones (members in >= 2 zones)."""
+        return self._zones is not None
+
+    def zone_of(self, node: str) -> str:
+        """The zone the placement uses for ``node`` (``""`` when zones are not in use)."""
+        return self._zones.get(node, "") if self._zones is not None else ""
+
     def __len__(self) -> int:
         """The number of members."""
         return len(self._members)
@@ -211,7 +264,11 @@ class Ring:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Ring):
             return NotImplemented
-        return self._partitions == other._partitions and self._members == other._members
+        return (
+            self._partitions == other._partitions
+            and self._members == other._members
+            and self._zone_key == other._zone_key
+        )
 
     def __hash__(self) -> int:
         return self._hash
@@ -305,7 +362,10 @@ class Ring:
         effective = min(n, len(self._members))
         lists = self._lists.get(effective)
         if lists is None:
-            lists = _preference_lists(self._owners, effective)
+            if self._zones is None:
+                lists = preference_lists(self._owners, effective)
+            else:
+                lists = zoned_preference_lists(self._owners, effective, self._zones)
             self._lists[effective] = lists
         # Racing threads may both compute; the results are equal, so either may win.
         self._lists[n] = lists
@@ -329,8 +389,10 @@ class Ring:
 
 
 @functools.lru_cache(maxsize=_BUILD_CACHE_SIZE)
-def _build_cached(members: frozenset[str], partitions: int) -> Ring:
-    return Ring(members, partitions)
+def _build_cached(
+    members: frozenset[str], partitions: int, zones: frozenset[tuple[str, str]]
+) -> Ring:
+    return Ring(members, partitions, dict(zones) if zones else None)
 
 
 def _check_members(members: Iterable[str]) -> set[str]:
@@ -365,110 +427,3 @@ def _check_replication(n: int) -> None:
 
 def _freeze(acc: dict[str, set[int]]) -> Mapping[str, frozenset[int]]:
     return MappingProxyType({node: frozenset(ps) for node, ps in sorted(acc.items())})
-
-
-def _claim(members: tuple[str, ...], partitions: int) -> list[int]:
-    """Assign every partition to a member; return the owner's index in ``members``.
-
-    The spec (``docs/hash-spec.md``, "Claim"): with ``q, r = divmod(P, n)``, walk every
-    (partition, node) pair by descending ``score = fingerprint64(f"{p}:{node}")`` (ties:
-    lower partition first, then lower node), and give ``p`` to ``node`` when ``p`` is free
-    and ``node`` holds fewer than ``q`` partitions, or exactly ``q`` while fewer than ``r``
-    nodes hold ``q + 1``. Every node ends with ``q`` or ``q + 1`` partitions.
-
-    ``members`` must be sorted, distinct, and no more than ``partitions``.
-    """
-    n = len(members)
-    q, r = divmod(partitions, n)
-    fingerprint = _fingerprint64
-    # Pack (score, partition, node) into one int so that sorting compares ints only, and so
-    # that *descending* int order is the spec's order: score descending, then partition
-    # ascending, then node ascending (hence the complements in the low bits).
-    node_bits = (n - 1).bit_length()
-    part_bits = (partitions - 1).bit_length()
-    node_mask = (1 << node_bits) - 1
-    part_mask = (1 << part_bits) - 1
-    shift = node_bits + part_bits
-    encoded = [(m.encode("utf-8"), node_mask - i) for i, m in enumerate(members)]
-    first_pass = min(_FIRST_PASS, n)
-
-    rows: list[list[int]] = []  # per partition: all its candidates, best first
-    first: list[int] = []  # the best ``first_pass`` candidates of every partition
-    for p in range(partitions):
-        prefix = b"%d:" % p
-        low = (part_mask - p) << node_bits
-        row = [(fingerprint(prefix + m) << shift) | low | tail for m, tail in encoded]
-        row.sort(reverse=True)
-        rows.append(row)
-        first += row[:first_pass]
-    first.sort(reverse=True)
-
-    owner = [-1] * partitions
-    held = [0] * n
-    extra = r  # how many more nodes may still reach q + 1
-    left = partitions
-    queued = [first_pass] * partitions  # how many of each row entered the candidate stream
-    later: list[int] = []  # max-heap (negated) of candidates beyond the first pass
-
-    def offer(cand: int) -> None:
-        nonlocal extra, left
-        p = part_mask - ((cand >> node_bits) & part_mask)
-        if owner[p] >= 0:
-            return
-        i = node_mask - (cand & node_mask)
-        c = held[i]
-        if c < q or (c == q and extra > 0):
-            if c == q:
-                extra -= 1
-            owner[p] = i
-            held[i] = c + 1
-            left -= 1
-            return
-        # Refused: a node that is full stays full, so the plain algorithm would simply go
-        # on to p's next candidate. If this was the last one of p in the stream, queue the
-        # next. (It cannot run out: all nodes full means all P partitions are claimed.)
-        k = queued[p]
-        if rows[p][k - 1] == cand:
-            queued[p] = k + 1
-            heapq.heappush(later, -rows[p][k])
-
-    for cand in first:
-        while later and -later[0] > cand:
-            offer(-heapq.heappop(later))
-        offer(cand)
-        if not left:
-            return owner
-    while left:
-        offer(-heapq.heappop(later))
-    return owner
-
-
-def _preference_lists(owners: tuple[str, ...], n: int) -> tuple[tuple[str, ...], ...]:
-    """Preference lists of length ``n`` for every partition.
-
-    ``n`` must not exceed the number of distinct owners. Rather than walking the ring from
-    every partition, derive each list from its successor's: the list of ``p`` is ``owner(p)``
-    followed by the list of ``p + 1`` without ``owner(p)``, cut to ``n`` (the first ``n - 1``
-    distinct nodes other than ``owner(p)`` met from ``p + 1`` on are exactly those).
-    """
-    size = len(owners)
-    walk: list[str] = []
-    j = size - 1
-    while len(walk) < n:
-        node = owners[j % size]
-        if node not in walk:
-            walk.append(node)
-        j += 1
-    lists: list[tuple[str, ...]] = [()] * size
-    following = lists[size - 1] = tuple(walk)
-    for p in range(size - 2, -1, -1):
-        node = owners[p]
-        if following[0] == node:
-            current = following
-        elif node in following:
-            i = following.index(node)
-            current = (node, *following[:i], *following[i + 1 :])
-        else:
-            current = (node, *following[: n - 1])
-        lists[p] = following = current
-    return tuple(lists)
