@@ -354,7 +354,11 @@ async def replica_report(
         report.error = f"ring members without a serving endpoint: {missing_endpoints}"
         return report
     report.members = sorted(members)
-    ring = Ring.build(members, count)
+    # Zone-aware clusters publish each member's zone; the ring depends on them.
+    zones: dict[str, str] = {}
+    for document in view.documents.values():
+        zones.update(document.get("zones") or {})
+    ring = Ring.build(members, count, zones or None)
     n = min(replication, len(members))
     items = sorted(keys.items())
 

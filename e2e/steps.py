@@ -57,7 +57,10 @@ async def ring_of(session: aiohttp.ClientSession, driver: ClusterDriver) -> Ring
     assert members is not None, f"nodes disagree on the ring: {view.member_sets()}"
     partitions = {d["partitions"] for d in view.documents.values()}
     assert len(partitions) == 1, partitions
-    return Ring.build(members, partitions.pop())
+    zones: dict[str, str] = {}
+    for document in view.documents.values():
+        zones.update(document.get("zones") or {})
+    return Ring.build(members, partitions.pop(), zones or None)
 
 
 async def warm_up(workload: Workload, report: ScenarioReport, within: float = 60.0) -> None:

@@ -346,6 +346,9 @@ class KVHttpApi:
             # Primary ownership and replica share at the default replication, per member.
             "owned_partitions": {m: len(ring.partitions_of(m, 1)) for m in members},
             "replica_partitions": {m: len(ring.partitions_of(m, n)) for m in members},
+            # Zone of every member when the placement is zone-aware (else empty): a client
+            # rebuilding the ring (docs/hash-spec.md, section 12) needs them.
+            "zones": {m: ring.zone_of(m) for m in members} if ring.zone_aware else {},
             "handoff": _handoff_state(self._store),
         }
 
