@@ -174,3 +174,14 @@ def test_serve_options() -> None:
 def test_entry_point_is_registered() -> None:
     found = {ep.name: ep for ep in entry_points(group="peer_ring.discovery")}
     assert found["gossip"].load() is from_serve_options
+
+
+def test_metadata_is_checked() -> None:
+    from peer_ring.core import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="512"):
+        GossipDiscovery("127.0.0.1:0", self_address="127.0.0.1:7100", metadata={"k": "v" * 600})
+    with pytest.raises(InvalidArgumentError, match="strings"):
+        GossipDiscovery("127.0.0.1:0", self_address="127.0.0.1:7100", metadata={"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(InvalidArgumentError):
+        GossipDiscovery("127.0.0.1", self_address="127.0.0.1")  # no port in self_address

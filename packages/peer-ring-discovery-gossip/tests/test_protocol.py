@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from peer_ring.discovery.gossip import EventKind, GossipConfig, Keyring, Status
+from peer_ring.discovery.gossip._messages import Alive
 from peer_ring.discovery.gossip.testing import Simulation
 from peer_ring.discovery.gossip.testing._scenarios import rejoin_times
 
@@ -153,3 +154,12 @@ def test_a_left_node_is_marked_left_not_dead() -> None:
         if node.name != N(2):
             assert node.swim.nodes[N(2)].status == Status.LEFT
     assert not [e for e in sim.events if e.event.kind == EventKind.DIED]
+
+
+def test_an_oversized_announcement_is_ignored() -> None:
+    sim = Simulation(seed=12)
+    sim.add_cluster(3, settle=2.0)
+    swim = sim.nodes[N(0)].swim
+    swim.on_alive(sim.now, Alive("intruder:1", 1, ("10.9.9.9", 1), {"k": "v" * 1000}))
+    assert "intruder:1" not in swim.nodes
+    assert len(swim.broadcasts) == 0 or swim.broadcasts.pending("intruder:1") is None

@@ -14,6 +14,7 @@ from peer_ring.core import InvalidArgumentError, Member
 from peer_ring.discovery.gossip._address import format_address, parse_address
 from peer_ring.discovery.gossip._config import GossipConfig
 from peer_ring.discovery.gossip._keyring import Keyring
+from peer_ring.discovery.gossip._membership import MAX_METADATA_BYTES, metadata_size
 from peer_ring.discovery.gossip._messages import Address
 from peer_ring.discovery.gossip._packet import PacketCodec
 from peer_ring.discovery.gossip._runtime import GossipRuntime
@@ -71,10 +72,7 @@ class GossipDiscovery:
             self._advertise = (parse_address(self._self)[0].strip("[]"), self._bind[1])
         self._seeds = [_addr(s) for s in seeds]
         self._config = config or GossipConfig.lan()
-        self._metadata = dict(metadata or {})
-        for k, v in self._metadata.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise InvalidArgumentError("metadata keys and values must be strings")
+        self._metadata = check_metadata(metadata or {})
         self._keyring = keyring
         self._join_timeout = join_timeout
         self._leave_timeout = leave_timeout
@@ -199,8 +197,12 @@ class GossipDiscovery:
         return {s.name: format_address(s.addr) for s in runtime.swim.live_members()}
 
     def update_metadata(self, metadata: Mapping[str, str]) -> None:
-        """Replace this node's metadata and gossip the change."""
-        self._metadata = dict(metadata)
+        """Replace this node's metadata and gossip the change.
+
+        Raises:
+            InvalidArgumentError: not string pairs, or more than ``MAX_METADATA_BYTES``.
+        """
+        self._metadata = check_metadata(metadata)
         runtime = self._runtime
         if runtime is not None and runtime.swim is not None:
             runtime.swim.update_meta(asyncio.get_running_loop().time(), self._metadata)
@@ -214,6 +216,26 @@ class GossipDiscovery:
         if runtime is None or runtime.swim is None:
             return frozenset({Member(self._self, MappingProxyType(dict(self._metadata)))})
         return frozenset(Member(s.name, s.meta) for s in runtime.swim.live_members())
+
+
+def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` as a dict, checked: string pairs of at most ``MAX_METADATA_BYTES`` encoded
+    (an announcement must fit in one UDP packet with room for others, as in memberlist).
+
+    Raises:
+        InvalidArgumentError: not string pairs, or too large.
+    """
+    out = dict(metadata)
+    for k, v in out.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgumentError("metadata keys and values must be strings")
+    size = metadata_size(out)
+    if size > MAX_METADATA_BYTES or len(out) > 255:
+        raise InvalidArgumentError(
+            f"metadata takes {size} bytes encoded ({len(out)} entries); the limit is "
+            f"{MAX_METADATA_BYTES} bytes and 255 entries"
+        )
+    return out
 
 
 def _addr(value: str | Address) -> Address:

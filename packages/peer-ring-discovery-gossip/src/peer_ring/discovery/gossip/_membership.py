@@ -41,6 +41,15 @@ logger = logging.getLogger(__name__)
 
 _LIVE = (Status.ALIVE, Status.SUSPECT)
 
+#: Largest encoded metadata of one member (memberlist's MetaMaxSize): an announcement must
+#: fit in one UDP packet with room for others.
+MAX_METADATA_BYTES = 512
+
+
+def metadata_size(meta: Mapping[str, str]) -> int:
+    """Encoded size of ``meta``'s pairs."""
+    return sum(4 + len(k.encode()) + len(v.encode()) for k, v in meta.items())
+
 
 def initial_incarnation(wall_seconds: float) -> int:
     """A first incarnation above any a previous process of the same name can have used."""
@@ -168,6 +177,9 @@ class MemberTable:
                 a.addr,
             )
             self.refute(now, a.incarnation)
+            return
+        if metadata_size(a.meta) > MAX_METADATA_BYTES:
+            logger.warning("ignoring %s: its metadata exceeds %d bytes", a.name, MAX_METADATA_BYTES)
             return
         state = self.nodes.get(a.name)
         if state is None:

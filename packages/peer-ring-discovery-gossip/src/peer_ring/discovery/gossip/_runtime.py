@@ -193,8 +193,12 @@ class GossipRuntime:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            swim.tick(self._now())
-            self._flush()
+            try:
+                swim.tick(self._now())
+                self._flush()
+            except Exception:  # a bug must not silently end membership: log, go on
+                logger.exception("gossip timer handling failed")
+                self.stats["internal_errors"] += 1
 
     def _flush(self) -> None:
         swim = self.swim
@@ -241,8 +245,12 @@ class GossipRuntime:
             self.stats[f"bad_packets.{exc.reason}"] += 1
             logger.debug("dropped a packet from %s: %s", src, exc)
             return
-        swim.handle_packet(self._now(), src, messages)
-        self._flush()
+        try:
+            swim.handle_packet(self._now(), src, messages)
+            self._flush()
+        except Exception:  # never let one packet take the node down
+            logger.exception("handling a gossip packet from %s failed", src)
+            self.stats["internal_errors"] += 1
 
     # ---- TCP push-pull ------------------------------------------------------------------------
 
