@@ -151,6 +151,9 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
 
                 out[phase] = await _phase(publish, rec, spec, rate)
                 task.cancel()
+        metrics = ps.metrics()
+        metrics.pop("subscriptions")
+        out["node0_metrics"] = metrics
         return out
 
 
@@ -212,7 +215,15 @@ def worker(spec: dict[str, Any]) -> None:
 
         uvloop.install()
     load = redis_load if spec["backend"] == "redis" else pubsub_load
-    result = asyncio.run(load(spec))
+    profile_to = os.environ.get("PEER_RING_BENCH_PROFILE") if spec["role"] == "load" else None
+    if profile_to:  # cProfile of the load process (node 0), for finding the hot spots
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            result = asyncio.run(load(spec))
+        prof.dump_stats(f"{profile_to}.{spec['backend']}")
+    else:
+        result = asyncio.run(load(spec))
     print(PREFIX + json.dumps(result), flush=True)
 
 

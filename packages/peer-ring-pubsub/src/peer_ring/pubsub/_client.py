@@ -40,6 +40,7 @@ RETRYABLE = (
 )
 
 _PUBLISH_BATCH = 512
+_PIPELINE = 4  # PUBLISH requests in flight per partition from one node
 _PUBLISH_BATCH_BYTES = 1024 * 1024
 
 
@@ -99,16 +100,18 @@ class SequencerClient:
             batch = self._batches[key] = _Batch()
         fut: asyncio.Future[tuple[int, int, bool]] = asyncio.get_running_loop().create_future()
         batch.items.append((message, fut))
-        if not batch.running:
-            batch.running = True
+        if batch.running < _PIPELINE:
+            batch.running += 1
             spawn(self._drain(key, config, batch, timeout))
         return await fut
 
     async def _drain(
         self, key: bytes, config: TopicConfig, batch: _Batch, timeout: float | None
     ) -> None:
-        # One PUBLISH in flight per partition from this node: messages published meanwhile
-        # go in the next request (order per partition is kept, load becomes batching).
+        # Up to _PIPELINE PUBLISH requests in flight per partition from this node; messages
+        # published meanwhile go in the next request (load becomes batching). Requests to
+        # one peer travel in order on one stream and the sequencer numbers them on
+        # arrival, so order per partition is kept (a retry after an error may reorder).
         try:
             while batch.items:
                 items: list[tuple[OutgoingMessage, asyncio.Future[tuple[int, int, bool]]]] = []
@@ -131,7 +134,7 @@ class SequencerClient:
                     if not fut.done():
                         fut.set_result(result)
         finally:
-            batch.running = False
+            batch.running -= 1
 
 
 @dataclass(slots=True)
@@ -139,4 +142,4 @@ class _Batch:
     items: list[tuple[OutgoingMessage, asyncio.Future[tuple[int, int, bool]]]] = field(
         default_factory=list
     )
-    running: bool = False
+    running: int = 0

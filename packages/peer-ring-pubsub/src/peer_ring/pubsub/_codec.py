@@ -9,6 +9,7 @@ typed error and never crashes a handler.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 _Q = struct.Struct(">Q")
 _q = struct.Struct(">q")
@@ -48,6 +49,11 @@ class Writer:
     def str_(self, value: str) -> Writer:
         return self.bytes_(value.encode())
 
+    def raw(self, value: bytes) -> Writer:
+        """Append bytes as they are (a caller-packed fixed-size block)."""
+        self._parts.append(value)
+        return self
+
     def getvalue(self) -> bytes:
         return b"".join(self._parts)
 
@@ -68,6 +74,14 @@ class Reader:
         view = self._buf[self._pos : end]
         self._pos = end
         return view
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        """Read one fixed-size block packed with ``fmt``."""
+        return tuple(fmt.unpack(self._take(fmt.size)))
+
+    def take_bytes(self, n: int) -> bytes:
+        """The next ``n`` bytes."""
+        return bytes(self._take(n))
 
     def peek(self, n: int) -> bytes:
         """The next ``n`` bytes (fewer at the end), without consuming them."""

@@ -2,8 +2,10 @@
 
 One :class:`Leader` per partition this node sequences. It is created by a takeover
 (:mod:`._sequencer`: learn and promise from R = N - W + 1 replicas, adopt, re-replicate),
-then assigns sequences and replicates appends in batches (one APPEND in flight per
-partition; publishes arriving meanwhile form the next batch, so load turns into batching).
+then assigns sequences and replicates appends in batches (up to ``PIPELINE`` APPENDs in
+flight per partition; publishes arriving meanwhile form the next batch, so load turns into
+batching; the commit point moves only over a contiguous prefix of completed batches, and a
+failed batch fails every later one).
 A failed replication, a refused append or a ring change steps it down; the next request
 runs a new takeover with a higher epoch.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,7 +51,17 @@ from peer_ring.pubsub._wire import (
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+PIPELINE = 4  # appends in flight per partition
 _RANGE_PAGE = 1024
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One batch of appends in flight; ``ok`` is None until its replication finished."""
+
+    batch: list[tuple[Entry, asyncio.Future[Entry]]]
+    ok: bool | None = None
+    error: BaseException | None = None
 
 
 @dataclass(slots=True)
@@ -64,7 +77,7 @@ class Leader:
     preference: tuple[str, ...]
     queue: list[tuple[Entry, asyncio.Future[Entry]]] = field(default_factory=list)
     inflight: dict[str, asyncio.Future[Entry]] = field(default_factory=dict)
-    flushing: bool = False
+    slots: deque[_Slot] = field(default_factory=deque)
     active: bool = True
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -295,42 +308,61 @@ class Leaders:
             if m.msg_id:
                 leader.inflight[m.msg_id] = fut
             waits.append((fut, False))
-        if not leader.flushing and leader.queue:
-            leader.flushing = True
-            spawn(self._flush(leader))
+        self._kick(leader)
         out = []
         for fut, duplicate in waits:
             out.append((await asyncio.shield(fut), duplicate))
         return out
 
-    async def _flush(self, leader: Leader) -> None:
+    def _kick(self, leader: Leader) -> None:
+        # Up to PIPELINE appends in flight per partition; the commit point only moves over
+        # a contiguous prefix of completed batches (see _complete).
+        while leader.queue and leader.active and len(leader.slots) < PIPELINE:
+            slot = _Slot(leader.queue[:MAX_BATCH])
+            del leader.queue[:MAX_BATCH]
+            leader.slots.append(slot)
+            spawn(self._send(leader, slot))
+
+    async def _send(self, leader: Leader, slot: _Slot) -> None:
         try:
-            while leader.queue and leader.active:
-                batch = leader.queue[:MAX_BATCH]
-                del leader.queue[:MAX_BATCH]
-                entries = [e for e, _ in batch]
-                try:
-                    await self._replicate(leader, entries)
-                except PeerRingError as exc:
-                    err = PublishError(
-                        f"not acknowledged by {self.quorum} replicas ({exc}); retry with the "
-                        "same msg_id"
-                    )
-                    for entry, fut in batch:
-                        leader.inflight.pop(entry.msg_id, None)
-                        if not fut.done():
-                            fut.set_exception(err)
-                    self.step_down(leader.key, f"replication failed: {exc}")
-                    return
-                leader.commit = entries[-1].seq
-                self.store.state(leader.key, leader.config).log.note_commit(leader.commit)
-                for entry, fut in batch:
-                    leader.inflight.pop(entry.msg_id, None)
-                    if not fut.done():
-                        fut.set_result(entry)
-                leader.notify()
-        finally:
-            leader.flushing = False
+            await self._replicate(leader, [e for e, _ in slot.batch])
+            slot.ok = True
+        except PeerRingError as exc:
+            slot.ok = False
+            slot.error = exc
+        self._complete(leader)
+        self._kick(leader)
+
+    def _complete(self, leader: Leader) -> None:
+        log = self.store.state(leader.key, leader.config).log
+        committed = False
+        while leader.slots and leader.slots[0].ok is not None:
+            slot = leader.slots.popleft()
+            if not slot.ok:
+                self._fail(leader, slot)
+                return
+            leader.commit = slot.batch[-1][0].seq
+            log.note_commit(leader.commit)
+            for entry, fut in slot.batch:
+                leader.inflight.pop(entry.msg_id, None)
+                if not fut.done():
+                    fut.set_result(entry)
+            committed = True
+        if committed:
+            leader.notify()
+
+    def _fail(self, leader: Leader, slot: _Slot) -> None:
+        # Everything after a failed batch fails too (the commit point cannot pass it).
+        err = PublishError(
+            f"not acknowledged by {self.quorum} replicas ({slot.error}); retry with the same msg_id"
+        )
+        for failed in [slot, *leader.slots]:
+            for entry, fut in failed.batch:
+                leader.inflight.pop(entry.msg_id, None)
+                if not fut.done():
+                    fut.set_exception(err)
+        leader.slots.clear()
+        self.step_down(leader.key, f"replication failed: {slot.error}")
 
     async def _replicate(self, leader: Leader, entries: list[Entry]) -> None:
         req = AppendRequest(leader.config, leader.ballot, leader.start, leader.commit, entries)

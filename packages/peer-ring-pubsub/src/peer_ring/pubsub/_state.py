@@ -12,6 +12,7 @@ sequence, dedup window), its entries in chunks, and one record per group.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -84,15 +85,51 @@ class PartitionState:
 
 
 # ------------------------------------------------------------------- encoding
+# One fixed-size header per entry (epoch, seq, time, kind, writer and the three lengths),
+# packed at once: entries are the bulk of every append, fetch reply and transfer.
+_ENTRY_HEADER = struct.Struct(">QQdQQIII")
+
+
 def encode_entry(w: Writer, entry: Entry) -> None:
     """Append one entry to ``w``."""
-    w.u64(entry.epoch).u64(entry.seq).f64(entry.time).str_(entry.msg_id)
-    w.bytes_(entry.key).bytes_(entry.data).u64(entry.kind).u64(entry.writer)
+    msg_id = entry.msg_id.encode()
+    w.raw(
+        _ENTRY_HEADER.pack(
+            entry.epoch,
+            entry.seq,
+            entry.time,
+            entry.kind,
+            entry.writer,
+            len(msg_id),
+            len(entry.key),
+            len(entry.data),
+        )
+    )
+    w.raw(msg_id + entry.key + entry.data)
 
 
 def decode_entry(r: Reader) -> Entry:
-    """Read one entry written by :func:`encode_entry`."""
-    return Entry(r.u64(), r.u64(), r.f64(), r.str_(), r.bytes_(), r.bytes_(), r.u64(), r.u64())
+    """Read one entry written by :func:`encode_entry`.
+
+    Raises:
+        CodecError: a truncated buffer or an invalid msg_id.
+    """
+    epoch, seq, time, kind, writer, n_id, n_key, n_data = r.unpack(_ENTRY_HEADER)
+    body = r.take_bytes(n_id + n_key + n_data)
+    try:
+        msg_id = body[:n_id].decode()
+    except UnicodeDecodeError as exc:
+        raise CodecError("invalid UTF-8 msg_id") from exc
+    return Entry(
+        epoch,
+        seq,
+        time,
+        msg_id,
+        body[n_id : n_id + n_key],
+        body[n_id + n_key :],
+        kind,
+        writer,
+    )
 
 
 def encode_epoch_starts(w: Writer, starts: dict[int, int]) -> None:
