@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,77 +26,15 @@ import pytest
 
 from peer_ring.core import Member
 from peer_ring.core.testing import free_port
+from peer_ring.discovery.etcd.testing import INSTALL_HINT, etcd_binary
+from peer_ring.discovery.etcd.testing import EtcdServer as BaseEtcdServer
 
-BIN_DIR = Path(os.environ.get("PEER_RING_K8S_BIN", Path.home() / ".cache/peer-ring/bin"))
 #: Upper bound for any wait on etcd or on discovery (a shared 2-core machine).
 WAIT = 60.0
 
 
-def etcd_binary() -> str | None:
-    """The etcd binary built by tools/k8s-test-env, else one on PATH."""
-    built = BIN_DIR / "etcd"
-    if built.exists():
-        return str(built)
-    return shutil.which("etcd")
-
-
-class EtcdServer:
-    """One etcd process on loopback, restartable on the same ports and data."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.endpoint = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        """Start etcd (again) and wait until it is healthy."""
-        args = [
-            self.binary,
-            "--name=test",
-            f"--data-dir={self.workdir / 'data'}",
-            f"--listen-client-urls={self.url}",
-            f"--advertise-client-urls={self.url}",
-            f"--listen-peer-urls=http://127.0.0.1:{self.peer_port}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{self.peer_port}",
-            f"--initial-cluster=test=http://127.0.0.1:{self.peer_port}",
-            "--log-level=warn",
-            "--unsafe-no-fsync",  # throw-away data on a disk shared by several engineers
-        ]
-        log = self.workdir / "etcd.log"
-        with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-            out.write(f"\n---- start #{self.starts + 1} ----\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        self.starts += 1
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited: {log.read_text(errors='replace')[-3000:]}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError, ValueError),
-                urllib.request.urlopen(f"{self.url}/health", timeout=2) as r,
-            ):
-                if json.load(r).get("health") == "true":
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"etcd not healthy after {WAIT} s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop etcd with ``sig`` (SIGTERM: graceful; SIGKILL: crash) and wait for it."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+class EtcdServer(BaseEtcdServer):
+    """The package's test server, with non-blocking stop/start for async tests."""
 
     async def astop(self, sig: int = signal.SIGTERM) -> None:
         """:meth:`stop` without blocking the event loop (etcd's graceful stop takes seconds)."""
@@ -110,18 +44,11 @@ class EtcdServer:
         """:meth:`start` without blocking the event loop."""
         await asyncio.to_thread(self.start)
 
-    def close(self) -> None:
-        self.stop(signal.SIGKILL)
-
 
 @contextlib.contextmanager
 def _server(require_component: Callable[..., None]) -> Iterator[EtcdServer]:
     binary = etcd_binary()
-    require_component(
-        "etcd",
-        binary is not None,
-        f"no etcd in {BIN_DIR} or on PATH; build it with tools/k8s-test-env",
-    )
+    require_component("etcd", binary is not None, INSTALL_HINT)
     assert binary is not None
     workdir = Path(tempfile.mkdtemp(prefix="peer-ring-etcd-"))
     server = EtcdServer(binary, workdir)
