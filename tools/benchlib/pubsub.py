@@ -169,7 +169,11 @@ async def _consume_pubsub(sub: Any, rec: Recorder) -> None:
 async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio as redis
 
-    client = redis.Redis(host=spec["redis_host"], port=spec["redis_port"], max_connections=256)
+    # A blocking pool: requests beyond the connection limit wait instead of failing.
+    pool = redis.BlockingConnectionPool(
+        host=spec["redis_host"], port=spec["redis_port"], max_connections=256, timeout=30
+    )
+    client = redis.Redis(connection_pool=pool)
     out: dict[str, Any] = {}
     try:
         for phase, rate in (("throughput", None), ("latency", spec["rate"])):

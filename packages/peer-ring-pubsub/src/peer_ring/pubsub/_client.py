@@ -100,7 +100,11 @@ class SequencerClient:
             batch = self._batches[key] = _Batch()
         fut: asyncio.Future[tuple[int, int, bool]] = asyncio.get_running_loop().create_future()
         batch.items.append((message, fut))
-        if batch.running < _PIPELINE:
+        # A local sequencer is CPU-bound: one request at a time batches best. A remote one
+        # is latency-bound: a few requests in flight hide the round trips.
+        prefs = self.node.preference_list(key, self.replication)
+        limit = 1 if prefs and prefs[0] == self.node.address else _PIPELINE
+        if batch.running < limit:
             batch.running += 1
             spawn(self._drain(key, config, batch, timeout))
         return await fut

@@ -317,7 +317,9 @@ class Leaders:
     def _kick(self, leader: Leader) -> None:
         # Up to PIPELINE appends in flight per partition; the commit point only moves over
         # a contiguous prefix of completed batches (see _complete).
-        while leader.queue and leader.active and len(leader.slots) < PIPELINE:
+        # Without replicas (N=1) the append is local and CPU-bound: one batch at a time.
+        limit = PIPELINE if self.replication > 1 else 1
+        while leader.queue and leader.active and len(leader.slots) < limit:
             slot = _Slot(leader.queue[:MAX_BATCH])
             del leader.queue[:MAX_BATCH]
             leader.slots.append(slot)
