@@ -75,6 +75,7 @@ class Coordinator:
         self.sent = 0
         self.send_failures = 0
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._default_sizes = (config.replication, config.quorum_for(config.replication))
         limit = config.transport_limits.max_message_bytes
         self._frame_budget = max(1024, min(int(limit * _FRAME_SHARE), _FRAME_BUDGET_MAX))
 
@@ -91,6 +92,8 @@ class Coordinator:
         """
         if isinstance(command, Command):
             registered = self.dispatcher.declaration(namespace, command.name)
+            if registered is command:  # the common case: the object that was registered
+                return command
             if registered is not None and registered != command:
                 raise InvalidArgumentError(
                     f"{namespace}/{command.name} is registered as {registered}, not {command}"
@@ -123,10 +126,21 @@ class Coordinator:
         timeout: float | None,
     ) -> ExecuteResult:
         """See ``PeerRing.execute``."""
-        self._check_running()
-        decl = self.resolve(namespace, command)
-        n, q = self._sizes(replication, quorum)
-        key_b = _key_bytes(key)
+        # The hot path of every application: the common cases are inlined (registered
+        # Command object, default sizes, bytes key).
+        if not self.running:
+            raise NotRunningError(f"node {self.address} is not running")
+        entry = self.dispatcher.commands.get(
+            (namespace, command.name if type(command) is Command else "")
+        )
+        decl = command if entry is not None and entry.command is command else None
+        if decl is None:
+            decl = self.resolve(namespace, command)
+        if replication is None and quorum is None:
+            n, q = self._default_sizes
+        else:
+            n, q = self._sizes(replication, quorum)
+        key_b = key if type(key) is bytes else _key_bytes(key)
         ring = self.membership.ring
         partition = ring.partition_for_key(key_b)
         prefs = ring.preference_list(partition, n)

@@ -61,7 +61,8 @@ class Dispatcher:
         self._clock = clock
         self._membership = membership
         self._request_timeout = request_timeout
-        self._commands: dict[tuple[str, str], Registered] = {}
+        #: (namespace, name) -> registration; read directly by the coordinator's hot path.
+        self.commands: dict[tuple[str, str], Registered] = {}
         self.sync: SyncManager | None = None  # set by the node once built (it needs us too)
 
     # -- registration ------------------------------------------------------------------
@@ -74,13 +75,13 @@ class Dispatcher:
             raise InvalidArgumentError(f"namespace {namespace!r} is reserved for the core")
         if not callable(handler):
             raise InvalidArgumentError(f"handler of {namespace}/{command.name} is not callable")
-        if (namespace, command.name) in self._commands:
+        if (namespace, command.name) in self.commands:
             raise InvalidArgumentError(f"{namespace}/{command.name} is already registered")
-        self._commands[(namespace, command.name)] = Registered(command, handler)
+        self.commands[(namespace, command.name)] = Registered(command, handler)
 
     def declaration(self, namespace: str, name: str) -> Command | None:
         """The command registered under ``(namespace, name)``, if any."""
-        entry = self._commands.get((namespace, name))
+        entry = self.commands.get((namespace, name))
         return None if entry is None else entry.command
 
     def unknown(self, namespace: str, name: str) -> UnknownCommandError:
@@ -149,7 +150,7 @@ class Dispatcher:
         ready"; a read forwarded here in place of another replica is answered only if
         this node holds a complete copy. Otherwise the handler runs.
         """
-        entry = self._commands.get((namespace, name))
+        entry = self.commands.get((namespace, name))
         if entry is None:
             return Response(Status.UNKNOWN_COMMAND, b"", str(self.unknown(namespace, name)))
         command = entry.command
@@ -161,7 +162,8 @@ class Dispatcher:
             if forwarded and command.hinted:
                 return sync.store_hint(Request(namespace, name, key, payload, partition, hint))
             if key:  # batch-style commands (no key) check their keys with partition_ready
-                p = self._membership.ring.partition_for_key(key)
+                # A peer's partition is recomputed (it may be wrong); our own is not.
+                p = partition if ctx.local else self._membership.ring.partition_for_key(key)
                 if command.reads:
                     if forwarded:
                         if not sync.holds(p):
@@ -248,7 +250,7 @@ class Dispatcher:
         Raises:
             PeerRingError: the typed error of the failure (the same mapping as remotely).
         """
-        entry = self._commands.get((namespace, name))
+        entry = self.commands.get((namespace, name))
         if entry is None:
             raise self.unknown(namespace, name)
         partition = self._membership.ring.partition_for_key(key)

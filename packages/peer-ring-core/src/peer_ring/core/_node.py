@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -409,7 +409,7 @@ class PeerRing:
         """The partition of ``key`` in this node's ring (``str`` keys are UTF-8 encoded)."""
         return self._membership.ring.partition_for_key(key)
 
-    async def execute(
+    def execute(
         self,
         namespace: str,
         command: Command | str,
@@ -419,8 +419,8 @@ class PeerRing:
         replication: int | None = None,
         quorum: int | None = None,
         timeout: float | None = None,
-    ) -> ExecuteResult:
-        """Run a command on the replicas of ``key`` and wait for a quorum.
+    ) -> Coroutine[Any, Any, ExecuteResult]:
+        """Run a command on the replicas of ``key`` and wait for a quorum (a coroutine).
 
         For hinted commands, a replica that is suspected or fails is replaced by the next
         healthy node of the ring walk, which holds the command as a hint for it (its reply
@@ -448,9 +448,8 @@ class PeerRing:
                 and their errors (unknown command, timeout, unreachable...).
             NotRunningError: the node is not started.
         """
-        return await self._coord.execute(
-            namespace, command, key, payload, replication, quorum, timeout
-        )
+        # A plain def handing out the coordinator's coroutine: one coroutine per operation.
+        return self._coord.execute(namespace, command, key, payload, replication, quorum, timeout)
 
     async def execute_many(
         self,

@@ -86,6 +86,8 @@ class Operation:
         self.used.update(prefs)
         membership = coord.membership
         hinted = self.command.hinted
+        # Remote sends inline (no batch: one request each) on the hot path of ``execute``.
+        direct = self.batch is None
         local = False
         for replica in prefs:
             if replica == me:
@@ -96,9 +98,12 @@ class Operation:
                 if substitute is not None:
                     self.send(substitute, replica)
                     continue
-            self.send(replica, "")
+            if direct:
+                self.send_direct(replica, "")
+            else:
+                self.send(replica, "")
         if local:  # last: remote requests are on their way while the handler runs
-            self.send(me, "")
+            self._run_here("")
 
     def send(self, target: str, hint: str) -> None:
         """Ask ``target`` (for the replica ``hint`` when it stands in for one)."""
