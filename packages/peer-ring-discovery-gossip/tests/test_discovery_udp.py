@@ -185,3 +185,26 @@ def test_metadata_is_checked() -> None:
         GossipDiscovery("127.0.0.1:0", self_address="127.0.0.1:7100", metadata={"k": 1})  # type: ignore[dict-item]
     with pytest.raises(InvalidArgumentError):
         GossipDiscovery("127.0.0.1", self_address="127.0.0.1")  # no port in self_address
+
+
+async def test_tcp_fallback_probe_over_real_sockets(fast_config) -> None:
+    a = make(0, [], fast_config)
+    await a.start()
+    b = make(1, [a.gossip_address], fast_config)
+    await b.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while len(a._members()) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        # b's UDP socket goes away (as if a firewall dropped UDP): its TCP listener stays.
+        assert b._runtime is not None and b._runtime._udp is not None
+        b._runtime._udp.close()
+        deadline = time.monotonic() + 3.0  # about 15 probe intervals, 5 suspicion timeouts
+        while time.monotonic() < deadline:
+            assert {m.address for m in a._members()} == {"127.0.0.1:7100", "127.0.0.1:7101"}
+            await asyncio.sleep(0.05)
+        assert a.stats().get("tcp_pings_ok", 0) > 0
+    finally:
+        await a.stop()
+        await b.stop(leave=False)

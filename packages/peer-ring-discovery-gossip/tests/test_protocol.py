@@ -163,3 +163,16 @@ def test_an_oversized_announcement_is_ignored() -> None:
     swim.on_alive(sim.now, Alive("intruder:1", 1, ("10.9.9.9", 1), {"k": "v" * 1000}))
     assert "intruder:1" not in swim.nodes
     assert len(swim.broadcasts) == 0 or swim.broadcasts.pending("intruder:1") is None
+
+
+def test_tcp_fallback_keeps_a_member_whose_udp_is_blocked() -> None:
+    def run(tcp_fallback: bool) -> list[EventKind]:
+        sim = Simulation(seed=13, config=GossipConfig.lan(tcp_fallback=tcp_fallback))
+        sim.add_cluster(10, settle=3.0, formed=True)
+        sim.network.block_udp(A(3))
+        sim.run_for(60.0)
+        return [e.event.kind for e in sim.events if e.event.name == N(3)]
+
+    assert EventKind.DIED in run(tcp_fallback=False)
+    kinds = run(tcp_fallback=True)
+    assert EventKind.SUSPECTED not in kinds and EventKind.DIED not in kinds

@@ -48,8 +48,11 @@ class GossipConfig:
         udp_buffer_size: largest UDP packet sent; piggybacked updates fill it up to this.
         max_packet_size: larger inbound UDP packets are dropped (``too_large``).
         max_stream_size: larger inbound TCP push-pull messages are dropped.
-        urgent_gossip: leave, death and refutation updates start a gossip round at once
-            instead of waiting for the next tick.
+        urgent_gossip: leave, death, join and refutation updates start a gossip round at
+            once instead of waiting for the next tick.
+        tcp_fallback: when a direct ping gets no ack in time, also ping the target over TCP
+            (memberlist's fallback): a member reachable over TCP is not suspected, so a
+            network that drops UDP (or much of it) does not make it look dead.
         join_retry_interval: while no seed answered, retry joining them this often.
     """
 
@@ -71,6 +74,7 @@ class GossipConfig:
     max_packet_size: int = 65_507
     max_stream_size: int = 8 * 1024 * 1024
     urgent_gossip: bool = True
+    tcp_fallback: bool = True
     join_retry_interval: float = 2.0
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from peer_ring.discovery.gossip._messages import Address, PushPull
+from peer_ring.discovery.gossip._messages import Address, Ping, PushPull
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,17 @@ class OpenStream:
     message: PushPull
 
 
-Output = SendPacket | OpenStream
+@dataclass(frozen=True, slots=True)
+class StreamPing:
+    """The TCP fallback probe: connect to ``to``, send ``ping``, expect ``Ack(ping.seq)``
+    within ``timeout`` seconds; then call ``Swim.stream_ping_done(now, ping.seq, ok)``."""
+
+    to: Address
+    ping: Ping
+    timeout: float
+
+
+Output = SendPacket | OpenStream | StreamPing
 
 
 class EventKind(Enum):

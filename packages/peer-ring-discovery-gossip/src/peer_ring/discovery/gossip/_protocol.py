@@ -50,7 +50,7 @@ from peer_ring.discovery.gossip._messages import (
     Status,
     Suspect,
 )
-from peer_ring.discovery.gossip._outputs import OpenStream, Output, SendPacket
+from peer_ring.discovery.gossip._outputs import OpenStream, Output, SendPacket, StreamPing
 from peer_ring.discovery.gossip._packet import PER_MESSAGE_OVERHEAD
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class _Probe:
     acked: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    end: float = 0.0
+    tcp_ok: bool = False
 
 
 @dataclass(slots=True)
@@ -151,8 +153,13 @@ class Swim(MemberTable):
         for msg in messages:
             self._handle(now, src, msg)
 
-    def handle_stream(self, now: float, src: Address, msg: PushPull) -> PushPull:
-        """Serve a push-pull: merge the peer's table and return ours (taken first)."""
+    def handle_stream(
+        self, now: float, src: Address, msg: PushPull | Ping
+    ) -> PushPull | Ack | None:
+        """Serve one TCP request: a push-pull (merge the peer's table and return ours, taken
+        first) or a fallback ping (the ack, when it names this node; else None)."""
+        if isinstance(msg, Ping):
+            return Ack(msg.seq) if msg.target == self.name and not self.stopped else None
         reply = self.push_pull_message(join=False)
         if not self.stopped:
             self.merge(now, msg.members)
@@ -169,6 +176,12 @@ class Swim(MemberTable):
             self.joined = True
         elif join and not self.joined and not any(self._streams.values()):
             self.timers.set("join", now + self.config.join_retry_interval)
+
+    def stream_ping_done(self, now: float, seq: int, ok: bool) -> None:
+        """The TCP fallback ping of probe ``seq`` was answered (``ok``) or not."""
+        probe = self._probe
+        if ok and probe is not None and probe.seq == seq and not self.stopped:
+            probe.tcp_ok = True
 
     def leave(self, now: float) -> None:
         """Announce that this node leaves (gossiped at once); it stops probing."""
@@ -278,7 +291,7 @@ class Swim(MemberTable):
         if target is None:
             return
         seq = self._next_seq()
-        self._probe = _Probe(seq, target.name)
+        self._probe = _Probe(seq, target.name, end=now + interval)
         self.probes_sent += 1
         msgs: list[Message] = [Ping(seq, target.name)]
         if target.status == Status.SUSPECT and self.config.lifeguard:
@@ -304,6 +317,9 @@ class Swim(MemberTable):
         for helper in helpers:
             self._send(helper.addr, [IndirectPing(seq, target.name, target.addr, nack)])
         probe.expected_nacks = len(helpers) if nack else 0
+        if self.config.tcp_fallback and probe.end > now:
+            ping = Ping(seq, target.name)
+            self._outputs.append(StreamPing(target.addr, ping, probe.end - now))
 
     def _probe_end(self, now: float, seq: int) -> None:
         probe = self._probe
@@ -313,6 +329,12 @@ class Swim(MemberTable):
         self.timers.cancel(("probe_timeout", seq))
         self.timers.cancel(("probe_end", seq))
         if probe.acked:
+            return
+        if probe.tcp_ok:
+            # memberlist's verdict too: reachable, so not suspected; but UDP is failing.
+            logger.warning(
+                "%s answered over TCP but not over UDP: is UDP blocked on the way?", probe.target
+            )
             return
         if probe.expected_nacks > 0:
             self.awareness.apply(max(0, probe.expected_nacks - probe.nacks))

@@ -11,14 +11,14 @@ import random
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from peer_ring.discovery.gossip._codec import encode
 from peer_ring.discovery.gossip._config import GossipConfig
 from peer_ring.discovery.gossip._membership import initial_incarnation
-from peer_ring.discovery.gossip._messages import Address, PushPull
-from peer_ring.discovery.gossip._outputs import OpenStream, SendPacket
+from peer_ring.discovery.gossip._messages import Ack, Address, Message, Ping, PushPull
+from peer_ring.discovery.gossip._outputs import OpenStream, SendPacket, StreamPing
 from peer_ring.discovery.gossip._packet import BadPacketError, PacketCodec
 from peer_ring.discovery.gossip._protocol import Swim
 
@@ -208,9 +208,9 @@ class GossipRuntime:
             if isinstance(out, SendPacket):
                 self._send_packet(out)
             elif isinstance(out, OpenStream):
-                task = asyncio.create_task(self._push_pull(out))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._push_pull(out))
+            elif isinstance(out, StreamPing):
+                self._spawn(self._stream_ping(out))
         swim.events.clear()
         if swim.joined and not self._joined.is_set():
             self._joined.set()
@@ -219,6 +219,11 @@ class GossipRuntime:
             self._on_change()
         self._wake.set()
         self._flushed.set()
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _send_packet(self, out: SendPacket) -> None:
         if self._udp is None:
@@ -254,19 +259,45 @@ class GossipRuntime:
 
     # ---- TCP push-pull ------------------------------------------------------------------------
 
-    def _frame(self, msg: PushPull) -> bytes:
+    def _frame(self, msg: Message) -> bytes:
         data = self.codec.pack([encode(msg)])
         return _FRAME.pack(len(data)) + data
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> PushPull:
+    async def _read_frame(self, reader: asyncio.StreamReader) -> PushPull | Ping | Ack:
         header = await reader.readexactly(_FRAME.size)
         (size,) = _FRAME.unpack(header)
         if size > self.config.max_stream_size:
             raise BadPacketError("too_large", f"stream frame of {size} bytes")
         messages = self.codec.unpack(await reader.readexactly(size))
-        if len(messages) != 1 or not isinstance(messages[0], PushPull):
-            raise BadPacketError("bad_message", "a stream carries one push-pull")
-        return messages[0]
+        msg = messages[0] if len(messages) == 1 else None
+        if not isinstance(msg, PushPull | Ping | Ack):
+            raise BadPacketError("bad_message", "a stream carries one push-pull, ping or ack")
+        return msg
+
+    async def _stream_ping(self, out: StreamPing) -> None:
+        ok = False
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(out.timeout):
+                reader, writer = await asyncio.open_connection(*out.to)
+                writer.write(self._frame(out.ping))
+                await writer.drain()
+                reply = await self._read_frame(reader)
+                ok = isinstance(reply, Ack) and reply.seq == out.ping.seq
+        except BadPacketError as exc:
+            self.stats[f"bad_packets.{exc.reason}"] += 1
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            logger.debug("TCP fallback ping of %s failed: %r", out.to, exc)
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        self.stats["tcp_pings_ok" if ok else "tcp_pings_failed"] += 1
+        swim = self.swim
+        if swim is not None:
+            swim.stream_ping_done(self._now(), out.ping.seq, ok)
+            self._flush()
 
     async def _push_pull(self, out: OpenStream) -> None:
         reply: PushPull | None = None
@@ -276,7 +307,10 @@ class GossipRuntime:
                 reader, writer = await asyncio.open_connection(*out.to)
                 writer.write(self._frame(out.message))
                 await writer.drain()
-                reply = await self._read_frame(reader)
+                answer = await self._read_frame(reader)
+                if not isinstance(answer, PushPull):
+                    raise BadPacketError("bad_message", "push-pull answered by another message")
+                reply = answer
             self.stats["push_pulls"] += 1
         except BadPacketError as exc:
             self.stats[f"bad_packets.{exc.reason}"] += 1
@@ -301,13 +335,14 @@ class GossipRuntime:
             async with asyncio.timeout(self.config.stream_timeout):
                 request = await self._read_frame(reader)
                 swim = self.swim
-                if swim is None or swim.stopped:
+                if swim is None or swim.stopped or isinstance(request, Ack):
                     return
                 peer = writer.get_extra_info("peername")
                 reply = swim.handle_stream(self._now(), (str(peer[0]), int(peer[1])), request)
                 self._flush()
-                writer.write(self._frame(reply))
-                await writer.drain()
+                if reply is not None:
+                    writer.write(self._frame(reply))
+                    await writer.drain()
         except BadPacketError as exc:
             self.stats[f"bad_packets.{exc.reason}"] += 1
             logger.debug("dropped a push-pull: %s", exc)

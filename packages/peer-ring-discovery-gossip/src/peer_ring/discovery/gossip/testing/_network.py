@@ -36,6 +36,7 @@ class SimNetwork:
         self.min_delay = min_delay
         self.max_delay = max_delay
         self._group: dict[Address, int] = {}
+        self._udp_blocked: set[Address] = set()
         self.dropped = 0
 
     def partition(self, *groups: Iterable[Address]) -> None:
@@ -47,8 +48,13 @@ class SimNetwork:
                 self._group[addr] = index
 
     def heal(self) -> None:
-        """Remove every partition."""
+        """Remove every partition and UDP block."""
         self._group = {}
+        self._udp_blocked = set()
+
+    def block_udp(self, *addrs: Address) -> None:
+        """Drop every UDP packet to or from ``addrs`` (TCP still gets through)."""
+        self._udp_blocked.update(addrs)
 
     def reachable(self, src: Address, dst: Address) -> bool:
         """Whether ``src`` and ``dst`` are on the same side of the current partition."""
@@ -60,6 +66,13 @@ class SimNetwork:
 
     def udp_fate(self, src: Address, dst: Address) -> float | None:
         """The delay of one UDP packet from ``src`` to ``dst``, or None if it is lost."""
+        if src in self._udp_blocked or dst in self._udp_blocked:
+            self.dropped += 1
+            return None
+        return self.tcp_segment_fate(src, dst)
+
+    def tcp_segment_fate(self, src: Address, dst: Address) -> float | None:
+        """The delay of one TCP segment's first transmission, or None if it is lost."""
         if not self.reachable(src, dst) or (self.loss and self.rng.random() < self.loss):
             self.dropped += 1
             return None

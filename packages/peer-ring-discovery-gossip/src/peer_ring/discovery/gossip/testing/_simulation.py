@@ -19,8 +19,8 @@ from peer_ring.discovery.gossip._codec import encode
 from peer_ring.discovery.gossip._config import GossipConfig
 from peer_ring.discovery.gossip._keyring import Keyring
 from peer_ring.discovery.gossip._membership import initial_incarnation
-from peer_ring.discovery.gossip._messages import Address, PushPull
-from peer_ring.discovery.gossip._outputs import MemberEvent, OpenStream, SendPacket
+from peer_ring.discovery.gossip._messages import Ack, Address, Ping, PushPull
+from peer_ring.discovery.gossip._outputs import MemberEvent, OpenStream, SendPacket, StreamPing
 from peer_ring.discovery.gossip._packet import BadPacketError, PacketCodec
 from peer_ring.discovery.gossip._protocol import Swim
 from peer_ring.discovery.gossip.testing._network import SimNetwork
@@ -251,6 +251,8 @@ class Simulation:
             elif isinstance(out, OpenStream):
                 node.streams_opened += 1
                 self._start_stream(node, out)
+            elif isinstance(out, StreamPing):
+                self._start_stream_ping(node, out)
         deadline = swim.next_deadline()
         if deadline is not None and node.up:
             node.wake_token += 1
@@ -272,15 +274,36 @@ class Simulation:
         self._push(self.now + self.config.stream_timeout, "stream_reply", reply)
 
     def _unpack_stream(self, node: SimNode, data: bytes) -> PushPull | None:
+        msg = self._unpack_one(node, data)
+        return msg if isinstance(msg, PushPull) else None
+
+    def _unpack_one(self, node: SimNode, data: bytes) -> object:
         try:
             messages = node.codec.unpack(data)
         except BadPacketError as exc:
             node.bad_packets[exc.reason] += 1
             return None
-        if len(messages) != 1 or not isinstance(messages[0], PushPull):
+        if len(messages) != 1:
             node.bad_packets["bad_message"] += 1
             return None
         return messages[0]
+
+    def _start_stream_ping(self, node: SimNode, out: StreamPing) -> None:
+        """The TCP fallback probe. TCP recovers lost data segments, but a lost SYN or SYN-ACK
+        costs a 1 s retransmission timeout, longer than what is left of the probe: the
+        handshake's two packets must get through (each subject to the UDP loss rate)."""
+        data = node.codec.pack([encode(out.ping)])
+        node.packets_sent += 3
+        node.bytes_sent += len(data) + 4 + 3 * TCP_HEADER
+        deadline = self.now + out.timeout
+        peer = self.by_addr.get(out.to)
+        net = self.network
+        fate = net.tcp_segment_fate(node.addr, out.to), net.tcp_segment_fate(out.to, node.addr)
+        if peer is None or not peer.up or None in fate:
+            self._push(deadline, "ping_reply", (node, node.swim, out.ping.seq, False, deadline))
+            return
+        delay = sum(f for f in fate if f is not None) + self.network.delay() + self._lag(peer)
+        self._push(self.now + delay, "ping_serve", (node, node.swim, peer, out, data, deadline))
 
     def _dispatch(self, kind: str, payload: Any) -> None:
         if kind == "wake":
@@ -309,12 +332,27 @@ class Simulation:
                 self._stream_failed(client, out)
                 return
             reply = peer.swim.handle_stream(self.now, client.addr, request)
+            assert reply is not None
             answer = peer.codec.pack([encode(reply)])
             peer.bytes_sent += len(answer) + 4 + TCP_SEGMENTS_PER_EXCHANGE // 2 * TCP_HEADER
             peer.packets_sent += TCP_SEGMENTS_PER_EXCHANGE // 2
             self._after(peer)
             delay = self.network.delay() + self._lag(client)
             self._push(self.now + delay, "stream_reply", (client, swim, out.id, answer))
+        elif kind == "ping_serve":
+            client, swim, peer, out, data, deadline = payload
+            ping = self._unpack_one(peer, data) if peer.up else None
+            ok = False
+            if isinstance(ping, Ping):
+                ok = isinstance(peer.swim.handle_stream(self.now, client.addr, ping), Ack)
+                self._after(peer)
+            at = self.now + self.network.delay() + self._lag(client) if ok else deadline
+            self._push(at, "ping_reply", (client, swim, out.ping.seq, ok, deadline))
+        elif kind == "ping_reply":
+            client, swim, seq, ok, deadline = payload
+            if client.up and client.swim is swim:
+                swim.stream_ping_done(self.now, seq, ok and self.now <= deadline)
+                self._after(client)
         elif kind == "stream_reply":
             client, swim, stream_id, answer = payload
             if client.up and client.swim is swim:
