@@ -68,6 +68,15 @@ def test_serve_options_map_to_the_constructor() -> None:
     assert dict(next(iter(d.members)).metadata) == {"zone": "a", "rack": "r1"}
 
 
+def test_meta_options_add_labels() -> None:
+    d = from_serve_options(
+        "127.0.0.1:7100", {"metadata": "zone=a,rack=r1", "meta.zone": "b", "meta.os": "x"}, {}
+    )
+    assert dict(next(iter(d.members)).metadata) == {"zone": "b", "rack": "r1", "os": "x"}
+    with pytest.raises(ValueError, match="needs a key"):
+        from_serve_options("127.0.0.1:7100", {"meta.": "x"}, {})
+
+
 def test_serve_options_fall_back_to_the_environment() -> None:
     d = from_serve_options(
         "127.0.0.1:7100",

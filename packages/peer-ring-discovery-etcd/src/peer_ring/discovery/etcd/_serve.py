@@ -67,16 +67,22 @@ def from_serve_options(
         listen: the ``--listen`` ``host:port`` (this node's identity), or None.
         options: ``--discovery-option`` pairs; see :func:`option_help`. An option not given
             is read from ``PEER_RING_ETCD_<OPTION>`` (upper case, ``-`` as ``_``).
+            ``meta.KEY=VALUE`` adds one metadata label (as with the ZooKeeper discovery).
         environ: the process environment.
 
     Raises:
         ValueError: an unknown option (the message lists the valid ones), a malformed
             value, or no address for this node.
     """
+    meta = {k.removeprefix("meta."): v for k, v in options.items() if k.startswith("meta.")}
+    if "" in meta:
+        raise ValueError("option 'meta.' needs a key: meta.zone=eu-1a")
+    options = {k: v for k, v in options.items() if not k.startswith("meta.")}
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(_OPTIONS)}"
+            f"unknown option(s) {', '.join(unknown)}; valid options: "
+            f"{', '.join(_OPTIONS)}, meta.KEY"
         )
     kwargs: dict[str, object] = {}
     for name, (argument, parse, _) in _OPTIONS.items():
@@ -88,6 +94,9 @@ def from_serve_options(
             kwargs[argument] = parse(text.strip())
         except ValueError as error:
             raise ValueError(f"option {name}={text!r}: {error}") from None
+    if meta:
+        metadata = kwargs.get("metadata")
+        kwargs["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), **meta}
     address = kwargs.pop("self_address", None) or listen
     if not address:
         raise ValueError(
