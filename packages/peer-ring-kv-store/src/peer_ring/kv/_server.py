@@ -9,6 +9,8 @@ Routes (see the package README for the full contract)::
     GET    /healthz    200 while the process is up
     GET    /readyz     200 once the node has joined the ring, else 503
     GET    /metrics    Prometheus text format
+    GET    /admin/nodes, GET /admin/key/{key}, POST /admin/drain   (see peer_ring.kv._admin)
+    GET    /ui         the live web view of the ring (static files, see peer_ring.kv._ui)
 
 Every error answer is JSON ``{"error": "<message>", ...}``. Store exceptions map to status
 codes in one place (:func:`_error_response`): bad arguments 400, value too large 413, quorum
@@ -44,8 +46,10 @@ from peer_ring.core import (
     RemoteError,
     RequestTimeoutError,
 )
+from peer_ring.kv._admin import AdminRoutes
 from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._metrics import METRICS_CONTENT_TYPE, KVMetrics
+from peer_ring.kv._ui import UI_PATHS, install_ui
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,8 @@ _KV_PREFIX = "/kv/"
 _READ_CHUNK = 64 * 1024
 # Probes must work without credentials (kubelet and load balancers rarely carry them), and
 # reveal nothing but "up" and "ready".
-_UNAUTHENTICATED = frozenset({"/healthz", "/readyz"})
+# The /ui page's static files hold no data (the page asks for the token to read /cluster).
+_UNAUTHENTICATED = frozenset({"/healthz", "/readyz", *UI_PATHS})
 _MISSING: Any = object()
 #: Seconds between two log lines about refused tokens (every refusal is counted).
 _REFUSAL_LOG_INTERVAL = 10.0
@@ -150,6 +155,11 @@ class KVHttpApi:
         self.metrics = metrics or KVMetrics(
             store, ready=lambda: self.ready, replication=self._replication
         )
+        #: Called by ``POST /admin/drain`` (``serve`` sets it to its shutdown: graceful
+        #: leave, then exit); ``None`` answers 501.
+        self.drain_handler: Callable[[], None] | None = None
+        self._admin = AdminRoutes(store, self._replication, lambda: self.drain_handler)
+        self._admin.register()
 
     # -- readiness ----------------------------------------------------------------------------
 
@@ -187,6 +197,8 @@ class KVHttpApi:
         router.add_get("/healthz", self._healthz, name="healthz")
         router.add_get("/readyz", self._readyz, name="readyz")
         router.add_get("/metrics", self._metrics, name="metrics")
+        self._admin.install(router)
+        install_ui(router)
         return app
 
     @web.middleware

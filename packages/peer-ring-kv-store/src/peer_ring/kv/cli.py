@@ -1,4 +1,4 @@
-"""The ``peer-ring-kv`` command: ``serve`` (a node with an HTTP API) and ``demo``.
+"""The ``peer-ring-kv`` command: ``serve`` (a node with an HTTP API), ``demo`` and ``admin``.
 
 Exit status: 0 on success (including a clean shutdown on SIGTERM/SIGINT), 1 when the node
 fails at run time (an address already in use...), 2 for bad usage (a flag or environment
@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from peer_ring.kv.__about__ import __version__
+from peer_ring.kv._admin_cli import add_admin_parser, run_admin
 from peer_ring.kv._serve_config import (
     ServeConfig,
     UsageError,
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="loopback address of every node. Default: 127.0.0.1"
     )
     demo.set_defaults(subparser=demo)
+    add_admin_parser(commands)
     return parser
 
 
@@ -105,6 +107,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except ValueError as exc:
             args.subparser.error(str(exc))
         return run_demo(options)
+    if args.command == "admin":
+        return run_admin(args, env)
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks choices
     return EXIT_USAGE  # pragma: no cover
 
@@ -157,6 +161,7 @@ async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
     server = KVHttpServer(api, http_host, http_port)
 
     stop = asyncio.Event()
+    api.drain_handler = stop.set  # POST /admin/drain: the same graceful leave as SIGTERM
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
 
