@@ -77,3 +77,33 @@ async def test_kill_sequencer_restart_empty_kill_another(cluster) -> None:
     assert sum(ps.leaders.takeovers for ps in cluster.nodes.values()) >= PARTITIONS
     await _check(publisher, "t", acked)
     await _check(cluster.nodes[victim], "t", acked)
+
+
+async def test_group_resumes_at_its_stored_cursor_after_the_sequencer_restarts_empty(
+    cluster,
+) -> None:
+    nodes = await cluster.start(3)
+    addresses = list(cluster.members)
+    key = ring_key("jobs", 0)
+    victim = nodes[0].node.preference_list(key, 3)[0]
+    other = cluster.nodes[next(a for a in addresses if a != victim)]
+    topic = other.topic("jobs", partitions=1)
+    for i in range(20):
+        await topic.publish(str(i).encode())
+    async with topic.subscribe(group="g") as sub:
+        for i in range(10):
+            msg = await sub.next(timeout=30)
+            assert msg is not None and msg.offset == i
+            await msg.ack()
+    await cluster.kill(victim)
+    cluster.set_members([a for a in addresses if a != victim])
+    await cluster.until(lambda: victim not in other.node.ring)
+    restarted = await cluster.restart_empty(victim)
+    cluster.set_members(addresses)
+    await cluster.until(lambda: restarted.node.ready and victim in other.node.ring)
+    ready_at = cluster.clock.monotonic()
+    async with restarted.topic("jobs", partitions=1).subscribe(group="g") as sub:
+        msg = await sub.next(timeout=30)
+        assert msg is not None
+        assert msg.offset == 10, "the group must resume at its stored cursor"
+        assert cluster.clock.monotonic() - ready_at <= 2.0

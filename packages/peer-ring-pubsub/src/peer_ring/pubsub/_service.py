@@ -40,6 +40,9 @@ from peer_ring.pubsub._wire import (
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a closed consumer is remembered (longer than any long-poll).
+_RELEASED_MEMORY = 120.0
+
 #: ``dead_letter(topic, partition_key, group, entry)`` publishes to the dead-letter topic.
 DeadLetter = Callable[[str, bytes, str, Entry], Awaitable[None]]
 
@@ -55,6 +58,9 @@ class Service:
         self._dead_inflight: set[tuple[bytes, str, int]] = set()
         self.expired = 0
         self.dead_lettered = 0
+        # Consumers that closed (RELEASE): a long-poll of theirs still waiting here must not
+        # claim messages for them any more (nobody would receive the reply).
+        self._released: dict[str, float] = {}
 
     async def _guard(self, run: Callable[[], Awaitable[bytes]]) -> bytes:
         try:
@@ -141,14 +147,16 @@ class Service:
 
     async def _claim(self, leader: Leader, req: FetchRequest) -> FetchReply:
         state = self.store.state(leader.key, req.config)
+        if req.consumer in self._released:
+            return FetchReply([], [], 0, 0)
         log = state.log
         group = state.groups.get(req.group)
         if group is None:
+            # A new group starts at the end of the log ("latest") or at its first retained
+            # message ("earliest"): messages gone before it existed are not "lost" to it.
+            start = leader.commit + 1 if req.start < 0 else log.first
             group = state.group(req.group)
-            if req.start < 0:  # "latest": a new group starts at the end of the log
-                await self.leaders.replicate_group(
-                    leader, req.group, GroupState(leader.commit + 1, leader.commit + 1)
-                )
+            await self.leaders.replicate_group(leader, req.group, GroupState(start, start))
         now = self.clock.monotonic()
 
         def is_message(seq: int) -> bool:
@@ -210,6 +218,11 @@ class Service:
 
         spawn(run())
 
+    def _forget_released(self, now: float) -> None:
+        if len(self._released) > 1024:
+            for consumer in [c for c, until in self._released.items() if until < now]:
+                del self._released[consumer]
+
     # ----------------------------------------------------------------- settle
     async def handle_settle(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         async def run() -> bytes:
@@ -225,6 +238,8 @@ class Service:
                 seq, deliveries = req.items[0]
                 delta = group.extend(req.consumer, seq, deliveries, now, req.wait)
             elif req.op == RELEASE:
+                self._forget_released(now)
+                self._released[req.consumer] = now + _RELEASED_MEMORY
                 delta = group.release(req.consumer)
             else:
                 raise InvalidOptionError(f"unknown settle operation {req.op}")
