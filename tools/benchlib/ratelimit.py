@@ -10,7 +10,9 @@ loops of ``--concurrency`` hits in flight per process, ``--duration`` measured s
 2. *peer-ring*: ``--nodes`` node processes (real gRPC on loopback, replication
    ``--replication``), each embedding a ``RateLimiter`` and generating load on random keys
    (the embedded deployment: about 1/N of the hits are local, the rest forwarded in
-   batches to their owner), for the fixed window and the sliding window log.
+   batches to their owner), for the fixed window and the sliding window log in owner mode;
+   then ``--hot-keys`` hot keys (limit x100) in owner mode and in global mode (decided
+   locally from a copy, reconciled with the owner every 100 ms).
 3. *limits + Redis*: a real ``redis-server`` and ``--nodes`` client processes running the
    ``limits.aio`` fixed-window and moving-window strategies (``async+redis://``, redis-py)
    on the same keys.
@@ -135,9 +137,10 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     await rl.start()
     await rl.node.wait_ready(60)
     limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
+    mode = spec.get("mode", "owner")
 
     async def hit(key: str) -> bool:
-        return (await rl.hit(key, limit)).allowed
+        return (await rl.hit(key, limit, mode=mode)).allowed
 
     try:
         out = await closed_loop(
@@ -334,31 +337,27 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     algorithms = ["fixed_window", "sliding_window_log"]
     # 2. peer-ring cluster
     if not args.no_peer_ring:
-        for algo in algorithms:
+        hot = [f"hot:{i}" for i in range(args.hot_keys)]
+        runs = [(a, "owner", keys, args.limit) for a in algorithms]
+        runs += [("fixed_window", m, hot, args.limit * 100) for m in ("owner", "global")]
+        for algo, mode, run_keys, limit in runs:
             hosts = [f"127.0.0.{i + 1}" for i in range(args.nodes)]
             port = free_port(hosts)
             peers = [f"{h}:{port}" for h in hosts]
             start_at = time.time() + 6.0 + args.nodes
             stop_at = start_at + args.warmup + args.duration + 3.0
+            spec = {**base, "kind": "peer-ring", "algorithm": algo, "mode": mode}
+            spec.update(keys=run_keys, limit=limit, peers=peers, replication=args.replication)
+            spec.update(start_at=start_at, stop_at=stop_at)
             procs = [
-                await spawn(
-                    {
-                        **base,
-                        "kind": "peer-ring",
-                        "algorithm": algo,
-                        "seed": i,
-                        "me": p,
-                        "peers": peers,
-                        "replication": args.replication,
-                        "start_at": start_at,
-                        "stop_at": stop_at,
-                    },
-                    workdir / f"node-{algo}-{i}.log",
-                )
+                await spawn({**spec, "seed": i, "me": p}, workdir / f"node-{algo}-{mode}-{i}.log")
                 for i, p in enumerate(peers)
             ]
             res = await collect(procs, stop_at - time.time() + 60)
-            row = summarize(f"peer-ring {args.nodes} nodes R{args.replication}", res, args.duration)
+            name = f"peer-ring {args.nodes} nodes R{args.replication} {mode} mode"
+            if run_keys is hot:
+                name += f", {len(hot)} hot keys"
+            row = summarize(name, res, args.duration)
             batches = sum(r["stats"]["batches"] for r in res)
             row["mean_forward_batch"] = (
                 round(sum(r["stats"]["forwarded"] for r in res) / batches, 1) if batches else 0
@@ -430,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=3, help="node / Redis client processes (3)")
     p.add_argument("--replication", type=int, default=2, help="peer-ring state copies (2)")
     p.add_argument("--keys", type=int, default=10_000)
+    p.add_argument("--hot-keys", type=int, default=10, help="keys of the hot-key runs (10)")
     p.add_argument("--limit", type=int, default=1000, help="hits per second per key (1000)")
     p.add_argument("--concurrency", type=int, default=64, help="hits in flight per process")
     p.add_argument("--duration", type=float, default=10.0)

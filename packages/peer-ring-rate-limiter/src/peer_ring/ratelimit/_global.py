@@ -96,9 +96,8 @@ class GlobalSync:
     async def hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
         """Decide ``kb`` in global mode."""
         node = self._rl.node
-        owner = node.preference_list(kb, 1)[0]
-        p = node.partition_for_key(kb)
-        if owner == node.address and node.partition_ready(p):
+        p, here = self._rl.route(kb)
+        if here:
             self._hot[kb] = limit
             out = self._rl.decide_here(kb, p, limit, cost)
             d = out if isinstance(out, Decision) else await out

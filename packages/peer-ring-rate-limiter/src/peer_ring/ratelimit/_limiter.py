@@ -136,6 +136,9 @@ class RateLimiter:
         else:
             self._node = node
             repl = replication or node.config.replication
+        # A node given by the caller may be shared with other applications: only the
+        # limiter that created its node stops it.
+        self._owns_node = node is None
         self._replication = repl
         self._state_quorum = min(state_quorum or repl, repl)
         self._mode = Mode(mode)
@@ -189,7 +192,7 @@ class RateLimiter:
         self._global.start()
 
     async def stop(self) -> None:
-        """Stop background work and the node. Idempotent."""
+        """Stop background work, and the node if this limiter created it. Idempotent."""
         await self._global.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -198,7 +201,7 @@ class RateLimiter:
             self._sweeper = None
         await self._forward.close()
         await self._replicate.close()
-        if self._node.running:
+        if self._owns_node and self._node.running:
             await self._node.stop()
 
     async def leave(self, deadline: float | None = None) -> None:
@@ -286,11 +289,17 @@ class RateLimiter:
             raise KeyTooLongError(f"key of {len(kb)} bytes exceeds {self._max_key_bytes}")
         return kb
 
+    def route(self, kb: bytes) -> tuple[int, bool]:
+        """``(partition, decide here)`` of ``kb``: this node owns it and holds its partition."""
+        node = self._node
+        ring = node.ring
+        p = ring.partition_for_key(kb)  # hashed once: the hot path of every decision
+        return p, ring.owner(p) == node.address and node.partition_ready(p)
+
     async def owner_hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
         """Decide ``kb`` on its owner (locally when this node is the owner)."""
-        owner = self._node.preference_list(kb, 1)[0]
-        p = self._node.partition_for_key(kb)
-        if owner == self._node.address and self._node.partition_ready(p):
+        p, here = self.route(kb)
+        if here:
             out = self.decide_here(kb, p, limit, cost)
             return out if isinstance(out, Decision) else await out
         self.metrics.forwarded += 1

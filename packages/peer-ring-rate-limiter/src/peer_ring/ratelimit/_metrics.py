@@ -44,6 +44,7 @@ class RateLimiterMetrics:
             registry=self.registry,
         )
         self._store: StateStore | None = None
+        self._children: dict[tuple[str, bool, str], Any] = {}
         self.allowed = 0
         self.denied = 0
         self.forwarded = 0
@@ -63,7 +64,14 @@ class RateLimiterMetrics:
             self.allowed += 1
         else:
             self.denied += 1
-        self._decisions.labels(limit, "allowed" if d.allowed else "denied", d.source).inc()
+        labels = (limit, d.allowed, d.source)
+        child = self._children.get(labels)
+        if child is None:
+            # Label lookups cost more than the decision itself: keep the children.
+            child = self._decisions.labels(limit, "allowed" if d.allowed else "denied", d.source)
+            if len(self._children) < 10_000:
+                self._children[labels] = child
+        child.inc()
 
     def observe_batch(self, size: int) -> None:
         """Record one forwarded batch of ``size`` hits."""
