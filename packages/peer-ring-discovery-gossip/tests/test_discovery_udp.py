@@ -205,6 +205,7 @@ async def test_tcp_fallback_probe_over_real_sockets(fast_config) -> None:
             assert {m.address for m in a._members()} == {"127.0.0.1:7100", "127.0.0.1:7101"}
             await asyncio.sleep(0.05)
         assert a.stats().get("tcp_pings_ok", 0) > 0
+        assert a.stats()["probes_answered_over_tcp_only"] > 0
     finally:
         await a.stop()
         await b.stop(leave=False)

@@ -13,7 +13,13 @@ from peer_ring.discovery.gossip._discovery import GossipDiscovery
 from peer_ring.discovery.gossip._keyring import Keyring
 from peer_ring.discovery.gossip._membership import initial_incarnation
 from peer_ring.discovery.gossip._messages import Address, Status
-from peer_ring.discovery.gossip._outputs import EventKind, MemberEvent, OpenStream, SendPacket
+from peer_ring.discovery.gossip._outputs import (
+    EventKind,
+    MemberEvent,
+    OpenStream,
+    SendPacket,
+    StreamPing,
+)
 from peer_ring.discovery.gossip._packet import BadPacketError, PacketCodec
 from peer_ring.discovery.gossip._protocol import Swim
 from peer_ring.discovery.gossip._serve import ENV_KEY, from_serve_options
@@ -32,6 +38,7 @@ __all__ = [
     "PacketCodec",
     "SendPacket",
     "Status",
+    "StreamPing",
     "Swim",
     "__version__",
     "format_address",

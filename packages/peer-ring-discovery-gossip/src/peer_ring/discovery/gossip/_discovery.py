@@ -172,8 +172,8 @@ class GossipDiscovery:
 
     def stats(self) -> dict[str, Any]:
         """Counters: packets and bytes sent/received, bad packets by reason
-        (``bad_packets.<reason>``), push-pulls, probes, suspicions raised, refutations, and
-        the Lifeguard health score."""
+        (``bad_packets.<reason>``), push-pulls, TCP fallback pings, probes, suspicions
+        raised, refutations, and the Lifeguard health score."""
         runtime = self._runtime
         if runtime is None or runtime.swim is None:
             return {}
@@ -182,6 +182,7 @@ class GossipDiscovery:
         out.update(
             probes=swim.probes_sent,
             suspicions_raised=swim.suspicions_raised,
+            probes_answered_over_tcp_only=swim.tcp_rescues,
             refutations=swim.refutations,
             health_score=swim.awareness.score,
             incarnation=swim.me.incarnation,
