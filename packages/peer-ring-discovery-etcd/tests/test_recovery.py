@@ -153,7 +153,9 @@ async def test_lease_expired_during_an_outage_is_reregistered_when_etcd_answers(
     b = own_env.discovery()
     await a.start()
     await b.start()
+    rec_a = own_env.record(a)
     rec_b = own_env.record(b)
+    await rec_a.wait_for({a.self_address, b.self_address})
     await rec_b.wait_for({a.self_address, b.self_address})
 
     proxy.block()  # a cannot keep its lease alive: etcd expires it
@@ -259,3 +261,82 @@ async def test_a_killed_node_is_removed_within_ttl_plus_one_second(env, ttl) -> 
     removed = gone - killed
     print(f"\nkilled node removed after {removed:.2f} s (TTL {ttl} s; target <= TTL + 1 s)")
     assert removed < ttl + 5  # generous; the target is TTL + 1 s
+
+
+async def test_a_watch_cancelled_by_the_server_is_repaired_by_the_relist(env) -> None:
+    """A watch that stays open but never delivers (etcd cancelled it, a server bug): the
+    periodic re-list sees the difference, adopts the listing and reopens the watch."""
+    from peer_ring.discovery.etcd import EtcdClient
+
+    class SilentFirstWatch(EtcdClient):
+        """The first watch is a real stream whose events are thrown away."""
+
+        watches = 0
+
+        async def watch(self, prefix: bytes, start_revision: int):
+            stream = await super().watch(prefix, start_revision)
+            SilentFirstWatch.watches += 1
+            if SilentFirstWatch.watches == 1:
+                stream._pump.cancel()  # events are never pumped to the discovery
+                stream._queue = asyncio.Queue()  # and nothing will ever arrive here
+            return stream
+
+    client = SilentFirstWatch([env.server.endpoint])
+    a = env.discovery(client=client, resync_interval=1.0)
+    await a.start()
+    rec = env.record(a)
+    joined = "127.0.0.1:9501"
+    await env.admin.put(f"{env.prefix}{joined}".encode(), b"{}")
+    await rec.wait_for({a.self_address, joined}, within=10)
+    await env.wait_until(lambda: a.status().watch.watches == 2, within=10)
+    assert a.status().watch.repairs == 1
+    # The reopened watch delivers changes again, without waiting for a re-list.
+    await env.admin.delete(f"{env.prefix}{joined}".encode())
+    await rec.wait_for({a.self_address}, within=0.9)
+
+
+async def test_a_dead_first_endpoint_is_skipped(env) -> None:
+    dead = f"127.0.0.1:{env.free_port()}"
+    a = env.discovery(endpoints=f"{dead},{env.server.endpoint}")
+    members = await a.start()
+    assert env.addresses(members) == {a.self_address}
+    assert a.status().endpoint == env.server.endpoint
+
+
+async def test_a_wiped_etcd_is_adopted_and_everyone_registers_again(own_env) -> None:
+    server = own_env.server
+    a = own_env.discovery(resync_interval=1.0)
+    b = own_env.discovery(resync_interval=1.0)
+    await a.start()
+    await b.start()
+    rec = own_env.record(a)
+    for port in range(9601, 9606):  # history, so that the new etcd's revision is lower
+        await own_env.admin.put(f"{own_env.prefix}127.0.0.1:{port}".encode(), b"{}")
+        await own_env.admin.delete(f"{own_env.prefix}127.0.0.1:{port}".encode())
+    await rec.wait_for({a.self_address, b.self_address})
+    revision = a.status().revision
+
+    await server.astop()
+    import shutil
+
+    shutil.rmtree(server.workdir / "data")
+    await server.astart()
+    # The leases are gone with the data: both nodes get TTL 0 and register again; a's watch
+    # resumed at a revision the new etcd has not reached, and the re-list repairs it.
+    await own_env.wait_until(
+        lambda: (
+            a.status().registration.registrations == 2
+            and b.status().registration.registrations == 2
+        ),
+        within=30,
+    )
+    await rec.wait_for({a.self_address, b.self_address}, within=30)
+    # The views adopt the new etcd's (lower) revision once a re-list ran.
+    await own_env.wait_until(
+        lambda: not a.stale and a.status().revision < revision and b.status().revision < revision,
+        within=30,
+    )
+    assert set(await own_env.keys()) == {
+        own_env.prefix + a.self_address,
+        own_env.prefix + b.self_address,
+    }
