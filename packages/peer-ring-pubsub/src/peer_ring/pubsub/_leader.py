@@ -128,11 +128,18 @@ class Leaders:
             pending.add_done_callback(lambda _: self._elections.pop(key, None))
         return await asyncio.shield(pending)
 
-    def step_down(self, key: bytes, reason: str) -> None:
-        """Stop sequencing ``key``; queued publishes fail with a retryable error."""
-        leader = self.leaders.pop(key, None)
-        if leader is None:
+    def step_down(self, key: bytes, reason: str, only: Leader | None = None) -> None:
+        """Stop sequencing ``key``; queued publishes fail with a retryable error.
+
+        With ``only``, step down only if that leader is still the current one (a late
+        failure of an older leader must not stop its successor).
+        """
+        current = self.leaders.get(key)
+        if current is None or (only is not None and current is not only):
+            if only is not None:
+                only.active = False
             return
+        leader = self.leaders.pop(key)
         leader.active = False
         self.step_downs += 1
         logger.info("pubsub: %s steps down as sequencer of %r: %s", self.node.address, key, reason)
@@ -364,7 +371,7 @@ class Leaders:
                 if not fut.done():
                     fut.set_exception(err)
         leader.slots.clear()
-        self.step_down(leader.key, f"replication failed: {slot.error}")
+        self.step_down(leader.key, f"replication failed: {slot.error}", only=leader)
 
     async def _replicate(self, leader: Leader, entries: list[Entry]) -> None:
         req = AppendRequest(leader.config, leader.ballot, leader.start, leader.commit, entries)
@@ -399,5 +406,5 @@ class Leaders:
         try:
             await self._replicate_group(leader, group, delta)
         except PeerRingError as exc:
-            self.step_down(leader.key, f"group replication failed: {exc}")
+            self.step_down(leader.key, f"group replication failed: {exc}", only=leader)
             raise PartitionUnavailableError(f"group state not replicated: {exc}") from exc
