@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -344,7 +345,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             hosts = [f"127.0.0.{i + 1}" for i in range(args.nodes)]
             port = free_port(hosts)
             peers = [f"{h}:{port}" for h in hosts]
-            start_at = time.time() + 6.0 + args.nodes
+            start_at = time.time() + (2.0 if args.smoke else 6.0) + args.nodes
             stop_at = start_at + args.warmup + args.duration + 3.0
             spec = {**base, "kind": "peer-ring", "algorithm": algo, "mode": mode}
             spec.update(keys=run_keys, limit=limit, peers=peers, replication=args.replication)
@@ -367,6 +368,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if not args.no_redis:
         if redis_server_binary() is None:
             rows.append({"system": "limits + Redis", "skipped": "redis-server not installed"})
+        elif importlib.util.find_spec("limits") is None:
+            rows.append({"system": "limits + Redis", "skipped": "`limits` is not installed"})
         else:
             redis = RedisServer(workdir)
             await redis.start()

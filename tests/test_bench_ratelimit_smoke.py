@@ -1,0 +1,49 @@
+"""``tools/bench ratelimit --smoke`` runs every part and writes its results document.
+
+Never a timing assertion: only that the local, cluster and ``limits`` + Redis parts each
+made decisions, and that the JSON has the fields the rate limiter's README relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "tools" / "bench"
+
+
+@pytest.mark.slow
+def test_bench_ratelimit_smoke(tmp_path: Path, require_component: Callable[..., None]) -> None:
+    have_redis = shutil.which("redis-server") is not None
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        require_component(
+            "redis-server", have_redis, "install it with `apt-get install -y redis-server`"
+        )
+    out = tmp_path / "ratelimit.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "ratelimit", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    systems = [r["system"] for r in rows]
+    assert systems[0].startswith("peer-ring local") and systems[1].startswith("peer-ring decide")
+    cluster = [r for r in rows if r["system"].startswith("peer-ring 3 nodes")]
+    assert len(cluster) == 4 and any("global mode" in r["system"] for r in cluster)
+    limits_rows = [r for r in rows if r["system"].startswith("limits + Redis")]
+    assert len(limits_rows) == (2 if have_redis else 1)
+    for row in [rows[0], *cluster, *(limits_rows if have_redis else [])]:
+        assert row["decisions_per_s"] > 0, row
+        assert {"p50_ms", "p99_ms", "errors", "cpu_us_per_decision", "algorithm"} <= set(row)
