@@ -267,3 +267,25 @@ def test_golden_zoned_rings() -> None:
             assert [members.index(o) for o in claim(list(zones), zones, partitions)] == (
                 vector["owners"]
             )
+
+
+def test_without_keeps_zones_and_matches_a_fresh_build() -> None:
+    members = addresses(random.Random(5), 6)
+    zones = {m: f"az-{i % 3}" for i, m in enumerate(members)}
+    ring = Ring(members, 256, zones)
+    after = ring.without(members[0])
+    assert after == Ring(members[1:], 256, zones)
+    assert after.zone_aware
+    assert Ring(members[:2], 256).without(members[0]) == Ring(members[1:2], 256)
+
+
+def test_leave_planning_uses_the_zone_aware_ring() -> None:
+    from peer_ring.core._sync._leave import gains_after_leave
+
+    members = addresses(random.Random(6), 6)
+    zones = {m: f"az-{i % 3}" for i, m in enumerate(members)}
+    ring = Ring(members, 256, zones)
+    expected = ring.diff(Ring(members[1:], 256, zones), 3)
+    assert gains_after_leave(ring, members[0], 3) == {
+        node: len(parts) for node, parts in expected.gained.items()
+    }

@@ -319,6 +319,15 @@ class Ring:
         """
         return self._shares_for(n).get(node, frozenset())
 
+    def without(self, *nodes: str) -> Ring:
+        """The ring of the same cluster after ``nodes`` left (same ``P``, same zones).
+
+        Raises:
+            InvalidArgumentError: no member would remain.
+        """
+        rest = [m for m in self._members if m not in nodes]
+        return Ring.build(rest, self._partitions, self._zones)
+
     # -- data movement ---------------------------------------------------------------------
 
     def diff(self, other: Ring, n: int) -> RingDiff:

@@ -54,5 +54,5 @@ def gains_after_leave(ring: Ring, leaver: str, replication: int) -> dict[str, in
     rest = [m for m in ring.members if m != leaver]
     if not rest:
         return {}
-    diff = ring.diff(Ring.build(rest, ring.partitions), replication)
+    diff = ring.diff(ring.without(leaver), replication)  # keeps the members' zones
     return {node: len(parts) for node, parts in diff.gained.items()}
