@@ -16,11 +16,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from peer_ring.core import PeerRingConfig
 from peer_ring.discovery.static import FileDiscovery
-from peer_ring.pubsub import PartitionUnavailableError, PublishError, PubSub
+from peer_ring.pubsub import PartitionUnavailableError, PublishError, PubSub, PubSubError
 
 TOPIC = "e2e"
 PARTITIONS = 8
@@ -61,12 +62,36 @@ async def publish(ps: PubSub, out: Path, workers: int = 8) -> None:
     (out / "done").write_text("ok")
 
 
+ACK_WAIT = 5.0
+
+
+async def consume(ps: PubSub, out: Path, name: str) -> None:
+    """A member of group ``workers``: log every receipt and ack (with wall-clock times)."""
+    topic = ps.topic(TOPIC, partitions=PARTITIONS)
+    log = (out / f"consumer-{name}").open("a", buffering=1)
+    async with topic.subscribe(group="workers", ack_wait=ACK_WAIT, max_in_flight=16) as sub:
+        while not (out / "stop-consumers").exists():
+            msg = await sub.next(timeout=0.5)
+            if msg is None:
+                continue
+            log.write(f"{time.time():.6f} recv {msg.partition} {msg.offset} {msg.deliveries}\n")
+            await asyncio.sleep(0.005)  # the work
+            try:
+                await msg.ack()
+            except PubSubError as exc:
+                log.write(f"{time.time():.6f} ackfail {msg.partition} {msg.offset} {exc.code}\n")
+                continue
+            log.write(f"{time.time():.6f} ack {msg.partition} {msg.offset} {msg.deliveries}\n")
+    log.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--self", required=True)
     parser.add_argument("--peers-file", required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--publish", action="store_true")
+    parser.add_argument("--consume", default="", help="consumer name (group 'workers')")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.dir)
@@ -80,6 +105,10 @@ async def main() -> None:
         (out / f"ready-{args.self.rsplit(':', 1)[1]}").write_text(str(os.getpid()))
         if args.publish:
             await publish(ps, out)
+            await stopping.wait()  # keep serving: its partitions must not vanish at the end
+        elif args.consume:
+            await consume(ps, out, args.consume)
+            await stopping.wait()
         else:
             await stopping.wait()
 

@@ -1,13 +1,18 @@
 """Pub-sub under kill -9 with real processes (issue 13).
 
-Four node processes (N=3, W=2), one of them publishing continuously and recording every
-acknowledged publish. Kill -9 the sequencer of a partition, restart it empty, kill -9
-another node; then a replay of every partition must hold every acknowledged publish at its
-offset, and no offset may hold two messages.
+1. Four node processes (N=3, W=2), one of them publishing continuously and recording every
+   acknowledged publish. Kill -9 the sequencer of a partition, restart it empty, kill -9
+   another node; then a replay of every partition must hold every acknowledged publish at
+   its offset, and no offset may hold two messages.
+2. Group members under load: members a and b of group ``workers`` consume and ack; b's
+   process is killed -9 while it holds messages and a new member c joins on a new node.
+   Every acknowledged publish is then acked by some member, no message is held by two live
+   members within one ``ack_wait``, and redeliveries are bounded by what b held.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -22,8 +27,11 @@ NODE = Path(__file__).resolve().parents[1] / "pubsub_node.py"
 
 
 class Proc:
-    def __init__(self, address: str, peers: Path, out: Path, publish: bool = False) -> None:
+    def __init__(
+        self, address: str, peers: Path, out: Path, publish: bool = False, consume: str = ""
+    ) -> None:
         self.address, self.peers, self.out, self.publish = address, peers, out, publish
+        self.consume = consume
         self.port = address.rsplit(":", 1)[1]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,6 +49,8 @@ class Proc:
         ]
         if self.publish:
             cmd.append("--publish")
+        if self.consume:
+            cmd += ["--consume", self.consume]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PEER_RING_")}
         with (self.out / f"node-{self.port}.log").open("ab") as log:
             self.proc = subprocess.Popen(
@@ -128,3 +138,104 @@ def test_pubsub_kill9_sequencer_restart_empty_kill_another(tmp_path: Path) -> No
     print(f"pubsub e2e: {len(acked)} acknowledged, {len(seen)} stored, {len(lost)} lost")
     assert not lost, f"{len(lost)} acknowledged publishes lost: {sorted(lost.items())[:5]}"
     assert len(set(seen.values())) == len(seen), "a message stored under two offsets"
+
+
+ACK_WAIT = 5.0
+
+
+def read_consumer(path: Path) -> list[tuple[float, str, tuple[int, int], int]]:
+    events = []
+    for line in path.read_text().splitlines():
+        t, kind, partition, offset, extra = line.split()
+        events.append(
+            (float(t), kind, (int(partition), int(offset)), int(extra) if extra.isdigit() else 0)
+        )
+    return events
+
+
+def test_pubsub_group_members_killed_and_added_under_load(tmp_path: Path) -> None:
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(5)]
+    peers = tmp_path / "peers"
+    write_peers(peers, addresses[:4])
+    roles = {
+        addresses[0]: ("", True),
+        addresses[1]: ("a", False),
+        addresses[2]: ("b", False),
+        addresses[3]: ("", False),
+        addresses[4]: ("c", False),
+    }
+    procs = {a: Proc(a, peers, tmp_path, publish=p, consume=c) for a, (c, p) in roles.items()}
+    killed_at = 0.0
+    try:
+        for a in addresses[:4]:
+            procs[a].start()
+        wait(lambda: all(procs[a].ready() for a in addresses[:4]), 60, "nodes ready")
+        wait(lambda: acked_count(tmp_path) >= 300, 60, "first publishes")
+        consumer_b = tmp_path / "consumer-b"
+        wait(
+            lambda: consumer_b.exists() and consumer_b.read_text().count("ack ") >= 50,
+            60,
+            "member b working",
+        )
+        killed_at = time.time()
+        procs[addresses[2]].kill9()  # member b dies holding messages
+        write_peers(peers, [a for a in addresses[:4] if a != addresses[2]])
+        write_peers(peers, [a for a in addresses if a != addresses[2]])  # member c joins
+        procs[addresses[4]].start()
+        wait(procs[addresses[4]].ready, 60, "member c ready")
+        count = acked_count(tmp_path)
+        wait(lambda: acked_count(tmp_path) >= count + 300, 60, "publishes after the changes")
+        (tmp_path / "stop").write_text("stop")
+        wait(lambda: (tmp_path / "done").exists(), 60, "the publisher's end")
+        published = {
+            tuple(map(int, line.split()[:2]))
+            for line in (tmp_path / "acked").read_text().splitlines()
+        }
+
+        def all_acked() -> bool:
+            done = set()
+            for name in "abc":
+                path = tmp_path / f"consumer-{name}"
+                if path.exists():
+                    done |= {k for _, kind, k, _ in read_consumer(path) if kind == "ack"}
+            return published <= done
+
+        wait(all_acked, 90, "every acknowledged publish consumed and acked")
+        (tmp_path / "stop-consumers").write_text("stop")
+    finally:
+        for p in procs.values():
+            if p.proc is not None and p.proc.poll() is None:
+                os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(10)
+
+    # Per message: receipts in time order, with the holder and when it acked.
+    receipts: dict[tuple[int, int], list[tuple[float, str]]] = {}
+    acks: dict[tuple[tuple[int, int], str], float] = {}
+    held_by_b = set()
+    for name in "abc":
+        for t, kind, k, _ in read_consumer(tmp_path / f"consumer-{name}"):
+            if kind == "recv":
+                receipts.setdefault(k, []).append((t, name))
+                if name == "b":
+                    held_by_b.add(k)
+            elif kind == "ack":
+                acks[(k, name)] = t
+                if name == "b":
+                    held_by_b.discard(k)
+    violations = []
+    for k, events in receipts.items():
+        events.sort()
+        for (t1, first), (t2, second) in itertools.pairwise(events):
+            if first == second:
+                continue
+            first_alive = not (first == "b" and t2 >= killed_at)
+            unacked = acks.get((k, first), float("inf")) > t2
+            if first_alive and unacked and t2 - t1 < ACK_WAIT - 0.5:
+                violations.append((k, first, second, round(t2 - t1, 3)))
+    duplicates = sum(len(v) - 1 for v in receipts.values())
+    print(
+        f"pubsub e2e groups: {len(published)} published, {len(receipts)} consumed, "
+        f"{duplicates} redeliveries, b held {len(held_by_b)} when killed"
+    )
+    assert not violations, f"held by two live members within ack_wait: {violations[:5]}"
+    assert duplicates <= len(held_by_b) + 16, "more redeliveries than the dead member held"

@@ -245,3 +245,12 @@ def test_nak_delay_and_in_progress_move_the_deadline() -> None:
     g.merge(g.extend("a", 0, 1, 0.0, 100.0))  # in_progress / nak(delay)
     assert g.claim("b", 1, lambda s: True, 0, 1, 50.0, ACK_WAIT, MAX_DELIVER).deliver == []
     assert g.claim("b", 1, lambda s: True, 0, 1, 100.0, ACK_WAIT, MAX_DELIVER).deliver == [(0, 2)]
+
+
+def test_orphans_lost_with_their_replicas_are_redelivered_after_a_takeover() -> None:
+    # The delta that handed out 0 and 1 was lost; a later one (2) survived.
+    g = GroupState(floor=0, next=3, pending={2: Pending("a", 1, 0, 50.0, 10.0)})
+    assert g.adopt_orphans(7.0, lambda s: s != 1) == 1  # 1 is a no-op: finished
+    claim = g.claim("b", 10, lambda s: True, 0, 3, 7.0, ACK_WAIT, MAX_DELIVER)
+    assert [s for s, _ in claim.deliver] == [0]  # 2 is still held by a
+    assert 1 not in g.pending and 1 in g.done

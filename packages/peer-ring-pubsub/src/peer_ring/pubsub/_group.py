@@ -243,6 +243,29 @@ class GroupState:
         for seq, p in self.pending.items():
             self.pending[seq] = replace(p, deadline=now + p.wait)
 
+    def adopt_orphans(self, now: float, is_message: Callable[[int], bool]) -> int:
+        """Make every sequence below ``next`` that is neither done nor pending deliverable.
+
+        A new sequencer calls this after merging what its quorum knows: the delta that
+        handed such a message out was lost with the replicas that held it (more failures
+        than N - W), and without this the message would never be delivered again. It is
+        redelivered instead (at least once); a no-op is simply finished. Returns how many
+        messages were adopted.
+        """
+        adopted = 0
+        for seq in range(self.floor, self.next):
+            if seq in self.done or seq in self.pending:
+                continue
+            if is_message(seq):
+                self.pending[seq] = Pending("", 0, 0, now, 0.0)
+                adopted += 1
+            else:
+                self.done.add(seq)
+        while self.floor in self.done:
+            self.done.discard(self.floor)
+            self.floor += 1
+        return adopted
+
     def release(self, consumer: str) -> GroupState:
         """Delta making ``consumer``'s messages redeliverable now (it closed cleanly)."""
         delta = GroupState(floor=self.floor, next=self.next)

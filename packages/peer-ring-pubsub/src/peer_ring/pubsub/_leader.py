@@ -28,7 +28,7 @@ from peer_ring.pubsub._errors import (
     PublishError,
 )
 from peer_ring.pubsub._group import GroupState
-from peer_ring.pubsub._log import Ballot, Entry
+from peer_ring.pubsub._log import MESSAGE, Ballot, Entry
 from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
 from peer_ring.pubsub._store import Store
 from peer_ring.pubsub._tasks import spawn
@@ -224,8 +224,22 @@ class Leaders:
         now = self.node.clock.time()
         tail = adopt(log, ballot, last, now)
         monotonic = self.node.clock.monotonic()
-        for group in state.groups.values():
+
+        def is_message(seq: int) -> bool:
+            entry = log.entries.get(seq)
+            return entry is not None and entry.kind == MESSAGE
+
+        for name, group in state.groups.items():
             group.restart_deadlines(monotonic)
+            orphans = group.adopt_orphans(monotonic, is_message)
+            if orphans:
+                logger.warning(
+                    "pubsub: group %r of %r: %d deliveries were lost with their replicas; "
+                    "those messages will be redelivered",
+                    name,
+                    key,
+                    orphans,
+                )
         leader = Leader(key, config, ballot, last + 1, last + 1, last, prefs)
         # Re-replicate the adopted tail (and the epoch start) before serving anything.
         for i in range(0, max(len(tail), 1), MAX_BATCH):
