@@ -14,7 +14,6 @@ from peer_ring.core import (
     InvalidArgumentError,
     PeerRing,
     PeerRingConfig,
-    PeerUnavailableError,
     RemoteError,
 )
 from peer_ring.core.testing import free_port
@@ -94,6 +93,11 @@ async def cluster() -> AsyncIterator[Cluster]:
         await c.start(address)
     for node in c.nodes.values():
         await node.wait_ready(20.0)
+    # Peers that started later were suspected by the first ones: until the probes clear
+    # that, writes go to substitutes as hints, which the tests below do not expect yet.
+    await eventually(
+        lambda: not any(n.sync_status()["membership"]["suspected"] for n in c.nodes.values())
+    )
     yield c
     for node in c.nodes.values():
         await node.stop()
@@ -111,15 +115,8 @@ async def test_execute_many_over_grpc_survives_a_stopped_replica_and_delivers_hi
 
     down = cluster.peers[1]
     await cluster.nodes[down].stop()
-    # gRPC lets a stopping server finish its open streams: wait until the node is gone
-    for _ in range(100):
-        try:
-            await a.call(down, "t", GET, b"probe", timeout=0.5)
-        except PeerUnavailableError:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail(f"{down} still answers after stop()")
+    # gRPC lets a stopping server finish its open streams; the stopped node refuses
+    # application requests on them (UNAVAILABLE), so they too go to substitutes as hints
     updates = [(k, v + b"-new") for k, v in items]
     hit = {k for k, _ in updates if down in a.preference_list(k, 3)}
     assert hit

@@ -22,6 +22,7 @@ from peer_ring.core._clock import Clock
 from peer_ring.core._command import Command, Handler
 from peer_ring.core._errors import (
     InvalidArgumentError,
+    NotRunningError,
     RequestTimeoutError,
     UnknownCommandError,
 )
@@ -64,6 +65,10 @@ class Dispatcher:
         #: (namespace, name) -> registration; read directly by the coordinator's hot path.
         self.commands: dict[tuple[str, str], Registered] = {}
         self.sync: SyncManager | None = None  # set by the node once built (it needs us too)
+        #: False once the node is stopping: application requests are then refused
+        #: UNAVAILABLE (coordinators use a substitute or another holder) instead of being
+        #: applied to a node whose data is about to go away.
+        self.accepting = False
 
     # -- registration ------------------------------------------------------------------
 
@@ -98,6 +103,8 @@ class Dispatcher:
         if namespace == INTERNAL:
             return sync.on_internal(source, request)
         sync.inbound(source)
+        if not self.accepting:
+            return error_response(NotRunningError(f"node {self._address} is stopping"))
         if namespace == BATCH:
             return self._on_batch(source, request)
         return self.dispatch(

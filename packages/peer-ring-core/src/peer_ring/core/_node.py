@@ -301,6 +301,7 @@ class PeerRing:
         """
         if self._running:
             return
+        self._dispatcher.accepting = True
         await self._transport.start(self._dispatcher.on_request, self._on_transfer)
         try:
             members = await self._discovery.start()
@@ -325,7 +326,7 @@ class PeerRing:
         """
         if not self._running:
             return
-        self._running = self._coord.running = False
+        self._running = self._coord.running = self._dispatcher.accepting = False
         await self._sync.stop()
         await self._discovery.stop()
         if self._watch_task is not None:
