@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
+
+from peer_ring.pubsub import PubSub
+
 
 async def test_publish_then_group_consume_in_key_order(cluster) -> None:
     a, b, c = await cluster.start(3)
@@ -49,3 +53,28 @@ async def test_publish_nowait_is_fire_and_forget(cluster) -> None:
             break
         await cluster.clock.sleep(0.1)
     assert await count() == 10
+
+
+async def test_pubsub_on_a_shared_node() -> None:
+    from peer_ring.core import InvalidArgumentError, PeerRing
+    from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
+
+    clock = FakeClock()
+    network = MemoryNetwork(clock)
+    address = "127.0.0.1:7101"
+    node = PeerRing(
+        FixedDiscovery(address, [address]), transport=network.transport(address), clock=clock
+    )
+    with pytest.raises(InvalidArgumentError):
+        PubSub()  # neither discovery nor node
+    with pytest.raises(InvalidArgumentError):
+        PubSub(node=node, replication=1, quorum=2)
+    ps = PubSub(node=node, replication=1, quorum=1)
+    await node.start()  # the application that owns the node starts it
+    try:
+        async with ps:  # does not start or stop a node it was given
+            r = await ps.topic("t", partitions=1).publish(b"x")
+            assert r.offset == 0
+        assert node.running
+    finally:
+        await node.stop()
