@@ -94,3 +94,16 @@ async def test_read_below_retention_raises_never_jumps(cluster) -> None:
         [m async for m in topic.read(start=0)]
     assert info.value.first == 15 and info.value.requested == 0
     assert [m.offset async for m in topic.read(start=15)] == [15, 16, 17, 18, 19]
+
+
+async def test_age_retention_applies_to_an_idle_partition(cluster) -> None:
+    a, *_ = await cluster.start(3)
+    topic = a.topic("aging", partitions=1, max_age=10.0)
+    for i in range(5):
+        await topic.publish(str(i).encode())
+    assert [m.offset async for m in topic.read(start=0)] == [0, 1, 2, 3, 4]
+    await cluster.clock.sleep(12.0)  # no publish meanwhile
+    with pytest.raises(OffsetOutOfRangeError) as info:
+        [m async for m in topic.read(start=0)]
+    assert info.value.first == 5
+    assert [m async for m in topic.read(start=5)] == []

@@ -239,8 +239,16 @@ class PartitionLog:
             self._remove(seq)
             self.first = max(self.first, seq + 1)
             dropped += 1
+        # Dedup records arrive in about time order (dict order = insertion order): drop
+        # from the oldest and stop at the first one still in the window. A record merged
+        # out of order may outlive its window a little; it never leaves early.
         horizon = now - config.dedup_window
-        for msg_id in [m for m, r in self.dedup.items() if r.time < horizon]:
+        expired = []
+        for msg_id, record in self.dedup.items():
+            if record.time >= horizon:
+                break
+            expired.append(msg_id)
+        for msg_id in expired:
             del self.dedup[msg_id]
         return dropped
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from peer_ring.pubsub._message import Message, PublishResult
 from peer_ring.pubsub._service import Service
 from peer_ring.pubsub._store import Store
 from peer_ring.pubsub._subscription import Subscription
+from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     APPEND,
     FETCH,
@@ -51,6 +53,7 @@ DEFAULT_MAX_DELIVER = 5
 DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_TIMEOUT = 10.0
 DEAD_LETTER_SUFFIX = ".dead-letter"
+RETENTION_INTERVAL = 1.0  # seconds between two retention passes over idle partitions
 
 
 class PubSub:
@@ -109,6 +112,7 @@ class PubSub:
         self._topics: dict[str, Topic] = {}
         self._subscriptions: set[Subscription] = set()
         self.published = 0
+        self._maintenance: asyncio.Task[None] | None = None
         self._register()
 
     def _register(self) -> None:
@@ -126,14 +130,19 @@ class PubSub:
 
     # --------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Start the node (when this PubSub created it)."""
+        """Start the node (when this PubSub created it) and the retention timer."""
         if self._owns_node:
             await self.node.start()
+        if self._maintenance is None:
+            self._maintenance = spawn(self._maintain())
 
     async def stop(self) -> None:
         """Close every subscription, then stop the node (when this PubSub created it)."""
         for sub in list(self._subscriptions):
             await sub.close()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
         self.leaders.step_down_all(reason="stopping")
         if self._owns_node:
             await self.node.stop()
@@ -187,6 +196,16 @@ class PubSub:
         }
 
     # ---------------------------------------------------------------- internal
+    async def _maintain(self) -> None:
+        # Appends apply retention as they come; this applies age retention and the dedup
+        # window to partitions nobody publishes to.
+        clock = self.node.clock
+        while True:
+            await clock.sleep(RETENTION_INTERVAL)
+            now = clock.time()
+            for state in list(self.store.states.values()):
+                state.log.apply_retention(now)
+
     def _on_store_change(self, key: bytes) -> None:
         leader = self.leaders.leaders.get(key)
         if leader is not None:
