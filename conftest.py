@@ -29,6 +29,7 @@ Actions and ``.ci/run`` set ``CI=true``).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -86,3 +87,79 @@ def require_component(name: str, available: bool, reason: str = "") -> None:
 def require_component_fixture() -> RequireComponent:
     """The :func:`require_component` function, for tests and fixtures in any package."""
     return require_component
+
+
+# -- test tiers ------------------------------------------------------------------------------
+#
+# Every collected test gets exactly one tier marker (README, "Tests"):
+#
+# * ``e2e``: the tests under ``e2e/`` (real node processes under faults);
+# * ``cluster``: tests that build more than pure logic: nodes (in memory or over gRPC),
+#   sockets, subprocesses, real external components. A test is ``cluster`` when it is
+#   marked so explicitly, is marked ``slow`` or ``k8s``, uses ``require_component``, or its
+#   module's source, or the source of a file defining a fixture it uses (a conftest.py),
+#   builds one of the things in ``_CLUSTER_SIGNS``;
+# * ``unit``: everything else (pure, in-process, no network; fast): ``pytest -m unit``.
+#
+# An explicit ``unit`` or ``cluster`` marker on a test or module overrides the rule.
+
+_THIS = Path(__file__).resolve()
+_REPO = _THIS.parent
+_E2E_DIR = _REPO / "e2e"
+_CLUSTER_SIGNS = re.compile(
+    r"\b(?:PeerRing|KVStore|MemoryNetwork|GrpcTransport|LocalCluster)\("
+    r"|\bgrpc\.aio\b|\bsubprocess\b|\bfree_port\(|\bstart_server\(|\bopen_connection\("
+    r"|\bsocket\.socket\(|\bpytester\b|\bcreate_datagram_endpoint\("
+)
+_module_tiers: dict[Path, str] = {}
+
+
+def _module_tier(path: Path) -> str:
+    tier = _module_tiers.get(path)
+    if tier is None:
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            source = ""
+        tier = "cluster" if _CLUSTER_SIGNS.search(source) else "unit"
+        _module_tiers[path] = tier
+    return tier
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier of a collected test (see the rule above)."""
+    path = Path(str(item.path)).resolve()
+    if _E2E_DIR in path.parents:
+        return "e2e"
+    for tier in ("cluster", "unit"):
+        if item.get_closest_marker(tier) is not None:
+            return tier
+    if any(item.get_closest_marker(m) is not None for m in ("slow", "k8s")):
+        return "cluster"
+    if "require_component" in getattr(item, "fixturenames", ()):
+        return "cluster"
+    if _module_tier(path) == "cluster":
+        return "cluster"
+    # Clusters are often built by fixtures of a conftest.py: judge the files that define
+    # the fixtures this test uses, too (a conftest that builds nodes makes its users
+    # cluster tests, conservatively).
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in getattr(info, "name2fixturedefs", {}).values():
+        for fixturedef in defs:
+            source = getattr(getattr(fixturedef.func, "__code__", None), "co_filename", "")
+            if not source.endswith(".py"):
+                continue
+            file = Path(source).resolve()
+            if file == _THIS or _REPO not in file.parents or "site-packages" in file.parts:
+                continue  # this file names the signs; plugins are not the project's
+            if _module_tier(file) == "cluster":
+                return "cluster"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its tier marker (``-m unit`` / ``-m cluster`` / ``-m e2e``)."""
+    for item in items:
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(getattr(pytest.mark, tier))
