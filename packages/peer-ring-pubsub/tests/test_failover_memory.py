@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from peer_ring.core import Ring
 from peer_ring.pubsub import PartitionUnavailableError, PublishError, PubSub
 from peer_ring.pubsub._wire import ring_key
 
@@ -107,3 +108,40 @@ async def test_group_resumes_at_its_stored_cursor_after_the_sequencer_restarts_e
         assert msg is not None
         assert msg.offset == 10, "the group must resume at its stored cursor"
         assert cluster.clock.monotonic() - ready_at <= 2.0
+
+
+async def test_a_joining_node_takes_over_partitions_with_their_logs(cluster) -> None:
+    nodes = await cluster.start(3)
+    first = nodes[0]
+    topic = first.topic("grow", partitions=8)
+    before = {}
+    for i in range(80):
+        r = await topic.publish(f"m{i}".encode(), msg_id=f"m{i}")
+        before[(r.partition, r.offset)] = f"m{i}".encode()
+    # A new address that will head at least one of the topic's partitions.
+    newcomer = next(
+        cand
+        for cand in (f"127.0.0.{i}:7101" for i in range(4, 60))
+        if any(
+            (ring := Ring([*cluster.members, cand], 64)).preference_list(
+                ring.partition_for_key(ring_key("grow", p)), 3
+            )[0]
+            == cand
+            for p in range(8)
+        )
+    )
+    cluster.set_members([*cluster.members, newcomer])
+    joined = await cluster.restart_empty(newcomer)  # a fresh node: it pulls, then is ready
+    await cluster.until(lambda: all(newcomer in ps.node.ring for ps in cluster.nodes.values()))
+    heads = {
+        p for p in range(8) if joined.node.preference_list(ring_key("grow", p), 3)[0] == newcomer
+    }
+    assert heads
+    for i in range(80, 120):
+        r = await topic.publish(f"m{i}".encode(), msg_id=f"m{i}")
+        before[(r.partition, r.offset)] = f"m{i}".encode()
+    seen = {
+        (m.partition, m.offset): m.data async for m in joined.topic("grow", partitions=8).read()
+    }
+    assert seen == before
+    assert joined.leaders.takeovers >= len(heads)
