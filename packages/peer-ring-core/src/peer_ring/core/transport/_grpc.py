@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hmac
 import logging
 import random
-import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -41,9 +39,7 @@ from google.protobuf.message import DecodeError
 from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._errors import (
     InvalidArgumentError,
-    MessageTooLargeError,
     NotRunningError,
-    OverloadedError,
     PeerRingError,
     PeerUnavailableError,
     RemoteError,
@@ -58,6 +54,7 @@ from peer_ring.core.transport._base import (
     Transport,
     TransportLimits,
 )
+from peer_ring.core.transport._channels import open_channel
 from peer_ring.core.transport._codec import (
     RecordTooLargeError,
     decode_transfer_chunk,
@@ -66,6 +63,12 @@ from peer_ring.core.transport._codec import (
     transfer_chunks,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._grpc_errors import (
+    OVERLOADED_DETAILS,
+    abort,
+    bind_error,
+    transfer_error,
+)
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import (
@@ -77,7 +80,6 @@ from peer_ring.core.transport._options import (
     SERVICE,
     TRANSFER_METHOD,
     TRANSFER_PATH,
-    channel_options,
     server_options,
 )
 from peer_ring.core.transport._outbound import Metadata, PeerConnection
@@ -97,9 +99,6 @@ CLOSE_GRACE = 0.5
 #: Seconds between two log lines about the same kind of refused call (all are counted).
 REFUSAL_LOG_INTERVAL = 10.0
 
-#: Start of the details of a refusal for capacity; lets the caller tell it apart from
-#: gRPC's own RESOURCE_EXHAUSTED (a message over the size limit).
-OVERLOADED_DETAILS = "overloaded:"
 
 _Refusal = tuple[grpc.StatusCode, str]
 
@@ -236,10 +235,10 @@ class GrpcTransport(Transport):
                 port = server.add_insecure_port(self._address)
         except RuntimeError as exc:
             await server.stop(None)
-            raise _bind_error(self._address, str(exc)) from exc
+            raise bind_error(self._address, str(exc)) from exc
         if port == 0:
             await server.stop(None)
-            raise _bind_error(self._address, "gRPC could not bind")
+            raise bind_error(self._address, "gRPC could not bind")
         host, _, wanted = self._address.rpartition(":")
         if wanted == "0":
             self._address = f"{host}:{port}"
@@ -312,7 +311,7 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             if not self._running:
                 raise self._not_running() from None
-            raise _transfer_error(peer, exc) from None
+            raise transfer_error(peer, exc) from None
         finally:
             call.cancel()
 
@@ -400,39 +399,10 @@ class GrpcTransport(Transport):
     def _channel(
         self, peer: str
     ) -> tuple[grpc.aio.Channel, Callable[[bool], grpc.aio.Channel | None]]:
-        """A channel to ``peer``, and how to renew it: ``renew(force)`` returns a new channel
-        after a TLS rotation, or always when ``force`` (a channel in gRPC's own reconnect
-        backoff fails fast until it ends; a new one connects at once)."""
-        client_tls = self._client_tls
-        if client_tls is None:
-            options = channel_options(self._limits)
-            credentials_ = self._channel_credentials
-
-            def make() -> grpc.aio.Channel:
-                if credentials_ is not None:
-                    return grpc.aio.secure_channel(peer, credentials_, options)
-                return grpc.aio.insecure_channel(peer, options)
-
-            def renew_plain(force: bool) -> grpc.aio.Channel | None:
-                return make() if force else None
-
-            return make(), renew_plain
-        assert self._tls is not None
-        options = channel_options(self._limits, self._tls.server_name)
-        version, credentials = client_tls.current()
-
-        def renew(force: bool) -> grpc.aio.Channel | None:
-            # Called before each reconnect: a channel keeps the credentials it was built
-            # with, so new files need a new channel (the old one is closed by the caller).
-            nonlocal version
-            latest, fresh = client_tls.current()
-            if latest == version and not force:
-                return None
-            version = latest
-            logger.info("TLS files changed: new channel to %s", peer)
-            return grpc.aio.secure_channel(peer, fresh, options)
-
-        return grpc.aio.secure_channel(peer, credentials, options), renew
+        """A channel to ``peer`` and how to renew it (see :func:`._channels.open_channel`)."""
+        return open_channel(
+            peer, self._limits, self._channel_credentials, self._client_tls, self._tls
+        )
 
     def _notify(self, peer: str, reachable: bool) -> None:
         for listener in list(self._listeners):
@@ -504,7 +474,7 @@ class GrpcTransport(Transport):
     ) -> None:
         admitted = self._admit(context, "Exchange")
         if isinstance(admitted, tuple):
-            await _abort(context, *admitted)
+            await abort(context, *admitted)
         assert self._on_request is not None  # checked by _admit
         # The peer just reached us, so it is up: if our own stream to it is waiting out a
         # reconnect backoff (it was down when we last tried, e.g. it started after us),
@@ -514,7 +484,7 @@ class GrpcTransport(Transport):
             conn.retry_now()
         limit = self._limits.max_inbound_streams
         if len(self._inbound) >= limit:
-            await _abort(
+            await abort(
                 context,
                 *self._overloaded("Exchange", admitted, context, "max_inbound_streams", limit),
             )
@@ -540,17 +510,17 @@ class GrpcTransport(Transport):
         finally:
             self._inbound.discard(stream)
         if stream.abort_reason is not None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, stream.abort_reason)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, stream.abort_reason)
 
     async def _serve_transfer(
         self, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
         admitted = self._admit(context, "Transfer")
         if isinstance(admitted, tuple):
-            await _abort(context, *admitted)
+            await abort(context, *admitted)
         limit = self._limits.max_inbound_transfers
         if self._transfers_in_progress >= limit:
-            await _abort(
+            await abort(
                 context,
                 *self._overloaded("Transfer", admitted, context, "max_inbound_transfers", limit),
             )
@@ -571,7 +541,7 @@ class GrpcTransport(Transport):
             self._refusal_log.warning(
                 "malformed transfer", "malformed Transfer request from %s: %s", admitted, exc
             )
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
         self._stats.transfers_sent += 1
         failure: _Refusal | None = None
         chunks = self._on_transfer(admitted, request)
@@ -594,7 +564,7 @@ class GrpcTransport(Transport):
                 with contextlib.suppress(Exception):
                     await chunks.aclose()
         if failure is not None:
-            await _abort(context, *failure)
+            await abort(context, *failure)
 
     async def _read_within(
         self,
@@ -624,56 +594,3 @@ class GrpcTransport(Transport):
             raise
         finally:
             timer.cancel()
-
-
-#: Longest status message sent back: details may quote the caller's input (a namespace),
-#: and gRPC clients refuse trailers over 8 KiB by default, hiding the real status.
-MAX_DETAILS_CHARS = 1024
-
-
-def clip(text: str, limit: int = MAX_DETAILS_CHARS) -> str:
-    """``text``, shortened to ``limit`` characters with a marker when it is longer."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 40]}... ({len(text) - limit + 40} more characters)"
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, details: str
-) -> NoReturn:
-    await context.abort(code, clip(details))
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-
-def _transfer_error(peer: str, exc: grpc.aio.AioRpcError) -> PeerRingError:
-    code = exc.code()
-    details = exc.details() or code.name
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return RequestTimeoutError(f"transfer from {peer}: {details}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if details.startswith(OVERLOADED_DETAILS):
-            return OverloadedError(f"transfer from {peer}: {details}")
-        return MessageTooLargeError(f"transfer from {peer}: {details}")
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return UnknownCommandError(f"transfer from {peer}: {details}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgumentError(f"transfer from {peer}: {details}")
-    if code == grpc.StatusCode.INTERNAL:
-        return RemoteError(f"transfer from {peer} failed: {details}")
-    return PeerUnavailableError(peer, f"{code.name}: {details}")
-
-
-def _bind_error(address: str, detail: str) -> OSError:
-    """Turn gRPC's bind failure (a RuntimeError without errno) into a precise OSError."""
-    host, _, port = address.rpartition(":")
-    code = errno.EADDRINUSE
-    try:
-        family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host.strip("[]"), int(port)))
-    except OSError as exc:
-        code = exc.errno or code
-    except ValueError:
-        code = errno.EINVAL
-    return OSError(code, f"cannot listen on {address}: {detail}")
