@@ -130,6 +130,7 @@ async def test_slow_consumer_is_bounded_and_does_not_stall_other_groups(cluster)
         health = slow.health()
         assert health.in_flight <= 5 and health.stalled
         assert not fast.health().stalled
+        assert b.metrics()["stalled_subscriptions"] == 1
 
 
 async def test_broadcast_every_subscriber_gets_every_message(cluster) -> None:

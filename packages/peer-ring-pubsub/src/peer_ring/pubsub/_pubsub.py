@@ -183,6 +183,7 @@ class PubSub:
 
     def metrics(self) -> dict[str, Any]:
         """Counters of this node, with the health of each local subscription."""
+        health = [s.health() for s in self._subscriptions]
         return {
             "published": self.published,
             "sequencing": len(self.leaders.leaders),
@@ -192,7 +193,8 @@ class PubSub:
             "expired_unread": self.service.expired,
             "dead_lettered": self.service.dead_lettered,
             "partitions_held": len(self.store.states),
-            "subscriptions": [s.health() for s in self._subscriptions],
+            "stalled_subscriptions": sum(1 for h in health if h.stalled),
+            "subscriptions": health,
         }
 
     # ---------------------------------------------------------------- internal
