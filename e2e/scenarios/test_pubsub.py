@@ -6,8 +6,9 @@
    its offset, and no offset may hold two messages.
 2. Group members under load: members a and b of group ``workers`` consume and ack; b's
    process is killed -9 while it holds messages and a new member c joins on a new node.
-   Every acknowledged publish is then acked by some member, no message is held by two live
-   members within one ``ack_wait``, and redeliveries are bounded by what b held.
+   b is slow (0.2 s per message), so it holds messages when it dies. Every acknowledged
+   publish is then acked by some member, no message is held by two live members within one
+   ``ack_wait``, and redeliveries are bounded by what b held.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def test_pubsub_group_members_killed_and_added_under_load(tmp_path: Path) -> Non
         wait(lambda: acked_count(tmp_path) >= 300, 60, "first publishes")
         consumer_b = tmp_path / "consumer-b"
         wait(
-            lambda: consumer_b.exists() and consumer_b.read_text().count("ack ") >= 50,
+            lambda: consumer_b.exists() and consumer_b.read_text().count("ack ") >= 10,
             60,
             "member b working",
         )
@@ -237,5 +238,6 @@ def test_pubsub_group_members_killed_and_added_under_load(tmp_path: Path) -> Non
         f"pubsub e2e groups: {len(published)} published, {len(receipts)} consumed, "
         f"{duplicates} redeliveries, b held {len(held_by_b)} when killed"
     )
+    assert held_by_b, "b held nothing when killed: the scenario did not test redelivery"
     assert not violations, f"held by two live members within ack_wait: {violations[:5]}"
     assert duplicates <= len(held_by_b) + 16, "more redeliveries than the dead member held"
