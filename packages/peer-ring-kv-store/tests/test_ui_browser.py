@@ -175,7 +175,13 @@ async def test_page_shows_the_cluster_and_follows_a_killed_node(
     )
     assert painted > 1000
     # The token reached the API (the load columns come from /admin/nodes).
-    assert await page.evaluate("document.getElementById('status').textContent") == "node ready"
+    await page.wait_for(
+        "document.getElementById('status').textContent === 'node ready'", "the node ready"
+    )
+    keys = await page.evaluate(
+        "[...document.querySelectorAll('#members tbody tr')].map(r => r.cells[5].textContent)"
+    )
+    assert all(k.isdigit() for k in keys), keys  # load figures from every node
     assert "#token" not in await page.evaluate("location.href")
 
     victim = cluster.nodes[2]
