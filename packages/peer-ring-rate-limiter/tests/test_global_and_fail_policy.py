@@ -120,3 +120,55 @@ async def test_fail_policy_raise(
     await clock.advance_async(0.3, settle=40)
     with pytest.raises(OwnerUnavailableError):
         await fut
+
+
+async def test_global_bound_holds_with_a_round_trip_of_10ms(clock: FakeClock) -> None:
+    """The same bound on a network whose messages take 5 ms each way (RTT = rtt_budget)."""
+    from peer_ring.core import PeerRingConfig
+    from peer_ring.core.testing import FixedDiscovery
+
+    network = MemoryNetwork(clock, latency=0.005)
+    members = [f"127.0.0.{i}:7501" for i in range(1, 4)]
+    nodes = [
+        RateLimiter(
+            FixedDiscovery(a, members),
+            replication=2,
+            config=PeerRingConfig(partitions=64, request_timeout=1.0),
+            transport=network.transport(a),
+            clock=clock,
+            rtt_budget=0.01,
+        )
+        for a in members
+    ]
+    for rl in nodes:
+        await rl.start()
+    ready = asyncio.gather(*(rl.node.wait_ready() for rl in nodes))
+    while not ready.done():
+        await clock.advance_async(0.01, settle=30)
+    await ready
+    try:
+        limit = Limit(1000, 1.0, algorithm="token_bucket")
+        allowance = nodes[0]._global.allowance(limit)
+        assert allowance == 110  # ceil(1000/s x (0.1 s + 0.01 s))
+        # The hits of one step are answered after the network's delays: count them as they
+        # complete while the fake clock runs.
+        admitted = 0
+        first = last = clock.monotonic()
+        for _ in range(200):
+            batch = [
+                asyncio.ensure_future(rl.hit("hot", limit, mode="global"))
+                for rl in nodes
+                for _ in range(20)
+            ]
+            last = clock.monotonic()
+            for _ in range(100):  # bounded: a hit waits for at most a few round trips
+                await clock.advance_async(0.005, settle=30)
+                if all(f.done() for f in batch):
+                    break
+            admitted += sum(f.result().allowed for f in batch)
+        exact = limit.capacity + limit.rate * (last - first)
+        bound = (len(nodes) - 1) * allowance
+        assert exact - bound <= admitted <= exact + bound, (admitted, exact, bound)
+    finally:
+        for rl in nodes:
+            await rl.stop()
