@@ -145,3 +145,22 @@ async def test_a_joining_node_takes_over_partitions_with_their_logs(cluster) -> 
     }
     assert seen == before
     assert joined.leaders.takeovers >= len(heads)
+
+
+async def test_a_non_durable_topic_lives_on_its_sequencer_only(cluster) -> None:
+    nodes = await cluster.start(3)
+    addresses = list(cluster.members)
+    key = ring_key("ticks", 0)
+    victim = nodes[0].node.preference_list(key, 3)[0]
+    other = cluster.nodes[next(a for a in addresses if a != victim)]
+    topic = other.topic("ticks", partitions=1, durable=False)
+    first = [await topic.publish(str(i).encode()) for i in range(5)]
+    assert [r.offset for r in first] == [0, 1, 2, 3, 4]
+    holders = [ps for ps in cluster.nodes.values() if ps.store.get(key) is not None]
+    assert [ps.node.address for ps in holders if ps.store.get(key).log.entries] == [victim]
+    await cluster.kill(victim)
+    cluster.set_members([a for a in addresses if a != victim])
+    await cluster.until(lambda: victim not in other.node.ring)
+    after = await topic.publish(b"after")
+    assert after.epoch > first[0].epoch  # a new log under a new epoch: no offset is reused
+    assert [m.data async for m in topic.read(start=0)] == [b"after"]  # the old log is gone

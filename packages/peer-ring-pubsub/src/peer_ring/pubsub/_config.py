@@ -16,7 +16,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_DEDUP_WINDOW = 120.0
 MAX_PARTITIONS = 4096
-_ENCODED_SIZE = 48  # six 8-byte fields
+_ENCODED_SIZE = 56  # seven 8-byte fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,9 @@ class TopicConfig:
         max_age: retention: drop messages older than this many seconds (None: no limit).
         max_message_bytes: a larger message is refused with ``PayloadTooLargeError``.
         dedup_window: seconds a ``msg_id`` is remembered for idempotent publish.
+        durable: False makes a non-durable topic: each partition lives on its sequencer
+            only (no replicas, no data movement); a sequencer change starts an empty log
+            with a new epoch, and what the old one held is gone.
     """
 
     partitions: int = DEFAULT_PARTITIONS
@@ -38,6 +41,7 @@ class TopicConfig:
     max_age: float | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     dedup_window: float = DEFAULT_DEDUP_WINDOW
+    durable: bool = True
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TopicConfig:
@@ -65,12 +69,14 @@ class TopicConfig:
         if self.max_age is not None:
             _positive("max_age", self.max_age)
         _positive("dedup_window", self.dedup_window)
+        if not isinstance(self.durable, bool):
+            raise InvalidOptionError(f"durable must be True or False, not {self.durable!r}")
 
     def encode(self, w: Writer) -> None:
         """Append this config to ``w``."""
         w.u64(self.partitions).u64(self.max_messages).u64(self.max_bytes)
         w.f64(-1.0 if self.max_age is None else self.max_age)
-        w.u64(self.max_message_bytes).f64(self.dedup_window)
+        w.u64(self.max_message_bytes).f64(self.dedup_window).u64(int(self.durable))
 
     @classmethod
     def decode(cls, r: Reader) -> TopicConfig:
@@ -97,6 +103,7 @@ class TopicConfig:
             max_age=None if age < 0 else age,
             max_message_bytes=r.u64(),
             dedup_window=r.f64(),
+            durable=bool(r.u64()),
         )
         config.validate()
         return config

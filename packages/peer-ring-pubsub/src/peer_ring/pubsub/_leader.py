@@ -101,6 +101,10 @@ class Leaders:
         self.step_downs = 0
         self.on_step_down: Callable[[bytes], None] = lambda key: None
 
+    def copies(self, config: TopicConfig) -> tuple[int, int]:
+        """``(replication, quorum)`` of a topic's partitions: (1, 1) when not durable."""
+        return (self.replication, self.quorum) if config.durable else (1, 1)
+
     # ------------------------------------------------------------ leadership
     def _check_head(self, key: bytes) -> tuple[str, ...]:
         prefs = self.node.preference_list(key, self.replication)
@@ -161,7 +165,8 @@ class Leaders:
         node = self.node
         state = self.store.state(key, config)
         log = state.log
-        learn = learn_quorum(self.replication, self.quorum)
+        replication, quorum = self.copies(config)
+        learn = learn_quorum(replication, quorum)
         last_error: BaseException | None = None
         for attempt in range(4):
             try:
@@ -170,19 +175,22 @@ class Leaders:
                     STATUS,
                     key,
                     encode_config_ballot(config, Ballot()),
-                    replication=self.replication,
+                    replication=replication,
                     quorum=learn,
                 )
                 seen = max(
                     [log.max_epoch] + [ReplicaStatusReply.decode(p).max_epoch for p in res.payloads]
                 )
-                ballot = Ballot(seen + 1 + attempt, node.address)
+                epoch = seen + 1 + attempt
+                if not config.durable:  # nothing to learn from: keep epochs unique by time
+                    epoch = max(epoch, int(node.clock.time() * 1000))
+                ballot = Ballot(epoch, node.address)
                 res = await node.execute(
                     NAMESPACE,
                     PROMISE,
                     key,
                     encode_config_ballot(config, ballot),
-                    replication=self.replication,
+                    replication=replication,
                     quorum=learn,
                 )
             except PeerRingError as exc:
@@ -339,7 +347,7 @@ class Leaders:
         # Up to PIPELINE appends in flight per partition; the commit point only moves over
         # a contiguous prefix of completed batches (see _complete).
         # Without replicas (N=1) the append is local and CPU-bound: one batch at a time.
-        limit = PIPELINE if self.replication > 1 else 1
+        limit = PIPELINE if self.copies(leader.config)[0] > 1 else 1
         while leader.queue and leader.active and len(leader.slots) < limit:
             slot = _Slot(leader.queue[:MAX_BATCH])
             del leader.queue[:MAX_BATCH]
@@ -394,8 +402,8 @@ class Leaders:
             APPEND,
             leader.key,
             req.encode(),
-            replication=self.replication,
-            quorum=self.quorum,
+            replication=self.copies(leader.config)[0],
+            quorum=self.copies(leader.config)[1],
         )
 
     async def _replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:
@@ -405,8 +413,8 @@ class Leaders:
             GROUP,
             leader.key,
             req.encode(),
-            replication=self.replication,
-            quorum=self.quorum,
+            replication=self.copies(leader.config)[0],
+            quorum=self.copies(leader.config)[1],
         )
 
     async def replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:

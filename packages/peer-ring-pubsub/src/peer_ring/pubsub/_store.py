@@ -152,7 +152,7 @@ class Store:
             if buckets is not None and bucket_for_key(key) not in buckets:
                 continue
             state = self.states.get(key)
-            if state is not None:
+            if state is not None and state.log.config.durable:  # non-durable: never moves
                 yield from state.records(key)
 
     def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
@@ -179,6 +179,6 @@ class Store:
         per_bucket: list[list[bytes]] = [[] for _ in range(DIGEST_BUCKETS)]
         for key in self.keys_of(partition):
             state = self.states.get(key)
-            if state is not None:
+            if state is not None and state.log.config.durable:
                 per_bucket[bucket_for_key(key)].append(key + state.digest())
         return [b"".join(sorted(items)) if items else b"" for items in per_bucket]
