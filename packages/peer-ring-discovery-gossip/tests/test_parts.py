@@ -60,8 +60,8 @@ def test_timers_fire_in_order_and_replace() -> None:
     t.set("z", 9.0)
     t.cancel("z")
     assert t.next_deadline() == 1.0
-    assert t.pop_due(4.0) == "x"
-    assert t.pop_due(4.0) == "y"
+    assert t.pop_due(4.0) == ("x", 1.0)
+    assert t.pop_due(4.0) == ("y", 3.0)
     assert t.pop_due(4.0) is None
     assert t.next_deadline() is None
 

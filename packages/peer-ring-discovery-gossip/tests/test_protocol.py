@@ -176,3 +176,15 @@ def test_tcp_fallback_keeps_a_member_whose_udp_is_blocked() -> None:
     assert EventKind.DIED in run(tcp_fallback=False)
     kinds = run(tcp_fallback=True)
     assert EventKind.SUSPECTED not in kinds and EventKind.DIED not in kinds
+
+
+def test_late_timers_raise_the_health_score() -> None:
+    sim = Simulation(seed=14)
+    sim.add_cluster(5, settle=3.0, formed=True)
+    swim = sim.nodes[N(1)].swim
+    assert swim.awareness.score == 0
+    # The node's timers run 2 s late (a paused or starved process), once.
+    deadline = swim.next_deadline()
+    assert deadline is not None
+    swim.tick(deadline + 2.0)
+    assert swim.late_timers == 1 and swim.awareness.score >= 1

@@ -123,6 +123,9 @@ class Swim(MemberTable):
         self.suspicions_raised = 0
         #: Probes that failed over UDP but succeeded over TCP (UDP blocked or lossy).
         self.tcp_rescues = 0
+        #: Times a timer fired more than probe_timeout / 2 late (counted once per interval).
+        self.late_timers = 0
+        self._last_late = -1e18
         # Staggered first ticks, so nodes started together do not probe in lock-step.
         self.timers.set("probe", now + rng.random() * config.probe_interval)
         self.timers.set("push_pull", now + rng.random() * config.push_pull_interval)
@@ -143,10 +146,24 @@ class Swim(MemberTable):
     def tick(self, now: float) -> None:
         """Run every timer due at ``now``."""
         while not self.stopped:
-            key = self.timers.pop_due(now)
-            if key is None:
+            due = self.timers.pop_due(now)
+            if due is None:
                 return
+            key, at = due
+            if now - at > self.config.probe_timeout / 2:
+                self._late(now)
             self._fire(now, key)
+
+    def _late(self, now: float) -> None:
+        """A timer fired well after its deadline: this node misses its own deadlines (a
+        starved CPU, a paused process). Lifeguard's health score goes up, at most once per
+        probe interval, so that the node probes more slowly instead of accusing others of
+        its own slowness (the issue's "a node that misses its own deadlines probes more
+        slowly"; memberlist infers it from missed nacks and refutations only)."""
+        if now - self._last_late >= self.config.probe_interval:
+            self._last_late = now
+            self.late_timers += 1
+            self.awareness.apply(1)
 
     def handle_packet(self, now: float, src: Address, messages: list[Message]) -> None:
         """Process the messages of one UDP packet received from ``src``."""
@@ -332,16 +349,17 @@ class Swim(MemberTable):
         self.timers.cancel(("probe_end", seq))
         if probe.acked:
             return
+        missed_nacks = max(0, probe.expected_nacks - probe.nacks)
         if probe.tcp_ok:
             # memberlist's verdict too: reachable, so not suspected. Counted, and logged at
-            # debug only: under plain packet loss this happens every few probes.
+            # debug only: under plain packet loss this happens every few probes. Unlike
+            # memberlist, missed nacks still count against this node's health: they say the
+            # slowness is likely here (a starved node's acks wait in its own queue).
             self.tcp_rescues += 1
+            self.awareness.apply(missed_nacks)
             logger.debug("%s answered over TCP but not over UDP", probe.target)
             return
-        if probe.expected_nacks > 0:
-            self.awareness.apply(max(0, probe.expected_nacks - probe.nacks))
-        else:
-            self.awareness.apply(1)
+        self.awareness.apply(missed_nacks if probe.expected_nacks > 0 else 1)
         target = self.nodes.get(probe.target)
         if target is None or target.status not in (Status.ALIVE, Status.SUSPECT):
             return

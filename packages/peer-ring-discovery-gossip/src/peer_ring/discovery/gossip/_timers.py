@@ -44,8 +44,8 @@ class Timers:
             heapq.heappop(heap)
         return None
 
-    def pop_due(self, now: float) -> Hashable | None:
-        """Remove and return one expired key (earliest first), or None."""
+    def pop_due(self, now: float) -> tuple[Hashable, float] | None:
+        """Remove and return one expired key and its deadline (earliest first), or None."""
         heap = self._heap
         while heap:
             at, seq, key = heap[0]
@@ -56,5 +56,5 @@ class Timers:
                 return None
             heapq.heappop(heap)
             del self._live[key]
-            return key
+            return key, at
         return None

@@ -164,6 +164,7 @@ class Simulation:
                 node.swim.broadcasts.clear()
                 node.swim.events.clear()
                 node.swim.take_outputs()
+                self._after(node)  # its timers changed: wake it at the new first deadline
         self.run_for(settle)
         return nodes
 
