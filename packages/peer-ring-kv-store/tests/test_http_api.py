@@ -264,7 +264,7 @@ async def test_quorum_unreachable_is_503_naming_the_replica(
     async with session.put(f"{url}/kv/k", data=b"v", params={"quorum": "3"}) as r:
         assert r.status == 204
     dead = stores[2]
-    await dead.stop()  # its transport refuses from now on, like a killed process
+    await dead.abort()  # its transport refuses from now on, like a killed process
     async with session.get(f"{url}/kv/k", params={"quorum": "3"}) as r:
         assert r.status == 503
         body = await _json(r)

@@ -81,7 +81,7 @@ async def test_a_killed_node_restarts_empty_and_pulls_everything_back(
         await asyncio.wait_for(asyncio.gather(*(s.wait_ready() for s in stores)), LIMIT)
         data = {f"key-{i}": b"value-%d" % i for i in range(300)}
         await stores[0].mset(data, quorum=3)
-        await stores[2].stop()  # a crash: no leave, its memory is gone
+        await stores[2].abort()  # a crash: no leave, its memory is gone
         stores[2] = await start(addresses[2], addresses)
         assert len(stores[2].engine) == 0
         await asyncio.wait_for(stores[2].wait_ready(), LIMIT)

@@ -76,7 +76,7 @@ class Cluster:
                 self.discoveries[address].set_members(self.peers)
 
     async def crash(self, address: str) -> None:
-        await self.stores[address].stop()
+        await self.stores[address].abort()
 
     async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
         """Advance the fake clock in small steps until ``predicate()`` holds."""

@@ -11,7 +11,6 @@ overlaps every acknowledged write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -31,6 +30,7 @@ from peer_ring.core import (
     PartitionNotReadyError,
     PeerRing,
     PeerRingConfig,
+    QuorumNotReachedError,
     Reply,
     SystemClock,
     Transport,
@@ -41,6 +41,13 @@ from peer_ring.kv._errors import KeyTooLargeError, ValueTooLargeError
 from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
+from peer_ring.kv._ordered import (
+    MAX_ATTEMPTS,
+    WriteRefusedError,
+    newest_refusal,
+    refusal,
+    version_above,
+)
 from peer_ring.kv._record import Record, Resolver, reconcile
 from peer_ring.kv._wire import (
     decode_entries,
@@ -144,6 +151,8 @@ class KVStore:
         self._background: set[asyncio.Task[Any]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
         self.read_repairs = 0
+        #: Writes sent again above a newer version a replica refused them with.
+        self.reversioned_writes = 0
         self._register()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -188,25 +197,69 @@ class KVStore:
         await self._node.wait_ready(timeout)
 
     async def start(self) -> None:
-        """Join the cluster. Raises ``OSError`` when the address cannot be bound."""
+        """Join the cluster. Raises ``OSError`` when the address cannot be bound.
+
+        It returns once the node is listening and has joined the ring, before the initial
+        sync finished: await :meth:`wait_ready` before serving traffic that needs it.
+        """
         await self._node.start()
         self._expiry_task = asyncio.create_task(
             run_active_expiry(self._engine, self._clock, self._expiry_interval),
             name=f"kv-expiry-{self._node.address}",
         )
 
-    async def stop(self) -> None:
-        """Leave the cluster and stop background work. Idempotent."""
+    async def stop(
+        self, *, graceful: bool = True, deadline: float | None = None
+    ) -> LeaveReport | None:
+        """Stop this node; by default leave the cluster gracefully first. Idempotent.
+
+        A graceful stop is :meth:`leave`: the peers pull this node's partitions (for at
+        most ``deadline`` seconds, default ``config.leave_deadline``) and take it out of
+        their ring at once, instead of waiting for their failure detector. A failed
+        hand-off is logged and the node stops anyway. ``graceful=False`` (or
+        :meth:`abort`) stops at once, as a crash would look to the peers.
+
+        Everything is stopped even when a background task died or the hand-off failed.
+
+        Args:
+            graceful: hand the data off before stopping (default).
+            deadline: seconds the hand-off may take.
+
+        Returns:
+            The hand-off report of a graceful stop of a running node, else ``None``.
+        """
+        report: LeaveReport | None = None
+        try:
+            if graceful and self._node.running:
+                try:
+                    report = await self._node.leave(deadline)
+                    logger.info("kv node %s left the ring: %s", self._node.address, report)
+                except Exception:
+                    logger.exception(
+                        "graceful leave of %s failed; stopping without hand-off",
+                        self._node.address,
+                    )
+        finally:
+            await self._stop_tasks()
+            await self._node.stop()
+        return report
+
+    async def abort(self) -> None:
+        """Stop at once without handing data off (``stop(graceful=False)``). Idempotent."""
+        await self.stop(graceful=False)
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._background)
         if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
+            tasks.append(self._expiry_task)
             self._expiry_task = None
-        for task in list(self._background):
+        for task in tasks:
             task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self._node.stop()
+        # return_exceptions: a task that already died (its error was logged) must not keep
+        # the node's listener and discovery running.
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                logger.error("kv background task had failed: %r", outcome)
 
     def handoff_state(self) -> dict[str, Any]:
         """Data-movement state for ``GET /cluster`` (see ``PeerRing.sync_status``)."""
@@ -214,16 +267,19 @@ class KVStore:
 
     async def leave(self, deadline: float | None = None) -> LeaveReport:
         """Hand this node's data to the other nodes, then stop (``serve`` does it on
-        SIGTERM). See ``PeerRing.leave``.
+        SIGTERM, :meth:`stop` by default). See ``PeerRing.leave``.
 
         Args:
             deadline: seconds to wait for the peers to pull (default: the config's).
+
+        Raises:
+            NotRunningError: the store is not running.
         """
         self._check_running()
         try:
             return await self._node.leave(deadline)
         finally:
-            await self.stop()
+            await self.stop(graceful=False)
 
     async def __aenter__(self) -> KVStore:
         await self.start()
@@ -235,7 +291,9 @@ class KVStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
+        # A clean exit (or an application error) hands the data off; a cancellation or
+        # Ctrl-C stops at once, since waiting for peers is not what an interrupt asks for.
+        await self.stop(graceful=exc is None or isinstance(exc, Exception))
 
     # -- replica side --------------------------------------------------------------------
 
@@ -258,8 +316,14 @@ class KVStore:
         record = decode_record(payload)
         if not ctx.local:
             self._hlc.update(record.version)
-        self._engine.put(key, record)
-        return b""
+        if not self._node.partition_ready(ctx.partition if ctx.local else self._engine.partition_of(key)):
+            # Still pulling the partition (joined, or restarted with empty memory): this
+            # replica cannot know the version it should refuse, so it must not count.
+            raise PartitionNotReadyError(self._node.address, ctx.partition)
+        if self._engine.put(key, record):
+            return b""
+        # Not stored: a refusal if this replica holds a higher version (see _ordered).
+        return refusal(self._engine.get_record(key), record)
 
     def _h_get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         return encode_get_response(self._engine.get_record(key))
@@ -341,15 +405,7 @@ class KVStore:
         """
         self._check_running()
         key_b = self._key(key)
-        record = self._record(value, ttl)
-        await self._node.execute(
-            NAMESPACE,
-            SET,
-            key_b,
-            encode_record(record),
-            replication=replication,
-            quorum=quorum,
-        )
+        await self._write(key_b, self._record(value, ttl), replication, quorum)
 
     async def delete(
         self, key: Key, *, quorum: int | None = None, replication: int | None = None
@@ -357,15 +413,39 @@ class KVStore:
         """Delete ``key`` (writes a tombstone, so the delete wins over older copies)."""
         self._check_running()
         key_b = self._key(key)
-        record = Record.deleted(self._hlc.now())
-        await self._node.execute(
-            NAMESPACE,
-            SET,
-            key_b,
-            encode_record(record),
-            replication=replication,
-            quorum=quorum,
-        )
+        await self._write(key_b, Record.deleted(self._hlc.now()), replication, quorum)
+
+    async def _write(
+        self, key: bytes, record: Record, replication: int | None, quorum: int | None
+    ) -> None:
+        # Acknowledged only once a quorum stored this version: a replica holding a higher
+        # one refuses, and the write goes again above it, so a write acknowledged after
+        # another one wins whatever the clock skew (_ordered, docs/consistency.md).
+        # Hints a substitute stores for a missing replica are sent and delivered later as
+        # usual, but only replicas of the key count for the acknowledgement: a substitute
+        # cannot refuse an older version, so counting it would break the intersection.
+        node = self._node
+        config = self._config
+        n = config.replication if replication is None else replication
+        q = config.quorum_for(n) if quorum is None else quorum
+        for _ in range(MAX_ATTEMPTS):
+            result = await node.execute(
+                NAMESPACE, SET, key, encode_record(record), replication=replication, quorum=quorum
+            )
+            replies = result.ok_replies
+            home = result.preference_list
+            if sum(1 for r in replies if r.node in home) < q and not result.complete:
+                replies = [r for r in await result.all_replies() if r.error is None]
+            newer = newest_refusal(r.payload for r in replies)
+            if newer is None:
+                acked = [r.node for r in replies if r.node in home]
+                if len(acked) >= q:
+                    return
+                failures = {r.node: r.error for r in result.replies if r.error is not None}
+                raise QuorumNotReachedError(NAMESPACE, SET.name, q, acked, failures)
+            self.reversioned_writes += 1
+            record = record._replace(version=version_above(self._hlc, newer))
+        raise WriteRefusedError(key, len(result.ok_replies), [r.node for r in result.ok_replies])
 
     async def get(
         self,
@@ -510,11 +590,28 @@ class KVStore:
                 (the first such key's error; the other keys may be written).
         """
         self._check_running()
-        items = [(self._key(k), encode_record(self._record(v, ttl))) for k, v in mapping.items()]
-        results = await self._node.execute_many(
-            NAMESPACE, SET, items, replication=replication, quorum=quorum
-        )
-        _raise_first_error(results)
+        pending = [(self._key(k), self._record(v, ttl)) for k, v in mapping.items()]
+        for _ in range(MAX_ATTEMPTS):
+            results = await self._node.execute_many(
+                NAMESPACE,
+                SET,
+                [(k, encode_record(r)) for k, r in pending],
+                replication=replication,
+                quorum=quorum,
+            )
+            _raise_first_error(results)
+            # Keys refused by a replica holding a newer version go again above it (_write).
+            retry = []
+            for (key_b, record), result in zip(pending, results, strict=True):
+                newer = newest_refusal(result.payloads)
+                if newer is not None:
+                    retry.append((key_b, record._replace(version=version_above(self._hlc, newer))))
+            if not retry:
+                return
+            self.reversioned_writes += len(retry)
+            pending = retry
+        key_b, _ = pending[0]
+        raise WriteRefusedError(key_b, 0, [])
 
     def stats(self) -> dict[str, int | float]:
         """Counters of this node's store (keys, bytes, evictions, expiries, repairs)."""
