@@ -24,6 +24,7 @@ from peer_ring.core import (
     PeerUnavailableError,
     QuorumNotReachedError,
     RequestTimeoutError,
+    Ring,
     bucket_for_key,
     fingerprint64,
     partition_for_key,
@@ -284,6 +285,47 @@ async def test_a_pulling_replica_refuses_reads_and_the_previous_holder_answers(
     # writes are accepted while pulling
     await a.execute("app", "put", key, put_payload(2, b"new"), quorum=3)
     assert harness.apps[d.address].data[key] == (2, b"new")
+
+
+async def test_a_node_whose_pending_partitions_go_to_a_joiner_becomes_ready(
+    harness: Harness,
+) -> None:
+    # D joins and pulls; before it is done, E joins and takes over every partition D was
+    # still pulling. D has nothing left to wait for: it must be ready at once, not stay
+    # "not ready" (readyz red, a rollout stuck) until some later pull finishes. Fails with
+    # the re-check of readiness removed from PartitionTable.ring_changed.
+    a, b, c = await three(harness)
+    for i in range(60):
+        await a.execute("app", "put", f"k{i}", put_payload(1, b"v"), quorum=3)
+    four = ADDRS[:4]
+    d_now = Ring.build(four, P).partitions_of(ADDRS[3], 3)
+    joiner, d_later = next(
+        (e, later)
+        for e in (f"127.0.1.{i}:7101" for i in range(1, 250))
+        if (later := Ring.build([*four, e], P).partitions_of(ADDRS[3], 3)) < d_now
+    )
+    d = await harness.start(ADDRS[3], four)
+    pull_round = d._sync._pull_round
+
+    async def only_kept(partitions: list[int]) -> None:
+        # Pull what D keeps after E joins; hold the rest forever (a slow transfer).
+        await pull_round([p for p in partitions if p in d_later])
+        if set(partitions) - d_later:
+            await asyncio.get_running_loop().create_future()
+
+    d._sync._pull_round = only_kept  # type: ignore[method-assign]
+    for node in (a, b, c):
+        harness.discoveries[node.address].set_members(four)
+    await harness.until(lambda: d.sync_status()["partitions"]["pending"] == len(d_now - d_later))
+    assert not d.ready
+    await harness.start(joiner, [*four, joiner])
+    for address in four:
+        harness.discoveries[address].set_members([*four, joiner])
+    await harness.until(lambda: len(d.ring) == 5, within=5.0)
+    assert d.ring.partitions_of(d.address, 3) == d_later
+    await harness.until(lambda: d.ready, within=5.0)
+    assert d.sync_status()["partitions"]["pending"] == 0
+    await d.wait_ready(timeout=0.1)
 
 
 # -- failure detector, re-replication ------------------------------------------------------

@@ -173,7 +173,13 @@ def test_pending_partition_lost_before_it_was_pulled_is_handed_off() -> None:
     change = t.ring_changed(three, four, 1.0)
     p = min(change.lost)
     assert p not in t.pending and p in t.held
-    assert t.ready or t.pending  # the remaining partitions still decide readiness
+    assert t.state(p) is HoldState.COMPLETE  # handed off like a complete copy
+    # What is still replicated is still pending and decides readiness on its own.
+    assert set(t.pending) == four.partitions_of(A, 3)
+    assert not t.ready
+    for q in sorted(t.pending):
+        t.pull_result(q, PullOutcome.SYNCED, 2.0)
+    assert t.ready and not t.pending
 
 
 def test_gains_after_leave_counts_each_peer() -> None:
