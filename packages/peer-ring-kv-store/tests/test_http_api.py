@@ -471,3 +471,15 @@ async def test_bearer_token_is_required_when_configured(stores: list[KVStore]) -
         for path in ("/healthz", "/readyz"):
             async with session.get(f"{url}{path}") as r:
                 assert r.status == 200
+
+
+async def test_replication_larger_than_the_cluster_is_400_not_503(
+    http: tuple[str, aiohttp.ClientSession],
+) -> None:
+    url, session = http
+    async with session.put(
+        f"{url}/kv/k", data=b"v", params={"replication": "5", "quorum": "4"}
+    ) as r:
+        assert r.status == 400
+        body = await _json(r)
+        assert "larger than the cluster" in body["error"]

@@ -10,7 +10,13 @@ Example:
 from peer_ring.kv.__about__ import __version__
 from peer_ring.kv._codec import Codec, CodecError, JsonCodec, PickleCodec
 from peer_ring.kv._engine import KVEngine
-from peer_ring.kv._errors import KeyTooLargeError, ValueTooLargeError
+from peer_ring.kv._errors import (
+    ClusterTooSmallError,
+    InvalidKeyError,
+    InvalidValueError,
+    KeyTooLargeError,
+    ValueTooLargeError,
+)
 from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
@@ -22,8 +28,11 @@ from peer_ring.kv._wire import MalformedPayloadError
 __all__ = [
     "HLC",
     "NAMESPACE",
+    "ClusterTooSmallError",
     "Codec",
     "CodecError",
+    "InvalidKeyError",
+    "InvalidValueError",
     "JsonCodec",
     "KVEngine",
     "KVHooks",

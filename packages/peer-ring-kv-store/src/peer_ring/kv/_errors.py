@@ -1,4 +1,8 @@
-"""KV-specific errors (all are :class:`peer_ring.core.PeerRingError` subclasses)."""
+"""KV-specific errors (all are :class:`peer_ring.core.PeerRingError` subclasses).
+
+Every bad argument is an :class:`~peer_ring.core.InvalidArgumentError` (``serve`` answers
+400); the subclasses say which argument.
+"""
 
 from __future__ import annotations
 
@@ -14,5 +18,17 @@ class ValueTooLargeError(InvalidArgumentError):
         self.limit = limit
 
 
-class KeyTooLargeError(InvalidArgumentError):
-    """A key is empty or longer than ``max_key_bytes``."""
+class InvalidKeyError(InvalidArgumentError):
+    """A key is not ``str``/``bytes``, is empty, or is not valid UTF-8."""
+
+
+class KeyTooLargeError(InvalidKeyError):
+    """A key is longer than ``MAX_KEY_BYTES`` (64 KiB)."""
+
+
+class InvalidValueError(InvalidArgumentError, TypeError):
+    """A value the store's codec cannot encode (also a ``TypeError``, as it was before)."""
+
+
+class ClusterTooSmallError(InvalidArgumentError):
+    """The requested replication and its quorum exceed the members of the ring."""

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -35,9 +35,11 @@ from peer_ring.core import (
     SystemClock,
     Transport,
 )
-from peer_ring.kv._codec import DEFAULT_CODEC, Codec, decode_value, encode_value
+from peer_ring.kv._args import MAX_KEY_BYTES as _MAX_KEY_BYTES
+from peer_ring.kv._args import check_sizes, encode, key_bytes, seconds
+from peer_ring.kv._codec import DEFAULT_CODEC, Codec, decode_value
 from peer_ring.kv._engine import KVEngine
-from peer_ring.kv._errors import KeyTooLargeError, ValueTooLargeError
+from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
@@ -74,7 +76,7 @@ MSET = Command("mset", mutates=True)
 MGET = Command("mget", reads=True)
 
 #: Longest accepted key, in bytes (UTF-8 for ``str`` keys).
-MAX_KEY_BYTES = 64 * 1024
+MAX_KEY_BYTES = _MAX_KEY_BYTES
 
 Key = str | bytes
 #: A key type: ``str`` or ``bytes`` (a TypeVar so ``dict[str, ...]`` arguments type-check).
@@ -99,6 +101,11 @@ class KVStore:
         tombstone_grace: seconds a delete marker is kept before it is collected (must
             exceed the time a replica can stay away and come back: anti-entropy respects it).
         expiry_interval: seconds between two active-expiry rounds.
+        sloppy_quorum: count a substitute's hint towards a write's quorum (Dynamo's sloppy
+            quorum: writes succeed with fewer than ``quorum`` replicas reachable). Off by
+            default: a hint cannot refuse an older version, so with it on, a write
+            acknowledged after another one may lose to it under clock skew
+            (docs/consistency.md). Hints are sent and delivered either way.
         config: the underlying node's configuration (partitions, timeouts, limits, token);
             its replication/quorum are overridden by the arguments above.
         transport: inject a transport (tests: ``MemoryNetwork(...).transport(address)``).
@@ -122,6 +129,7 @@ class KVStore:
         max_value_bytes: int = 1 << 20,
         tombstone_grace: float = 3600.0,
         expiry_interval: float = 0.1,
+        sloppy_quorum: bool = False,
         config: PeerRingConfig | None = None,
         transport: Transport | None = None,
         clock: Clock | None = None,
@@ -138,7 +146,7 @@ class KVStore:
         self._codec = codec or DEFAULT_CODEC
         self._resolver = resolver
         self._max_value_bytes = max_value_bytes
-        self._expiry_interval = expiry_interval
+        self._expiry_interval = seconds("expiry_interval", expiry_interval)
         self._engine = KVEngine(
             self._config.partitions,
             self._clock,
@@ -150,6 +158,7 @@ class KVStore:
         self._hooks = KVHooks(self._engine, on_record=self._observe)
         self._background: set[asyncio.Task[Any]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._sloppy_quorum = sloppy_quorum
         self.read_repairs = 0
         #: Writes sent again above a newer version a replica refused them with.
         self.reversioned_writes = 0
@@ -316,7 +325,9 @@ class KVStore:
         record = decode_record(payload)
         if not ctx.local:
             self._hlc.update(record.version)
-        if not self._node.partition_ready(ctx.partition if ctx.local else self._engine.partition_of(key)):
+        if not self._node.partition_ready(
+            ctx.partition if ctx.local else self._engine.partition_of(key)
+        ):
             # Still pulling the partition (joined, or restarted with empty memory): this
             # replica cannot know the version it should refuse, so it must not count.
             raise PartitionNotReadyError(self._node.address, ctx.partition)
@@ -351,31 +362,23 @@ class KVStore:
     # -- client API ----------------------------------------------------------------------
 
     def _key(self, key: Key) -> bytes:
-        if isinstance(key, str):
-            key_b = key.encode()
-        elif isinstance(key, bytes):
-            key_b = key
-        else:
-            raise InvalidArgumentError(f"keys are str or bytes, not {type(key).__name__}")
-        if not key_b:
-            raise KeyTooLargeError("keys must not be empty")
-        if len(key_b) > MAX_KEY_BYTES:
-            raise KeyTooLargeError(f"key of {len(key_b)} bytes exceeds {MAX_KEY_BYTES}")
-        return key_b
+        return key_bytes(key)
 
     def _expires(self, ttl: float | None) -> float:
         if ttl is None:
             return 0.0
-        if not isinstance(ttl, int | float) or ttl != ttl or ttl <= 0:
-            raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        return self._clock.time() + float(ttl)
+        return self._clock.time() + seconds("ttl", ttl)
+
+    def _check_sizes(self, replication: int | None, quorum: int | None) -> None:
+        if replication is not None or quorum is not None:
+            check_sizes(self._node, replication, quorum)
 
     def _check_running(self) -> None:
         if not self._node.running:
             raise NotRunningError(f"KVStore {self._node.address} is not running")
 
     def _record(self, value: object, ttl: float | None) -> Record:
-        data, encoded = encode_value(value, self._codec)
+        data, encoded = encode(value, self._codec)
         if len(data) > self._max_value_bytes:
             raise ValueTooLargeError(len(data), self._max_value_bytes)
         return Record(data, self._hlc.now(), self._expires(ttl), False, encoded)
@@ -405,6 +408,7 @@ class KVStore:
         """
         self._check_running()
         key_b = self._key(key)
+        self._check_sizes(replication, quorum)
         await self._write(key_b, self._record(value, ttl), replication, quorum)
 
     async def delete(
@@ -413,6 +417,7 @@ class KVStore:
         """Delete ``key`` (writes a tombstone, so the delete wins over older copies)."""
         self._check_running()
         key_b = self._key(key)
+        self._check_sizes(replication, quorum)
         await self._write(key_b, Record.deleted(self._hlc.now()), replication, quorum)
 
     async def _write(
@@ -433,7 +438,9 @@ class KVStore:
                 NAMESPACE, SET, key, encode_record(record), replication=replication, quorum=quorum
             )
             replies = result.ok_replies
-            home = result.preference_list
+            home: Collection[str] = (
+                {r.node for r in replies} if self._sloppy_quorum else result.preference_list
+            )
             if sum(1 for r in replies if r.node in home) < q and not result.complete:
                 replies = [r for r in await result.all_replies() if r.error is None]
             newer = newest_refusal(r.payload for r in replies)
@@ -474,6 +481,8 @@ class KVStore:
             key_b = key.encode()
         else:
             key_b = self._key(key)
+        if replication is not None or quorum is not None:
+            check_sizes(node, replication, quorum)
         config = self._config
         n = config.replication if replication is None else replication
         q = config.quorum_for(n) if quorum is None else quorum
@@ -549,6 +558,7 @@ class KVStore:
         self._check_running()
         key_list = list(dict.fromkeys(keys))
         keys_b = [self._key(k) for k in key_list]
+        self._check_sizes(replication, quorum)
         results = await self._node.execute_many(
             NAMESPACE,
             GET,
@@ -591,6 +601,7 @@ class KVStore:
         """
         self._check_running()
         pending = [(self._key(k), self._record(v, ttl)) for k, v in mapping.items()]
+        self._check_sizes(replication, quorum)
         for _ in range(MAX_ATTEMPTS):
             results = await self._node.execute_many(
                 NAMESPACE,
