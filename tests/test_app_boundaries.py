@@ -20,10 +20,6 @@ WIRE_TYPES = frozenset({"Request", "Response", "Status", "TransferRequest"})
 #: Any mention of a private core module or of the transport in code (import strings too).
 FORBIDDEN_TEXT = re.compile(r"peer_ring\.core\.(?:_\w+|transport)\b")
 
-#: Known violations in files that are not the application packages' maintainers' to change
-#: in this change, each with the reason. Empty is the goal.
-ALLOWED: dict[str, str] = {}
-
 
 def application_sources() -> list[Path]:
     files: list[Path] = []
@@ -66,8 +62,6 @@ def test_the_kv_store_is_covered() -> None:
 def test_applications_use_only_the_public_core(path: Path) -> None:
     rel = path.relative_to(ROOT).as_posix()
     found = violations(path)
-    if rel in ALLOWED:
-        return
     assert not found, f"{rel} reaches past the public core contract: {found}"
 
 
