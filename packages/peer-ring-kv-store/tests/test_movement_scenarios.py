@@ -47,6 +47,7 @@ class Cluster:
         self.peers: list[str] = []
         self.stores: dict[str, KVStore] = {}
         self.discoveries: dict[str, FixedDiscovery] = {}
+        self.sloppy_quorum = False
 
     @property
     def running(self) -> list[KVStore]:
@@ -62,6 +63,7 @@ class Cluster:
             config=self.config,
             transport=self.network.transport(address),
             clock=self.clock,
+            sloppy_quorum=self.sloppy_quorum,
         )
         await store.start()
         self.stores[address] = store
@@ -309,6 +311,7 @@ async def test_a_restarted_empty_node_resyncs_and_never_serves_empty_reads(
 async def test_sloppy_quorum_write_survives_two_cut_replicas_and_the_hint_is_delivered(
     cluster: Cluster, network: MemoryNetwork
 ) -> None:
+    cluster.sloppy_quorum = True
     stores = await start_cluster(cluster, 5)
     coordinator = stores[0]
     me = coordinator.node.address
@@ -331,6 +334,30 @@ async def test_sloppy_quorum_write_survives_two_cut_replicas_and_the_hint_is_del
     delivered = sum(s.node.sync_status()["hints"]["delivered"] for s in cluster.running)
     assert delivered == 2
     assert await cluster.stores[y].get(key, quorum=3) == b"hinted"
+
+
+async def test_without_sloppy_quorum_a_hint_does_not_count_but_is_still_delivered(
+    cluster: Cluster, network: MemoryNetwork
+) -> None:
+    # The default: a substitute's hint cannot refuse an older version (clock skew), so it
+    # does not make the quorum; it is still stored and delivered when the replicas return.
+    stores = await start_cluster(cluster, 5)
+    coordinator = stores[0]
+    me = coordinator.node.address
+    key = next(k for k in keys(1000) if coordinator.node.preference_list(k, 3)[0] == me)
+    _, y, z = coordinator.node.preference_list(key, 3)
+    network.cut(me, y)
+    network.cut(me, z)
+    with pytest.raises(QuorumNotReachedError) as info:
+        await coordinator.set(key, b"hinted", quorum=2)
+    assert info.value.succeeded == [me]
+    network.heal()
+    await cluster.until(
+        lambda: all(s.node.sync_status()["hints"]["pending_total"] == 0 for s in cluster.running)
+    )
+    for replica in (y, z):
+        record = cluster.stores[replica].engine.get_record(key)
+        assert record is not None and record.value == b"hinted"
 
 
 async def test_a_paused_node_catches_up_after_being_declared_down(
