@@ -27,6 +27,7 @@ def peers(port: int) -> list[str]:
 async def node(self_address: str, port: int, first: bool) -> None:
     discovery = StaticDiscovery(peers=peers(port), self_address=self_address)
     async with KVStore(discovery=discovery, replication=3) as kv:
+        await kv.wait_ready(timeout=60)  # joined and pulled its partitions
         if first:
             await kv.set("user:1", b"alice", ttl=30.0, quorum=2)
             assert await kv.get("user:1", quorum=2) == b"alice"
@@ -42,6 +43,7 @@ async def all_in_one(port: int) -> None:
     for store in stores:
         await store.start()
     try:
+        await asyncio.gather(*(store.wait_ready(timeout=60) for store in stores))
         kv = stores[0]
         await kv.set("user:1", b"alice", ttl=30.0, quorum=2)
         assert await stores[1].get("user:1", quorum=2) == b"alice"

@@ -53,9 +53,13 @@ class Codec(Protocol):
 class JsonCodec:
     """The default codec: ``str`` as tagged UTF-8, everything else as tagged JSON.
 
-    Handles ``str``, ``int``, ``float``, ``bool``, ``None`` and lists/dicts of them. JSON's
-    limits apply: tuples come back as lists, dict keys must be strings (``int`` keys come
-    back as strings). Decoding is safe on untrusted input.
+    Every value it accepts comes back as an equal value of the same type: exactly ``str``,
+    ``int``, ``float``, ``bool``, ``None``, and ``list``s and ``dict``s (with ``str`` keys)
+    of them, nested at most :data:`MAX_DEPTH` deep. Everything JSON would silently change is
+    refused with ``TypeError``: tuples (they would come back as lists), sets, dict keys that
+    are not ``str`` (``1`` would come back as ``"1"``), and subclasses such as enums,
+    ``defaultdict`` or ``OrderedDict`` (they would come back as their base type). Decoding is
+    safe on untrusted input.
     """
 
     __slots__ = ()
@@ -68,6 +72,7 @@ class JsonCodec:
         """
         if type(obj) is str:
             return b"s" + obj.encode("utf-8", "surrogatepass")
+        _check_round_trip(obj)
         try:
             text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
@@ -98,6 +103,42 @@ class JsonCodec:
                 "(configure PickleCodec only if every peer is trusted)"
             )
         raise CodecError(f"unknown value tag 0x{tag:02x} (written by another codec?)")
+
+
+#: Deepest nesting of lists and dicts :class:`JsonCodec` accepts.
+MAX_DEPTH = 100
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _check_round_trip(obj: object) -> None:
+    """Raise ``TypeError`` unless JSON gives ``obj`` back with the same types."""
+    stack: list[tuple[object, int, str]] = [(obj, 0, "value")]
+    while stack:
+        item, depth, where = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if depth >= MAX_DEPTH:
+            raise TypeError(f"JsonCodec: {where} is nested more than {MAX_DEPTH} deep")
+        if kind is list:
+            assert isinstance(item, list)
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(item))
+        elif kind is dict:
+            assert isinstance(item, dict)
+            for k, v in item.items():
+                if type(k) is not str:
+                    raise TypeError(
+                        f"JsonCodec: {where} has a {type(k).__name__} key {k!r}; only str "
+                        "keys come back unchanged"
+                    )
+                stack.append((v, depth + 1, f"{where}[{k!r}]"))
+        else:
+            hint = " (use a list)" if kind is tuple else ""
+            raise TypeError(
+                f"JsonCodec cannot encode {kind.__name__} ({where}): it would not come back as "
+                f"the same type{hint}; use PickleCodec or encode it yourself"
+            )
 
 
 class PickleCodec:
