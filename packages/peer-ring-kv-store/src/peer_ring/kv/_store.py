@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -210,8 +211,23 @@ class KVStore:
 
         It returns once the node is listening and has joined the ring, before the initial
         sync finished: await :meth:`wait_ready` before serving traffic that needs it.
+
+        Raises:
+            OSError: the peer address cannot be bound (``errno.EADDRINUSE`` when another
+                process, such as a second uvicorn worker, already runs a node on it).
         """
-        await self._node.start()
+        try:
+            await self._node.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror or exc}. A KVStore is one cluster node and needs its own peer "
+                "address in every process: with uvicorn --workers or gunicorn, give each "
+                "worker its own port or run one worker per process (README: 'One node per "
+                "process')",
+            ) from exc
         self._expiry_task = asyncio.create_task(
             run_active_expiry(self._engine, self._clock, self._expiry_interval),
             name=f"kv-expiry-{self._node.address}",
