@@ -1,9 +1,10 @@
 """Repository-wide pytest configuration, loaded for every test under this root.
 
 It provides one fixture, ``require_component``, for tests that need a real external component
-(a Redis server, a Kubernetes API server, etcd, iptables, ...). DESIGN.md, "Test tiers": such
-tests *skip* with a clear reason on a laptop that lacks the component, but *fail* in CI, where
-``.ci/run`` installs or builds every component (a green CI must never hide a skipped tier).
+(a Redis server, a Kubernetes API server, etcd, iptables, ...). As CONTRIBUTING.md says
+("Tests that need a real component"), such tests *skip* with a clear reason on a laptop
+that lacks the component, but *fail* in CI, where ``.ci/run`` installs or builds every
+component (a green CI must never hide a skipped tier).
 
 Usage, from any package's tests (no import needed; pytest injects the fixture)::
 

@@ -122,3 +122,32 @@ async def test_address_in_use_exits_1(which: str) -> None:
     expected = "cannot listen for peers" if which == "peer" else "cannot serve HTTP"
     assert expected in out
     assert taken.split(":")[1] in out
+
+
+async def test_ready_line_only_after_the_initial_sync() -> None:
+    # Node 0 of two starts alone: it joined the ring but cannot pull the partitions it
+    # shares with node 1, so neither /readyz nor the ready line may say ready yet.
+    addresses = allocate_addresses(2)
+    async with LocalCluster(
+        addresses, serve_args=["--replication=2", "--partitions=16", "--quorum=1"]
+    ) as cluster:
+        first = cluster.nodes[0]
+        await first.start()
+        started = False
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):  # bounded: 200 x 50 ms
+                try:
+                    async with session.get(f"{first.address.url}/healthz") as r:
+                        started = r.status == 200
+                except aiohttp.ClientError:
+                    pass
+                if started and "node " in first.log_path.read_text():
+                    break
+                await asyncio.sleep(0.05)
+            assert started
+            await asyncio.sleep(0.5)  # give a premature ready line the time to show
+            async with session.get(f"{first.address.url}/readyz") as r:
+                assert r.status == 503
+        assert f"ready peer={first.address.peer}" not in first.log_path.read_text()
+        await cluster.start(ready_within=60)
+        assert f"ready peer={first.address.peer}" in first.log_path.read_text()

@@ -206,16 +206,28 @@ async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
         except Exception:
             logger.exception("the node failed to start")
             return EXIT_FAILURE
+        # The ready line promises what /readyz promises: the node joined the ring AND
+        # pulled the partitions it replicates (its initial sync). A signal while syncing
+        # still leaves gracefully.
+        syncing = asyncio.ensure_future(store.wait_ready())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({syncing, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not syncing.done():
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await syncing
         api.set_ready(True)
-        logger.info(
-            "%s peer=%s http=%s members=%d partitions=%d replication=%d",
-            READY_MESSAGE,
-            listen,
-            server.url,
-            len(store.node.ring.members),
-            store.node.ring.partitions,
-            config.replication,
-        )
+        if not stop.is_set():
+            logger.info(
+                "%s peer=%s http=%s members=%d partitions=%d replication=%d",
+                READY_MESSAGE,
+                listen,
+                server.url,
+                len(store.node.ring.members),
+                store.node.ring.partitions,
+                config.replication,
+            )
         members = len(store.node.ring.members)
         quorum = store.node.config.quorum_for(config.replication)
         if members < quorum:
