@@ -279,6 +279,21 @@ class KVEngine:
         """Records of ``partition`` held here, tombstones included."""
         return len(self._parts[partition])
 
+    def keys(self, partition: int, prefix: bytes, after: bytes | None, limit: int) -> list[bytes]:
+        """Up to ``limit`` live keys of ``partition`` starting with ``prefix``, in byte
+        order, greater than ``after`` (a page of a scan)."""
+        part = self._parts[partition]
+        candidates = sorted(
+            k for k in part if k.startswith(prefix) and (after is None or k > after)
+        )
+        out: list[bytes] = []
+        for key in candidates:
+            if len(out) >= limit:
+                break
+            if self.get(key) is not None:
+                out.append(key)
+        return out
+
     # ------------------------------------------------------------------ reads
 
     def get(self, key: bytes) -> Record | None:

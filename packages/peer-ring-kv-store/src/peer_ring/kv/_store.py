@@ -44,6 +44,7 @@ from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
+from peer_ring.kv._ops import KVOpsMixin
 from peer_ring.kv._ordered import (
     MAX_ATTEMPTS,
     WriteRefusedError,
@@ -84,7 +85,7 @@ Key = str | bytes
 K = TypeVar("K", str, bytes)
 
 
-class KVStore:
+class KVStore(KVOpsMixin):
     """An embedded, replicated in-memory key-value store.
 
     Args:
@@ -331,6 +332,7 @@ class KVStore:
         node.register(NAMESPACE, MSET, self._h_mset)
         node.register(NAMESPACE, MGET, self._h_mget)
         node.register_hooks(NAMESPACE, self._hooks)
+        self._register_ops(NAMESPACE)
 
     def _observe(self, record: Record) -> None:
         # Every version this node sees moves its HLC forward, so its next write orders
