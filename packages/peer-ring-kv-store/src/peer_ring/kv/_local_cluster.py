@@ -330,6 +330,8 @@ class LocalCluster:
             of the node at ``address`` (``["--discovery", "etcd", "--discovery-option",
             ...]``) instead of ``--peers``/``--peers-file``: the nodes find each other
             through that discovery, and nodes can be added without a peers file.
+        node_env: extra environment of single nodes, by index, on top of ``env`` (a
+            skewed clock for one node: ``{1: {"LD_PRELOAD": ..., "FAKETIME": "+2s"}}``).
 
     Example:
         >>> async with LocalCluster(allocate_addresses(3)) as cluster:  # doctest: +SKIP
@@ -349,6 +351,7 @@ class LocalCluster:
         peers_file: Path | None = None,
         group_base: int | None = None,
         discovery_args: Callable[[NodeAddress], Sequence[str]] | None = None,
+        node_env: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
         if discovery_args is not None and peers_file is not None:
             raise ValueError("give peers_file or discovery_args, not both")
@@ -365,6 +368,7 @@ class LocalCluster:
         self._python = python
         self._serve_args = list(serve_args)
         self._child_env = child_env
+        self._node_env = {i: dict(e) for i, e in (node_env or {}).items()}
         self._group_base = group_base
         self.peers_file = peers_file
         self._peers = ",".join(a.peer for a in addresses)
@@ -399,7 +403,7 @@ class LocalCluster:
                 *self._serve_args,
             ],
             self.log_dir / f"node-{index + 1}.log",
-            self._child_env,
+            {**self._child_env, **self._node_env.get(index, {})},
             group=None if self._group_base is None else self._group_base + index,
         )
         self.nodes.append(node)

@@ -31,7 +31,7 @@ from peer_ring.kv._store import KVStore
 #: Keys of the workload (one sequential client each).
 KEYS = ("k0", "k1", "k2", "k3")
 #: Seconds of true time for hints, pulls and anti-entropy after the last fault.
-SETTLE = 45.0
+SETTLE = 30.0
 
 
 @dataclass
@@ -98,6 +98,8 @@ class _Cluster:
             FixedDiscovery(address, sim.addresses),
             replication=3,
             quorum=2,
+            # The workload sets no TTLs: one expiry round a second is plenty.
+            expiry_interval=1.0,
             config=self.config,
             transport=sim.transport(address),
             clock=sim.node_clock(address),
