@@ -74,6 +74,9 @@ class Coordinator:
         self.previous_ring: Ring | None = None
         self.sent = 0
         self.send_failures = 0
+        # Operations that missed their quorum, by namespace (metrics); counted on the
+        # failure path only.
+        self.quorum_failures: dict[str, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._default_sizes = (config.replication, config.quorum_for(config.replication))
         limit = config.transport_limits.max_message_bytes
@@ -146,12 +149,22 @@ class Coordinator:
         prefs = ring.preference_list(partition, n)
         result = ExecuteResult(partition, prefs, key_b)
         if len(prefs) < q:
+            self.quorum_failed(namespace)
             raise _too_few(namespace, decl.name, q, len(prefs))
         collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
         wait = self.config.request_timeout if timeout is None else timeout
         op = Operation(self, collector, ring, namespace, decl, key_b, payload, partition, n, wait)
         op.start(prefs)
-        return await collector.future
+        try:
+            return await collector.future
+        except QuorumNotReachedError:
+            self.quorum_failed(namespace)
+            raise
+
+    def quorum_failed(self, namespace: str) -> None:
+        """Count one operation that missed its quorum (for metrics)."""
+        failures = self.quorum_failures
+        failures[namespace] = failures.get(namespace, 0) + 1
 
     async def execute_many(
         self,
@@ -183,6 +196,8 @@ class Coordinator:
             exc = fut.exception()  # also marks it retrieved
             if exc is not None:
                 result.error = exc
+                if isinstance(exc, QuorumNotReachedError):
+                    self.quorum_failed(namespace)
             remaining -= 1
             if remaining == 0 and not all_done.done():
                 all_done.set_result(None)
@@ -193,6 +208,7 @@ class Coordinator:
             result = ExecuteResult(partition, prefs, key_b)
             results.append(result)
             if len(prefs) < q:
+                self.quorum_failed(namespace)
                 result.error = _too_few(namespace, decl.name, q, len(prefs))
                 result._finish()
                 continue

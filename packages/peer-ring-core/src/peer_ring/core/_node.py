@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Collection, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from peer_ring.core import _tracing
 from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._command import Command, Handler, as_command
 from peer_ring.core._config import PeerRingConfig
@@ -230,6 +231,7 @@ class PeerRing:
         status["incarnation"] = self._sync.incarnation
         status["members"] = len(self._membership.ring)
         status["send"] = {"sent": self._coord.sent, "failed": self._coord.send_failures}
+        status["quorum_failures"] = dict(self._coord.quorum_failures)
         return status
 
     # -- registration ------------------------------------------------------------------
@@ -450,7 +452,10 @@ class PeerRing:
             NotRunningError: the node is not started.
         """
         # A plain def handing out the coordinator's coroutine: one coroutine per operation.
-        return self._coord.execute(namespace, command, key, payload, replication, quorum, timeout)
+        coro = self._coord.execute(namespace, command, key, payload, replication, quorum, timeout)
+        if _tracing.enabled():
+            return _tracing.execute(coro, namespace, _command_name(command))
+        return coro
 
     async def execute_many(
         self,
@@ -488,9 +493,10 @@ class PeerRing:
                 ``bytes`` (nothing is sent then).
             NotRunningError: the node is not started.
         """
-        return await self._coord.execute_many(
-            namespace, command, items, replication, quorum, timeout
-        )
+        coro = self._coord.execute_many(namespace, command, items, replication, quorum, timeout)
+        if _tracing.enabled():
+            return await _tracing.execute_many(coro, namespace, _command_name(command))
+        return await coro
 
     def send(
         self,
@@ -545,7 +551,10 @@ class PeerRing:
     ) -> AsyncIterator[list[bytes]]:
         """Stream the records ``node`` exports for one partition (bulk data movement)."""
         request = TransferRequest(namespace, partition, tuple(sorted(buckets)))
-        async for chunk in self._transport.transfer(node, request, self._config.transfer_timeout):
+        chunks = self._transport.transfer(node, request, self._config.transfer_timeout)
+        if _tracing.enabled():
+            chunks = _tracing.transfer(chunks, node, namespace, partition)
+        async for chunk in chunks:
             yield chunk
 
     # -- inbound -----------------------------------------------------------------------
@@ -571,3 +580,7 @@ class PeerRing:
                 await asyncio.sleep(0)  # let the node serve requests between chunks
         if chunk:
             yield chunk
+
+
+def _command_name(command: Command | str) -> str:
+    return command.name if isinstance(command, Command) else str(command)

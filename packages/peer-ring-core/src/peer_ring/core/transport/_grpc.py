@@ -370,6 +370,18 @@ class GrpcTransport(Transport):
         """Peers this transport currently holds a connection object for."""
         return list(self._peers)
 
+    def peer_stats(self) -> dict[str, dict[str, float]]:
+        """Per peer: requests ``in_flight`` and ``pending``, and ``latency_seconds`` (a
+        moving average of sampled round trips; absent before the first sample). For metrics.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for peer, conn in self._peers.items():
+            figures: dict[str, float] = {"in_flight": conn.in_flight, "pending": conn.pending}
+            if conn.latency is not None:
+                figures["latency_seconds"] = conn.latency
+            out[peer] = figures
+        return out
+
     # -- internals -----------------------------------------------------------------------------
 
     def _not_running(self) -> NotRunningError:

@@ -62,6 +62,9 @@ MAX_TIMEOUT = 1_000_000.0
 #: (a bulk transfer) finish before it is closed.
 OLD_CHANNEL_GRACE = 30.0
 
+# Weight of a new round-trip sample in the per-peer latency moving average (metrics).
+_LATENCY_WEIGHT = 0.2
+
 #: ``(key, value)`` pairs sent as call metadata.
 Metadata = tuple[tuple[str, str], ...]
 #: Builds the exception a request fails with (a fresh one per future, so tracebacks of
@@ -178,6 +181,12 @@ class PeerConnection:
         self._retry = asyncio.Event()  # "the peer is alive: stop waiting out the backoff"
         self._fresh_channel = False  # the next attempt uses a new channel (retry_now)
         self._next_id = 1
+        # Round-trip latency, sampled on one request at a time (one clock read per sample,
+        # not per request): the call being timed, when it was written, and the moving
+        # average in seconds (None before the first sample).
+        self._sample: OutboundCall | None = None
+        self._sample_at = 0.0
+        self.latency: float | None = None
 
     # -- requests ------------------------------------------------------------------------
 
@@ -253,7 +262,19 @@ class PeerConnection:
         """The caller cancelled ``call``: release its slot, tell the peer."""
         self._forget(call)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests written to the peer and not answered yet."""
+        return self._in_flight
+
+    @property
+    def pending(self) -> int:
+        """Requests accepted and not resolved yet (queued or in flight)."""
+        return len(self._calls)
+
     def _forget(self, call: OutboundCall) -> None:
+        if call is self._sample:
+            self._sample = None  # timed out or abandoned: not a round trip
         if self._calls.pop(call.rid, None) is None:
             return
         self._wheel.remove(call, call.tick)
@@ -272,6 +293,7 @@ class PeerConnection:
         self._queue.clear()
         self._cancels = []
         self._in_flight = 0
+        self._sample = None
         for call in calls.values():
             self._wheel.remove(call, call.tick)
             call.set_exception(make_error())
@@ -490,6 +512,9 @@ class PeerConnection:
                 call.data = b""
                 call.sent = True
                 sent += 1
+                if self._sample is None:
+                    self._sample = call
+                    self._sample_at = self._loop.time()
             self._in_flight += sent
             stats.requests_sent += sent
             if not parts:
@@ -530,6 +555,12 @@ class PeerConnection:
             call.set_result(Response(status_of(msg.status), msg.payload, msg.error))
             freed += 1
         self._in_flight -= freed
+        sample = self._sample
+        if sample is not None and sample.done():
+            self._sample = None
+            rtt = self._loop.time() - self._sample_at
+            old = self.latency
+            self.latency = rtt if old is None else old + (rtt - old) * _LATENCY_WEIGHT
         self._stats.responses_received += len(responses)
         self._stats.late_responses += len(responses) - freed
         if freed and self._queue:
