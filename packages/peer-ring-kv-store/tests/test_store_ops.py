@@ -83,7 +83,7 @@ async def test_set_if_absent_and_compare_and_set(cluster: list[KVStore]) -> None
 
 
 async def test_concurrent_incr_from_every_node_loses_nothing(cluster: list[KVStore]) -> None:
-    a, b, c = cluster
+    a, _, c = cluster
     rounds = 30
     calls = [s.incr("hits", quorum=2) for _ in range(rounds) for s in cluster]
     results = await asyncio.gather(*calls)
@@ -180,3 +180,23 @@ async def test_concurrent_incr_over_grpc() -> None:
     finally:
         for s in stores:
             await s.abort()
+
+
+async def test_named_maps_do_not_collide(cluster: list[KVStore]) -> None:
+    a, b, _ = cluster
+    sessions, carts = a.map("sessions"), b.map("carts")
+    await sessions.set("42", "alice")
+    await carts.set("42", ["apple"])
+    assert await a.map("sessions").get("42") == "alice"
+    assert await b.map("carts").get("42") == ["apple"]
+    assert await a.get("42") is None
+    await sessions.mset({"1": 1, "2": 2})
+    assert await carts.mget(["1", "2", "42"]) == {"42": ["apple"]}
+    assert await sessions.mget(["1", "2"]) == {"1": 1, "2": 2}
+    assert await carts.incr("n") == 1 and await sessions.incr("n") == 1
+    assert sorted([k async for k in sessions.scan()]) == ["1", "2", "42", "n"]
+    await sessions.mdelete(["1", "2"])
+    assert not await sessions.exists("1")
+    for bad in ("", "a\x00b", "x" * 300):
+        with pytest.raises(InvalidArgumentError):
+            a.map(bad)

@@ -20,6 +20,7 @@ from peer_ring.kv._errors import (
 from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
+from peer_ring.kv._map import KVMap
 from peer_ring.kv._record import Record, Resolver, latest, reconcile
 from peer_ring.kv._store import NAMESPACE, KVStore
 from peer_ring.kv._versions import Version
@@ -36,6 +37,7 @@ __all__ = [
     "JsonCodec",
     "KVEngine",
     "KVHooks",
+    "KVMap",
     "KVStore",
     "KeyTooLargeError",
     "MalformedPayloadError",

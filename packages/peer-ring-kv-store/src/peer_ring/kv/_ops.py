@@ -24,7 +24,7 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from peer_ring.core import (
     Command,
@@ -41,12 +41,14 @@ from peer_ring.kv._args import count, seconds
 from peer_ring.kv._codec import Codec, decode_value
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._hlc import HLC
+from peer_ring.kv._map import KVMap
 from peer_ring.kv._record import Record, Resolver, reconcile
 from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import decode_get_response, encode_record
 
 if TYPE_CHECKING:
     from peer_ring.core import Clock
+    from peer_ring.kv._store import KVStore
 
 #: Read-modify-write operations, executed by the key's primary. Never hinted: a substitute
 #: must not apply them later on its own.
@@ -80,6 +82,15 @@ class KVOpsMixin:
         async def _write(
             self, key: bytes, record: Record, replication: int | None, quorum: int | None
         ) -> None: ...
+
+    def map(self, name: str) -> KVMap:
+        """A named key space of this store: its keys never collide with another map's.
+
+        Example:
+            >>> sessions = kv.map("sessions")                 # doctest: +SKIP
+            >>> await sessions.set("42", {"user": "alice"}, ttl=3600)
+        """
+        return KVMap(cast("KVStore", self), name)
 
     # -- registration --------------------------------------------------------------------
 
