@@ -7,6 +7,7 @@ other process on the machine sees the loss.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,24 +61,34 @@ asyncio.run(main())
 """
 
 
-def _namespace_works() -> bool:
+def _namespace_command() -> list[str] | None:
+    """``unshare`` arguments that give a private network namespace with working iptables:
+    as root (``.ci/run``), or rootless through a user namespace where the kernel allows it."""
     if shutil.which("unshare") is None or shutil.which("iptables") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-n", "iptables", "-L", "INPUT"], capture_output=True, timeout=20
-    )
-    return probe.returncode == 0
+        return None
+    for command in (["unshare", "-n"], ["unshare", "-rn"]):
+        probe = subprocess.run(
+            [*command, "iptables", "-L", "INPUT"], capture_output=True, timeout=20, check=False
+        )
+        if probe.returncode == 0:
+            return command
+    return None
 
 
 @pytest.mark.slow
 def test_no_false_death_under_real_ten_percent_udp_loss(require_component) -> None:
+    command = _namespace_command()
+    if command is None and os.geteuid() != 0:
+        # CI's per-package jobs run unprivileged; .ci/run (root) runs this test for real.
+        pytest.skip("needs root or unprivileged user namespaces for a private network namespace")
     require_component(
-        "unshare -n with iptables (root)",
-        _namespace_works(),
+        "unshare -n with iptables",
+        command is not None,
         "run as root with util-linux and iptables installed (apt-get install iptables)",
     )
+    assert command is not None
     done = subprocess.run(
-        ["unshare", "-n", sys.executable, "-c", SCRIPT, "40"],
+        [*command, sys.executable, "-c", SCRIPT, "40"],
         capture_output=True,
         text=True,
         timeout=120,
