@@ -433,8 +433,19 @@ async def test_metrics_exposition(http: tuple[str, aiohttp.ClientSession]) -> No
         "peer_ring_owned_partitions ",
         "peer_ring_ready 1.0",
         'peer_ring_kv_info{address="127.0.0.1:7101",version=',
+        # the core's metrics, on the same registry
+        'peer_ring_node_info{address="127.0.0.1:7101",version=',
+        "peer_ring_node_ready 1.0",
+        'peer_ring_member_up{peer="127.0.0.2:7101",zone=""} 1.0',
+        f"peer_ring_partitions_replicated {CONFIG.partitions}.0",
+        "peer_ring_hints_pending_total 0.0",
+        "peer_ring_anti_entropy_rounds_total ",
+        "peer_ring_partitions_handed_off_total ",
     ):
         assert name in text, name
+    # each family once: the KV no longer exports the ring figures the core collector has
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) == len(set(families)), sorted(families)
 
 
 async def test_two_apis_in_one_process_have_separate_metrics(stores: list[KVStore]) -> None:

@@ -8,9 +8,11 @@ with it.
 Two kinds of metrics:
 
 - HTTP request counters and latency histograms, updated as requests finish.
-- Store, ring and transport figures, read *at scrape time* from ``store.stats()``,
-  ``store.node`` and ``node.transport.stats()`` by a custom collector, so that the hot path
-  of the store pays nothing for them and they are never stale.
+- Store figures, read *at scrape time* from ``store.stats()`` by a custom collector, so
+  that the hot path of the store pays nothing for them and they are never stale.
+- The node's ring, data-movement and transport figures: the core's own collector
+  (:class:`peer_ring.core.metrics.PeerRingCollector`, also read at scrape time) registered
+  on the same registry.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from peer_ring.core import PeerRing
+from peer_ring.core.metrics import PeerRingCollector
 from peer_ring.kv.__about__ import __version__
 
 logger = logging.getLogger(__name__)
@@ -80,7 +83,8 @@ class KVMetrics:
     Args:
         store: the store (its ``stats()`` and ``node`` are read at scrape time).
         ready: returns whether the node reports ready (exported as ``peer_ring_ready``).
-        replication: the default replication, for the per-node replica partition count.
+        replication: unused, kept for compatibility (the core collector counts replica
+            partitions at the node's configured replication).
     """
 
     def __init__(
@@ -112,7 +116,8 @@ class KVMetrics:
         )
         for reason in ("missing", "invalid"):
             self.http_auth_failures.labels(reason)  # exported as 0 before the first refusal
-        self.registry.register(_NodeCollector(store, ready, replication))
+        self.registry.register(_NodeCollector(store, ready))
+        self.registry.register(PeerRingCollector(store.node))
 
     def observe(self, op: str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
@@ -130,22 +135,17 @@ class KVMetrics:
 
 
 class _NodeCollector:
-    """Reads store, ring and transport figures when Prometheus scrapes."""
+    """Reads the store's figures when Prometheus scrapes (the node's: the core collector)."""
 
-    def __init__(
-        self, store: _StoreLike, ready: Callable[[], bool], replication: int | None
-    ) -> None:
+    def __init__(self, store: _StoreLike, ready: Callable[[], bool]) -> None:
         self._store = store
         self._ready = ready
-        self._replication = replication
 
     def collect(self) -> Iterable[Metric]:
         # A scrape must never fail because one source misbehaves: each block is guarded,
         # and a broken source only loses its own metrics (with a log line to explain it).
         yield from self._guarded("build", self._build_info)
         yield from self._guarded("store", self._store_metrics)
-        yield from self._guarded("ring", self._ring_metrics)
-        yield from self._guarded("transport", self._transport_metrics)
 
     def _guarded(self, what: str, produce: Callable[[], Iterable[Metric]]) -> Iterable[Metric]:
         try:
@@ -187,59 +187,6 @@ class _NodeCollector:
                     f"KVStore.stats()[{name!r}].",
                     value=number,
                 )
-
-    def _ring_metrics(self) -> Iterable[Metric]:
-        node = self._store.node
-        ring = node.ring
-        yield GaugeMetricFamily(
-            "peer_ring_members",
-            "Members in this node's view of the cluster.",
-            value=float(len(ring.members)),
-        )
-        yield GaugeMetricFamily(
-            "peer_ring_suspected_peers",
-            "Peers this node currently cannot reach.",
-            value=float(len(node.membership.suspected)),
-        )
-        yield GaugeMetricFamily(
-            "peer_ring_partitions", "Partitions of the ring.", value=float(ring.partitions)
-        )
-        yield GaugeMetricFamily(
-            "peer_ring_owned_partitions",
-            "Partitions whose primary owner is this node.",
-            value=float(len(ring.partitions_of(node.address, 1))),
-        )
-        n = self._replication or node.config.replication
-        yield GaugeMetricFamily(
-            "peer_ring_replica_partitions",
-            "Partitions this node replicates at the default replication.",
-            value=float(len(ring.partitions_of(node.address, n))),
-        )
-
-    def _transport_metrics(self) -> Iterable[Metric]:
-        # The transport's stats() is optional (not every transport has one yet); export
-        # every numeric figure it reports, flat ones as-is and one-level mappings with a
-        # `key` label (typically per peer).
-        stats_fn = getattr(self._store.node.transport, "stats", None)
-        if not callable(stats_fn):
-            return
-        stats: Any = stats_fn()
-        if not isinstance(stats, Mapping):
-            return
-        for name, value in sorted(stats.items(), key=lambda kv: str(kv[0])):
-            metric_name = f"peer_ring_transport_{_sanitize(str(name))}"
-            number = _number(value)
-            if number is not None:
-                yield GaugeMetricFamily(metric_name, f"Transport statistic {name!r}.", number)
-            elif isinstance(value, Mapping):
-                family = GaugeMetricFamily(
-                    metric_name, f"Transport statistic {name!r}, by key.", labels=("key",)
-                )
-                for key, inner in sorted(value.items(), key=lambda kv: str(kv[0])):
-                    inner_number = _number(inner)
-                    if inner_number is not None:
-                        family.add_metric((str(key),), inner_number)
-                yield family
 
 
 def _number(value: object) -> float | None:
