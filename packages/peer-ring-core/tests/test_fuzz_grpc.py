@@ -577,12 +577,18 @@ def test_the_node_survived_with_bounded_memory_and_still_serves(
     )
     assert node.counts["cases"] - before >= SURVIVAL_CASES * SCALE * 0.9
     assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth / 2**20:.1f} MiB"
-    # Errors that nobody handled (asyncio's last-resort reports) would mean a bug, even if
-    # the node survived them. Handler failures ("boom") are logged on purpose. (Not checked:
-    # "coroutine ... was never awaited", which the core's internal handoff/leaving commands
-    # can leave behind when their stream closes before their Task runs; see the report.)
+    # Errors that nobody handled (asyncio's last-resort reports, coroutines created and
+    # dropped) would mean a bug, even if the node survived them. Handler failures ("boom")
+    # are logged on purpose.
     for sign in ("Task exception was never retrieved", "Exception in callback"):
         assert sign not in log, f"{sign!r} in the node's log {node.log}"
+    # Known gap, left visible: the application handler path still creates the coroutine
+    # of an async handler (h_slow) before its task runs, so a request cancelled in
+    # between leaves it never awaited. The core's own internal commands no longer do.
+    dropped = [
+        line for line in log.splitlines() if "never awaited" in line and "'h_slow'" not in line
+    ]
+    assert not dropped, f"coroutines never awaited in the node's log {node.log}: {dropped}"
 
     async def normal_requests() -> None:
         transport = GrpcTransport(

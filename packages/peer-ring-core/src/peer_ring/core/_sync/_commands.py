@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from peer_ring.core._errors import PeerRingError
 from peer_ring.core._sync._context import SyncContext
@@ -56,16 +57,19 @@ class InternalCommands:
             if command == "digests":
                 return self._digests(request.payload)
             if command == "handoff":
-                return self._guard(self._serve_handoff(source, request.payload))
+                return self._guard(self._serve_handoff, source, request.payload)
             if command == "leaving":
-                return self._guard(self._serve_leaving(source, request.payload, request.timeout))
+                return self._guard(self._serve_leaving, source, request.payload, request.timeout)
         except (ValueError, IndexError) as exc:
             return Response(Status.INVALID_ARGUMENT, b"", f"bad {command} payload: {exc}")
         return Response(Status.UNKNOWN_COMMAND, b"", f"unknown internal command {command!r}")
 
-    async def _guard(self, coro: Awaitable[bytes]) -> Response:
+    async def _guard(self, serve: Callable[..., Awaitable[bytes]], *args: Any) -> Response:
+        # The serving coroutine is created here, when the task runs, not by the caller:
+        # a task cancelled before it starts (its stream closed) then leaves no coroutine
+        # that was never awaited behind.
         try:
-            return Response(Status.OK, await coro, "")
+            return Response(Status.OK, await serve(*args), "")
         except asyncio.CancelledError:
             raise
         except (ValueError, IndexError) as exc:
