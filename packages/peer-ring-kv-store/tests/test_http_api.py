@@ -494,3 +494,31 @@ async def test_replication_larger_than_the_cluster_is_400_not_503(
         assert r.status == 400
         body = await _json(r)
         assert "larger than the cluster" in body["error"]
+
+
+async def test_batch_routes_mset_mget_mdelete(
+    http: tuple[str, aiohttp.ClientSession], stores: list[KVStore]
+) -> None:
+    import base64
+
+    url, session = http
+    items = {f"k{i}": base64.b64encode(bytes([i, 0, 255])).decode() for i in range(10)}
+    async with session.post(f"{url}/batch/mset", json={"items": items, "quorum": 2}) as r:
+        assert r.status == 204, await r.text()
+    await stores[1].set("obj", {"a": 1})
+    async with session.post(f"{url}/batch/mget", json={"keys": [*items, "obj", "nope"]}) as r:
+        assert r.status == 200
+        values = (await _json(r))["values"]
+    assert {k: v["b64"] for k, v in values.items() if k != "obj"} == items
+    assert values["obj"] == {"json": {"a": 1}}
+    async with session.post(f"{url}/batch/mdelete", json={"keys": ["k0", "k1"]}) as r:
+        assert r.status == 204
+    assert await stores[2].mget(["k0", "k1", "k2"]) == {"k2": bytes([2, 0, 255])}
+    for bad in (b"[1]", b"{", b'{"keys": [1]}', b'{"items": {"a": "!!"}}'):
+        for route in ("mget", "mset", "mdelete"):
+            async with session.post(f"{url}/batch/{route}", data=bad) as r:
+                assert r.status == 400, (route, bad, await r.text())
+    async with session.post(
+        f"{url}/batch/mset", json={"items": {"a": "AA=="}, "replication": 5, "quorum": 4}
+    ) as r:
+        assert r.status == 400

@@ -47,6 +47,7 @@ from peer_ring.core import (
     RequestTimeoutError,
 )
 from peer_ring.kv._admin import AdminRoutes
+from peer_ring.kv._batch_http import install_batch_routes
 from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._metrics import METRICS_CONTENT_TYPE, KVMetrics
 from peer_ring.kv._ui import UI_PATHS, install_ui
@@ -198,6 +199,8 @@ class KVHttpApi:
         router.add_get("/readyz", self._readyz, name="readyz")
         router.add_get("/metrics", self._metrics, name="metrics")
         self._admin.install(router)
+        if hasattr(self._store, "mdelete"):  # a KVStore (test fakes may lack the batches)
+            install_batch_routes(router, self._store, self._max_value_bytes)
         install_ui(router)
         return app
 
