@@ -102,6 +102,8 @@ async def test_http_api_is_exact_and_validates(servers: list[str]) -> None:
         async with s.get(servers[0] + "/metrics") as r:
             text = await r.text()
         assert 'peer_ring_ratelimit_decisions_total{limit="50/60s",result="allowed"' in text
+        # the core's metrics on the same registry
+        assert "peer_ring_members 3.0" in text and "peer_ring_node_ready 1.0" in text
         async with s.get(servers[0] + "/v1/owner", params={"key": "api:user:1"}) as r:
             owner = await r.json()
         assert owner["owner"] == owner["replicas"][0] and len(owner["replicas"]) == 2

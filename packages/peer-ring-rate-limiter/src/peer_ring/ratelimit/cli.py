@@ -85,6 +85,7 @@ def _split(address: str) -> tuple[str, int]:
 async def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from peer_ring.core.metrics import register_metrics
     from peer_ring.discovery.static import FileDiscovery, StaticDiscovery
     from peer_ring.ratelimit._limiter import RateLimiter
     from peer_ring.ratelimit._server import RateLimitHttpApi
@@ -106,6 +107,8 @@ async def _serve(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         config=config,
     )
+    # /metrics: the node's own figures (ring, data movement, transport) next to the limiter's.
+    register_metrics(limiter.node, limiter.metrics.registry)
     api = RateLimitHttpApi(limiter)
     runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
