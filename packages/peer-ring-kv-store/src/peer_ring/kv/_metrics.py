@@ -189,6 +189,10 @@ class _NodeCollector:
                 )
 
 
+#: The collector of a store's figures (public name; see :mod:`peer_ring.kv.metrics`).
+StoreCollector = _NodeCollector
+
+
 def _number(value: object) -> float | None:
     # bool is an int subclass; True/False export fine as 1/0.
     if isinstance(value, int | float) and math.isfinite(value):

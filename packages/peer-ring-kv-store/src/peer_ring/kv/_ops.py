@@ -43,6 +43,7 @@ from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._map import KVMap
 from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._status import cluster_status
 from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import decode_get_response, encode_record
 
@@ -91,6 +92,11 @@ class KVOpsMixin:
             >>> await sessions.set("42", {"user": "alice"}, ttl=3600)
         """
         return KVMap(cast("KVStore", self), name)
+
+    def cluster_status(self) -> dict[str, Any]:
+        """This node's view of the cluster: the document ``GET /cluster`` serves (members,
+        suspected peers, partitions per member, zones, data movement...), JSON-friendly."""
+        return cluster_status(cast("KVStore", self))
 
     # -- registration --------------------------------------------------------------------
 
