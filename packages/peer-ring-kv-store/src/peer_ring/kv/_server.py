@@ -188,7 +188,8 @@ class KVHttpApi:
         # The body is streamed and bounded by us (_read_body): aiohttp's own limit only
         # applies to request.read(), which we never call.
         router = app.router
-        kv = router.add_resource(r"/kv/{key:.+}", name="kv")
+        # [\s\S], not ".": a key may hold a newline (%0A), which "." does not match.
+        kv = router.add_resource(r"/kv/{key:[\s\S]+}", name="kv")
         kv.add_route("GET", self._get)  # adds HEAD too
         kv.add_route("PUT", self._put, expect_handler=self._expect_put)
         kv.add_route("DELETE", self._delete)
