@@ -165,7 +165,7 @@ async def test_hints_pending_per_target_and_quorum_failures(cluster: Cluster) ->
     # each key of the cut replica is held as a hint by one substitute: the scrapes of the
     # other nodes add up to one hint per key, all for the cut node
     scrapes = [scrape(register_metrics(n)) for n in nodes if n.address != down]
-    assert sum(s[("peer_ring_hints_pending_total", ())] for s in scrapes) == len(hit)
+    assert sum(s[("peer_ring_hints_pending", ())] for s in scrapes) == len(hit)
     assert sum(
         s.get(("peer_ring_hints_pending_by_target", (("target", down),)), 0.0) for s in scrapes
     ) == len(hit)

@@ -438,7 +438,7 @@ async def test_metrics_exposition(http: tuple[str, aiohttp.ClientSession]) -> No
         "peer_ring_node_ready 1.0",
         'peer_ring_member_up{peer="127.0.0.2:7101",zone=""} 1.0',
         f"peer_ring_partitions_replicated {CONFIG.partitions}.0",
-        "peer_ring_hints_pending_total 0.0",
+        "peer_ring_hints_pending 0.0",
         "peer_ring_anti_entropy_rounds_total ",
         "peer_ring_partitions_handed_off_total ",
     ):

@@ -10,6 +10,7 @@ Without the replicas' refusals (docs/consistency.md), most rounds read the first
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -110,3 +111,25 @@ async def test_the_offsets_are_real(cluster: LocalCluster) -> None:
     stamped = [a["version"]["wall_time"] for a in doc["replicas"] if a.get("found")]
     assert stamped
     assert before + 1.5 < stamped[0] < after + 2.5
+
+
+async def test_cluster_reports_the_peers_clock_offsets(cluster: LocalCluster) -> None:
+    # Node 0 runs 0.4 s behind: it sees the +2 s node 2.4 s ahead, the others 0.4-0.45 s.
+    base = cluster.nodes[0].address.url
+    peers = {n.address.peer: OFFSETS[i] - OFFSETS[0] for i, n in enumerate(cluster.nodes)}
+    del peers[cluster.nodes[0].address.peer]
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        while True:
+            async with session.get(f"{base}/cluster") as r:
+                assert r.status == 200
+                offsets = (await r.json())["clock_offsets"]
+            if set(offsets["peers"]) == set(peers) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)  # the node measures every 5 s; nothing to wait on
+    assert set(offsets["peers"]) == set(peers), offsets
+    for peer, expected in peers.items():
+        measured = offsets["peers"][peer]
+        # NTP-style estimate: off by at most half the round trip (plus process scheduling).
+        assert abs(measured["offset"] - expected) < 0.1 + measured["rtt"], (peer, measured)
+    assert abs(offsets["max_abs_offset"] - 2.4) < 0.1

@@ -104,3 +104,36 @@ def test_without_skew_nothing_is_reversioned() -> None:
                 await store.abort()
 
     assert sim.run(main()) == 0
+
+
+def test_peers_clock_offsets_are_measured_and_a_large_one_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = Simulation(seed=3, config=CALM)
+    sim.clocks[sim.addresses[1]].skew = 0.3
+    sim.clocks[sim.addresses[2]].skew = -0.004
+
+    async def main() -> dict[str, object]:
+        stores = _cluster(sim)
+        for store in stores:
+            await store.start()
+        try:
+            await sim.clock.sleep(12)
+            return stores[0].clock_offsets()
+        finally:
+            for store in stores:
+                await store.abort()
+
+    with caplog.at_level("WARNING", logger="peer_ring.kv._clock_offsets"):
+        snapshot = sim.run(main())
+    peers = snapshot["peers"]
+    assert isinstance(peers, dict)
+    assert set(peers) == set(sim.addresses[1:])
+    assert peers[sim.addresses[1]]["offset"] == pytest.approx(0.3, abs=1e-3)
+    assert peers[sim.addresses[2]]["offset"] == pytest.approx(-0.004, abs=1e-3)
+    assert snapshot["max_abs_offset"] == pytest.approx(0.3, abs=1e-3)
+    warned = [r for r in caplog.records if "is +0.300 s off" in r.getMessage()]
+    # Nodes 0, 3 and 4 each warn once about node 1 (rate-limited: 12 s, two rounds).
+    assert len(warned) == 3
+    assert all(sim.addresses[1] in r.getMessage() for r in warned)
+    assert not [r for r in caplog.records if "-0.004" in r.getMessage()]

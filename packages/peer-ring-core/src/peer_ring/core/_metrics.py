@@ -175,7 +175,8 @@ class PeerRingCollector:
             return
         key = (section, name)
         if key in _GAUGES:
-            yield GaugeMetricFamily(base, _GAUGES[key], value=number)
+            # "_total" is the counters' suffix: pending_total is exported as ..._pending.
+            yield GaugeMetricFamily(base.removesuffix("_total"), _GAUGES[key], value=number)
         else:
             doc = _COUNTER_DOCS.get(key, f"sync_status()[{section!r}][{name!r}].")
             yield CounterMetricFamily(base, doc, value=number)

@@ -366,6 +366,8 @@ class KVHttpApi:
             # rebuilding the ring (docs/hash-spec.md, section 12) needs them.
             "zones": {m: ring.zone_of(m) for m in members} if ring.zone_aware else {},
             "handoff": _handoff_state(self._store),
+            # Peers' wall-clock offsets to this node (docs/consistency.md).
+            "clock_offsets": _clock_offsets(self._store),
         }
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
@@ -515,6 +517,12 @@ def _value_response(key: str, value: Any) -> web.Response:
             f"the value of {key!r} is a {type(value).__name__}, which has no HTTP representation",
         ) from None
     return web.Response(text=text, content_type="application/json")
+
+
+def _clock_offsets(store: KVBackend) -> Any:
+    # Optional on the backend, like handoff_state: test fakes need not provide it.
+    offsets = getattr(store, "clock_offsets", None)
+    return offsets() if callable(offsets) else {}
 
 
 def _handoff_state(store: KVBackend) -> Any:
