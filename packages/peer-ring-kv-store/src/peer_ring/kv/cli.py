@@ -18,6 +18,17 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
+try:  # the command's dependencies are the [serve] extra; embedding KVStore needs neither
+    import aiohttp  # noqa: F401
+    import prometheus_client  # noqa: F401
+except ImportError as _missing:  # pragma: no cover - depends on what is installed
+    sys.stderr.write(
+        f"peer-ring-kv: {_missing}. The command needs the serve extra: "
+        "pip install 'peer-ring-kv-store[serve]' (from a checkout: "
+        "pip install './packages/peer-ring-kv-store[serve]')\n"
+    )
+    raise SystemExit(1) from None
+
 from peer_ring.kv.__about__ import __version__
 from peer_ring.kv._admin_cli import add_admin_parser, run_admin
 from peer_ring.kv._serve_config import (
