@@ -23,6 +23,7 @@ from peer_ring.kv._hooks import KVHooks
 from peer_ring.kv._map import KVMap
 from peer_ring.kv._record import Record, Resolver, latest, reconcile
 from peer_ring.kv._store import NAMESPACE, KVStore
+from peer_ring.kv._sync_facade import SyncKVStore
 from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import MalformedPayloadError
 
@@ -44,6 +45,7 @@ __all__ = [
     "PickleCodec",
     "Record",
     "Resolver",
+    "SyncKVStore",
     "ValueTooLargeError",
     "Version",
     "__version__",
