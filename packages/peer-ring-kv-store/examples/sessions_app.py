@@ -1,0 +1,83 @@
+"""The tutorial's service (docs/tutorial.md): FastAPI replicas sharing login sessions through
+the embedded peer-ring key-value store, no Redis or database.
+
+Run three replicas (three terminals, or `&`), each with its own HTTP port and peer address:
+
+    export PEERS=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+    ME=127.0.0.1:7101 uvicorn sessions_app:app --port 8001
+    ME=127.0.0.1:7102 uvicorn sessions_app:app --port 8002
+    ME=127.0.0.1:7103 uvicorn sessions_app:app --port 8003
+
+Then log in on one replica and read the session on another:
+
+    curl -X POST 'localhost:8001/login?user=alice'          # {"session": "...", ...}
+    curl -H 'x-session: <session>' localhost:8002/me        # {"user": "alice", ...}
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException
+
+from peer_ring.core import PeerRingConfig
+from peer_ring.discovery.static import StaticDiscovery
+from peer_ring.kv import KVStore
+
+PEERS = os.environ.get("PEERS", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103").split(",")
+ME = os.environ.get("ME", PEERS[0])  # this replica's peer address (one of PEERS)
+SESSION_TTL = 3600.0  # seconds; the store expires sessions by itself
+
+# Every session on all 3 replicas; a write or read waits for 2 of them, so one replica
+# can crash (kill -9) without losing or blocking anything.
+kv = KVStore(
+    StaticDiscovery(PEERS, self_address=ME),
+    replication=3,
+    quorum=2,
+    # A graceful shutdown (SIGTERM) hands the data off within this many seconds.
+    config=PeerRingConfig(leave_deadline=10.0),
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with kv:  # joins the ring; leaves it gracefully on shutdown
+        await kv.wait_ready(timeout=60)  # serve once this replica pulled its data
+        yield
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.post("/login")
+async def login(user: str) -> dict[str, Any]:
+    """Create a session for ``user``, readable on every replica."""
+    session = secrets.token_urlsafe(16)
+    await kv.set(f"session:{session}", {"user": user}, ttl=SESSION_TTL)
+    return {"session": session, "served_by": ME}
+
+
+@app.get("/me")
+async def me(x_session: str = Header()) -> dict[str, Any]:
+    """The session's user, whichever replica created it."""
+    data = await kv.get(f"session:{x_session}")
+    if data is None:
+        raise HTTPException(status_code=401, detail="unknown or expired session")
+    return {"user": data["user"], "served_by": ME}
+
+
+@app.post("/logout")
+async def logout(x_session: str = Header()) -> dict[str, Any]:
+    """End the session on every replica."""
+    await kv.delete(f"session:{x_session}")
+    return {"ok": True}
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    """Liveness, and how many members this replica sees."""
+    return {"ready": kv.ready, "members": len(kv.node.ring.members), "me": ME}
