@@ -304,12 +304,20 @@ class Stuck:
         self.active = 0
         self.max_active = 0
         self.calls = 0
+        self._arrived = asyncio.Event()
+
+    async def until_active(self, n: int) -> None:
+        """Wait (on an event, not for loop turns) until ``n`` calls are running at once."""
+        while self.active < n:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def __call__(self, sender: str, request: Request) -> Response:
         self.calls += 1
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         self.started.set()
+        self._arrived.set()
         try:
             await self.release.wait()
             return Response(Status.OK, request.payload)
@@ -373,7 +381,9 @@ async def test_cancelling_the_future_frees_the_slot_and_cancels_remote_work(
     first = a.request(b, b"first")
     await bounded(stuck.started.wait())
     second = a.request(b, b"second")  # waits in the queue: only one may be in flight
-    await settle_loop()
+    # The client holds it back itself (no loop turns to count: its queue is the evidence):
+    # two outstanding, one of them on the wire.
+    assert a.transport.peer_stats()[b.address] == {"in_flight": 1, "pending": 2}
     assert stuck.calls == 1
     first.cancel()
     await bounded(stuck.cancelled.wait())
@@ -402,8 +412,9 @@ async def test_in_flight_bound_is_respected(nodes: NodeFactory) -> None:
     a = await nodes(limits=TransportLimits(max_in_flight_per_peer=4))
     b = await nodes(handler=stuck)
     futures = [a.request(b, str(i).encode()) for i in range(20)]
-    await bounded(stuck.started.wait())
-    await settle_loop()
+    await bounded(stuck.until_active(4))
+    # 20 outstanding, 4 on the wire: the other 16 wait in the client's queue.
+    assert a.transport.peer_stats()[b.address] == {"in_flight": 4, "pending": 20}
     assert stuck.active == 4
     stuck.release.set()
     results = await bounded(asyncio.gather(*futures))
