@@ -164,3 +164,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # The deterministic simulator (packages/peer-ring-kv-store/tests/test_sim.py): replay
+    # seeds, e.g. one that tools/sim or CI reported. Same run as tools/sim only with the
+    # same PYTHONHASHSEED (tools/sim uses 0): PYTHONHASHSEED=0 pytest ... --sim-seed=N
+    parser.addoption(
+        "--sim-seed",
+        type=int,
+        action="append",
+        default=[],
+        help="run the KV simulator test with this seed (repeatable; default: seeds 0-4)",
+    )

@@ -33,9 +33,15 @@ def test_a_seed_replays_event_for_event() -> None:
     assert run_seed(8).trace != first.trace
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_seeds_pass_the_checker(seed: int) -> None:
-    result = run_seed(seed)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # pytest --sim-seed=N (repeatable) replays seeds; see the root conftest.py.
+    if "sim_seed" in metafunc.fixturenames:
+        seeds = metafunc.config.getoption("--sim-seed", default=[]) or list(range(5))
+        metafunc.parametrize("sim_seed", seeds)
+
+
+def test_seeds_pass_the_checker(sim_seed: int) -> None:
+    result = run_seed(sim_seed)
     assert result.ok, result.errors
     assert sum(op.ok for op in result.history) > 100
 
