@@ -247,3 +247,32 @@ def test_forced_hits_are_recorded_over_the_limit(algo: Algorithm) -> None:
     # A refund of 1 does not make room: 5 are recorded against a limit of 3.
     state, _ = decide(state, limit, -1, 0.0)
     assert not decide(state, limit, 1, 0.0)[1].allowed
+
+
+def test_regression_float_boundaries_found_by_hypothesis() -> None:
+    # Sliding log: an entry exactly one period old is still in the window, so a refused
+    # hit's retry_after must be > 0 even though t + period - now rounds to 0.0.
+    log = Limit(7, 0.5, algorithm="sliding_window_log")
+    state, now = None, 0.0
+    for dt, cost in [(0.1, 1), (0.1, 0), (0.3, 3), (0.1, 4)]:
+        now += dt
+        state, d = decide(state, log, cost, now)  # type: ignore[arg-type]
+    assert d.allowed or d.retry_after > 0
+    # Sliding counter: "now >= start + period" while (now - start) / period rounds below
+    # 1 (or below 2): the windows must still advance, never reset in place.
+    for limit, seq in [
+        (
+            Limit(1, 1.0, algorithm="sliding_window_counter"),
+            [(0.01, 0), (1.0, 1), (1.0, 1), (0.0, 1)],
+        ),
+        (
+            Limit(10, 0.5, algorithm="sliding_window_counter"),
+            [(0.01, 0), (1.0, 1), (1.0, 2), (0.0, 1), (0.0, 4), (0.3, 4)],
+        ),
+    ]:
+        state, now, at_end = None, 0.0, 0
+        for dt, cost in seq:
+            now += dt
+            state, d = decide(state, limit, cost, now)  # type: ignore[arg-type]
+            at_end = at_end + cost if d.allowed and now > 2.0 else at_end
+        assert at_end <= limit.limit

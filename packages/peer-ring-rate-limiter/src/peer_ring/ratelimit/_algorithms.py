@@ -225,7 +225,9 @@ def sliding_window_log(
             for t, c in entries:
                 freed += c
                 if used - freed + cost <= limit.limit:
-                    retry = max(0.0, t + limit.period - now)
+                    # Still inside the window now (t > now - period), so strictly later,
+                    # even when the float difference rounds to 0.
+                    retry = max(1e-9, t + limit.period - now)
                     break
         return state, Decision(
             False, limit.limit, max(0, limit.limit - used), reset_after(entries), retry
@@ -257,7 +259,13 @@ def sliding_window_counter(
     else:
         start, prev, cur = state.start, state.previous, state.current
         if now >= start + p:
-            k = math.floor((now - start) / p)
+            # Windows elapsed, such that start + k*p <= now < start + (k+1)*p *as computed*
+            # (the division alone can round either way at a boundary).
+            k = max(1, math.floor((now - start) / p))
+            if start + (k + 1) * p <= now:
+                k += 1
+            elif k > 1 and start + k * p > now:
+                k -= 1
             prev = cur if k == 1 else 0
             cur = 0
             start += k * p
