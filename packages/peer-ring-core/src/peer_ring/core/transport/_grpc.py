@@ -83,7 +83,7 @@ from peer_ring.core.transport._options import (
     server_options,
 )
 from peer_ring.core.transport._outbound import Metadata, PeerConnection
-from peer_ring.core.transport._stats import TransportStats
+from peer_ring.core.transport._stats import TransportStats, peer_figures
 from peer_ring.core.transport._tls import (
     CertificateFiles,
     ClientCredentials,
@@ -371,16 +371,8 @@ class GrpcTransport(Transport):
         return list(self._peers)
 
     def peer_stats(self) -> dict[str, dict[str, float]]:
-        """Per peer: requests ``in_flight`` and ``pending``, and ``latency_seconds`` (a
-        moving average of sampled round trips; absent before the first sample). For metrics.
-        """
-        out: dict[str, dict[str, float]] = {}
-        for peer, conn in self._peers.items():
-            figures: dict[str, float] = {"in_flight": conn.in_flight, "pending": conn.pending}
-            if conn.latency is not None:
-                figures["latency_seconds"] = conn.latency
-            out[peer] = figures
-        return out
+        """Per peer: ``in_flight``, ``pending``, ``latency_seconds`` (for metrics)."""
+        return peer_figures(self._peers)
 
     # -- internals -----------------------------------------------------------------------------
 

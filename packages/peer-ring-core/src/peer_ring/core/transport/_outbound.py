@@ -181,9 +181,8 @@ class PeerConnection:
         self._retry = asyncio.Event()  # "the peer is alive: stop waiting out the backoff"
         self._fresh_channel = False  # the next attempt uses a new channel (retry_now)
         self._next_id = 1
-        # Round-trip latency, sampled on one request at a time (one clock read per sample,
-        # not per request): the call being timed, when it was written, and the moving
-        # average in seconds (None before the first sample).
+        # Round-trip latency sampled on one request at a time (a clock read per sample, not
+        # per request): the call timed, when it was written, the moving average (seconds).
         self._sample: OutboundCall | None = None
         self._sample_at = 0.0
         self.latency: float | None = None
@@ -262,15 +261,9 @@ class PeerConnection:
         """The caller cancelled ``call``: release its slot, tell the peer."""
         self._forget(call)
 
-    @property
-    def in_flight(self) -> int:
-        """Requests written to the peer and not answered yet."""
-        return self._in_flight
-
-    @property
-    def pending(self) -> int:
-        """Requests accepted and not resolved yet (queued or in flight)."""
-        return len(self._calls)
+    def load(self) -> tuple[int, int]:
+        """Requests in flight (written, unanswered) and pending (queued or in flight)."""
+        return self._in_flight, len(self._calls)
 
     def _forget(self, call: OutboundCall) -> None:
         if call is self._sample:

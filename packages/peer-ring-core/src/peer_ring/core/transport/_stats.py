@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from peer_ring.core.transport._outbound import PeerConnection
 
 
 @dataclass(slots=True)
@@ -76,3 +81,16 @@ class TransportStats:
     def as_dict(self) -> dict[str, int]:
         """A snapshot of every counter."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def peer_figures(peers: Mapping[str, PeerConnection]) -> dict[str, dict[str, float]]:
+    """Per peer: requests ``in_flight`` (written, unanswered) and ``pending`` (queued or in
+    flight), and ``latency_seconds``, the moving average of sampled round trips (absent
+    before the first sample)."""
+    out: dict[str, dict[str, float]] = {}
+    for peer, conn in peers.items():
+        in_flight, pending = conn.load()
+        out[peer] = {"in_flight": in_flight, "pending": pending}
+        if conn.latency is not None:
+            out[peer]["latency_seconds"] = conn.latency
+    return out
