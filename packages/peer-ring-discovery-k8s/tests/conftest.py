@@ -14,8 +14,10 @@ waits for ``/readyz`` and yields a :class:`Cluster` (admin kubeconfig and contro
 restart the API server, compact etcd). There is no kubelet and no controller manager: the
 tests write Services, EndpointSlices and pod statuses themselves.
 
-When ``KUBECONFIG`` names an existing file (a kind cluster in the e2e workflow) that cluster
-is used instead, and the tests that must restart the API server or compact etcd skip.
+With ``PEER_RING_K8S_USE_KUBECONFIG=1`` and ``KUBECONFIG`` naming an existing file (a kind
+cluster in the e2e workflow) that cluster is used instead, and the tests that must restart
+the API server or compact etcd skip. The opt-in is explicit: the tests create namespaces,
+and an exported ``KUBECONFIG`` alone (a developer's real cluster) is ignored.
 When the binaries are missing, the tests skip with the command to run, or fail in CI.
 """
 
@@ -459,11 +461,19 @@ def _kubectl_binary() -> str | None:
     return shutil.which("kubectl")
 
 
+#: Opt-in to run the k8s tests against the ``KUBECONFIG`` cluster (they create namespaces).
+USE_KUBECONFIG = "PEER_RING_K8S_USE_KUBECONFIG"
+
+
 @pytest.fixture(scope="session")
 def kube(require_component: Callable[..., None]) -> Iterator[Cluster]:
-    """A Kubernetes API server: an external one from ``KUBECONFIG``, or one started here."""
+    """A Kubernetes API server: one started here, or the ``KUBECONFIG`` cluster when
+    ``PEER_RING_K8S_USE_KUBECONFIG=1`` opts in (the tests write to it)."""
     external = os.environ.get("KUBECONFIG", "")
-    if external and Path(external.split(os.pathsep)[0]).is_file():
+    opted_in = os.environ.get(USE_KUBECONFIG, "") == "1"
+    if opted_in and not (external and Path(external.split(os.pathsep)[0]).is_file()):
+        pytest.fail(f"{USE_KUBECONFIG}=1 but KUBECONFIG names no file: {external!r}")
+    if opted_in:
         path = Path(external.split(os.pathsep)[0])
         config = yaml.safe_load(path.read_text())
         cluster = config["clusters"][0]["cluster"]
@@ -485,7 +495,7 @@ def kube(require_component: Callable[..., None]) -> Iterator[Cluster]:
         "kube-apiserver, etcd and kubectl",
         not missing,
         f"{', '.join(missing)} not found in {BIN_DIR}; build them with tools/k8s-test-env "
-        "(or point KUBECONFIG at a cluster)",
+        f"(or use the KUBECONFIG cluster with {USE_KUBECONFIG}=1)",
     )
     workdir = Path(tempfile.mkdtemp(prefix="peer-ring-k8s-"))
     control = ControlPlane(BIN_DIR, workdir)
