@@ -214,27 +214,33 @@ async def test_run_active_expiry_frees_memory_on_the_clock() -> None:
 
 
 async def test_run_active_expiry_survives_a_failing_step(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock(START)
-    calls: list[int] = []
+    # The first step fails; the loop logs it and the next steps still expire every key.
+    engine, clock, _ = make(ttl_keys=50, plain_keys=10, ttl=1.0)
+    real_step = engine.expire_step
+    failures = 0
 
-    class Flaky:
-        def expire_step(self, sample: int = 20) -> int:
-            calls.append(sample)
-            if len(calls) == 1:
-                raise RuntimeError("boom")
-            return 0
+    def flaky_step(sample: int = 20) -> int:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise RuntimeError("boom")
+        return real_step(sample)
 
+    monkeypatch.setattr(engine, "expire_step", flaky_step)
     with caplog.at_level(logging.ERROR, logger="peer_ring.kv._expiry"):
-        task = asyncio.create_task(run_active_expiry(Flaky(), clock, 1.0, sample=7))  # type: ignore[arg-type]
-        await clock.advance_async(1.0)
-        await clock.advance_async(1.0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert calls == [7, 7, 7]
+        task = asyncio.create_task(run_active_expiry(engine, clock, 0.5, sample=7))
+        try:
+            for _ in range(6):
+                await clock.advance_async(0.5)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert failures == 1
     assert "active expiry step failed" in caplog.text
+    assert engine.expired == 50 and engine.ttl_keys == 0
 
 
 async def test_run_active_expiry_rejects_a_bad_interval() -> None:
