@@ -1,7 +1,8 @@
 """Transports: how peer-ring nodes exchange requests, responses and bulk transfers.
 
 :class:`Transport` is the contract the coordinator uses; :class:`GrpcTransport` is the
-production implementation (wire spec: ``peer_ring/core/proto/peer_ring.proto``), and
+default implementation (wire spec: ``peer_ring/core/proto/peer_ring.proto``),
+:class:`TcpTransport` the faster one (the same frames over plain TCP/TLS), and
 ``peer_ring.core.testing.MemoryTransport`` the in-process one.
 """
 
@@ -13,6 +14,7 @@ from peer_ring.core.transport._base import (
     TransportLimits,
 )
 from peer_ring.core.transport._grpc import GrpcTransport
+from peer_ring.core.transport._tcp import TcpTransport
 from peer_ring.core.transport._tls import TLSConfig
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "InboundHandler",
     "ReachabilityListener",
     "TLSConfig",
+    "TcpTransport",
     "TransferHandler",
     "Transport",
     "TransportLimits",

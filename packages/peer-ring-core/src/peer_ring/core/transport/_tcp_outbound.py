@@ -1,0 +1,186 @@
+"""Dialling a peer over the TCP transport: connect, TLS, preamble, HELLO, ACCEPT.
+
+:class:`TcpPeerConnection` is the gRPC transport's :class:`~._outbound.PeerConnection`
+(queue, coalescing writer, reader, deadlines, cancellation, backpressure, reconnect with
+backoff) with its stream replaced by a TCP connection: only :meth:`_open` differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from peer_ring.core._clock import Clock
+from peer_ring.core.transport._base import TransportLimits
+from peer_ring.core.transport._options import EOF
+from peer_ring.core.transport._outbound import PeerConnection, _ConnectError
+from peer_ring.core.transport._tcp_wire import (
+    ACCEPT,
+    HEADROOM,
+    HELLO,
+    REFUSE,
+    UNAUTHENTICATED,
+    FrameProtocol,
+    FrameStream,
+    ProtocolError,
+    decode_status,
+    encode_hello,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class RefusedError(_ConnectError):
+    """The peer answered the HELLO with REFUSE (``code`` says why)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"refused by the peer: {reason}")
+        self.code = code
+
+
+def tune_socket(sock: Any, limits: TransportLimits) -> None:
+    """No Nagle delay, and kernel keepalive so a vanished peer is noticed in bounded time."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(limits.keepalive_time))
+            )
+            interval = max(1, int(limits.keepalive_timeout / 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:  # pragma: no cover - exotic socket types
+        pass
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) -> ``(host, port)``."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Dialer:
+    """Opens authenticated connections of one kind to peers.
+
+    Args:
+        sender: this node's address (sent in HELLO).
+        token: the cluster token or None.
+        limits: connect timeout, message size, keepalive.
+        clock: time source of the connect timeout.
+        ssl_context: builds the client TLS context for a connection, or None (plain TCP).
+        server_name: name checked in the peer's certificate instead of its IP.
+    """
+
+    def __init__(
+        self,
+        sender: str,
+        token: str | None,
+        limits: TransportLimits,
+        clock: Clock,
+        ssl_context: Callable[[], ssl.SSLContext] | None,
+        server_name: str | None,
+    ) -> None:
+        self.sender = sender
+        self._token = token
+        self._limits = limits
+        self._clock = clock
+        self._ssl_context = ssl_context
+        self._server_name = server_name
+
+    async def dial(self, peer: str, kind: int) -> FrameProtocol:
+        """An accepted connection to ``peer`` (raises :class:`_ConnectError`)."""
+        task = asyncio.ensure_future(self._dial(peer, kind))
+        expired = False
+
+        def on_timeout() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = self._clock.call_later(self._limits.connect_timeout, on_timeout)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if expired:
+                wait = self._limits.connect_timeout
+                raise _ConnectError(f"no answer within connect_timeout={wait:g}s") from None
+            raise
+        finally:
+            timer.cancel()
+
+    async def _dial(self, peer: str, kind: int) -> FrameProtocol:
+        loop = asyncio.get_running_loop()
+        try:
+            host, port = split_address(peer)
+        except ValueError:
+            raise _ConnectError(f"not a host:port address: {peer!r}") from None
+        ctx = self._ssl_context() if self._ssl_context is not None else None
+        max_body = self._limits.max_message_bytes + HEADROOM
+        try:
+            transport, proto = await loop.create_connection(
+                lambda: FrameProtocol(max_body),
+                host,
+                port,
+                ssl=ctx,
+                server_hostname=(self._server_name or host) if ctx is not None else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise _ConnectError(f"cannot connect: {exc}") from None
+        tune_socket(transport.get_extra_info("socket"), self._limits)
+        try:
+            await proto.send(HELLO, encode_hello(kind, self.sender, self._token))
+            item = await proto.read()
+        except ProtocolError as exc:
+            proto.abort()
+            raise _ConnectError(f"handshake failed: {exc}") from None
+        except (OSError, ssl.SSLError) as exc:
+            proto.abort()
+            raise _ConnectError(f"handshake failed: {exc}") from None
+        except BaseException:
+            proto.abort()
+            raise
+        if item is EOF:
+            proto.abort()
+            raise _ConnectError(
+                "the peer closed the connection during the handshake (a node running "
+                "transport='grpc', or TLS settings that differ? all nodes must agree)"
+            )
+        assert isinstance(item, tuple)
+        code, body = item
+        if code == ACCEPT:
+            return proto
+        proto.abort()
+        if code == REFUSE:
+            status, reason = decode_status(body)
+            if status == UNAUTHENTICATED:
+                logger.warning("peer %s refused this node: %s", peer, reason)
+            raise RefusedError(status, reason)
+        raise _ConnectError(f"handshake failed: unexpected message type {code}")
+
+
+class _NoChannel:
+    """Stands in for the gRPC channel :class:`PeerConnection` closes on shutdown."""
+
+    async def close(self, grace: float | None = None) -> None:
+        return None
+
+
+class TcpPeerConnection(PeerConnection):
+    """This node's connection to one peer over TCP (see the module docstring)."""
+
+    def __init__(self, peer: str, dialer: Dialer, **kwargs: Any) -> None:
+        super().__init__(peer, _NoChannel(), **kwargs)  # type: ignore[arg-type]
+        self._dialer = dialer
+
+    async def _open(self) -> Any:
+        from peer_ring.core.transport._tcp_wire import KIND_EXCHANGE
+
+        proto = await self._dialer.dial(self.peer, KIND_EXCHANGE)
+        return FrameStream(proto, self.peer)
