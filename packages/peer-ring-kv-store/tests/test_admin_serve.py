@@ -1,7 +1,8 @@
 """``peer-ring-kv admin`` against real ``serve`` processes (3 nodes on 127.0.0.1-3, token).
 
 The CLI runs in a worker thread (it is synchronous, standard-library HTTP) against the
-nodes' HTTP APIs; the drain test makes a node leave for good and runs last.
+nodes' HTTP APIs. The drain test makes a node leave for good: it has a cluster of its own,
+so the tests pass in any order (pytest-randomly).
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cluster(require_component: Any) -> AsyncIterator[LocalCluster]:
+async def three_nodes(require_component: Any) -> AsyncIterator[LocalCluster]:
     require_component(
         "loopback aliases 127.0.0.2 and 127.0.0.3",
         loopback_aliases_available(HOSTS),
@@ -44,6 +44,20 @@ async def cluster(require_component: Any) -> AsyncIterator[LocalCluster]:
     ) as cluster:
         await cluster.start(ready_within=60)
         yield cluster
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(require_component: Any) -> AsyncIterator[LocalCluster]:
+    """Shared by the tests that leave the cluster as they found it."""
+    async for c in three_nodes(require_component):
+        yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def drained_cluster(require_component: Any) -> AsyncIterator[LocalCluster]:
+    """A cluster of the drain test's own: a node leaves it for good."""
+    async for c in three_nodes(require_component):
+        yield c
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -147,8 +161,9 @@ async def test_ui_assets_are_served_without_token(cluster: LocalCluster) -> None
 
 
 async def test_drain_makes_the_node_leave_and_exit(
-    cluster: LocalCluster, session: aiohttp.ClientSession
+    drained_cluster: LocalCluster, session: aiohttp.ClientSession
 ) -> None:
+    cluster = drained_cluster
     url = cluster.nodes[0].address.url
     async with session.put(f"{url}/kv/drained:key", data=b"kept", params={"quorum": "3"}) as r:
         assert r.status == 204
