@@ -60,6 +60,10 @@ class PeerRingConfig:
             +-20%); ``None`` disables anti-entropy.
         anti_entropy_batch: partitions compared per round (bounds the work of a round).
         leave_deadline: default seconds ``PeerRing.leave`` waits for the handoff.
+        transport: the default transport a node builds when none is given: ``"grpc"``
+            (default, the interoperable wire contract) or ``"tcp"`` (the same frames over
+            plain TCP/TLS, cheaper per request; see the core README). Every node of a
+            cluster must use the same one: a peer of the other kind is refused.
     """
 
     partitions: int = DEFAULT_PARTITIONS
@@ -89,8 +93,11 @@ class PeerRingConfig:
     anti_entropy_interval: float | None = 30.0
     anti_entropy_batch: int = 256
     leave_deadline: float = 30.0
+    transport: str = "grpc"
 
     def __post_init__(self) -> None:
+        if self.transport not in ("grpc", "tcp"):
+            raise InvalidArgumentError(f"transport must be 'grpc' or 'tcp', got {self.transport!r}")
         if self.partitions < 1:
             raise InvalidArgumentError(f"partitions must be >= 1, got {self.partitions}")
         check_replication(self.replication, self.quorum)

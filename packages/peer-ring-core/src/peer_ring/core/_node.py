@@ -58,7 +58,8 @@ class PeerRing:
         discovery: where the member set comes from; its ``self_address`` is this node's
             identity and the address its transport listens on.
         config: partitions, default replication/quorum, timeouts and limits.
-        transport: how to reach peers; defaults to gRPC on ``discovery.self_address``.
+        transport: how to reach peers; defaults to ``config.transport`` (gRPC unless
+                ``"tcp"``) on ``discovery.self_address``.
         clock: time source (inject ``peer_ring.core.testing.FakeClock`` in tests).
 
     Example:
@@ -80,6 +81,16 @@ class PeerRing:
         self._clock: Clock = clock or SystemClock()
         self._discovery = discovery
         self._address = discovery.self_address
+        if transport is None and self._config.transport == "tcp":
+            from peer_ring.core.transport import TcpTransport
+
+            transport = TcpTransport(
+                self._address,
+                limits=self._config.transport_limits,
+                token=self._config.token,
+                clock=self._clock,
+                tls=self._config.tls,
+            )
         if transport is None:
             from peer_ring.core.transport import GrpcTransport
 

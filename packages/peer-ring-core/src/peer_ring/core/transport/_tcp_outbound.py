@@ -33,6 +33,9 @@ from peer_ring.core.transport._tcp_wire import (
 
 logger = logging.getLogger(__name__)
 
+#: Seconds the first connection attempt to a peer retries while the peer refuses.
+FIRST_CONNECT_PATIENCE = 1.0
+
 
 class RefusedError(_ConnectError):
     """The peer answered the HELLO with REFUSE (``code`` says why)."""
@@ -94,9 +97,13 @@ class Dialer:
         self._ssl_context = ssl_context
         self._server_name = server_name
 
-    async def dial(self, peer: str, kind: int) -> FrameProtocol:
-        """An accepted connection to ``peer`` (raises :class:`_ConnectError`)."""
-        task = asyncio.ensure_future(self._dial(peer, kind))
+    async def dial(self, peer: str, kind: int, patience: float = 0.0) -> FrameProtocol:
+        """An accepted connection to ``peer`` (raises :class:`_ConnectError`).
+
+        A refused connection is retried for up to ``patience`` seconds (within the
+        connect timeout).
+        """
+        task = asyncio.ensure_future(self._dial(peer, kind, patience))
         expired = False
 
         def on_timeout() -> None:
@@ -115,7 +122,7 @@ class Dialer:
         finally:
             timer.cancel()
 
-    async def _dial(self, peer: str, kind: int) -> FrameProtocol:
+    async def _dial(self, peer: str, kind: int, patience: float) -> FrameProtocol:
         loop = asyncio.get_running_loop()
         try:
             host, port = split_address(peer)
@@ -123,16 +130,27 @@ class Dialer:
             raise _ConnectError(f"not a host:port address: {peer!r}") from None
         ctx = self._ssl_context() if self._ssl_context is not None else None
         max_body = self._limits.max_message_bytes + HEADROOM
-        try:
-            transport, proto = await loop.create_connection(
-                lambda: FrameProtocol(max_body),
-                host,
-                port,
-                ssl=ctx,
-                server_hostname=(self._server_name or host) if ctx is not None else None,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise _ConnectError(f"cannot connect: {exc}") from None
+        give_up = loop.time() + patience
+        delay = 0.01
+        while True:
+            try:
+                transport, proto = await loop.create_connection(
+                    lambda: FrameProtocol(max_body),
+                    host,
+                    port,
+                    ssl=ctx,
+                    server_hostname=(self._server_name or host) if ctx is not None else None,
+                )
+                break
+            except ConnectionRefusedError as exc:
+                # A peer that is just starting (nodes of a cluster start at about the same
+                # time) refuses for a moment; gRPC channels wait for it too.
+                if loop.time() + delay > give_up:
+                    raise _ConnectError(f"cannot connect: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            except (OSError, ssl.SSLError) as exc:
+                raise _ConnectError(f"cannot connect: {exc}") from None
         tune_socket(transport.get_extra_info("socket"), self._limits)
         try:
             await proto.send(HELLO, encode_hello(kind, self.sender, self._token))
@@ -178,9 +196,16 @@ class TcpPeerConnection(PeerConnection):
     def __init__(self, peer: str, dialer: Dialer, **kwargs: Any) -> None:
         super().__init__(peer, _NoChannel(), **kwargs)  # type: ignore[arg-type]
         self._dialer = dialer
+        self._first_attempt = True
 
     async def _open(self) -> Any:
         from peer_ring.core.transport._tcp_wire import KIND_EXCHANGE
 
-        proto = await self._dialer.dial(self.peer, KIND_EXCHANGE)
+        # Only the first attempt waits for a peer that is still starting: later ones run
+        # while requests fail fast (DOWN), and the reconnect backoff paces them.
+        patience = min(self._limits.connect_timeout, FIRST_CONNECT_PATIENCE)
+        if not self._first_attempt:
+            patience = 0.0
+        self._first_attempt = False
+        proto = await self._dialer.dial(self.peer, KIND_EXCHANGE, patience)
         return FrameStream(proto, self.peer)

@@ -1,0 +1,154 @@
+"""PeerRing clusters over the TCP transport (config.transport="tcp") on loopback, the
+same scenarios as test_node_grpc.py: 127.0.0.1/.2/.3 with one port, and one IP
+with many ports."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from peer_ring.core import (
+    CommandContext,
+    InvalidArgumentError,
+    MessageTooLargeError,
+    PeerRing,
+    PeerRingConfig,
+    PeerUnavailableError,
+    QuorumNotReachedError,
+    UnknownCommandError,
+)
+from peer_ring.core.testing import free_port
+from peer_ring.core.transport import TransportLimits
+from peer_ring.discovery.static import StaticDiscovery
+
+LIMITS = TransportLimits(max_message_bytes=256 * 1024, connect_timeout=1.0, backoff_max=0.2)
+CONFIG = PeerRingConfig(
+    partitions=128, request_timeout=2.0, transport_limits=LIMITS, transport="tcp"
+)
+
+
+class Echo:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        self.data[key] = payload
+        return payload
+
+    def big(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        return b"x" * (LIMITS.max_message_bytes + 1)
+
+
+async def start_cluster(peers: list[str]) -> tuple[list[PeerRing], dict[str, Echo]]:
+    nodes, apps = [], {}
+    for address in peers:
+        node = PeerRing(StaticDiscovery(peers, self_address=address), config=CONFIG)
+        app = Echo()
+        node.register("t", "put", app.put)
+        node.register("t", "big", app.big)
+        await node.start()
+        nodes.append(node)
+        apps[address] = app
+    return nodes, apps
+
+
+@pytest.fixture(params=["many-ips-one-port", "one-ip-many-ports"])
+async def cluster(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[list[PeerRing], dict[str, Echo]]]:
+    if request.param == "many-ips-one-port":
+        hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        port = free_port(*hosts)
+        peers = [f"{h}:{port}" for h in hosts]
+    else:
+        peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    nodes, apps = await start_cluster(peers)
+    yield nodes, apps
+    for node in nodes:
+        await node.stop()
+
+
+async def test_replicated_command_with_quorum(
+    cluster: tuple[list[PeerRing], dict[str, Echo]],
+) -> None:
+    nodes, apps = cluster
+    for i in range(20):
+        key = f"user:{i}".encode()
+        result = await nodes[i % 3].execute("t", "put", key, b"v%d" % i, replication=3, quorum=2)
+        assert len(result.ok_replies) >= 2
+        replies = await result.all_replies()
+        assert sorted(r.payload for r in replies) == [b"v%d" % i] * 3
+        assert all(app.data[key] == b"v%d" % i for app in apps.values())
+
+
+@pytest.mark.parametrize("in_flight", [64, 256])
+async def test_many_in_flight_from_every_node(
+    cluster: tuple[list[PeerRing], dict[str, Echo]], in_flight: int
+) -> None:
+    nodes, _ = cluster
+
+    async def one(node: PeerRing, i: int) -> None:
+        payload = f"{node.address}/{i}".encode()
+        result = await node.execute("t", "put", payload, payload, quorum=3)
+        # every reply is the answer to this request, not to another one in flight
+        assert result.payloads == [payload] * 3
+
+    await asyncio.wait_for(
+        asyncio.gather(*(one(node, i) for node in nodes for i in range(in_flight))), 60
+    )
+
+
+async def test_bad_input_leaves_the_node_serving(
+    cluster: tuple[list[PeerRing], dict[str, Echo]],
+) -> None:
+    nodes, _ = cluster
+    a, b = nodes[0], nodes[1]
+    with pytest.raises(InvalidArgumentError):
+        await a.execute("t", "put", b"k", b"v", replication=2, quorum=3)
+    with pytest.raises(QuorumNotReachedError, match="unknown command nope/x"):
+        await a.execute("nope", "x", b"k", b"v", quorum=2)
+    with pytest.raises(UnknownCommandError):
+        await a.call(b.address, "t", "missing", b"k")
+    with pytest.raises(MessageTooLargeError):
+        await a.call(b.address, "t", "put", b"k", b"x" * (LIMITS.max_message_bytes + 1))
+    with pytest.raises(MessageTooLargeError):
+        await a.call(b.address, "t", "big", b"k")
+    result = await a.execute("t", "put", b"k", b"still-fine", quorum=3)
+    assert result.payloads == [b"still-fine"] * 3
+
+
+async def test_peer_down_fails_within_the_deadline_with_a_clear_error(
+    cluster: tuple[list[PeerRing], dict[str, Echo]],
+) -> None:
+    nodes, _ = cluster
+    a, _, c = nodes
+    await c.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(QuorumNotReachedError) as info:
+        await a.execute("t", "put", b"k", b"v", quorum=3, timeout=2.0)
+    assert loop.time() - started < 2.5
+    assert c.address in info.value.failures
+    assert isinstance(info.value.failures[c.address], PeerUnavailableError)
+    # quorum 2 still succeeds, and the node answers the next request correctly
+    result = await a.execute("t", "put", b"k", b"v2", quorum=2)
+    assert result.payloads == [b"v2", b"v2"]
+
+
+def test_readme_example_runs() -> None:
+    example = Path(__file__).parents[1] / "examples" / "three_nodes.py"
+    port = free_port()
+    out = subprocess.run(
+        [sys.executable, str(example), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "all replies:" in out.stdout
