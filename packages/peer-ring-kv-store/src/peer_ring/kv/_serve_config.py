@@ -206,6 +206,14 @@ _OPTIONS: tuple[_Option, ...] = (
         "SECONDS",
     ),
     _Option(
+        "transport",
+        "--transport",
+        "PEER_RING_TRANSPORT",
+        "how nodes talk to each other: grpc (the interoperable default) or tcp (the same "
+        "frames over plain TCP/TLS, cheaper per request). Every node must use the same one",
+        "grpc|tcp",
+    ),
+    _Option(
         "token",
         "--token",
         "PEER_RING_TOKEN",
@@ -289,6 +297,7 @@ class ServeConfig:
         token: shared peer secret, or ``None``.
         http_token: bearer token of the HTTP API, or ``None``.
         tls: mutual TLS between peers (certificate files), or ``None`` for plaintext.
+        transport: ``"grpc"`` (default) or ``"tcp"``: the peer transport.
         down_after: seconds before an unreachable peer leaves the ring (None: never).
         anti_entropy_interval: mean seconds between anti-entropy rounds (None: off).
         leave_deadline: seconds the graceful leave on SIGTERM may take.
@@ -315,6 +324,7 @@ class ServeConfig:
     anti_entropy_interval: float | None = 30.0
     leave_deadline: float = 30.0
     log_level: str = "info"
+    transport: str = "grpc"
 
     def peer_config(self) -> PeerRingConfig:
         """The :class:`~peer_ring.core.PeerRingConfig` of the node these settings describe."""
@@ -335,6 +345,7 @@ class ServeConfig:
             down_after=self.down_after,
             anti_entropy_interval=self.anti_entropy_interval,
             leave_deadline=self.leave_deadline,
+            transport=self.transport,
         )
 
 
@@ -466,6 +477,12 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         )
     request_timeout = _seconds(raw.get("request_timeout"), default=DEFAULT_REQUEST_TIMEOUT)
     tls = _tls(raw)
+    transport = "grpc"
+    if (item := raw.get("transport")) is not None:
+        text, origin = item
+        if text.strip().lower() not in ("grpc", "tcp"):
+            raise UsageError(f"{origin}: expected grpc or tcp, got {text!r}")
+        transport = text.strip().lower()
     down_after = _seconds_or_off(raw.get("down_after"), default=10.0)
     anti_entropy_interval = _seconds_or_off(raw.get("anti_entropy_interval"), default=30.0)
     leave_deadline = _seconds(raw.get("leave_deadline"), default=30.0)
@@ -497,6 +514,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         anti_entropy_interval=anti_entropy_interval,
         leave_deadline=leave_deadline,
         log_level=log_level,
+        transport=transport,
     )
     if config.listen is not None:
         http_address(config, config.listen)  # fail now (exit 2) if it cannot be derived
