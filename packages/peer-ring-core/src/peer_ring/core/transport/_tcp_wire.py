@@ -112,7 +112,9 @@ def decode_status(body: bytes) -> tuple[int, str]:
 
 def describe_preamble(data: bytes) -> str:
     """Why ``data`` is not this transport's preamble, in words an operator can act on."""
-    if data.startswith(b"PRI * HT"):
+    # A gRPC client opens with the HTTP/2 preface; a gRPC server with a SETTINGS frame
+    # (3-byte length, type 4).
+    if data.startswith(b"PRI * HT") or (len(data) >= 4 and data[0] == 0 and data[3] == 4):
         return (
             "the peer speaks HTTP/2 (a node running transport='grpc'?); all nodes of a "
             "cluster must use the same transport"

@@ -1,0 +1,383 @@
+"""Security of the TCP transport: mutual TLS from reloaded certificate files, the cluster
+token, refusal of a peer of the other transport kind, and hardened decoding (a fuzz of the
+framing: every malformed input closes that connection, is counted and logged, and the node
+keeps serving). The PKI helpers are those of test_security_tls.py (gRPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from peer_ring.core._errors import PeerUnavailableError
+from peer_ring.core._types import Request, Response, Status, TransferRequest
+from peer_ring.core.testing import free_port
+from peer_ring.core.transport import GrpcTransport, TcpTransport, TLSConfig, TransportLimits
+from peer_ring.core.transport._tcp_wire import (
+    FRAME,
+    HELLO,
+    KIND_EXCHANGE,
+    PREAMBLE,
+    encode_hello,
+    message,
+)
+
+#: Upper bound of any single wait (real seconds); only reached on a bug.
+LIMIT = 15.0
+FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
+
+
+# -- a small PKI ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Authority:
+    """A CA that issues node certificates."""
+
+    name: str
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str) -> Authority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(name, key, cert)
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self, common_name: str, ips: tuple[str, ...] = (), dns: tuple[str, ...] = ()
+    ) -> tuple[bytes, bytes]:
+        """(key PEM, certificate PEM) for a node, usable as server and as client."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        sans: list[x509.GeneralName] = [x509.IPAddress(IPv4Address(ip)) for ip in ips]
+        sans += [x509.DNSName(name) for name in dns]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` the way cert-manager's secret volume does: never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class NodeFiles:
+    """The three files of one node's TLSConfig."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "tls.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "tls.key"
+
+    def write(self, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Key first, certificate last: a reader that sees the new certificate sees its key.
+        write_atomically(self.ca, ca_pem)
+        write_atomically(self.key, key_pem)
+        write_atomically(self.cert, cert_pem)
+
+    def config(self, **kwargs: Any) -> TLSConfig:
+        kwargs.setdefault("reload_interval", 0.0)  # tests check files on every connection
+        return TLSConfig(str(self.ca), str(self.cert), str(self.key), **kwargs)
+
+
+def node_files(tmp_path: Path, name: str, ca: Authority, host: str = "127.0.0.1") -> NodeFiles:
+    files = NodeFiles(tmp_path / name)
+    files.write(ca.pem, *ca.issue(name, ips=(host,)))
+    return files
+
+
+# -- transports ----------------------------------------------------------------------------------
+
+
+def echo(sender: str, request: Request) -> Response:
+    return Response(Status.OK, request.payload)
+
+
+async def one_record(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
+    yield [b"record"]
+
+
+Factory = Callable[..., Awaitable[TcpTransport]]
+
+
+@pytest.fixture
+async def transports() -> AsyncIterator[Factory]:
+    made: list[Any] = []
+
+    async def make(
+        host: str = "127.0.0.1", port: int | None = None, kind: type = TcpTransport, **kwargs: Any
+    ) -> Any:
+        kwargs.setdefault("limits", FAST)
+        transport = kind(f"{host}:{port or free_port(host)}", **kwargs)
+        made.append(transport)
+        await transport.start(echo, one_record)
+        return transport
+
+    yield make
+    await asyncio.gather(*(t.close() for t in made))
+
+
+async def bounded(aw: Awaitable[Any]) -> Any:
+    return await asyncio.wait_for(aw, LIMIT)
+
+
+async def ask(src: Any, dst: Any, payload: bytes = b"x") -> bytes:
+    target = dst if isinstance(dst, str) else dst.address
+    response = await bounded(src.request(target, Request("t", "echo", payload=payload, timeout=5)))
+    assert response.status is Status.OK
+    return bytes(response.payload)
+
+
+async def server_certificate(address: str, files: NodeFiles) -> x509.Certificate:
+    """The certificate the server at ``address`` presents to a new connection now."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(files.ca))
+    context.check_hostname = False
+    context.load_cert_chain(str(files.cert), str(files.key))
+    _, writer = await bounded(asyncio.open_connection(host, int(port), ssl=context))
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.transport.abort()
+    return x509.load_der_x509_certificate(der)
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+async def test_mtls_peers_talk_and_outsiders_are_refused(
+    transports: Factory, tmp_path: Path
+) -> None:
+    ca = Authority.create("cluster CA")
+    other = Authority.create("someone else's CA")
+    a = await transports(tls=node_files(tmp_path, "a", ca).config(), token="s3cret")
+    b = await transports(tls=node_files(tmp_path, "b", ca).config(), token="s3cret")
+    assert await ask(a, b, b"hello") == b"hello"
+    assert await ask(b, a, b"back") == b"back"
+    outsider = await transports(tls=node_files(tmp_path, "o", other).config(), token="s3cret")
+    plain = await transports(token="s3cret")
+    with pytest.raises(PeerUnavailableError):
+        await ask(outsider, b)
+    with pytest.raises(PeerUnavailableError):
+        await ask(plain, b)
+    # A valid certificate but the wrong token: refused by the token check.
+    insider = await transports(tls=node_files(tmp_path, "i", ca).config(), token="guess")
+    with pytest.raises(PeerUnavailableError, match="wrong cluster token"):
+        await ask(insider, b)
+    stats = b.stats()
+    assert stats["inbound_streams"] == 1  # a's only
+    assert stats["refused_connections"] == 1
+    assert stats["tls_handshakes"] >= 3
+    assert await ask(a, b, b"still here") == b"still here"
+    assert a.stats()["stream_failures"] == 0
+
+
+async def test_rotated_certificate_is_used_by_new_connections(
+    transports: Factory, tmp_path: Path
+) -> None:
+    ca = Authority.create("cluster CA")
+    a_files = node_files(tmp_path, "a", ca)
+    b_files = node_files(tmp_path, "b", ca)
+    a = await transports(tls=a_files.config())
+    b = await transports(tls=b_files.config())
+    assert await ask(a, b) == b"x"
+    assert (await server_certificate(b.address, a_files)).subject.rfc4514_string() == "CN=b"
+    b_files.write(ca.pem, *ca.issue("b-renewed", ips=("127.0.0.1",)))
+    second = await server_certificate(b.address, a_files)
+    assert second.subject.rfc4514_string() == "CN=b-renewed"
+    assert b.stats()["certificate_reloads"] == 1
+    assert await ask(a, b) == b"x"  # the established connection is untouched
+    a.forget_peer(b.address)
+    assert await ask(a, b) == b"x"  # and a new one verifies the renewed certificate
+    # a's client side picks up its own rotated certificate on its next connection too.
+    a_files.write(ca.pem, *ca.issue("a-renewed", ips=("127.0.0.1",)))
+    a.forget_peer(b.address)
+    assert await ask(a, b) == b"x"
+    assert a.stats()["certificate_reloads"] == 1
+
+
+async def test_transfers_run_over_tls(transports: Factory, tmp_path: Path) -> None:
+    ca = Authority.create("cluster CA")
+    a = await transports(tls=node_files(tmp_path, "a", ca).config())
+    b = await transports(tls=node_files(tmp_path, "b", ca).config())
+    got = [r async for chunk in a.transfer(b.address, TransferRequest("kv", 1), 5.0) for r in chunk]
+    assert got == [b"record"]
+
+
+# -- token and transport kind --------------------------------------------------------------------
+
+
+async def test_only_the_exact_token_is_accepted(
+    transports: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = await transports(token="right")
+    wrong = await transports(token="righ")
+    missing = await transports()
+    friend = await transports(token="right")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(PeerUnavailableError, match="wrong cluster token"):
+            await ask(wrong, b)
+        with pytest.raises(PeerUnavailableError, match="missing cluster token"):
+            await ask(missing, b)
+        with pytest.raises(PeerUnavailableError, match="cluster token"):
+            await bounded(anext(aiter(wrong.transfer(b.address, TransferRequest("kv", 1), 5.0))))
+    assert b.stats()["refused_connections"] == 3
+    assert any("refused a connection" in r.message for r in caplog.records)
+    assert await ask(friend, b, b"welcome") == b"welcome"
+
+
+async def test_a_grpc_peer_and_a_tcp_peer_refuse_each_other_clearly(
+    transports: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    tcp = await transports()
+    grpc_node = await transports(kind=GrpcTransport)
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(PeerUnavailableError, match="transport='grpc'"):
+            await ask(tcp, grpc_node)
+        with pytest.raises(PeerUnavailableError):
+            await ask(grpc_node, tcp)
+        await bounded(until(lambda: tcp.stats()["malformed_frames"] >= 1))
+    assert any("HTTP/2" in r.getMessage() for r in caplog.records)
+    assert tcp.stats()["inbound_streams"] == 0
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    # A counter has no event to wait on; bounded by the caller.
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+# -- hardened decoding: a fuzz of the framing -----------------------------------------------------
+
+
+def hello(sender: str = "fuzz:1") -> bytes:
+    return PREAMBLE + message(HELLO, encode_hello(KIND_EXCHANGE, sender, None))
+
+
+def fuzz_inputs(seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    cases = [
+        b"",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        PREAMBLE[:5] + b"\x09T\n",  # another protocol version
+        PREAMBLE + struct.pack(">IB", 0xFFFFFFFF, HELLO),  # oversized length
+        PREAMBLE + struct.pack(">IB", 0, HELLO),  # empty message
+        PREAMBLE + message(HELLO, b"\x01\xff\xff"),  # HELLO lengths beyond its body
+        PREAMBLE + message(FRAME, b"no hello first"),
+        hello() + message(FRAME, b"\xff\xff\xff\xff garbage"),
+        hello() + message(FRAME, b"\x0a\x04\x12\x02\xc3\x28"),  # invalid UTF-8 in a field
+        hello() + message(99, b"unknown type"),
+        hello() + struct.pack(">IB", 64 * 1024 * 1024, FRAME),  # over max_message_bytes
+    ]
+    for _ in range(40):
+        prefix = rng.choice([b"", PREAMBLE, hello()])
+        cases.append(prefix + rng.randbytes(rng.randrange(1, 200)))
+    return cases
+
+
+async def send_raw(address: str, data: bytes) -> bytes:
+    """Send ``data``, half-close, and return what the node wrote before closing."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await bounded(asyncio.open_connection(host, int(port)))
+    try:
+        writer.write(data)
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        return await bounded(reader.read())
+    except ConnectionError:
+        return b""
+    finally:
+        writer.transport.abort()
+
+
+async def test_fuzzed_framing_closes_the_connection_and_the_node_keeps_serving(
+    transports: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = TransportLimits(
+        backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0, max_message_bytes=1 << 20
+    )
+    b = await transports(limits=limits)
+    a = await transports(limits=limits)
+    assert await ask(a, b, b"before") == b"before"
+    with caplog.at_level(logging.WARNING):
+        for data in fuzz_inputs(seed=int(os.environ.get("FUZZ_SEED", "23"))):
+            await send_raw(b.address, data)
+            # After every input the node still answers a well-behaved peer.
+            assert await ask(a, b, b"ok") == b"ok"
+    stats = b.stats()
+    assert stats["malformed_frames"] >= 8
+    assert a.stats()["stream_failures"] == 0
+    # Logged, but rate-limited: far fewer lines than malformed inputs.
+    lines = [r for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert 1 <= len(lines) < stats["malformed_frames"]
