@@ -695,3 +695,30 @@ def make_cluster_certificate() -> tuple[bytes, bytes, bytes]:
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return ca_cert.public_bytes(pem), key_pem, node_cert.public_bytes(pem)
+
+
+# -- uvloop ---------------------------------------------------------------------------------------
+
+
+def test_round_trip_and_transfer_on_uvloop() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: the protocol must not care."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def export(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
+        yield [b"r1", b"r2"]
+
+    async def main() -> None:
+        a = TcpTransport(f"127.0.0.1:{free_port('127.0.0.1')}", limits=FAST)
+        b = TcpTransport(f"127.0.0.1:{free_port('127.0.0.1')}", limits=FAST)
+        await a.start(echo, no_transfer)
+        await b.start(echo, export)
+        try:
+            resp = await bounded(a.request(b.address, Request("t", "e", b"k", b"hi")))
+            assert resp.payload == b"hi"
+            got = [r async for c in a.transfer(b.address, TransferRequest("kv", 1), 5.0) for r in c]
+            assert got == [b"r1", b"r2"]
+        finally:
+            await a.close()
+            await b.close()
+
+    uvloop.run(main())

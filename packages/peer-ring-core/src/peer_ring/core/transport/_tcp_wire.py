@@ -22,6 +22,7 @@ import asyncio
 import struct
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from peer_ring.core.transport._options import EOF
 
@@ -157,12 +158,12 @@ class FrameProtocol(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peername = f"{peer[0]}:{peer[1]}"
-        transport.write(PREAMBLE)
+        self.transport.write(PREAMBLE)
         if self._on_made is not None:
             self._on_made(self)
 
