@@ -23,7 +23,9 @@ FROM python:3.11-slim
 RUN groupadd --gid 10001 peer-ring \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin peer-ring
 COPY --from=build /wheels /wheels
+# The kv store's `serve` extra (aiohttp, prometheus-client) is what the command needs.
 RUN pip install --no-cache-dir /wheels/*.whl \
+ && pip install --no-cache-dir "$(ls /wheels/peer_ring_kv_store-*.whl)[serve]" \
  && rm -rf /wheels
 ENV PYTHONUNBUFFERED=1
 USER 10001:10001
