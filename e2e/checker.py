@@ -20,7 +20,7 @@ Three checks, each against the nodes' HTTP API only (they run unchanged on any d
 
 3. :func:`replica_report` / :func:`wait_replicas` — the checker computes each key's
    preference list with :class:`peer_ring.core.Ring` from the members and partition count
-   in ``GET /cluster`` (the ring is a public, specified function: DESIGN.md "hash spec"),
+   in ``GET /cluster`` (the ring is a public, specified function: docs/hash-spec.md),
    then reads the key on each of its N replicas with ``quorum=1``. On a replica, a
    ``quorum=1`` read is served from the local copy with no network hop (``KVStore.get``'s
    local fast path) — so it shows what *that* node holds. Caveat: a replica whose

@@ -337,7 +337,7 @@ def memory_table(memory: dict[str, Any]) -> str:
 
 
 def targets_table(items: list[dict[str, Any]]) -> str:
-    """Target lines (never a gate: DESIGN.md, speed is not asserted)."""
+    """Target lines (never a gate: speed is not asserted, docs/benchmarks.md)."""
     lines = ["targets (issue 6):"]
     for t in items:
         mark = "met   " if t["met"] else "MISSED"

@@ -10,7 +10,7 @@ What one invocation does, in order:
 3. A table on the terminal, the issue's targets, and a JSON document
    (default ``bench-results/<timestamp>.json``).
 
-Speed is never a pass/fail criterion here (DESIGN.md); the exit status is non-zero only
+Speed is never a pass/fail criterion here (docs/benchmarks.md); the exit status is non-zero only
 when the benchmark itself could not run (or, in ``--smoke``, measured no operation).
 """
 

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane for the discovery tests: etcd + kube-apiserver on loopback.
 
-DESIGN.md, test tier 4: the discovery is tested against a real API server, never a fake.
+Test tier 4 (real external components): the discovery is tested against a real API server, never a fake.
 The ``kube`` fixture (session scope) starts, on free loopback ports and in a temporary
 directory:
 
