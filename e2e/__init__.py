@@ -1,1 +1,1 @@
-"""peer-ring's end-to-end suite: real node processes, real faults (test tier 3, see e2e/README.md)."""
+"""peer-ring's end-to-end suite: real node processes, real faults (test tier 3: e2e/README.md)."""

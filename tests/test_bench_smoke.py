@@ -1,6 +1,6 @@
 """``tools/bench --smoke`` starts, finishes and writes a valid results document.
 
-Never a timing assertion (speed is measured by benchmarks, never asserted in tests: docs/benchmarks.md):
+Never a timing assertion (speed is measured by benchmarks, never asserted in tests):
 only that every part of the benchmark ran -- the peer-ring cluster, the local-get
 micro-benchmark and the memory test -- and that the JSON has the fields docs/benchmarks.md
 and later tooling rely on. The Redis baseline has its own test, which skips loudly without

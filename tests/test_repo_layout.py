@@ -1,4 +1,4 @@
-"""The monorepo's conventions (README.md, "Repository layout"; CONTRIBUTING.md), checked on the source tree.
+"""The monorepo's conventions (README "Repository layout", CONTRIBUTING.md), checked.
 
 These are cheap and run with every test run, so a new package or a misnamed changelog
 fragment fails here, long before a release or a broken wheel would show it.

@@ -1,6 +1,7 @@
 """A real Kubernetes control plane for the discovery tests: etcd + kube-apiserver on loopback.
 
-Test tier 4 (real external components): the discovery is tested against a real API server, never a fake.
+Test tier 4 (real external components): the discovery is tested against a real API
+server, never a fake.
 The ``kube`` fixture (session scope) starts, on free loopback ports and in a temporary
 directory:
 
