@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,9 @@ async def make_driver(
     drivers: list[ClusterDriver] = []
     fault_sets: list[IptablesFaults] = []
 
-    async def make(*, capacity: int = 5, partitions: bool = False) -> ClusterDriver:
+    async def make(
+        *, capacity: int = 5, partitions: bool = False, serve_args: Sequence[str] = ()
+    ) -> ClusterDriver:
         driver: ClusterDriver
         faults: IptablesFaults | None = None
         if DRIVER == "local" and partitions:
@@ -150,7 +152,11 @@ async def make_driver(
             log_dir = RESULTS_DIR / "logs" / _scenario_id(request.node)
             shutil.rmtree(log_dir, ignore_errors=True)
             driver = LocalDriver(
-                log_dir, capacity=capacity, serve_args=SERVE_ARGS, faults=faults, hosts=hosts
+                log_dir,
+                capacity=capacity,
+                serve_args=(*SERVE_ARGS, *serve_args),
+                faults=faults,
+                hosts=hosts,
             )
         elif DRIVER == "kind":
             from e2e.drivers.kind import KindDriver

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from e2e.drivers.base import ClusterDriver
@@ -23,6 +23,8 @@ RING_TRIALS = int(os.environ.get("PEER_RING_E2E_RING_TRIALS", "20" if DRIVER == 
 class DriverFactory(Protocol):
     """The ``make_driver`` fixture: ``await make_driver(capacity=5, partitions=False)``."""
 
-    def __call__(self, *, capacity: int = 5, partitions: bool = False) -> Awaitable[ClusterDriver]:
+    def __call__(
+        self, *, capacity: int = 5, partitions: bool = False, serve_args: Sequence[str] = ()
+    ) -> Awaitable[ClusterDriver]:
         """A new driver (not started), closed by the fixture at the end of the test."""
         ...

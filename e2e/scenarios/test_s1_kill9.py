@@ -1,10 +1,11 @@
-"""Scenario 1: kill -9 one of three nodes under load (N=3, W=2, R=2)."""
+"""Scenario 1: kill -9 one of three nodes under load (N=3, W=2, R=2), on each transport."""
 
 from __future__ import annotations
 
 import time
 
 import aiohttp
+import pytest
 
 from e2e.report import ScenarioReport
 from e2e.settings import DriverFactory
@@ -22,19 +23,23 @@ from e2e.workload import Workload, WorkloadConfig
 DEAD_SECONDS = 10.0
 
 
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
 async def test_s1_kill9_one_of_three(
+    transport: str,
     make_driver: DriverFactory,
     session: aiohttp.ClientSession,
     report: ScenarioReport,
     run_id: str,
 ) -> None:
     """kill -9 one of 3 nodes under load, N=3 W=2 R=2: no acknowledged write lost."""
-    driver = await make_driver(capacity=3)
+    driver = await make_driver(capacity=3, serve_args=("--transport", transport))
     report.driver = driver.describe()
     started = time.monotonic()
     await driver.start(3)
     report.add(start_seconds=round(time.monotonic() - started, 2))
-    workload = Workload(session, driver.endpoints, WorkloadConfig(), prefix=f"{run_id}:s1")
+    workload = Workload(
+        session, driver.endpoints, WorkloadConfig(), prefix=f"{run_id}:s1:{transport}"
+    )
 
     # Phase 1: load, then kill -9 the last node, load on with it dead.
     workload.start(duration=120.0)
