@@ -8,6 +8,7 @@ mechanisms work for *any* application, on the in-memory network with a FakeClock
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 
@@ -394,6 +395,36 @@ async def test_writes_to_suspected_replicas_go_to_substitutes_with_a_hint(
         network.cut(a.address, y)
         network.cut(a.address, z)
         await a.execute("app", "get", key, quorum=2)
+
+
+async def test_a_full_hint_store_refuses_and_the_coordinator_does_not_count_it(
+    harness: Harness, network: MemoryNetwork
+) -> None:
+    # Error path: the substitutes' hint stores are full (hint_max=1, already holding one
+    # hint each), so they answer OVERLOADED; the write must not reach W=3 through them.
+    config = dataclasses.replace(CONFIG, hint_max=1)
+    nodes = [await harness.start(a, ADDRS[:5], config=config) for a in ADDRS[:5]]
+    await harness.until(lambda: all(n.ready for n in nodes))
+    a = nodes[0]
+    mine = [f"k{i}" for i in range(2000) if a.preference_list(f"k{i}", 3)[0] == a.address]
+    _, y, z = a.preference_list(mine[0], 3)
+    same = [k for k in mine if list(a.preference_list(k, 3)[1:]) == [y, z]]
+    first, second = same[0], same[1]
+    network.cut(a.address, y)
+    network.cut(a.address, z)
+    result = await a.execute("app", "put", first, put_payload(1, b"one"), quorum=3)
+    substitutes = {r.node for r in result.ok_replies} - {a.address}
+    assert len(substitutes) == 2  # each now holds its one hint
+    with pytest.raises(QuorumNotReachedError, match="full"):
+        await a.execute("app", "put", second, put_payload(1, b"two"), quorum=3)
+    for s in substitutes:
+        assert sum(harness.nodes[s].sync_status()["hints"]["pending"].values()) == 1
+    # The coordinator's own copy was written; nothing else was lost or corrupted.
+    assert harness.apps[a.address].data[second.encode()] == (1, b"two")
+    network.heal()
+    await harness.until(
+        lambda: all(harness.apps[r].data.get(first.encode()) == (1, b"one") for r in (y, z))
+    )
 
 
 async def test_a_hint_whose_target_left_the_ring_is_redirected_to_the_current_replicas(
