@@ -382,6 +382,7 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
             replication=plan.replication,
             quorum=plan.quorum,
             request_timeout=plan.request_timeout,
+            transport=plan.extra.get("transport", "grpc"),
         )
     else:
         assert redis is not None

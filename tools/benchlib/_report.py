@@ -133,7 +133,9 @@ def label(plan: RunPlan) -> str:
     """Short name of a configuration."""
     if plan.system == "redis":
         return f"redis c{plan.workload['concurrency']}"
-    return f"peer-ring R{plan.replication}/Q{plan.quorum} c{plan.workload['concurrency']}"
+    transport = plan.extra.get("transport", "grpc")
+    kind = "" if transport == "grpc" else f" {transport}"
+    return f"peer-ring{kind} R{plan.replication}/Q{plan.quorum} c{plan.workload['concurrency']}"
 
 
 def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -282,14 +284,16 @@ def ratio_summary(comparisons: list[dict[str, Any]]) -> str:
     CPU per op, and CPU per op is far less sensitive to the neighbours' load than ops/s."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for c in comparisons:
-        key = (c["replication"], c["quorum"], c["concurrency"])
+        # The transport is part of the label ("peer-ring tcp R1/Q1 c64"); gRPC has none.
+        kind = "tcp " if c["label"].startswith("peer-ring tcp ") else ""
+        key = (c["replication"], c["quorum"], c["concurrency"], kind)
         groups.setdefault(key, []).append(c)
     lines = ["peer-ring / Redis, median over rounds (min..max):"]
-    for (r, q, conc), items in sorted(groups.items()):
+    for (r, q, conc, kind), items in sorted(groups.items()):
         ops = [c["ratio"] for c in items]
         eff = [1 / c["cpu_ratio"] for c in items if c["cpu_ratio"]]
         text = (
-            f"  R{r}/Q{q} c{conc}: ops/s {statistics.median(ops):.2f}x "
+            f"  {kind}R{r}/Q{q} c{conc}: ops/s {statistics.median(ops):.2f}x "
             f"({min(ops):.2f}..{max(ops):.2f})"
         )
         if eff:

@@ -226,7 +226,10 @@ async def _node(spec: dict[str, Any]) -> None:
     replication = int(spec["replication"])
     quorum = int(spec["quorum"])
     discovery = StaticDiscovery(spec["peers"], self_address=spec["address"])
-    config = PeerRingConfig(request_timeout=float(spec["request_timeout"]))
+    config = PeerRingConfig(
+        request_timeout=float(spec["request_timeout"]),
+        transport=str(spec.get("transport", "grpc")),
+    )
     async with KVStore(discovery, replication=replication, quorum=quorum, config=config) as kv:
         _emit("started", address=kv.node.address)
         transport = kv.node.transport

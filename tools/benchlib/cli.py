@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="all nodes on 127.0.0.1 with distinct ports (default: 127.0.0.x)",
     )
+    p.add_argument(
+        "--transport",
+        nargs="+",
+        choices=("grpc", "tcp"),
+        default=["grpc"],
+        help="peer transport(s); several run in the same invocation (e.g. grpc tcp)",
+    )
     p.add_argument("--no-redis", action="store_true", help="skip the Redis baseline")
     p.add_argument("--no-load", action="store_true", help="skip the cluster runs")
     p.add_argument(
@@ -250,7 +257,11 @@ async def _main(opts: argparse.Namespace) -> int:
                                 uvloop=uvloop,
                             )
                         )
-                    for r, q in [] if opts.redis_only else _configs(opts):
+                    for r, q, transport in (
+                        []
+                        if opts.redis_only
+                        else [(r, q, t) for r, q in _configs(opts) for t in opts.transport]
+                    ):
                         plans.append(
                             RunPlan(
                                 "peer-ring",
@@ -264,6 +275,7 @@ async def _main(opts: argparse.Namespace) -> int:
                                 uvloop=uvloop,
                                 request_timeout=opts.request_timeout,
                                 profile=opts.profile,
+                                extra={"transport": transport},
                             )
                         )
                     for plan in plans:
