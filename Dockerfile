@@ -16,6 +16,9 @@ RUN pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels \
       packages/peer-ring-core \
       packages/peer-ring-discovery-static \
       packages/peer-ring-discovery-k8s \
+      packages/peer-ring-discovery-etcd \
+      packages/peer-ring-discovery-zookeeper \
+      packages/peer-ring-discovery-gossip \
       packages/peer-ring-kv-store
 
 # --- runtime ---------------------------------------------------------------------------------
@@ -23,7 +26,8 @@ FROM python:3.11-slim
 RUN groupadd --gid 10001 peer-ring \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin peer-ring
 COPY --from=build /wheels /wheels
-# The kv store's `serve` extra (aiohttp, prometheus-client) is what the command needs.
+# Every discovery ships in the image (`serve --discovery static|kubernetes|etcd|zookeeper|gossip`);
+# the kv store's `serve` extra (aiohttp, prometheus-client) is what the command needs.
 RUN pip install --no-cache-dir /wheels/*.whl \
  && pip install --no-cache-dir "$(ls /wheels/peer_ring_kv_store-*.whl)[serve]" \
  && rm -rf /wheels

@@ -165,3 +165,16 @@ def test_three_sidecars_survive_a_kill_and_a_graceful_leave(
             f"built in {image['build_seconds']:.0f} s; partitions handed off on SIGTERM: "
             f"{handed.group(1)}"
         )
+
+
+def test_every_discovery_ships_in_the_image(image: dict[str, Any]) -> None:
+    # An unknown name is a usage error that lists every discovery the image can use.
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", image["tag"], "serve",
+         "--listen", "127.0.0.1:1", "--discovery", "no-such-discovery"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    listed = proc.stderr.split("installed:", 1)[-1]
+    for name in ("static", "kubernetes", "etcd", "zookeeper", "gossip"):
+        assert name in listed, proc.stderr
