@@ -197,8 +197,13 @@ class Dispatcher:
             return self._await(out, timeout or self._request_timeout)
         return error_response(TypeError(f"handler returned {type(out).__name__}, not bytes"))
 
-    async def _await(self, out: Awaitable[object], timeout: float) -> Response:
+    def _await(self, out: Awaitable[object], timeout: float) -> asyncio.Future[Response]:
+        # The handler's coroutine becomes a task at once, not when the caller gets round to
+        # awaiting: a caller that drops the answer (its stream closed meanwhile) must not
+        # leave the coroutine "never awaited". The task is bounded by the timeout either
+        # way, and cancelling the returned future cancels it.
         task = asyncio.ensure_future(out)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         expired = False
 
         def expire() -> None:
@@ -208,23 +213,46 @@ class Dispatcher:
 
         # The node's clock, not the loop's, bounds the handler (fake clocks in tests).
         timer = self._clock.call_later(timeout, expire)
-        try:
-            result = await task
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            return error_response(
-                RequestTimeoutError(f"handler on {self._address} timed out after {timeout:g}s")
-            )
-        except Exception as exc:
-            return error_response(exc)
-        finally:
+
+        def finished(t: asyncio.Future[object]) -> None:
             timer.cancel()
-        if type(result) is bytes:
-            return Response(Status.OK, result, "")
-        if isinstance(result, bytearray | memoryview):
-            return Response(Status.OK, bytes(result), "")
-        return error_response(TypeError(f"handler returned {type(result).__name__}, not bytes"))
+            if answer.done():
+                return
+            if t.cancelled():
+                if expired:
+                    answer.set_result(
+                        error_response(
+                            RequestTimeoutError(
+                                f"handler on {self._address} timed out after {timeout:g}s"
+                            )
+                        )
+                    )
+                else:
+                    answer.cancel()
+                return
+            exc = t.exception()
+            if exc is not None:
+                answer.set_result(error_response(exc))
+                return
+            result = t.result()
+            if type(result) is bytes:
+                answer.set_result(Response(Status.OK, result, ""))
+            elif isinstance(result, bytearray | memoryview):
+                answer.set_result(Response(Status.OK, bytes(result), ""))
+            else:
+                answer.set_result(
+                    error_response(
+                        TypeError(f"handler returned {type(result).__name__}, not bytes")
+                    )
+                )
+
+        def abandoned(f: asyncio.Future[Response]) -> None:
+            if f.cancelled() and not task.done():
+                task.cancel()
+
+        task.add_done_callback(finished)
+        answer.add_done_callback(abandoned)
+        return answer
 
     def _not_ready(self, partition: int) -> Response:
         err = PartitionNotReadyError(self._address, partition)
