@@ -427,6 +427,38 @@ async def test_a_full_hint_store_refuses_and_the_coordinator_does_not_count_it(
     )
 
 
+async def test_a_hint_its_target_keeps_refusing_is_dropped_after_max_refusals(
+    harness: Harness, network: MemoryNetwork
+) -> None:
+    # Error path: y is back but its handler refuses the hinted write every time (an error
+    # answer, not an unreachable peer): the substitute drops that hint after max_refusals
+    # instead of retrying forever; z's hint is delivered as usual.
+    nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:5]]
+    await harness.until(lambda: all(n.ready for n in nodes))
+    a = nodes[0]
+    key = next(f"k{i}" for i in range(500) if a.preference_list(f"k{i}", 3)[0] == a.address)
+    _, y, z = a.preference_list(key, 3)
+    network.cut(a.address, y)
+    network.cut(a.address, z)
+    result = await a.execute("app", "put", key, put_payload(5, b"r"), quorum=3)
+    substitutes = {r.node for r in result.ok_replies} - {a.address}
+
+    def refuse(key: bytes, version: int, value: bytes) -> None:
+        raise ValueError("refused on purpose")
+
+    harness.apps[y].merge = refuse  # type: ignore[method-assign]
+    network.heal()
+
+    def hints_settled() -> bool:
+        return all(not harness.nodes[s].sync_status()["hints"]["pending"] for s in substitutes)
+
+    await harness.until(hints_settled, within=120.0)
+    dropped = sum(harness.nodes[s].sync_status()["hints"]["dropped_refused"] for s in substitutes)
+    assert dropped == 1
+    assert harness.apps[z].data[key.encode()] == (5, b"r")
+    assert key.encode() not in harness.apps[y].data
+
+
 async def test_a_hint_whose_target_left_the_ring_is_redirected_to_the_current_replicas(
     harness: Harness, network: MemoryNetwork
 ) -> None:
