@@ -13,6 +13,7 @@ tools/docker-test-env); skips without an engine on a laptop, fails in CI.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -178,3 +179,41 @@ def test_every_discovery_ships_in_the_image(image: dict[str, Any]) -> None:
     listed = proc.stderr.split("installed:", 1)[-1]
     for name in ("static", "kubernetes", "etcd", "zookeeper", "gossip"):
         assert name in listed, proc.stderr
+
+
+def test_the_embedded_application_image_builds_and_serves(docker_engine: str) -> None:
+    """deploy/embedded/Dockerfile: the app process is the node (one replica, static peers)."""
+    tag = "peer-ring-sessions:smoke"
+    proc = subprocess.run(
+        ["docker", "build", "--network", "host", "-f", "deploy/embedded/Dockerfile",
+         "-t", tag, str(REPO)],
+        capture_output=True, text=True, timeout=1200, check=False, cwd=REPO,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"docker build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    peer, http = free_port(), free_port()
+    name = container_name("embedded")
+    try:
+        docker(
+            "run", "-d", "--name", name, "--network", "host",
+            "-e", f"PEERS=127.0.0.1:{peer}", "-e", f"ME=127.0.0.1:{peer}",
+            tag, "--port", str(http), "--host", "127.0.0.1",
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + READY_WITHIN
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
+                    status = r.status
+            except (OSError, urllib.error.HTTPError):
+                time.sleep(0.3)
+        logs = docker("logs", name, check=False)
+        assert status == 200, f"not ready; log:\n{logs[-3000:]}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as r:
+            health = json.loads(r.read())
+        assert health == {"ready": True, "members": 1, "me": f"127.0.0.1:{peer}"}
+        uid = docker("exec", name, "id", "-u").strip()
+        assert uid == "10001"
+    finally:
+        docker("rm", "-f", name, check=False)
