@@ -35,6 +35,7 @@ from peer_ring.kv._discovery_plugins import (
     load_factory,
     parse_options,
 )
+from peer_ring.kv._http_tls import HttpTLSConfig
 
 if TYPE_CHECKING:
     from peer_ring.kv import KVStore
@@ -230,6 +231,31 @@ _OPTIONS: tuple[_Option, ...] = (
         "SECRET",
     ),
     _Option(
+        "http_tls_cert",
+        "--http-tls-cert",
+        "PEER_RING_HTTP_TLS_CERT",
+        "PEM certificate (chain) of the HTTP API; with --http-tls-key the API speaks only "
+        "HTTPS. The files are re-read when they change (rotation without restart). "
+        "Default: plain HTTP",
+        "FILE",
+    ),
+    _Option(
+        "http_tls_key",
+        "--http-tls-key",
+        "PEER_RING_HTTP_TLS_KEY",
+        "PEM private key of --http-tls-cert",
+        "FILE",
+    ),
+    _Option(
+        "http_tls_ca",
+        "--http-tls-ca",
+        "PEER_RING_HTTP_TLS_CA",
+        "PEM CA (bundle) that HTTP clients' certificates must chain to: every client must "
+        "present one (mutual TLS; /healthz and /readyz too). Needs --http-tls-cert. "
+        "Default: no client certificate asked",
+        "FILE",
+    ),
+    _Option(
         "tls_ca",
         "--tls-ca",
         "PEER_RING_TLS_CA",
@@ -297,6 +323,7 @@ class ServeConfig:
         token: shared peer secret, or ``None``.
         http_token: bearer token of the HTTP API, or ``None``.
         tls: mutual TLS between peers (certificate files), or ``None`` for plaintext.
+        http_tls: HTTPS (and optional client certificates) on the HTTP API, or ``None``.
         transport: ``"grpc"`` (default) or ``"tcp"``: the peer transport.
         down_after: seconds before an unreachable peer leaves the ring (None: never).
         anti_entropy_interval: mean seconds between anti-entropy rounds (None: off).
@@ -320,6 +347,7 @@ class ServeConfig:
     token: str | None = field(default=None, repr=False)
     http_token: str | None = field(default=None, repr=False)
     tls: TLSConfig | None = None
+    http_tls: HttpTLSConfig | None = None
     down_after: float | None = 10.0
     anti_entropy_interval: float | None = 30.0
     leave_deadline: float = 30.0
@@ -477,6 +505,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         )
     request_timeout = _seconds(raw.get("request_timeout"), default=DEFAULT_REQUEST_TIMEOUT)
     tls = _tls(raw)
+    http_tls = _http_tls(raw)
     transport = "grpc"
     if (item := raw.get("transport")) is not None:
         text, origin = item
@@ -510,6 +539,7 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         token=_secret(raw.get("token")),
         http_token=_secret(raw.get("http_token")),
         tls=tls,
+        http_tls=http_tls,
         down_after=down_after,
         anti_entropy_interval=anti_entropy_interval,
         leave_deadline=leave_deadline,
@@ -688,6 +718,38 @@ def _tls(raw: Mapping[str, tuple[str, str] | None]) -> TLSConfig | None:
     if server_name is not None and not override:
         raise UsageError(f"{server_name[1]}: must not be empty")
     return TLSConfig(paths["tls_ca"], paths["tls_cert"], paths["tls_key"], server_name=override)
+
+
+def _http_tls(raw: Mapping[str, tuple[str, str] | None]) -> HttpTLSConfig | None:
+    names = ("http_tls_cert", "http_tls_key", "http_tls_ca")
+    given = {name: item for name in names if (item := raw.get(name)) is not None}
+    if not given:
+        return None
+    for name in ("http_tls_cert", "http_tls_key"):
+        if name not in given:
+            origins = ", ".join(origin for _, origin in given.values())
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(
+                f"{origins}: HTTPS needs --http-tls-cert and --http-tls-key; missing {flag}"
+            )
+    paths = {name: _readable_file(item) for name, item in given.items()}
+    return HttpTLSConfig(
+        cert_file=paths["http_tls_cert"],
+        key_file=paths["http_tls_key"],
+        ca_file=paths.get("http_tls_ca"),
+    )
+
+
+def _readable_file(item: tuple[str, str]) -> str:
+    text, origin = item
+    path = text.strip()
+    # Checked here so that a typo fails at once with exit status 2; the contents are
+    # loaded (and checked) when the server starts.
+    if not os.path.isfile(path):
+        raise UsageError(f"{origin}: {path!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{origin}: {path!r} is not readable")
+    return path
 
 
 def _secret(item: tuple[str, str] | None) -> str | None:

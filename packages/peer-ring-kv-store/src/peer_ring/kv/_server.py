@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -399,10 +400,14 @@ class KVHttpServer:
         ('127.0.0.1', 8101)
     """
 
-    def __init__(self, api: KVHttpApi, host: str, port: int) -> None:
+    def __init__(
+        self, api: KVHttpApi, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.api = api
         self._host = host
         self._port = port
+        # HTTPS when given (see peer_ring.kv._http_tls for a context that follows its files).
+        self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._address: tuple[str, int] | None = None
 
@@ -419,9 +424,10 @@ class KVHttpServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the running server."""
+        """``http://host:port`` (``https://`` with TLS) of the running server."""
         host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     async def start(self) -> None:
         """Bind and start serving.
@@ -434,7 +440,7 @@ class KVHttpServer:
         runner = web.AppRunner(self.api.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
+            site = web.TCPSite(runner, self._host, self._port, ssl_context=self._ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()

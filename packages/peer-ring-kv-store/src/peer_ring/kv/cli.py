@@ -156,6 +156,7 @@ def run_serve(config: ServeConfig, environ: Mapping[str, str] | None = None) -> 
 
 async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
     from peer_ring.core import PeerRingError
+    from peer_ring.kv._http_tls import HttpTLSError, ReloadingServerContext
     from peer_ring.kv._server import KVHttpApi, KVHttpServer
 
     discovery = build_discovery(config, environ)
@@ -169,7 +170,13 @@ async def _serve(config: ServeConfig, environ: Mapping[str, str] | None) -> int:
         replication=config.replication,
         quorum=config.quorum,
     )
-    server = KVHttpServer(api, http_host, http_port)
+    ssl_context = None
+    if config.http_tls is not None:
+        try:
+            ssl_context = ReloadingServerContext(config.http_tls).context
+        except HttpTLSError as exc:
+            raise UsageError(f"--http-tls-*: {exc}") from None
+    server = KVHttpServer(api, http_host, http_port, ssl_context=ssl_context)
 
     stop = asyncio.Event()
     api.drain_handler = stop.set  # POST /admin/drain: the same graceful leave as SIGTERM
