@@ -12,7 +12,8 @@ Wire protocol: ``peer_ring/core/proto/peer_ring.proto``. Moving parts:
   optional shared token checked on every call.
 
 Admission of an inbound call, in order: the token (UNAUTHENTICATED), the sender metadata
-(INVALID_ARGUMENT), then the capacity bounds ``max_inbound_streams`` /
+(INVALID_ARGUMENT), with mutual TLS the sender against the client certificate's SANs
+(PERMISSION_DENIED, :mod:`._identity`), then the capacity bounds ``max_inbound_streams`` /
 ``max_inbound_transfers`` (RESOURCE_EXHAUSTED). Each refusal is counted in :meth:`stats` and
 logged at WARNING, at most once per ``REFUSAL_LOG_INTERVAL`` per kind of refusal, so that a
 client hammering the port cannot flood the logs.
@@ -69,6 +70,7 @@ from peer_ring.core.transport._grpc_errors import (
     bind_error,
     transfer_error,
 )
+from peer_ring.core.transport._identity import claim_refusal
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import (
@@ -450,6 +452,14 @@ class GrpcTransport(Transport):
                 SENDER_KEY,
             )
             return (grpc.StatusCode.INVALID_ARGUMENT, f"missing {SENDER_KEY} metadata")
+        if self._tls is not None and self._tls.require_client_auth:
+            sans = context.auth_context().get("x509_subject_alternative_name", ())
+            names = [bytes(n).decode("utf-8", "replace") for n in sans]
+            if (why := claim_refusal(sender, names, self._tls.server_name)) is not None:
+                self._stats.refused_connections += 1
+                args = (method, context.peer(), why)
+                self._refusal_log.warning((method, "identity"), "refused %s from %s: %s", *args)
+                return (grpc.StatusCode.PERMISSION_DENIED, f"peer identity: {why}")
         if not self._running or self._on_request is None:
             return (grpc.StatusCode.UNAVAILABLE, "node is stopping")
         return sender

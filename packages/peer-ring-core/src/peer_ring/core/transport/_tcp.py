@@ -15,9 +15,10 @@ and a connection's reader and writer each have one job.
 Admission of an inbound connection, in order: the preamble (protocol version and
 transport kind: a gRPC or wrong-version peer is refused with a reason that says so), the
 HELLO (malformed: refused), the token (constant-time compare, UNAUTHENTICATED), the
-sender, then ``max_inbound_streams`` / ``max_inbound_transfers``. Every refusal and every
-malformed or oversized message is counted in :meth:`TcpTransport.stats` and logged at
-WARNING, rate-limited per kind; the connection is closed, the node keeps running.
+sender (with mutual TLS: against the client certificate's SANs, :mod:`._identity`), then
+``max_inbound_streams`` / ``max_inbound_transfers``. Every refusal and every malformed or
+oversized message is counted in :meth:`TcpTransport.stats` and logged at WARNING,
+rate-limited per kind; the connection is closed, the node keeps running.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from peer_ring.core.transport._codec import (
     transfer_chunks,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._identity import claim_refusal, names_of_peercert
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import EOF
@@ -463,6 +465,12 @@ class TcpTransport(Transport):
         if not sender:
             await self._refuse(proto, INVALID, "sender", "no sender address in HELLO")
             return
+        if self._tls is not None and self._tls.require_client_auth and proto.transport:
+            ssl_object = proto.transport.get_extra_info("ssl_object")
+            names = names_of_peercert(ssl_object.getpeercert() if ssl_object else None)
+            if (why := claim_refusal(sender, names, self._tls.server_name)) is not None:
+                await self._refuse(proto, UNAUTHENTICATED, "identity", f"peer identity: {why}")
+                return
         if not self._running or self._on_request is None or self._on_transfer is None:
             await self._refuse(proto, STOPPING, "stopping", "node is stopping")
             return
