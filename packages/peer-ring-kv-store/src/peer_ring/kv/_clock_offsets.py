@@ -7,9 +7,9 @@ collection use wall-clock time, so an operator wants to know when a clock is off
 ``remote - (sent + round_trip / 2)``, with an error of at most half the round trip.
 
 The estimates are served in ``GET /cluster`` (``clock_offsets``) and the largest as the
-metric ``peer_ring_kv_store_clock_offset_max_seconds``; an offset beyond ``warn_at`` (default 250 ms, half of
-the 500 ms :data:`OFFSET_BOUND` under which TTLs are accurate enough for the docs' promises)
-is logged as a warning, at most once a minute per peer.
+metric ``peer_ring_kv_store_clock_offset_max_seconds``; an offset beyond ``warn_at``
+(default 250 ms, half of the 500 ms :data:`OFFSET_BOUND` under which TTLs are accurate
+enough for the docs' promises) is logged as a warning, at most once a minute per peer.
 """
 
 from __future__ import annotations
