@@ -10,10 +10,15 @@ timer, and an answered request only leaves its tick's set. A deadline therefore 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from peer_ring.core._clock import Clock, TimerHandle
+from peer_ring.core._errors import RequestTimeoutError
+from peer_ring.core._types import TransferRequest
+
+T = TypeVar("T")
 
 #: Default tick length: deadlines fire at most this much late.
 DEFAULT_RESOLUTION = 0.005
@@ -74,3 +79,34 @@ class DeadlineWheel:
             timer.cancel()
         self._timers.clear()
         self._ticks.clear()
+
+
+async def read_chunk_within(
+    read: Awaitable[T], clock: Clock, seconds: float, peer: str, request: TransferRequest
+) -> T:
+    """Await one read of a transfer, failing with ``RequestTimeoutError`` after ``seconds``.
+
+    Both transports read a partition transfer chunk by chunk; a peer that goes silent
+    mid-transfer must not hold the pull forever (the node's clock bounds it, so fake
+    clocks drive it in tests).
+    """
+    task = asyncio.ensure_future(read)
+    expired = False
+
+    def on_timeout() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = clock.call_later(seconds, on_timeout)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if expired:
+            raise RequestTimeoutError(
+                f"transfer of {request.namespace}/{request.partition} from {peer}: "
+                f"no chunk within {seconds:g}s"
+            ) from None
+        raise
+    finally:
+        timer.cancel()

@@ -44,7 +44,6 @@ from peer_ring.core._errors import (
     PeerRingError,
     PeerUnavailableError,
     RemoteError,
-    RequestTimeoutError,
     UnknownCommandError,
 )
 from peer_ring.core._types import Request, Response, TransferRequest
@@ -63,7 +62,7 @@ from peer_ring.core.transport._codec import (
     encode_transfer_request,
     transfer_chunks,
 )
-from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._deadlines import DeadlineWheel, read_chunk_within
 from peer_ring.core.transport._grpc_errors import (
     OVERLOADED_DETAILS,
     abort,
@@ -300,7 +299,8 @@ class GrpcTransport(Transport):
         self._stats.transfers_received += 1
         try:
             while True:
-                data = await self._read_within(call, timeout, peer, request)
+                read = call.read()
+                data: Any = await read_chunk_within(read, self._clock, timeout, peer, request)
                 if data is EOF:
                     return
                 try:
@@ -579,32 +579,3 @@ class GrpcTransport(Transport):
                     await chunks.aclose()
         if failure is not None:
             await abort(context, *failure)
-
-    async def _read_within(
-        self,
-        call: grpc.aio.UnaryStreamCall[bytes, bytes],
-        seconds: float,
-        peer: str,
-        request: TransferRequest,
-    ) -> Any:
-        """``call.read()``, failing with ``RequestTimeoutError`` after ``seconds``."""
-        read = asyncio.ensure_future(call.read())
-        expired = False
-
-        def on_timeout() -> None:
-            nonlocal expired
-            expired = True
-            read.cancel()
-
-        timer = self._clock.call_later(seconds, on_timeout)
-        try:
-            return await read
-        except asyncio.CancelledError:
-            if expired:
-                raise RequestTimeoutError(
-                    f"transfer of {request.namespace}/{request.partition} from {peer}: "
-                    f"no chunk within {seconds:g}s"
-                ) from None
-            raise
-        finally:
-            timer.cancel()

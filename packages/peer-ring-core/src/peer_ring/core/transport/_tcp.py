@@ -28,7 +28,7 @@ import contextlib
 import hmac
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -36,14 +36,10 @@ from google.protobuf.message import DecodeError
 from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._errors import (
     InvalidArgumentError,
-    MessageTooLargeError,
     NotRunningError,
-    OverloadedError,
     PeerRingError,
     PeerUnavailableError,
     RemoteError,
-    RequestTimeoutError,
-    UnknownCommandError,
 )
 from peer_ring.core._types import Request, Response, TransferRequest
 from peer_ring.core.transport._base import (
@@ -54,13 +50,11 @@ from peer_ring.core.transport._base import (
     TransportLimits,
 )
 from peer_ring.core.transport._codec import (
-    RecordTooLargeError,
     decode_transfer_chunk,
     decode_transfer_request,
     encode_transfer_request,
-    transfer_chunks,
 )
-from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._deadlines import DeadlineWheel, read_chunk_within
 from peer_ring.core.transport._identity import claim_refusal, names_of_peercert
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._log import RateLimitedLog
@@ -74,6 +68,7 @@ from peer_ring.core.transport._tcp_outbound import (
     split_address,
     tune_socket,
 )
+from peer_ring.core.transport._tcp_status import send_chunks, status_error
 from peer_ring.core.transport._tcp_tls import ServerContexts, client_context
 from peer_ring.core.transport._tcp_wire import (
     ACCEPT,
@@ -81,7 +76,6 @@ from peer_ring.core.transport._tcp_wire import (
     END,
     HEADROOM,
     HELLO,
-    INTERNAL,
     INVALID,
     KIND_EXCHANGE,
     KIND_TRANSFER,
@@ -89,10 +83,8 @@ from peer_ring.core.transport._tcp_wire import (
     OVERLOADED,
     REFUSE,
     STOPPING,
-    TOO_LARGE,
     TRANSFER_REQ,
     UNAUTHENTICATED,
-    UNKNOWN_COMMAND,
     FrameProtocol,
     FrameStream,
     ProtocolError,
@@ -266,14 +258,14 @@ class TcpTransport(Transport):
         try:
             proto = await self._dialer.dial(peer, KIND_TRANSFER)
         except RefusedError as exc:
-            raise _status_error(exc.code, f"transfer from {peer}: {exc}", peer) from None
+            raise status_error(exc.code, f"transfer from {peer}: {exc}", peer) from None
         except _ConnectError as exc:
             raise PeerUnavailableError(peer, str(exc)) from None
         self._stats.transfers_received += 1
         try:
             await proto.send(TRANSFER_REQ, encode_transfer_request(request))
             while True:
-                item = await self._read_within(proto, timeout, peer, request)
+                item = await read_chunk_within(proto.read(), self._clock, timeout, peer, request)
                 if item is EOF:
                     raise PeerUnavailableError(peer, "connection closed during a transfer")
                 assert isinstance(item, tuple)
@@ -290,7 +282,7 @@ class TcpTransport(Transport):
                     code, reason = decode_status(body)
                     if code == OK:
                         return
-                    raise _status_error(code, f"transfer from {peer}: {reason}", peer)
+                    raise status_error(code, f"transfer from {peer}: {reason}", peer)
                 else:
                     raise RemoteError(f"unexpected message type {kind} in a transfer from {peer}")
         except PeerRingError:
@@ -563,62 +555,4 @@ class TcpTransport(Transport):
         assert self._on_transfer is not None
         self._stats.transfers_sent += 1
         chunks = self._on_transfer(sender, request)
-        try:
-            async for records in chunks:
-                for chunk in transfer_chunks(records, self._limits.max_message_bytes):
-                    await proto.send(CHUNK, chunk)
-        except RecordTooLargeError as exc:
-            return TOO_LARGE, str(exc)
-        except UnknownCommandError as exc:
-            return UNKNOWN_COMMAND, str(exc)
-        except InvalidArgumentError as exc:
-            return INVALID, str(exc)
-        except OSError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, PeerRingError):
-                logger.warning("transfer %s to %s failed", request, sender, exc_info=exc)
-            return INTERNAL, f"{type(exc).__name__}: {exc}"
-        finally:
-            if isinstance(chunks, AsyncGenerator):
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()
-        return OK, ""
-
-    async def _read_within(
-        self, proto: FrameProtocol, seconds: float, peer: str, request: TransferRequest
-    ) -> Any:
-        read = asyncio.ensure_future(proto.read())
-        expired = False
-
-        def on_timeout() -> None:
-            nonlocal expired
-            expired = True
-            read.cancel()
-
-        timer = self._clock.call_later(seconds, on_timeout)
-        try:
-            return await read
-        except asyncio.CancelledError:
-            if expired:
-                raise RequestTimeoutError(
-                    f"transfer of {request.namespace}/{request.partition} from {peer}: "
-                    f"no chunk within {seconds:g}s"
-                ) from None
-            raise
-        finally:
-            timer.cancel()
-
-
-def _status_error(code: int, message: str, peer: str) -> PeerRingError:
-    if code == OVERLOADED:
-        return OverloadedError(message)
-    if code == TOO_LARGE:
-        return MessageTooLargeError(message)
-    if code == UNKNOWN_COMMAND:
-        return UnknownCommandError(message)
-    if code == INVALID:
-        return InvalidArgumentError(message)
-    if code == INTERNAL:
-        return RemoteError(message)
-    return PeerUnavailableError(peer, message)
+        return await send_chunks(proto, chunks, self._limits.max_message_bytes, sender, request)
