@@ -38,6 +38,12 @@ class PeerRingConfig:
         probe_interval: seconds between two liveness probes (an internal ping) of every
             discovered peer; probes are what notices that a peer answers again.
         probe_timeout: seconds a probe may take before it counts as a failure.
+        max_clock_offset: seconds the wall clocks of two nodes may differ before the
+            wall-clock stamps of applications (expiry times, tombstone grace) become
+            noticeably wrong for the others. Each probe answer carries the
+            peer's wall clock; the estimated offsets are in ``sync_status()["clock"]``
+            and metrics, and past half this bound a warning is logged (once a minute per
+            peer). Nothing is refused: it is an alarm, not an enforcement.
         sync_concurrency: partitions pulled at the same time (each pull is one bulk
             transfer stream per source).
         sync_batch: partitions whose digests are asked in one request.
@@ -78,6 +84,7 @@ class PeerRingConfig:
     down_after: float | None = 10.0
     probe_interval: float = 1.0
     probe_timeout: float = 1.0
+    max_clock_offset: float = 0.5
     sync_concurrency: int = 4
     sync_batch: int = 1024
     sync_retry_initial: float = 0.5
@@ -107,6 +114,7 @@ class PeerRingConfig:
             "transfer_timeout": self.transfer_timeout,
             "probe_interval": self.probe_interval,
             "probe_timeout": self.probe_timeout,
+            "max_clock_offset": self.max_clock_offset,
             "sync_retry_initial": self.sync_retry_initial,
             "sync_retry_max": self.sync_retry_max,
             "handoff_timeout": self.handoff_timeout,

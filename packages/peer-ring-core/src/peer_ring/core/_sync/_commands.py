@@ -83,7 +83,7 @@ class InternalCommands:
         self._detector.inbound(source)
         ctx = self._ctx
         flags_out = FLAG_LEAVING if ctx.leaving else 0
-        return Response(Status.OK, encode_ping(ctx.incarnation, flags_out), "")
+        return Response(Status.OK, encode_ping(ctx.incarnation, flags_out, ctx.clock.time()), "")
 
     def _digests(self, payload: bytes) -> Response:
         ctx = self._ctx

@@ -20,11 +20,13 @@ import logging
 from collections.abc import Callable
 
 from peer_ring.core._errors import PeerRingError
+from peer_ring.core._sync._clock_offsets import ClockOffsets
 from peer_ring.core._sync._context import HANDOFF_BATCH, SyncContext
 from peer_ring.core._sync._wire import (
     FLAG_LEAVING,
     decode_partitions,
     decode_ping,
+    decode_ping_wall,
     encode_partitions,
     encode_ping,
 )
@@ -49,6 +51,7 @@ class FailureDetector:
         self.wake = asyncio.Event()
         self.probes_failed = 0
         self.peers_forgotten = 0
+        self.clock_offsets = ClockOffsets(ctx.clock, ctx.cfg.max_clock_offset)
 
     # -- round-trip outcomes ---------------------------------------------------------------
 
@@ -96,6 +99,7 @@ class FailureDetector:
             # Still serving the pulls of its leave: forgotten once a probe fails (it exited).
             return
         self._probing.discard(peer)
+        self.clock_offsets.forget(peer)
         self.peers_forgotten += 1
         logger.debug("forgetting the connection to departed peer %s", peer)
         self._ctx.transport.forget_peer(peer)
@@ -178,9 +182,12 @@ class FailureDetector:
             await ctx.sleep_or(self.wake, ctx.cfg.probe_interval)
 
     async def probe(self, peer: str) -> None:
-        """Ping ``peer``; its answer carries its incarnation and whether it leaves."""
+        """Ping ``peer``; its answer carries its incarnation, whether it leaves and its
+        wall clock (for the clock-offset estimate, see :mod:`._clock_offsets`)."""
         ctx = self._ctx
         flags = FLAG_LEAVING if ctx.leaving else 0
+        clock = ctx.clock
+        t0, m0 = clock.time(), clock.monotonic()
         try:
             payload = await ctx.ask(
                 peer, "ping", encode_ping(ctx.incarnation, flags), ctx.cfg.probe_timeout
@@ -194,10 +201,14 @@ class FailureDetector:
             return
         finally:
             self._probing.discard(peer)
+        t1, m1 = clock.time(), clock.monotonic()
         try:
             incarnation, peer_flags = decode_ping(payload)
         except ValueError:
             return
+        remote = decode_ping_wall(payload)
+        if remote is not None:
+            self.clock_offsets.record(peer, t0, t1, remote, m1 - m0)
         self.observe_incarnation(peer, incarnation, peer_flags, confirmed=True)
 
     def check_down(self) -> None:

@@ -5,7 +5,8 @@ Every decision is taken by the pure parts (:class:`PartitionTable`, :class:`Hint
 functions); the I/O is split by concept:
 
 * :mod:`._detector` — failure detection (the probe loop, suspicion, down and back,
-  incarnations, forgetting departed peers);
+  incarnations, forgetting departed peers), and, from its probe answers, the clock offsets
+  to the peers (:mod:`._clock_offsets`);
 * :mod:`._puller` — pulls (initial sync and partitions gained in ring changes);
 * :mod:`._handoff` — handing lost partitions over, both sides;
 * :mod:`._hinted` — hinted handoff;
@@ -341,6 +342,7 @@ class SyncManager:
                 "probes_failed": self._detector.probes_failed,
                 "peers_forgotten": self._detector.peers_forgotten,
             },
+            "clock": self._detector.clock_offsets.status(),
             "leave": {
                 "state": self._leaver.state,
                 "acknowledged": list(report.acknowledged) if report else [],

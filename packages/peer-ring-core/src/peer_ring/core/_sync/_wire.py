@@ -6,7 +6,8 @@ opaque ``payload`` bytes of ordinary requests, so the transport needs no change.
 =============  ===========================================  ===============================
 command        request payload                              response payload
 =============  ===========================================  ===============================
-``ping``       incarnation u64, flags u8                    incarnation u64, flags u8
+``ping``       incarnation u64, flags u8                    incarnation u64, flags u8,
+                                                            [wall clock f64]
 ``digests``    count u32, (partition u32, root u64)*        count u32, entry*
 ``handoff``    count u32, partition u32*                    count u32, partition u32*
 ``leaving``    incarnation u64                              partitions not pulled u32
@@ -15,11 +16,17 @@ command        request payload                              response payload
 A digests *entry* is ``partition u32, state u8, equal u8`` followed, when the state is not
 NONE and the roots differ, by ``namespaces u16`` and per namespace ``name (u16 length +
 UTF-8), buckets u16, (length u16 + digest)*``.
+
+The ``ping`` response's trailing wall clock (the responder's ``clock.time()``, for the
+clock-offset estimate) was added later: decoders read the fixed prefix and ignore what
+follows, so an older node reads a newer answer, and an older node's answer (without it)
+simply gives no estimate.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
@@ -34,6 +41,7 @@ INTERNAL = "__peer_ring__"
 FLAG_LEAVING = 0x01
 
 _PING = struct.Struct(">QB")
+_WALL = struct.Struct(">d")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -58,9 +66,10 @@ def _strict(decode: Callable[[bytes], _T]) -> Callable[[bytes], _T]:
     return wrapper
 
 
-def encode_ping(incarnation: int, flags: int) -> bytes:
-    """A ``ping`` request or response."""
-    return _PING.pack(incarnation, flags)
+def encode_ping(incarnation: int, flags: int, wall: float | None = None) -> bytes:
+    """A ``ping`` request or response (a response carries the responder's ``wall`` clock)."""
+    data = _PING.pack(incarnation, flags)
+    return data if wall is None else data + _WALL.pack(wall)
 
 
 @_strict
@@ -68,6 +77,15 @@ def decode_ping(data: bytes) -> tuple[int, int]:
     """``(incarnation, flags)`` of a ``ping`` payload."""
     incarnation, flags = _PING.unpack_from(data)
     return int(incarnation), int(flags)
+
+
+def decode_ping_wall(data: bytes) -> float | None:
+    """The responder's wall clock in a ``ping`` response; ``None`` from an older node
+    (or a value that is not a finite number)."""
+    if len(data) < _PING.size + _WALL.size:
+        return None
+    (wall,) = _WALL.unpack_from(data, _PING.size)
+    return float(wall) if math.isfinite(wall) else None
 
 
 def encode_partitions(partitions: Iterable[int]) -> bytes:
