@@ -24,6 +24,7 @@ from peer_ring.core import (
     PeerRing,
     PeerRingConfig,
     QuorumNotReachedError,
+    Ring,
     bucket_for_key,
     fingerprint64,
     partition_for_key,
@@ -199,15 +200,15 @@ async def _joined_fourth(h: Harness, keys: int = 60) -> tuple[list[PeerRing], Pe
     return nodes, d
 
 
-def _break_export(app: App, failing: Callable[[], bool]) -> list[int]:
-    """Make ``app``'s export raise after its first record while ``failing()`` holds: a
+def _break_export(app: App, failing: Callable[[], bool], after: int = 1) -> list[int]:
+    """Make ``app``'s export raise after ``after`` records while ``failing()`` holds: a
     transfer that breaks mid-stream. Returns the list the failures are counted in."""
     calls: list[int] = []
     original = app.export_partition
 
     def export(partition: int, buckets: Collection[int] | None = None) -> Iterable[bytes]:
         for n, record in enumerate(original(partition, buckets)):
-            if n == 1 and failing():
+            if n == after and failing():
                 calls.append(partition)
                 raise ValueError("export broke on purpose")
             yield record
@@ -325,3 +326,48 @@ async def test_the_coordinators_own_pulling_replica_is_skipped_for_reads(
     answered = {r.node for r in result.ok_replies}
     assert d.address not in answered and len(answered) >= 2
     assert all(r.payload[8:] == b"v" + key[1:].encode() for r in result.ok_replies)
+
+
+async def test_a_failed_handoff_keeps_the_partition_until_a_retry_succeeds(
+    harness: Harness,
+) -> None:
+    # Error path: a node that lost a partition to a joiner hands it off, but its transfer
+    # breaks mid-stream, so the joiner does not confirm. The old holder must keep the
+    # partition (its copy has a record nobody else has) and retry; once the transfer
+    # works, the joiner has the record and the old holder drops the partition.
+    a, b, c = await three(harness)
+    for i in range(60):
+        await a.execute("app", "put", f"k{i}", put_payload(1, b"v%d" % i), quorum=3)
+    after = Ring(ADDRS[:4], partitions=P)
+    key, holder = next(
+        (f"k{i}".encode(), x)
+        for i in range(60)
+        for x in ADDRS[:3]
+        if x not in after.preference_list(after.partition_for_key(f"k{i}".encode()), 3)
+    )
+    partition = partition_for_key(key, P)
+    only = next(
+        f"only{i}".encode()
+        for i in range(10_000)
+        if partition_for_key(f"only{i}".encode(), P) == partition
+    )
+    harness.apps[holder].data[only] = (9, b"only on the old holder")
+    broken = True
+    # the differing bucket holds only that record: break before it is sent
+    failed = _break_export(harness.apps[holder], lambda: broken, after=0)
+    d = await harness.start(ADDRS[3], ADDRS[:4])
+    for node in (a, b, c):
+        harness.discoveries[node.address].set_members(ADDRS[:4])
+    await harness.until(lambda: d.ready and all(len(n.ring) == 4 for n in (a, b, c, d)))
+    await harness.until(lambda: len(failed) >= 3, within=60.0)  # handoffs tried and broken
+    assert holder not in d.preference_list(key, 3)
+    # let the handoff rounds run (and fail) for 30 s of fake time
+    t0 = harness.clock.monotonic()
+    await harness.until(lambda: harness.clock.monotonic() >= t0 + 30.0, within=40.0)
+    status = harness.nodes[holder].sync_status()["partitions"]
+    assert status["held_for_handoff"] >= 1  # identical partitions went; this one stays
+    assert harness.apps[holder].data[only] == (9, b"only on the old holder")
+    assert only not in harness.apps[d.address].data
+    broken = False
+    await harness.until(lambda: only not in harness.apps[holder].data, within=120.0)
+    assert harness.apps[d.address].data[only] == (9, b"only on the old holder")
