@@ -1,0 +1,81 @@
+"""Error path of the HTTP API: a peer failure that is not a quorum failure answers 502.
+
+No store operation routed by the HTTP API raises ``PeerUnavailableError`` or
+``RemoteError`` on its own today (quorum reads and writes raise
+``QuorumNotReachedError``, 503), so the failure is injected into the store's ``get`` and
+``set``; the request goes through the real aiohttp server and the real error mapping.
+The 413 and 400 mappings are driven end to end in ``test_http_api.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from peer_ring.core import PeerRingConfig, PeerUnavailableError, RemoteError
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
+from peer_ring.kv import KVStore
+from peer_ring.kv._server import KVHttpApi, KVHttpServer
+
+PEERS = ["127.0.0.1:7101"]
+CONFIG = PeerRingConfig(partitions=64, request_timeout=1.0)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[KVStore]:
+    clock = FakeClock()
+    s = KVStore(
+        FixedDiscovery(PEERS[0], PEERS),
+        replication=1,
+        config=CONFIG,
+        transport=MemoryNetwork(clock).transport(PEERS[0]),
+        clock=clock,
+    )
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def http(store: KVStore) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    api = KVHttpApi(store, max_value_bytes=1024)
+    api.set_ready(True)
+    server = KVHttpServer(api, "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield server.url, session
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PeerUnavailableError("127.0.0.9:1", "connection refused"),
+        RemoteError("127.0.0.9:1: handler failed"),
+    ],
+    ids=["unavailable", "remote"],
+)
+async def test_a_peer_failure_answers_502_and_the_api_keeps_serving(
+    store: KVStore, http: tuple[str, aiohttp.ClientSession], error: Exception
+) -> None:
+    url, session = http
+    async with session.put(f"{url}/kv/ok", data=b"1") as r:
+        assert r.status in (200, 201, 204)
+    real_get = store.get
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    store.get = failing  # type: ignore[method-assign]
+    async with session.get(f"{url}/kv/ok") as r:
+        assert r.status == 502
+        body = await r.json()
+        assert str(error) in str(body)
+    store.get = real_get  # type: ignore[method-assign]
+    async with session.get(f"{url}/kv/ok") as r:
+        assert r.status == 200 and await r.read() == b"1"
