@@ -371,3 +371,24 @@ async def test_a_failed_handoff_keeps_the_partition_until_a_retry_succeeds(
     broken = False
     await harness.until(lambda: only not in harness.apps[holder].data, within=120.0)
     assert harness.apps[d.address].data[only] == (9, b"only on the old holder")
+
+
+async def test_a_leave_with_a_peer_that_never_confirms_returns_at_the_deadline(
+    harness: Harness, network: MemoryNetwork
+) -> None:
+    # Error path: four nodes at N=3, one leaves while a peer that gains partitions from it
+    # never answers. The leave returns at its deadline (fake time), and the report says
+    # which peer failed and how many partitions it had not confirmed.
+    nodes = [await harness.start(a, ADDRS[:4]) for a in ADDRS[:4]]
+    await harness.until(lambda: all(n.ready for n in nodes))
+    leaver, silent = nodes[3], nodes[1]
+    network.pause(silent.address)
+    started = harness.clock.monotonic()
+    task = asyncio.ensure_future(leaver.leave(deadline=3.0))
+    await harness.until(task.done, within=10.0)
+    report = task.result()
+    assert harness.clock.monotonic() - started <= 3.5
+    assert not report.complete
+    assert set(report.failed) == {silent.address}
+    assert report.not_handed_off.get(silent.address, 0) > 0
+    assert set(report.acknowledged) == {nodes[0].address, nodes[2].address}
