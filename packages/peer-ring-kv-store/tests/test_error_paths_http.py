@@ -4,7 +4,9 @@ No store operation routed by the HTTP API raises ``PeerUnavailableError`` or
 ``RemoteError`` on its own today (quorum reads and writes raise
 ``QuorumNotReachedError``, 503), so the failure is injected into the store's ``get`` and
 ``set``; the request goes through the real aiohttp server and the real error mapping.
-The 413 and 400 mappings are driven end to end in ``test_http_api.py``.
+The store's ``ValueTooLargeError`` (a value under the API's limit but over the store's)
+answers 413 with its size and limit; the 413 of the API's own limit and the 400s are
+driven in ``test_http_api.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from peer_ring.kv._server import KVHttpApi, KVHttpServer
 
 PEERS = ["127.0.0.1:7101"]
 CONFIG = PeerRingConfig(partitions=64, request_timeout=1.0)
+#: The store's own value limit, below the HTTP API's (1024): a value between the two passes
+#: the HTTP check and is refused by the store with ValueTooLargeError.
+STORE_MAX = 64
 
 
 @pytest.fixture
@@ -30,6 +35,7 @@ async def store() -> AsyncIterator[KVStore]:
     s = KVStore(
         FixedDiscovery(PEERS[0], PEERS),
         replication=1,
+        max_value_bytes=STORE_MAX,
         config=CONFIG,
         transport=MemoryNetwork(clock).transport(PEERS[0]),
         clock=clock,
@@ -79,3 +85,16 @@ async def test_a_peer_failure_answers_502_and_the_api_keeps_serving(
     store.get = real_get  # type: ignore[method-assign]
     async with session.get(f"{url}/kv/ok") as r:
         assert r.status == 200 and await r.read() == b"1"
+
+
+async def test_a_value_the_store_refuses_as_too_large_answers_413_with_size_and_limit(
+    store: KVStore, http: tuple[str, aiohttp.ClientSession]
+) -> None:
+    url, session = http
+    async with session.put(f"{url}/kv/big", data=b"x" * 100) as r:
+        assert r.status == 413
+        body = await r.json()
+        assert body.get("size") == 100 and body.get("limit") == STORE_MAX, body
+    assert await store.get("big") is None  # nothing stored
+    async with session.put(f"{url}/kv/small", data=b"x" * 10) as r:
+        assert r.status in (200, 201, 204)
