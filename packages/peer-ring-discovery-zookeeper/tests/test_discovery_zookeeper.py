@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -164,9 +165,13 @@ async def test_a_peer_ring_cluster_forms_over_zookeeper(zk_server, zk_path) -> N
             await node.stop()
 
 
-async def test_digest_credentials_keep_strangers_out(make_discovery, zk_server, zk_path) -> None:
-    a = make_discovery("127.0.0.1:7101", digest="peers:s3cret")
-    b = make_discovery("127.0.0.1:7102", digest="peers:s3cret")
+async def test_digest_credentials_keep_strangers_out(make_discovery, zk_server) -> None:
+    # A top-level folder of its own: with credentials, discovery creates every missing
+    # folder of its path with the "creator all" ACL, which would lock the other tests out
+    # of a shared parent (they run in any order).
+    zk_path = f"/peer-ring-digest-tests-{uuid.uuid4().hex[:12]}/members"
+    a = make_discovery("127.0.0.1:7101", digest="peers:s3cret", path=zk_path)
+    b = make_discovery("127.0.0.1:7102", digest="peers:s3cret", path=zk_path)
     await a.start()
     assert addresses(await b.start()) == {"127.0.0.1:7101", "127.0.0.1:7102"}
     stranger = KazooClient(hosts=zk_server.hosts)
@@ -179,7 +184,7 @@ async def test_digest_credentials_keep_strangers_out(make_discovery, zk_server, 
     finally:
         stranger.stop()
         stranger.close()
-    intruder = make_discovery("127.0.0.1:7103", digest="peers:wrong")
+    intruder = make_discovery("127.0.0.1:7103", digest="peers:wrong", path=zk_path)
     with pytest.raises(ZooKeeperDiscoveryError, match="NoAuth"):
         await intruder.start()
     assert addresses(a.members) == {"127.0.0.1:7101", "127.0.0.1:7102"}
