@@ -1,7 +1,7 @@
 """Security of the TCP transport: mutual TLS from reloaded certificate files, the cluster
 token, refusal of a peer of the other transport kind, and hardened decoding (a fuzz of the
 framing: every malformed input closes that connection, is counted and logged, and the node
-keeps serving). The PKI helpers are those of test_security_tls.py (gRPC).
+keeps serving). Certificates come from ``peer_ring.core.testing.CertificateAuthority``.
 """
 
 from __future__ import annotations
@@ -13,22 +13,16 @@ import random
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from peer_ring.core._errors import PeerUnavailableError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
-from peer_ring.core.testing import free_port
-from peer_ring.core.transport import GrpcTransport, TcpTransport, TLSConfig, TransportLimits
+from peer_ring.core.testing import CertificateAuthority, TLSFiles, free_port
+from peer_ring.core.transport import GrpcTransport, TcpTransport, TransportLimits
 from peer_ring.core.transport._tcp_wire import (
     FRAME,
     HELLO,
@@ -41,117 +35,6 @@ from peer_ring.core.transport._tcp_wire import (
 #: Upper bound of any single wait (real seconds); only reached on a bug.
 LIMIT = 15.0
 FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
-
-
-# -- a small PKI ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Authority:
-    """A CA that issues node certificates."""
-
-    name: str
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def create(cls, name: str) -> Authority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(name, key, cert)
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(
-        self, common_name: str, ips: tuple[str, ...] = (), dns: tuple[str, ...] = ()
-    ) -> tuple[bytes, bytes]:
-        """(key PEM, certificate PEM) for a node, usable as server and as client."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        sans: list[x509.GeneralName] = [x509.IPAddress(IPv4Address(ip)) for ip in ips]
-        sans += [x509.DNSName(name) for name in dns]
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return key_pem, cert.public_bytes(serialization.Encoding.PEM)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` the way cert-manager's secret volume does: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-@dataclass
-class NodeFiles:
-    """The three files of one node's TLSConfig."""
-
-    directory: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def cert(self) -> Path:
-        return self.directory / "tls.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.directory / "tls.key"
-
-    def write(self, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # Key first, certificate last: a reader that sees the new certificate sees its key.
-        write_atomically(self.ca, ca_pem)
-        write_atomically(self.key, key_pem)
-        write_atomically(self.cert, cert_pem)
-
-    def config(self, **kwargs: Any) -> TLSConfig:
-        kwargs.setdefault("reload_interval", 0.0)  # tests check files on every connection
-        return TLSConfig(str(self.ca), str(self.cert), str(self.key), **kwargs)
-
-
-def node_files(tmp_path: Path, name: str, ca: Authority, host: str = "127.0.0.1") -> NodeFiles:
-    files = NodeFiles(tmp_path / name)
-    files.write(ca.pem, *ca.issue(name, ips=(host,)))
-    return files
 
 
 # -- transports ----------------------------------------------------------------------------------
@@ -196,7 +79,7 @@ async def ask(src: Any, dst: Any, payload: bytes = b"x") -> bytes:
     return bytes(response.payload)
 
 
-async def server_certificate(address: str, files: NodeFiles) -> x509.Certificate:
+async def server_certificate(address: str, files: TLSFiles) -> x509.Certificate:
     """The certificate the server at ``address`` presents to a new connection now."""
     host, _, port = address.rpartition(":")
     context = ssl.create_default_context(cafile=str(files.ca))
@@ -216,20 +99,22 @@ async def server_certificate(address: str, files: NodeFiles) -> x509.Certificate
 async def test_mtls_peers_talk_and_outsiders_are_refused(
     transports: Factory, tmp_path: Path
 ) -> None:
-    ca = Authority.create("cluster CA")
-    other = Authority.create("someone else's CA")
-    a = await transports(tls=node_files(tmp_path, "a", ca).config(), token="s3cret")
-    b = await transports(tls=node_files(tmp_path, "b", ca).config(), token="s3cret")
+    ca = CertificateAuthority.create("cluster CA")
+    other = CertificateAuthority.create("someone else's CA")
+    a = await transports(tls=ca.write_node_files(tmp_path / "a", "a").config(), token="s3cret")
+    b = await transports(tls=ca.write_node_files(tmp_path / "b", "b").config(), token="s3cret")
     assert await ask(a, b, b"hello") == b"hello"
     assert await ask(b, a, b"back") == b"back"
-    outsider = await transports(tls=node_files(tmp_path, "o", other).config(), token="s3cret")
+    outsider = await transports(
+        tls=other.write_node_files(tmp_path / "o", "o").config(), token="s3cret"
+    )
     plain = await transports(token="s3cret")
     with pytest.raises(PeerUnavailableError):
         await ask(outsider, b)
     with pytest.raises(PeerUnavailableError):
         await ask(plain, b)
     # A valid certificate but the wrong token: refused by the token check.
-    insider = await transports(tls=node_files(tmp_path, "i", ca).config(), token="guess")
+    insider = await transports(tls=ca.write_node_files(tmp_path / "i", "i").config(), token="guess")
     with pytest.raises(PeerUnavailableError, match="wrong cluster token"):
         await ask(insider, b)
     stats = b.stats()
@@ -243,9 +128,9 @@ async def test_mtls_peers_talk_and_outsiders_are_refused(
 async def test_rotated_certificate_is_used_by_new_connections(
     transports: Factory, tmp_path: Path
 ) -> None:
-    ca = Authority.create("cluster CA")
-    a_files = node_files(tmp_path, "a", ca)
-    b_files = node_files(tmp_path, "b", ca)
+    ca = CertificateAuthority.create("cluster CA")
+    a_files = ca.write_node_files(tmp_path / "a", "a")
+    b_files = ca.write_node_files(tmp_path / "b", "b")
     a = await transports(tls=a_files.config())
     b = await transports(tls=b_files.config())
     assert await ask(a, b) == b"x"
@@ -265,9 +150,9 @@ async def test_rotated_certificate_is_used_by_new_connections(
 
 
 async def test_transfers_run_over_tls(transports: Factory, tmp_path: Path) -> None:
-    ca = Authority.create("cluster CA")
-    a = await transports(tls=node_files(tmp_path, "a", ca).config())
-    b = await transports(tls=node_files(tmp_path, "b", ca).config())
+    ca = CertificateAuthority.create("cluster CA")
+    a = await transports(tls=ca.write_node_files(tmp_path / "a", "a").config())
+    b = await transports(tls=ca.write_node_files(tmp_path / "b", "b").config())
     got = [r async for chunk in a.transfer(b.address, TransferRequest("kv", 1), 5.0) for r in chunk]
     assert got == [b"record"]
 

@@ -1,6 +1,6 @@
 """Peer authentication: mutual TLS from reloaded certificate files, and the cluster token.
 
-Certificates are generated here (``cryptography``): a cluster CA, node certificates with IP
+Certificates come from ``peer_ring.core.testing.CertificateAuthority``: a cluster CA, node certificates with IP
 SANs (peers are dialled by IP:port) or a shared DNS name, and "rogue" material from another
 CA. Every network wait is bounded; no sleep is used to synchronise.
 """
@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +19,11 @@ import grpc
 import grpc.aio
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from peer_ring.core import PeerRing, PeerRingConfig
 from peer_ring.core._errors import InvalidArgumentError, PeerUnavailableError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
-from peer_ring.core.testing import FixedDiscovery, free_port
+from peer_ring.core.testing import CertificateAuthority, FixedDiscovery, TLSFiles, free_port
 from peer_ring.core.transport import GrpcTransport, TLSConfig, TransportLimits
 from peer_ring.core.transport._options import EXCHANGE_PATH, SENDER_KEY
 from peer_ring.core.transport._tls import CertificateFiles
@@ -39,117 +32,6 @@ from peer_ring.core.transport._tls import CertificateFiles
 LIMIT = 15.0
 FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
 SHARED_NAME = "peers.peer-ring.test"
-
-
-# -- a small PKI ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Authority:
-    """A CA that issues node certificates."""
-
-    name: str
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def create(cls, name: str) -> Authority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(name, key, cert)
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(
-        self, common_name: str, ips: tuple[str, ...] = (), dns: tuple[str, ...] = ()
-    ) -> tuple[bytes, bytes]:
-        """(key PEM, certificate PEM) for a node, usable as server and as client."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        sans: list[x509.GeneralName] = [x509.IPAddress(IPv4Address(ip)) for ip in ips]
-        sans += [x509.DNSName(name) for name in dns]
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return key_pem, cert.public_bytes(serialization.Encoding.PEM)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` the way cert-manager's secret volume does: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-@dataclass
-class NodeFiles:
-    """The three files of one node's TLSConfig."""
-
-    directory: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def cert(self) -> Path:
-        return self.directory / "tls.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.directory / "tls.key"
-
-    def write(self, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # Key first, certificate last: a reader that sees the new certificate sees its key.
-        write_atomically(self.ca, ca_pem)
-        write_atomically(self.key, key_pem)
-        write_atomically(self.cert, cert_pem)
-
-    def config(self, **kwargs: Any) -> TLSConfig:
-        kwargs.setdefault("reload_interval", 0.0)  # tests check files on every connection
-        return TLSConfig(str(self.ca), str(self.cert), str(self.key), **kwargs)
-
-
-def node_files(tmp_path: Path, name: str, ca: Authority, host: str = "127.0.0.1") -> NodeFiles:
-    files = NodeFiles(tmp_path / name)
-    files.write(ca.pem, *ca.issue(name, ips=(host,)))
-    return files
 
 
 # -- transports ----------------------------------------------------------------------------------
@@ -194,7 +76,7 @@ async def ask(src: GrpcTransport, dst: GrpcTransport | str, payload: bytes = b"x
     return bytes(response.payload)
 
 
-async def server_certificate(address: str, files: NodeFiles) -> x509.Certificate:
+async def server_certificate(address: str, files: TLSFiles) -> x509.Certificate:
     """The certificate the server at ``address`` presents to a new connection now."""
     host, _, port = address.rpartition(":")
     context = ssl.create_default_context(cafile=str(files.ca))
@@ -239,10 +121,12 @@ async def raw_exchange_code(
 async def test_mtls_peers_talk_and_every_kind_of_rogue_is_refused(
     transports: Factory, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    ca = Authority.create("cluster CA")
-    other = Authority.create("someone else's CA")
+    ca = CertificateAuthority.create("cluster CA")
+    other = CertificateAuthority.create("someone else's CA")
     nodes = [
-        await transports(tls=node_files(tmp_path, f"n{i}", ca).config(), token="cluster-secret")
+        await transports(
+            tls=ca.write_node_files(tmp_path / f"n{i}", f"n{i}").config(), token="cluster-secret"
+        )
         for i in range(2)
     ]
     a, b = nodes
@@ -282,10 +166,12 @@ async def test_mtls_peers_talk_and_every_kind_of_rogue_is_refused(
 async def test_a_transport_node_without_certificate_cannot_join(
     transports: Factory, tmp_path: Path
 ) -> None:
-    ca = Authority.create("cluster CA")
-    other = Authority.create("other CA")
-    server = await transports(tls=node_files(tmp_path, "server", ca).config())
-    outsider = await transports(tls=node_files(tmp_path, "outsider", other).config())
+    ca = CertificateAuthority.create("cluster CA")
+    other = CertificateAuthority.create("other CA")
+    server = await transports(tls=ca.write_node_files(tmp_path / "server", "server").config())
+    outsider = await transports(
+        tls=other.write_node_files(tmp_path / "outsider", "outsider").config()
+    )
     plain = await transports()
     with pytest.raises(PeerUnavailableError):
         await ask(outsider, server)
@@ -296,10 +182,10 @@ async def test_a_transport_node_without_certificate_cannot_join(
 
 async def test_shared_server_name_instead_of_ip_sans(transports: Factory, tmp_path: Path) -> None:
     """Certificates without IP SANs work when the cluster verifies one shared DNS name."""
-    ca = Authority.create("cluster CA")
+    ca = CertificateAuthority.create("cluster CA")
     made = []
     for name in ("a", "b"):
-        files = NodeFiles(tmp_path / name)
+        files = TLSFiles(tmp_path / name)
         files.write(ca.pem, *ca.issue(name, dns=(SHARED_NAME,)))
         made.append(files)
     a = await transports(tls=made[0].config(server_name=SHARED_NAME))
@@ -314,8 +200,8 @@ async def test_shared_server_name_instead_of_ip_sans(transports: Factory, tmp_pa
 async def test_three_peer_ring_nodes_with_mtls_replicate_while_a_rogue_is_refused(
     tmp_path: Path,
 ) -> None:
-    ca = Authority.create("cluster CA")
-    other = Authority.create("rogue CA")
+    ca = CertificateAuthority.create("cluster CA")
+    other = CertificateAuthority.create("rogue CA")
     port = free_port("127.0.0.1", "127.0.0.2", "127.0.0.3")
     hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
     addresses = [f"{h}:{port}" for h in hosts]
@@ -323,7 +209,7 @@ async def test_three_peer_ring_nodes_with_mtls_replicate_while_a_rogue_is_refuse
     stores: list[dict[bytes, bytes]] = []
     nodes = []
     for i, (host, address) in enumerate(zip(hosts, addresses, strict=True)):
-        files = node_files(tmp_path, f"node{i}", ca, host)
+        files = ca.write_node_files(tmp_path / f"node{i}", f"node{i}", ips=(host,))
         transport = GrpcTransport(address, limits=FAST, tls=files.config())
         node = PeerRing(FixedDiscovery(address, addresses), config=config, transport=transport)
         store: dict[bytes, bytes] = {}
@@ -381,9 +267,9 @@ async def test_three_peer_ring_nodes_with_mtls_replicate_while_a_rogue_is_refuse
 async def test_rotated_server_certificate_is_used_by_new_connections(
     transports: Factory, tmp_path: Path
 ) -> None:
-    ca = Authority.create("cluster CA")
-    a_files = node_files(tmp_path, "a", ca)
-    b_files = node_files(tmp_path, "b", ca)
+    ca = CertificateAuthority.create("cluster CA")
+    a_files = ca.write_node_files(tmp_path / "a", "a")
+    b_files = ca.write_node_files(tmp_path / "b", "b")
     a = await transports(tls=a_files.config())
     b = await transports(tls=b_files.config())
     assert await ask(a, b) == b"x"
@@ -404,10 +290,10 @@ async def test_rotated_server_certificate_is_used_by_new_connections(
 
 async def test_ca_rotation_without_restart(transports: Factory, tmp_path: Path) -> None:
     """Move a running cluster from CA1 to CA2: trust both, reissue, then drop CA1."""
-    ca1 = Authority.create("CA1")
-    ca2 = Authority.create("CA2")
-    a_files = node_files(tmp_path, "a", ca1)
-    b_files = node_files(tmp_path, "b", ca1)
+    ca1 = CertificateAuthority.create("CA1")
+    ca2 = CertificateAuthority.create("CA2")
+    a_files = ca1.write_node_files(tmp_path / "a", "a")
+    b_files = ca1.write_node_files(tmp_path / "b", "b")
     a = await transports(tls=a_files.config())
     b = await transports(tls=b_files.config())
     assert await ask(a, b) == b"x"
@@ -433,10 +319,10 @@ async def test_reconnect_uses_the_rotated_client_certificate(
     transports: Factory, tmp_path: Path
 ) -> None:
     """A broken stream reconnects on a channel built from the current files."""
-    ca1 = Authority.create("CA1")
-    ca2 = Authority.create("CA2")
-    a_files = node_files(tmp_path, "a", ca1)
-    b_files = node_files(tmp_path, "b", ca1)
+    ca1 = CertificateAuthority.create("CA1")
+    ca2 = CertificateAuthority.create("CA2")
+    a_files = ca1.write_node_files(tmp_path / "a", "a")
+    b_files = ca1.write_node_files(tmp_path / "b", "b")
     a = await transports(tls=a_files.config())
     b = await transports(tls=b_files.config())
     assert await ask(a, b) == b"x"
@@ -446,7 +332,7 @@ async def test_reconnect_uses_the_rotated_client_certificate(
     # trusts CA2 only, on the same address. a must reconnect with its new certificate.
     a_files.write(ca2.pem, *ca2.issue("a2", ips=("127.0.0.1",)))
     await b.close()
-    b2_files = node_files(tmp_path, "b2", ca2)
+    b2_files = ca2.write_node_files(tmp_path / "b2", "b2")
     host, _, port = address.rpartition(":")
     b2 = await transports(host, int(port), tls=b2_files.config())
 
@@ -464,8 +350,8 @@ async def test_reconnect_uses_the_rotated_client_certificate(
 
 
 def test_half_written_files_keep_the_previous_certificate(tmp_path: Path) -> None:
-    ca = Authority.create("CA")
-    files = node_files(tmp_path, "n", ca)
+    ca = CertificateAuthority.create("CA")
+    files = ca.write_node_files(tmp_path / "n", "n")
     now = [0.0]
     certs = CertificateFiles(files.config(reload_interval=5.0), monotonic=lambda: now[0])
     original = certs.current
@@ -495,8 +381,8 @@ def test_tls_configuration_errors_are_clear(tmp_path: Path) -> None:
         )
     with pytest.raises(InvalidArgumentError, match="reload_interval"):
         TLSConfig("a", "b", "c", reload_interval=-1)
-    ca = Authority.create("CA")
-    files = node_files(tmp_path, "n", ca)
+    ca = CertificateAuthority.create("CA")
+    files = ca.write_node_files(tmp_path / "n", "n")
     with pytest.raises(InvalidArgumentError, match="not both"):
         GrpcTransport(
             "127.0.0.1:1",
@@ -552,11 +438,11 @@ async def test_token_refusals_are_counted_and_their_logs_thinned(
 
 async def test_transfers_use_rotated_certificates_too(transports: Factory, tmp_path: Path) -> None:
     """A channel used only for transfers (no Exchange stream) is renewed before each call."""
-    ca1 = Authority.create("CA1")
-    ca2 = Authority.create("CA2")
-    a_files = node_files(tmp_path, "a", ca1)
+    ca1 = CertificateAuthority.create("CA1")
+    ca2 = CertificateAuthority.create("CA2")
+    a_files = ca1.write_node_files(tmp_path / "a", "a")
     a = await transports(tls=a_files.config())
-    b = await transports(tls=node_files(tmp_path, "b", ca1).config())
+    b = await transports(tls=ca1.write_node_files(tmp_path / "b", "b").config())
     address = b.address
 
     async def pull() -> list[bytes]:
@@ -571,5 +457,5 @@ async def test_transfers_use_rotated_certificates_too(transports: Factory, tmp_p
     a_files.write(ca2.pem, *ca2.issue("a2", ips=("127.0.0.1",)))
     await b.close()
     host, _, port = address.rpartition(":")
-    await transports(host, int(port), tls=node_files(tmp_path, "b2", ca2).config())
+    await transports(host, int(port), tls=ca2.write_node_files(tmp_path / "b2", "b2").config())
     assert await bounded(pull()) == [b"record"]

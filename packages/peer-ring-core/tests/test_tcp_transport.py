@@ -648,55 +648,6 @@ async def test_transfer_times_out_per_chunk(nodes: NodeFactory) -> None:
     stall.set()
 
 
-# -- TLS ------------------------------------------------------------------------------------------
-
-
-def make_cluster_certificate() -> tuple[bytes, bytes, bytes]:
-    """(CA certificate, node key, node certificate) for 127.0.0.1, all PEM."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from datetime import UTC, datetime, timedelta
-    from ipaddress import IPv4Address
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.now(UTC)
-
-    def build(subject: str, issuer: str, public: Any, signer: Any, ca: bool) -> Any:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]),
-                critical=False,
-            ).add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = build("peer-ring test CA", "peer-ring test CA", ca_key.public_key(), ca_key, True)
-    node_key = ec.generate_private_key(ec.SECP256R1())
-    node_cert = build("node", "peer-ring test CA", node_key.public_key(), ca_key, False)
-    pem = serialization.Encoding.PEM
-    key_pem = node_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca_cert.public_bytes(pem), key_pem, node_cert.public_bytes(pem)
-
-
 # -- uvloop ---------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""HTTPS (and client certificates) on the HTTP API, with certificates generated here.
+"""HTTPS (and client certificates) on the HTTP API, with certificates from ``CertificateAuthority``.
 
 In-process tests serve a real aiohttp server over a one-node KVStore and connect with real TLS
 clients: HTTPS works, plain HTTP is refused, a client certificate is required when a CA is
@@ -15,20 +15,21 @@ import os
 import ssl
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from peer_ring.core import PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
+from peer_ring.core.testing import (
+    CertificateAuthority,
+    FakeClock,
+    FixedDiscovery,
+    MemoryNetwork,
+    write_file_atomically,
+)
 from peer_ring.kv import KVStore
 from peer_ring.kv._http_tls import HttpTLSConfig, HttpTLSError, ReloadingServerContext
 from peer_ring.kv._local_cluster import allocate_addresses
@@ -38,71 +39,10 @@ from peer_ring.kv._server import KVHttpApi, KVHttpServer
 LIMIT = 20.0
 
 
-# -- certificates --------------------------------------------------------------------------------
-
-
-class Authority:
-    """A CA issuing leaf certificates (server and client usage, IP SANs)."""
-
-    def __init__(self, name: str) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.now(UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, name: str, ip: str = "127.0.0.1") -> tuple[bytes, bytes, int]:
-        """``(key PEM, certificate PEM, serial number)``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(ip))]), critical=False
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return key_pem, cert.public_bytes(serialization.Encoding.PEM), cert.serial_number
-
-
-def replace(path: Path, data: bytes) -> None:
-    """Write atomically, as a secret volume update does."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class Files:
     """The server's three files in one directory."""
 
-    def __init__(self, directory: Path, ca: Authority, *, with_ca: bool = True) -> None:
+    def __init__(self, directory: Path, ca: CertificateAuthority, *, with_ca: bool = True) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.cert = directory / "tls.crt"
         self.key = directory / "tls.key"
@@ -110,12 +50,12 @@ class Files:
         self.serial = self.install(ca)
         self.with_ca = with_ca
 
-    def install(self, ca: Authority, name: str = "server") -> int:
-        key, cert, serial = ca.issue(name)
-        replace(self.key, key)
-        replace(self.cert, cert)
-        replace(self.ca, ca.pem)
-        return serial
+    def install(self, ca: CertificateAuthority, name: str = "server") -> int:
+        issued = ca.issue(name, ips=("127.0.0.1",))
+        write_file_atomically(self.key, issued.key_pem)
+        write_file_atomically(self.cert, issued.cert_pem)
+        write_file_atomically(self.ca, ca.pem)
+        return issued.serial_number
 
     def config(self) -> HttpTLSConfig:
         return HttpTLSConfig(
@@ -127,13 +67,16 @@ class Files:
 
 
 def client_context(
-    trust: Authority, client: Authority | None, directory: Path, name: str = "client"
+    trust: CertificateAuthority,
+    client: CertificateAuthority | None,
+    directory: Path,
+    name: str = "client",
 ) -> ssl.SSLContext:
     """A client context trusting ``trust``, presenting a certificate of ``client``."""
     context = ssl.create_default_context(cadata=trust.pem.decode())
     if client is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        key, cert, _ = client.issue(name)
+        key, cert = client.issue(name, ips=("127.0.0.1",))
         (directory / f"{name}.key").write_bytes(key)
         (directory / f"{name}.crt").write_bytes(cert)
         context.load_cert_chain(directory / f"{name}.crt", directory / f"{name}.key")
@@ -172,7 +115,7 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> Any:
 
 
 def test_flags_and_environment(tmp_path: Path) -> None:
-    files = Files(tmp_path, Authority("CA"))
+    files = Files(tmp_path, CertificateAuthority.create("CA"))
     config = parse([f"--http-tls-cert={files.cert}", f"--http-tls-key={files.key}"])
     assert config.http_tls == HttpTLSConfig(str(files.cert), str(files.key), None)
     assert config.tls is None  # the peer TLS is a separate setting
@@ -198,7 +141,7 @@ def test_flags_and_environment(tmp_path: Path) -> None:
 def test_incomplete_or_wrong_settings_are_usage_errors(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
-    files = Files(tmp_path, Authority("CA"))
+    files = Files(tmp_path, CertificateAuthority.create("CA"))
     argv = {
         "cert": f"--http-tls-cert={files.cert}",
         "key": f"--http-tls-key={files.key}",
@@ -210,13 +153,13 @@ def test_incomplete_or_wrong_settings_are_usage_errors(
 
 
 def test_unusable_files_fail_at_construction(tmp_path: Path) -> None:
-    ca, other = Authority("CA"), Authority("other")
+    ca, other = CertificateAuthority.create("CA"), CertificateAuthority.create("other")
     files = Files(tmp_path, ca)
     files.cert.write_bytes(b"not a certificate")
     with pytest.raises(HttpTLSError, match="no PEM block"):
         ReloadingServerContext(files.config())
     # A key that is not the certificate's.
-    key, _, _ = other.issue("x")
+    key, _ = other.issue("x", ips=("127.0.0.1",))
     files.install(ca)
     files.key.write_bytes(key)
     with pytest.raises(HttpTLSError):
@@ -251,7 +194,7 @@ async def serve(store: KVStore, tls: ReloadingServerContext) -> KVHttpServer:
 
 
 async def test_https_works_and_plain_http_is_refused(store: KVStore, tmp_path: Path) -> None:
-    ca = Authority("CA")
+    ca = CertificateAuthority.create("CA")
     files = Files(tmp_path / "server", ca, with_ca=False)
     server = await serve(store, ReloadingServerContext(files.config()))
     try:
@@ -269,14 +212,15 @@ async def test_https_works_and_plain_http_is_refused(store: KVStore, tmp_path: P
         # A client that does not trust the server's CA refuses it.
         with pytest.raises(aiohttp.ClientError):
             await get_status(
-                f"{server.url}/healthz", client_context(Authority("x"), None, tmp_path)
+                f"{server.url}/healthz",
+                client_context(CertificateAuthority.create("x"), None, tmp_path),
             )
     finally:
         await server.stop()
 
 
 async def test_client_certificate_required_with_a_ca(store: KVStore, tmp_path: Path) -> None:
-    ca, foreign = Authority("CA"), Authority("foreign")
+    ca, foreign = CertificateAuthority.create("CA"), CertificateAuthority.create("foreign")
     files = Files(tmp_path / "server", ca)
     server = await serve(store, ReloadingServerContext(files.config()))
     url = f"{server.url}/healthz"
@@ -291,7 +235,7 @@ async def test_client_certificate_required_with_a_ca(store: KVStore, tmp_path: P
 
 
 async def test_rotation_is_used_by_new_connections(store: KVStore, tmp_path: Path) -> None:
-    ca = Authority("CA")
+    ca = CertificateAuthority.create("CA")
     files = Files(tmp_path / "server", ca)
     tls = ReloadingServerContext(files.config())
     server = await serve(store, tls)
@@ -308,7 +252,7 @@ async def test_rotation_is_used_by_new_connections(store: KVStore, tmp_path: Pat
         assert await served_serial(port, client) == rotated
         assert tls.reloads == 1
         # A CA rotation: clients of the old CA are refused, clients of the new one accepted.
-        new_ca = Authority("CA-2")
+        new_ca = CertificateAuthority.create("CA-2")
         files.install(new_ca, "server-3")
         url = f"{server.url}/healthz"
         with pytest.raises(aiohttp.ClientError):
@@ -324,7 +268,7 @@ async def test_rotation_is_used_by_new_connections(store: KVStore, tmp_path: Pat
 
 @pytest.mark.slow
 async def test_serve_process_speaks_https_with_client_certificates(tmp_path: Path) -> None:
-    ca, foreign = Authority("CA"), Authority("foreign")
+    ca, foreign = CertificateAuthority.create("CA"), CertificateAuthority.create("foreign")
     files = Files(tmp_path / "server", ca)
     (address,) = allocate_addresses(1)
     port = int(address.http.rpartition(":")[2])
@@ -395,7 +339,7 @@ async def test_serve_process_speaks_https_with_client_certificates(tmp_path: Pat
 
 @pytest.mark.slow
 async def test_serve_exits_2_on_an_unusable_certificate(tmp_path: Path) -> None:
-    files = Files(tmp_path, Authority("CA"))
+    files = Files(tmp_path, CertificateAuthority.create("CA"))
     files.cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     (address,) = allocate_addresses(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEER_RING_")}

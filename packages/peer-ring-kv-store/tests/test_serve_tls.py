@@ -1,10 +1,10 @@
 """``peer-ring-kv serve`` with mutual TLS between peers: flags, environment, a live cluster.
 
-Certificates are generated here (``cryptography``). The cluster test runs three real
-``serve`` processes on 127.0.0.1-3 (one port, as pods), each with its own certificate
-(IP SAN), writes and reads through different nodes while rogue clients (no certificate,
-another CA) are refused, then rotates one node's certificate on disk and checks that new
-connections get the new one, without a restart.
+Certificates come from ``peer_ring.core.testing.CertificateAuthority``. The cluster test
+runs three real ``serve`` processes on 127.0.0.1-3 (one port, as pods), each with its own
+certificate (IP SAN), writes and reads through different nodes while rogue clients (no
+certificate, another CA) are refused, then rotates one node's certificate on disk and checks
+that new connections get the new one, without a restart.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +24,8 @@ import grpc.aio
 import pytest
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from peer_ring.core.testing import CertificateAuthority, TLSFiles
 from peer_ring.core.transport import GrpcTransport
 from peer_ring.core.transport._options import EXCHANGE_PATH, SENDER_KEY
 from peer_ring.kv._local_cluster import (
@@ -49,73 +44,11 @@ HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 LIMIT = 20.0
 
 
-# -- certificates --------------------------------------------------------------------------------
-
-
-class Authority:
-    """A CA issuing node certificates (server and client usage)."""
-
-    def __init__(self, name: str) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.now(UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, name: str, *ips: str) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(ip)) for ip in ips]),
-                critical=False,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return key_pem, cert.public_bytes(serialization.Encoding.PEM)
-
-
 def write_files(directory: Path, ca: bytes, key: bytes, cert: bytes) -> dict[str, Path]:
     """Write (atomically, as a secret volume update does) the three files of one node."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "ca": directory / "ca.crt",
-        "key": directory / "tls.key",
-        "cert": directory / "tls.crt",
-    }
-    for name, data in (("ca", ca), ("key", key), ("cert", cert)):
-        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, paths[name])
-    return paths
+    files = TLSFiles(directory)
+    files.write(ca, key, cert)
+    return {"ca": files.ca, "key": files.key, "cert": files.cert}
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -128,8 +61,8 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> Any:
 
 
 def test_tls_flags_and_environment(tmp_path: Path) -> None:
-    ca = Authority("CA")
-    files = write_files(tmp_path, ca.pem, *ca.issue("n", "127.0.0.1"))
+    ca = CertificateAuthority.create("CA")
+    files = write_files(tmp_path, ca.pem, *ca.issue("n", ips=("127.0.0.1",)))
     flags = [f"--tls-ca={files['ca']}", f"--tls-cert={files['cert']}", f"--tls-key={files['key']}"]
     config = parse(["--listen=127.0.0.1:7101", *flags])
     assert config.tls is not None
@@ -166,8 +99,8 @@ def test_tls_flags_and_environment(tmp_path: Path) -> None:
     ],
 )
 def test_tls_usage_errors(tmp_path: Path, which: set[str], message: str) -> None:
-    ca = Authority("CA")
-    files = write_files(tmp_path, ca.pem, *ca.issue("n", "127.0.0.1"))
+    ca = CertificateAuthority.create("CA")
+    files = write_files(tmp_path, ca.pem, *ca.issue("n", ips=("127.0.0.1",)))
     argv = ["--listen=127.0.0.1:7101"]
     for name in ("ca", "cert", "key"):
         if name in which:
@@ -199,7 +132,9 @@ def test_files_that_are_not_pem_are_a_usage_error(tmp_path: Path) -> None:
 
 
 class TlsCluster:
-    def __init__(self, cluster: LocalCluster, ca: Authority, files: list[dict[str, Path]]) -> None:
+    def __init__(
+        self, cluster: LocalCluster, ca: CertificateAuthority, files: list[dict[str, Path]]
+    ) -> None:
         self.cluster = cluster
         self.ca = ca
         self.files = files
@@ -215,9 +150,9 @@ async def tls_cluster(
         "Linux routes all of 127.0.0.0/8 to lo; elsewhere add the aliases to lo0",
     )
     base = tmp_path_factory.mktemp("tls")
-    ca = Authority("cluster CA")
+    ca = CertificateAuthority.create("cluster CA")
     files = [
-        write_files(base / f"node{i}", ca.pem, *ca.issue(f"node{i}", host))
+        write_files(base / f"node{i}", ca.pem, *ca.issue(f"node{i}", ips=(host,)))
         for i, host in enumerate(HOSTS)
     ]
     addresses = allocate_addresses(3, hosts=HOSTS)
@@ -266,8 +201,8 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
 async def test_mtls_cluster_replicates_and_refuses_rogues(tls_cluster: TlsCluster) -> None:
     nodes = tls_cluster.cluster.nodes
     urls = [n.address.url for n in nodes]
-    other = Authority("rogue CA")
-    rogue_key, rogue_cert = other.issue("rogue", *HOSTS)
+    other = CertificateAuthority.create("rogue CA")
+    rogue_key, rogue_cert = other.issue("rogue", ips=HOSTS)
     rogues = {
         "plaintext": None,
         "no certificate": grpc.ssl_channel_credentials(tls_cluster.ca.pem),
@@ -319,7 +254,7 @@ async def test_certificate_rotation_on_a_running_node(tls_cluster: TlsCluster) -
 
     assert await presented() == "CN=node1"
     write_files(
-        files["ca"].parent, tls_cluster.ca.pem, *tls_cluster.ca.issue("node1-renewed", host)
+        files["ca"].parent, tls_cluster.ca.pem, *tls_cluster.ca.issue("node1-renewed", ips=(host,))
     )
     # The node checks its files at most once a second: poll, bounded.
     deadline = asyncio.get_running_loop().time() + LIMIT

@@ -8,7 +8,13 @@ whenever nothing is runnable, so waits of minutes take no real time::
     net = MemoryNetwork(clock)
     nodes = [PeerRing(StaticDiscovery(peers, self_address=a), transport=net.transport(a),
                       clock=clock) for a in peers]
+
+For mutual-TLS tests, :class:`CertificateAuthority` issues node certificates and
+:class:`TLSFiles` writes (and rotates) a node's files; they need ``cryptography``
+(``pip install 'peer-ring-core[testing]'``) and are imported only when first used.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from peer_ring.core.testing._fake_clock import FakeClock, settle_loop
 from peer_ring.core.testing._loop import FakeClockEventLoop, current_clock, run, run_until_idle
@@ -16,15 +22,41 @@ from peer_ring.core.testing._memory_network import MemoryNetwork, MemoryTranspor
 from peer_ring.core.testing._ports import free_port
 from peer_ring.core.testing._static import FixedDiscovery
 
+if TYPE_CHECKING:
+    from peer_ring.core.testing._certs import (
+        CertificateAuthority,
+        IssuedCertificate,
+        TLSFiles,
+        write_file_atomically,
+    )
+
+#: Names of ``_certs``, which imports the optional ``cryptography`` package: loaded lazily.
+_CERTS = frozenset(
+    {"CertificateAuthority", "IssuedCertificate", "TLSFiles", "write_file_atomically"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CERTS:
+        from peer_ring.core.testing import _certs
+
+        return getattr(_certs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "CertificateAuthority",
     "FakeClock",
     "FakeClockEventLoop",
     "FixedDiscovery",
+    "IssuedCertificate",
     "MemoryNetwork",
     "MemoryTransport",
+    "TLSFiles",
     "current_clock",
     "free_port",
     "run",
     "run_until_idle",
     "settle_loop",
+    "write_file_atomically",
 ]
