@@ -50,10 +50,14 @@ class Recorder:
         self.publish_ns: list[int] = []
         self.e2e_ns: list[int] = []
         self.measuring = False
+        self.cpu_s = 0.0  # CPU seconds of this (load) process over the measured window
 
     def summary(self, duration: float) -> dict[str, Any]:
         return {
             "publish_per_s": round(self.published / duration, 1),
+            # CPU time of the load process per consumed message: steadier than rates on a
+            # shared machine (for N=1 it is the whole system's cost; for Redis, the client's).
+            "load_cpu_us_per_msg": round(1e6 * self.cpu_s / max(self.consumed, 1), 1),
             "e2e_per_s": round(self.consumed / duration, 1),
             "errors": self.errors,
             "publish_ms": Histogram.from_ns(self.publish_ns).summary_ms(),
@@ -112,8 +116,10 @@ async def _phase(
     async def window() -> None:
         await asyncio.sleep(spec["warmup"])
         rec.measuring = True
+        cpu = time.process_time()
         await asyncio.sleep(spec["duration"])
         rec.measuring = False
+        rec.cpu_s = time.process_time() - cpu
 
     runners = [paced()] if rate else [closed_loop() for _ in range(conc)]
     await asyncio.gather(window(), *runners)
@@ -130,7 +136,9 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
         StaticDiscovery(spec["peers"], self_address=spec["self"]),
         replication=n,
         quorum=w,
-        config=PeerRingConfig(replication=n, quorum=w, anti_entropy_interval=None),
+        config=PeerRingConfig(
+            replication=n, quorum=w, anti_entropy_interval=None, transport=spec["transport"]
+        ),
     )
     async with ps:
         await ps.node.wait_ready(60)
@@ -299,7 +307,8 @@ async def run_pubsub(opts: argparse.Namespace, nodes: int, workdir: Path) -> dic
         for proc in procs:
             _kill(proc)
             await proc.wait()
-    return {"system": f"peer-ring-pubsub N={replication} W={quorum}", "nodes": nodes, **result}
+    system = f"peer-ring-pubsub N={replication} W={quorum} {opts.transport}"
+    return {"system": system, "nodes": nodes, **result}
 
 
 async def run_redis(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -327,20 +336,22 @@ def _base_spec(opts: argparse.Namespace) -> dict[str, Any]:
         "duration": opts.duration,
         "warmup": opts.warmup,
         "rate": opts.rate,
+        "transport": opts.transport,
     }
 
 
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [
         f"{'system':<34} {'publish/s':>10} {'e2e/s':>10} {'err':>5} {'pub p50':>8} "
-        f"{'pub p99':>8} | {'@rate e2e p50':>13} {'p99 ms':>7} {'e2e/s':>8}"
+        f"{'pub p99':>8} {'cpu us':>7} | {'@rate e2e p50':>13} {'p99 ms':>7} {'e2e/s':>8}"
     ]
     for r in results:
         t, lat = r["throughput"], r["latency"]
         lines.append(
             f"{r['system']:<34} {t['publish_per_s']:>10.0f} {t['e2e_per_s']:>10.0f} "
             f"{t['errors'] + lat['errors']:>5} {t['publish_ms']['p50_ms']:>8.2f} "
-            f"{t['publish_ms']['p99_ms']:>8.2f} | {lat['e2e_ms']['p50_ms']:>13.2f} "
+            f"{t['publish_ms']['p99_ms']:>8.2f} {t['load_cpu_us_per_msg']:>7.0f} | "
+            f"{lat['e2e_ms']['p50_ms']:>13.2f} "
             f"{lat['e2e_ms']['p99_ms']:>7.2f} {lat['e2e_per_s']:>8.0f}"
         )
     return "\n".join(lines)
@@ -354,6 +365,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per phase")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--rate", type=float, default=2000.0, help="offered msgs/s, latency phase")
+    p.add_argument(
+        "--transport", choices=("grpc", "tcp"), default="grpc", help="peer-ring's transport"
+    )
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="~10 s: it starts and reports")

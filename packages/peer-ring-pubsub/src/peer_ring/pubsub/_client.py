@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from peer_ring.core import (
     Command,
@@ -18,11 +20,13 @@ from peer_ring.core import (
 from peer_ring.pubsub._codec import Reader
 from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._errors import PartitionUnavailableError
+from peer_ring.pubsub._service import Service, typed_error
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     NAMESPACE,
     PUBLISH,
     OutgoingMessage,
+    decode_publish_results,
     encode_publish,
     open_reply,
 )
@@ -39,13 +43,33 @@ RETRYABLE = (
     NotRunningError,
 )
 
+T = TypeVar("T")
+_UNKNOWN = object()
+
+
+async def local_call(run: Callable[[Service], Awaitable[T]], service: Service) -> T:
+    """Run ``run(service)`` here, raising the typed error a remote caller would get."""
+    try:
+        return await run(service)
+    except Exception as exc:
+        mapped = typed_error(exc)
+        if mapped is None or mapped is exc:
+            raise
+        raise mapped from exc
+
+
 _PUBLISH_BATCH = 512
 _PIPELINE = 4  # PUBLISH requests in flight per partition from one node
 _PUBLISH_BATCH_BYTES = 1024 * 1024
 
 
 class SequencerClient:
-    """Routes requests to the head of a partition's preference list and retries."""
+    """Routes requests to the head of a partition's preference list and retries.
+
+    When this node is the sequencer, requests go straight to its :class:`Service` without
+    encoding anything (the N=1 case, and a share of the partitions in any cluster); a
+    retryable error there falls back to the routed, retrying path.
+    """
 
     def __init__(self, node: PeerRing, replication: int, timeout: float) -> None:
         self.node = node
@@ -53,6 +77,49 @@ class SequencerClient:
         self.timeout = timeout
         self._batches: dict[bytes, _Batch] = {}
         self.retries = 0
+        self.service: Service | None = None  # set by PubSub once built
+        self._ring: object = None
+        self._heads: dict[bytes, str | None] = {}
+
+    def head(self, key: bytes) -> str | None:
+        """The sequencer (head of the preference list) of ``key`` in the current ring."""
+        ring = self.node.ring
+        if ring is not self._ring:  # a new ring: forget the cached heads
+            self._ring = ring
+            self._heads = {}
+        head = self._heads.get(key, _UNKNOWN)
+        if head is _UNKNOWN:
+            prefs = self.node.preference_list(key, self.replication)
+            head = self._heads[key] = prefs[0] if prefs else None
+        return head  # type: ignore[return-value]
+
+    def local_service(self, key: bytes) -> Service | None:
+        """This node's service when it is the sequencer of ``key``, else None."""
+        if self.service is not None and self.head(key) == self.node.address:
+            return self.service
+        return None
+
+    async def run(
+        self,
+        key: bytes,
+        command: Command,
+        encode: Callable[[], bytes],
+        local: Callable[[Service], Awaitable[T]],
+        decode: Callable[[Reader], T],
+        *,
+        timeout: float | None = None,
+        wait: float = 0.0,
+    ) -> T:
+        """Run a request on the sequencer of ``key``: directly when it is this node
+        (``local``), else encoded (``encode``), routed with retries, and ``decode``-d."""
+        service = self.local_service(key)
+        if service is not None:
+            try:
+                return await local_call(local, service)
+            except RETRYABLE as exc:
+                self.retries += 1
+                logger.debug("pubsub: retrying %s on %r remotely: %s", command.name, key, exc)
+        return decode(await self.call(key, command, encode(), timeout, wait))
 
     async def call(
         self,
@@ -71,12 +138,12 @@ class SequencerClient:
         deadline = clock.monotonic() + (self.timeout if timeout is None else timeout)
         backoff = 0.02
         while True:
-            prefs = self.node.preference_list(key, self.replication)
+            head = self.head(key)
             try:
-                if not prefs:
+                if head is None:
                     raise PartitionUnavailableError("no member in the ring")
                 payload_out = await self.node.call(
-                    prefs[0], NAMESPACE, command, key, payload, timeout=wait + 2.0
+                    head, NAMESPACE, command, key, payload, timeout=wait + 2.0
                 )
                 return open_reply(payload_out)
             except RETRYABLE as exc:
@@ -95,6 +162,17 @@ class SequencerClient:
         self, key: bytes, config: TopicConfig, message: OutgoingMessage, timeout: float | None
     ) -> tuple[int, int, bool]:
         """Publish one message through the partition's batch; ``(epoch, seq, duplicate)``."""
+        service = self.local_service(key)
+        if service is not None:  # the sequencer batches what arrives while it replicates
+            try:
+                results = await local_call(
+                    lambda s: s.leaders.publish(key, config, [message]), service
+                )
+                entry, duplicate = results[0]
+                return entry.epoch, entry.seq, duplicate
+            except RETRYABLE as exc:
+                self.retries += 1
+                logger.debug("pubsub: retrying a publish on %r remotely: %s", key, exc)
         batch = self._batches.get(key)
         if batch is None:
             batch = self._batches[key] = _Batch()
@@ -102,8 +180,7 @@ class SequencerClient:
         batch.items.append((message, fut))
         # A local sequencer is CPU-bound: one request at a time batches best. A remote one
         # is latency-bound: a few requests in flight hide the round trips.
-        prefs = self.node.preference_list(key, self.replication)
-        limit = 1 if prefs and prefs[0] == self.node.address else _PIPELINE
+        limit = 1 if self.head(key) == self.node.address else _PIPELINE
         if batch.running < limit:
             batch.running += 1
             spawn(self._drain(key, config, batch, timeout))
@@ -128,7 +205,7 @@ class SequencerClient:
                     r = await self.call(
                         key, PUBLISH, encode_publish(config, [m for m, _ in items]), timeout
                     )
-                    results = [(r.u64(), r.u64(), bool(r.u64())) for _ in range(r.u64())]
+                    results = decode_publish_results(r)
                 except Exception as exc:  # every waiter gets the error, the batch goes on
                     for _, fut in items:
                         if not fut.done():

@@ -169,9 +169,10 @@ class GroupState:
             delta.pending[seq] = Pending(consumer, p.deliveries + 1, 0, now + ack_wait, ack_wait)
             claim.deliver.append((seq, p.deliveries + 1))
         seq = delta.next
+        fresh = Pending(consumer, 1, 0, now + ack_wait, ack_wait)  # shared: it is immutable
         while seq < end and len(claim.deliver) < limit:
             if is_message(seq):
-                delta.pending[seq] = Pending(consumer, 1, 0, now + ack_wait, ack_wait)
+                delta.pending[seq] = fresh
                 claim.deliver.append((seq, 1))
             else:
                 delta.done.add(seq)

@@ -13,6 +13,7 @@ runs a new takeover with a higher epoch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from peer_ring.pubsub._errors import (
 from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._log import MESSAGE, Ballot, Entry
 from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
-from peer_ring.pubsub._store import Store
+from peer_ring.pubsub._store import RefusedError, Store
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     APPEND,
@@ -338,9 +339,15 @@ class Leaders:
                 leader.inflight[m.msg_id] = fut
             waits.append((fut, False))
         self._kick(leader)
+        # Batches complete in sequence order (a failed one fails every later one), so once
+        # the last new message is settled every earlier one is too: one wait per call.
+        own = [fut for fut, duplicate in waits if not duplicate]
+        if own:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(own[-1])
         out = []
         for fut, duplicate in waits:
-            out.append((await asyncio.shield(fut), duplicate))
+            out.append((fut.result() if fut.done() else await asyncio.shield(fut), duplicate))
         return out
 
     def _kick(self, leader: Leader) -> None:
@@ -395,8 +402,18 @@ class Leaders:
         leader.slots.clear()
         self.step_down(leader.key, f"replication failed: {slot.error}", only=leader)
 
+    def _single_local(self, leader: Leader) -> bool:
+        """True when this node holds the partition's only copy (N = 1, or not durable):
+        replication is then a local merge, without encoding anything."""
+        if self.copies(leader.config)[0] != 1:
+            return False
+        return self.node.preference_list(leader.key, 1) == (self.node.address,)
+
     async def _replicate(self, leader: Leader, entries: list[Entry]) -> None:
         req = AppendRequest(leader.config, leader.ballot, leader.start, leader.commit, entries)
+        if self._single_local(leader):
+            self.store.apply_append(leader.key, req)
+            return
         await self.node.execute(
             NAMESPACE,
             APPEND,
@@ -408,6 +425,9 @@ class Leaders:
 
     async def _replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:
         req = GroupRequest(leader.config, leader.ballot.epoch, group, delta)
+        if self._single_local(leader):
+            self.store.apply_group(leader.key, req)
+            return
         await self.node.execute(
             NAMESPACE,
             GROUP,
@@ -424,8 +444,14 @@ class Leaders:
             PartitionUnavailableError: replication failed (the sequencer stepped down; the
                 change is not reported as done).
         """
-        self.store.state(leader.key, leader.config).merge_group(group, delta)
+        state = self.store.state(leader.key, leader.config)
+        state.merge_group(group, delta)
         try:
+            if self._single_local(leader):  # merged above: only the fencing check remains
+                if not state.log.accepts(leader.ballot.epoch):
+                    raise RefusedError(f"epoch {state.log.promised.epoch} was promised since")
+                self.store.on_change(leader.key)
+                return
             await self._replicate_group(leader, group, delta)
         except PeerRingError as exc:
             self.step_down(leader.key, f"group replication failed: {exc}", only=leader)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -108,6 +109,7 @@ class PubSub:
         self.leaders = Leaders(node, self.store, replication, quorum)
         self.client = SequencerClient(node, replication, timeout)
         self.service = Service(self.leaders, self._dead_letter)
+        self.client.service = self.service
         self.store.on_change = self._on_store_change
         self._topics: dict[str, Topic] = {}
         self._subscriptions: set[Subscription] = set()
@@ -426,8 +428,13 @@ class Topic:
             position = start
             while True:
                 req = FetchRequest(self.config, "", "", position, batch, 0.0, 1.0, 1)
-                r = await self.pubsub.client.call(key, FETCH, req.encode())
-                reply = FetchReply.from_reader(r)
+                reply = await self.pubsub.client.run(
+                    key,
+                    FETCH,
+                    req.encode,
+                    functools.partial(Service.fetch_by, key, req),
+                    FetchReply.from_reader,
+                )
                 for entry in reply.entries:
                     yield Message(
                         self.name,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from peer_ring.core import CommandContext, PeerRingError
-from peer_ring.pubsub._codec import CodecError, Writer
+from peer_ring.pubsub._codec import CodecError
 from peer_ring.pubsub._errors import (
     InvalidOptionError,
     OffsetOutOfRangeError,
@@ -33,6 +33,7 @@ from peer_ring.pubsub._wire import (
     FetchRequest,
     SettleRequest,
     decode_publish,
+    encode_publish_results,
     error_reply,
     ok_reply,
     split_key,
@@ -45,6 +46,23 @@ _RELEASED_MEMORY = 120.0
 
 #: ``dead_letter(topic, partition_key, group, entry)`` publishes to the dead-letter topic.
 DeadLetter = Callable[[str, bytes, str, Entry], Awaitable[None]]
+
+
+def typed_error(exc: BaseException) -> PubSubError | None:
+    """The typed error a caller sees for ``exc`` raised while serving a request (None:
+    not expected, let it propagate).
+
+    Pub-sub errors keep their type; a malformed request is an ``InvalidOptionError``; a
+    failure of a replica or peer under the sequencer is retryable
+    (``PartitionUnavailableError``).
+    """
+    if isinstance(exc, PubSubError):
+        return exc
+    if isinstance(exc, CodecError | ValueError):
+        return InvalidOptionError(f"malformed request: {exc}")
+    if isinstance(exc, PeerRingError):
+        return PartitionUnavailableError(f"{type(exc).__name__}: {exc}")
+    return None
 
 
 class Service:
@@ -65,51 +83,59 @@ class Service:
     async def _guard(self, run: Callable[[], Awaitable[bytes]]) -> bytes:
         try:
             return await run()
-        except PubSubError as exc:
-            return error_reply(exc)
-        except (CodecError, ValueError) as exc:
-            return error_reply(InvalidOptionError(f"malformed request: {exc}"))
-        except PeerRingError as exc:  # a replica or peer failed under us: retryable
-            return error_reply(PartitionUnavailableError(f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            mapped = typed_error(exc)
+            if mapped is None:
+                raise
+            return error_reply(mapped)
 
     # ---------------------------------------------------------------- publish
     async def handle_publish(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         async def run() -> bytes:
             config, messages = decode_publish(payload)
             results = await self.leaders.publish(key, config, messages)
-            w = Writer().u64(len(results))
-            for entry, duplicate in results:
-                w.u64(entry.epoch).u64(entry.seq).u64(int(duplicate))
-            return ok_reply(w.getvalue())
+            return ok_reply(encode_publish_results(results))
 
         return await self._guard(run)
 
     # ------------------------------------------------------------------ fetch
     async def handle_fetch(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         async def run() -> bytes:
-            req = FetchRequest.decode(payload)
-            if req.limit < 1 or req.wait < 0 or req.ack_wait <= 0 or req.max_deliver < 1:
-                raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
-            leader = await self.leaders.get(key, req.config)
-            deadline = self.clock.monotonic() + min(req.wait, 30.0)
-            while True:
-                if not leader.active:
-                    leader = await self.leaders.get(key, req.config)
-                if req.group:
-                    reply = await self._claim(leader, req)
-                else:
-                    reply = self._read(leader, req)
-                now = self.clock.monotonic()
-                if reply.entries or now >= deadline:
-                    return reply.encode()
-                wake = deadline
-                if req.group:
-                    group = self.store.state(key, req.config).groups.get(req.group)
-                    if group is not None and group.pending:
-                        wake = min(wake, min(p.deadline for p in group.pending.values()))
-                await self._wait(leader.changed, max(0.0, wake - now))
+            return (await self.fetch(key, FetchRequest.decode(payload))).encode()
 
         return await self._guard(run)
+
+    @staticmethod
+    def fetch_by(key: bytes, req: FetchRequest, service: Service) -> Awaitable[FetchReply]:
+        """``service.fetch(key, req)`` (arguments in the order ``functools.partial`` binds)."""
+        return service.fetch(key, req)
+
+    async def fetch(self, key: bytes, req: FetchRequest) -> FetchReply:
+        """Run one FETCH (a group claim or a plain read), waiting up to ``req.wait``.
+
+        Called by the FETCH handler, and directly (no encoding) by a consumer on the
+        sequencer's own node; errors are raised as :func:`typed_error` maps them.
+        """
+        if req.limit < 1 or req.wait < 0 or req.ack_wait <= 0 or req.max_deliver < 1:
+            raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
+        leader = await self.leaders.get(key, req.config)
+        deadline = self.clock.monotonic() + min(req.wait, 30.0)
+        while True:
+            if not leader.active:
+                leader = await self.leaders.get(key, req.config)
+            if req.group:
+                reply = await self._claim(leader, req)
+            else:
+                reply = self._read(leader, req)
+            now = self.clock.monotonic()
+            if reply.entries or now >= deadline:
+                return reply
+            wake = deadline
+            if req.group:
+                group = self.store.state(key, req.config).groups.get(req.group)
+                if group is not None and group.pending:
+                    wake = min(wake, min(p.deadline for p in group.pending.values()))
+            await self._wait(leader.changed, max(0.0, wake - now))
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -226,26 +252,30 @@ class Service:
     # ----------------------------------------------------------------- settle
     async def handle_settle(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         async def run() -> bytes:
-            req = SettleRequest.decode(payload)
-            leader = await self.leaders.get(key, req.config)
-            group = self.store.state(key, req.config).group(req.group)
-            now = self.clock.monotonic()
-            if req.op in (ACK, TERM):
-                delta = group.finish(req.consumer, req.items)
-            elif req.op in (NAK, PROGRESS):
-                if len(req.items) != 1 or req.wait < 0:
-                    raise InvalidOptionError("nak / in_progress settle one message")
-                seq, deliveries = req.items[0]
-                delta = group.extend(req.consumer, seq, deliveries, now, req.wait)
-            elif req.op == RELEASE:
-                self._forget_released(now)
-                self._released[req.consumer] = now + _RELEASED_MEMORY
-                delta = group.release(req.consumer)
-            else:
-                raise InvalidOptionError(f"unknown settle operation {req.op}")
-            await self.leaders.replicate_group(leader, req.group, delta)
-            if req.op in (NAK, RELEASE):
-                leader.notify()
+            await self.settle(key, SettleRequest.decode(payload))
             return ok_reply()
 
         return await self._guard(run)
+
+    async def settle(self, key: bytes, req: SettleRequest) -> None:
+        """Apply one SETTLE (ack / nak / in-progress / term / release) once W replicas hold
+        it; called by the handler and directly on the sequencer's own node."""
+        leader = await self.leaders.get(key, req.config)
+        group = self.store.state(key, req.config).group(req.group)
+        now = self.clock.monotonic()
+        if req.op in (ACK, TERM):
+            delta = group.finish(req.consumer, req.items)
+        elif req.op in (NAK, PROGRESS):
+            if len(req.items) != 1 or req.wait < 0:
+                raise InvalidOptionError("nak / in_progress settle one message")
+            seq, deliveries = req.items[0]
+            delta = group.extend(req.consumer, seq, deliveries, now, req.wait)
+        elif req.op == RELEASE:
+            self._forget_released(now)
+            self._released[req.consumer] = now + _RELEASED_MEMORY
+            delta = group.release(req.consumer)
+        else:
+            raise InvalidOptionError(f"unknown settle operation {req.op}")
+        await self.leaders.replicate_group(leader, req.group, delta)
+        if req.op in (NAK, RELEASE):
+            leader.notify()

@@ -144,23 +144,62 @@ def decode_epoch_starts(r: Reader) -> dict[int, int]:
     return {r.u64(): r.u64() for _ in range(r.u64())}
 
 
+#: Bound on the sequences one decoded run may cover (a corrupt count must not allocate
+#: without limit).
+_MAX_RUN = 1 << 24
+
+
 def encode_group_state(w: Writer, state: GroupState) -> None:
-    """Append a group state (or delta)."""
-    w.u64(state.floor).u64(state.next).u64(len(state.done))
-    for seq in sorted(state.done):
-        w.u64(seq)
-    w.u64(len(state.pending))
+    """Append a group state (or delta).
+
+    ``done`` is written as ranges of consecutive sequences and ``pending`` as runs of
+    consecutive sequences holding equal entries (one fetch hands a batch out to one
+    consumer with one deadline): a delta costs O(runs), not O(messages).
+    """
+    w.u64(state.floor).u64(state.next)
+    done = sorted(state.done)
+    ranges: list[list[int]] = []
+    for seq in done:
+        if ranges and ranges[-1][0] + ranges[-1][1] == seq:
+            ranges[-1][1] += 1
+        else:
+            ranges.append([seq, 1])
+    w.u64(len(ranges))
+    for start, count in ranges:
+        w.u64(start).u64(count)
+    runs: list[tuple[int, int, Pending]] = []
     for seq, p in sorted(state.pending.items()):
-        w.u64(seq).str_(p.consumer).u64(p.deliveries).u64(p.rev).f64(p.deadline).f64(p.wait)
+        if runs:
+            start, count, q = runs[-1]
+            if start + count == seq and (q is p or q == p):
+                runs[-1] = (start, count + 1, q)
+                continue
+        runs.append((seq, 1, p))
+    w.u64(len(runs))
+    for start, count, p in runs:
+        w.u64(start).u64(count).str_(p.consumer).u64(p.deliveries).u64(p.rev)
+        w.f64(p.deadline).f64(p.wait)
 
 
 def decode_group_state(r: Reader) -> GroupState:
-    """Read a group state written by :func:`encode_group_state`."""
+    """Read a group state written by :func:`encode_group_state`.
+
+    Raises:
+        CodecError: a truncated buffer or a run longer than any real one.
+    """
     state = GroupState(r.u64(), r.u64())
-    state.done = {r.u64() for _ in range(r.u64())}
     for _ in range(r.u64()):
-        seq = r.u64()
-        state.pending[seq] = Pending(r.str_(), r.u64(), r.u64(), r.f64(), r.f64())
+        start, count = r.u64(), r.u64()
+        if count > _MAX_RUN:
+            raise CodecError(f"a range of {count} done sequences")
+        state.done.update(range(start, start + count))
+    for _ in range(r.u64()):
+        start, count = r.u64(), r.u64()
+        if count > _MAX_RUN:
+            raise CodecError(f"a run of {count} pending sequences")
+        p = Pending(r.str_(), r.u64(), r.u64(), r.f64(), r.f64())
+        for seq in range(start, start + count):
+            state.pending[seq] = p
     return state
 
 

@@ -97,7 +97,16 @@ class Store:
         return encode_entries_reply(log.first, dict(log.epoch_starts), entries)
 
     def handle_append(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        req = AppendRequest.decode(payload)
+        self.apply_append(key, AppendRequest.decode(payload))
+        return b""
+
+    def apply_append(self, key: bytes, req: AppendRequest) -> None:
+        """Merge an append (the APPEND handler; the sequencer calls it directly for its own
+        copy of a single-copy partition).
+
+        Raises:
+            RefusedError: a newer epoch was promised (the sequencer is fenced off).
+        """
         state = self.state(key, req.config)
         log = state.log
         if not log.accepts(req.ballot.epoch):
@@ -114,10 +123,17 @@ class Store:
             log.add(entry)
         log.apply_retention(self._wall())
         self.on_change(key)
-        return b""
 
     def handle_group(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        req = GroupRequest.decode(payload)
+        self.apply_group(key, GroupRequest.decode(payload))
+        return b""
+
+    def apply_group(self, key: bytes, req: GroupRequest) -> None:
+        """Merge a group delta (the GROUP handler, or directly: see :meth:`apply_append`).
+
+        Raises:
+            RefusedError: a newer epoch was promised (the sequencer is fenced off).
+        """
         state = self.state(key, req.config)
         if not state.log.accepts(req.epoch):
             raise RefusedError(
@@ -126,7 +142,6 @@ class Store:
             )
         state.merge_group(req.group, req.delta)
         self.on_change(key)
-        return b""
 
     @staticmethod
     def _status(state: PartitionState, *, groups: bool) -> ReplicaStatusReply:

@@ -10,12 +10,14 @@ group's progress is its own state on the sequencer).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from peer_ring.pubsub._codec import Reader
 from peer_ring.pubsub._errors import (
     InvalidOptionError,
     OffsetOutOfRangeError,
@@ -23,6 +25,7 @@ from peer_ring.pubsub._errors import (
     SubscriptionClosedError,
 )
 from peer_ring.pubsub._message import Message, SubscriptionHealth
+from peer_ring.pubsub._service import Service
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     ACK,
@@ -45,6 +48,12 @@ logger = logging.getLogger(__name__)
 POLL_WAIT = 1.0
 
 _END = object()
+
+
+def _ignore_reply(r: Reader) -> None:
+    r.done()
+
+
 _ACK_BATCH = 512
 
 
@@ -135,8 +144,9 @@ class Subscription:
 
     async def _release(self, partition: int) -> None:
         req = SettleRequest(self.topic.config, self.group or "", self.consumer, RELEASE, 0.0, [])
-        await self.topic.pubsub.client.call(
-            ring_key(self.topic.name, partition), SETTLE, req.encode(), timeout=1.0
+        key = ring_key(self.topic.name, partition)
+        await self.topic.pubsub.client.run(
+            key, SETTLE, req.encode, lambda s: s.settle(key, req), _ignore_reply, timeout=1.0
         )
 
     # --------------------------------------------------------------- iteration
@@ -237,8 +247,14 @@ class Subscription:
                     self.ack_wait,
                     self.max_deliver,
                 )
-                r = await pubsub.client.call(key, FETCH, req.encode(), wait=POLL_WAIT)
-                reply = FetchReply.from_reader(r)
+                reply = await pubsub.client.run(
+                    key,
+                    FETCH,
+                    req.encode,
+                    functools.partial(Service.fetch_by, key, req),
+                    FetchReply.from_reader,
+                    wait=POLL_WAIT,
+                )
                 got = len(reply.entries)
             except OffsetOutOfRangeError as exc:
                 self._in_flight -= limit
@@ -345,8 +361,9 @@ class Subscription:
             wait,
             [(m.offset, m.deliveries) for m in messages],
         )
-        await self.topic.pubsub.client.call(
-            ring_key(self.topic.name, partition), SETTLE, req.encode()
+        key = ring_key(self.topic.name, partition)
+        await self.topic.pubsub.client.run(
+            key, SETTLE, req.encode, lambda s: s.settle(key, req), _ignore_reply
         )
 
     async def _ack_batched(self, message: Message) -> None:

@@ -8,10 +8,11 @@ error code ("" for success) and a message, so typed errors cross the network int
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 
 from peer_ring.core import Command
-from peer_ring.pubsub._codec import Reader, Writer
+from peer_ring.pubsub._codec import CodecError, Reader, Writer
 from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._errors import (
     InvalidOptionError,
@@ -245,23 +246,69 @@ class OutgoingMessage:
     msg_id: str
 
 
+# Per message: the lengths of data, key and msg_id, then the three byte strings.
+_MESSAGE_HEADER = struct.Struct(">III")
+# Per publish result: epoch, sequence, duplicate.
+_RESULT_SIZE = 24
+
+
 def encode_publish(config: TopicConfig, messages: list[OutgoingMessage]) -> bytes:
     """PUBLISH payload."""
     w = Writer()
     config.encode(w)
     w.u64(len(messages))
+    pack = _MESSAGE_HEADER.pack
     for m in messages:
-        w.bytes_(m.data).bytes_(m.key).str_(m.msg_id)
+        msg_id = m.msg_id.encode()
+        w.raw(pack(len(m.data), len(m.key), len(msg_id)))
+        w.raw(m.data)
+        if m.key or msg_id:
+            w.raw(m.key + msg_id)
     return w.getvalue()
 
 
 def decode_publish(payload: bytes) -> tuple[TopicConfig, list[OutgoingMessage]]:
-    """Inverse of :func:`encode_publish`."""
+    """Inverse of :func:`encode_publish`.
+
+    Raises:
+        CodecError: a truncated or malformed payload (or an invalid UTF-8 msg_id).
+    """
     r = Reader(payload)
     config = TopicConfig.decode(r)
-    messages = [OutgoingMessage(r.bytes_(), r.bytes_(), r.str_()) for _ in range(r.u64())]
+    messages = []
+    for _ in range(r.u64()):
+        n_data, n_key, n_id = r.unpack(_MESSAGE_HEADER)
+        body = r.take_bytes(n_data + n_key + n_id)
+        if n_key or n_id:
+            try:
+                msg_id = body[n_data + n_key :].decode()
+            except UnicodeDecodeError as exc:
+                raise CodecError("invalid UTF-8 msg_id") from exc
+            messages.append(OutgoingMessage(body[:n_data], body[n_data : n_data + n_key], msg_id))
+        else:
+            messages.append(OutgoingMessage(body, b"", ""))
     r.done()
     return config, messages
+
+
+def encode_publish_results(results: list[tuple[Entry, bool]]) -> bytes:
+    """The body of a PUBLISH reply: ``(epoch, seq, duplicate)`` per message, packed at once."""
+    flat: list[int] = []
+    for entry, duplicate in results:
+        flat += (entry.epoch, entry.seq, int(duplicate))
+    return struct.pack(f">Q{len(flat)}Q", len(results), *flat)
+
+
+def decode_publish_results(r: Reader) -> list[tuple[int, int, bool]]:
+    """Inverse of :func:`encode_publish_results`.
+
+    Raises:
+        CodecError: a truncated reply.
+    """
+    count = r.u64()
+    body = r.take_bytes(count * _RESULT_SIZE)  # raises CodecError when truncated
+    flat = struct.unpack(f">{3 * count}Q", body)
+    return [(flat[i], flat[i + 1], bool(flat[i + 2])) for i in range(0, len(flat), 3)]
 
 
 @dataclass(slots=True)
