@@ -1,8 +1,22 @@
-"""The closed-loop load generator, identical for peer-ring and for Redis.
+"""The load generators, identical for peer-ring and for Redis.
 
-``concurrency`` asyncio tasks each loop "pick the next operation, await it, record its
-latency", so exactly ``concurrency`` operations are in flight per process (a closed loop:
-the offered load adapts to the system's speed, as an application's request handlers would).
+Closed loop (:func:`run_load`, ``rate == 0``): ``concurrency`` asyncio tasks each loop "pick
+the next operation, await it, record its latency", so exactly ``concurrency`` operations are
+in flight per process (the offered load adapts to the system's speed, as an application's
+request handlers would).
+
+Open loop (:func:`run_open_loop`, ``rate > 0``): operations start at a fixed rate whatever
+the system does, one Task each, and the latency is counted from each operation's *intended*
+start time, so a stalled event loop or a queue shows in the percentiles instead of slowing
+the offered load down (no coordinated omission). The event loop's timers have a
+millisecond resolution, so the ticker wakes at most once a millisecond and starts every
+operation due by then or within the next half millisecond (one started early counts from
+its actual start); how late it started them is reported as the send lag.
+
+Both count the operations still pending past their deadline: an operation whose own wait
+(from when it was started) exceeded ``overdue_s`` (the node's request timeout plus a grace),
+and those still pending when the run ends (then cancelled). The answer must be 0: every
+peer-ring operation ends by its ``request_timeout``.
 
 The operation sequence is precomputed (a seeded list of ``(key, is_read)``), so the hot loop
 spends no time in ``random``; each task starts at a different offset of it. Both systems get
@@ -22,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +62,8 @@ class Workload:
         concurrency: operations in flight per process (= looping tasks).
         max_ops: hard bound on the operations one process performs (safety net).
         seed: seeds the operation sequence (each process adds its index).
+        rate: open loop: operations started per second by this process (0: closed loop).
+        overdue_s: an operation waiting longer than this is counted "past its deadline".
     """
 
     keys: int = 10_000
@@ -56,6 +72,8 @@ class Workload:
     concurrency: int = 64
     max_ops: int = 20_000_000
     seed: int = 1
+    rate: float = 0.0
+    overdue_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,18 @@ class LoadResult:
     warmup_errors: int = 0
     window_s: float = 0.0
     loop_lag_ns: list[int] = field(default_factory=list)
+    overdue: int = 0  # operations that waited longer than overdue_s (completed late)
+    overdue_max_ns: int = 0
+    pending_at_end: int = 0  # still pending overdue_s after the window: cancelled
+    send_lag_ns: list[int] = field(default_factory=list)  # open loop: start - intended
+    shed: int = 0  # open loop: not started, the in-flight bound was reached
+
+    def note_wait(self, waited_ns: int, overdue_ns: int) -> None:
+        """Count an operation whose own wait exceeded the deadline bound."""
+        if waited_ns > overdue_ns:
+            self.overdue += 1
+            if waited_ns > self.overdue_max_ns:
+                self.overdue_max_ns = waited_ns
 
     def to_json(self) -> dict[str, Any]:
         """Counts and histograms (no raw latencies)."""
@@ -107,6 +137,11 @@ class LoadResult:
             "hist_get": Histogram.from_ns(self.gets).to_json(),
             "hist_set": Histogram.from_ns(self.sets).to_json(),
             "loop_lag_ms": _lag_summary(self.loop_lag_ns),
+            "overdue": self.overdue,
+            "overdue_max_ms": self.overdue_max_ns / 1e6,
+            "pending_at_end": self.pending_at_end,
+            "send_lag_ms": _lag_summary(self.send_lag_ns),
+            "shed": self.shed,
         }
 
 
@@ -148,6 +183,53 @@ async def _sleep_until_ns(deadline_ns: int) -> None:
         await asyncio.sleep(delay)
 
 
+def _window_marks(
+    result: LoadResult,
+    window_start: int,
+    window_end: int,
+    on_window: Callable[[str], None] | None,
+) -> Awaitable[None]:
+    async def marks() -> None:
+        await _sleep_until_ns(window_start)
+        if on_window is not None:
+            on_window("start")
+        began = time.perf_counter_ns()
+        # Event-loop lag: how late a 10 ms sleep wakes up. Large values mean the loop was
+        # blocked (long synchronous work, GC) or the process was not scheduled (a busy
+        # machine); compare with the Redis client processes, which run the same monitor.
+        lags = result.loop_lag_ns
+        clock = time.perf_counter_ns
+        while (now := clock()) < window_end - _LAG_PERIOD_NS:
+            await asyncio.sleep(_LAG_PERIOD_NS / 1e9)
+            lags.append(max(0, clock() - now - _LAG_PERIOD_NS))
+        await _sleep_until_ns(window_end)
+        if on_window is not None:
+            on_window("end")
+        result.window_s = (time.perf_counter_ns() - began) / 1e9
+
+    return marks()
+
+
+async def _drain(
+    tasks: Iterable[asyncio.Future[None]],
+    result: LoadResult,
+    window_end: int,
+    overdue_s: float,
+) -> None:
+    """Wait (bounded) for the operations still running after the window, then count the
+    ones still pending past their deadline and cancel them."""
+    await _sleep_until_ns(window_end)
+    running = [t for t in tasks if not t.done()]
+    if not running:
+        return
+    _, pending = await asyncio.wait(running, timeout=overdue_s + 0.5)
+    result.pending_at_end += len(pending)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5.0)
+
+
 async def run_load(
     get: GetOp,
     set_: SetOp,
@@ -158,7 +240,8 @@ async def run_load(
     *,
     on_window: Callable[[str], None] | None = None,
 ) -> LoadResult:
-    """Run the closed loop on this process's event loop and return what was measured.
+    """Run the workload (closed loop, or open loop when ``workload.rate`` is set) on this
+    process's event loop and return what was measured.
 
     Args:
         get / set_: the two operations (``await get(key)``, ``await set_(key, value)``).
@@ -169,6 +252,10 @@ async def run_load(
         on_window: called with ``"start"`` and ``"end"`` at the measurement window's
             boundaries (CPU time, transport counters and profilers are sampled there).
     """
+    if workload.rate > 0:
+        return await run_open_loop(
+            get, set_, workload, sequence, value, schedule, on_window=on_window
+        )
     load_start, window_start, window_end = schedule.perf_ns()
     result = LoadResult()
     gets = result.gets
@@ -178,6 +265,8 @@ async def run_load(
     budget = [workload.max_ops]
     mask = len(sequence) - 1
     clock = time.perf_counter_ns
+    overdue_ns = int(workload.overdue_s * 1e9)
+    note_wait = result.note_wait
 
     async def worker(offset: int) -> None:
         i = offset
@@ -193,6 +282,8 @@ async def run_load(
                     await set_(key, value)
             except Exception as exc:
                 now = clock()
+                if now - started > overdue_ns:
+                    note_wait(now - started, overdue_ns)
                 if now >= window_end:
                     return
                 if now >= window_start:
@@ -206,6 +297,8 @@ async def run_load(
                 await asyncio.sleep(0)
                 continue
             now = clock()
+            if now - started > overdue_ns:
+                note_wait(now - started, overdue_ns)
             if now >= window_start:
                 if now >= window_end:
                     return
@@ -213,26 +306,105 @@ async def run_load(
             else:
                 result.warmup_ops += 1
 
-    async def window_marks() -> None:
-        await _sleep_until_ns(window_start)
-        if on_window is not None:
-            on_window("start")
-        began = time.perf_counter_ns()
-        # Event-loop lag: how late a 10 ms sleep wakes up. Large values mean the loop was
-        # blocked (long synchronous work, GC) or the process was not scheduled (a busy
-        # machine); compare with the Redis client processes, which run the same monitor.
-        lags = result.loop_lag_ns
-        while (now := clock()) < window_end - _LAG_PERIOD_NS:
-            await asyncio.sleep(_LAG_PERIOD_NS / 1e9)
-            lags.append(max(0, clock() - now - _LAG_PERIOD_NS))
-        await _sleep_until_ns(window_end)
-        if on_window is not None:
-            on_window("end")
-        result.window_s = (time.perf_counter_ns() - began) / 1e9
-
     await _sleep_until_ns(load_start)
     stride = max(1, len(sequence) // max(1, workload.concurrency))
-    marks = asyncio.ensure_future(window_marks())
-    await asyncio.gather(*(worker(n * stride) for n in range(workload.concurrency)))
+    marks = asyncio.ensure_future(_window_marks(result, window_start, window_end, on_window))
+    workers = [asyncio.ensure_future(worker(n * stride)) for n in range(workload.concurrency)]
+    await _drain(workers, result, window_end, workload.overdue_s)
+    await marks
+    return result
+
+
+#: Open loop: at most this many operations in flight per process; past it, operations are
+#: shed (counted) rather than piling up without bound when the system falls behind.
+MAX_OPEN_IN_FLIGHT = 20_000
+#: Open loop: operations due within this many ns are started now (half the timer tick).
+_OPEN_EARLY_NS = 500_000
+
+
+async def run_open_loop(
+    get: GetOp,
+    set_: SetOp,
+    workload: Workload,
+    sequence: list[tuple[str, bool]],
+    value: bytes,
+    schedule: Schedule,
+    *,
+    on_window: Callable[[str], None] | None = None,
+) -> LoadResult:
+    """Start ``workload.rate`` operations per second (see the module's docstring)."""
+    load_start, window_start, window_end = schedule.perf_ns()
+    result = LoadResult()
+    gets = result.gets
+    sets = result.sets
+    errors = result.errors
+    samples = result.error_samples
+    clock = time.perf_counter_ns
+    overdue_ns = int(workload.overdue_s * 1e9)
+    note_wait = result.note_wait
+    loop = asyncio.get_running_loop()
+    in_flight: set[asyncio.Future[None]] = set()
+    discard = in_flight.discard
+
+    async def one(key: str, is_read: bool, due: int) -> None:
+        started = clock()
+        intended = min(due, started)
+        try:
+            if is_read:
+                await get(key)
+            else:
+                await set_(key, value)
+        except Exception as exc:
+            now = clock()
+            note_wait(now - started, overdue_ns)
+            if window_start <= due < window_end:
+                name = type(exc).__name__
+                errors[name] = errors.get(name, 0) + 1
+                samples.setdefault(name, str(exc)[:300])
+            elif due < window_start:
+                result.warmup_errors += 1
+            return
+        now = clock()
+        if now - started > overdue_ns:
+            note_wait(now - started, overdue_ns)
+        # Counted by intended start: an operation due inside the window counts even when
+        # it completes after it (its latency is what a late system makes it).
+        if window_start <= due < window_end:
+            (gets if is_read else sets).append(now - intended)
+        elif due < window_start:
+            result.warmup_ops += 1
+
+    interval = 1e9 / workload.rate
+    mask = len(sequence) - 1
+    lags = result.send_lag_ns
+    marks = asyncio.ensure_future(_window_marks(result, window_start, window_end, on_window))
+    await _sleep_until_ns(load_start)
+    i = 0
+    limit = min(workload.max_ops, int((window_end - load_start) / interval) + 1)
+    while i < limit:
+        now = clock()
+        horizon = now + _OPEN_EARLY_NS
+        due = load_start + int(i * interval)
+        while due <= horizon and i < limit:
+            key, is_read = sequence[i & mask]
+            if due >= window_start:
+                lags.append(max(0, now - due))
+            if len(in_flight) >= MAX_OPEN_IN_FLIGHT:
+                if due >= window_start:
+                    result.shed += 1
+                    errors["Shed"] = errors.get("Shed", 0) + 1
+                    samples.setdefault("Shed", f"{MAX_OPEN_IN_FLIGHT} operations in flight")
+            else:
+                task = loop.create_task(one(key, is_read, due))
+                in_flight.add(task)
+                task.add_done_callback(discard)
+            i += 1
+            due = load_start + int(i * interval)
+        if i >= limit:
+            break
+        # The loop's timers have a millisecond resolution: sleep at least that long (a
+        # shorter sleep would spin) and start whatever fell due meanwhile.
+        await asyncio.sleep(max(0.001, (due - clock()) / 1e9))
+    await _drain(in_flight, result, window_end, workload.overdue_s)
     await marks
     return result

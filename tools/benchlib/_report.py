@@ -63,6 +63,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "label": label(plan),
         "processes": plan.processes,
         "concurrency": plan.workload["concurrency"],
+        "rate": float(plan.workload.get("rate", 0.0)) * plan.processes,
         "replication": plan.replication if plan.system == "peer-ring" else None,
         "quorum": plan.quorum if plan.system == "peer-ring" else None,
         "duration_s": duration,
@@ -91,6 +92,13 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "event_loop": sorted({p["loop"] for p in procs}),
         "loop_lag_max_ms": max(float(p.get("loop_lag_ms", {}).get("max", 0.0)) for p in procs),
         "loop_lag_p99_ms": max(float(p.get("loop_lag_ms", {}).get("p99", 0.0)) for p in procs),
+        # Operations still pending past their deadline (completed late, or cancelled at the
+        # end): must be 0.
+        "overdue": sum(int(p.get("overdue", 0)) + int(p.get("pending_at_end", 0)) for p in procs),
+        "overdue_max_ms": max(float(p.get("overdue_max_ms", 0.0)) for p in procs),
+        "pending_at_end": sum(int(p.get("pending_at_end", 0)) for p in procs),
+        "send_lag_p99_ms": max(float(p.get("send_lag_ms", {}).get("p99", 0.0)) for p in procs),
+        "shed": sum(int(p.get("shed", 0)) for p in procs),
         "prefill_s": raw["prefill_s"],
         "machine": {
             "busy_cpu_s": window["machine_busy_cpu_s"],
@@ -129,29 +137,40 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def mode(plan: RunPlan) -> str:
+    """``c64`` (closed loop, 64 in flight per process) or ``3000/s`` (open loop, all
+    processes together), with ``n5`` in front when the run has other than 3 processes."""
+    rate = float(plan.workload.get("rate", 0.0)) * plan.processes
+    text = f"{rate:.0f}/s" if rate > 0 else f"c{plan.workload['concurrency']}"
+    return text if plan.processes == 3 else f"n{plan.processes} {text}"
+
+
 def label(plan: RunPlan) -> str:
     """Short name of a configuration."""
     if plan.system == "redis":
-        return f"redis c{plan.workload['concurrency']}"
+        return f"redis {mode(plan)}"
     transport = plan.extra.get("transport", "grpc")
     kind = "" if transport == "grpc" else f" {transport}"
-    return f"peer-ring{kind} R{plan.replication}/Q{plan.quorum} c{plan.workload['concurrency']}"
+    return f"peer-ring{kind} R{plan.replication}/Q{plan.quorum} {mode(plan)}"
+
+
+def _same_load(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(
+        a["concurrency"] == b["concurrency"]
+        and a.get("rate", 0.0) == b.get("rate", 0.0)
+        and a["processes"] == b["processes"]
+        and a["round"] == b["round"]
+    )
 
 
 def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """peer-ring / Redis ratios, pairing each peer-ring run with the Redis run of the same
-    concurrency and round (measured minutes apart in the same invocation)."""
+    load (concurrency or rate, processes) and round (same invocation, minutes apart)."""
     out = []
     for run in runs:
         if run["system"] != "peer-ring":
             continue
-        redis = [
-            r
-            for r in runs
-            if r["system"] == "redis"
-            and r["concurrency"] == run["concurrency"]
-            and r["round"] == run["round"]
-        ]
+        redis = [r for r in runs if r["system"] == "redis" and _same_load(r, run)]
         if not redis or not redis[0]["ops_per_s"]:
             continue
         base = redis[0]
@@ -160,8 +179,11 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "label": run["label"],
                 "round": run["round"],
                 "concurrency": run["concurrency"],
+                "rate": run.get("rate", 0.0),
+                "processes": run["processes"],
                 "replication": run["replication"],
                 "quorum": run["quorum"],
+                "p99_ratio": run["p99_ms"] / base["p99_ms"] if base["p99_ms"] else None,
                 "peer_ring_ops_per_s": run["ops_per_s"],
                 "redis_ops_per_s": base["ops_per_s"],
                 "ratio": run["ops_per_s"] / base["ops_per_s"],
@@ -177,7 +199,11 @@ def _median_by_config(comparisons: list[dict[str, Any]], r: int, q: int, c: int)
     ratios = [
         x["ratio"]
         for x in comparisons
-        if x["replication"] == r and x["quorum"] == q and x["concurrency"] == c
+        if x["replication"] == r
+        and x["quorum"] == q
+        and x["concurrency"] == c
+        and not x.get("rate")
+        and x.get("processes", 3) == 3
     ]
     return statistics.median(ratios) if ratios else None
 
@@ -205,6 +231,8 @@ def targets(
                 and x["replication"] == r
                 and x["quorum"] == q
                 and x["concurrency"] == 64
+                and not x.get("rate")
+                and x["processes"] == 3
             ]
             if ratio is not None:
                 add(
@@ -248,15 +276,18 @@ def targets(
 
 def run_table(runs: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> str:
     """The main results table."""
-    ratio_of = {(c["label"], c["round"]): c["ratio"] for c in comparisons}
+    by_label = {(c["label"], c["round"]): c for c in comparisons}
     header = (
-        f"{'run':<24} {'ops/s':>9} {'vs redis':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'p99.9 ms':>8} {'errors':>7} {'CPU us/op':>9} {'peak RSS MB':>12} {'other CPU':>9} "
-        f"{'loop lag p99/max ms':>19}"
+        f"{'run':<30} {'ops/s':>9} {'vs redis':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'p99 vs':>6} {'p99.9 ms':>8} {'errors':>6} {'late':>4} {'CPU us/op':>9} "
+        f"{'CPU vs':>6} {'peak RSS MB':>12} {'other CPU':>9} {'loop lag p99/max ms':>19}"
     )
     lines = [header, "-" * len(header)]
     for run in runs:
-        ratio = ratio_of.get((run["label"], run["round"]))
+        c = by_label.get((run["label"], run["round"]))
+        ratio = c["ratio"] if c else None
+        p99_ratio = c["p99_ratio"] if c else None
+        cpu_ratio = c["cpu_ratio"] if c else None
         rss = max(run["peak_rss_mb"]) if run["peak_rss_mb"] else 0.0
         rss_text = f"{rss:.0f}/proc"
         if run["server_peak_rss_mb"] is not None:
@@ -264,10 +295,10 @@ def run_table(runs: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> 
         other = run["machine"]["other_cpu_s"] / run["duration_s"] if run["duration_s"] else 0.0
         name = run["label"] + (f" #{run['round'] + 1}" if run.get("rounds", 1) > 1 else "")
         lines.append(
-            f"{name:<24} {run['ops_per_s']:>9,.0f} "
-            f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>8} "
-            f"{run['p50_ms']:>7.2f} {run['p99_ms']:>7.2f} {run['p999_ms']:>8.2f} "
-            f"{run['error_total']:>7} {run['cpu_us_per_op']:>9.1f} {rss_text:>12} "
+            f"{name:<30} {run['ops_per_s']:>9,.0f} {_x(ratio):>8} "
+            f"{run['p50_ms']:>7.2f} {run['p99_ms']:>7.2f} {_x(p99_ratio):>6} "
+            f"{run['p999_ms']:>8.2f} {run['error_total']:>6} {run.get('overdue', 0):>4} "
+            f"{run['cpu_us_per_op']:>9.1f} {_x(cpu_ratio):>6} {rss_text:>12} "
             f"{other:>8.2f}c "
             f"{run['loop_lag_p99_ms']:>9.1f}/{run['loop_lag_max_ms']:<9.1f}"
         )
@@ -278,24 +309,36 @@ def run_table(runs: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> 
     return "\n".join(lines)
 
 
+def _x(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio is not None else "-"
+
+
 def ratio_summary(comparisons: list[dict[str, Any]]) -> str:
     """Per configuration, over the rounds: the ops/s ratio and the CPU-efficiency ratio
     (Redis CPU per op / peer-ring CPU per op). On a saturated machine throughput follows
     CPU per op, and CPU per op is far less sensitive to the neighbours' load than ops/s."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
     for c in comparisons:
         # The transport is part of the label ("peer-ring tcp R1/Q1 c64"); gRPC has none.
         kind = "tcp " if c["label"].startswith("peer-ring tcp ") else ""
-        key = (c["replication"], c["quorum"], c["concurrency"], kind)
-        groups.setdefault(key, []).append(c)
+        rate = c.get("rate", 0.0)
+        load = f"{rate:.0f}/s" if rate else f"c{c['concurrency']}"
+        if c.get("processes", 3) != 3:
+            load = f"n{c['processes']} {load}"
+        key = (c.get("processes", 3), rate, c["concurrency"], c["replication"], c["quorum"], kind)
+        groups.setdefault(key, []).append((load, c))
     lines = ["peer-ring / Redis, median over rounds (min..max):"]
-    for (r, q, conc, kind), items in sorted(groups.items()):
+    for (_, rate, _, r, q, kind), pairs in sorted(groups.items()):
+        load = pairs[0][0]
+        items = [c for _, c in pairs]
         ops = [c["ratio"] for c in items]
         eff = [1 / c["cpu_ratio"] for c in items if c["cpu_ratio"]]
-        text = (
-            f"  {kind}R{r}/Q{q} c{conc}: ops/s {statistics.median(ops):.2f}x "
-            f"({min(ops):.2f}..{max(ops):.2f})"
-        )
+        p99 = [c["p99_ratio"] for c in items if c.get("p99_ratio")]
+        text = f"  {kind}R{r}/Q{q} {load}: "
+        if rate:  # open loop: the offered rate is fixed, the latency is what differs
+            text += f"p99 {statistics.median(p99):.2f}x ({min(p99):.2f}..{max(p99):.2f})"
+        else:
+            text += f"ops/s {statistics.median(ops):.2f}x ({min(ops):.2f}..{max(ops):.2f})"
         if eff:
             text += (
                 f", CPU efficiency {statistics.median(eff):.2f}x ({min(eff):.2f}..{max(eff):.2f})"
@@ -340,9 +383,9 @@ def memory_table(memory: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets_table(items: list[dict[str, Any]]) -> str:
+def targets_table(items: list[dict[str, Any]], title: str = "targets (issue 6):") -> str:
     """Target lines (never a gate: speed is not asserted, docs/benchmarks.md)."""
-    lines = ["targets (issue 6):"]
+    lines = [title]
     for t in items:
         mark = "met   " if t["met"] else "MISSED"
         lines.append(f"  {mark} {t['name']:<46} {t['target']:>12}   measured {t['measured']}")
@@ -392,9 +435,10 @@ def markdown(document: dict[str, Any]) -> str:
     comparisons = document["comparisons"]
     ratio_of = {(c["label"], c["round"]): c for c in comparisons}
     out = [
-        "| run | round | ops/s | vs Redis | p50 ms | p99 ms | p99.9 ms | errors "
-        "| CPU µs/op | CPU eff. vs Redis | peak RSS MB/proc | other load (cores) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | round | ops/s | vs Redis | p50 ms | p99 ms | p99 vs Redis | p99.9 ms "
+        "| errors | late | CPU µs/op | CPU eff. vs Redis | peak RSS MB/proc "
+        "| other load (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         c = ratio_of.get((run["label"], run["round"]))
@@ -406,8 +450,10 @@ def markdown(document: dict[str, Any]) -> str:
         other = run["machine"]["other_cpu_s"] / run["duration_s"]
         out.append(
             f"| {run['label']} | {run['round'] + 1} | {run['ops_per_s']:,.0f} | {ratio} "
-            f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | {run['p999_ms']:.1f} "
-            f"| {run['error_total']} | {run['cpu_us_per_op']:.0f} | {eff} | {rss} "
+            f"| {run['p50_ms']:.2f} | {run['p99_ms']:.2f} "
+            f"| {_x(c['p99_ratio'] if c else None)} | {run['p999_ms']:.1f} "
+            f"| {run['error_total']} | {run.get('overdue', 0)} "
+            f"| {run['cpu_us_per_op']:.0f} | {eff} | {rss} "
             f"| {other:.2f} |"
         )
     micro = document.get("micro")

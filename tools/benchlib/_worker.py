@@ -269,11 +269,15 @@ async def _redis(spec: dict[str, Any]) -> None:
     workload = Workload(**spec["workload"])
     # One connection per in-flight operation, as redis.asyncio's pool opens them on demand
     # under concurrency (bounded so a bug cannot open thousands).
-    client = aioredis.Redis(
+    # A blocking pool: in an open loop a burst beyond the bound waits for a connection
+    # (queueing, counted in the latency) instead of failing.
+    pool = aioredis.BlockingConnectionPool(
         host=spec["redis_host"],
         port=int(spec["redis_port"]),
         max_connections=workload.concurrency + 4,
+        timeout=None,
     )
+    client = aioredis.Redis(connection_pool=pool)
     try:
         await client.ping()
         _emit("started", address=f"{spec['redis_host']}:{spec['redis_port']}")
@@ -285,6 +289,7 @@ async def _redis(spec: dict[str, Any]) -> None:
         await commands.expect("stop")
     finally:
         await client.aclose()
+        await pool.aclose()
 
 
 def main() -> None:

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import _report
+from benchlib import _report, _suite
 from benchlib._load import Workload
+from benchlib._opcost import format_op_cost
 from benchlib._procs import (
     INSTALL_REDIS_HINT,
     REPO,
@@ -72,6 +73,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the issue's matrix: concurrency 16 and 64 x {R1/Q1, R3/Q2} (+ Redis)",
     )
+    p.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=None,
+        help="open loop instead: these total ops/s (all processes together), one run each",
+    )
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="issue 23's matrix in one invocation: closed loop c16/c64/c256, open loop "
+        "1k/3k/6k ops/s, 1/3/5 nodes, TCP (+ gRPC at c64), each with Redis",
+    )
     p.add_argument("--value-size", type=int, default=100, help="bytes per value")
     p.add_argument("--keys", type=int, default=10_000, help="key space size")
     p.add_argument("--read-ratio", type=float, default=0.5, help="fraction of gets (0..1)")
@@ -81,6 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-ops", type=int, default=20_000_000, help="op bound per process")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--request-timeout", type=float, default=2.0, help="peer-ring seconds")
+    p.add_argument(
+        "--late-grace",
+        type=float,
+        default=1.0,
+        help="an operation pending longer than --request-timeout plus this many seconds is "
+        "counted 'late' (pending past its deadline; must be 0)",
+    )
     p.add_argument(
         "--single-ip",
         action="store_true",
@@ -100,6 +121,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--micro", action="store_true", help="local-get micro-benchmark")
     p.add_argument("--memory", action="store_true", help="1M-key memory test")
+    p.add_argument(
+        "--op-cost",
+        action="store_true",
+        help="CPU and Python calls per operation, all nodes in one process (R1/Q1, R3/Q2)",
+    )
+    p.add_argument("--op-cost-ops", type=int, default=20_000, help="operations per --op-cost run")
     p.add_argument("--memory-keys", type=int, default=1_000_000)
     p.add_argument("--full", action="store_true", help="--matrix --micro --memory")
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio (for comparison)")
@@ -137,19 +164,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         opts.quorum = opts.replication // 2 + 1
     if not 1 <= opts.quorum <= opts.replication:
         p.error("--quorum must be within 1..replication")
-    if opts.replication > opts.nodes and not opts.matrix:
+    if opts.rate and any(rate <= 0 for rate in opts.rate):
+        p.error("--rate must be > 0")
+    if opts.replication > opts.nodes and not (opts.matrix or opts.suite):
         p.error("--replication cannot exceed --nodes")
     return opts
-
-
-def _configs(opts: argparse.Namespace) -> list[tuple[int, int]]:
-    if opts.matrix:
-        return [(1, 1), (min(3, opts.nodes), min(2, opts.nodes))]
-    return [(opts.replication, opts.quorum)]
-
-
-def _concurrencies(opts: argparse.Namespace) -> list[int]:
-    return [16, 64] if opts.matrix else list(opts.concurrency)
 
 
 async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -157,7 +176,7 @@ async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[st
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "benchlib._micro",
+        "benchlib._opcost" if kind == "opcost" else "benchlib._micro",
         json.dumps({"kind": kind, **spec}),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -212,6 +231,62 @@ def _attach_profile(raw: dict[str, Any]) -> None:
         raw["profile"] = {"error": repr(exc)}
 
 
+async def _run_case(
+    opts: argparse.Namespace,
+    case: _suite.Case,
+    round_: int,
+    workdir: Path,
+    redis: RedisServer | None,
+    runs: list[dict[str, Any]],
+) -> None:
+    """Redis, then every peer-ring configuration, under one load shape."""
+    workload = Workload(
+        keys=opts.keys,
+        value_size=opts.value_size,
+        read_ratio=opts.read_ratio,
+        concurrency=case.concurrency,
+        max_ops=opts.max_ops,
+        seed=opts.seed,
+        rate=case.rate / case.processes,
+        overdue_s=opts.request_timeout + opts.late_grace,
+    ).__dict__
+    uvloop = not opts.no_uvloop
+    plans = []
+    if redis is not None:
+        plans.append(
+            RunPlan("redis", case.processes, workload, opts.warmup, opts.duration, uvloop=uvloop)
+        )
+    for r, q, transport in case.configs:
+        plans.append(
+            RunPlan(
+                "peer-ring",
+                case.processes,
+                workload,
+                opts.warmup,
+                opts.duration,
+                replication=r,
+                quorum=q,
+                single_ip=opts.single_ip,
+                uvloop=uvloop,
+                request_timeout=opts.request_timeout,
+                profile=opts.profile,
+                extra={"transport": transport},
+            )
+        )
+    for plan in plans:
+        print(
+            f"running {_report.label(plan)} ({case.processes} processes, "
+            f"{opts.warmup:g}s warm-up + {opts.duration:g}s)...",
+            flush=True,
+        )
+        raw = await _run_with_retries(plan, workdir, redis)
+        _attach_profile(raw)
+        summary = _report.summarize(raw)
+        summary["round"] = round_
+        summary["rounds"] = opts.repeat
+        runs.append(summary)
+
+
 async def _main(opts: argparse.Namespace) -> int:
     started = time.time()
     use_redis = not opts.no_redis
@@ -226,6 +301,7 @@ async def _main(opts: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     micro: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None
+    op_cost: dict[str, Any] | None = None
     redis: RedisServer | None = None
     uvloop = not opts.no_uvloop
     workdir = Path(tempfile.mkdtemp(prefix="peer-ring-bench-"))
@@ -236,61 +312,8 @@ async def _main(opts: argparse.Namespace) -> int:
             print(f"redis-server {redis.version} on {redis.host}:{redis.port}")
         if not opts.no_load:
             for round_ in range(opts.repeat):
-                for concurrency in _concurrencies(opts):
-                    workload = Workload(
-                        keys=opts.keys,
-                        value_size=opts.value_size,
-                        read_ratio=opts.read_ratio,
-                        concurrency=concurrency,
-                        max_ops=opts.max_ops,
-                        seed=opts.seed,
-                    ).__dict__
-                    plans = []
-                    if redis is not None:
-                        plans.append(
-                            RunPlan(
-                                "redis",
-                                opts.nodes,
-                                workload,
-                                opts.warmup,
-                                opts.duration,
-                                uvloop=uvloop,
-                            )
-                        )
-                    for r, q, transport in (
-                        []
-                        if opts.redis_only
-                        else [(r, q, t) for r, q in _configs(opts) for t in opts.transport]
-                    ):
-                        plans.append(
-                            RunPlan(
-                                "peer-ring",
-                                opts.nodes,
-                                workload,
-                                opts.warmup,
-                                opts.duration,
-                                replication=r,
-                                quorum=q,
-                                single_ip=opts.single_ip,
-                                uvloop=uvloop,
-                                request_timeout=opts.request_timeout,
-                                profile=opts.profile,
-                                extra={"transport": transport},
-                            )
-                        )
-                    for plan in plans:
-                        print(
-                            f"running {_report.label(plan)} "
-                            f"({opts.nodes} processes, {opts.warmup:g}s warm-up + "
-                            f"{opts.duration:g}s)...",
-                            flush=True,
-                        )
-                        raw = await _run_with_retries(plan, workdir, redis)
-                        _attach_profile(raw)
-                        summary = _report.summarize(raw)
-                        summary["round"] = round_
-                        summary["rounds"] = opts.repeat
-                        runs.append(summary)
+                for case in _suite.cases(opts):
+                    await _run_case(opts, case, round_, workdir, redis, runs)
         small = opts.smoke
         jobs: dict[str, Any] = {}
         if opts.micro:
@@ -317,7 +340,23 @@ async def _main(opts: argparse.Namespace) -> int:
             if redis is not None:
                 spec.update(redis_host=redis.host, redis_port=redis.port)
             jobs["memory"] = _run_micro("memory", spec, timeout=600)
+        if opts.op_cost:
+            jobs["opcost"] = _run_micro(
+                "opcost",
+                {
+                    "configs": [[1, 1], [3, 2]],
+                    "transport": opts.transport[-1],
+                    "keys": opts.keys,
+                    "value_size": opts.value_size,
+                    "concurrency": 64,
+                    "ops": 2000 if small else opts.op_cost_ops,
+                    "profile_ops": 1000 if small else 5000,
+                    "uvloop": uvloop,
+                },
+                timeout=600,
+            )
         titles = {
+            "opcost": "the per-operation cost (one process)",
             "micro": "the local-get micro-benchmark",
             "memory": f"the memory test ({opts.memory_keys:,} keys)",
         }
@@ -333,6 +372,7 @@ async def _main(opts: argparse.Namespace) -> int:
                 done[name] = await job
         micro = done.get("micro")
         memory = done.get("memory")
+        op_cost = done.get("opcost")
     except WorkerFailedError as exc:
         raise WorkerFailedError(f"{exc}\n(all logs kept in {workdir})") from None
     finally:
@@ -341,6 +381,7 @@ async def _main(opts: argparse.Namespace) -> int:
 
     comparisons = _report.compare(runs)
     goals = _report.targets(runs, comparisons, micro, memory, opts.nodes)
+    goals23 = _suite.targets(runs, comparisons)
     document = {
         "tool": "tools/bench",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -352,7 +393,9 @@ async def _main(opts: argparse.Namespace) -> int:
         "comparisons": comparisons,
         "micro": micro,
         "memory": memory,
+        "op_cost": op_cost,
         "targets": goals,
+        "targets_issue_23": goals23,
     }
     print()
     if runs:
@@ -369,9 +412,15 @@ async def _main(opts: argparse.Namespace) -> int:
     if memory:
         print()
         print(_report.memory_table(memory))
+    if op_cost:
+        print()
+        print(format_op_cost(op_cost))
     if goals:
         print()
         print(_report.targets_table(goals))
+    if goals23:
+        print()
+        print(_report.targets_table(goals23, "targets (issue 23):"))
     path = opts.json or REPO / "bench-results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     _report.write_json(path, document)
     if opts.markdown:

@@ -1,0 +1,155 @@
+"""The Python work of one replicated operation, measured in one process (``--op-cost``).
+
+A cluster of ``nodes`` KV stores runs *in this process* on real loopback transports
+(TCP by default), so the process's CPU time is the work of every node for every operation
+(coordinator, transports both ways, replicas' handlers), with no idle time and no other
+process in it. Node 0 runs a closed loop (``concurrency`` in flight, 50/50 get/set,
+100-byte values) and the tool reports, per configuration:
+
+- CPU µs per operation (``time.process_time`` over ``ops`` operations; all nodes);
+- Python function calls per operation (a second, shorter pass under ``cProfile``, C
+  builtins included), and the functions called most per operation.
+
+Calls per operation do not depend on the machine's load, so they compare code versions
+exactly; CPU per operation moves with the load less than throughput does.
+
+Run as ``python -m benchlib._opcost '<spec JSON>'`` (``tools/bench --op-cost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import json
+import pstats
+import sys
+import time
+from typing import Any
+
+from benchlib._load import make_keys, make_value
+from benchlib._procs import node_addresses
+from benchlib._worker import PREFIX, die_with_parent
+
+
+async def _loop(kv: Any, keys: list[str], value: bytes, ops: int, concurrency: int, q: int) -> int:
+    remaining = [ops]
+    errors = [0]
+
+    async def worker(offset: int) -> None:
+        i = offset
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            key = keys[(i * 7919) % len(keys)]
+            i += 1
+            try:
+                if i & 1:
+                    await kv.get(key, quorum=q)
+                else:
+                    await kv.set(key, value, quorum=q)
+            except Exception:
+                errors[0] += 1
+
+    await asyncio.gather(*(worker(n * 101) for n in range(concurrency)))
+    return errors[0]
+
+
+async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str, Any]:
+    from peer_ring.core import PeerRingConfig
+    from peer_ring.discovery.static import StaticDiscovery
+    from peer_ring.kv import KVStore
+
+    nodes = int(spec.get("nodes", 3))
+    addresses = node_addresses(nodes, single_ip=False)
+    config = PeerRingConfig(transport=str(spec.get("transport", "tcp")))
+    stores = [
+        KVStore(
+            StaticDiscovery(addresses, self_address=address),
+            replication=replication,
+            quorum=quorum,
+            config=config,
+        )
+        for address in addresses
+    ]
+    for store in stores:
+        await store.start()
+    try:
+        await asyncio.gather(*(s.wait_ready(60.0) for s in stores))
+        kv = stores[0]
+        keys = make_keys(int(spec["keys"]))
+        value = make_value(int(spec["value_size"]))
+        for start in range(0, len(keys), 500):
+            batch: dict[str, object] = dict.fromkeys(keys[start : start + 500], value)
+            await kv.mset(batch, quorum=replication)
+        concurrency = int(spec["concurrency"])
+        await _loop(kv, keys, value, 2000, concurrency, quorum)  # warm-up
+        ops = int(spec["ops"])
+        cpu0 = time.process_time()
+        wall0 = time.perf_counter()
+        errors = await _loop(kv, keys, value, ops, concurrency, quorum)
+        cpu = time.process_time() - cpu0
+        wall = time.perf_counter() - wall0
+        profiled = int(spec["profile_ops"])
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await _loop(kv, keys, value, profiled, concurrency, quorum)
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        entries = stats.stats  # type: ignore[attr-defined]
+        calls = sum(v[1] for v in entries.values())
+        top = sorted(entries.items(), key=lambda kv_: -kv_[1][1])[: int(spec.get("top", 25))]
+        return {
+            "replication": replication,
+            "quorum": quorum,
+            "transport": config.transport,
+            "ops": ops,
+            "errors": errors,
+            "cpu_us_per_op": cpu / ops * 1e6,
+            "wall_us_per_op": wall / ops * 1e6,
+            "calls_per_op": calls / profiled,
+            "top_calls_per_op": [
+                {
+                    "function": f"{func[2]} ({func[0].rsplit('/src/', 1)[-1]}:{func[1]})",
+                    "calls_per_op": round(v[1] / profiled, 2),
+                }
+                for func, v in top
+            ],
+        }
+    finally:
+        for store in reversed(stores):
+            await store.stop()
+
+
+async def _main(spec: dict[str, Any]) -> dict[str, Any]:
+    results = []
+    for r, q in spec["configs"]:
+        results.append(await _one(spec, int(r), int(q)))
+    return {"op_cost": results}
+
+
+def format_op_cost(doc: dict[str, Any], top: int = 12) -> str:
+    """Terminal lines of the op-cost measurement."""
+    lines = ["Python work per operation, all nodes in one process (closed loop on node 0):"]
+    for e in doc["op_cost"]:
+        lines.append(
+            f"  {e['transport']} R{e['replication']}/Q{e['quorum']}: "
+            f"{e['cpu_us_per_op']:.1f} CPU us/op, {e['calls_per_op']:.0f} calls/op "
+            f"({e['ops']} ops, {e['errors']} errors)"
+        )
+        for t in e["top_calls_per_op"][:top]:
+            lines.append(f"      {t['calls_per_op']:>6.2f}  {t['function']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Entry point: ``python -m benchlib._opcost '<spec JSON>'``."""
+    die_with_parent()
+    spec: dict[str, Any] = json.loads(sys.argv[1])
+    from peer_ring.core import run
+
+    result = run(_main(spec), use_uvloop=bool(spec.get("uvloop", True)))
+    sys.stdout.write(PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
