@@ -21,7 +21,7 @@ from peer_ring.core._errors import (
     UnknownCommandError,
 )
 from peer_ring.core._hashing import bucket_for_key, fingerprint64, partition_for_key
-from peer_ring.core._hooks import DIGEST_BUCKETS, DataHooks
+from peer_ring.core._hooks import DIGEST_BUCKETS, DataHooks, VersionedDataHooks
 from peer_ring.core._membership import Membership
 from peer_ring.core._node import PeerRing
 from peer_ring.core._ownership import OwnershipChange, OwnershipListener
@@ -72,6 +72,7 @@ __all__ = [
     "Transport",
     "TransportLimits",
     "UnknownCommandError",
+    "VersionedDataHooks",
     "__version__",
     "bucket_for_key",
     "check_replication",

@@ -4,15 +4,21 @@ The core moves partitions between nodes (pull on join, re-replication, handoff o
 anti-entropy) without knowing what a record is; these hooks translate between its opaque
 ``bytes`` records and :class:`KVEngine`. An exported record is one wire *entry*
 (``peer_ring.kv._wire.encode_entry``: key + record), the same bytes a MULTI-SET carries.
+
+The hooks are also :class:`~peer_ring.core.VersionedDataHooks`: a record's key id is the
+key's ``fingerprint64`` and its version the encoded :class:`Version`, so a node that pulls
+a differing bucket receives only the records it lacks or holds older, not the whole bucket.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
+from peer_ring.core import fingerprint64
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._record import Record
+from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import decode_entry, encode_entry
 
 logger = logging.getLogger(__name__)
@@ -49,8 +55,33 @@ class KVHooks:
             encode_entry(key, record) for key, record in self._engine.export(partition, buckets)
         )
 
-    def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
-        """Merge received entries by version (idempotent, any order).
+    def record_versions(
+        self, partition: int, buckets: Collection[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        """``(fingerprint64(key), encoded version)`` of every record ``export_partition``
+        would export from ``buckets`` (tombstones included)."""
+        return (
+            (fingerprint64(key), record.version.to_bytes())
+            for key, record in self._engine.export(partition, buckets)
+        )
+
+    def export_newer(
+        self, partition: int, buckets: Collection[int], known: Mapping[int, bytes]
+    ) -> Iterator[bytes]:
+        """Encoded entries of ``buckets`` whose key the receiver lacks or holds at a lower
+        version (``known``: its :meth:`record_versions`).
+
+        Raises:
+            MalformedPayloadError: a version in ``known`` is not valid.
+        """
+        for key, record in self._engine.export(partition, buckets):
+            theirs = known.get(fingerprint64(key))
+            if theirs is None or Version.from_bytes(theirs) < record.version:
+                yield encode_entry(key, record)
+
+    def apply_records(self, partition: int, records: Sequence[bytes]) -> int:
+        """Merge received entries by version (idempotent, any order); returns how many
+        changed the store (newer than, or missing from, what it held).
 
         The batch is decoded entirely before anything is applied, so a malformed entry
         leaves the store untouched. Entries whose key belongs to another partition are
@@ -64,13 +95,14 @@ class KVHooks:
         engine = self._engine
         on_record = self._on_record
         misplaced = 0
+        changed = 0
         for key, record in entries:
             if engine.partition_of(key) != partition:
                 misplaced += 1
                 continue
             if on_record is not None:
                 on_record(record)
-            engine.put(key, record)
+            changed += engine.put(key, record)
         if misplaced:
             self.misplaced += misplaced
             logger.warning(
@@ -79,6 +111,7 @@ class KVHooks:
                 misplaced,
                 partition,
             )
+        return changed
 
     def drop_partition(self, partition: int) -> None:
         """Forget every record of ``partition``."""

@@ -1,5 +1,5 @@
 """Internal commands (namespace ``__peer_ring__``) that peers send each other: ``ping``,
-``digests``, ``handoff`` and ``leaving``. One entry point, one error mapping."""
+``digests``, ``delta``, ``handoff`` and ``leaving``. One entry point, one error mapping."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from peer_ring.core._errors import PeerRingError
+from peer_ring.core._hooks import DIGEST_BUCKETS, VersionedDataHooks
 from peer_ring.core._sync._context import SyncContext
+from peer_ring.core._sync._delta import known_versions, take_within
 from peer_ring.core._sync._detector import FailureDetector
 from peer_ring.core._sync._digests import HoldState, RemotePartition, partition_root
 from peer_ring.core._sync._wire import (
+    DELTA_MORE,
+    DELTA_UNSUPPORTED,
     FLAG_LEAVING,
+    decode_delta_request,
     decode_digest_request,
     decode_ping,
+    encode_delta_response,
     encode_digest_response,
     encode_ping,
 )
@@ -56,6 +62,8 @@ class InternalCommands:
                 return self._ping(source, request.payload)
             if command == "digests":
                 return self._digests(request.payload)
+            if command == "delta":
+                return self._delta(request.payload)
             if command == "handoff":
                 return self._guard(self._serve_handoff, source, request.payload)
             if command == "leaving":
@@ -84,6 +92,24 @@ class InternalCommands:
         ctx = self._ctx
         flags_out = FLAG_LEAVING if ctx.leaving else 0
         return Response(Status.OK, encode_ping(ctx.incarnation, flags_out, ctx.clock.time()), "")
+
+    def _delta(self, payload: bytes) -> Response:
+        """The records of some buckets that the asker lacks, by its version list."""
+        ctx = self._ctx
+        request = decode_delta_request(payload)
+        if not 0 <= request.partition < ctx.cfg.partitions:
+            raise ValueError(f"partition {request.partition} out of range")
+        if any(b >= DIGEST_BUCKETS for b in request.buckets):
+            raise ValueError(f"digest buckets must be below {DIGEST_BUCKETS}")
+        hooks = ctx.hooks.get(request.namespace)
+        if hooks is None or not isinstance(hooks, VersionedDataHooks):
+            return Response(Status.OK, encode_delta_response([], DELTA_UNSUPPORTED), "")
+        budget = min(request.budget, ctx.cfg.transport_limits.max_message_bytes // 2)
+        newer = hooks.export_newer(
+            request.partition, request.buckets, known_versions(request.entries)
+        )
+        records, more = take_within(newer, budget)
+        return Response(Status.OK, encode_delta_response(records, DELTA_MORE if more else 0), "")
 
     def _digests(self, payload: bytes) -> Response:
         ctx = self._ctx

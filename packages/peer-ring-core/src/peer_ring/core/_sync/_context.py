@@ -12,14 +12,26 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from peer_ring.core._clock import Clock
 from peer_ring.core._config import PeerRingConfig
-from peer_ring.core._errors import PeerRingError, PeerUnavailableError, RequestTimeoutError
-from peer_ring.core._hooks import DataHooks
+from peer_ring.core._errors import (
+    PeerRingError,
+    PeerUnavailableError,
+    RequestTimeoutError,
+    UnknownCommandError,
+)
+from peer_ring.core._hooks import DataHooks, VersionedDataHooks
 from peer_ring.core._membership import Membership
 from peer_ring.core._status import error_for_status
+from peer_ring.core._sync._delta import (
+    MAX_ROUNDS,
+    REQUEST_BUDGET,
+    RESPONSE_BUDGET,
+    entry_size,
+    halves,
+)
 from peer_ring.core._sync._digests import (
     NamespaceDigests,
     RemotePartition,
@@ -29,8 +41,13 @@ from peer_ring.core._sync._digests import (
 from peer_ring.core._sync._hints import HintStore
 from peer_ring.core._sync._partitions import PartitionTable
 from peer_ring.core._sync._wire import (
+    DELTA_MORE,
+    DELTA_UNSUPPORTED,
     INTERNAL,
+    DeltaRequest,
+    decode_delta_response,
     decode_digest_response,
+    encode_delta_request,
     encode_digest_request,
 )
 from peer_ring.core._types import Request, Status
@@ -41,6 +58,9 @@ logger = logging.getLogger(__name__)
 #: Digests fetched at the start of a pull round are reused for this long; a transfer that
 #: waited longer for its slot asks for fresh ones (see ``Puller.round``).
 DIGESTS_FRESH_FOR = 0.2
+
+#: Seconds before asking a peer that could not serve a delta transfer for one again.
+DELTA_RETRY_AFTER = 300.0
 
 #: Partitions per ``handoff`` request: the receiver pulls them while the sender waits.
 HANDOFF_BATCH = 128
@@ -114,6 +134,14 @@ class SyncContext:
         self.peer_failed: Callable[[str], None] = _nothing
         self.records_received = 0
         self.bytes_received = 0
+        #: Received records that the application reported as changing its storage.
+        self.records_applied = 0
+        #: Bytes of version lists sent in delta requests (what a delta costs besides data).
+        self.versions_bytes_sent = 0
+        self.delta_requests = 0
+        self.buckets_transferred_whole = 0
+        #: (peer, namespace) -> when the peer could not serve a delta transfer.
+        self._delta_refused: dict[tuple[str, str], float] = {}
 
     # -- tasks and waiting -----------------------------------------------------------------
 
@@ -211,7 +239,12 @@ class SyncContext:
         return {entry.partition: entry for entry in decode_digest_response(data)}
 
     async def merge_from(self, peer: str, partition: int, remote: NamespaceDigests) -> int | None:
-        """Pull the buckets of ``partition`` that differ from ``peer``'s digests.
+        """Pull what differs in ``partition`` from ``peer``'s digests.
+
+        Only the buckets that differ are considered; within them, a namespace with
+        :class:`~peer_ring.core.VersionedDataHooks` receives only the records that are
+        missing or older here (a delta transfer), other namespaces (or a peer that cannot
+        filter) every record of those buckets.
 
         Returns the number of records received, or None when the transfer failed.
         """
@@ -224,15 +257,98 @@ class SyncContext:
             if not buckets:
                 continue
             try:
-                async for chunk in self.transfer(peer, namespace, partition, buckets):
-                    self.note_write(partition)
-                    hooks.apply_records(partition, chunk)
-                    received += len(chunk)
-                    self.bytes_received += sum(len(r) for r in chunk)
+                if isinstance(hooks, VersionedDataHooks) and self._delta_allowed(peer, namespace):
+                    received += await self._pull_delta(peer, namespace, hooks, partition, buckets)
+                else:
+                    received += await self._pull_buckets(peer, namespace, hooks, partition, buckets)
             except (PeerRingError, ValueError) as exc:
                 logger.info(
                     "pulling partition %d of %s from %s failed: %s", partition, namespace, peer, exc
                 )
                 return None
-        self.records_received += received
+        return received
+
+    def _apply(self, hooks: DataHooks, partition: int, records: list[bytes]) -> None:
+        self.note_write(partition)
+        applied = hooks.apply_records(partition, records)
+        self.records_received += len(records)
+        self.bytes_received += sum(len(r) for r in records)
+        if isinstance(applied, int):
+            self.records_applied += applied
+
+    async def _pull_buckets(
+        self, peer: str, namespace: str, hooks: DataHooks, partition: int, buckets: list[int]
+    ) -> int:
+        """Transfer every record of ``buckets`` (the ``Transfer`` stream)."""
+        received = 0
+        async for chunk in self.transfer(peer, namespace, partition, buckets):
+            self._apply(hooks, partition, chunk)
+            received += len(chunk)
+        self.buckets_transferred_whole += len(buckets)
+        return received
+
+    def _delta_allowed(self, peer: str, namespace: str) -> bool:
+        refused = self._delta_refused.get((peer, namespace))
+        return refused is None or self.clock.monotonic() - refused > DELTA_RETRY_AFTER
+
+    async def _pull_delta(
+        self,
+        peer: str,
+        namespace: str,
+        hooks: DataHooks,
+        partition: int,
+        buckets: list[int],
+    ) -> int:
+        """Receive the records of ``buckets`` that are missing or older here: send our
+        version list, apply the answer, ask again while the source has more."""
+        limit = self.cfg.transport_limits.max_message_bytes
+        request_budget = min(REQUEST_BUDGET, limit // 4)
+        response_budget = min(RESPONSE_BUDGET, limit // 2)
+        versions = cast(VersionedDataHooks, hooks)
+        received = 0
+        groups = [buckets]
+        rounds = 0
+        while groups:
+            group = groups.pop()
+            entries = list(versions.record_versions(partition, group))
+            if sum(entry_size(v) for _, v in entries) > request_budget:
+                if len(group) > 1:
+                    # Too many records here to list in one request: halve the buckets.
+                    groups.extend(halves(group))
+                else:
+                    received += await self._pull_buckets(peer, namespace, hooks, partition, group)
+                continue
+            request = DeltaRequest(namespace, partition, response_budget, tuple(group), entries)
+            payload = encode_delta_request(request)
+            self.versions_bytes_sent += len(payload)
+            try:
+                data = await self.ask(peer, "delta", payload, self.cfg.transfer_timeout)
+            except UnknownCommandError:
+                # An older node: it does not know "delta". Whole buckets, and do not ask it
+                # again for a while (it may be upgraded in a rolling restart).
+                self._delta_refused[(peer, namespace)] = self.clock.monotonic()
+                received += await self._pull_buckets(peer, namespace, hooks, partition, group)
+                continue
+            flags, records = decode_delta_response(data)
+            if flags & DELTA_UNSUPPORTED:
+                self._delta_refused[(peer, namespace)] = self.clock.monotonic()
+                received += await self._pull_buckets(peer, namespace, hooks, partition, group)
+                continue
+            if records:
+                self._apply(hooks, partition, records)
+                received += len(records)
+            self.delta_requests += 1
+            if flags & DELTA_MORE:
+                rounds += 1
+                if rounds >= MAX_ROUNDS:
+                    logger.warning(
+                        "partition %d of %s from %s: still more records after %d delta "
+                        "requests; leaving the rest to anti-entropy",
+                        partition,
+                        namespace,
+                        peer,
+                        rounds,
+                    )
+                    break
+                groups.append(group)
         return received

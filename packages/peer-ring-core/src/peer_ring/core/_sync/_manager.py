@@ -317,6 +317,10 @@ class SyncManager:
                 "dropped_unconfirmed": c.dropped_unconfirmed,
                 "records_received": ctx.records_received,
                 "bytes_received": ctx.bytes_received,
+                "records_applied": ctx.records_applied,
+                "versions_bytes_sent": ctx.versions_bytes_sent,
+                "delta_requests": ctx.delta_requests,
+                "buckets_transferred_whole": ctx.buckets_transferred_whole,
             },
             "hints": {
                 "pending": hints.pending(),

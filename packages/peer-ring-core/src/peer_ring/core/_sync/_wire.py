@@ -11,11 +11,21 @@ command        request payload                              response payload
 ``digests``    count u32, (partition u32, root u64)*        count u32, entry*
 ``handoff``    count u32, partition u32*                    count u32, partition u32*
 ``leaving``    incarnation u64                              partitions not pulled u32
+``delta``      see below                                    flags u8, count u32,
+                                                            (length u32 + record)*
 =============  ===========================================  ===============================
 
 A digests *entry* is ``partition u32, state u8, equal u8`` followed, when the state is not
 NONE and the roots differ, by ``namespaces u16`` and per namespace ``name (u16 length +
 UTF-8), buckets u16, (length u16 + digest)*``.
+
+A ``delta`` request (the receiver's version list of some digest buckets of one partition,
+see :mod:`~peer_ring.core._sync._delta`) is ``partition u32, budget u32, namespace (u16
+length + UTF-8), buckets u8 count + bucket u8*, entries u32 count, (key id u64, version
+u16 length + bytes)*``. The response's flags: 1 = more records than the budget allowed
+(ask again), 2 = the source has no versioned hooks for the namespace (transfer whole
+buckets instead). An older node answers ``delta`` with UNKNOWN_COMMAND, which the receiver
+takes as "transfer whole buckets" too.
 
 The ``ping`` response's trailing wall clock (the responder's ``clock.time()``, for the
 clock-offset estimate) was added later: decoders read the fixed prefix and ignore what
@@ -29,6 +39,7 @@ import functools
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from peer_ring.core._errors import InvalidArgumentError
@@ -47,6 +58,14 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ROOT = struct.Struct(">IQ")
 _ENTRY = struct.Struct(">IBB")
+_DELTA_HEAD = struct.Struct(">II")
+_KEY_VERSION = struct.Struct(">QH")
+_DELTA_FLAGS = struct.Struct(">BI")
+
+#: ``delta`` response flag: the source left records out (budget); ask again.
+DELTA_MORE = 0x01
+#: ``delta`` response flag: the source cannot filter by version; transfer whole buckets.
+DELTA_UNSUPPORTED = 0x02
 
 
 _T = TypeVar("_T")
@@ -189,6 +208,124 @@ def decode_digest_response(data: bytes) -> list[RemotePartition]:
         return entries
     except (struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed digests payload: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaRequest:
+    """A ``delta`` request: the asker's version list of ``buckets`` of one partition.
+
+    Attributes:
+        namespace: the application namespace.
+        partition: the partition.
+        budget: largest answer, in record bytes, the asker wants.
+        buckets: the digest buckets asked for.
+        entries: ``(key id, version)`` of every record the asker holds in them.
+    """
+
+    namespace: str
+    partition: int
+    budget: int
+    buckets: tuple[int, ...]
+    entries: list[tuple[int, bytes]]
+
+
+def encode_delta_request(request: DeltaRequest) -> bytes:
+    """A ``delta`` request (see the module docstring for the layout).
+
+    Raises:
+        ValueError: a field does not fit its layout (a bucket over 255, a version over
+            65,535 bytes, a namespace over 65,535 bytes).
+    """
+    name = request.namespace.encode()
+    if len(name) > 0xFFFF or len(request.buckets) > 0xFF:
+        raise ValueError("namespace or bucket list too long for a delta request")
+    out = [
+        _DELTA_HEAD.pack(request.partition, request.budget),
+        _U16.pack(len(name)),
+        name,
+        bytes([len(request.buckets)]),
+        bytes(request.buckets),
+        _U32.pack(len(request.entries)),
+    ]
+    for key_id, version in request.entries:
+        out.append(_KEY_VERSION.pack(key_id, len(version)))
+        out.append(version)
+    return b"".join(out)
+
+
+def decode_delta_request(data: bytes) -> DeltaRequest:
+    """The request of :func:`encode_delta_request`.
+
+    Raises:
+        ValueError: the payload is truncated, malformed or has trailing bytes.
+    """
+    try:
+        partition, budget = _DELTA_HEAD.unpack_from(data)
+        pos = _DELTA_HEAD.size
+        (size,) = _U16.unpack_from(data, pos)
+        pos += 2
+        if pos + size > len(data):
+            raise ValueError("namespace truncated")
+        namespace = bytes(data[pos : pos + size]).decode()
+        pos += size
+        if pos >= len(data):
+            raise ValueError("bucket count missing")
+        count = data[pos]
+        buckets = tuple(data[pos + 1 : pos + 1 + count])
+        if len(buckets) != count:
+            raise ValueError("bucket list truncated")
+        pos += 1 + count
+        (count,) = _U32.unpack_from(data, pos)
+        pos += 4
+        entries = []
+        for _ in range(count):
+            key_id, size = _KEY_VERSION.unpack_from(data, pos)
+            pos += _KEY_VERSION.size
+            version = bytes(data[pos : pos + size])
+            if len(version) != size:
+                raise ValueError("version truncated")
+            pos += size
+            entries.append((int(key_id), version))
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} trailing bytes")
+        return DeltaRequest(namespace, int(partition), int(budget), buckets, entries)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed delta payload: {exc}") from None
+
+
+def encode_delta_response(records: Sequence[bytes], flags: int) -> bytes:
+    """A ``delta`` response: ``flags`` (:data:`DELTA_MORE`, :data:`DELTA_UNSUPPORTED`)
+    and the records."""
+    out = [_DELTA_FLAGS.pack(flags, len(records))]
+    for record in records:
+        out.append(_U32.pack(len(record)))
+        out.append(record)
+    return b"".join(out)
+
+
+def decode_delta_response(data: bytes) -> tuple[int, list[bytes]]:
+    """``(flags, records)`` of :func:`encode_delta_response`.
+
+    Raises:
+        ValueError: the payload is truncated, malformed or has trailing bytes.
+    """
+    try:
+        flags, count = _DELTA_FLAGS.unpack_from(data)
+        pos = _DELTA_FLAGS.size
+        records = []
+        for _ in range(count):
+            (size,) = _U32.unpack_from(data, pos)
+            pos += 4
+            record = bytes(data[pos : pos + size])
+            if len(record) != size:
+                raise ValueError("record truncated")
+            pos += size
+            records.append(record)
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} trailing bytes")
+        return int(flags), records
+    except struct.error as exc:
+        raise ValueError(f"malformed delta payload: {exc}") from None
 
 
 def namespace_digests(digests: NamespaceDigests) -> dict[str, list[bytes]]:

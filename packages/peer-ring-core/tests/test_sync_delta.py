@@ -1,0 +1,409 @@
+"""Delta transfers at node level: records moved on join, leave and anti-entropy, under
+write load, against the records that actually differed.
+
+The application is a versioned dict with last-writer-wins merge that counts, in
+``apply_records``, the received records that changed it (newer or missing): that is the
+ideal. With :class:`~peer_ring.core.VersionedDataHooks` the records received must stay
+within :data:`FACTOR_MAX` of it; without them (whole digest buckets) the same scenarios
+move several times more, which the last tests measure to show the check can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import random
+import struct
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+
+import pytest
+
+from peer_ring.core import (
+    DIGEST_BUCKETS,
+    Command,
+    CommandContext,
+    DataHooks,
+    PeerRing,
+    PeerRingConfig,
+    QuorumNotReachedError,
+    VersionedDataHooks,
+    bucket_for_key,
+    fingerprint64,
+    partition_for_key,
+)
+from peer_ring.core._types import Request, Response
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, current_clock
+
+pytestmark = pytest.mark.fake_time
+
+P = 16
+ADDRS = [f"127.0.0.{i}:7301" for i in range(1, 6)]
+CONFIG = PeerRingConfig(
+    partitions=P,
+    request_timeout=1.0,
+    probe_interval=0.5,
+    probe_timeout=0.5,
+    suspicion_timeout=2.0,
+    down_after=3.0,
+    handoff_delay=0.5,
+    sync_retry_initial=0.2,
+    sync_retry_max=1.0,
+    sync_give_up_after=20.0,
+    anti_entropy_interval=None,
+)
+#: The bound of issue 16: records received at most 1.2x the records that differed.
+FACTOR_MAX = 1.2
+KEYS = 2000
+
+_REC = struct.Struct(">QH")  # version, key length
+AnswerFn = Callable[[str, Request], "Response | Awaitable[Response]"]
+
+
+class App:
+    """A versioned dict with LWW merge; counts the received records that changed it."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, tuple[int, bytes]] = {}
+        self.applied = 0
+
+    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        self.merge(key, int.from_bytes(payload[:8], "big"), payload[8:])
+        return b""
+
+    def merge(self, key: bytes, version: int, value: bytes) -> bool:
+        current = self.data.get(key)
+        if current is None or current[0] < version:
+            self.data[key] = (version, value)
+            return True
+        return False
+
+    def _records(self, partition: int, buckets: Collection[int] | None) -> list[bytes]:
+        return [
+            k
+            for k in list(self.data)
+            if partition_for_key(k, P) == partition
+            and (buckets is None or bucket_for_key(k) in buckets)
+        ]
+
+    def export_partition(
+        self, partition: int, buckets: Collection[int] | None = None
+    ) -> Iterable[bytes]:
+        for key in self._records(partition, buckets):
+            version, value = self.data[key]
+            yield _REC.pack(version, len(key)) + key + value
+
+    def apply_records(self, partition: int, records: Sequence[bytes]) -> int:
+        changed = 0
+        for record in records:
+            version, size = _REC.unpack_from(record)
+            key = record[_REC.size : _REC.size + size]
+            changed += self.merge(key, version, record[_REC.size + size :])
+        self.applied += changed
+        return changed
+
+    def drop_partition(self, partition: int) -> None:
+        for key in self._records(partition, None):
+            del self.data[key]
+
+    def digest_partition(self, partition: int) -> Sequence[bytes]:
+        sums = [0] * DIGEST_BUCKETS
+        for key, (version, _) in self.data.items():
+            if partition_for_key(key, P) == partition:
+                b = bucket_for_key(key)
+                sums[b] = (sums[b] + fingerprint64(key + version.to_bytes(8, "big"))) % 2**64
+        return [s.to_bytes(8, "big") if s else b"" for s in sums]
+
+
+class VersionedApp(App):
+    """The same application with the optional versioned hooks."""
+
+    def record_versions(
+        self, partition: int, buckets: Collection[int]
+    ) -> Iterable[tuple[int, bytes]]:
+        for key in self._records(partition, buckets):
+            yield fingerprint64(key), self.data[key][0].to_bytes(8, "big")
+
+    def export_newer(
+        self, partition: int, buckets: Collection[int], known: Mapping[int, bytes]
+    ) -> Iterable[bytes]:
+        for key in self._records(partition, buckets):
+            version, value = self.data[key]
+            theirs = known.get(fingerprint64(key))
+            if theirs is None or int.from_bytes(theirs, "big") < version:
+                yield _REC.pack(version, len(key)) + key + value
+
+
+def test_the_apps_satisfy_the_protocols() -> None:
+    assert isinstance(VersionedApp(), DataHooks)
+    assert isinstance(VersionedApp(), VersionedDataHooks)
+    assert isinstance(App(), DataHooks)
+    assert not isinstance(App(), VersionedDataHooks)
+
+
+class Cluster:
+    def __init__(self, clock: FakeClock, versioned: bool, config: PeerRingConfig) -> None:
+        self.clock = clock
+        self.network = MemoryNetwork(clock)
+        self.versioned = versioned
+        self.config = config
+        self.nodes: dict[str, PeerRing] = {}
+        self.apps: dict[str, App] = {}
+        self.discoveries: dict[str, FixedDiscovery] = {}
+        self.version = itertools.count(1)
+
+    async def start(self, address: str, peers: list[str], versioned: bool | None = None) -> None:
+        discovery = FixedDiscovery(address, peers)
+        node = PeerRing(
+            discovery,
+            config=self.config,
+            transport=self.network.transport(address),
+            clock=self.clock,
+        )
+        app = VersionedApp() if (self.versioned if versioned is None else versioned) else App()
+        node.register("app", Command("put", mutates=True), app.put)
+        node.register_hooks("app", app)
+        await node.start()
+        self.nodes[address] = node
+        self.apps[address] = app
+        self.discoveries[address] = discovery
+
+    def set_members(self, members: list[str]) -> None:
+        for address, discovery in self.discoveries.items():
+            if address in self.nodes and address in members:
+                discovery.set_members(members)
+
+    async def until(self, predicate: Callable[[], bool], within: float = 120.0) -> None:
+        deadline = self.clock.monotonic() + within
+        while not predicate():
+            assert self.clock.monotonic() < deadline, "condition not met in fake time"
+            await asyncio.sleep(0.05)
+
+    def settled(self) -> bool:
+        return all(
+            n.ready
+            and n.sync_status()["partitions"]["pending"] == 0
+            and n.sync_status()["partitions"]["held_for_handoff"] == 0
+            for n in self.nodes.values()
+        )
+
+    async def put(self, node: PeerRing, key: bytes, quorum: int | None = None) -> None:
+        version = next(self.version)
+        payload = version.to_bytes(8, "big") + b"v%08d" % version + b"x" * 40
+        with contextlib.suppress(QuorumNotReachedError):
+            await node.execute("app", "put", key, payload, quorum=quorum)
+
+    async def load(self, seed: int, stop: asyncio.Event) -> None:
+        """Rewrite random keys through random nodes every 5 ms of fake time."""
+        rng = random.Random(seed)
+        for _ in range(100_000):  # bounded; ``stop`` ends it long before
+            if stop.is_set():
+                return
+            node = self.nodes[rng.choice(sorted(self.nodes))]
+            if node.ready:
+                await self.put(node, b"k%d" % rng.randrange(KEYS))
+            await asyncio.sleep(0.005)
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """(records received, records that changed the receiver) per node."""
+        return {
+            a: (n.sync_status()["partitions"]["records_received"], self.apps[a].applied)
+            for a, n in self.nodes.items()
+        }
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+
+
+def moved(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    received = sum(r - before.get(a, (0, 0))[0] for a, (r, _) in after.items())
+    applied = sum(x - before.get(a, (0, 0))[1] for a, (_, x) in after.items())
+    return received, applied
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    return current_clock()
+
+
+async def cluster_of_three(
+    clock: FakeClock, versioned: bool, config: PeerRingConfig = CONFIG
+) -> Cluster:
+    c = Cluster(clock, versioned, config)
+    for address in ADDRS[:3]:
+        await c.start(address, ADDRS[:3])
+    await c.until(c.settled)
+    a = c.nodes[ADDRS[0]]
+    for i in range(KEYS):
+        await c.put(a, b"k%d" % i, quorum=3)
+    return c
+
+
+async def join_under_load(clock: FakeClock, versioned: bool) -> tuple[int, int]:
+    c = await cluster_of_three(clock, versioned)
+    stop = asyncio.Event()
+    load = asyncio.ensure_future(c.load(1, stop))
+    try:
+        await asyncio.sleep(0.5)
+        before = c.counters()
+        await c.start(ADDRS[3], ADDRS[:4])
+        c.set_members(ADDRS[:4])
+        await c.until(lambda: all(len(n.ring) == 4 for n in c.nodes.values()))
+        await c.until(c.settled)
+        stop.set()
+        await load
+        result = moved(before, c.counters())
+        # the joiner holds the union: every key of its partitions
+        d = c.nodes[ADDRS[3]]
+        mine = d.ring.partitions_of(d.address, 3)
+        expected = {b"k%d" % i for i in range(KEYS)}
+        expected = {k for k in expected if partition_for_key(k, P) in mine}
+        assert set(c.apps[ADDRS[3]].data) == expected
+        return result
+    finally:
+        stop.set()
+        await load
+        await c.stop()
+
+
+async def leave_under_load(clock: FakeClock, versioned: bool) -> tuple[int, int]:
+    c = await cluster_of_three(clock, versioned)
+    await c.start(ADDRS[3], ADDRS[:4])
+    c.set_members(ADDRS[:4])
+    await c.until(lambda: all(len(n.ring) == 4 for n in c.nodes.values()))
+    await c.until(c.settled)
+    stop = asyncio.Event()
+    load = asyncio.ensure_future(c.load(2, stop))
+    try:
+        await asyncio.sleep(0.5)
+        before = c.counters()
+        leaver = c.nodes.pop(ADDRS[0])
+        report = await leaver.leave(deadline=30.0)
+        assert report.complete
+        await leaver.stop()
+        c.set_members(ADDRS[1:4])
+        await c.until(c.settled)
+        stop.set()
+        await load
+        return moved(before, c.counters())
+    finally:
+        stop.set()
+        await load
+        await c.stop()
+
+
+async def anti_entropy_after_divergence(clock: FakeClock, versioned: bool) -> tuple[int, int]:
+    config = dataclasses.replace(CONFIG, anti_entropy_interval=1.0)
+    c = await cluster_of_three(clock, versioned, config)
+    try:
+        # One in 40 keys is rewritten on one replica only (a write the others missed).
+        a = c.nodes[ADDRS[0]]
+        before = c.counters()
+        for i in range(0, KEYS, 40):
+            key = b"k%d" % i
+            holder = a.preference_list(key, 3)[i % 3]
+            version = next(c.version)
+            c.apps[holder].merge(key, version, b"diverged")
+
+        def agree() -> bool:
+            copies = {
+                tuple(tuple(c.apps[n].digest_partition(p)) for p in range(P)) for n in ADDRS[:3]
+            }
+            return len(copies) == 1
+
+        await c.until(agree, within=300.0)
+        return moved(before, c.counters())
+    finally:
+        await c.stop()
+
+
+# -- with the versioned hooks: within 1.2x ---------------------------------------------------
+
+
+async def test_a_join_under_write_load_moves_what_differs(clock: FakeClock) -> None:
+    received, applied = await join_under_load(clock, versioned=True)
+    assert applied > 0
+    assert received <= FACTOR_MAX * applied, (received, applied)
+
+
+async def test_a_leave_under_write_load_moves_what_differs(clock: FakeClock) -> None:
+    received, applied = await leave_under_load(clock, versioned=True)
+    assert applied > 0
+    assert received <= FACTOR_MAX * applied, (received, applied)
+
+
+async def test_anti_entropy_moves_only_the_keys_that_diverged(clock: FakeClock) -> None:
+    received, applied = await anti_entropy_after_divergence(clock, versioned=True)
+    # 50 keys diverged on one replica each: the two others need them, 100 records
+    assert applied == 2 * len(range(0, KEYS, 40))
+    assert received <= FACTOR_MAX * applied, (received, applied)
+
+
+# -- without them (whole buckets): the check above would fail ---------------------------------
+
+
+async def test_whole_buckets_move_far_more_in_anti_entropy(clock: FakeClock) -> None:
+    received, applied = await anti_entropy_after_divergence(clock, versioned=False)
+    assert applied == 2 * len(range(0, KEYS, 40))
+    assert received > 2 * FACTOR_MAX * applied, (received, applied)
+
+
+async def test_whole_buckets_move_more_on_a_join_under_load(clock: FakeClock) -> None:
+    # The application without versioned hooks still joins (the union is checked inside),
+    # at a cost: the whole buckets that writes made differ during the pull.
+    received, applied = await join_under_load(clock, versioned=False)
+    assert received > FACTOR_MAX * applied > 0, (received, applied)
+
+
+async def test_a_peer_without_versioned_hooks_serves_whole_buckets(clock: FakeClock) -> None:
+    # Mixed: the joiner has the versioned hooks, the three holders do not (an application
+    # that did not implement them, or an older version of it): the joiner falls back.
+    c = await cluster_of_three(clock, versioned=False)
+    try:
+        await c.start(ADDRS[3], ADDRS[:4], versioned=True)
+        c.set_members(ADDRS[:4])
+        await c.until(c.settled)
+        d = c.nodes[ADDRS[3]]
+        status = d.sync_status()["partitions"]
+        assert status["buckets_transferred_whole"] > 0
+        mine = d.ring.partitions_of(d.address, 3)
+        assert set(c.apps[d.address].data) == {
+            b"k%d" % i for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
+        }
+    finally:
+        await c.stop()
+
+
+async def test_an_older_peer_that_does_not_know_delta_serves_whole_buckets(
+    clock: FakeClock,
+) -> None:
+    c = await cluster_of_three(clock, versioned=True)
+    try:
+        # The holders answer "delta" as a node from before it existed: UNKNOWN_COMMAND.
+        for node in c.nodes.values():
+            internal = node._sync._commands
+            answer = internal.answer
+
+            def old(
+                source: str, request: Request, answer: AnswerFn = answer
+            ) -> Response | Awaitable[Response]:
+                if request.command == "delta":
+                    return answer(source, dataclasses.replace(request, command="delta?"))
+                return answer(source, request)
+
+            internal.answer = old  # type: ignore[method-assign]
+        await c.start(ADDRS[3], ADDRS[:4])
+        c.set_members(ADDRS[:4])
+        await c.until(c.settled)
+        d = c.nodes[ADDRS[3]]
+        status = d.sync_status()["partitions"]
+        assert status["buckets_transferred_whole"] > 0
+        assert status["delta_requests"] == 0
+        mine = d.ring.partitions_of(d.address, 3)
+        assert len(c.apps[d.address].data) == sum(
+            1 for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
+        )
+    finally:
+        await c.stop()
