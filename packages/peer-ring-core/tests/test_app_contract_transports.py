@@ -1,10 +1,12 @@
-"""The application contract over real gRPC on loopback: execute_many with one replica
+"""The application contract on loopback over each transport (real gRPC, and TCP with
+``config.transport="tcp"``: the ``transport_kind`` fixture): execute_many with one replica
 stopped (sloppy quorum, hints delivered when it is back), send, and the one handler path."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -57,13 +59,14 @@ class App:
 
 
 class Cluster:
-    def __init__(self, peers: list[str]) -> None:
+    def __init__(self, peers: list[str], transport_kind: str) -> None:
         self.peers = peers
+        self.config = replace(CONFIG, transport=transport_kind)
         self.nodes: dict[str, PeerRing] = {}
         self.apps: dict[str, App] = {}
 
     async def start(self, address: str) -> PeerRing:
-        node = PeerRing(StaticDiscovery(self.peers, self_address=address), config=CONFIG)
+        node = PeerRing(StaticDiscovery(self.peers, self_address=address), config=self.config)
         app = App()
         node.register("t", PUT, app.put)
         node.register("t", GET, app.get)
@@ -76,7 +79,7 @@ class Cluster:
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 20.0) -> None:
-    """Poll a condition of real gRPC nodes (no event to wait for), bounded in time."""
+    """Poll a condition of real networked nodes (no event to wait for), bounded in time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not predicate():
@@ -85,10 +88,10 @@ async def eventually(predicate: Callable[[], bool], within: float = 20.0) -> Non
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
+async def cluster(transport_kind: str) -> AsyncIterator[Cluster]:
     hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
     port = free_port(*hosts)
-    c = Cluster([f"{h}:{port}" for h in hosts])
+    c = Cluster([f"{h}:{port}" for h in hosts], transport_kind)
     for address in c.peers:
         await c.start(address)
     for node in c.nodes.values():
@@ -103,7 +106,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         await node.stop()
 
 
-async def test_execute_many_over_grpc_survives_a_stopped_replica_and_delivers_hints(
+async def test_execute_many_survives_a_stopped_replica_and_delivers_hints(
     cluster: Cluster,
 ) -> None:
     a = cluster.nodes[cluster.peers[0]]
@@ -140,7 +143,7 @@ async def test_execute_many_over_grpc_survives_a_stopped_replica_and_delivers_hi
     assert back.running
 
 
-async def test_send_and_the_one_handler_path_over_grpc(cluster: Cluster) -> None:
+async def test_send_and_the_one_handler_path(cluster: Cluster) -> None:
     a, b = (cluster.nodes[p] for p in cluster.peers[:2])
     a.send("t", PUT, b"fire", b"forget", nodes=[b.address])
     await eventually(lambda: cluster.apps[b.address].data.get(b"fire") == b"forget")

@@ -1,5 +1,6 @@
-"""PeerRing clusters over real gRPC on loopback: 127.0.0.1/.2/.3 with one port, and one IP
-with many ports."""
+"""PeerRing clusters on loopback over each transport (real gRPC, and TCP with
+``config.transport="tcp"``, the ``transport_kind`` fixture): 127.0.0.1/.2/.3 with one port,
+and one IP with many ports."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,10 +43,13 @@ class Echo:
         return b"x" * (LIMITS.max_message_bytes + 1)
 
 
-async def start_cluster(peers: list[str]) -> tuple[list[PeerRing], dict[str, Echo]]:
+async def start_cluster(
+    peers: list[str], transport_kind: str
+) -> tuple[list[PeerRing], dict[str, Echo]]:
     nodes, apps = [], {}
+    config = replace(CONFIG, transport=transport_kind)
     for address in peers:
-        node = PeerRing(StaticDiscovery(peers, self_address=address), config=CONFIG)
+        node = PeerRing(StaticDiscovery(peers, self_address=address), config=config)
         app = Echo()
         node.register("t", "put", app.put)
         node.register("t", "big", app.big)
@@ -56,7 +61,7 @@ async def start_cluster(peers: list[str]) -> tuple[list[PeerRing], dict[str, Ech
 
 @pytest.fixture(params=["many-ips-one-port", "one-ip-many-ports"])
 async def cluster(
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, transport_kind: str
 ) -> AsyncIterator[tuple[list[PeerRing], dict[str, Echo]]]:
     if request.param == "many-ips-one-port":
         hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
@@ -64,7 +69,7 @@ async def cluster(
         peers = [f"{h}:{port}" for h in hosts]
     else:
         peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    nodes, apps = await start_cluster(peers)
+    nodes, apps = await start_cluster(peers, transport_kind)
     yield nodes, apps
     for node in nodes:
         await node.stop()

@@ -2,15 +2,15 @@
 
 A node holding a valid certificate of the cluster CA for 127.0.0.2 that claims to be
 127.0.0.3 (the sender metadata of the gRPC transport) is refused, so a member cannot
-impersonate another one; the honest node is accepted. Certificates come from
-``peer_ring.core.testing.CertificateAuthority``.
+impersonate another one; the honest node is accepted, over each transport (``transports``
+of conftest.py). Certificates come from ``peer_ring.core.testing.CertificateAuthority``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,13 @@ import grpc.aio
 import pytest
 
 from peer_ring.core._errors import PeerRingError
-from peer_ring.core._types import Request, Response, Status, TransferRequest
-from peer_ring.core.testing import CertificateAuthority, TLSFiles, free_port
-from peer_ring.core.transport import GrpcTransport, TcpTransport, TransportLimits
+from peer_ring.core._types import Request, Status
+from peer_ring.core.testing import CertificateAuthority, free_port
+from peer_ring.core.transport import GrpcTransport
 from peer_ring.core.transport._identity import claim_refusal
 from peer_ring.core.transport._options import EXCHANGE_PATH, SENDER_KEY
 
 LIMIT = 15.0
-FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
-
-
-def echo(sender: str, request: Request) -> Response:
-    return Response(Status.OK, request.payload)
-
-
-async def no_transfer(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
-    yield [b"record"]
 
 
 async def exchange_code(
@@ -53,18 +44,15 @@ async def exchange_code(
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[tuple[GrpcTransport, CertificateAuthority]]:
+async def server(
+    tmp_path: Path, transports: Callable[..., Awaitable[Any]]
+) -> tuple[GrpcTransport, CertificateAuthority]:
     ca = CertificateAuthority.create("cluster CA")
-    files = TLSFiles(tmp_path / "server")
-    files.write(ca.pem, *ca.issue("server", ips=("127.0.0.1",)))
-    transport = GrpcTransport(
-        f"127.0.0.1:{free_port('127.0.0.1')}", limits=FAST, tls=files.config()
-    )
-    await transport.start(echo, no_transfer)
-    yield transport, ca
-    await transport.close()
+    files = ca.write_node_files(tmp_path / "server", "server")
+    return await transports(tls=files.config()), ca
 
 
+@pytest.mark.parametrize("transport_kind", ["grpc"])  # the claim is gRPC metadata here
 async def test_a_peer_claiming_another_members_address_is_refused(
     server: tuple[GrpcTransport, CertificateAuthority],
 ) -> None:
@@ -83,36 +71,27 @@ async def test_a_peer_claiming_another_members_address_is_refused(
     assert transport.stats()["refused_connections"] == before + 1
 
 
-@pytest.mark.parametrize("kind", [GrpcTransport, TcpTransport])
 async def test_transport_nodes_impersonation_refused_honest_node_accepted(
-    kind: type[GrpcTransport] | type[TcpTransport], tmp_path: Path
+    transports: Callable[..., Awaitable[Any]], tmp_path: Path
 ) -> None:
     """Real transports: a node with a valid certificate for 127.0.0.2 claims 127.0.0.3."""
     ca = CertificateAuthority.create("cluster CA")
     port = free_port("127.0.0.1", "127.0.0.2", "127.0.0.3")
-    made: list[Any] = []
 
     async def node(host: str, certified: str) -> Any:
-        files = TLSFiles(tmp_path / f"{host}-{certified}")
-        files.write(ca.pem, *ca.issue(certified, ips=(certified,)))
-        transport = kind(f"{host}:{port}", limits=FAST, tls=files.config())
-        made.append(transport)
-        await transport.start(echo, no_transfer)
-        return transport
+        files = ca.write_node_files(tmp_path / f"{host}-{certified}", certified, ips=(certified,))
+        return await transports(host, port, tls=files.config())
 
-    try:
-        server = await node("127.0.0.1", "127.0.0.1")
-        honest = await node("127.0.0.2", "127.0.0.2")
-        impostor = await node("127.0.0.3", "127.0.0.2")
-        request = Request("t", "echo", payload=b"hi", timeout=5)
-        response = await asyncio.wait_for(honest.request(server.address, request), LIMIT)
-        assert response.status is Status.OK and bytes(response.payload) == b"hi"
-        before = server.stats()["refused_connections"]
-        with pytest.raises(PeerRingError):
-            await asyncio.wait_for(impostor.request(server.address, request), LIMIT)
-        assert server.stats()["refused_connections"] > before
-    finally:
-        await asyncio.gather(*(t.close() for t in made))
+    server = await node("127.0.0.1", "127.0.0.1")
+    honest = await node("127.0.0.2", "127.0.0.2")
+    impostor = await node("127.0.0.3", "127.0.0.2")
+    request = Request("t", "echo", payload=b"hi", timeout=5)
+    response = await asyncio.wait_for(honest.request(server.address, request), LIMIT)
+    assert response.status is Status.OK and bytes(response.payload) == b"hi"
+    before = server.stats()["refused_connections"]
+    with pytest.raises(PeerRingError):
+        await asyncio.wait_for(impostor.request(server.address, request), LIMIT)
+    assert server.stats()["refused_connections"] > before
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Security of the TCP transport: mutual TLS from reloaded certificate files, the cluster
 token, refusal of a peer of the other transport kind, and hardened decoding (a fuzz of the
 framing: every malformed input closes that connection, is counted and logged, and the node
-keeps serving). Certificates come from ``peer_ring.core.testing.CertificateAuthority``.
+keeps serving). Certificates come from ``peer_ring.core.testing.CertificateAuthority``,
+transports from conftest.py; certificate rotation and transfers over TLS are tested for both
+transports in test_security_tls.py.
 """
 
 from __future__ import annotations
@@ -10,19 +12,17 @@ import asyncio
 import logging
 import os
 import random
-import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 
 from peer_ring.core._errors import PeerUnavailableError
-from peer_ring.core._types import Request, Response, Status, TransferRequest
-from peer_ring.core.testing import CertificateAuthority, TLSFiles, free_port
-from peer_ring.core.transport import GrpcTransport, TcpTransport, TransportLimits
+from peer_ring.core._types import Request, Status, TransferRequest
+from peer_ring.core.testing import CertificateAuthority
+from peer_ring.core.transport import GrpcTransport, TransportLimits
 from peer_ring.core.transport._tcp_wire import (
     FRAME,
     HELLO,
@@ -34,38 +34,18 @@ from peer_ring.core.transport._tcp_wire import (
 
 #: Upper bound of any single wait (real seconds); only reached on a bug.
 LIMIT = 15.0
-FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
 
 
 # -- transports ----------------------------------------------------------------------------------
 
 
-def echo(sender: str, request: Request) -> Response:
-    return Response(Status.OK, request.payload)
-
-
-async def one_record(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
-    yield [b"record"]
-
-
-Factory = Callable[..., Awaitable[TcpTransport]]
+Factory = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture
-async def transports() -> AsyncIterator[Factory]:
-    made: list[Any] = []
-
-    async def make(
-        host: str = "127.0.0.1", port: int | None = None, kind: type = TcpTransport, **kwargs: Any
-    ) -> Any:
-        kwargs.setdefault("limits", FAST)
-        transport = kind(f"{host}:{port or free_port(host)}", **kwargs)
-        made.append(transport)
-        await transport.start(echo, one_record)
-        return transport
-
-    yield make
-    await asyncio.gather(*(t.close() for t in made))
+def transport_kind() -> str:
+    """``transports`` (conftest.py) are TCP ones here."""
+    return "tcp"
 
 
 async def bounded(aw: Awaitable[Any]) -> Any:
@@ -77,20 +57,6 @@ async def ask(src: Any, dst: Any, payload: bytes = b"x") -> bytes:
     response = await bounded(src.request(target, Request("t", "echo", payload=payload, timeout=5)))
     assert response.status is Status.OK
     return bytes(response.payload)
-
-
-async def server_certificate(address: str, files: TLSFiles) -> x509.Certificate:
-    """The certificate the server at ``address`` presents to a new connection now."""
-    host, _, port = address.rpartition(":")
-    context = ssl.create_default_context(cafile=str(files.ca))
-    context.check_hostname = False
-    context.load_cert_chain(str(files.cert), str(files.key))
-    _, writer = await bounded(asyncio.open_connection(host, int(port), ssl=context))
-    try:
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    finally:
-        writer.transport.abort()
-    return x509.load_der_x509_certificate(der)
 
 
 # -- TLS -----------------------------------------------------------------------------------------
@@ -123,38 +89,6 @@ async def test_mtls_peers_talk_and_outsiders_are_refused(
     assert stats["tls_handshakes"] >= 3
     assert await ask(a, b, b"still here") == b"still here"
     assert a.stats()["stream_failures"] == 0
-
-
-async def test_rotated_certificate_is_used_by_new_connections(
-    transports: Factory, tmp_path: Path
-) -> None:
-    ca = CertificateAuthority.create("cluster CA")
-    a_files = ca.write_node_files(tmp_path / "a", "a")
-    b_files = ca.write_node_files(tmp_path / "b", "b")
-    a = await transports(tls=a_files.config())
-    b = await transports(tls=b_files.config())
-    assert await ask(a, b) == b"x"
-    assert (await server_certificate(b.address, a_files)).subject.rfc4514_string() == "CN=b"
-    b_files.write(ca.pem, *ca.issue("b-renewed", ips=("127.0.0.1",)))
-    second = await server_certificate(b.address, a_files)
-    assert second.subject.rfc4514_string() == "CN=b-renewed"
-    assert b.stats()["certificate_reloads"] == 1
-    assert await ask(a, b) == b"x"  # the established connection is untouched
-    a.forget_peer(b.address)
-    assert await ask(a, b) == b"x"  # and a new one verifies the renewed certificate
-    # a's client side picks up its own rotated certificate on its next connection too.
-    a_files.write(ca.pem, *ca.issue("a-renewed", ips=("127.0.0.1",)))
-    a.forget_peer(b.address)
-    assert await ask(a, b) == b"x"
-    assert a.stats()["certificate_reloads"] == 1
-
-
-async def test_transfers_run_over_tls(transports: Factory, tmp_path: Path) -> None:
-    ca = CertificateAuthority.create("cluster CA")
-    a = await transports(tls=ca.write_node_files(tmp_path / "a", "a").config())
-    b = await transports(tls=ca.write_node_files(tmp_path / "b", "b").config())
-    got = [r async for chunk in a.transfer(b.address, TransferRequest("kv", 1), 5.0) for r in chunk]
-    assert got == [b"record"]
 
 
 # -- token and transport kind --------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Peer authentication: mutual TLS from reloaded certificate files, and the cluster token.
 
-Certificates come from ``peer_ring.core.testing.CertificateAuthority``: a cluster CA, node certificates with IP
-SANs (peers are dialled by IP:port) or a shared DNS name, and "rogue" material from another
-CA. Every network wait is bounded; no sleep is used to synchronise.
+Certificates come from ``peer_ring.core.testing.CertificateAuthority``: a cluster CA, node
+certificates with IP SANs (peers are dialled by IP:port) or a shared DNS name, and "rogue"
+material from another CA. Transports come from conftest.py (``transports``). Every network
+wait is bounded; no sleep is used to synchronise.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from cryptography import x509
 
 from peer_ring.core import PeerRing, PeerRingConfig
 from peer_ring.core._errors import InvalidArgumentError, PeerUnavailableError
-from peer_ring.core._types import Request, Response, Status, TransferRequest
+from peer_ring.core._types import Request, Status, TransferRequest
 from peer_ring.core.testing import CertificateAuthority, FixedDiscovery, TLSFiles, free_port
 from peer_ring.core.transport import GrpcTransport, TLSConfig, TransportLimits
 from peer_ring.core.transport._options import EXCHANGE_PATH, SENDER_KEY
@@ -37,39 +38,20 @@ SHARED_NAME = "peers.peer-ring.test"
 # -- transports ----------------------------------------------------------------------------------
 
 
-def echo(sender: str, request: Request) -> Response:
-    return Response(Status.OK, request.payload)
-
-
-async def no_transfer(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
-    yield [b"record"]
-
-
-Factory = Callable[..., Awaitable[GrpcTransport]]
+Factory = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture
-async def transports() -> AsyncIterator[Factory]:
-    made: list[GrpcTransport] = []
-
-    async def make(
-        host: str = "127.0.0.1", port: int | None = None, **kwargs: Any
-    ) -> GrpcTransport:
-        kwargs.setdefault("limits", FAST)
-        transport = GrpcTransport(f"{host}:{port or free_port(host)}", **kwargs)
-        made.append(transport)
-        await transport.start(echo, no_transfer)
-        return transport
-
-    yield make
-    await asyncio.gather(*(t.close() for t in made))
+def transport_kind() -> str:
+    """``transports`` (conftest.py) are gRPC ones here, unless a test parametrizes this."""
+    return "grpc"
 
 
 async def bounded(aw: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(aw, LIMIT)
 
 
-async def ask(src: GrpcTransport, dst: GrpcTransport | str, payload: bytes = b"x") -> bytes:
+async def ask(src: Any, dst: Any, payload: bytes = b"x") -> bytes:
     target = dst if isinstance(dst, str) else dst.address
     response = await bounded(src.request(target, Request("t", "echo", payload=payload, timeout=5)))
     assert response.status is Status.OK
@@ -264,7 +246,8 @@ async def test_three_peer_ring_nodes_with_mtls_replicate_while_a_rogue_is_refuse
 # -- certificate rotation ------------------------------------------------------------------------
 
 
-async def test_rotated_server_certificate_is_used_by_new_connections(
+@pytest.mark.parametrize("transport_kind", ["grpc", "tcp"])
+async def test_rotated_certificate_is_used_by_new_connections(
     transports: Factory, tmp_path: Path
 ) -> None:
     ca = CertificateAuthority.create("cluster CA")
@@ -286,6 +269,20 @@ async def test_rotated_server_certificate_is_used_by_new_connections(
     a.forget_peer(b.address)
     assert await ask(a, b) == b"x"
     assert a.stats()["stream_failures"] == 0
+    # a's client side picks up its own rotated certificate on its next connection too.
+    a_files.write(ca.pem, *ca.issue("a-renewed", ips=("127.0.0.1",)))
+    a.forget_peer(b.address)
+    assert await ask(a, b) == b"x"
+    assert a.stats()["certificate_reloads"] == 1
+
+
+@pytest.mark.parametrize("transport_kind", ["grpc", "tcp"])
+async def test_transfers_run_over_tls(transports: Factory, tmp_path: Path) -> None:
+    ca = CertificateAuthority.create("cluster CA")
+    a = await transports(tls=ca.write_node_files(tmp_path / "a", "a").config())
+    b = await transports(tls=ca.write_node_files(tmp_path / "b", "b").config())
+    got = [r async for chunk in a.transfer(b.address, TransferRequest("kv", 1), 5.0) for r in chunk]
+    assert got == [b"record"]
 
 
 async def test_ca_rotation_without_restart(transports: Factory, tmp_path: Path) -> None:
