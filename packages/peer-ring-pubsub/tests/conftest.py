@@ -108,3 +108,11 @@ async def cluster() -> AsyncIterator[MemoryCluster]:
     c = MemoryCluster()
     yield c
     await c.stop()
+
+
+@pytest.fixture
+async def single_copy_cluster() -> AsyncIterator[MemoryCluster]:
+    """A cluster whose partitions have one copy (N=1, W=1)."""
+    c = MemoryCluster(replication=1, quorum=1)
+    yield c
+    await c.stop()

@@ -81,6 +81,7 @@ class Leader:
     slots: deque[_Slot] = field(default_factory=deque)
     active: bool = True
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    checked: object = None  # the ring this leader was last found to head the list in
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this partition."""
@@ -120,9 +121,17 @@ class Leaders:
 
     async def get(self, key: bytes, config: TopicConfig) -> Leader:
         """This node's leader for ``key``, running a takeover when there is none."""
-        prefs = self._check_head(key)
         leader = self.leaders.get(key)
+        ring = self.node.ring
+        if leader is not None and leader.active and leader.checked is ring:
+            # Checked against this very ring already (a ring change that moves the
+            # partition steps the leader down, see PubSub._on_ownership).
+            if config != leader.config:
+                leader.config = config
+            return leader
+        prefs = self._check_head(key)
         if leader is not None and leader.active:
+            leader.checked = ring
             if config != leader.config:
                 leader.config = config
             return leader
@@ -414,14 +423,16 @@ class Leaders:
         if self._single_local(leader):
             self.store.apply_append(leader.key, req)
             return
-        await self.node.execute(
-            NAMESPACE,
-            APPEND,
-            leader.key,
-            req.encode(),
-            replication=self.copies(leader.config)[0],
-            quorum=self.copies(leader.config)[1],
-        )
+        payload = req.encode()
+        with self.store.own_append(payload, req):
+            await self.node.execute(
+                NAMESPACE,
+                APPEND,
+                leader.key,
+                payload,
+                replication=self.copies(leader.config)[0],
+                quorum=self.copies(leader.config)[1],
+            )
 
     async def _replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:
         req = GroupRequest(leader.config, leader.ballot.epoch, group, delta)

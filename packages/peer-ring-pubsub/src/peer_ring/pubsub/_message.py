@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 #: ``settle(message, op, wait)``: how a message reaches its subscription to be settled.
 Settle = Callable[["Message", int, float], Awaitable[None]]
+#: ``ack_nowait(message)``: queue an ack without waiting for it.
+AckNowait = Callable[["Message"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Message:
     deliveries: int
     _settle: Settle | None = field(default=None, repr=False)
     settled: bool = field(default=False, repr=False)
+    _ack_nowait: AckNowait | None = field(default=None, repr=False)
 
     async def ack(self) -> None:
         """Mark the message done for its group (durable on W replicas when this returns).
@@ -68,6 +71,21 @@ class Message:
         """
         if self._settle is not None:
             await self._settle(self, 0, 0.0)
+
+    def ack_nowait(self) -> None:
+        """Ack without waiting (JetStream's fire-and-forget ``ack``): the ack joins the
+        partition's next ack batch and this returns at once.
+
+        Nothing is reported to the caller: a failed ack is counted in the subscription's
+        ``health()`` (``errors``, ``last_error``) and the message is redelivered after its
+        ``ack_wait``, as if it had not been acked. Use ``await ack()`` to know the ack is
+        durable.
+
+        Raises:
+            SubscriptionClosedError: the subscription is closed.
+        """
+        if self._ack_nowait is not None:
+            self._ack_nowait(self)
 
     async def nak(self, delay: float = 0.0) -> None:
         """Give the message back: redeliver it after ``delay`` seconds (to any member)."""

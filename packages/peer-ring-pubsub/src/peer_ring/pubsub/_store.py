@@ -9,6 +9,7 @@ losses, and they merge like everything else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
@@ -48,6 +49,7 @@ class Store:
         self._wall = wall
         self.states: dict[bytes, PartitionState] = {}
         self._by_partition: dict[int, set[bytes]] = {}
+        self._own_appends: dict[int, tuple[bytes, AppendRequest]] = {}
         #: Called with a ring key whenever an append or a group change was merged.
         self.on_change: Callable[[bytes], None] = lambda key: None
 
@@ -97,8 +99,22 @@ class Store:
         return encode_entries_reply(log.first, dict(log.epoch_starts), entries)
 
     def handle_append(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        self.apply_append(key, AppendRequest.decode(payload))
+        own = self._own_appends.get(id(payload))
+        mine = own is not None and own[0] is payload  # this node's own sequencer sent it
+        req = own[1] if own is not None and mine else AppendRequest.decode(payload)
+        self.apply_append(key, req)
         return b""
+
+    @contextlib.contextmanager
+    def own_append(self, payload: bytes, req: AppendRequest) -> Iterator[None]:
+        """While replicating ``payload`` (the encoding of ``req``), this node's own copy
+        merges ``req`` instead of decoding the bytes it was just encoded into (the core
+        hands a local replica the very same payload object)."""
+        self._own_appends[id(payload)] = (payload, req)
+        try:
+            yield
+        finally:
+            self._own_appends.pop(id(payload), None)
 
     def apply_append(self, key: bytes, req: AppendRequest) -> None:
         """Merge an append (the APPEND handler; the sequencer calls it directly for its own

@@ -59,7 +59,8 @@ _ACK_BATCH = 512
 
 @dataclass(slots=True)
 class _AckBatch:
-    items: list[tuple[Message, asyncio.Future[None]]] = field(default_factory=list)
+    # A None future: an ack_nowait(), whose outcome only the subscription's health records.
+    items: list[tuple[Message, asyncio.Future[None] | None]] = field(default_factory=list)
     running: bool = False
 
 
@@ -297,6 +298,8 @@ class Subscription:
                         entry.time,
                         deliveries,
                         self._settle if self.group is not None else None,
+                        False,
+                        self._ack_nowait if self.group is not None else None,
                     )
                 )
 
@@ -369,13 +372,36 @@ class Subscription:
     async def _ack_batched(self, message: Message) -> None:
         # Acks of one partition share one SETTLE request in flight; acks made meanwhile go
         # in the next one (one replication of the group state for the whole batch).
-        batch = self._ack_batches.setdefault(message.partition, _AckBatch())
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue_ack(message, fut)
+        await fut
+
+    def _enqueue_ack(self, message: Message, fut: asyncio.Future[None] | None) -> None:
+        batch = self._ack_batches.get(message.partition)
+        if batch is None:
+            batch = self._ack_batches[message.partition] = _AckBatch()
         batch.items.append((message, fut))
         if not batch.running:
             batch.running = True
             spawn(self._drain_acks(message.partition, batch))
-        await fut
+
+    def _ack_nowait(self, message: Message) -> None:
+        if message.settled:
+            return
+        if self._closed:
+            raise SubscriptionClosedError("the subscription is closed")
+        message.settled = True  # submitted once; its outcome is settled in _drain_acks
+        self._enqueue_ack(message, None)
+
+    def _acked_nowait(self, message: Message, result: BaseException | None) -> None:
+        if result is None:
+            self._acked += 1
+            self._unhold(message)
+            return
+        self._record_error(result)
+        if isinstance(result, PubSubError) and result.code in ("stale_ack", "not_held"):
+            self._unhold(message)
+        # Otherwise the message stays held until its ack_wait ends, then is redelivered.
 
     async def _drain_acks(self, partition: int, batch: _AckBatch) -> None:
         try:
@@ -399,7 +425,10 @@ class Subscription:
                                 results.append(one)
                 except Exception as exc:
                     results = [exc] * len(items)
-                for (_, fut), result in zip(items, results, strict=True):
+                for (message, fut), result in zip(items, results, strict=True):
+                    if fut is None:
+                        self._acked_nowait(message, result)
+                        continue
                     if fut.done():
                         continue
                     if result is None:
