@@ -1,0 +1,180 @@
+"""The throughput paths: local sequencer calls, single-copy partitions, ack_nowait, and the
+compact encodings (group runs, packed publish payloads and replies)."""
+
+from __future__ import annotations
+
+import pytest
+
+from peer_ring.pubsub import PartitionUnavailableError
+from peer_ring.pubsub._codec import CodecError, Reader, Writer
+from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._group import GroupState, Pending
+from peer_ring.pubsub._log import Entry
+from peer_ring.pubsub._state import decode_group_state, encode_group_state
+from peer_ring.pubsub._wire import (
+    OutgoingMessage,
+    decode_publish,
+    decode_publish_results,
+    encode_publish,
+    encode_publish_results,
+    ring_key,
+)
+
+
+def _roundtrip(state: GroupState) -> GroupState:
+    w = Writer()
+    encode_group_state(w, state)
+    return decode_group_state(Reader(w.getvalue()))
+
+
+def test_group_runs_roundtrip_and_share_one_pending_per_run() -> None:
+    a = Pending("c1", 1, 0, 10.0, 5.0)
+    b = Pending("c2", 2, 1, 11.0, 5.0)
+    state = GroupState(floor=3, next=40)
+    state.done = {5, 6, 7, 9, 20}
+    state.pending = dict.fromkeys(range(10, 20), a) | {
+        21: b,
+        22: b,
+        23: a,
+        30: Pending("c1", 1, 0, 10.0, 5.0),
+    }
+    back = _roundtrip(state)
+    assert (back.floor, back.next, back.done, back.pending) == (
+        state.floor,
+        state.next,
+        state.done,
+        state.pending,
+    )
+    # One decoded object per run: 10..19 (a), 21..22 (b), 23 (a), 30 (equal to a: no run,
+    # 30 does not follow 23).
+    assert len({id(p) for p in back.pending.values()}) == 4
+    w = Writer()
+    encode_group_state(w, state)
+    per_message = 8 * 2 + 4 + 2 + 8 * 4  # what one pending entry alone would take
+    assert len(w.getvalue()) < 12 * per_message  # 14 pending + 5 done, in a few runs
+
+
+def test_a_corrupt_run_length_is_a_codec_error() -> None:
+    w = Writer().u64(0).u64(10).u64(1).u64(0).u64(1 << 40).u64(0)
+    with pytest.raises(CodecError):
+        decode_group_state(Reader(w.getvalue()))
+
+
+def test_publish_payload_and_results_roundtrip() -> None:
+    config = TopicConfig(partitions=3)
+    messages = [
+        OutgoingMessage(b"plain", b"", ""),
+        OutgoingMessage(b"keyed", b"user:7", ""),
+        OutgoingMessage(b"", b"k", "id-\u00e9"),
+        OutgoingMessage(b"x" * 1000, b"", "only-id"),
+    ]
+    got_config, got = decode_publish(encode_publish(config, messages))
+    assert got_config == config and got == messages
+    entries = [(Entry(7, 100 + i, 0.0, "", b"", b""), i % 2 == 1) for i in range(5)]
+    r = Reader(encode_publish_results(entries))
+    assert decode_publish_results(r) == [(7, 100 + i, i % 2 == 1) for i in range(5)]
+    r.done()
+    with pytest.raises(CodecError):  # truncated reply
+        decode_publish_results(Reader(encode_publish_results(entries)[:-1]))
+    bad = bytearray(encode_publish(config, [OutgoingMessage(b"d", b"", "ab")]))
+    bad[-1] = 0xFF  # invalid UTF-8 in the msg_id
+    with pytest.raises(CodecError):
+        decode_publish(bytes(bad))
+
+
+async def test_the_sequencers_own_node_and_another_node_see_the_same_log(cluster) -> None:
+    nodes = await cluster.start(3)
+    key = ring_key("same", 0)
+    head = nodes[0].client.head(key)
+    local = cluster.nodes[head]
+    remote = next(ps for ps in nodes if ps.node.address != head)
+    # Publishes from the sequencer's own node take the local path, the others the routed one;
+    # both land in one order with consecutive offsets.
+    offsets = []
+    for i in range(10):
+        ps = local if i % 2 == 0 else remote
+        r = await ps.topic("same", partitions=1).publish(str(i).encode(), msg_id=f"m{i}")
+        offsets.append(r.offset)
+    assert offsets == list(range(10))
+    dup = await local.topic("same", partitions=1).publish(b"0", msg_id="m0")
+    assert dup.duplicate and dup.offset == 0
+    # The sequencer's own replica merged the request object it sent, the others decoded it:
+    # every replica holds the same entries.
+    logs = [
+        [(e.seq, e.data) for e in ps.store.states[key].log.iter_entries()]
+        for ps in cluster.nodes.values()
+        if key in ps.store.states
+    ]
+    assert len(logs) == 3 and all(log == logs[0] for log in logs)
+    assert [data for _, data in logs[0]] == [str(i).encode() for i in range(10)]
+    assert local.store._own_appends == {}  # nothing left behind
+    for ps in (local, remote):
+        replay = [m.data async for m in ps.topic("same", partitions=1).read(start=0)]
+        assert replay == [str(i).encode() for i in range(10)]
+
+
+async def test_ack_nowait_acks_in_batches_and_reports_failures_in_health(cluster) -> None:
+    a, b, _ = await cluster.start(3)
+    topic = a.topic("fast", partitions=2)
+    for i in range(30):
+        await topic.publish(str(i).encode())
+    async with b.topic("fast", partitions=2).subscribe(group="g", ack_wait=5.0) as sub:
+        seen = []
+        for _ in range(30):
+            msg = await sub.next(timeout=30)
+            assert msg is not None
+            seen.append(msg)
+            msg.ack_nowait()
+            msg.ack_nowait()  # a second call is a no-op
+        await cluster.until(lambda: sub.health().acked == 30)
+        assert sub.health().in_flight == 0 and sub.health().errors == 0
+    # Nothing comes back to a new member of the group: every ack was applied.
+    async with b.topic("fast", partitions=2).subscribe(group="g", ack_wait=5.0) as again:
+        assert await again.next(timeout=12.0) is None
+    # A message redelivered since: the late ack_nowait is recorded, not raised.
+    await topic.publish(b"late", partition=0)
+    sub1 = b.topic("fast", partitions=2).subscribe(group="g", ack_wait=1.0, partitions=[0])
+    sub2 = b.topic("fast", partitions=2).subscribe(group="g", ack_wait=1.0, partitions=[0])
+    async with sub1, sub2:
+        first = await sub1.next(timeout=30)
+        assert first is not None and first.data == b"late"
+        second = await sub2.next(timeout=30)  # after ack_wait, to the other member
+        assert second is not None and second.deliveries == 2
+        first.ack_nowait()
+        await cluster.until(lambda: sub1.health().errors == 1)
+        assert "StaleAckError" in sub1.health().last_error
+        await second.ack()
+
+
+async def test_single_copy_partitions_replicate_by_a_local_merge(single_copy_cluster) -> None:
+    a, b = await single_copy_cluster.start(2)
+    topic = a.topic("one", partitions=8)
+    calls = {"execute": 0}
+    for ps in (a, b):
+        real = ps.node.execute
+
+        def counting(*args, real=real, **kwargs):  # type: ignore[no-untyped-def]
+            calls["execute"] += 1
+            return real(*args, **kwargs)
+
+        ps.node.execute = counting  # type: ignore[method-assign]
+    for i in range(20):
+        await topic.publish(str(i).encode(), key=str(i))
+    got = []
+    async with b.topic("one", partitions=8).subscribe(group="g") as sub:
+        for _ in range(20):
+            msg = await sub.next(timeout=30)
+            assert msg is not None
+            got.append(msg.data)
+            await msg.ack()
+    assert sorted(got) == sorted(str(i).encode() for i in range(20))
+    # Only the takeovers' learn/promise rounds go through execute (2 per partition):
+    # appends and group updates of a single-copy partition are local merges.
+    assert calls["execute"] <= 2 * 8
+    # A partition whose only copy was on a stopped node: a typed, retryable error.
+    heads = {p: a.client.head(ring_key("one", p)) for p in range(8)}
+    assert set(heads.values()) == {a.node.address, b.node.address}
+    lost = next(p for p, head in heads.items() if head == b.node.address)
+    await single_copy_cluster.kill(b.node.address)
+    with pytest.raises(PartitionUnavailableError):
+        await a.topic("one", partitions=8).publish(b"x", partition=lost, timeout=0.5)
