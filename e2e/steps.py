@@ -210,7 +210,8 @@ async def node_figures(
     session: aiohttp.ClientSession, endpoints: Sequence[Endpoint]
 ) -> dict[str, dict[str, float]]:
     """Per node: ``size_bytes``, ``keys`` (metrics) and the data-movement counters of
-    ``/cluster`` (``bytes_received``, ``records_received``) when exposed."""
+    ``/cluster`` (``bytes_received``, ``records_received``, ``records_applied``,
+    ``versions_bytes_sent``) when exposed."""
     metrics = await asyncio.gather(*(get_metrics(session, e.url) for e in endpoints))
     view = await cluster_view(session, endpoints)
     out: dict[str, dict[str, float]] = {}
@@ -224,7 +225,12 @@ async def node_figures(
         handoff = doc.get("handoff")
         parts = handoff.get("partitions") if isinstance(handoff, dict) else None
         if isinstance(parts, dict):
-            for key in ("bytes_received", "records_received"):
+            for key in (
+                "bytes_received",
+                "records_received",
+                "records_applied",
+                "versions_bytes_sent",
+            ):
                 if isinstance(parts.get(key), int | float):
                     figures[key] = float(parts[key])
         out[endpoint.name] = figures
