@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from peer_ring.core import PeerRingConfig
+from peer_ring.core import Clock, PeerRingConfig
 from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
 from peer_ring.pubsub import PubSub
 
@@ -36,6 +36,8 @@ class MemoryCluster:
         self.nodes: dict[str, PubSub] = {}
         self.discoveries: dict[str, FixedDiscovery] = {}
         self._driver: asyncio.Task[None] | None = None
+        #: A node's own clock (e.g. a skewed one) instead of the shared fake clock.
+        self.clocks: dict[str, Clock] = {}
 
     def _make(self, address: str) -> PubSub:
         discovery = FixedDiscovery(address, self.members)
@@ -46,7 +48,7 @@ class MemoryCluster:
             quorum=self.quorum,
             config=CORE_CONFIG,
             transport=self.network.transport(address),
-            clock=self.clock,
+            clock=self.clocks.get(address, self.clock),
             timeout=20.0,
         )
 

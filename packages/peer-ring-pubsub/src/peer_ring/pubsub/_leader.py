@@ -82,6 +82,9 @@ class Leader:
     active: bool = True
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     checked: object = None  # the ring this leader was last found to head the list in
+    #: Time of the last entry assigned: new entries are never stamped below it, so entry
+    #: times are non-decreasing along the log even across sequencers with skewed clocks.
+    last_time: float = float("-inf")
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this partition."""
@@ -259,6 +262,7 @@ class Leaders:
                     orphans,
                 )
         leader = Leader(key, config, ballot, last + 1, last + 1, last, prefs)
+        leader.last_time = log.last_time()
         # Re-replicate the adopted tail (and the epoch start) before serving anything.
         for i in range(0, max(len(tail), 1), MAX_BATCH):
             await self._replicate(leader, tail[i : i + MAX_BATCH])
@@ -318,6 +322,9 @@ class Leaders:
         log = self.store.state(key, config).log
         waits: list[tuple[asyncio.Future[Entry], bool]] = []
         now = self.node.clock.time()
+        if now < leader.last_time:  # this clock is behind an earlier sequencer's
+            now = leader.last_time
+        leader.last_time = now
         loop = asyncio.get_running_loop()
         for m in messages:
             size = len(m.data) + len(m.key) + len(m.msg_id)

@@ -23,8 +23,11 @@ so :meth:`PartitionLog.merge` is commutative, associative and idempotent):
   max-merged); a takeover re-stamps only what lies above it.
 * **Retention** moves ``first`` (the first retained sequence) forward only; a read below it
   raises :class:`OffsetOutOfRangeError`, it never jumps silently.
-* Wall-clock time is stored per entry for age retention and the dedup window only; it never
-  orders anything.
+* Wall-clock time is stored per entry for age retention, the dedup window and replay by
+  time only; it never orders anything. The sequencer stamps it with its own clock, never
+  below the previous entry's time, so times are non-decreasing along the log and
+  :meth:`PartitionLog.seek_time` can binary-search them. ``dropped_time`` (the newest time
+  retention dropped, max-merged) tells whether a replay by time would skip dropped messages.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ class PartitionLog:
         self.bytes = 0
         self.dedup: dict[str, DedupRecord] = {}
         self._high = -1  # highest sequence held, or -1 (kept so appends stay O(1))
+        #: The newest ``time`` of an entry retention dropped (-inf: none dropped).
+        self.dropped_time = float("-inf")
 
     # ----------------------------------------------------------------- queries
     @property
@@ -146,6 +151,40 @@ class PartitionLog:
                 out.append(entry)
             seq += 1
         return out
+
+    def last_time(self) -> float:
+        """The time of the highest entry held (-inf when empty): the floor of the next
+        entry's time."""
+        entry = self.entries.get(self._high) if self.entries else None
+        return entry.time if entry is not None else float("-inf")
+
+    def seek_time(self, when: float, upto: int) -> int:
+        """The first sequence in ``[first, upto]`` whose entry has ``time >= when``
+        (``upto + 1`` when there is none yet): a binary search over the non-decreasing
+        entry times.
+
+        Raises:
+            OffsetOutOfRangeError: retention dropped entries with ``time >= when`` (replaying
+                from the first retained one would skip them silently).
+        """
+        if when <= self.dropped_time:
+            raise OffsetOutOfRangeError(
+                f"messages at or after time {when} were dropped by retention "
+                f"(first retained: {self.first})",
+                requested=self.first - 1,
+                first=self.first,
+            )
+        lo, hi = self.first, min(upto, self.last) + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            seq = mid
+            while seq < hi and seq not in self.entries:  # a gap: the next entry held
+                seq += 1
+            if seq == hi or self.entries[seq].time >= when:
+                hi = mid
+            else:
+                lo = seq + 1
+        return lo if lo <= upto else upto + 1
 
     def lookup(self, msg_id: str) -> DedupRecord | None:
         """Where ``msg_id`` was stored, if it is still in the dedup window."""
@@ -238,6 +277,7 @@ class PartitionLog:
                 break
             self._remove(seq)
             self.first = max(self.first, seq + 1)
+            self.dropped_time = max(self.dropped_time, entry.time)
             dropped += 1
         # Dedup records arrive in about time order (dict order = insertion order): drop
         # from the oldest and stop at the first one still in the window. A record merged
@@ -259,6 +299,7 @@ class PartitionLog:
         for epoch, start in other.epoch_starts.items():
             self.start_epoch(epoch, start)
         self.advance_first(other.first)
+        self.dropped_time = max(self.dropped_time, other.dropped_time)
         self.commit = max(self.commit, other.commit)
         for entry in other.entries.values():
             self.add(entry)

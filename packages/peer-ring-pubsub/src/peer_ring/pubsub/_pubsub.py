@@ -6,7 +6,9 @@ import asyncio
 import functools
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -365,6 +367,7 @@ class Topic:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         start: str | int = "earliest",
         partitions: list[int] | None = None,
+        start_time: float | datetime | None = None,
     ) -> Subscription:
         """Subscribe: ``group`` for competing consumers, ``None`` for broadcast.
 
@@ -378,10 +381,17 @@ class Topic:
             start: where a new group (or a broadcast subscriber) starts: "earliest",
                 "latest" or an offset (broadcast only).
             partitions: only these partitions (default: all).
+            start_time: start at the first message of each partition published at or after
+                this time (seconds since the epoch, or an aware ``datetime``; the stamp is
+                the sequencer's clock, see the README). For a group it applies when the group
+                is created; an existing group keeps its cursor. Replaces ``start``.
 
         Raises:
             InvalidOptionError: an invalid option.
         """
+        when = _time_arg(start_time)
+        if when is not None and start != "earliest":
+            raise InvalidOptionError("pass start= or start_time=, not both")
         if group is not None and (not isinstance(group, str) or not group):
             raise InvalidOptionError("group must be a non-empty string or None")
         _check_positive("ack_wait", ack_wait)
@@ -404,6 +414,7 @@ class Topic:
             max_in_flight=max_in_flight,
             start=start,
             partitions=parts,
+            start_time=when,
         )
 
     async def read(
@@ -412,22 +423,37 @@ class Topic:
         *,
         partitions: list[int] | None = None,
         batch: int = 256,
+        start_time: float | datetime | None = None,
     ) -> AsyncIterator[Message]:
         """Replay the topic from offset ``start`` of each partition to its current end.
 
         Partitions are read one after the other, each in offset order.
 
+        Args:
+            start: the first offset of each partition.
+            partitions: only these partitions (default: all).
+            batch: messages per request.
+            start_time: instead of ``start``, begin each partition at its first message
+                published at or after this time (seconds since the epoch, or an aware
+                ``datetime``), found by a binary search over the retained log. Times are
+                the sequencers' clocks (see the README on skew).
+
         Raises:
-            OffsetOutOfRangeError: ``start`` is below a partition's retention (its
-                ``first`` attribute says where the retained messages begin).
+            OffsetOutOfRangeError: ``start`` is below a partition's retention, or retention
+                dropped messages published at or after ``start_time`` (its ``first``
+                attribute says where the retained messages begin).
         """
         if not isinstance(start, int) or isinstance(start, bool) or start < 0:
             raise InvalidOptionError(f"start must be an offset >= 0, not {start!r}")
+        when = _time_arg(start_time)
+        if when is not None and start != 0:
+            raise InvalidOptionError("pass start= or start_time=, not both")
         for partition in self._partitions(partitions):
             key = ring_key(self.name, partition)
             position = start
+            seek = when
             while True:
-                req = FetchRequest(self.config, "", "", position, batch, 0.0, 1.0, 1)
+                req = FetchRequest(self.config, "", "", position, batch, 0.0, 1.0, 1, seek)
                 reply = await self.pubsub.client.run(
                     key,
                     FETCH,
@@ -447,9 +473,9 @@ class Topic:
                         entry.time,
                         0,
                     )
-                if reply.next <= position:
+                if reply.next <= position and seek is None:
                     break
-                position = reply.next
+                position, seek = reply.next, None
 
     def _partitions(self, partitions: list[int] | None) -> list[int]:
         if partitions is None:
@@ -458,6 +484,25 @@ class Topic:
             if not isinstance(p, int) or not 0 <= p < self.config.partitions:
                 raise InvalidOptionError(f"no partition {p!r} in topic {self.name!r}")
         return list(partitions)
+
+
+def _time_arg(value: object) -> float | None:
+    """``start_time`` as seconds since the epoch (None stays None).
+
+    Raises:
+        InvalidOptionError: not a non-negative number or an aware ``datetime``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidOptionError("start_time must be an aware datetime (with a tzinfo)")
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOptionError(f"start_time must be seconds or a datetime, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidOptionError(f"start_time must be a time >= 0, not {value!r}")
+    return float(value)
 
 
 def _check_positive(name: str, value: object) -> None:

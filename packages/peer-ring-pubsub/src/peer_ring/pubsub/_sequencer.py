@@ -59,11 +59,20 @@ def fill_holes(log: PartitionLog, epoch: int, last: int, now: float) -> list[Ent
     Returns the no-ops added (they are replicated with the adopted tail).
     """
     added: list[Entry] = []
+    # A no-op takes the time of the entry before it (or, at the start, of the next one):
+    # entry times stay non-decreasing whatever this node's clock says (see PartitionLog).
+    previous: float | None = None
     for seq in range(log.first, last + 1):
-        if seq not in log.entries:
-            noop = Entry(epoch, seq, now, "", b"", b"", NOOP)
-            if log.add(noop):
-                added.append(noop)
+        entry = log.entries.get(seq)
+        if entry is not None:
+            previous = entry.time
+            continue
+        if previous is None:
+            after = next((log.entries[s] for s in range(seq, last + 1) if s in log.entries), None)
+            previous = after.time if after is not None else now
+        noop = Entry(epoch, seq, previous, "", b"", b"", NOOP)
+        if log.add(noop):
+            added.append(noop)
     return added
 
 

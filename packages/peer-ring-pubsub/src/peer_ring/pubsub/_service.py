@@ -21,7 +21,7 @@ from peer_ring.pubsub._errors import (
 )
 from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._leader import Leader, Leaders
-from peer_ring.pubsub._log import MESSAGE, Entry
+from peer_ring.pubsub._log import MESSAGE, Entry, PartitionLog
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     ACK,
@@ -157,6 +157,8 @@ class Service:
     def _read(self, leader: Leader, req: FetchRequest) -> FetchReply:
         log = self.store.state(leader.key, req.config).log
         start = leader.commit + 1 if req.start < 0 else req.start
+        if req.start_time is not None:
+            start = self._seek(leader, log, req.start_time)
         if start < log.first:
             _, partition = split_key(leader.key)
             raise OffsetOutOfRangeError(
@@ -171,6 +173,17 @@ class Service:
         messages = [e for e in entries if e.kind == MESSAGE]
         return FetchReply(messages, [0] * len(messages), nxt, 0)
 
+    @staticmethod
+    def _seek(leader: Leader, log: PartitionLog, when: float) -> int:
+        """The first committed sequence stamped at or after ``when`` (the end if none)."""
+        try:
+            return log.seek_time(when, leader.commit)
+        except OffsetOutOfRangeError as exc:
+            _, partition = split_key(leader.key)
+            raise OffsetOutOfRangeError(
+                f"partition {partition}: {exc}", partition, exc.requested, exc.first
+            ) from None
+
     async def _claim(self, leader: Leader, req: FetchRequest) -> FetchReply:
         state = self.store.state(leader.key, req.config)
         if req.consumer in self._released:
@@ -181,6 +194,8 @@ class Service:
             # A new group starts at the end of the log ("latest") or at its first retained
             # message ("earliest"): messages gone before it existed are not "lost" to it.
             start = leader.commit + 1 if req.start < 0 else log.first
+            if req.start_time is not None:
+                start = self._seek(leader, log, req.start_time)
             group = state.group(req.group)
             await self.leaders.replicate_group(leader, req.group, GroupState(start, start))
         now = self.clock.monotonic()

@@ -208,6 +208,7 @@ def encode_meta(key: bytes, log: PartitionLog) -> bytes:
     w = Writer().u64(META).bytes_(key)
     log.config.encode(w)
     w.u64(log.promised.epoch).str_(log.promised.node).u64(log.first).i64(log.commit)
+    w.f64(log.dropped_time)
     encode_epoch_starts(w, log.epoch_starts)
     w.u64(len(log.dedup))
     for rec in log.dedup.values():
@@ -257,6 +258,7 @@ def decode_record(record: bytes, default: TopicConfig) -> DecodedRecord:
         log.promised = Ballot(r.u64(), r.str_())
         log.first = r.u64()
         log.commit = r.i64()
+        log.dropped_time = r.f64()
         log.epoch_starts = decode_epoch_starts(r)
         for _ in range(r.u64()):
             dedup = DedupRecord(r.str_(), r.u64(), r.u64(), r.f64(), r.u64())

@@ -82,6 +82,7 @@ class Subscription:
         max_in_flight: int,
         start: str | int,
         partitions: list[int],
+        start_time: float | None = None,
     ) -> None:
         self.topic = topic
         self.group = group
@@ -90,6 +91,7 @@ class Subscription:
         self.max_deliver = max_deliver
         self.max_in_flight = max_in_flight
         self._start = start
+        self._start_time = start_time
         self._partitions = partitions
         self._queue: asyncio.Queue[Message | BaseException | object] = asyncio.Queue()
         self._in_flight = 0  # held messages plus slots reserved by fetches in flight
@@ -221,6 +223,7 @@ class Subscription:
         clock = pubsub.node.clock
         key = ring_key(self.topic.name, partition)
         position = self._initial_position()
+        seek = self._start_time  # sent until a fetch succeeded (it placed position/group)
         per_fetch = max(1, self.max_in_flight // max(1, len(self._partitions)))
         while not self._closed:
             self._expire_held()
@@ -247,6 +250,7 @@ class Subscription:
                     POLL_WAIT,
                     self.ack_wait,
                     self.max_deliver,
+                    seek,
                 )
                 reply = await pubsub.client.run(
                     key,
@@ -260,7 +264,7 @@ class Subscription:
             except OffsetOutOfRangeError as exc:
                 self._in_flight -= limit
                 self._reserved -= limit
-                if self._start == "earliest":
+                if self._start == "earliest" and seek is None:
                     position = exc.first  # the policy says: from the first retained message
                     continue
                 self._record_error(exc)
@@ -278,6 +282,7 @@ class Subscription:
                 self._room.set()
             if self.group is None:
                 position = reply.next
+            seek = None
             self._expired += reply.expired
             expires = clock.monotonic() + self.ack_wait
             for entry, deliveries in zip(reply.entries, reply.deliveries, strict=True):

@@ -323,12 +323,16 @@ class FetchRequest:
     wait: float
     ack_wait: float
     max_deliver: int
+    #: Replay by time: start at the first message stamped at or after it (plain reads; a
+    #: group being created). None: use ``start``.
+    start_time: float | None = None
 
     def encode(self) -> bytes:
         w = Writer()
         self.config.encode(w)
         w.str_(self.group).str_(self.consumer).i64(self.start).u64(self.limit)
         w.f64(self.wait).f64(self.ack_wait).u64(self.max_deliver)
+        w.f64(-1.0 if self.start_time is None else self.start_time)
         return w.getvalue()
 
     @classmethod
@@ -336,6 +340,8 @@ class FetchRequest:
         r = Reader(payload)
         config = TopicConfig.decode(r)
         req = cls(config, r.str_(), r.str_(), r.i64(), r.u64(), r.f64(), r.f64(), r.u64())
+        when = r.f64()
+        req.start_time = None if when < 0 or when != when else when  # < 0 / NaN: none
         r.done()
         return req
 
