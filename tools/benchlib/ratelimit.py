@@ -29,9 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import importlib.util
 import json
 import os
+import pstats
 import random
 import signal
 import sys
@@ -132,33 +134,60 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     rl = RateLimiter(
         discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
         replication=spec["replication"],
-        config=PeerRingConfig(down_after=None),
+        config=PeerRingConfig(down_after=None, transport=spec.get("transport", "grpc")),
         timeout=5.0,
+        batch_window=spec.get("batch_window", 0.0),
     )
     await rl.start()
     await rl.node.wait_ready(60)
     limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
     mode = spec.get("mode", "owner")
+    keys = spec["keys"]
+    if spec.get("forwarded_only"):
+        # Only keys another node owns: every hit is forwarded (the latency target's case).
+        keys = [k for k in keys if rl.node.preference_list(k.encode(), 1)[0] != spec["me"]]
 
     async def hit(key: str) -> bool:
         return (await rl.hit(key, limit, mode=mode)).allowed
 
+    prof = _profiler(spec)
     try:
         out = await closed_loop(
             hit,
-            spec["keys"],
+            keys,
             spec["concurrency"],
             spec["start_at"],
             spec["warmup"],
             spec["duration"],
             spec["seed"],
         )
+        _dump(prof, spec)
         out["stats"] = rl.stats()
         # Stay up until every node is done: the others forward hits to this one.
         await asyncio.sleep(max(0.0, spec["stop_at"] - time.time()))
     finally:
         await rl.stop()
     return out
+
+
+def _profiler(spec: dict[str, Any]) -> cProfile.Profile | None:
+    """A running cProfile of this child when the parent asked for one (``--profile``)."""
+    if not spec.get("profile_path"):
+        return None
+    # CPU time, not wall time: on a loaded machine a wall-clock profile charges the time
+    # the process waited for a core to whatever call it was in (often a socket write).
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    return prof
+
+
+def _dump(prof: cProfile.Profile | None, spec: dict[str, Any]) -> None:
+    if prof is None:
+        return
+    prof.disable()
+    prof.dump_stats(spec["profile_path"])
+    with open(spec["profile_path"] + ".txt", "w") as f:
+        pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
 
 
 async def limits_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +241,7 @@ async def local_child(spec: dict[str, Any]) -> dict[str, Any]:
     async def hit(key: str) -> bool:
         return (await rl.hit(key, limit)).allowed
 
+    prof = _profiler(spec)
     try:
         out = await closed_loop(
             hit,
@@ -222,6 +252,7 @@ async def local_child(spec: dict[str, Any]) -> dict[str, Any]:
             spec["duration"],
             spec["seed"],
         )
+        _dump(prof, spec)
     finally:
         await rl.stop()
     out["pure"] = pure
@@ -307,63 +338,62 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "duration": args.duration,
     }
     rows: list[dict[str, Any]] = []
+    if args.profile:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     # 1. local
-    local = (
-        await collect(
-            [
-                await spawn(
-                    {**base, "kind": "local", "seed": 1, "algorithm": "fixed_window"},
-                    workdir / "local.log",
-                )
-            ],
-            args.duration * 3 + 60,
-        )
-    )[0]
-    rows.append(
-        {
-            **summarize("peer-ring local (1 node, in-process)", [local], args.duration),
-            "algorithm": "fixed_window",
-            "per_cpu_s": round(local["decisions"] / local["cpu_s"]) if local["cpu_s"] else None,
-        }
-    )
-    pure = local["pure"]
-    rows.append(
-        {
-            "system": "peer-ring decide() (pure function)",
-            "algorithm": "fixed_window",
-            "decisions_per_s": round(pure["per_s"]),
-            "per_cpu_s": round(pure["per_cpu_s"]),
-        }
-    )
-    algorithms = ["fixed_window", "sliding_window_log"]
+    if not args.no_local:
+        rows += await local_rows(args, base, workdir)
+    algorithms = args.algorithms
     # 2. peer-ring cluster
     if not args.no_peer_ring:
         hot = [f"hot:{i}" for i in range(args.hot_keys)]
-        runs = [(a, "owner", keys, args.limit) for a in algorithms]
-        runs += [("fixed_window", m, hot, args.limit * 100) for m in ("owner", "global")]
-        for algo, mode, run_keys, limit in runs:
-            hosts = [f"127.0.0.{i + 1}" for i in range(args.nodes)]
-            port = free_port(hosts)
-            peers = [f"{h}:{port}" for h in hosts]
-            start_at = time.time() + (2.0 if args.smoke else 6.0) + args.nodes
-            stop_at = start_at + args.warmup + args.duration + 3.0
-            spec = {**base, "kind": "peer-ring", "algorithm": algo, "mode": mode}
-            spec.update(keys=run_keys, limit=limit, peers=peers, replication=args.replication)
-            spec.update(start_at=start_at, stop_at=stop_at)
-            procs = [
-                await spawn({**spec, "seed": i, "me": p}, workdir / f"node-{algo}-{mode}-{i}.log")
-                for i, p in enumerate(peers)
+        for transport in args.transport:
+            runs: list[dict[str, Any]] = [
+                {"algorithm": a, "mode": "owner", "keys": keys, "limit": args.limit}
+                for a in algorithms
             ]
-            res = await collect(procs, stop_at - time.time() + 60)
-            name = f"peer-ring {args.nodes} nodes R{args.replication} {mode} mode"
-            if run_keys is hot:
-                name += f", {len(hot)} hot keys"
-            row = summarize(name, res, args.duration)
-            batches = sum(r["stats"]["batches"] for r in res)
-            row["mean_forward_batch"] = (
-                round(sum(r["stats"]["forwarded"] for r in res) / batches, 1) if batches else 0
+            if args.hot_keys:
+                runs += [
+                    {"algorithm": "fixed_window", "mode": m, "keys": hot, "limit": args.limit * 100}
+                    for m in ("owner", "global")
+                ]
+            if args.replication != 1:
+                # No copy on another node, as limits + Redis and Gubernator keep none.
+                runs.append(
+                    {
+                        "algorithm": "fixed_window",
+                        "mode": "owner",
+                        "keys": keys,
+                        "limit": args.limit,
+                        "replication": 1,
+                    }
+                )
+            # Moderate load, every hit forwarded: the forwarded-latency target.
+            runs.append(
+                {
+                    "algorithm": "fixed_window",
+                    "mode": "owner",
+                    "keys": keys,
+                    "limit": args.limit,
+                    "concurrency": args.moderate,
+                    "forwarded_only": True,
+                }
             )
-            rows.append({**row, "algorithm": algo})
+            for window in args.batch_windows:
+                for conc in (args.concurrency, args.moderate):
+                    runs.append(
+                        {
+                            "algorithm": "fixed_window",
+                            "mode": "owner",
+                            "keys": keys,
+                            "limit": args.limit,
+                            "concurrency": conc,
+                            "forwarded_only": conc == args.moderate,
+                            "batch_window": window,
+                        }
+                    )
+            for r in runs:
+                rows.append(await cluster_run(args, base, workdir, transport, r))
     # 3. limits + Redis
     if not args.no_redis:
         if redis_server_binary() is None:
@@ -406,7 +436,132 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     rows.append({**row, "algorithm": algo, "redis_cpu_s": round(redis_cpu, 2)})
             finally:
                 await redis.stop()
-    return {"params": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows}
+    # 4. Gubernator (optional: only when tools/gubernator-test-env has built it)
+    if not args.no_gubernator:
+        rows.append(await gubernator_row(args, base, workdir))
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return {"params": params, "rows": rows}
+
+
+async def local_rows(
+    args: argparse.Namespace, base: dict[str, Any], workdir: Path
+) -> list[dict[str, Any]]:
+    """The single-node run: ``RateLimiter.hit`` (all local) and ``decide()`` alone."""
+    spec = {**base, "kind": "local", "seed": 1, "algorithm": "fixed_window"}
+    if args.profile:
+        spec["profile_path"] = str(args.profile_dir / "local.prof")
+    local = (await collect([await spawn(spec, workdir / "local.log")], args.duration * 3 + 60))[0]
+    pure = local["pure"]
+    return [
+        {
+            **summarize("peer-ring local (1 node, in-process)", [local], args.duration),
+            "algorithm": "fixed_window",
+            "per_cpu_s": round(local["decisions"] / local["cpu_s"]) if local["cpu_s"] else None,
+        },
+        {
+            "system": "peer-ring decide() (pure function)",
+            "algorithm": "fixed_window",
+            "decisions_per_s": round(pure["per_s"]),
+            "per_cpu_s": round(pure["per_cpu_s"]),
+        },
+    ]
+
+
+async def cluster_run(
+    args: argparse.Namespace,
+    base: dict[str, Any],
+    workdir: Path,
+    transport: str,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """One peer-ring cluster run: ``--nodes`` processes each embedding a limiter."""
+    hosts = [f"127.0.0.{i + 1}" for i in range(args.nodes)]
+    port = free_port(hosts)
+    peers = [f"{h}:{port}" for h in hosts]
+    start_at = time.time() + (2.0 if args.smoke else 6.0) + args.nodes
+    stop_at = start_at + args.warmup + args.duration + 3.0
+    spec = {**base, "kind": "peer-ring", "transport": transport, **run}
+    replication = run.get("replication", args.replication)
+    spec.update(peers=peers, replication=replication, start_at=start_at, stop_at=stop_at)
+    tag = "-".join(
+        str(x)
+        for x in (
+            transport,
+            f"r{replication}",
+            run["algorithm"],
+            run["mode"],
+            len(run["keys"]),
+            spec["concurrency"],
+            run.get("batch_window", 0),
+        )
+    )
+    procs = []
+    for i, p in enumerate(peers):
+        child_spec = {**spec, "seed": i, "me": p}
+        if args.profile and i == 0:
+            child_spec["profile_path"] = str(args.profile_dir / f"node0-{tag}.prof")
+        procs.append(await spawn(child_spec, workdir / f"node-{tag}-{i}.log"))
+    res = await collect(procs, stop_at - time.time() + 60)
+    name = f"peer-ring {args.nodes} nodes R{replication} {transport} {run['mode']} mode"
+    if run["keys"] is not base["keys"]:
+        name += f", {len(run['keys'])} hot keys"
+    if run.get("forwarded_only"):
+        name += ", forwarded hits only"
+    name += f", c{spec['concurrency']}"
+    if run.get("batch_window"):
+        name += f", batch window {run['batch_window'] * 1000:g} ms"
+    row = summarize(name, res, args.duration)
+    batches = sum(r["stats"]["batches"] for r in res)
+    row["mean_forward_batch"] = (
+        round(sum(r["stats"]["forwarded"] for r in res) / batches, 1) if batches else 0
+    )
+    return {**row, "algorithm": run["algorithm"], "transport": transport}
+
+
+async def gubernator_row(
+    args: argparse.Namespace, base: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
+    """Gubernator v2, ``--nodes`` instances, one Python client process per instance."""
+    from benchlib.ratelimit_gubernator import GubernatorCluster, gubernator_binary
+
+    name = f"Gubernator ({args.nodes} instances, HTTP API, {args.nodes} clients)"
+    binary, version = gubernator_binary()
+    if binary is None:
+        return {"system": name, "skipped": "not built: run tools/gubernator-test-env"}
+    if importlib.util.find_spec("aiohttp") is None:
+        return {"system": name, "skipped": "aiohttp is not installed"}
+    cluster = GubernatorCluster(binary, workdir, args.nodes)
+    try:
+        await cluster.start()
+        start_at = time.time() + 4.0
+        procs = [
+            await spawn(
+                {
+                    **base,
+                    "kind": "gubernator",
+                    "algorithm": "token_bucket",
+                    "seed": i,
+                    "gubernator_http": cluster.http[i],
+                    "start_at": start_at,
+                },
+                workdir / f"gubernator-client-{i}.log",
+            )
+            for i in range(args.nodes)
+        ]
+        await asyncio.sleep(max(0.0, start_at + args.warmup - time.time()))
+        cpu0 = sum(proc_cpu_seconds(pid) for pid in cluster.pids)
+        await asyncio.sleep(args.duration)
+        server_cpu = sum(proc_cpu_seconds(pid) for pid in cluster.pids) - cpu0
+        res = await collect(procs, 60)
+    finally:
+        await cluster.stop()
+    row = summarize(
+        name.replace("Gubernator", f"Gubernator {version}"),
+        res,
+        args.duration,
+        extra_cpu=server_cpu,
+    )
+    return {**row, "algorithm": "token_bucket", "server_cpu_s": round(server_cpu, 2)}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -437,7 +592,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=64, help="hits in flight per process")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--transport",
+        nargs="+",
+        choices=["grpc", "tcp"],
+        default=["grpc", "tcp"],
+        help="peer-ring transports to run (both)",
+    )
+    p.add_argument(
+        "--moderate", type=int, default=4, help="hits in flight per process, latency runs (4)"
+    )
+    p.add_argument(
+        "--batch-windows",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run owner mode with these batch_window values (seconds), heavy and moderate",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the local run and node 0 of each cluster run (files under --profile-dir)",
+    )
+    p.add_argument("--profile-dir", type=Path, default=REPO / "bench-results" / "ratelimit-prof")
+    p.add_argument("--algorithms", nargs="+", default=["fixed_window", "sliding_window_log"])
+    p.add_argument("--no-local", action="store_true", help="skip the single-node run")
     p.add_argument("--no-redis", action="store_true")
+    p.add_argument(
+        "--no-gubernator",
+        action="store_true",
+        help="skip Gubernator (it runs only when tools/gubernator-test-env has built it)",
+    )
     p.add_argument("--no-peer-ring", action="store_true", help="skip the cluster runs")
     p.add_argument("--smoke", action="store_true", help="tiny run: it starts and reports")
     p.add_argument("--json", type=Path, default=None, help="results file")

@@ -327,6 +327,8 @@ _FUNCTIONS: dict[Algorithm, Callable[..., tuple[Any, Decision]]] = {
     Algorithm.SLIDING_WINDOW_COUNTER: sliding_window_counter,
 }
 
+_BY_NAME = {a._name_: fn for a, fn in _FUNCTIONS.items()}
+
 
 def decide(
     state: State | None, limit: Limit, cost: int, now: float, *, force: bool = False
@@ -336,9 +338,11 @@ def decide(
     ``force=True`` admits a positive cost even over the limit (the state records it): the
     owner uses it for hits other nodes already admitted in global mode.
     """
-    if state is not None and algorithm_of(state) is not limit.algorithm:
+    algo = limit.algorithm
+    if state is not None and algorithm_of(state) is not algo:
         state = None
-    fn = _FUNCTIONS[limit.algorithm]
+    # Keyed by name: an Enum member's __hash__ is Python code, a str caches its hash.
+    fn = _BY_NAME[algo._name_]
     new, decision = fn(state, limit, cost, now, force)
     if cost == 0 and not decision.allowed:
         # A peek that would be refused says when a hit of cost 1 would pass.

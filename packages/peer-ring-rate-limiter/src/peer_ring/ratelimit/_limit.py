@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peer_ring.ratelimit._errors import InvalidLimitError, UnknownAlgorithmError
 
@@ -69,6 +69,8 @@ class Limit:
     burst: int | None = None
     algorithm: Algorithm = Algorithm.TOKEN_BUCKET
     name: str | None = None
+    # Computed once (read on every decision for the metrics): not an argument, not compared.
+    _label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_count("limit", self.limit)
@@ -87,6 +89,7 @@ class Limit:
                 f"the sliding window log keeps one entry per hit: limit {self.limit} is above "
                 f"{MAX_LOG_LIMIT}; use sliding_window_counter for large limits"
             )
+        object.__setattr__(self, "_label", self.name or f"{self.limit}/{self.period:g}s")
 
     @property
     def capacity(self) -> int:
@@ -101,9 +104,7 @@ class Limit:
     @property
     def label(self) -> str:
         """The metrics label: ``name``, or the shape such as ``"100/60s"``."""
-        if self.name:
-            return self.name
-        return f"{self.limit}/{self.period:g}s"
+        return self._label
 
     @classmethod
     def per_second(

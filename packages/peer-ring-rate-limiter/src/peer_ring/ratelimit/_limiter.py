@@ -241,15 +241,25 @@ class RateLimiter:
         :class:`InvalidCostError` for bad input, :class:`OwnerUnavailableError` only with
         ``FailPolicy.RAISE``.
         """
-        kb = self._key(key)
-        _check_cost(cost)
+        # The checks are written for the common case (str key, int cost, Limit): this is
+        # the hot path of every decision (tools/bench ratelimit, "local").
+        kb = key.encode() if type(key) is str else self._key(key)
+        if len(kb) > self._max_key_bytes:
+            raise KeyTooLongError(f"key of {len(kb)} bytes exceeds {self._max_key_bytes}")
+        if type(cost) is not int or not -MAX_COST <= cost <= MAX_COST:
+            _check_cost(cost)
         if not isinstance(limit, Limit):
             raise RateLimitError(f"limit must be a Limit, got {type(limit).__name__}")
         m = self._mode if mode is None else Mode(mode)
         if m is Mode.GLOBAL:
             d = await self._global.hit(kb, limit, cost)
         else:
-            d = await self.owner_hit(kb, limit, cost)
+            p, here = self.route(kb)
+            if here:
+                out = self.decide_here(kb, p, limit, cost)
+                d = out if type(out) is Decision else await out  # type: ignore[misc]
+            else:
+                d = await self._forward_hit(kb, limit, cost)
         self.metrics.decision(limit.label, d)
         return d
 
@@ -302,6 +312,9 @@ class RateLimiter:
         if here:
             out = self.decide_here(kb, p, limit, cost)
             return out if isinstance(out, Decision) else await out
+        return await self._forward_hit(kb, limit, cost)
+
+    async def _forward_hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
         self.metrics.forwarded += 1
         try:
             return await self._forward.submit((kb, encode_hit(limit, cost)))

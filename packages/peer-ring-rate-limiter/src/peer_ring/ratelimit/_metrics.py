@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from peer_ring.ratelimit._decision import Decision
@@ -31,12 +31,6 @@ class RateLimiterMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._decisions = Counter(
-            "peer_ring_ratelimit_decisions",
-            "Rate limit decisions by limit name and result (allowed/denied).",
-            ["limit", "result", "source"],
-            registry=self.registry,
-        )
         self._batches = Histogram(
             "peer_ring_ratelimit_forwarded_batch_size",
             "Hits per batch forwarded to owners (one execute_many per batch).",
@@ -44,9 +38,9 @@ class RateLimiterMetrics:
             registry=self.registry,
         )
         self._store: StateStore | None = None
-        self._children: dict[tuple[str, bool, str], Any] = {}
-        self.allowed = 0
-        self.denied = 0
+        # Decisions counted in a plain dict and exported by _StoreCollector at scrape time:
+        # a prometheus_client Counter.inc (a lock per call) cost as much as the decision.
+        self._decisions: dict[tuple[str, bool, str], int] = {}
         self.forwarded = 0
         self.batches = 0
         self.owner_unavailable = 0
@@ -60,18 +54,23 @@ class RateLimiterMetrics:
 
     def decision(self, limit: str, d: Decision) -> None:
         """Count one decision."""
-        if d.allowed:
-            self.allowed += 1
-        else:
-            self.denied += 1
         labels = (limit, d.allowed, d.source)
-        child = self._children.get(labels)
-        if child is None:
-            # Label lookups cost more than the decision itself: keep the children.
-            child = self._decisions.labels(limit, "allowed" if d.allowed else "denied", d.source)
-            if len(self._children) < 10_000:
-                self._children[labels] = child
-        child.inc()
+        counts = self._decisions
+        counts[labels] = counts.get(labels, 0) + 1
+
+    @property
+    def allowed(self) -> int:
+        """Decisions that admitted the hit (any limit, any source)."""
+        return sum(n for (_, ok, _), n in self._decisions.items() if ok)
+
+    @property
+    def denied(self) -> int:
+        """Decisions that refused the hit."""
+        return sum(n for (_, ok, _), n in self._decisions.items() if not ok)
+
+    def decision_counts(self) -> dict[tuple[str, bool, str], int]:
+        """A copy of the decision counters by ``(limit label, allowed, source)``."""
+        return dict(self._decisions)
 
     def observe_batch(self, size: int) -> None:
         """Record one forwarded batch of ``size`` hits."""
@@ -102,6 +101,14 @@ class _StoreCollector:
 
     def collect(self) -> Iterable[Metric]:
         snap = self._metrics.snapshot()
+        decisions = CounterMetricFamily(
+            "peer_ring_ratelimit_decisions",
+            "Rate limit decisions by limit name and result (allowed/denied).",
+            labels=["limit", "result", "source"],
+        )
+        for (label, ok, source), n in self._metrics.decision_counts().items():
+            decisions.add_metric([label, "allowed" if ok else "denied", source], n)
+        yield decisions
         fam = CounterMetricFamily(
             "peer_ring_ratelimit_handoff_records",
             "Key states moved by data movement, by direction.",

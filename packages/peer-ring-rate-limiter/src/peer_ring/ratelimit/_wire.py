@@ -33,8 +33,25 @@ def encode_hit(limit: Limit, cost: int) -> bytes:
     )
 
 
+#: Decoded hit requests by their bytes: a service uses few distinct limits, and building a
+#: Limit (validation included) cost more on the owner than deciding the hit.
+_HIT_CACHE: dict[bytes, tuple[Limit, int]] = {}
+_HIT_CACHE_SIZE = 4096
+
+
 def decode_hit(data: bytes) -> tuple[Limit, int]:
     """Decode :func:`encode_hit`; a bad limit inside is a :class:`CorruptStateError`."""
+    hit = _HIT_CACHE.get(data)
+    if hit is not None:
+        return hit
+    hit = _decode_hit(data)
+    if len(_HIT_CACHE) >= _HIT_CACHE_SIZE:
+        _HIT_CACHE.clear()
+    _HIT_CACHE[bytes(data)] = hit
+    return hit
+
+
+def _decode_hit(data: bytes) -> tuple[Limit, int]:
     try:
         version, algo, count, period, burst, cost = _HIT.unpack(data)
     except struct.error as exc:
