@@ -1,5 +1,6 @@
 """Core test configuration: the fake-time event loop for tests marked ``fake_time``, and the
-transport harness (``transport_kind``, ``nodes``) shared by the gRPC and TCP transport tests.
+transport harness (``transport_kind``, ``nodes``) shared by the gRPC and TCP transport tests, and
+the in-memory cluster (``harness``) of the data-movement tests.
 
 A test (or module, with ``pytestmark``) marked ``@pytest.mark.fake_time`` runs on a
 :class:`~peer_ring.core.testing.FakeClockEventLoop`: the loop's time is a fresh
@@ -19,7 +20,15 @@ import pytest
 
 from peer_ring.core._errors import UnknownCommandError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
-from peer_ring.core.testing import FakeClock, FakeClockEventLoop, current_clock, free_port
+from peer_ring.core.testing import (
+    FakeClock,
+    FakeClockEventLoop,
+    MemoryCluster,
+    MemoryNetwork,
+    current_clock,
+    fake_time_config,
+    free_port,
+)
 from peer_ring.core.transport import GrpcTransport, TcpTransport, Transport, TransportLimits
 
 
@@ -30,6 +39,30 @@ def pytest_asyncio_loop_factories(
     if item.get_closest_marker("fake_time") is not None:
         return {"fake_time": FakeClockEventLoop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    """The running fake-time loop's clock, as ``loop_clock`` (``fake_time`` tests only)."""
+    return current_clock()
+
+
+@pytest.fixture
+async def harness(clock: FakeClock) -> AsyncIterator[MemoryCluster]:
+    """Data-movement tests' cluster: a ``MemoryCluster`` with ``fake_time_config()``.
+
+    Empty at first (``await harness.start(...)``/``start_ready(...)``); every node it
+    started is stopped after the test. ``fake_time`` tests only.
+    """
+    cluster = MemoryCluster(clock, MemoryNetwork(clock), fake_time_config())
+    yield cluster
+    await cluster.stop_all()
+
+
+@pytest.fixture
+def network(harness: MemoryCluster) -> MemoryNetwork:
+    """The in-memory network of ``harness`` (to cut, partition or pause links)."""
+    return harness.network
 
 
 @pytest.fixture(params=["grpc", "tcp"])

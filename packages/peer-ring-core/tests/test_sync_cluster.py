@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import struct
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 
 import pytest
 
 from peer_ring.core import (
-    DIGEST_BUCKETS,
     Command,
-    CommandContext,
     InvalidArgumentError,
     NotRunningError,
     PeerRing,
@@ -26,175 +22,32 @@ from peer_ring.core import (
     QuorumNotReachedError,
     RequestTimeoutError,
     Ring,
-    bucket_for_key,
-    fingerprint64,
-    partition_for_key,
 )
 from peer_ring.core.testing import (
     FakeClock,
     FixedDiscovery,
+    MemoryCluster,
     MemoryNetwork,
-    current_clock,
+    fake_time_config,
     settle_loop,
+    versioned_payload,
 )
 
-P = 32
+#: The partitions of ``harness`` (conftest.py: a MemoryCluster with ``fake_time_config()``).
+P = fake_time_config().partitions
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 6)]
-CONFIG = PeerRingConfig(
-    partitions=P,
-    request_timeout=1.0,
-    probe_interval=0.5,
-    probe_timeout=0.5,
-    suspicion_timeout=2.0,
-    down_after=3.0,
-    handoff_delay=0.5,
-    sync_retry_initial=0.2,
-    sync_retry_max=1.0,
-    sync_give_up_after=20.0,
-    anti_entropy_interval=None,
-)
-
-_REC = struct.Struct(">QH")  # version, key length
-
-
-class App:
-    """A versioned dict with LWW merge: the application under test."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, tuple[int, bytes]] = {}
-
-    # commands ---------------------------------------------------------------------------
-
-    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        version = int.from_bytes(payload[:8], "big")
-        self.merge(key, version, payload[8:])
-        return b""
-
-    def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        found = self.data.get(key)
-        if found is None:
-            return b""
-        return found[0].to_bytes(8, "big") + found[1]
-
-    def merge(self, key: bytes, version: int, value: bytes) -> None:
-        current = self.data.get(key)
-        if current is None or current[0] < version:
-            self.data[key] = (version, value)
-
-    # DataHooks --------------------------------------------------------------------------
-
-    def export_partition(
-        self, partition: int, buckets: Collection[int] | None = None
-    ) -> Iterable[bytes]:
-        for key, (version, value) in list(self.data.items()):
-            if partition_for_key(key, P) != partition:
-                continue
-            if buckets is not None and bucket_for_key(key) not in buckets:
-                continue
-            yield _REC.pack(version, len(key)) + key + value
-
-    def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
-        for record in records:
-            version, size = _REC.unpack_from(record)
-            key = record[_REC.size : _REC.size + size]
-            self.merge(key, version, record[_REC.size + size :])
-
-    def drop_partition(self, partition: int) -> None:
-        for key in [k for k in self.data if partition_for_key(k, P) == partition]:
-            del self.data[key]
-
-    def digest_partition(self, partition: int) -> Sequence[bytes]:
-        sums = [0] * DIGEST_BUCKETS
-        for key, (version, _) in self.data.items():
-            if partition_for_key(key, P) == partition:
-                b = bucket_for_key(key)
-                sums[b] = (sums[b] + fingerprint64(key + version.to_bytes(8, "big"))) % 2**64
-        return [s.to_bytes(8, "big") if s else b"" for s in sums]
-
-
-def put_payload(version: int, value: bytes) -> bytes:
-    return version.to_bytes(8, "big") + value
-
-
-class Harness:
-    def __init__(self, clock: FakeClock, network: MemoryNetwork) -> None:
-        self.clock = clock
-        self.network = network
-        self.nodes: dict[str, PeerRing] = {}
-        self.apps: dict[str, App] = {}
-        self.discoveries: dict[str, FixedDiscovery] = {}
-
-    async def start(
-        self,
-        address: str,
-        peers: list[str],
-        config: PeerRingConfig = CONFIG,
-        hooks: bool = True,
-    ) -> PeerRing:
-        discovery = FixedDiscovery(address, peers)
-        node = PeerRing(
-            discovery, config=config, transport=self.network.transport(address), clock=self.clock
-        )
-        app = App()
-        node.register("app", Command("put", mutates=True), app.put)
-        node.register("app", Command("get", reads=True), app.get)
-        if hooks:
-            node.register_hooks("app", app)
-        await node.start()
-        self.nodes[address] = node
-        self.apps[address] = app
-        self.discoveries[address] = discovery
-        return node
-
-    async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
-        """Let time run until ``predicate`` holds: the loop jumps the fake clock whenever
-        every task waits, so this takes no real time, and the predicate is checked at
-        least every 0.05 s of fake time."""
-        deadline = self.clock.monotonic() + within
-        while not predicate():
-            assert self.clock.monotonic() < deadline, (
-                f"condition not met within {within}s of fake time"
-            )
-            await asyncio.sleep(0.05)
-
-    async def stop_all(self) -> None:
-        for node in self.nodes.values():
-            await node.stop()
-
+CONFIG = fake_time_config(P)
 
 # Every test runs on the fake-time loop (tests/conftest.py): the cluster's clock is the
 # loop's time, and waits for probes, suspicion, backoff and deadlines never sleep.
 pytestmark = pytest.mark.fake_time
 
 
-@pytest.fixture
-async def clock() -> FakeClock:
-    return current_clock()
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> MemoryNetwork:
-    return MemoryNetwork(clock)
-
-
-@pytest.fixture
-async def harness(clock: FakeClock, network: MemoryNetwork) -> AsyncIterator[Harness]:
-    h = Harness(clock, network)
-    yield h
-    await h.stop_all()
-
-
-async def three(h: Harness) -> list[PeerRing]:
-    nodes = [await h.start(a, ADDRS[:3]) for a in ADDRS[:3]]
-    await h.until(lambda: all(n.ready for n in nodes))
-    return nodes
-
-
 # -- registration and lifecycle ------------------------------------------------------------
 
 
 async def test_register_validates_commands_and_reserves_the_internal_namespace(
-    harness: Harness,
+    harness: MemoryCluster,
 ) -> None:
     node = await harness.start(ADDRS[0], ADDRS[:1])
     with pytest.raises(InvalidArgumentError, match="hinted=True requires mutates=True"):
@@ -203,7 +56,7 @@ async def test_register_validates_commands_and_reserves_the_internal_namespace(
         node.register("__peer_ring__", "ping", lambda c, k, p: b"")
 
 
-async def test_a_single_node_is_ready_at_once(harness: Harness) -> None:
+async def test_a_single_node_is_ready_at_once(harness: MemoryCluster) -> None:
     node = await harness.start(ADDRS[0], ADDRS[:1])
     assert node.ready
     await node.wait_ready(timeout=0.1)
@@ -212,12 +65,14 @@ async def test_a_single_node_is_ready_at_once(harness: Harness) -> None:
     assert status["partitions"]["nothing_to_pull"] == P
 
 
-async def test_without_data_hooks_there_is_nothing_to_pull(harness: Harness) -> None:
+async def test_without_data_hooks_there_is_nothing_to_pull(harness: MemoryCluster) -> None:
     node = await harness.start(ADDRS[0], ADDRS[:3], hooks=False)
     assert node.ready
 
 
-async def test_wait_ready_times_out_on_the_node_clock(harness: Harness, clock: FakeClock) -> None:
+async def test_wait_ready_times_out_on_the_node_clock(
+    harness: MemoryCluster, clock: FakeClock
+) -> None:
     # Two listed peers never start and down_after is off: the partitions wait for them
     # until sync_give_up_after.
     config = PeerRingConfig(partitions=P, down_after=None, sync_give_up_after=30.0)
@@ -233,7 +88,7 @@ async def test_wait_ready_times_out_on_the_node_clock(harness: Harness, clock: F
 
 
 async def test_unreachable_listed_peers_are_declared_down_and_the_rest_becomes_ready(
-    harness: Harness,
+    harness: MemoryCluster,
 ) -> None:
     nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:3]]  # two never start
     await harness.until(lambda: all(n.ready for n in nodes), within=10.0)
@@ -246,11 +101,11 @@ async def test_unreachable_listed_peers_are_declared_down_and_the_rest_becomes_r
 
 
 async def test_a_pulling_replica_refuses_reads_and_the_previous_holder_answers(
-    harness: Harness,
+    harness: MemoryCluster,
 ) -> None:
-    a, b, c = await three(harness)
+    a, b, c = await harness.start_ready(ADDRS[:3])
     for i in range(100):
-        await a.execute("app", "put", f"k{i}", put_payload(1, b"v%d" % i), quorum=3)
+        await a.execute("app", "put", f"k{i}", versioned_payload(1, b"v%d" % i), quorum=3)
     d = await harness.start(ADDRS[3], ADDRS[:4])
 
     async def never(partitions: list[int]) -> None:  # hold D's pulls: it stays pending
@@ -284,20 +139,20 @@ async def test_a_pulling_replica_refuses_reads_and_the_previous_holder_answers(
     # the extra replica is the one D replaces (it keeps the partition until the handoff)
     assert answered - set(a.preference_list(key, 3))
     # writes are accepted while pulling
-    await a.execute("app", "put", key, put_payload(2, b"new"), quorum=3)
+    await a.execute("app", "put", key, versioned_payload(2, b"new"), quorum=3)
     assert harness.apps[d.address].data[key] == (2, b"new")
 
 
 async def test_a_node_whose_pending_partitions_go_to_a_joiner_becomes_ready(
-    harness: Harness,
+    harness: MemoryCluster,
 ) -> None:
     # D joins and pulls; before it is done, E joins and takes over every partition D was
     # still pulling. D has nothing left to wait for: it must be ready at once, not stay
     # "not ready" (readyz red, a rollout stuck) until some later pull finishes. Fails with
     # the re-check of readiness removed from PartitionTable.ring_changed.
-    a, b, c = await three(harness)
+    a, b, c = await harness.start_ready(ADDRS[:3])
     for i in range(60):
-        await a.execute("app", "put", f"k{i}", put_payload(1, b"v"), quorum=3)
+        await a.execute("app", "put", f"k{i}", versioned_payload(1, b"v"), quorum=3)
     four = ADDRS[:4]
     d_now = Ring.build(four, P).partitions_of(ADDRS[3], 3)
     joiner, d_later = next(
@@ -333,12 +188,12 @@ async def test_a_node_whose_pending_partitions_go_to_a_joiner_becomes_ready(
 
 
 async def test_a_crashed_node_is_removed_after_down_after_and_re_added_when_back(
-    harness: Harness,
+    harness: MemoryCluster,
 ) -> None:
     nodes = [await harness.start(a, ADDRS[:4]) for a in ADDRS[:4]]
     await harness.until(lambda: all(n.ready for n in nodes))
     for i in range(100):
-        await nodes[0].execute("app", "put", f"k{i}", put_payload(1, b"x"), quorum=3)
+        await nodes[0].execute("app", "put", f"k{i}", versioned_payload(1, b"x"), quorum=3)
     victim = nodes[3]
     await victim.stop()
     start = harness.clock.monotonic()
@@ -367,7 +222,7 @@ async def test_a_crashed_node_is_removed_after_down_after_and_re_added_when_back
 
 
 async def test_writes_to_suspected_replicas_go_to_substitutes_with_a_hint(
-    harness: Harness, network: MemoryNetwork
+    harness: MemoryCluster, network: MemoryNetwork
 ) -> None:
     nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:5]]
     await harness.until(lambda: all(n.ready for n in nodes))
@@ -376,7 +231,7 @@ async def test_writes_to_suspected_replicas_go_to_substitutes_with_a_hint(
     _, y, z = a.preference_list(key, 3)
     network.cut(a.address, y)
     network.cut(a.address, z)
-    result = await a.execute("app", "put", key, put_payload(7, b"h"), quorum=3)
+    result = await a.execute("app", "put", key, versioned_payload(7, b"h"), quorum=3)
     substitutes = {r.node for r in result.ok_replies} - {a.address}
     assert len(substitutes) == 2 and not substitutes & {y, z}
     # the substitutes hold hints for y and z, not data
@@ -398,7 +253,7 @@ async def test_writes_to_suspected_replicas_go_to_substitutes_with_a_hint(
 
 
 async def test_a_full_hint_store_refuses_and_the_coordinator_does_not_count_it(
-    harness: Harness, network: MemoryNetwork
+    harness: MemoryCluster, network: MemoryNetwork
 ) -> None:
     # Error path: the substitutes' hint stores are full (hint_max=1, already holding one
     # hint each), so they answer OVERLOADED; the write must not reach W=3 through them.
@@ -412,11 +267,11 @@ async def test_a_full_hint_store_refuses_and_the_coordinator_does_not_count_it(
     first, second = same[0], same[1]
     network.cut(a.address, y)
     network.cut(a.address, z)
-    result = await a.execute("app", "put", first, put_payload(1, b"one"), quorum=3)
+    result = await a.execute("app", "put", first, versioned_payload(1, b"one"), quorum=3)
     substitutes = {r.node for r in result.ok_replies} - {a.address}
     assert len(substitutes) == 2  # each now holds its one hint
     with pytest.raises(QuorumNotReachedError, match="full"):
-        await a.execute("app", "put", second, put_payload(1, b"two"), quorum=3)
+        await a.execute("app", "put", second, versioned_payload(1, b"two"), quorum=3)
     for s in substitutes:
         assert sum(harness.nodes[s].sync_status()["hints"]["pending"].values()) == 1
     # The coordinator's own copy was written; nothing else was lost or corrupted.
@@ -428,7 +283,7 @@ async def test_a_full_hint_store_refuses_and_the_coordinator_does_not_count_it(
 
 
 async def test_a_hint_its_target_keeps_refusing_is_dropped_after_max_refusals(
-    harness: Harness, network: MemoryNetwork
+    harness: MemoryCluster, network: MemoryNetwork
 ) -> None:
     # Error path: y is back but its handler refuses the hinted write every time (an error
     # answer, not an unreachable peer): the substitute drops that hint after max_refusals
@@ -440,7 +295,7 @@ async def test_a_hint_its_target_keeps_refusing_is_dropped_after_max_refusals(
     _, y, z = a.preference_list(key, 3)
     network.cut(a.address, y)
     network.cut(a.address, z)
-    result = await a.execute("app", "put", key, put_payload(5, b"r"), quorum=3)
+    result = await a.execute("app", "put", key, versioned_payload(5, b"r"), quorum=3)
     substitutes = {r.node for r in result.ok_replies} - {a.address}
 
     def refuse(key: bytes, version: int, value: bytes) -> None:
@@ -460,7 +315,7 @@ async def test_a_hint_its_target_keeps_refusing_is_dropped_after_max_refusals(
 
 
 async def test_a_hint_whose_target_left_the_ring_is_redirected_to_the_current_replicas(
-    harness: Harness, network: MemoryNetwork
+    harness: MemoryCluster, network: MemoryNetwork
 ) -> None:
     nodes = [await harness.start(a, ADDRS[:5]) for a in ADDRS[:5]]
     await harness.until(lambda: all(n.ready for n in nodes))
@@ -468,7 +323,7 @@ async def test_a_hint_whose_target_left_the_ring_is_redirected_to_the_current_re
     key = next(f"k{i}" for i in range(500) if a.preference_list(f"k{i}", 3)[0] == a.address)
     _, y, _ = a.preference_list(key, 3)
     network.cut(a.address, y)
-    await a.execute("app", "put", key, put_payload(9, b"r"), quorum=3)
+    await a.execute("app", "put", key, versioned_payload(9, b"r"), quorum=3)
     await harness.nodes[y].stop()  # y never comes back: it is declared down
     network.heal()
     await harness.until(
@@ -481,7 +336,7 @@ async def test_a_hint_whose_target_left_the_ring_is_redirected_to_the_current_re
 # -- graceful leave -------------------------------------------------------------------------
 
 
-async def test_leave_of_the_last_node_and_leave_when_not_running(harness: Harness) -> None:
+async def test_leave_of_the_last_node_and_leave_when_not_running(harness: MemoryCluster) -> None:
     node = await harness.start(ADDRS[0], ADDRS[:1])
     report = await node.leave(deadline=1.0)
     assert report.complete and report.acknowledged == ()
@@ -491,9 +346,9 @@ async def test_leave_of_the_last_node_and_leave_when_not_running(harness: Harnes
 
 
 async def test_leave_reports_peers_that_did_not_acknowledge(
-    harness: Harness, network: MemoryNetwork
+    harness: MemoryCluster, network: MemoryNetwork
 ) -> None:
-    nodes = await three(harness)
+    nodes = await harness.start_ready(ADDRS[:3])
     leaver = nodes[2]
     network.pause(nodes[1].address)  # never answers: the leave hits its deadline
     task = asyncio.ensure_future(leaver.leave(deadline=2.0))
@@ -505,8 +360,8 @@ async def test_leave_reports_peers_that_did_not_acknowledge(
     assert leaver.sync_status()["leave"]["state"] == "left"
 
 
-async def test_a_node_object_can_be_stopped_and_started_again(harness: Harness) -> None:
-    nodes = await three(harness)
+async def test_a_node_object_can_be_stopped_and_started_again(harness: MemoryCluster) -> None:
+    nodes = await harness.start_ready(ADDRS[:3])
     await nodes[2].stop()
     await nodes[2].start()
     assert not nodes[2].ready  # it pulls again: its data may be stale

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from peer_ring.core.testing._fake_clock import FakeClock, settle_loop
 from peer_ring.core.testing._loop import FakeClockEventLoop, current_clock, run, run_until_idle
+from peer_ring.core.testing._memory_cluster import MemoryCluster, fake_time_config
 from peer_ring.core.testing._memory_network import MemoryNetwork, MemoryTransport
 from peer_ring.core.testing._ports import free_port
 from peer_ring.core.testing._static import FixedDiscovery
+from peer_ring.core.testing._versioned_dict import VersionedDict, versioned_payload
 
 if TYPE_CHECKING:
     from peer_ring.core.testing._certs import (
@@ -50,13 +52,17 @@ __all__ = [
     "FakeClockEventLoop",
     "FixedDiscovery",
     "IssuedCertificate",
+    "MemoryCluster",
     "MemoryNetwork",
     "MemoryTransport",
     "TLSFiles",
+    "VersionedDict",
     "current_clock",
+    "fake_time_config",
     "free_port",
     "run",
     "run_until_idle",
     "settle_loop",
+    "versioned_payload",
     "write_file_atomically",
 ]
