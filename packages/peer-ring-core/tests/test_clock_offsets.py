@@ -87,6 +87,8 @@ async def test_offsets_match_the_skew_within_the_round_trip(
             rtt = clock["rtt"][peer]
             assert 0 < rtt <= 2 * LATENCY + 0.02
             assert abs(clock["offsets"][peer] - expected) <= rtt / 2 + FLOAT_SLACK
+            # probed within the last few probe intervals (3 s of probing just ran)
+            assert 0 <= clock["age"][peer] < 3.0
         worst = max(abs(SKEWS[p] - SKEWS[me]) for p in others)
         assert clock["max_abs_offset"] == pytest.approx(worst, abs=0.02)
         assert clock["bound"] == 0.5
@@ -162,6 +164,7 @@ async def test_an_old_peer_without_a_wall_clock_in_its_answer_is_tolerated(
         assert status["membership"]["probes_failed"] == 0
         assert old not in status["membership"]["suspected"]
         assert status["clock"]["offsets"] == {}
+        assert status["clock"]["age"] == {}
         assert status["clock"]["max_abs_offset"] is None
     finally:
         await node.stop()

@@ -124,7 +124,7 @@ def test_peers_clock_offsets_are_measured_and_a_large_one_is_logged(
             for store in stores:
                 await store.abort()
 
-    with caplog.at_level("WARNING", logger="peer_ring.kv._clock_offsets"):
+    with caplog.at_level("WARNING", logger="peer_ring.core._sync._clock_offsets"):
         snapshot = sim.run(main())
     peers = snapshot["peers"]
     assert isinstance(peers, dict)
@@ -132,11 +132,11 @@ def test_peers_clock_offsets_are_measured_and_a_large_one_is_logged(
     assert peers[sim.addresses[1]]["offset"] == pytest.approx(0.3, abs=1e-3)
     assert peers[sim.addresses[2]]["offset"] == pytest.approx(-0.004, abs=1e-3)
     assert snapshot["max_abs_offset"] == pytest.approx(0.3, abs=1e-3)
-    # The KV store's own warnings (the core's probes warn about the same peer too).
+    # The warnings come from the core's probes (the store has no measurement of its own).
     warned = [
         r
         for r in caplog.records
-        if r.name == "peer_ring.kv._clock_offsets" and "is +0.300 s off" in r.getMessage()
+        if r.name == "peer_ring.core._sync._clock_offsets" and "is +0.300 s off" in r.getMessage()
     ]
     # Nodes 0, 3 and 4 each warn once about node 1 (rate-limited: 12 s, two rounds).
     assert len(warned) == 3

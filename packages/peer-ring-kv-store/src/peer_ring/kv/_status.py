@@ -1,4 +1,5 @@
-"""``KVStore.cluster_status()``: the document ``GET /cluster`` serves, without the server."""
+"""``KVStore.cluster_status()``: the document ``GET /cluster`` serves, without the server,
+and its ``clock_offsets`` (``KVStore.clock_offsets()``)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,27 @@ def cluster_status(store: _StatusSource) -> dict[str, Any]:
     if callable(offsets):
         status["clock_offsets"] = offsets()
     return status
+
+
+def clock_offsets_snapshot(clock: dict[str, Any]) -> dict[str, Any]:
+    """The core's clock-offset estimates in the KV store's format (``clock_offsets``).
+
+    Args:
+        clock: ``PeerRing.sync_status()["clock"]``: ``offsets``, ``rtt`` and ``age`` per
+            peer, and the ``bound`` (``PeerRingConfig.max_clock_offset``).
+
+    Returns:
+        ``{"peers": {peer: {"offset", "rtt", "age"}}, "max_abs_offset", "warn_at"}`` in
+        seconds: ``max_abs_offset`` is 0 before any estimate, ``warn_at`` the offset past
+        which the core logs a warning (half the bound).
+    """
+    peers = {
+        peer: {
+            "offset": round(offset, 6),
+            "rtt": round(clock["rtt"][peer], 6),
+            "age": round(clock["age"][peer], 3),
+        }
+        for peer, offset in sorted(clock["offsets"].items())
+    }
+    worst = max((abs(p["offset"]) for p in peers.values()), default=0.0)
+    return {"peers": peers, "max_abs_offset": worst, "warn_at": clock["bound"] / 2}

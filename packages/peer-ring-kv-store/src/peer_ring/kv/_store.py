@@ -38,7 +38,6 @@ from peer_ring.core import (
 )
 from peer_ring.kv._args import MAX_KEY_BYTES as _MAX_KEY_BYTES
 from peer_ring.kv._args import check_sizes, encode, key_bytes, seconds
-from peer_ring.kv._clock_offsets import CLOCK, ClockOffsets
 from peer_ring.kv._codec import DEFAULT_CODEC, Codec, decode_value
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._errors import ValueTooLargeError
@@ -54,6 +53,7 @@ from peer_ring.kv._ordered import (
     version_above,
 )
 from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._status import clock_offsets_snapshot
 from peer_ring.kv._wire import (
     decode_entries,
     decode_get_response,
@@ -159,7 +159,6 @@ class KVStore(KVOpsMixin):
         )
         self._hlc = HLC(self._clock, self._node.address)
         self._hooks = KVHooks(self._engine, on_record=self._observe)
-        self._offsets = ClockOffsets(self._node, NAMESPACE, self._clock)
         self._background: set[asyncio.Task[Any]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
         self._sloppy_quorum = sloppy_quorum
@@ -235,11 +234,6 @@ class KVStore(KVOpsMixin):
             run_active_expiry(self._engine, self._clock, self._expiry_interval),
             name=f"kv-expiry-{self._node.address}",
         )
-        offsets = asyncio.create_task(
-            self._offsets.run(), name=f"kv-clock-offsets-{self._node.address}"
-        )
-        self._background.add(offsets)
-        offsets.add_done_callback(self._background.discard)
 
     async def stop(
         self, *, graceful: bool = True, deadline: float | None = None
@@ -298,9 +292,12 @@ class KVStore(KVOpsMixin):
         """Estimated wall-clock offsets of the peers to this node (``GET /cluster``).
 
         ``{"peers": {address: {"offset", "rtt", "age"}}, "max_abs_offset", "warn_at"}``,
-        seconds; refreshed every 5 s over the peer protocol (see docs/consistency.md).
+        seconds: the core's estimates from its liveness probes (``sync_status()["clock"]``,
+        NTP style), in this store's format. ``warn_at`` is where the core logs a warning
+        (half ``PeerRingConfig.max_clock_offset``; TTLs and tombstone collection use wall
+        time, see docs/consistency.md).
         """
-        return self._offsets.snapshot()
+        return clock_offsets_snapshot(self._node.sync_status()["clock"])
 
     def handoff_state(self) -> dict[str, Any]:
         """Data-movement state for ``GET /cluster`` (see ``PeerRing.sync_status``)."""
@@ -346,7 +343,6 @@ class KVStore(KVOpsMixin):
         node.register(NAMESPACE, GET, self._h_get)
         node.register(NAMESPACE, MSET, self._h_mset)
         node.register(NAMESPACE, MGET, self._h_mget)
-        node.register(NAMESPACE, CLOCK, self._offsets.handle)
         node.register_hooks(NAMESPACE, self._hooks)
         self._register_ops(NAMESPACE)
 
@@ -663,7 +659,7 @@ class KVStore(KVOpsMixin):
         engine_stats: dict[str, int | float] = dict(self._engine.stats())
         engine_stats["read_repairs"] = self.read_repairs
         engine_stats["reversioned_writes"] = self.reversioned_writes
-        engine_stats["clock_offset_max_seconds"] = self._offsets.snapshot()["max_abs_offset"]
+        engine_stats["clock_offset_max_seconds"] = self.clock_offsets()["max_abs_offset"]
         engine_stats["members"] = len(self._node.members)
         return engine_stats
 

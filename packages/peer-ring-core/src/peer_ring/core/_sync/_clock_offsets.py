@@ -56,6 +56,8 @@ class ClockOffsets:
         self._clock = clock
         self.bound = bound
         self._samples: dict[str, deque[OffsetSample]] = {}
+        #: Monotonic time of each peer's last sample (the estimate's freshness).
+        self._last: dict[str, float] = {}
         self._warned: dict[str, float] = {}
         self.warnings = 0
 
@@ -68,6 +70,7 @@ class ClockOffsets:
             return
         samples = self._samples.setdefault(peer, deque(maxlen=WINDOW))
         samples.append(OffsetSample(remote - (t0 + t1) / 2, rtt))
+        self._last[peer] = self._clock.monotonic()
         self._maybe_warn(peer)
 
     def estimate(self, peer: str) -> OffsetSample | None:
@@ -80,6 +83,7 @@ class ClockOffsets:
     def forget(self, peer: str) -> None:
         """``peer`` departed: drop its estimate."""
         self._samples.pop(peer, None)
+        self._last.pop(peer, None)
         self._warned.pop(peer, None)
 
     def _maybe_warn(self, peer: str) -> None:
@@ -103,17 +107,24 @@ class ClockOffsets:
         )
 
     def status(self) -> dict[str, Any]:
-        """``sync_status()["clock"]``: offsets and round trips per peer (JSON-friendly)."""
+        """``sync_status()["clock"]``: per peer offset, round trip and age (JSON-friendly).
+
+        ``age`` is the time since the peer's last sample (seconds, monotonic).
+        """
+        now = self._clock.monotonic()
         offsets: dict[str, float] = {}
         rtts: dict[str, float] = {}
+        ages: dict[str, float] = {}
         for peer in sorted(self._samples):
             best = self.estimate(peer)
             if best is not None:
                 offsets[peer] = best.offset
                 rtts[peer] = best.rtt
+                ages[peer] = now - self._last[peer]
         return {
             "offsets": offsets,
             "rtt": rtts,
+            "age": ages,
             "max_abs_offset": max((abs(o) for o in offsets.values()), default=None),
             "bound": self.bound,
             "warnings": self.warnings,
