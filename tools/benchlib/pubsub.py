@@ -163,6 +163,9 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
     async with ps:
         await ps.node.wait_ready(60)
         if spec["role"] == "serve":
+            profile_to = os.environ.get("PEER_RING_BENCH_PROFILE")
+            if profile_to:  # the other nodes are killed, never stopped: dump every 2 s
+                await _profile_serving(f"{profile_to}.{spec['self'].rsplit(':', 1)[1]}")
             await asyncio.Event().wait()
         out: dict[str, Any] = {}
         for phase, rate in (("throughput", None), ("latency", spec["rate"])):
@@ -183,6 +186,17 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
         metrics.pop("subscriptions")
         out["node0_metrics"] = metrics
         return out
+
+
+async def _profile_serving(path: str) -> None:
+    import cProfile
+
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    while True:
+        await asyncio.sleep(2.0)
+        prof.dump_stats(path)  # stops the profiler: start it again
+        prof.enable()
 
 
 async def _consume_pubsub(sub: Any, rec: Recorder) -> None:

@@ -61,11 +61,23 @@ class Writer:
 class Reader:
     """Reads fields back in the order they were written."""
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf", "_pos", "_raw")
 
     def __init__(self, buf: bytes) -> None:
-        self._buf = memoryview(buf)
+        self._raw = buf if type(buf) is bytes else bytes(buf)
+        self._buf = memoryview(self._raw)
         self._pos = 0
+
+    def raw(self) -> tuple[bytes, int]:
+        """The whole buffer and the read position, for decoders that unpack in bulk
+        (they call :meth:`seek` with where they stopped)."""
+        return self._raw, self._pos
+
+    def seek(self, pos: int) -> None:
+        """Continue reading at ``pos`` (at most the end of the buffer)."""
+        if not self._pos <= pos <= len(self._raw):
+            raise CodecError("truncated buffer")
+        self._pos = pos
 
     def _take(self, n: int) -> memoryview:
         end = self._pos + n

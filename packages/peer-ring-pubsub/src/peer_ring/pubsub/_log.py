@@ -42,9 +42,11 @@ MESSAGE = 0
 NOOP = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
-    """One log entry.
+    """One log entry (never changed once made: copies are made with ``replace``; not
+    frozen only because a frozen dataclass costs four times as much to build, and entries
+    are built per message on every replica).
 
     Attributes:
         epoch: the epoch of the sequencer that assigned ``seq``.
@@ -68,7 +70,7 @@ class Entry:
 
     def __post_init__(self) -> None:
         if self.writer < self.epoch:
-            object.__setattr__(self, "writer", self.epoch)
+            self.writer = self.epoch
 
     @property
     def size(self) -> int:
@@ -108,6 +110,7 @@ class PartitionLog:
         self.bytes = 0
         self.dedup: dict[str, DedupRecord] = {}
         self._high = -1  # highest sequence held, or -1 (kept so appends stay O(1))
+        self._top_epoch = -1  # the highest epoch in epoch_starts (see superseded)
         #: The newest ``time`` of an entry retention dropped (-inf: none dropped).
         self.dropped_time = float("-inf")
 
@@ -125,6 +128,8 @@ class PartitionLog:
 
     def superseded(self, epoch: int, seq: int) -> bool:
         """True when a later epoch started at or below ``seq`` (the entry was never acked)."""
+        if epoch >= self._top_epoch:  # no later epoch is known: the common case
+            return False
         return any(e > epoch and start <= seq for e, start in self.epoch_starts.items())
 
     def get(self, seq: int) -> Entry | None:
@@ -211,6 +216,7 @@ class PartitionLog:
         if known is not None and known <= start:
             return
         self.epoch_starts[epoch] = start
+        self._top_epoch = max(self._top_epoch, epoch)
         for seq in [s for s, e in self.entries.items() if self.superseded(e.writer, s)]:
             self._remove(seq)
         for msg_id in [

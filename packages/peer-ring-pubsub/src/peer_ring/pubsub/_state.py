@@ -132,6 +132,38 @@ def decode_entry(r: Reader) -> Entry:
     )
 
 
+def decode_entries(r: Reader, count: int) -> list[Entry]:
+    """Read ``count`` entries written by :func:`encode_entry` (one pass over the buffer:
+    entries are the bulk of every append, fetch reply and transfer).
+
+    Raises:
+        CodecError: a truncated buffer or an invalid msg_id.
+    """
+    buf, pos = r.raw()
+    end = len(buf)
+    unpack = _ENTRY_HEADER.unpack_from
+    size = _ENTRY_HEADER.size
+    out = []
+    try:
+        for _ in range(count):
+            if pos + size > end:
+                raise CodecError("truncated buffer")
+            epoch, seq, time, kind, writer, n_id, n_key, n_data = unpack(buf, pos)
+            pos += size
+            stop = pos + n_id + n_key + n_data
+            if stop > end:
+                raise CodecError("truncated buffer")
+            msg_id = buf[pos : pos + n_id].decode() if n_id else ""
+            pos += n_id
+            key = buf[pos : pos + n_key] if n_key else b""
+            out.append(Entry(epoch, seq, time, msg_id, key, buf[pos + n_key : stop], kind, writer))
+            pos = stop
+    except UnicodeDecodeError as exc:
+        raise CodecError("invalid UTF-8 msg_id") from exc
+    r.seek(pos)
+    return out
+
+
 def encode_epoch_starts(w: Writer, starts: dict[int, int]) -> None:
     """Append an epoch-start map."""
     w.u64(len(starts))
@@ -259,13 +291,13 @@ def decode_record(record: bytes, default: TopicConfig) -> DecodedRecord:
         log.first = r.u64()
         log.commit = r.i64()
         log.dropped_time = r.f64()
-        log.epoch_starts = decode_epoch_starts(r)
+        for epoch, start in decode_epoch_starts(r).items():
+            log.start_epoch(epoch, start)
         for _ in range(r.u64()):
             dedup = DedupRecord(r.str_(), r.u64(), r.u64(), r.f64(), r.u64())
             log.dedup[dedup.msg_id] = dedup
     elif kind == ENTRIES:
-        for _ in range(r.u64()):
-            entry = decode_entry(r)
+        for entry in decode_entries(r, r.u64()):
             log.entries[entry.seq] = entry
     elif kind == GROUP:
         name = r.str_()

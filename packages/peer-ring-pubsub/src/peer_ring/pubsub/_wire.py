@@ -23,7 +23,7 @@ from peer_ring.pubsub._errors import (
 from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._log import Ballot, Entry
 from peer_ring.pubsub._state import (
-    decode_entry,
+    decode_entries,
     decode_epoch_starts,
     decode_group_state,
     encode_entry,
@@ -125,7 +125,7 @@ class AppendRequest:
         config = TopicConfig.decode(r)
         ballot = Ballot(r.u64(), r.str_())
         start, commit = r.u64(), r.i64()
-        entries = [decode_entry(r) for _ in range(r.u64())]
+        entries = decode_entries(r, r.u64())
         r.done()
         return cls(config, ballot, start, commit, entries)
 
@@ -233,13 +233,13 @@ def decode_entries_reply(r: Reader) -> tuple[int, dict[int, int], list[Entry]]:
     """Inverse of :func:`encode_entries_reply`."""
     first = r.u64()
     starts = decode_epoch_starts(r)
-    return first, starts, [decode_entry(r) for _ in range(r.u64())]
+    return first, starts, decode_entries(r, r.u64())
 
 
 # --------------------------------------------------------- sequencer commands
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutgoingMessage:
-    """One message to publish."""
+    """One message to publish (not frozen: one is built per message, see Entry)."""
 
     data: bytes
     key: bytes
@@ -356,10 +356,13 @@ class FetchReply:
     expired: int
 
     def encode(self) -> bytes:
-        w = Writer().u64(self.next).u64(self.expired).u64(len(self.entries))
-        for entry, deliveries in zip(self.entries, self.deliveries, strict=True):
+        count = len(self.entries)
+        if len(self.deliveries) != count:
+            raise ValueError("one delivery count per entry")
+        w = Writer().u64(self.next).u64(self.expired).u64(count)
+        for entry in self.entries:
             encode_entry(w, entry)
-            w.u64(deliveries)
+        w.raw(struct.pack(f">{count}Q", *self.deliveries))  # the counts, packed at once
         return ok_reply(w.getvalue())
 
     @classmethod
@@ -368,12 +371,11 @@ class FetchReply:
 
     @classmethod
     def from_reader(cls, r: Reader) -> FetchReply:
-        reply = cls([], [], r.u64(), r.u64())
-        for _ in range(r.u64()):
-            reply.entries.append(decode_entry(r))
-            reply.deliveries.append(r.u64())
+        nxt, expired, count = r.u64(), r.u64(), r.u64()
+        entries = decode_entries(r, count)
+        deliveries = list(struct.unpack(f">{count}Q", r.take_bytes(8 * count)))
         r.done()
-        return reply
+        return cls(entries, deliveries, nxt, expired)
 
 
 @dataclass(slots=True)
