@@ -163,7 +163,7 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
     async with ps:
         await ps.node.wait_ready(60)
         if spec["role"] == "serve":
-            profile_to = os.environ.get("PEER_RING_BENCH_PROFILE")
+            profile_to = os.environ.get("PEER_RING_BENCH_PROFILE_SERVE")
             if profile_to:  # the other nodes are killed, never stopped: dump every 2 s
                 await _profile_serving(f"{profile_to}.{spec['self'].rsplit(':', 1)[1]}")
             await asyncio.Event().wait()

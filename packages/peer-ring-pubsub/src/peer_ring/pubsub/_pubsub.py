@@ -255,6 +255,7 @@ class Topic:
         self.name = name
         self.config = config
         self._round_robin = itertools.count()
+        self._keys = [ring_key(name, p) for p in range(config.partitions)]  # per publish
 
     @property
     def dead_letter(self) -> Topic:
@@ -297,7 +298,7 @@ class Topic:
         """
         raw_key, body, partition = self._prepare(data, key, msg_id, partition)
         epoch, seq, duplicate = await self.pubsub.client.publish(
-            ring_key(self.name, partition),
+            self._keys[partition],
             self.config,
             OutgoingMessage(body, raw_key, msg_id or ""),
             timeout,

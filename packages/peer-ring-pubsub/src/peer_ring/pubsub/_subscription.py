@@ -369,7 +369,7 @@ class Subscription:
             wait,
             [(m.offset, m.deliveries) for m in messages],
         )
-        key = ring_key(self.topic.name, partition)
+        key = self.topic._keys[partition]
         await self.topic.pubsub.client.run(
             key, SETTLE, req.encode, lambda s: s.settle(key, req), _ignore_reply
         )

@@ -275,18 +275,32 @@ def decode_publish(payload: bytes) -> tuple[TopicConfig, list[OutgoingMessage]]:
     """
     r = Reader(payload)
     config = TopicConfig.decode(r)
+    count = r.u64()
+    buf, pos = r.raw()  # one pass over the buffer (a message costs one unpack)
+    end = len(buf)
+    unpack = _MESSAGE_HEADER.unpack_from
+    size = _MESSAGE_HEADER.size
     messages = []
-    for _ in range(r.u64()):
-        n_data, n_key, n_id = r.unpack(_MESSAGE_HEADER)
-        body = r.take_bytes(n_data + n_key + n_id)
-        if n_key or n_id:
-            try:
-                msg_id = body[n_data + n_key :].decode()
-            except UnicodeDecodeError as exc:
-                raise CodecError("invalid UTF-8 msg_id") from exc
-            messages.append(OutgoingMessage(body[:n_data], body[n_data : n_data + n_key], msg_id))
-        else:
-            messages.append(OutgoingMessage(body, b"", ""))
+    try:
+        for _ in range(count):
+            if pos + size > end:
+                raise CodecError("truncated buffer")
+            n_data, n_key, n_id = unpack(buf, pos)
+            pos += size
+            stop = pos + n_data + n_key + n_id
+            if stop > end:
+                raise CodecError("truncated buffer")
+            data = buf[pos : pos + n_data]
+            if n_key or n_id:
+                pos += n_data
+                msg_id = buf[pos + n_key : stop].decode()
+                messages.append(OutgoingMessage(data, buf[pos : pos + n_key], msg_id))
+            else:
+                messages.append(OutgoingMessage(data, b"", ""))
+            pos = stop
+    except UnicodeDecodeError as exc:
+        raise CodecError("invalid UTF-8 msg_id") from exc
+    r.seek(pos)
     r.done()
     return config, messages
 
