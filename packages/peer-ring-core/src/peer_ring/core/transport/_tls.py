@@ -34,11 +34,10 @@ from dataclasses import dataclass
 import grpc
 
 from peer_ring.core._errors import InvalidArgumentError
+from peer_ring.core.tls import ReloadingFiles, read_pem
 from peer_ring.core.transport._stats import TransportStats
 
 logger = logging.getLogger(__name__)
-
-_Stamp = tuple[tuple[int, int, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +92,11 @@ class CertificateSet:
     key: bytes
 
 
-class CertificateFiles:
+class CertificateFiles(ReloadingFiles[CertificateSet]):
     """The files of a :class:`TLSConfig`, re-read when they change on disk.
 
+    The watcher is :class:`peer_ring.core.tls.ReloadingFiles` (public, for applications'
+    own TLS listeners); this adds the three PEM files, the errors and the stats.
     Thread-safe: gRPC calls the server's certificate fetcher from its own threads.
 
     Args:
@@ -116,26 +117,18 @@ class CertificateFiles:
     ) -> None:
         self.config = config
         self._stats = stats if stats is not None else TransportStats()
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
         try:
-            self._stamp = self._stat()
-            self._current = self._read()
+            super().__init__(
+                (config.ca_file, config.cert_file, config.key_file),
+                self._read,
+                reload_interval=config.reload_interval,
+                monotonic=monotonic,
+                name=config.cert_file,
+                label="TLS",
+                logger=logger,
+            )
         except (OSError, ValueError) as exc:
             raise InvalidArgumentError(f"TLS: {exc}") from None
-        self._version = 0
-        self._next_check = monotonic() + config.reload_interval
-        self._rejected: _Stamp | None = None
-
-    @property
-    def current(self) -> CertificateSet:
-        """The certificate material in use."""
-        return self._current
-
-    @property
-    def version(self) -> int:
-        """Increases by one each time changed files were loaded."""
-        return self._version
 
     def refresh(self) -> bool:
         """Re-read the files if they changed (at most once per ``reload_interval``).
@@ -143,68 +136,18 @@ class CertificateFiles:
         Returns:
             True when new material was loaded.
         """
-        with self._lock:
-            now = self._monotonic()
-            if now < self._next_check:
-                return False
-            self._next_check = now + self.config.reload_interval
-            try:
-                stamp = self._stat()
-            except OSError as exc:
-                # Mid-rotation a file may be briefly absent; keep serving with what we have.
-                self._reject(None, f"cannot stat the certificate files: {exc}")
-                return False
-            if stamp == self._stamp:
-                return False
-            try:
-                material = self._read()
-            except (OSError, ValueError) as exc:
-                self._reject(stamp, str(exc))
-                return False
-            self._stamp = stamp
-            self._current = material
-            self._version += 1
-            self._rejected = None
-            self._stats.certificate_reloads += 1
-        logger.info("TLS certificate files changed: reloaded %s", self.config.cert_file)
+        if not super().refresh():
+            return False
+        self._stats.certificate_reloads += 1
         return True
-
-    def _reject(self, stamp: _Stamp | None, reason: str) -> None:
-        # One warning per distinct bad state, not one per connection attempt.
-        if stamp is not None and stamp == self._rejected:
-            return
-        self._rejected = stamp
-        logger.warning("TLS: keeping the previous certificate: %s", reason)
-
-    def _stat(self) -> _Stamp:
-        # os.stat follows symlinks: a Kubernetes secret volume swaps a `..data` symlink,
-        # which changes the inode and mtime seen through the file's path.
-        stamps = []
-        for path in (self.config.ca_file, self.config.cert_file, self.config.key_file):
-            st = os.stat(path)
-            stamps.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(stamps)
 
     def _read(self) -> CertificateSet:
         cfg = self.config
         return CertificateSet(
-            ca=_read_pem(cfg.ca_file, "CA"),
-            cert=_read_pem(cfg.cert_file, "certificate"),
-            key=_read_pem(cfg.key_file, "private key"),
+            ca=read_pem(cfg.ca_file, "CA"),
+            cert=read_pem(cfg.cert_file, "certificate"),
+            key=read_pem(cfg.key_file, "private key"),
         )
-
-
-def _read_pem(path: str, what: str) -> bytes:
-    """Read a PEM file and check that its blocks are complete (not a half-written file)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    begins = data.count(b"-----BEGIN ")
-    ends = data.count(b"-----END ")
-    if begins == 0:
-        raise ValueError(f"{what} file {path} holds no PEM block")
-    if begins != ends or not data.rstrip().endswith(b"-----"):
-        raise ValueError(f"{what} file {path} is incomplete (being written?)")
-    return data
 
 
 def server_credentials(files: CertificateFiles, stats: TransportStats) -> grpc.ServerCredentials:
