@@ -52,7 +52,9 @@ from peer_ring.pubsub._wire import (
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 512
-PIPELINE = 4  # appends in flight per partition
+# APPENDs in flight per partition (the mechanism allows more; one batches best: see
+# _client._PIPELINE).
+PIPELINE = 1
 _RANGE_PAGE = 1024
 
 
