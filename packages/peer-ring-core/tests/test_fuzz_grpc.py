@@ -2,8 +2,8 @@
 
 The node (``NODE_SCRIPT``) is a ``PeerRing`` with a few handlers (inline, asynchronous,
 failing) and data-movement hooks, so that fuzzed requests reach the real dispatch: user
-commands, the core's internal commands (``ping``, ``digests``, ``handoff``, ``leaving``) with
-random payloads, hinted writes, and bulk transfers.
+commands, the core's internal commands (``ping``, ``digests``, ``delta``, ``handoff``,
+``leaving``) with random payloads, hinted writes, and bulk transfers.
 
 Every case opens a raw ``Exchange`` stream (or ``Transfer`` call) and sends what Hypothesis
 generated: random bytes, truncated / mutated valid frames, fields with the wrong wire type,
@@ -86,6 +86,10 @@ class Hooks:
             del store[key]
     def digest_partition(self, partition):
         return [b""] * 64
+    def record_versions(self, partition, buckets):
+        return []
+    def export_newer(self, partition, buckets, known):
+        return self.export_partition(partition, buckets)
 
 def put(key, value):
     if key not in store and len(store) >= 1000:   # the store is bounded: memory is not
@@ -241,7 +245,10 @@ NAMESPACES = st.one_of(
 )
 COMMANDS = st.one_of(
     st.sampled_from(
-        [b"set", b"get", b"slow", b"boom", b"ping", b"digests", b"handoff", b"leaving", b""]
+        [
+            *(b"set", b"get", b"slow", b"boom", b"ping", b"digests", b"delta", b"handoff"),
+            *(b"leaving", b""),
+        ]
     ),
     st.text(max_size=16).map(str.encode),
     st.binary(max_size=16),

@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import random
 import struct
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -33,7 +35,15 @@ from peer_ring.core import (
     fingerprint64,
     partition_for_key,
 )
-from peer_ring.core._types import Request, Response
+from peer_ring.core._sync import _context
+from peer_ring.core._sync._wire import (
+    DELTA_UNSUPPORTED,
+    INTERNAL,
+    DeltaRequest,
+    decode_delta_response,
+    encode_delta_request,
+)
+from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, current_clock
 
 pytestmark = pytest.mark.fake_time
@@ -405,5 +415,133 @@ async def test_an_older_peer_that_does_not_know_delta_serves_whole_buckets(
         assert len(c.apps[d.address].data) == sum(
             1 for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
         )
+    finally:
+        await c.stop()
+
+
+# -- budgets: split version lists, answers in several parts, buckets too big to list ---------
+
+
+async def test_small_budgets_split_requests_and_answers_and_still_move_only_what_differs(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A version entry here is 18 bytes and a record about 70: a 200-byte list holds 11
+    # entries (more buckets than that are halved, a bucket with more goes whole), a
+    # 300-byte answer 4 records (the rest comes in further requests).
+    monkeypatch.setattr(_context, "REQUEST_BUDGET", 200)
+    monkeypatch.setattr(_context, "RESPONSE_BUDGET", 300)
+    requests = []
+    pull = _context.SyncContext._pull_delta
+
+    async def counting(self: _context.SyncContext, *args: Any) -> int:
+        before = self.delta_requests
+        got = await pull(self, *args)
+        requests.append(self.delta_requests - before)
+        return got
+
+    monkeypatch.setattr(_context.SyncContext, "_pull_delta", counting)
+    received, applied = await join_under_load(clock, versioned=True)
+    assert received <= FACTOR_MAX * applied, (received, applied)
+    # a joiner's pull of a partition of about 125 records took many small answers
+    assert max(requests) >= 10
+
+
+async def test_a_bucket_whose_version_list_is_over_the_budget_moves_whole(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_context, "REQUEST_BUDGET", 20)  # one entry of 18 bytes
+    config = dataclasses.replace(CONFIG, anti_entropy_interval=1.0)
+    c = await cluster_of_three(clock, versioned=True, config=config)
+    try:
+        # Two keys of one bucket and partition diverge on one replica: the receivers'
+        # list of that bucket holds two entries, over the budget: the bucket moves whole.
+        a = c.nodes[ADDRS[0]]
+        by_bucket: dict[tuple[int, int], list[bytes]] = {}
+        for i in range(KEYS):
+            key = b"k%d" % i
+            by_bucket.setdefault((partition_for_key(key, P), bucket_for_key(key)), []).append(key)
+        keys = next(ks for ks in by_bucket.values() if len(ks) >= 2)[:2]
+        holder = a.preference_list(keys[0], 3)[0]
+        for key in keys:
+            c.apps[holder].merge(key, next(c.version), b"diverged")
+        others = [n for n in a.preference_list(keys[0], 3) if n != holder]
+        await c.until(
+            lambda: all(c.apps[n].data[k][1] == b"diverged" for n in others for k in keys)
+        )
+        assert (
+            sum(c.nodes[n].sync_status()["partitions"]["buckets_transferred_whole"] for n in others)
+            > 0
+        )
+    finally:
+        await c.stop()
+
+
+async def test_an_application_that_keeps_sending_fails_the_merge_after_max_rounds(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_context, "MAX_ROUNDS", 3)
+    c = await cluster_of_three(clock, versioned=True)
+    try:
+        # One holder's export_newer always says "more": an answer of one record, never
+        # the end. The joiner's merge from it fails after MAX_ROUNDS; the others serve.
+        source = c.apps[ADDRS[0]]
+        assert isinstance(source, VersionedApp)
+
+        def endless(
+            partition: int, buckets: Collection[int], known: Mapping[int, bytes]
+        ) -> Iterable[bytes]:
+            record = next(iter(source.export_partition(partition, buckets)), None)
+            while record is not None:
+                yield record
+
+        source.export_newer = endless  # type: ignore[method-assign]
+        caplog.set_level(logging.INFO, logger="peer_ring.core")
+        await c.start(ADDRS[3], ADDRS[:4])
+        c.set_members(ADDRS[:4])
+        await c.until(c.settled)
+        d = c.nodes[ADDRS[3]]
+        mine = d.ring.partitions_of(d.address, 3)
+        assert set(c.apps[d.address].data) == {
+            b"k%d" % i for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
+        }
+        assert f"from {ADDRS[0]} failed: bucket " in caplog.text
+        assert "still more records after 3 answers" in caplog.text
+    finally:
+        await c.stop()
+
+
+# -- bad delta requests: a clear error, the node keeps serving --------------------------------
+
+
+async def test_bad_delta_requests_get_clear_errors(clock: FakeClock) -> None:
+    c = await cluster_of_three(clock, versioned=True)
+    try:
+        a, b = c.nodes[ADDRS[0]], c.nodes[ADDRS[1]]
+
+        async def ask(payload: bytes) -> Response:
+            request = Request(INTERNAL, "delta", b"", payload, 0, "", 1.0)
+            return await a._transport.request(b.address, request)
+
+        def delta(namespace: str = "app", partition: int = 0, buckets: tuple[int, ...] = (0,)):
+            return encode_delta_request(DeltaRequest(namespace, partition, 1000, buckets, []))
+
+        for payload, message in (
+            (b"\x00\x01", "malformed"),
+            (delta() + b"\x00", "trailing"),
+            (delta(partition=P), "out of range"),
+            (delta(buckets=(64,)), "below 64"),
+        ):
+            response = await ask(payload)
+            assert response.status == Status.INVALID_ARGUMENT, payload
+            assert message in response.error
+        response = await ask(delta(namespace="nobody"))
+        assert response.status == Status.OK
+        assert decode_delta_response(response.payload) == (DELTA_UNSUPPORTED, [])
+        # still serving: a valid request gets the records of the bucket
+        key = next(b"k%d" % i for i in range(KEYS) if partition_for_key(b"k%d" % i, P) == 0)
+        response = await ask(delta(buckets=(bucket_for_key(key),)))
+        assert response.status == Status.OK
+        flags, records = decode_delta_response(response.payload)
+        assert flags == 0 and any(key in r for r in records)
     finally:
         await c.stop()

@@ -306,15 +306,15 @@ class SyncContext:
         response_budget = min(RESPONSE_BUDGET, limit // 2)
         versions = cast(VersionedDataHooks, hooks)
         received = 0
-        groups = [buckets]
-        rounds = 0
+        # (buckets, answers that said "more" for this single bucket so far)
+        groups: list[tuple[list[int], int]] = [(buckets, 0)]
         while groups:
-            group = groups.pop()
+            group, rounds = groups.pop()
             entries = list(versions.record_versions(partition, group))
             if sum(entry_size(v) for _, v in entries) > request_budget:
                 if len(group) > 1:
                     # Too many records here to list in one request: halve the buckets.
-                    groups.extend(halves(group))
+                    groups.extend((half, 0) for half in halves(group))
                 else:
                     received += await self._pull_buckets(peer, namespace, hooks, partition, group)
                 continue
@@ -338,17 +338,18 @@ class SyncContext:
                 self._apply(hooks, partition, records)
                 received += len(records)
             self.delta_requests += 1
-            if flags & DELTA_MORE:
-                rounds += 1
-                if rounds >= MAX_ROUNDS:
-                    logger.warning(
-                        "partition %d of %s from %s: still more records after %d delta "
-                        "requests; leaving the rest to anti-entropy",
-                        partition,
-                        namespace,
-                        peer,
-                        rounds,
-                    )
-                    break
-                groups.append(group)
+            if not flags & DELTA_MORE:
+                continue
+            if len(group) > 1:
+                # More than one answer's worth: ask for each half, so that the version lists
+                # sent again (which now include what was just received) stay small.
+                groups.extend((half, 0) for half in halves(group))
+            elif rounds + 1 >= MAX_ROUNDS:
+                # Only an application that keeps sending records its peer's merge does not
+                # keep gets here: a failed pull (retried, then given up) is honest, a
+                # partition judged complete without its records would not be.
+                more = rounds + 1
+                raise ValueError(f"bucket {group[0]}: still more records after {more} answers")
+            else:
+                groups.append((group, rounds + 1))
         return received

@@ -22,8 +22,8 @@ ENTRY_OVERHEAD = 10
 REQUEST_BUDGET = 1 << 20
 #: Largest answer (record bytes) a source sends for one request; the receiver asks again.
 RESPONSE_BUDGET = 4 << 20
-#: Requests per namespace and partition before a merge gives up (anti-entropy finishes
-#: the job later): bounds the exchange if an application keeps re-sending a record.
+#: Answers saying "more" for one bucket before a merge fails (the pull is retried like any
+#: failed transfer): bounds the exchange if an application keeps re-sending a record.
 MAX_ROUNDS = 256
 #: Largest version, in bytes (its length travels as a u16).
 MAX_VERSION_BYTES = 0xFFFF
