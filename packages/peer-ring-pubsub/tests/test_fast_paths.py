@@ -3,6 +3,8 @@ compact encodings (group runs, packed publish payloads and replies)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from peer_ring.pubsub import PartitionUnavailableError
@@ -178,3 +180,38 @@ async def test_single_copy_partitions_replicate_by_a_local_merge(single_copy_clu
     await single_copy_cluster.kill(b.node.address)
     with pytest.raises(PartitionUnavailableError):
         await a.topic("one", partitions=8).publish(b"x", partition=lost, timeout=0.5)
+
+
+def test_truncated_or_corrupted_bulk_payloads_are_codec_errors() -> None:
+    import random
+
+    from peer_ring.pubsub._log import Ballot
+    from peer_ring.pubsub._wire import AppendRequest, FetchReply
+
+    config = TopicConfig()
+    entries = [
+        Entry(3, i, 1.5, f"id{i}" if i % 2 else "", b"k" * (i % 3), b"d" * i) for i in range(8)
+    ]
+    payloads = [
+        AppendRequest(config, Ballot(3, "n"), 0, 5, entries).encode(),
+        FetchReply(entries, [1] * 8, 8, 0).encode(),
+        encode_publish(config, [OutgoingMessage(b"x" * i, b"k", f"m{i}") for i in range(8)]),
+    ]
+    decoders = [
+        AppendRequest.decode,
+        FetchReply.decode,
+        decode_publish,
+    ]
+    assert AppendRequest.decode(payloads[0]).entries == entries
+    assert FetchReply.decode(payloads[1]).entries == entries
+    rnd = random.Random(7)
+    for payload, decode in zip(payloads, decoders, strict=True):
+        for cut in range(len(payload)):
+            with pytest.raises((CodecError, ValueError)):
+                decode(payload[:cut])
+        for _ in range(300):  # random byte flips: decoded or refused, never another error
+            raw = bytearray(payload)
+            for _ in range(rnd.randint(1, 4)):
+                raw[rnd.randrange(len(raw))] = rnd.randrange(256)
+            with contextlib.suppress(CodecError, ValueError):
+                decode(bytes(raw))
