@@ -131,12 +131,16 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     from peer_ring.discovery.static import StaticDiscovery
     from peer_ring.ratelimit import Limit, RateLimiter
 
+    extra: dict[str, Any] = {}
+    if "max_batches" in spec:  # 0: no bound
+        extra["max_batches_in_flight"] = spec["max_batches"] or None
     rl = RateLimiter(
         discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
         replication=spec["replication"],
         config=PeerRingConfig(down_after=None, transport=spec.get("transport", "grpc")),
         timeout=5.0,
         batch_window=spec.get("batch_window", 0.0),
+        **extra,
     )
     await rl.start()
     await rl.node.wait_ready(60)
@@ -266,6 +270,12 @@ def child(spec: dict[str, Any]) -> None:
 
         uvloop.install()
     kind = spec["kind"]
+    if kind == "gubernator":
+        from benchlib.ratelimit_gubernator import gubernator_child
+
+        out = asyncio.run(gubernator_child(spec, closed_loop))
+        print(PREFIX + json.dumps(out), flush=True)
+        return
     fn = {"peer-ring": peer_ring_child, "limits": limits_child, "local": local_child}[kind]
     out = asyncio.run(fn(spec))
     print(PREFIX + json.dumps(out), flush=True)
@@ -392,6 +402,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "batch_window": window,
                         }
                     )
+            for bound in args.max_batches:
+                for conc in (args.concurrency, args.moderate):
+                    runs.append(
+                        {
+                            "algorithm": "fixed_window",
+                            "mode": "owner",
+                            "keys": keys,
+                            "limit": args.limit,
+                            "concurrency": conc,
+                            "forwarded_only": conc == args.moderate,
+                            "max_batches": bound,
+                        }
+                    )
             for r in runs:
                 rows.append(await cluster_run(args, base, workdir, transport, r))
     # 3. limits + Redis
@@ -493,6 +516,7 @@ async def cluster_run(
             len(run["keys"]),
             spec["concurrency"],
             run.get("batch_window", 0),
+            run.get("max_batches", "d"),
         )
     )
     procs = []
@@ -510,6 +534,8 @@ async def cluster_run(
     name += f", c{spec['concurrency']}"
     if run.get("batch_window"):
         name += f", batch window {run['batch_window'] * 1000:g} ms"
+    if "max_batches" in run:
+        name += f", max batches in flight {run['max_batches'] or 'unbounded'}"
     row = summarize(name, res, args.duration)
     batches = sum(r["stats"]["batches"] for r in res)
     row["mean_forward_batch"] = (
@@ -608,6 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="also run owner mode with these batch_window values (seconds), heavy and moderate",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run owner mode with these max_batches_in_flight values (0: unbounded)",
     )
     p.add_argument(
         "--profile",

@@ -62,6 +62,24 @@ async def test_every_replica_holds_the_state_before_the_answer(cluster: list[Rat
     assert {rl.store.get(key.encode()).seq for rl in holders} == {1}  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("cluster", [{"replication": 3}], indirect=True)
+async def test_three_replicas_hold_each_state_before_the_answer(
+    cluster: list[RateLimiter],
+) -> None:
+    # Two other replicas per key: the decision waits for both (concurrent hits, batched).
+    keys = [f"k3:{i}" for i in range(20)]
+    out = await asyncio.gather(*(cluster[i % 5].hit(k, WINDOW, 3) for i, k in enumerate(keys)))
+    assert all(d.allowed and d.remaining == 97 for d in out)
+    for k in keys:
+        replicas = cluster[0].node.preference_list(k.encode(), 3)
+        held = [rl.store.get(k.encode()) for rl in cluster if rl.node.address in replicas]
+        assert len(held) == 3 and all(e is not None and e.seq == 1 for e in held)
+    await cluster[4].reset(keys[0])
+    replicas = cluster[0].node.preference_list(keys[0].encode(), 3)
+    tomb = [rl.store.get(keys[0].encode()) for rl in cluster if rl.node.address in replicas]
+    assert all(e is not None and e.seq == 2 and e.state is None for e in tomb)
+
+
 async def test_peek_refund_reset_and_changed_limit(cluster: list[RateLimiter]) -> None:
     a, b = cluster[0], cluster[3]
     assert (await a.hit("u", WINDOW, 60)).remaining == 40

@@ -4,6 +4,12 @@ Every item submitted while the loop is busy is sent in the *same* flush, schedul
 ``loop.call_soon`` (optionally after ``window`` seconds): under light load a batch holds one
 item and adds no delay; under heavy load the batch grows with the work done between two
 loop turns, with no timer to tune. ``window > 0`` adds a fixed gathering delay on top.
+
+``max_in_flight`` bounds the flushes running at once: items submitted while that many are
+in flight wait for one of them to finish and then all go in the next flush. Batches are
+then clocked by the round trip itself (like Nagle's algorithm): still one item and no delay
+when the peer answers before the next hit, but under load a few large batches instead of
+many small ones, each of which costs a message both ways.
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ class Batcher(Generic[T, R]):
         flush: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
         *,
         window: float = 0.0,
+        max_in_flight: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._flush = flush
         self._window = window
+        self._max_in_flight = max_in_flight
         self._on_batch = on_batch
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
@@ -44,16 +54,30 @@ class Batcher(Generic[T, R]):
         fut: asyncio.Future[R] = loop.create_future()
         self._items.append(item)
         self._futures.append(fut)
-        if not self._scheduled:
-            self._scheduled = True
-            if self._window > 0:
-                loop.call_later(self._window, self._start)
-            else:
-                loop.call_soon(self._start)
+        if not self._scheduled and not self._saturated():
+            self._schedule(loop)
         return fut
+
+    def _saturated(self) -> bool:
+        return self._max_in_flight is not None and len(self._tasks) >= self._max_in_flight
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = True
+        if self._window > 0:
+            loop.call_later(self._window, self._start)
+        else:
+            loop.call_soon(self._start)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # Items that waited for a free slot go now, all in one flush.
+        if self._items and not self._scheduled and not self._saturated():
+            self._schedule(task.get_loop())
 
     def _start(self) -> None:
         self._scheduled = False
+        if self._saturated():
+            return  # _done schedules the next flush
         items, futures = self._items, self._futures
         self._items, self._futures = [], []
         if not items:
@@ -62,7 +86,7 @@ class Batcher(Generic[T, R]):
             self._on_batch(len(items))
         task = asyncio.get_running_loop().create_task(self._run(items, futures))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
 
     async def _run(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
         try:
@@ -84,8 +108,11 @@ class Batcher(Generic[T, R]):
 
     async def close(self) -> None:
         """Wait for the flushes in flight (new submissions are the caller's to stop)."""
-        if self._scheduled:
-            await asyncio.sleep(self._window)
-            await asyncio.sleep(0)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Flushes in flight may release waiting items into new flushes: repeat until idle.
+        while self._scheduled or self._tasks:
+            if self._scheduled:
+                await asyncio.sleep(self._window)
+                await asyncio.sleep(0)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await asyncio.sleep(0)

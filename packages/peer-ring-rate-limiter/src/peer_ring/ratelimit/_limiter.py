@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from peer_ring.core import (
     Clock,
@@ -51,6 +51,7 @@ from peer_ring.ratelimit._wire import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Default longest key, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
@@ -59,6 +60,8 @@ MAX_COST = MAX_LIMIT
 #: Extra seconds the owner gathers new states before replicating them (0: the next loop
 #: turn; 1 ms measured no clear gain on 2 shared cores).
 REPLICATION_WINDOW = 0.0
+#: Default bound of forwarded batches in flight per owner (see ``max_batches_in_flight``).
+MAX_BATCHES_IN_FLIGHT: int | None = 1
 
 #: Decide a hit on the key's owner. Neither ``reads`` nor ``hinted``: the core must never
 #: send a hit elsewhere when the owner fails (a previous holder or a substitute may have a
@@ -91,6 +94,9 @@ class RateLimiter:
         timeout: seconds a forwarded hit may take before the fail policy applies.
         batch_window: extra seconds to gather forwarded hits before sending them (0: send
             at the next event-loop turn, which already batches concurrent hits).
+        max_batches_in_flight: batches awaiting their answer at once, per owner (forwarded
+            hits) and per replica node (new states); what arrives meanwhile waits and
+            leaves together in the next batch (None: no bound, one batch per loop turn).
         sync_interval: global mode: seconds between two reconciliations with the owner.
         rtt_budget: global mode: the round trip assumed by the per-node allowance.
         retain: seconds expired entries are remembered (ordering of late records).
@@ -111,6 +117,7 @@ class RateLimiter:
         fail_policy: FailPolicy | str = FailPolicy.LOCAL_ESTIMATE,
         timeout: float = 1.0,
         batch_window: float = 0.0,
+        max_batches_in_flight: int | None = MAX_BATCHES_IN_FLIGHT,
         sync_interval: float = 0.1,
         rtt_budget: float = 0.01,
         retain: float = 30.0,
@@ -151,12 +158,12 @@ class RateLimiter:
         self._store = StateStore(self._clock.monotonic, self._node.partition_for_key, retain)
         self.metrics.bind_store(self._store)
         self._estimates: dict[bytes, State] = {}
-        self._forward: Batcher[tuple[bytes, bytes], Decision] = Batcher(
-            self._send_hits, window=batch_window, on_batch=self.metrics.observe_batch
-        )
-        self._replicate: Batcher[bytes, None] = Batcher(
-            self._send_states, window=REPLICATION_WINDOW
-        )
+        self._batch_window = batch_window
+        self._max_batches = max_batches_in_flight
+        # One batcher per owner: a slow or dead owner holds back only its own keys' hits.
+        self._forward: dict[str, Batcher[tuple[bytes, bytes], Decision]] = {}
+        # One batcher per replica node, for the same reason.
+        self._replicate: dict[str, Batcher[tuple[bytes, object], object]] = {}
         self._global = GlobalSync(self, sync_interval, rtt_budget)
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_every = max(1.0, retain / 2)
@@ -199,8 +206,10 @@ class RateLimiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        await self._forward.close()
-        await self._replicate.close()
+        for forward in list(self._forward.values()):
+            await forward.close()
+        for replicate in list(self._replicate.values()):
+            await replicate.close()
         if self._owns_node and self._node.running:
             await self._node.stop()
 
@@ -259,7 +268,7 @@ class RateLimiter:
                 out = self.decide_here(kb, p, limit, cost)
                 d = out if type(out) is Decision else await out  # type: ignore[misc]
             else:
-                d = await self._forward_hit(kb, limit, cost)
+                d = await self._forward_hit(kb, p, limit, cost)
         self.metrics.decision(limit.label, d)
         return d
 
@@ -312,12 +321,21 @@ class RateLimiter:
         if here:
             out = self.decide_here(kb, p, limit, cost)
             return out if isinstance(out, Decision) else await out
-        return await self._forward_hit(kb, limit, cost)
+        return await self._forward_hit(kb, p, limit, cost)
 
-    async def _forward_hit(self, kb: bytes, limit: Limit, cost: int) -> Decision:
+    async def _forward_hit(self, kb: bytes, p: int, limit: Limit, cost: int) -> Decision:
         self.metrics.forwarded += 1
         try:
-            return await self._forward.submit((kb, encode_hit(limit, cost)))
+            owner = self._node.ring.owner(p)
+            batcher = self._forward.get(owner)
+            if batcher is None:
+                batcher = self._forward[owner] = Batcher(
+                    self._send_hits,
+                    window=self._batch_window,
+                    max_in_flight=self._max_batches,
+                    on_batch=self.metrics.observe_batch,
+                )
+            return await batcher.submit((kb, encode_hit(limit, cost)))
         except (TimeoutError, PeerRingError, RateLimitError) as exc:
             return self._fail(kb, limit, cost, exc)
 
@@ -325,22 +343,55 @@ class RateLimiter:
         self, kb: bytes, partition: int, limit: Limit, cost: int, *, force: bool = False
     ) -> Decision | Awaitable[Decision]:
         """Decide on this node (the owner) and replicate the new state before answering."""
+        d, changed = self._decide(kb, partition, limit, cost, force)
+        if not changed or self._replication <= 1:
+            return d
+        return self._replicated(kb, d)
+
+    def _decide(
+        self, kb: bytes, partition: int, limit: Limit, cost: int, force: bool
+    ) -> tuple[Decision, bool]:
+        """Decide and store the new state; ``(decision, whether the state changed)``."""
         now = self._clock.monotonic()
         entry = self._store.get(kb, partition)
         state = entry.state if entry is not None and entry.expires > now else None
         new, d = decide(state, limit, cost, now, force=force)
         if new is state:
-            return d
+            return d, False
         seq = (entry.seq if entry is not None else 0) + 1
         self._store.put(kb, Entry(seq, new, expires_at(new, limit, now)), partition)
         self._global.on_owner_change(kb)
-        if self._replication <= 1:
-            return d
-        return self._after_replication(kb, d)
+        return d, True
 
-    async def _after_replication(self, kb: bytes, d: Decision) -> Decision:
-        await self._replicate.submit(kb)
-        return d
+    def _replicated(self, kb: bytes, result: T) -> T | Awaitable[T]:
+        """``result`` once the newest entry of ``kb`` reached its other replicas (batched
+        per replica node). With one other replica (the default) this is the batcher's own
+        future, which resolves to ``result``: no coroutine or task per decision."""
+        me = self._node.address
+        targets = [r for r in self._node.preference_list(kb, self._replication) if r != me]
+        if not targets:
+            return result
+        if len(targets) == 1:
+            return cast("asyncio.Future[T]", self._replica_batcher(targets[0]).submit((kb, result)))
+        return cast(
+            "Awaitable[T]",
+            _first(
+                asyncio.gather(*(self._replica_batcher(t).submit((kb, result)) for t in targets))
+            ),
+        )
+
+    def _replica_batcher(self, replica: str) -> Batcher[tuple[bytes, object], object]:
+        batcher = self._replicate.get(replica)
+        if batcher is None:
+
+            async def flush(items: Sequence[tuple[bytes, object]]) -> list[object]:
+                await self._send_states(replica, [kb for kb, _ in items])
+                return [result for _, result in items]
+
+            batcher = self._replicate[replica] = Batcher(
+                flush, window=REPLICATION_WINDOW, max_in_flight=self._max_batches
+            )
+        return batcher
 
     async def _reset_local(self, kb: bytes, partition: int) -> None:
         entry = self._store.get(kb, partition)
@@ -349,7 +400,9 @@ class RateLimiter:
         self._store.put(kb, Entry(entry.seq + 1, None, entry.expires), partition)
         self._global.on_owner_change(kb)
         if self._replication > 1:
-            await self._replicate.submit(kb)
+            replicated = self._replicated(kb, None)
+            if replicated is not None:
+                await replicated
 
     async def _send_hits(
         self, items: Sequence[tuple[bytes, bytes]]
@@ -368,45 +421,34 @@ class RateLimiter:
                 out.append(res.error or OwnerUnavailableError("no reply from the owner"))
         return out
 
-    async def _send_states(self, keys: Sequence[bytes]) -> list[BaseException | None]:
-        """Replicate the newest entries of ``keys``: one ``STATES`` call per replica node
-        (all its keys in one message); keys whose replica failed go through
+    async def _send_states(self, replica: str, keys: Sequence[bytes]) -> None:
+        """Replicate the newest entries of ``keys`` to ``replica``: one ``STATES`` call (all
+        its keys in one message); if that node fails, the keys go through
         ``execute_many(STATE)`` instead, with the core's sloppy quorum and hinted handoff."""
         node = self._node
         now = self._clock.monotonic()
-        me = node.address
-        per_node: dict[str, list[bytes]] = {}
         records: dict[bytes, bytes] = {}
-        for kb in dict.fromkeys(keys):
+        for kb in dict.fromkeys(keys):  # a key decided twice meanwhile: its newest entry once
             entry = self._store.get(kb)
-            if entry is None:
-                continue
-            records[kb] = encode_entry(kb, entry, now)
-            for replica in node.preference_list(kb, self._replication):
-                if replica != me:
-                    per_node.setdefault(replica, []).append(kb)
-        failed: set[bytes] = set()
-
-        async def ship(replica: str, kbs: list[bytes]) -> None:
-            try:
-                await node.call(
-                    replica,
-                    self._ns,
-                    STATES,
-                    b"",
-                    pack_records([records[k] for k in kbs]),
-                    timeout=self._timeout,
-                )
-            except PeerRingError as exc:
-                logger.debug("states to %s failed (%s): falling back per key", replica, exc)
-                failed.update(kbs)
-
-        await asyncio.gather(*(ship(r, kbs) for r, kbs in per_node.items()))
-        if failed:
+            if entry is not None:
+                records[kb] = encode_entry(kb, entry, now)
+        if not records:
+            return
+        try:
+            await node.call(
+                replica,
+                self._ns,
+                STATES,
+                b"",
+                pack_records(list(records.values())),
+                timeout=self._timeout,
+            )
+        except PeerRingError as exc:
+            logger.debug("states to %s failed (%s): falling back per key", replica, exc)
             results = await node.execute_many(
                 self._ns,
                 STATE,
-                [(kb, records[kb]) for kb in failed],
+                list(records.items()),
                 replication=self._replication,
                 quorum=self._state_quorum,
                 timeout=self._timeout,
@@ -415,8 +457,7 @@ class RateLimiter:
                 if not res.ok:
                     self.metrics.replication_failures += 1
                     logger.debug("state of %r not replicated: %s", res.key, res.error)
-        # A decision stands once taken; a replication failure is counted, not returned.
-        return [None] * len(keys)
+        # A decision stands once taken; a replication failure is counted, not raised.
 
     def _fail(self, kb: bytes, limit: Limit, cost: int, exc: BaseException) -> Decision:
         self.metrics.owner_unavailable += 1
@@ -452,10 +493,11 @@ class RateLimiter:
             raise NotOwnerError(f"{node.address} does not own {key!r} in its ring")
         if not node.partition_ready(ctx.partition):
             raise PartitionNotReadyError(node.address, ctx.partition)
-        out = self.decide_here(key, ctx.partition, limit, cost)
-        if isinstance(out, Decision):
-            return encode_decision(out)
-        return _encoded(out)
+        d, changed = self._decide(key, ctx.partition, limit, cost, False)
+        answer = encode_decision(d)
+        if not changed or self._replication <= 1:
+            return answer
+        return self._replicated(key, answer)
 
     def _on_states(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         now = self._clock.monotonic()
@@ -494,8 +536,8 @@ def _check_cost(cost: object) -> None:
         raise InvalidCostError(f"cost {cost} outside [-{MAX_COST}, {MAX_COST}]")
 
 
-async def _encoded(out: Awaitable[Decision]) -> bytes:
-    return encode_decision(await out)
+async def _first(out: Awaitable[Sequence[object]]) -> object:
+    return (await out)[0]
 
 
 async def _empty(out: Awaitable[None]) -> bytes:

@@ -111,15 +111,24 @@ _ALGORITHM_OF: dict[type, Algorithm] = {
 }
 
 
+#: By wire id: a dict lookup (``Algorithm(id)`` runs Enum's Python-level lookup).
+_ALGORITHM_BY_ID: dict[int, Algorithm] = {a.value: a for a in Algorithm}
+
+
 def algorithm_of(state: State) -> Algorithm:
     """The algorithm a state belongs to."""
     return _ALGORITHM_OF[type(state)]
 
 
+#: The record header of each state type (version, algorithm id), packed once.
+_HEADERS: dict[type, bytes] = {
+    t: _HEADER.pack(STATE_VERSION, a.value) for t, a in _ALGORITHM_OF.items()
+}
+
+
 def encode_state(state: State, anchor: float) -> bytes:
     """Encode ``state`` with its times as offsets from ``anchor`` (the encoder's now)."""
-    algo = algorithm_of(state)
-    head = _HEADER.pack(STATE_VERSION, algo.value)
+    head = _HEADERS[type(state)]
     if isinstance(state, TokenBucketState):
         return head + _DD.pack(state.level, state.last - anchor)
     if isinstance(state, LeakyBucketState):
@@ -148,10 +157,13 @@ def decode_state(data: bytes, anchor: float) -> State:
         raise CorruptStateError(f"state record too short ({len(data)} bytes)") from exc
     if version != STATE_VERSION:
         raise CorruptStateError(f"unsupported state record version {version}")
-    try:
-        algo = Algorithm.parse(algo_id)
-    except UnknownAlgorithmError as exc:
-        raise CorruptStateError(str(exc)) from exc
+    algo = _ALGORITHM_BY_ID.get(algo_id)
+    if algo is None:
+        try:
+            Algorithm.parse(algo_id)  # for its error message
+        except UnknownAlgorithmError as exc:
+            raise CorruptStateError(str(exc)) from exc
+        raise CorruptStateError(f"unknown algorithm id {algo_id}")
     body = memoryview(data)[_HEADER.size :]
     try:
         state = _decode_body(algo, body, anchor)

@@ -1,0 +1,91 @@
+"""The forwarding batcher: one flush per loop turn, and at most ``max_in_flight`` flushes
+awaiting their answer (items arriving meanwhile leave together in the next flush)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from peer_ring.ratelimit._batcher import Batcher
+
+
+class Peer:
+    """A flush target whose answers the test releases one flush at a time."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release: list[asyncio.Event] = []
+
+    async def flush(self, items: Sequence[int]) -> list[int | BaseException]:
+        self.batches.append(list(items))
+        gate = asyncio.Event()
+        self.release.append(gate)
+        await gate.wait()
+        return [i * 10 if i >= 0 else ValueError(f"bad {i}") for i in items]
+
+
+async def turn() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_one_flush_per_loop_turn_without_a_bound() -> None:
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush)
+    first = [b.submit(i) for i in range(3)]
+    await turn()
+    second = [b.submit(i) for i in range(3, 5)]
+    await turn()
+    assert peer.batches == [[0, 1, 2], [3, 4]]  # two flushes in flight at once
+    for gate in peer.release:
+        gate.set()
+    assert await asyncio.gather(*first, *second) == [0, 10, 20, 30, 40]
+
+
+async def test_items_wait_for_a_free_slot_and_leave_together() -> None:
+    peer = Peer()
+    sizes: list[int] = []
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1, on_batch=sizes.append)
+    first = b.submit(1)
+    await turn()
+    waiting = [b.submit(i) for i in (2, 3)]
+    await turn()
+    waiting.append(b.submit(4))
+    await turn()
+    assert peer.batches == [[1]]  # the bound holds: nothing else sent yet
+    peer.release[0].set()
+    assert await first == 10
+    await turn()
+    assert peer.batches == [[1], [2, 3, 4]] and sizes == [1, 3]
+    peer.release[1].set()
+    assert await asyncio.gather(*waiting) == [20, 30, 40]
+
+
+async def test_per_item_errors_and_close_drains_waiting_items() -> None:
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1)
+    a = b.submit(1)
+    await turn()
+    bad, good = b.submit(-1), b.submit(5)
+
+    async def answer_all() -> None:
+        while len(peer.release) < 2:
+            for gate in peer.release:
+                gate.set()
+            await asyncio.sleep(0)
+        for gate in peer.release:
+            gate.set()
+
+    releaser = asyncio.create_task(answer_all())
+    await asyncio.wait_for(b.close(), 5)
+    await releaser
+    assert a.result() == 10 and good.result() == 50
+    with pytest.raises(ValueError, match="bad -1"):
+        bad.result()
+
+
+def test_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(Peer().flush, max_in_flight=0)
