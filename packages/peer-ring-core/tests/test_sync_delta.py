@@ -304,29 +304,49 @@ async def leave_under_load(clock: FakeClock, versioned: bool) -> tuple[int, int]
         await c.stop()
 
 
+def diverge(c: Cluster, every: int = 40, on: str | None = None) -> int:
+    """Rewrite one key in ``every`` on one replica only (``on``, or each key's own pick):
+    writes the other replicas missed. Returns how many keys diverged."""
+    a = c.nodes[ADDRS[0]]
+    count = 0
+    for i in range(0, KEYS, every):
+        key = b"k%d" % i
+        holder = on or a.preference_list(key, 3)[i % 3]
+        c.apps[holder].merge(key, next(c.version), b"diverged")
+        count += 1
+    return count
+
+
+def agree(c: Cluster) -> bool:
+    copies = {tuple(tuple(c.apps[n].digest_partition(p)) for p in range(P)) for n in c.nodes}
+    return len(copies) == 1
+
+
+AE_CONFIG = dataclasses.replace(CONFIG, anti_entropy_interval=1.0)
+
+
 async def anti_entropy_after_divergence(clock: FakeClock, versioned: bool) -> tuple[int, int]:
-    config = dataclasses.replace(CONFIG, anti_entropy_interval=1.0)
-    c = await cluster_of_three(clock, versioned, config)
+    c = await cluster_of_three(clock, versioned, AE_CONFIG)
     try:
-        # One in 40 keys is rewritten on one replica only (a write the others missed).
-        a = c.nodes[ADDRS[0]]
         before = c.counters()
-        for i in range(0, KEYS, 40):
-            key = b"k%d" % i
-            holder = a.preference_list(key, 3)[i % 3]
-            version = next(c.version)
-            c.apps[holder].merge(key, version, b"diverged")
-
-        def agree() -> bool:
-            copies = {
-                tuple(tuple(c.apps[n].digest_partition(p)) for p in range(P)) for n in ADDRS[:3]
-            }
-            return len(copies) == 1
-
-        await c.until(agree, within=300.0)
+        diverge(c)
+        await c.until(lambda: agree(c), within=300.0)
         return moved(before, c.counters())
     finally:
         await c.stop()
+
+
+def answer_delta_as_an_older_node(node: PeerRing) -> None:
+    """``node`` answers "delta" as a node from before it existed: UNKNOWN_COMMAND."""
+    internal = node._sync._commands
+    answer = internal.answer
+
+    def old(source: str, request: Request) -> Response | Awaitable[Response]:
+        if request.command == "delta":
+            return answer(source, dataclasses.replace(request, command="delta?"))
+        return answer(source, request)
+
+    internal.answer = old  # type: ignore[method-assign]
 
 
 # -- with the versioned hooks: within 1.2x ---------------------------------------------------
@@ -368,20 +388,21 @@ async def test_whole_buckets_move_more_on_a_join_under_load(clock: FakeClock) ->
 
 
 async def test_a_peer_without_versioned_hooks_serves_whole_buckets(clock: FakeClock) -> None:
-    # Mixed: the joiner has the versioned hooks, the three holders do not (an application
-    # that did not implement them, or an older version of it): the joiner falls back.
-    c = await cluster_of_three(clock, versioned=False)
+    # Mixed: ADDRS[0] runs the application without the versioned hooks (one that did not
+    # implement them, or an older version of it); the others pull from it by whole buckets.
+    c = Cluster(clock, True, AE_CONFIG)
+    for address in ADDRS[:3]:
+        await c.start(address, ADDRS[:3], versioned=address != ADDRS[0])
     try:
-        await c.start(ADDRS[3], ADDRS[:4], versioned=True)
-        c.set_members(ADDRS[:4])
         await c.until(c.settled)
-        d = c.nodes[ADDRS[3]]
-        status = d.sync_status()["partitions"]
-        assert status["buckets_transferred_whole"] > 0
-        mine = d.ring.partitions_of(d.address, 3)
-        assert set(c.apps[d.address].data) == {
-            b"k%d" % i for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
-        }
+        for i in range(KEYS):
+            await c.put(c.nodes[ADDRS[0]], b"k%d" % i, quorum=3)
+        diverged = diverge(c, on=ADDRS[0])
+        await c.until(lambda: agree(c), within=300.0)
+        for address in ADDRS[1:3]:
+            status = c.nodes[address].sync_status()["partitions"]
+            assert status["buckets_transferred_whole"] >= 1
+            assert status["records_applied"] == diverged
     finally:
         await c.stop()
 
@@ -389,32 +410,17 @@ async def test_a_peer_without_versioned_hooks_serves_whole_buckets(clock: FakeCl
 async def test_an_older_peer_that_does_not_know_delta_serves_whole_buckets(
     clock: FakeClock,
 ) -> None:
-    c = await cluster_of_three(clock, versioned=True)
+    c = await cluster_of_three(clock, True, AE_CONFIG)
     try:
-        # The holders answer "delta" as a node from before it existed: UNKNOWN_COMMAND.
-        for node in c.nodes.values():
-            internal = node._sync._commands
-            answer = internal.answer
-
-            def old(
-                source: str, request: Request, answer: AnswerFn = answer
-            ) -> Response | Awaitable[Response]:
-                if request.command == "delta":
-                    return answer(source, dataclasses.replace(request, command="delta?"))
-                return answer(source, request)
-
-            internal.answer = old  # type: ignore[method-assign]
-        await c.start(ADDRS[3], ADDRS[:4])
-        c.set_members(ADDRS[:4])
-        await c.until(c.settled)
-        d = c.nodes[ADDRS[3]]
-        status = d.sync_status()["partitions"]
-        assert status["buckets_transferred_whole"] > 0
-        assert status["delta_requests"] == 0
-        mine = d.ring.partitions_of(d.address, 3)
-        assert len(c.apps[d.address].data) == sum(
-            1 for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
-        )
+        answer_delta_as_an_older_node(c.nodes[ADDRS[0]])
+        diverged = diverge(c, on=ADDRS[0])
+        await c.until(lambda: agree(c), within=300.0)
+        for address in ADDRS[1:3]:
+            status = c.nodes[address].sync_status()["partitions"]
+            assert status["buckets_transferred_whole"] >= 1
+            assert status["records_applied"] == diverged
+            # the refusal is remembered: that peer is not asked for a delta again for a while
+            assert (ADDRS[0], "app") in c.nodes[address]._sync._ctx._delta_refused
     finally:
         await c.stop()
 
@@ -426,8 +432,8 @@ async def test_small_budgets_split_requests_and_answers_and_still_move_only_what
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A version entry here is 18 bytes and a record about 70: a 200-byte list holds 11
-    # entries (more buckets than that are halved, a bucket with more goes whole), a
-    # 300-byte answer 4 records (the rest comes in further requests).
+    # entries (a partition's 64 buckets are halved until their lists fit), a 300-byte
+    # answer 4 records (the rest comes in further requests, halving again).
     monkeypatch.setattr(_context, "REQUEST_BUDGET", 200)
     monkeypatch.setattr(_context, "RESPONSE_BUDGET", 300)
     requests = []
@@ -440,10 +446,17 @@ async def test_small_budgets_split_requests_and_answers_and_still_move_only_what
         return got
 
     monkeypatch.setattr(_context.SyncContext, "_pull_delta", counting)
-    received, applied = await join_under_load(clock, versioned=True)
+    c = await cluster_of_three(clock, True, AE_CONFIG)
+    try:
+        before = c.counters()
+        diverged = diverge(c, every=2, on=ADDRS[0])  # about 62 keys per partition
+        await c.until(lambda: agree(c), within=300.0)
+        received, applied = moved(before, c.counters())
+    finally:
+        await c.stop()
+    assert applied == 2 * diverged
     assert received <= FACTOR_MAX * applied, (received, applied)
-    # a joiner's pull of a partition of about 125 records took many small answers
-    assert max(requests) >= 10
+    assert max(requests) >= 10  # a partition's repair took many small requests
 
 
 async def test_a_bucket_whose_version_list_is_over_the_budget_moves_whole(
@@ -480,10 +493,10 @@ async def test_an_application_that_keeps_sending_fails_the_merge_after_max_round
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(_context, "MAX_ROUNDS", 3)
-    c = await cluster_of_three(clock, versioned=True)
+    c = await cluster_of_three(clock, True, AE_CONFIG)
     try:
-        # One holder's export_newer always says "more": an answer of one record, never
-        # the end. The joiner's merge from it fails after MAX_ROUNDS; the others serve.
+        # ADDRS[0]'s export_newer always says "more" (an answer of one record, never the
+        # end): the others' merges from it fail after MAX_ROUNDS answers, logged.
         source = c.apps[ADDRS[0]]
         assert isinstance(source, VersionedApp)
 
@@ -496,16 +509,10 @@ async def test_an_application_that_keeps_sending_fails_the_merge_after_max_round
 
         source.export_newer = endless  # type: ignore[method-assign]
         caplog.set_level(logging.INFO, logger="peer_ring.core")
-        await c.start(ADDRS[3], ADDRS[:4])
-        c.set_members(ADDRS[:4])
-        await c.until(c.settled)
-        d = c.nodes[ADDRS[3]]
-        mine = d.ring.partitions_of(d.address, 3)
-        assert set(c.apps[d.address].data) == {
-            b"k%d" % i for i in range(KEYS) if partition_for_key(b"k%d" % i, P) in mine
-        }
+        diverge(c, on=ADDRS[0])
+        await c.until(lambda: "still more records after 3 answers" in caplog.text)
         assert f"from {ADDRS[0]} failed: bucket " in caplog.text
-        assert "still more records after 3 answers" in caplog.text
+        assert c.nodes[ADDRS[1]].sync_status()["anti_entropy"]["partitions_repaired"] == 0
     finally:
         await c.stop()
 

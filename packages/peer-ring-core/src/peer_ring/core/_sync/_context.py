@@ -277,14 +277,22 @@ class SyncContext:
             self.records_applied += applied
 
     async def _pull_buckets(
-        self, peer: str, namespace: str, hooks: DataHooks, partition: int, buckets: list[int]
+        self,
+        peer: str,
+        namespace: str,
+        hooks: DataHooks,
+        partition: int,
+        buckets: list[int],
+        fallback: bool = True,
     ) -> int:
-        """Transfer every record of ``buckets`` (the ``Transfer`` stream)."""
+        """Transfer every record of ``buckets`` (the ``Transfer`` stream); ``fallback``:
+        counted in ``buckets_transferred_whole`` (a delta was not possible)."""
         received = 0
         async for chunk in self.transfer(peer, namespace, partition, buckets):
             self._apply(hooks, partition, chunk)
             received += len(chunk)
-        self.buckets_transferred_whole += len(buckets)
+        if fallback:
+            self.buckets_transferred_whole += len(buckets)
         return received
 
     def _delta_allowed(self, peer: str, namespace: str) -> bool:
@@ -311,6 +319,14 @@ class SyncContext:
         while groups:
             group, rounds = groups.pop()
             entries = list(versions.record_versions(partition, group))
+            if not entries:
+                # We hold nothing there: every record is missing, which is exactly what the
+                # Transfer stream sends, in chunks, on a stream of its own (an initial sync
+                # does not queue megabytes of answers behind the peers' requests).
+                received += await self._pull_buckets(
+                    peer, namespace, hooks, partition, group, fallback=False
+                )
+                continue
             if sum(entry_size(v) for _, v in entries) > request_budget:
                 if len(group) > 1:
                     # Too many records here to list in one request: halve the buckets.

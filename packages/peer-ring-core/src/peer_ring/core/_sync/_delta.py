@@ -21,7 +21,9 @@ ENTRY_OVERHEAD = 10
 #: their own are transferred whole instead.
 REQUEST_BUDGET = 1 << 20
 #: Largest answer (record bytes) a source sends for one request; the receiver asks again.
-RESPONSE_BUDGET = 4 << 20
+#: Answers travel on the peers' request stream, so they are kept small (a bulk pull of
+#: buckets the receiver holds nothing of uses the ``Transfer`` stream instead).
+RESPONSE_BUDGET = 1 << 20
 #: Answers saying "more" for one bucket before a merge fails (the pull is retried like any
 #: failed transfer): bounds the exchange if an application keeps re-sending a record.
 MAX_ROUNDS = 256
