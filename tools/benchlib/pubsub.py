@@ -169,7 +169,7 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.Event().wait()
         out: dict[str, Any] = {}
         for phase, rate in (("throughput", None), ("latency", spec["rate"])):
-            topic = ps.topic(f"bench-{phase}", partitions=TOPIC_PARTITIONS)
+            topic = ps.topic(f"bench-{phase}", partitions=spec["partitions"])
             rec = Recorder()
             sub = topic.subscribe(group="g", max_in_flight=2048, start="latest")
 
@@ -215,6 +215,9 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
         host=spec["redis_host"], port=spec["redis_port"], max_connections=256, timeout=30
     )
     client = redis.Redis(connection_pool=pool)
+    # The consumer has a connection of its own, as peer-ring's consumer has its own fetch
+    # path: in the shared pool it queued behind thousands of paced publishes.
+    reader = redis.Redis(host=spec["redis_host"], port=spec["redis_port"])
     out: dict[str, Any] = {}
     try:
         for phase, rate in (("throughput", None), ("latency", spec["rate"])):
@@ -228,7 +231,7 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
             ) -> None:
                 # A flag, not cancel(): redis-py may swallow a cancel in a blocking read.
                 while not stop.is_set():
-                    reply: Any = await client.xreadgroup(
+                    reply: Any = await reader.xreadgroup(
                         "g", "c1", {stream: ">"}, count=256, block=100
                     )
                     for _, entries in reply or []:
@@ -237,7 +240,7 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
                             _received(rec, fields[b"d"])
                             ids.append(entry_id)
                         if ids:
-                            await client.xack(stream, "g", *ids)
+                            await reader.xack(stream, "g", *ids)
 
             async def publish(data: bytes, stream: str = stream) -> None:
                 await client.xadd(stream, {"d": data}, maxlen=100_000, approximate=True)
@@ -248,6 +251,7 @@ async def redis_load(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.wait_for(task, 10)
     finally:
         await client.aclose()
+        await reader.aclose()
     return out
 
 
@@ -372,6 +376,7 @@ def _base_spec(opts: argparse.Namespace) -> dict[str, Any]:
         "warmup": opts.warmup,
         "rate": opts.rate,
         "transport": opts.transport,
+        "partitions": opts.partitions,
     }
 
 
@@ -404,6 +409,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=2000.0, help="offered msgs/s, latency phase")
     p.add_argument(
         "--transport", choices=("grpc", "tcp"), default="grpc", help="peer-ring's transport"
+    )
+    p.add_argument(
+        "--partitions", type=int, default=TOPIC_PARTITIONS, help="peer-ring topic partitions"
     )
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--json", type=Path, default=None)
