@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from socket import SO_RCVBUF, SO_SNDBUF, SOL_SOCKET
 from typing import Any
 
 import pytest
@@ -238,13 +239,23 @@ async def test_frame_stream_passes_frames_and_refuses_other_messages() -> None:
     proto, sock = connected()
     stream = FrameStream(proto, "10.0.0.1:5")
     assert stream.peer() == "tcp:10.0.0.1:5"
-    proto.data_received(PREAMBLE + message(FRAME, b"f1") + message(HELLO, b"h"))
+    proto.data_received(PREAMBLE + message(FRAME, b"f1"))
     assert await asyncio.wait_for(stream.read(), LIMIT) == b"f1"
-    with pytest.raises(ProtocolError, match="unexpected message type 1 on an exchange"):
-        await asyncio.wait_for(stream.read(), LIMIT)
     del sock.written[:]
     await stream.write(b"out")
     assert bytes(sock.written) == message(FRAME, b"out")
+    proto.data_received(message(HELLO, b"h"))
+    with pytest.raises(ProtocolError, match="unexpected message type 1 on an exchange"):
+        await asyncio.wait_for(stream.read(), LIMIT)
+    # The violation ends the connection and stays recorded on it (the server counts it).
+    assert sock.aborted
+    with pytest.raises(ProtocolError, match="unexpected message type 1"):
+        await asyncio.wait_for(proto.read(), LIMIT)
+
+
+async def test_cancelling_a_frame_stream_ends_it() -> None:
+    proto, sock = connected()
+    stream = FrameStream(proto, "10.0.0.1:5")
     stream.cancel()
     assert sock.aborted
     assert await asyncio.wait_for(stream.read(), LIMIT) is EOF
@@ -299,6 +310,10 @@ async def test_a_slow_reader_pauses_the_socket_and_the_writer_then_everything_ar
         receiver = await asyncio.wait_for(accepted, LIMIT)
         assert client.transport is not None and receiver.transport is not None
         client.transport.set_write_buffer_limits(high=64 * 1024)
+        # Small kernel buffers, so that what the kernel absorbs cannot hide the pause.
+        small = 64 * 1024
+        client.transport.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_SNDBUF, small)
+        receiver.transport.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_RCVBUF, small)
         bodies = [bytes([i]) * (256 * 1024 - 1) for i in range(40)]  # 10 MiB in all
 
         async def write_all() -> None:

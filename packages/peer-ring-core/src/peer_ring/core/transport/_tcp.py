@@ -267,6 +267,8 @@ class TcpTransport(Transport):
             while True:
                 item = await read_chunk_within(proto.read(), self._clock, timeout, peer, request)
                 if item is EOF:
+                    if not self._running:  # close() ended it, as on the gRPC transport
+                        raise self._not_running()
                     raise PeerUnavailableError(peer, "connection closed during a transfer")
                 assert isinstance(item, tuple)
                 kind, body = item

@@ -316,7 +316,11 @@ class FrameStream:
         kind: int = item[0]
         body: bytes = item[1]
         if kind != FRAME:
-            raise ProtocolError(f"unexpected message type {kind} on an exchange connection")
+            error = ProtocolError(f"unexpected message type {kind} on an exchange connection")
+            # Recorded on the connection, so the server counts and logs it as bad input
+            # (the stream's reader only sees "the peer went away").
+            self._proto._fail(error)
+            raise error
         return body
 
     async def write(self, frame: bytes) -> None:
