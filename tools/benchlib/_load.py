@@ -47,6 +47,8 @@ SetOp = Callable[[str, bytes], Awaitable[Any]]
 
 #: Length of the precomputed operation sequence (a power of two: index with a mask).
 _SEQUENCE = 1 << 16
+#: Closed loop: each task yields to the loop every this many operations + 1.
+_YIELD_MASK = 31
 #: Period of the event-loop lag monitor.
 _LAG_PERIOD_NS = 10_000_000
 
@@ -305,6 +307,11 @@ async def run_load(
                 (gets if is_read else sets).append(now - started)
             else:
                 result.warmup_ops += 1
+            if not i & _YIELD_MASK:
+                # An operation served locally may complete without suspending (a 1-node
+                # cluster, a local read): yield now and then so the other tasks and the
+                # window's marks run.
+                await asyncio.sleep(0)
 
     await _sleep_until_ns(load_start)
     stride = max(1, len(sequence) // max(1, workload.concurrency))

@@ -7,6 +7,8 @@ process in it. Node 0 runs a closed loop (``concurrency`` in flight, 50/50 get/s
 100-byte values) and the tool reports, per configuration:
 
 - CPU µs per operation (``time.process_time`` over ``ops`` operations; all nodes);
+- garbage collections during those operations, per generation, with the CPU they took
+  and the longest one (a collection stops the event loop: it is the host's loop delay);
 - Python function calls per operation (a second, shorter pass under ``cProfile``, C
   builtins included), and the functions called most per operation.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import json
 import pstats
 import sys
@@ -53,6 +56,37 @@ async def _loop(kv: Any, keys: list[str], value: bytes, ops: int, concurrency: i
     return errors[0]
 
 
+class _GcMeter:
+    """Counts garbage collections and their CPU time (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.cpu_s = [0.0, 0.0, 0.0]
+        self.max_s = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.thread_time()
+            return
+        took = time.thread_time() - self._began
+        gen = info["generation"]
+        self.count[gen] += 1
+        self.cpu_s[gen] += took
+        self.max_s[gen] = max(self.max_s[gen], took)
+
+    def summary(self, ops: int) -> list[dict[str, float]]:
+        return [
+            {
+                "generation": gen,
+                "per_1000_ops": round(self.count[gen] / ops * 1000, 2),
+                "cpu_us_per_op": round(self.cpu_s[gen] / ops * 1e6, 3),
+                "max_ms": round(self.max_s[gen] * 1e3, 2),
+            }
+            for gen in range(3)
+        ]
+
+
 async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str, Any]:
     from peer_ring.core import PeerRingConfig
     from peer_ring.discovery.static import StaticDiscovery
@@ -83,9 +117,14 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         concurrency = int(spec["concurrency"])
         await _loop(kv, keys, value, 2000, concurrency, quorum)  # warm-up
         ops = int(spec["ops"])
+        meter = _GcMeter()
+        gc.callbacks.append(meter)
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
-        errors = await _loop(kv, keys, value, ops, concurrency, quorum)
+        try:
+            errors = await _loop(kv, keys, value, ops, concurrency, quorum)
+        finally:
+            gc.callbacks.remove(meter)
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
         profiled = int(spec["profile_ops"])
@@ -105,6 +144,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
             "errors": errors,
             "cpu_us_per_op": cpu / ops * 1e6,
             "wall_us_per_op": wall / ops * 1e6,
+            "gc": meter.summary(ops),
             "calls_per_op": calls / profiled,
             "top_calls_per_op": [
                 {
@@ -135,6 +175,12 @@ def format_op_cost(doc: dict[str, Any], top: int = 12) -> str:
             f"{e['cpu_us_per_op']:.1f} CPU us/op, {e['calls_per_op']:.0f} calls/op "
             f"({e['ops']} ops, {e['errors']} errors)"
         )
+        gcs = ", ".join(
+            f"gen{g['generation']} {g['per_1000_ops']:g}/1000 ops ({g['cpu_us_per_op']:g} us/op, "
+            f"max {g['max_ms']:g} ms)"
+            for g in e["gc"]
+        )
+        lines.append(f"    garbage collections: {gcs}")
         for t in e["top_calls_per_op"][:top]:
             lines.append(f"      {t['calls_per_op']:>6.2f}  {t['function']}")
     return "\n".join(lines)

@@ -284,6 +284,9 @@ async def _redis(spec: dict[str, Any]) -> None:
 
         async def prefill(keys: list[str], value: bytes) -> None:
             await _prefill_batches(keys, value, client.mset)
+            # Open every pooled connection now: opening one costs several round trips
+            # (redis-py's handshake), which an open loop would otherwise pay mid-run.
+            await asyncio.gather(*(client.ping() for _ in range(workload.concurrency)))
 
         await _measure(spec, commands, client.get, client.set, prefill, None)
         await commands.expect("stop")

@@ -26,7 +26,7 @@ from peer_ring.core._errors import (
 from peer_ring.core._membership import Membership
 from peer_ring.core._operation import BatchSender, Operation
 from peer_ring.core._quorum import QuorumCollector
-from peer_ring.core._result import ExecuteResult
+from peer_ring.core._result import ExecuteResult, Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
 from peer_ring.core._types import Request, Response, Status
@@ -151,10 +151,32 @@ class Coordinator:
         if len(prefs) < q:
             self.quorum_failed(namespace)
             raise _too_few(namespace, decl.name, q, len(prefs))
-        collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
         wait = self.config.request_timeout if timeout is None else timeout
-        op = Operation(self, collector, ring, namespace, decl, key_b, payload, partition, n, wait)
-        op.start(prefs)
+        me = self.address
+        if len(prefs) == 1 and prefs[0] == me:
+            # The fast path for a key only this node replicates (replication 1 on an owned
+            # key): the handler runs inline and a success returns with no collector, no
+            # future and no Operation. Anything else (an error to forward or count, an
+            # awaitable handler) goes to the general machinery below with this outcome.
+            out = self.dispatcher.dispatch(
+                me, namespace, decl.name, key_b, payload, partition, "", wait
+            )
+            if isinstance(out, Response) and out.status == Status.OK:
+                result.replies.append(Reply(me, out.payload, None))
+                result._finish()
+                return result
+            collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
+            op = Operation(
+                self, collector, ring, namespace, decl, key_b, payload, partition, n, wait
+            )
+            op.used = prefs
+            op.take_local("", out)
+        else:
+            collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
+            op = Operation(
+                self, collector, ring, namespace, decl, key_b, payload, partition, n, wait
+            )
+            op.start(prefs)
         try:
             return await collector.future
         except QuorumNotReachedError:

@@ -156,12 +156,17 @@ class Dispatcher:
         this node is still pulling waits a little for the pull, then is refused "not
         ready"; a read forwarded here in place of another replica is answered only if
         this node holds a complete copy. Otherwise the handler runs.
+
+        For a command that reads or mutates a key, the handler's ``ctx.partition`` is the
+        one this node computed from the key, not the sender's claim (a peer's may be wrong).
         """
+        # The hot path of every replica: admission and the handler call inlined (the
+        # common case is a plain handler returning bytes).
         entry = self.commands.get((namespace, name))
         if entry is None:
             return Response(Status.UNKNOWN_COMMAND, b"", str(self.unknown(namespace, name)))
         command = entry.command
-        ctx = CommandContext(source, partition, hint, source == self._address)
+        local = source == self._address
         if command.reads or command.mutates:
             sync = self.sync
             assert sync is not None
@@ -170,16 +175,27 @@ class Dispatcher:
                 return sync.store_hint(Request(namespace, name, key, payload, partition, hint))
             if key:  # batch-style commands (no key) check their keys with partition_ready
                 # A peer's partition is recomputed (it may be wrong); our own is not.
-                p = partition if ctx.local else self._membership.ring.partition_for_key(key)
+                if not local:
+                    partition = self._membership.ring.partition_for_key(key)
                 if command.reads:
                     if forwarded:
-                        if not sync.holds(p):
-                            return self._not_ready(p)
-                    elif not sync.readable(p):
-                        return self._invoke_when_ready(entry.handler, ctx, key, payload, p, timeout)
+                        if not sync.holds(partition):
+                            return self._not_ready(partition)
+                    elif not sync.readable(partition):
+                        ctx = CommandContext(source, partition, hint, local)
+                        return self._invoke_when_ready(
+                            entry.handler, ctx, key, payload, partition, timeout
+                        )
                 if command.mutates:
-                    sync.note_write(p)
-        return self.invoke(entry.handler, ctx, key, payload, timeout)
+                    sync.note_write(partition)
+        ctx = CommandContext(source, partition, hint, local)
+        try:
+            out = entry.handler(ctx, key, payload)
+        except Exception as exc:
+            return error_response(exc)
+        if type(out) is bytes:
+            return Response(Status.OK, out, "")
+        return self._result(out, timeout)
 
     def invoke(
         self, handler: Handler, ctx: CommandContext, key: bytes, payload: bytes, timeout: float
@@ -191,6 +207,10 @@ class Dispatcher:
             return error_response(exc)
         if type(out) is bytes:
             return Response(Status.OK, out, "")
+        return self._result(out, timeout)
+
+    def _result(self, out: object, timeout: float) -> Response | Awaitable[Response]:
+        """A handler's result other than ``bytes``: converted, awaited, or refused."""
         if isinstance(out, bytearray | memoryview):
             return Response(Status.OK, bytes(out), "")
         if inspect.isawaitable(out):

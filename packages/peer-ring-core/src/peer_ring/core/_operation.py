@@ -15,6 +15,8 @@ operation, so substitutes, hints and forwarding work per key exactly as for ``ex
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from peer_ring.core._batch import BATCH, BatchItem, decode_results, encode_items, item_size
@@ -77,13 +79,15 @@ class Operation:
         self.n = n
         self.timeout = timeout
         self.batch = batch
-        self.used: set[str] = set()
+        # The nodes asked so far: the preference list itself until a substitute or another
+        # holder is added (then a set), so the common case allocates nothing for it.
+        self.used: tuple[str, ...] | set[str] = ()
 
     def start(self, prefs: tuple[str, ...]) -> None:
         """Send to every replica in ``prefs`` (suspected ones replaced when hinted)."""
         coord = self.coord
         me = coord.address
-        self.used.update(prefs)
+        self.used = prefs
         membership = coord.membership
         hinted = self.command.hinted
         # Remote sends inline (no batch: one request each) on the hot path of ``execute``.
@@ -127,13 +131,13 @@ class Operation:
             self.timeout,
         )
         fut = self.coord.transport.request(target, request)
-        fut.add_done_callback(lambda f: self.on_done(target, hint, f))
+        # A partial, not a lambda: no closure cells (fewer objects for the GC per request).
+        fut.add_done_callback(partial(self.on_done, target, hint))
 
     def _run_here(self, hint: str) -> None:
         coord = self.coord
-        me = coord.address
         out = coord.dispatcher.dispatch(
-            me,
+            coord.address,
             self.namespace,
             self.command.name,
             self.key,
@@ -142,12 +146,18 @@ class Operation:
             hint,
             self.timeout,
         )
+        self.take_local(hint, out)
+
+    def take_local(self, hint: str, out: Response | Awaitable[Response]) -> None:
+        """Count the outcome of a local run (``dispatch``'s answer, maybe awaitable)."""
+        coord = self.coord
+        me = coord.address
         if isinstance(out, Response):
             self.settle_response(me, hint, out)
             return
         task = asyncio.ensure_future(out)
         coord.track(task)
-        task.add_done_callback(lambda t: self._local_done(hint, t))
+        task.add_done_callback(partial(self._local_done, hint))
 
     def _local_done(self, hint: str, task: asyncio.Future[Response]) -> None:
         me = self.coord.address
@@ -199,6 +209,14 @@ class Operation:
                     return
         self.collector.add(Reply(target, b"", err))
 
+    def use(self, node: str) -> None:
+        """Record that ``node`` is asked too."""
+        used = self.used
+        if isinstance(used, set):
+            used.add(node)
+        else:
+            self.used = {*used, node}
+
     def _substitute(self) -> str | None:
         """The next node of the ring walk beyond the first N that is not suspected."""
         ring = self.ring
@@ -214,7 +232,7 @@ class Operation:
                 continue
             if candidate != me and membership.is_suspected(candidate):
                 continue
-            self.used.add(candidate)
+            self.use(candidate)
             return candidate
         return None
 
@@ -231,7 +249,7 @@ class Operation:
                 continue
             if membership.is_down(candidate):
                 continue
-            self.used.add(candidate)
+            self.use(candidate)
             return candidate
         return None
 
@@ -292,7 +310,7 @@ class BatchSender:
             BATCH, self._name, b"", encode_items(self._namespace, items), 0, "", timeout
         )
         fut = self._coord.transport.request(target, request)
-        fut.add_done_callback(lambda f: self._on_done(target, entries, f))
+        fut.add_done_callback(partial(self._on_done, target, entries))
 
     def _on_done(self, target: str, entries: list[_Entry], fut: asyncio.Future[Response]) -> None:
         try:

@@ -13,7 +13,9 @@ class CommandContext:
 
     Attributes:
         source: address of the node that sent the request (this node's own for local runs).
-        partition: the partition of the key, as computed by the sender.
+        partition: the partition of the key. For a command that reads or mutates a key,
+            the node running the handler computed it from the key (a peer's claim is not
+            trusted); otherwise it is the sender's.
         hint: for sloppy-quorum writes, the replica this write is held for ("" otherwise).
         local: True when the handler runs on the coordinating node itself.
     """
@@ -83,7 +85,7 @@ class ExecuteResult:
         self.replies: list[Reply] = []
         self.error: BaseException | None = None
         self._complete = False
-        self._callbacks: list[CompletionCallback] = []
+        self._callbacks: list[CompletionCallback] | None = None  # allocated when needed
 
     @property
     def ok(self) -> bool:
@@ -113,6 +115,8 @@ class ExecuteResult:
         """Call ``callback(replies)`` once every replica has answered or failed."""
         if self._complete:
             callback(list(self.replies))
+        elif self._callbacks is None:
+            self._callbacks = [callback]
         else:
             self._callbacks.append(callback)
 
@@ -131,6 +135,7 @@ class ExecuteResult:
 
     def _finish(self) -> None:
         self._complete = True
-        callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            cb(list(self.replies))
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for cb in callbacks:
+                cb(list(self.replies))

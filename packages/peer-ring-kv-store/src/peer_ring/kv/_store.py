@@ -355,9 +355,9 @@ class KVStore(KVOpsMixin):
         record = decode_record(payload)
         if not ctx.local:
             self._hlc.update(record.version)
-        if not self._node.partition_ready(
-            ctx.partition if ctx.local else self._engine.partition_of(key)
-        ):
+        # ctx.partition is the one this node computed from the key (the core recomputes a
+        # peer's), so no second hash here.
+        if not self._node.partition_ready(ctx.partition):
             # Still pulling the partition (joined, or restarted with empty memory): this
             # replica cannot know the version it should refuse, so it must not count.
             raise PartitionNotReadyError(self._node.address, ctx.partition)
@@ -532,7 +532,7 @@ class KVStore(KVOpsMixin):
         records = [decode_get_response(p) for p in result.payloads]
         winner = reconcile(key_b, records, self._resolver)
         if winner is not None:
-            result.on_complete(lambda replies: self._repair(key_b, winner, replies))
+            result.on_complete(functools.partial(self._repair, key_b, winner))
         return self._value(winner, default)
 
     def _value(self, record: Record | None, default: Any) -> Any:

@@ -42,7 +42,7 @@ _MAX_HEADS = 4096
 _ONE_BYTE = [bytes((i,)) for i in range(128)]
 
 #: Wire status value -> Status; values this version does not know map to ERROR.
-_STATUSES: tuple[Status, ...] = tuple(sorted(Status, key=int))
+STATUSES: tuple[Status, ...] = tuple(sorted(Status, key=int))
 
 
 def varint(value: int) -> bytes:
@@ -82,8 +82,8 @@ def varint(value: int) -> bytes:
 
 def status_of(value: int) -> Status:
     """Map a wire status value to :class:`Status` (unknown values become ERROR)."""
-    if 0 <= value < len(_STATUSES):
-        return _STATUSES[value]
+    if 0 <= value < len(STATUSES):
+        return STATUSES[value]
     return Status.ERROR
 
 
@@ -131,15 +131,17 @@ def request_part(rid: int, req: Request, timeout: float) -> bytes:
     key = req.key
     payload = req.payload
     rv = varint(rid)
-    kv = varint(len(key))
-    pv = varint(len(payload))
+    n = len(key)
+    kv = _ONE_BYTE[n] if n < 0x80 else varint(n)
+    n = len(payload)
+    pv = _ONE_BYTE[n] if n < 0x80 else varint(n)
     partition = req.partition
     if not 0 <= partition <= _MAX_UINT32:
         raise ValueError(f"partition {partition} is not a 32-bit unsigned integer")
-    sv = varint(partition)
+    sv = _ONE_BYTE[partition] if partition < 0x80 else varint(partition)
     size = 4 + len(rv) + len(head) + len(kv) + len(key) + len(pv) + len(payload) + len(sv)
     return b"\x0a%b\x08%b%b\x22%b%b\x2a%b%b\x30%b" % (
-        varint(size),
+        _ONE_BYTE[size] if size < 0x80 else varint(size),
         rv,
         head,
         kv,
@@ -159,12 +161,18 @@ def response_part(rid: int, resp: Response) -> bytes:
     """
     payload = resp.payload
     rv = varint(rid)
-    pv = varint(len(payload))
+    n = len(payload)
+    pv = _ONE_BYTE[n] if n < 0x80 else varint(n)
     status = int(resp.status)
     error = resp.error
     if status == 0 and not error:  # the common case
-        size = 2 + len(rv) + len(pv) + len(payload)
-        return b"\x12%b\x08%b\x1a%b%b" % (varint(size), rv, pv, payload)
+        size = 2 + len(rv) + n + len(pv)
+        return b"\x12%b\x08%b\x1a%b%b" % (
+            _ONE_BYTE[size] if size < 0x80 else varint(size),
+            rv,
+            pv,
+            payload,
+        )
     if not 0 <= status <= _MAX_INT32:
         raise ValueError(f"invalid status {status}")
     sv = varint(status)

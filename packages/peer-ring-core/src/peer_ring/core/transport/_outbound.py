@@ -39,14 +39,14 @@ from peer_ring.core._errors import (
     PeerUnavailableError,
     RequestTimeoutError,
 )
-from peer_ring.core._types import Request, Response
+from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.transport._base import TransportLimits
 from peer_ring.core.transport._codec import (
+    STATUSES,
     cancel_parts,
     join_frames,
     request_part,
-    status_of,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._linger import linger
@@ -537,6 +537,8 @@ class PeerConnection:
     def _on_responses(self, responses: Sequence[pb.Response]) -> None:
         calls = self._calls
         remove = self._wheel.remove
+        statuses = STATUSES
+        known = len(statuses)
         freed = 0
         for msg in responses:
             rid = msg.id
@@ -545,7 +547,14 @@ class PeerConnection:
                 continue  # answered, timed out or cancelled already (or a bogus id)
             del calls[rid]
             remove(call, call.tick)
-            call.set_result(Response(status_of(msg.status), msg.payload, msg.error))
+            status = msg.status
+            call.set_result(
+                Response(
+                    statuses[status] if 0 <= status < known else Status.ERROR,  # status_of
+                    msg.payload,
+                    msg.error,
+                )
+            )
             freed += 1
         self._in_flight -= freed
         sample = self._sample
