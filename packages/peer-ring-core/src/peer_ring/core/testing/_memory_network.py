@@ -197,7 +197,10 @@ class MemoryTransport(Transport):
             fut.set_exception(error)
 
     def _deliver(self, peer: str, rid: int, request: Request) -> None:
-        if rid not in self._pending:
+        fut = self._pending.get(rid)
+        # A cancelled future is done at once but leaves _pending a turn later (callbacks
+        # run soon): both mean the caller gave up before delivery, so nothing runs.
+        if fut is None or fut.done():
             return  # cancelled or timed out before delivery
         try:
             target = self._network._target(self._address, peer)
