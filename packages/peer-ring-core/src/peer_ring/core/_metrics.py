@@ -50,6 +50,13 @@ _COUNTER_DOCS: dict[tuple[str, str], str] = {
     ("partitions", "dropped"): "Partitions dropped after a confirmed handoff.",
     ("partitions", "records_received"): "Records received by partition pulls.",
     ("partitions", "bytes_received"): "Bytes of records received by partition pulls.",
+    ("partitions", "records_applied"): "Received records that changed the store (newer or "
+    "missing here), when the application reports it.",
+    ("partitions", "versions_bytes_sent"): "Bytes of version lists sent to pull only the "
+    "records that differ.",
+    ("partitions", "delta_requests"): "Requests for the records that differ (delta transfers).",
+    ("partitions", "buckets_transferred_whole"): "Digest buckets moved whole because the peer "
+    "could not filter by version.",
     ("hints", "stored"): "Hints stored for unreachable replicas.",
     ("hints", "delivered"): "Hints delivered to their target.",
     ("anti_entropy", "rounds"): "Anti-entropy rounds run.",
