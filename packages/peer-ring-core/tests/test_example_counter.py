@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from peer_ring.core import PeerRing, PeerRingConfig, PeerUnavailableError, QuorumNotReachedError
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, free_port, settle_loop
+from peer_ring.core.testing import (
+    FakeClock,
+    FixedDiscovery,
+    MemoryNetwork,
+    free_port_block,
+    settle_loop,
+)
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "counter.py"
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 5)]
@@ -158,7 +164,7 @@ async def test_the_ownership_listener_tracks_primary_partitions(cluster: Cluster
 
 
 def test_the_demo_runs_over_grpc() -> None:
-    port = free_port()
+    port = free_port_block(3)  # the example binds port, port + 1, port + 2
     out = subprocess.run(
         [sys.executable, str(EXAMPLE), str(port)],
         capture_output=True,

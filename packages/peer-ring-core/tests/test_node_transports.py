@@ -23,7 +23,7 @@ from peer_ring.core import (
     QuorumNotReachedError,
     UnknownCommandError,
 )
-from peer_ring.core.testing import free_port
+from peer_ring.core.testing import free_port, free_port_block
 from peer_ring.core.transport import TransportLimits
 from peer_ring.discovery.static import StaticDiscovery
 
@@ -144,7 +144,7 @@ async def test_peer_down_fails_within_the_deadline_with_a_clear_error(
 
 def test_readme_example_runs() -> None:
     example = Path(__file__).parents[1] / "examples" / "three_nodes.py"
-    port = free_port()
+    port = free_port_block(3)  # the example binds port, port + 1, port + 2
     out = subprocess.run(
         [sys.executable, str(example), str(port)],
         capture_output=True,

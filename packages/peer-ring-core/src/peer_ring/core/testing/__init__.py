@@ -20,7 +20,7 @@ from peer_ring.core.testing._fake_clock import FakeClock, settle_loop
 from peer_ring.core.testing._loop import FakeClockEventLoop, current_clock, run, run_until_idle
 from peer_ring.core.testing._memory_cluster import MemoryCluster, fake_time_config
 from peer_ring.core.testing._memory_network import MemoryNetwork, MemoryTransport
-from peer_ring.core.testing._ports import free_port
+from peer_ring.core.testing._ports import free_port, free_port_block
 from peer_ring.core.testing._static import FixedDiscovery
 from peer_ring.core.testing._versioned_dict import VersionedDict, versioned_payload
 
@@ -60,6 +60,7 @@ __all__ = [
     "current_clock",
     "fake_time_config",
     "free_port",
+    "free_port_block",
     "run",
     "run_until_idle",
     "settle_loop",
