@@ -3,6 +3,7 @@ compact encodings (group runs, packed publish payloads and replies)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
@@ -215,3 +216,37 @@ def test_truncated_or_corrupted_bulk_payloads_are_codec_errors() -> None:
                 raw[rnd.randrange(len(raw))] = rnd.randrange(256)
             with contextlib.suppress(CodecError, ValueError):
                 decode(bytes(raw))
+
+
+async def test_publish_many_sections_succeed_or_fail_on_their_own(cluster) -> None:
+    from peer_ring.pubsub import NotSequencerError
+    from peer_ring.pubsub._wire import decode_publish_many, encode_publish_many, open_reply
+
+    nodes = await cluster.start(3)
+    config = TopicConfig(partitions=8)
+    peer = nodes[1]
+    keys = [ring_key("multi", p) for p in range(8)]
+    mine = [k for k in keys if peer.client.head(k) == peer.node.address]
+    other = [k for k in keys if peer.client.head(k) != peer.node.address]
+    assert mine and other
+    payload = encode_publish_many(
+        [
+            (mine[0], config, [OutgoingMessage(b"a", b"", ""), OutgoingMessage(b"b", b"", "")]),
+            (other[0], config, [OutgoingMessage(b"c", b"", "")]),
+        ]
+    )
+    raw = await peer.service.handle_publish_many(None, mine[0], payload)  # type: ignore[arg-type]
+    ok, refused = decode_publish_many(open_reply(raw), 2)
+    assert isinstance(ok, list) and [seq for _, seq, _ in ok] == [0, 1]
+    assert isinstance(refused, NotSequencerError)
+    # Through the client: publishes from one node to every partition (most of them on
+    # other peers, several per request) all land, in order per partition.
+    topic = nodes[0].topic("multi", partitions=8)
+    results = await asyncio.gather(
+        *(topic.publish(f"{i}".encode(), partition=i % 8) for i in range(64))
+    )
+    for p in range(8):
+        offsets = [r.offset for r in results if r.partition == p]
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets) == 8
+    got = sorted([m.data async for m in topic.read(start=0)])
+    assert got == sorted([b"a", b"b"] + [f"{i}".encode() for i in range(64)])

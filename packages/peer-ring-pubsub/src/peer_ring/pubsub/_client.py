@@ -25,9 +25,12 @@ from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     NAMESPACE,
     PUBLISH,
+    PUBLISH_MANY,
     OutgoingMessage,
+    decode_publish_many,
     decode_publish_results,
     encode_publish,
+    encode_publish_many,
     open_reply,
 )
 
@@ -78,6 +81,7 @@ class SequencerClient:
         self.replication = replication
         self.timeout = timeout
         self._batches: dict[bytes, _Batch] = {}
+        self._peers: dict[str, _PeerBatch] = {}
         self.retries = 0
         self.service: Service | None = None  # set by PubSub once built
         self._ring: object = None
@@ -175,10 +179,33 @@ class SequencerClient:
             except RETRYABLE as exc:
                 self.retries += 1
                 logger.debug("pubsub: retrying a publish on %r remotely: %s", key, exc)
+        fut: asyncio.Future[tuple[int, int, bool]] = asyncio.get_running_loop().create_future()
+        head = self.head(key)
+        if head is not None and head != self.node.address and timeout is None:
+            # Publishes for every partition this peer sequences share one request.
+            peer = self._peers.get(head)
+            if peer is None:
+                peer = self._peers[head] = _PeerBatch()
+            peer.items.append((key, config, message, fut))
+            if not peer.running:
+                peer.running = True
+                spawn(self._drain_peer(head, peer))
+            return await fut
+        self._enqueue(key, config, message, fut, timeout)
+        return await fut
+
+    def _enqueue(
+        self,
+        key: bytes,
+        config: TopicConfig,
+        message: OutgoingMessage,
+        fut: asyncio.Future[tuple[int, int, bool]],
+        timeout: float | None,
+    ) -> None:
+        """Publish through the partition's own batch (routed with retries)."""
         batch = self._batches.get(key)
         if batch is None:
             batch = self._batches[key] = _Batch()
-        fut: asyncio.Future[tuple[int, int, bool]] = asyncio.get_running_loop().create_future()
         batch.items.append((message, fut))
         # A local sequencer is CPU-bound: one request at a time batches best. A remote one
         # is latency-bound: a few requests in flight hide the round trips.
@@ -186,7 +213,52 @@ class SequencerClient:
         if batch.running < limit:
             batch.running += 1
             spawn(self._drain(key, config, batch, timeout))
-        return await fut
+
+    async def _drain_peer(self, peer: str, batch: _PeerBatch) -> None:
+        # One PUBLISH_MANY in flight per peer: what is published meanwhile, to any of its
+        # partitions, makes the next one (order per partition is kept). A partition whose
+        # section failed with a retryable error (it changed hands...) goes through its own
+        # batch, which retries until the client's timeout.
+        try:
+            while batch.items:
+                items = batch.items[:_PUBLISH_BATCH]
+                del batch.items[:_PUBLISH_BATCH]
+                sections: dict[bytes, tuple[TopicConfig, list[_PeerItem]]] = {}
+                for item in items:
+                    sections.setdefault(item[0], (item[1], []))[1].append(item)
+                payload = encode_publish_many(
+                    [(key, config, [i[2] for i in its]) for key, (config, its) in sections.items()]
+                )
+                replies: list[list[tuple[int, int, bool]] | BaseException]
+                try:
+                    raw = await self.node.call(
+                        peer, NAMESPACE, PUBLISH_MANY, items[0][0], payload, timeout=2.0
+                    )
+                    replies = decode_publish_many(open_reply(raw), len(sections))
+                except RemoteError as exc:
+                    replies = [PartitionUnavailableError(f"sequencer error: {exc}")] * len(sections)
+                except Exception as exc:  # the whole request failed
+                    replies = [exc] * len(sections)
+                for (_, its), reply in zip(sections.values(), replies, strict=True):
+                    self._settle_section(its, reply)
+        finally:
+            batch.running = False
+
+    def _settle_section(
+        self, items: list[_PeerItem], reply: list[tuple[int, int, bool]] | BaseException
+    ) -> None:
+        if isinstance(reply, RETRYABLE):
+            self.retries += 1
+            for key, config, message, fut in items:
+                self._enqueue(key, config, message, fut, None)
+            return
+        for i, (_, _, _, fut) in enumerate(items):
+            if fut.done():
+                continue
+            if isinstance(reply, BaseException):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply[i])
 
     async def _drain(
         self, key: bytes, config: TopicConfig, batch: _Batch, timeout: float | None
@@ -218,6 +290,15 @@ class SequencerClient:
                         fut.set_result(result)
         finally:
             batch.running -= 1
+
+
+_PeerItem = tuple[bytes, TopicConfig, OutgoingMessage, asyncio.Future[tuple[int, int, bool]]]
+
+
+@dataclass(slots=True)
+class _PeerBatch:
+    items: list[_PeerItem] = field(default_factory=list)
+    running: bool = False
 
 
 @dataclass(slots=True)

@@ -107,6 +107,8 @@ class Leaders:
         self.takeovers = 0
         self.step_downs = 0
         self.on_step_down: Callable[[bytes], None] = lambda key: None
+        self._outbox: list[tuple[Leader, _Slot]] = []
+        self._flush_scheduled = False
 
     def copies(self, config: TopicConfig) -> tuple[int, int]:
         """``(replication, quorum)`` of a topic's partitions: (1, 1) when not durable."""
@@ -377,7 +379,50 @@ class Leaders:
             slot = _Slot(leader.queue[:MAX_BATCH])
             del leader.queue[:MAX_BATCH]
             leader.slots.append(slot)
-            spawn(self._send(leader, slot))
+            if self.copies(leader.config)[0] == 1:  # one copy: a local merge (or a call)
+                spawn(self._send(leader, slot))
+                continue
+            # Appends of every partition that became ready in this turn of the event loop
+            # leave together: one execute_many, so one request per replica peer.
+            self._outbox.append((leader, slot))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._outbox = self._outbox, []
+        if len(batch) == 1:
+            spawn(self._send(*batch[0]))
+        elif batch:
+            spawn(self._send_many(batch))
+
+    async def _send_many(self, batch: list[tuple[Leader, _Slot]]) -> None:
+        items = []
+        with contextlib.ExitStack() as own:
+            for leader, slot in batch:
+                entries = [e for e, _ in slot.batch]
+                req = AppendRequest(
+                    leader.config, leader.ballot, leader.start, leader.commit, entries
+                )
+                payload = req.encode()
+                own.enter_context(self.store.own_append(payload, req))
+                items.append((leader.key, payload))
+            try:
+                # Only multi-copy (durable) topics get here, and they all have (N, W).
+                results = await self.node.execute_many(
+                    NAMESPACE, APPEND, items, replication=self.replication, quorum=self.quorum
+                )
+            except PeerRingError as exc:  # the node stopped: every batch failed
+                for _, slot in batch:
+                    slot.ok, slot.error = False, exc
+            else:
+                for (_, slot), result in zip(batch, results, strict=True):
+                    slot.ok = result.ok
+                    slot.error = result.error
+        for leader in {id(leader): leader for leader, _ in batch}.values():
+            self._complete(leader)
+            self._kick(leader)
 
     async def _send(self, leader: Leader, slot: _Slot) -> None:
         try:

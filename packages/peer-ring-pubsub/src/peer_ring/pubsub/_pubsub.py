@@ -38,6 +38,7 @@ from peer_ring.pubsub._wire import (
     NAMESPACE,
     PROMISE,
     PUBLISH,
+    PUBLISH_MANY,
     RANGE,
     SETTLE,
     STATUS,
@@ -127,6 +128,7 @@ class PubSub:
         node.register(NAMESPACE, APPEND, store.handle_append)
         node.register(NAMESPACE, GROUP, store.handle_group)
         node.register(NAMESPACE, PUBLISH, service.handle_publish)
+        node.register(NAMESPACE, PUBLISH_MANY, service.handle_publish_many)
         node.register(NAMESPACE, FETCH, service.handle_fetch)
         node.register(NAMESPACE, SETTLE, service.handle_settle)
         node.register_hooks(NAMESPACE, store)

@@ -33,6 +33,8 @@ from peer_ring.pubsub._wire import (
     FetchRequest,
     SettleRequest,
     decode_publish,
+    decode_publish_sections,
+    encode_publish_many_reply,
     encode_publish_results,
     error_reply,
     ok_reply,
@@ -95,6 +97,37 @@ class Service:
             config, messages = decode_publish(payload)
             results = await self.leaders.publish(key, config, messages)
             return ok_reply(encode_publish_results(results))
+
+        return await self._guard(run)
+
+    async def handle_publish_many(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        """PUBLISH for several partitions this node sequences (one section each); each
+        section succeeds or fails on its own."""
+
+        async def run() -> bytes:
+            sections = decode_publish_sections(payload)
+            outcomes: list[list[tuple[Entry, bool]] | BaseException]
+            if len(sections) == 1:
+                k, config, messages = sections[0]
+                try:
+                    outcomes = [await self.leaders.publish(k, config, messages)]
+                except Exception as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await asyncio.gather(
+                    *(self.leaders.publish(k, c, m) for k, c, m in sections),
+                    return_exceptions=True,
+                )
+            parts = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    mapped = typed_error(outcome)
+                    if mapped is None:
+                        raise outcome
+                    parts.append(error_reply(mapped))
+                else:
+                    parts.append(ok_reply(encode_publish_results(outcome)))
+            return ok_reply(encode_publish_many_reply(parts))
 
         return await self._guard(run)
 

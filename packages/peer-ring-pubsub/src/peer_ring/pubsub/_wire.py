@@ -45,6 +45,7 @@ APPEND = Command("append", mutates=True, hinted=False)
 GROUP = Command("group", mutates=True, hinted=False)
 # Sequencer commands (call on the head of the preference list).
 PUBLISH = Command("publish")
+PUBLISH_MANY = Command("publish_many")  # sections for several partitions of one sequencer
 FETCH = Command("fetch")
 SETTLE = Command("settle")
 
@@ -323,6 +324,61 @@ def decode_publish_results(r: Reader) -> list[tuple[int, int, bool]]:
     body = r.take_bytes(count * _RESULT_SIZE)  # raises CodecError when truncated
     flat = struct.unpack(f">{3 * count}Q", body)
     return [(flat[i], flat[i + 1], bool(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+
+def encode_publish_many(sections: list[tuple[bytes, TopicConfig, list[OutgoingMessage]]]) -> bytes:
+    """PUBLISH_MANY payload: per partition, its ring key and a PUBLISH payload."""
+    w = Writer().u64(len(sections))
+    for key, config, messages in sections:
+        w.bytes_(key).bytes_(encode_publish(config, messages))
+    return w.getvalue()
+
+
+def decode_publish_sections(
+    payload: bytes,
+) -> list[tuple[bytes, TopicConfig, list[OutgoingMessage]]]:
+    """Inverse of :func:`encode_publish_many`.
+
+    Raises:
+        CodecError: a malformed payload.
+    """
+    r = Reader(payload)
+    sections = []
+    for _ in range(r.u64()):
+        key = r.bytes_()
+        config, messages = decode_publish(r.bytes_())
+        sections.append((key, config, messages))
+    r.done()
+    return sections
+
+
+def encode_publish_many_reply(parts: list[bytes]) -> bytes:
+    """PUBLISH_MANY reply body: per section, a PUBLISH reply (results, or its error)."""
+    w = Writer().u64(len(parts))
+    for part in parts:
+        w.bytes_(part)
+    return w.getvalue()
+
+
+def decode_publish_many(r: Reader, count: int) -> list[list[tuple[int, int, bool]] | BaseException]:
+    """Per section: its ``(epoch, seq, duplicate)`` results, or the typed error it failed with.
+
+    Raises:
+        CodecError: a malformed reply, or not ``count`` sections.
+    """
+    if r.u64() != count:
+        raise CodecError("PUBLISH_MANY reply: wrong number of sections")
+    out: list[list[tuple[int, int, bool]] | BaseException] = []
+    for _ in range(count):
+        try:
+            part = open_reply(r.bytes_())
+        except PubSubError as exc:
+            out.append(exc)
+            continue
+        out.append(decode_publish_results(part))
+        part.done()
+    r.done()
+    return out
 
 
 @dataclass(slots=True)
