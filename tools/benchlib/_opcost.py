@@ -31,7 +31,7 @@ from typing import Any
 
 from benchlib._load import make_keys, make_value
 from benchlib._procs import node_addresses
-from benchlib._worker import PREFIX, die_with_parent
+from benchlib._worker import PREFIX, GcMeter, die_with_parent
 
 
 async def _loop(kv: Any, keys: list[str], value: bytes, ops: int, concurrency: int, q: int) -> int:
@@ -54,37 +54,6 @@ async def _loop(kv: Any, keys: list[str], value: bytes, ops: int, concurrency: i
 
     await asyncio.gather(*(worker(n * 101) for n in range(concurrency)))
     return errors[0]
-
-
-class _GcMeter:
-    """Counts garbage collections and their CPU time (``gc.callbacks``)."""
-
-    def __init__(self) -> None:
-        self.count = [0, 0, 0]
-        self.cpu_s = [0.0, 0.0, 0.0]
-        self.max_s = [0.0, 0.0, 0.0]
-        self._began = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._began = time.thread_time()
-            return
-        took = time.thread_time() - self._began
-        gen = info["generation"]
-        self.count[gen] += 1
-        self.cpu_s[gen] += took
-        self.max_s[gen] = max(self.max_s[gen], took)
-
-    def summary(self, ops: int) -> list[dict[str, float]]:
-        return [
-            {
-                "generation": gen,
-                "per_1000_ops": round(self.count[gen] / ops * 1000, 2),
-                "cpu_us_per_op": round(self.cpu_s[gen] / ops * 1e6, 3),
-                "max_ms": round(self.max_s[gen] * 1e3, 2),
-            }
-            for gen in range(3)
-        ]
 
 
 async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str, Any]:
@@ -117,7 +86,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         concurrency = int(spec["concurrency"])
         await _loop(kv, keys, value, 2000, concurrency, quorum)  # warm-up
         ops = int(spec["ops"])
-        meter = _GcMeter()
+        meter = GcMeter()
         gc.callbacks.append(meter)
         cpu0 = time.process_time()
         wall0 = time.perf_counter()

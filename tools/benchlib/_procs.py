@@ -373,6 +373,7 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
         "warmup": plan.warmup,
         "duration": plan.duration,
         "uvloop": plan.uvloop,
+        "gc_threshold": int(plan.extra.get("gc_threshold", 0)),
     }
     addresses: list[str] = []
     if plan.system == "peer-ring":

@@ -99,6 +99,18 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "pending_at_end": sum(int(p.get("pending_at_end", 0)) for p in procs),
         "send_lag_p99_ms": max(float(p.get("send_lag_ms", {}).get("p99", 0.0)) for p in procs),
         "shed": sum(int(p.get("shed", 0)) for p in procs),
+        # Garbage collections in the processes' main threads (each one stops the loop).
+        "gc_collections": sum(
+            int(g["per_1000_ops"] * int(p["ops"]) / 1000 + 0.5)
+            for p in procs
+            for g in p.get("gc", [])
+        ),
+        "gc_cpu_us_per_op": (
+            sum(g["cpu_us_per_op"] * int(p["ops"]) for p in procs for g in p.get("gc", [])) / ops
+            if ops
+            else 0.0
+        ),
+        "gc_max_ms": max((g["max_ms"] for p in procs for g in p.get("gc", [])), default=0.0),
         "prefill_s": raw["prefill_s"],
         "machine": {
             "busy_cpu_s": window["machine_busy_cpu_s"],
@@ -116,6 +128,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                 "thread_cpu_s": p.get("thread_cpu_s", {}),
                 "loop_lag_ms": p.get("loop_lag_ms", {}),
                 "peak_rss_mb": round(int(p["peak_rss_bytes"]) / 2**20, 1),
+                "gc": p.get("gc", []),
                 **Histogram.from_json(p["hist"]).summary_ms(),
             }
             for p in procs
@@ -333,10 +346,13 @@ def ratio_summary(comparisons: list[dict[str, Any]]) -> str:
         items = [c for _, c in pairs]
         ops = [c["ratio"] for c in items]
         eff = [1 / c["cpu_ratio"] for c in items if c["cpu_ratio"]]
-        p99 = [c["p99_ratio"] for c in items if c.get("p99_ratio")]
+        p99 = [c["p99_ratio"] for c in items if c.get("p99_ratio") is not None]
         text = f"  {kind}R{r}/Q{q} {load}: "
         if rate:  # open loop: the offered rate is fixed, the latency is what differs
-            text += f"p99 {statistics.median(p99):.2f}x ({min(p99):.2f}..{max(p99):.2f})"
+            if p99:
+                text += f"p99 {statistics.median(p99):.2f}x ({min(p99):.2f}..{max(p99):.2f})"
+            else:
+                text += "p99 -"
         else:
             text += f"ops/s {statistics.median(ops):.2f}x ({min(ops):.2f}..{max(ops):.2f})"
         if eff:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import cProfile
 import functools
+import gc
 import json
 import logging
 import os
@@ -124,6 +125,38 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class GcMeter:
+    """Counts garbage collections and their CPU time (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.cpu_s = [0.0, 0.0, 0.0]
+        self.max_s = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.thread_time()
+            return
+        took = time.thread_time() - self._began
+        gen = info["generation"]
+        self.count[gen] += 1
+        self.cpu_s[gen] += took
+        self.max_s[gen] = max(self.max_s[gen], took)
+
+    def summary(self, ops: int) -> list[dict[str, float]]:
+        """Per generation: collections per 1000 operations, CPU per operation, longest."""
+        return [
+            {
+                "generation": gen,
+                "per_1000_ops": round(self.count[gen] / ops * 1000, 2),
+                "cpu_us_per_op": round(self.cpu_s[gen] / ops * 1e6, 3),
+                "max_ms": round(self.max_s[gen] * 1e3, 2),
+            }
+            for gen in range(3)
+        ]
+
+
 class _Meter:
     """Samples CPU time and counters at the window's boundaries; runs the profiler."""
 
@@ -139,15 +172,20 @@ class _Meter:
         self._cpu0 = 0.0
         self._threads0: dict[str, float] = {}
         self._counters0: dict[str, int] = {}
+        # Garbage collections stop the event loop: counted, with their CPU and the longest.
+        self.gc = GcMeter()
 
     def __call__(self, mark: str) -> None:
         if mark == "start":
+            gc.callbacks.append(self.gc)
             self._cpu0 = _cpu_seconds()
             self._threads0 = _thread_cpu()
             self._counters0 = self._counters() if self._counters else {}
             if self._profiler is not None:
                 self._profiler.enable()
             return
+        if self.gc in gc.callbacks:
+            gc.callbacks.remove(self.gc)
         if self._profiler is not None:
             self._profiler.disable()
             self._profiler.dump_stats(str(self._profile_path))
@@ -182,6 +220,9 @@ async def _measure(
     _emit("prefilled", seconds=time.perf_counter() - began)
 
     command = await commands.expect("run")
+    threshold = int(spec.get("gc_threshold", 0))
+    if threshold > 0:  # --gc-threshold: the host's tuning, the same for both systems
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
     schedule = Schedule(float(command["start_at"]), float(spec["warmup"]), float(spec["duration"]))
     meter = _Meter(counters, spec.get("profile_path"))
     result = await run_load(get, set_, workload, sequence, value, schedule, on_window=meter)
@@ -196,6 +237,7 @@ async def _measure(
         peak_rss_bytes=usage.ru_maxrss * 1024,
         rss_bytes=_rss_bytes(),
         counters=meter.counters,
+        gc=meter.gc.summary(max(1, len(result.gets) + len(result.sets))),
         **result.to_json(),
     )
 

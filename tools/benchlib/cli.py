@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="issue 23's matrix in one invocation: closed loop c16/c64/c256, open loop "
         "1k/3k/6k ops/s, 1/3/5 nodes, TCP (+ gRPC at c64), each with Redis",
     )
+    p.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        help="host tuning, every process of both systems: gc.set_threshold(N) before the run "
+        "(0: Python's default, 700)",
+    )
     p.add_argument("--value-size", type=int, default=100, help="bytes per value")
     p.add_argument("--keys", type=int, default=10_000, help="key space size")
     p.add_argument("--read-ratio", type=float, default=0.5, help="fraction of gets (0..1)")
@@ -254,7 +261,15 @@ async def _run_case(
     plans = []
     if redis is not None:
         plans.append(
-            RunPlan("redis", case.processes, workload, opts.warmup, opts.duration, uvloop=uvloop)
+            RunPlan(
+                "redis",
+                case.processes,
+                workload,
+                opts.warmup,
+                opts.duration,
+                uvloop=uvloop,
+                extra={"gc_threshold": opts.gc_threshold},
+            )
         )
     for r, q, transport in case.configs:
         plans.append(
@@ -270,7 +285,7 @@ async def _run_case(
                 uvloop=uvloop,
                 request_timeout=opts.request_timeout,
                 profile=opts.profile,
-                extra={"transport": transport},
+                extra={"transport": transport, "gc_threshold": opts.gc_threshold},
             )
         )
     for plan in plans:
@@ -397,6 +412,9 @@ async def _main(opts: argparse.Namespace) -> int:
         "targets": goals,
         "targets_issue_23": goals23,
     }
+    path = opts.json or REPO / "bench-results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    # Written first: a problem while printing must not lose the measurements.
+    _report.write_json(path, document)
     print()
     if runs:
         print(_report.run_table(runs, comparisons))
@@ -421,8 +439,6 @@ async def _main(opts: argparse.Namespace) -> int:
     if goals23:
         print()
         print(_report.targets_table(goals23, "targets (issue 23):"))
-    path = opts.json or REPO / "bench-results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    _report.write_json(path, document)
     if opts.markdown:
         opts.markdown.parent.mkdir(parents=True, exist_ok=True)
         opts.markdown.write_text(_report.markdown(document))
