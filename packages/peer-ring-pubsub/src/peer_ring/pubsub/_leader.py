@@ -29,6 +29,7 @@ from peer_ring.pubsub._errors import (
     PublishError,
 )
 from peer_ring.pubsub._group import GroupState
+from peer_ring.pubsub._group_batch import GroupBatcher
 from peer_ring.pubsub._log import MESSAGE, Ballot, Entry
 from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
 from peer_ring.pubsub._store import RefusedError, Store
@@ -108,6 +109,7 @@ class Leaders:
         self.step_downs = 0
         self.on_step_down: Callable[[bytes], None] = lambda key: None
         self._outbox: list[tuple[Leader, _Slot]] = []
+        self.groups = GroupBatcher(node, replication, quorum)
         self._flush_scheduled = False
 
     def copies(self, config: TopicConfig) -> tuple[int, int]:
@@ -517,7 +519,11 @@ class Leaders:
                     raise RefusedError(f"epoch {state.log.promised.epoch} was promised since")
                 self.store.on_change(leader.key)
                 return
-            await self._replicate_group(leader, group, delta)
+            if self.copies(leader.config)[0] == 1:  # one copy, not here any more
+                await self._replicate_group(leader, group, delta)
+                return
+            # Batched with the other deltas of this loop turn (any partition, any group).
+            await self.groups.submit(leader.key, leader.config, leader.ballot.epoch, group, delta)
         except PeerRingError as exc:
             self.step_down(leader.key, f"group replication failed: {exc}", only=leader)
             raise PartitionUnavailableError(f"group state not replicated: {exc}") from exc
