@@ -1,4 +1,4 @@
-"""``tools/bench ratelimit``: peer-ring-rate-limiter vs ``limits`` + Redis, one invocation.
+"""``tools/bench ratelimit``: peer-ring-rate-limiter vs ``limits`` + Redis (and Gubernator).
 
 Runs, on the same workload (``--keys`` keys, a limit of ``--limit`` per second each, closed
 loops of ``--concurrency`` hits in flight per process, ``--duration`` measured seconds after
@@ -7,21 +7,27 @@ loops of ``--concurrency`` hits in flight per process, ``--duration`` measured s
 1. *local*: one process, one node (replication 1): every decision is local. Reports
    decisions/s and decisions per CPU-second (the "per core" figure), for the pure
    algorithm call (``decide``) and for ``RateLimiter.hit``.
-2. *peer-ring*: ``--nodes`` node processes (real gRPC on loopback, replication
-   ``--replication``), each embedding a ``RateLimiter`` and generating load on random keys
-   (the embedded deployment: about 1/N of the hits are local, the rest forwarded in
-   batches to their owner), for the fixed window and the sliding window log in owner mode;
-   then ``--hot-keys`` hot keys (limit x100) in owner mode and in global mode (decided
-   locally from a copy, reconciled with the owner every 100 ms).
+2. *peer-ring*: ``--nodes`` node processes on loopback, for each ``--transport`` (grpc,
+   tcp), each embedding a ``RateLimiter`` and generating load on random keys (the embedded
+   deployment: about 1/N of the hits are local, the rest forwarded in batches to their
+   owner): owner mode at ``--replication`` for each of ``--algorithms``; ``--hot-keys`` hot
+   keys (limit x100) in owner and global mode (decided locally from a copy, reconciled
+   with the owner every 100 ms); owner mode at replication 1 (no copy, as Redis and
+   Gubernator keep none); ``--moderate`` hits in flight on keys other nodes own (every
+   decision forwarded: the latency case); and the ``--max-batches`` / ``--batch-windows``
+   settings asked for.
 3. *limits + Redis*: a real ``redis-server`` and ``--nodes`` client processes running the
    ``limits.aio`` fixed-window and moving-window strategies (``async+redis://``, redis-py)
-   on the same keys.
+   on the same keys, with the same hits in flight.
+4. *Gubernator v2* (``benchlib.ratelimit_gubernator``), when ``tools/gubernator-test-env``
+   has built it: ``--nodes`` instances, one Python client process per instance.
 
 For each: decisions/s (sum over processes), latency p50/p99 of one decision, errors, and CPU
-per decision (the client/node processes' CPU, plus redis-server's for Redis, over the
-measured window, divided by the decisions). Gubernator is not run: it needs its Go module
-built and three instances managed, which this tool does not do. Speed is never pass/fail:
-the exit status is non-zero only when a run could not be made.
+per decision (the client/node processes' CPU, plus redis-server's or the Gubernator
+servers', over the measured window, divided by the decisions). ``--profile`` writes a
+cProfile (CPU time) of the local run and of node 0 of each cluster run. Speed is never
+pass/fail: the exit status is non-zero only when a run could not be made. The children's
+side is ``benchlib.ratelimit_load``.
 """
 
 from __future__ import annotations
@@ -29,12 +35,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import importlib.util
 import json
 import os
-import pstats
-import random
 import signal
 import sys
 import tempfile
@@ -51,241 +54,16 @@ from benchlib._procs import (
     proc_cpu_seconds,
     redis_server_binary,
 )
-
-PREFIX = "BENCH-RATELIMIT "
-#: Source folders the children need beyond child_env()'s (the rate limiter itself).
-EXTRA_SRC = [REPO / "packages" / "peer-ring-rate-limiter" / "src"]
-
-
-# ------------------------------------------------------------------ load (in a child)
-class Recorder:
-    """Decisions, errors and latencies of the measured window."""
-
-    def __init__(self) -> None:
-        self.decisions = 0
-        self.allowed = 0
-        self.errors = 0
-        self.lat_ns: list[int] = []
-
-
-async def closed_loop(
-    hit: Any,
-    keys: list[str],
-    concurrency: int,
-    start_at: float,
-    warmup: float,
-    duration: float,
-    seed: int,
-) -> dict[str, Any]:
-    """``concurrency`` tasks calling ``await hit(key)`` back to back; measured window only.
-
-    A hit decided locally completes without suspending, so each task yields to the loop
-    every few hits (or one task would run alone); the window is judged per hit by the time.
-    """
-    rec = Recorder()
-    rng = random.Random(seed)
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    measure_from = time.monotonic() + warmup
-    stop_at = measure_from + duration
-    cpu = {"start": 0.0, "end": 0.0}
-
-    async def one() -> None:
-        n = 0
-        while True:
-            now = time.monotonic()
-            if now >= stop_at:
-                if not cpu["end"]:
-                    cpu["end"] = time.process_time()
-                return
-            measuring = now >= measure_from
-            if measuring and not cpu["start"]:
-                cpu["start"] = time.process_time()
-            key = keys[rng.randrange(len(keys))]
-            t0 = time.perf_counter_ns()
-            try:
-                ok = await hit(key)
-            except Exception:  # counted as an error; the load goes on
-                if measuring:
-                    rec.errors += 1
-                ok = None
-            if measuring and ok is not None:
-                rec.lat_ns.append(time.perf_counter_ns() - t0)
-                rec.decisions += 1
-                rec.allowed += bool(ok)
-            n += 1
-            if n % 16 == 0:
-                await asyncio.sleep(0)
-
-    await asyncio.gather(*(one() for _ in range(concurrency)))
-    return {
-        "decisions": rec.decisions,
-        "allowed": rec.allowed,
-        "errors": rec.errors,
-        "cpu_s": cpu["end"] - cpu["start"],
-        "hist": Histogram.from_ns(rec.lat_ns).to_json(),
-    }
-
-
-async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
-    from peer_ring.core import PeerRingConfig
-    from peer_ring.discovery.static import StaticDiscovery
-    from peer_ring.ratelimit import Limit, RateLimiter
-
-    extra: dict[str, Any] = {}
-    if "max_batches" in spec:  # 0: no bound
-        extra["max_batches_in_flight"] = spec["max_batches"] or None
-    rl = RateLimiter(
-        discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
-        replication=spec["replication"],
-        config=PeerRingConfig(down_after=None, transport=spec.get("transport", "grpc")),
-        timeout=5.0,
-        batch_window=spec.get("batch_window", 0.0),
-        **extra,
-    )
-    await rl.start()
-    await rl.node.wait_ready(60)
-    limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
-    mode = spec.get("mode", "owner")
-    keys = spec["keys"]
-    if spec.get("forwarded_only"):
-        # Only keys another node owns: every hit is forwarded (the latency target's case).
-        keys = [k for k in keys if rl.node.preference_list(k.encode(), 1)[0] != spec["me"]]
-
-    async def hit(key: str) -> bool:
-        return (await rl.hit(key, limit, mode=mode)).allowed
-
-    prof = _profiler(spec)
-    try:
-        out = await closed_loop(
-            hit,
-            keys,
-            spec["concurrency"],
-            spec["start_at"],
-            spec["warmup"],
-            spec["duration"],
-            spec["seed"],
-        )
-        _dump(prof, spec)
-        out["stats"] = rl.stats()
-        # Stay up until every node is done: the others forward hits to this one.
-        await asyncio.sleep(max(0.0, spec["stop_at"] - time.time()))
-    finally:
-        await rl.stop()
-    return out
-
-
-def _profiler(spec: dict[str, Any]) -> cProfile.Profile | None:
-    """A running cProfile of this child when the parent asked for one (``--profile``)."""
-    if not spec.get("profile_path"):
-        return None
-    # CPU time, not wall time: on a loaded machine a wall-clock profile charges the time
-    # the process waited for a core to whatever call it was in (often a socket write).
-    prof = cProfile.Profile(time.process_time)
-    prof.enable()
-    return prof
-
-
-def _dump(prof: cProfile.Profile | None, spec: dict[str, Any]) -> None:
-    if prof is None:
-        return
-    prof.disable()
-    prof.dump_stats(spec["profile_path"])
-    with open(spec["profile_path"] + ".txt", "w") as f:
-        pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
-
-
-async def limits_child(spec: dict[str, Any]) -> dict[str, Any]:
-    from limits import RateLimitItemPerSecond
-    from limits.aio import strategies
-    from limits.storage import storage_from_string
-
-    storage = storage_from_string(spec["redis"], implementation="redispy")
-    cls = {
-        "fixed_window": strategies.FixedWindowRateLimiter,
-        "sliding_window_log": strategies.MovingWindowRateLimiter,
-    }[spec["algorithm"]]
-    strategy = cls(storage)
-    item = RateLimitItemPerSecond(spec["limit"])
-
-    async def hit(key: str) -> bool:
-        return bool(await strategy.hit(item, key))
-
-    return await closed_loop(
-        hit,
-        spec["keys"],
-        spec["concurrency"],
-        spec["start_at"],
-        spec["warmup"],
-        spec["duration"],
-        spec["seed"],
-    )
-
-
-async def local_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """One node alone: the pure algorithm, then ``RateLimiter.hit`` (all local)."""
-    from peer_ring.core.testing import FixedDiscovery, MemoryNetwork
-    from peer_ring.ratelimit import Limit, RateLimiter, decide
-
-    limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
-    keys = spec["keys"]
-    # Pure function: decisions per CPU second, no event loop involved.
-    states: dict[str, Any] = {}
-    n = 200_000
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(n):
-        k = keys[i % len(keys)]
-        states[k] = decide(states.get(k), limit, 1, t0 + i * 1e-6)[0]
-    pure = {"per_s": n / (time.perf_counter() - t0), "per_cpu_s": n / (time.process_time() - c0)}
-    me = "127.0.0.1:1"
-    net = MemoryNetwork()
-    rl = RateLimiter(FixedDiscovery(me, [me]), replication=1, transport=net.transport(me))
-    await rl.start()
-    await rl.node.wait_ready(10)
-
-    async def hit(key: str) -> bool:
-        return (await rl.hit(key, limit)).allowed
-
-    prof = _profiler(spec)
-    try:
-        out = await closed_loop(
-            hit,
-            keys,
-            spec["concurrency"],
-            time.time(),
-            spec["warmup"],
-            spec["duration"],
-            spec["seed"],
-        )
-        _dump(prof, spec)
-    finally:
-        await rl.stop()
-    out["pure"] = pure
-    return out
-
-
-def child(spec: dict[str, Any]) -> None:
-    """Entry point of a child process: run its part, print one JSON line."""
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    kind = spec["kind"]
-    if kind == "gubernator":
-        from benchlib.ratelimit_gubernator import gubernator_child
-
-        out = asyncio.run(gubernator_child(spec, closed_loop))
-        print(PREFIX + json.dumps(out), flush=True)
-        return
-    fn = {"peer-ring": peer_ring_child, "limits": limits_child, "local": local_child}[kind]
-    out = asyncio.run(fn(spec))
-    print(PREFIX + json.dumps(out), flush=True)
+from benchlib.ratelimit_load import EXTRA_SRC, PREFIX
 
 
 # ------------------------------------------------------------------ parent
 async def spawn(spec: dict[str, Any], log: Path) -> asyncio.subprocess.Process:
     env = child_env()
     env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in EXTRA_SRC), env["PYTHONPATH"]])
-    code = "import json,sys; from benchlib.ratelimit import child; child(json.loads(sys.argv[1]))"
+    code = (
+        "import json,sys; from benchlib.ratelimit_load import child; child(json.loads(sys.argv[1]))"
+    )
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -367,7 +145,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     {"algorithm": "fixed_window", "mode": m, "keys": hot, "limit": args.limit * 100}
                     for m in ("owner", "global")
                 ]
-            if args.replication != 1:
+            if args.replication != 1 and not args.smoke:
                 # No copy on another node, as limits + Redis and Gubernator keep none.
                 runs.append(
                     {
@@ -379,16 +157,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     }
                 )
             # Moderate load, every hit forwarded: the forwarded-latency target.
-            runs.append(
-                {
-                    "algorithm": "fixed_window",
-                    "mode": "owner",
-                    "keys": keys,
-                    "limit": args.limit,
-                    "concurrency": args.moderate,
-                    "forwarded_only": True,
-                }
-            )
+            if not args.smoke:
+                runs.append(
+                    {
+                        "algorithm": "fixed_window",
+                        "mode": "owner",
+                        "keys": keys,
+                        "limit": args.limit,
+                        "concurrency": args.moderate,
+                        "forwarded_only": True,
+                    }
+                )
             for window in args.batch_windows:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
@@ -661,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="results file")
     args = p.parse_args(argv)
     if args.smoke:
+        # The four cluster runs on the first transport; no Gubernator (it may be unbuilt).
         args.duration, args.warmup, args.keys = 1.0, 0.5, 200
+        args.transport, args.no_gubernator = args.transport[:1], True
     with tempfile.TemporaryDirectory(prefix="bench-ratelimit-") as tmp:
         try:
             result = asyncio.run(run(args, Path(tmp)))

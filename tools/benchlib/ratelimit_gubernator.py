@@ -110,7 +110,9 @@ class GubernatorCluster:
             for base in self.http:
                 while True:
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with http.get(f"{base}/v1/HealthCheck", timeout=2) as resp:
+                        async with http.get(
+                            f"{base}/v1/HealthCheck", timeout=aiohttp.ClientTimeout(total=2)
+                        ) as resp:
                             body = await resp.json()
                             if int(body.get("peer_count", 0)) >= want:
                                 break
@@ -165,7 +167,7 @@ async def gubernator_child(spec: dict[str, Any], closed_loop: Any) -> dict[str, 
                 out = (await resp.json())["responses"][0]
             if out.get("error"):
                 raise RuntimeError(out["error"])
-            return out.get("status", "UNDER_LIMIT") == "UNDER_LIMIT"
+            return bool(out.get("status", "UNDER_LIMIT") == "UNDER_LIMIT")
 
         return await closed_loop(  # type: ignore[no-any-return]
             hit,

@@ -1,0 +1,247 @@
+"""The load side of ``tools/bench ratelimit``: what each child process runs.
+
+A child gets its spec as JSON, runs one part (a peer-ring node generating load, a ``limits``
+client on Redis, the single-node run, or a Gubernator client) and prints one result line
+prefixed with :data:`PREFIX`; ``benchlib.ratelimit`` (the parent) starts them and sums up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import json
+import pstats
+import random
+import time
+from typing import Any
+
+from benchlib._hist import Histogram
+from benchlib._procs import REPO
+
+PREFIX = "BENCH-RATELIMIT "
+#: Source folders the children need beyond child_env()'s (the rate limiter itself).
+EXTRA_SRC = [REPO / "packages" / "peer-ring-rate-limiter" / "src"]
+
+
+class Recorder:
+    """Decisions, errors and latencies of the measured window."""
+
+    def __init__(self) -> None:
+        self.decisions = 0
+        self.allowed = 0
+        self.errors = 0
+        self.lat_ns: list[int] = []
+
+
+async def closed_loop(
+    hit: Any,
+    keys: list[str],
+    concurrency: int,
+    start_at: float,
+    warmup: float,
+    duration: float,
+    seed: int,
+) -> dict[str, Any]:
+    """``concurrency`` tasks calling ``await hit(key)`` back to back; measured window only.
+
+    A hit decided locally completes without suspending, so each task yields to the loop
+    every few hits (or one task would run alone); the window is judged per hit by the time.
+    """
+    rec = Recorder()
+    rng = random.Random(seed)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    measure_from = time.monotonic() + warmup
+    stop_at = measure_from + duration
+    cpu = {"start": 0.0, "end": 0.0}
+
+    async def one() -> None:
+        n = 0
+        while True:
+            now = time.monotonic()
+            if now >= stop_at:
+                if not cpu["end"]:
+                    cpu["end"] = time.process_time()
+                return
+            measuring = now >= measure_from
+            if measuring and not cpu["start"]:
+                cpu["start"] = time.process_time()
+            key = keys[rng.randrange(len(keys))]
+            t0 = time.perf_counter_ns()
+            try:
+                ok = await hit(key)
+            except Exception:  # counted as an error; the load goes on
+                if measuring:
+                    rec.errors += 1
+                ok = None
+            if measuring and ok is not None:
+                rec.lat_ns.append(time.perf_counter_ns() - t0)
+                rec.decisions += 1
+                rec.allowed += bool(ok)
+            n += 1
+            if n % 16 == 0:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    return {
+        "decisions": rec.decisions,
+        "allowed": rec.allowed,
+        "errors": rec.errors,
+        "cpu_s": cpu["end"] - cpu["start"],
+        "hist": Histogram.from_ns(rec.lat_ns).to_json(),
+    }
+
+
+async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
+    from peer_ring.core import PeerRingConfig
+    from peer_ring.discovery.static import StaticDiscovery
+    from peer_ring.ratelimit import Limit, RateLimiter
+
+    extra: dict[str, Any] = {}
+    if "max_batches" in spec:  # 0: no bound
+        extra["max_batches_in_flight"] = spec["max_batches"] or None
+    rl = RateLimiter(
+        discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
+        replication=spec["replication"],
+        config=PeerRingConfig(down_after=None, transport=spec.get("transport", "grpc")),
+        timeout=5.0,
+        batch_window=spec.get("batch_window", 0.0),
+        **extra,
+    )
+    await rl.start()
+    await rl.node.wait_ready(60)
+    limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
+    mode = spec.get("mode", "owner")
+    keys = spec["keys"]
+    if spec.get("forwarded_only"):
+        # Only keys another node owns: every hit is forwarded (the latency target's case).
+        keys = [k for k in keys if rl.node.preference_list(k.encode(), 1)[0] != spec["me"]]
+
+    async def hit(key: str) -> bool:
+        return (await rl.hit(key, limit, mode=mode)).allowed
+
+    prof = _profiler(spec)
+    try:
+        out = await closed_loop(
+            hit,
+            keys,
+            spec["concurrency"],
+            spec["start_at"],
+            spec["warmup"],
+            spec["duration"],
+            spec["seed"],
+        )
+        _dump(prof, spec)
+        out["stats"] = rl.stats()
+        # Stay up until every node is done: the others forward hits to this one.
+        await asyncio.sleep(max(0.0, spec["stop_at"] - time.time()))
+    finally:
+        await rl.stop()
+    return out
+
+
+def _profiler(spec: dict[str, Any]) -> cProfile.Profile | None:
+    """A running cProfile of this child when the parent asked for one (``--profile``)."""
+    if not spec.get("profile_path"):
+        return None
+    # CPU time, not wall time: on a loaded machine a wall-clock profile charges the time
+    # the process waited for a core to whatever call it was in (often a socket write).
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    return prof
+
+
+def _dump(prof: cProfile.Profile | None, spec: dict[str, Any]) -> None:
+    if prof is None:
+        return
+    prof.disable()
+    prof.dump_stats(spec["profile_path"])
+    with open(spec["profile_path"] + ".txt", "w") as f:
+        pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
+
+
+async def limits_child(spec: dict[str, Any]) -> dict[str, Any]:
+    from limits import RateLimitItemPerSecond
+    from limits.aio import strategies
+    from limits.storage import storage_from_string
+
+    storage = storage_from_string(spec["redis"], implementation="redispy")
+    cls = {
+        "fixed_window": strategies.FixedWindowRateLimiter,
+        "sliding_window_log": strategies.MovingWindowRateLimiter,
+    }[spec["algorithm"]]
+    strategy = cls(storage)
+    item = RateLimitItemPerSecond(spec["limit"])
+
+    async def hit(key: str) -> bool:
+        return bool(await strategy.hit(item, key))
+
+    return await closed_loop(
+        hit,
+        spec["keys"],
+        spec["concurrency"],
+        spec["start_at"],
+        spec["warmup"],
+        spec["duration"],
+        spec["seed"],
+    )
+
+
+async def local_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One node alone: the pure algorithm, then ``RateLimiter.hit`` (all local)."""
+    from peer_ring.core.testing import FixedDiscovery, MemoryNetwork
+    from peer_ring.ratelimit import Limit, RateLimiter, decide
+
+    limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
+    keys = spec["keys"]
+    # Pure function: decisions per CPU second, no event loop involved.
+    states: dict[str, Any] = {}
+    n = 200_000
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        k = keys[i % len(keys)]
+        states[k] = decide(states.get(k), limit, 1, t0 + i * 1e-6)[0]
+    pure = {"per_s": n / (time.perf_counter() - t0), "per_cpu_s": n / (time.process_time() - c0)}
+    me = "127.0.0.1:1"
+    net = MemoryNetwork()
+    rl = RateLimiter(FixedDiscovery(me, [me]), replication=1, transport=net.transport(me))
+    await rl.start()
+    await rl.node.wait_ready(10)
+
+    async def hit(key: str) -> bool:
+        return (await rl.hit(key, limit)).allowed
+
+    prof = _profiler(spec)
+    try:
+        out = await closed_loop(
+            hit,
+            keys,
+            spec["concurrency"],
+            time.time(),
+            spec["warmup"],
+            spec["duration"],
+            spec["seed"],
+        )
+        _dump(prof, spec)
+    finally:
+        await rl.stop()
+    out["pure"] = pure
+    return out
+
+
+def child(spec: dict[str, Any]) -> None:
+    """Entry point of a child process: run its part, print one JSON line."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    kind = spec["kind"]
+    if kind == "gubernator":
+        from benchlib.ratelimit_gubernator import gubernator_child
+
+        out = asyncio.run(gubernator_child(spec, closed_loop))
+        print(PREFIX + json.dumps(out), flush=True)
+        return
+    fn = {"peer-ring": peer_ring_child, "limits": limits_child, "local": local_child}[kind]
+    out = asyncio.run(fn(spec))
+    print(PREFIX + json.dumps(out), flush=True)
