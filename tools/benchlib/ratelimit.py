@@ -320,6 +320,19 @@ async def cluster_run(
     row["mean_forward_batch"] = (
         round(sum(r["stats"]["forwarded"] for r in res) / batches, 1) if batches else 0
     )
+    state_batches = sum(r["stats"].get("state_batches", 0) for r in res)
+    row["mean_state_batch"] = (
+        round(
+            sum(
+                r["stats"].get("mean_state_batch", 0) * r["stats"].get("state_batches", 0)
+                for r in res
+            )
+            / state_batches,
+            1,
+        )
+        if state_batches
+        else 0
+    )
     return {**row, "algorithm": run["algorithm"], "transport": transport}
 
 
@@ -380,6 +393,7 @@ def table(result: dict[str, Any]) -> str:
         "cpu_us_per_decision",
         "per_cpu_s",
         "mean_forward_batch",
+        "mean_state_batch",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in result["rows"]:

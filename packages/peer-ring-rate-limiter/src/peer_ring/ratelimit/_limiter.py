@@ -434,6 +434,8 @@ class RateLimiter:
                 records[kb] = encode_entry(kb, entry, now)
         if not records:
             return
+        self.metrics.state_batches += 1
+        self.metrics.states_sent += len(records)
         try:
             await node.call(
                 replica,

@@ -46,6 +46,8 @@ class RateLimiterMetrics:
         self.owner_unavailable = 0
         self.replication_failures = 0
         self.global_syncs = 0
+        self.state_batches = 0  # replication messages (one per replica node and batch)
+        self.states_sent = 0  # key states in them
         self.registry.register(_StoreCollector(self))
 
     def bind_store(self, store: StateStore) -> None:
@@ -89,6 +91,10 @@ class RateLimiterMetrics:
             "owner_unavailable": self.owner_unavailable,
             "replication_failures": self.replication_failures,
             "global_syncs": self.global_syncs,
+            "state_batches": self.state_batches,
+            "mean_state_batch": self.states_sent / self.state_batches
+            if self.state_batches
+            else 0.0,
             "keys": 0 if store is None else len(store),
             "handoff_records_in": 0 if store is None else store.handoffs_in,
             "handoff_records_out": 0 if store is None else store.handoffs_out,
