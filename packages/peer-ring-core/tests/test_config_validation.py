@@ -8,6 +8,7 @@ setting, so an operator can fix it without reading the code.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from peer_ring.core import (
     PeerRing,
     PeerRingConfig,
     QuorumNotReachedError,
+    TLSConfig,
 )
 from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
 
@@ -181,3 +183,24 @@ async def test_execute_refuses_bad_keys_and_commands_and_serves_on(node: PeerRin
         assert result.payloads == [b"still here"]
         assert node.is_replica("k") and node.running
     assert not node.running
+
+
+# -- TLSConfig -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["ca_file", "cert_file", "key_file"])
+@pytest.mark.parametrize("value", ["", None, 42])
+def test_tls_files_must_be_paths(field: str, value: Any) -> None:
+    files = {"ca_file": "ca.pem", "cert_file": "node.pem", "key_file": "node.key"}
+    with pytest.raises(InvalidArgumentError, match=f"TLSConfig.{field} must be a file path"):
+        TLSConfig(**{**files, field: value})
+
+
+def test_tls_config_stores_paths_as_text_and_checks_the_rest() -> None:
+    config = TLSConfig(Path("ca.pem"), Path("node.pem"), Path("node.key"))  # type: ignore[arg-type]
+    assert (config.ca_file, config.cert_file, config.key_file) == ("ca.pem", "node.pem", "node.key")
+    with pytest.raises(InvalidArgumentError, match="reload_interval must be >= 0"):
+        TLSConfig("ca.pem", "node.pem", "node.key", reload_interval=-1)
+    with pytest.raises(InvalidArgumentError, match="server_name must not be empty"):
+        TLSConfig("ca.pem", "node.pem", "node.key", server_name="  ")
+    assert TLSConfig("ca.pem", "node.pem", "node.key", server_name="peer-ring").server_name
