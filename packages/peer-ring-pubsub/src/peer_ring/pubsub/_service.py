@@ -210,7 +210,7 @@ class Service:
     def _seek(leader: Leader, log: PartitionLog, when: float) -> int:
         """The first committed sequence stamped at or after ``when`` (the end if none)."""
         try:
-            return log.seek_time(when, leader.commit)
+            return max(log.seek_time(when, leader.commit), log.first)
         except OffsetOutOfRangeError as exc:
             _, partition = split_key(leader.key)
             raise OffsetOutOfRangeError(
