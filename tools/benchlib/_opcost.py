@@ -34,9 +34,19 @@ from benchlib._procs import node_addresses
 from benchlib._worker import PREFIX, GcMeter, die_with_parent
 
 
-async def _loop(kv: Any, keys: list[str], value: bytes, ops: int, concurrency: int, q: int) -> int:
+async def _loop(
+    kv: Any,
+    keys: list[str],
+    value: bytes,
+    ops: int,
+    concurrency: int,
+    q: int,
+    kinds: dict[str, int] | None = None,
+) -> int:
     remaining = [ops]
     errors = [0]
+    if kinds is None:
+        kinds = {}
 
     async def worker(offset: int) -> None:
         i = offset
@@ -49,8 +59,10 @@ async def _loop(kv: Any, keys: list[str], value: bytes, ops: int, concurrency: i
                     await kv.get(key, quorum=q)
                 else:
                     await kv.set(key, value, quorum=q)
-            except Exception:
+            except Exception as exc:
                 errors[0] += 1
+                text = f"{type(exc).__name__}: {str(exc)[:160]}"
+                kinds[text] = kinds.get(text, 0) + 1
 
     await asyncio.gather(*(worker(n * 101) for n in range(concurrency)))
     return errors[0]
@@ -87,11 +99,12 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         await _loop(kv, keys, value, 2000, concurrency, quorum)  # warm-up
         ops = int(spec["ops"])
         meter = GcMeter()
+        kinds: dict[str, int] = {}
         gc.callbacks.append(meter)
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
         try:
-            errors = await _loop(kv, keys, value, ops, concurrency, quorum)
+            errors = await _loop(kv, keys, value, ops, concurrency, quorum, kinds)
         finally:
             gc.callbacks.remove(meter)
         cpu = time.process_time() - cpu0
@@ -111,6 +124,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
             "transport": config.transport,
             "ops": ops,
             "errors": errors,
+            "error_kinds": kinds,
             "cpu_us_per_op": cpu / ops * 1e6,
             "wall_us_per_op": wall / ops * 1e6,
             "gc": meter.summary(ops),
