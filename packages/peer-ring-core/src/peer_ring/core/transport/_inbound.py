@@ -255,15 +255,10 @@ class InboundStream:
         finally:
             self._paused = False
 
-    def _deadline(self, timeout_ms: int) -> float:
-        """The deadline of an inbound request: its own, clamped to the node's bounds."""
-        if timeout_ms == 0:
-            return self._default_timeout
-        return min(timeout_ms / 1000.0, self._max_timeout)
-
     def _dispatch(self, msg: pb.Request) -> None:
         rid = msg.id
-        # request_from_pb and _deadline, inlined: this runs for every inbound request.
+        # request_from_pb, inlined: this runs for every inbound request. The request's own
+        # timeout, clamped to max_request_timeout; 0 (none given) is default_timeout.
         ms = msg.timeout_ms
         request = Request(
             msg.namespace,
