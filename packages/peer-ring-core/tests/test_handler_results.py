@@ -21,6 +21,7 @@ from peer_ring.core import (
     PeerRingConfig,
     RemoteError,
     RequestTimeoutError,
+    UnknownCommandError,
 )
 from peer_ring.core._batch import BATCH, encode_items
 from peer_ring.core._types import Request, Status, TransferRequest
@@ -166,3 +167,34 @@ async def test_malformed_or_reserved_batches_get_a_typed_refusal(
     assert (await raw.request(ME, Request(BATCH, "put", b"", good, 0, "", 1.0))).status is Status.OK
     assert handled == [b"k1", b"k2"]
     await raw.close()
+
+
+async def test_a_hint_applied_here_gets_the_same_typed_errors(node: PeerRing) -> None:
+    # A hint whose target left the cluster is applied on a node that now replicates its
+    # key (the sync layer calls the dispatcher's local_write): its failures must keep
+    # their type, so the hint layer can tell a refusal from a bug.
+    stored: dict[bytes, bytes] = {}
+
+    def put(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        if not payload:
+            raise InvalidArgumentError("empty value")
+        stored[key] = payload
+        return b""
+
+    async def put_later(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        await asyncio.sleep(0)
+        raise RuntimeError("disk full")
+
+    node.register("t", "put", put)
+    node.register("t", "put_later", put_later)
+    await node.start()
+    local_write = node._dispatcher.local_write
+    await local_write("t", "put", b"k", b"v")
+    assert stored == {b"k": b"v"}
+    with pytest.raises(InvalidArgumentError, match="empty value"):
+        await local_write("t", "put", b"k", b"")
+    with pytest.raises(RemoteError, match="disk full"):
+        await local_write("t", "put_later", b"k", b"v")
+    with pytest.raises(UnknownCommandError):
+        await local_write("t", "nope", b"k", b"v")
+    assert stored == {b"k": b"v"}
