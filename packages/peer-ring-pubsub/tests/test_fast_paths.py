@@ -289,3 +289,61 @@ async def test_group_deltas_of_one_loop_turn_travel_together(cluster) -> None:
             assert 1 in g0.pending and g0.next == 3
             holders += 1
     assert holders >= 2
+
+
+async def test_acks_of_several_partitions_share_one_settle_many(cluster) -> None:
+    from peer_ring.pubsub import NotHeldError
+    from peer_ring.pubsub._wire import (
+        ACK,
+        SettleRequest,
+        decode_section_replies,
+        encode_settle_many,
+        open_reply,
+    )
+
+    nodes = await cluster.start(3)
+    consumer_node = nodes[0]
+    topic = consumer_node.topic("acks", partitions=8)
+    for i in range(40):
+        await topic.publish(f"{i}".encode(), partition=i % 8)
+    calls: list[str] = []
+    real = consumer_node.node.call
+
+    async def recording(node, namespace, command, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(getattr(command, "name", command))
+        return await real(node, namespace, command, *args, **kwargs)
+
+    consumer_node.node.call = recording  # type: ignore[method-assign]
+    async with topic.subscribe(group="g", ack_wait=30.0) as sub:
+        msgs = []
+        for _ in range(40):
+            msg = await sub.next(timeout=30)
+            assert msg is not None
+            msgs.append(msg)
+        for msg in msgs:  # all at once: batched per sequencer peer
+            msg.ack_nowait()
+        await cluster.until(lambda: sub.health().acked == 40)
+        assert sub.health().errors == 0
+    assert "settle_many" in calls
+    async with topic.subscribe(group="g") as again:  # nothing left for the group
+        assert await again.next(timeout=12.0) is None
+    # On the sequencer: each section succeeds or fails on its own.
+    all_keys = [ring_key("acks", p) for p in range(8)]
+
+    def heads(ps) -> list[bytes]:  # type: ignore[no-untyped-def]
+        return [k for k in all_keys if ps.client.head(k) == ps.node.address]
+
+    peer = max(nodes, key=lambda ps: len(heads(ps)))
+    keys = heads(peer)
+    assert len(keys) >= 2
+    config = topic.config
+    payload = encode_settle_many(
+        [
+            (keys[0], SettleRequest(config, "g", "nobody", ACK, 0.0, [])),
+            (keys[1], SettleRequest(config, "g", "nobody", ACK, 0.0, [(10**6, 1)])),
+        ]
+    )
+    raw = await peer.service.handle_settle_many(None, keys[0], payload)  # type: ignore[arg-type]
+    ok, refused = decode_section_replies(open_reply(raw), 2)
+    assert not isinstance(ok, BaseException)
+    assert isinstance(refused, NotHeldError)

@@ -41,6 +41,7 @@ from peer_ring.pubsub._wire import (
     PUBLISH_MANY,
     RANGE,
     SETTLE,
+    SETTLE_MANY,
     STATUS,
     FetchReply,
     FetchRequest,
@@ -131,6 +132,7 @@ class PubSub:
         node.register(NAMESPACE, PUBLISH_MANY, service.handle_publish_many)
         node.register(NAMESPACE, FETCH, service.handle_fetch)
         node.register(NAMESPACE, SETTLE, service.handle_settle)
+        node.register(NAMESPACE, SETTLE_MANY, service.handle_settle_many)
         node.register_hooks(NAMESPACE, store)
         node.add_ownership_listener(self._on_ownership)
 

@@ -34,6 +34,7 @@ from peer_ring.pubsub._wire import (
     SettleRequest,
     decode_publish,
     decode_publish_sections,
+    decode_settle_sections,
     encode_publish_many_reply,
     encode_publish_results,
     error_reply,
@@ -302,6 +303,27 @@ class Service:
         async def run() -> bytes:
             await self.settle(key, SettleRequest.decode(payload))
             return ok_reply()
+
+        return await self._guard(run)
+
+    async def handle_settle_many(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        """SETTLE for several partitions this node sequences; each section on its own."""
+
+        async def run() -> bytes:
+            sections = decode_settle_sections(payload)
+            outcomes = await asyncio.gather(
+                *(self.settle(k, req) for k, req in sections), return_exceptions=True
+            )
+            parts = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    mapped = typed_error(outcome)
+                    if mapped is None:
+                        raise outcome
+                    parts.append(error_reply(mapped))
+                else:
+                    parts.append(ok_reply())
+            return ok_reply(encode_publish_many_reply(parts))
 
         return await self._guard(run)
 

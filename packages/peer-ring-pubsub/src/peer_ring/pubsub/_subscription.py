@@ -30,12 +30,17 @@ from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     ACK,
     FETCH,
+    NAMESPACE,
     PROGRESS,
     RELEASE,
     SETTLE,
+    SETTLE_MANY,
     FetchReply,
     FetchRequest,
     SettleRequest,
+    decode_section_replies,
+    encode_settle_many,
+    open_reply,
     ring_key,
 )
 
@@ -103,7 +108,7 @@ class Subscription:
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._ack_batches: dict[int, _AckBatch] = {}
+        self._ack_batches: dict[str, _AckBatch] = {}  # by sequencer peer
         self._delivered = self._acked = self._redelivered = 0
         self._expired = self._errors = 0
         self._last_error = ""
@@ -382,13 +387,15 @@ class Subscription:
         await fut
 
     def _enqueue_ack(self, message: Message, fut: asyncio.Future[None] | None) -> None:
-        batch = self._ack_batches.get(message.partition)
+        # Acks go per sequencer peer: one SETTLE_MANY carries every partition it sequences.
+        peer = self.topic.pubsub.client.head(self.topic._keys[message.partition]) or ""
+        batch = self._ack_batches.get(peer)
         if batch is None:
-            batch = self._ack_batches[message.partition] = _AckBatch()
+            batch = self._ack_batches[peer] = _AckBatch()
         batch.items.append((message, fut))
         if not batch.running:
             batch.running = True
-            spawn(self._drain_acks(message.partition, batch))
+            spawn(self._drain_acks(peer, batch))
 
     def _ack_nowait(self, message: Message) -> None:
         if message.settled:
@@ -408,40 +415,88 @@ class Subscription:
             self._unhold(message)
         # Otherwise the message stays held until its ack_wait ends, then is redelivered.
 
-    async def _drain_acks(self, partition: int, batch: _AckBatch) -> None:
+    async def _drain_acks(self, peer: str, batch: _AckBatch) -> None:
         try:
             while batch.items:
                 items = batch.items[:_ACK_BATCH]
                 del batch.items[:_ACK_BATCH]
-                results: list[BaseException | None]
-                try:
-                    await self._send_settle(partition, ACK, 0.0, [m for m, _ in items])
-                    results = [None] * len(items)
-                except PubSubError as exc:
-                    if len(items) == 1:
-                        results = [exc]
-                    else:  # one bad ack refuses the batch: settle one by one to tell which
-                        results = []
-                        for m, _ in items:
-                            try:
-                                await self._send_settle(partition, ACK, 0.0, [m])
-                                results.append(None)
-                            except PubSubError as one:
-                                results.append(one)
-                except Exception as exc:
-                    results = [exc] * len(items)
-                for (message, fut), result in zip(items, results, strict=True):
-                    if fut is None:
-                        self._acked_nowait(message, result)
-                        continue
-                    if fut.done():
-                        continue
-                    if result is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(result)
+                sections: dict[int, list[tuple[Message, asyncio.Future[None] | None]]] = {}
+                for item in items:
+                    sections.setdefault(item[0].partition, []).append(item)
+                done = await self._ack_many(peer, sections)
+                for partition, its in sections.items():
+                    if partition in done:
+                        results: list[BaseException | None] = [None] * len(its)
+                    else:  # the partition's own (retrying, per-item on refusal) path
+                        results = await self._ack_partition(partition, [m for m, _ in its])
+                    for (message, fut), result in zip(its, results, strict=True):
+                        if fut is None:
+                            self._acked_nowait(message, result)
+                        elif not fut.done():
+                            if result is None:
+                                fut.set_result(None)
+                            else:
+                                fut.set_exception(result)
         finally:
             batch.running = False
+
+    async def _ack_many(
+        self, peer: str, sections: dict[int, list[tuple[Message, asyncio.Future[None] | None]]]
+    ) -> set[int]:
+        """Ack several partitions of one remote sequencer in one SETTLE_MANY; returns the
+        partitions it acked (the others take their own path: nothing is lost on failure,
+        an ack is idempotent)."""
+        client = self.topic.pubsub.client
+        if len(sections) < 2 or not peer or peer == client.node.address:
+            return set()
+        reqs = [
+            (
+                self.topic._keys[partition],
+                SettleRequest(
+                    self.topic.config,
+                    self.group or "",
+                    self.consumer,
+                    ACK,
+                    0.0,
+                    [(m.offset, m.deliveries) for m, _ in its],
+                ),
+            )
+            for partition, its in sections.items()
+        ]
+        try:
+            raw = await client.node.call(
+                peer, NAMESPACE, SETTLE_MANY, reqs[0][0], encode_settle_many(reqs), timeout=2.0
+            )
+            replies = decode_section_replies(open_reply(raw), len(reqs))
+        except Exception as exc:
+            logger.debug("pubsub: settle_many to %s failed: %s", peer, exc)
+            return set()
+        return {
+            partition
+            for partition, reply in zip(sections, replies, strict=True)
+            if not isinstance(reply, BaseException)
+        }
+
+    async def _ack_partition(
+        self, partition: int, messages: list[Message]
+    ) -> list[BaseException | None]:
+        try:
+            await self._send_settle(partition, ACK, 0.0, messages)
+            return [None] * len(messages)
+        except PubSubError as exc:
+            if len(messages) == 1:
+                return [exc]
+            # One bad ack refuses the batch: settle one by one to tell which.
+            results: list[BaseException | None] = []
+            for m in messages:
+                try:
+                    await self._send_settle(partition, ACK, 0.0, [m])
+                    results.append(None)
+                except PubSubError as one:
+                    results.append(one)
+            return results
+        except Exception as exc:
+            return [exc] * len(messages)
 
     def _unhold(self, message: Message) -> None:
         token = (message.partition, message.offset, message.deliveries)

@@ -46,6 +46,7 @@ GROUP = Command("group", mutates=True, hinted=False)
 # Sequencer commands (call on the head of the preference list).
 PUBLISH = Command("publish")
 PUBLISH_MANY = Command("publish_many")  # sections for several partitions of one sequencer
+SETTLE_MANY = Command("settle_many")  # acks of several partitions of one sequencer
 FETCH = Command("fetch")
 SETTLE = Command("settle")
 
@@ -366,19 +367,53 @@ def decode_publish_many(r: Reader, count: int) -> list[list[tuple[int, int, bool
     Raises:
         CodecError: a malformed reply, or not ``count`` sections.
     """
-    if r.u64() != count:
-        raise CodecError("PUBLISH_MANY reply: wrong number of sections")
     out: list[list[tuple[int, int, bool]] | BaseException] = []
-    for _ in range(count):
-        try:
-            part = open_reply(r.bytes_())
-        except PubSubError as exc:
-            out.append(exc)
+    for part in decode_section_replies(r, count):
+        if isinstance(part, BaseException):
+            out.append(part)
             continue
         out.append(decode_publish_results(part))
         part.done()
+    return out
+
+
+def decode_section_replies(r: Reader, count: int) -> list[Reader | PubSubError]:
+    """The per-section replies of a ``*_MANY`` request: a reader on each body, or the typed
+    error the section failed with.
+
+    Raises:
+        CodecError: a malformed reply, or not ``count`` sections.
+    """
+    if r.u64() != count:
+        raise CodecError("reply with a wrong number of sections")
+    out: list[Reader | PubSubError] = []
+    for _ in range(count):
+        try:
+            out.append(open_reply(r.bytes_()))
+        except PubSubError as exc:
+            out.append(exc)
     r.done()
     return out
+
+
+def encode_settle_many(sections: list[tuple[bytes, SettleRequest]]) -> bytes:
+    """SETTLE_MANY payload: per partition, its ring key and a SETTLE payload."""
+    w = Writer().u64(len(sections))
+    for key, req in sections:
+        w.bytes_(key).bytes_(req.encode())
+    return w.getvalue()
+
+
+def decode_settle_sections(payload: bytes) -> list[tuple[bytes, SettleRequest]]:
+    """Inverse of :func:`encode_settle_many`.
+
+    Raises:
+        CodecError: a malformed payload.
+    """
+    r = Reader(payload)
+    sections = [(r.bytes_(), SettleRequest.decode(r.bytes_())) for _ in range(r.u64())]
+    r.done()
+    return sections
 
 
 @dataclass(slots=True)
