@@ -347,3 +347,24 @@ async def test_acks_of_several_partitions_share_one_settle_many(cluster) -> None
     ok, refused = decode_section_replies(open_reply(raw), 2)
     assert not isinstance(ok, BaseException)
     assert isinstance(refused, NotHeldError)
+
+
+async def test_a_peer_batch_is_split_by_bytes(cluster) -> None:
+    nodes = await cluster.start(3)
+    key = ring_key("big", 0)
+    publisher = next(ps for ps in nodes if ps.client.head(key) != ps.node.address)
+    topic = publisher.topic("big", partitions=4, max_message_bytes=600_000)
+    remote = [0]
+    sizes: list[int] = []
+    real = publisher.node.call
+
+    async def recording(node, namespace, command, key=b"", payload=b"", **kwargs):  # type: ignore[no-untyped-def]
+        if getattr(command, "name", command) == "publish_many":
+            sizes.append(len(payload))
+        return await real(node, namespace, command, key, payload, **kwargs)
+
+    publisher.node.call = recording  # type: ignore[method-assign]
+    data = b"z" * 500_000
+    results = await asyncio.gather(*(topic.publish(data, partition=remote[0]) for _ in range(6)))
+    assert [r.offset for r in results] == list(range(6))
+    assert sizes and max(sizes) < 2 * 1024 * 1024  # never the six messages in one request

@@ -221,8 +221,14 @@ class SequencerClient:
         # batch, which retries until the client's timeout.
         try:
             while batch.items:
-                items = batch.items[:_PUBLISH_BATCH]
-                del batch.items[:_PUBLISH_BATCH]
+                count = size = 0
+                for item in batch.items:  # up to _PUBLISH_BATCH messages or ~1 MiB
+                    if count == _PUBLISH_BATCH or (count and size >= _PUBLISH_BATCH_BYTES):
+                        break
+                    count += 1
+                    size += len(item[2].data)
+                items = batch.items[:count]
+                del batch.items[:count]
                 sections: dict[bytes, tuple[TopicConfig, list[_PeerItem]]] = {}
                 for item in items:
                     sections.setdefault(item[0], (item[1], []))[1].append(item)
