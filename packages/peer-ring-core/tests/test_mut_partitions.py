@@ -272,3 +272,46 @@ def test_next_due_is_the_earliest_pull_or_handoff() -> None:
     assert t.next_due() == 13.0
     gained = t.ring_changed(FOUR, THREE, 11.0).gained
     assert gained and t.next_due() == 11.0
+
+
+def test_counters_accumulate_over_many_events() -> None:
+    # Every counter is a running total: a second event adds to the first, never resets it.
+    t = synced(FOUR, handoff_delay=0.0, handoff_retention=10.0)
+    first = t.counters.nothing_to_pull
+    gained = t.ring_changed(FOUR, THREE, 0.0).gained
+    t.mark_all_synced()
+    assert t.counters.nothing_to_pull == first + len(gained)
+    lost = t.ring_changed(THREE, FOUR, 1.0).lost
+    assert t.counters.gained == len(gained) and t.counters.lost == len(lost)
+    t.ring_changed(FOUR, THREE, 2.0)
+    t.ring_changed(THREE, FOUR, 3.0)
+    assert t.counters.gained == 2 * len(gained) and t.counters.lost == 2 * len(lost)
+    a, b, c, d = sorted(t.held)[:4]
+    assert t.handoff_result(a, True, 4.0) and t.handoff_result(b, True, 4.0)
+    assert (t.counters.handed_off, t.counters.dropped) == (2, 2)
+    assert t.handoff_result(c, False, 20.0) and t.handoff_result(d, False, 20.0)
+    assert (t.counters.dropped_unconfirmed, t.counters.dropped) == (2, 4)
+    e, f = sorted(t.held)[:2]
+    t.drop_empty(e)
+    t.drop_empty(f)
+    assert t.counters.dropped == 6
+    foreign = sorted(set(range(P)) - FOUR.partitions_of(A, 3) - set(t.held))[:2]
+    assert all(t.note_stray(p, 5.0) for p in foreign) and t.counters.stray == 2
+
+
+def test_nothing_and_gave_up_outcomes_accumulate() -> None:
+    t = table()
+    t.start(THREE, 0.0)
+    p, q, r, s = sorted(t.pending)[:4]
+    t.pull_result(p, PullOutcome.NOTHING, 1.0)
+    t.pull_result(q, PullOutcome.NOTHING, 1.0)
+    t.pull_result(r, PullOutcome.GAVE_UP, 1.0)
+    t.pull_result(s, PullOutcome.GAVE_UP, 1.0)
+    assert (t.counters.nothing_to_pull, t.counters.given_up) == (2, 2)
+
+
+def test_a_restarted_table_is_not_ready_as_a_bool() -> None:
+    t = synced()
+    assert t.ready is True
+    t.start(THREE, 1.0)
+    assert t.ready is False
