@@ -37,7 +37,11 @@ from e2e.drivers.netfault import IptablesFaults  # noqa: E402
 from e2e.report import RESULTS_DIR, ScenarioReport  # noqa: E402
 from e2e.settings import DRIVER, SERVE_ARGS, DriverFactory  # noqa: E402
 
-_REPORTS: list[ScenarioReport] = []
+#: The figures of every scenario of this run, as text. They travel in the teardown report's
+#: ``user_properties``, so the run's figures are printed also when pytest-xdist ran the
+#: scenarios in worker processes (the worker's own memory never reaches the controller).
+_FIGURES: list[str] = []
+_FIGURES_PROPERTY = "e2e_figures"
 _E2E_DIR = Path(__file__).resolve().parent
 
 
@@ -57,13 +61,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the figures the ``report`` fixture attached (in this process or a worker)."""
+    if report.when == "teardown":
+        _FIGURES.extend(v for k, v in report.user_properties if k == _FIGURES_PROPERTY)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print every scenario's figures at the end of the run (CI logs keep them)."""
-    if not _REPORTS:
+    if not _FIGURES:
         return
     terminalreporter.section("e2e figures")
-    for report in _REPORTS:
-        terminalreporter.write_line(report.text())
+    for text in _FIGURES:
+        terminalreporter.write_line(text)
     terminalreporter.write_line(f"(JSON and summary.md in {RESULTS_DIR})")
 
 
@@ -94,7 +104,7 @@ def report(request: pytest.FixtureRequest) -> Iterator[ScenarioReport]:
         first = message.splitlines()[0] if message else "see the test output"
         scenario.note(f"failed: {first}"[:400])
     scenario.write()
-    _REPORTS.append(scenario)
+    request.node.user_properties.append((_FIGURES_PROPERTY, scenario.text()))
 
 
 # -- components ---------------------------------------------------------------------------------

@@ -101,8 +101,8 @@ async def test_gossip_under_ten_percent_udp_loss(
     inner = f"{__file__}::test_gossip_lossy_inner"
     setup = (
         "ip link set lo up && iptables -A INPUT -p udp -m statistic --mode random "
-        '--probability 0.1 -j DROP && exec "$0" -m pytest "$1" -q -p no:cacheprovider'
-    )
+        '--probability 0.1 -j DROP && exec "$0" -m pytest "$1" -q -p no:cacheprovider -n 0'
+    )  # -n 0: the one inner test runs in the namespace's own process, no xdist workers
     done = await asyncio.to_thread(
         subprocess.run,
         ["unshare", "-n", "sh", "-c", setup, sys.executable, inner],
