@@ -53,6 +53,7 @@ from peer_ring.pubsub._wire import (
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+MAX_BATCH_BYTES = 1024 * 1024  # an APPEND stays well under the transport's message limit
 # APPENDs in flight per partition (the mechanism allows more; one batches best: see
 # _client._PIPELINE).
 PIPELINE = 1
@@ -378,8 +379,14 @@ class Leaders:
         # Without replicas (N=1) the append is local and CPU-bound: one batch at a time.
         limit = PIPELINE if self.copies(leader.config)[0] > 1 else 1
         while leader.queue and leader.active and len(leader.slots) < limit:
-            slot = _Slot(leader.queue[:MAX_BATCH])
-            del leader.queue[:MAX_BATCH]
+            count = size = 0
+            for entry, _ in leader.queue:  # up to MAX_BATCH entries or ~MAX_BATCH_BYTES
+                if count == MAX_BATCH or (count and size >= MAX_BATCH_BYTES):
+                    break
+                count += 1
+                size += entry.size
+            slot = _Slot(leader.queue[:count])
+            del leader.queue[:count]
             leader.slots.append(slot)
             if self.copies(leader.config)[0] == 1:  # one copy: a local merge (or a call)
                 spawn(self._send(leader, slot))
