@@ -86,6 +86,56 @@ async def test_per_item_errors_and_close_drains_waiting_items() -> None:
         bad.result()
 
 
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_max_items_splits_a_burst_and_the_rest_waits_for_a_slot() -> None:
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1, max_items=2)
+    futs = [b.submit(i) for i in range(5)]
+    await settle()
+    assert peer.batches == [[0, 1]]  # one in flight, at most two items; three wait
+    peer.release[0].set()
+    await settle()
+    assert peer.batches == [[0, 1], [2, 3]]
+    peer.release[1].set()
+    await settle()
+    assert peer.batches == [[0, 1], [2, 3], [4]]
+    peer.release[2].set()
+    assert await asyncio.gather(*futs) == [0, 10, 20, 30, 40]
+
+
+async def test_max_items_without_an_in_flight_bound_sends_every_chunk() -> None:
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_items=2)
+    futs = [b.submit(i) for i in range(5)]
+    await settle()
+    assert peer.batches == [[0, 1], [2, 3], [4]]
+    for gate in peer.release:
+        gate.set()
+    assert await asyncio.gather(*futs) == [0, 10, 20, 30, 40]
+
+
+async def test_fail_pending_fails_only_the_waiting_items() -> None:
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1, max_items=2)
+    futs = [b.submit(i) for i in range(5)]
+    await settle()
+    assert b.fail_pending(ConnectionError("gone")) == 3
+    for fut in futs[2:]:
+        with pytest.raises(ConnectionError, match="gone"):
+            await fut
+    peer.release[0].set()
+    assert await asyncio.gather(*futs[:2]) == [0, 10]
+    await settle()
+    assert peer.batches == [[0, 1]]  # nothing left to send
+    assert b.fail_pending(ConnectionError("gone")) == 0
+
+
 def test_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Peer().flush, max_in_flight=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(Peer().flush, max_items=0)

@@ -69,12 +69,12 @@ async def test_global_copies_converge_to_the_owner(
 
 
 async def partitioned(
-    make_limiter: object, network: MemoryNetwork, policy: str
+    make_limiter: object, network: MemoryNetwork, policy: str, **kw: object
 ) -> tuple[RateLimiter, str]:
     from peer_ring.core.testing import FixedDiscovery  # noqa: F401
 
     members = [f"127.0.0.{i}:7401" for i in range(1, 4)]
-    nodes = [make_limiter(a, members, fail_policy=policy, timeout=0.2) for a in members]  # type: ignore[operator]
+    nodes = [make_limiter(a, members, fail_policy=policy, timeout=0.2, **kw) for a in members]  # type: ignore[operator]
     for rl in nodes:
         await rl.start()
     await asyncio.gather(*(rl.node.wait_ready() for rl in nodes))
@@ -172,3 +172,21 @@ async def test_global_bound_holds_with_a_round_trip_of_10ms(clock: FakeClock) ->
     finally:
         for rl in nodes:
             await rl.stop()
+
+
+async def test_the_backlog_behind_an_unanswered_batch_gets_the_fail_policy_at_once(
+    make_limiter: object, network: MemoryNetwork, clock: FakeClock
+) -> None:
+    # 600 hits, batches of at most 100: the first batch times out (0.2 s), and the 500
+    # hits queued behind it fail with it instead of waiting one timeout per batch.
+    me, key = await partitioned(make_limiter, network, "fail-closed", max_batch_size=100)
+    limit = Limit(30, 60.0, algorithm="fixed_window")
+    hits = [asyncio.ensure_future(me.hit(key, limit)) for _ in range(600)]
+    await settle_loop()
+    await clock.advance_async(0.25, settle=40)
+    assert all(h.done() for h in hits)
+    out = await asyncio.gather(*hits)
+    assert {d.source for d in out} == {"fail-closed"} and not any(d.allowed for d in out)
+    stats = me.stats()
+    assert stats["batches"] == 1 and stats["max_batch"] == 100
+    assert stats["owner_unavailable"] == 600

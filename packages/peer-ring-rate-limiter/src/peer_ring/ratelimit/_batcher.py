@@ -10,6 +10,12 @@ in flight wait for one of them to finish and then all go in the next flush. Batc
 then clocked by the round trip itself (like Nagle's algorithm): still one item and no delay
 when the peer answers before the next hit, but under load a few large batches instead of
 many small ones, each of which costs a message both ways.
+
+``max_items`` bounds the items of one flush; the rest wait for the next. A flush is timed
+by its caller (the fail policy applies when it times out), and a flush holding a whole
+burst makes the peer work through the burst inside that time: with the bound, the backlog
+waits here, untimed, and each flush costs the peer at most ``max_items`` of work.
+:meth:`fail_pending` ends the backlog at once when a flush shows the peer unreachable.
 """
 
 from __future__ import annotations
@@ -35,10 +41,14 @@ class Batcher(Generic[T, R]):
         *,
         window: float = 0.0,
         max_in_flight: int | None = None,
+        max_items: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self._max_items = max_items
         self._flush = flush
         self._window = window
         self._max_in_flight = max_in_flight
@@ -79,14 +89,34 @@ class Batcher(Generic[T, R]):
         if self._saturated():
             return  # _done schedules the next flush
         items, futures = self._items, self._futures
-        self._items, self._futures = [], []
         if not items:
             return
+        n = self._max_items
+        if n is not None and len(items) > n:
+            items, self._items = items[:n], items[n:]
+            futures, self._futures = futures[:n], futures[n:]
+            if not self._saturated_after_start():
+                self._schedule(asyncio.get_running_loop())
+        else:
+            self._items, self._futures = [], []
         if self._on_batch is not None:
             self._on_batch(len(items))
         task = asyncio.get_running_loop().create_task(self._run(items, futures))
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    def _saturated_after_start(self) -> bool:
+        # The flush being started takes a slot too.
+        return self._max_in_flight is not None and len(self._tasks) + 1 >= self._max_in_flight
+
+    def fail_pending(self, exc: BaseException) -> int:
+        """Fail every item still waiting for a flush with ``exc``; returns how many."""
+        futures = self._futures
+        self._items, self._futures = [], []
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(exc)
+        return len(futures)
 
     async def _run(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
         try:

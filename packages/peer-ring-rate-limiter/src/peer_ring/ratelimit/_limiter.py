@@ -19,6 +19,9 @@ from peer_ring.core import (
     PeerRing,
     PeerRingConfig,
     PeerRingError,
+    PeerUnavailableError,
+    QuorumNotReachedError,
+    RequestTimeoutError,
     SystemClock,
     Transport,
 )
@@ -62,6 +65,8 @@ MAX_COST = MAX_LIMIT
 REPLICATION_WINDOW = 0.0
 #: Default bound of forwarded batches in flight per owner (see ``max_batches_in_flight``).
 MAX_BATCHES_IN_FLIGHT: int | None = 1
+#: Default bound of hits per forwarded batch (see ``max_batch_size``).
+MAX_BATCH_SIZE: int | None = 256
 
 #: Decide a hit on the key's owner. Neither ``reads`` nor ``hinted``: the core must never
 #: send a hit elsewhere when the owner fails (a previous holder or a substitute may have a
@@ -97,6 +102,12 @@ class RateLimiter:
         max_batches_in_flight: batches awaiting their answer at once, per owner (forwarded
             hits) and per replica node (new states); what arrives meanwhile waits and
             leaves together in the next batch (None: no bound, one batch per loop turn).
+        max_batch_size: hits per forwarded batch at most (None: no bound). ``timeout``
+            applies to each batch sent, so a batch holding a whole burst would make the
+            owner work through the burst within ``timeout``; with the bound, the backlog
+            waits on this node (untimed) and a busy owner is not taken for an unreachable
+            one. When a batch finds the owner unreachable, its waiting backlog gets the
+            fail policy at once.
         sync_interval: global mode: seconds between two reconciliations with the owner.
         rtt_budget: global mode: the round trip assumed by the per-node allowance.
         retain: seconds expired entries are remembered (ordering of late records).
@@ -118,6 +129,7 @@ class RateLimiter:
         timeout: float = 1.0,
         batch_window: float = 0.0,
         max_batches_in_flight: int | None = MAX_BATCHES_IN_FLIGHT,
+        max_batch_size: int | None = MAX_BATCH_SIZE,
         sync_interval: float = 0.1,
         rtt_budget: float = 0.01,
         retain: float = 30.0,
@@ -160,6 +172,7 @@ class RateLimiter:
         self._estimates: dict[bytes, State] = {}
         self._batch_window = batch_window
         self._max_batches = max_batches_in_flight
+        self._max_batch_size = max_batch_size
         # One batcher per owner: a slow or dead owner holds back only its own keys' hits.
         self._forward: dict[str, Batcher[tuple[bytes, bytes], Decision]] = {}
         # One batcher per replica node, for the same reason.
@@ -329,15 +342,33 @@ class RateLimiter:
             owner = self._node.ring.owner(p)
             batcher = self._forward.get(owner)
             if batcher is None:
-                batcher = self._forward[owner] = Batcher(
-                    self._send_hits,
-                    window=self._batch_window,
-                    max_in_flight=self._max_batches,
-                    on_batch=self.metrics.observe_batch,
-                )
+                batcher = self._forward[owner] = self._forward_batcher(owner)
             return await batcher.submit((kb, encode_hit(limit, cost)))
         except (TimeoutError, PeerRingError, RateLimitError) as exc:
             return self._fail(kb, limit, cost, exc)
+
+    def _forward_batcher(self, owner: str) -> Batcher[tuple[bytes, bytes], Decision]:
+        batcher: Batcher[tuple[bytes, bytes], Decision]
+
+        async def flush(items: Sequence[tuple[bytes, bytes]]) -> list[Decision | BaseException]:
+            out = await self._send_hits(items)
+            unreachable = _unreachable(out)
+            if unreachable is not None:
+                # The owner did not answer this batch: the hits queued behind it would
+                # only wait one more timeout each before getting the fail policy.
+                failed = batcher.fail_pending(unreachable)
+                if failed:
+                    logger.debug("owner %s unreachable: %d queued hits failed", owner, failed)
+            return out
+
+        batcher = Batcher(
+            flush,
+            window=self._batch_window,
+            max_in_flight=self._max_batches,
+            max_items=self._max_batch_size,
+            on_batch=self.metrics.observe_batch,
+        )
+        return batcher
 
     def decide_here(
         self, kb: bytes, partition: int, limit: Limit, cost: int, *, force: bool = False
@@ -536,6 +567,25 @@ def _check_cost(cost: object) -> None:
         raise InvalidCostError(f"cost must be an integer, got {cost!r}")
     if abs(cost) > MAX_COST:
         raise InvalidCostError(f"cost {cost} outside [-{MAX_COST}, {MAX_COST}]")
+
+
+def _unreachable(results: Sequence[object]) -> BaseException | None:
+    """The error of a batch that no owner answered (every hit timed out or found the owner
+    unavailable), else None: a refusal by a live owner (not the owner in its ring, still
+    pulling the partition) says nothing about the hits queued behind it."""
+    if not results:
+        return None
+    first: BaseException | None = None
+    for res in results:
+        if not isinstance(res, QuorumNotReachedError):
+            return None
+        errors = list(res.failures.values())
+        if not errors or not all(
+            isinstance(e, RequestTimeoutError | PeerUnavailableError) for e in errors
+        ):
+            return None
+        first = first or res
+    return first
 
 
 async def _first(out: Awaitable[Sequence[object]]) -> object:

@@ -43,6 +43,7 @@ class RateLimiterMetrics:
         self._decisions: dict[tuple[str, bool, str], int] = {}
         self.forwarded = 0
         self.batches = 0
+        self.max_batch = 0  # the largest forwarded batch
         self.owner_unavailable = 0
         self.replication_failures = 0
         self.global_syncs = 0
@@ -77,6 +78,8 @@ class RateLimiterMetrics:
     def observe_batch(self, size: int) -> None:
         """Record one forwarded batch of ``size`` hits."""
         self.batches += 1
+        if size > self.max_batch:
+            self.max_batch = size
         self._batches.observe(size)
 
     def snapshot(self) -> dict[str, Any]:
@@ -87,6 +90,7 @@ class RateLimiterMetrics:
             "denied": self.denied,
             "forwarded": self.forwarded,
             "batches": self.batches,
+            "max_batch": self.max_batch,
             "mean_batch": self.forwarded / self.batches if self.batches else 0.0,
             "owner_unavailable": self.owner_unavailable,
             "replication_failures": self.replication_failures,
