@@ -45,6 +45,18 @@ _FIGURES_PROPERTY = "e2e_figures"
 _E2E_DIR = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Run the kind driver's scenarios one at a time, whatever ``-n`` says.
+
+    The root ``pyproject.toml`` runs pytest in two pytest-xdist workers. Local clusters share
+    nothing, but every kind scenario scales the same Deployment, so two at once would fight
+    over it. Before xdist's own (``trylast``) configure decides to distribute.
+    """
+    if DRIVER == "kind" and getattr(config.option, "dist", "no") != "no":
+        config.option.dist = "no"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test of this folder ``e2e`` (``-m e2e`` selects them, ``-m 'not e2e'``
     leaves them out of a quick run)."""
