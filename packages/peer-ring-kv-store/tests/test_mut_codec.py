@@ -56,10 +56,11 @@ def test_nesting_is_accepted_up_to_max_depth_exactly() -> None:
     where = "value" + "[0]" * MAX_DEPTH
     assert str(caught.value) == f"JsonCodec: {where} is nested more than 100 deep"
     deep_dict: object = 1
-    for _ in range(MAX_DEPTH + 1):
+    for _ in range(MAX_DEPTH):
         deep_dict = {"a": deep_dict}
+    assert J.decode(J.encode(deep_dict)) == deep_dict  # dicts count one level each too
     with pytest.raises(TypeError, match="nested more than 100 deep"):
-        J.encode(deep_dict)
+        J.encode({"a": deep_dict})
 
 
 def test_refusals_name_the_place_and_the_type() -> None:
@@ -85,6 +86,8 @@ def test_refusals_name_the_place_and_the_type() -> None:
 def test_every_item_of_a_list_and_a_dict_is_checked_not_only_the_first() -> None:
     with pytest.raises(TypeError, match=r"value\[2\]"):
         J.encode([1, "x", (1,)])
+    with pytest.raises(TypeError, match=r"value\[0\]"):
+        J.encode([(1,), "x", 2])  # the scalars after it are checked first: not the end
     with pytest.raises(TypeError, match=r"value\['b'\]"):
         J.encode({"a": 1, "b": (1,)})
 

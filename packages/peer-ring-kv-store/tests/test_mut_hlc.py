@@ -80,12 +80,13 @@ def test_the_logical_counter_reaches_its_maximum_before_borrowing() -> None:
 def test_the_refusal_warning_says_how_far_ahead_and_the_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hlc = HLC(WallClock(), "n1", max_drift=60.0)
+    # Large enough that a wrong unit divisor would show in the third decimal.
+    hlc = HLC(WallClock(), "n1", max_drift=600.0)
     with caplog.at_level(logging.WARNING, logger="peer_ring.kv._hlc"):
-        hlc.update(Version(WALL_US + 120_500_000, 0, "liar"))
+        hlc.update(Version(WALL_US + 1_000_250_000, 0, "liar"))
     assert [r.getMessage() for r in caplog.records] == [
-        "not adopting a timestamp from liar that is 120.500 s ahead of the local clock "
-        "(max drift 60.000 s; 1 refused so far): check the clocks of the cluster"
+        "not adopting a timestamp from liar that is 1000.250 s ahead of the local clock "
+        "(max drift 600.000 s; 1 refused so far): check the clocks of the cluster"
     ]
 
 
