@@ -298,6 +298,7 @@ async def until(condition: Any) -> None:
         await asyncio.sleep(0.005)
 
 
+@pytest.mark.cluster  # real loopback sockets (the tier rule does not see create_server)
 async def test_a_slow_reader_pauses_the_socket_and_the_writer_then_everything_arrives() -> None:
     loop = asyncio.get_running_loop()
     accepted: asyncio.Future[FrameProtocol] = loop.create_future()
