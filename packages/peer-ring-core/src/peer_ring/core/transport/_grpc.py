@@ -314,6 +314,13 @@ class GrpcTransport(Transport):
             if not self._running:
                 raise self._not_running() from None
             raise transfer_error(peer, exc) from None
+        except asyncio.CancelledError:
+            # close() cancels the call and grpc raises CancelledError from its read: that is
+            # not a cancellation of the caller's task, so it gets NotRunningError (as on TCP).
+            task = asyncio.current_task()
+            if not self._running and (task is None or task.cancelling() == 0):
+                raise self._not_running() from None
+            raise
         finally:
             call.cancel()
 
