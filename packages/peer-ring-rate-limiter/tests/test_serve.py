@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,10 +18,13 @@ BOUND = 60.0
 
 
 @pytest.fixture
-async def servers() -> AsyncIterator[list[str]]:
+async def servers(tmp_path: Path) -> AsyncIterator[list[str]]:
     port = free_port(*HOSTS)
     http = free_port(*HOSTS)
     peers = ",".join(f"{h}:{port}" for h in HOSTS)
+    # stderr to files, not pipes: nobody reads a pipe while the test runs, and a node that
+    # logged 64 KiB of warnings (a loaded machine) blocked on it and hung the test.
+    logs = [(tmp_path / f"{h}.log").open("wb") for h in HOSTS]
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -36,9 +40,9 @@ async def servers() -> AsyncIterator[list[str]]:
             "--log-level",
             "warning",
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=log,
         )
-        for h in HOSTS
+        for h, log in zip(HOSTS, logs, strict=True)
     ]
     urls = [f"http://{h}:{http}" for h in HOSTS]
     try:
@@ -59,12 +63,14 @@ async def servers() -> AsyncIterator[list[str]]:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), BOUND)
-        assert codes == [0, 0, 0]
+        assert codes == [0, 0, 0], [(tmp_path / f"{h}.log").read_text()[-2000:] for h in HOSTS]
     finally:
         for p in procs:
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+        for log in logs:
+            log.close()
 
 
 @pytest.mark.slow
