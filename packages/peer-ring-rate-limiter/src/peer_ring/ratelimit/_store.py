@@ -4,17 +4,29 @@ A node holds an entry for every key it replicates (the owner's decisions arrive 
 ``seq`` numbers; the higher one wins). Merging is idempotent and commutative, so the same
 record may arrive through replication, hinted handoff, a partition pull or anti-entropy, in
 any order.
+
+The store is also a :class:`~peer_ring.core.VersionedDataHooks`: a record's key id is the
+key's ``fingerprint64`` and its version the entry's ``seq`` (8 bytes, big-endian) and
+whether it expired on its node (1 byte), so a node pulling a differing bucket receives
+only the entries it lacks or holds at a lower seq. The merge replaces an expired entry
+with any record, so the source also sends its entry for a key expired on the receiver,
+as a whole-bucket transfer would, unless its own entry is expired at the same seq: two
+expired entries of one seq mean the same (no entry, ordered by that seq).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
-from peer_ring.core import DIGEST_BUCKETS, bucket_for_key
+from peer_ring.core import DIGEST_BUCKETS, bucket_for_key, fingerprint64
 from peer_ring.ratelimit._errors import CorruptStateError
 from peer_ring.ratelimit._wire import Entry, decode_entry, encode_entry
+
+#: Bytes of a version in ``record_versions``: the entry's seq and an "expired" flag.
+VERSION_BYTES = 9
+_SEQ_BYTES = 8
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +110,11 @@ class StateStore:
         self.handoffs_out += len(out)
         return out
 
-    def apply_records(self, partition: int, records: Sequence[bytes]) -> None:
-        """Merge records of another node (undecodable ones are logged and skipped)."""
+    def apply_records(self, partition: int, records: Sequence[bytes]) -> int:
+        """Merge records of another node (undecodable ones are logged and skipped); returns
+        how many changed the store."""
         now = self._now()
+        changed = 0
         for rec in records:
             try:
                 key, entry = decode_entry(rec, now)
@@ -108,7 +122,50 @@ class StateStore:
                 logger.warning("skipping a malformed rate-limit record: %s", exc)
                 continue
             if self.merge(key, entry, partition):
-                self.handoffs_in += 1
+                changed += 1
+        self.handoffs_in += changed
+        return changed
+
+    # -- VersionedDataHooks ------------------------------------------------------------
+
+    def _entries(self, partition: int, buckets: Collection[int]) -> list[tuple[bytes, Entry]]:
+        wanted = set(buckets)
+        part = self._parts.get(partition, {})
+        return [(k, e) for k, e in list(part.items()) if bucket_for_key(k) in wanted]
+
+    def record_versions(
+        self, partition: int, buckets: Collection[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        """``(fingerprint64(key), seq + expired flag)`` of every entry of ``buckets``."""
+        now = self._now()
+        return ((fingerprint64(k), _version(e, now)) for k, e in self._entries(partition, buckets))
+
+    def export_newer(
+        self, partition: int, buckets: Collection[int], known: Mapping[int, bytes]
+    ) -> Iterator[bytes]:
+        """The entries of ``buckets`` that the receiver's merge would take, as records:
+        its key is missing from ``known`` (the receiver's :meth:`record_versions`), held
+        at a lower seq, or held expired (unless this entry is expired at the same seq).
+
+        Raises:
+            CorruptStateError: a version in ``known`` is not 9 bytes.
+        """
+        now = self._now()
+        for k, e in self._entries(partition, buckets):
+            theirs = known.get(fingerprint64(k))
+            if theirs is not None:
+                if len(theirs) != VERSION_BYTES:
+                    raise CorruptStateError(
+                        f"a version is {VERSION_BYTES} bytes, got {len(theirs)}"
+                    )
+                seq = int.from_bytes(theirs[:_SEQ_BYTES], "big")
+                if theirs[_SEQ_BYTES]:  # expired there: any record replaces it
+                    if seq == e.seq and e.expires <= now:
+                        continue
+                elif seq >= e.seq:
+                    continue
+            self.handoffs_out += 1
+            yield encode_entry(k, e, now)
 
     def drop_partition(self, partition: int) -> None:
         """Forget ``partition`` (this node no longer replicates it)."""
@@ -129,3 +186,7 @@ class StateStore:
                 h.update(item)
             out.append(h.digest())
         return out
+
+
+def _version(entry: Entry, now: float) -> bytes:
+    return entry.seq.to_bytes(_SEQ_BYTES, "big") + (b"\x01" if entry.expires <= now else b"\x00")
