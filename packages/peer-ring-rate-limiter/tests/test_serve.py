@@ -46,15 +46,20 @@ async def servers(tmp_path: Path) -> AsyncIterator[list[str]]:
     ]
     urls = [f"http://{h}:{http}" for h in HOSTS]
     try:
-        async with aiohttp.ClientSession() as session:
+        # Each poll is bounded too, and the loop by a deadline of its own: an outer wait_for
+        # alone was seen not to end the wait (a node gone, the cancellation lost in aiohttp).
+        poll = aiohttp.ClientTimeout(total=5.0)
+        async with aiohttp.ClientSession(timeout=poll) as session:
+            deadline = asyncio.get_running_loop().time() + BOUND
 
             async def ready(url: str) -> None:
                 while True:
+                    assert asyncio.get_running_loop().time() < deadline, f"{url} not ready"
                     try:
                         async with session.get(url + "/readyz") as r:
                             if r.status == 200:
                                 return
-                    except aiohttp.ClientConnectionError:
+                    except (aiohttp.ClientConnectionError, TimeoutError):
                         pass
                     await asyncio.sleep(0.1)  # polling a process: no event to wait on
 
