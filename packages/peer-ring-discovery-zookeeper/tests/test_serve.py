@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -74,7 +75,13 @@ def test_serve_registers_in_zookeeper(zk_server, zk_path, tmp_path) -> None:
         client = KazooClient(hosts=zk_server.hosts)
         client.start(timeout=30)
         try:
-            data, stat = client.get(f"{zk_path}/127.0.0.1:{listen}")
+            # /cluster lists the node itself as soon as its HTTP API is up, which can be
+            # before its registration reached ZooKeeper: wait for the znode on a watch.
+            znode = f"{zk_path}/127.0.0.1:{listen}"
+            created = threading.Event()
+            if client.exists(znode, watch=lambda _event: created.set()) is None:
+                assert created.wait(30), f"{znode} not created within 30 s"
+            data, stat = client.get(znode)
             assert json.loads(data)["metadata"] == {"zone": "z1"}
             assert stat.ephemeralOwner != 0
         finally:
