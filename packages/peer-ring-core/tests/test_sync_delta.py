@@ -515,7 +515,10 @@ async def test_an_application_that_keeps_sending_fails_the_merge_after_max_round
         diverge(c, on=ADDRS[0])
         await c.until(lambda: "still more records after 3 answers" in caplog.text)
         assert f"from {ADDRS[0]} failed: bucket " in caplog.text
-        assert c.nodes[ADDRS[1]].sync_status()["anti_entropy"]["partitions_repaired"] == 0
+        # The failed merges are not judged complete: the replicas still disagree. (Not
+        # "nothing repaired": about one run in ten, some of A's partitions reach B by
+        # another path first, e.g. a whole-bucket transfer, which is correct.)
+        assert not agree(c)
     finally:
         await c.stop()
 
