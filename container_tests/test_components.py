@@ -23,7 +23,10 @@ def _leftovers(name: str) -> list[str]:
     client = docker.from_env(timeout=10)
     try:
         prefix = f"{NAME_PREFIX}-{name}-{os.getpid()}-"
-        return [c.name for c in client.containers.list(all=True) if c.name.startswith(prefix)]
+        # The list call's own names (no inspect per container): a container that another
+        # process removes meanwhile cannot fail the listing with NotFound.
+        names = [n.lstrip("/") for c in client.api.containers(all=True) for n in c["Names"]]
+        return [n for n in names if n.startswith(prefix)]
     finally:
         client.close()
 
