@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from peer_ring.core import PeerRing, PeerRingError
@@ -89,11 +89,22 @@ class Leader:
     #: Time of the last entry assigned: new entries are never stamped below it, so entry
     #: times are non-decreasing along the log even across sequencers with skewed clocks.
     last_time: float = float("-inf")
+    #: Bumped by every notify(): a long-poll over several partitions compares it before
+    #: and after a pass to see a change it would otherwise miss while it was awaiting.
+    version: int = 0
+    #: Futures of multi-partition long-polls, resolved by the next notify().
+    waiters: set[asyncio.Future[None]] = field(default_factory=set)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this partition."""
         self.changed.set()
         self.changed = asyncio.Event()
+        self.version += 1
+        if self.waiters:
+            for fut in self.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self.waiters.clear()
 
 
 class Leaders:
@@ -518,6 +529,20 @@ class Leaders:
             PartitionUnavailableError: replication failed (the sequencer stepped down; the
                 change is not reported as done).
         """
+        wait = self.replicate_group_begin(leader, group, delta)
+        if wait is not None:
+            await wait
+
+    def replicate_group_begin(
+        self, leader: Leader, group: str, delta: GroupState
+    ) -> Awaitable[None] | None:
+        """:meth:`replicate_group` without waiting: merges ``delta`` here and queues its
+        replication now; returns what to await for W replicas (None: nothing to wait for).
+        The caller must await what it gets.
+
+        Raises:
+            PartitionUnavailableError: refused here (the sequencer stepped down).
+        """
         state = self.store.state(leader.key, leader.config)
         state.merge_group(group, delta)
         try:
@@ -525,12 +550,34 @@ class Leaders:
                 if not state.log.accepts(leader.ballot.epoch):
                     raise RefusedError(f"epoch {state.log.promised.epoch} was promised since")
                 self.store.on_change(leader.key)
-                return
+                return None
             if self.copies(leader.config)[0] == 1:  # one copy, not here any more
-                await self._replicate_group(leader, group, delta)
-                return
+                return self._group_done(leader, self._replicate_group(leader, group, delta))
             # Batched with the other deltas of this loop turn (any partition, any group).
-            await self.groups.submit(leader.key, leader.config, leader.ballot.epoch, group, delta)
+            return self._group_done(
+                leader,
+                self.groups.submit(leader.key, leader.config, leader.ballot.epoch, group, delta),
+            )
         except PeerRingError as exc:
             self.step_down(leader.key, f"group replication failed: {exc}", only=leader)
             raise PartitionUnavailableError(f"group state not replicated: {exc}") from exc
+
+    async def _group_done(self, leader: Leader, wait: Awaitable[None]) -> None:
+        try:
+            await wait
+        except PeerRingError as exc:
+            self.step_down(leader.key, f"group replication failed: {exc}", only=leader)
+            raise PartitionUnavailableError(f"group state not replicated: {exc}") from exc
+
+    def cached(self, key: bytes, config: TopicConfig) -> Leader | None:
+        """This node's leader for ``key`` when :meth:`get` would return it at once (active,
+        checked against the current ring, same config), else None."""
+        leader = self.leaders.get(key)
+        if (
+            leader is not None
+            and leader.active
+            and leader.checked is self.node.ring
+            and leader.config == config
+        ):
+            return leader
+        return None

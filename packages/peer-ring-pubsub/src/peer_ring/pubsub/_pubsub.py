@@ -34,6 +34,7 @@ from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     APPEND,
     FETCH,
+    FETCH_MANY,
     GROUP,
     NAMESPACE,
     PROMISE,
@@ -131,6 +132,7 @@ class PubSub:
         node.register(NAMESPACE, PUBLISH, service.handle_publish)
         node.register(NAMESPACE, PUBLISH_MANY, service.handle_publish_many)
         node.register(NAMESPACE, FETCH, service.handle_fetch)
+        node.register(NAMESPACE, FETCH_MANY, service.handle_fetch_many)
         node.register(NAMESPACE, SETTLE, service.handle_settle)
         node.register(NAMESPACE, SETTLE_MANY, service.handle_settle_many)
         node.register_hooks(NAMESPACE, store)

@@ -8,8 +8,10 @@ node keeps serving and the caller raises the same typed error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from peer_ring.core import CommandContext, PeerRingError
 from peer_ring.pubsub._codec import CodecError
@@ -32,6 +34,7 @@ from peer_ring.pubsub._wire import (
     FetchReply,
     FetchRequest,
     SettleRequest,
+    decode_fetch_sections,
     decode_publish,
     decode_publish_sections,
     decode_settle_sections,
@@ -66,6 +69,16 @@ def typed_error(exc: BaseException) -> PubSubError | None:
     if isinstance(exc, PeerRingError):
         return PartitionUnavailableError(f"{type(exc).__name__}: {exc}")
     return None
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _check_fetch(req: FetchRequest) -> None:
+    if req.limit < 1 or req.wait < 0 or req.ack_wait <= 0 or req.max_deliver < 1:
+        raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
 
 
 class Service:
@@ -150,13 +163,13 @@ class Service:
         Called by the FETCH handler, and directly (no encoding) by a consumer on the
         sequencer's own node; errors are raised as :func:`typed_error` maps them.
         """
-        if req.limit < 1 or req.wait < 0 or req.ack_wait <= 0 or req.max_deliver < 1:
-            raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
+        _check_fetch(req)
         leader = await self.leaders.get(key, req.config)
         deadline = self.clock.monotonic() + min(req.wait, 30.0)
         while True:
             if not leader.active:
                 leader = await self.leaders.get(key, req.config)
+            version = leader.version
             if req.group:
                 reply = await self._claim(leader, req)
             else:
@@ -164,12 +177,125 @@ class Service:
             now = self.clock.monotonic()
             if reply.entries or now >= deadline:
                 return reply
+            if leader.version != version:  # new messages while the claim was replicating
+                continue
             wake = deadline
             if req.group:
                 group = self.store.state(key, req.config).groups.get(req.group)
                 if group is not None and group.pending:
                     wake = min(wake, min(p.deadline for p in group.pending.values()))
             await self._wait(leader.changed, max(0.0, wake - now))
+
+    async def handle_fetch_many(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        """FETCH for several partitions this node sequences, as one long-poll; each section
+        succeeds or fails on its own."""
+
+        async def run() -> bytes:
+            outcomes = await self.fetch_many(decode_fetch_sections(payload))
+            parts = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    mapped = typed_error(outcome)
+                    if mapped is None:
+                        raise outcome
+                    parts.append(error_reply(mapped))
+                else:
+                    parts.append(outcome.encode())
+            return ok_reply(encode_publish_many_reply(parts))
+
+        return await self._guard(run)
+
+    async def fetch_many(
+        self, sections: list[tuple[bytes, FetchRequest]]
+    ) -> list[FetchReply | BaseException]:
+        """One long-poll over several partitions: returns as soon as one section has
+        messages or failed (with whatever every section holds then), or at the longest
+        ``wait`` of the sections with every section empty."""
+        if not sections:
+            return []
+        wait = max(req.wait for _, req in sections)
+        deadline = self.clock.monotonic() + min(wait, 30.0)
+        instant = [(key, replace(req, wait=0.0)) for key, req in sections]
+        while True:
+            # Versions before the pass: a partition that commits while another section's
+            # claim awaits its replication must not be slept on.
+            before = [self._version(key) for key, _ in sections]
+            outcomes = await self._fetch_pass(instant)
+            now = self.clock.monotonic()
+            if now >= deadline or any(isinstance(o, BaseException) or o.entries for o in outcomes):
+                return outcomes
+            leaders = [self.leaders.leaders.get(key) for key, _ in sections]
+            if any(
+                leader is None or (leader, leader.version) != seen
+                for leader, seen in zip(leaders, before, strict=True)
+            ):
+                continue
+            wake = deadline
+            for key, req in sections:
+                if req.group:
+                    group = self.store.state(key, req.config).groups.get(req.group)
+                    if group is not None and group.pending:
+                        wake = min(wake, min(p.deadline for p in group.pending.values()))
+            await self._wait_any([leader for leader in leaders if leader], max(0.0, wake - now))
+
+    async def _fetch_pass(
+        self, sections: list[tuple[bytes, FetchRequest]]
+    ) -> list[FetchReply | BaseException]:
+        """One non-waiting fetch of every section. A section whose leader and group exist
+        (the common case) is claimed inline, its group delta queued, and the replications
+        awaited together at the end; the others (a takeover, a new group, a seek) go
+        through :meth:`fetch` as tasks."""
+        outcomes: list[FetchReply | BaseException | None] = [None] * len(sections)
+        slow: list[int] = []
+        waits: list[tuple[int, Awaitable[None]]] = []
+        for i, (key, req) in enumerate(sections):
+            leader = self.leaders.cached(key, req.config)
+            if (
+                leader is None
+                or req.start_time is not None
+                or (req.group and req.group not in self.store.state(key, req.config).groups)
+            ):
+                slow.append(i)
+                continue
+            try:
+                _check_fetch(req)
+                if req.group:
+                    reply, wait = self._claim_begin(leader, req)
+                    if wait is not None:
+                        waits.append((i, wait))
+                else:
+                    reply = self._read(leader, req)
+                outcomes[i] = reply
+            except Exception as exc:
+                outcomes[i] = exc
+        if slow:
+            done = await asyncio.gather(
+                *(self.fetch(*sections[i]) for i in slow), return_exceptions=True
+            )
+            for i, outcome in zip(slow, done, strict=True):
+                outcomes[i] = outcome
+        for i, wait in waits:  # already in flight together: awaiting in turn costs nothing
+            try:
+                await wait
+            except Exception as exc:
+                outcomes[i] = exc
+        return [o if o is not None else InvalidOptionError("no outcome") for o in outcomes]
+
+    def _version(self, key: bytes) -> tuple[Leader, int] | None:
+        leader = self.leaders.leaders.get(key)
+        return None if leader is None else (leader, leader.version)
+
+    async def _wait_any(self, leaders: list[Leader], timeout: float) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        handle = self.clock.call_later(timeout, functools.partial(_resolve, done))
+        for leader in leaders:
+            leader.waiters.add(done)
+        try:
+            await done
+        finally:
+            handle.cancel()
+            for leader in leaders:
+                leader.waiters.discard(done)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -222,16 +348,30 @@ class Service:
         state = self.store.state(leader.key, req.config)
         if req.consumer in self._released:
             return FetchReply([], [], 0, 0)
-        log = state.log
-        group = state.groups.get(req.group)
-        if group is None:
+        if req.group not in state.groups:
             # A new group starts at the end of the log ("latest") or at its first retained
             # message ("earliest"): messages gone before it existed are not "lost" to it.
+            log = state.log
             start = leader.commit + 1 if req.start < 0 else log.first
             if req.start_time is not None:
                 start = self._seek(leader, log, req.start_time)
-            group = state.group(req.group)
+            state.group(req.group)
             await self.leaders.replicate_group(leader, req.group, GroupState(start, start))
+        reply, wait = self._claim_begin(leader, req)
+        if wait is not None:
+            await wait
+        return reply
+
+    def _claim_begin(
+        self, leader: Leader, req: FetchRequest
+    ) -> tuple[FetchReply, Awaitable[None] | None]:
+        """Claim for an existing group: the reply, and the replication of the delivery
+        records to await before handing it out (None: nothing changed)."""
+        state = self.store.state(leader.key, req.config)
+        if req.consumer in self._released:
+            return FetchReply([], [], 0, 0), None
+        log = state.log
+        group = state.group(req.group)
         now = self.clock.monotonic()
 
         def is_message(seq: int) -> bool:
@@ -250,8 +390,9 @@ class Service:
         )
         assert claim.delta is not None
         changed = claim.delta.floor > group.floor or claim.delta.next > group.next
+        wait = None
         if claim.deliver or claim.delta.done or changed:
-            await self.leaders.replicate_group(leader, req.group, claim.delta)
+            wait = self.leaders.replicate_group_begin(leader, req.group, claim.delta)
         if claim.expired:
             self.expired += claim.expired
             logger.warning(
@@ -269,7 +410,7 @@ class Service:
             if entry is not None:
                 entries.append(entry)
                 deliveries.append(count)
-        return FetchReply(entries, deliveries, group.next, claim.expired)
+        return FetchReply(entries, deliveries, group.next, claim.expired), wait
 
     def _schedule_dead_letter(self, leader: Leader, group: str, seq: int) -> None:
         token = (leader.key, group, seq)

@@ -1,7 +1,8 @@
 """Subscriptions: competing consumers of a group, or broadcast readers.
 
 A subscription runs one long-poll loop per topic partition against the partition's
-sequencer (FETCH through ``call``). Messages wait in a local queue bounded by
+sequencer (FETCH through ``call``; the loops of partitions one remote peer sequences share
+one FETCH_MANY request, see :mod:`._fetch_batch`). Messages wait in a local queue bounded by
 ``max_in_flight``: a loop only asks for as many messages as there is room for, so a slow
 application holds at most ``max_in_flight`` messages and never slows other groups (each
 group's progress is its own state on the sequencer).
@@ -10,7 +11,6 @@ group's progress is its own state on the sequencer).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -24,18 +24,16 @@ from peer_ring.pubsub._errors import (
     PubSubError,
     SubscriptionClosedError,
 )
+from peer_ring.pubsub._fetch_batch import FetchBatcher
 from peer_ring.pubsub._message import Message, SubscriptionHealth
-from peer_ring.pubsub._service import Service
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
     ACK,
-    FETCH,
     NAMESPACE,
     PROGRESS,
     RELEASE,
     SETTLE,
     SETTLE_MANY,
-    FetchReply,
     FetchRequest,
     SettleRequest,
     decode_section_replies,
@@ -107,6 +105,8 @@ class Subscription:
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
+        # FETCHes to one remote sequencer leave together (one long-poll per peer).
+        self._fetcher = FetchBatcher(topic.pubsub.client, self._track)
         self._closed = False
         self._ack_batches: dict[str, _AckBatch] = {}  # by sequencer peer
         self._delivered = self._acked = self._redelivered = 0
@@ -134,6 +134,15 @@ class Subscription:
         for partition in self._partitions:
             self._tasks.append(asyncio.ensure_future(self._loop(partition)))
         self.topic.pubsub._subscriptions.add(self)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        # A request of the fetcher: cancelled with the loops, forgotten when done.
+        self._tasks.append(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def close(self) -> None:
         """Stop fetching; in a group, give unsettled messages back for redelivery now."""
@@ -257,14 +266,7 @@ class Subscription:
                     self.max_deliver,
                     seek,
                 )
-                reply = await pubsub.client.run(
-                    key,
-                    FETCH,
-                    req.encode,
-                    functools.partial(Service.fetch_by, key, req),
-                    FetchReply.from_reader,
-                    wait=POLL_WAIT,
-                )
+                reply = await self._fetcher.fetch(key, req)
                 got = len(reply.entries)
             except OffsetOutOfRangeError as exc:
                 self._in_flight -= limit

@@ -48,6 +48,7 @@ PUBLISH = Command("publish")
 PUBLISH_MANY = Command("publish_many")  # sections for several partitions of one sequencer
 SETTLE_MANY = Command("settle_many")  # acks of several partitions of one sequencer
 FETCH = Command("fetch")
+FETCH_MANY = Command("fetch_many")  # one long-poll for several partitions of one sequencer
 SETTLE = Command("settle")
 
 TOPIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
@@ -449,6 +450,26 @@ class FetchRequest:
         req.start_time = None if when < 0 or when != when else when  # < 0 / NaN: none
         r.done()
         return req
+
+
+def encode_fetch_many(sections: list[tuple[bytes, FetchRequest]]) -> bytes:
+    """FETCH_MANY payload: per partition, its ring key and a FETCH payload."""
+    w = Writer().u64(len(sections))
+    for key, req in sections:
+        w.bytes_(key).bytes_(req.encode())
+    return w.getvalue()
+
+
+def decode_fetch_sections(payload: bytes) -> list[tuple[bytes, FetchRequest]]:
+    """Inverse of :func:`encode_fetch_many`.
+
+    Raises:
+        CodecError: a malformed payload.
+    """
+    r = Reader(payload)
+    sections = [(r.bytes_(), FetchRequest.decode(r.bytes_())) for _ in range(r.u64())]
+    r.done()
+    return sections
 
 
 @dataclass(slots=True)
