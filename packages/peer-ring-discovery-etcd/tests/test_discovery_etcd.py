@@ -144,3 +144,25 @@ async def test_member_change_latency(env) -> None:
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     print(f"\nmember change visible: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     assert p99 < 5.0  # generous correctness bound: the change arrives by the watch
+
+
+async def test_a_start_cancelled_after_registering_still_revokes_on_stop(env) -> None:
+    # `peer-ring-kv serve` cancels the node's start on SIGTERM; when that lands between the
+    # registration and the first listing, stop() must still revoke the lease, or the key
+    # stays listed (and the node counted) for a whole TTL.
+    a = env.discovery()
+    listing = asyncio.Event()
+
+    async def stuck_listing() -> None:
+        listing.set()
+        await asyncio.Event().wait()  # an etcd that never answers the listing
+
+    a._watcher.list_once = stuck_listing
+    start = asyncio.create_task(a.start())
+    await asyncio.wait_for(listing.wait(), timeout=20)
+    assert set(await env.keys()) == {env.prefix + a.self_address}  # registered
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await a.stop()
+    assert await env.keys() == {}

@@ -91,4 +91,5 @@ async def test_serve_registers_in_etcd(env, tmp_path) -> None:
         await proc.wait()
         log.close()
     # SIGTERM: a graceful leave, which stops discovery and revokes the lease.
-    assert (await env.admin.list_prefix(env.prefix.encode())).kvs == ()
+    left = (await env.admin.list_prefix(env.prefix.encode())).kvs
+    assert left == (), (tmp_path / "serve.log").read_text()[-3000:]

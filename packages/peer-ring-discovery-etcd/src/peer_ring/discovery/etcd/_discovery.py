@@ -304,7 +304,9 @@ class EtcdDiscovery:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._started:
-            await self._registrar.deregister(self._client.request_timeout)
+        # Also when start() never finished: a start cancelled (a SIGTERM while joining) or
+        # failed after the registration left a key on a live lease; deregister() is a no-op
+        # when no lease was granted.
+        await self._registrar.deregister(self._client.request_timeout)
         await self._client.close()
         logger.info("etcd discovery stopped: %s", self._self_address)
