@@ -81,7 +81,8 @@ import farmhash
 from peer_ring.core import DIGEST_BUCKETS, Clock, InvalidArgumentError
 from peer_ring.kv._expiry import DEFAULT_SAMPLE, MAX_ROUNDS, REPEAT_THRESHOLD, TTLIndex
 from peer_ring.kv._record import Record, Resolver, reconcile
-from peer_ring.kv._versions import Version
+from peer_ring.kv._versions import MAX_NODE_ID_BYTES, Version
+from peer_ring.kv._wire import FLAG_TOMBSTONE, GET_RESPONSE_HEAD, encode_get_response
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ _TOMB = 0x01
 _ENCODED = 0x02
 _TTL = 0x04
 _WIDE_FLAG = 0x08
+_DEAD = _TOMB | _TTL  # flags & _DEAD == _TOMB: a delete's tombstone (see _is_delete)
 
 # The spec's Fingerprint64 (peer_ring.core.fingerprint64), called directly: the wrapper's
 # extra call costs ~100 ns on every read.
@@ -111,6 +113,7 @@ _fp64: Callable[[bytes | str], int] = farmhash.fingerprint64
 _unpack_compact = _COMPACT.unpack_from
 _unpack_wide = _WIDE.unpack_from
 _new = tuple.__new__
+_GET_HEAD_PACK = GET_RESPONSE_HEAD.pack
 
 
 def _header(blob: bytes) -> tuple[int, int, int, int, float, int]:
@@ -128,7 +131,7 @@ def _is_delete(flags: int) -> int:
     An expired value (flagged TTL, whether or not it was already turned into a tombstone)
     hashes like the write it was, so noticing an expiry does not change the digest.
     """
-    return 1 if flags & (_TOMB | _TTL) == _TOMB else 0
+    return 1 if flags & _DEAD == _TOMB else 0
 
 
 def _empty_digest() -> array[int]:
@@ -186,6 +189,8 @@ class KVEngine:
         self._nodes: list[str] = []
         self._node_index: dict[str, int] = {}
         self._node_fps: list[int] = []
+        # Each id UTF-8 encoded for get_wire (None: an id the wire format cannot carry).
+        self._node_wire: list[bytes | None] = []
         self._lru: OrderedDict[bytes, None] | None = None if max_bytes is None else OrderedDict()
         self._ttl = TTLIndex()
         self._ttl_count = 0  # live records with a TTL (the index also holds stale entries)
@@ -350,6 +355,70 @@ class KVEngine:
             self._expire(partition, fp, key, blob)
         return _new(Record, (b"", version, expires, True, False))
 
+    def get_value(self, key: bytes, partition: int) -> tuple[bytes, bool] | None:
+        """``(value, encoded)`` of the live record of ``key``, or ``None``: :meth:`get`
+        for a caller that already knows the key's ``partition`` and needs no version.
+
+        It builds no :class:`Record`: the store's local read (``quorum=1``) uses it.
+        """
+        blob = self._parts[partition].get(key)
+        if blob is None:
+            return None
+        flags = blob[0]
+        if flags & _TOMB:
+            return None
+        if flags & _WIDE_FLAG:
+            expires = _EXPIRES.unpack_from(blob, _EXPIRES_AT)[0]
+            if expires and expires <= self._clock.time():
+                self._expire(partition, _fp64(key), key, blob)
+                return None
+            value = blob[_WIDE_SIZE:]
+        else:
+            value = blob[_COMPACT_SIZE:]
+        lru = self._lru
+        if lru is not None:
+            lru.move_to_end(key)
+        return value, (flags & _ENCODED) != 0
+
+    def get_wire(self, key: bytes, partition: int) -> bytes:
+        """``encode_get_response(get_record(key))``, straight from the stored bytes.
+
+        A replica's answer to a GET: tombstones included, an expired value answered as
+        the tombstone it becomes, a use for the LRU order. No :class:`Record` or
+        :class:`Version` is built, and ``partition`` is the one the caller computed (the
+        core's ``CommandContext.partition``): a wrong one reads as absent.
+
+        Raises:
+            ValueError: the record's writer id cannot be encoded (as ``encode_record``).
+        """
+        blob = self._parts[partition].get(key)
+        if blob is None:
+            return b"\x00"
+        flags = blob[0]
+        if flags & _WIDE_FLAG:
+            word, logical, node, expires = _unpack_wide(blob)
+            offset = _WIDE_SIZE
+        else:
+            word, node, logical = _unpack_compact(blob)
+            expires = 0.0
+            offset = _COMPACT_SIZE
+        node_b: bytes | None = self._node_wire[node]
+        if node_b is None:  # longer than the wire format allows: encode_record raises
+            return encode_get_response(self.get_record(key))
+        if not flags & _TOMB:
+            if not expires or expires > self._clock.time():
+                lru = self._lru
+                if lru is not None:
+                    lru.move_to_end(key)
+                size = len(blob) - offset
+                head = _GET_HEAD_PACK(
+                    1, flags & _ENCODED, word >> 8, logical, expires, len(node_b), size
+                )
+                return b"".join((head, node_b, blob[offset:]))
+            self._expire(partition, _fp64(key), key, blob)
+        head = _GET_HEAD_PACK(1, FLAG_TOMBSTONE, word >> 8, logical, expires, len(node_b), 0)
+        return head + node_b
+
     def reconcile(self, key: bytes, records: Iterable[Record | None]) -> Record | None:
         """Pick the winner among replicas' records with this engine's resolver.
 
@@ -376,7 +445,7 @@ class KVEngine:
         """
         if type(key) is not bytes:
             raise TypeError(f"keys are bytes, got {type(key).__name__}")
-        version = record.version
+        value, version, expires, tombstone, encoded = record
         physical, logical, node_id = version
         fp = _fp64(key)
         partition = fp % self._partitions
@@ -387,10 +456,14 @@ class KVEngine:
                 old_word, old_logical, old_node, _ = _unpack_wide(old)
             else:
                 old_word, old_node, old_logical = _unpack_compact(old)
-            if (old_word >> 8, old_logical, self._nodes[old_node]) >= version:
+            old_physical = old_word >> 8
+            # LWW: keep the stored record unless the new version is higher. The physical
+            # parts almost always differ, so compare them alone first (no tuple built).
+            if old_physical >= physical and (
+                old_physical > physical
+                or (old_logical, self._nodes[old_node]) >= (logical, node_id)
+            ):
                 return False
-        expires = record.expires
-        tombstone = record.tombstone
         deadline = 0.0
         if tombstone or expires:
             if not (expires >= 0.0 and math.isfinite(expires)):
@@ -413,8 +486,7 @@ class KVEngine:
             flags = _TOMB | (_TTL if expires else 0)
             value = b""
         else:
-            flags = (_ENCODED if record.encoded else 0) | (_TTL if expires else 0)
-            value = record.value
+            flags = (_ENCODED if encoded else 0) | (_TTL if expires else 0)
         try:
             if expires or logical > 0xFF or node > 0xFFFF:
                 flags |= _WIDE_FLAG
@@ -429,16 +501,59 @@ class KVEngine:
                 f"record of {len(key) + len(blob) + RECORD_OVERHEAD} bytes (accounted) "
                 f"cannot fit in max_bytes={limit}"
             )
-        if old is not None:
-            old_flags = old_word & 0xFF
-            old_physical = old_word >> 8
-            self._unaccount_parsed(
-                partition, fp, key, old, old_flags, old_physical, old_logical, old_node
+        # The accounting of the replaced record and of the new one in a single pass: one
+        # digest update (new hash - old hash), one size update (see _unaccount for the
+        # removal alone; drop and from-scratch recomputation in the tests must agree).
+        node_fps = self._node_fps
+        record_hash = _fp64(
+            _DIGEST_INPUT.pack(
+                fp, physical, logical, node_fps[node], 1 if flags & _DEAD == _TOMB else 0
             )
+        )
+        was_live = False
+        if old is None:
+            self._size += len(key) + len(blob) + RECORD_OVERHEAD
+            self._stored += 1
+            self._digest[partition][DIGEST_BUCKETS + (fp >> 32) % DIGEST_BUCKETS] += 1
+        else:
+            old_flags = old[0]
+            record_hash -= _fp64(
+                _DIGEST_INPUT.pack(
+                    fp,
+                    old_physical,
+                    old_logical,
+                    node_fps[old_node],
+                    1 if old_flags & _DEAD == _TOMB else 0,
+                )
+            )
+            self._size += len(blob) - len(old)
+            if old_flags & _TOMB:
+                self._tombstones -= 1  # its grave entry goes stale
+            else:
+                was_live = True
+                if old_flags & _TTL:
+                    self._ttl_count -= 1  # its TTL index entry goes stale
+        if record_hash:
+            digest = self._digest[partition]
+            bucket = (fp >> 32) % DIGEST_BUCKETS
+            digest[bucket] = (digest[bucket] + record_hash) & _MASK64
         part[key] = blob
-        self._account(partition, fp, key, blob, flags, physical, logical, node, deadline)
-        if flags & (_TOMB | _TTL) == _TTL and expires < self._ttl_floor[partition]:
-            self._ttl_floor[partition] = expires
+        lru = self._lru
+        if flags & _TOMB:
+            if was_live and lru is not None:
+                lru.pop(key, None)
+            self._tombstones += 1
+            self._bury(key, deadline)
+        else:
+            if lru is not None:
+                if was_live:
+                    lru.move_to_end(key)  # every live record is in the LRU order
+                else:
+                    lru[key] = None
+            if flags & _TTL:
+                self._add_ttl(key)
+                if expires < self._ttl_floor[partition]:
+                    self._ttl_floor[partition] = expires
         if limit is not None and self._size > limit:
             self._evict(key)
         return True
@@ -609,53 +724,18 @@ class KVEngine:
         self._nodes.append(node_id)
         self._node_index[node_id] = index
         self._node_fps.append(_fp64(node_id))
+        try:
+            wire: bytes | None = node_id.encode()
+        except UnicodeEncodeError:
+            wire = None
+        if wire is not None and len(wire) > MAX_NODE_ID_BYTES:
+            wire = None
+        self._node_wire.append(wire)
         return index
 
-    def _account(
-        self,
-        partition: int,
-        fp: int,
-        key: bytes,
-        blob: bytes,
-        flags: int,
-        physical: int,
-        logical: int,
-        node: int,
-        deadline: float,
-    ) -> None:
-        self._size += len(key) + len(blob) + RECORD_OVERHEAD
-        self._stored += 1
-        bucket = (fp >> 32) % DIGEST_BUCKETS
-        digest = self._digest[partition]
-        record_hash = _fp64(
-            _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], _is_delete(flags))
-        )
-        digest[bucket] = (digest[bucket] + record_hash) & _MASK64
-        digest[DIGEST_BUCKETS + bucket] += 1
-        if flags & _TOMB:
-            self._tombstones += 1
-            self._bury(key, deadline)
-        else:
-            if flags & _TTL:
-                self._add_ttl(key)
-            if self._lru is not None:
-                self._lru[key] = None
-
     def _unaccount(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
+        """Take ``blob``, the record of ``key`` being removed, out of every count."""
         flags, physical, logical, node, _, _ = _header(blob)
-        self._unaccount_parsed(partition, fp, key, blob, flags, physical, logical, node)
-
-    def _unaccount_parsed(
-        self,
-        partition: int,
-        fp: int,
-        key: bytes,
-        blob: bytes,
-        flags: int,
-        physical: int,
-        logical: int,
-        node: int,
-    ) -> None:
         self._size -= len(key) + len(blob) + RECORD_OVERHEAD
         self._stored -= 1
         bucket = (fp >> 32) % DIGEST_BUCKETS

@@ -79,7 +79,13 @@ class KVOpsMixin:
         def _check_running(self) -> None: ...
         def _check_sizes(self, replication: int | None, quorum: int | None) -> None: ...
         def _record(self, value: object, ttl: float | None) -> Record: ...
-        def _repair(self, key: bytes, winner: Record, replies: list[Reply]) -> None: ...
+        def _repair(
+            self,
+            key: bytes,
+            winner: Record,
+            winner_payload: bytes | None,
+            replies: list[Reply],
+        ) -> None: ...
         async def _write(
             self, key: bytes, record: Record, replication: int | None, quorum: int | None
         ) -> None: ...
@@ -114,7 +120,7 @@ class KVOpsMixin:
         records = [decode_get_response(p) for p in result.payloads]
         winner = reconcile(key, records, self._resolver)
         if winner is not None:
-            result.on_complete(lambda replies: self._repair(key, winner, replies))
+            result.on_complete(lambda replies: self._repair(key, winner, None, replies))
         if winner is None or not winner.is_live(self._clock.time()):
             return None
         return winner

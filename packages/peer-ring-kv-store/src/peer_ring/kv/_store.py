@@ -53,18 +53,22 @@ from peer_ring.kv._ordered import (
     version_above,
 )
 from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._replies import reconcile_answers, stale_nodes
 from peer_ring.kv._status import clock_offsets_snapshot
+from peer_ring.kv._versions import ZERO_VERSION
 from peer_ring.kv._wire import (
     decode_entries,
     decode_get_response,
     decode_keys,
     decode_record,
-    encode_get_response,
     encode_optional_records,
     encode_record,
 )
 
 logger = logging.getLogger(__name__)
+
+# Records built without NamedTuple's Python-level __new__ (on every write).
+_new = tuple.__new__
 
 #: The core namespace the store's commands and data-movement hooks live in.
 NAMESPACE = "kv"
@@ -80,6 +84,8 @@ MGET = Command("mget", reads=True)
 
 #: Longest accepted key, in bytes (UTF-8 for ``str`` keys).
 MAX_KEY_BYTES = _MAX_KEY_BYTES
+# A str of at most this many characters is at most MAX_KEY_BYTES once UTF-8 encoded.
+_SHORT_KEY = MAX_KEY_BYTES // 4
 
 Key = str | bytes
 #: A key type: ``str`` or ``bytes`` (a TypeVar so ``dict[str, ...]`` arguments type-check).
@@ -165,6 +171,9 @@ class KVStore(KVOpsMixin):
         self.read_repairs = 0
         #: Writes sent again above a newer version a replica refused them with.
         self.reversioned_writes = 0
+        # The last payload _write sent and its record (see _h_set); a placeholder that is
+        # no payload at first (b"" would be: empty bytes are a shared object).
+        self._sent: tuple[object, Record] = (object(), Record(b"", ZERO_VERSION))
         self._register()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -352,7 +361,9 @@ class KVStore(KVOpsMixin):
         self._hlc.update(record.version)
 
     def _h_set(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        record = decode_record(payload)
+        sent, record = self._sent
+        if payload is not sent:  # not the local run of this node's own write (_write)
+            record = decode_record(payload)
         if not ctx.local:
             self._hlc.update(record.version)
         # ctx.partition is the one this node computed from the key (the core recomputes a
@@ -367,7 +378,9 @@ class KVStore(KVOpsMixin):
         return refusal(self._engine.get_record(key), record)
 
     def _h_get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        return encode_get_response(self._engine.get_record(key))
+        # The answer's bytes straight from the stored record (no Record, no re-encoding);
+        # ctx.partition is the one this node computed from the key.
+        return self._engine.get_wire(key, ctx.partition)
 
     def _h_mset(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         for k, record in decode_entries(payload):
@@ -408,10 +421,14 @@ class KVStore(KVOpsMixin):
             raise NotRunningError(f"KVStore {self._node.address} is not running")
 
     def _record(self, value: object, ttl: float | None) -> Record:
-        data, encoded = encode(value, self._codec)
+        if type(value) is bytes:  # raw bytes pass through (encode_value)
+            data, encoded = value, False
+        else:
+            data, encoded = encode(value, self._codec)
         if len(data) > self._max_value_bytes:
             raise ValueTooLargeError(len(data), self._max_value_bytes)
-        return Record(data, self._hlc.now(), self._expires(ttl), False, encoded)
+        expires = 0.0 if ttl is None else self._clock.time() + seconds("ttl", ttl)
+        return _new(Record, (data, self._hlc.now(), expires, False, encoded))
 
     async def set(
         self,
@@ -436,9 +453,17 @@ class KVStore(KVOpsMixin):
             ValueTooLargeError: the encoded value exceeds ``max_value_bytes``.
             QuorumNotReachedError: fewer than ``quorum`` replicas acknowledged.
         """
-        self._check_running()
-        key_b = self._key(key)
-        self._check_sizes(replication, quorum)
+        node = self._node
+        if not node.running:
+            self._check_running()
+        try:  # the hot path of get(), which explains it
+            key_b = key.encode() if type(key) is str and 0 < len(key) <= _SHORT_KEY else b""
+        except UnicodeEncodeError:  # a lone surrogate: _key() raises InvalidKeyError
+            key_b = b""
+        if not key_b:
+            key_b = self._key(key)
+        if replication is not None or quorum is not None:
+            check_sizes(node, replication, quorum)
         await self._write(key_b, self._record(value, ttl), replication, quorum)
 
     async def delete(
@@ -464,9 +489,27 @@ class KVStore(KVOpsMixin):
         n = config.replication if replication is None else replication
         q = config.quorum_for(n) if quorum is None else quorum
         for _ in range(MAX_ATTEMPTS):
+            payload = encode_record(record)
+            # The local replica's handler runs inside execute() with this very payload
+            # object: it takes the record from here instead of decoding it (_h_set).
+            self._sent = (payload, record)
             result = await node.execute(
-                NAMESPACE, SET, key, encode_record(record), replication=replication, quorum=quorum
+                NAMESPACE, SET, key, payload, replication=replication, quorum=quorum
             )
+            if not self._sloppy_quorum:
+                # The common outcome, in one pass: a quorum of the key's replicas
+                # acknowledged (empty payloads) and none refused (see below).
+                prefs = result.preference_list
+                acks = 0
+                for reply in result.replies:
+                    if reply.error is None:
+                        if reply.payload:
+                            acks = -n  # a refusal, or bytes to look at: the general path
+                            break
+                        if reply.node in prefs:
+                            acks += 1
+                if acks >= q:
+                    return
             replies = result.ok_replies
             home: Collection[str] = (
                 {r.node for r in replies} if self._sloppy_quorum else result.preference_list
@@ -507,9 +550,12 @@ class KVStore(KVOpsMixin):
         # Hot path (issue 6: a local read in a few microseconds). A str of at most
         # MAX_KEY_BYTES // 4 characters is at most MAX_KEY_BYTES once UTF-8 encoded, so only
         # unusual keys pay for _key()'s checks.
-        if type(key) is str and 0 < len(key) <= MAX_KEY_BYTES // 4:
-            key_b = key.encode()
-        else:
+        # A surrogate that UTF-8 cannot encode goes to _key() too (InvalidKeyError).
+        try:
+            key_b = key.encode() if type(key) is str and 0 < len(key) <= _SHORT_KEY else b""
+        except UnicodeEncodeError:
+            key_b = b""
+        if not key_b:
             key_b = self._key(key)
         if replication is not None or quorum is not None:
             check_sizes(node, replication, quorum)
@@ -524,15 +570,16 @@ class KVStore(KVOpsMixin):
             partition = engine.partition_of(key_b)
             replicas = node.ring.preference_list(partition, n)
             if node.address in replicas and node.partition_ready(partition):
-                record = engine.get(key_b)
-                if record is None:
+                found = engine.get_value(key_b, partition)
+                if found is None:
                     return default
-                return decode_value(record.value, record.encoded, self._codec)
-        result = await node.execute(NAMESPACE, GET, key_b, replication=n, quorum=q)
-        records = [decode_get_response(p) for p in result.payloads]
-        winner = reconcile(key_b, records, self._resolver)
-        if winner is not None:
-            result.on_complete(functools.partial(self._repair, key_b, winner))
+                return decode_value(found[0], found[1], self._codec)
+        # replication/quorum as given: the core's fast path for the defaults (None).
+        result = await node.execute(NAMESPACE, GET, key_b, replication=replication, quorum=quorum)
+        winner, payload = reconcile_answers(key_b, result.payloads, self._resolver)
+        if winner is None:
+            return default
+        result.on_complete(functools.partial(self._repair, key_b, winner, payload))
         return self._value(winner, default)
 
     def _value(self, record: Record | None, default: Any) -> Any:
@@ -540,19 +587,16 @@ class KVStore(KVOpsMixin):
             return default
         return decode_value(record.value, record.encoded, self._codec)
 
-    def _repair(self, key: bytes, winner: Record, replies: list[Reply]) -> None:
-        """Send the reconciled record to replicas that answered with an older one."""
-        stale = []
-        for reply in replies:
-            if reply.error is not None:
-                continue
-            try:
-                record = decode_get_response(reply.payload)
-            except ValueError:
-                stale.append(reply.node)
-                continue
-            if record is None or record.version < winner.version:
-                stale.append(reply.node)
+    def _repair(
+        self,
+        key: bytes,
+        winner: Record,
+        winner_payload: bytes | None,
+        replies: list[Reply],
+    ) -> None:
+        """Send the reconciled record to replicas that answered with an older one
+        (``winner_payload``: the winner's answer bytes, when known, to skip decoding)."""
+        stale = stale_nodes(winner, winner_payload, replies)
         node = self._node
         if not stale or not node.running:
             return
@@ -604,7 +648,7 @@ class KVStore(KVOpsMixin):
             winner = reconcile(key_b, records, self._resolver)
             if winner is None:
                 continue
-            result.on_complete(functools.partial(self._repair, key_b, winner))
+            result.on_complete(functools.partial(self._repair, key_b, winner, None))
             if winner.is_live(now):
                 out[key] = decode_value(winner.value, winner.encoded, self._codec)
         return out

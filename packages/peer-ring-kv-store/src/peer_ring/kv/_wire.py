@@ -47,11 +47,18 @@ _KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_ENCODED
 
 _RECORD_HEAD = struct.Struct("<BQIdBI")  # flags, physical, logical, expires, node/value length
 _RECORD_HEAD_SIZE = _RECORD_HEAD.size
+#: A GET answer with a record: the presence byte, then the record's fixed part (for
+#: ``KVEngine.get_wire``, which encodes it straight from the stored bytes).
+GET_RESPONSE_HEAD = struct.Struct("<BBQIdBI")
 _U32 = struct.Struct("<I")
 _MAX_U32 = 0xFFFF_FFFF
 _INF = math.inf
 # Build records without NamedTuple's Python-level __new__ (a third of the decoding time).
 _new = tuple.__new__
+_unpack_head = _RECORD_HEAD.unpack_from
+#: Most writer ids remembered by the decoder (bytes -> str); the cache is emptied when full.
+NODE_ID_CACHE_SIZE = 1024
+_node_ids: dict[bytes, str] = {}
 
 
 class MalformedPayloadError(PeerRingError, ValueError):
@@ -144,13 +151,44 @@ def _read_bytes(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
 
 
 def _read_record(data: bytes, pos: int, what: str) -> tuple[Record, int]:
+    # The fast path: one test covers every check; only a malformed record takes the slow
+    # path (_check_record), which finds which check failed and raises its typed error.
     head_end = pos + _RECORD_HEAD_SIZE
     if head_end > len(data):
         raise _fail(what, f"truncated record header at byte {pos} (payload is {len(data)} bytes)")
-    flags, physical, logical, expires, node_len, value_len = _RECORD_HEAD.unpack_from(data, pos)
+    flags, physical, logical, expires, node_len, value_len = _unpack_head(data, pos)
     node_end = head_end + node_len
     end = node_end + value_len
-    if end > len(data):
+    if (
+        end > len(data)
+        or flags & ~_KNOWN_FLAGS
+        or not 0.0 <= expires < _INF  # also true for NaN
+        or (flags & FLAG_TOMBSTONE and (value_len or flags & FLAG_ENCODED))
+    ):
+        _check_record(data, flags, expires, node_len, value_len, head_end, what)
+    node_b = data[head_end:node_end]
+    node_id = _node_ids.get(node_b)
+    if node_id is None:
+        node_id = _node_id(node_b, what)
+    version = _new(Version, (physical, logical, node_id))
+    return (
+        _new(Record, (data[node_end:end], version, expires, flags & 1 != 0, flags & 2 != 0)),
+        end,
+    )
+
+
+def _check_record(
+    data: bytes,
+    flags: int,
+    expires: float,
+    node_len: int,
+    value_len: int,
+    head_end: int,
+    what: str,
+) -> None:
+    """Raise the error of a record the fast path found malformed (checked in this order:
+    overrun, flags, expiry, node id's UTF-8, tombstone with a value)."""
+    if head_end + node_len + value_len > len(data):
         raise _fail(
             what,
             f"record with a {node_len}-byte node id and a {value_len}-byte value "
@@ -160,16 +198,21 @@ def _read_record(data: bytes, pos: int, what: str) -> tuple[Record, int]:
         raise _fail(what, f"unknown record flags 0x{flags:02x}")
     if not 0.0 <= expires < _INF:  # also false for NaN
         raise _fail(what, f"record expiry {expires!r} is not a finite time >= 0")
+    _node_id(data[head_end : head_end + node_len], what)
+    raise _fail(what, "a tombstone carries a value or the encoded flag")
+
+
+def _node_id(node_b: bytes, what: str) -> str:
+    """Decode a writer id and remember it: a cluster has few writers, and a shared ``str``
+    has its hash computed once (the engine and every version comparison use it)."""
     try:
-        node_id = data[head_end:node_end].decode()
+        node_id = node_b.decode()
     except UnicodeDecodeError:
         raise _fail(what, "node id is not valid UTF-8") from None
-    tombstone = (flags & FLAG_TOMBSTONE) != 0
-    if tombstone and (value_len or flags & FLAG_ENCODED):
-        raise _fail(what, "a tombstone carries a value or the encoded flag")
-    version = _new(Version, (physical, logical, node_id))
-    value = data[node_end:end]
-    return _new(Record, (value, version, expires, tombstone, (flags & FLAG_ENCODED) != 0)), end
+    if len(_node_ids) >= NODE_ID_CACHE_SIZE:
+        _node_ids.clear()  # a peer sending ever new ids costs decodes, never memory
+    _node_ids[node_b] = node_id
+    return node_id
 
 
 def _read_count(data: bytes, pos: int, what: str, min_item: int) -> tuple[int, int]:
@@ -188,7 +231,8 @@ def _expect_end(data: bytes, pos: int, what: str) -> None:
 def decode_record(data: bytes) -> Record:
     """Decode a SET/DELETE/REPAIR payload (exactly one record)."""
     record, pos = _read_record(data, 0, "record")
-    _expect_end(data, pos, "record")
+    if pos != len(data):
+        _expect_end(data, pos, "record")
     return record
 
 
@@ -213,9 +257,13 @@ def _read_optional(data: bytes, pos: int, what: str) -> tuple[Record | None, int
 
 def decode_get_response(data: bytes) -> Record | None:
     """Decode a GET reply."""
-    record, pos = _read_optional(data, 0, "GET response")
+    if data[:1] == b"\x01":  # the common answer first: one record, nothing after it
+        record, pos = _read_record(data, 1, "GET response")
+        if pos == len(data):
+            return record
+    optional, pos = _read_optional(data, 0, "GET response")
     _expect_end(data, pos, "GET response")
-    return record
+    return optional
 
 
 def decode_keys(data: bytes) -> list[bytes]:
