@@ -374,6 +374,7 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
         "duration": plan.duration,
         "uvloop": plan.uvloop,
         "gc_threshold": int(plan.extra.get("gc_threshold", 0)),
+        "gc_freeze": bool(plan.extra.get("gc_freeze", False)),
     }
     addresses: list[str] = []
     if plan.system == "peer-ring":
@@ -384,6 +385,7 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
             quorum=plan.quorum,
             request_timeout=plan.request_timeout,
             transport=plan.extra.get("transport", "grpc"),
+            read_fanout=plan.extra.get("read_fanout", "quorum"),
         )
     else:
         assert redis is not None

@@ -223,6 +223,11 @@ async def _measure(
     threshold = int(spec.get("gc_threshold", 0))
     if threshold > 0:  # --gc-threshold: the host's tuning, the same for both systems
         gc.set_threshold(threshold, *gc.get_threshold()[1:])
+    if spec.get("gc_freeze") and spec["role"] == "redis":
+        # --gc-freeze: peer-ring nodes froze at start (run(gc_freeze_after_start=True));
+        # the Redis clients freeze here, after their start-up, the same tuning.
+        gc.collect()
+        gc.freeze()
     schedule = Schedule(float(command["start_at"]), float(spec["warmup"]), float(spec["duration"]))
     meter = _Meter(counters, spec.get("profile_path"))
     result = await run_load(get, set_, workload, sequence, value, schedule, on_window=meter)
@@ -271,6 +276,7 @@ async def _node(spec: dict[str, Any]) -> None:
     config = PeerRingConfig(
         request_timeout=float(spec["request_timeout"]),
         transport=str(spec.get("transport", "grpc")),
+        read_fanout=str(spec.get("read_fanout", "quorum")),
     )
     async with KVStore(discovery, replication=replication, quorum=quorum, config=config) as kv:
         _emit("started", address=kv.node.address)
@@ -352,7 +358,11 @@ def main() -> None:
 
     coro = _node(spec) if spec["role"] == "node" else _redis(spec)
     try:
-        run(coro, use_uvloop=bool(spec.get("uvloop", True)))
+        run(
+            coro,
+            use_uvloop=bool(spec.get("uvloop", True)),
+            gc_freeze_after_start=bool(spec.get("gc_freeze", False)),
+        )
     except SystemExit:
         raise
     except BaseException:

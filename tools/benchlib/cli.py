@@ -93,6 +93,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="host tuning, every process of both systems: gc.set_threshold(N) before the run "
         "(0: Python's default, 700)",
     )
+    p.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="host tuning, every process of both systems: gc.freeze() after start-up "
+        "(peer-ring: peer_ring.core.run(gc_freeze_after_start=True))",
+    )
+    p.add_argument(
+        "--read-fanout",
+        choices=("quorum", "all"),
+        default="quorum",
+        help="peer-ring's PeerRingConfig.read_fanout: gets ask a quorum of replicas "
+        "(default) or all N (the behaviour before issue 23's quorum reads)",
+    )
     p.add_argument("--value-size", type=int, default=100, help="bytes per value")
     p.add_argument("--keys", type=int, default=10_000, help="key space size")
     p.add_argument("--read-ratio", type=float, default=0.5, help="fraction of gets (0..1)")
@@ -268,7 +281,7 @@ async def _run_case(
                 opts.warmup,
                 opts.duration,
                 uvloop=uvloop,
-                extra={"gc_threshold": opts.gc_threshold},
+                extra={"gc_threshold": opts.gc_threshold, "gc_freeze": opts.gc_freeze},
             )
         )
     for r, q, transport in case.configs:
@@ -285,7 +298,12 @@ async def _run_case(
                 uvloop=uvloop,
                 request_timeout=opts.request_timeout,
                 profile=opts.profile,
-                extra={"transport": transport, "gc_threshold": opts.gc_threshold},
+                extra={
+                    "transport": transport,
+                    "gc_threshold": opts.gc_threshold,
+                    "gc_freeze": opts.gc_freeze,
+                    "read_fanout": opts.read_fanout,
+                },
             )
         )
     for plan in plans:
@@ -367,6 +385,7 @@ async def _main(opts: argparse.Namespace) -> int:
                     "ops": 2000 if small else opts.op_cost_ops,
                     "profile_ops": 1000 if small else 5000,
                     "uvloop": uvloop,
+                    "read_fanout": opts.read_fanout,
                 },
                 timeout=600,
             )

@@ -70,6 +70,20 @@ class PeerRingConfig:
             (default, the interoperable wire contract) or ``"tcp"`` (the same frames over
             plain TCP/TLS, cheaper per request; see the core README). Every node of a
             cluster must use the same one: a peer of the other kind is refused.
+        read_fanout: which replicas a reading command (``reads=True`` and not
+            ``mutates``) is sent to. ``"quorum"`` (default) asks only ``quorum`` of the
+            key's replicas at first (this node first when it is one, then the others in
+            preference order, suspected ones last) and asks the next replica at once when
+            one refuses or fails, or after ``read_speculate_after`` when one is slow.
+            ``"all"`` sends every read to all N replicas and returns at the quorum (more
+            read repair, N/R times the read traffic). Either way the read intersects
+            every write quorum when R + W > N (docs/consistency.md). Writes always go to
+            all N.
+        read_speculate_after: seconds a quorum read waits for its replicas before it
+            asks one more (a speculative request, so that one slow replica does not set
+            the read's latency); ``None`` never speculates (a slow replica then costs up
+            to ``request_timeout``). Speculation can at most restore the ``"all"``
+            fan-out's traffic.
     """
 
     partitions: int = DEFAULT_PARTITIONS
@@ -101,8 +115,14 @@ class PeerRingConfig:
     anti_entropy_batch: int = 256
     leave_deadline: float = 30.0
     transport: str = "grpc"
+    read_fanout: str = "quorum"
+    read_speculate_after: float | None = 0.05
 
     def __post_init__(self) -> None:
+        if self.read_fanout not in ("quorum", "all"):
+            raise InvalidArgumentError(
+                f"read_fanout must be 'quorum' or 'all', got {self.read_fanout!r}"
+            )
         if self.transport not in ("grpc", "tcp"):
             raise InvalidArgumentError(f"transport must be 'grpc' or 'tcp', got {self.transport!r}")
         if self.partitions < 1:
@@ -121,6 +141,9 @@ class PeerRingConfig:
             "hint_ttl": self.hint_ttl,
             "leave_deadline": self.leave_deadline,
             "down_after": self.down_after if self.down_after is not None else 1.0,
+            "read_speculate_after": (
+                self.read_speculate_after if self.read_speculate_after is not None else 1.0
+            ),
             "anti_entropy_interval": (
                 self.anti_entropy_interval if self.anti_entropy_interval is not None else 1.0
             ),

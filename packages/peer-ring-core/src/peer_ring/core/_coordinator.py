@@ -15,6 +15,7 @@ import logging
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
+from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._command import Command
 from peer_ring.core._config import PeerRingConfig, check_replication
 from peer_ring.core._dispatcher import Dispatcher
@@ -63,6 +64,7 @@ class Coordinator:
         transport: Transport,
         dispatcher: Dispatcher,
         sync: SyncManager,
+        clock: Clock | None = None,
     ) -> None:
         self.address = address
         self.config = config
@@ -72,8 +74,15 @@ class Coordinator:
         self.sync = sync
         self.running = False
         self.previous_ring: Ring | None = None
+        self.clock: Clock = clock or SystemClock()
         self.sent = 0
         self.send_failures = 0
+        # Reads sent only to a quorum of replicas (read_fanout="quorum"): how many asked
+        # one more replica because one was slow (speculative) or refused / failed.
+        self.quorum_reads = config.read_fanout == "quorum"
+        self.speculate_after = config.read_speculate_after
+        self.speculative_reads = 0
+        self.read_retries = 0
         # Operations that missed their quorum, by namespace (metrics); counted on the
         # failure path only.
         self.quorum_failures: dict[str, int] = {}

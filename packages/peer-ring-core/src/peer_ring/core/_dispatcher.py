@@ -102,7 +102,9 @@ class Dispatcher:
         assert sync is not None
         if namespace == INTERNAL:
             return sync.on_internal(source, request)
-        sync.inbound(source)
+        membership = self._membership
+        if membership.suspects or membership.downs:  # else inbound has nothing to do
+            sync.inbound(source)
         if not self.accepting:
             return error_response(NotRunningError(f"node {self._address} is stopping"))
         if namespace == BATCH:

@@ -22,7 +22,8 @@ Three layers of "who is in the cluster":
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from peer_ring.core._clock import Clock
 from peer_ring.core._ring import Ring
@@ -52,6 +53,11 @@ class Membership:
         # peer -> (first failure of the current streak, last failure), monotonic seconds.
         self._suspected: dict[str, tuple[float, float]] = {}
         self._down: set[str] = set()
+        # The same two containers, read by the request path to skip the per-request
+        # failure-detector calls while no peer is suspected or down (the common case):
+        # ``if membership.suspects or membership.downs``. Never reassigned, only mutated.
+        self.suspects: Mapping[str, tuple[float, float]] = self._suspected
+        self.downs: AbstractSet[str] = self._down
         self._left: dict[str, int] = {}  # peer -> incarnation that left
         self._listeners: list[RingListener] = []
         self._departure_listeners: list[DepartureListener] = []

@@ -64,6 +64,9 @@ _COUNTER_DOCS: dict[tuple[str, str], str] = {
     ("anti_entropy", "partitions_repaired"): "Partitions repaired by anti-entropy.",
     ("membership", "probes_failed"): "Peer probes that failed.",
     ("send", "failed"): "Fire-and-forget sends that failed (never retried).",
+    ("reads", "speculative"): "Quorum reads that asked one more replica because the first "
+    "ones were slower than read_speculate_after.",
+    ("reads", "retried"): "Quorum reads that asked another replica because one refused or failed.",
 }
 
 
@@ -150,7 +153,7 @@ class PeerRingCollector:
 
     def _sync_metrics(self) -> Iterable[Metric]:
         status = self._node.sync_status()
-        for section in ("partitions", "hints", "anti_entropy", "membership", "send"):
+        for section in ("partitions", "hints", "anti_entropy", "membership", "send", "reads"):
             values = status.get(section)
             if not isinstance(values, Mapping):
                 continue

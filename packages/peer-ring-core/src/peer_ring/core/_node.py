@@ -39,6 +39,7 @@ from peer_ring.core._membership import Membership, RingListener
 from peer_ring.core._ownership import OwnershipListener, OwnershipTracker
 from peer_ring.core._result import ExecuteResult
 from peer_ring.core._ring import Ring
+from peer_ring.core._runner import freeze_gc_if_requested
 from peer_ring.core._sync import LeaveReport, SyncManager
 from peer_ring.core._types import Member, TransferRequest
 
@@ -131,7 +132,13 @@ class PeerRing:
         )
         self._dispatcher.sync = self._sync
         self._coord = Coordinator(
-            self._address, cfg, self._membership, transport, self._dispatcher, self._sync
+            self._address,
+            cfg,
+            self._membership,
+            transport,
+            self._dispatcher,
+            self._sync,
+            self._clock,
         )
         self._ownership = OwnershipTracker(self._address, cfg.replication)
         # First listener: the sync bookkeeping must see a change before anyone else acts.
@@ -243,6 +250,10 @@ class PeerRing:
         status["members"] = len(self._membership.ring)
         status["send"] = {"sent": self._coord.sent, "failed": self._coord.send_failures}
         status["quorum_failures"] = dict(self._coord.quorum_failures)
+        status["reads"] = {
+            "speculative": self._coord.speculative_reads,
+            "retried": self._coord.read_retries,
+        }
         return status
 
     # -- registration ------------------------------------------------------------------
@@ -329,6 +340,7 @@ class PeerRing:
             self._watch_discovery(), name=f"peer-ring-discovery-{self._address}"
         )
         self._started.set()
+        freeze_gc_if_requested()  # run(gc_freeze_after_start=True) only
         logger.info("node %s started with %d members", self._address, len(self._membership.members))
 
     async def stop(self) -> None:

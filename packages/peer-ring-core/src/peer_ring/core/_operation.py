@@ -6,6 +6,15 @@ local or remote, to its :class:`~peer_ring.core._quorum.QuorumCollector` through
 §4.6); a read refused as "not ready" goes to a previous holder of the partition. Each node
 is asked at most once per key.
 
+A reading command (``reads`` and not ``mutates``) with ``read_fanout="quorum"`` asks only
+``quorum`` replicas first: this node when it is a replica and can serve the partition,
+then the others in preference order (suspected ones last). The rest are *spares*: the
+next one is asked at once when an asked replica refuses or fails, and after
+``read_speculate_after`` seconds when the quorum is still missing (a speculative request).
+Any R replicas of the key's preference list intersect every W-replica write quorum when
+R + W > N, so asking fewer replicas keeps the read's guarantee while the read costs R
+requests and handler runs instead of N.
+
 The operations of one ``execute_many`` share a :class:`BatchSender`: what each of them
 sends to a peer is queued and flushed as one batch request per peer (split only when it
 would exceed the frame budget), and the per-item answers are handed back to each key's
@@ -20,6 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from peer_ring.core._batch import BATCH, BatchItem, decode_results, encode_items, item_size
+from peer_ring.core._clock import TimerHandle
 from peer_ring.core._command import Command
 from peer_ring.core._errors import (
     InvalidArgumentError,
@@ -50,7 +60,9 @@ class Operation:
         "partition",
         "payload",
         "ring",
+        "spares",
         "timeout",
+        "timer",
         "used",
     )
 
@@ -82,12 +94,28 @@ class Operation:
         # The nodes asked so far: the preference list itself until a substitute or another
         # holder is added (then a set), so the common case allocates nothing for it.
         self.used: tuple[str, ...] | set[str] = ()
+        # A quorum read's replicas not asked yet, in the order to ask them (None: every
+        # replica was asked at the start); its speculative timer while one is armed.
+        self.spares: list[str] | None = None
+        self.timer: TimerHandle | None = None
 
     def start(self, prefs: tuple[str, ...]) -> None:
-        """Send to every replica in ``prefs`` (suspected ones replaced when hinted)."""
+        """Send to every replica in ``prefs`` (suspected ones replaced when hinted).
+
+        A read (``read_fanout="quorum"``) goes to a quorum of them only (see the module).
+        """
         coord = self.coord
         me = coord.address
         self.used = prefs
+        command = self.command
+        if (
+            command.reads
+            and not command.mutates
+            and coord.quorum_reads
+            and self.collector.quorum < len(prefs)
+        ):
+            self._start_read(prefs)
+            return
         membership = coord.membership
         hinted = self.command.hinted
         # Remote sends inline (no batch: one request each) on the hot path of ``execute``.
@@ -108,6 +136,72 @@ class Operation:
                 self.send(replica, "")
         if local:  # last: remote requests are on their way while the handler runs
             self._run_here("")
+
+    def _start_read(self, prefs: tuple[str, ...]) -> None:
+        """Ask ``quorum`` replicas of ``prefs``; keep the others as spares."""
+        coord = self.coord
+        me = coord.address
+        collector = self.collector
+        need = collector.quorum
+        # This node first when it replicates the key and can serve it now (a replica
+        # still pulling the partition would make the read wait, then refuse).
+        local = me in prefs and coord.sync.readable(self.partition)
+        if local:
+            need -= 1
+        membership = coord.membership
+        ask: list[str] = []
+        spares: list[str] = []
+        suspected: list[str] = []
+        for replica in prefs:
+            if replica == me:
+                if not local:
+                    suspected.append(replica)  # asked only when the others are missing
+            elif membership.is_suspected(replica):
+                suspected.append(replica)
+            elif need:
+                ask.append(replica)
+                need -= 1
+            else:
+                spares.append(replica)
+        spares += suspected
+        if need:  # not enough healthy replicas: the least bad spares, in order
+            ask += spares[:need]
+            del spares[:need]
+        collector.expect(len(ask) + local)
+        self.spares = spares
+        direct = self.batch is None
+        for replica in ask:
+            if replica == me:
+                self._run_here("")
+            elif direct:
+                self.send_direct(replica, "")
+            else:
+                self.send(replica, "")
+        if local:  # last: remote requests are on their way while the handler runs
+            self._run_here("")
+        delay = coord.speculate_after
+        if spares and delay is not None and not collector.future.done():
+            self.timer = coord.clock.call_later(delay, self._speculate)
+
+    def _speculate(self) -> None:
+        """The quorum is still missing after ``read_speculate_after``: ask one more."""
+        self.timer = None
+        coord = self.coord
+        if self.collector.future.done() or not self.spares or not coord.running:
+            return
+        coord.speculative_reads += 1
+        self.collector.grow()
+        self.send(self.spares.pop(0), "")
+        delay = coord.speculate_after
+        if self.spares and delay is not None:
+            self.timer = coord.clock.call_later(delay, self._speculate)
+
+    def _quorum_known(self) -> None:
+        """Stop the speculative timer once the read's outcome is decided."""
+        timer = self.timer
+        if timer is not None and self.collector.future.done():
+            timer.cancel()
+            self.timer = None
 
     def send(self, target: str, hint: str) -> None:
         """Ask ``target`` (for the replica ``hint`` when it stands in for one)."""
@@ -180,13 +274,17 @@ class Operation:
                 sync.peer_failed(target)
             self.settle(target, hint, exc, forward=unreachable)
             return
-        sync.peer_ok(target)
+        membership = self.coord.membership
+        if membership.suspects or membership.downs:  # else peer_ok has nothing to clear
+            sync.peer_ok(target)
         self.settle_response(target, hint, fut.result())
 
     def settle_response(self, target: str, hint: str, response: Response) -> None:
         """Count ``target``'s answer (the same mapping for local and remote runs)."""
         if response.status == Status.OK:
             self.collector.add(Reply(target, response.payload, None))
+            if self.timer is not None:
+                self._quorum_known()
             return
         status = Status(response.status)
         err = error_for_status(status, response.error, target)
@@ -196,6 +294,12 @@ class Operation:
 
     def settle(self, target: str, hint: str, err: BaseException, *, forward: bool) -> None:
         """Count a failure, or first try a substitute / previous holder in its place."""
+        spares = self.spares
+        if spares and self.coord.running and not self.collector.future.done():
+            # A quorum read: a replica not asked yet takes the failed one's place.
+            self.coord.read_retries += 1
+            self.send(spares.pop(0), "")
+            return
         if forward and self.coord.running:
             if self.command.hinted:
                 substitute = self._substitute()
@@ -208,6 +312,8 @@ class Operation:
                     self.send(holder, hint or target)
                     return
         self.collector.add(Reply(target, b"", err))
+        if self.timer is not None:
+            self._quorum_known()
 
     def use(self, node: str) -> None:
         """Record that ``node`` is asked too."""

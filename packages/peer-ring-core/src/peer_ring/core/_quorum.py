@@ -23,9 +23,9 @@ class QuorumCollector:
         "_expected",
         "_failures",
         "_namespace",
-        "_quorum",
         "_successes",
         "future",
+        "quorum",
         "result",
     )
 
@@ -36,13 +36,16 @@ class QuorumCollector:
         command: str,
         result: ExecuteResult,
         quorum: int,
+        expected: int | None = None,
     ) -> None:
         self.future: asyncio.Future[ExecuteResult] = loop.create_future()
         self.result = result
         self._namespace = namespace
         self._command = command
-        self._quorum = quorum
-        self._expected = len(result.preference_list)
+        self.quorum = quorum
+        # Replies to wait for: one per replica asked (a substitute or a previous holder
+        # takes the place of the one it replaces; a speculative read adds one, see grow()).
+        self._expected = len(result.preference_list) if expected is None else expected
         self._successes = 0
         self._failures = 0
 
@@ -57,12 +60,20 @@ class QuorumCollector:
             self._failures += 1
         fut = self.future
         if not fut.done():
-            if self._successes >= self._quorum:
+            if self._successes >= self.quorum:
                 fut.set_result(self.result)
-            elif self._expected - self._failures < self._quorum:
+            elif self._expected - self._failures < self.quorum:
                 fut.set_exception(self._error())
         if self._successes + self._failures >= self._expected:
             self.result._finish()
+
+    def expect(self, count: int) -> None:
+        """Wait for ``count`` replies (a quorum read asks fewer than the whole list)."""
+        self._expected = count
+
+    def grow(self) -> None:
+        """Wait for one more reply (a read asked one more replica)."""
+        self._expected += 1
 
     def expire(self, error: BaseException) -> None:
         """Fail every replica that has not answered yet (the operation's deadline)."""
@@ -76,7 +87,7 @@ class QuorumCollector:
         return QuorumNotReachedError(
             self._namespace,
             self._command,
-            self._quorum,
+            self.quorum,
             [r.node for r in replies if r.error is None],
             {r.node: r.error for r in replies if r.error is not None},
         )
