@@ -129,10 +129,9 @@ class AdminRoutes:
         except ValueError:
             n = 0
         if n < 1:
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": f"replication must be an int >= 1, got {text!r}"}),
-                content_type="application/json",
-            )
+            # A typed error, not web.HTTPBadRequest: the API's error mapping keeps its
+            # message (an aiohttp exception's body was replaced by its bare reason).
+            raise InvalidArgumentError(f"replication must be an int >= 1, got {text!r}")
         return n
 
     async def _ring(self, request: web.Request) -> web.StreamResponse:

@@ -15,6 +15,7 @@ large, 503 quorum not reached).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -37,7 +38,12 @@ def install_batch_routes(router: web.UrlDispatcher, store: Any, max_value_bytes:
     async def body(request: web.Request) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > limit:
             raise ValueTooLargeError(request.content_length, limit)
-        raw = await request.content.read(limit + 1)
+        # readexactly, not read: read(n) returns what is buffered (one chunk of a chunked
+        # body), which cut valid bodies short; EOF before limit + 1 bytes is the usual case.
+        try:
+            raw = await request.content.readexactly(limit + 1)
+        except asyncio.IncompleteReadError as exc:
+            raw = exc.partial
         if len(raw) > limit:
             raise ValueTooLargeError(len(raw), limit)
         try:
