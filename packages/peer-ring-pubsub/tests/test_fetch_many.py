@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from peer_ring.core import PeerUnavailableError
-from peer_ring.pubsub import NotSequencerError
+from peer_ring.pubsub import InvalidOptionError, NotSequencerError
 from peer_ring.pubsub._codec import Reader
 from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._wire import (
+    FETCH_MANY,
+    NAMESPACE,
     FetchReply,
     FetchRequest,
     decode_fetch_sections,
@@ -133,3 +137,19 @@ async def test_a_failed_fetch_many_falls_back_to_each_partitions_own_fetch(clust
             msg.ack_nowait()
         await cluster.until(lambda: sub.health().acked == len(sent))
     assert got == sent and refused > 0
+
+
+async def test_malformed_fetch_many_is_refused_and_the_node_serves_on(cluster) -> None:
+    a, b, _ = await cluster.start(3)
+    key = ring_key("bad", 0)
+    head = a.node.preference_list(key, 3)[0]
+    with pytest.raises(InvalidOptionError, match="malformed"):
+        open_reply(await b.node.call(head, NAMESPACE, FETCH_MANY, key, b"\x00\x00garbage"))
+    config = TopicConfig(partitions=1)
+    bad_limit = FetchRequest(config, "g", "c", 0, 0, 0.0, 30.0, 5)  # limit 0
+    payload = encode_fetch_many([(key, bad_limit), (key, _req(config, 0.0))])
+    replies = decode_section_replies(
+        open_reply(await b.node.call(head, NAMESPACE, FETCH_MANY, key, payload)), 2
+    )
+    assert isinstance(replies[0], InvalidOptionError) and isinstance(replies[1], Reader)
+    assert (await b.topic("bad", partitions=1).publish(b"fine")).offset == 0
