@@ -31,6 +31,7 @@ from peer_ring.core._result import ExecuteResult, Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
 from peer_ring.core._types import Request, Response, Status
+from peer_ring.core.transport._deadlines import DeadlineWheel
 
 if TYPE_CHECKING:
     from peer_ring.core._sync import SyncManager
@@ -83,6 +84,7 @@ class Coordinator:
         self.speculate_after = config.read_speculate_after
         self.speculative_reads = 0
         self.read_retries = 0
+        self.speculation = DeadlineWheel(self.clock)
         # Operations that missed their quorum, by namespace (metrics); counted on the
         # failure path only.
         self.quorum_failures: dict[str, int] = {}

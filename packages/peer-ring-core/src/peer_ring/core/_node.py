@@ -352,6 +352,7 @@ class PeerRing:
         if not self._running:
             return
         self._running = self._coord.running = self._dispatcher.accepting = False
+        self._coord.speculation.close()  # pending quorum reads no longer speculate
         await self._sync.stop()
         await self._discovery.stop()
         if self._watch_task is not None:

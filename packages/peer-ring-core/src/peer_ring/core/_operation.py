@@ -29,7 +29,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from peer_ring.core._batch import BATCH, BatchItem, decode_results, encode_items, item_size
-from peer_ring.core._clock import TimerHandle
 from peer_ring.core._command import Command
 from peer_ring.core._errors import (
     InvalidArgumentError,
@@ -61,8 +60,8 @@ class Operation:
         "payload",
         "ring",
         "spares",
+        "tick",
         "timeout",
-        "timer",
         "used",
     )
 
@@ -95,9 +94,10 @@ class Operation:
         # holder is added (then a set), so the common case allocates nothing for it.
         self.used: tuple[str, ...] | set[str] = ()
         # A quorum read's replicas not asked yet, in the order to ask them (None: every
-        # replica was asked at the start); its speculative timer while one is armed.
+        # replica was asked at the start); the tick of its speculative deadline in the
+        # coordinator's wheel while one is armed (0: none).
         self.spares: list[str] | None = None
-        self.timer: TimerHandle | None = None
+        self.tick = 0
 
     def start(self, prefs: tuple[str, ...]) -> None:
         """Send to every replica in ``prefs`` (suspected ones replaced when hinted).
@@ -181,11 +181,12 @@ class Operation:
             self._run_here("")
         delay = coord.speculate_after
         if spares and delay is not None and not collector.future.done():
-            self.timer = coord.clock.call_later(delay, self._speculate)
+            # One shared timer per 5 ms tick (DeadlineWheel), not a timer per read.
+            self.tick = coord.speculation.add(self, delay)
 
-    def _speculate(self) -> None:
+    def expire(self) -> None:
         """The quorum is still missing after ``read_speculate_after``: ask one more."""
-        self.timer = None
+        self.tick = 0
         coord = self.coord
         if self.collector.future.done() or not self.spares or not coord.running:
             return
@@ -194,14 +195,13 @@ class Operation:
         self.send(self.spares.pop(0), "")
         delay = coord.speculate_after
         if self.spares and delay is not None:
-            self.timer = coord.clock.call_later(delay, self._speculate)
+            self.tick = coord.speculation.add(self, delay)
 
     def _quorum_known(self) -> None:
-        """Stop the speculative timer once the read's outcome is decided."""
-        timer = self.timer
-        if timer is not None and self.collector.future.done():
-            timer.cancel()
-            self.timer = None
+        """Disarm the speculative deadline once the read's outcome is decided."""
+        if self.collector.future.done():
+            self.coord.speculation.remove(self, self.tick)
+            self.tick = 0
 
     def send(self, target: str, hint: str) -> None:
         """Ask ``target`` (for the replica ``hint`` when it stands in for one)."""
@@ -283,7 +283,7 @@ class Operation:
         """Count ``target``'s answer (the same mapping for local and remote runs)."""
         if response.status == Status.OK:
             self.collector.add(Reply(target, response.payload, None))
-            if self.timer is not None:
+            if self.tick:
                 self._quorum_known()
             return
         status = Status(response.status)
@@ -312,7 +312,7 @@ class Operation:
                     self.send(holder, hint or target)
                     return
         self.collector.add(Reply(target, b"", err))
-        if self.timer is not None:
+        if self.tick:
             self._quorum_known()
 
     def use(self, node: str) -> None:
