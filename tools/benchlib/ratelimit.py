@@ -14,8 +14,10 @@ loops of ``--concurrency`` hits in flight per process, ``--duration`` measured s
    keys (limit x100) in owner and global mode (decided locally from a copy, reconciled
    with the owner every 100 ms); owner mode at replication 1 (no copy, as Redis and
    Gubernator keep none); ``--moderate`` hits in flight on keys other nodes own (every
-   decision forwarded: the latency case); and the ``--max-batches`` / ``--batch-windows``
-   settings asked for.
+   decision forwarded: the latency case); the ``--max-batches`` / ``--batch-windows``
+   settings asked for; and, for each of ``--rates``, an open loop at that fixed total
+   rate, every hit forwarded, at ``--replication`` and at 1, next to a bare asyncio TCP
+   round trip between two processes at the same rate (the machine's latency floor).
 3. *limits + Redis*: a real ``redis-server`` and ``--nodes`` client processes running the
    ``limits.aio`` fixed-window and moving-window strategies (``async+redis://``, redis-py)
    on the same keys, with the same hits in flight.
@@ -168,6 +170,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "forwarded_only": True,
                     }
                 )
+            if args.only_extra:
+                runs = []
+            # Open loop at fixed total rates, every hit forwarded: forwarded latency at a
+            # load that does not depend on the latency itself (closed loops do).
+            for rate in args.rates:
+                for repl in dict.fromkeys((args.replication, 1)):
+                    runs.append(
+                        {
+                            "algorithm": "fixed_window",
+                            "mode": "owner",
+                            "keys": keys,
+                            "limit": args.limit,
+                            "forwarded_only": True,
+                            "rate": rate / args.nodes,
+                            "replication": repl,
+                        }
+                    )
             for window in args.batch_windows:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
@@ -181,6 +200,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "batch_window": window,
                         }
                     )
+                runs += [
+                    {
+                        "algorithm": "fixed_window",
+                        "mode": "owner",
+                        "keys": keys,
+                        "limit": args.limit,
+                        "forwarded_only": True,
+                        "rate": rate / args.nodes,
+                        "batch_window": window,
+                    }
+                    for rate in args.rates
+                ]
             for bound in args.max_batches:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
@@ -196,6 +227,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     )
             for r in runs:
                 rows.append(await cluster_run(args, base, workdir, transport, r))
+        for rate in args.rates:
+            rows.append(await floor_run(args, base, workdir, rate))
     # 3. limits + Redis
     if not args.no_redis:
         if redis_server_binary() is None:
@@ -296,6 +329,7 @@ async def cluster_run(
             spec["concurrency"],
             run.get("batch_window", 0),
             run.get("max_batches", "d"),
+            f"rate{run['rate']:g}" if run.get("rate") else "closed",
         )
     )
     procs = []
@@ -310,7 +344,10 @@ async def cluster_run(
         name += f", {len(run['keys'])} hot keys"
     if run.get("forwarded_only"):
         name += ", forwarded hits only"
-    name += f", c{spec['concurrency']}"
+    if run.get("rate"):
+        name += f", open loop {run['rate'] * args.nodes:g} hits/s"
+    else:
+        name += f", c{spec['concurrency']}"
     if run.get("batch_window"):
         name += f", batch window {run['batch_window'] * 1000:g} ms"
     if "max_batches" in run:
@@ -334,6 +371,23 @@ async def cluster_run(
         else 0
     )
     return {**row, "algorithm": run["algorithm"], "transport": transport}
+
+
+async def floor_run(
+    args: argparse.Namespace, base: dict[str, Any], workdir: Path, rate: float
+) -> dict[str, Any]:
+    """The machine's floor for the latency target: bare asyncio TCP round trips between
+    two processes at ``rate`` per second (no peer-ring, no rate limiter)."""
+    hosts = ["127.0.0.1", "127.0.0.2"]
+    port = free_port(hosts)
+    start_at = time.time() + 3.0
+    stop_at = start_at + args.warmup + args.duration + 3.0
+    common = {**base, "host": hosts[1], "port": port, "start_at": start_at, "stop_at": stop_at}
+    echo = await spawn({**common, "kind": "echo"}, workdir / "floor-echo.log")
+    ping = await spawn({**common, "kind": "ping", "rate": rate, "seed": 0}, workdir / "floor.log")
+    res = await collect([ping, echo], stop_at - time.time() + 60)
+    row = summarize(f"bare asyncio TCP round trip (floor), open loop {rate:g}/s", res[:1], 1.0)
+    return {**row, "decisions_per_s": round(res[0]["decisions"] / args.duration, 1)}
 
 
 async def gubernator_row(
@@ -422,11 +476,20 @@ def main(argv: list[str] | None = None) -> int:
         "--moderate", type=int, default=4, help="hits in flight per process, latency runs (4)"
     )
     p.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run open loops at these total hits/s, every hit forwarded, at --replication"
+        " and 1 (the forwarded-latency target at a fixed, moderate load)",
+    )
+    p.add_argument(
         "--batch-windows",
         type=float,
         nargs="*",
         default=[],
-        help="also run owner mode with these batch_window values (seconds), heavy and moderate",
+        help="also run owner mode with these batch_window values (seconds), heavy and moderate"
+        " (and open loop at each of --rates)",
     )
     p.add_argument(
         "--max-batches",
@@ -450,6 +513,11 @@ def main(argv: list[str] | None = None) -> int:
         help="skip Gubernator (it runs only when tools/gubernator-test-env has built it)",
     )
     p.add_argument("--no-peer-ring", action="store_true", help="skip the cluster runs")
+    p.add_argument(
+        "--only-extra",
+        action="store_true",
+        help="of the cluster runs, only those --rates, --batch-windows and --max-batches add",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny run: it starts and reports")
     p.add_argument("--json", type=Path, default=None, help="results file")
     args = p.parse_args(argv)

@@ -92,6 +92,79 @@ async def closed_loop(
     }
 
 
+async def open_loop(
+    hit: Any,
+    keys: list[str],
+    rate: float,
+    start_at: float,
+    warmup: float,
+    duration: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Hits started at a fixed ``rate`` per second whether or not earlier ones finished.
+
+    Each latency runs from the hit's *scheduled* start, so a stall that delays the
+    following starts counts against them too (no coordinated omission). Hits still
+    outstanding beyond :data:`MAX_OUTSTANDING` are not started and count as errors.
+    """
+    rec = Recorder()
+    rng = random.Random(seed)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    t_start = time.monotonic()
+    measure_from = t_start + warmup
+    stop_at = measure_from + duration
+    interval = 1.0 / rate
+    tasks: set[asyncio.Task[None]] = set()
+    cpu_start = cpu_end = 0.0
+
+    async def one(key: str, scheduled: float, measuring: bool) -> None:
+        try:
+            ok = await hit(key)
+        except Exception:  # counted as an error; the load goes on
+            if measuring:
+                rec.errors += 1
+            return
+        if measuring:
+            rec.lat_ns.append(int((time.monotonic() - scheduled) * 1e9))
+            rec.decisions += 1
+            rec.allowed += bool(ok)
+
+    i = 0
+    while True:
+        scheduled = t_start + i * interval
+        if scheduled >= stop_at:
+            break
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        measuring = scheduled >= measure_from
+        if measuring and not cpu_start:
+            cpu_start = time.process_time()
+        if len(tasks) >= MAX_OUTSTANDING:
+            rec.errors += measuring
+        else:
+            task = asyncio.get_running_loop().create_task(
+                one(keys[rng.randrange(len(keys))], scheduled, measuring)
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        i += 1
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    cpu_end = time.process_time()
+    return {
+        "decisions": rec.decisions,
+        "allowed": rec.allowed,
+        "errors": rec.errors,
+        "cpu_s": cpu_end - cpu_start,
+        "hist": Histogram.from_ns(rec.lat_ns).to_json(),
+    }
+
+
+#: Open loop: hits in flight per process beyond which no new one is started.
+MAX_OUTSTANDING = 10_000
+
+
 async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     from peer_ring.core import PeerRingConfig
     from peer_ring.discovery.static import StaticDiscovery
@@ -122,15 +195,26 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     prof = _profiler(spec)
     try:
-        out = await closed_loop(
-            hit,
-            keys,
-            spec["concurrency"],
-            spec["start_at"],
-            spec["warmup"],
-            spec["duration"],
-            spec["seed"],
-        )
+        if spec.get("rate"):
+            out = await open_loop(
+                hit,
+                keys,
+                spec["rate"],
+                spec["start_at"],
+                spec["warmup"],
+                spec["duration"],
+                spec["seed"],
+            )
+        else:
+            out = await closed_loop(
+                hit,
+                keys,
+                spec["concurrency"],
+                spec["start_at"],
+                spec["warmup"],
+                spec["duration"],
+                spec["seed"],
+            )
         _dump(prof, spec)
         out["stats"] = rl.stats()
         # Stay up until every node is done: the others forward hits to this one.
@@ -229,6 +313,47 @@ async def local_child(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def echo_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """The floor's server: echoes 16-byte messages until ``stop_at``."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                writer.write(await reader.readexactly(16))
+
+    server = await asyncio.start_server(serve, spec["host"], spec["port"])
+    async with server:
+        await asyncio.sleep(max(0.0, spec["stop_at"] - time.time()))
+    return {"decisions": 0, "allowed": 0, "errors": 0, "cpu_s": 0.0, "hist": None}
+
+
+async def ping_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """The floor's client: one bare asyncio TCP round trip per "hit", in an open loop at
+    ``rate``: what one round trip between two processes costs on this machine now."""
+    await asyncio.sleep(max(0.0, spec["start_at"] - 1.0 - time.time()))
+    reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
+    lock = asyncio.Lock()
+
+    async def hit(key: str) -> bool:
+        async with lock:  # one connection: round trips one after the other
+            writer.write(b"x" * 16)
+            await reader.readexactly(16)
+        return True
+
+    try:
+        return await open_loop(
+            hit,
+            ["k"],
+            spec["rate"],
+            spec["start_at"],
+            spec["warmup"],
+            spec["duration"],
+            spec["seed"],
+        )
+    finally:
+        writer.close()
+
+
 def child(spec: dict[str, Any]) -> None:
     """Entry point of a child process: run its part, print one JSON line."""
     with contextlib.suppress(ImportError):
@@ -242,6 +367,12 @@ def child(spec: dict[str, Any]) -> None:
         out = asyncio.run(gubernator_child(spec, closed_loop))
         print(PREFIX + json.dumps(out), flush=True)
         return
-    fn = {"peer-ring": peer_ring_child, "limits": limits_child, "local": local_child}[kind]
+    fn = {
+        "peer-ring": peer_ring_child,
+        "limits": limits_child,
+        "local": local_child,
+        "echo": echo_child,
+        "ping": ping_child,
+    }[kind]
     out = asyncio.run(fn(spec))
     print(PREFIX + json.dumps(out), flush=True)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from peer_ring.core import PeerRingConfig
 from peer_ring.core.testing import FakeClock, MemoryNetwork, settle_loop
 from peer_ring.ratelimit import Limit, OwnerUnavailableError, RateLimiter
 
@@ -109,6 +110,32 @@ async def test_fail_policies_when_the_owner_is_unreachable(
     assert sum(d.allowed for d in out) == expected
     assert {d.source for d in out} == {policy}
     assert me.stats()["owner_unavailable"] == len(hits)
+
+
+async def test_local_estimate_keeps_its_allowance_for_the_whole_window(
+    make_limiter: object, network: MemoryNetwork, clock: FakeClock
+) -> None:
+    # The owner stays unreachable for 49 s of a 60 s window, across three runs of the
+    # sweeper (every 15 s): this node admits its fair share once, not once per sweep.
+    config = PeerRingConfig(partitions=64, request_timeout=1.0, down_after=None)
+    me, key = await partitioned(make_limiter, network, "local-estimate", config=config)
+    limit = Limit(30, 60.0, algorithm="fixed_window")
+    admitted = 0
+    for _ in range(4):
+        hits = [asyncio.ensure_future(me.hit(key, limit)) for _ in range(20)]
+        await settle_loop()
+        await clock.advance_async(0.3, settle=40)
+        out = await asyncio.gather(*hits)
+        assert {d.source for d in out} == {"local-estimate"}
+        admitted += sum(d.allowed for d in out)
+        await clock.advance_async(12.0, settle=40)
+    assert admitted == math.ceil(30 / 3)
+    # A new window: a new fair share.
+    await clock.advance_async(15.0, settle=40)
+    hits = [asyncio.ensure_future(me.hit(key, limit)) for _ in range(20)]
+    await settle_loop()
+    await clock.advance_async(0.3, settle=40)
+    assert sum(d.allowed for d in await asyncio.gather(*hits)) == 10
 
 
 async def test_fail_policy_raise(

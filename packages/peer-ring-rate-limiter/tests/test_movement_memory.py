@@ -111,6 +111,28 @@ async def test_kill_9_of_the_owner_mid_window_loses_no_admitted_hit() -> None:
         await c.stop()
 
 
+async def test_state_sent_with_the_answer_survives_a_kill_9_of_the_owner() -> None:
+    """Hits forwarded by the key's second replica: the owner replicates by answering (the
+    new state travels with each decision) and sends no replication message; the replica
+    stored each state before releasing its decision, so the new owner continues from 60."""
+    c = await started(Cluster())
+    try:
+        owner, second = c.running[0].node.preference_list(KEY, 2)
+        replica, owning = c.nodes[second], c.nodes[owner]
+        messages = owning.stats()["state_batches"]
+        out = await asyncio.gather(*(replica.hit(KEY, LIMIT) for _ in range(60)))
+        assert sum(d.allowed for d in out) == 60
+        assert owning.stats()["states_with_answer"] == 60
+        assert owning.stats()["state_batches"] == messages
+        held, decided = replica.store.get(KEY), owning.store.get(KEY)
+        assert held is not None and decided is not None and held.seq == decided.seq == 60
+        await crash_owner(c)
+        assert c.owner() == second
+        assert await c.hammer(1000) == 40
+    finally:
+        await c.stop()
+
+
 async def test_rolling_restart_of_every_node_keeps_the_count() -> None:
     c = await started(Cluster())
     try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +21,7 @@ from peer_ring.ratelimit._wire import (
     encode_entry,
     encode_hit,
     pack_records,
+    split_answer,
     unpack_records,
 )
 
@@ -54,3 +58,27 @@ def test_round_trips(n: int, period: float, algo: str, cost: int, key: bytes) ->
     rkey, entry = decode_entry(record, now=500.0)
     assert rkey == key and entry.seq == 7 and entry.expires == 560.0
     assert unpack_records(pack_records([record, b"", record])) == [record, b"", record]
+    # An owner's answer: the decision, then (for a forwarder that is a replica) the entry.
+    assert split_answer(encode_decision(d) + record) == (encode_decision(d), record)
+    assert split_answer(encode_decision(d)) == (encode_decision(d), b"")
+
+
+@pytest.mark.parametrize(
+    ("layout", "algo_id", "fields"),
+    [
+        (">dd", 1, (math.inf, 0.0)),  # token bucket, level
+        (">dd", 1, (0.0, math.nan)),  # token bucket, last
+        (">qd", 2, (3, math.inf)),  # leaky bucket
+        (">dd", 3, (0.0, 0.0)),  # GCRA, interval <= 0
+        (">dd", 3, (math.nan, 1.0)),  # GCRA, tat
+        (">dq", 4, (-math.inf, 2)),  # fixed window
+        (">dqq", 6, (math.nan, 1, 2)),  # sliding window counter
+    ],
+)
+def test_fixed_size_states_with_bad_numbers_are_refused(
+    layout: str, algo_id: int, fields: tuple[float, ...]
+) -> None:
+    # The fast path hands these to the general one, which names the problem.
+    record = struct.pack(">BB", 1, algo_id) + struct.pack(layout, *fields)
+    with pytest.raises(CorruptStateError):
+        decode_state(record, 0.0)

@@ -25,8 +25,9 @@ from peer_ring.ratelimit._errors import (
     RateLimitError,
     UnknownAlgorithmError,
 )
+from peer_ring.ratelimit._estimate import fair_share
 from peer_ring.ratelimit._limit import MAX_LIMIT, MAX_LOG_LIMIT, Algorithm, Limit
-from peer_ring.ratelimit._limiter import MAX_COST, MAX_KEY_BYTES, RateLimiter, fair_share
+from peer_ring.ratelimit._limiter import MAX_COST, MAX_KEY_BYTES, RateLimiter
 from peer_ring.ratelimit._metrics import RateLimiterMetrics
 from peer_ring.ratelimit._policy import FailPolicy, Mode
 from peer_ring.ratelimit._state import STATE_VERSION, decode_state, encode_state

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -19,9 +18,6 @@ from peer_ring.core import (
     PeerRing,
     PeerRingConfig,
     PeerRingError,
-    PeerUnavailableError,
-    QuorumNotReachedError,
-    RequestTimeoutError,
     SystemClock,
     Transport,
 )
@@ -29,17 +25,19 @@ from peer_ring.ratelimit._algorithms import decide, expires_at
 from peer_ring.ratelimit._batcher import Batcher
 from peer_ring.ratelimit._decision import Decision
 from peer_ring.ratelimit._errors import (
+    CorruptStateError,
     InvalidCostError,
     KeyTooLongError,
     NotOwnerError,
     OwnerUnavailableError,
     RateLimitError,
 )
+from peer_ring.ratelimit._estimate import LocalEstimates
+from peer_ring.ratelimit._estimate import unreachable as unreachable_error
 from peer_ring.ratelimit._global import GlobalSync
 from peer_ring.ratelimit._limit import MAX_LIMIT, Limit
 from peer_ring.ratelimit._metrics import RateLimiterMetrics
 from peer_ring.ratelimit._policy import FailPolicy, Mode
-from peer_ring.ratelimit._state import State
 from peer_ring.ratelimit._store import StateStore
 from peer_ring.ratelimit._wire import (
     Entry,
@@ -50,6 +48,7 @@ from peer_ring.ratelimit._wire import (
     encode_entry,
     encode_hit,
     pack_records,
+    split_answer,
     unpack_records,
 )
 
@@ -169,7 +168,7 @@ class RateLimiter:
         self.metrics = metrics or RateLimiterMetrics()
         self._store = StateStore(self._clock.monotonic, self._node.partition_for_key, retain)
         self.metrics.bind_store(self._store)
-        self._estimates: dict[bytes, State] = {}
+        self._estimates = LocalEstimates()
         self._batch_window = batch_window
         self._max_batches = max_batches_in_flight
         self._max_batch_size = max_batch_size
@@ -245,7 +244,7 @@ class RateLimiter:
             await self._clock.sleep(self._sweep_every)
             self._store.sweep()
             self._global.sweep()
-            self._estimates.clear()
+            self._estimates.sweep(self._clock.monotonic())
 
     # -- public API --------------------------------------------------------------------
 
@@ -352,7 +351,7 @@ class RateLimiter:
 
         async def flush(items: Sequence[tuple[bytes, bytes]]) -> list[Decision | BaseException]:
             out = await self._send_hits(items)
-            unreachable = _unreachable(out)
+            unreachable = unreachable_error(out)
             if unreachable is not None:
                 # The owner did not answer this batch: the hits queued behind it would
                 # only wait one more timeout each before getting the fail policy.
@@ -394,12 +393,15 @@ class RateLimiter:
         self._global.on_owner_change(kb)
         return d, True
 
-    def _replicated(self, kb: bytes, result: T) -> T | Awaitable[T]:
+    def _replicated(self, kb: bytes, result: T, skip: str = "") -> T | Awaitable[T]:
         """``result`` once the newest entry of ``kb`` reached its other replicas (batched
-        per replica node). With one other replica (the default) this is the batcher's own
-        future, which resolves to ``result``: no coroutine or task per decision."""
+        per replica node), ``skip`` excepted (it gets the entry with the answer). With one
+        other replica (the default) this is the batcher's own future, which resolves to
+        ``result``: no coroutine or task per decision."""
         me = self._node.address
-        targets = [r for r in self._node.preference_list(kb, self._replication) if r != me]
+        targets = [
+            r for r in self._node.preference_list(kb, self._replication) if r != me and r != skip
+        ]
         if not targets:
             return result
         if len(targets) == 1:
@@ -442,10 +444,21 @@ class RateLimiter:
             self._ns, HIT, list(items), replication=1, quorum=1, timeout=self._timeout
         )
         out: list[Decision | BaseException] = []
+        now = self._clock.monotonic()
         for res in results:
             if res.ok and res.payloads:
                 try:
-                    out.append(decode_decision(res.payloads[0]))
+                    decision, record = split_answer(res.payloads[0])
+                    d = decode_decision(decision)
+                    if record:
+                        # This node is the key's other replica: the owner sent the new
+                        # state with the answer instead of a replication message, and
+                        # relies on it being stored before the decision is released.
+                        rkey, entry = decode_entry(record, now)
+                        if rkey != res.key:
+                            raise CorruptStateError("answer carries another key's state")
+                        self._store.merge(rkey, entry, res.partition)
+                    out.append(d)
                 except RateLimitError as exc:
                     out.append(exc)
             else:
@@ -502,16 +515,9 @@ class RateLimiter:
             return Decision(True, limit.limit, limit.limit, 0.0, 0.0, policy.value)
         if policy is FailPolicy.FAIL_CLOSED:
             return Decision(False, limit.limit, 0, limit.period, limit.period, policy.value)
-        return self._estimate(kb, limit, cost)
-
-    def _estimate(self, kb: bytes, limit: Limit, cost: int) -> Decision:
-        share = fair_share(limit, max(1, len(self._node.members)))
-        new, d = decide(self._estimates.get(kb), share, cost, self._clock.monotonic())
-        if new is None:
-            self._estimates.pop(kb, None)
-        else:
-            self._estimates[kb] = new
-        return dataclasses.replace(d, limit=limit.limit, source=FailPolicy.LOCAL_ESTIMATE.value)
+        return self._estimates.decide(
+            kb, limit, cost, len(self._node.members), self._clock.monotonic()
+        )
 
     # -- handlers (run on the owner / replicas) ----------------------------------------
 
@@ -530,6 +536,18 @@ class RateLimiter:
         answer = encode_decision(d)
         if not changed or self._replication <= 1:
             return answer
+        source = ctx.source
+        if source in node.preference_list(key, self._replication)[1:]:
+            # The forwarder is another replica of the key: the new entry travels with the
+            # answer and the forwarder stores it before releasing the decision, so the
+            # guarantee is the same as a replication message's (an admitted hit's state is
+            # on every replica), one message fewer. At replication 2 in a 3-node ring,
+            # half of the forwarded hits come from the key's second replica.
+            entry = self._store.get(key, ctx.partition)
+            assert entry is not None  # _decide stored it
+            answer += encode_entry(key, entry, self._clock.monotonic())
+            self.metrics.states_with_answer += 1
+            return self._replicated(key, answer, skip=source)
         return self._replicated(key, answer)
 
     def _on_states(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
@@ -556,36 +574,11 @@ class RateLimiter:
         return self.metrics.snapshot()
 
 
-def fair_share(limit: Limit, nodes: int) -> Limit:
-    """``limit`` divided among ``nodes`` (each at least 1), for local estimates."""
-    burst = None if limit.burst is None else max(1, math.ceil(limit.burst / nodes))
-    return dataclasses.replace(limit, limit=max(1, math.ceil(limit.limit / nodes)), burst=burst)
-
-
 def _check_cost(cost: object) -> None:
     if isinstance(cost, bool) or not isinstance(cost, int):
         raise InvalidCostError(f"cost must be an integer, got {cost!r}")
     if abs(cost) > MAX_COST:
         raise InvalidCostError(f"cost {cost} outside [-{MAX_COST}, {MAX_COST}]")
-
-
-def _unreachable(results: Sequence[object]) -> BaseException | None:
-    """The error of a batch that no owner answered (every hit timed out or found the owner
-    unavailable), else None: a refusal by a live owner (not the owner in its ring, still
-    pulling the partition) says nothing about the hits queued behind it."""
-    if not results:
-        return None
-    first: BaseException | None = None
-    for res in results:
-        if not isinstance(res, QuorumNotReachedError):
-            return None
-        errors = list(res.failures.values())
-        if not errors or not all(
-            isinstance(e, RequestTimeoutError | PeerUnavailableError) for e in errors
-        ):
-            return None
-        first = first or res
-    return first
 
 
 async def _first(out: Awaitable[Sequence[object]]) -> object:

@@ -49,6 +49,8 @@ class RateLimiterMetrics:
         self.global_syncs = 0
         self.state_batches = 0  # replication messages (one per replica node and batch)
         self.states_sent = 0  # key states in them
+        # states sent with the owner's answer to a forwarder that is the key's other replica
+        self.states_with_answer = 0
         self.registry.register(_StoreCollector(self))
 
     def bind_store(self, store: StateStore) -> None:
@@ -99,6 +101,7 @@ class RateLimiterMetrics:
             "mean_state_batch": self.states_sent / self.state_batches
             if self.state_batches
             else 0.0,
+            "states_with_answer": self.states_with_answer,
             "keys": 0 if store is None else len(store),
             "handoff_records_in": 0 if store is None else store.handoffs_in,
             "handoff_records_out": 0 if store is None else store.handoffs_out,

@@ -1,4 +1,5 @@
-"""Messages between nodes: a hit request, a decision, a key's replicated entry.
+"""Messages between nodes: a hit request, a decision (optionally followed by the key's new
+entry, see :func:`split_answer`), a key's replicated entry.
 
 All big-endian with a leading version byte; every decoder raises
 :class:`~peer_ring.ratelimit.CorruptStateError` on malformed input, so a bad peer message
@@ -82,6 +83,16 @@ def decode_decision(data: bytes, source: str = "owner") -> Decision:
     return Decision(
         bool(allowed), limit, remaining, reset, math.inf if retry < 0 else retry, source
     )
+
+
+def split_answer(data: bytes) -> tuple[bytes, bytes]:
+    """An owner's answer to a forwarded hit: ``(decision, entry record or b"")``.
+
+    The owner appends the key's new entry record (:func:`encode_entry`) to the decision
+    when the forwarding node is the key's other replica: the answer then replicates the
+    state too, and no separate replication message is needed for that hit.
+    """
+    return data[: _DECISION.size], data[_DECISION.size :]
 
 
 @dataclass(slots=True)
