@@ -79,15 +79,12 @@ class HLC:
         """The latest timestamp issued or adopted (does not advance the clock)."""
         return Version(self._physical, self._logical, self._node_id)
 
-    def _wall_us(self) -> int:
-        return int(self._clock.time() * 1_000_000)
-
     def now(self) -> Version:
         """Issue a timestamp for a local event (a write): strictly greater than any before.
 
         If the wall clock stalls or steps backwards, the logical counter moves instead.
         """
-        wall = self._wall_us()
+        wall = int(self._clock.time() * 1_000_000)  # microseconds
         if wall > self._physical:
             self._physical = wall
             self._logical = 0
@@ -105,7 +102,7 @@ class HLC:
         Returns:
             The timestamp of the receive event.
         """
-        wall = self._wall_us()
+        wall = int(self._clock.time() * 1_000_000)  # microseconds
         if remote.physical - wall > self._max_drift_us:
             self._refuse(remote, wall)
             return self.now()

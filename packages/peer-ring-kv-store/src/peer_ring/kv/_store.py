@@ -462,7 +462,12 @@ class KVStore(KVOpsMixin):
             key_b = b""
         if not key_b:
             key_b = self._key(key)
-        if replication is not None or quorum is not None:
+        if replication is not None or (
+            # A per-call quorum alone, the common override, checked inline: an int in
+            # 1..replication is what check_sizes() accepts then (bool is not int here).
+            quorum is not None
+            and not (type(quorum) is int and 0 < quorum <= self._config.replication)
+        ):
             check_sizes(node, replication, quorum)
         await self._write(key_b, self._record(value, ttl), replication, quorum)
 
@@ -557,7 +562,12 @@ class KVStore(KVOpsMixin):
             key_b = b""
         if not key_b:
             key_b = self._key(key)
-        if replication is not None or quorum is not None:
+        if replication is not None or (
+            # A per-call quorum alone, the common override, checked inline: an int in
+            # 1..replication is what check_sizes() accepts then (bool is not int here).
+            quorum is not None
+            and not (type(quorum) is int and 0 < quorum <= self._config.replication)
+        ):
             check_sizes(node, replication, quorum)
         config = self._config
         n = config.replication if replication is None else replication
@@ -580,12 +590,9 @@ class KVStore(KVOpsMixin):
         if winner is None:
             return default
         result.on_complete(functools.partial(self._repair, key_b, winner, payload))
-        return self._value(winner, default)
-
-    def _value(self, record: Record | None, default: Any) -> Any:
-        if record is None or not record.is_live(self._clock.time()):
-            return default
-        return decode_value(record.value, record.encoded, self._codec)
+        if winner.tombstone or (winner.expires and winner.expires <= self._clock.time()):
+            return default  # deleted or expired (Record.is_live)
+        return decode_value(winner.value, winner.encoded, self._codec)
 
     def _repair(
         self,
