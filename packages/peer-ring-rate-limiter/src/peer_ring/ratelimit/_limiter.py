@@ -376,7 +376,7 @@ class RateLimiter:
         d, changed = self._decide(kb, partition, limit, cost, force)
         if not changed or self._replication <= 1:
             return d
-        return self._replicated(kb, d)
+        return self._replicated(kb, partition, d)
 
     def _decide(
         self, kb: bytes, partition: int, limit: Limit, cost: int, force: bool
@@ -393,15 +393,14 @@ class RateLimiter:
         self._global.on_owner_change(kb)
         return d, True
 
-    def _replicated(self, kb: bytes, result: T, skip: str = "") -> T | Awaitable[T]:
+    def _replicated(self, kb: bytes, partition: int, result: T, skip: str = "") -> T | Awaitable[T]:
         """``result`` once the newest entry of ``kb`` reached its other replicas (batched
         per replica node), ``skip`` excepted (it gets the entry with the answer). With one
         other replica (the default) this is the batcher's own future, which resolves to
         ``result``: no coroutine or task per decision."""
         me = self._node.address
-        targets = [
-            r for r in self._node.preference_list(kb, self._replication) if r != me and r != skip
-        ]
+        replicas = self._node.ring.preference_list(partition, self._replication)
+        targets = [r for r in replicas if r != me and r != skip]
         if not targets:
             return result
         if len(targets) == 1:
@@ -433,7 +432,7 @@ class RateLimiter:
         self._store.put(kb, Entry(entry.seq + 1, None, entry.expires), partition)
         self._global.on_owner_change(kb)
         if self._replication > 1:
-            replicated = self._replicated(kb, None)
+            replicated = self._replicated(kb, partition, None)
             if replicated is not None:
                 await replicated
 
@@ -528,27 +527,30 @@ class RateLimiter:
         # Decide only as the owner in this node's own ring, on a partition it holds in full:
         # during a ring change the sender and this node may disagree, and a new owner still
         # pulling the partition lacks the state. Refusing sends the hit to the fail policy.
-        if node.preference_list(key, 1)[0] != node.address:
+        # ctx.partition: computed by this node from the key (HIT mutates), not the sender's.
+        p = ctx.partition
+        replicas = node.ring.preference_list(p, self._replication)
+        if replicas[0] != node.address:
             raise NotOwnerError(f"{node.address} does not own {key!r} in its ring")
-        if not node.partition_ready(ctx.partition):
-            raise PartitionNotReadyError(node.address, ctx.partition)
-        d, changed = self._decide(key, ctx.partition, limit, cost, False)
+        if not node.partition_ready(p):
+            raise PartitionNotReadyError(node.address, p)
+        d, changed = self._decide(key, p, limit, cost, False)
         answer = encode_decision(d)
         if not changed or self._replication <= 1:
             return answer
         source = ctx.source
-        if source in node.preference_list(key, self._replication)[1:]:
+        if source in replicas[1:]:
             # The forwarder is another replica of the key: the new entry travels with the
             # answer and the forwarder stores it before releasing the decision, so the
             # guarantee is the same as a replication message's (an admitted hit's state is
             # on every replica), one message fewer. At replication 2 in a 3-node ring,
             # half of the forwarded hits come from the key's second replica.
-            entry = self._store.get(key, ctx.partition)
+            entry = self._store.get(key, p)
             assert entry is not None  # _decide stored it
             answer += encode_entry(key, entry, self._clock.monotonic())
             self.metrics.states_with_answer += 1
-            return self._replicated(key, answer, skip=source)
-        return self._replicated(key, answer)
+            return self._replicated(key, p, answer, skip=source)
+        return self._replicated(key, p, answer)
 
     def _on_states(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         now = self._clock.monotonic()
