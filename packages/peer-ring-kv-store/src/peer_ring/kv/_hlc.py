@@ -103,23 +103,27 @@ class HLC:
             The timestamp of the receive event.
         """
         wall = int(self._clock.time() * 1_000_000)  # microseconds
-        if remote.physical - wall > self._max_drift_us:
+        remote_p, remote_l, _ = remote
+        if remote_p - wall > self._max_drift_us:
             self._refuse(remote, wall)
             return self.now()
         # Kulkarni et al., Fig. 5: l' = max(l, l_m, pt); c follows whichever l' came from.
         local_p, local_l = self._physical, self._logical
-        physical = max(local_p, remote.physical, wall)
-        if physical == local_p == remote.physical:
-            logical = max(local_l, remote.logical) + 1
+        physical = max(local_p, remote_p, wall)
+        if physical == local_p == remote_p:
+            logical = max(local_l, remote_l) + 1
         elif physical == local_p:
             logical = local_l + 1
-        elif physical == remote.physical:
-            logical = remote.logical + 1
+        elif physical == remote_p:
+            logical = remote_l + 1
         else:
             logical = 0
+        if logical > MAX_LOGICAL:  # _bump(), inlined: a receive on every replicated write
+            physical += 1
+            logical = 0
         self._physical = physical
-        self._bump(logical)
-        return _new(Version, (self._physical, self._logical, self._node_id))
+        self._logical = logical
+        return _new(Version, (physical, logical, self._node_id))
 
     def _bump(self, logical: int) -> None:
         # The logical counter is a u32 on the wire. Rather than overflow, borrow one
