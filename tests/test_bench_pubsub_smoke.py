@@ -54,3 +54,35 @@ def test_bench_pubsub_smoke_writes_valid_json(
             assert figures["errors"] >= 0
             p = figures["e2e_ms"]
             assert 0 < p["p50_ms"] <= p["p99_ms"] <= p["p999_ms"]
+
+
+@pytest.mark.slow
+def test_bench_pubsub_in_process_counts_requests(tmp_path: Path) -> None:
+    out = tmp_path / "inproc.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "pubsub",
+            "--in-process",
+            "400",
+            "--nodes",
+            "3",
+            "--transport",
+            "tcp",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["messages"] == 400 and result["cpu_us_per_msg"] > 0
+    calls = result["calls_per_1000_msgs"]
+    # Every message was replicated (appends) and handed out through a claim (group deltas).
+    assert any(k.endswith(" append") for k in calls) and any(k.endswith(" group") for k in calls)
+    assert result["requests_per_1000_msgs"] > 0

@@ -416,6 +416,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="~10 s: it starts and reports")
+    p.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="MESSAGES",
+        help="instead: the nodes in this process, MESSAGES messages, CPU and requests per "
+        "message counted (benchlib/pubsub_inproc.py)",
+    )
     opts = p.parse_args(argv)
     if opts.smoke:
         opts.duration, opts.warmup, opts.nodes, opts.rate = 1.0, 0.3, [1], 200.0
@@ -426,7 +434,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
+async def _in_process(opts: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO / "packages" / "peer-ring-pubsub" / "src"))
+    from benchlib import pubsub_inproc
+
+    results = [
+        await pubsub_inproc.run(
+            nodes, opts.partitions, opts.in_process, opts.concurrency, opts.size, opts.transport
+        )
+        for nodes in opts.nodes
+    ]
+    print(pubsub_inproc.table(results))
+    path = (
+        opts.json or REPO / "bench-results" / f"pubsub-inproc-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"options": vars(opts) | {"json": str(opts.json)}, "results": results}, indent=2)
+    )
+    print(f"results: {path}")
+    return 0
+
+
 async def _main(opts: argparse.Namespace) -> int:
+    if opts.in_process:
+        return await _in_process(opts)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-pubsub-") as tmp:
         workdir = Path(tmp)

@@ -1,0 +1,130 @@
+"""``tools/bench pubsub --in-process``: requests between nodes per message, counted.
+
+N peer-ring-pubsub nodes run in this one process over the real transport (loopback), a
+closed loop of ``--concurrency`` publishers and one consumer-group member acking with
+``ack_nowait`` move ``--messages`` messages, and every ``call`` / ``execute`` /
+``execute_many`` a node makes is counted by command. One process means no scheduling
+between processes: the counts (and the CPU time of the process per message) show what the
+code costs, which the multi-process rates on a shared machine hide in their noise. The
+counts are the pub-sub layer's view: an ``execute`` or ``execute_many`` reaches each of the
+other replicas with one request (two at N=3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+
+def _count(ps: Any, counts: Counter[str]) -> None:
+    """Wrap the node's request methods of ``ps`` so each call is counted by command."""
+    node = ps.node
+    call, execute, execute_many = node.call, node.execute, node.execute_many
+
+    async def counted_call(address: str, namespace: str, command: Any, *a: Any, **k: Any) -> Any:
+        counts["call " + getattr(command, "name", str(command))] += 1
+        return await call(address, namespace, command, *a, **k)
+
+    async def counted_execute(namespace: str, command: Any, *a: Any, **k: Any) -> Any:
+        counts["execute " + getattr(command, "name", str(command))] += 1
+        return await execute(namespace, command, *a, **k)
+
+    async def counted_many(namespace: str, command: Any, items: Any, **k: Any) -> Any:
+        counts["execute_many " + getattr(command, "name", str(command))] += 1
+        return await execute_many(namespace, command, items, **k)
+
+    node.call, node.execute, node.execute_many = counted_call, counted_execute, counted_many
+
+
+async def run(
+    nodes: int, partitions: int, messages: int, concurrency: int, size: int, transport: str
+) -> dict[str, Any]:
+    """Move ``messages`` through an in-process cluster; return CPU and request counts."""
+    from peer_ring.core import PeerRingConfig
+    from peer_ring.core.testing import free_port
+    from peer_ring.discovery.static import StaticDiscovery
+    from peer_ring.pubsub import PubSub
+
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+    n, w = (1, 1) if nodes == 1 else (3, 2)
+    cluster = [
+        PubSub(
+            StaticDiscovery(peers, self_address=address),
+            replication=n,
+            quorum=w,
+            config=PeerRingConfig(
+                replication=n, quorum=w, anti_entropy_interval=None, transport=transport
+            ),
+        )
+        for address in peers
+    ]
+    counts: Counter[str] = Counter()
+    for ps in cluster:
+        _count(ps, counts)
+    try:
+        for ps in cluster:
+            await ps.start()
+        for ps in cluster:
+            await ps.node.wait_ready(60)
+        topic = cluster[0].topic("inproc", partitions=partitions)
+        for ps in cluster[1:]:
+            ps.topic("inproc", partitions=partitions)
+        received = 0
+        done = asyncio.Event()
+        sub = topic.subscribe(group="g", max_in_flight=2048, start="latest")
+
+        async def consume() -> None:
+            nonlocal received
+            async for msg in sub:
+                msg.ack_nowait()
+                received += 1
+                if received >= messages:
+                    done.set()
+
+        async with sub:
+            consumer = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.5)  # the group exists at the log's end
+            counts.clear()
+            sent = 0
+            cpu, wall = time.process_time(), time.monotonic()
+
+            async def publisher() -> None:
+                nonlocal sent
+                while sent < messages:
+                    sent += 1
+                    await topic.publish(b"x" * size)
+
+            await asyncio.gather(*(publisher() for _ in range(concurrency)))
+            await asyncio.wait_for(done.wait(), 120)
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+            consumer.cancel()
+        per_k = {k: round(1000 * v / messages, 1) for k, v in sorted(counts.items())}
+        return {
+            "system": f"peer-ring-pubsub in-process N={n} W={w} {transport}",
+            "partitions": partitions,
+            "messages": messages,
+            "cpu_us_per_msg": round(1e6 * cpu / messages, 1),
+            "msgs_per_s": round(messages / wall, 1),
+            "calls_per_1000_msgs": per_k,
+            "requests_per_1000_msgs": round(
+                sum(v * (1 if k.startswith("call ") else n - 1) for k, v in per_k.items()), 1
+            ),
+        }
+    finally:
+        for ps in cluster:
+            await ps.stop()
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The in-process results as text lines."""
+    lines = []
+    for r in results:
+        calls = ", ".join(f"{k} {v}" for k, v in r["calls_per_1000_msgs"].items())
+        lines.append(
+            f"{r['system']}, {r['partitions']} partitions: {r['cpu_us_per_msg']} us CPU/msg, "
+            f"{r['msgs_per_s']} msgs/s, ~{r['requests_per_1000_msgs']} requests per 1000 msgs "
+            f"({calls})"
+        )
+    return "\n".join(lines)
