@@ -1,0 +1,182 @@
+"""The bucket algorithms and ``expires_at`` pinned to exact states and decisions
+(tools/mutation found them loose).
+
+test_algorithms.py and the property tests check what is admitted; these pin every field of
+the decision (``limit``, ``remaining``, ``reset_after``, ``retry_after``) and the stored
+state for hits, peeks, denials and refunds, at the boundaries: a leak landing exactly on a
+tick, a cost equal to the capacity, a refund to zero, a changed rate, time going backwards.
+The values are worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from peer_ring.ratelimit import Algorithm, Decision, Limit
+from peer_ring.ratelimit._algorithms import expires_at, gcra, leaky_bucket, token_bucket
+from peer_ring.ratelimit._state import (
+    FixedWindowState,
+    GCRAState,
+    LeakyBucketState,
+    SlidingCounterState,
+    SlidingLogState,
+    TokenBucketState,
+)
+
+# 4 hits per 8 s: one unit every 2 s (leaky bucket, GCRA); 0.5 token/s (token bucket).
+LEAKY = Limit(4, 8.0, algorithm=Algorithm.LEAKY_BUCKET)
+GCRA = Limit(4, 8.0, algorithm=Algorithm.GCRA)
+TOKENS = Limit(4, 8.0, algorithm=Algorithm.TOKEN_BUCKET)
+
+
+# ------------------------------------------------------------------------------ leaky bucket
+def test_leaky_hits_fill_the_bucket_and_report_the_drain_time() -> None:
+    state, d = leaky_bucket(None, LEAKY, 1, 10.0)
+    assert (state, d) == (LeakyBucketState(1, 10.0), Decision(True, 4, 3, 2.0))
+    # 1 s later nothing leaked (a unit takes 2 s): level 1 + 2; drain 3 * 2 - 1 s elapsed.
+    state, d = leaky_bucket(state, LEAKY, 2, 11.0)
+    assert (state, d) == (LeakyBucketState(3, 10.0), Decision(True, 4, 1, 5.0))
+
+
+def test_leaky_peeks_change_nothing_and_report_the_same_fields() -> None:
+    full = LeakyBucketState(3, 10.0)
+    state, d = leaky_bucket(full, LEAKY, 0, 11.0)
+    assert state is full and d == Decision(True, 4, 1, 5.0)
+    state, d = leaky_bucket(LeakyBucketState(4, 10.0), LEAKY, 0, 11.0)
+    assert d == Decision(False, 4, 0, 7.0)
+    # Less than a second of drain left: 1 unit, 1.9 s after it entered.
+    _, d = leaky_bucket(LeakyBucketState(1, 10.0), LEAKY, 0, 11.9)
+    assert d.allowed and d.remaining == 3 and d.reset_after == pytest.approx(0.1)
+
+
+def test_leaky_denials_say_when_to_retry_and_consume_nothing() -> None:
+    full = LeakyBucketState(3, 10.0)
+    state, d = leaky_bucket(full, LEAKY, 2, 11.0)
+    # 1 unit too many: it leaks at 12 (1 s from now).
+    assert state is full and d == Decision(False, 4, 1, 5.0, 1.0)
+    state, d = leaky_bucket(full, LEAKY, 4, 11.0)  # cost == capacity: possible later
+    assert state is full and d == Decision(False, 4, 1, 5.0, 5.0)
+    _, d = leaky_bucket(full, LEAKY, 5, 11.0)  # over the capacity: never
+    assert d == Decision(False, 4, 1, 5.0, math.inf)
+    # Called directly, without force, a denial stays a denial.
+    assert leaky_bucket(LeakyBucketState(4, 10.0), LEAKY, 1, 10.0)[1].allowed is False
+    forced, d = leaky_bucket(LeakyBucketState(4, 10.0), LEAKY, 1, 10.0, True)
+    assert forced == LeakyBucketState(5, 10.0) and d == Decision(True, 4, 0, 10.0)
+
+
+def test_leaky_leaks_whole_units_at_ticks_from_the_first_hit() -> None:
+    full = LeakyBucketState(3, 10.0)
+    # 4.5 s: two units leaked (ticks at 12 and 14); the next tick is 16.
+    _, d = leaky_bucket(full, LEAKY, 0, 14.5)
+    assert d == Decision(True, 4, 3, 1.5)
+    state, _ = leaky_bucket(full, LEAKY, 1, 14.5)
+    assert state == LeakyBucketState(2, 14.0)
+    # Exactly on a tick: 14.0 is two whole intervals after 10.0.
+    state, d = leaky_bucket(full, LEAKY, 1, 14.0)
+    assert (state, d) == (LeakyBucketState(2, 14.0), Decision(True, 4, 2, 4.0))
+
+
+def test_leaky_an_emptied_bucket_restarts_its_ticks_now() -> None:
+    # Two units, 5 s later: both leaked (exactly as many as held): a fresh bucket at 15.
+    state, d = leaky_bucket(LeakyBucketState(2, 10.0), LEAKY, 1, 15.0)
+    assert (state, d) == (LeakyBucketState(1, 15.0), Decision(True, 4, 3, 2.0))
+    state, d = leaky_bucket(LeakyBucketState(2, 10.0), LEAKY, 1, 30.0)
+    assert (state, d) == (LeakyBucketState(1, 30.0), Decision(True, 4, 3, 2.0))
+
+
+def test_leaky_refunds_keep_the_tick_until_the_bucket_is_empty() -> None:
+    full = LeakyBucketState(3, 10.0)
+    state, d = leaky_bucket(full, LEAKY, -1, 11.0)
+    assert (state, d) == (LeakyBucketState(2, 10.0), Decision(True, 4, 2, 3.0))
+    state, d = leaky_bucket(full, LEAKY, -5, 11.0)
+    assert (state, d) == (LeakyBucketState(0, 11.0), Decision(True, 4, 4, 0.0))
+    # An emptied bucket is a fresh one, even if the clock then steps back.
+    state, d = leaky_bucket(state, LEAKY, 1, 9.0)
+    assert (state, d) == (LeakyBucketState(1, 9.0), Decision(True, 4, 3, 2.0))
+
+
+def test_leaky_time_going_backwards_leaks_nothing() -> None:
+    state, d = leaky_bucket(LeakyBucketState(2, 10.0), LEAKY, 1, 8.0)
+    assert (state, d) == (LeakyBucketState(3, 10.0), Decision(True, 4, 1, 6.0))
+
+
+# ------------------------------------------------------------------------------------ GCRA
+def test_gcra_hits_peeks_and_refunds() -> None:
+    state, d = gcra(None, GCRA, 1, 10.0)
+    # TAT 12; tau = 4 * 2 = 8; remaining floor((8 - 2) / 2) = 3.
+    assert (state, d) == (GCRAState(12.0, 2.0), Decision(True, 4, 3, 2.0))
+    same, d = gcra(state, GCRA, 0, 10.0)
+    assert same is state and d == Decision(True, 4, 3, 2.0)
+    state, d = gcra(state, GCRA, -1, 10.0)
+    assert (state, d) == (GCRAState(10.0, 2.0), Decision(True, 4, 4, 0.0))
+
+
+def test_gcra_peek_at_the_exact_boundary_is_allowed() -> None:
+    # TAT 16 at now 10: 16 + 2 - 8 = 10 <= 10: one more hit fits exactly.
+    _, d = gcra(GCRAState(16.0, 2.0), GCRA, 0, 10.0)
+    assert d == Decision(True, 4, 1, 6.0)
+    _, d = gcra(GCRAState(18.0, 2.0), GCRA, 0, 10.0)
+    assert d == Decision(False, 4, 0, 8.0)
+
+
+def test_gcra_denials_and_force() -> None:
+    full = GCRAState(18.0, 2.0)
+    state, d = gcra(full, GCRA, 1, 10.0)
+    assert state is full and d == Decision(False, 4, 0, 8.0, 2.0)
+    _, d = gcra(full, GCRA, 5, 10.0)
+    assert d == Decision(False, 4, 0, 8.0, math.inf)
+    state, d = gcra(full, GCRA, 1, 10.0, True)
+    assert (state, d) == (GCRAState(20.0, 2.0), Decision(True, 4, 0, 10.0))
+
+
+def test_gcra_a_changed_rate_rescales_the_tokens_in_use() -> None:
+    faster = Limit(8, 8.0, algorithm=Algorithm.GCRA)  # one unit per second, tau 8
+    # 2 s of the old interval in use = 1 unit; at the new interval, 1 s.
+    _, d = gcra(GCRAState(12.0, 2.0), faster, 0, 10.0)
+    assert d == Decision(True, 8, 7, 1.0)
+    # Half a second in use = 0.25 unit: 0.25 s at the new interval.
+    _, d = gcra(GCRAState(10.5, 2.0), faster, 0, 10.0)
+    assert d.reset_after == pytest.approx(0.25) and d.remaining == 7
+    # A TAT in the past: nothing in use.
+    _, d = gcra(GCRAState(5.0, 2.0), faster, 0, 10.0)
+    assert d == Decision(True, 8, 8, 0.0)
+
+
+# ---------------------------------------------------------------------------- token bucket
+def test_token_bucket_peek_with_room_for_exactly_one() -> None:
+    _, d = token_bucket(TokenBucketState(3.0, 10.0), TOKENS, 0, 10.0)
+    assert d == Decision(True, 4, 1, 6.0)  # 3 tokens drain at 0.5/s: 6 s
+
+
+def test_token_bucket_denials_report_the_level_drain_and_the_retry() -> None:
+    state = TokenBucketState(3.0, 10.0)
+    same, d = token_bucket(state, TOKENS, 2, 10.0)
+    assert same is state and d == Decision(False, 4, 1, 6.0, 2.0)  # 1 token over: 2 s
+    _, d = token_bucket(state, TOKENS, 4, 10.0)  # cost == capacity: 3 tokens over, 6 s
+    assert d == Decision(False, 4, 1, 6.0, 6.0)
+    _, d = token_bucket(state, TOKENS, 5, 10.0)
+    assert d == Decision(False, 4, 1, 6.0, math.inf)
+    # Directly, without force:
+    assert token_bucket(TokenBucketState(4.0, 10.0), TOKENS, 1, 10.0)[1].allowed is False
+
+
+def test_token_bucket_a_hit_filling_it_exactly_is_admitted() -> None:
+    state, d = token_bucket(TokenBucketState(3.0, 10.0), TOKENS, 1, 10.0)
+    assert (state, d) == (TokenBucketState(4.0, 10.0), Decision(True, 4, 0, 8.0))
+
+
+# ------------------------------------------------------------------------------ expires_at
+def test_expires_at_is_when_each_state_equals_no_state() -> None:
+    assert expires_at(None, TOKENS, 7.0) == 7.0
+    assert expires_at(TokenBucketState(3.0, 10.0), TOKENS, 0.0) == 16.0  # 3 / 0.5
+    assert expires_at(LeakyBucketState(3, 10.0), LEAKY, 0.0) == 16.0  # 3 * 8 / 4
+    assert expires_at(GCRAState(18.0, 2.0), GCRA, 0.0) == 18.0
+    window = Limit(4, 8.0, algorithm=Algorithm.FIXED_WINDOW)
+    assert expires_at(FixedWindowState(10.0, 3), window, 0.0) == 18.0
+    log = Limit(4, 8.0, algorithm=Algorithm.SLIDING_WINDOW_LOG)
+    assert expires_at(SlidingLogState(((10.0, 1), (12.5, 2))), log, 0.0) == 20.5
+    assert expires_at(SlidingLogState(()), log, 3.0) == 3.0
+    counter = Limit(4, 8.0, algorithm=Algorithm.SLIDING_WINDOW_COUNTER)
+    assert expires_at(SlidingCounterState(10.0, 2, 1), counter, 0.0) == 26.0  # two windows
