@@ -153,3 +153,41 @@ async def test_malformed_fetch_many_is_refused_and_the_node_serves_on(cluster) -
     )
     assert isinstance(replies[0], InvalidOptionError) and isinstance(replies[1], Reader)
     assert (await b.topic("bad", partitions=1).publish(b"fine")).offset == 0
+
+
+async def test_a_peers_partitions_move_on_when_it_dies_mid_long_poll(cluster) -> None:
+    nodes = await cluster.start(4)
+    consumer = nodes[0]
+    heads = _heads(consumer, "mv", 8)
+    victim = max((h for h in heads if h != consumer.node.address), key=lambda h: len(heads[h]))
+    assert len(heads[victim]) >= 2  # the consumer long-polls them with one fetch_many
+    topic = consumer.topic("mv", partitions=8)
+    before = {f"a{i}".encode() for i in range(40)}
+    await asyncio.gather(
+        *(
+            topic.publish(d, msg_id=d.decode(), partition=i % 8)
+            for i, d in enumerate(sorted(before))
+        )
+    )
+    got: dict[bytes, int] = {}
+    async with topic.subscribe(group="g", ack_wait=30.0) as sub:
+        while len(got) < len(before):
+            msg = await sub.next(timeout=30)
+            assert msg is not None
+            got[msg.data] = got.get(msg.data, 0) + 1
+            await msg.ack()
+        requests = sub._fetcher.requests
+        assert requests > 0
+        # The victim dies while the consumer's fetch_many waits on it; the ring drops it.
+        await cluster.kill(victim)
+        cluster.set_members([a for a in cluster.members if a != victim])
+        after = {f"b{i}".encode() for i in range(40)}
+        for i, d in enumerate(sorted(after)):
+            await topic.publish(d, msg_id=d.decode(), partition=i % 8)
+        while len(got) < len(before) + len(after):
+            msg = await sub.next(timeout=60)
+            assert msg is not None, f"missing: {sorted((before | after) - set(got))[:5]}"
+            got[msg.data] = got.get(msg.data, 0) + 1
+            await msg.ack()
+    assert set(got) == before | after
+    assert all(n == 1 for d, n in got.items() if d in before)  # acked before the kill
