@@ -103,18 +103,43 @@ class Reader:
         """Consume ``n`` bytes."""
         self._take(n)
 
+    # The fixed-size reads unpack straight from the buffer (no view, no copy): they are the
+    # most frequent calls of every decoder.
     def u64(self) -> int:
-        return int(_Q.unpack(self._take(8))[0])
+        pos = self._pos
+        if pos + 8 > len(self._raw):
+            raise CodecError("truncated buffer")
+        self._pos = pos + 8
+        value: int = _Q.unpack_from(self._raw, pos)[0]
+        return value
 
     def i64(self) -> int:
-        return int(_q.unpack(self._take(8))[0])
+        pos = self._pos
+        if pos + 8 > len(self._raw):
+            raise CodecError("truncated buffer")
+        self._pos = pos + 8
+        value: int = _q.unpack_from(self._raw, pos)[0]
+        return value
 
     def f64(self) -> float:
-        return float(_D.unpack(self._take(8))[0])
+        pos = self._pos
+        if pos + 8 > len(self._raw):
+            raise CodecError("truncated buffer")
+        self._pos = pos + 8
+        value: float = _D.unpack_from(self._raw, pos)[0]
+        return value
 
     def bytes_(self) -> bytes:
-        (n,) = _I.unpack(self._take(4))
-        return bytes(self._take(int(n)))
+        pos = self._pos
+        raw = self._raw
+        if pos + 4 > len(raw):
+            raise CodecError("truncated buffer")
+        (n,) = _I.unpack_from(raw, pos)
+        end = pos + 4 + n
+        if end > len(raw):
+            raise CodecError("truncated buffer")
+        self._pos = end
+        return raw[pos + 4 : end]
 
     def str_(self) -> str:
         try:

@@ -73,10 +73,17 @@ class TopicConfig:
             raise InvalidOptionError(f"durable must be True or False, not {self.durable!r}")
 
     def encode(self, w: Writer) -> None:
-        """Append this config to ``w``."""
-        w.u64(self.partitions).u64(self.max_messages).u64(self.max_bytes)
-        w.f64(-1.0 if self.max_age is None else self.max_age)
-        w.u64(self.max_message_bytes).f64(self.dedup_window).u64(int(self.durable))
+        """Append this config to ``w`` (every request carries one: the few distinct
+        encodings are cached)."""
+        raw = _ENCODED.get(self)
+        if raw is None:
+            enc = Writer().u64(self.partitions).u64(self.max_messages).u64(self.max_bytes)
+            enc.f64(-1.0 if self.max_age is None else self.max_age)
+            enc.u64(self.max_message_bytes).f64(self.dedup_window).u64(int(self.durable))
+            raw = enc.getvalue()
+            if len(_ENCODED) < 1024:
+                _ENCODED[self] = raw
+        w.raw(raw)
 
     @classmethod
     def decode(cls, r: Reader) -> TopicConfig:
@@ -110,6 +117,7 @@ class TopicConfig:
 
 
 _DECODED: dict[bytes, TopicConfig] = {}
+_ENCODED: dict[TopicConfig, bytes] = {}
 
 
 def _int_in(name: str, value: object, low: int, high: int) -> None:
