@@ -67,7 +67,8 @@ class Simulation:
             assert (entry.epoch, entry.data) == (epoch, data), f"sequence {seq} changed"
 
     def takeover(self, node: int, others: list[int]) -> None:
-        quorum = [node, *[o for o in others if o != node]][: self.r]
+        # Distinct nodes: a node listed twice must not count twice towards the quorum.
+        quorum = [node, *dict.fromkeys(o for o in others if o != node)][: self.r]
         if len(quorum) < self.r:
             return
         seen = max(self.replicas[q].max_epoch for q in quorum)
