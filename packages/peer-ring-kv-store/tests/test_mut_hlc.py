@@ -77,6 +77,14 @@ def test_the_logical_counter_reaches_its_maximum_before_borrowing() -> None:
     assert hlc.now() == Version(WALL_US + 1, 0, "n1")
 
 
+def test_a_local_event_also_reaches_the_maximum_before_borrowing() -> None:
+    # now() and update() each have their own overflow check (update's is inlined).
+    hlc = HLC(WallClock(), "n1")
+    hlc.update(Version(WALL_US, MAX_LOGICAL - 2, "peer"))
+    assert hlc.now() == Version(WALL_US, MAX_LOGICAL, "n1")
+    assert hlc.now() == Version(WALL_US + 1, 0, "n1")
+
+
 def test_the_refusal_warning_says_how_far_ahead_and_the_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
