@@ -9,6 +9,7 @@ expiries, evictions, collections and partition drops.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import farmhash
 import pytest
@@ -115,30 +116,30 @@ ops = st.lists(
 )
 
 
-def run(engine: KVEngine, clock: FakeClock, steps: list[tuple[object, ...]]) -> None:
+def run(engine: KVEngine, clock: FakeClock, steps: list[tuple[Any, ...]]) -> None:
     for step in steps:
         kind = step[0]
         if kind == "put":
             _, key, at, node, what, ttl, value, logical = step
-            rec = record(int(at) * 1000, node, str(what), ttl, value, logical)  # type: ignore[arg-type]
-            engine.put(key, rec)  # type: ignore[arg-type]
+            rec = record(at * 1000, node, what, ttl, value, logical)
+            engine.put(key, rec)
         elif kind == "tick":
-            clock.advance(float(step[1]))  # type: ignore[arg-type]
+            clock.advance(step[1])
         elif kind == "get":
-            engine.get(step[1])  # type: ignore[arg-type]
+            engine.get(step[1])
         elif kind == "expire_step":
             engine.expire_step()
         elif kind == "digests":
-            engine.digests(int(step[1]))  # type: ignore[call-overload]
+            engine.digests(step[1])
         else:
-            engine.drop(int(step[1]))  # type: ignore[call-overload]
+            engine.drop(step[1])
         assert books(engine) == recompute(engine), step
 
 
 @settings(deadline=None, max_examples=150)
 @given(ops, st.sampled_from([None, 1_000, 100_000]), st.sampled_from([0.0, 2.0, 3600.0]))
 def test_books_equal_a_recomputation_after_any_sequence(
-    steps: list[tuple[object, ...]], max_bytes: int | None, grace: float
+    steps: list[tuple[Any, ...]], max_bytes: int | None, grace: float
 ) -> None:
     clock = FakeClock(START)
     engine = KVEngine(4, clock, max_bytes=max_bytes, tombstone_grace=grace)
@@ -148,7 +149,7 @@ def test_books_equal_a_recomputation_after_any_sequence(
 @settings(deadline=None, max_examples=100)
 @given(ops, st.sampled_from([None, 100_000]))
 def test_get_wire_answers_like_get_record_then_encode(
-    steps: list[tuple[object, ...]], max_bytes: int | None
+    steps: list[tuple[Any, ...]], max_bytes: int | None
 ) -> None:
     clock, reference_clock = FakeClock(START), FakeClock(START)
     engine = KVEngine(4, clock, max_bytes=max_bytes, tombstone_grace=2.0)
