@@ -589,7 +589,10 @@ class KVStore(KVOpsMixin):
         winner, payload = reconcile_answers(key_b, result.payloads, self._resolver)
         if winner is None:
             return default
-        result.on_complete(functools.partial(self._repair, key_b, winner, payload))
+        if payload is None or not result.complete:
+            result.on_complete(functools.partial(self._repair, key_b, winner, payload))
+        # else every replica asked has answered, each ok one with the winner's bytes:
+        # nothing to repair (_repair would find no stale replica).
         if winner.tombstone or (winner.expires and winner.expires <= self._clock.time()):
             return default  # deleted or expired (Record.is_live)
         return decode_value(winner.value, winner.encoded, self._codec)
