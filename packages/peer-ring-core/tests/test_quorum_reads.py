@@ -96,7 +96,7 @@ async def test_writes_still_go_to_every_replica(harness: MemoryCluster) -> None:
     sent = count_requests(a)
     result = await a.execute("app", PUT, key, versioned_payload(1, b"v"))
     await harness.until(lambda: result.complete)
-    assert sent == Counter({p: 1 for p in a.preference_list(key, 3)[1:]})
+    assert sent == Counter(dict.fromkeys(a.preference_list(key, 3)[1:], 1))
     assert all(key in app.data for app in harness.apps.values())
 
 
@@ -119,7 +119,7 @@ async def test_read_fanout_all_asks_every_replica(harness: MemoryCluster) -> Non
     sent = count_requests(a)
     result = await a.execute("app", GET, key)
     await harness.until(lambda: result.complete)
-    assert sent == Counter({p: 1 for p in a.preference_list(key, 3)[1:]})
+    assert sent == Counter(dict.fromkeys(a.preference_list(key, 3)[1:], 1))
     assert len(result.replies) == 3
 
 
@@ -287,3 +287,25 @@ def test_the_defaults() -> None:
     assert config.read_fanout == "quorum"
     assert config.read_speculate_after == 0.05
     assert PeerRingConfig(read_speculate_after=None).read_speculate_after is None
+
+
+async def test_the_extra_reads_are_exported_as_metrics(harness: MemoryCluster) -> None:
+    pytest.importorskip("prometheus_client")
+    from peer_ring.core.metrics import PeerRingCollector
+
+    a, _, _ = await three(harness, read_speculate_after=0.05)
+    key = key_headed_by(a)
+    prefs = a.preference_list(key, 3)
+    harness.network.pause(prefs[1])
+    await a.execute("app", GET, key)  # one speculative read
+    harness.network.resume(prefs[1])
+    await harness.nodes[prefs[2]].stop()
+    other = next(
+        k
+        for k in (f"o{i}".encode() for i in range(10_000))
+        if k != key and a.preference_list(k, 3)[:2] == (a.address, prefs[2])
+    )
+    await a.execute("app", GET, other)  # prefs[2] is down: one retried read
+    got = {s.name: s.value for f in PeerRingCollector(a).collect() for s in f.samples}
+    assert got["peer_ring_reads_speculative_total"] == 1.0
+    assert got["peer_ring_reads_retried_total"] == 1.0
