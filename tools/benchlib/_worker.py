@@ -281,7 +281,17 @@ async def _node(spec: dict[str, Any]) -> None:
     async with KVStore(discovery, replication=replication, quorum=quorum, config=config) as kv:
         _emit("started", address=kv.node.address)
         transport = kv.node.transport
-        stats = getattr(transport, "stats", None)
+        transport_stats = getattr(transport, "stats", None)
+
+        def stats() -> dict[str, int]:
+            # The transport's counters, and the quorum reads' extra requests (speculative
+            # after read_speculate_after, retried after a refusal): reads_speculative,
+            # reads_retried in the run's "transport" counters.
+            out: dict[str, int] = dict(transport_stats()) if transport_stats else {}
+            reads = kv.node.sync_status().get("reads", {})
+            for name, value in reads.items():
+                out[f"reads_{name}"] = int(value)
+            return out
 
         async def prefill(keys: list[str], value: bytes) -> None:
             # Every node is started by now: wait for this one's initial sync (reads of a
