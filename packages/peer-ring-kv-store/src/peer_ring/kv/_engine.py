@@ -82,7 +82,14 @@ from peer_ring.core import DIGEST_BUCKETS, Clock, InvalidArgumentError
 from peer_ring.kv._expiry import DEFAULT_SAMPLE, MAX_ROUNDS, REPEAT_THRESHOLD, TTLIndex
 from peer_ring.kv._record import Record, Resolver, reconcile
 from peer_ring.kv._versions import MAX_NODE_ID_BYTES, Version
-from peer_ring.kv._wire import FLAG_TOMBSTONE, GET_RESPONSE_HEAD, encode_get_response
+from peer_ring.kv._wire import (
+    FLAG_TOMBSTONE,
+    GET_RESPONSE_HEAD,
+    KEY_LENGTH,
+    RECORD_HEAD,
+    encode_entry,
+    encode_get_response,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +121,8 @@ _unpack_compact = _COMPACT.unpack_from
 _unpack_wide = _WIDE.unpack_from
 _new = tuple.__new__
 _GET_HEAD_PACK = GET_RESPONSE_HEAD.pack
+_RECORD_HEAD_PACK = RECORD_HEAD.pack
+_KEY_LEN_PACK = KEY_LENGTH.pack
 
 
 def _header(blob: bytes) -> tuple[int, int, int, int, float, int]:
@@ -656,6 +665,46 @@ class KVEngine:
             else:
                 value = blob[offset:]
                 yield key, _new(Record, (value, version, expires, False, (flags & _ENCODED) != 0))
+
+    def export_entries(
+        self, partition: int, buckets: Collection[int] | None = None
+    ) -> Iterator[bytes]:
+        """:meth:`export` as wire entries, ``encode_entry(key, record)`` byte for byte,
+        encoded straight from the stored bytes (no :class:`Record` per record): what a
+        partition transfer sends. Snapshotted when called, as :meth:`export`.
+
+        Raises:
+            ValueError: (while iterating) a writer id cannot be encoded, as
+                ``encode_entry``.
+        """
+        items = list(self._parts[partition].items())
+        wanted = None if buckets is None else frozenset(buckets)
+        return self._export_entries(items, wanted, self._clock.time())
+
+    def _export_entries(
+        self, items: list[tuple[bytes, bytes]], wanted: frozenset[int] | None, now: float
+    ) -> Iterator[bytes]:
+        node_wire = self._node_wire
+        grace = self._grace
+        key_head = _KEY_LEN_PACK
+        record_head = _RECORD_HEAD_PACK
+        for key, blob in items:
+            if wanted is not None and (_fp64(key) >> 32) % DIGEST_BUCKETS not in wanted:
+                continue
+            flags, physical, logical, node, expires, offset = _header(blob)
+            node_b = node_wire[node]
+            if node_b is None:  # the slow path raises encode_entry's error
+                yield from (encode_entry(k, r) for k, r in self._export([(key, blob)], None, now))
+                continue
+            if flags & _TOMB or (expires and expires <= now):
+                if (expires or physical / 1_000_000) + grace <= now:
+                    continue
+                head = record_head(FLAG_TOMBSTONE, physical, logical, expires, len(node_b), 0)
+                yield b"".join((key_head(len(key)), key, head, node_b))
+            else:
+                size = len(blob) - offset
+                head = record_head(flags & _ENCODED, physical, logical, expires, len(node_b), size)
+                yield b"".join((key_head(len(key)), key, head, node_b, blob[offset:]))
 
     def drop(self, partition: int) -> int:
         """Forget every record of ``partition``; returns how many there were."""

@@ -50,10 +50,8 @@ class KVHooks:
 
         The partition is snapshotted by this call, before the first item is consumed.
         """
-        # The generator expression evaluates engine.export() -- the snapshot -- right away.
-        return (
-            encode_entry(key, record) for key, record in self._engine.export(partition, buckets)
-        )
+        # export_entries() takes the snapshot at once and encodes from the stored bytes.
+        return self._engine.export_entries(partition, buckets)
 
     def record_versions(
         self, partition: int, buckets: Collection[int]

@@ -47,10 +47,13 @@ _KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_ENCODED
 
 _RECORD_HEAD = struct.Struct("<BQIdBI")  # flags, physical, logical, expires, node/value length
 _RECORD_HEAD_SIZE = _RECORD_HEAD.size
-#: A GET answer with a record: the presence byte, then the record's fixed part (for
-#: ``KVEngine.get_wire``, which encodes it straight from the stored bytes).
+#: A record's fixed part, and a GET answer's: the presence byte, then the record's fixed
+#: part (for ``KVEngine.get_wire``/``export_entries``, which encode from the stored bytes).
+RECORD_HEAD = _RECORD_HEAD
 GET_RESPONSE_HEAD = struct.Struct("<BBQIdBI")
 _U32 = struct.Struct("<I")
+#: The length prefix of a key in an entry.
+KEY_LENGTH = _U32
 _MAX_U32 = 0xFFFF_FFFF
 _INF = math.inf
 # Build records without NamedTuple's Python-level __new__ (a third of the decoding time).
