@@ -15,7 +15,14 @@ import math
 import pytest
 
 from peer_ring.ratelimit import Algorithm, Decision, Limit
-from peer_ring.ratelimit._algorithms import expires_at, gcra, leaky_bucket, token_bucket
+from peer_ring.ratelimit._algorithms import (
+    expires_at,
+    gcra,
+    leaky_bucket,
+    sliding_window_counter,
+    sliding_window_log,
+    token_bucket,
+)
 from peer_ring.ratelimit._state import (
     FixedWindowState,
     GCRAState,
@@ -180,3 +187,89 @@ def test_expires_at_is_when_each_state_equals_no_state() -> None:
     assert expires_at(SlidingLogState(()), log, 3.0) == 3.0
     counter = Limit(4, 8.0, algorithm=Algorithm.SLIDING_WINDOW_COUNTER)
     assert expires_at(SlidingCounterState(10.0, 2, 1), counter, 0.0) == 26.0  # two windows
+
+
+# ------------------------------------------------------------------------ sliding window log
+LOG = Limit(4, 10.0, algorithm=Algorithm.SLIDING_WINDOW_LOG)
+THREE = SlidingLogState(((10.0, 1), (12.0, 2)))  # 3 used; at 15 both are in the window
+
+
+def test_log_peeks_and_hits_report_the_reset_of_the_newest_entry() -> None:
+    same, d = sliding_window_log(THREE, LOG, 0, 15.0)
+    assert same is THREE and d == Decision(True, 4, 1, 7.0)  # 12 + 10 - 15
+    state, d = sliding_window_log(THREE, LOG, 1, 15.0)
+    assert state == SlidingLogState(((10.0, 1), (12.0, 2), (15.0, 1)))
+    assert d == Decision(True, 4, 0, 10.0)
+    _, d = sliding_window_log(SlidingLogState(((10.0, 1),)), LOG, 0, 19.5)
+    assert d == Decision(True, 4, 3, 0.5)
+
+
+def test_log_hits_at_the_newest_instant_share_its_entry() -> None:
+    state, d = sliding_window_log(THREE, LOG, 1, 12.0)
+    assert (state, d) == (SlidingLogState(((10.0, 1), (12.0, 3))), Decision(True, 4, 0, 10.0))
+
+
+@pytest.mark.parametrize(
+    ("cost", "retry"),
+    [
+        (2, 5.0),  # the entry at 10 leaving (at 20) frees enough
+        (3, 7.0),  # it takes the entry at 12 too (at 22)
+        (4, 7.0),  # the whole limit: possible once both left
+        (5, math.inf),  # over the limit: never
+    ],
+)
+def test_log_denials_wait_for_enough_entries_to_leave(cost: int, retry: float) -> None:
+    same, d = sliding_window_log(THREE, LOG, cost, 15.0)
+    assert same is THREE and d == Decision(False, 4, 1, 7.0, retry)
+
+
+def test_log_a_retry_shorter_than_a_second_is_kept() -> None:
+    _, d = sliding_window_log(THREE, LOG, 2, 19.5)
+    assert d == Decision(False, 4, 1, 2.5, 0.5)
+
+
+def test_log_refunds_take_back_the_newest_hits_first() -> None:
+    state, d = sliding_window_log(THREE, LOG, -1, 15.0)
+    assert (state, d) == (SlidingLogState(((10.0, 1), (12.0, 1))), Decision(True, 4, 2, 7.0))
+    state, d = sliding_window_log(THREE, LOG, -2, 15.0)  # exactly the newest entry
+    assert (state, d) == (SlidingLogState(((10.0, 1),)), Decision(True, 4, 3, 5.0))
+    four = SlidingLogState(((8.0, 1), (10.0, 1), (12.0, 2)))
+    state, d = sliding_window_log(four, LOG, -3, 15.0)
+    assert (state, d) == (SlidingLogState(((8.0, 1),)), Decision(True, 4, 3, 3.0))
+    state, d = sliding_window_log(THREE, LOG, -9, 15.0)  # more than was used: nothing left
+    assert (state, d) == (None, Decision(True, 4, 4, 0.0))
+
+
+# -------------------------------------------------------------------- sliding window counter
+COUNTER = Limit(10, 10.0, algorithm=Algorithm.SLIDING_WINDOW_COUNTER)
+
+
+def test_counter_a_window_ending_exactly_now_becomes_the_previous_one() -> None:
+    state, d = sliding_window_counter(SlidingCounterState(10.0, 0, 3), COUNTER, 1, 20.0)
+    # The window [10, 20) is over at 20: its 3 hits weigh fully at the start of [20, 30).
+    assert (state, d) == (SlidingCounterState(20.0, 3, 1), Decision(True, 10, 6, 20.0))
+
+
+@pytest.mark.parametrize(
+    ("prev", "cur", "cost", "now", "retry"),
+    [
+        # Enough of the previous window slides out: at frac 0.5 (0.05 s after 0.45).
+        (10, 2, 3, 14.5, 0.5),
+        # In the next window (the current count becomes the previous one).
+        (2, 8, 5, 15.0, 8.75),  # 5 s to the end + 3.75 s for 8 * (1 - f) <= 5
+        (5, 0, 10, 15.0, 5.0),  # the whole limit: once the previous window slid out
+        (0, 3, 10, 15.0, 15.0),  # the whole limit on top of 3: a window later
+        (0, 1, 10, 15.0, 15.0),
+        (0, 1, 11, 15.0, math.inf),
+    ],
+)
+def test_counter_denials_say_when_the_same_hit_would_pass(
+    prev: int, cur: int, cost: int, now: float, retry: float
+) -> None:
+    state = SlidingCounterState(10.0, prev, cur)
+    same, d = sliding_window_counter(state, COUNTER, cost, now)
+    assert same is state and not d.allowed
+    assert d.retry_after == pytest.approx(retry)
+    # Directly, without force, the denial stands; forced, it is admitted.
+    forced, d = sliding_window_counter(state, COUNTER, cost, now, True)
+    assert d.allowed and forced == SlidingCounterState(10.0, prev, cur + cost)
