@@ -25,3 +25,9 @@ def test_a_preference_list_out_of_range_names_the_partition(partition: int) -> N
     with pytest.raises(InvalidArgumentError) as err:
         ring.preference_list(partition, 2)
     assert str(err.value) == (f"partition {partition} is out of range for a ring of 16 partitions")
+
+
+def test_an_empty_ring_is_refused_with_the_reason() -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        Ring([], 16)
+    assert str(err.value) == "a ring needs at least one member"
