@@ -29,7 +29,7 @@ def test_bench_ratelimit_smoke(tmp_path: Path, require_component: Callable[..., 
         )
     out = tmp_path / "ratelimit.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "ratelimit", "--smoke", "--json", str(out)],
+        [sys.executable, str(BENCH), "ratelimit", "--smoke", "--rates", "100", "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -41,7 +41,15 @@ def test_bench_ratelimit_smoke(tmp_path: Path, require_component: Callable[..., 
     systems = [r["system"] for r in rows]
     assert systems[0].startswith("peer-ring local") and systems[1].startswith("peer-ring decide")
     cluster = [r for r in rows if r["system"].startswith("peer-ring 3 nodes")]
+    open_loop = [r for r in cluster if "open loop" in r["system"]]
+    cluster = [r for r in cluster if r not in open_loop]
     assert len(cluster) == 4 and any("global mode" in r["system"] for r in cluster)
+    # --rates: an open loop at replication 2 and 1, and the bare round trip (the floor).
+    assert [" R2 " in r["system"] for r in open_loop] == [True, False]
+    floor = [r for r in rows if r["system"].startswith("bare asyncio TCP round trip")]
+    assert len(floor) == 1
+    for row in [*open_loop, *floor]:
+        assert row["decisions_per_s"] > 0 and row["errors"] == 0, row
     limits_rows = [r for r in rows if r["system"].startswith("limits + Redis")]
     assert len(limits_rows) == (2 if have_redis else 1)
     for row in [rows[0], *cluster, *(limits_rows if have_redis else [])]:
