@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._errors import OffsetOutOfRangeError
-from peer_ring.pubsub._log import Entry, PartitionLog
+from peer_ring.pubsub._log import NOOP, DedupRecord, Entry, PartitionLog
 
 BIG = TopicConfig(max_messages=10**6, max_bytes=10**9)
 
@@ -213,3 +213,73 @@ def test_retention_expires_dedup_records_up_to_the_first_in_window() -> None:
     assert list(log.dedup) == ["b", "c", "d"]
     log.apply_retention(15.5)
     assert list(log.dedup) == ["c", "d"]
+
+
+# ------------------------------------------------------------------- appends, dedup, epochs
+def test_add_stores_once_and_records_the_exact_dedup_position() -> None:
+    log = PartitionLog(BIG)
+    entry = Entry(2, 7, 12.5, "m1", b"k", b"data", writer=3)
+    assert log.add(entry) is True
+    assert log.add(Entry(2, 7, 99.0, "m1", b"k", b"other", writer=3)) is False  # same writer
+    assert log.add(Entry(1, 7, 99.0, "m9", b"", b"lower", writer=1)) is False
+    assert log.get(7) is entry and log.bytes == entry.size
+    assert log.dedup == {"m1": DedupRecord("m1", 2, 7, 12.5, 3)}
+    # A higher writer replaces the entry (and its bytes).
+    newer = Entry(2, 7, 13.0, "m1", b"k", b"da", writer=4)
+    assert log.add(newer) is True
+    assert log.get(7) is newer and log.bytes == newer.size
+
+
+def test_no_dedup_record_without_a_msg_id_or_for_a_noop() -> None:
+    log = PartitionLog(BIG)
+    log.add(Entry(1, 0, 0.0, "", b"", b"x"))
+    log.add(Entry(1, 1, 0.0, "n1", b"", b"", kind=NOOP))
+    assert log.dedup == {}
+
+
+def test_the_earliest_valid_position_of_a_msg_id_wins_in_any_order() -> None:
+    late, early = DedupRecord("m", 1, 5, 1.0), DedupRecord("m", 1, 3, 2.0)
+    for order in ([late, early], [early, late]):
+        log = PartitionLog(BIG)
+        for record in order:
+            log.add_dedup(record)
+        assert log.dedup == {"m": early}
+    # Same position: the higher writer wins, whatever the order.
+    low, high = DedupRecord("m", 1, 3, 2.0, 1), DedupRecord("m", 1, 3, 2.0, 4)
+    for order in ([low, high], [high, low]):
+        log = PartitionLog(BIG)
+        for record in order:
+            log.add_dedup(record)
+        assert log.dedup["m"] is high
+    # The same position and writer again: the first one is kept (its time too).
+    log = PartitionLog(BIG)
+    first, again = DedupRecord("m", 1, 3, 2.0, 4), DedupRecord("m", 1, 3, 9.0, 4)
+    log.add_dedup(first)
+    log.add_dedup(again)
+    assert log.dedup["m"] is first
+
+
+def test_an_epoch_start_only_moves_down() -> None:
+    log = PartitionLog(BIG)
+    log.start_epoch(2, 5)
+    log.start_epoch(2, 8)  # a later, higher start for the same epoch is ignored
+    assert log.epoch_starts == {2: 5}
+    log.start_epoch(2, 3)
+    assert log.epoch_starts == {2: 3}
+
+
+def test_advance_first_drops_only_what_is_below_it() -> None:
+    log = log_with({2: 0.0, 3: 0.0, 4: 0.0}, first=2)
+    log.advance_first(3)
+    assert (sorted(log.entries), log.first) == ([3, 4], 3)
+    log.advance_first(1)  # never backwards
+    assert (sorted(log.entries), log.first) == ([3, 4], 3)
+
+
+def test_the_highest_sequence_restarts_after_the_log_emptied() -> None:
+    log = PartitionLog(BIG)
+    log.add(Entry(1, 0, 1.0, "", b"", b"x"))
+    log._remove(0)
+    assert log.last == -1
+    log.add(Entry(1, 0, 2.0, "", b"", b"x"))
+    assert (log.last, log.last_time()) == (0, 2.0)
