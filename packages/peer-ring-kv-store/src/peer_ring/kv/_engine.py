@@ -63,91 +63,57 @@ early can let a deleted key come back from another replica, so it is the last re
 Evictions are local (a cache-like bound, not a delete): other replicas keep their copy.
 
 The engine is not thread-safe; it is meant for one asyncio event loop.
+
+Modules: this one holds the engine's state, reads and writes (the per-operation paths); the
+record layout is in :mod:`peer_ring.kv._engine_layout`, expiry, tombstone collection and
+eviction in :mod:`peer_ring.kv._engine_expiry`, and the partition-wide operations (export,
+drop, digests) in :mod:`peer_ring.kv._engine_partitions`, which :class:`KVEngine` inherits.
 """
 
 from __future__ import annotations
 
-import heapq
-import logging
 import math
 import random
 import struct
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
-
-import farmhash
+from collections.abc import Iterable
 
 from peer_ring.core import DIGEST_BUCKETS, Clock, InvalidArgumentError
-from peer_ring.kv._expiry import DEFAULT_SAMPLE, MAX_ROUNDS, REPEAT_THRESHOLD, TTLIndex
+from peer_ring.kv._engine_layout import (
+    _COMPACT,
+    _COMPACT_SIZE,
+    _DEAD,
+    _DIGEST_INPUT,
+    _ENCODED,
+    _EXPIRES,
+    _EXPIRES_AT,
+    _GET_HEAD_PACK,
+    _MASK64,
+    _TOMB,
+    _TTL,
+    _WIDE,
+    _WIDE_FLAG,
+    _WIDE_SIZE,
+    RECORD_OVERHEAD,
+    _empty_digest,
+    _fp64,
+    _header,
+    _new,
+    _unpack_compact,
+    _unpack_wide,
+)
+from peer_ring.kv._engine_partitions import _EnginePartitions
+from peer_ring.kv._expiry import TTLIndex
 from peer_ring.kv._record import Record, Resolver, reconcile
 from peer_ring.kv._versions import MAX_NODE_ID_BYTES, Version
-from peer_ring.kv._wire import (
-    FLAG_TOMBSTONE,
-    GET_RESPONSE_HEAD,
-    KEY_LENGTH,
-    RECORD_HEAD,
-    encode_entry,
-    encode_get_response,
-)
+from peer_ring.kv._wire import FLAG_TOMBSTONE, encode_get_response
 
-logger = logging.getLogger(__name__)
-
-#: Bytes added to ``len(key) + len(stored record)`` per record by the size accounting:
-#: two object headers, the dict entry and the LRU entry (measured with ``max_bytes`` set:
-#: about 200 bytes per record; 110 without the LRU order, which only ``max_bytes`` needs).
-RECORD_OVERHEAD = 200
-
-_COMPACT = struct.Struct("<QHB")  # flags | physical << 8, node index, logical
-_WIDE = struct.Struct("<QIId")  # flags | physical << 8, logical, node index, expires
-_COMPACT_SIZE = _COMPACT.size
-_WIDE_SIZE = _WIDE.size
-_EXPIRES = struct.Struct("<d")
-_EXPIRES_AT = 16  # in the wide header, which every record with a TTL has
-_DIGEST_INPUT = struct.Struct("<QQIQB")  # key fp, physical, logical, node fp, is-delete
-_DIGEST_OUTPUT = struct.Struct("<QI")  # sum of record hashes mod 2**64, record count
-_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-
-_TOMB = 0x01
-_ENCODED = 0x02
-_TTL = 0x04
-_WIDE_FLAG = 0x08
-_DEAD = _TOMB | _TTL  # flags & _DEAD == _TOMB: a delete's tombstone (see _is_delete)
-
-# The spec's Fingerprint64 (peer_ring.core.fingerprint64), called directly: the wrapper's
-# extra call costs ~100 ns on every read.
-_fp64: Callable[[bytes | str], int] = farmhash.fingerprint64
-_unpack_compact = _COMPACT.unpack_from
-_unpack_wide = _WIDE.unpack_from
-_new = tuple.__new__
-_GET_HEAD_PACK = GET_RESPONSE_HEAD.pack
-_RECORD_HEAD_PACK = RECORD_HEAD.pack
-_KEY_LEN_PACK = KEY_LENGTH.pack
+# RECORD_OVERHEAD is defined with the record layout; tests and callers import it from here.
+__all__ = ["RECORD_OVERHEAD", "KVEngine"]
 
 
-def _header(blob: bytes) -> tuple[int, int, int, int, float, int]:
-    """``(flags, physical, logical, node, expires, value offset)`` of a stored record."""
-    if blob[0] & _WIDE_FLAG:
-        word, logical, node, expires = _unpack_wide(blob)
-        return word & 0xFF, word >> 8, logical, node, expires, _WIDE_SIZE
-    word, node, logical = _unpack_compact(blob)
-    return word & 0xFF, word >> 8, logical, node, 0.0, _COMPACT_SIZE
-
-
-def _is_delete(flags: int) -> int:
-    """1 for a delete's tombstone, else 0: the only flag a record's digest hash covers.
-
-    An expired value (flagged TTL, whether or not it was already turned into a tombstone)
-    hashes like the write it was, so noticing an expiry does not change the digest.
-    """
-    return 1 if flags & _DEAD == _TOMB else 0
-
-
-def _empty_digest() -> array[int]:
-    return array("Q", bytes(16 * DIGEST_BUCKETS))
-
-
-class KVEngine:
+class KVEngine(_EnginePartitions):
     """One node's key-value records: LWW merge, TTL, tombstones, LRU bound, digests.
 
     Keys are ``bytes`` (encode ``str`` keys as UTF-8 first); values are ``bytes``.
@@ -571,202 +537,7 @@ class KVEngine:
         """Write a tombstone for ``key`` (``put(key, Record.deleted(version))``)."""
         return self.put(key, Record.deleted(version))
 
-    # ------------------------------------------------------------------ expiry and GC
-
-    def expire_step(self, sample: int = DEFAULT_SAMPLE) -> int:
-        """One step of active expiry, then collection of tombstones past their grace.
-
-        Samples ``sample`` keys that carry a TTL and frees the expired ones; repeats while
-        more than 25% of a sample was expired, at most :data:`MAX_ROUNDS` times, so the
-        work per call is bounded (Redis' algorithm).
-
-        Returns:
-            How many expired values were freed.
-        """
-        now = self._clock.time()
-        parts = self._parts
-        partitions = self._partitions
-        ttl = self._ttl
-        freed = 0
-        for _ in range(MAX_ROUNDS):
-            entries = ttl.sample(self._rng, sample)
-            if not entries:
-                break
-            done = []  # entries to remove: expired now, or stale already
-            for position, key in entries:
-                fp = _fp64(key)
-                partition = fp % partitions
-                blob = parts[partition].get(key)
-                if blob is None or blob[0] & (_TOMB | _TTL) != _TTL:
-                    done.append(position)  # stale: the key no longer has a live TTL
-                    continue
-                expires = _EXPIRES.unpack_from(blob, _EXPIRES_AT)[0]
-                if expires <= now:
-                    self._expire(partition, fp, key, blob)
-                    freed += 1
-                    done.append(position)
-            ttl.remove(done)
-            if len(done) <= len(entries) * REPEAT_THRESHOLD:
-                break
-        self.collect_tombstones(now)
-        return freed
-
-    def collect_tombstones(self, now: float | None = None) -> int:
-        """Forget tombstones whose collection time (death + grace) has passed.
-
-        Returns:
-            How many were collected.
-        """
-        if now is None:
-            now = self._clock.time()
-        graves = self._graves
-        collected = 0
-        while graves and graves[0][0] <= now:
-            deadline, key = heapq.heappop(graves)
-            fp = _fp64(key)
-            partition = fp % self._partitions
-            blob = self._parts[partition].get(key)
-            if blob is not None and self._is_grave(blob, deadline):
-                self._remove(partition, fp, key, blob)
-                collected += 1
-        self._collected += collected
-        return collected
-
-    # ------------------------------------------------------------------ partitions
-
-    def export(
-        self, partition: int, buckets: Collection[int] | None = None
-    ) -> Iterator[tuple[bytes, Record]]:
-        """The records of ``partition`` (only those in digest ``buckets`` when given).
-
-        Tombstones are included, so deletes travel; expired values are exported as the
-        tombstones they are; records past their collection time are left out. The
-        partition is snapshotted when this is called: writes made while the caller
-        iterates are not included (they reach other replicas by replication).
-        """
-        items = list(self._parts[partition].items())
-        wanted = None if buckets is None else frozenset(buckets)
-        return self._export(items, wanted, self._clock.time())
-
-    def _export(
-        self, items: list[tuple[bytes, bytes]], wanted: frozenset[int] | None, now: float
-    ) -> Iterator[tuple[bytes, Record]]:
-        nodes = self._nodes
-        grace = self._grace
-        for key, blob in items:
-            if wanted is not None and (_fp64(key) >> 32) % DIGEST_BUCKETS not in wanted:
-                continue
-            flags, physical, logical, node, expires, offset = _header(blob)
-            version = _new(Version, (physical, logical, nodes[node]))
-            if flags & _TOMB or (expires and expires <= now):
-                if (expires or physical / 1_000_000) + grace <= now:
-                    continue
-                yield key, _new(Record, (b"", version, expires, True, False))
-            else:
-                value = blob[offset:]
-                yield key, _new(Record, (value, version, expires, False, (flags & _ENCODED) != 0))
-
-    def export_entries(
-        self, partition: int, buckets: Collection[int] | None = None
-    ) -> Iterator[bytes]:
-        """:meth:`export` as wire entries, ``encode_entry(key, record)`` byte for byte,
-        encoded straight from the stored bytes (no :class:`Record` per record): what a
-        partition transfer sends. Snapshotted when called, as :meth:`export`.
-
-        Raises:
-            ValueError: (while iterating) a writer id cannot be encoded, as
-                ``encode_entry``.
-        """
-        items = list(self._parts[partition].items())
-        wanted = None if buckets is None else frozenset(buckets)
-        return self._export_entries(items, wanted, self._clock.time())
-
-    def _export_entries(
-        self, items: list[tuple[bytes, bytes]], wanted: frozenset[int] | None, now: float
-    ) -> Iterator[bytes]:
-        node_wire = self._node_wire
-        grace = self._grace
-        key_head = _KEY_LEN_PACK
-        record_head = _RECORD_HEAD_PACK
-        for key, blob in items:
-            if wanted is not None and (_fp64(key) >> 32) % DIGEST_BUCKETS not in wanted:
-                continue
-            flags, physical, logical, node, expires, offset = _header(blob)
-            node_b = node_wire[node]
-            if node_b is None:  # the slow path raises encode_entry's error
-                yield from (encode_entry(k, r) for k, r in self._export([(key, blob)], None, now))
-                continue
-            if flags & _TOMB or (expires and expires <= now):
-                if (expires or physical / 1_000_000) + grace <= now:
-                    continue
-                head = record_head(FLAG_TOMBSTONE, physical, logical, expires, len(node_b), 0)
-                yield b"".join((key_head(len(key)), key, head, node_b))
-            else:
-                size = len(blob) - offset
-                head = record_head(flags & _ENCODED, physical, logical, expires, len(node_b), size)
-                yield b"".join((key_head(len(key)), key, head, node_b, blob[offset:]))
-
-    def drop(self, partition: int) -> int:
-        """Forget every record of ``partition``; returns how many there were."""
-        part = self._parts[partition]
-        lru = self._lru
-        size = 0
-        tombstones = 0
-        with_ttl = 0
-        for key, blob in part.items():
-            size += len(key) + len(blob) + RECORD_OVERHEAD
-            if blob[0] & _TOMB:
-                tombstones += 1
-            else:
-                if blob[0] & _TTL:
-                    with_ttl += 1  # its TTL index entry goes stale
-                if lru is not None:
-                    lru.pop(key, None)
-        count = len(part)
-        self._parts[partition] = {}
-        self._digest[partition] = _empty_digest()
-        self._ttl_floor[partition] = math.inf
-        self._size -= size
-        self._stored -= count
-        self._tombstones -= tombstones
-        self._ttl_count -= with_ttl
-        return count
-
-    def digests(self, partition: int) -> list[bytes]:
-        """``DIGEST_BUCKETS`` digests of ``partition``: ``b""`` for an empty bucket.
-
-        Each is 12 bytes: the sum (mod 2**64) of the bucket's record hashes and the record
-        count. Records past their collection time are collected first -- tombstones, and
-        expired values that active expiry has not found yet -- so that replicas compare
-        what they keep, whether or not they noticed an expiry.
-        """
-        now = self._clock.time()
-        self.collect_tombstones(now)
-        if self._ttl_floor[partition] + self._grace <= now:
-            self._sweep(partition, now)
-        pack = _DIGEST_OUTPUT.pack
-        digest = self._digest[partition]
-        return [
-            pack(digest[bucket], count) if (count := digest[DIGEST_BUCKETS + bucket]) else b""
-            for bucket in range(DIGEST_BUCKETS)
-        ]
-
     # ------------------------------------------------------------------ internals
-
-    def _sweep(self, partition: int, now: float) -> None:
-        """Expire every expired value of ``partition`` (removing those past their grace)."""
-        floor = math.inf
-        expired = []
-        for key, blob in self._parts[partition].items():
-            if blob[0] & (_TOMB | _TTL) == _TTL:
-                expires = _EXPIRES.unpack_from(blob, _EXPIRES_AT)[0]
-                if expires <= now:
-                    expired.append((key, blob))
-                elif expires < floor:
-                    floor = expires
-        for key, blob in expired:
-            self._expire(partition, _fp64(key), key, blob)
-        self._ttl_floor[partition] = floor
 
     def _intern(self, node_id: str) -> int:
         index = len(self._nodes)
@@ -781,105 +552,3 @@ class KVEngine:
             wire = None
         self._node_wire.append(wire)
         return index
-
-    def _unaccount(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
-        """Take ``blob``, the record of ``key`` being removed, out of every count."""
-        flags, physical, logical, node, _, _ = _header(blob)
-        self._size -= len(key) + len(blob) + RECORD_OVERHEAD
-        self._stored -= 1
-        bucket = (fp >> 32) % DIGEST_BUCKETS
-        digest = self._digest[partition]
-        record_hash = _fp64(
-            _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], _is_delete(flags))
-        )
-        digest[bucket] = (digest[bucket] - record_hash) & _MASK64
-        digest[DIGEST_BUCKETS + bucket] -= 1
-        if flags & _TOMB:
-            self._tombstones -= 1  # its grave entry goes stale
-        else:
-            if flags & _TTL:
-                self._ttl_count -= 1  # its TTL index entry goes stale
-            if self._lru is not None:
-                self._lru.pop(key, None)
-
-    def _remove(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
-        del self._parts[partition][key]
-        self._unaccount(partition, fp, key, blob)
-
-    def _expire(self, partition: int, fp: int, key: bytes, blob: bytes) -> None:
-        """Turn a live, expired record (wide header) into a tombstone keeping its version."""
-        word, logical, node, expires = _unpack_wide(blob)
-        self._expired += 1
-        deadline = expires + self._grace
-        if deadline <= self._clock.time():
-            self._remove(partition, fp, key, blob)
-            return
-        # The digest hash is unchanged (see _is_delete); only the value goes.
-        flags = ((word & 0xFF) | _TOMB) & ~_ENCODED
-        grave = _WIDE.pack((word & ~0xFF) | flags, logical, node, expires)
-        self._parts[partition][key] = grave
-        self._size -= len(blob) - len(grave)
-        self._ttl_count -= 1  # its TTL index entry goes stale
-        if self._lru is not None:
-            self._lru.pop(key, None)
-        self._tombstones += 1
-        self._bury(key, deadline)
-
-    def _add_ttl(self, key: bytes) -> None:
-        self._ttl_count += 1
-        ttl = self._ttl
-        ttl.add(key)
-        # Stale entries are removed when sampled; compact once they may outnumber the
-        # live ones, so the index stays O(live TTL keys) at an amortized O(1) per entry.
-        if len(ttl) > 2 * self._ttl_count + 1024:
-            ttl.compact(self._has_live_ttl)
-
-    def _has_live_ttl(self, key: bytes) -> bool:
-        blob = self._lookup(key)
-        return blob is not None and blob[0] & (_TOMB | _TTL) == _TTL
-
-    def _bury(self, key: bytes, deadline: float) -> None:
-        graves = self._graves
-        heapq.heappush(graves, (deadline, key))
-        # Entries of rewritten or dropped tombstones stay in the heap until popped;
-        # compact once they outnumber the live ones, so the heap stays O(tombstones)
-        # at an amortized O(1) cost per entry.
-        if len(graves) > 2 * self._tombstones + 1024:
-            self._graves = [
-                (when, k) for when, k in graves if self._is_grave(self._lookup(k), when)
-            ]
-            heapq.heapify(self._graves)
-
-    def _lookup(self, key: bytes) -> bytes | None:
-        return self._parts[_fp64(key) % self._partitions].get(key)
-
-    def _is_grave(self, blob: bytes | None, deadline: float) -> bool:
-        """Whether ``blob`` is the tombstone that a grave entry ``deadline`` refers to."""
-        if blob is None or not blob[0] & _TOMB:
-            return False
-        _, physical, _, _, expires, _ = _header(blob)
-        return bool((expires or physical / 1_000_000) + self._grace == deadline)
-
-    def _evict(self, protect: bytes) -> None:
-        """Evict until ``size_bytes <= max_bytes``: LRU live records, then tombstones."""
-        limit = self._max_bytes
-        assert limit is not None and self._lru is not None
-        lru = self._lru
-        while self._size > limit and lru:
-            key = next(iter(lru))
-            if key == protect:  # the record just written is the only live one left
-                break
-            fp = _fp64(key)
-            partition = fp % self._partitions
-            self._remove(partition, fp, key, self._parts[partition][key])
-            self._evictions += 1
-        graves = self._graves
-        while self._size > limit and graves:
-            deadline, key = heapq.heappop(graves)
-            fp = _fp64(key)
-            partition = fp % self._partitions
-            blob = self._parts[partition].get(key)
-            if blob is not None and self._is_grave(blob, deadline):
-                logger.debug("max_bytes reached with no live record left: evicting a tombstone")
-                self._remove(partition, fp, key, blob)
-                self._evictions += 1
