@@ -6,6 +6,11 @@ acknowledged once W of them stored it. A read asks the replicas, waits for R ans
 reconciles them (last writer wins, or the application's resolver) and repairs the replicas
 that answered with an older version (Dynamo §4.5 read repair). With R + W > N every read
 overlaps every acknowledged write.
+
+This module holds the store's state, lifecycle and single-key client API (the per-operation
+paths); the replica-side handlers are in :mod:`peer_ring.kv._store_replica`, ``mget``/``mset``
+in :mod:`peer_ring.kv._store_batch` and the other operations in :mod:`peer_ring.kv._ops`
+(mixins :class:`KVStore` inherits).
 """
 
 from __future__ import annotations
@@ -15,20 +20,16 @@ import dataclasses
 import errno
 import functools
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from peer_ring.core import (
     Clock,
-    Command,
-    CommandContext,
     Discovery,
-    ExecuteResult,
     InvalidArgumentError,
     LeaveReport,
     NotRunningError,
-    PartitionNotReadyError,
     PeerRing,
     PeerRingConfig,
     QuorumNotReachedError,
@@ -45,42 +46,19 @@ from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
 from peer_ring.kv._ops import KVOpsMixin
-from peer_ring.kv._ordered import (
-    MAX_ATTEMPTS,
-    WriteRefusedError,
-    newest_refusal,
-    refusal,
-    version_above,
-)
-from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._ordered import MAX_ATTEMPTS, WriteRefusedError, newest_refusal, version_above
+from peer_ring.kv._record import Record, Resolver
 from peer_ring.kv._replies import reconcile_answers, stale_nodes
 from peer_ring.kv._status import clock_offsets_snapshot
+from peer_ring.kv._store_batch import K, KVBatchMixin
+from peer_ring.kv._store_replica import GET, MGET, MSET, NAMESPACE, SET, KVReplicaMixin
 from peer_ring.kv._versions import ZERO_VERSION
-from peer_ring.kv._wire import (
-    decode_entries,
-    decode_get_response,
-    decode_keys,
-    decode_record,
-    encode_optional_records,
-    encode_record,
-)
+from peer_ring.kv._wire import encode_record
 
 logger = logging.getLogger(__name__)
 
 # Records built without NamedTuple's Python-level __new__ (on every write).
 _new = tuple.__new__
-
-#: The core namespace the store's commands and data-movement hooks live in.
-NAMESPACE = "kv"
-
-# The declarations tell the core what may be hinted (idempotent LWW writes) and what must
-# not be answered by a replica that is still pulling the partition (reads).
-SET = Command("set", mutates=True)
-GET = Command("get", reads=True)
-# Batches of older versions (one request per node, with all its keys); this version sends
-# SET/GET through ``execute_many`` and keeps these handlers for mixed-version clusters.
-MSET = Command("mset", mutates=True)
-MGET = Command("mget", reads=True)
 
 #: Longest accepted key, in bytes (UTF-8 for ``str`` keys).
 MAX_KEY_BYTES = _MAX_KEY_BYTES
@@ -88,11 +66,23 @@ MAX_KEY_BYTES = _MAX_KEY_BYTES
 _SHORT_KEY = MAX_KEY_BYTES // 4
 
 Key = str | bytes
-#: A key type: ``str`` or ``bytes`` (a TypeVar so ``dict[str, ...]`` arguments type-check).
-K = TypeVar("K", str, bytes)
+
+# The commands, replica handlers and multi-key operations live in their own modules; the
+# names callers import from here stay importable from here.
+__all__ = [
+    "GET",
+    "MAX_KEY_BYTES",
+    "MGET",
+    "MSET",
+    "NAMESPACE",
+    "SET",
+    "K",
+    "KVStore",
+    "Key",
+]
 
 
-class KVStore(KVOpsMixin):
+class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
     """An embedded, replicated in-memory key-value store.
 
     Args:
@@ -342,66 +332,6 @@ class KVStore(KVOpsMixin):
         # Ctrl-C stops at once, since waiting for peers is not what an interrupt asks for.
         await self.stop(graceful=exc is None or isinstance(exc, Exception))
 
-    # -- replica side --------------------------------------------------------------------
-
-    def _register(self) -> None:
-        node = self._node
-        # Kinds tell the core what may be hinted (idempotent LWW writes) and what must not
-        # be answered by a replica that is still pulling the partition (reads).
-        node.register(NAMESPACE, SET, self._h_set)
-        node.register(NAMESPACE, GET, self._h_get)
-        node.register(NAMESPACE, MSET, self._h_mset)
-        node.register(NAMESPACE, MGET, self._h_mget)
-        node.register_hooks(NAMESPACE, self._hooks)
-        self._register_ops(NAMESPACE)
-
-    def _observe(self, record: Record) -> None:
-        # Every version this node sees moves its HLC forward, so its next write orders
-        # after every write it has observed (causality for read-then-write).
-        self._hlc.update(record.version)
-
-    def _h_set(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        sent, record = self._sent
-        if payload is not sent:  # not the local run of this node's own write (_write)
-            record = decode_record(payload)
-        if not ctx.local:
-            self._hlc.update(record.version)
-        # ctx.partition is the one this node computed from the key (the core recomputes a
-        # peer's), so no second hash here.
-        if not self._node.partition_ready(ctx.partition):
-            # Still pulling the partition (joined, or restarted with empty memory): this
-            # replica cannot know the version it should refuse, so it must not count.
-            raise PartitionNotReadyError(self._node.address, ctx.partition)
-        if self._engine.put(key, record):
-            return b""
-        # Not stored: a refusal if this replica holds a higher version (see _ordered).
-        return refusal(self._engine.get_record(key), record)
-
-    def _h_get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        # The answer's bytes straight from the stored record (no Record, no re-encoding);
-        # ctx.partition is the one this node computed from the key.
-        return self._engine.get_wire(key, ctx.partition)
-
-    def _h_mset(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        for k, record in decode_entries(payload):
-            self._hlc.update(record.version)
-            self._engine.put(k, record)
-        return b""
-
-    def _h_mget(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        keys = decode_keys(payload)
-        # A batch has no single partition for the core to check: refuse the whole batch
-        # if any key's partition is still being pulled here (an empty answer would count
-        # as "not found" in the read quorum).
-        node = self._node
-        partition_of = self._engine.partition_of
-        for k in keys:
-            partition = partition_of(k)
-            if not node.partition_ready(partition):
-                raise PartitionNotReadyError(node.address, partition)
-        get = self._engine.get_record
-        return encode_optional_records([get(k) for k in keys])
-
     # -- client API ----------------------------------------------------------------------
 
     def _key(self, key: Key) -> bytes:
@@ -619,95 +549,6 @@ class KVStore(KVOpsMixin):
             # or by anti-entropy.
             node.send(NAMESPACE, SET, key, encode_record(winner), nodes=stale)
 
-    async def mget(
-        self,
-        keys: Iterable[K],
-        *,
-        quorum: int | None = None,
-        replication: int | None = None,
-    ) -> dict[K, Any]:
-        """Values of several keys in one round trip per replica node.
-
-        Each key gets its own read quorum (and read repair), with the same read forwarding
-        as :meth:`get` while partitions move.
-
-        Returns:
-            ``{key: value}`` for every key that exists (absent keys are left out).
-
-        Raises:
-            InvalidArgumentError: a bad key, quorum or replication.
-            QuorumNotReachedError: some key got fewer than ``quorum`` answers (the first
-                such key's error).
-        """
-        self._check_running()
-        key_list = list(dict.fromkeys(keys))
-        keys_b = [self._key(k) for k in key_list]
-        self._check_sizes(replication, quorum)
-        results = await self._node.execute_many(
-            NAMESPACE,
-            GET,
-            [(k, b"") for k in keys_b],
-            replication=replication,
-            quorum=quorum,
-        )
-        _raise_first_error(results)
-        out: dict[K, Any] = {}
-        now = self._clock.time()
-        for key, key_b, result in zip(key_list, keys_b, results, strict=True):
-            records = [decode_get_response(p) for p in result.payloads]
-            winner = reconcile(key_b, records, self._resolver)
-            if winner is None:
-                continue
-            result.on_complete(functools.partial(self._repair, key_b, winner, None))
-            if winner.is_live(now):
-                out[key] = decode_value(winner.value, winner.encoded, self._codec)
-        return out
-
-    async def mset(
-        self,
-        mapping: Mapping[K, object],
-        *,
-        ttl: float | None = None,
-        quorum: int | None = None,
-        replication: int | None = None,
-    ) -> None:
-        """Store several values in one round trip per replica node.
-
-        Each key gets its own write quorum, with sloppy quorum and hinted handoff as for
-        :meth:`set` (a replica that is down is replaced by a substitute holding a hint).
-
-        Raises:
-            InvalidArgumentError: a bad key, ttl, quorum or replication.
-            ValueTooLargeError: an encoded value exceeds ``max_value_bytes`` (nothing is
-                written then).
-            QuorumNotReachedError: some key got fewer than ``quorum`` acknowledgements
-                (the first such key's error; the other keys may be written).
-        """
-        self._check_running()
-        pending = [(self._key(k), self._record(v, ttl)) for k, v in mapping.items()]
-        self._check_sizes(replication, quorum)
-        for _ in range(MAX_ATTEMPTS):
-            results = await self._node.execute_many(
-                NAMESPACE,
-                SET,
-                [(k, encode_record(r)) for k, r in pending],
-                replication=replication,
-                quorum=quorum,
-            )
-            _raise_first_error(results)
-            # Keys refused by a replica holding a newer version go again above it (_write).
-            retry = []
-            for (key_b, record), result in zip(pending, results, strict=True):
-                newer = newest_refusal(result.payloads)
-                if newer is not None:
-                    retry.append((key_b, record._replace(version=version_above(self._hlc, newer))))
-            if not retry:
-                return
-            self.reversioned_writes += len(retry)
-            pending = retry
-        key_b, _ = pending[0]
-        raise WriteRefusedError(key_b, 0, [])
-
     def stats(self) -> dict[str, int | float]:
         """Counters of this node's store (keys, bytes, evictions, expiries, repairs)."""
         engine_stats: dict[str, int | float] = dict(self._engine.stats())
@@ -716,9 +557,3 @@ class KVStore(KVOpsMixin):
         engine_stats["clock_offset_max_seconds"] = self.clock_offsets()["max_abs_offset"]
         engine_stats["members"] = len(self._node.members)
         return engine_stats
-
-
-def _raise_first_error(results: Sequence[ExecuteResult]) -> None:
-    for result in results:
-        if result.error is not None:
-            raise result.error
