@@ -16,7 +16,9 @@ import pytest
 
 from peer_ring.ratelimit import Algorithm, Decision, Limit
 from peer_ring.ratelimit._algorithms import (
+    decide,
     expires_at,
+    fixed_window,
     gcra,
     leaky_bucket,
     sliding_window_counter,
@@ -273,3 +275,100 @@ def test_counter_denials_say_when_the_same_hit_would_pass(
     # Directly, without force, the denial stands; forced, it is admitted.
     forced, d = sliding_window_counter(state, COUNTER, cost, now, True)
     assert d.allowed and forced == SlidingCounterState(10.0, prev, cur + cost)
+
+
+def test_counter_peeks_report_the_reset_of_each_window_state() -> None:
+    # At 15, half of the window [10, 20) has passed: the previous count weighs half.
+    for state, d in [
+        (SlidingCounterState(10.0, 2, 3), Decision(True, 10, 6, 15.0)),  # cur > 0: 2 windows
+        (SlidingCounterState(10.0, 2, 1), Decision(True, 10, 8, 15.0)),
+        (SlidingCounterState(10.0, 1, 0), Decision(True, 10, 9, 5.0)),  # only prev: its end
+        (SlidingCounterState(10.0, 0, 0), Decision(True, 10, 10, 0.0)),  # nothing
+        (SlidingCounterState(10.0, 0, 10), Decision(False, 10, 0, 15.0)),
+    ]:
+        same, got = sliding_window_counter(state, COUNTER, 0, 15.0)
+        assert same is state and got == d, state
+
+
+def test_counter_refunds() -> None:
+    state = SlidingCounterState(10.0, 2, 3)
+    new, d = sliding_window_counter(state, COUNTER, -1, 15.0)
+    assert (new, d) == (SlidingCounterState(10.0, 2, 2), Decision(True, 10, 7, 15.0))
+    new, d = sliding_window_counter(SlidingCounterState(10.0, 2, 2), COUNTER, -1, 15.0)
+    assert (new, d) == (SlidingCounterState(10.0, 2, 1), Decision(True, 10, 8, 15.0))
+    new, d = sliding_window_counter(SlidingCounterState(10.0, 2, 1), COUNTER, -1, 15.0)
+    assert (new, d) == (SlidingCounterState(10.0, 2, 0), Decision(True, 10, 9, 5.0))
+    # Nothing left at all: the key is forgotten.
+    new, d = sliding_window_counter(SlidingCounterState(10.0, 0, 1), COUNTER, -3, 15.0)
+    assert (new, d) == (None, Decision(True, 10, 10, 0.0))
+
+
+def test_counter_a_roll_over_several_windows_lands_on_the_current_one() -> None:
+    # 30 s after the start of [10, 20): three windows later, [40, 50); nothing carries.
+    state, d = sliding_window_counter(SlidingCounterState(10.0, 4, 3), COUNTER, 1, 40.0)
+    assert (state, d) == (SlidingCounterState(40.0, 0, 1), Decision(True, 10, 9, 20.0))
+
+
+# ---------------------------------------------------------------------------- fixed window
+WINDOW = Limit(4, 10.0, algorithm=Algorithm.FIXED_WINDOW)
+
+
+def test_fixed_window_hits_peeks_and_refunds_in_a_window() -> None:
+    state, d = fixed_window(None, WINDOW, 1, 10.0)
+    assert (state, d) == (FixedWindowState(10.0, 1), Decision(True, 4, 3, 10.0))
+    three = FixedWindowState(10.0, 3)
+    same, d = fixed_window(three, WINDOW, 0, 12.0)
+    assert same is three and d == Decision(True, 4, 1, 8.0)
+    same, d = fixed_window(FixedWindowState(10.0, 4), WINDOW, 0, 12.0)
+    assert d == Decision(False, 4, 0, 8.0)
+    state, d = fixed_window(three, WINDOW, -2, 12.0)
+    assert (state, d) == (FixedWindowState(10.0, 1), Decision(True, 4, 3, 8.0))
+    over = FixedWindowState(10.0, 6)  # forced over the limit
+    state, d = fixed_window(over, WINDOW, -1, 12.0)
+    assert (state, d) == (FixedWindowState(10.0, 5), Decision(True, 4, 0, 8.0))
+
+
+def test_fixed_window_peeks_and_refunds_outside_a_window_change_nothing() -> None:
+    for state in (None, FixedWindowState(10.0, 3)):  # no window, or it ended at 20
+        same, d = fixed_window(state, WINDOW, 0, 25.0)
+        assert same is state and d == Decision(True, 4, 4, 0.0)
+        same, d = fixed_window(state, WINDOW, -1, 25.0)
+        assert same is state and d == Decision(True, 4, 4, 0.0)
+
+
+@pytest.mark.parametrize(("cost", "retry"), [(2, 8.0), (4, 8.0), (5, math.inf)])
+def test_fixed_window_denials(cost: int, retry: float) -> None:
+    three = FixedWindowState(10.0, 3)
+    same, d = fixed_window(three, WINDOW, cost, 12.0)
+    assert same is three and d == Decision(False, 4, 1, 8.0, retry)
+    forced, d = fixed_window(three, WINDOW, cost, 12.0, True)
+    assert forced == FixedWindowState(10.0, 3 + cost) and d.allowed
+
+
+# ---------------------------------------------------------------------------------- decide
+def test_a_refused_peek_says_when_a_hit_would_pass() -> None:
+    # Forced to 5 tokens at 8; at 10 one has drained: 4 of 4, a hit needs 1 more: 2 s.
+    state = TokenBucketState(5.0, 8.0)
+    same, d = decide(state, TOKENS, 0, 10.0)
+    assert same is state and d == Decision(False, 4, 0, 8.0, 2.0)
+    # An allowed peek has no retry.
+    assert decide(TokenBucketState(3.0, 10.0), TOKENS, 0, 10.0)[1].retry_after == 0.0
+
+
+# --------------------------------------------------------------------- remaining boundaries
+def test_short_unit_intervals_and_counts_over_the_limit() -> None:
+    quick = Limit(4, 2.0, algorithm=Algorithm.LEAKY_BUCKET)  # a unit leaks every 0.5 s
+    state, d = leaky_bucket(None, quick, 1, 10.0)
+    assert (state, d) == (LeakyBucketState(1, 10.0), Decision(True, 4, 3, 0.5))
+    state, d = leaky_bucket(LeakyBucketState(3, 10.0), quick, -2, 10.2)
+    assert state == LeakyBucketState(1, 10.0) and d.remaining == 3
+    assert d.reset_after == pytest.approx(0.3)
+    state, d = leaky_bucket(LeakyBucketState(6, 10.0), LEAKY, -1, 10.0)  # forced over
+    assert (state, d) == (LeakyBucketState(5, 10.0), Decision(True, 4, 0, 10.0))
+    six = SlidingLogState(((10.0, 3), (12.0, 3)))
+    state, d = sliding_window_log(six, LOG, -1, 15.0)
+    assert (state, d) == (SlidingLogState(((10.0, 3), (12.0, 2))), Decision(True, 4, 0, 7.0))
+    # GCRA, a cost equal to the capacity: possible once the bucket is empty.
+    _, d = gcra(GCRAState(18.0, 2.0), GCRA, 4, 10.0)
+    assert d == Decision(False, 4, 0, 8.0, 8.0)
+    assert expires_at(SlidingLogState(((10.0, 1), (11.0, 1), (12.5, 2))), LOG, 0.0) == 22.5
