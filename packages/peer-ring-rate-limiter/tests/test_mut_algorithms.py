@@ -270,7 +270,7 @@ def test_counter_denials_say_when_the_same_hit_would_pass(
 ) -> None:
     state = SlidingCounterState(10.0, prev, cur)
     same, d = sliding_window_counter(state, COUNTER, cost, now)
-    assert same is state and not d.allowed
+    assert same is state and (d.allowed, d.limit) == (False, 10)
     assert d.retry_after == pytest.approx(retry)
     # Directly, without force, the denial stands; forced, it is admitted.
     forced, d = sliding_window_counter(state, COUNTER, cost, now, True)
