@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from peer_ring.core import CommandContext, PeerRingError
 from peer_ring.pubsub._codec import CodecError
@@ -71,9 +72,36 @@ def typed_error(exc: BaseException) -> PubSubError | None:
     return None
 
 
+T = TypeVar("T")
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _sections_reply(outcomes: Sequence[T | BaseException], encode: Callable[[T], bytes]) -> bytes:
+    """One reply for a request of several sections, each succeeding or failing on its own:
+    a failure the caller should see becomes that section's error reply; any other is
+    raised (the whole request fails, as for a single section)."""
+    parts = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            mapped = typed_error(outcome)
+            if mapped is None:
+                raise outcome
+            parts.append(error_reply(mapped))
+        else:
+            parts.append(encode(outcome))
+    return ok_reply(encode_publish_many_reply(parts))
+
+
+def _publish_section(results: list[tuple[Entry, bool]]) -> bytes:
+    return ok_reply(encode_publish_results(results))
+
+
+def _ok_section(_: object) -> bytes:
+    return ok_reply()
 
 
 def _check_fetch(req: FetchRequest) -> None:
@@ -132,16 +160,7 @@ class Service:
                     *(self.leaders.publish(k, c, m) for k, c, m in sections),
                     return_exceptions=True,
                 )
-            parts = []
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    mapped = typed_error(outcome)
-                    if mapped is None:
-                        raise outcome
-                    parts.append(error_reply(mapped))
-                else:
-                    parts.append(ok_reply(encode_publish_results(outcome)))
-            return ok_reply(encode_publish_many_reply(parts))
+            return _sections_reply(outcomes, _publish_section)
 
         return await self._guard(run)
 
@@ -192,16 +211,7 @@ class Service:
 
         async def run() -> bytes:
             outcomes = await self.fetch_many(decode_fetch_sections(payload))
-            parts = []
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    mapped = typed_error(outcome)
-                    if mapped is None:
-                        raise outcome
-                    parts.append(error_reply(mapped))
-                else:
-                    parts.append(outcome.encode())
-            return ok_reply(encode_publish_many_reply(parts))
+            return _sections_reply(outcomes, FetchReply.encode)
 
         return await self._guard(run)
 
@@ -455,16 +465,7 @@ class Service:
             outcomes = await asyncio.gather(
                 *(self.settle(k, req) for k, req in sections), return_exceptions=True
             )
-            parts = []
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    mapped = typed_error(outcome)
-                    if mapped is None:
-                        raise outcome
-                    parts.append(error_reply(mapped))
-                else:
-                    parts.append(ok_reply())
-            return ok_reply(encode_publish_many_reply(parts))
+            return _sections_reply(outcomes, _ok_section)
 
         return await self._guard(run)
 
