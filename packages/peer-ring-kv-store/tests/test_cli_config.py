@@ -350,3 +350,53 @@ def test_data_movement_settings_reach_the_node_config() -> None:
     assert peer.leave_deadline == 5.0
     with pytest.raises(UsageError, match="--down-after"):
         parse(["--listen", "127.0.0.1:7101", "--down-after", "-1"])
+
+
+def test_gc_settings_default_to_python_s() -> None:
+    config = parse(["--listen", "127.0.0.1:7101"])
+    assert config.gc_threshold is None
+    assert config.gc_freeze_after_start is False
+
+
+def test_gc_settings_from_flags_and_environment() -> None:
+    config = parse(
+        ["--listen", "127.0.0.1:7101", "--gc-threshold", "20000", "--gc-freeze-after-start"]
+    )
+    assert (config.gc_threshold, config.gc_freeze_after_start) == (20000, True)
+    env = {"PEER_RING_GC_THRESHOLD": "50000", "PEER_RING_GC_FREEZE_AFTER_START": "Yes"}
+    config = parse(["--listen", "127.0.0.1:7101"], env)
+    assert (config.gc_threshold, config.gc_freeze_after_start) == (50000, True)
+    # The flag wins over the variable; "off" in the variable turns the setting off.
+    config = parse(["--listen", "127.0.0.1:7101", "--gc-threshold=1"], env)
+    assert config.gc_threshold == 1
+    config = parse(["--listen", "127.0.0.1:7101"], {"PEER_RING_GC_FREEZE_AFTER_START": "off"})
+    assert config.gc_freeze_after_start is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--gc-threshold", "0"], {}, "--gc-threshold: must be >= 1, got 0"),
+        (["--gc-threshold", "-5"], {}, "--gc-threshold: must be >= 1"),
+        (["--gc-threshold", "lots"], {}, "--gc-threshold: expected an integer, got 'lots'"),
+        ([], {"PEER_RING_GC_THRESHOLD": "2.5"}, "PEER_RING_GC_THRESHOLD: expected an integer"),
+        (
+            [],
+            {"PEER_RING_GC_FREEZE_AFTER_START": "maybe"},
+            "PEER_RING_GC_FREEZE_AFTER_START: expected true or false",
+        ),
+    ],
+)
+def test_bad_gc_settings_are_usage_errors(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        parse(["--listen", "127.0.0.1:7101", *argv], env)
+    assert message in str(info.value)
+
+
+def test_the_gc_switch_takes_no_value(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--listen", "127.0.0.1:7101", "--gc-freeze-after-start=yes"], environ={})
+    assert info.value.code == 2
+    assert "ignored explicit argument 'yes'" in capsys.readouterr().err

@@ -13,17 +13,21 @@ Two kinds of metrics:
 - The node's ring, data-movement and transport figures: the core's own collector
   (:class:`peer_ring.core.metrics.PeerRingCollector`, also read at scrape time) registered
   on the same registry.
+- The process's garbage collector: ``prometheus_client``'s ``python_gc_*`` counters and the
+  settings ``serve --gc-threshold`` / ``--gc-freeze-after-start`` put in effect (these are
+  the whole process's, whichever store's registry shows them).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -118,6 +122,8 @@ class KVMetrics:
             self.http_auth_failures.labels(reason)  # exported as 0 before the first refusal
         self.registry.register(_NodeCollector(store, ready))
         self.registry.register(PeerRingCollector(store.node))
+        GCCollector(registry=self.registry)  # python_gc_*: collections per generation
+        self.registry.register(_GcSettingsCollector())
 
     def observe(self, op: str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""
@@ -187,6 +193,24 @@ class _NodeCollector:
                     f"KVStore.stats()[{name!r}].",
                     value=number,
                 )
+
+
+class _GcSettingsCollector:
+    """The garbage-collector settings in effect (``serve --gc-threshold``,
+    ``--gc-freeze-after-start``), read at scrape time, so an operator can see them applied."""
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "peer_ring_kv_gc_threshold",
+            "Python's young-generation collection threshold in effect (700 unless --gc-threshold).",
+            value=float(gc.get_threshold()[0]),
+        )
+        yield GaugeMetricFamily(
+            "peer_ring_kv_gc_frozen_objects",
+            "Objects gc.freeze() moved out of the collector's reach (0 unless "
+            "--gc-freeze-after-start).",
+            value=float(gc.get_freeze_count()),
+        )
 
 
 #: The collector of a store's figures (public name; see :mod:`peer_ring.kv.metrics`).

@@ -46,6 +46,7 @@ from peer_ring.kv._serve_options import (
 )
 from peer_ring.kv._serve_values import (
     _address,
+    _bool,
     _http_tls,
     _int,
     _int_or_none,
@@ -113,6 +114,10 @@ class ServeConfig:
         anti_entropy_interval: mean seconds between anti-entropy rounds (None: off).
         leave_deadline: seconds the graceful leave on SIGTERM may take.
         log_level: one of :data:`LOG_LEVELS`.
+        gc_threshold: Python's young-generation collection threshold while the node runs
+            (``peer_ring.core.run(gc_threshold=...)``); ``None`` keeps Python's.
+        gc_freeze_after_start: ``gc.freeze()`` what is alive once the node has started
+            (``peer_ring.core.run(gc_freeze_after_start=...)``).
     """
 
     listen: str | None
@@ -137,6 +142,8 @@ class ServeConfig:
     leave_deadline: float = 30.0
     log_level: str = "info"
     transport: str = "grpc"
+    gc_threshold: int | None = None
+    gc_freeze_after_start: bool = False
 
     def peer_config(self) -> PeerRingConfig:
         """The :class:`~peer_ring.core.PeerRingConfig` of the node these settings describe."""
@@ -166,6 +173,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for option in _OPTIONS:
         # default=None everywhere: "not given" must be distinguishable from "given the
         # default value" so that the environment variable can fill the gap.
+        help_text = f"{option.help} [env: {option.env}]"
+        if option.switch:
+            # "true" (not True) so that config_from reads it like the variable's text.
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                default=None,
+                action="store_const",
+                const="true",
+                help=help_text,
+            )
+            continue
         parser.add_argument(
             option.flag,
             dest=option.dest,
@@ -173,7 +192,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=option.metavar,
             choices=option.choices,
             action="append" if option.repeat else "store",
-            help=f"{option.help} [env: {option.env}]",
+            help=help_text,
         )
 
 
@@ -305,6 +324,10 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         if text.lower() not in LOG_LEVELS:
             raise UsageError(f"{origin}: expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
         log_level = text.lower()
+    # Checked here like every other setting (core.run would raise too, but only after
+    # logging was configured, and with a message naming no flag).
+    gc_threshold = _int_or_none(raw.get("gc_threshold"), minimum=1)
+    gc_freeze_after_start = _bool(raw.get("gc_freeze_after_start"), default=False)
 
     config = ServeConfig(
         listen=listen,
@@ -329,6 +352,8 @@ def _validate(raw: Mapping[str, tuple[str, str] | None]) -> ServeConfig:
         leave_deadline=leave_deadline,
         log_level=log_level,
         transport=transport,
+        gc_threshold=gc_threshold,
+        gc_freeze_after_start=gc_freeze_after_start,
     )
     if config.listen is not None:
         http_address(config, config.listen)  # fail now (exit 2) if it cannot be derived

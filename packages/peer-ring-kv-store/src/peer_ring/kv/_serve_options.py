@@ -43,6 +43,9 @@ class _Option:
     #: The flag may be given several times; the environment variable holds
     #: whitespace-separated values.
     repeat: bool = False
+    #: The flag takes no value (it turns the setting on); the environment variable holds
+    #: true or false (1/0, yes/no, on/off).
+    switch: bool = False
 
 
 # The single table that drives both argparse and the environment lookup, so a flag can never
@@ -256,6 +259,24 @@ _OPTIONS: tuple[_Option, ...] = (
         "name every peer certificate carries (a DNS SAN), checked instead of the dialled IP; "
         "without it each certificate needs its node's IP as an IP SAN",
         "NAME",
+    ),
+    _Option(
+        "gc_threshold",
+        "--gc-threshold",
+        "PEER_RING_GC_THRESHOLD",
+        "Python's young-generation garbage-collection threshold while the node runs "
+        "(10000-50000 makes young collections rare under load; the other two thresholds "
+        "are kept). Default: Python's (700)",
+        "N",
+    ),
+    _Option(
+        "gc_freeze_after_start",
+        "--gc-freeze-after-start",
+        "PEER_RING_GC_FREEZE_AFTER_START",
+        "once the node has started, collect once and gc.freeze() every object alive then, "
+        "so that later full collections no longer walk them (the frozen memory stays "
+        "allocated until the node exits); the variable takes true or false. Default: off",
+        switch=True,
     ),
     _Option(
         "log_level",

@@ -94,6 +94,24 @@ def _int_or_none(item: tuple[str, str] | None, *, minimum: int) -> int | None:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(item: tuple[str, str] | None, *, default: bool) -> bool:
+    if item is None:
+        return default
+    text, origin = item
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise UsageError(
+        f"{origin}: expected true or false ({'/'.join(_TRUE)} or {'/'.join(_FALSE)}), got {text!r}"
+    )
+
+
 def _seconds(item: tuple[str, str] | None, *, default: float) -> float:
     if item is None:
         return default

@@ -145,7 +145,11 @@ def run_serve(config: ServeConfig, environ: Mapping[str, str] | None = None) -> 
 
     configure_logging(config.log_level)
     try:
-        return run(_serve(config, environ))
+        return run(
+            _serve(config, environ),
+            gc_threshold=config.gc_threshold,
+            gc_freeze_after_start=config.gc_freeze_after_start,
+        )
     except UsageError as exc:
         # Problems only detectable once discovery is built (Kubernetes settings).
         print(f"peer-ring-kv serve: error: {exc}", file=sys.stderr)
