@@ -160,12 +160,22 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
             replication=n, quorum=w, anti_entropy_interval=None, transport=spec["transport"]
         ),
     )
+    trace = None
+    if spec.get("trace"):  # --trace: per-stage times of the latency phase's messages
+        from benchlib.pubsub_trace import Trace, install
+
+        trace = Trace(b"bench-latency/")
+        trace.watch_gc()
+        install(ps, trace)
     async with ps:
         await ps.node.wait_ready(60)
         if spec["role"] == "serve":
             profile_to = os.environ.get("PEER_RING_BENCH_PROFILE_SERVE")
             if profile_to:  # the other nodes are killed, never stopped: dump every 2 s
                 await _profile_serving(f"{profile_to}.{spec['self'].rsplit(':', 1)[1]}")
+            while trace is not None:  # killed, never stopped: dump often
+                await asyncio.sleep(0.5)
+                trace.dump(Path(spec["trace"]) / f"trace.{spec['self'].rsplit(':', 1)[1]}.json")
             await asyncio.Event().wait()
         out: dict[str, Any] = {}
         for phase, rate in (("throughput", None), ("latency", spec["rate"])):
@@ -174,7 +184,8 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
             sub = topic.subscribe(group="g", max_in_flight=2048, start="latest")
 
             async with sub:
-                task = asyncio.ensure_future(_consume_pubsub(sub, rec))
+                traced = trace if phase == "latency" else None
+                task = asyncio.ensure_future(_consume_pubsub(sub, rec, traced))
                 await asyncio.sleep(0.5)  # the group is created at the log's end
 
                 async def publish(data: bytes, t: Any = topic) -> None:
@@ -182,6 +193,9 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
 
                 out[phase] = await _phase(publish, rec, spec, rate)
                 task.cancel()
+        if trace is not None:
+            await asyncio.sleep(1.5)  # the other nodes dump what they saw last
+            trace.dump(Path(spec["trace"]) / "trace.load.json")
         metrics = ps.metrics()
         metrics.pop("subscriptions")
         out["node0_metrics"] = metrics
@@ -199,11 +213,13 @@ async def _profile_serving(path: str) -> None:
         prof.enable()
 
 
-async def _consume_pubsub(sub: Any, rec: Recorder) -> None:
+async def _consume_pubsub(sub: Any, rec: Recorder, trace: Any = None) -> None:
     # ack_nowait: the ack joins the partition's next ack batch (one SETTLE per batch, like
     # the one XACK per XREADGROUP batch of the Redis consumer); failures show in health().
     async for msg in sub:
         _received(rec, msg.data)
+        if trace is not None and rec.measuring:
+            trace.mark("delivered", [msg.data])
         msg.ack_nowait()
 
 
@@ -263,6 +279,10 @@ def worker(spec: dict[str, Any]) -> None:
         import uvloop
 
         uvloop.install()
+    if os.environ.get("PEER_RING_BENCH_GC") == "off":  # diagnosis: no collector pauses
+        import gc
+
+        gc.disable()
     load = redis_load if spec["backend"] == "redis" else pubsub_load
     profile_to = os.environ.get("PEER_RING_BENCH_PROFILE") if spec["role"] == "load" else None
     if profile_to:  # cProfile of the load process (node 0), for finding the hot spots
@@ -277,11 +297,17 @@ def worker(spec: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- the parent
+def _pubsub_src() -> str:
+    # PEER_RING_BENCH_PUBSUB_SRC: another checkout's package sources (e.g. a git worktree
+    # of an older commit), to measure old and new code with the same harness.
+    return os.environ.get(
+        "PEER_RING_BENCH_PUBSUB_SRC", str(REPO / "packages" / "peer-ring-pubsub" / "src")
+    )
+
+
 def _env() -> dict[str, str]:
     env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "packages" / "peer-ring-pubsub" / "src"), env["PYTHONPATH"]]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([_pubsub_src(), env["PYTHONPATH"]])
     return env
 
 
@@ -331,6 +357,10 @@ async def run_pubsub(opts: argparse.Namespace, nodes: int, workdir: Path) -> dic
     replication, quorum = (1, 1) if nodes == 1 else (3, 2)
     base = {**_base_spec(opts), "backend": "pubsub", "peers": peers}
     base.update(replication=replication, quorum=quorum)
+    trace_dir = workdir / f"trace-n{nodes}"
+    if opts.trace:
+        trace_dir.mkdir()
+        base["trace"] = str(trace_dir)
     procs = []
     try:
         for i, address in enumerate(peers[1:], start=1):
@@ -346,6 +376,13 @@ async def run_pubsub(opts: argparse.Namespace, nodes: int, workdir: Path) -> dic
             _kill(proc)
             await proc.wait()
     system = f"peer-ring-pubsub N={replication} W={quorum} {opts.transport}"
+    if opts.trace:
+        from benchlib.pubsub_trace import Trace, breakdown
+
+        trace = Trace()
+        for path in sorted(trace_dir.glob("trace.*.json")):
+            trace.merge_file(path)
+        result["trace"] = breakdown(trace)
     return {"system": system, "nodes": nodes, **result}
 
 
@@ -417,6 +454,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="~10 s: it starts and reports")
     p.add_argument(
+        "--trace",
+        action="store_true",
+        help="time each stage of the latency phase's messages (benchlib/pubsub_trace.py); "
+        "with --in-process: N nodes in this process at --rate for --duration",
+    )
+    p.add_argument(
         "--in-process",
         type=int,
         default=0,
@@ -435,8 +478,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def _in_process(opts: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO / "packages" / "peer-ring-pubsub" / "src"))
+    sys.path.insert(0, _pubsub_src())
     from benchlib import pubsub_inproc
+
+    if opts.trace:
+        from benchlib import pubsub_trace
+
+        for nodes in opts.nodes:
+            trace = await pubsub_trace.run_in_process(
+                nodes, opts.partitions, opts.rate, opts.duration, opts.transport, opts.size
+            )
+            print(f"in-process N={nodes}, {opts.rate:g} msgs/s, per stage:")
+            print(pubsub_trace.table(trace))
+        return 0
 
     results = [
         await pubsub_inproc.run(
@@ -470,6 +524,13 @@ async def _main(opts: argparse.Namespace) -> int:
         for nodes in opts.nodes:
             results.append(await run_pubsub(opts, nodes, workdir))
     print(_table(results))
+    if opts.trace:
+        from benchlib.pubsub_trace import table
+
+        for r in results:
+            if "trace" in r:
+                print(f"{r['system']}, latency phase at {opts.rate:g} msgs/s, per stage:")
+                print(table(r["trace"]))
     redis = next((r for r in results if r["system"].startswith("Redis")), None)
     if redis is not None:
         for r in results:
