@@ -8,8 +8,9 @@ lets a test jump time forward without sleeping.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
+from time import monotonic as _monotonic
+from time import time as _time
 from typing import Protocol
 
 
@@ -42,11 +43,12 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock: ``time.time``, the event loop's monotonic time and timers."""
 
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
+    # The C functions themselves, not methods calling them: both are read on the request
+    # path (deadlines, versions), and a wrapper would add a Python frame to every read.
+    #: Wall-clock seconds since the epoch (``time.time``).
+    time = staticmethod(_time)
+    #: Monotonic seconds (``time.monotonic``).
+    monotonic = staticmethod(_monotonic)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -44,6 +44,10 @@ _READ_WAIT_MAX = 1.0
 
 _RESERVED_PREFIX = "__peer_ring"
 
+#: Sources whose command contexts are kept (see ``Dispatcher._context``); past it, the
+#: cache starts over.
+_MAX_CONTEXT_SOURCES = 64
+
 
 class Registered(NamedTuple):
     """A registered command and its handler."""
@@ -69,6 +73,8 @@ class Dispatcher:
         #: UNAVAILABLE (coordinators use a substitute or another holder) instead of being
         #: applied to a node whose data is about to go away.
         self.accepting = False
+        # source -> partition -> the context of its keyed commands without a hint.
+        self._contexts: dict[str, dict[int, CommandContext]] = {}
 
     # -- registration ------------------------------------------------------------------
 
@@ -190,6 +196,20 @@ class Dispatcher:
                         )
                 if command.mutates:
                     sync.note_write(partition)
+                if not hint:
+                    # Frozen and equal for every request of this source and partition: one
+                    # per pair (at most partitions x members) instead of one per request.
+                    by_source = self._contexts.get(source)
+                    shared = None if by_source is None else by_source.get(partition)
+                    if shared is None:
+                        shared = self._context(source, partition, local)
+                    try:
+                        out = entry.handler(shared, key, payload)
+                    except Exception as exc:
+                        return error_response(exc)
+                    if type(out) is bytes:
+                        return Response(Status.OK, out, "")
+                    return self._result(out, timeout)
         ctx = CommandContext(source, partition, hint, local)
         try:
             out = entry.handler(ctx, key, payload)
@@ -198,6 +218,19 @@ class Dispatcher:
         if type(out) is bytes:
             return Response(Status.OK, out, "")
         return self._result(out, timeout)
+
+    def _context(self, source: str, partition: int, local: bool) -> CommandContext:
+        """The shared context of keyed commands without a hint from ``source`` for
+        ``partition`` (see ``dispatch``), made on first use."""
+        by_source = self._contexts.get(source)
+        if by_source is None:
+            if len(self._contexts) >= _MAX_CONTEXT_SOURCES:
+                self._contexts.clear()  # members came and went: start over
+            by_source = self._contexts[source] = {}
+        ctx = by_source.get(partition)
+        if ctx is None:
+            ctx = by_source[partition] = CommandContext(source, partition, "", local)
+        return ctx
 
     def invoke(
         self, handler: Handler, ctx: CommandContext, key: bytes, payload: bytes, timeout: float

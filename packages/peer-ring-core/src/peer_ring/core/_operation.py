@@ -117,7 +117,8 @@ class Operation:
             self._start_read(prefs)
             return
         membership = coord.membership
-        hinted = self.command.hinted
+        # is_suspected only while someone is (the common case: no call per replica).
+        hinted = self.command.hinted and bool(membership.suspects)
         # Remote sends inline (no batch: one request each) on the hot path of ``execute``.
         direct = self.batch is None
         local = False
@@ -149,6 +150,7 @@ class Operation:
         if local:
             need -= 1
         membership = coord.membership
+        suspects = membership.suspects  # is_suspected only while someone is
         ask: list[str] = []
         spares: list[str] = []
         suspected: list[str] = []
@@ -156,7 +158,7 @@ class Operation:
             if replica == me:
                 if not local:
                     suspected.append(replica)  # asked only when the others are missing
-            elif membership.is_suspected(replica):
+            elif suspects and membership.is_suspected(replica):
                 suspected.append(replica)
             elif need:
                 ask.append(replica)

@@ -51,9 +51,10 @@ class QuorumCollector:
 
     def add(self, reply: Reply) -> None:
         """Record one replica's reply."""
-        if self.result.complete:
+        result = self.result
+        if result._complete:
             return
-        self.result.replies.append(reply)
+        result.replies.append(reply)
         if reply.error is None:
             self._successes += 1
         else:
@@ -61,11 +62,11 @@ class QuorumCollector:
         fut = self.future
         if not fut.done():
             if self._successes >= self.quorum:
-                fut.set_result(self.result)
+                fut.set_result(result)
             elif self._expected - self._failures < self.quorum:
                 fut.set_exception(self._error())
         if self._successes + self._failures >= self._expected:
-            self.result._finish()
+            result._finish()
 
     def expect(self, count: int) -> None:
         """Wait for ``count`` replies (a quorum read asks fewer than the whole list)."""

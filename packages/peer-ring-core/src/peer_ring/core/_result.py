@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+# The two value types below are frozen dataclasses (public: equality, hash, repr,
+# ``dataclasses.fields`` / ``replace``) whose ``__init__`` is written by hand. The generated
+# one of a frozen dataclass sets each field with ``object.__setattr__`` (about 0.5 us for
+# three fields); setting the slots through their descriptors costs half, and every
+# replicated operation builds several of each (docs/benchmarks.md, issue 23 round 4).
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CommandContext:
     """Passed to every command handler.
 
@@ -25,8 +32,14 @@ class CommandContext:
     hint: str = ""
     local: bool = False
 
+    def __init__(self, source: str, partition: int, hint: str = "", local: bool = False) -> None:
+        _ctx_source(self, source)
+        _ctx_partition(self, partition)
+        _ctx_hint(self, hint)
+        _ctx_local(self, local)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Reply:
     """One replica's answer.
 
@@ -40,11 +53,31 @@ class Reply:
     payload: bytes = b""
     error: BaseException | None = None
 
+    def __init__(self, node: str, payload: bytes = b"", error: BaseException | None = None) -> None:
+        _reply_node(self, node)
+        _reply_payload(self, payload)
+        _reply_error(self, error)
+
     @property
     def ok(self) -> bool:
         """True when the replica answered successfully."""
         return self.error is None
 
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    """The ``__set__`` of ``cls``'s slot ``name`` (bypasses the frozen ``__setattr__``)."""
+    setter: Callable[[object, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+# The slots' descriptors (``slots=True`` makes a new class: they exist only from here on).
+_ctx_source = _slot_setter(CommandContext, "source")
+_ctx_partition = _slot_setter(CommandContext, "partition")
+_ctx_hint = _slot_setter(CommandContext, "hint")
+_ctx_local = _slot_setter(CommandContext, "local")
+_reply_node = _slot_setter(Reply, "node")
+_reply_payload = _slot_setter(Reply, "payload")
+_reply_error = _slot_setter(Reply, "error")
 
 CompletionCallback = Callable[[list["Reply"]], None]
 

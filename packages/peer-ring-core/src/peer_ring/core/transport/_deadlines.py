@@ -44,27 +44,40 @@ class DeadlineWheel:
         self._resolution = resolution
         self._ticks: dict[int, set[Expirable]] = {}
         self._timers: dict[int, TimerHandle] = {}
+        # The tick of the latest add and its set: requests made together share it.
+        self._last_tick = 0
+        self._last_members: set[Expirable] = set()
 
     def add(self, item: Expirable, timeout: float) -> int:
         """Expire ``item`` after ``timeout`` seconds (rounded up to a tick); return the tick."""
         now = self._monotonic()
         tick = int((now + timeout) / self._resolution) + 1  # round up: never early
+        if tick == self._last_tick:
+            self._last_members.add(item)
+            return tick
         members = self._ticks.get(tick)
         if members is None:
             members = self._ticks[tick] = set()
             delay = max(0.0, tick * self._resolution - now)
             self._timers[tick] = self._clock.call_later(delay, self._firer(tick))
         members.add(item)
+        self._last_tick = tick
+        self._last_members = members
         return tick
 
     def remove(self, item: Expirable, tick: int) -> None:
         """Forget ``item`` (answered or abandoned) without expiring it."""
+        if tick == self._last_tick:
+            self._last_members.discard(item)
+            return
         members = self._ticks.get(tick)
         if members is not None:
             members.discard(item)
 
     def _firer(self, tick: int) -> Callable[[], None]:
         def fire() -> None:
+            if tick == self._last_tick:
+                self._last_tick = 0
             self._timers.pop(tick, None)
             members = self._ticks.pop(tick, None)
             if members:
@@ -79,6 +92,7 @@ class DeadlineWheel:
             timer.cancel()
         self._timers.clear()
         self._ticks.clear()
+        self._last_tick = 0
 
 
 async def read_chunk_within(

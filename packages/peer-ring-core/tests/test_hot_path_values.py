@@ -1,0 +1,191 @@
+"""The cheaper per-operation values of issue 23, round 4 keep their public behaviour.
+
+``Reply`` and ``CommandContext`` are frozen dataclasses with a hand-written ``__init__``
+(slot descriptors instead of ``object.__setattr__``); the dispatcher shares one context per
+source and partition for keyed commands without a hint; the deadline wheel remembers the
+tick of its latest ``add``. None of this may show to an application or change when a
+deadline fires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+
+from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig, Reply
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.core.transport._deadlines import DeadlineWheel
+
+
+def test_reply_is_still_a_frozen_dataclass_with_its_fields_and_defaults() -> None:
+    assert dataclasses.is_dataclass(Reply)
+    assert [(f.name, f.default) for f in dataclasses.fields(Reply)] == [
+        ("node", dataclasses.MISSING),
+        ("payload", b""),
+        ("error", None),
+    ]
+    err = ValueError("x")
+    reply = Reply("a:1", b"p", err)
+    assert (reply.node, reply.payload, reply.error, reply.ok) == ("a:1", b"p", err, False)
+    assert Reply("a:1") == Reply(node="a:1", payload=b"", error=None)
+    assert Reply("a:1").ok
+    assert Reply("a:1") != Reply("a:2")
+    assert hash(Reply("a:1", b"p")) == hash(Reply("a:1", b"p"))
+    assert repr(Reply("a:1", b"p")) == "Reply(node='a:1', payload=b'p', error=None)"
+    assert dataclasses.replace(reply, error=None) == Reply("a:1", b"p")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        reply.node = "b:1"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Reply()  # type: ignore[call-arg]
+
+
+def test_command_context_is_still_a_frozen_dataclass_with_its_fields_and_defaults() -> None:
+    assert dataclasses.is_dataclass(CommandContext)
+    assert [f.name for f in dataclasses.fields(CommandContext)] == [
+        "source",
+        "partition",
+        "hint",
+        "local",
+    ]
+    ctx = CommandContext("a:1", 7)
+    assert (ctx.source, ctx.partition, ctx.hint, ctx.local) == ("a:1", 7, "", False)
+    assert ctx == CommandContext(source="a:1", partition=7, hint="", local=False)
+    assert ctx != CommandContext("a:1", 7, local=True)
+    assert hash(ctx) == hash(CommandContext("a:1", 7))
+    assert repr(ctx) == "CommandContext(source='a:1', partition=7, hint='', local=False)"
+    assert dataclasses.replace(ctx, hint="b:1").hint == "b:1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.partition = 8  # type: ignore[misc]
+
+
+# -- the shared contexts, seen by handlers -----------------------------------------------
+
+ADDRS = [f"127.0.0.{i}:7501" for i in range(1, 4)]
+CONFIG = PeerRingConfig(
+    partitions=16,
+    replication=3,
+    request_timeout=1.0,
+    probe_interval=0.5,
+    probe_timeout=0.5,
+    suspicion_timeout=2.0,
+    down_after=None,
+    anti_entropy_interval=None,
+)
+PUT = Command("put", mutates=True)
+GET = Command("get", reads=True)
+
+
+class Seen:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.contexts: list[tuple[bytes, CommandContext]] = []
+
+    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        self.contexts.append((key, ctx))
+        return b"ok"
+
+    def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        self.contexts.append((key, ctx))
+        return b"v"
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[tuple[list[PeerRing], dict[str, Seen]]]:
+    clock = FakeClock()
+    network = MemoryNetwork(clock)
+    started: list[PeerRing] = []
+    seen: dict[str, Seen] = {}
+    for address in ADDRS:
+        node = PeerRing(
+            FixedDiscovery(address, ADDRS),
+            config=CONFIG,
+            transport=network.transport(address),
+            clock=clock,
+        )
+        app = seen[address] = Seen(address)
+        node.register("t", PUT, app.put)
+        node.register("t", GET, app.get)
+        await node.start()
+        started.append(node)
+    for _ in range(600):
+        await settle_loop(60)
+        if all(n.ready for n in started):
+            break
+        await clock.advance_async(0.1, settle=60)
+    else:
+        raise AssertionError("the cluster did not become ready")
+    yield started, seen
+    for node in started:
+        await node.stop()
+
+
+async def test_handlers_see_the_right_context_for_every_source_and_partition(
+    nodes: tuple[list[PeerRing], dict[str, Seen]],
+) -> None:
+    ring_nodes, seen = nodes
+    keys = [f"k{i}".encode() for i in range(40)]
+    for _ in range(2):  # the second round is served from the shared contexts
+        for i, key in enumerate(keys):
+            coordinator = ring_nodes[i % 3]
+            await coordinator.execute("t", PUT, key, b"x")
+            await coordinator.execute("t", GET, key, b"", quorum=3)
+    for app in seen.values():
+        assert len(app.contexts) == 2 * 2 * len(keys)  # every node replicates every key
+        for key, ctx in app.contexts:
+            source = ring_nodes[keys.index(key) % 3].address
+            assert ctx.source == source
+            assert ctx.local is (source == app.address)
+            assert ctx.partition == ring_nodes[0].partition_for_key(key)
+            assert ctx.hint == ""
+
+
+# -- the deadline wheel's latest tick ----------------------------------------------------
+
+
+class Item:
+    def __init__(self) -> None:
+        self.expired = 0
+
+    def expire(self) -> None:
+        self.expired += 1
+
+
+def test_adds_after_the_latest_tick_fired_get_a_timer_of_their_own() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    first, second, third = Item(), Item(), Item()
+    tick = wheel.add(first, 0.0)
+    assert wheel.add(second, 0.0) == tick  # the remembered tick
+    clock.advance(0.5)
+    assert (first.expired, second.expired) == (1, 1)
+    assert clock.pending_timers == 0
+    # Same "now + timeout" as before the tick fired would round to a later tick.
+    assert wheel.add(third, 0.0) == tick + 1
+    assert clock.pending_timers == 1
+    clock.advance(0.5)
+    assert third.expired == 1
+
+
+def test_removing_from_the_latest_tick_keeps_the_item_from_expiring() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    kept, removed = Item(), Item()
+    tick = wheel.add(kept, 1.0)
+    assert wheel.add(removed, 1.0) == tick
+    wheel.remove(removed, tick)
+    clock.advance(2.0)
+    assert (kept.expired, removed.expired) == (1, 0)
+
+
+def test_close_forgets_the_latest_tick() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    before, after = Item(), Item()
+    tick = wheel.add(before, 1.0)
+    wheel.close()
+    assert wheel.add(after, 1.0) == tick
+    assert clock.pending_timers >= 1
+    clock.advance(2.0)
+    assert (before.expired, after.expired) == (0, 1)
