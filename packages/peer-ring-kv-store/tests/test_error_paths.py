@@ -7,12 +7,12 @@ the operation still answers what its quorum allows, the failure is counted, noth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import PeerRingConfig, QuorumNotReachedError
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.core.testing import MemoryNetwork, settle_loop
 from peer_ring.kv import KVStore
 
 PEERS = [f"127.0.0.{i}:7101" for i in range(1, 4)]
@@ -20,30 +20,8 @@ CONFIG = PeerRingConfig(partitions=128, request_timeout=1.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> MemoryNetwork:
-    return MemoryNetwork(clock)
-
-
-@pytest.fixture
-async def cluster(network: MemoryNetwork, clock: FakeClock) -> AsyncIterator[list[KVStore]]:
-    stores = [
-        KVStore(
-            FixedDiscovery(a, PEERS), config=CONFIG, transport=network.transport(a), clock=clock
-        )
-        for a in PEERS
-    ]
-    for s in stores:
-        await s.start()
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    await settle_loop()
-    yield stores
-    for s in stores:
-        await s.stop()
+async def cluster(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    return await start_stores(PEERS, config=CONFIG, graceful=True)
 
 
 async def test_a_read_repair_that_fails_is_counted_and_the_read_still_returns(

@@ -11,16 +11,15 @@ driven in ``test_http_api.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from peer_ring.core import PeerRingConfig, PeerUnavailableError, RemoteError
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
 from peer_ring.kv import KVStore
-from peer_ring.kv._server import KVHttpApi, KVHttpServer
+from peer_ring.kv._server import KVHttpApi
 
 PEERS = ["127.0.0.1:7101"]
 CONFIG = PeerRingConfig(partitions=64, request_timeout=1.0)
@@ -30,32 +29,21 @@ STORE_MAX = 64
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[KVStore]:
-    clock = FakeClock()
-    s = KVStore(
-        FixedDiscovery(PEERS[0], PEERS),
-        replication=1,
-        max_value_bytes=STORE_MAX,
-        config=CONFIG,
-        transport=MemoryNetwork(clock).transport(PEERS[0]),
-        clock=clock,
+async def store(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> KVStore:
+    (s,) = await start_stores(
+        PEERS, config=CONFIG, ready=False, graceful=True, replication=1, max_value_bytes=STORE_MAX
     )
-    await s.start()
-    yield s
-    await s.stop()
+    return s
 
 
 @pytest.fixture
-async def http(store: KVStore) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+async def http(
+    store: KVStore,
+    serve_http: Callable[[KVHttpApi], Awaitable[tuple[str, aiohttp.ClientSession]]],
+) -> tuple[str, aiohttp.ClientSession]:
     api = KVHttpApi(store, max_value_bytes=1024)
     api.set_ready(True)
-    server = KVHttpServer(api, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield server.url, session
-    finally:
-        await server.stop()
+    return await serve_http(api)
 
 
 @pytest.mark.parametrize(

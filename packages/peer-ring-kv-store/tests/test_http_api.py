@@ -8,7 +8,7 @@ when a test advances the clock, so TTL expiry is checked without sleeping.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,9 +21,9 @@ from peer_ring.core import (
     PeerRingConfig,
     RequestTimeoutError,
 )
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
+from peer_ring.core.testing import FakeClock
 from peer_ring.kv import KVStore
-from peer_ring.kv._server import KVHttpApi, KVHttpServer
+from peer_ring.kv._server import KVHttpApi
 
 PEERS = ["127.0.0.1:7101", "127.0.0.2:7101", "127.0.0.3:7101"]
 CONFIG = PeerRingConfig(partitions=64, request_timeout=1.0)
@@ -32,39 +32,11 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def stores(clock: FakeClock) -> AsyncIterator[list[KVStore]]:
-    network = MemoryNetwork(clock)
-    stores = [
-        KVStore(
-            FixedDiscovery(a, PEERS),
-            replication=3,
-            max_value_bytes=MAX_VALUE,
-            config=CONFIG,
-            transport=network.transport(a),
-            clock=clock,
-        )
-        for a in PEERS
-    ]
-    for s in stores:
-        await s.start()
-    yield stores
-    for s in stores:
-        await s.stop()
-
-
-async def _serve(api: KVHttpApi) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    server = KVHttpServer(api, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield server.url, session
-    finally:
-        await server.stop()
+async def stores(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    # Started, not waited for: the API must answer while the nodes join.
+    return await start_stores(
+        PEERS, config=CONFIG, ready=False, graceful=True, replication=3, max_value_bytes=MAX_VALUE
+    )
 
 
 @pytest.fixture
@@ -75,9 +47,11 @@ async def api(stores: list[KVStore]) -> KVHttpApi:
 
 
 @pytest.fixture
-async def http(api: KVHttpApi) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    async for pair in _serve(api):
-        yield pair
+async def http(
+    api: KVHttpApi,
+    serve_http: Callable[[KVHttpApi], Awaitable[tuple[str, aiohttp.ClientSession]]],
+) -> tuple[str, aiohttp.ClientSession]:
+    return await serve_http(api)
 
 
 async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -348,42 +322,49 @@ class _FailingStore:
     ],
 )
 async def test_store_errors_map_to_status_codes(
-    stores: list[KVStore], error: Exception, status: int, fragment: str
+    stores: list[KVStore],
+    error: Exception,
+    status: int,
+    fragment: str,
+    serve_http: Callable[[KVHttpApi], Awaitable[tuple[str, aiohttp.ClientSession]]],
 ) -> None:
     api = KVHttpApi(_FailingStore(stores[0].node, error), max_value_bytes=MAX_VALUE)
     api.set_ready(True)
-    async for url, session in _serve(api):
-        for method in ("GET", "PUT", "DELETE"):
-            async with session.request(method, f"{url}/kv/k", data=b"v") as r:
-                assert r.status == status
-                assert fragment in (await _json(r))["error"]
-        if status == 503:
-            assert r.headers["Retry-After"] == "1"
+    url, session = await serve_http(api)
+    for method in ("GET", "PUT", "DELETE"):
+        async with session.request(method, f"{url}/kv/k", data=b"v") as r:
+            assert r.status == status
+            assert fragment in (await _json(r))["error"]
+    if status == 503:
+        assert r.headers["Retry-After"] == "1"
 
 
 # -- probes, cluster, metrics -----------------------------------------------------------------
 
 
-async def test_probes_follow_readiness(stores: list[KVStore]) -> None:
+async def test_probes_follow_readiness(
+    stores: list[KVStore],
+    serve_http: Callable[[KVHttpApi], Awaitable[tuple[str, aiohttp.ClientSession]]],
+) -> None:
     api = KVHttpApi(stores[0], max_value_bytes=MAX_VALUE)
-    async for url, session in _serve(api):
-        async with session.get(f"{url}/healthz") as r:
-            assert r.status == 200
-        async with session.get(f"{url}/readyz") as r:
-            assert r.status == 503  # HTTP is up, the node not declared ready yet
-            assert (await _json(r))["ready"] is False
-        api.set_ready(True)
-        async with session.get(f"{url}/readyz") as r:
-            assert r.status == 200
-            assert (await _json(r))["self"] == PEERS[0]
-        await stores[0].stop()  # a stopped node is not ready, whatever the flag says
-        async with session.get(f"{url}/readyz") as r:
-            assert r.status == 503
-        async with session.get(f"{url}/healthz") as r:
-            assert r.status == 200
-        async with session.get(f"{url}/kv/k") as r:
-            assert r.status == 503
-            assert "not ready" in (await _json(r))["error"]
+    url, session = await serve_http(api)
+    async with session.get(f"{url}/healthz") as r:
+        assert r.status == 200
+    async with session.get(f"{url}/readyz") as r:
+        assert r.status == 503  # HTTP is up, the node not declared ready yet
+        assert (await _json(r))["ready"] is False
+    api.set_ready(True)
+    async with session.get(f"{url}/readyz") as r:
+        assert r.status == 200
+        assert (await _json(r))["self"] == PEERS[0]
+    await stores[0].stop()  # a stopped node is not ready, whatever the flag says
+    async with session.get(f"{url}/readyz") as r:
+        assert r.status == 503
+    async with session.get(f"{url}/healthz") as r:
+        assert r.status == 200
+    async with session.get(f"{url}/kv/k") as r:
+        assert r.status == 503
+        assert "not ready" in (await _json(r))["error"]
 
 
 async def test_cluster_document(http: tuple[str, aiohttp.ClientSession]) -> None:
@@ -461,27 +442,30 @@ async def test_two_apis_in_one_process_have_separate_metrics(stores: list[KVStor
 # -- bearer token -----------------------------------------------------------------------------
 
 
-async def test_bearer_token_is_required_when_configured(stores: list[KVStore]) -> None:
+async def test_bearer_token_is_required_when_configured(
+    stores: list[KVStore],
+    serve_http: Callable[[KVHttpApi], Awaitable[tuple[str, aiohttp.ClientSession]]],
+) -> None:
     api = KVHttpApi(stores[0], http_token=TOKEN, max_value_bytes=MAX_VALUE)
     api.set_ready(True)
-    async for url, session in _serve(api):
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-            for path in ("/kv/k", "/cluster", "/metrics"):
-                async with session.get(f"{url}{path}", headers=headers) as r:
-                    assert r.status == 401, (path, headers)
-                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
-                    assert "token" in (await _json(r))["error"]
-        async with session.put(f"{url}/kv/k", data=b"v", expect100=True) as r:
-            assert r.status == 401  # refused before the body is sent
-        good = {"Authorization": f"Bearer {TOKEN}"}
-        async with session.put(f"{url}/kv/k", data=b"v", headers=good) as r:
-            assert r.status == 204
-        async with session.get(f"{url}/kv/k", headers=good) as r:
-            assert await r.read() == b"v"
-        # Probes stay open for kubelets and load balancers.
-        for path in ("/healthz", "/readyz"):
-            async with session.get(f"{url}{path}") as r:
-                assert r.status == 200
+    url, session = await serve_http(api)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        for path in ("/kv/k", "/cluster", "/metrics"):
+            async with session.get(f"{url}{path}", headers=headers) as r:
+                assert r.status == 401, (path, headers)
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                assert "token" in (await _json(r))["error"]
+    async with session.put(f"{url}/kv/k", data=b"v", expect100=True) as r:
+        assert r.status == 401  # refused before the body is sent
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    async with session.put(f"{url}/kv/k", data=b"v", headers=good) as r:
+        assert r.status == 204
+    async with session.get(f"{url}/kv/k", headers=good) as r:
+        assert await r.read() == b"v"
+    # Probes stay open for kubelets and load balancers.
+    for path in ("/healthz", "/readyz"):
+        async with session.get(f"{url}{path}") as r:
+            assert r.status == 200
 
 
 async def test_replication_larger_than_the_cluster_is_400_not_503(

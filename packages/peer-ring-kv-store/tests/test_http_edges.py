@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from peer_ring.core import MessageTooLargeError, NotRunningError, PeerRingConfig, PeerRingError
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
 from peer_ring.kv import KVStore
 from peer_ring.kv._batch_http import MAX_BATCH_KEYS
 from peer_ring.kv._server import KVHttpApi, KVHttpServer
@@ -30,18 +29,15 @@ BATCH_LIMIT = 16 * MAX_VALUE + (1 << 20)
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[KVStore]:
-    clock = FakeClock()
-    s = KVStore(
-        FixedDiscovery(PEERS[0], PEERS),
-        replication=1,
+async def store(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> KVStore:
+    (s,) = await start_stores(
+        PEERS,
         config=PeerRingConfig(partitions=64, request_timeout=1.0),
-        transport=MemoryNetwork(clock).transport(PEERS[0]),
-        clock=clock,
+        ready=False,
+        graceful=True,
+        replication=1,
     )
-    await s.start()
-    yield s
-    await s.stop()
+    return s
 
 
 @pytest.fixture
@@ -52,14 +48,11 @@ async def api(store: KVStore) -> KVHttpApi:
 
 
 @pytest.fixture
-async def http(api: KVHttpApi) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    server = KVHttpServer(api, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield server.url, session
-    finally:
-        await server.stop()
+async def http(
+    api: KVHttpApi,
+    serve_http: Callable[[KVHttpApi], Awaitable[tuple[str, aiohttp.ClientSession]]],
+) -> tuple[str, aiohttp.ClientSession]:
+    return await serve_http(api)
 
 
 async def test_the_url_of_a_server_not_started_is_an_error(api: KVHttpApi) -> None:

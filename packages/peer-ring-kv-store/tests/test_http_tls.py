@@ -14,7 +14,7 @@ import asyncio
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,6 @@ from cryptography import x509
 from peer_ring.core import PeerRingConfig
 from peer_ring.core.testing import (
     CertificateAuthority,
-    FakeClock,
-    FixedDiscovery,
-    MemoryNetwork,
     write_file_atomically,
 )
 from peer_ring.kv import KVStore
@@ -170,19 +167,15 @@ def test_unusable_files_fail_at_construction(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[KVStore]:
-    clock = FakeClock()
-    address = "127.0.0.1:7101"
-    store = KVStore(
-        FixedDiscovery(address, [address]),
-        replication=1,
+async def store(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> KVStore:
+    (s,) = await start_stores(
+        ["127.0.0.1:7101"],
         config=PeerRingConfig(partitions=8, request_timeout=1.0),
-        transport=MemoryNetwork(clock).transport(address),
-        clock=clock,
+        ready=False,
+        graceful=True,
+        replication=1,
     )
-    await store.start()
-    yield store
-    await store.stop()
+    return s
 
 
 async def serve(store: KVStore, tls: ReloadingServerContext) -> KVHttpServer:

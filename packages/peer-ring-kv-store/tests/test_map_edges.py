@@ -4,12 +4,12 @@ refused by the store with its usual errors (single node on the in-memory network
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import InvalidArgumentError, PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
+from peer_ring.core.testing import FakeClock
 from peer_ring.kv import KVStore
 from peer_ring.kv._errors import InvalidKeyError
 
@@ -17,24 +17,11 @@ A = "127.0.0.1:7801"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def kv(clock: FakeClock) -> AsyncIterator[KVStore]:
-    network = MemoryNetwork(clock)
-    store = KVStore(
-        FixedDiscovery(A, [A]),
-        replication=1,
-        config=PeerRingConfig(partitions=8, request_timeout=1.0),
-        transport=network.transport(A),
-        clock=clock,
+async def kv(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> KVStore:
+    (store,) = await start_stores(
+        [A], config=PeerRingConfig(partitions=8, request_timeout=1.0), ready_within=5, replication=1
     )
-    await store.start()
-    await store.wait_ready(5)
-    yield store
-    await store.abort()
+    return store
 
 
 async def test_bytes_and_str_keys_live_under_the_maps_prefix(kv: KVStore) -> None:

@@ -130,14 +130,7 @@ class Cluster:
             assert self.holders(key) == prefs, (key, self.holders(key), prefs)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> MemoryNetwork:
-    return MemoryNetwork(clock)
+# clock and network: the conftest fixtures.
 
 
 @pytest.fixture

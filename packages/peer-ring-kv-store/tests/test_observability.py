@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from peer_ring.core import PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
 from peer_ring.kv import KVStore
 from peer_ring.kv._server import KVHttpApi
 from peer_ring.kv.metrics import register_metrics
@@ -19,22 +17,8 @@ CONFIG = PeerRingConfig(partitions=32, request_timeout=1.0)
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[list[KVStore]]:
-    clock = FakeClock()
-    network = MemoryNetwork(clock)
-    stores = [
-        KVStore(
-            FixedDiscovery(a, PEERS), config=CONFIG, transport=network.transport(a), clock=clock
-        )
-        for a in PEERS
-    ]
-    for s in stores:
-        await s.start()
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    await settle_loop()
-    yield stores
-    for s in stores:
-        await s.abort()
+async def cluster(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    return await start_stores(PEERS, config=CONFIG)
 
 
 async def test_metrics_on_the_applications_own_registry(cluster: list[KVStore]) -> None:

@@ -6,12 +6,12 @@ sees: the keys listed, the cursor that resumes, the typed error and its message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import InvalidArgumentError, PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
+from peer_ring.core.testing import FixedDiscovery
 from peer_ring.kv import KVStore
 
 A = "127.0.0.1:7802"
@@ -19,20 +19,14 @@ PARTITIONS = 8
 
 
 @pytest.fixture
-async def kv() -> AsyncIterator[KVStore]:
-    clock = FakeClock()
-    network = MemoryNetwork(clock)
-    store = KVStore(
-        FixedDiscovery(A, [A]),
-        replication=1,
+async def kv(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> KVStore:
+    (store,) = await start_stores(
+        [A],
         config=PeerRingConfig(partitions=PARTITIONS, request_timeout=1.0),
-        transport=network.transport(A),
-        clock=clock,
+        ready_within=5,
+        replication=1,
     )
-    await store.start()
-    await store.wait_ready(5)
-    yield store
-    await store.abort()
+    return store
 
 
 async def test_a_bytes_scan_yields_every_key_a_text_scan_skips_non_utf8(kv: KVStore) -> None:

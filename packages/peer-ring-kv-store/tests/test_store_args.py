@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import InvalidArgumentError, PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork
 from peer_ring.kv import (
     ClusterTooSmallError,
     InvalidKeyError,
@@ -22,28 +21,9 @@ PEERS = [f"127.0.0.{i}:7301" for i in range(1, 4)]
 CONFIG = PeerRingConfig(partitions=64, request_timeout=1.0)
 
 
-def make(address: str, network: MemoryNetwork, clock: FakeClock, **kw: object) -> KVStore:
-    return KVStore(
-        FixedDiscovery(address, PEERS),
-        config=CONFIG,
-        transport=network.transport(address),
-        clock=clock,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
-async def cluster() -> AsyncIterator[list[KVStore]]:
-    clock = FakeClock()
-    network = MemoryNetwork(clock)
-    stores = [make(a, network, clock) for a in PEERS]
-    for s in stores:
-        await s.start()
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    await settle_loop()
-    yield stores
-    for s in stores:
-        await s.abort()
+async def cluster(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    return await start_stores(PEERS, config=CONFIG)
 
 
 @pytest.mark.parametrize("ttl", [math.inf, -math.inf, math.nan, 0, -1, True, False, "5"])
@@ -58,7 +38,13 @@ async def test_bad_ttl(cluster: list[KVStore], ttl: object) -> None:
 def test_bad_expiry_interval_is_refused_at_construction(interval: object) -> None:
     clock = FakeClock()
     with pytest.raises(InvalidArgumentError, match="expiry_interval"):
-        make(PEERS[0], MemoryNetwork(clock), clock, expiry_interval=interval)
+        KVStore(
+            FixedDiscovery(PEERS[0], PEERS),
+            config=CONFIG,
+            transport=MemoryNetwork(clock).transport(PEERS[0]),
+            clock=clock,
+            expiry_interval=interval,  # type: ignore[arg-type]
+        )
 
 
 async def test_empty_key_is_an_invalid_key_not_too_large(cluster: list[KVStore]) -> None:

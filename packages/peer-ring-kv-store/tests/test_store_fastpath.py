@@ -10,12 +10,12 @@ still repaired, malformed payloads still refused. On the in-memory network and o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import CommandContext, PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, free_port, settle_loop
+from peer_ring.core.testing import free_port, settle_loop
 from peer_ring.discovery.static import StaticDiscovery
 from peer_ring.kv import KVStore
 from peer_ring.kv._record import Record
@@ -27,26 +27,8 @@ CONFIG = PeerRingConfig(partitions=32, request_timeout=1.0)
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[list[KVStore]]:
-    clock = FakeClock()
-    network = MemoryNetwork(clock)
-    stores = [
-        KVStore(
-            FixedDiscovery(a, PEERS),
-            replication=3,
-            config=CONFIG,
-            transport=network.transport(a),
-            clock=clock,
-        )
-        for a in PEERS
-    ]
-    for s in stores:
-        await s.start()
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    await settle_loop()
-    yield stores
-    for s in stores:
-        await s.abort()
+async def cluster(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    return await start_stores(PEERS, config=CONFIG, replication=3)
 
 
 def records(stores: list[KVStore], key: bytes) -> list[Record | None]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import InvalidArgumentError, PeerRingConfig, QuorumNotReachedError
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.core.testing import FakeClock, MemoryNetwork, settle_loop
 from peer_ring.kv import KVStore, ValueTooLargeError
 
 PEERS = [f"127.0.0.{i}:7101" for i in range(1, 4)]
@@ -16,43 +16,11 @@ CONFIG = PeerRingConfig(partitions=128, request_timeout=1.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> MemoryNetwork:
-    return MemoryNetwork(clock)
-
-
-def make_store(
-    address: str,
-    network: MemoryNetwork,
-    clock: FakeClock,
-    peers: list[str] = PEERS,
-    **kw: object,
-) -> KVStore:
-    return KVStore(
-        FixedDiscovery(address, peers),
-        config=CONFIG,
-        transport=network.transport(address),
-        clock=clock,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-async def cluster(network: MemoryNetwork, clock: FakeClock) -> AsyncIterator[list[KVStore]]:
-    stores = [make_store(a, network, clock) for a in PEERS]
-    for s in stores:
-        await s.start()
-    # Started nodes pull their partitions first (issue 4): wait until every node is ready
-    # (no clock needed: peers that come up wake the pending pulls) and the traffic settled.
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    await settle_loop()
-    yield stores
-    for s in stores:
-        await s.stop()
+async def cluster(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    # Started nodes pull their partitions first (issue 4): start_stores waits until every
+    # node is ready (no clock needed: peers that come up wake the pending pulls) and the
+    # traffic settled.
+    return await start_stores(PEERS, config=CONFIG, graceful=True)
 
 
 async def test_set_get_delete_across_nodes(cluster: list[KVStore]) -> None:
@@ -107,13 +75,14 @@ async def test_bad_arguments(cluster: list[KVStore]) -> None:
     assert await a.get("k") == b"v"
 
 
-async def test_value_too_large(network: MemoryNetwork, clock: FakeClock) -> None:
-    store = make_store(PEERS[0], network, clock, max_value_bytes=10)
-    await store.start()
+async def test_value_too_large(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> None:
+    # Only PEERS[0] runs (its discovery lists the other two, never started).
+    (store,) = await start_stores(
+        PEERS[:1], members=PEERS, config=CONFIG, ready=False, graceful=True, max_value_bytes=10
+    )
     with pytest.raises(ValueTooLargeError) as info:
         await store.set("k", b"x" * 11, quorum=1)
     assert (info.value.size, info.value.limit) == (11, 10)
-    await store.stop()
 
 
 async def test_one_node_down_quorum_two_still_works(
@@ -196,12 +165,12 @@ async def test_local_read_uses_no_network(cluster: list[KVStore], network: Memor
     assert network.delivered == before
 
 
-async def test_eviction_bound(network: MemoryNetwork, clock: FakeClock) -> None:
-    store = make_store(PEERS[0], network, clock, [PEERS[0]], max_bytes=20_000)
-    await store.start()
+async def test_eviction_bound(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> None:
+    (store,) = await start_stores(
+        [PEERS[0]], config=CONFIG, ready=False, graceful=True, max_bytes=20_000
+    )
     for i in range(1000):
         await store.set(f"k{i}", b"x" * 100, quorum=1, replication=1)
     stats = store.stats()
     assert stats["size_bytes"] <= 20_000
     assert stats["evictions"] > 0
-    await store.stop()

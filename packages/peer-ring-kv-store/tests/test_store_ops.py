@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from peer_ring.core import InvalidArgumentError, PeerRingConfig
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, free_port, settle_loop
+from peer_ring.core.testing import FakeClock, free_port
 from peer_ring.discovery.static import StaticDiscovery
 from peer_ring.kv import KVStore
 
@@ -19,30 +19,8 @@ CONFIG = PeerRingConfig(partitions=32, request_timeout=1.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def cluster(clock: FakeClock) -> AsyncIterator[list[KVStore]]:
-    network = MemoryNetwork(clock)
-    stores = [
-        KVStore(
-            FixedDiscovery(a, PEERS),
-            replication=3,
-            config=CONFIG,
-            transport=network.transport(a),
-            clock=clock,
-        )
-        for a in PEERS
-    ]
-    for s in stores:
-        await s.start()
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    await settle_loop()
-    yield stores
-    for s in stores:
-        await s.abort()
+async def cluster(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[KVStore]:
+    return await start_stores(PEERS, config=CONFIG, replication=3)
 
 
 async def test_exists_ttl_expire(cluster: list[KVStore], clock: FakeClock) -> None:
@@ -136,28 +114,13 @@ async def test_scan_by_prefix_in_pages(cluster: list[KVStore]) -> None:
         await a.scan_page(b"", "garbage", 10)
 
 
-async def test_a_scan_reads_partitions_this_node_does_not_replicate(clock: FakeClock) -> None:
+async def test_a_scan_reads_partitions_this_node_does_not_replicate(
+    start_stores: Callable[..., Awaitable[list[KVStore]]],
+) -> None:
     # N=1 on 3 nodes: most partitions are elsewhere, so the scan asks the peers.
-    network = MemoryNetwork(clock)
-    stores = [
-        KVStore(
-            FixedDiscovery(a, PEERS),
-            replication=1,
-            config=CONFIG,
-            transport=network.transport(a),
-            clock=clock,
-        )
-        for a in PEERS
-    ]
-    for s in stores:
-        await s.start()
-    await asyncio.gather(*(s.wait_ready() for s in stores))
-    try:
-        await stores[0].mset({f"k{i}": i for i in range(40)})
-        assert sorted([k async for k in stores[1].scan("k")]) == sorted(f"k{i}" for i in range(40))
-    finally:
-        for s in stores:
-            await s.abort()
+    stores = await start_stores(PEERS, config=CONFIG, replication=1)
+    await stores[0].mset({f"k{i}": i for i in range(40)})
+    assert sorted([k async for k in stores[1].scan("k")]) == sorted(f"k{i}" for i in range(40))
 
 
 async def test_concurrent_incr_over_grpc() -> None:
