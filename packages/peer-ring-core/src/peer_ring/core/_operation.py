@@ -40,6 +40,7 @@ from peer_ring.core._result import Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
 from peer_ring.core._types import Request, Response, Status
+from peer_ring.core.transport._outbound import OutboundCall
 
 if TYPE_CHECKING:
     from peer_ring.core._coordinator import Coordinator
@@ -227,8 +228,14 @@ class Operation:
             self.timeout,
         )
         fut = self.coord.transport.request(target, request)
-        # A partial, not a lambda: no closure cells (fewer objects for the GC per request).
-        fut.add_done_callback(partial(self.on_done, target, hint))
+        if type(fut) is OutboundCall and not fut.done():
+            # The TCP and gRPC transports' call: its answer comes straight to on_done from
+            # the connection's reader (no done-callback, no loop turn; see OutboundCall).
+            fut.owner = self
+            fut.hint = hint
+        else:
+            # A partial, not a lambda: no closure cells (fewer objects for the GC).
+            fut.add_done_callback(partial(self.on_done, target, hint))
 
     def _run_here(self, hint: str) -> None:
         coord = self.coord

@@ -25,7 +25,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -83,16 +83,31 @@ class _ConnectError(Exception):
     """An attempt to open the Exchange stream failed (the message says why)."""
 
 
+class CallOwner(Protocol):
+    """Who is told of a call's outcome directly (see :attr:`OutboundCall.owner`)."""
+
+    def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
+        """``fut`` (the call to ``target``, sent for ``hint``) is resolved."""
+        ...
+
+
 class OutboundCall(asyncio.Future[Response]):
     """The future of one request: it *is* the request's bookkeeping entry.
 
     Subclassing the future (instead of adding a done-callback) lets a cancellation by the
     caller release the in-flight slot at once, at no cost on the normal path.
+
+    A caller may set :attr:`owner` (and :attr:`hint`) on a call that is not done yet instead
+    of adding a done-callback: ``owner.on_done(peer, hint, call)`` is then called as soon
+    as the call resolves. An answer is delivered by the reader directly, in the same loop
+    turn, which saves the callback's partial, its scheduling and a loop turn per request
+    (the coordinator's operations do this); failures and cancellation are delivered
+    through the loop, as a done-callback would be.
     """
 
     # Set by PeerConnection.request right after construction: no Python __init__, which
     # would cost an extra call per request.
-    __slots__ = ("_conn", "data", "request", "rid", "sent", "tick", "timeout")
+    __slots__ = ("_conn", "data", "hint", "owner", "request", "rid", "sent", "tick", "timeout")
     _conn: PeerConnection
     rid: int
     request: Request
@@ -100,12 +115,15 @@ class OutboundCall(asyncio.Future[Response]):
     timeout: float
     sent: bool
     tick: int
+    owner: CallOwner | None
+    hint: str
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Abandon the request: the slot is freed and the peer told to stop working on it."""
         if not super().cancel(msg):
             return False
         self._conn.abandon(self)
+        self._conn.failed(self)
         return True
 
     def expire(self) -> None:
@@ -178,6 +196,7 @@ class PeerConnection:
         self._in_flight = 0  # written and unresolved
         self._cancels: list[int] = []  # ids to tell the peer to drop
         self._wakeup = asyncio.Event()  # "the writer has something to do"
+        self._writer_idle = False  # the writer waits on _wakeup (a request must set it)
         self._retry = asyncio.Event()  # "the peer is alive: stop waiting out the backoff"
         self._fresh_channel = False  # the next attempt uses a new channel (retry_now)
         self._next_id = 1
@@ -232,9 +251,13 @@ class PeerConnection:
         call.timeout = timeout
         call.sent = False
         call.tick = self._wheel.add(call, timeout)
+        call.owner = None
         self._calls[rid] = call
         self._queue.append(call)
-        if state is _State.UP and self._in_flight < self._max_in_flight:
+        if self._writer_idle and state is _State.UP and self._in_flight < self._max_in_flight:
+            # Only the first request of a frame wakes the writer (Event.set is a Python
+            # call); a busy writer looks at the queue before it waits again.
+            self._writer_idle = False
             self._wakeup.set()
         return call
 
@@ -256,6 +279,15 @@ class PeerConnection:
                 f"within {call.timeout:g}s"
             )
         )
+        self.failed(call)
+
+    def failed(self, call: OutboundCall) -> None:
+        """Tell ``call``'s owner, if any, of its failure (in a later loop turn, like a
+        done-callback: the failing code may be in the middle of something)."""
+        owner = call.owner
+        if owner is not None:
+            call.owner = None
+            self._loop.call_soon(owner.on_done, self.peer, call.hint, call)
 
     def abandon(self, call: OutboundCall) -> None:
         """The caller cancelled ``call``: release its slot, tell the peer."""
@@ -290,6 +322,7 @@ class PeerConnection:
         for call in calls.values():
             self._wheel.remove(call, call.tick)
             call.set_exception(make_error())
+            self.failed(call)
         return len(calls)
 
     # -- connection lifecycle --------------------------------------------------------------
@@ -486,7 +519,11 @@ class PeerConnection:
         while True:
             if not self._cancels and not (queue and self._in_flight < max_in_flight):
                 wakeup.clear()
-                await wakeup.wait()
+                self._writer_idle = True
+                try:
+                    await wakeup.wait()
+                finally:
+                    self._writer_idle = False
                 await linger(lambda: len(queue))
                 continue
             parts: list[bytes] = []
@@ -539,6 +576,7 @@ class PeerConnection:
         remove = self._wheel.remove
         statuses = STATUSES
         known = len(statuses)
+        peer = self.peer
         freed = 0
         for msg in responses:
             rid = msg.id
@@ -556,6 +594,15 @@ class PeerConnection:
                 )
             )
             freed += 1
+            owner = call.owner
+            if owner is not None:
+                call.owner = None
+                try:
+                    owner.on_done(peer, call.hint, call)
+                except Exception:
+                    # As the loop does for a failing done-callback: this reader and the
+                    # other answers of the frame must not suffer from it.
+                    logger.exception("the owner of a request to %s failed on its answer", peer)
         self._in_flight -= freed
         sample = self._sample
         if sample is not None and sample.done():
@@ -565,7 +612,8 @@ class PeerConnection:
             self.latency = rtt if old is None else old + (rtt - old) * _LATENCY_WEIGHT
         self._stats.responses_received += len(responses)
         self._stats.late_responses += len(responses) - freed
-        if freed and self._queue:
+        if freed and self._queue and self._writer_idle:
+            self._writer_idle = False
             self._wakeup.set()
 
     # -- shutdown ----------------------------------------------------------------------------
