@@ -41,6 +41,8 @@ _GAUGES: dict[tuple[str, str], str] = {
     ("hints", "pending_total"): "Hints stored here waiting for their target to come back.",
     ("hints", "pending_bytes"): "Bytes of the hints stored here.",
     ("anti_entropy", "enabled"): "1 when periodic anti-entropy runs on this node.",
+    ("anti_entropy", "after_pull_waiting"): "Partitions that received writes while this node "
+    "pulled them, waiting to be compared with their replicas after the pull.",
 }
 
 # Counters with a documented meaning (the rest keep their sync_status() name).
@@ -62,6 +64,14 @@ _COUNTER_DOCS: dict[tuple[str, str], str] = {
     ("anti_entropy", "rounds"): "Anti-entropy rounds run.",
     ("anti_entropy", "partitions_compared"): "Partitions compared with a peer by anti-entropy.",
     ("anti_entropy", "partitions_repaired"): "Partitions repaired by anti-entropy.",
+    ("anti_entropy", "after_pull_noted"): "Partitions that received a write while this node "
+    "pulled them (the application may have refused it).",
+    ("anti_entropy", "after_pull_compared"): "Of those, partitions compared with every other "
+    "replica right after their pull.",
+    ("anti_entropy", "after_pull_repaired"): "Partitions compared after their pull that "
+    "received records (a write refused during the pull, or one the pull missed).",
+    ("anti_entropy", "after_pull_records_received"): "Records received by the comparisons "
+    "after a pull.",
     ("membership", "probes_failed"): "Peer probes that failed.",
     ("send", "failed"): "Fire-and-forget sends that failed (never retried).",
     ("reads", "speculative"): "Quorum reads that asked one more replica because the first "

@@ -10,16 +10,18 @@ functions); the I/O is split by concept:
 * :mod:`._puller` — pulls (initial sync and partitions gained in ring changes);
 * :mod:`._handoff` — handing lost partitions over, both sides;
 * :mod:`._hinted` — hinted handoff;
-* :mod:`._repair` — anti-entropy rounds;
+* :mod:`._repair` — anti-entropy rounds, and the comparisons right after a pull of the
+  partitions that received writes while pulled (:mod:`._after_pull` keeps which);
 * :mod:`._leaver` — graceful leave, both sides;
 * :mod:`._commands` — the internal commands peers send (``ping``, ``digests``,
   ``handoff``, ``leaving``);
 * :mod:`._context` — what they share.
 
 This module keeps the node-facing API and the **work loop**: it starts, one at a time of
-each kind, a pull round, a handoff round, hint deliveries (one task per reachable target)
-and anti-entropy rounds, and sleeps on the node's clock until the next due time or until
-something wakes it (a ring change, a peer answering again, a finished round).
+each kind, a pull round, a handoff round, hint deliveries (one task per reachable target),
+after-pull comparisons and anti-entropy rounds, and sleeps on the node's clock until the
+next due time or until something wakes it (a ring change, a peer answering again, a
+finished round).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from peer_ring.core._config import PeerRingConfig
 from peer_ring.core._hooks import DataHooks
 from peer_ring.core._membership import Membership
 from peer_ring.core._ring import Ring
+from peer_ring.core._sync._after_pull import AFTER_PULL_DELAY, AfterPullRepairs
 from peer_ring.core._sync._antientropy import jittered
 from peer_ring.core._sync._commands import InternalCommands
 from peer_ring.core._sync._context import LocalWriteFn, SyncContext, TransferFn
@@ -94,6 +97,8 @@ class SyncManager:
         self._handoff = Handoff(ctx)
         self._hinted = HintedHandoff(ctx, local_write)
         self._ae = AntiEntropy(ctx, self._puller.readable)
+        self._after_pull = AfterPullRepairs(retry_after=config.sync_retry_max)
+        self._after_pull_task: asyncio.Task[None] | None = None
         self._leaver = Leaver(ctx, self._detector)
         self._commands = InternalCommands(
             ctx, self._detector, self._handoff.serve, self._leaver.serve
@@ -222,8 +227,14 @@ class SyncManager:
         return self._ctx.table.state(partition) is HoldState.COMPLETE
 
     def note_write(self, partition: int) -> None:
-        """A write of ``partition`` is stored here (hold it if nobody expects it here)."""
-        self._ctx.note_write(partition)
+        """A mutating command of ``partition`` arrived here (before its handler runs): hold
+        the partition if nobody expects it here, and if this node is still pulling it,
+        compare it with its replicas once the pull is over (the application may refuse the
+        write meanwhile: see :mod:`._after_pull`)."""
+        ctx = self._ctx
+        if partition in ctx.table.pending:
+            self._after_pull.note(partition)
+        ctx.note_write(partition)
 
     def read_fallbacks(self, partition: int) -> tuple[str, ...]:
         """Nodes that replicated a partition this node is still pulling (they keep
@@ -243,6 +254,15 @@ class SyncManager:
     async def _pull_round(self, partitions: list[int]) -> None:
         await self._puller.round(partitions)
 
+    async def _repair_after_pull(self, partitions: list[int]) -> None:
+        table = self._ctx.table
+        # Lost since (held and handed off instead) or pending again (the new pull brings
+        # what the complete holders have): nothing to compare.
+        parts = [p for p in partitions if p in table.replicated and p not in table.pending]
+        if parts:
+            failed = await self._ae.after_pull(parts)
+            self._after_pull.failed(failed, self._ctx.clock.monotonic())
+
     async def _work_loop(self) -> None:
         ctx = self._ctx
         cfg = ctx.cfg
@@ -259,6 +279,23 @@ class SyncManager:
                 if due:
                     self._handoff_task = ctx.spawn(self._handoff.round(due), "peer-ring-handoff")
             self._hinted.start_due(now)
+            after_pull = self._after_pull
+            if after_pull:
+                pulled = after_pull.pulled(table.pending, table.replicated, now)
+                if pulled:
+                    logger.debug(
+                        "node %s: %d partition(s) pulled that received writes meanwhile: "
+                        "comparing them with their replicas in %.1fs",
+                        ctx.me,
+                        len(pulled),
+                        AFTER_PULL_DELAY,
+                    )
+                if _idle(self._after_pull_task):
+                    due = after_pull.due(now, cfg.anti_entropy_batch)
+                    if due:
+                        self._after_pull_task = ctx.spawn(
+                            self._repair_after_pull(due), "peer-ring-after-pull"
+                        )
             interval = cfg.anti_entropy_interval
             if interval is not None and now >= self._ae_next and table.ready:
                 if _idle(self._ae_task):
@@ -270,6 +307,9 @@ class SyncManager:
                 delay = min(delay, max(next_due - now, 0.0))
             if interval is not None:
                 delay = min(delay, max(self._ae_next - now, 0.0))
+            after_due = self._after_pull.next_due()
+            if after_due is not None:
+                delay = min(delay, max(after_due - now, 0.0))
             if delay <= 0:
                 delay = cfg.probe_interval  # due work is already running: wait for it
             await ctx.sleep_or(ctx.wake, delay)
@@ -338,6 +378,11 @@ class SyncManager:
                 "partitions_compared": ae.partitions_compared,
                 "partitions_repaired": ae.partitions_repaired,
                 "records_received": ae.records_received,
+                "after_pull_waiting": len(self._after_pull),
+                "after_pull_noted": self._after_pull.noted,
+                "after_pull_compared": ae.after_pull_compared,
+                "after_pull_repaired": ae.after_pull_repaired,
+                "after_pull_records_received": ae.after_pull_records,
             },
             "membership": {
                 "suspected": sorted(membership.suspected),

@@ -1,7 +1,9 @@
 """Anti-entropy rounds: compare digests with the other replicas and pull what differs.
 
 The choice of partitions and peers per round is
-:class:`~peer_ring.core._sync._antientropy.AntiEntropyPlanner`'s; this runs it.
+:class:`~peer_ring.core._sync._antientropy.AntiEntropyPlanner`'s; this runs it. The same
+comparison runs for the partitions that received writes while they were pulled, right after
+their pull (:mod:`~peer_ring.core._sync._after_pull`), with every other replica.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from peer_ring.core._errors import PeerRingError
 from peer_ring.core._sync._antientropy import AntiEntropyPlanner
@@ -29,6 +32,12 @@ class AntiEntropy:
         self.partitions_compared = 0
         self.partitions_repaired = 0
         self.records_received = 0
+        #: Partitions compared with every other replica right after their pull because
+        #: they received writes while pulled (see :mod:`._after_pull`).
+        self.after_pull_compared = 0
+        #: Of those, partitions that received records.
+        self.after_pull_repaired = 0
+        self.after_pull_records = 0
 
     async def round(self) -> None:
         """Compare one batch of partitions with one replica each; merge the differences."""
@@ -36,35 +45,94 @@ class AntiEntropy:
         membership = ctx.membership
         unavailable = membership.suspected | membership.down
         plan = self._planner.next_round(membership.ring, ctx.n, self._readable, unavailable)
-        compared = repaired = records = 0
+        outcome = await self._compare(plan)
+        self.rounds += 1
+        self.partitions_compared += outcome.compared
+        self.partitions_repaired += outcome.repaired
+        self.records_received += outcome.records
+        log = logger.info if outcome.records else logger.debug
+        log(
+            "node %s: anti-entropy round compared %d partition(s), repaired %d (%d records)",
+            ctx.me,
+            outcome.compared,
+            outcome.repaired,
+            outcome.records,
+        )
+
+    async def after_pull(self, partitions: list[int]) -> set[int]:
+        """Compare ``partitions``, whose pull just finished, with *every* other available
+        replica (see :mod:`._after_pull`); returns the partitions not compared with all of
+        them (retried later)."""
+        ctx = self._ctx
+        membership = ctx.membership
+        ring = membership.ring
+        unavailable = membership.suspected | membership.down
+        plan: dict[str, list[int]] = {}
+        alone: set[int] = set()
+        for p in partitions:
+            others = [
+                n for n in ring.preference_list(p, ctx.n) if n != ctx.me and n not in unavailable
+            ]
+            if not others:
+                alone.add(p)  # nobody to compare with now: try again later
+            for peer in others:
+                plan.setdefault(peer, []).append(p)
+        outcome = await self._compare(plan)
+        failed = outcome.failed | alone
+        done = [p for p in partitions if p not in failed]
+        self.after_pull_compared += len(done)
+        self.after_pull_repaired += len(outcome.received.intersection(done))
+        self.after_pull_records += outcome.records
+        log = logger.info if outcome.records else logger.debug
+        log(
+            "node %s: %d partition(s) that received writes while pulled compared with their "
+            "replicas after the pull (%d records received, %d to retry)",
+            ctx.me,
+            len(done),
+            outcome.records,
+            len(failed),
+        )
+        return failed
+
+    async def _compare(self, plan: dict[str, list[int]]) -> _Outcome:
+        """Compare each peer's partitions of ``plan`` with it; merge what differs."""
+        ctx = self._ctx
+        outcome = _Outcome()
         sem = asyncio.Semaphore(ctx.cfg.sync_concurrency)
         for peer, parts in plan.items():
             try:
                 remote = await ctx.fetch_digests(peer, parts)
             except (PeerRingError, ValueError) as exc:
                 logger.debug("anti-entropy with %s skipped: %s", peer, exc)
+                outcome.failed.update(parts)
                 continue
-            compared += len(parts)
+            outcome.compared += len(parts)
 
-            async def one(p: int, entry: RemotePartition | None, peer: str = peer) -> int:
+            async def one(p: int, entry: RemotePartition | None, peer: str = peer) -> int | None:
                 if entry is None or entry.state is HoldState.NONE or entry.equal:
                     return 0
                 async with sem:
-                    got = await ctx.merge_from(peer, p, entry.digests)
-                return got or 0
+                    return await ctx.merge_from(peer, p, entry.digests)
 
             results = await asyncio.gather(*(one(p, remote.get(p)) for p in parts))
-            repaired += sum(1 for r in results if r)
-            records += sum(results)
-        self.rounds += 1
-        self.partitions_compared += compared
-        self.partitions_repaired += repaired
-        self.records_received += records
-        log = logger.info if records else logger.debug
-        log(
-            "node %s: anti-entropy round compared %d partition(s), repaired %d (%d records)",
-            ctx.me,
-            compared,
-            repaired,
-            records,
-        )
+            for p, got in zip(parts, results, strict=True):
+                if got is None:
+                    outcome.failed.add(p)
+                elif got:
+                    outcome.repaired += 1
+                    outcome.records += got
+                    outcome.received.add(p)
+        return outcome
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one comparison of partitions with peers found."""
+
+    compared: int = 0
+    repaired: int = 0
+    records: int = 0
+    #: Partitions that received records.
+    received: set[int] = field(default_factory=set)
+    #: Partitions whose digests or records could not be fetched from some peer.
+    failed: set[int] = field(default_factory=set)
