@@ -32,23 +32,18 @@ from peer_ring.core import (
     InvalidArgumentError,
     NotRunningError,
     PartitionNotReadyError,
-    PeerRing,
-    PeerRingConfig,
     PeerUnavailableError,
-    Reply,
 )
 from peer_ring.kv._args import count, seconds
 from peer_ring.kv._codec import Codec, decode_value
-from peer_ring.kv._engine import KVEngine
-from peer_ring.kv._hlc import HLC
 from peer_ring.kv._map import KVMap
-from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._record import Record, reconcile
 from peer_ring.kv._status import cluster_status
+from peer_ring.kv._store_base import KVStoreBase
 from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import decode_get_response, encode_record
 
 if TYPE_CHECKING:
-    from peer_ring.core import Clock
     from peer_ring.kv._store import KVStore
 
 #: Read-modify-write operations, executed by the key's primary. Never hinted: a substitute
@@ -61,34 +56,10 @@ SCAN = Command("scan")
 MAX_SCAN_PAGE = 10_000
 
 
-class KVOpsMixin:
+class KVOpsMixin(KVStoreBase):
     """The operations of this module; :class:`KVStore` provides the attributes."""
 
-    _node: PeerRing
-    _engine: KVEngine
-    _hlc: HLC
-    _clock: Clock
-    _codec: Codec
-    _config: PeerRingConfig
-    _resolver: Resolver | None
     _op_locks: dict[bytes, tuple[asyncio.Lock, int]]
-
-    if TYPE_CHECKING:
-
-        def _key(self, key: str | bytes) -> bytes: ...
-        def _check_running(self) -> None: ...
-        def _check_sizes(self, replication: int | None, quorum: int | None) -> None: ...
-        def _record(self, value: object, ttl: float | None) -> Record: ...
-        def _repair(
-            self,
-            key: bytes,
-            winner: Record,
-            winner_payload: bytes | None,
-            replies: list[Reply],
-        ) -> None: ...
-        async def _write(
-            self, key: bytes, record: Record, replication: int | None, quorum: int | None
-        ) -> None: ...
 
     def map(self, name: str) -> KVMap:
         """A named key space of this store: its keys never collide with another map's.

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from peer_ring.core import Clock, ExecuteResult, PeerRing, Reply
-from peer_ring.kv._codec import Codec, decode_value
-from peer_ring.kv._hlc import HLC
+from peer_ring.core import ExecuteResult
+from peer_ring.kv._codec import decode_value
 from peer_ring.kv._ordered import MAX_ATTEMPTS, WriteRefusedError, newest_refusal, version_above
-from peer_ring.kv._record import Record, Resolver, reconcile
+from peer_ring.kv._record import reconcile
+from peer_ring.kv._store_base import KVStoreBase
 from peer_ring.kv._store_replica import GET, NAMESPACE, SET
 from peer_ring.kv._wire import decode_get_response, encode_record
 
@@ -23,29 +23,8 @@ from peer_ring.kv._wire import decode_get_response, encode_record
 K = TypeVar("K", str, bytes)
 
 
-class KVBatchMixin:
+class KVBatchMixin(KVStoreBase):
     """``mget``/``mset``; :class:`~peer_ring.kv.KVStore` provides the attributes."""
-
-    _node: PeerRing
-    _clock: Clock
-    _codec: Codec
-    _hlc: HLC
-    _resolver: Resolver | None
-    reversioned_writes: int
-
-    if TYPE_CHECKING:
-
-        def _key(self, key: str | bytes) -> bytes: ...
-        def _check_running(self) -> None: ...
-        def _check_sizes(self, replication: int | None, quorum: int | None) -> None: ...
-        def _record(self, value: object, ttl: float | None) -> Record: ...
-        def _repair(
-            self,
-            key: bytes,
-            winner: Record,
-            winner_payload: bytes | None,
-            replies: list[Reply],
-        ) -> None: ...
 
     async def mget(
         self,

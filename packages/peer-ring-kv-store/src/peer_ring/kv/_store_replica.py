@@ -8,14 +8,11 @@ before (the handlers are bound methods of the store, registered once).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from peer_ring.core import Command, CommandContext, PartitionNotReadyError, PeerRing
-from peer_ring.kv._engine import KVEngine
-from peer_ring.kv._hlc import HLC
+from peer_ring.core import Command, CommandContext, PartitionNotReadyError
 from peer_ring.kv._hooks import KVHooks
 from peer_ring.kv._ordered import refusal
 from peer_ring.kv._record import Record
+from peer_ring.kv._store_base import KVStoreBase
 from peer_ring.kv._wire import decode_entries, decode_keys, decode_record, encode_optional_records
 
 #: The core namespace the store's commands and data-movement hooks live in.
@@ -31,18 +28,11 @@ MSET = Command("mset", mutates=True)
 MGET = Command("mget", reads=True)
 
 
-class KVReplicaMixin:
+class KVReplicaMixin(KVStoreBase):
     """The replica-side handlers; :class:`~peer_ring.kv.KVStore` provides the attributes."""
 
-    _node: PeerRing
-    _engine: KVEngine
-    _hlc: HLC
     _hooks: KVHooks
     _sent: tuple[object, Record]
-
-    if TYPE_CHECKING:
-
-        def _register_ops(self, namespace: str) -> None: ...
 
     def _register(self) -> None:
         node = self._node
