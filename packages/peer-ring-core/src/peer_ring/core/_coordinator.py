@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 _FRAME_SHARE = 0.5
 _FRAME_BUDGET_MAX = 4 << 20
 
+#: Distinct explicit (replication, quorum) pairs remembered as valid by ``execute``.
+_MAX_CHECKED_SIZES = 64
+
 
 def _key_bytes(key: bytes | str) -> bytes:
     if isinstance(key, str):
@@ -90,6 +93,8 @@ class Coordinator:
         self.quorum_failures: dict[str, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._default_sizes = (config.replication, config.quorum_for(config.replication))
+        # (replication, quorum) as passed -> (n, q), for pairs that passed _sizes' checks.
+        self._checked_sizes: dict[tuple[int | None, int | None], tuple[int, int]] = {}
         limit = config.transport_limits.max_message_bytes
         self._frame_budget = max(1024, min(int(limit * _FRAME_SHARE), _FRAME_BUDGET_MAX))
 
@@ -153,9 +158,20 @@ class Coordinator:
         if replication is None and quorum is None:
             n, q = self._default_sizes
         else:
-            n, q = self._sizes(replication, quorum)
+            # Applications pass the same few explicit sizes again and again: each pair is
+            # validated once. Only exact ints are remembered (3.0 == 3 but is refused).
+            exact = type(replication) is int or replication is None
+            if exact and (type(quorum) is int or quorum is None):
+                sizes = self._checked_sizes.get((replication, quorum))
+                if sizes is None:
+                    sizes = self._sizes(replication, quorum)
+                    if len(self._checked_sizes) < _MAX_CHECKED_SIZES:
+                        self._checked_sizes[(replication, quorum)] = sizes
+                n, q = sizes
+            else:
+                n, q = self._sizes(replication, quorum)
         key_b = key if type(key) is bytes else _key_bytes(key)
-        ring = self.membership.ring
+        ring = self.membership._ring  # the ring property's value, without its call
         partition = ring.partition_for_key(key_b)
         prefs = ring.preference_list(partition, n)
         result = ExecuteResult(partition, prefs, key_b)

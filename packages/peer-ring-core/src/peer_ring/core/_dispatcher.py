@@ -184,7 +184,7 @@ class Dispatcher:
             if key:  # batch-style commands (no key) check their keys with partition_ready
                 # A peer's partition is recomputed (it may be wrong); our own is not.
                 if not local:
-                    partition = self._membership.ring.partition_for_key(key)
+                    partition = self._membership._ring.partition_for_key(key)
                 if command.reads:
                     if forwarded:
                         if not sync.holds(partition):

@@ -168,6 +168,8 @@ class InboundStream:
             self._outbox = []
             size = sum(map(len, parts))
             frames = join_frames(parts, self._max_bytes)
+            # Counted per frame, not per response (the outbox holds only responses).
+            stats.responses_sent += len(parts)
             for frame in frames:
                 # Blocks while the client does not read (HTTP/2 flow control); the reader
                 # then stops reading once the bound is reached: see _wait_for_room.
@@ -274,7 +276,19 @@ class InboundStream:
         except Exception as exc:
             self._respond(rid, self._handler_failed(request.namespace, request.command, exc))
             return
-        if isinstance(result, Response):
+        if type(result) is Response and not result.error:
+            # The inline path (no Task), and _respond's common case inlined too.
+            try:
+                part = response_part(rid, result)
+            except (TypeError, ValueError):
+                part = b""  # e.g. a str payload: _respond answers with the error
+            size = len(part)
+            if 0 < size <= self._max_bytes:
+                self._outbox.append(part)
+                self._pending_bytes += size
+                return
+            self._respond(rid, result)
+        elif isinstance(result, Response):
             self._respond(rid, result)  # the inline path: no Task
         elif inspect.isawaitable(result):
             # The handler's coroutine becomes the one Task (a future is used as is); no
@@ -388,4 +402,3 @@ class InboundStream:
             )
         self._outbox.append(part)
         self._pending_bytes += len(part)
-        self._stats.responses_sent += 1
