@@ -98,6 +98,9 @@ def test_rendered_objects_match_the_readme(helm: str) -> None:
     pre_stop = int(node["lifecycle"]["preStop"]["exec"]["command"][1])
     leave = float(env["PEER_RING_LEAVE_DEADLINE"]["value"])
     assert pre_stop + leave < pod["terminationGracePeriodSeconds"]
+    # The collector settings are Python's own unless asked for.
+    assert "PEER_RING_GC_THRESHOLD" not in env
+    assert "PEER_RING_GC_FREEZE_AFTER_START" not in env
     assert pod["serviceAccountName"] == "kv-peer-ring-kv"
     assert sts["podManagementPolicy"] == "Parallel"
     assert docs["PodDisruptionBudget/kv-peer-ring-kv"]["spec"]["maxUnavailable"] == 1
@@ -111,6 +114,8 @@ def test_values_reach_the_nodes(helm: str) -> None:
         "cluster.quorum=3",
         "auth.existingSecret=mine",
         "podDisruptionBudget.enabled=false",
+        "gc.threshold=20000",
+        "gc.freezeAfterStart=true",
     )
     assert "Secret/kv-peer-ring-kv" not in docs
     assert "PodDisruptionBudget/kv-peer-ring-kv" not in docs
@@ -119,6 +124,8 @@ def test_values_reach_the_nodes(helm: str) -> None:
     assert env["PEER_RING_REPLICATION"]["value"] == "5"
     assert env["PEER_RING_QUORUM"]["value"] == "3"
     assert env["PEER_RING_HTTP_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+    assert env["PEER_RING_GC_THRESHOLD"]["value"] == "20000"
+    assert env["PEER_RING_GC_FREEZE_AFTER_START"]["value"] == "true"
 
 
 @pytest.mark.parametrize(
