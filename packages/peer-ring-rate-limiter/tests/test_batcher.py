@@ -139,3 +139,17 @@ def test_bound_must_be_positive() -> None:
         Batcher(Peer().flush, max_in_flight=0)
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Peer().flush, max_items=0)
+
+
+async def test_a_lone_item_is_flushed_at_the_next_loop_turn() -> None:
+    # The flush's task is created on submit: one loop turn later the item is on its way
+    # (a callback that then created the task took two turns).
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1)
+    fut = b.submit(1)
+    fut_same_turn = b.submit(2)
+    await asyncio.sleep(0)
+    assert peer.batches == [[1, 2]]
+    peer.release[0].set()
+    assert await asyncio.gather(fut, fut_same_turn) == [10, 20]
+    await b.close()

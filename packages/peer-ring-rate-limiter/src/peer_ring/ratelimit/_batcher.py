@@ -75,8 +75,13 @@ class Batcher(Generic[T, R]):
         self._scheduled = True
         if self._window > 0:
             loop.call_later(self._window, self._start)
-        else:
-            loop.call_soon(self._start)
+            return
+        # The flush's task is created now and takes the items when it first runs (the next
+        # loop turn, so everything submitted in this turn goes with it): one loop iteration
+        # fewer than a callback that then creates the task, on the path of every lone hit.
+        task = loop.create_task(self._run_next())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -85,29 +90,43 @@ class Batcher(Generic[T, R]):
             self._schedule(task.get_loop())
 
     def _start(self) -> None:
+        # After a window: the flush takes a slot now (if one is free).
         self._scheduled = False
         if self._saturated():
             return  # _done schedules the next flush
+        batch = self._take(own_slot=False)
+        if batch is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(*batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _run_next(self) -> None:
+        # Without a window: this task already holds its slot.
+        self._scheduled = False
+        batch = self._take(own_slot=True)
+        if batch is not None:
+            await self._run(*batch)
+
+    def _take(self, *, own_slot: bool) -> tuple[list[T], list[asyncio.Future[R]]] | None:
+        """The items of the flush starting now (at most ``max_items``); the rest are
+        scheduled for the next flush if a slot is left. ``own_slot``: the starting flush
+        is already counted in ``_tasks``."""
         items, futures = self._items, self._futures
         if not items:
-            return
+            return None
         n = self._max_items
         if n is not None and len(items) > n:
             items, self._items = items[:n], items[n:]
             futures, self._futures = futures[:n], futures[n:]
-            if not self._saturated_after_start():
+            busy = len(self._tasks) + (0 if own_slot else 1)
+            if self._max_in_flight is None or busy < self._max_in_flight:
                 self._schedule(asyncio.get_running_loop())
         else:
             self._items, self._futures = [], []
         if self._on_batch is not None:
             self._on_batch(len(items))
-        task = asyncio.get_running_loop().create_task(self._run(items, futures))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _saturated_after_start(self) -> bool:
-        # The flush being started takes a slot too.
-        return self._max_in_flight is not None and len(self._tasks) + 1 >= self._max_in_flight
+        return items, futures
 
     def fail_pending(self, exc: BaseException) -> int:
         """Fail every item still waiting for a flush with ``exc``; returns how many."""

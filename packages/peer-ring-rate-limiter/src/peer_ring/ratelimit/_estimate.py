@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
-from peer_ring.core import PeerUnavailableError, QuorumNotReachedError, RequestTimeoutError
 from peer_ring.ratelimit._algorithms import decide, expires_at
 from peer_ring.ratelimit._decision import Decision
 from peer_ring.ratelimit._limit import Limit
@@ -52,22 +50,3 @@ class LocalEstimates:
         for kb in expired:
             del self._states[kb]
         return len(expired)
-
-
-def unreachable(results: Sequence[object]) -> BaseException | None:
-    """The error of a batch that no owner answered (every hit timed out or found the owner
-    unavailable), else None: a refusal by a live owner (not the owner in its ring, still
-    pulling the partition) says nothing about the hits queued behind it."""
-    if not results:
-        return None
-    first: BaseException | None = None
-    for res in results:
-        if not isinstance(res, QuorumNotReachedError):
-            return None
-        errors = list(res.failures.values())
-        if not errors or not all(
-            isinstance(e, RequestTimeoutError | PeerUnavailableError) for e in errors
-        ):
-            return None
-        first = first or res
-    return first

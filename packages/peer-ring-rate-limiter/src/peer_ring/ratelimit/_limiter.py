@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from peer_ring.core import (
     Clock,
@@ -18,6 +18,8 @@ from peer_ring.core import (
     PeerRing,
     PeerRingConfig,
     PeerRingError,
+    PeerUnavailableError,
+    RequestTimeoutError,
     SystemClock,
     Transport,
 )
@@ -25,7 +27,6 @@ from peer_ring.ratelimit._algorithms import decide, expires_at
 from peer_ring.ratelimit._batcher import Batcher
 from peer_ring.ratelimit._decision import Decision
 from peer_ring.ratelimit._errors import (
-    CorruptStateError,
     InvalidCostError,
     KeyTooLongError,
     NotOwnerError,
@@ -33,22 +34,22 @@ from peer_ring.ratelimit._errors import (
     RateLimitError,
 )
 from peer_ring.ratelimit._estimate import LocalEstimates
-from peer_ring.ratelimit._estimate import unreachable as unreachable_error
 from peer_ring.ratelimit._global import GlobalSync
+from peer_ring.ratelimit._hits import answer_hits, read_answers
 from peer_ring.ratelimit._limit import MAX_LIMIT, Limit
 from peer_ring.ratelimit._metrics import RateLimiterMetrics
 from peer_ring.ratelimit._policy import FailPolicy, Mode
+from peer_ring.ratelimit._replicator import Replicator
 from peer_ring.ratelimit._store import StateStore
 from peer_ring.ratelimit._wire import (
     Entry,
-    decode_decision,
     decode_entry,
     decode_hit,
     encode_decision,
     encode_entry,
     encode_hit,
+    encode_hits,
     pack_records,
-    split_answer,
     unpack_records,
 )
 
@@ -59,18 +60,19 @@ T = TypeVar("T")
 MAX_KEY_BYTES = 1024
 #: Largest absolute cost of one hit.
 MAX_COST = MAX_LIMIT
-#: Extra seconds the owner gathers new states before replicating them (0: the next loop
-#: turn; 1 ms measured no clear gain on 2 shared cores).
-REPLICATION_WINDOW = 0.0
 #: Default bound of forwarded batches in flight per owner (see ``max_batches_in_flight``).
 MAX_BATCHES_IN_FLIGHT: int | None = 1
 #: Default bound of hits per forwarded batch (see ``max_batch_size``).
 MAX_BATCH_SIZE: int | None = 256
 
-#: Decide a hit on the key's owner. Neither ``reads`` nor ``hinted``: the core must never
-#: send a hit elsewhere when the owner fails (a previous holder or a substitute may have a
-#: stale state, or none, and would decide alongside the owner if it is only slow). A hit the
-#: owner cannot take gets the fail policy instead (see ``_on_hit``).
+#: Decide a batch of hits on their keys' owner (one message per batch; see ``_hits``). The
+#: key of the message is empty: the owner checks each hit's key itself, as for ``HIT``.
+HITS = Command("hits", mutates=True, hinted=False)
+#: Decide a hit on the key's owner (one key; still answered, this node no longer sends it).
+#: Neither ``reads`` nor ``hinted`` (nor ``HITS``): the core must never send a hit elsewhere
+#: when the owner fails (a previous holder or a substitute may have a stale state, or none,
+#: and would decide alongside the owner if it is only slow). A hit the owner cannot take
+#: gets the fail policy instead (see ``_on_hit``).
 HIT = Command("hit", mutates=True, hinted=False)
 #: Store a newer entry (owner to replicas). Idempotent (higher seq wins), hence hinted.
 STATE = Command("state", mutates=True)
@@ -173,12 +175,13 @@ class RateLimiter:
         self._max_batches = max_batches_in_flight
         self._max_batch_size = max_batch_size
         # One batcher per owner: a slow or dead owner holds back only its own keys' hits.
-        self._forward: dict[str, Batcher[tuple[bytes, bytes], Decision]] = {}
-        # One batcher per replica node, for the same reason.
-        self._replicate: dict[str, Batcher[tuple[bytes, object], object]] = {}
+        self._forward: dict[str, Batcher[tuple[bytes, bytes, int], Decision]] = {}
+        # One replicator per replica node, for the same reason.
+        self._replicate: dict[str, Replicator] = {}
         self._global = GlobalSync(self, sync_interval, rtt_budget)
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_every = max(1.0, retain / 2)
+        self._node.register(self._ns, HITS, self._on_hits)
         self._node.register(self._ns, HIT, self._on_hit)
         self._node.register(self._ns, STATE, self._on_state)
         self._node.register(self._ns, STATES, self._on_states)
@@ -342,23 +345,33 @@ class RateLimiter:
             batcher = self._forward.get(owner)
             if batcher is None:
                 batcher = self._forward[owner] = self._forward_batcher(owner)
-            return await batcher.submit((kb, encode_hit(limit, cost)))
+            return await batcher.submit((kb, encode_hit(limit, cost), p))
         except (TimeoutError, PeerRingError, RateLimitError) as exc:
             return self._fail(kb, limit, cost, exc)
 
-    def _forward_batcher(self, owner: str) -> Batcher[tuple[bytes, bytes], Decision]:
-        batcher: Batcher[tuple[bytes, bytes], Decision]
+    def _forward_batcher(self, owner: str) -> Batcher[tuple[bytes, bytes, int], Decision]:
+        batcher: Batcher[tuple[bytes, bytes, int], Decision]
 
-        async def flush(items: Sequence[tuple[bytes, bytes]]) -> list[Decision | BaseException]:
-            out = await self._send_hits(items)
-            unreachable = unreachable_error(out)
-            if unreachable is not None:
+        async def flush(
+            items: Sequence[tuple[bytes, bytes, int]],
+        ) -> Sequence[Decision | BaseException]:
+            try:
+                raw = await self._node.call(
+                    owner,
+                    self._ns,
+                    HITS,
+                    b"",
+                    encode_hits([(kb, hit) for kb, hit, _ in items]),
+                    timeout=self._timeout,
+                )
+            except (RequestTimeoutError, PeerUnavailableError) as exc:
                 # The owner did not answer this batch: the hits queued behind it would
                 # only wait one more timeout each before getting the fail policy.
-                failed = batcher.fail_pending(unreachable)
+                failed = batcher.fail_pending(exc)
                 if failed:
                     logger.debug("owner %s unreachable: %d queued hits failed", owner, failed)
-            return out
+                raise
+            return read_answers(self, owner, items, raw)
 
         batcher = Batcher(
             flush,
@@ -395,35 +408,24 @@ class RateLimiter:
 
     def _replicated(self, kb: bytes, partition: int, result: T, skip: str = "") -> T | Awaitable[T]:
         """``result`` once the newest entry of ``kb`` reached its other replicas (batched
-        per replica node), ``skip`` excepted (it gets the entry with the answer). With one
-        other replica (the default) this is the batcher's own future, which resolves to
-        ``result``: no coroutine or task per decision."""
+        per replica node), ``skip`` excepted (it gets the entry with the answer)."""
         me = self._node.address
         replicas = self._node.ring.preference_list(partition, self._replication)
-        targets = [r for r in replicas if r != me and r != skip]
-        if not targets:
+        waits = [self.replicator(r).submit(kb) for r in replicas if r != me and r != skip]
+        if not waits:
             return result
-        if len(targets) == 1:
-            return cast("asyncio.Future[T]", self._replica_batcher(targets[0]).submit((kb, result)))
-        return cast(
-            "Awaitable[T]",
-            _first(
-                asyncio.gather(*(self._replica_batcher(t).submit((kb, result)) for t in targets))
-            ),
-        )
+        return _after(waits, result)
 
-    def _replica_batcher(self, replica: str) -> Batcher[tuple[bytes, object], object]:
-        batcher = self._replicate.get(replica)
-        if batcher is None:
+    def replicator(self, replica: str) -> Replicator:
+        """The replication queue of new states for ``replica`` (created on first use)."""
+        rep = self._replicate.get(replica)
+        if rep is None:
 
-            async def flush(items: Sequence[tuple[bytes, object]]) -> list[object]:
-                await self._send_states(replica, [kb for kb, _ in items])
-                return [result for _, result in items]
+            async def send(keys: list[bytes]) -> None:
+                await self._send_states(replica, keys)
 
-            batcher = self._replicate[replica] = Batcher(
-                flush, window=REPLICATION_WINDOW, max_in_flight=self._max_batches
-            )
-        return batcher
+            rep = self._replicate[replica] = Replicator(send, self._max_batches)
+        return rep
 
     async def _reset_local(self, kb: bytes, partition: int) -> None:
         entry = self._store.get(kb, partition)
@@ -435,34 +437,6 @@ class RateLimiter:
             replicated = self._replicated(kb, partition, None)
             if replicated is not None:
                 await replicated
-
-    async def _send_hits(
-        self, items: Sequence[tuple[bytes, bytes]]
-    ) -> list[Decision | BaseException]:
-        results = await self._node.execute_many(
-            self._ns, HIT, list(items), replication=1, quorum=1, timeout=self._timeout
-        )
-        out: list[Decision | BaseException] = []
-        now = self._clock.monotonic()
-        for res in results:
-            if res.ok and res.payloads:
-                try:
-                    decision, record = split_answer(res.payloads[0])
-                    d = decode_decision(decision)
-                    if record:
-                        # This node is the key's other replica: the owner sent the new
-                        # state with the answer instead of a replication message, and
-                        # relies on it being stored before the decision is released.
-                        rkey, entry = decode_entry(record, now)
-                        if rkey != res.key:
-                            raise CorruptStateError("answer carries another key's state")
-                        self._store.merge(rkey, entry, res.partition)
-                    out.append(d)
-                except RateLimitError as exc:
-                    out.append(exc)
-            else:
-                out.append(res.error or OwnerUnavailableError("no reply from the owner"))
-        return out
 
     async def _send_states(self, replica: str, keys: Sequence[bytes]) -> None:
         """Replicate the newest entries of ``keys`` to ``replica``: one ``STATES`` call (all
@@ -552,6 +526,9 @@ class RateLimiter:
             return self._replicated(key, p, answer, skip=source)
         return self._replicated(key, p, answer)
 
+    def _on_hits(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes | Awaitable[bytes]:
+        return answer_hits(self, ctx.source, payload)
+
     def _on_states(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         now = self._clock.monotonic()
         for rec in unpack_records(payload):
@@ -583,8 +560,10 @@ def _check_cost(cost: object) -> None:
         raise InvalidCostError(f"cost {cost} outside [-{MAX_COST}, {MAX_COST}]")
 
 
-async def _first(out: Awaitable[Sequence[object]]) -> object:
-    return (await out)[0]
+async def _after(waits: list[asyncio.Future[None]], result: T) -> T:
+    for fut in waits:
+        await fut
+    return result
 
 
 async def _empty(out: Awaitable[None]) -> bytes:

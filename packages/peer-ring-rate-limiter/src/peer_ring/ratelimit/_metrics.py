@@ -33,7 +33,7 @@ class RateLimiterMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._batches = Histogram(
             "peer_ring_ratelimit_forwarded_batch_size",
-            "Hits per batch forwarded to owners (one execute_many per batch).",
+            "Hits per batch forwarded to owners (one message per batch).",
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )

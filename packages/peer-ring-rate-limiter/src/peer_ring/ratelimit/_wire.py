@@ -1,5 +1,7 @@
 """Messages between nodes: a hit request, a decision (optionally followed by the key's new
-entry, see :func:`split_answer`), a key's replicated entry.
+entry, see :func:`split_answer`), a key's replicated entry, and the batch of hits a node
+forwards to one owner in one message with its answers (:func:`encode_hits`,
+:func:`answer_ok`).
 
 All big-endian with a leading version byte; every decoder raises
 :class:`~peer_ring.ratelimit.CorruptStateError` on malformed input, so a bad peer message
@@ -157,3 +159,44 @@ def unpack_records(data: bytes) -> list[bytes]:
         out.append(bytes(view[pos : pos + n]))
         pos += n
     return out
+
+
+#: Status byte of each answer in an owner's reply to a batch of hits.
+ANSWER_OK = 0
+ANSWER_NOT_OWNER = 1
+ANSWER_NOT_READY = 2
+ANSWER_BAD = 3
+
+
+def encode_hits(items: list[tuple[bytes, bytes]]) -> bytes:
+    """Hits ``(key, encode_hit(...))`` for one owner, in one message (:func:`decode_hits`)."""
+    return pack_records([hit + key for key, hit in items])
+
+
+def decode_hits(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Inverse of :func:`encode_hits`: ``(key, hit request)`` pairs, the hit not yet decoded
+    (a bad one fails that hit only, see :func:`decode_hit`)."""
+    n = _HIT.size
+    out: list[tuple[bytes, bytes]] = []
+    for rec in unpack_records(data):
+        if len(rec) < n:
+            raise CorruptStateError(f"hit record of {len(rec)} bytes")
+        out.append((rec[n:], rec[:n]))
+    return out
+
+
+def answer_ok(decision: bytes) -> bytes:
+    """One admitted-for-decision answer of a batch (the decision, maybe the entry after it)."""
+    return b"\x00" + decision
+
+
+def answer_error(status: int, message: str = "") -> bytes:
+    """One refused answer of a batch: ``status`` and a message."""
+    return bytes((status,)) + message.encode(errors="replace")
+
+
+def split_status(answer: bytes) -> tuple[int, bytes]:
+    """``(status, rest)`` of one answer of a batch."""
+    if not answer:
+        raise CorruptStateError("empty answer in a batch")
+    return answer[0], answer[1:]

@@ -1,0 +1,101 @@
+"""The owner's replication of new states to one replica node.
+
+Keys whose state changed are gathered (a key decided again before its message leaves is
+sent once, with its newest state) and sent in one message per round trip: at most
+``max_in_flight`` messages await their answer, what arrives meanwhile leaves together in
+the next one. Every decision waiting for a message awaits the *same* future (one per
+message, not one per decision), so a batch of 20 forwarded hits on the owner costs one
+future and one wake-up per replica node instead of 20.
+
+The message leaves at the next event-loop turn: its task is created at once and takes the
+keys when it first runs, so every key submitted in the same turn goes with it (one loop
+iteration fewer than a scheduled callback that then creates the task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+
+class Replicator:
+    """New states of keys for one replica node, sent in batches (see the module doc).
+
+    Args:
+        send: sends the newest states of the given keys and returns when the replica
+            stored them (or the fallback is done); an exception fails the waiting decisions.
+        max_in_flight: messages awaiting their answer at once (None: no bound).
+    """
+
+    def __init__(
+        self, send: Callable[[list[bytes]], Awaitable[None]], max_in_flight: int | None = 1
+    ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self._send = send
+        self._max_in_flight = max_in_flight
+        self._pending: dict[bytes, None] = {}
+        self._next: asyncio.Future[None] | None = None
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent (or about to be) and not yet answered."""
+        return len(self._tasks)
+
+    def submit(self, key: bytes) -> asyncio.Future[None]:
+        """Replicate ``key``'s newest state; the future resolves once it is stored there.
+
+        Keys submitted before the next message leaves share its future.
+        """
+        self._pending[key] = None
+        fut = self._next
+        if fut is None:
+            fut = self._next = asyncio.get_running_loop().create_future()
+        if not self._scheduled and not self._saturated():
+            self._schedule()
+        return fut
+
+    def _saturated(self) -> bool:
+        return self._max_in_flight is not None and len(self._tasks) >= self._max_in_flight
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        task = asyncio.get_running_loop().create_task(self._run())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending and not self._scheduled and not self._saturated():
+            self._schedule()
+
+    async def _run(self) -> None:
+        # Runs one loop turn after _schedule: the keys of that whole turn go together.
+        self._scheduled = False
+        keys, fut = list(self._pending), self._next
+        self._pending, self._next = {}, None
+        if fut is None:
+            return
+        try:
+            await self._send(keys)
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved here: the waiters may all be gone
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            logger.debug("replication of %d keys failed: %r", len(keys), exc)
+            return
+        if not fut.done():
+            fut.set_result(None)
+
+    async def close(self) -> None:
+        """Wait until every message in flight, and what waits behind them, is sent."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.sleep(0)
