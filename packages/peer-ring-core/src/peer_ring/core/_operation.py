@@ -249,7 +249,10 @@ class Operation:
             hint,
             self.timeout,
         )
-        self.take_local(hint, out)
+        if type(out) is Response:  # take_local's common case, without the call
+            self.settle_response(coord.address, hint, out)
+        else:
+            self.take_local(hint, out)
 
     def take_local(self, hint: str, out: Response | Awaitable[Response]) -> None:
         """Count the outcome of a local run (``dispatch``'s answer, maybe awaitable)."""

@@ -118,8 +118,9 @@ def request_part(rid: int, req: Request, timeout: float) -> bytes:
     Encoded by hand: about twice as fast as building a generated message from keyword
     arguments and serializing it. Field order and the explicit empty
     ``key``/``payload``/``partition`` are valid protobuf; any parser reads the same message
-    (``tests/test_grpc_transport_codec.py`` checks this). The varints of the hot path (ids,
-    lengths and partitions below 2**14) are built inline, not by a call to :func:`varint`.
+    (``tests/test_grpc_transport_codec.py`` checks this). The varints of the hot path (ids
+    below 2**21, lengths and partitions below 2**14) are built inline, not by a call to
+    :func:`varint`.
 
     Raises:
         TypeError: ``key`` or ``payload`` is not bytes-like.
@@ -141,6 +142,8 @@ def request_part(rid: int, req: Request, timeout: float) -> bytes:
         if 0 <= rid < 0x80
         else bytes(((rid & 0x7F) | 0x80, rid >> 7))
         if 0x80 <= rid < 0x4000
+        else bytes(((rid & 0x7F) | 0x80, ((rid >> 7) & 0x7F) | 0x80, rid >> 14))
+        if 0x4000 <= rid < 0x200000
         else varint(rid),
         head,
         _ONE_BYTE[n]
@@ -183,6 +186,8 @@ def response_part(rid: int, resp: Response) -> bytes:
         if 0 <= rid < 0x80
         else bytes(((rid & 0x7F) | 0x80, rid >> 7))
         if 0x80 <= rid < 0x4000
+        else bytes(((rid & 0x7F) | 0x80, ((rid >> 7) & 0x7F) | 0x80, rid >> 14))
+        if 0x4000 <= rid < 0x200000
         else varint(rid)
     )
     status = int(resp.status)
