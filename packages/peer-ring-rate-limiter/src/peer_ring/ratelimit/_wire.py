@@ -119,6 +119,8 @@ def encode_entry(key: bytes, entry: Entry, now: float) -> bytes:
 
 def decode_entry(data: bytes, now: float) -> tuple[bytes, Entry]:
     """Decode :func:`encode_entry` with times on this node's clock (``now``)."""
+    if type(data) is not bytes:
+        data = bytes(data)
     try:
         version, seq, expires, klen = _ENTRY.unpack_from(data)
     except struct.error as exc:
@@ -130,9 +132,9 @@ def decode_entry(data: bytes, now: float) -> tuple[bytes, Entry]:
     start = _ENTRY.size
     if len(data) < start + klen:
         raise CorruptStateError("entry record shorter than its key")
-    key = bytes(data[start : start + klen])
+    key = data[start : start + klen]
     body = data[start + klen :]
-    state = decode_state(bytes(body), now) if body else None
+    state = decode_state(body, now) if body else None
     return key, Entry(seq, state, expires + now)
 
 
@@ -141,23 +143,29 @@ _LEN = struct.Struct(">I")
 
 def pack_records(records: list[bytes]) -> bytes:
     """Several records in one payload (``u32 length`` before each)."""
-    return b"".join(_LEN.pack(len(r)) + r for r in records)
+    pack = _LEN.pack
+    return b"".join([pack(len(r)) + r for r in records])
 
 
 def unpack_records(data: bytes) -> list[bytes]:
     """Inverse of :func:`pack_records`; raises :class:`CorruptStateError` on bad framing."""
+    # Hot: every forwarded hit, its answer and every replicated state is one record.
+    if type(data) is not bytes:
+        data = bytes(data)
     out: list[bytes] = []
-    view = memoryview(data)
+    append = out.append
+    unpack = _LEN.unpack_from
+    end = len(data)
     pos = 0
-    while pos < len(view):
-        if pos + _LEN.size > len(view):
+    while pos < end:
+        start = pos + 4
+        if start > end:
             raise CorruptStateError("truncated record length")
-        (n,) = _LEN.unpack_from(view, pos)
-        pos += _LEN.size
-        if pos + n > len(view):
+        stop = start + unpack(data, pos)[0]
+        if stop > end:
             raise CorruptStateError("truncated record")
-        out.append(bytes(view[pos : pos + n]))
-        pos += n
+        append(data[start:stop])
+        pos = stop
     return out
 
 
