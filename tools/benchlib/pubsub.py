@@ -351,7 +351,10 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 async def run_pubsub(opts: argparse.Namespace, nodes: int, workdir: Path) -> dict[str, Any]:
-    port = free_port(["127.0.0.1"])
+    # PEER_RING_BENCH_PORT: a fixed first port, so runs compared share one ring placement
+    # (which node sequences which partition moves the figures more than small changes do).
+    fixed = os.environ.get("PEER_RING_BENCH_PORT")
+    port = int(fixed) if fixed else free_port(["127.0.0.1"])
     ports = [port + i for i in range(nodes)]
     peers = [f"127.0.0.1:{p}" for p in ports]
     replication, quorum = (1, 1) if nodes == 1 else (3, 2)

@@ -13,6 +13,7 @@ other replicas with one request (two at N=3).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -47,7 +48,8 @@ async def run(
     from peer_ring.discovery.static import StaticDiscovery
     from peer_ring.pubsub import PubSub
 
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+    fixed = os.environ.get("PEER_RING_BENCH_PORT")  # one ring placement across runs
+    peers = [f"127.0.0.1:{int(fixed) + i if fixed else free_port()}" for i in range(nodes)]
     n, w = (1, 1) if nodes == 1 else (3, 2)
     cluster = [
         PubSub(

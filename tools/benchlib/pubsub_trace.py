@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Trace:
         self.prefix = prefix  # ring keys traced (b"" = every topic)
         self.stages: dict[str, dict[bytes, int]] = {s: {} for s in STAGES}
         self.gc: list[tuple[int, int, int]] = []  # (generation, start ns, duration ns)
+        self.gc_sizes: list[int] = []  # tracked objects after each full collection
         self._gc_start = 0
 
     def watch_gc(self) -> None:
@@ -59,7 +61,10 @@ class Trace:
             if phase == "start":
                 self._gc_start = now
             else:
-                self.gc.append((info["generation"], self._gc_start, now - self._gc_start))
+                gen = info["generation"]
+                self.gc.append((gen, self._gc_start, now - self._gc_start))
+                if gen == 2:  # what a full collection had to walk
+                    self.gc_sizes.append(len(gc.get_objects()))
 
         gc.callbacks.append(on_gc)
 
@@ -76,6 +81,7 @@ class Trace:
             s: {k.hex(): v for k, v in d.items()} for s, d in self.stages.items()
         }
         doc["gc"] = self.gc
+        doc["gc_sizes"] = self.gc_sizes
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(path)
@@ -84,6 +90,7 @@ class Trace:
         """Add the records of a file written by :meth:`dump`."""
         doc = json.loads(path.read_text())
         self.gc.extend(tuple(g) for g in doc.pop("gc", []))
+        self.gc_sizes.extend(doc.pop("gc_sizes", []))
         for stage, records in doc.items():
             seen = self.stages[stage]
             for k, v in records.items():
@@ -230,6 +237,8 @@ def breakdown(trace: Trace) -> dict[str, Any]:
                     "max_ms": round(max(pauses) / 1e6, 3),
                     "total_ms": round(sum(pauses) / 1e6, 1),
                 }
+        if trace.gc_sizes:
+            out.setdefault("gc", {})["tracked"] = {"max_objects": max(trace.gc_sizes)}
     return out
 
 
@@ -239,6 +248,9 @@ def table(result: dict[str, Any]) -> str:
     for kind, rows in result.items():
         if kind == "gc":
             for gen, g in rows.items():
+                if gen == "tracked":
+                    lines.append(f"gc: up to {g['max_objects']} tracked objects after a full pass")
+                    continue
                 lines.append(
                     f"gc {gen} (all processes): {g['count']} pauses, max {g['max_ms']} ms, "
                     f"total {g['total_ms']} ms"
@@ -263,7 +275,8 @@ async def run_in_process(
     from peer_ring.discovery.static import StaticDiscovery
     from peer_ring.pubsub import PubSub
 
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+    fixed = os.environ.get("PEER_RING_BENCH_PORT")  # one ring placement across runs
+    peers = [f"127.0.0.1:{int(fixed) + i if fixed else free_port()}" for i in range(nodes)]
     n, w = (1, 1) if nodes == 1 else (3, 2)
     cluster = [
         PubSub(

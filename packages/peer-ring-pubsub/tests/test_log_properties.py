@@ -246,3 +246,22 @@ def test_promise_rules() -> None:
     assert not log.promise(Ballot(3, "b"))  # the same epoch for another node
     assert not log.promise(Ballot(2, "z"))
     assert not log.accepts(2) and log.accepts(3)
+
+
+def test_retained_entries_and_dedup_records_are_not_tracked_by_the_garbage_collector() -> None:
+    # A retained message must cost nothing in a full collection (a pause of the whole
+    # node proportional to the messages held): the log keeps plain tuples of atomic values,
+    # which CPython untracks at their first young collection, and builds objects on access.
+    import gc
+
+    from peer_ring.pubsub._log import DedupRecord
+
+    log = PartitionLog(CONFIG)
+    for seq in range(1000):
+        log.add(Entry(1, seq, float(seq), f"id-{seq}", b"k", b"payload"))
+    gc.collect()
+    assert not any(isinstance(obj, Entry | DedupRecord) for obj in gc.get_objects())
+    held = list(log.entries.values())
+    assert [e.seq for e in held] == list(range(1000)) and held[5].data == b"payload"
+    assert log.get(7) == Entry(1, 7, 7.0, "id-7", b"k", b"payload")
+    assert log.lookup("id-7") == DedupRecord("id-7", 1, 7, 7.0, 1) and len(log.dedup) == 1000

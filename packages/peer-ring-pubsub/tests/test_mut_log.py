@@ -222,12 +222,12 @@ def test_add_stores_once_and_records_the_exact_dedup_position() -> None:
     assert log.add(entry) is True
     assert log.add(Entry(2, 7, 99.0, "m1", b"k", b"other", writer=3)) is False  # same writer
     assert log.add(Entry(1, 7, 99.0, "m9", b"", b"lower", writer=1)) is False
-    assert log.get(7) is entry and log.bytes == entry.size
+    assert log.get(7) == entry and log.bytes == entry.size
     assert log.dedup == {"m1": DedupRecord("m1", 2, 7, 12.5, 3)}
     # A higher writer replaces the entry (and its bytes).
     newer = Entry(2, 7, 13.0, "m1", b"k", b"da", writer=4)
     assert log.add(newer) is True
-    assert log.get(7) is newer and log.bytes == newer.size
+    assert log.get(7) == newer and log.bytes == newer.size
 
 
 def test_no_dedup_record_without_a_msg_id_or_for_a_noop() -> None:
@@ -250,13 +250,13 @@ def test_the_earliest_valid_position_of_a_msg_id_wins_in_any_order() -> None:
         log = PartitionLog(BIG)
         for record in order:
             log.add_dedup(record)
-        assert log.dedup["m"] is high
+        assert log.dedup["m"] == high
     # The same position and writer again: the first one is kept (its time too).
     log = PartitionLog(BIG)
     first, again = DedupRecord("m", 1, 3, 2.0, 4), DedupRecord("m", 1, 3, 9.0, 4)
     log.add_dedup(first)
     log.add_dedup(again)
-    assert log.dedup["m"] is first
+    assert log.dedup["m"] == first
 
 
 def test_an_epoch_start_only_moves_down() -> None:

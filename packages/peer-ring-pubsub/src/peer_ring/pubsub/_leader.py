@@ -265,8 +265,7 @@ class Leaders:
         monotonic = self.node.clock.monotonic()
 
         def is_message(seq: int) -> bool:
-            entry = log.entries.get(seq)
-            return entry is not None and entry.kind == MESSAGE
+            return log.entries.kind(seq) == MESSAGE
 
         for name, group in state.groups.items():
             group.restart_deadlines(monotonic)

@@ -385,8 +385,7 @@ class Service:
         now = self.clock.monotonic()
 
         def is_message(seq: int) -> bool:
-            entry = log.entries.get(seq)
-            return entry is not None and entry.kind == MESSAGE
+            return log.entries.kind(seq) == MESSAGE
 
         claim = group.claim(
             req.consumer,
