@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: ``Status.OK`` read once: the attribute lookup on the enum class costs about 0.1 us,
+#: and the request path compares or builds an OK status several times per operation.
+_OK = Status.OK
+
 #: A batch frame carries at most this share of the transport's message limit (the rest is
 #: headroom for framing), and at most _FRAME_BUDGET_MAX bytes so one huge batch does not
 #: hold a peer's stream for long.
@@ -188,7 +192,7 @@ class Coordinator:
             out = self.dispatcher.dispatch(
                 me, namespace, decl.name, key_b, payload, partition, "", wait
             )
-            if isinstance(out, Response) and out.status == Status.OK:
+            if isinstance(out, Response) and out.status == _OK:
                 result.replies.append(Reply(me, out.payload, None))
                 result._finish()
                 return result
@@ -326,7 +330,7 @@ class Coordinator:
         self._sent(target, fut.result())
 
     def _sent(self, target: str, response: Response) -> None:
-        if response.status != Status.OK:
+        if response.status != _OK:
             self.send_failures += 1
             logger.debug("send to %s failed: %s", target, response.error)
 
@@ -353,7 +357,7 @@ class Coordinator:
         else:
             request = Request(namespace, decl.name, key_b, payload, partition, "", wait)
             response = await self.transport.request(node, request)
-        if response.status != Status.OK:
+        if response.status != _OK:
             raise error_for_status(Status(response.status), response.error, node)
         return response.payload
 

@@ -45,6 +45,10 @@ from peer_ring.core.transport._outbound import OutboundCall
 if TYPE_CHECKING:
     from peer_ring.core._coordinator import Coordinator
 
+#: ``Status.OK`` read once: the attribute lookup on the enum class costs about 0.1 us,
+#: and the request path compares or builds an OK status several times per operation.
+_OK = Status.OK
+
 
 class Operation:
     """One key of one ``execute`` / ``execute_many`` call."""
@@ -293,7 +297,7 @@ class Operation:
 
     def settle_response(self, target: str, hint: str, response: Response) -> None:
         """Count ``target``'s answer (the same mapping for local and remote runs)."""
-        if response.status == Status.OK:
+        if response.status == _OK:
             self.collector.add(Reply(target, response.payload, None))
             if self.tick:
                 self._quorum_known()
@@ -448,7 +452,7 @@ class BatchSender:
                 op.send_direct(target, hint)
             return
         self._coord.sync.peer_ok(target)
-        if response.status != Status.OK:
+        if response.status != _OK:
             for op, hint in entries:
                 op.settle_response(target, hint, response)
             return

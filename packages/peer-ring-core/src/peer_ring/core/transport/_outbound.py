@@ -79,6 +79,13 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+# The states read by every request, looked up once (an enum attribute lookup costs about
+# 0.1 us).
+_UP = _State.UP
+_DOWN = _State.DOWN
+_CLOSED = _State.CLOSED
+
+
 class _ConnectError(Exception):
     """An attempt to open the Exchange stream failed (the message says why)."""
 
@@ -211,10 +218,10 @@ class PeerConnection:
     def request(self, req: Request) -> asyncio.Future[Response]:
         """Queue ``req``; the returned future resolves with the peer's response."""
         state = self._state
-        if state is _State.DOWN:
+        if state is _DOWN:
             self._stats.unavailable += 1
             return self._failed(PeerUnavailableError(self.peer, self._down_reason))
-        if state is _State.CLOSED:
+        if state is _CLOSED:
             return self._failed(self._closed_error())
         if self._task is None:
             self.start()
@@ -254,7 +261,7 @@ class PeerConnection:
         call.owner = None
         self._calls[rid] = call
         self._queue.append(call)
-        if self._writer_idle and state is _State.UP and self._in_flight < self._max_in_flight:
+        if self._writer_idle and state is _UP and self._in_flight < self._max_in_flight:
             # Only the first request of a frame wakes the writer (Event.set is a Python
             # call); a busy writer looks at the queue before it waits again.
             self._writer_idle = False
