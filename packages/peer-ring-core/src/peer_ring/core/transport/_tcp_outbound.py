@@ -115,6 +115,10 @@ class Dialer:
         try:
             return await task
         except asyncio.CancelledError:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                # Accepted just as this caller was cancelled (close(), a transfer's caller
+                # gone), before it resumed: nobody will use the connection; close it.
+                task.result().abort()
             if expired:
                 wait = self._limits.connect_timeout
                 raise _ConnectError(f"no answer within connect_timeout={wait:g}s") from None
