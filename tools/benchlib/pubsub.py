@@ -284,15 +284,31 @@ def worker(spec: dict[str, Any]) -> None:
 
         gc.disable()
     load = redis_load if spec["backend"] == "redis" else pubsub_load
+
+    def run(main: Any) -> dict[str, Any]:
+        if spec.get("gc_threshold") is None and not spec.get("gc_freeze"):
+            plain: dict[str, Any] = asyncio.run(main)
+            return plain
+        # --gc-threshold / --gc-freeze: the core's opt-in host settings (peer_ring.core.run);
+        # the freeze happens when a PeerRing starts, so it applies to the pub-sub nodes only.
+        from peer_ring.core import run as run_node
+
+        out: dict[str, Any] = run_node(
+            main,
+            gc_threshold=spec.get("gc_threshold"),
+            gc_freeze_after_start=bool(spec.get("gc_freeze")),
+        )
+        return out
+
     profile_to = os.environ.get("PEER_RING_BENCH_PROFILE") if spec["role"] == "load" else None
     if profile_to:  # cProfile of the load process (node 0), for finding the hot spots
         import cProfile
 
         with cProfile.Profile(time.process_time) as prof:  # CPU time: the machine is shared
-            result = asyncio.run(load(spec))
+            result = run(load(spec))
         prof.dump_stats(f"{profile_to}.{spec['backend']}")
     else:
-        result = asyncio.run(load(spec))
+        result = run(load(spec))
     print(PREFIX + json.dumps(result), flush=True)
 
 
@@ -417,6 +433,8 @@ def _base_spec(opts: argparse.Namespace) -> dict[str, Any]:
         "rate": opts.rate,
         "transport": opts.transport,
         "partitions": opts.partitions,
+        "gc_threshold": opts.gc_threshold,
+        "gc_freeze": opts.gc_freeze,
     }
 
 
@@ -456,6 +474,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-redis", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="~10 s: it starts and reports")
+    p.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="young-generation GC threshold in every load and node process "
+        "(peer_ring.core.run(gc_threshold=)); default: Python's",
+    )
+    p.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() what exists once each pub-sub node started "
+        "(peer_ring.core.run(gc_freeze_after_start=True))",
+    )
     p.add_argument(
         "--trace",
         action="store_true",
