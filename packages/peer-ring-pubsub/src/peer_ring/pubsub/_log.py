@@ -339,15 +339,25 @@ class PartitionLog:
         """Merge one entry; True when it was stored (new, or replacing a lower epoch)."""
         if entry.seq < self.first or self.superseded(entry.writer, entry.seq):
             return False
-        existing = self.entries.writer(entry.seq)
+        rows = self.entries._rows  # the hot path of every replica: no method calls
+        seq, writer, msg_id, data, key, kind = (
+            entry.seq,
+            entry.writer,
+            entry.msg_id,
+            entry.data,
+            entry.key,
+            entry.kind,
+        )
+        existing = rows.get(seq)
         if existing is not None:
-            if existing >= entry.writer:
+            if existing[7] >= writer:
                 return False
-            self._remove(entry.seq)
-        self.entries[entry.seq] = entry
-        self.bytes += entry.size
-        self._high = max(self._high, entry.seq)
-        if entry.msg_id and entry.kind == MESSAGE:
+            self._remove(seq)
+        rows[seq] = (entry.epoch, seq, entry.time, msg_id, key, data, kind, writer)
+        self.bytes += len(data) + len(key) + len(msg_id)
+        if seq > self._high:
+            self._high = seq
+        if msg_id and kind == MESSAGE:
             self.add_dedup(
                 DedupRecord(entry.msg_id, entry.epoch, entry.seq, entry.time, entry.writer)
             )
@@ -382,19 +392,20 @@ class PartitionLog:
         config = self.config
         dropped = 0
         oldest_allowed = None if config.max_age is None else now - config.max_age
-        while self.entries:
+        rows = self.entries._rows
+        while rows:
             seq = self._lowest()
-            entry = self.entries[seq]
+            time = rows[seq][2]
             over = (
-                len(self.entries) > config.max_messages
+                len(rows) > config.max_messages
                 or self.bytes > config.max_bytes
-                or (oldest_allowed is not None and entry.time < oldest_allowed)
+                or (oldest_allowed is not None and time < oldest_allowed)
             )
             if not over:
                 break
             self._remove(seq)
             self.first = max(self.first, seq + 1)
-            self.dropped_time = max(self.dropped_time, entry.time)
+            self.dropped_time = max(self.dropped_time, time)
             dropped += 1
         # Dedup records arrive in about time order (dict order = insertion order): drop
         # from the oldest and stop at the first one still in the window. A record merged
@@ -438,7 +449,7 @@ class PartitionLog:
         return min(self.entries)
 
     def _remove(self, seq: int) -> None:
-        entry = self.entries.pop(seq)
-        self.bytes -= entry.size
+        row = self.entries._rows.pop(seq)
+        self.bytes -= len(row[5]) + len(row[4]) + len(row[3])  # data, key, msg_id: Entry.size
         if seq == self._high:
             self._high = max(self.entries, default=-1)
