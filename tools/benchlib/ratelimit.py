@@ -26,7 +26,9 @@ loops of ``--concurrency`` hits in flight per process, ``--duration`` measured s
 
 For each: decisions/s (sum over processes), latency p50/p99 of one decision, errors, and CPU
 per decision (the client/node processes' CPU, plus redis-server's or the Gubernator
-servers', over the measured window, divided by the decisions). ``--profile`` writes a
+servers', over the measured window, divided by the decisions); for the peer-ring cluster
+runs also hits per forwarded batch, states per replication message and requests between
+nodes per 1,000 decisions (``messages_per_1k``, whole run). ``--profile`` writes a
 cProfile (CPU time) of the local run and of node 0 of each cluster run. Speed is never
 pass/fail: the exit status is non-zero only when a run could not be made. The children's
 side is ``benchlib.ratelimit_load``.
@@ -225,6 +227,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "max_batches": bound,
                         }
                     )
+                runs += [
+                    {
+                        "algorithm": "fixed_window",
+                        "mode": "owner",
+                        "keys": keys,
+                        "limit": args.limit,
+                        "forwarded_only": True,
+                        "rate": rate / args.nodes,
+                        "max_batches": bound,
+                    }
+                    for rate in args.rates
+                ]
             for r in runs:
                 rows.append(await cluster_run(args, base, workdir, transport, r))
         for rate in args.rates:
@@ -370,6 +384,11 @@ async def cluster_run(
         if state_batches
         else 0
     )
+    # Requests between nodes (each answered) per 1,000 decisions, over the whole run:
+    # forwarded batches plus replication messages (states riding on forwarded batches or
+    # sent with the answers need none).
+    decided = sum(r["stats"].get("allowed", 0) + r["stats"].get("denied", 0) for r in res)
+    row["messages_per_1k"] = round(1000 * (batches + state_batches) / decided, 1) if decided else 0
     return {**row, "algorithm": run["algorithm"], "transport": transport}
 
 
@@ -448,6 +467,7 @@ def table(result: dict[str, Any]) -> str:
         "per_cpu_s",
         "mean_forward_batch",
         "mean_state_batch",
+        "messages_per_1k",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in result["rows"]:
@@ -496,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="*",
         default=[],
-        help="also run owner mode with these max_batches_in_flight values (0: unbounded)",
+        help="also run owner mode with these max_batches_in_flight values (0: unbounded),"
+        " heavy and moderate (and open loop at each of --rates)",
     )
     p.add_argument(
         "--profile",
