@@ -168,8 +168,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     # The deterministic simulator (packages/peer-ring-kv-store/tests/test_sim.py): replay
-    # seeds, e.g. one that tools/sim or CI reported. Same run as tools/sim only with the
-    # same PYTHONHASHSEED (tools/sim uses 0): PYTHONHASHSEED=0 pytest ... --sim-seed=N
+    # seeds, e.g. one that tools/sim or CI reported (the same run whatever PYTHONHASHSEED
+    # is): pytest ... --sim-seed=N
     parser.addoption(
         "--sim-seed",
         type=int,

@@ -7,6 +7,9 @@ check the simulator itself on a few.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +34,31 @@ def test_a_seed_replays_event_for_event() -> None:
     assert len(first.trace) > 100
     assert any("nemesis" in line for line in first.trace)
     assert run_seed(8).trace != first.trace
+
+
+_TRACE_DIGESTS = (
+    "import hashlib, logging; logging.disable(logging.CRITICAL);"
+    "from peer_ring.kv.sim import run_seed;"
+    "print([hashlib.sha256('\\n'.join(run_seed(s).trace).encode()).hexdigest() for s in (7, 13)])"
+)
+
+
+def test_a_seed_replays_in_interpreters_with_different_string_hashing() -> None:
+    # Sets of addresses iterate in string-hash order, which PYTHONHASHSEED changes; the
+    # members (probes, per-peer loops) and healed links are walked in sorted order instead.
+    # Seeds 7 and 13 differed between these two hash seeds before (membership, then heal).
+    digests = []
+    for hash_seed in ("5", "9"):
+        out = subprocess.run(
+            [sys.executable, "-c", _TRACE_DIGESTS],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        digests.append(out.stdout)
+    assert digests[0] == digests[1]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

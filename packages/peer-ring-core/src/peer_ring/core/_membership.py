@@ -118,7 +118,10 @@ class Membership:
         This node is always kept in its own view: discovery may lag behind the node's
         own start (a pod not yet published), and a node must own its share meanwhile.
         """
-        new = {m.address: m for m in members}
+        # In address order, not the snapshot's: discoveries return sets, whose order
+        # follows string hashing (PYTHONHASHSEED), and probes and the other per-peer loops
+        # go through the members in this dict's order; a seeded run must replay anywhere.
+        new = {m.address: m for m in sorted(members, key=_address)}
         new.setdefault(self.self_address, self._discovered[self.self_address])
         departed = sorted(set(self._discovered) - set(new))
         self._discovered = new
@@ -249,3 +252,7 @@ class Membership:
     def suspected(self) -> frozenset[str]:
         """Peers currently suspected."""
         return frozenset(a for a in list(self._suspected) if self.is_suspected(a))
+
+
+def _address(member: Member) -> str:
+    return member.address

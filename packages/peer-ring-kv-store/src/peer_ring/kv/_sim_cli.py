@@ -4,7 +4,7 @@
     python -m peer_ring.kv.sim replay 1234 [--trace]         # one seed, its errors (+ trace)
     python -m peer_ring.kv.sim shrink 1234                   # fewest fault kinds still failing
 
-Runs are deterministic for a given ``PYTHONHASHSEED`` (``tools/sim`` sets it to 0).
+Runs are deterministic whatever ``PYTHONHASHSEED`` is (``tools/sim`` still pins it to 0).
 """
 
 from __future__ import annotations

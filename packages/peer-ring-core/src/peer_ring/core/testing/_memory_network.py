@@ -71,10 +71,13 @@ class MemoryNetwork:
 
     def heal(self, a: str | None = None, b: str | None = None) -> None:
         """Restore the link ``a`` - ``b``, or every link when called without arguments."""
-        healed = list(self._cuts) if a is None else [frozenset((a, b or ""))]
+        # Sorted, both the links and each link's two ends: a frozenset iterates in string
+        # hash order (PYTHONHASHSEED), and who hears of the heal first changes what
+        # happens next (a seeded simulation must replay in any interpreter).
+        healed = sorted(self._cuts, key=sorted) if a is None else [frozenset((a, b or ""))]
         for link in healed:
             self._cuts.discard(link)
-            pair = tuple(link)
+            pair = tuple(sorted(link))
             if len(pair) == 2:
                 for x, y in (pair, pair[::-1]):
                     node = self._nodes.get(x)

@@ -11,9 +11,11 @@ What runs is up to the application (see ``peer_ring.kv.sim`` for the KV store's 
 and checker): it builds its nodes on :meth:`Simulation.transport` /
 :meth:`Simulation.node_clock`, and runs :meth:`Simulation.nemesis` next to its workload.
 
-Replay: the same seed and :class:`SimConfig` give the same run, event for event, within
-one interpreter and across interpreters started with the same ``PYTHONHASHSEED`` (string
-hashing decides the iteration order of sets; ``tools/sim`` fixes it).
+Replay: the same seed and :class:`SimConfig` give the same run, event for event, in any
+interpreter: nothing on the simulated path reads real time, and the core walks members
+and healed links in sorted order, not in the order of sets of strings (which
+``PYTHONHASHSEED`` changes). An application's own code must do the same; ``tools/sim``
+still pins ``PYTHONHASHSEED=0`` for such code.
 """
 
 from __future__ import annotations
