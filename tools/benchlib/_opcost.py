@@ -15,7 +15,9 @@ process in it. Node 0 runs a closed loop (``concurrency`` in flight, 50/50 get/s
 Calls per operation do not depend on the machine's load, so they compare code versions
 exactly; CPU per operation moves with the load less than throughput does.
 
-Run as ``python -m benchlib._opcost '<spec JSON>'`` (``tools/bench --op-cost``).
+Run as ``python -m benchlib._opcost '<spec JSON>'`` (``tools/bench --op-cost``). With
+``"profile_path": P`` in the spec, each configuration's profile is also written to
+``P.r<R>q<Q>.pstats``.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         # Counted from the profiler's own entries, one per code object: pstats keys its
         # table by (file, line, name), so the generated __init__ of every dataclass
         # ("<string>", 2, "__init__") collapses into one entry and the others' calls were
-        # lost (round 3's figures undercount by about 7 calls per operation at R3/Q2).
+        # lost (round 3's figures undercount by 4 calls per operation at R1/Q1, 10 at R3/Q2).
         calls = sum(entry.callcount for entry in profiler.getstats())
         top = sorted(entries.items(), key=lambda kv_: -kv_[1][1])[: int(spec.get("top", 25))]
         reads = kv.node.sync_status().get("reads", {})
