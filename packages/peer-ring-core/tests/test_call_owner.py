@@ -1,10 +1,11 @@
 """A request's owner is told of its outcome directly (``OutboundCall.owner``, issue 23
 round 4), over both real transports that use it (TCP and gRPC).
 
-An answer reaches ``owner.on_done(peer, hint, call)`` from the connection's reader, in the
-same loop turn, with the call resolved; a failure (timeout, unreachable peer, shutdown) or
-a cancellation reaches it through the loop, exactly once; an owner that raises harms
-neither the reader nor the other answers of the frame.
+An answer reaches ``owner.answered(peer, hint, response)`` from the connection's reader,
+in the same loop turn, with the call resolved; a failure (timeout, unreachable peer,
+shutdown) or a cancellation reaches ``owner.on_done(peer, hint, call)`` through the loop,
+exactly once; an owner that raises harms neither the reader nor the other answers of the
+frame.
 """
 
 from __future__ import annotations
@@ -42,22 +43,31 @@ class Owner:
         self.seen: list[tuple[str, str, bool, Response | BaseException | None]] = []
         self.fail_on = fail_on
         self.done = asyncio.Event()
+        self.calls: list[OutboundCall] = []
+
+    def answered(self, target: str, hint: str, response: Response) -> None:
+        # The call already holds the answer it hands over.
+        assert any(c.done() and c.result() is response for c in self.calls)
+        self.seen.append((target, hint, False, response))
+        self.done.set()
+        if response.payload == b"re:" + self.fail_on:
+            raise RuntimeError("the owner broke")
 
     def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
         assert fut.done()
         outcome: Response | BaseException | None = None
         if not fut.cancelled():
-            outcome = fut.exception() or fut.result()
+            outcome = fut.exception()
+            assert outcome is not None  # answers come through answered()
         self.seen.append((target, hint, fut.cancelled(), outcome))
         self.done.set()
-        if isinstance(outcome, Response) and outcome.payload == b"re:" + self.fail_on:
-            raise RuntimeError("the owner broke")
 
 
 def own(fut: asyncio.Future[Response], owner: Owner, hint: str) -> OutboundCall:
     assert type(fut) is OutboundCall and not fut.done()
     fut.owner = owner
     fut.hint = hint
+    owner.calls.append(fut)
     return fut
 
 

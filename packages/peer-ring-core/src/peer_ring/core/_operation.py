@@ -295,6 +295,20 @@ class Operation:
             sync.peer_ok(target)
         self.settle_response(target, hint, fut.result())
 
+    def answered(self, target: str, hint: str, response: Response) -> None:
+        """``target`` answered a direct request (the connection's reader calls this, see
+        ``OutboundCall.owner``): ``on_done`` without the future's checks, and the common
+        case of ``settle_response`` inline."""
+        membership = self.coord.membership
+        if membership.suspects or membership.downs:  # else peer_ok has nothing to clear
+            self.coord.sync.peer_ok(target)
+        if response.status == _OK:
+            self.collector.add(Reply(target, response.payload, None))
+            if self.tick:
+                self._quorum_known()
+        else:
+            self.settle_response(target, hint, response)
+
     def settle_response(self, target: str, hint: str, response: Response) -> None:
         """Count ``target``'s answer (the same mapping for local and remote runs)."""
         if response.status == _OK:

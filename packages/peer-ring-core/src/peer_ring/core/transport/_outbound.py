@@ -93,8 +93,12 @@ class _ConnectError(Exception):
 class CallOwner(Protocol):
     """Who is told of a call's outcome directly (see :attr:`OutboundCall.owner`)."""
 
+    def answered(self, target: str, hint: str, response: Response) -> None:
+        """``target`` answered the call sent for ``hint`` with ``response``."""
+        ...
+
     def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
-        """``fut`` (the call to ``target``, sent for ``hint``) is resolved."""
+        """``fut`` (the call to ``target``, sent for ``hint``) failed or was cancelled."""
         ...
 
 
@@ -105,11 +109,12 @@ class OutboundCall(asyncio.Future[Response]):
     caller release the in-flight slot at once, at no cost on the normal path.
 
     A caller may set :attr:`owner` (and :attr:`hint`) on a call that is not done yet instead
-    of adding a done-callback: ``owner.on_done(peer, hint, call)`` is then called as soon
-    as the call resolves. An answer is delivered by the reader directly, in the same loop
-    turn, which saves the callback's partial, its scheduling and a loop turn per request
-    (the coordinator's operations do this); failures and cancellation are delivered
-    through the loop, as a done-callback would be.
+    of adding a done-callback. An answer is then delivered by the reader directly, in the
+    same loop turn, as ``owner.answered(peer, hint, response)`` once the call holds it:
+    that saves the callback's partial, its scheduling, a loop turn and the future's
+    checks per request (the coordinator's operations do this). A failure or a
+    cancellation is delivered through the loop, as a done-callback would be, as
+    ``owner.on_done(peer, hint, call)``.
     """
 
     # Set by PeerConnection.request right after construction: no Python __init__, which
@@ -593,19 +598,18 @@ class PeerConnection:
             del calls[rid]
             remove(call, call.tick)
             status = msg.status
-            call.set_result(
-                Response(
-                    statuses[status] if 0 <= status < known else Status.ERROR,  # status_of
-                    msg.payload,
-                    msg.error,
-                )
+            response = Response(
+                statuses[status] if 0 <= status < known else Status.ERROR,  # status_of
+                msg.payload,
+                msg.error,
             )
+            call.set_result(response)
             freed += 1
             owner = call.owner
             if owner is not None:
                 call.owner = None
                 try:
-                    owner.on_done(peer, call.hint, call)
+                    owner.answered(peer, call.hint, response)
                 except Exception:
                     # As the loop does for a failing done-callback: this reader and the
                     # other answers of the frame must not suffer from it.
