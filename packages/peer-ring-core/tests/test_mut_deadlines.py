@@ -144,3 +144,33 @@ async def test_cancelling_the_reader_is_a_cancellation_not_a_timeout() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert clock.pending_timers == 0
+
+
+class Hashed:
+    """An item whose hash is chosen: a set of them iterates in hash order."""
+
+    def __init__(self, value: int, log: list[int]) -> None:
+        self.value = value
+        self.log = log
+
+    def __hash__(self) -> int:
+        return self.value
+
+    def expire(self) -> None:
+        self.log.append(self.value)
+
+
+def test_items_of_one_tick_expire_in_the_order_they_were_added_not_in_hash_order() -> None:
+    # Default hashes are object addresses, which differ from run to run: expiring in hash
+    # order made a seeded simulation's speculative reads go out in a different order.
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    log: list[int] = []
+    added = [5, 1, 3, 7, 2]
+    assert list({*added}) != added  # a set would expire them in another order
+    ticks = {wheel.add(Hashed(v, log), 0.1) for v in added}
+    wheel.add(Hashed(9, log), 0.6)  # another tick (fires at 1.0)
+    ticks.add(wheel.add(Hashed(4, log), 0.1))  # the first tick again, not the latest one
+    assert len(ticks) == 1
+    clock.advance(0.5)
+    assert log == [*added, 4]

@@ -217,7 +217,9 @@ class FailureDetector:
         if after is None:
             return
         membership = self._ctx.membership
-        for peer in membership.suspected:
+        # Sorted, not in set (string-hash) order: each mark_down rebuilds the ring and
+        # plans data movement, so two peers marked down together must go in a fixed order.
+        for peer in sorted(membership.suspected):
             if peer in membership.down or membership.left_incarnation(peer) is not None:
                 continue
             if membership.suspected_for(peer) >= after:

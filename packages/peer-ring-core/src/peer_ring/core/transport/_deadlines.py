@@ -42,25 +42,28 @@ class DeadlineWheel:
         self._clock = clock
         self._monotonic = clock.monotonic
         self._resolution = resolution
-        self._ticks: dict[int, set[Expirable]] = {}
+        # Each tick's items in a dict, not a set: a dict expires them in the order they
+        # were added, a set in the order of their hashes (object addresses, which differ
+        # from run to run), and a seeded simulation must replay event for event.
+        self._ticks: dict[int, dict[Expirable, None]] = {}
         self._timers: dict[int, TimerHandle] = {}
         # The tick of the latest add and its set: requests made together share it.
         self._last_tick = 0
-        self._last_members: set[Expirable] = set()
+        self._last_members: dict[Expirable, None] = {}
 
     def add(self, item: Expirable, timeout: float) -> int:
         """Expire ``item`` after ``timeout`` seconds (rounded up to a tick); return the tick."""
         now = self._monotonic()
         tick = int((now + timeout) / self._resolution) + 1  # round up: never early
         if tick == self._last_tick:
-            self._last_members.add(item)
+            self._last_members[item] = None
             return tick
         members = self._ticks.get(tick)
         if members is None:
-            members = self._ticks[tick] = set()
+            members = self._ticks[tick] = {}
             delay = max(0.0, tick * self._resolution - now)
             self._timers[tick] = self._clock.call_later(delay, self._firer(tick))
-        members.add(item)
+        members[item] = None
         self._last_tick = tick
         self._last_members = members
         return tick
@@ -68,11 +71,11 @@ class DeadlineWheel:
     def remove(self, item: Expirable, tick: int) -> None:
         """Forget ``item`` (answered or abandoned) without expiring it."""
         if tick == self._last_tick:
-            self._last_members.discard(item)
+            self._last_members.pop(item, None)
             return
         members = self._ticks.get(tick)
         if members is not None:
-            members.discard(item)
+            members.pop(item, None)
 
     def _firer(self, tick: int) -> Callable[[], None]:
         def fire() -> None:
