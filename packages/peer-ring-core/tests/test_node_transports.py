@@ -48,14 +48,22 @@ async def start_cluster(
 ) -> tuple[list[PeerRing], dict[str, Echo]]:
     nodes, apps = [], {}
     config = replace(CONFIG, transport=transport_kind)
-    for address in peers:
-        node = PeerRing(StaticDiscovery(peers, self_address=address), config=config)
-        app = Echo()
-        node.register("t", "put", app.put)
-        node.register("t", "big", app.big)
-        await node.start()
-        nodes.append(node)
-        apps[address] = app
+    try:
+        for address in peers:
+            node = PeerRing(StaticDiscovery(peers, self_address=address), config=config)
+            app = Echo()
+            node.register("t", "put", app.put)
+            node.register("t", "big", app.big)
+            await node.start()
+            nodes.append(node)
+            apps[address] = app
+    except BaseException:
+        # Another process may take a port between free_port() and the bind (parallel runs
+        # on a shared machine): stop the nodes already listening, or their listening
+        # sockets are left open ("unclosed socket" ResourceWarning, an error here).
+        for node in nodes:
+            await node.stop()
+        raise
     return nodes, apps
 
 
