@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import pytest
 
@@ -117,3 +118,23 @@ def test_same_seed_same_draws_and_the_nemesis_keeps_at_most_one_node_failed() ->
     assert sum("nemesis crash" in t or "nemesis isolate" in t for t in trace) >= 3
     assert one(11)[0] == trace
     assert one(12)[0] != trace
+
+
+def test_random_instances_made_by_another_thread_do_not_shift_the_replay() -> None:
+    # random.Random is patched process-wide while a simulation runs; a generator another
+    # thread makes meanwhile (a library, another test's leftover thread) must not take a
+    # seed from the simulation, or the nodes' generators made after it would change.
+    def one(other_thread: bool) -> list[str]:
+        sim = Simulation(3)
+
+        async def main() -> None:
+            if other_thread:
+                thread = threading.Thread(target=random.Random)
+                thread.start()
+                thread.join()
+            sim.log(f"draw {random.Random().random():.12f}")
+
+        sim.run(main())
+        return sim.trace
+
+    assert one(other_thread=True) == one(other_thread=False)

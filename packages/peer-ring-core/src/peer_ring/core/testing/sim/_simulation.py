@@ -4,8 +4,9 @@ A :class:`Simulation` owns the true time (a :class:`FakeClock` driving a
 :class:`FakeClockEventLoop`, so time moves only when every node waits), a
 :class:`FaultyNetwork`, one :class:`SkewedClock` per node and the seeded random generator
 every choice is drawn from: the workload's, the faults', and the nodes' own (while the
-simulation runs, ``random.Random()`` without a seed and the module-level ``random``
-functions are seeded from it, so the core's jitter is part of the replay).
+simulation runs, ``random.Random()`` without a seed, made on the simulation's thread, and
+the module-level ``random`` functions are seeded from it, so the core's jitter is part of
+the replay; another thread's ``random.Random()`` is left alone).
 
 What runs is up to the application (see ``peer_ring.kv.sim`` for the KV store's workload
 and checker): it builds its nodes on :meth:`Simulation.transport` /
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,12 +72,19 @@ class SimConfig:
 
 
 class _SeededRandom(random.Random):
-    """``random.Random`` whose unseeded instances draw their seed from the simulation."""
+    """``random.Random`` whose unseeded instances made by the simulation's thread draw
+    their seed from the simulation (another thread's are seeded as usual: when it makes
+    one is real time, and it would shift the seeds of every later node)."""
 
     source: random.Random | None = None
+    thread: int | None = None
 
     def __init__(self, x: Any = None) -> None:
-        if x is None and _SeededRandom.source is not None:
+        if (
+            x is None
+            and _SeededRandom.source is not None
+            and threading.get_ident() == _SeededRandom.thread
+        ):
             x = _SeededRandom.source.getrandbits(64)
         super().__init__(x)
 
@@ -140,6 +149,7 @@ class Simulation:
     def _seeded_random(self) -> Iterator[None]:
         original, state = random.Random, random.getstate()
         _SeededRandom.source = random.Random(self.rng.getrandbits(64))
+        _SeededRandom.thread = threading.get_ident()
         random.seed(self.rng.getrandbits(64))
         random.Random = _SeededRandom  # type: ignore[misc]
         try:
@@ -147,6 +157,7 @@ class Simulation:
         finally:
             random.Random = original  # type: ignore[misc]
             _SeededRandom.source = None
+            _SeededRandom.thread = None
             random.setstate(state)
 
     async def nemesis(self, crash: NodeAction, restart: NodeAction, until: float) -> None:
