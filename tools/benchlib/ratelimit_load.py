@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import os
 import pstats
 import random
 import time
@@ -360,6 +361,10 @@ def child(spec: dict[str, Any]) -> None:
         import uvloop
 
         uvloop.install()
+    if os.environ.get("PEER_RING_BENCH_GC") == "off":  # diagnosis: no collector pauses
+        import gc
+
+        gc.disable()
     kind = spec["kind"]
     if kind == "gubernator":
         from benchlib.ratelimit_gubernator import gubernator_child
