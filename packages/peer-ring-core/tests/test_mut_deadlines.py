@@ -8,6 +8,8 @@ never before it, and with one timer per tick.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -174,3 +176,161 @@ def test_items_of_one_tick_expire_in_the_order_they_were_added_not_in_hash_order
     assert len(ticks) == 1
     clock.advance(0.5)
     assert log == [*added, 4]
+
+
+class ManualClock:
+    """A fake clock whose timers the test fires by hand: a wake-up as late as it likes."""
+
+    def __init__(self) -> None:
+        self.fake = FakeClock()
+        self.monotonic = self.fake.monotonic
+        self.time = self.fake.time
+        self.sleep = self.fake.sleep
+        self.callbacks: list[Callable[[], object]] = []
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Handle:
+        self.callbacks.append(callback)
+        return Handle()
+
+
+class Handle:
+    def cancel(self) -> None:
+        pass
+
+
+class CountingClock(FakeClock):
+    """A fake clock counting every ``call_later``: timers armed, fired or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = 0
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Any:
+        self.armed += 1
+        return super().call_later(delay, callback)
+
+
+def test_deadlines_on_a_hundred_ticks_arm_one_timer_and_fire_tick_by_tick() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    items = [Item() for _ in range(100)]
+    for n, item in enumerate(items):
+        assert wheel.add(item, 0.5 * n) == n + 1
+    assert clock.pending_timers == 1
+    assert clock.next_deadline() == 0.5
+    for n, item in enumerate(items):
+        clock.advance(0.4999)
+        assert item.expired == 0
+        clock.advance(0.0001)
+        assert [i.expired for i in items[: n + 2]] == [1] * (n + 1) + [0][: 100 - n - 1]
+        assert clock.pending_timers == (1 if n < 99 else 0)
+    assert wheel._ticks == {} and wheel._timers == {} and wheel._pending == []
+
+
+def test_an_earlier_tick_added_after_a_later_one_fires_on_time() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    late, early = Item(), Item()
+    assert wheel.add(late, 2.0) == 5
+    assert wheel.add(early, 0.5) == 2
+    assert clock.next_deadline() == 1.0
+    clock.advance(0.9999)
+    assert early.expired == 0
+    clock.advance(0.0001)
+    assert (early.expired, late.expired) == (1, 0)
+    clock.advance(1.4999)
+    assert late.expired == 0
+    clock.advance(0.0001)
+    assert late.expired == 1
+    assert clock.pending_timers == 0
+
+
+def test_a_late_wake_up_expires_every_overdue_tick_in_tick_order() -> None:
+    clock = ManualClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    log: list[int] = []
+    for value, timeout in [(3, 1.0), (1, 0.0), (4, 1.5), (2, 0.5), (9, 10.0), (1_003, 1.0)]:
+        wheel.add(Hashed(value, log), timeout)
+    # Ticks 1..4 armed as each came earlier than the armed one: 3, then 1.
+    assert len(clock.callbacks) == 2
+    clock.fake.advance(2.0)  # ticks 1-4 are due; the timer of tick 1 wakes only now
+    clock.callbacks[1]()
+    assert log == [1, 2, 3, 1_003, 4]  # tick order, then insertion order within a tick
+    assert len(clock.callbacks) == 2  # tick 3's timer is still armed: no third one
+    clock.callbacks[0]()  # it fires: nothing more is due, and tick 21 gets a timer
+    assert log == [1, 2, 3, 1_003, 4]
+    assert len(clock.callbacks) == 3
+    clock.fake.advance(8.5)
+    clock.callbacks[2]()
+    assert log == [1, 2, 3, 1_003, 4, 9]
+
+
+def test_answered_ticks_are_dropped_and_cost_no_timer() -> None:
+    clock = CountingClock()
+    wheel = DeadlineWheel(clock, resolution=0.005)
+    items = [Item() for _ in range(2_000)]
+    kept = items[1_000]
+    # Steady traffic: one request per millisecond for 2 s, 2 s timeout, answered in 1 ms,
+    # except one request that never gets an answer.
+    previous: tuple[Item, int] | None = None
+    for item in items:
+        tick = wheel.add(item, 2.0)
+        if previous is not None and previous[0] is not kept:
+            wheel.remove(*previous)
+        previous = (item, tick)
+        clock.advance(0.001)
+    assert previous is not None
+    wheel.remove(*previous)
+    assert len(wheel._ticks) <= 2  # the unanswered request's tick and at most the latest
+    assert clock.armed == 1  # the first tick's timer, not yet due
+    clock.advance(2.0)
+    assert clock.armed == 2  # then the unanswered request's tick, skipping the answered
+    assert [i for i in items if i.expired] == [kept] and kept.expired == 1
+    assert clock.pending_timers == 0
+
+
+def test_an_expiring_item_may_add_and_remove_deadlines() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    fired: list[str] = []
+
+    class Retry:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.tick = 0
+
+        def expire(self) -> None:
+            fired.append(self.name)
+            if self.name == "a":
+                wheel.remove(b, b.tick)  # the other item of the same tick
+                self.tick = wheel.add(Retry("again"), 0.1)
+
+    a, b = Retry("a"), Retry("b")
+    a.tick = wheel.add(a, 1.0)
+    b.tick = wheel.add(b, 1.0)
+    wheel.add(Item(), 5.0)
+    clock.advance(1.5)
+    assert fired == ["a", "b"]  # b was already being expired with its tick
+    clock.advance(0.5)
+    assert fired == ["a", "b", "again"]
+
+
+class Boom:
+    def expire(self) -> None:
+        raise RuntimeError("boom")
+
+
+def test_an_expire_that_raises_leaves_the_other_overdue_ticks_armed() -> None:
+    clock = ManualClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    after = Item()
+    wheel.add(Boom(), 0.1)  # tick 1
+    wheel.add(after, 0.6)  # tick 2
+    assert len(clock.callbacks) == 1
+    clock.fake.advance(1.0)  # both due
+    with pytest.raises(RuntimeError, match="boom"):
+        clock.callbacks[0]()
+    assert after.expired == 0
+    assert len(clock.callbacks) == 2  # tick 2 re-armed (already due) despite the error
+    clock.callbacks[1]()
+    assert after.expired == 1
