@@ -128,6 +128,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "warmup": args.warmup,
         "duration": args.duration,
+        "core_gc": args.core_gc,
     }
     rows: list[dict[str, Any]] = []
     if args.profile:
@@ -538,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only-extra",
         action="store_true",
         help="of the cluster runs, only those --rates, --batch-windows and --max-batches add",
+    )
+    p.add_argument(
+        "--core-gc",
+        action="store_true",
+        help="run the peer-ring processes with peer_ring.core.run(gc_threshold=20_000,"
+        " gc_freeze_after_start=True), the core's opt-in collector settings for a host",
     )
     p.add_argument("--smoke", action="store_true", help="tiny run: it starts and reports")
     p.add_argument("--json", type=Path, default=None, help="results file")

@@ -379,5 +379,10 @@ def child(spec: dict[str, Any]) -> None:
         "echo": echo_child,
         "ping": ping_child,
     }[kind]
-    out = asyncio.run(fn(spec))
+    if kind == "peer-ring" and spec.get("core_gc"):
+        from peer_ring.core import run as core_run
+
+        out = core_run(fn(spec), gc_threshold=20_000, gc_freeze_after_start=True)
+    else:
+        out = asyncio.run(fn(spec))
     print(PREFIX + json.dumps(out), flush=True)
