@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -89,15 +90,43 @@ def test_options_defaults() -> None:
     assert options == DemoOptions()
 
 
-def _default_sigint() -> None:
-    # A shell without job control starts background commands with SIGINT ignored, and the
-    # ignore survives exec: restore the default so that the demo sees Ctrl-C as a user would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Ctrl-C must reach the demo as it reaches a program started from a terminal, with SIGINT at
+# its default disposition. A shell without job control starts background commands with SIGINT
+# ignored, and the ignore survives exec: this prefix of the command resets it in the child,
+# then execs the rest of the command line (same pid, so the test's SIGINT reaches the demo).
+# Not with preexec_fn: that makes subprocess fork() instead of vfork() and run this process's
+# fork handlers. In an xdist worker that ran gRPC tests before, gRPC then restarts its poller
+# thread in the child, which crashes once the child closes its descriptors before exec
+# ("Epoll1Poller encountered epoll_wait error: Bad file descriptor"): the demo never started.
+DEFAULT_SIGINT_THEN_EXEC = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+]
+
+
+def test_the_command_prefix_undoes_an_ignored_sigint() -> None:
+    # Start the prefix with SIGINT ignored (as a background job is), without preexec_fn.
+    ignore_then_exec = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
+    show = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    for prefix, expected in (([], "False"), (DEFAULT_SIGINT_THEN_EXEC[1:], "True")):
+        result = subprocess.run(
+            [sys.executable, "-c", ignore_then_exec, *prefix, "-c", show],
+            capture_output=True,
+            text=True,
+            timeout=DEMO_DEADLINE,
+            check=True,
+        )
+        assert result.stdout.strip() == expected, (prefix, result)
 
 
 async def test_ctrl_c_stops_every_node() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
+        *DEFAULT_SIGINT_THEN_EXEC,
         "-m",
         "peer_ring.kv.cli",
         "demo",
@@ -106,7 +135,6 @@ async def test_ctrl_c_stops_every_node() -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=CLEAN_ENV,
-        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     lines: list[str] = []
