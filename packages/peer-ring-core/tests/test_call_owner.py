@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
 
 import pytest
 
@@ -39,17 +38,26 @@ def serve(sender: str, request: Request) -> Response | Awaitable[Response]:
 
 
 class Owner:
-    def __init__(self, fail_on: bytes = b"") -> None:
+    """Records what its calls report; ``done`` is set once ``expect`` outcomes arrived."""
+
+    def __init__(self, fail_on: bytes = b"", expect: int = 1) -> None:
         self.seen: list[tuple[str, str, bool, Response | BaseException | None]] = []
         self.fail_on = fail_on
+        self.expect = expect
         self.done = asyncio.Event()
         self.calls: list[OutboundCall] = []
 
+    def _record(self, outcome: tuple[str, str, bool, Response | BaseException | None]) -> None:
+        self.seen.append(outcome)
+        if len(self.seen) >= self.expect:
+            self.done.set()
+
     def answered(self, target: str, hint: str, response: Response) -> None:
-        # The call already holds the answer it hands over.
+        # The call already holds the answer it hands over. (A failed assert here is caught
+        # and logged by the reader: the answer is then never recorded and the test's wait
+        # for ``done`` fails.)
         assert any(c.done() and c.result() is response for c in self.calls)
-        self.seen.append((target, hint, False, response))
-        self.done.set()
+        self._record((target, hint, False, response))
         if response.payload == b"re:" + self.fail_on:
             raise RuntimeError("the owner broke")
 
@@ -59,8 +67,7 @@ class Owner:
         if not fut.cancelled():
             outcome = fut.exception()
             assert outcome is not None  # answers come through answered()
-        self.seen.append((target, hint, fut.cancelled(), outcome))
-        self.done.set()
+        self._record((target, hint, fut.cancelled(), outcome))
 
 
 def own(fut: asyncio.Future[Response], owner: Owner, hint: str) -> OutboundCall:
@@ -107,16 +114,13 @@ async def test_an_owner_that_raises_does_not_cost_the_other_answers(
 ) -> None:
     a, b = pair
     await asyncio.wait_for(a.request(b.address, Request("t", "e", b"k", b"warm")), LIMIT)
-    owner = Owner(fail_on=b"1")
+    owner = Owner(fail_on=b"1", expect=4)
     # Queued in one loop turn: they leave in one frame and come back in one or two.
     calls = [
         own(a.request(b.address, Request("t", "e", b"k", b"%d" % i)), owner, "") for i in range(4)
     ]
     with caplog.at_level(logging.ERROR, logger="peer_ring.core.transport._outbound"):
-        for _ in range(int(LIMIT * 100)):
-            if len(owner.seen) == 4:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(owner.done.wait(), LIMIT)
     assert sorted(o.payload for _, _, _, o in owner.seen) == [b"re:0", b"re:1", b"re:2", b"re:3"]  # type: ignore[union-attr]
     assert all(c.done() for c in calls)
     assert "failed on its answer" in caplog.text
@@ -146,15 +150,25 @@ async def test_a_timeout_reaches_the_owner_once_through_the_loop() -> None:
 
 
 async def test_shutdown_and_cancellation_reach_the_owner_through_the_loop() -> None:
+    hung: list[Request] = []
+    both_arrived = asyncio.Event()
+
+    def serve_and_count(sender: str, request: Request) -> Response | Awaitable[Response]:
+        if request.command == "hang":
+            hung.append(request)
+            if len(hung) == 2:
+                both_arrived.set()
+        return serve(sender, request)
+
     a, b = make("tcp"), make("tcp")
     await a.start(serve, no_transfer)
-    await b.start(serve, no_transfer)
+    await b.start(serve_and_count, no_transfer)
     try:
         await asyncio.wait_for(a.request(b.address, Request("t", "e", b"k", b"warm")), LIMIT)
         cancelled_owner, shut_owner = Owner(), Owner()
         to_cancel = own(a.request(b.address, Request("t", "hang", b"k", b"")), cancelled_owner, "")
         to_fail = own(a.request(b.address, Request("t", "hang", b"k", b"")), shut_owner, "h")
-        await asyncio.sleep(0.05)  # both written
+        await asyncio.wait_for(both_arrived.wait(), LIMIT)  # both written and being served
         assert to_cancel.cancel()
         assert cancelled_owner.seen == []  # not from inside cancel(): in a later turn
         await asyncio.wait_for(cancelled_owner.done.wait(), LIMIT)
@@ -177,13 +191,13 @@ async def test_an_unreachable_peer_fails_the_owned_call_through_the_loop() -> No
     dead = f"127.0.0.1:{free_port('127.0.0.1')}"
     try:
         owner = Owner()
-        fut: Any = a.request(dead, Request("t", "e", b"k", b""))
-        if type(fut) is OutboundCall and not fut.done():
-            own(fut, owner, "")
-            await asyncio.wait_for(owner.done.wait(), LIMIT)
-            assert isinstance(owner.seen[0][3], PeerUnavailableError)
-        else:  # failed at once: a plain failed future, nothing to own
-            with pytest.raises(PeerUnavailableError):
-                await fut
+        # A first request to a peer is queued while the connection is being dialled (only a
+        # peer already marked down fails at once, with a plain future nothing can own).
+        call = own(a.request(dead, Request("t", "e", b"k", b"")), owner, "")
+        await asyncio.wait_for(owner.done.wait(), LIMIT)
+        [(target, hint, cancelled, outcome)] = owner.seen
+        assert (target, hint, cancelled) == (dead, "", False)
+        assert isinstance(outcome, PeerUnavailableError)
+        assert call.done()
     finally:
         await a.close()
