@@ -142,6 +142,8 @@ async def test_handlers_see_the_right_context_for_every_source_and_partition(
 
 
 # -- the deadline wheel's latest tick ----------------------------------------------------
+# (Removing an item from the latest tick: test_mut_deadlines.py,
+# test_removed_items_do_not_expire_the_rest_of_their_tick_does.)
 
 
 class Item:
@@ -166,17 +168,6 @@ def test_adds_after_the_latest_tick_fired_get_a_timer_of_their_own() -> None:
     assert clock.pending_timers == 1
     clock.advance(0.5)
     assert third.expired == 1
-
-
-def test_removing_from_the_latest_tick_keeps_the_item_from_expiring() -> None:
-    clock = FakeClock()
-    wheel = DeadlineWheel(clock, resolution=0.5)
-    kept, removed = Item(), Item()
-    tick = wheel.add(kept, 1.0)
-    assert wheel.add(removed, 1.0) == tick
-    wheel.remove(removed, tick)
-    clock.advance(2.0)
-    assert (kept.expired, removed.expired) == (1, 0)
 
 
 def test_close_forgets_the_latest_tick() -> None:
