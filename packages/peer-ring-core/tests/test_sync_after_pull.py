@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -170,11 +170,14 @@ def test_a_lost_partition_is_forgotten_and_a_failed_one_retried() -> None:
 
 # -- in-memory cluster, fake clock ---------------------------------------------------------
 
+#: The ``memory_nodes`` fixture: the network, each address's app, and ``start(address)``.
+MemoryNodes = tuple[MemoryNetwork, dict[str, RefusingDict], Callable[[str], PeerRing]]
 
-@pytest.mark.fake_time
-async def test_a_write_refused_while_pulling_reaches_the_replica_right_after_the_pull(
-    clock: FakeClock,
-) -> None:
+
+@pytest.fixture
+async def memory_nodes(clock: FakeClock) -> AsyncIterator[MemoryNodes]:
+    """``start(address)`` starts a node of ``ADDRS`` on one in-memory network and ``clock``,
+    with that address's app (``fake_time`` tests); every node started is stopped after."""
     network = MemoryNetwork(clock)
     apps = {address: RefusingDict(P) for address in ADDRS}
     nodes: list[PeerRing] = []
@@ -184,62 +187,56 @@ async def test_a_write_refused_while_pulling_reaches_the_replica_right_after_the
         nodes.append(node)
         return node
 
-    try:
-        c = await refuse_one_write(start, apps)
-        pulled_at = clock.monotonic()
-        finish_pulls(c, pulled_at)
-        assert c.ready
-        # Without the comparison after the pull the copy stays stale until the periodic
-        # anti-entropy (an hour here); with it, within about a second.
-        await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
-        assert apps[ADDRS[2]].data[KEY] == (2, b"new")
-        assert clock.monotonic() - pulled_at < 2.0
-        ae = c.sync_status()["anti_entropy"]
-        assert ae["rounds"] == 0  # not the periodic anti-entropy
-        assert ae["after_pull_compared"] == 1  # only the partition that refused a write
-        assert ae["after_pull_repaired"] == 1
-        assert ae["after_pull_records_received"] >= 1
-        assert ae["after_pull_waiting"] == 0
-        # a quorum read that asks only C and one other now finds the write either way
-        read = await c.call(c.address, "app", "get", KEY)
-        assert read == versioned_payload(2, b"new")
-    finally:
-        for node in nodes:
-            await node.stop()
+    yield network, apps, start
+    for node in nodes:
+        await node.stop()
+
+
+@pytest.mark.fake_time
+async def test_a_write_refused_while_pulling_reaches_the_replica_right_after_the_pull(
+    clock: FakeClock, memory_nodes: MemoryNodes
+) -> None:
+    _, apps, start = memory_nodes
+    c = await refuse_one_write(start, apps)
+    pulled_at = clock.monotonic()
+    finish_pulls(c, pulled_at)
+    assert c.ready
+    # Without the comparison after the pull the copy stays stale until the periodic
+    # anti-entropy (an hour here); with it, within about a second.
+    await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
+    assert apps[ADDRS[2]].data[KEY] == (2, b"new")
+    assert clock.monotonic() - pulled_at < 2.0
+    ae = c.sync_status()["anti_entropy"]
+    assert ae["rounds"] == 0  # not the periodic anti-entropy
+    assert ae["after_pull_compared"] == 1  # only the partition that refused a write
+    assert ae["after_pull_repaired"] == 1
+    assert ae["after_pull_records_received"] >= 1
+    assert ae["after_pull_waiting"] == 0
+    # a quorum read that asks only C and one other now finds the write either way
+    read = await c.call(c.address, "app", "get", KEY)
+    assert read == versioned_payload(2, b"new")
 
 
 @pytest.mark.fake_time
 async def test_a_comparison_that_fails_is_retried_until_it_reaches_a_replica(
-    clock: FakeClock,
+    clock: FakeClock, memory_nodes: MemoryNodes
 ) -> None:
-    network = MemoryNetwork(clock)
-    apps = {address: RefusingDict(P) for address in ADDRS}
-    nodes: list[PeerRing] = []
-
-    def start(address: str) -> PeerRing:
-        node = make_node(address, ADDRS, apps[address], CONFIG, network.transport(address), clock)
-        nodes.append(node)
-        return node
-
-    try:
-        c = await refuse_one_write(start, apps)
-        # C is cut off from both other replicas when its pull ends: nothing to compare with
-        network.cut(ADDRS[2], ADDRS[0])
-        network.cut(ADDRS[2], ADDRS[1])
-        finish_pulls(c, clock.monotonic())
-        await clock.sleep(2.5)  # the first attempt (0.5 s after the pull) failed
-        ae = c.sync_status()["anti_entropy"]
-        assert ae["after_pull_compared"] == 0 and ae["after_pull_waiting"] == 1
-        assert apps[ADDRS[2]].data[KEY] == (1, b"old")
-        network.heal()
-        await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
-        assert apps[ADDRS[2]].data[KEY] == (2, b"new")
-        ae = c.sync_status()["anti_entropy"]
-        assert ae["after_pull_waiting"] == 0
-        assert ae["rounds"] == 0
-    finally:
-        for node in nodes:
-            await node.stop()
+    network, apps, start = memory_nodes
+    c = await refuse_one_write(start, apps)
+    # C is cut off from both other replicas when its pull ends: nothing to compare with
+    network.cut(ADDRS[2], ADDRS[0])
+    network.cut(ADDRS[2], ADDRS[1])
+    finish_pulls(c, clock.monotonic())
+    await clock.sleep(2.5)  # the first attempt (0.5 s after the pull) failed
+    ae = c.sync_status()["anti_entropy"]
+    assert ae["after_pull_compared"] == 0 and ae["after_pull_waiting"] == 1
+    assert apps[ADDRS[2]].data[KEY] == (1, b"old")
+    network.heal()
+    await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
+    assert apps[ADDRS[2]].data[KEY] == (2, b"new")
+    ae = c.sync_status()["anti_entropy"]
+    assert ae["after_pull_waiting"] == 0
+    assert ae["rounds"] == 0
 
 
 # -- real transports on loopback -----------------------------------------------------------
