@@ -39,10 +39,10 @@ def _count(ps: Any, counts: Counter[str]) -> None:
     node.call, node.execute, node.execute_many = counted_call, counted_execute, counted_many
 
 
-async def run(
-    nodes: int, partitions: int, messages: int, concurrency: int, size: int, transport: str
-) -> dict[str, Any]:
-    """Move ``messages`` through an in-process cluster; return CPU and request counts."""
+def make_cluster(nodes: int, transport: str) -> tuple[list[Any], int, int]:
+    """``nodes`` PubSub instances on loopback (not started) and their (N, W): (1, 1) for one
+    node, (3, 2) otherwise. ``PEER_RING_BENCH_PORT`` fixes the ports (one ring placement
+    across runs); otherwise free ones."""
     from peer_ring.core import PeerRingConfig
     from peer_ring.core.testing import free_port
     from peer_ring.discovery.static import StaticDiscovery
@@ -62,17 +62,32 @@ async def run(
         )
         for address in peers
     ]
+    return cluster, n, w
+
+
+async def start_cluster(cluster: list[Any], name: str, partitions: int) -> Any:
+    """Start every node, wait until each is ready, declare topic ``name`` on each; returns
+    node 0's topic."""
+    for ps in cluster:
+        await ps.start()
+    for ps in cluster:
+        await ps.node.wait_ready(60)
+    topic = cluster[0].topic(name, partitions=partitions)
+    for ps in cluster[1:]:
+        ps.topic(name, partitions=partitions)
+    return topic
+
+
+async def run(
+    nodes: int, partitions: int, messages: int, concurrency: int, size: int, transport: str
+) -> dict[str, Any]:
+    """Move ``messages`` through an in-process cluster; return CPU and request counts."""
+    cluster, n, w = make_cluster(nodes, transport)
     counts: Counter[str] = Counter()
     for ps in cluster:
         _count(ps, counts)
     try:
-        for ps in cluster:
-            await ps.start()
-        for ps in cluster:
-            await ps.node.wait_ready(60)
-        topic = cluster[0].topic("inproc", partitions=partitions)
-        for ps in cluster[1:]:
-            ps.topic("inproc", partitions=partitions)
+        topic = await start_cluster(cluster, "inproc", partitions)
         received = 0
         done = asyncio.Event()
         sub = topic.subscribe(group="g", max_in_flight=2048, start="latest")

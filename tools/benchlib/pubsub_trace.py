@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -277,36 +276,14 @@ async def run_in_process(
 ) -> dict[str, Any]:
     """N nodes in this process on the real transport, publishing at ``rate`` from node 0
     for ``duration`` seconds with one group member on node 0; the stage breakdown."""
-    from peer_ring.core import PeerRingConfig
-    from peer_ring.core.testing import free_port
-    from peer_ring.discovery.static import StaticDiscovery
-    from peer_ring.pubsub import PubSub
+    from benchlib.pubsub_inproc import make_cluster, start_cluster
 
-    fixed = os.environ.get("PEER_RING_BENCH_PORT")  # one ring placement across runs
-    peers = [f"127.0.0.1:{int(fixed) + i if fixed else free_port()}" for i in range(nodes)]
-    n, w = (1, 1) if nodes == 1 else (3, 2)
-    cluster = [
-        PubSub(
-            StaticDiscovery(peers, self_address=address),
-            replication=n,
-            quorum=w,
-            config=PeerRingConfig(
-                replication=n, quorum=w, anti_entropy_interval=None, transport=transport
-            ),
-        )
-        for address in peers
-    ]
+    cluster, _, _ = make_cluster(nodes, transport)
     trace = Trace(b"trace/")
     for ps in cluster:
         install(ps, trace)
     try:
-        for ps in cluster:
-            await ps.start()
-        for ps in cluster:
-            await ps.node.wait_ready(60)
-        topic = cluster[0].topic("trace", partitions=partitions)
-        for ps in cluster[1:]:
-            ps.topic("trace", partitions=partitions)
+        topic = await start_cluster(cluster, "trace", partitions)
         sub = topic.subscribe(group="g", max_in_flight=2048, start="latest")
         measuring = False
 
