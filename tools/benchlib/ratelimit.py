@@ -190,7 +190,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "replication": repl,
                         }
                     )
-            for window in args.batch_windows:
+            # --batch-windows, then --max-batches: each value at both concurrencies and
+            # at each open-loop rate.
+            swept = [("batch_window", w) for w in args.batch_windows]
+            swept += [("max_batches", b) for b in args.max_batches]
+            for setting, value in swept:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
                         {
@@ -200,7 +204,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "limit": args.limit,
                             "concurrency": conc,
                             "forwarded_only": conc == args.moderate,
-                            "batch_window": window,
+                            setting: value,
                         }
                     )
                 runs += [
@@ -211,32 +215,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "limit": args.limit,
                         "forwarded_only": True,
                         "rate": rate / args.nodes,
-                        "batch_window": window,
-                    }
-                    for rate in args.rates
-                ]
-            for bound in args.max_batches:
-                for conc in (args.concurrency, args.moderate):
-                    runs.append(
-                        {
-                            "algorithm": "fixed_window",
-                            "mode": "owner",
-                            "keys": keys,
-                            "limit": args.limit,
-                            "concurrency": conc,
-                            "forwarded_only": conc == args.moderate,
-                            "max_batches": bound,
-                        }
-                    )
-                runs += [
-                    {
-                        "algorithm": "fixed_window",
-                        "mode": "owner",
-                        "keys": keys,
-                        "limit": args.limit,
-                        "forwarded_only": True,
-                        "rate": rate / args.nodes,
-                        "max_batches": bound,
+                        setting: value,
                     }
                     for rate in args.rates
                 ]
