@@ -2,7 +2,8 @@
 
 Resolution 0.5 s keeps every tick boundary exact in binary floating point, so the tests can
 say precisely when a deadline fires: at the end of the tick holding ``now + timeout``,
-never before it, and with one timer per tick.
+never before it, with a timer armed for the earliest pending tick only (a second one only
+when an earlier tick appears).
 """
 
 from __future__ import annotations

@@ -188,7 +188,8 @@ class Operation:
             self._run_here("")
         delay = coord.speculate_after
         if spares and delay is not None and not collector.future.done():
-            # One shared timer per 5 ms tick (DeadlineWheel), not a timer per read.
+            # An entry in the coordinator's DeadlineWheel (5 ms ticks, one timer per wheel),
+            # not a timer per read.
             self.tick = coord.speculation.add(self, delay)
 
     def expire(self) -> None:
