@@ -17,7 +17,6 @@ I/O is not the subject here (``test_sync_cluster.py`` and ``test_sync_delta.py``
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
@@ -107,13 +106,17 @@ async def refuse_one_write(
     # C restarts with the data it had (a store on disk); its initial sync makes every
     # partition pending, and its pull rounds are held.
     await c.stop()
+    # A must see the old C go (its stream to it break) before the new C starts: else, on a
+    # loaded machine, A may find that stream broken only after the check below, and the
+    # write it sent on it never reaches C (a gRPC run failed that way).
+    await until(lambda: addresses[2] in suspected(a), a)
     c = start(addresses[2])
     c._sync._pull_round = hold_forever  # type: ignore[method-assign]
     await c.start()
     partition = c.partition_for_key(KEY)
     assert not c.partition_ready(partition)
-    # A suspected C while it restarted (and would not send it the write): wait for a probe
-    await until(lambda: not a.sync_status()["membership"]["suspected"], a)
+    # A's stream to the new C is up (it clears the suspicion, as does an answered probe)
+    await until(lambda: addresses[2] not in suspected(a), a)
     result = await a.execute("app", PUT, KEY, versioned_payload(2, b"new"), quorum=2)
     assert {r.node for r in result.ok_replies} == set(addresses[:2])
     # C's copy of the request may still be on its way when W=2 is reached
@@ -122,8 +125,14 @@ async def refuse_one_write(
     return c
 
 
-async def until(predicate: Callable[[], bool], node: PeerRing, within: float = 10.0) -> None:
-    """Poll ``predicate`` every 0.05 s of ``node``'s clock (fake or real) for ``within``."""
+def suspected(node: PeerRing) -> list[str]:
+    """The peers ``node`` suspects."""
+    return list(node.sync_status()["membership"]["suspected"])
+
+
+async def until(predicate: Callable[[], bool], node: PeerRing, within: float = 30.0) -> None:
+    """Poll ``predicate`` every 0.05 s of ``node``'s clock (fake or real) for ``within``:
+    generous, as on real time a loaded machine may take seconds (not a timing assert)."""
     deadline = node.clock.monotonic() + within
     while not predicate():
         assert node.clock.monotonic() < deadline, f"condition not met within {within}s"
@@ -271,13 +280,13 @@ async def test_over_a_real_transport_the_refused_write_arrives_right_after_the_p
 
     try:
         c = await refuse_one_write(start, apps)
-        pulled_at = time.monotonic()
         finish_pulls(c, c.clock.monotonic())
-        # the counters are updated once the comparison is over, after the records arrived
+        # The counters are updated once the comparison is over, after the records arrived.
+        # No real-time bound on how soon: the periodic anti-entropy (an hour) cannot bring
+        # the write within ``until``'s wait, only the comparison after the pull can.
         await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
         assert apps[addresses[2]].data[KEY] == (2, b"new")
         assert c.sync_status()["anti_entropy"]["rounds"] == 0
-        assert time.monotonic() - pulled_at < 5.0
     finally:
         for node in nodes:
             await node.stop()
