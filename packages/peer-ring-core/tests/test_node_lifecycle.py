@@ -35,6 +35,24 @@ class BrokenStart(FixedDiscovery):
         raise ConnectionError("discovery backend unreachable")
 
 
+class RegistersThenHangs(FixedDiscovery):
+    """Registers (as etcd discovery puts its key on a lease), then waits: a slow join."""
+
+    def __init__(self, address: str, peers: Sequence[str]) -> None:
+        super().__init__(address, peers)
+        self.registered = asyncio.Event()
+        self.released = False
+
+    async def start(self) -> frozenset[Member]:
+        self.registered.set()
+        await asyncio.Event().wait()  # never set: only a cancellation ends the start
+        raise AssertionError("unreachable")
+
+    async def stop(self) -> None:
+        self.released = True
+        await super().stop()
+
+
 class BrokenWatch(FixedDiscovery):
     async def watch(self) -> AsyncIterator[frozenset[Member]]:
         yield frozenset({Member(self.self_address)})
@@ -58,6 +76,26 @@ async def test_a_discovery_that_fails_to_start_releases_the_address(loop_clock: 
     with pytest.raises(NotRunningError):
         await node.wait_ready(1.0)
     # The transport was closed: a new node can bind the same address at once.
+    again = make(net, loop_clock, FixedDiscovery(A, [A]))
+    async with again:
+        assert await again.call(A, "t", "echo", b"k", b"up") == b"up"
+
+
+async def test_a_start_cancelled_while_joining_stops_the_discovery(loop_clock: FakeClock) -> None:
+    # SIGTERM while a node joins cancels start() inside discovery.start(), after the
+    # discovery registered this node; node.stop() does nothing (the node never ran), so
+    # start() itself must release the registration, or an etcd key outlives the node.
+    net = MemoryNetwork(loop_clock)
+    discovery = RegistersThenHangs(A, [A])
+    node = make(net, loop_clock, discovery)
+    starting = asyncio.create_task(node.start())
+    await discovery.registered.wait()
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert discovery.released
+    assert not node.running
+    # The transport was closed too: the address can be bound again at once.
     again = make(net, loop_clock, FixedDiscovery(A, [A]))
     async with again:
         assert await again.call(A, "t", "echo", b"k", b"up") == b"up"

@@ -330,6 +330,13 @@ class PeerRing:
         try:
             members = await self._discovery.start()
         except BaseException:
+            # A start that failed or was cancelled (SIGTERM while joining) may already have
+            # registered this node (an etcd key on a live lease, a ZooKeeper node): stop()
+            # releases that too. stop() below would skip it, as the node is not running.
+            try:
+                await self._discovery.stop()
+            except Exception:
+                logger.warning("discovery stop after a failed start failed", exc_info=True)
             await self._transport.close()
             raise
         self._membership.update(members)
