@@ -179,6 +179,7 @@ class Dispatcher:
             return Response(Status.UNKNOWN_COMMAND, b"", str(self.unknown(namespace, name)))
         command = entry.command
         local = source == self._address
+        ctx: CommandContext | None = None  # set below when a shared one applies
         if command.reads or command.mutates:
             sync = self.sync
             assert sync is not None
@@ -204,17 +205,11 @@ class Dispatcher:
                     # Frozen and equal for every request of this source and partition: one
                     # per pair (at most partitions x members) instead of one per request.
                     by_source = self._contexts.get(source)
-                    shared = None if by_source is None else by_source.get(partition)
-                    if shared is None:
-                        shared = self._context(source, partition, local)
-                    try:
-                        out = entry.handler(shared, key, payload)
-                    except Exception as exc:
-                        return error_response(exc)
-                    if type(out) is bytes:
-                        return Response(_OK, out, "")
-                    return self._result(out, timeout)
-        ctx = CommandContext(source, partition, hint, local)
+                    ctx = None if by_source is None else by_source.get(partition)
+                    if ctx is None:
+                        ctx = self._context(source, partition, local)
+        if ctx is None:
+            ctx = CommandContext(source, partition, hint, local)
         try:
             out = entry.handler(ctx, key, payload)
         except Exception as exc:
