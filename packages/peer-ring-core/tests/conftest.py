@@ -1,6 +1,7 @@
 """Core test configuration: the fake-time event loop for tests marked ``fake_time``, and the
-transport harness (``transport_kind``, ``nodes``) shared by the gRPC and TCP transport tests, and
-the in-memory cluster (``harness``) of the data-movement tests.
+transport harness (``transport_kind``, ``nodes``) shared by the gRPC and TCP transport tests,
+the in-memory cluster (``harness``) of the data-movement tests, and ``app_cluster``: nodes
+each running a test's own application (the commands and handlers it registers).
 
 A test (or module, with ``pytestmark``) marked ``@pytest.mark.fake_time`` runs on a
 :class:`~peer_ring.core.testing.FakeClockEventLoop`: the loop's time is a fresh
@@ -13,21 +14,26 @@ on the default asyncio loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+import types
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import pytest
 
+from peer_ring.core import Command, PeerRing, PeerRingConfig
 from peer_ring.core._errors import UnknownCommandError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.testing import (
     FakeClock,
     FakeClockEventLoop,
+    FixedDiscovery,
     MemoryCluster,
     MemoryNetwork,
     current_clock,
     fake_time_config,
     free_port,
+    settle_loop,
 )
 from peer_ring.core.transport import GrpcTransport, TcpTransport, Transport, TransportLimits
 
@@ -205,3 +211,165 @@ async def transports(transport_kind: str) -> AsyncIterator[Callable[..., Awaitab
 
     yield make
     await asyncio.gather(*(t.close() for t in made))
+
+
+# -- nodes running a test's own application --------------------------------------------------
+
+App = TypeVar("App")
+
+
+class AppCluster(Generic[App]):
+    """Nodes of one test, each with its own application and the same commands registered.
+
+    Every node gets an application ``app(node)`` and, for each ``command: handler`` of
+    ``handlers``, ``handler`` bound to that application (``{PUT: App.put}`` registers
+    ``app.put``) under ``namespace``; with ``hooks`` the application is the node's data
+    hooks too. The nodes share one in-memory network and fake clock (the clock moves only
+    in :meth:`until`, on the default loop, or on its own on a ``fake_time`` loop), or, made
+    with ``memory=False``, talk over the real transport of ``config`` on real time.
+
+    Attributes:
+        config: the nodes' configuration.
+        clock: the fake clock (``None`` on real time).
+        network: the in-memory network (``None`` over real transports).
+        nodes: the latest node made at each address.
+        apps: each address's application (of its latest node).
+        discoveries: each address's discovery (``set_members`` to change the cluster).
+    """
+
+    def __init__(
+        self,
+        config: PeerRingConfig,
+        app: Callable[[PeerRing], App],
+        handlers: Mapping[Command, Callable[..., Any]],
+        *,
+        namespace: str,
+        hooks: bool,
+        clock: FakeClock | None,
+        network: MemoryNetwork | None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.network = network
+        self.nodes: dict[str, PeerRing] = {}
+        self.apps: dict[str, App] = {}
+        self.discoveries: dict[str, FixedDiscovery] = {}
+        self._app = app
+        self._handlers = dict(handlers)
+        self._namespace = namespace
+        self._hooks = hooks
+        self._made: list[PeerRing] = []
+
+    def add(
+        self, address: str, peers: Sequence[str] = (), discovery: FixedDiscovery | None = None
+    ) -> PeerRing:
+        """A node at ``address`` (not started) whose discovery lists ``peers``, or
+        ``discovery``; it replaces an earlier node at that address (a restart)."""
+        discovery = discovery or FixedDiscovery(address, list(peers))
+        transport = self.network.transport(address) if self.network is not None else None
+        node = PeerRing(discovery, config=self.config, transport=transport, clock=self.clock)
+        app = self._app(node)
+        for command, handler in self._handlers.items():
+            node.register(self._namespace, command, types.MethodType(handler, app))
+        if self._hooks:
+            node.register_hooks(self._namespace, app)
+        self.nodes[address] = node
+        self.apps[address] = app
+        self.discoveries[address] = discovery
+        self._made.append(node)
+        return node
+
+    async def start(
+        self, address: str, peers: Sequence[str] = (), discovery: FixedDiscovery | None = None
+    ) -> PeerRing:
+        """:meth:`add` a node and start it."""
+        node = self.add(address, peers, discovery)
+        await node.start()
+        return node
+
+    async def start_ready(self, addresses: Sequence[str]) -> list[PeerRing]:
+        """Start one node per address, all listing ``addresses``; wait until all are ready."""
+        nodes = [await self.start(address, addresses) for address in addresses]
+        await self.until(lambda: all(n.ready for n in nodes))
+        return nodes
+
+    async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
+        """Advance the fake clock by 0.1 s (running the loop in between) until ``predicate``
+        holds; fail after ``within`` seconds of fake time (default loop only)."""
+        clock = self.clock
+        assert clock is not None, "until() needs the fake clock"
+        waited = 0.0
+        while True:
+            await settle_loop(60)
+            if predicate():
+                return
+            assert waited < within, f"condition not met within {within}s of fake time"
+            await clock.advance_async(0.1, settle=60)
+            waited += 0.1
+
+    @staticmethod
+    def count_requests(node: PeerRing) -> Counter[str]:
+        """Count the requests ``node`` sends per peer (wraps its transport's ``request``)."""
+        sent = Counter[str]()
+        transport = node.transport
+        original = transport.request
+
+        def counting(peer: str, request: object) -> asyncio.Future[object]:
+            sent[peer] += 1
+            return original(peer, request)  # type: ignore[arg-type, return-value]
+
+        transport.request = counting  # type: ignore[method-assign, assignment]
+        return sent
+
+    async def stop_all(self) -> None:
+        """Stop every node made, and any a test put in :attr:`nodes` itself (stopping is
+        idempotent; a node never started is skipped)."""
+        others = [n for n in self.nodes.values() if all(n is not m for m in self._made)]
+        for node in self._made + others:
+            await node.stop()
+
+
+@pytest.fixture
+async def app_cluster() -> AsyncIterator[Callable[..., AppCluster[Any]]]:
+    """Factory of :class:`AppCluster`; every node of every cluster made is stopped after.
+
+    ``app_cluster(config, app, handlers, *, namespace="t", hooks=False, clock=None,
+    memory=True)``: ``app(node)`` makes a node's application, ``handlers`` maps each
+    :class:`~peer_ring.core.Command` to register to the application's function handling it
+    (``{PUT: App.put}``). In memory the nodes share a ``MemoryNetwork`` on ``clock`` (a
+    fresh ``FakeClock`` by default, or a ``fake_time`` test's ``clock``); ``memory=False``
+    gives them the real transports of ``config`` and real time.
+    """
+    made: list[AppCluster[Any]] = []
+
+    def make(
+        config: PeerRingConfig,
+        app: Callable[[PeerRing], Any],
+        handlers: Mapping[Command, Callable[..., Any]],
+        *,
+        namespace: str = "t",
+        hooks: bool = False,
+        clock: FakeClock | None = None,
+        memory: bool = True,
+    ) -> AppCluster[Any]:
+        if memory:
+            clock = clock or FakeClock()
+            network: MemoryNetwork | None = MemoryNetwork(clock)
+        else:
+            assert clock is None, "real transports run on real time"
+            network = None
+        cluster = AppCluster(
+            config,
+            app,
+            handlers,
+            namespace=namespace,
+            hooks=hooks,
+            clock=clock,
+            network=network,
+        )
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        await cluster.stop_all()

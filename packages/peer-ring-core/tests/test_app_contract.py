@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from peer_ring.core import (
     partition_for_key,
 )
 from peer_ring.core._types import Request, Response, Status
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.core.testing import FixedDiscovery, settle_loop
 
 P = 32
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 6)]
@@ -105,72 +106,15 @@ class App:
         raise RuntimeError("handler exploded")
 
 
-class Cluster:
-    def __init__(self, clock: FakeClock, network: MemoryNetwork) -> None:
-        self.clock = clock
-        self.network = network
-        self.nodes: dict[str, PeerRing] = {}
-        self.apps: dict[str, App] = {}
-
-    async def start(
-        self, address: str, peers: list[str], discovery: FixedDiscovery | None = None
-    ) -> PeerRing:
-        node = PeerRing(
-            discovery or FixedDiscovery(address, peers),
-            config=CONFIG,
-            transport=self.network.transport(address),
-            clock=self.clock,
-        )
-        app = App()
-        node.register("t", PUT, app.put)
-        node.register("t", GET, app.get)
-        node.register("t", BUMP, app.bump)
-        node.register("t", RAW, app.raw)
-        node.register("t", BOOM, app.boom)
-        node.register_hooks("t", app)
-        await node.start()
-        self.nodes[address] = node
-        self.apps[address] = app
-        return node
-
-    async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
-        waited = 0.0
-        while True:
-            await settle_loop(60)
-            if predicate():
-                return
-            assert waited < within, f"condition not met within {within}s of fake time"
-            await self.clock.advance_async(0.1, settle=60)
-            waited += 0.1
+#: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
+Cluster = Any
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    clock = FakeClock()
-    c = Cluster(clock, MemoryNetwork(clock))
-    yield c
-    for node in c.nodes.values():
-        await node.stop()
-
-
-async def start(c: Cluster, n: int) -> list[PeerRing]:
-    nodes = [await c.start(a, ADDRS[:n]) for a in ADDRS[:n]]
-    await c.until(lambda: all(x.ready for x in nodes))
-    return nodes
-
-
-def count_requests(node: PeerRing) -> Counter[str]:
-    """Count the requests ``node`` sends per peer (wraps its transport's ``request``)."""
-    sent = Counter[str]()
-    transport = node.transport
-    original = transport.request
-
-    def counting(peer: str, request: object) -> asyncio.Future[object]:
-        sent[peer] += 1
-        return original(peer, request)  # type: ignore[arg-type, return-value]
-
-    transport.request = counting  # type: ignore[method-assign, assignment]
-    return sent
+def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+    """Nodes of ``ADDRS`` on one in-memory network, each with an ``App`` under ``"t"``."""
+    handlers = {PUT: App.put, GET: App.get, BUMP: App.bump, RAW: App.raw, BOOM: App.boom}
+    return app_cluster(CONFIG, lambda node: App(), handlers, hooks=True)
 
 
 # -- Command ---------------------------------------------------------------------------------
@@ -192,7 +136,7 @@ def test_command_declaration_defaults_and_validation() -> None:
 async def test_execute_accepts_the_command_or_its_name_and_rejects_a_mismatch(
     cluster: Cluster,
 ) -> None:
-    a, b, _ = await start(cluster, 3)
+    a, b, _ = await cluster.start_ready(ADDRS[:3])
     await a.execute("t", PUT, b"k", b"v", quorum=3)
     result = await b.execute("t", "get", b"k", quorum=3)
     assert result.payloads == [b"v"] * 3 and result.ok and result.key == b"k"
@@ -211,7 +155,7 @@ async def test_execute_accepts_the_command_or_its_name_and_rejects_a_mismatch(
 async def test_bytearray_and_memoryview_results_work_locally_and_remotely(
     cluster: Cluster, mode: bytes
 ) -> None:
-    a, b, _ = await start(cluster, 3)
+    a, b, _ = await cluster.start_ready(ADDRS[:3])
     prefix = b"ba:" if mode == b"ba" else b"mv:"
     assert await a.call(a.address, "t", RAW, b"k", mode) == prefix + b"k"  # local
     assert await a.call(b.address, "t", RAW, b"k", mode) == prefix + b"k"  # remote
@@ -221,7 +165,7 @@ async def test_bytearray_and_memoryview_results_work_locally_and_remotely(
 
 
 async def test_handler_errors_map_the_same_locally_and_remotely(cluster: Cluster) -> None:
-    a, b, _ = await start(cluster, 3)
+    a, b, _ = await cluster.start_ready(ADDRS[:3])
     for node in (a.address, b.address):
         with pytest.raises(RemoteError, match="RuntimeError: handler exploded"):
             await a.call(node, "t", BOOM, b"k", b"")
@@ -243,8 +187,8 @@ async def test_handler_errors_map_the_same_locally_and_remotely(cluster: Cluster
 async def test_execute_many_sends_one_request_per_peer_and_keeps_the_order(
     cluster: Cluster,
 ) -> None:
-    a, _, _, _ = await start(cluster, 4)
-    sent = count_requests(a)
+    a, _, _, _ = await cluster.start_ready(ADDRS[:4])
+    sent = cluster.count_requests(a)
     items = [(f"key-{i}".encode(), b"v%d" % i) for i in range(60)]
     results = await a.execute_many("t", PUT, items, quorum=3)
     assert [r.key for r in results] == [k for k, _ in items]
@@ -260,7 +204,7 @@ async def test_execute_many_sends_one_request_per_peer_and_keeps_the_order(
 
 
 async def test_execute_many_reports_per_key_failures_without_raising(cluster: Cluster) -> None:
-    a, _, _ = await start(cluster, 3)
+    a, _, _ = await cluster.start_ready(ADDRS[:3])
     items = [(b"good-1", b"v"), (b"bad", b"explode"), (b"good-2", b"w")]
     results = await a.execute_many("t", PUT, items, quorum=2)
     assert [r.ok for r in results] == [True, False, True]
@@ -276,7 +220,7 @@ async def test_execute_many_reports_per_key_failures_without_raising(cluster: Cl
 async def test_execute_many_at_n3_w2_uses_sloppy_quorum_and_delivers_hints(
     cluster: Cluster,
 ) -> None:
-    nodes = await start(cluster, 4)
+    nodes = await cluster.start_ready(ADDRS[:4])
     a = nodes[0]
     down = nodes[1].address
     for other in ADDRS[:4]:
@@ -305,7 +249,7 @@ async def test_execute_many_at_n3_w2_uses_sloppy_quorum_and_delivers_hints(
 async def test_execute_many_of_an_unhinted_mutation_fails_per_key_when_replicas_are_down(
     cluster: Cluster,
 ) -> None:
-    nodes = await start(cluster, 4)
+    nodes = await cluster.start_ready(ADDRS[:4])
     a = nodes[0]
     for other in ADDRS[1:4]:
         cluster.network.cut(a.address, other)
@@ -320,7 +264,7 @@ async def test_execute_many_of_an_unhinted_mutation_fails_per_key_when_replicas_
 
 
 async def test_send_is_fire_and_forget_and_counts_failures(cluster: Cluster) -> None:
-    a, b, c = await start(cluster, 3)
+    a, b, c = await cluster.start_ready(ADDRS[:3])
     key = b"counter"
     result = a.send("t", BUMP, key, replication=3)
     assert result is None
@@ -340,7 +284,7 @@ async def test_send_is_fire_and_forget_and_counts_failures(cluster: Cluster) -> 
 
 
 async def test_call_requires_a_running_node(cluster: Cluster) -> None:
-    (a,) = await start(cluster, 1)
+    (a,) = await cluster.start_ready(ADDRS[:1])
     await a.stop()
     with pytest.raises(NotRunningError):
         await a.call(a.address, "t", GET, b"k")
@@ -401,7 +345,7 @@ async def test_ownership_listener_registered_before_start_is_called_at_start(
 async def test_execute_many_forwards_reads_of_a_pulling_replica_per_key(
     cluster: Cluster,
 ) -> None:
-    a, b, c = await start(cluster, 3)
+    a, b, c = await cluster.start_ready(ADDRS[:3])
     items = [(f"k{i}".encode(), b"v%d" % i) for i in range(60)]
     assert all(r.ok for r in await a.execute_many("t", PUT, items, quorum=3))
     discovery = FixedDiscovery(ADDRS[3], ADDRS[:4])
@@ -431,7 +375,7 @@ async def test_execute_many_forwards_reads_of_a_pulling_replica_per_key(
 async def test_execute_many_falls_back_to_single_requests_for_a_peer_without_batches(
     cluster: Cluster,
 ) -> None:
-    a, b, _ = await start(cluster, 3)
+    a, b, _ = await cluster.start_ready(ADDRS[:3])
     transport = a.transport
     original = transport.request
     refused: list[str] = []

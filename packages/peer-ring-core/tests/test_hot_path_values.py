@@ -10,12 +10,13 @@ deadline fires.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig, Reply
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
+from peer_ring.core import Command, CommandContext, PeerRingConfig, Reply
+from peer_ring.core.testing import FakeClock
 from peer_ring.core.transport._deadlines import DeadlineWheel
 
 
@@ -91,40 +92,16 @@ class Seen:
         return b"v"
 
 
-@pytest.fixture
-async def nodes() -> AsyncIterator[tuple[list[PeerRing], dict[str, Seen]]]:
-    clock = FakeClock()
-    network = MemoryNetwork(clock)
-    started: list[PeerRing] = []
-    seen: dict[str, Seen] = {}
-    for address in ADDRS:
-        node = PeerRing(
-            FixedDiscovery(address, ADDRS),
-            config=CONFIG,
-            transport=network.transport(address),
-            clock=clock,
-        )
-        app = seen[address] = Seen(address)
-        node.register("t", PUT, app.put)
-        node.register("t", GET, app.get)
-        await node.start()
-        started.append(node)
-    for _ in range(600):
-        await settle_loop(60)
-        if all(n.ready for n in started):
-            break
-        await clock.advance_async(0.1, settle=60)
-    else:
-        raise AssertionError("the cluster did not become ready")
-    yield started, seen
-    for node in started:
-        await node.stop()
+#: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
+ClusterFactory = Callable[..., Any]
 
 
 async def test_handlers_see_the_right_context_for_every_source_and_partition(
-    nodes: tuple[list[PeerRing], dict[str, Seen]],
+    app_cluster: ClusterFactory,
 ) -> None:
-    ring_nodes, seen = nodes
+    cluster = app_cluster(CONFIG, lambda node: Seen(node.address), {PUT: Seen.put, GET: Seen.get})
+    ring_nodes = await cluster.start_ready(ADDRS)
+    seen: dict[str, Seen] = cluster.apps
     keys = [f"k{i}".encode() for i in range(40)]
     for _ in range(2):  # the second round is served from the shared contexts
         for i, key in enumerate(keys):

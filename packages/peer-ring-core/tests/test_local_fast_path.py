@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,6 @@ from peer_ring.core import (
     partition_for_key,
 )
 from peer_ring.core._types import Request, Status
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
 
 P = 32
 ADDRS = [f"127.0.0.{i}:7401" for i in range(1, 4)]
@@ -63,42 +63,14 @@ class App:
         raise RuntimeError("handler exploded")
 
 
-class Cluster:
-    def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.network = MemoryNetwork(self.clock)
-        self.nodes: list[PeerRing] = []
-        self.apps: dict[str, App] = {}
-
-    async def start(self) -> list[PeerRing]:
-        for address in ADDRS:
-            node = PeerRing(
-                FixedDiscovery(address, ADDRS),
-                config=CONFIG,
-                transport=self.network.transport(address),
-                clock=self.clock,
-            )
-            app = App()
-            node.register("t", PUT, app.put)
-            node.register("t", SLOW, app.slow)
-            node.register("t", BOOM, app.boom)
-            await node.start()
-            self.nodes.append(node)
-            self.apps[address] = app
-        for _ in range(600):
-            await settle_loop(60)
-            if all(n.ready for n in self.nodes):
-                return self.nodes
-            await self.clock.advance_async(0.1, settle=60)
-        raise AssertionError("the cluster did not become ready")
+#: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
+Cluster = Any
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
-    yield c
-    for node in c.nodes:
-        await node.stop()
+def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+    """The nodes of ``ADDRS`` on one in-memory network, each with an ``App`` under ``"t"``."""
+    return app_cluster(CONFIG, lambda node: App(), {PUT: App.put, SLOW: App.slow, BOOM: App.boom})
 
 
 def owned_key(node: PeerRing) -> bytes:
@@ -109,23 +81,10 @@ def owned_key(node: PeerRing) -> bytes:
     raise AssertionError("no key owned by the node")
 
 
-def count_requests(node: PeerRing) -> Counter[str]:
-    sent = Counter[str]()
-    transport = node.transport
-    original = transport.request
-
-    def counting(peer: str, request: object) -> asyncio.Future[object]:
-        sent[peer] += 1
-        return original(peer, request)  # type: ignore[arg-type, return-value]
-
-    transport.request = counting  # type: ignore[method-assign, assignment]
-    return sent
-
-
 async def test_an_owned_key_at_replication_1_runs_inline_and_completes(cluster: Cluster) -> None:
-    a, _, _ = await cluster.start()
+    a, _, _ = await cluster.start_ready(ADDRS)
     key = owned_key(a)
-    sent = count_requests(a)
+    sent = cluster.count_requests(a)
     result = await a.execute("t", PUT, key, b"v")
     assert result.ok and result.complete
     assert [(r.node, r.payload) for r in result.replies] == [(a.address, b"stored:v")]
@@ -141,7 +100,7 @@ async def test_an_owned_key_at_replication_1_runs_inline_and_completes(cluster: 
 async def test_a_failing_handler_on_the_fast_path_fails_the_quorum_like_elsewhere(
     cluster: Cluster,
 ) -> None:
-    a, _, _ = await cluster.start()
+    a, _, _ = await cluster.start_ready(ADDRS)
     key = owned_key(a)
     with pytest.raises(QuorumNotReachedError) as info:
         await a.execute("t", BOOM, key, b"")
@@ -152,7 +111,7 @@ async def test_a_failing_handler_on_the_fast_path_fails_the_quorum_like_elsewher
 
 
 async def test_an_awaitable_handler_on_an_owned_key_is_awaited(cluster: Cluster) -> None:
-    a, _, _ = await cluster.start()
+    a, _, _ = await cluster.start_ready(ADDRS)
     key = owned_key(a)
     result = await a.execute("t", SLOW, key, b"x")
     assert result.payloads == [b"slow:x"]
@@ -161,9 +120,9 @@ async def test_an_awaitable_handler_on_an_owned_key_is_awaited(cluster: Cluster)
 
 
 async def test_a_key_owned_elsewhere_still_goes_to_its_owner(cluster: Cluster) -> None:
-    a, b, _ = await cluster.start()
+    a, b, _ = await cluster.start_ready(ADDRS)
     key = owned_key(b)
-    sent = count_requests(a)
+    sent = cluster.count_requests(a)
     result = await a.execute("t", PUT, key, b"w")
     assert [r.node for r in result.replies] == [b.address]
     assert sent == Counter({b.address: 1})
@@ -174,7 +133,7 @@ async def test_a_key_owned_elsewhere_still_goes_to_its_owner(cluster: Cluster) -
 async def test_a_replica_handler_sees_its_own_partition_not_the_senders_claim(
     cluster: Cluster,
 ) -> None:
-    a, b, _ = await cluster.start()
+    a, b, _ = await cluster.start_ready(ADDRS)
     key = owned_key(b)
     right = partition_for_key(key, P)
     wrong = (right + 1) % P

@@ -5,7 +5,8 @@ in-flight and latency, transport counters)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -22,7 +23,7 @@ from peer_ring.core import (
     partition_for_key,
 )
 from peer_ring.core.metrics import PeerRingCollector, register_metrics
-from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, free_port, settle_loop
+from peer_ring.core.testing import FixedDiscovery, free_port
 
 P = 32
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 5)]
@@ -84,53 +85,20 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str]
     return out
 
 
-class Cluster:
-    def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.network = MemoryNetwork(self.clock)
-        self.nodes: list[PeerRing] = []
-        self.stores: dict[str, Store] = {}
-        self.discoveries: dict[str, FixedDiscovery] = {}
-
-    async def start(self, address: str, peers: list[str]) -> PeerRing:
-        discovery = self.discoveries[address] = FixedDiscovery(address, peers)
-        node = PeerRing(
-            discovery,
-            config=CONFIG,
-            transport=self.network.transport(address),
-            clock=self.clock,
-        )
-        store = Store()
-        node.register("t", PUT, store.put)
-        node.register("t", UNSAFE, store.put)
-        node.register_hooks("t", store)
-        await node.start()
-        self.nodes.append(node)
-        self.stores[address] = store
-        return node
-
-    async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
-        waited = 0.0
-        while True:
-            await settle_loop(60)
-            if predicate():
-                return
-            assert waited < within, f"condition not met within {within}s of fake time"
-            await self.clock.advance_async(0.1, settle=60)
-            waited += 0.1
+#: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
+Cluster = Any
+#: The commands of every node, handled by its ``Store``.
+HANDLERS = {PUT: Store.put, UNSAFE: Store.put}
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
-    yield c
-    for node in c.nodes:
-        await node.stop()
+def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+    """Nodes on one in-memory network, each with a ``Store`` (also its data hooks)."""
+    return app_cluster(CONFIG, lambda node: Store(), HANDLERS, hooks=True)
 
 
 async def test_ring_and_partition_figures_match_the_node(cluster: Cluster) -> None:
-    nodes = [await cluster.start(a, ADDRS[:3]) for a in ADDRS[:3]]
-    await cluster.until(lambda: all(n.ready for n in nodes))
+    nodes = await cluster.start_ready(ADDRS[:3])
     a = nodes[0]
     m = scrape(register_metrics(a))
     assert m[("peer_ring_node_ready", ())] == 1.0
@@ -150,8 +118,7 @@ async def test_ring_and_partition_figures_match_the_node(cluster: Cluster) -> No
 
 
 async def test_hints_pending_per_target_and_quorum_failures(cluster: Cluster) -> None:
-    nodes = [await cluster.start(a, ADDRS) for a in ADDRS]
-    await cluster.until(lambda: all(n.ready for n in nodes))
+    nodes = await cluster.start_ready(ADDRS)
     a = nodes[0]
     down = nodes[1].address
     for other in ADDRS:
@@ -192,8 +159,7 @@ async def test_hints_pending_per_target_and_quorum_failures(cluster: Cluster) ->
 
 
 async def test_handoff_counts_records_and_bytes_moved(cluster: Cluster) -> None:
-    nodes = [await cluster.start(a, ADDRS[:3]) for a in ADDRS[:3]]
-    await cluster.until(lambda: all(n.ready for n in nodes))
+    nodes = await cluster.start_ready(ADDRS[:3])
     items = [(f"key-{i}".encode(), b"x" * 10) for i in range(60)]
     results = await nodes[0].execute_many("t", PUT, items, replication=3, quorum=3)
     assert all(r.ok for r in results)
@@ -204,7 +170,7 @@ async def test_handoff_counts_records_and_bytes_moved(cluster: Cluster) -> None:
     registry = register_metrics(joiner)
     await cluster.until(lambda: joiner.ready and len(joiner.ring.members) == 4)
     m = scrape(registry)
-    store = cluster.stores[joiner.address]
+    store = cluster.apps[joiner.address]
     assert store.data, "the joiner pulled records"
     assert m[("peer_ring_partitions_records_received_total", ())] >= len(store.data)
     assert m[("peer_ring_partitions_bytes_received_total", ())] > 0
@@ -237,28 +203,21 @@ def test_the_collector_works_on_the_global_registry_and_a_stopped_node() -> None
         REGISTRY.unregister(collector)
 
 
-async def test_real_grpc_exports_per_peer_in_flight_latency_and_transport_counters() -> None:
+async def test_real_grpc_exports_per_peer_in_flight_latency_and_transport_counters(
+    app_cluster: Callable[..., Cluster],
+) -> None:
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     config = PeerRingConfig(partitions=P, replication=2, quorum=2, anti_entropy_interval=None)
-    nodes = []
-    for address in addrs:
-        node = PeerRing(FixedDiscovery(address, addrs), config=config)
-        node.register("t", PUT, Store().put)
-        await node.start()
-        nodes.append(node)
-    try:
-        a, b = nodes
-        await asyncio.gather(a.wait_ready(10), b.wait_ready(10))
-        registry = register_metrics(a)
-        for i in range(50):
-            await a.execute("t", PUT, f"k{i}".encode(), b"v")
-        m = scrape(registry)
-        assert m[("peer_ring_peer_in_flight", (("peer", b.address),))] == 0.0
-        assert m[("peer_ring_peer_pending", (("peer", b.address),))] == 0.0
-        latency = m[("peer_ring_peer_latency_seconds", (("peer", b.address),))]
-        assert 0.0 < latency < 5.0
-        assert m[("peer_ring_transport_requests_sent", ())] >= 50
-        assert m[("peer_ring_transport_responses_received", ())] >= 50
-    finally:
-        for node in nodes:
-            await node.stop()
+    cluster = app_cluster(config, lambda node: Store(), {PUT: Store.put}, memory=False)
+    a, b = [await cluster.start(address, addrs) for address in addrs]
+    await asyncio.gather(a.wait_ready(10), b.wait_ready(10))
+    registry = register_metrics(a)
+    for i in range(50):
+        await a.execute("t", PUT, f"k{i}".encode(), b"v")
+    m = scrape(registry)
+    assert m[("peer_ring_peer_in_flight", (("peer", b.address),))] == 0.0
+    assert m[("peer_ring_peer_pending", (("peer", b.address),))] == 0.0
+    latency = m[("peer_ring_peer_latency_seconds", (("peer", b.address),))]
+    assert 0.0 < latency < 5.0
+    assert m[("peer_ring_transport_requests_sent", ())] >= 50
+    assert m[("peer_ring_transport_responses_received", ())] >= 50

@@ -17,8 +17,9 @@ I/O is not the subject here (``test_sync_cluster.py`` and ``test_sync_delta.py``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -27,13 +28,11 @@ from peer_ring.core import (
     PartitionNotReadyError,
     PeerRing,
     PeerRingConfig,
-    Transport,
 )
 from peer_ring.core._sync._after_pull import AfterPullRepairs
 from peer_ring.core._sync._partitions import PullOutcome
 from peer_ring.core.testing import (
     FakeClock,
-    FixedDiscovery,
     MemoryNetwork,
     VersionedDict,
     fake_time_config,
@@ -64,18 +63,26 @@ class RefusingDict(VersionedDict):
         return super().put(ctx, key, payload)
 
 
-def make_node(
-    address: str,
-    peers: list[str],
-    app: RefusingDict,
-    config: PeerRingConfig,
-    transport: Transport | None = None,
-    clock: FakeClock | None = None,
-) -> PeerRing:
-    node = PeerRing(FixedDiscovery(address, peers), config=config, transport=transport, clock=clock)
-    app.node = node
-    app.register(node)
-    return node
+#: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
+ClusterFactory = Callable[..., Any]
+
+
+def refusing_nodes(
+    app_cluster: ClusterFactory, addresses: list[str], config: PeerRingConfig, **kwargs: Any
+) -> tuple[Any, dict[str, RefusingDict], Callable[[str], PeerRing]]:
+    """The ``AppCluster`` (``kwargs`` go to ``app_cluster``; it stops every node after the
+    test), each address's app (kept across restarts, as a store on disk), and
+    ``start(address)`` making (not starting) a node of ``addresses`` with that app."""
+    apps = {address: RefusingDict(P) for address in addresses}
+
+    def app(node: PeerRing) -> RefusingDict:
+        refusing = apps[node.address]
+        refusing.node = node
+        return refusing
+
+    handlers = {PUT: RefusingDict.put, VersionedDict.GET: RefusingDict.get}
+    cluster = app_cluster(config, app, handlers, namespace="app", hooks=True, **kwargs)
+    return cluster, apps, lambda address: cluster.add(address, addresses)
 
 
 async def hold_forever(partitions: list[int]) -> None:
@@ -184,21 +191,11 @@ MemoryNodes = tuple[MemoryNetwork, dict[str, RefusingDict], Callable[[str], Peer
 
 
 @pytest.fixture
-async def memory_nodes(clock: FakeClock) -> AsyncIterator[MemoryNodes]:
-    """``start(address)`` starts a node of ``ADDRS`` on one in-memory network and ``clock``,
-    with that address's app (``fake_time`` tests); every node started is stopped after."""
-    network = MemoryNetwork(clock)
-    apps = {address: RefusingDict(P) for address in ADDRS}
-    nodes: list[PeerRing] = []
-
-    def start(address: str) -> PeerRing:
-        node = make_node(address, ADDRS, apps[address], CONFIG, network.transport(address), clock)
-        nodes.append(node)
-        return node
-
-    yield network, apps, start
-    for node in nodes:
-        await node.stop()
+def memory_nodes(clock: FakeClock, app_cluster: ClusterFactory) -> MemoryNodes:
+    """``start(address)`` makes a node of ``ADDRS`` on one in-memory network and ``clock``,
+    with that address's app (``fake_time`` tests)."""
+    cluster, apps, start = refusing_nodes(app_cluster, ADDRS, CONFIG, clock=clock)
+    return cluster.network, apps, start
 
 
 @pytest.mark.fake_time
@@ -259,7 +256,7 @@ def loopback_addresses() -> Iterator[list[str]]:
 
 
 async def test_over_a_real_transport_the_refused_write_arrives_right_after_the_pull(
-    transport_kind: str, loopback_addresses: list[str]
+    transport_kind: str, loopback_addresses: list[str], app_cluster: ClusterFactory
 ) -> None:
     addresses = loopback_addresses
     limits = TransportLimits(connect_timeout=1.0, backoff_max=0.2)
@@ -270,23 +267,12 @@ async def test_over_a_real_transport_the_refused_write_arrives_right_after_the_p
         request_timeout=2.0,
         down_after=None,
     )
-    apps = {address: RefusingDict(P) for address in addresses}
-    nodes: list[PeerRing] = []
-
-    def start(address: str) -> PeerRing:
-        node = make_node(address, addresses, apps[address], config)
-        nodes.append(node)
-        return node
-
-    try:
-        c = await refuse_one_write(start, apps)
-        finish_pulls(c, c.clock.monotonic())
-        # The counters are updated once the comparison is over, after the records arrived.
-        # No real-time bound on how soon: the periodic anti-entropy (an hour) cannot bring
-        # the write within ``until``'s wait, only the comparison after the pull can.
-        await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
-        assert apps[addresses[2]].data[KEY] == (2, b"new")
-        assert c.sync_status()["anti_entropy"]["rounds"] == 0
-    finally:
-        for node in nodes:
-            await node.stop()
+    _, apps, start = refusing_nodes(app_cluster, addresses, config, memory=False)
+    c = await refuse_one_write(start, apps)
+    finish_pulls(c, c.clock.monotonic())
+    # The counters are updated once the comparison is over, after the records arrived.
+    # No real-time bound on how soon: the periodic anti-entropy (an hour) cannot bring
+    # the write within ``until``'s wait, only the comparison after the pull can.
+    await until(lambda: c.sync_status()["anti_entropy"]["after_pull_compared"] == 1, c)
+    assert apps[addresses[2]].data[KEY] == (2, b"new")
+    assert c.sync_status()["anti_entropy"]["rounds"] == 0
