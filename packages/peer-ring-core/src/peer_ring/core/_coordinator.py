@@ -192,8 +192,8 @@ class Coordinator:
             out = self.dispatcher.dispatch(
                 me, namespace, decl.name, key_b, payload, partition, "", wait
             )
-            if isinstance(out, Response) and out.status == _OK:
-                result.replies.append(Reply(me, out.payload, None))
+            if type(out) is bytes:
+                result.replies.append(Reply(me, out, None))
                 result._finish()
                 return result
             collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
@@ -307,6 +307,8 @@ class Coordinator:
                 out = self.dispatcher.dispatch(
                     target, namespace, decl.name, key_b, payload, partition, "", timeout
                 )
+                if isinstance(out, bytes):
+                    continue  # a success
                 if isinstance(out, Response):
                     self._sent(target, out)
                 else:
@@ -353,6 +355,8 @@ class Coordinator:
             out = self.dispatcher.dispatch(
                 node, namespace, decl.name, key_b, payload, partition, "", wait
             )
+            if isinstance(out, bytes):
+                return out
             response = out if isinstance(out, Response) else await out
         else:
             request = Request(namespace, decl.name, key_b, payload, partition, "", wait)

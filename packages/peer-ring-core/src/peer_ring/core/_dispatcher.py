@@ -5,8 +5,11 @@ through :meth:`Dispatcher.dispatch`: the same admission (hinted writes are store
 replica, reads of partitions still being pulled wait or are refused), the same handler
 invocation, the same validation of the result (``bytes``; ``bytearray`` and
 ``memoryview`` are converted) and the same mapping of errors to a wire status. Its outcome
-is always a :class:`Response`, which the coordinator turns into a reply the same way for
-local and remote runs, so a handler behaves identically wherever it runs.
+is the handler's ``bytes`` for a success answered inline (no :class:`Response` object on
+the hot path) and a :class:`Response` otherwise; the coordinator turns either into a reply
+the same way for local and remote runs, so a handler behaves identically wherever it runs.
+Peers' requests enter through the same method with ``inbound=True``: the transports'
+readers pass the decoded fields, without building a :class:`Request`.
 """
 
 from __future__ import annotations
@@ -105,30 +108,53 @@ class Dispatcher:
 
     # -- inbound -------------------------------------------------------------------------
 
+    def __call__(self, source: str, request: Request) -> Response | Awaitable[Response]:
+        """The transport's inbound handler (``InboundHandler``): a peer's request."""
+        return self.on_request(source, request)
+
     def on_request(self, source: str, request: Request) -> Response | Awaitable[Response]:
-        """The transport's inbound handler: internal, batched and single requests."""
-        namespace = request.namespace
-        sync = self.sync
-        assert sync is not None
-        if namespace == INTERNAL:
-            return sync.on_internal(source, request)
-        membership = self._membership
-        if membership.suspects or membership.downs:  # else inbound has nothing to do
-            sync.inbound(source)
-        if not self.accepting:
-            return error_response(NotRunningError(f"node {self._address} is stopping"))
-        if namespace == BATCH:
-            return self._on_batch(source, request)
-        return self.dispatch(
+        """A peer's request as a :class:`Request` (internal, batched or single)."""
+        out = self.dispatch(
             source,
-            namespace,
+            request.namespace,
             request.command,
             request.key,
             request.payload,
             request.partition,
             request.hint,
             request.timeout,
+            True,
         )
+        return Response(_OK, out, "") if isinstance(out, bytes) else out
+
+    def _inbound_other(
+        self,
+        source: str,
+        namespace: str,
+        name: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        hint: str,
+        timeout: float,
+    ) -> Response | Awaitable[Response]:
+        """A peer's request for no registered command: internal, batched or unknown."""
+        sync = self.sync
+        assert sync is not None
+        request = Request(namespace, name, key, payload, partition, hint, timeout)
+        if namespace == INTERNAL:
+            return sync.on_internal(source, request)
+        membership = self._membership
+        if membership.suspects or membership.downs:  # else inbound has nothing to do
+            sync.inbound(source)
+        if not self.accepting:
+            return self._stopping()
+        if namespace == BATCH:
+            return self._on_batch(source, request)
+        return Response(Status.UNKNOWN_COMMAND, b"", str(self.unknown(namespace, name)))
+
+    def _stopping(self) -> Response:
+        return error_response(NotRunningError(f"node {self._address} is stopping"))
 
     def _on_batch(self, source: str, request: Request) -> Response | Awaitable[Response]:
         try:
@@ -141,7 +167,9 @@ class Dispatcher:
         name = request.command
         timeout = request.timeout
         outs = [
-            dispatch(source, namespace, name, i.key, i.payload, i.partition, i.hint, timeout)
+            _as_response(
+                dispatch(source, namespace, name, i.key, i.payload, i.partition, i.hint, timeout)
+            )
             for i in items
         ]
         ready = [o for o in outs if isinstance(o, Response)]
@@ -161,8 +189,14 @@ class Dispatcher:
         partition: int,
         hint: str,
         timeout: float,
-    ) -> Response | Awaitable[Response]:
+        inbound: bool = False,
+    ) -> bytes | Response | Awaitable[Response]:
         """Admit and run one command on this node (``source`` is the coordinator).
+
+        ``inbound`` is true for a request a peer sent (the transports' inbound readers call
+        this with the decoded fields, no :class:`Request` object): internal and batched
+        requests are then served too, the failure detector hears from ``source``, and a
+        stopping node refuses. Local runs and the items of a batch pass False.
 
         A hinted write for another replica is stored as a hint. A read of a partition
         this node is still pulling waits a little for the pull, then is refused "not
@@ -171,11 +205,28 @@ class Dispatcher:
 
         For a command that reads or mutates a key, the handler's ``ctx.partition`` is the
         one this node computed from the key, not the sender's claim (a peer's may be wrong).
+
+        Returns:
+            The handler's ``bytes`` themselves for a success answered inline (no
+            :class:`Response` object on the hot path), a :class:`Response` for any other
+            outcome answered inline, or an awaitable of a :class:`Response`.
         """
         # The hot path of every replica: admission and the handler call inlined (the
         # common case is a plain handler returning bytes).
         entry = self.commands.get((namespace, name))
-        if entry is None:
+        if inbound:
+            if entry is None:
+                return self._inbound_other(
+                    source, namespace, name, key, payload, partition, hint, timeout
+                )
+            membership = self._membership
+            if membership.suspects or membership.downs:  # else inbound has nothing to do
+                sync = self.sync
+                assert sync is not None
+                sync.inbound(source)
+            if not self.accepting:
+                return self._stopping()
+        elif entry is None:
             return Response(Status.UNKNOWN_COMMAND, b"", str(self.unknown(namespace, name)))
         command = entry.command
         local = source == self._address
@@ -215,7 +266,7 @@ class Dispatcher:
         except Exception as exc:
             return error_response(exc)
         if type(out) is bytes:
-            return Response(_OK, out, "")
+            return out
         return self._result(out, timeout)
 
     def _context(self, source: str, partition: int, local: bool) -> CommandContext:
@@ -351,6 +402,11 @@ class Dispatcher:
         response = out if isinstance(out, Response) else await out
         if response.status != _OK:
             raise error_for_status(Status(response.status), response.error, self._address)
+
+
+def _as_response(out: bytes | Response | Awaitable[Response]) -> Response | Awaitable[Response]:
+    """``dispatch``'s answer with a success's bytes as a :class:`Response`."""
+    return Response(_OK, out, "") if isinstance(out, bytes) else out
 
 
 def error_response(exc: BaseException) -> Response:

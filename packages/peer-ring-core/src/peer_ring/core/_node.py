@@ -326,7 +326,9 @@ class PeerRing:
         if self._running:
             return
         self._dispatcher.accepting = True
-        await self._transport.start(self._dispatcher.on_request, self._on_transfer)
+        # The dispatcher itself is the inbound handler: callable with a Request (the memory
+        # transport), and its ``dispatch`` takes a decoded request's fields (TCP, gRPC).
+        await self._transport.start(self._dispatcher, self._on_transfer)
         try:
             members = await self._discovery.start()
         except BaseException:

@@ -254,15 +254,19 @@ class Operation:
             hint,
             self.timeout,
         )
-        if type(out) is Response:  # take_local's common case, without the call
-            self.settle_response(coord.address, hint, out)
+        if type(out) is bytes:  # take_local's common case, without the call
+            self.collector.add(Reply(coord.address, out, None))
+            if self.tick:
+                self._quorum_known()
         else:
             self.take_local(hint, out)
 
-    def take_local(self, hint: str, out: Response | Awaitable[Response]) -> None:
+    def take_local(self, hint: str, out: bytes | Response | Awaitable[Response]) -> None:
         """Count the outcome of a local run (``dispatch``'s answer, maybe awaitable)."""
         coord = self.coord
         me = coord.address
+        if isinstance(out, bytes):
+            out = Response(_OK, out, "")
         if isinstance(out, Response):
             self.settle_response(me, hint, out)
             return

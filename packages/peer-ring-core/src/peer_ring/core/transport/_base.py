@@ -23,6 +23,16 @@ from peer_ring.core._types import Request, Response, TransferRequest
 #: directly (run inline, preferred for in-memory work) or an awaitable of it.
 InboundHandler = Callable[[str, Request], "Response | Awaitable[Response]"]
 
+#: The fields form of an inbound handler: ``dispatch(source, namespace, command, key,
+#: payload, partition, hint, timeout, inbound=True)``. An :data:`InboundHandler` object with
+#: a ``dispatch`` method of this shape (the node's dispatcher) is called through it by the
+#: TCP and gRPC transports' readers, which then build no :class:`Request` per message; its
+#: answer may also be the success's payload as plain ``bytes`` (no :class:`Response`).
+FieldsDispatch = Callable[
+    [str, str, str, bytes, bytes, int, str, float, bool],
+    "bytes | Response | Awaitable[Response]",
+]
+
 #: Called for each inbound bulk transfer with the sender's address; yields chunks of
 #: records (each chunk a list of opaque record bytes).
 TransferHandler = Callable[[str, TransferRequest], AsyncIterator[list[bytes]]]

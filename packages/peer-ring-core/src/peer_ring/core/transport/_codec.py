@@ -172,6 +172,36 @@ def request_part(rid: int, req: Request, timeout: float) -> bytes:
     return b"\x0a" + varint(size) + body
 
 
+def ok_response_part(rid: int, payload: bytes) -> bytes:
+    """One ``Frame.responses`` entry for a success: ``response_part(rid, Response(OK,
+    payload))`` without the :class:`Response` (the replica's hot path)."""
+    n = len(payload)
+    rv = (
+        _ONE_BYTE[rid]
+        if 0 <= rid < 0x80
+        else bytes(((rid & 0x7F) | 0x80, rid >> 7))
+        if 0x80 <= rid < 0x4000
+        else bytes(((rid & 0x7F) | 0x80, ((rid >> 7) & 0x7F) | 0x80, rid >> 14))
+        if 0x4000 <= rid < 0x200000
+        else varint(rid)
+    )
+    size = 2 + len(rv) + n + (1 if n < 0x80 else 2 if n < 0x4000 else len(varint(n)))
+    return b"\x12%b\x08%b\x1a%b%b" % (
+        _ONE_BYTE[size]
+        if size < 0x80
+        else bytes(((size & 0x7F) | 0x80, size >> 7))
+        if size < 0x4000
+        else varint(size),
+        rv,
+        _ONE_BYTE[n]
+        if n < 0x80
+        else bytes(((n & 0x7F) | 0x80, n >> 7))
+        if n < 0x4000
+        else varint(n),
+        payload,
+    )
+
+
 def response_part(rid: int, resp: Response) -> bytes:
     """One ``Frame.responses`` entry: tag, length and the encoded ``Response``.
 
