@@ -173,11 +173,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "forwarded_only": True,
                     }
                 )
-            if args.only_extra:
+            if args.only_extra or args.trace:
                 runs = []
             # Open loop at fixed total rates, every hit forwarded: forwarded latency at a
             # load that does not depend on the latency itself (closed loops do).
-            for rate in args.rates:
+            for rate in args.rates or ([300.0] if args.trace else []):
                 for repl in dict.fromkeys((args.replication, 1)):
                     runs.append(
                         {
@@ -188,12 +188,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "forwarded_only": True,
                             "rate": rate / args.nodes,
                             "replication": repl,
+                            # Traced: more keys (made by the children: argv is bounded),
+                            # so that a key is rarely hit twice.
+                            **({"trace": True, "key_count": args.trace_keys} if args.trace else {}),
                         }
                     )
+            if args.trace:
+                swept = []
             # --batch-windows, then --max-batches: each value at both concurrencies and
             # at each open-loop rate.
-            swept = [("batch_window", w) for w in args.batch_windows]
-            swept += [("max_batches", b) for b in args.max_batches]
+            else:
+                swept = [("batch_window", w) for w in args.batch_windows]
+                swept += [("max_batches", b) for b in args.max_batches]
             for setting, value in swept:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
@@ -221,7 +227,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 ]
             for r in runs:
                 rows.append(await cluster_run(args, base, workdir, transport, r))
-        for rate in args.rates:
+        for rate in args.rates or ([300.0] if args.trace else []):
             rows.append(await floor_run(args, base, workdir, rate))
     # 3. limits + Redis
     if not args.no_redis:
@@ -331,8 +337,18 @@ async def cluster_run(
         child_spec = {**spec, "seed": i, "me": p}
         if args.profile and i == 0:
             child_spec["profile_path"] = str(args.profile_dir / f"node0-{tag}.prof")
+        if run.get("trace"):
+            child_spec["trace_path"] = str(workdir / f"trace-{tag}-{i}.json")
         procs.append(await spawn(child_spec, workdir / f"node-{tag}-{i}.log"))
     res = await collect(procs, stop_at - time.time() + 60)
+    traced = None
+    if run.get("trace"):
+        from benchlib.ratelimit_trace import HitTrace, breakdown
+
+        trace = HitTrace()
+        for i in range(len(peers)):
+            trace.merge_file(workdir / f"trace-{tag}-{i}.json")
+        traced = breakdown(trace)
     name = f"peer-ring {args.nodes} nodes R{replication} {transport} {run['mode']} mode"
     if run["keys"] is not base["keys"]:
         name += f", {len(run['keys'])} hot keys"
@@ -342,6 +358,8 @@ async def cluster_run(
         name += f", open loop {run['rate'] * args.nodes:g} hits/s"
     else:
         name += f", c{spec['concurrency']}"
+    if run.get("trace"):
+        name += ", traced"
     if run.get("batch_window"):
         name += f", batch window {run['batch_window'] * 1000:g} ms"
     if "max_batches" in run:
@@ -369,6 +387,8 @@ async def cluster_run(
     # sent with the answers need none).
     decided = sum(r["stats"].get("allowed", 0) + r["stats"].get("denied", 0) for r in res)
     row["messages_per_1k"] = round(1000 * (batches + state_batches) / decided, 1) if decided else 0
+    if traced is not None:
+        row["trace"] = traced
     return {**row, "algorithm": run["algorithm"], "transport": transport}
 
 
@@ -525,9 +545,21 @@ def main(argv: list[str] | None = None) -> int:
         help="run the peer-ring processes with peer_ring.core.run(gc_threshold=20_000,"
         " gc_freeze_after_start=True), the core's opt-in collector settings for a host",
     )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="only the open loops at --rates (default 300/s), every hit forwarded, at"
+        " --replication and 1, with a per-stage trace of each hit (benchlib.ratelimit_trace)"
+        " and the floor",
+    )
+    p.add_argument(
+        "--trace-keys", type=int, default=100_000, help="keys of the traced runs (100,000)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny run: it starts and reports")
     p.add_argument("--json", type=Path, default=None, help="results file")
     args = p.parse_args(argv)
+    if args.trace:
+        args.no_local = args.no_redis = args.no_gubernator = True
     if args.smoke:
         # The four cluster runs on the first transport; no Gubernator (it may be unbuilt).
         args.duration, args.warmup, args.keys = 1.0, 0.5, 200
@@ -541,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
             return 1
     print(table(result))
+    for row in result["rows"]:
+        if "trace" in row:
+            from benchlib.ratelimit_trace import table as trace_table
+
+            print("\n" + trace_table(row["system"], row["trace"]))
     out = args.json or REPO / "bench-results" / f"ratelimit-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

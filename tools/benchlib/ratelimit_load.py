@@ -15,6 +15,7 @@ import os
 import pstats
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from benchlib._hist import Histogram
@@ -101,6 +102,7 @@ async def open_loop(
     warmup: float,
     duration: float,
     seed: int,
+    trace: Any = None,
 ) -> dict[str, Any]:
     """Hits started at a fixed ``rate`` per second whether or not earlier ones finished.
 
@@ -141,12 +143,15 @@ async def open_loop(
         measuring = scheduled >= measure_from
         if measuring and not cpu_start:
             cpu_start = time.process_time()
+            if trace is not None:
+                trace.active = True
+        key = keys[rng.randrange(len(keys))]
+        if trace is not None:
+            trace.mark("scheduled", [key], int(scheduled * 1e9))
         if len(tasks) >= MAX_OUTSTANDING:
             rec.errors += measuring
         else:
-            task = asyncio.get_running_loop().create_task(
-                one(keys[rng.randrange(len(keys))], scheduled, measuring)
-            )
+            task = asyncio.get_running_loop().create_task(one(key, scheduled, measuring))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         i += 1
@@ -171,6 +176,13 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     from peer_ring.discovery.static import StaticDiscovery
     from peer_ring.ratelimit import Limit, RateLimiter
 
+    trace = None
+    if spec.get("trace_path"):
+        from benchlib.ratelimit_trace import HitTrace, install, install_node
+
+        trace = HitTrace()
+        trace.watch_gc()
+        install(trace)  # before the limiter is made: its handlers are bound then
     extra: dict[str, Any] = {}
     if "max_batches" in spec:  # 0: no bound
         extra["max_batches_in_flight"] = spec["max_batches"] or None
@@ -187,12 +199,27 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
     mode = spec.get("mode", "owner")
     keys = spec["keys"]
+    if spec.get("key_count"):
+        keys = [f"user:{i}" for i in range(spec["key_count"])]
     if spec.get("forwarded_only"):
         # Only keys another node owns: every hit is forwarded (the latency target's case).
         keys = [k for k in keys if rl.node.preference_list(k.encode(), 1)[0] != spec["me"]]
 
-    async def hit(key: str) -> bool:
+    async def plain_hit(key: str) -> bool:
         return (await rl.hit(key, limit, mode=mode)).allowed
+
+    hit: Any = plain_hit
+    if trace is not None:
+        install_node(rl, trace)
+        traced = trace
+
+        async def traced_hit(key: str) -> bool:
+            traced.mark("hit_in", [key])
+            ok = (await rl.hit(key, limit, mode=mode)).allowed
+            traced.mark("done", [key])
+            return ok
+
+        hit = traced_hit
 
     prof = _profiler(spec)
     try:
@@ -205,6 +232,7 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
                 spec["warmup"],
                 spec["duration"],
                 spec["seed"],
+                trace,
             )
         else:
             out = await closed_loop(
@@ -220,6 +248,9 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
         out["stats"] = rl.stats()
         # Stay up until every node is done: the others forward hits to this one.
         await asyncio.sleep(max(0.0, spec["stop_at"] - time.time()))
+        if trace is not None:
+            trace.active = False
+            trace.dump(Path(spec["trace_path"]))
     finally:
         await rl.stop()
     return out

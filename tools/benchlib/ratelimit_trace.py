@@ -1,0 +1,252 @@
+"""``tools/bench ratelimit --trace``: where a forwarded hit's time goes, stage by stage.
+
+Open loops at ``--rates`` (every hit forwarded, at ``--replication`` and 1), as in the
+latency runs, with each node process recording per hit (its key: the trace runs use
+``--trace-keys`` keys so that a key is rarely hit twice; keys hit twice are left out) when
+it passed each stage, on ``time.monotonic_ns()`` (CLOCK_MONOTONIC, one clock for every
+process on Linux):
+
+``scheduled``   the open loop's planned start of the hit
+``hit_in``      the hit's task called ``RateLimiter.hit`` (late start: loop busy or timer)
+``batch_out``   the forwarding node called ``PeerRing.call`` with the batch holding it
+``owner_in``    the owner's ``hits`` handler began
+``repl_out``    the owner began sending the key's new state to the other replica
+``replica_in``  the other replica's ``states`` handler began
+``repl_back``   the owner had the replica's acknowledgement
+``owner_out``   the owner's answer was ready (the handler returned or its awaitable ended)
+``batch_back``  the forwarding node's ``call`` returned
+``done``        ``RateLimiter.hit`` returned to the hit's task
+
+The report gives, per stage, the time from the previous stage present for that hit (p50 /
+p90 / p99 / max), separately for hits whose state went with the owner's answer (one round
+trip, "1rtt") and hits whose state the owner replicated first ("2rtt"); then, over the
+slowest 1% of hits, the mean time spent in each stage (where the tail is); and the
+collector's pauses in every node process. The package has no tracing code: the bench
+wraps a few of its methods in the child processes. Tracing costs microseconds per hit and
+stage; its figures locate time, they are not rates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = (
+    "scheduled",
+    "hit_in",
+    "batch_out",
+    "owner_in",
+    "repl_out",
+    "replica_in",
+    "repl_back",
+    "owner_out",
+    "batch_back",
+    "done",
+)
+
+
+class HitTrace:
+    """Per stage: key -> first time seen (ns), plus the keys seen twice, and GC pauses."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, int]] = {s: {} for s in STAGES}
+        self.repeated: set[str] = set()
+        self.gc: list[tuple[int, int, int]] = []  # (generation, start ns, duration ns)
+        self._gc_start = 0
+        self.active = False
+
+    def watch_gc(self) -> None:
+        """Record this process's garbage-collector pauses."""
+        import gc
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            now = time.monotonic_ns()
+            if phase == "start":
+                self._gc_start = now
+            else:
+                self.gc.append((info["generation"], self._gc_start, now - self._gc_start))
+
+        gc.callbacks.append(on_gc)
+
+    def mark(self, stage: str, keys: Any, now: int | None = None) -> None:
+        """Record ``stage`` for each key (str or bytes) in ``keys``."""
+        if not self.active:
+            return
+        now = time.monotonic_ns() if now is None else now
+        seen = self.stages[stage]
+        for k in keys:
+            key = k.decode(errors="replace") if isinstance(k, bytes | bytearray) else k
+            if key in seen:
+                if stage == "scheduled":
+                    self.repeated.add(key)
+                continue
+            seen[key] = now
+
+    def dump(self, path: Path) -> None:
+        doc = {"stages": self.stages, "repeated": sorted(self.repeated), "gc": self.gc}
+        path.write_text(json.dumps(doc))
+
+    def merge_file(self, path: Path) -> None:
+        doc = json.loads(path.read_text())
+        self.repeated.update(doc["repeated"])
+        self.gc.extend(tuple(g) for g in doc["gc"])
+        for stage, records in doc["stages"].items():
+            seen = self.stages[stage]
+            for k, v in records.items():
+                if k in seen and stage == "scheduled":
+                    self.repeated.add(k)  # hit by two processes
+                seen.setdefault(k, v)
+
+
+def install(trace: HitTrace) -> None:
+    """Wrap the rate limiter's class methods (before any ``RateLimiter`` is made) so that
+    every limiter of this process records into ``trace``."""
+    from peer_ring.ratelimit import _limiter
+    from peer_ring.ratelimit._wire import decode_entry, decode_hits, unpack_records
+
+    cls: Any = _limiter.RateLimiter
+    on_hits, on_states, send_states = cls._on_hits, cls._on_states, cls._send_states
+
+    def traced_on_hits(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
+        keys = [k for k, _ in decode_hits(payload)]
+        trace.mark("owner_in", keys)
+        out = on_hits(self, ctx, key, payload)
+        if isinstance(out, bytes):
+            trace.mark("owner_out", keys)
+            return out
+
+        async def after() -> bytes:
+            res: bytes = await out
+            trace.mark("owner_out", keys)
+            return res
+
+        return after()
+
+    def traced_on_states(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
+        trace.mark("replica_in", [decode_entry(r, 0.0)[0] for r in unpack_records(payload)])
+        return on_states(self, ctx, key, payload)
+
+    async def traced_send_states(self: Any, replica: str, keys: Any) -> None:
+        keys = list(keys)
+        trace.mark("repl_out", keys)
+        await send_states(self, replica, keys)
+        trace.mark("repl_back", keys)
+
+    cls._on_hits, cls._on_states, cls._send_states = (
+        traced_on_hits,
+        traced_on_states,
+        traced_send_states,
+    )
+
+
+def install_node(rl: Any, trace: HitTrace) -> None:
+    """Wrap this limiter's node's ``call`` (the forwarded batches leave through it)."""
+    from peer_ring.ratelimit._wire import decode_hits
+
+    node = rl.node
+    call = node.call
+
+    async def traced_call(
+        address: str, ns: str, command: Any, key: bytes, payload: bytes, **kw: Any
+    ) -> bytes:
+        if command.name != "hits":
+            return await call(address, ns, command, key, payload, **kw)  # type: ignore[no-any-return]
+        keys = [k for k, _ in decode_hits(payload)]
+        trace.mark("batch_out", keys)
+        out: bytes = await call(address, ns, command, key, payload, **kw)
+        trace.mark("batch_back", keys)
+        return out
+
+    node.call = traced_call
+
+
+def _pct(values: list[int], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+
+
+def _row(values: list[int]) -> dict[str, float]:
+    return {
+        "p50": round(_pct(values, 0.5), 3),
+        "p90": round(_pct(values, 0.9), 3),
+        "p99": round(_pct(values, 0.99), 3),
+        "max": round(max(values) / 1e6, 3),
+        "n": len(values),
+    }
+
+
+def breakdown(trace: HitTrace) -> dict[str, Any]:
+    """Per path (1rtt / 2rtt): per stage p50/p90/p99/max (ms), and the slowest 1%'s mean
+    per stage; GC pauses of all node processes over the measured hits."""
+    st = trace.stages
+    out: dict[str, Any] = {}
+    for path in ("1rtt", "2rtt"):
+        segs: dict[str, list[int]] = {}
+        per_hit: list[tuple[int, dict[str, int]]] = []
+        for key, t_end in st["done"].items():
+            if key in trace.repeated or key not in st["scheduled"]:
+                continue
+            if any(st[s].get(key, t_end) > t_end for s in STAGES[1:]):
+                continue  # a stage of another hit of this key (one before tracing began)
+            if (key in st["repl_out"]) != (path == "2rtt"):
+                continue
+            prev_name, prev = "scheduled", st["scheduled"][key]
+            mine: dict[str, int] = {}
+            for stage in STAGES[1:]:
+                t = st[stage].get(key)
+                if t is None:
+                    continue
+                name = f"{prev_name}->{stage}"
+                segs.setdefault(name, []).append(t - prev)
+                mine[name] = t - prev
+                prev_name, prev = stage, t
+            per_hit.append((t_end - st["scheduled"][key], mine))
+        if not per_hit:
+            continue
+        rows: dict[str, Any] = {name: _row(v) for name, v in segs.items()}
+        rows["end-to-end"] = _row([e for e, _ in per_hit])
+        per_hit.sort(key=lambda x: x[0])
+        tail = per_hit[int(0.99 * len(per_hit)) :]
+        rows["slowest 1% (mean ms per stage)"] = {
+            name: round(sum(m.get(name, 0) for _, m in tail) / len(tail) / 1e6, 3) for name in segs
+        }
+        out[path] = rows
+    starts = [st["scheduled"][k] for k in st["done"] if k in st["scheduled"]]
+    if starts and trace.gc:
+        lo, hi = min(starts), max(st["done"].values())
+        for gen in (0, 1, 2):
+            pauses = [d for g, t, d in trace.gc if g == gen and lo <= t <= hi]
+            if pauses:
+                out.setdefault("gc", {})[f"gen{gen}"] = {
+                    "count": len(pauses),
+                    "max_ms": round(max(pauses) / 1e6, 3),
+                    "total_ms": round(sum(pauses) / 1e6, 1),
+                }
+    return out
+
+
+def table(name: str, result: dict[str, Any]) -> str:
+    """The breakdown as text."""
+    lines = [name]
+    for path, rows in result.items():
+        if path == "gc":
+            for gen, g in rows.items():
+                lines.append(
+                    f"  gc {gen} (all node processes): {g['count']} pauses, max {g['max_ms']}"
+                    f" ms, total {g['total_ms']} ms"
+                )
+            continue
+        lines.append(f"  {path}: ms{'':<22} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'n':>6}")
+        tail = rows.pop("slowest 1% (mean ms per stage)")
+        for seg, r in rows.items():
+            lines.append(
+                f"    {seg:<26} {r['p50']:>7.3f} {r['p90']:>7.3f} {r['p99']:>7.3f}"
+                f" {r['max']:>8.3f} {r['n']:>6}"
+            )
+        lines.append(
+            "    slowest 1%, mean per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in tail.items())
+        )
+        rows["slowest 1% (mean ms per stage)"] = tail
+    return "\n".join(lines)
