@@ -1,11 +1,13 @@
 """A request's owner is told of its outcome directly (``OutboundCall.owner``, issue 23
-round 4), over both real transports that use it (TCP and gRPC).
+rounds 4 and 5), over both real transports that use it (TCP and gRPC).
 
-An answer reaches ``owner.answered(peer, hint, response)`` from the connection's reader,
-in the same loop turn, with the call resolved; a failure (timeout, unreachable peer,
-shutdown) or a cancellation reaches ``owner.on_done(peer, hint, call)`` through the loop,
-exactly once; an owner that raises harms neither the reader nor the other answers of the
-frame.
+A success reaches ``owner.answered(peer, hint, payload)`` and an error status
+``owner.on_response(peer, hint, response)`` from the connection's reader, in the same loop
+turn, and the call is left unresolved (nobody else holds it); a failure (timeout,
+unreachable peer, shutdown) or a cancellation reaches ``owner.on_done(peer, hint, call)``
+through the loop, exactly once; an owner that raises harms neither the reader nor the
+other answers of the frame. ``Transport.submit`` sends a request by its fields to an owner
+(the TCP transport without a ``Request`` object, the others through ``request``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ async def no_transfer(sender: str, request: TransferRequest) -> AsyncIterator[li
 def serve(sender: str, request: Request) -> Response | Awaitable[Response]:
     if request.command == "hang":
         return asyncio.get_running_loop().create_future()  # never answered
+    if request.command == "refuse":
+        return Response(Status.INVALID_ARGUMENT, b"", "refused: " + request.hint)
     return Response(Status.OK, b"re:" + request.payload)
 
 
@@ -52,14 +56,18 @@ class Owner:
         if len(self.seen) >= self.expect:
             self.done.set()
 
-    def answered(self, target: str, hint: str, response: Response) -> None:
-        # The call already holds the answer it hands over. (A failed assert here is caught
-        # and logged by the reader: the answer is then never recorded and the test's wait
-        # for ``done`` fails.)
-        assert any(c.done() and c.result() is response for c in self.calls)
-        self._record((target, hint, False, response))
-        if response.payload == b"re:" + self.fail_on:
+    def answered(self, target: str, hint: str, payload: bytes) -> None:
+        # The call is not resolved: the owner is the only one told. (A failed assert here
+        # is caught and logged by the reader: the answer is then never recorded and the
+        # test's wait for ``done`` fails.)
+        assert not any(c.done() for c in self.calls)
+        self._record((target, hint, False, Response(Status.OK, payload, "")))
+        if payload == b"re:" + self.fail_on:
             raise RuntimeError("the owner broke")
+
+    def on_response(self, target: str, hint: str, response: Response) -> None:
+        assert response.status is not Status.OK
+        self._record((target, hint, False, response))
 
     def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
         assert fut.done()
@@ -122,7 +130,7 @@ async def test_an_owner_that_raises_does_not_cost_the_other_answers(
     with caplog.at_level(logging.ERROR, logger="peer_ring.core.transport._outbound"):
         await asyncio.wait_for(owner.done.wait(), LIMIT)
     assert sorted(o.payload for _, _, _, o in owner.seen) == [b"re:0", b"re:1", b"re:2", b"re:3"]  # type: ignore[union-attr]
-    assert all(c.done() for c in calls)
+    assert not any(c.done() for c in calls)  # answered calls stay unresolved
     assert "failed on its answer" in caplog.text
     # The connection still works.
     resp = await asyncio.wait_for(a.request(b.address, Request("t", "e", b"k", b"after")), LIMIT)
@@ -201,3 +209,29 @@ async def test_an_unreachable_peer_fails_the_owned_call_through_the_loop() -> No
         assert call.done()
     finally:
         await a.close()
+
+
+async def test_submit_sends_by_fields_and_reports_each_outcome_to_the_owner(
+    pair: tuple[Transport, Transport],
+) -> None:
+    a, b = pair
+    await asyncio.wait_for(a.request(b.address, Request("t", "e", b"k", b"warm")), LIMIT)
+    owner = Owner(expect=2)
+    a.submit(b.address, owner, "h:2", "t", "e", b"k", b"y", 3, 5.0)
+    a.submit(b.address, owner, "h:3", "t", "refuse", b"k", b"", 3, 5.0)
+    await asyncio.wait_for(owner.done.wait(), LIMIT)
+    assert sorted(owner.seen, key=lambda s: s[1]) == [
+        (b.address, "h:2", False, Response(Status.OK, b"re:y", "")),
+        (b.address, "h:3", False, Response(Status.INVALID_ARGUMENT, b"", "refused: h:3")),
+    ]
+
+
+async def test_submit_to_a_transport_not_running_tells_the_owner_through_the_loop() -> None:
+    a = make("tcp")
+    owner = Owner()
+    a.submit("127.0.0.1:1", owner, "h", "t", "e", b"k", b"", 0, 1.0)
+    assert owner.seen == []  # not from inside submit()
+    await asyncio.wait_for(owner.done.wait(), LIMIT)
+    [(target, hint, cancelled, outcome)] = owner.seen
+    assert (target, hint, cancelled) == ("127.0.0.1:1", "h", False)
+    assert isinstance(outcome, BaseException)

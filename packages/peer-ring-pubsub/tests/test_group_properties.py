@@ -54,7 +54,7 @@ class Simulation:
         return ok >= self.w
 
     def takeover(self, node: int, others: list[int]) -> None:
-        quorum = [node, *[o for o in others if o != node]][: self.r]
+        quorum = list(dict.fromkeys([node, *others]))[: self.r]  # distinct replicas
         if len(quorum) < self.r:
             return
         state = GroupState()

@@ -40,7 +40,6 @@ from peer_ring.core._result import Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
 from peer_ring.core._types import Request, Response, Status
-from peer_ring.core.transport._outbound import OutboundCall
 
 if TYPE_CHECKING:
     from peer_ring.core._coordinator import Coordinator
@@ -124,8 +123,10 @@ class Operation:
         membership = coord.membership
         # is_suspected only while someone is (the common case: no call per replica).
         hinted = self.command.hinted and bool(membership.suspects)
-        # Remote sends inline (no batch: one request each) on the hot path of ``execute``.
+        # Remote sends inline (no batch: one request each) on the hot path of ``execute``:
+        # send_direct's call to the transport, without the call to send_direct.
         direct = self.batch is None
+        submit = coord.transport.submit
         local = False
         for replica in prefs:
             if replica == me:
@@ -137,7 +138,17 @@ class Operation:
                     self.send(substitute, replica)
                     continue
             if direct:
-                self.send_direct(replica, "")
+                submit(
+                    replica,
+                    self,
+                    "",
+                    self.namespace,
+                    command.name,
+                    self.key,
+                    self.payload,
+                    self.partition,
+                    self.timeout,
+                )
             else:
                 self.send(replica, "")
         if local:  # last: remote requests are on their way while the handler runs
@@ -181,7 +192,17 @@ class Operation:
             if replica == me:
                 self._run_here("")
             elif direct:
-                self.send_direct(replica, "")
+                coord.transport.submit(
+                    replica,
+                    self,
+                    "",
+                    self.namespace,
+                    self.command.name,
+                    self.key,
+                    self.payload,
+                    self.partition,
+                    self.timeout,
+                )
             else:
                 self.send(replica, "")
         if local:  # last: remote requests are on their way while the handler runs
@@ -222,25 +243,19 @@ class Operation:
             self.send_direct(target, hint)
 
     def send_direct(self, target: str, hint: str) -> None:
-        """One request to ``target`` for this key alone."""
-        request = Request(
+        """One request to ``target`` for this key alone; its outcome comes back to
+        :meth:`answered` / :meth:`on_response` / :meth:`on_done` (``Transport.submit``)."""
+        self.coord.transport.submit(
+            target,
+            self,
+            hint,
             self.namespace,
             self.command.name,
             self.key,
             self.payload,
             self.partition,
-            hint,
             self.timeout,
         )
-        fut = self.coord.transport.request(target, request)
-        if type(fut) is OutboundCall and not fut.done():
-            # The TCP and gRPC transports' call: its answer comes straight to on_done from
-            # the connection's reader (no done-callback, no loop turn; see OutboundCall).
-            fut.owner = self
-            fut.hint = hint
-        else:
-            # A partial, not a lambda: no closure cells (fewer objects for the GC).
-            fut.add_done_callback(partial(self.on_done, target, hint))
 
     def _run_here(self, hint: str) -> None:
         coord = self.coord
@@ -300,19 +315,23 @@ class Operation:
             sync.peer_ok(target)
         self.settle_response(target, hint, fut.result())
 
-    def answered(self, target: str, hint: str, response: Response) -> None:
-        """``target`` answered a direct request (the connection's reader calls this, see
-        ``OutboundCall.owner``): ``on_done`` without the future's checks, and the common
-        case of ``settle_response`` inline."""
+    def answered(self, target: str, hint: str, payload: bytes) -> None:
+        """``target`` answered a direct request with a success (the connection's reader
+        calls this, see ``Transport.submit``): ``on_done`` without the future, the
+        ``Response`` and ``settle_response``."""
         membership = self.coord.membership
         if membership.suspects or membership.downs:  # else peer_ok has nothing to clear
             self.coord.sync.peer_ok(target)
-        if response.status == _OK:
-            self.collector.add(Reply(target, response.payload, None))
-            if self.tick:
-                self._quorum_known()
-        else:
-            self.settle_response(target, hint, response)
+        self.collector.add(Reply(target, payload, None))
+        if self.tick:
+            self._quorum_known()
+
+    def on_response(self, target: str, hint: str, response: Response) -> None:
+        """``target`` answered a direct request with an error status."""
+        membership = self.coord.membership
+        if membership.suspects or membership.downs:  # else peer_ok has nothing to clear
+            self.coord.sync.peer_ok(target)
+        self.settle_response(target, hint, response)
 
     def settle_response(self, target: str, hint: str, response: Response) -> None:
         """Count ``target``'s answer (the same mapping for local and remote runs)."""

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field, replace
 
 from peer_ring.pubsub._errors import NotHeldError, StaleAckError
 
+#: The merge rank of a record made for a committed message (above every epoch).
+_COMMITTED = 1 << 64
+
 
 @dataclass(frozen=True, slots=True)
 class Pending:
@@ -36,6 +39,11 @@ class Pending:
         deadline: when it may be redelivered (the sequencer's monotonic time).
         wait: the duration that set ``deadline`` (``ack_wait`` or a nak's delay); a new
             sequencer, whose clock differs, restarts the deadline as ``now + wait``.
+        epoch: 0 for a record made for a committed message. A record sent with the APPEND
+            that carries its (not yet committed) message holds that message's offset epoch
+            instead: it stands only while the entry at its sequence has that epoch. If the
+            append failed and a takeover filled the sequence differently, the record is
+            *stale* (see :meth:`GroupState.claim`).
     """
 
     consumer: str
@@ -43,10 +51,30 @@ class Pending:
     rev: int
     deadline: float
     wait: float = 0.0
+    epoch: int = 0
 
-    def version(self) -> tuple[int, int, float, float, str]:
-        """Merge order: later delivery, then later revision, then later deadline."""
-        return (self.deliveries, self.rev, self.deadline, self.wait, self.consumer)
+    def version(self) -> tuple[int, int, int, float, float, str]:
+        """Merge order: a record made for a committed message over one sent with an
+        append, and of those the later epoch; then later delivery, later revision, later
+        deadline.
+
+        Why the epoch comes first: two records of one sequence with different append
+        epochs, or one of each kind, meet only when one of them is stale. A record sent
+        with an APPEND of epoch ``e`` for sequence ``s`` is stale exactly when the append
+        failed and ``s`` was filled by a later epoch (never by an earlier one: ``start[e]``
+        was on W replicas before ``e`` assigned ``s``), and any record made for a committed
+        message is made for the entry that stays. Ordering by delivery count first would
+        let a stale record with a later deadline (another node's clock) or revision take
+        the message from the consumer that really holds it.
+        """
+        return (
+            self.epoch or _COMMITTED,
+            self.deliveries,
+            self.rev,
+            self.deadline,
+            self.wait,
+            self.consumer,
+        )
 
 
 @dataclass(slots=True)
@@ -144,39 +172,86 @@ class GroupState:
         now: float,
         ack_wait: float,
         max_deliver: int,
+        *,
+        stale: Callable[[int, Pending], bool] | None = None,
+        tentative_after: int | None = None,
+        epoch: int = 0,
     ) -> Claim:
         """Hand up to ``limit`` messages to ``consumer`` and return the delta to replicate.
 
         Expired pending messages are redelivered first (oldest first); those that already
-        had ``max_deliver`` deliveries are returned in ``dead`` instead. Then new messages
-        from ``next`` up to ``end`` (exclusive); ``is_message(seq)`` is False for no-ops,
-        which are finished at once. Sequences below ``first`` (the log's first retained
-        one) are gone: the cursor moves to ``first`` and ``claim.expired`` counts the
-        messages that were never delivered. Nothing is applied here: the caller replicates
-        ``claim.delta`` and then merges it.
+        had ``max_deliver`` deliveries are returned in ``dead`` instead. A *stale* pending
+        record (``stale(seq, pending)``: it was sent with an append that failed, and the
+        entry now at its sequence is another one) is handed out at once whatever its
+        deadline says, with its delivery count unchanged and a higher revision (nobody
+        ever received what it recorded), or finished if the sequence now holds a no-op.
+        Then new messages from ``next`` up to ``end`` (exclusive); ``is_message(seq)`` is
+        False for no-ops, which are finished at once. Sequences below ``first`` (the
+        log's first retained one) are gone: the cursor moves to ``first`` and
+        ``claim.expired`` counts the messages that were never delivered.
+
+        ``epoch`` is the claiming sequencer's epoch. With ``tentative_after``, sequences
+        above it are not committed yet (they travel in the APPEND this delta will ride
+        on): their records carry ``epoch`` (the offset epoch of those entries), so a
+        takeover that fills them differently makes them stale. Nothing is applied here:
+        the caller replicates ``claim.delta`` and then merges it.
         """
         claim = Claim()
         delta = GroupState(floor=max(self.floor, first), next=max(self.next, first))
         claim.expired = max(0, first - self.next)
-        expired = [s for s, p in self.pending.items() if p.deadline <= now and s >= first]
-        for seq in sorted(expired):
+        # A record of this sequencer's own epoch is never stale (a failed append steps
+        # the sequencer down; the next one has a higher epoch).
+        due = [
+            s
+            for s, p in self.pending.items()
+            if first <= s < end
+            and (
+                p.deadline <= now
+                or (p.epoch and p.epoch != epoch and stale is not None and stale(s, p))
+            )
+        ]
+        after = end if tentative_after is None else tentative_after
+
+        def tag(seq: int) -> int:  # the epoch a record at ``seq`` is conditional on
+            return epoch if seq > after else 0
+
+        for seq in sorted(due):
             if len(claim.deliver) >= limit:
                 break
             p = self.pending[seq]
+            if p.epoch and p.epoch != epoch and stale is not None and stale(seq, p):
+                if not is_message(seq):
+                    delta.done.add(seq)
+                    continue
+                delta.pending[seq] = Pending(
+                    consumer, p.deliveries, p.rev + 1, now + ack_wait, ack_wait, tag(seq)
+                )
+                claim.deliver.append((seq, p.deliveries))
+                continue
             if p.deliveries >= max_deliver:
                 claim.dead.append(seq)
                 continue
-            delta.pending[seq] = Pending(consumer, p.deliveries + 1, 0, now + ack_wait, ack_wait)
+            delta.pending[seq] = Pending(
+                consumer, p.deliveries + 1, 0, now + ack_wait, ack_wait, tag(seq)
+            )
             claim.deliver.append((seq, p.deliveries + 1))
         seq = delta.next
         fresh = Pending(consumer, 1, 0, now + ack_wait, ack_wait)  # shared: it is immutable
-        while seq < end and len(claim.deliver) < limit:
+        stop = min(after + 1, end)
+        while seq < stop and len(claim.deliver) < limit:
             if is_message(seq):
                 delta.pending[seq] = fresh
                 claim.deliver.append((seq, 1))
             else:
                 delta.done.add(seq)
             seq += 1
+        # The uncommitted entries of an append (a publish batch: messages only).
+        if seq < end and len(claim.deliver) < limit:
+            tentative = Pending(consumer, 1, 0, now + ack_wait, ack_wait, epoch)
+            while seq < end and len(claim.deliver) < limit:
+                delta.pending[seq] = tentative
+                claim.deliver.append((seq, 1))
+                seq += 1
         delta.next = seq
         delta._normalize()
         claim.delta = delta

@@ -42,6 +42,8 @@ from peer_ring.pubsub._wire import (
     RANGE,
     STATUS,
     AppendRequest,
+    FetchReply,
+    FetchRequest,
     GroupRequest,
     OutgoingMessage,
     ReplicaStatusReply,
@@ -61,12 +63,33 @@ _RANGE_PAGE = 1024
 
 
 @dataclass(slots=True)
-class _Slot:
-    """One batch of appends in flight; ``ok`` is None until its replication finished."""
+class Slot:
+    """One batch of appends in flight; ``ok`` is None until its replication finished.
+
+    ``groups`` are delivery records riding on the append (see :class:`Parked`);
+    ``committed`` (made on first use) ends when the batch is on W replicas, or fails.
+    """
 
     batch: list[tuple[Entry, asyncio.Future[Entry]]]
     ok: bool | None = None
     error: BaseException | None = None
+    groups: list[tuple[str, GroupState]] = field(default_factory=list)
+    committed: asyncio.Future[None] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Parked:
+    """A group long-poll waiting on a partition for new messages.
+
+    When the sequencer sends the partition's next APPEND while it waits, it claims the
+    new messages for it then (:attr:`Leaders.piggyback`) and sends the delivery records
+    with the APPEND; ``reply`` is the answer to hand out once ``committed`` ends.
+    """
+
+    req: FetchRequest
+    wake: asyncio.Future[None]
+    reply: FetchReply | None = None
+    committed: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)
@@ -82,7 +105,7 @@ class Leader:
     preference: tuple[str, ...]
     queue: list[tuple[Entry, asyncio.Future[Entry]]] = field(default_factory=list)
     inflight: dict[str, asyncio.Future[Entry]] = field(default_factory=dict)
-    slots: deque[_Slot] = field(default_factory=deque)
+    slots: deque[Slot] = field(default_factory=deque)
     active: bool = True
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     checked: object = None  # the ring this leader was last found to head the list in
@@ -94,6 +117,8 @@ class Leader:
     version: int = 0
     #: Futures of multi-partition long-polls, resolved by the next notify().
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    #: Group long-polls waiting here (see Parked).
+    parked: list[Parked] = field(default_factory=list)
 
     def notify(self) -> None:
         """Wake every long-poll waiting on this partition."""
@@ -120,9 +145,12 @@ class Leaders:
         self.takeovers = 0
         self.step_downs = 0
         self.on_step_down: Callable[[bytes], None] = lambda key: None
-        self._outbox: list[tuple[Leader, _Slot]] = []
+        self._outbox: list[tuple[Leader, Slot]] = []
         self.groups = GroupBatcher(node, replication, quorum)
         self._flush_scheduled = False
+        #: Set by the service: claims for the parked long-polls of a leader whose APPEND
+        #: is about to leave, adding their delivery records to the slot.
+        self.piggyback: Callable[[Leader, Slot], None] | None = None
 
     def copies(self, config: TopicConfig) -> tuple[int, int]:
         """``(replication, quorum)`` of a topic's partitions: (1, 1) when not durable."""
@@ -395,12 +423,21 @@ class Leaders:
                     break
                 count += 1
                 size += entry.size
-            slot = _Slot(leader.queue[:count])
+            slot = Slot(leader.queue[:count])
             del leader.queue[:count]
             leader.slots.append(slot)
             if self.copies(leader.config)[0] == 1:  # one copy: a local merge (or a call)
                 spawn(self._send(leader, slot))
                 continue
+            if (
+                leader.parked
+                and self.piggyback is not None
+                and len(leader.slots) == 1
+                and slot.batch[0][0].seq == leader.commit + 1
+            ):
+                # A consumer waits: its delivery records ride on this APPEND (one round
+                # trip to W replicas instead of two; see the README's design section).
+                self.piggyback(leader, slot)
             # Appends of every partition that became ready in this turn of the event loop
             # leave together: one execute_many, so one request per replica peer.
             self._outbox.append((leader, slot))
@@ -416,13 +453,13 @@ class Leaders:
         elif batch:
             spawn(self._send_many(batch))
 
-    async def _send_many(self, batch: list[tuple[Leader, _Slot]]) -> None:
+    async def _send_many(self, batch: list[tuple[Leader, Slot]]) -> None:
         items = []
         with contextlib.ExitStack() as own:
             for leader, slot in batch:
                 entries = [e for e, _ in slot.batch]
                 req = AppendRequest(
-                    leader.config, leader.ballot, leader.start, leader.commit, entries
+                    leader.config, leader.ballot, leader.start, leader.commit, entries, slot.groups
                 )
                 payload = req.encode()
                 own.enter_context(self.store.own_append(payload, req))
@@ -443,9 +480,9 @@ class Leaders:
             self._complete(leader)
             self._kick(leader)
 
-    async def _send(self, leader: Leader, slot: _Slot) -> None:
+    async def _send(self, leader: Leader, slot: Slot) -> None:
         try:
-            await self._replicate(leader, [e for e, _ in slot.batch])
+            await self._replicate(leader, [e for e, _ in slot.batch], slot.groups)
             slot.ok = True
         except PeerRingError as exc:
             slot.ok = False
@@ -463,6 +500,8 @@ class Leaders:
                 return
             leader.commit = slot.batch[-1][0].seq
             log.note_commit(leader.commit)
+            if slot.committed is not None and not slot.committed.done():
+                slot.committed.set_result(None)
             for entry, fut in slot.batch:
                 leader.inflight.pop(entry.msg_id, None)
                 if not fut.done():
@@ -471,12 +510,16 @@ class Leaders:
         if committed:
             leader.notify()
 
-    def _fail(self, leader: Leader, slot: _Slot) -> None:
+    def _fail(self, leader: Leader, slot: Slot) -> None:
         # Everything after a failed batch fails too (the commit point cannot pass it).
         err = PublishError(
             f"not acknowledged by {self.quorum} replicas ({slot.error}); retry with the same msg_id"
         )
         for failed in [slot, *leader.slots]:
+            if failed.committed is not None and not failed.committed.done():
+                failed.committed.set_exception(
+                    PartitionUnavailableError(f"append not replicated: {slot.error}")
+                )
             for entry, fut in failed.batch:
                 leader.inflight.pop(entry.msg_id, None)
                 if not fut.done():
@@ -491,8 +534,15 @@ class Leaders:
             return False
         return self.node.preference_list(leader.key, 1) == (self.node.address,)
 
-    async def _replicate(self, leader: Leader, entries: list[Entry]) -> None:
-        req = AppendRequest(leader.config, leader.ballot, leader.start, leader.commit, entries)
+    async def _replicate(
+        self,
+        leader: Leader,
+        entries: list[Entry],
+        groups: list[tuple[str, GroupState]] | None = None,
+    ) -> None:
+        req = AppendRequest(
+            leader.config, leader.ballot, leader.start, leader.commit, entries, groups or []
+        )
         if self._single_local(leader):
             self.store.apply_append(leader.key, req)
             return

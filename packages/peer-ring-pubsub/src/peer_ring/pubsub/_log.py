@@ -149,6 +149,11 @@ class EntryMap:
         """The time of the entry at ``seq`` (KeyError when absent), without building it."""
         return self._rows[seq][2]
 
+    def epoch(self, seq: int) -> int | None:
+        """The offset epoch of the entry at ``seq`` (None when absent)."""
+        row = self._rows.get(seq)
+        return None if row is None else row[0]
+
     def writer(self, seq: int) -> int | None:
         """The writer epoch of the entry at ``seq`` (None when absent)."""
         row = self._rows.get(seq)

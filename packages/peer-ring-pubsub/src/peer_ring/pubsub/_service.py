@@ -23,7 +23,7 @@ from peer_ring.pubsub._errors import (
     PubSubError,
 )
 from peer_ring.pubsub._group import GroupState
-from peer_ring.pubsub._leader import Leader, Leaders
+from peer_ring.pubsub._leader import Leader, Leaders, Parked, Slot
 from peer_ring.pubsub._log import MESSAGE, Entry, PartitionLog
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
@@ -123,6 +123,9 @@ class Service:
         # Consumers that closed (RELEASE): a long-poll of theirs still waiting here must not
         # claim messages for them any more (nobody would receive the reply).
         self._released: dict[str, float] = {}
+        leaders.piggyback = self._piggyback
+        #: Claims whose delivery records rode on an APPEND (for tests and tuning).
+        self.piggybacked = 0
 
     async def _guard(self, run: Callable[[], Awaitable[bytes]]) -> bytes:
         try:
@@ -203,7 +206,13 @@ class Service:
                 group = self.store.state(key, req.config).groups.get(req.group)
                 if group is not None and group.pending:
                     wake = min(wake, min(p.deadline for p in group.pending.values()))
-            await self._wait(leader.changed, max(0.0, wake - now))
+            parked = await self._wait_any(
+                [leader], max(0.0, wake - now), [(leader, req)] if req.group else []
+            )
+            for park in parked:
+                if park.reply is not None and park.committed is not None:
+                    await park.committed  # fails retryably when the append failed
+                    return park.reply
 
     async def handle_fetch_many(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         """FETCH for several partitions this node sequences, as one long-poll; each section
@@ -241,12 +250,23 @@ class Service:
             ):
                 continue
             wake = deadline
-            for key, req in sections:
-                if req.group:
+            parks: list[tuple[Leader, FetchRequest]] = []
+            parked_at: list[int] = []  # the section of each park
+            for i, ((key, req), leader) in enumerate(zip(sections, leaders, strict=True)):
+                if req.group and leader is not None:
+                    parks.append((leader, req))
+                    parked_at.append(i)
                     group = self.store.state(key, req.config).groups.get(req.group)
                     if group is not None and group.pending:
                         wake = min(wake, min(p.deadline for p in group.pending.values()))
-            await self._wait_any([leader for leader in leaders if leader], max(0.0, wake - now))
+            parked = await self._wait_any(
+                [leader for leader in leaders if leader], max(0.0, wake - now), parks
+            )
+            claimed = {
+                i: park for i, park in zip(parked_at, parked, strict=True) if park.reply is not None
+            }
+            if claimed:
+                return await self._parked_outcomes(instant, claimed)
 
     async def _fetch_pass(
         self, sections: list[tuple[bytes, FetchRequest]]
@@ -295,34 +315,81 @@ class Service:
         leader = self.leaders.leaders.get(key)
         return None if leader is None else (leader, leader.version)
 
-    async def _wait_any(self, leaders: list[Leader], timeout: float) -> None:
+    async def _wait_any(
+        self,
+        leaders: list[Leader],
+        timeout: float,
+        parks: Sequence[tuple[Leader, FetchRequest]] = (),
+    ) -> list[Parked]:
+        """Wait until one of ``leaders`` notifies or ``timeout``; meanwhile each group
+        request of ``parks`` is parked on its leader, so an APPEND leaving before the wake
+        may claim for it (returned with ``reply`` set: await ``committed``, then hand the
+        reply out, or the claim is lost until its ``ack_wait`` ends)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         handle = self.clock.call_later(timeout, functools.partial(_resolve, done))
         for leader in leaders:
             leader.waiters.add(done)
+        parked = [(leader, Parked(req, done)) for leader, req in parks]
+        for leader, park in parked:
+            leader.parked.append(park)
         try:
             await done
         finally:
             handle.cancel()
             for leader in leaders:
                 leader.waiters.discard(done)
+            for leader, park in parked:
+                leader.parked.remove(park)
+        return [park for _, park in parked]
 
-    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+    async def _parked_outcomes(
+        self,
+        instant: list[tuple[bytes, FetchRequest]],
+        claimed: dict[int, Parked],  # section index -> its park, claimed for
+    ) -> list[FetchReply | BaseException]:
+        """The answer of a long-poll woken with claims made for some sections by an APPEND:
+        those sections' replies once their appends committed, the others' of one pass."""
+        rest = [i for i in range(len(instant)) if i not in claimed]
+        outcomes: list[FetchReply | BaseException | None] = [None] * len(instant)
+        if rest:
+            done = await self._fetch_pass([instant[i] for i in rest])
+            for i, outcome in zip(rest, done, strict=True):
+                outcomes[i] = outcome
+        for i, park in claimed.items():
+            if park.reply is None or park.committed is None:
+                continue
+            try:
+                await park.committed
+                outcomes[i] = park.reply
+            except PeerRingError as exc:
+                outcomes[i] = exc
+        return [o if o is not None else InvalidOptionError("no outcome") for o in outcomes]
 
-        def fire() -> None:
-            if not done.done():
-                done.set_result(None)
+    def _piggyback(self, leader: Leader, slot: Slot) -> None:
+        """Claim the messages of ``slot`` (the partition's next APPEND, the only one in
+        flight) for the group long-polls parked on ``leader``; their delivery records ride
+        on the APPEND (``slot.groups``) and each reply is handed out once it committed.
 
-        handle = self.clock.call_later(timeout, fire)
-        waiter = asyncio.ensure_future(event.wait())
-        waiter.add_done_callback(lambda _: fire())
-        try:
-            await done
-        finally:
-            handle.cancel()
-            waiter.cancel()
+        The records of the uncommitted sequences carry the leader's epoch: if the append
+        fails and a takeover fills those sequences differently, they are stale and the
+        new sequencer hands those sequences out again at once (see GroupState.claim)."""
+        for park in leader.parked:
+            req = park.req
+            if park.wake.done() or park.reply is not None or req.consumer in self._released:
+                continue
+            state = self.store.state(leader.key, req.config)
+            if req.group not in state.groups or req.config != leader.config:
+                continue
+            reply, delta = self._claim_now(leader, req, slot)
+            if delta is None:
+                continue
+            state.merge_group(req.group, delta)  # at once: the next claim must not repeat it
+            slot.groups.append((req.group, delta))
+            if slot.committed is None:
+                slot.committed = asyncio.get_running_loop().create_future()
+            park.reply = reply
+            park.committed = slot.committed
+            self.piggybacked += 1
 
     def _read(self, leader: Leader, req: FetchRequest) -> FetchReply:
         log = self.store.state(leader.key, req.config).log
@@ -377,31 +444,40 @@ class Service:
     ) -> tuple[FetchReply, Awaitable[None] | None]:
         """Claim for an existing group: the reply, and the replication of the delivery
         records to await before handing it out (None: nothing changed)."""
-        state = self.store.state(leader.key, req.config)
         if req.consumer in self._released:
             return FetchReply([], [], 0, 0), None
+        reply, delta = self._claim_now(leader, req)
+        wait = None
+        if delta is not None:
+            wait = self.leaders.replicate_group_begin(leader, req.group, delta)
+        return reply, wait
+
+    def _claim_now(
+        self, leader: Leader, req: FetchRequest, slot: Slot | None = None
+    ) -> tuple[FetchReply, GroupState | None]:
+        """Claim for an existing group up to the commit point, or with ``slot`` up to the
+        end of that APPEND: the reply and the delta to replicate (None: nothing changed).
+        Dead letters and expired messages are handled here."""
+        state = self.store.state(leader.key, req.config)
         log = state.log
         group = state.group(req.group)
-        now = self.clock.monotonic()
-
-        def is_message(seq: int) -> bool:
-            return log.entries.kind(seq) == MESSAGE
-
-        claim = group.claim(
+        commit = leader.commit
+        claim = state.claim(
+            req.group,
             req.consumer,
             req.limit,
-            is_message,
-            log.first,
-            leader.commit + 1,
-            now,
-            req.ack_wait,
-            req.max_deliver,
+            commit=commit,
+            end=commit + 1 if slot is None else slot.batch[-1][0].seq + 1,
+            epoch=leader.ballot.epoch,
+            now=self.clock.monotonic(),
+            ack_wait=req.ack_wait,
+            max_deliver=req.max_deliver,
         )
-        assert claim.delta is not None
-        changed = claim.delta.floor > group.floor or claim.delta.next > group.next
-        wait = None
-        if claim.deliver or claim.delta.done or changed:
-            wait = self.leaders.replicate_group_begin(leader, req.group, claim.delta)
+        delta = claim.delta
+        assert delta is not None
+        changed = delta.floor > group.floor or delta.next > group.next
+        if not (claim.deliver or delta.done or changed):
+            delta = None
         if claim.expired:
             self.expired += claim.expired
             logger.warning(
@@ -415,11 +491,13 @@ class Service:
         entries = []
         deliveries = []
         for seq, count in claim.deliver:
-            entry = log.entries.get(seq)
+            entry = log.entries.get(seq) if seq <= commit or slot is None else None
+            if entry is None and slot is not None and seq > commit:
+                entry = slot.batch[seq - commit - 1][0]
             if entry is not None:
                 entries.append(entry)
                 deliveries.append(count)
-        return FetchReply(entries, deliveries, group.next, claim.expired), wait
+        return FetchReply(entries, deliveries, group.next, claim.expired), delta
 
     def _schedule_dead_letter(self, leader: Leader, group: str, seq: int) -> None:
         token = (leader.key, group, seq)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from peer_ring.pubsub._codec import CodecError, Reader, Writer
 from peer_ring.pubsub._config import TopicConfig
-from peer_ring.pubsub._group import GroupState, Pending
-from peer_ring.pubsub._log import Ballot, DedupRecord, Entry, PartitionLog
+from peer_ring.pubsub._group import Claim, GroupState, Pending
+from peer_ring.pubsub._log import MESSAGE, Ballot, DedupRecord, Entry, PartitionLog
 
 META = 1
 ENTRIES = 2
@@ -44,6 +44,52 @@ class PartitionState:
     def merge_group(self, name: str, delta: GroupState) -> None:
         """Merge a group delta or copy."""
         self.group(name).merge(delta)
+
+    def claim(
+        self,
+        name: str,
+        consumer: str,
+        limit: int,
+        *,
+        commit: int,
+        end: int,
+        epoch: int,
+        now: float,
+        ack_wait: float,
+        max_deliver: int,
+    ) -> Claim:
+        """The sequencer's claim for ``consumer`` of group ``name`` (see
+        :meth:`GroupState.claim`): sequences up to ``commit`` are in this log; those in
+        ``(commit, end)`` are the messages of the APPEND of ``epoch`` about to leave
+        (``end == commit + 1``: none). A pending record made with an earlier append is
+        stale when the entry at its sequence has another epoch (or, above ``commit``, is
+        this append's)."""
+        entries = self.log.entries
+        kind_of = entries.kind
+        epoch_of = entries.epoch
+
+        def is_message(seq: int) -> bool:
+            return seq > commit or kind_of(seq) == MESSAGE
+
+        def stale(seq: int, p: Pending) -> bool:
+            if seq > commit:
+                return True
+            held = epoch_of(seq)
+            return held is not None and held != p.epoch
+
+        return self.group(name).claim(
+            consumer,
+            limit,
+            is_message,
+            self.log.first,
+            end,
+            now,
+            ack_wait,
+            max_deliver,
+            stale=stale,
+            tentative_after=commit,
+            epoch=epoch,
+        )
 
     def merge(self, other: PartitionState) -> None:
         """Join ``other`` into this state."""
@@ -210,7 +256,7 @@ def encode_group_state(w: Writer, state: GroupState) -> None:
     w.u64(len(runs))
     for start, count, p in runs:
         w.u64(start).u64(count).str_(p.consumer).u64(p.deliveries).u64(p.rev)
-        w.f64(p.deadline).f64(p.wait)
+        w.f64(p.deadline).f64(p.wait).u64(p.epoch)
 
 
 def decode_group_state(r: Reader) -> GroupState:
@@ -229,7 +275,7 @@ def decode_group_state(r: Reader) -> GroupState:
         start, count = r.u64(), r.u64()
         if count > _MAX_RUN:
             raise CodecError(f"a run of {count} pending sequences")
-        p = Pending(r.str_(), r.u64(), r.u64(), r.f64(), r.f64())
+        p = Pending(r.str_(), r.u64(), r.u64(), r.f64(), r.f64(), r.u64())
         for seq in range(start, start + count):
             state.pending[seq] = p
     return state

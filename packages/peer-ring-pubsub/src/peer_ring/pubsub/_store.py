@@ -137,6 +137,8 @@ class Store:
         log.note_commit(req.commit)
         for entry in req.entries:
             log.add(entry)
+        for name, delta in req.groups:  # delivery records riding on the append
+            state.merge_group(name, delta)
         log.apply_retention(self._wall())
         self.on_change(key)
 

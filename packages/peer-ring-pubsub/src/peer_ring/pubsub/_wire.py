@@ -105,13 +105,16 @@ def open_reply(payload: bytes) -> Reader:
 # ----------------------------------------------------------- replica commands
 @dataclass(slots=True)
 class AppendRequest:
-    """Entries the sequencer of ``ballot`` replicates (also carries its epoch start)."""
+    """Entries the sequencer of ``ballot`` replicates (also carries its epoch start), and
+    the delivery records of consumers that were waiting for them (``groups``: group name
+    and delta, merged with the entries by every replica that accepts the append)."""
 
     config: TopicConfig
     ballot: Ballot
     start: int
     commit: int
     entries: list[Entry]
+    groups: list[tuple[str, GroupState]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         w = Writer()
@@ -120,6 +123,10 @@ class AppendRequest:
         w.u64(len(self.entries))
         for entry in self.entries:
             encode_entry(w, entry)
+        w.u64(len(self.groups))
+        for name, delta in self.groups:
+            w.str_(name)
+            encode_group_state(w, delta)
         return w.getvalue()
 
     @classmethod
@@ -129,8 +136,9 @@ class AppendRequest:
         ballot = Ballot(r.u64(), r.str_())
         start, commit = r.u64(), r.i64()
         entries = decode_entries(r, r.u64())
+        groups = [(r.str_(), decode_group_state(r)) for _ in range(r.u64())]
         r.done()
-        return cls(config, ballot, start, commit, entries)
+        return cls(config, ballot, start, commit, entries, groups)
 
 
 @dataclass(slots=True)

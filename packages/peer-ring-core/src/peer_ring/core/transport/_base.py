@@ -15,6 +15,8 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from peer_ring.core._errors import InvalidArgumentError
 from peer_ring.core._types import Request, Response, TransferRequest
@@ -32,6 +34,24 @@ FieldsDispatch = Callable[
     [str, str, str, bytes, bytes, int, str, float, bool],
     "bytes | Response | Awaitable[Response]",
 ]
+
+
+class CallOwner(Protocol):
+    """Who is told of a submitted request's outcome (see :meth:`Transport.submit`)."""
+
+    def answered(self, target: str, hint: str, payload: bytes) -> None:
+        """``target`` answered the request sent for ``hint`` with a success."""
+        ...
+
+    def on_response(self, target: str, hint: str, response: Response) -> None:
+        """``target`` answered the request sent for ``hint`` with an error status."""
+        ...
+
+    def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
+        """The request's future is done: failed, cancelled, or answered (when the
+        transport has no direct path: then ``fut.result()`` is the response)."""
+        ...
+
 
 #: Called for each inbound bulk transfer with the sender's address; yields chunks of
 #: records (each chunk a list of opaque record bytes).
@@ -190,6 +210,40 @@ class Transport(ABC):
     @abstractmethod
     def request(self, peer: str, request: Request) -> asyncio.Future[Response]:
         """Send ``request`` to ``peer``; the future resolves with its response."""
+
+    def submit(
+        self,
+        peer: str,
+        owner: CallOwner,
+        hint: str,
+        namespace: str,
+        command: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        timeout: float,
+    ) -> None:
+        """Send a request given by its fields; its outcome goes to ``owner``.
+
+        A success reaches ``owner.answered(peer, hint, payload)``, an error status
+        ``owner.on_response(peer, hint, response)`` (both from the reader, at once, where
+        the transport can; see ``OutboundCall``); a failure, a cancellation, or any outcome
+        on a transport without that direct path reaches ``owner.on_done(peer, hint, fut)``
+        from the loop. Never raises. The TCP transport overrides this with a path that
+        builds no :class:`Request`; this default sends one through :meth:`request`.
+        """
+        # Imported here: _outbound imports this module.
+        from peer_ring.core.transport._outbound import OutboundCall
+
+        fut = self.request(
+            peer, Request(namespace, command, key, payload, partition, hint, timeout)
+        )
+        if type(fut) is OutboundCall and not fut.done():
+            # The gRPC transport's call: its reader tells the owner directly.
+            fut.owner = owner
+            fut.hint = hint
+        else:
+            fut.add_done_callback(partial(owner.on_done, peer, hint))
 
     @abstractmethod
     def transfer(

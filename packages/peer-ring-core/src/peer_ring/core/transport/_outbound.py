@@ -25,7 +25,8 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -41,12 +42,12 @@ from peer_ring.core._errors import (
 )
 from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
-from peer_ring.core.transport._base import TransportLimits
+from peer_ring.core.transport._base import CallOwner, TransportLimits
 from peer_ring.core.transport._codec import (
     STATUSES,
     cancel_parts,
     join_frames,
-    request_part,
+    request_fields_part,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._linger import linger
@@ -90,39 +91,42 @@ class _ConnectError(Exception):
     """An attempt to open the Exchange stream failed (the message says why)."""
 
 
-class CallOwner(Protocol):
-    """Who is told of a call's outcome directly (see :attr:`OutboundCall.owner`)."""
-
-    def answered(self, target: str, hint: str, response: Response) -> None:
-        """``target`` answered the call sent for ``hint`` with ``response``."""
-        ...
-
-    def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
-        """``fut`` (the call to ``target``, sent for ``hint``) failed or was cancelled."""
-        ...
-
-
 class OutboundCall(asyncio.Future[Response]):
     """The future of one request: it *is* the request's bookkeeping entry.
 
     Subclassing the future (instead of adding a done-callback) lets a cancellation by the
     caller release the in-flight slot at once, at no cost on the normal path.
 
-    A caller may set :attr:`owner` (and :attr:`hint`) on a call that is not done yet instead
-    of adding a done-callback. An answer is then delivered by the reader directly, in the
-    same loop turn, as ``owner.answered(peer, hint, response)`` once the call holds it:
-    that saves the callback's partial, its scheduling, a loop turn and the future's
-    checks per request (the coordinator's operations do this). A failure or a
-    cancellation is delivered through the loop, as a done-callback would be, as
-    ``owner.on_done(peer, hint, call)``.
+    A call made by :meth:`PeerConnection.submit` with an *owner* is not resolved on an
+    answer: the reader tells the owner directly, in the same loop turn, as
+    ``owner.answered(peer, hint, payload)`` for a success and ``owner.on_response(peer,
+    hint, response)`` for an error status. That saves the future's result, a done-callback
+    and its partial, its scheduling and a loop turn per request, and the ``Response``
+    object of every success (the coordinator's operations work this way). A failure or a
+    cancellation resolves the call and is delivered through the loop, as a done-callback
+    would be, as ``owner.on_done(peer, hint, call)``. A caller may also set :attr:`owner`
+    and :attr:`hint` on a call of :meth:`PeerConnection.request` that is not done yet
+    (``Transport.submit``'s default does).
     """
 
-    # Set by PeerConnection.request right after construction: no Python __init__, which
+    # Set by PeerConnection.submit right after construction: no Python __init__, which
     # would cost an extra call per request.
-    __slots__ = ("_conn", "data", "hint", "owner", "request", "rid", "sent", "tick", "timeout")
+    __slots__ = (
+        "_conn",
+        "command",
+        "data",
+        "hint",
+        "namespace",
+        "owner",
+        "rid",
+        "sent",
+        "tick",
+        "timeout",
+    )
     _conn: PeerConnection
     rid: int
-    request: Request
+    namespace: str
+    command: str
     data: bytes  # the encoded Frame part, until written
     timeout: float
     sent: bool
@@ -222,12 +226,42 @@ class PeerConnection:
 
     def request(self, req: Request) -> asyncio.Future[Response]:
         """Queue ``req``; the returned future resolves with the peer's response."""
+        return self.submit(
+            None,
+            req.hint,
+            req.namespace,
+            req.command,
+            req.key,
+            req.payload,
+            req.partition,
+            req.timeout,
+        )
+
+    def submit(
+        self,
+        owner: CallOwner | None,
+        hint: str,
+        namespace: str,
+        command: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        timeout: float,
+    ) -> asyncio.Future[Response]:
+        """Queue a request given by its fields (no :class:`Request` object); ``hint`` is
+        the request's hint, handed back to the owner with the outcome.
+
+        With an ``owner``, the outcome goes to it (see :class:`OutboundCall`), a refusal
+        here (peer down, overloaded, too large) included, through the loop; the returned
+        future is then only for the caller's information. Without one, the future
+        resolves with the peer's response.
+        """
         state = self._state
         if state is _DOWN:
             self._stats.unavailable += 1
-            return self._failed(PeerUnavailableError(self.peer, self._down_reason))
+            return self._failed(PeerUnavailableError(self.peer, self._down_reason), owner, hint)
         if state is _CLOSED:
-            return self._failed(self._closed_error())
+            return self._failed(self._closed_error(), owner, hint)
         if self._task is None:
             self.start()
         if len(self._calls) >= self._capacity:
@@ -236,34 +270,43 @@ class PeerConnection:
                 OverloadedError(
                     f"{len(self._calls)} requests already pending for peer {self.peer} "
                     f"(max_in_flight_per_peer + max_queued_per_peer = {self._capacity})"
-                )
+                ),
+                owner,
+                hint,
             )
         rid = self._next_id
         self._next_id = rid + 1
-        timeout = req.timeout if req.timeout > 0 else self._limits.default_timeout  # NaN too
+        if not timeout > 0:  # 0 and NaN too
+            timeout = self._limits.default_timeout
         if timeout > MAX_TIMEOUT:
             timeout = MAX_TIMEOUT  # inf would overflow the wire's uint32 milliseconds
         try:
-            data = request_part(rid, req, timeout)
+            data = request_fields_part(
+                rid, namespace, command, key, payload, partition, hint, timeout
+            )
         except (TypeError, ValueError) as exc:
-            return self._failed(InvalidArgumentError(f"cannot encode request: {exc}"))
+            return self._failed(InvalidArgumentError(f"cannot encode request: {exc}"), owner, hint)
         if len(data) > self._max_bytes:
             self._stats.oversized_requests += 1
             return self._failed(
                 MessageTooLargeError(
-                    f"request {req.namespace}/{req.command} to {self.peer} is {len(data)} "
+                    f"request {namespace}/{command} to {self.peer} is {len(data)} "
                     f"bytes, over max_message_bytes={self._max_bytes}"
-                )
+                ),
+                owner,
+                hint,
             )
         call = OutboundCall(loop=self._loop)
         call._conn = self
         call.rid = rid
-        call.request = req
+        call.namespace = namespace
+        call.command = command
         call.data = data
         call.timeout = timeout
         call.sent = False
         call.tick = self._wheel.add(call, timeout)
-        call.owner = None
+        call.owner = owner
+        call.hint = hint
         self._calls[rid] = call
         self._queue.append(call)
         if self._writer_idle and state is _UP and self._in_flight < self._max_in_flight:
@@ -273,9 +316,13 @@ class PeerConnection:
             self._wakeup.set()
         return call
 
-    def _failed(self, exc: BaseException) -> asyncio.Future[Response]:
+    def _failed(
+        self, exc: BaseException, owner: CallOwner | None = None, hint: str = ""
+    ) -> asyncio.Future[Response]:
         fut: asyncio.Future[Response] = self._loop.create_future()
         fut.set_exception(exc)
+        if owner is not None:
+            fut.add_done_callback(partial(owner.on_done, self.peer, hint))
         return fut
 
     def expire(self, call: OutboundCall) -> None:
@@ -284,10 +331,9 @@ class PeerConnection:
             return
         self._forget(call)
         self._stats.timeouts += 1
-        req = call.request
         call.set_exception(
             RequestTimeoutError(
-                f"{req.namespace}/{req.command} to {self.peer} got no answer "
+                f"{call.namespace}/{call.command} to {self.peer} got no answer "
                 f"within {call.timeout:g}s"
             )
         )
@@ -597,26 +643,40 @@ class PeerConnection:
                 continue  # answered, timed out or cancelled already (or a bogus id)
             del calls[rid]
             remove(call, call.tick)
-            status = msg.status
-            response = Response(
-                statuses[status] if 0 <= status < known else Status.ERROR,  # status_of
-                msg.payload,
-                msg.error,
-            )
-            call.set_result(response)
             freed += 1
+            status = msg.status
             owner = call.owner
-            if owner is not None:
-                call.owner = None
-                try:
-                    owner.answered(peer, call.hint, response)
-                except Exception:
-                    # As the loop does for a failing done-callback: this reader and the
-                    # other answers of the frame must not suffer from it.
-                    logger.exception("the owner of a request to %s failed on its answer", peer)
+            if owner is None:
+                call.set_result(
+                    Response(
+                        statuses[status] if 0 <= status < known else Status.ERROR,  # status_of
+                        msg.payload,
+                        msg.error,
+                    )
+                )
+                continue
+            # The owner's call stays unresolved: nobody else holds it (see OutboundCall).
+            call.owner = None
+            try:
+                if status == 0:
+                    owner.answered(peer, call.hint, msg.payload)
+                else:
+                    owner.on_response(
+                        peer,
+                        call.hint,
+                        Response(
+                            statuses[status] if 0 <= status < known else Status.ERROR,
+                            msg.payload,
+                            msg.error,
+                        ),
+                    )
+            except Exception:
+                # As the loop does for a failing done-callback: this reader and the
+                # other answers of the frame must not suffer from it.
+                logger.exception("the owner of a request to %s failed on its answer", peer)
         self._in_flight -= freed
         sample = self._sample
-        if sample is not None and sample.done():
+        if sample is not None and sample.rid not in calls:  # answered (else _forget clears it)
             self._sample = None
             rtt = self._loop.time() - self._sample_at
             old = self.latency

@@ -29,6 +29,7 @@ import hmac
 import logging
 import random
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -43,6 +44,7 @@ from peer_ring.core._errors import (
 )
 from peer_ring.core._types import Request, Response, TransferRequest
 from peer_ring.core.transport._base import (
+    CallOwner,
     InboundHandler,
     ReachabilityListener,
     TransferHandler,
@@ -234,6 +236,30 @@ class TcpTransport(Transport):
                 return fut
             conn = self._connection(peer)
         return conn.request(request)
+
+    def submit(
+        self,
+        peer: str,
+        owner: CallOwner,
+        hint: str,
+        namespace: str,
+        command: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        timeout: float,
+    ) -> None:
+        """Send a request given by its fields to ``peer``; its outcome goes to ``owner``
+        (see :meth:`Transport.submit`). No :class:`Request` object. Never raises."""
+        conn = self._peers.get(peer)
+        if conn is None:
+            if not self._running:
+                fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+                fut.set_exception(self._not_running())
+                fut.add_done_callback(partial(owner.on_done, peer, hint))
+                return
+            conn = self._connection(peer)
+        conn.submit(owner, hint, namespace, command, key, payload, partition, timeout)
 
     async def connect(self, peer: str) -> None:
         """Open the connection to ``peer`` now (otherwise the first request does).
