@@ -50,7 +50,7 @@ from peer_ring.core.transport._codec import (
     request_fields_part,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel
-from peer_ring.core.transport._linger import linger
+from peer_ring.core.transport._linger import hold, linger
 from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
 from peer_ring.core.transport._stats import TransportStats
 
@@ -178,6 +178,7 @@ class PeerConnection:
         stats: TransportStats,
         on_reachability: Callable[[str, bool], None],
         renew_channel: Callable[[bool], grpc.aio.Channel | None] | None = None,
+        hold: float = 0.0,
     ) -> None:
         self.peer = peer
         self.channel = channel
@@ -216,6 +217,12 @@ class PeerConnection:
         self._retry = asyncio.Event()  # "the peer is alive: stop waiting out the backoff"
         self._fresh_channel = False  # the next attempt uses a new channel (retry_now)
         self._next_id = 1
+        # gRPC's Nagle-like hold (see _linger.hold): up to ``hold`` seconds, the writer keeps
+        # new requests back while the previous frame is unanswered, i.e. while more than
+        # _release_at requests are in flight. 0 (TCP): never.
+        self._hold = hold
+        self._release_at = 0
+        self._holding = False
         # Round-trip latency sampled on one request at a time (a clock read per sample, not
         # per request): the call timed, when it was written, the moving average (seconds).
         self._sample: OutboundCall | None = None
@@ -376,6 +383,7 @@ class PeerConnection:
         self._queue.clear()
         self._cancels = []
         self._in_flight = 0
+        self._release_at = 0
         self._sample = None
         for call in calls.values():
             self._wheel.remove(call, call.tick)
@@ -584,6 +592,15 @@ class PeerConnection:
                     self._writer_idle = False
                 await linger(lambda: len(queue))
                 continue
+            if self._hold and self._in_flight > self._release_at and not self._cancels:
+                self._holding = True
+                try:
+                    await hold(wakeup, self._hold)
+                finally:
+                    self._holding = False
+                self._release_at = self._in_flight  # answered or not: the next frame goes out
+                await linger(lambda: len(queue))
+                continue
             parts: list[bytes] = []
             if self._cancels:
                 ids = self._cancels
@@ -603,6 +620,7 @@ class PeerConnection:
                 if self._sample is None:
                     self._sample = call
                     self._sample_at = self._loop.time()
+            self._release_at = self._in_flight
             self._in_flight += sent
             stats.requests_sent += sent
             if not parts:
@@ -675,6 +693,8 @@ class PeerConnection:
                 # other answers of the frame must not suffer from it.
                 logger.exception("the owner of a request to %s failed on its answer", peer)
         self._in_flight -= freed
+        if self._holding and self._in_flight <= self._release_at:
+            self._wakeup.set()  # the previous frame is answered: the held requests go out
         sample = self._sample
         if sample is not None and sample.rid not in calls:  # answered (else _forget clears it)
             self._sample = None
