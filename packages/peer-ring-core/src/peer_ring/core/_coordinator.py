@@ -3,8 +3,8 @@
 Any node can coordinate an operation: it computes the key's preference list, runs the
 command locally when it is a replica (through the dispatcher, like any peer would), sends
 it to the other replicas and returns once ``quorum`` of them succeeded. It creates no
-asyncio Task per operation: remote replies resolve futures whose callbacks feed a
-:class:`~peer_ring.core._quorum.QuorumCollector` (see :mod:`._operation`).
+asyncio Task per operation: replies reach the operation from the transport's reader, and
+the operation is itself the future awaited (see :mod:`._operation`, :mod:`._quorum`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from peer_ring.core._errors import (
 )
 from peer_ring.core._membership import Membership
 from peer_ring.core._operation import BatchSender, Operation
-from peer_ring.core._quorum import QuorumCollector
 from peer_ring.core._result import ExecuteResult, Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
@@ -186,8 +185,8 @@ class Coordinator:
         me = self.address
         if len(prefs) == 1 and prefs[0] == me:
             # The fast path for a key only this node replicates (replication 1 on an owned
-            # key): the handler runs inline and a success returns with no collector, no
-            # future and no Operation. Anything else (an error to forward or count, an
+            # key): the handler runs inline and a success returns with no Operation (no
+            # future). Anything else (an error to forward or count, an
             # awaitable handler) goes to the general machinery below with this outcome.
             out = self.dispatcher.dispatch(
                 me, namespace, decl.name, key_b, payload, partition, "", wait
@@ -196,20 +195,18 @@ class Coordinator:
                 result.replies.append(Reply(me, out, None))
                 result._finish()
                 return result
-            collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
             op = Operation(
-                self, collector, ring, namespace, decl, key_b, payload, partition, n, wait
+                self, ring, namespace, decl, key_b, payload, partition, n, wait, q, result
             )
             op.used = prefs
             op.take_local("", out)
         else:
-            collector = QuorumCollector(asyncio.get_running_loop(), namespace, decl.name, result, q)
             op = Operation(
-                self, collector, ring, namespace, decl, key_b, payload, partition, n, wait
+                self, ring, namespace, decl, key_b, payload, partition, n, wait, q, result
             )
             op.start(prefs)
         try:
-            return await collector.future
+            return await op
         except QuorumNotReachedError:
             self.quorum_failed(namespace)
             raise
@@ -265,12 +262,11 @@ class Coordinator:
                 result.error = _too_few(namespace, decl.name, q, len(prefs))
                 result._finish()
                 continue
-            collector = QuorumCollector(loop, namespace, decl.name, result, q)
-            remaining += 1
-            collector.future.add_done_callback(functools.partial(key_done, result))
             op = Operation(
-                self, collector, ring, namespace, decl, key_b, payload, partition, n, wait, sender
+                self, ring, namespace, decl, key_b, payload, partition, n, wait, q, result, sender
             )
+            remaining += 1
+            op.add_done_callback(functools.partial(key_done, result))
             op.start(prefs)
         sender.flush()
         if remaining:

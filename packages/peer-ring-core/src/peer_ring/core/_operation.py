@@ -1,10 +1,10 @@
 """The fan-out of one key: sloppy-quorum substitutes, read forwarding, batched sends.
 
-An :class:`Operation` sends one key's command to its replicas and feeds every reply,
-local or remote, to its :class:`~peer_ring.core._quorum.QuorumCollector` through
-:meth:`Operation.settle`. A failed hinted write goes to a substitute with a hint (Dynamo
-§4.6); a read refused as "not ready" goes to a previous holder of the partition. Each node
-is asked at most once per key.
+An :class:`Operation` sends one key's command to its replicas and counts every reply,
+local or remote: it is a :class:`~peer_ring.core._quorum.QuorumCollector`, the future the
+coordinator awaits (one object per operation). A failed hinted write goes to a substitute
+with a hint (Dynamo §4.6); a read refused as "not ready" goes to a previous holder of the
+partition. Each node is asked at most once per key.
 
 A reading command (``reads`` and not ``mutates``) with ``read_fanout="quorum"`` asks only
 ``quorum`` replicas first: this node when it is a replica and can serve the partition,
@@ -35,8 +35,8 @@ from peer_ring.core._errors import (
     PeerUnavailableError,
     RequestTimeoutError,
 )
-from peer_ring.core._quorum import QuorumCollector
-from peer_ring.core._result import Reply
+from peer_ring.core._quorum import QuorumCollector, future_init
+from peer_ring.core._result import ExecuteResult, Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
 from peer_ring.core._types import Request, Response, Status
@@ -49,17 +49,16 @@ if TYPE_CHECKING:
 _OK = Status.OK
 
 
-class Operation:
-    """One key of one ``execute`` / ``execute_many`` call."""
+class Operation(QuorumCollector):
+    """One key of one ``execute`` / ``execute_many`` call: its fan-out, and (as a
+    :class:`QuorumCollector`) the count of its replies and the future awaited for it."""
 
     __slots__ = (
         "batch",
-        "collector",
         "command",
         "coord",
         "key",
         "n",
-        "namespace",
         "partition",
         "payload",
         "ring",
@@ -72,7 +71,6 @@ class Operation:
     def __init__(
         self,
         coord: Coordinator,
-        collector: QuorumCollector,
         ring: Ring,
         namespace: str,
         command: Command,
@@ -81,10 +79,20 @@ class Operation:
         partition: int,
         n: int,
         timeout: float,
+        quorum: int,
+        outcome: ExecuteResult,
         batch: BatchSender | None = None,
     ) -> None:
+        # QuorumCollector.__init__'s work inline (one call less per operation); the loop is
+        # the running one (the C Future.__init__ looks it up).
+        future_init(self)
+        self.outcome = outcome
+        self.name = command.name
+        self.quorum = quorum
+        self.expected = len(outcome.preference_list)
+        self.successes = 0
+        self.failures = 0
         self.coord = coord
-        self.collector = collector
         self.ring = ring
         self.namespace = namespace
         self.command = command
@@ -116,7 +124,7 @@ class Operation:
             command.reads
             and not command.mutates
             and coord.quorum_reads
-            and self.collector.quorum < len(prefs)
+            and self.quorum < len(prefs)
         ):
             self._start_read(prefs)
             return
@@ -158,8 +166,7 @@ class Operation:
         """Ask ``quorum`` replicas of ``prefs``; keep the others as spares."""
         coord = self.coord
         me = coord.address
-        collector = self.collector
-        need = collector.quorum
+        need = self.quorum
         # This node first when it replicates the key and can serve it now (a replica
         # still pulling the partition would make the read wait, then refuse).
         local = me in prefs and coord.sync.readable(self.partition)
@@ -185,7 +192,7 @@ class Operation:
         if need:  # not enough healthy replicas: the least bad spares, in order
             ask += spares[:need]
             del spares[:need]
-        collector.expect(len(ask) + local)
+        self.expected = len(ask) + local
         self.spares = spares
         direct = self.batch is None
         for replica in ask:
@@ -208,7 +215,7 @@ class Operation:
         if local:  # last: remote requests are on their way while the handler runs
             self._run_here("")
         delay = coord.speculate_after
-        if spares and delay is not None and not collector.future.done():
+        if spares and delay is not None and not self.done():
             # An entry in the coordinator's DeadlineWheel (5 ms ticks, one timer per wheel),
             # not a timer per read.
             self.tick = coord.speculation.add(self, delay)
@@ -217,10 +224,10 @@ class Operation:
         """The quorum is still missing after ``read_speculate_after``: ask one more."""
         self.tick = 0
         coord = self.coord
-        if self.collector.future.done() or not self.spares or not coord.running:
+        if self.done() or not self.spares or not coord.running:
             return
         coord.speculative_reads += 1
-        self.collector.grow()
+        self.expected += 1
         self.send(self.spares.pop(0), "")
         delay = coord.speculate_after
         if self.spares and delay is not None:
@@ -228,7 +235,7 @@ class Operation:
 
     def _quorum_known(self) -> None:
         """Disarm the speculative deadline once the read's outcome is decided."""
-        if self.collector.future.done():
+        if self.done():
             self.coord.speculation.remove(self, self.tick)
             self.tick = 0
 
@@ -270,7 +277,15 @@ class Operation:
             self.timeout,
         )
         if type(out) is bytes:  # take_local's common case, without the call
-            self.collector.add(Reply(coord.address, out, None))
+            # QuorumCollector.add's success case, inline.
+            outcome = self.outcome
+            if not outcome._complete:
+                outcome.replies.append(Reply(coord.address, out, None))
+                self.successes += 1
+                if self.successes >= self.quorum and not self.done():
+                    self.set_result(outcome)
+                if self.successes + self.failures >= self.expected:
+                    outcome._finish()
             if self.tick:
                 self._quorum_known()
         else:
@@ -322,7 +337,15 @@ class Operation:
         membership = self.coord.membership
         if membership.suspects or membership.downs:  # else peer_ok has nothing to clear
             self.coord.sync.peer_ok(target)
-        self.collector.add(Reply(target, payload, None))
+        # QuorumCollector.add's success case, inline.
+        outcome = self.outcome
+        if not outcome._complete:
+            outcome.replies.append(Reply(target, payload, None))
+            self.successes += 1
+            if self.successes >= self.quorum and not self.done():
+                self.set_result(outcome)
+            if self.successes + self.failures >= self.expected:
+                outcome._finish()
         if self.tick:
             self._quorum_known()
 
@@ -336,7 +359,7 @@ class Operation:
     def settle_response(self, target: str, hint: str, response: Response) -> None:
         """Count ``target``'s answer (the same mapping for local and remote runs)."""
         if response.status == _OK:
-            self.collector.add(Reply(target, response.payload, None))
+            self.add(Reply(target, response.payload, None))
             if self.tick:
                 self._quorum_known()
             return
@@ -349,7 +372,7 @@ class Operation:
     def settle(self, target: str, hint: str, err: BaseException, *, forward: bool) -> None:
         """Count a failure, or first try a substitute / previous holder in its place."""
         spares = self.spares
-        if spares and self.coord.running and not self.collector.future.done():
+        if spares and self.coord.running and not self.done():
             # A quorum read: a replica not asked yet takes the failed one's place.
             self.coord.read_retries += 1
             self.send(spares.pop(0), "")
@@ -365,7 +388,7 @@ class Operation:
                 if holder is not None:
                     self.send(holder, hint or target)
                     return
-        self.collector.add(Reply(target, b"", err))
+        self.add(Reply(target, b"", err))
         if self.tick:
             self._quorum_known()
 

@@ -1,10 +1,15 @@
-"""Quorum counting: a small state machine fed with replica replies, no I/O.
+"""Quorum counting: a future fed with replica replies, no I/O.
 
-It resolves its future as soon as ``quorum`` successes arrived, or fails it with
+A :class:`QuorumCollector` *is* the future of one replicated operation: it resolves with
+its :class:`ExecuteResult` as soon as ``quorum`` successes arrived, or fails with
 ``QuorumNotReachedError`` as soon as too many replicas failed for the quorum to still be
 possible (no waiting for the deadline when the outcome is already known). It keeps
 collecting after that, so the :class:`ExecuteResult` sees every late reply. No asyncio
-Task is created: replies arrive through future callbacks.
+Task is created: replies arrive from the transport's reader or through future callbacks.
+
+The coordinator's :class:`~peer_ring.core._operation.Operation` is a collector (a
+subclass): one object and one future per operation, not an operation, a collector and a
+future (issue 23, round 5).
 """
 
 from __future__ import annotations
@@ -14,80 +19,84 @@ import asyncio
 from peer_ring.core._errors import QuorumNotReachedError
 from peer_ring.core._result import ExecuteResult, Reply
 
+#: The C ``Future.__init__``, called directly by subclasses' ``__init__`` (no ``super()``).
+future_init = asyncio.Future.__init__
 
-class QuorumCollector:
-    """Counts replies of one replicated operation."""
 
-    __slots__ = (
-        "_command",
-        "_expected",
-        "_failures",
-        "_namespace",
-        "_successes",
-        "future",
-        "quorum",
-        "result",
-    )
+class QuorumCollector(asyncio.Future[ExecuteResult]):
+    """Counts replies of one replicated operation; resolves with its result.
+
+    Attributes:
+        outcome: the :class:`ExecuteResult` the replies are collected in (the future's
+            result once the quorum is reached).
+        quorum: successes needed.
+        expected: replies to wait for (one per replica asked).
+    """
+
+    __slots__ = ("expected", "failures", "name", "namespace", "outcome", "quorum", "successes")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         namespace: str,
-        command: str,
-        result: ExecuteResult,
+        name: str,
+        outcome: ExecuteResult,
         quorum: int,
         expected: int | None = None,
     ) -> None:
-        self.future: asyncio.Future[ExecuteResult] = loop.create_future()
-        self.result = result
-        self._namespace = namespace
-        self._command = command
+        future_init(self, loop=loop)
+        self.outcome = outcome
+        self.namespace = namespace
+        self.name = name  # the command's
         self.quorum = quorum
         # Replies to wait for: one per replica asked (a substitute or a previous holder
         # takes the place of the one it replaces; a speculative read adds one, see grow()).
-        self._expected = len(result.preference_list) if expected is None else expected
-        self._successes = 0
-        self._failures = 0
+        self.expected = len(outcome.preference_list) if expected is None else expected
+        self.successes = 0
+        self.failures = 0
 
     def add(self, reply: Reply) -> None:
-        """Record one replica's reply."""
-        result = self.result
-        if result._complete:
+        """Record one replica's reply.
+
+        ``Operation.answered`` and ``Operation._run_here`` repeat the success case inline
+        (the hot path: one call less per reply); a change here goes there too.
+        """
+        outcome = self.outcome
+        if outcome._complete:
             return
-        result.replies.append(reply)
+        outcome.replies.append(reply)
         if reply.error is None:
-            self._successes += 1
+            self.successes += 1
         else:
-            self._failures += 1
-        fut = self.future
-        if not fut.done():
-            if self._successes >= self.quorum:
-                fut.set_result(result)
-            elif self._expected - self._failures < self.quorum:
-                fut.set_exception(self._error())
-        if self._successes + self._failures >= self._expected:
-            result._finish()
+            self.failures += 1
+        if not self.done():
+            if self.successes >= self.quorum:
+                self.set_result(outcome)
+            elif self.expected - self.failures < self.quorum:
+                self.set_exception(self._error())
+        if self.successes + self.failures >= self.expected:
+            outcome._finish()
 
     def expect(self, count: int) -> None:
         """Wait for ``count`` replies (a quorum read asks fewer than the whole list)."""
-        self._expected = count
+        self.expected = count
 
     def grow(self) -> None:
         """Wait for one more reply (a read asked one more replica)."""
-        self._expected += 1
+        self.expected += 1
 
-    def expire(self, error: BaseException) -> None:
+    def fail_silent(self, error: BaseException) -> None:
         """Fail every replica that has not answered yet (the operation's deadline)."""
-        answered = {r.node for r in self.result.replies}
-        for node in self.result.preference_list:
-            if node not in answered and not self.result.complete:
+        answered = {r.node for r in self.outcome.replies}
+        for node in self.outcome.preference_list:
+            if node not in answered and not self.outcome.complete:
                 self.add(Reply(node, b"", error))
 
     def _error(self) -> QuorumNotReachedError:
-        replies = self.result.replies
+        replies = self.outcome.replies
         return QuorumNotReachedError(
-            self._namespace,
-            self._command,
+            self.namespace,
+            self.name,
             self.quorum,
             [r.node for r in replies if r.error is None],
             {r.node: r.error for r in replies if r.error is not None},
