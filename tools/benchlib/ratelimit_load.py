@@ -363,7 +363,15 @@ async def ping_child(spec: dict[str, Any]) -> dict[str, Any]:
     """The floor's client: one bare asyncio TCP round trip per "hit", in an open loop at
     ``rate``: what one round trip between two processes costs on this machine now."""
     await asyncio.sleep(max(0.0, spec["start_at"] - 1.0 - time.time()))
-    reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
+    # The echo child may still be starting on a loaded machine: retry for a while.
+    for attempt in range(100):
+        try:
+            reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
+            break
+        except ConnectionRefusedError:
+            if attempt == 99:
+                raise
+            await asyncio.sleep(0.1)
     lock = asyncio.Lock()
 
     async def hit(key: str) -> bool:
