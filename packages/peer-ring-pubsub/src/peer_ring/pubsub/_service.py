@@ -23,7 +23,8 @@ from peer_ring.pubsub._errors import (
     PubSubError,
 )
 from peer_ring.pubsub._group import GroupState
-from peer_ring.pubsub._leader import Leader, Leaders, Parked, Slot
+from peer_ring.pubsub._leader import Leaders
+from peer_ring.pubsub._leader_state import Leader, Parked, Slot
 from peer_ring.pubsub._log import MESSAGE, Entry, PartitionLog
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (

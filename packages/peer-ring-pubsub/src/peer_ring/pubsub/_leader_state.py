@@ -1,0 +1,83 @@
+"""The per-partition state of a sequencer: its :class:`Leader`, the append batches in
+flight (:class:`Slot`) and the group long-polls waiting on it (:class:`Parked`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._group import GroupState
+from peer_ring.pubsub._log import Ballot, Entry
+from peer_ring.pubsub._wire import FetchReply, FetchRequest
+
+
+@dataclass(slots=True)
+class Slot:
+    """One batch of appends in flight; ``ok`` is None until its replication finished.
+
+    ``groups`` are delivery records riding on the append (see :class:`Parked`);
+    ``committed`` (made on first use) ends when the batch is on W replicas, or fails.
+    """
+
+    batch: list[tuple[Entry, asyncio.Future[Entry]]]
+    ok: bool | None = None
+    error: BaseException | None = None
+    groups: list[tuple[str, GroupState]] = field(default_factory=list)
+    committed: asyncio.Future[None] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Parked:
+    """A group long-poll waiting on a partition for new messages.
+
+    When the sequencer sends the partition's next APPEND while it waits, it claims the
+    new messages for it then (:attr:`Leaders.piggyback`) and sends the delivery records
+    with the APPEND; ``reply`` is the answer to hand out once ``committed`` ends.
+    """
+
+    req: FetchRequest
+    wake: asyncio.Future[None]
+    reply: FetchReply | None = None
+    committed: asyncio.Future[None] | None = None
+
+
+@dataclass(slots=True)
+class Leader:
+    """This node's sequencer state for one partition (valid until it steps down)."""
+
+    key: bytes
+    config: TopicConfig
+    ballot: Ballot
+    start: int
+    next: int
+    commit: int
+    preference: tuple[str, ...]
+    queue: list[tuple[Entry, asyncio.Future[Entry]]] = field(default_factory=list)
+    inflight: dict[str, asyncio.Future[Entry]] = field(default_factory=dict)
+    slots: deque[Slot] = field(default_factory=deque)
+    active: bool = True
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    checked: object = None  # the ring this leader was last found to head the list in
+    #: Time of the last entry assigned: new entries are never stamped below it, so entry
+    #: times are non-decreasing along the log even across sequencers with skewed clocks.
+    last_time: float = float("-inf")
+    #: Bumped by every notify(): a long-poll over several partitions compares it before
+    #: and after a pass to see a change it would otherwise miss while it was awaiting.
+    version: int = 0
+    #: Futures of multi-partition long-polls, resolved by the next notify().
+    waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    #: Group long-polls waiting here (see Parked).
+    parked: list[Parked] = field(default_factory=list)
+
+    def notify(self) -> None:
+        """Wake every long-poll waiting on this partition."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+        self.version += 1
+        if self.waiters:
+            for fut in self.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self.waiters.clear()
