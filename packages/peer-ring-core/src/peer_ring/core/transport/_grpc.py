@@ -71,6 +71,7 @@ from peer_ring.core.transport._grpc_errors import (
 )
 from peer_ring.core.transport._identity import claim_refusal
 from peer_ring.core.transport._inbound import InboundStream
+from peer_ring.core.transport._linger import HOLD_SECONDS
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import (
     ACCEPTED_KEY,
@@ -124,11 +125,14 @@ class GrpcTransport(Transport):
             ``server_credentials`` / ``channel_credentials``, which are fixed for the
             transport's life.
         rng: randomness for backoff jitter (seed it for reproducible runs).
+        hold: longest wait, in seconds, of new requests to a peer while the previous frame
+            to it is unanswered (Nagle-like coalescing, see :mod:`._linger`); a request to
+            a peer with nothing in flight is never held. 0 sends each frame at once.
 
     Raises:
-        InvalidArgumentError: a limit is out of range, the token is not printable ASCII,
-            ``tls`` is combined with explicit credentials, or a TLS file is missing or
-            not PEM.
+        InvalidArgumentError: a limit or ``hold`` is out of range, the token is not
+            printable ASCII, ``tls`` is combined with explicit credentials, or a TLS file
+            is missing or not PEM.
     """
 
     def __init__(
@@ -142,8 +146,11 @@ class GrpcTransport(Transport):
         channel_credentials: grpc.ChannelCredentials | None = None,
         tls: TLSConfig | None = None,
         rng: random.Random | None = None,
+        hold: float = HOLD_SECONDS,
     ) -> None:
         limits.check()
+        if not 0.0 <= hold <= 1.0:  # NaN fails too
+            raise InvalidArgumentError(f"hold must be between 0 and 1 second, got {hold!r}")
         if tls is not None and (server_credentials is not None or channel_credentials is not None):
             raise InvalidArgumentError(
                 "give either tls or server_credentials/channel_credentials, not both"
@@ -158,6 +165,7 @@ class GrpcTransport(Transport):
         self._server_credentials = server_credentials
         self._channel_credentials = channel_credentials
         self._rng = rng or random.Random()
+        self._hold = hold
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self._token = token
         self._stats = TransportStats()
@@ -405,6 +413,7 @@ class GrpcTransport(Transport):
                 wheel=self._wheel,
                 stats=self._stats,
                 on_reachability=self._notify,
+                hold=self._hold,
             )
             self._peers[peer] = conn
         return conn

@@ -1,0 +1,164 @@
+"""The gRPC transport's Nagle-like hold (``_linger.hold``), over real gRPC on loopback.
+
+While a frame to a peer is unanswered, new requests to that peer wait for its answers (at
+most ``hold`` seconds) and then go out together. What must hold: a request to an idle peer
+is never held; the held requests all go out in one frame once the answers arrive; the cap
+bounds the wait behind a slow request; a deadline still fails a held request (never sent);
+a cancel is not held; TCP does not hold. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from peer_ring.core._errors import InvalidArgumentError, RequestTimeoutError
+from peer_ring.core._types import Request, Response, Status
+from peer_ring.core.testing import settle_loop
+from peer_ring.core.transport import GrpcTransport
+
+#: Upper bound of any single wait in these tests (real seconds). Only reached on a bug.
+LIMIT = 15.0
+
+#: A hold no test waits out: whatever goes out before it was released by an answer. Over
+#: the 1 s the constructor accepts (a guard against milliseconds given as seconds), so set
+#: on the transport directly, before its first connection.
+LONG_HOLD = 30.0
+
+NodeFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def transport_kind() -> str:
+    """The hold is the gRPC transport's (overrides the parametrized fixture of conftest.py)."""
+    return "grpc"
+
+
+class Gate:
+    """A handler that answers at once, except ``key=b"slow"``: it waits for :attr:`open`."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    def __call__(self, sender: str, request: Request) -> Response | Awaitable[Response]:
+        if request.key == b"slow":
+            return self._slow(request)
+        return Response(Status.OK, request.payload)
+
+    async def _slow(self, request: Request) -> Response:
+        self.arrived.set()
+        try:
+            await self.open.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return Response(Status.OK, request.payload)
+
+
+async def bounded(aw: Awaitable[Any], limit: float = LIMIT) -> Any:
+    return await asyncio.wait_for(aw, limit)
+
+
+async def holding(nodes: NodeFactory, hold: float) -> Any:
+    """A started gRPC node whose connections hold for ``hold`` seconds."""
+    node = await nodes(hold=min(hold, 1.0))
+    node.transport._hold = hold
+    return node
+
+
+async def slow_pair(nodes: NodeFactory, hold: float) -> tuple[Any, Any, Any, Any]:
+    """A (holding ``hold``) with a slow request in flight to B; C answers at once."""
+    gate = Gate()
+    a = await holding(nodes, hold)
+    b = await nodes(handler=gate)
+    c = await nodes()
+    await bounded(a.transport.connect(b.address))
+    await bounded(a.transport.connect(c.address))
+    slow = a.request(b, b"slow", key=b"slow")
+    await bounded(gate.arrived.wait())
+    return a, b, c, (gate, slow)
+
+
+async def let_time_pass(a: Any, c: Any) -> None:
+    """Loop turns plus a round trip to another peer: an unheld write would be out by then."""
+    await settle_loop(50)
+    assert (await bounded(a.request(c, b"tick"))).payload == b"tick"
+    await settle_loop(50)
+
+
+async def test_requests_behind_an_unanswered_frame_go_out_together(nodes: NodeFactory) -> None:
+    a, b, c, (gate, slow) = await slow_pair(nodes, LONG_HOLD)
+    frames_before = b.transport.stats()["frames_received"]
+    held = [a.request(b, b"p%d" % i) for i in range(5)]
+    await let_time_pass(a, c)
+    assert b.transport.stats()["requests_received"] == 1  # only the slow one
+    assert not any(f.done() for f in held)
+
+    gate.open.set()  # the slow request is answered: the held ones go out, in one frame
+    answers = await bounded(asyncio.gather(slow, *held))
+    assert [r.payload for r in answers] == [b"slow"] + [b"p%d" % i for i in range(5)]
+    assert b.transport.stats()["requests_received"] == 6
+    assert b.transport.stats()["frames_received"] == frames_before + 1
+
+
+async def test_a_request_to_an_idle_peer_is_not_held(nodes: NodeFactory) -> None:
+    a = await holding(nodes, LONG_HOLD)
+    b = await nodes()
+    await bounded(a.transport.connect(b.address))
+    for i in range(3):  # each one alone: the previous one is answered
+        response = await bounded(a.request(b, b"alone%d" % i), limit=LONG_HOLD / 3)
+        assert response.payload == b"alone%d" % i
+    assert a.transport.stats()["frames_sent"] == 3
+
+
+async def test_the_cap_bounds_the_wait_behind_a_slow_request(nodes: NodeFactory) -> None:
+    a, b, _c, (gate, slow) = await slow_pair(nodes, 0.05)
+    fast = await bounded(asyncio.gather(*(a.request(b, b"f%d" % i) for i in range(3))))
+    assert [r.payload for r in fast] == [b"f0", b"f1", b"f2"]
+    assert not slow.done()  # sent after the cap, while the slow one still runs
+    gate.open.set()
+    assert (await bounded(slow)).payload == b"slow"
+
+
+async def test_a_held_request_still_meets_its_deadline(nodes: NodeFactory) -> None:
+    a, b, c, (gate, slow) = await slow_pair(nodes, LONG_HOLD)
+    late = a.request(b, b"late", timeout=0.1)
+    with pytest.raises(RequestTimeoutError):
+        await bounded(late)
+    await let_time_pass(a, c)
+    assert b.transport.stats()["requests_received"] == 1  # never sent
+    gate.open.set()
+    assert (await bounded(slow)).payload == b"slow"
+    # The next frame is not held behind the expired request.
+    assert (await bounded(a.request(b, b"next"), limit=LONG_HOLD / 3)).payload == b"next"
+
+
+async def test_a_cancel_is_not_held(nodes: NodeFactory) -> None:
+    a, b, c, (gate, slow) = await slow_pair(nodes, LONG_HOLD)
+    held = a.request(b, b"held")
+    await let_time_pass(a, c)
+    assert not held.done()
+    slow.cancel()  # the cancel goes out at once, with the held request
+    await bounded(gate.cancelled.wait(), limit=LONG_HOLD / 3)
+    assert (await bounded(held, limit=LONG_HOLD / 3)).payload == b"held"
+    assert b.transport.stats()["cancels_received"] == 1
+
+
+async def test_hold_zero_sends_at_once(nodes: NodeFactory) -> None:
+    a, b, _c, (gate, slow) = await slow_pair(nodes, 0.0)
+    assert (await bounded(a.request(b, b"now"), limit=LONG_HOLD / 3)).payload == b"now"
+    assert not slow.done()
+    gate.open.set()
+    await bounded(slow)
+
+
+@pytest.mark.parametrize("bad", [-0.001, 1.5, math.nan, math.inf])
+def test_hold_out_of_range_is_refused(bad: float) -> None:
+    with pytest.raises(InvalidArgumentError, match="hold"):
+        GrpcTransport("127.0.0.1:0", hold=bad)
