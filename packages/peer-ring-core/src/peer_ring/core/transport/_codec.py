@@ -283,6 +283,11 @@ def join_frames(parts: Iterable[bytes], max_bytes: int) -> list[bytes]:
     A part larger than ``max_bytes`` gets a frame of its own (callers check sizes before
     queueing, so this only happens for cancel parts at absurdly small limits).
     """
+    if not isinstance(parts, list):
+        parts = list(parts)
+    # The common case, one frame: sized and joined in C (no Python call per part).
+    if sum(map(len, parts)) <= max_bytes:
+        return [b"".join(parts)] if parts else []
     frames: list[bytes] = []
     batch: list[bytes] = []
     size = 0

@@ -48,6 +48,10 @@ class DeadlineWheel:
         self._clock = clock
         self._monotonic = clock.monotonic
         self._resolution = resolution
+        #: The tick length and the clock's ``monotonic``, for callers that compute a tick
+        #: themselves exactly as :meth:`add` does (see :meth:`add_at`).
+        self.resolution = resolution
+        self.monotonic = clock.monotonic
         # Each tick's items in a dict, not a set: a dict expires them in the order they
         # were added, a set in the order of their hashes (object addresses, which differ
         # from run to run), and a seeded simulation must replay event for event.
@@ -72,6 +76,17 @@ class DeadlineWheel:
         if tick == self._last_tick:
             self._last_members[item] = None
             return tick
+        return self._insert(item, tick, now)
+
+    def add_at(self, item: Expirable, tick: int) -> None:
+        """Expire ``item`` at ``tick``, computed by the caller as :meth:`add` does:
+        ``int((monotonic() + timeout) / resolution) + 1`` (never early)."""
+        if tick == self._last_tick:
+            self._last_members[item] = None
+        else:
+            self._insert(item, tick, self._monotonic())
+
+    def _insert(self, item: Expirable, tick: int, now: float) -> int:
         members = self._ticks.get(tick)
         if members is None:
             if self._last_tick and not self._last_members:
@@ -186,3 +201,34 @@ async def read_chunk_within(
         raise
     finally:
         timer.cancel()
+
+
+class GroupOwner(Protocol):
+    """The connection whose requests a :class:`DeadlineGroup` holds."""
+
+    def expire_group(self, group: DeadlineGroup) -> None: ...
+
+
+class DeadlineGroup:
+    """The requests of one connection whose deadlines fall in one tick, made one after the
+    other: ids ``first`` to ``last``, ``pending`` of them unanswered.
+
+    The group, not each request, is the wheel's item: a request joins the connection's
+    current group when its tick is the group's (at 64 requests in flight, dozens per
+    5 ms tick), so the wheel's ``add`` and ``remove`` run per group instead of per
+    request. When the tick comes, the owner expires those of ``first..last`` still pending
+    in this group; a group answered in full leaves the wheel at once.
+    """
+
+    __slots__ = ("first", "last", "owner", "pending", "tick")
+
+    def __init__(self, owner: GroupOwner, tick: int, first: int) -> None:
+        self.owner = owner
+        self.tick = tick
+        self.first = first
+        self.last = first
+        self.pending = 0
+
+    def expire(self) -> None:
+        """Called by the deadline wheel at the group's tick."""
+        self.owner.expire_group(self)

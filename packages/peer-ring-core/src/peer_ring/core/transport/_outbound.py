@@ -49,7 +49,7 @@ from peer_ring.core.transport._codec import (
     join_frames,
     request_fields_part,
 )
-from peer_ring.core.transport._deadlines import DeadlineWheel
+from peer_ring.core.transport._deadlines import DeadlineGroup, DeadlineWheel
 from peer_ring.core.transport._linger import hold, linger
 from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
 from peer_ring.core.transport._stats import TransportStats
@@ -115,12 +115,12 @@ class OutboundCall(asyncio.Future[Response]):
         "_conn",
         "command",
         "data",
+        "group",
         "hint",
         "namespace",
         "owner",
         "rid",
         "sent",
-        "tick",
         "timeout",
     )
     _conn: PeerConnection
@@ -130,7 +130,7 @@ class OutboundCall(asyncio.Future[Response]):
     data: bytes  # the encoded Frame part, until written
     timeout: float
     sent: bool
-    tick: int
+    group: DeadlineGroup  # its deadline (see DeadlineGroup)
     owner: CallOwner | None
     hint: str
 
@@ -141,10 +141,6 @@ class OutboundCall(asyncio.Future[Response]):
         self._conn.abandon(self)
         self._conn.failed(self)
         return True
-
-    def expire(self) -> None:
-        """Called by the deadline wheel when the request's deadline passed."""
-        self._conn.expire(self)
 
 
 class PeerConnection:
@@ -190,6 +186,12 @@ class PeerConnection:
         self._clock = clock
         self._rng = rng
         self._wheel = wheel
+        # Deadlines by group (see DeadlineGroup): the group requests join while their tick
+        # is its tick; a sentinel (tick 0, never a real one) when there is none.
+        self._monotonic = wheel.monotonic
+        self._resolution = wheel.resolution
+        self._no_group = DeadlineGroup(self, 0, 0)
+        self._group = self._no_group
         self._stats = stats
         self._on_reachability = on_reachability
         self._loop = asyncio.get_running_loop()
@@ -311,7 +313,16 @@ class PeerConnection:
         call.data = data
         call.timeout = timeout
         call.sent = False
-        call.tick = self._wheel.add(call, timeout)
+        # The deadline: the tick as DeadlineWheel.add computes it (rounded up: never early),
+        # in the connection's group of that tick (no wheel call per request).
+        tick = int((self._monotonic() + timeout) / self._resolution) + 1
+        group = self._group
+        if group.tick != tick:
+            group = self._group = DeadlineGroup(self, tick, rid)
+            self._wheel.add_at(group, tick)
+        group.last = rid
+        group.pending += 1
+        call.group = group
         call.owner = owner
         call.hint = hint
         self._calls[rid] = call
@@ -332,7 +343,25 @@ class PeerConnection:
             fut.add_done_callback(partial(owner.on_done, self.peer, hint))
         return fut
 
-    def expire(self, call: OutboundCall) -> None:
+    def expire_group(self, group: DeadlineGroup) -> None:
+        """The deadline wheel reached ``group``'s tick: fail its unanswered requests."""
+        if group is self._group:
+            self._group = self._no_group
+        calls = self._calls
+        for rid in range(group.first, group.last + 1):
+            call = calls.get(rid)
+            if call is not None and call.group is group:
+                self._expire_call(call)
+
+    def _release(self, group: DeadlineGroup) -> None:
+        """One request of ``group`` is settled; a group settled in full leaves the wheel."""
+        group.pending -= 1
+        if not group.pending:
+            self._wheel.remove(group, group.tick)
+            if group is self._group:
+                self._group = self._no_group  # later requests of the tick: a new group
+
+    def _expire_call(self, call: OutboundCall) -> None:
         """Fail ``call`` with ``RequestTimeoutError`` (its deadline passed)."""
         if call.done():
             return
@@ -367,7 +396,7 @@ class PeerConnection:
             self._sample = None  # timed out or abandoned: not a round trip
         if self._calls.pop(call.rid, None) is None:
             return
-        self._wheel.remove(call, call.tick)
+        self._release(call.group)
         if call.sent:
             self._in_flight -= 1
             if self._state is _State.UP:
@@ -386,7 +415,7 @@ class PeerConnection:
         self._release_at = 0
         self._sample = None
         for call in calls.values():
-            self._wheel.remove(call, call.tick)
+            self._release(call.group)
             call.set_exception(make_error())
             self.failed(call)
         return len(calls)
@@ -660,7 +689,12 @@ class PeerConnection:
             if call is None or not call.sent:
                 continue  # answered, timed out or cancelled already (or a bogus id)
             del calls[rid]
-            remove(call, call.tick)
+            group = call.group  # _release, inline
+            group.pending -= 1
+            if not group.pending:
+                remove(group, group.tick)
+                if group is self._group:
+                    self._group = self._no_group
             freed += 1
             status = msg.status
             owner = call.owner
