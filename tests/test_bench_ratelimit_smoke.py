@@ -55,3 +55,34 @@ def test_bench_ratelimit_smoke(tmp_path: Path, require_component: Callable[..., 
     for row in [rows[0], *cluster, *(limits_rows if have_redis else [])]:
         assert row["decisions_per_s"] > 0, row
         assert {"p50_ms", "p99_ms", "errors", "cpu_us_per_decision", "algorithm"} <= set(row)
+
+
+@pytest.mark.slow
+def test_bench_ratelimit_trace_smoke(tmp_path: Path) -> None:
+    """``--trace``: the traced open loops (R2 and R1) and the floor, each with its stages."""
+    out = tmp_path / "trace.json"
+    args = ["ratelimit", "--smoke", "--trace", "--rates", "60", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    traced = [r for r in rows if "traced" in r["system"]]
+    assert [" R2 " in r["system"] for r in traced] == [True, False]
+    for row in traced:
+        paths = {k: v for k, v in row["trace"].items() if k in ("1rtt", "2rtt")}
+        assert paths, row
+        for stages in paths.values():
+            assert stages["end-to-end"]["n"] > 0
+            assert any(name.startswith("batch_out->") for name in stages)
+        assert {"stalls_over_2ms", "max_stall_ms", "digest_partition_ms"} <= set(
+            row["trace"]["loop"]
+        )
+    # The replicated path exists only at R2: the owner's replication stages were seen there.
+    assert any("repl_out->replica_in" in s for s in traced[0]["trace"].get("2rtt", {}))
+    assert [r for r in rows if r["system"].startswith("bare asyncio TCP round trip")]

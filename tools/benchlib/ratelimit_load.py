@@ -209,9 +209,12 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
         return (await rl.hit(key, limit, mode=mode)).allowed
 
     hit: Any = plain_hit
+    watcher: asyncio.Task[None] | None = None
     if trace is not None:
         install_node(rl, trace)
         traced = trace
+        watcher = asyncio.get_running_loop().create_task(trace.watch_loop())
+        watcher.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
         async def traced_hit(key: str) -> bool:
             traced.mark("hit_in", [key])
@@ -251,6 +254,8 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
         if trace is not None:
             trace.active = False
             trace.dump(Path(spec["trace_path"]))
+        if watcher is not None:
+            watcher.cancel()
     finally:
         await rl.stop()
     return out

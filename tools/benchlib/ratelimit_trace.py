@@ -20,8 +20,11 @@ process on Linux):
 The report gives, per stage, the time from the previous stage present for that hit (p50 /
 p90 / p99 / max), separately for hits whose state went with the owner's answer (one round
 trip, "1rtt") and hits whose state the owner replicated first ("2rtt"); then, over the
-slowest 1% of hits, the mean time spent in each stage (where the tail is); and the
-collector's pauses in every node process. The package has no tracing code: the bench
+slowest 1% of hits, the mean time spent in each stage (where the tail is); the
+collector's pauses in every node process; the event loops' stalls (a 1 ms sleep waking
+more than 2 ms late: the loop was busy, or the process waited for a core); and the time in
+the store's ``digest_partition`` (asked for every shared partition by an anti-entropy
+round, in one pass of the loop). The package has no tracing code: the bench
 wraps a few of its methods in the child processes. Tracing costs microseconds per hit and
 stage; its figures locate time, they are not rates.
 """
@@ -56,6 +59,21 @@ class HitTrace:
         self.gc: list[tuple[int, int, int]] = []  # (generation, start ns, duration ns)
         self._gc_start = 0
         self.active = False
+        # Event-loop stalls: (start ns, how much later than asked a 1 ms sleep woke, ns),
+        # only those over 2 ms; and the store's digest_partition calls (anti-entropy).
+        self.lags: list[tuple[int, int]] = []
+        self.digests: list[int] = [0, 0]  # calls, total ns
+
+    async def watch_loop(self) -> None:
+        """Record when a 1 ms sleep of this process's loop wakes more than 2 ms late."""
+        import asyncio
+
+        while True:
+            t0 = time.monotonic_ns()
+            await asyncio.sleep(0.001)
+            late = time.monotonic_ns() - t0 - 1_000_000
+            if self.active and late > 2_000_000:
+                self.lags.append((t0, late))
 
     def watch_gc(self) -> None:
         """Record this process's garbage-collector pauses."""
@@ -85,13 +103,22 @@ class HitTrace:
             seen[key] = now
 
     def dump(self, path: Path) -> None:
-        doc = {"stages": self.stages, "repeated": sorted(self.repeated), "gc": self.gc}
+        doc = {
+            "stages": self.stages,
+            "repeated": sorted(self.repeated),
+            "gc": self.gc,
+            "lags": self.lags,
+            "digests": self.digests,
+        }
         path.write_text(json.dumps(doc))
 
     def merge_file(self, path: Path) -> None:
         doc = json.loads(path.read_text())
         self.repeated.update(doc["repeated"])
         self.gc.extend(tuple(g) for g in doc["gc"])
+        self.lags.extend(tuple(x) for x in doc.get("lags", []))
+        for i, v in enumerate(doc.get("digests", [0, 0])):
+            self.digests[i] += v
         for stage, records in doc["stages"].items():
             seen = self.stages[stage]
             for k, v in records.items():
@@ -139,6 +166,21 @@ def install(trace: HitTrace) -> None:
         traced_on_states,
         traced_send_states,
     )
+
+    from peer_ring.ratelimit._store import StateStore
+
+    store_cls: Any = StateStore
+    digest = store_cls.digest_partition
+
+    def traced_digest(self: Any, partition: int) -> Any:
+        t0 = time.monotonic_ns()
+        out = digest(self, partition)
+        if trace.active:
+            trace.digests[0] += 1
+            trace.digests[1] += time.monotonic_ns() - t0
+        return out
+
+    store_cls.digest_partition = traced_digest
 
 
 def install_node(rl: Any, trace: HitTrace) -> None:
@@ -213,6 +255,14 @@ def breakdown(trace: HitTrace) -> dict[str, Any]:
             name: round(sum(m.get(name, 0) for _, m in tail) / len(tail) / 1e6, 3) for name in segs
         }
         out[path] = rows
+    lags = [late for _, late in trace.lags]
+    out["loop"] = {
+        "stalls_over_2ms": len(lags),
+        "stalls_over_10ms": sum(x > 10_000_000 for x in lags),
+        "max_stall_ms": round(max(lags, default=0) / 1e6, 3),
+        "digest_partition_calls": trace.digests[0],
+        "digest_partition_ms": round(trace.digests[1] / 1e6, 1),
+    }
     starts = [st["scheduled"][k] for k in st["done"] if k in st["scheduled"]]
     if starts and trace.gc:
         lo, hi = min(starts), max(st["done"].values())
@@ -231,6 +281,14 @@ def table(name: str, result: dict[str, Any]) -> str:
     """The breakdown as text."""
     lines = [name]
     for path, rows in result.items():
+        if path == "loop":
+            lines.append(
+                f"  event loops (all node processes): {rows['stalls_over_2ms']} stalls over 2 ms,"
+                f" {rows['stalls_over_10ms']} over 10 ms, max {rows['max_stall_ms']} ms;"
+                f" digest_partition: {rows['digest_partition_calls']} calls,"
+                f" {rows['digest_partition_ms']} ms"
+            )
+            continue
         if path == "gc":
             for gen, g in rows.items():
                 lines.append(
