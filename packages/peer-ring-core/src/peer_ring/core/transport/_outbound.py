@@ -50,7 +50,7 @@ from peer_ring.core.transport._codec import (
     request_fields_part,
 )
 from peer_ring.core.transport._deadlines import DeadlineGroup, DeadlineWheel
-from peer_ring.core.transport._linger import hold, linger
+from peer_ring.core.transport._linger import HOLD_MIN_IN_FLIGHT, hold, linger
 from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
 from peer_ring.core.transport._stats import TransportStats
 
@@ -621,7 +621,12 @@ class PeerConnection:
                     self._writer_idle = False
                 await linger(lambda: len(queue))
                 continue
-            if self._hold and self._in_flight > self._release_at and not self._cancels:
+            if (
+                self._hold
+                and self._in_flight > self._release_at
+                and self._in_flight >= HOLD_MIN_IN_FLIGHT
+                and not self._cancels
+            ):
                 self._holding = True
                 try:
                     await hold(wakeup, self._hold)
