@@ -215,6 +215,49 @@ async def transports(transport_kind: str) -> AsyncIterator[Callable[..., Awaitab
 
 # -- nodes running a test's own application --------------------------------------------------
 
+
+def memory_config(partitions: int, replication: int) -> PeerRingConfig:
+    """The settings of the in-memory application tests: requests time out after 1 s,
+    probes every 0.5 s, suspicion after 2 s, never marked down, no periodic anti-entropy."""
+    return PeerRingConfig(
+        partitions=partitions,
+        replication=replication,
+        request_timeout=1.0,
+        probe_interval=0.5,
+        probe_timeout=0.5,
+        suspicion_timeout=2.0,
+        down_after=None,
+        anti_entropy_interval=None,
+    )
+
+
+@pytest.fixture(name="memory_config")
+def memory_config_fixture() -> Callable[[int, int], PeerRingConfig]:
+    """``memory_config(partitions, replication)``: :func:`memory_config`."""
+    return memory_config
+
+
+def count_requests(node: PeerRing) -> Counter[str]:
+    """Count the requests ``node`` sends per peer (wraps its transport's ``request``)."""
+    sent = Counter[str]()
+    transport = node.transport
+    original = transport.request
+
+    def counting(peer: str, request: object) -> asyncio.Future[object]:
+        sent[peer] += 1
+        return original(peer, request)  # type: ignore[arg-type, return-value]
+
+    transport.request = counting  # type: ignore[method-assign, assignment]
+    return sent
+
+
+@pytest.fixture(name="count_requests")
+def count_requests_fixture() -> Callable[[PeerRing], Counter[str]]:
+    """``count_requests(node)``: a counter of the requests ``node`` sends from now on, per
+    peer (its transport's ``request`` wrapped)."""
+    return count_requests
+
+
 App = TypeVar("App")
 
 
@@ -309,17 +352,8 @@ class AppCluster(Generic[App]):
 
     @staticmethod
     def count_requests(node: PeerRing) -> Counter[str]:
-        """Count the requests ``node`` sends per peer (wraps its transport's ``request``)."""
-        sent = Counter[str]()
-        transport = node.transport
-        original = transport.request
-
-        def counting(peer: str, request: object) -> asyncio.Future[object]:
-            sent[peer] += 1
-            return original(peer, request)  # type: ignore[arg-type, return-value]
-
-        transport.request = counting  # type: ignore[method-assign, assignment]
-        return sent
+        """:func:`count_requests`."""
+        return count_requests(node)
 
     async def stop_all(self) -> None:
         """Stop every node made, and any a test put in :attr:`nodes` itself (stopping is

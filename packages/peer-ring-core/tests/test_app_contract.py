@@ -31,16 +31,6 @@ from peer_ring.core.testing import FixedDiscovery, settle_loop
 
 P = 32
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 6)]
-CONFIG = PeerRingConfig(
-    partitions=P,
-    replication=3,
-    request_timeout=1.0,
-    probe_interval=0.5,
-    probe_timeout=0.5,
-    suspicion_timeout=2.0,
-    down_after=None,
-    anti_entropy_interval=None,
-)
 
 PUT = Command("put", mutates=True)
 GET = Command("get", reads=True)
@@ -108,13 +98,15 @@ class App:
 
 #: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
 Cluster = Any
+#: ``memory_config(partitions, replication)`` of conftest.py.
+ConfigFactory = Callable[[int, int], PeerRingConfig]
 
 
 @pytest.fixture
-def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+def cluster(app_cluster: Callable[..., Cluster], memory_config: ConfigFactory) -> Cluster:
     """Nodes of ``ADDRS`` on one in-memory network, each with an ``App`` under ``"t"``."""
     handlers = {PUT: App.put, GET: App.get, BUMP: App.bump, RAW: App.raw, BOOM: App.boom}
-    return app_cluster(CONFIG, lambda node: App(), handlers, hooks=True)
+    return app_cluster(memory_config(P, 3), lambda node: App(), handlers, hooks=True)
 
 
 # -- Command ---------------------------------------------------------------------------------
@@ -325,7 +317,7 @@ async def test_ownership_listener_registered_before_start_is_called_at_start(
     changes: list[OwnershipChange] = []
     node = PeerRing(
         FixedDiscovery(ADDRS[0], ADDRS[:3]),
-        config=CONFIG,
+        config=cluster.config,
         transport=cluster.network.transport(ADDRS[0]),
         clock=cluster.clock,
     )

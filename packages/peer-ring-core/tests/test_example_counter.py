@@ -6,20 +6,16 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from peer_ring.core import PeerRing, PeerRingConfig, PeerUnavailableError, QuorumNotReachedError
+from peer_ring.core import PeerRingConfig, PeerUnavailableError, QuorumNotReachedError
 from peer_ring.core.testing import (
-    FakeClock,
-    FixedDiscovery,
-    MemoryNetwork,
     free_port_block,
-    settle_loop,
 )
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "counter.py"
@@ -52,46 +48,25 @@ def load_example() -> ModuleType:
 counter_example = load_example()
 
 
-class Cluster:
-    def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.network = MemoryNetwork(self.clock)
-        self.counters: dict[str, Any] = {}
-
-    async def start(self, peers: list[str]) -> list[Any]:
-        for address in peers:
-            node = PeerRing(
-                FixedDiscovery(address, peers),
-                config=CONFIG,
-                transport=self.network.transport(address),
-                clock=self.clock,
-            )
-            self.counters[address] = counter_example.Counter(node)
-            await node.start()
-        await self.until(lambda: all(c.node.ready for c in self.counters.values()))
-        return [self.counters[a] for a in peers]
-
-    async def until(self, predicate: Callable[[], bool], within: float = 60.0) -> None:
-        waited = 0.0
-        while True:
-            await settle_loop(60)
-            if predicate():
-                return
-            assert waited < within, f"condition not met within {within}s of fake time"
-            await self.clock.advance_async(0.1, settle=60)
-            waited += 0.1
+#: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
+Cluster = Any
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster()
-    yield c
-    for counter in c.counters.values():
-        await counter.node.stop()
+def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+    """Nodes on one in-memory network, each running the example's ``Counter`` (which
+    registers its own commands and hooks on the node it is given)."""
+    return app_cluster(CONFIG, counter_example.Counter, {})
+
+
+async def start(cluster: Cluster, peers: list[str]) -> list[Any]:
+    """Start a node per address of ``peers``, wait until all are ready; their counters."""
+    await cluster.start_ready(peers)
+    return [cluster.apps[address] for address in peers]
 
 
 async def test_counts_from_every_node_add_up(cluster: Cluster) -> None:
-    counters = await cluster.start(ADDRS[:3])
+    counters = await start(cluster, ADDRS[:3])
     for i, counter in enumerate(counters):
         for _ in range(5):
             await counter.add("views", i + 1)
@@ -99,14 +74,14 @@ async def test_counts_from_every_node_add_up(cluster: Cluster) -> None:
     assert await counters[2].get_many(["views", "never"]) == {"views": 30, "never": 0}
     # only the primary's slot grew: every add ran there
     primary = counters[0].node.preference_list("views")[0]
-    stored = cluster.counters[primary].data[b"views"]
+    stored = cluster.apps[primary].data[b"views"]
     assert stored == {primary: 30}
     with pytest.raises(ValueError, match="only grows"):
         await counters[0].add("views", -1)
 
 
 async def test_counts_survive_losing_two_of_four_nodes(cluster: Cluster) -> None:
-    counters = await cluster.start(ADDRS)
+    counters = await start(cluster, ADDRS)
     keys = [f"page:{i}" for i in range(20)]
     for i, key in enumerate(keys):
         await counters[i % 4].add(key, i + 1)
@@ -131,7 +106,7 @@ async def test_counts_survive_losing_two_of_four_nodes(cluster: Cluster) -> None
 async def test_add_goes_to_the_next_replica_when_the_primary_is_unreachable(
     cluster: Cluster,
 ) -> None:
-    counters = await cluster.start(ADDRS[:3])
+    counters = await start(cluster, ADDRS[:3])
     a = counters[0]
     key = next(f"k{i}" for i in range(100) if a.node.preference_list(f"k{i}")[0] != a.node.address)
     primary = a.node.preference_list(key)[0]
@@ -139,11 +114,11 @@ async def test_add_goes_to_the_next_replica_when_the_primary_is_unreachable(
     cluster.network.cut(a.node.address, primary)
     assert await a.add(key, 3) == 5  # the second replica merged the primary's slot first
     cluster.network.heal()
-    assert await cluster.counters[primary].get(key) == 5
+    assert await cluster.apps[primary].get(key) == 5
 
 
 async def test_an_add_that_no_replica_can_replicate_fails(cluster: Cluster) -> None:
-    counters = await cluster.start(ADDRS[:3])
+    counters = await start(cluster, ADDRS[:3])
     a = counters[0]
     for other in ADDRS[1:3]:
         cluster.network.cut(a.node.address, other)
@@ -156,7 +131,7 @@ async def test_an_add_that_no_replica_can_replicate_fails(cluster: Cluster) -> N
 
 
 async def test_the_ownership_listener_tracks_primary_partitions(cluster: Cluster) -> None:
-    counters = await cluster.start(ADDRS[:3])
+    counters = await start(cluster, ADDRS[:3])
     for counter in counters:
         node = counter.node
         assert counter.primary_partitions == node.ring.partitions_of(node.address, 1)

@@ -64,16 +64,6 @@ def test_command_context_is_still_a_frozen_dataclass_with_its_fields_and_default
 # -- the shared contexts, seen by handlers -----------------------------------------------
 
 ADDRS = [f"127.0.0.{i}:7501" for i in range(1, 4)]
-CONFIG = PeerRingConfig(
-    partitions=16,
-    replication=3,
-    request_timeout=1.0,
-    probe_interval=0.5,
-    probe_timeout=0.5,
-    suspicion_timeout=2.0,
-    down_after=None,
-    anti_entropy_interval=None,
-)
 PUT = Command("put", mutates=True)
 GET = Command("get", reads=True)
 
@@ -94,12 +84,16 @@ class Seen:
 
 #: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
 ClusterFactory = Callable[..., Any]
+#: ``memory_config(partitions, replication)`` of conftest.py.
+ConfigFactory = Callable[[int, int], PeerRingConfig]
 
 
 async def test_handlers_see_the_right_context_for_every_source_and_partition(
-    app_cluster: ClusterFactory,
+    app_cluster: ClusterFactory, memory_config: ConfigFactory
 ) -> None:
-    cluster = app_cluster(CONFIG, lambda node: Seen(node.address), {PUT: Seen.put, GET: Seen.get})
+    cluster = app_cluster(
+        memory_config(16, 3), lambda node: Seen(node.address), {PUT: Seen.put, GET: Seen.get}
+    )
     ring_nodes = await cluster.start_ready(ADDRS)
     seen: dict[str, Seen] = cluster.apps
     keys = [f"k{i}".encode() for i in range(40)]

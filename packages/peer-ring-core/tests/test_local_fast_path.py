@@ -29,16 +29,6 @@ from peer_ring.core._types import Request, Status
 
 P = 32
 ADDRS = [f"127.0.0.{i}:7401" for i in range(1, 4)]
-CONFIG = PeerRingConfig(
-    partitions=P,
-    replication=1,
-    request_timeout=1.0,
-    probe_interval=0.5,
-    probe_timeout=0.5,
-    suspicion_timeout=2.0,
-    down_after=None,
-    anti_entropy_interval=None,
-)
 PUT = Command("put", mutates=True)
 SLOW = Command("slow", mutates=True)
 BOOM = Command("boom", mutates=True)
@@ -65,12 +55,15 @@ class App:
 
 #: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
 Cluster = Any
+#: ``memory_config(partitions, replication)`` of conftest.py.
+ConfigFactory = Callable[[int, int], PeerRingConfig]
 
 
 @pytest.fixture
-def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+def cluster(app_cluster: Callable[..., Cluster], memory_config: ConfigFactory) -> Cluster:
     """The nodes of ``ADDRS`` on one in-memory network, each with an ``App`` under ``"t"``."""
-    return app_cluster(CONFIG, lambda node: App(), {PUT: App.put, SLOW: App.slow, BOOM: App.boom})
+    handlers = {PUT: App.put, SLOW: App.slow, BOOM: App.boom}
+    return app_cluster(memory_config(P, 1), lambda node: App(), handlers)
 
 
 def owned_key(node: PeerRing) -> bytes:

@@ -27,16 +27,6 @@ from peer_ring.core.testing import FixedDiscovery, free_port
 
 P = 32
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 5)]
-CONFIG = PeerRingConfig(
-    partitions=P,
-    replication=3,
-    request_timeout=1.0,
-    probe_interval=0.5,
-    probe_timeout=0.5,
-    suspicion_timeout=2.0,
-    down_after=None,
-    anti_entropy_interval=None,
-)
 PUT = Command("put", mutates=True)
 UNSAFE = Command("unsafe", mutates=True, hinted=False)
 
@@ -87,14 +77,16 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str]
 
 #: ``app_cluster(...)``: an ``AppCluster`` of conftest.py.
 Cluster = Any
+#: ``memory_config(partitions, replication)`` of conftest.py.
+ConfigFactory = Callable[[int, int], PeerRingConfig]
 #: The commands of every node, handled by its ``Store``.
 HANDLERS = {PUT: Store.put, UNSAFE: Store.put}
 
 
 @pytest.fixture
-def cluster(app_cluster: Callable[..., Cluster]) -> Cluster:
+def cluster(app_cluster: Callable[..., Cluster], memory_config: ConfigFactory) -> Cluster:
     """Nodes on one in-memory network, each with a ``Store`` (also its data hooks)."""
-    return app_cluster(CONFIG, lambda node: Store(), HANDLERS, hooks=True)
+    return app_cluster(memory_config(P, 3), lambda node: Store(), HANDLERS, hooks=True)
 
 
 async def test_ring_and_partition_figures_match_the_node(cluster: Cluster) -> None:
@@ -192,8 +184,10 @@ async def test_a_broken_source_loses_only_its_own_metrics(
     assert "collecting sync metrics failed" in caplog.text
 
 
-def test_the_collector_works_on_the_global_registry_and_a_stopped_node() -> None:
-    node = PeerRing(FixedDiscovery(ADDRS[0], ADDRS[:1]), config=CONFIG)
+def test_the_collector_works_on_the_global_registry_and_a_stopped_node(
+    memory_config: ConfigFactory,
+) -> None:
+    node = PeerRing(FixedDiscovery(ADDRS[0], ADDRS[:1]), config=memory_config(P, 3))
     collector = PeerRingCollector(node)
     REGISTRY.register(collector)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -37,18 +38,8 @@ PUT = VersionedDict.PUT
 FLAKY = Command("flaky", reads=True)
 
 
-def count_requests(node: PeerRing) -> Counter[str]:
-    """Count the requests ``node`` sends, per target."""
-    sent = Counter[str]()
-    transport = node.transport
-    original = transport.request
-
-    def counting(peer: str, request: object) -> asyncio.Future[object]:
-        sent[peer] += 1
-        return original(peer, request)  # type: ignore[arg-type, return-value]
-
-    transport.request = counting  # type: ignore[method-assign, assignment]
-    return sent
+#: ``count_requests(node)`` of conftest.py: the requests ``node`` sends, per target.
+RequestCounter = Callable[[PeerRing], Counter[str]]
 
 
 def key_headed_by(node: PeerRing, n: int = 3) -> bytes:
@@ -74,7 +65,9 @@ async def three(harness: MemoryCluster, **overrides: object) -> list[PeerRing]:
     return await harness.start_ready(ADDRS[:3])
 
 
-async def test_a_read_asks_this_node_and_the_next_replica_only(harness: MemoryCluster) -> None:
+async def test_a_read_asks_this_node_and_the_next_replica_only(
+    harness: MemoryCluster, count_requests: RequestCounter
+) -> None:
     a, _, _ = await three(harness)
     key = key_headed_by(a)
     prefs = a.preference_list(key, 3)
@@ -90,7 +83,9 @@ async def test_a_read_asks_this_node_and_the_next_replica_only(harness: MemoryCl
     assert a.sync_status()["reads"] == {"speculative": 0, "retried": 0}
 
 
-async def test_writes_still_go_to_every_replica(harness: MemoryCluster) -> None:
+async def test_writes_still_go_to_every_replica(
+    harness: MemoryCluster, count_requests: RequestCounter
+) -> None:
     a, _, _ = await three(harness)
     key = key_headed_by(a)
     sent = count_requests(a)
@@ -102,6 +97,7 @@ async def test_writes_still_go_to_every_replica(harness: MemoryCluster) -> None:
 
 async def test_a_coordinator_outside_the_list_asks_the_first_replicas(
     harness: MemoryCluster,
+    count_requests: RequestCounter,
 ) -> None:
     harness.config = dataclasses.replace(harness.config, replication=3)
     a, *_ = await harness.start_ready(ADDRS)
@@ -113,7 +109,9 @@ async def test_a_coordinator_outside_the_list_asks_the_first_replicas(
     assert sorted(r.node for r in result.replies) == sorted(prefs[:2])
 
 
-async def test_read_fanout_all_asks_every_replica(harness: MemoryCluster) -> None:
+async def test_read_fanout_all_asks_every_replica(
+    harness: MemoryCluster, count_requests: RequestCounter
+) -> None:
     a, _, _ = await three(harness, read_fanout="all")
     key = key_headed_by(a)
     sent = count_requests(a)
@@ -123,7 +121,9 @@ async def test_read_fanout_all_asks_every_replica(harness: MemoryCluster) -> Non
     assert len(result.replies) == 3
 
 
-async def test_quorum_1_on_a_replica_asks_nobody_else(harness: MemoryCluster) -> None:
+async def test_quorum_1_on_a_replica_asks_nobody_else(
+    harness: MemoryCluster, count_requests: RequestCounter
+) -> None:
     a, _, _ = await three(harness)
     key = key_headed_by(a)
     sent = count_requests(a)
@@ -134,7 +134,7 @@ async def test_quorum_1_on_a_replica_asks_nobody_else(harness: MemoryCluster) ->
 
 
 async def test_a_replica_whose_handler_fails_is_replaced_at_once(
-    harness: MemoryCluster, clock: FakeClock
+    harness: MemoryCluster, count_requests: RequestCounter, clock: FakeClock
 ) -> None:
     a, b, c = await three(harness)
     key = key_headed_by(a)
@@ -158,7 +158,9 @@ def _answer(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
     return b"ok"
 
 
-async def test_a_dead_replica_is_replaced_and_then_skipped(harness: MemoryCluster) -> None:
+async def test_a_dead_replica_is_replaced_and_then_skipped(
+    harness: MemoryCluster, count_requests: RequestCounter
+) -> None:
     a, _, _ = await three(harness)
     key = key_headed_by(a)
     prefs = a.preference_list(key, 3)
@@ -176,7 +178,7 @@ async def test_a_dead_replica_is_replaced_and_then_skipped(harness: MemoryCluste
 
 
 async def test_a_slow_replica_gets_a_speculative_read_after_the_delay(
-    harness: MemoryCluster, clock: FakeClock
+    harness: MemoryCluster, count_requests: RequestCounter, clock: FakeClock
 ) -> None:
     a, _, _ = await three(harness, read_speculate_after=0.05)
     key = key_headed_by(a)
@@ -211,7 +213,7 @@ async def test_without_speculation_a_silent_replica_costs_the_timeout(
 
 
 async def test_a_fast_quorum_cancels_the_speculation(
-    harness: MemoryCluster, clock: FakeClock
+    harness: MemoryCluster, count_requests: RequestCounter, clock: FakeClock
 ) -> None:
     a, _, _ = await three(harness, read_speculate_after=0.05)
     key = key_headed_by(a)
@@ -255,7 +257,9 @@ async def test_a_read_sees_a_write_one_replica_missed(harness: MemoryCluster) ->
             assert newest == versioned_payload(version, b"new"), (missed, reader.address)
 
 
-async def test_execute_many_reads_ask_a_quorum_per_key(harness: MemoryCluster) -> None:
+async def test_execute_many_reads_ask_a_quorum_per_key(
+    harness: MemoryCluster, count_requests: RequestCounter
+) -> None:
     a, _, _ = await three(harness)
     keys = [f"m{i}".encode() for i in range(20)]
     for k in keys:
