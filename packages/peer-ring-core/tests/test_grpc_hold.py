@@ -1,10 +1,11 @@
 """The gRPC transport's Nagle-like hold (``_linger.hold``), over real gRPC on loopback.
 
-While a frame to a peer is unanswered, new requests to that peer wait for its answers (at
-most ``hold`` seconds) and then go out together. What must hold: a request to an idle peer
-is never held; the held requests all go out in one frame once the answers arrive; the cap
-bounds the wait behind a slow request; a deadline still fails a held request (never sent);
-a cancel is not held; TCP does not hold. Every wait is bounded.
+While a frame to a peer is unanswered (and at least ``HOLD_MIN_IN_FLIGHT`` requests are in
+flight to it), new requests to that peer wait for its answers (at most ``hold`` seconds)
+and then go out together. What must hold: a request to an idle peer, or behind a single
+in-flight request, is never held; the held requests all go out in one frame once the
+answers arrive; the cap bounds the wait behind slow requests; a deadline still fails a held
+request (never sent); a cancel is not held. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from peer_ring.core._errors import InvalidArgumentError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.testing import settle_loop
 from peer_ring.core.transport import GrpcTransport
+from peer_ring.core.transport._linger import HOLD_MIN_IN_FLIGHT
 
 #: Upper bound of any single wait in these tests (real seconds). Only reached on a bug.
 LIMIT = 15.0
@@ -43,7 +45,8 @@ class Gate:
 
     def __init__(self) -> None:
         self.open = asyncio.Event()
-        self.arrived = asyncio.Event()
+        self.arrivals = 0
+        self.arrived = asyncio.Event()  # set on each slow arrival
         self.cancelled = asyncio.Event()
 
     def __call__(self, sender: str, request: Request) -> Response | Awaitable[Response]:
@@ -52,6 +55,7 @@ class Gate:
         return Response(Status.OK, request.payload)
 
     async def _slow(self, request: Request) -> Response:
+        self.arrivals += 1
         self.arrived.set()
         try:
             await self.open.wait()
@@ -72,17 +76,22 @@ async def holding(nodes: NodeFactory, hold: float) -> Any:
     return node
 
 
-async def slow_pair(nodes: NodeFactory, hold: float) -> tuple[Any, Any, Any, Any]:
-    """A (holding ``hold``) with a slow request in flight to B; C answers at once."""
+async def slow_pair(
+    nodes: NodeFactory, hold: float, in_flight: int = HOLD_MIN_IN_FLIGHT
+) -> tuple[Any, Any, Any, Any]:
+    """A (holding ``hold``) with ``in_flight`` slow requests in flight to B (the first
+    gathers them all: ``slow``); C answers at once."""
     gate = Gate()
     a = await holding(nodes, hold)
     b = await nodes(handler=gate)
     c = await nodes()
     await bounded(a.transport.connect(b.address))
     await bounded(a.transport.connect(c.address))
-    slow = a.request(b, b"slow", key=b"slow")
-    await bounded(gate.arrived.wait())
-    return a, b, c, (gate, slow)
+    calls = [a.request(b, b"slow", key=b"slow") for _ in range(in_flight)]
+    while gate.arrivals < in_flight:
+        gate.arrived.clear()
+        await bounded(gate.arrived.wait())
+    return a, b, c, (gate, calls[0], asyncio.gather(*calls[1:]))
 
 
 async def let_time_pass(a: Any, c: Any) -> None:
@@ -93,17 +102,18 @@ async def let_time_pass(a: Any, c: Any) -> None:
 
 
 async def test_requests_behind_an_unanswered_frame_go_out_together(nodes: NodeFactory) -> None:
-    a, b, c, (gate, slow) = await slow_pair(nodes, LONG_HOLD)
+    a, b, c, (gate, slow, others) = await slow_pair(nodes, LONG_HOLD)
     frames_before = b.transport.stats()["frames_received"]
     held = [a.request(b, b"p%d" % i) for i in range(5)]
     await let_time_pass(a, c)
-    assert b.transport.stats()["requests_received"] == 1  # only the slow one
+    assert b.transport.stats()["requests_received"] == HOLD_MIN_IN_FLIGHT  # the slow ones
     assert not any(f.done() for f in held)
 
-    gate.open.set()  # the slow request is answered: the held ones go out, in one frame
+    gate.open.set()  # the slow requests are answered: the held ones go out, in one frame
     answers = await bounded(asyncio.gather(slow, *held))
     assert [r.payload for r in answers] == [b"slow"] + [b"p%d" % i for i in range(5)]
-    assert b.transport.stats()["requests_received"] == 6
+    await bounded(others)
+    assert b.transport.stats()["requests_received"] == HOLD_MIN_IN_FLIGHT + 5
     assert b.transport.stats()["frames_received"] == frames_before + 1
 
 
@@ -118,29 +128,31 @@ async def test_a_request_to_an_idle_peer_is_not_held(nodes: NodeFactory) -> None
 
 
 async def test_the_cap_bounds_the_wait_behind_a_slow_request(nodes: NodeFactory) -> None:
-    a, b, _c, (gate, slow) = await slow_pair(nodes, 0.05)
+    a, b, _c, (gate, slow, others) = await slow_pair(nodes, 0.05)
     fast = await bounded(asyncio.gather(*(a.request(b, b"f%d" % i) for i in range(3))))
     assert [r.payload for r in fast] == [b"f0", b"f1", b"f2"]
-    assert not slow.done()  # sent after the cap, while the slow one still runs
+    assert not slow.done()  # sent after the cap, while the slow ones still run
     gate.open.set()
     assert (await bounded(slow)).payload == b"slow"
+    await bounded(others)
 
 
 async def test_a_held_request_still_meets_its_deadline(nodes: NodeFactory) -> None:
-    a, b, c, (gate, slow) = await slow_pair(nodes, LONG_HOLD)
+    a, b, c, (gate, slow, others) = await slow_pair(nodes, LONG_HOLD)
     late = a.request(b, b"late", timeout=0.1)
     with pytest.raises(RequestTimeoutError):
         await bounded(late)
     await let_time_pass(a, c)
-    assert b.transport.stats()["requests_received"] == 1  # never sent
+    assert b.transport.stats()["requests_received"] == HOLD_MIN_IN_FLIGHT  # never sent
     gate.open.set()
     assert (await bounded(slow)).payload == b"slow"
+    await bounded(others)
     # The next frame is not held behind the expired request.
     assert (await bounded(a.request(b, b"next"), limit=LONG_HOLD / 3)).payload == b"next"
 
 
 async def test_a_cancel_is_not_held(nodes: NodeFactory) -> None:
-    a, b, c, (gate, slow) = await slow_pair(nodes, LONG_HOLD)
+    a, b, c, (gate, slow, others) = await slow_pair(nodes, LONG_HOLD)
     held = a.request(b, b"held")
     await let_time_pass(a, c)
     assert not held.done()
@@ -148,14 +160,26 @@ async def test_a_cancel_is_not_held(nodes: NodeFactory) -> None:
     await bounded(gate.cancelled.wait(), limit=LONG_HOLD / 3)
     assert (await bounded(held, limit=LONG_HOLD / 3)).payload == b"held"
     assert b.transport.stats()["cancels_received"] == 1
+    gate.open.set()
+    await bounded(others)
 
 
 async def test_hold_zero_sends_at_once(nodes: NodeFactory) -> None:
-    a, b, _c, (gate, slow) = await slow_pair(nodes, 0.0)
+    a, b, _c, (gate, slow, others) = await slow_pair(nodes, 0.0)
     assert (await bounded(a.request(b, b"now"), limit=LONG_HOLD / 3)).payload == b"now"
     assert not slow.done()
     gate.open.set()
     await bounded(slow)
+    await bounded(others)
+
+
+async def test_a_request_behind_a_single_one_in_flight_is_not_held(nodes: NodeFactory) -> None:
+    a, b, _c, (gate, slow, others) = await slow_pair(nodes, LONG_HOLD, in_flight=1)
+    assert (await bounded(a.request(b, b"now"), limit=LONG_HOLD / 3)).payload == b"now"
+    assert not slow.done()
+    gate.open.set()
+    await bounded(slow)
+    await bounded(others)
 
 
 @pytest.mark.parametrize("bad", [-0.001, 1.5, math.nan, math.inf])
