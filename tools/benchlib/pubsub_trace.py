@@ -10,7 +10,8 @@ and records, per message, when it passed each stage:
 ``seq_in``      the sequencer's ``Leaders.publish`` received it
 ``append_out``  the sequencer started replicating the APPEND batch holding it
 ``committed``   W replicas held that batch (the commit point passed it)
-``claimed``     a group fetch claimed it (delivery record made, replication queued)
+``claimed``     a group fetch claimed it (delivery record made, replication queued; before
+                ``committed`` when the record rides on the APPEND or replicates alongside it)
 ``fetch_out``   the delivery record was on W replicas: the fetch returns it
 ``delivered``   the consumer's ``async for`` received it
 
@@ -148,6 +149,18 @@ def install(ps: Any, trace: Trace) -> None:
 
     service._claim_begin = traced_claim_begin
 
+    piggyback = leaders.piggyback
+
+    def traced_piggyback(leader: Any, slot: Any) -> None:
+        piggyback(leader, slot)
+        if traced(leader.key):
+            for park in leader.parked:
+                if park.reply is not None and park.committed is slot.committed:
+                    trace.mark("claimed", [e.data for e in park.reply.entries])
+
+    if piggyback is not None:
+        leaders.piggyback = traced_piggyback
+
     fetch_pass = service._fetch_pass
 
     async def traced_fetch_pass(sections: Any) -> Any:
@@ -202,10 +215,10 @@ def breakdown(trace: Trace) -> dict[str, Any]:
                 continue
             t0 = int.from_bytes(mid, "big")
             prev_name, prev = "published", t0
-            for stage in STAGES[1:]:
-                t = st[stage].get(mid)
-                if t is None:
-                    continue
+            # In time order: a claim may come before the commit (the delivery record rides
+            # on the APPEND, or replicates alongside the APPEND in flight).
+            present = [(st[s_][mid], i, s_) for i, s_ in enumerate(STAGES[1:]) if mid in st[s_]]
+            for t, _, stage in sorted(present):
                 segs.setdefault(f"{prev_name}->{stage}", []).append(t - prev)
                 prev_name, prev = stage, t
             e2e.append(t_end - t0)

@@ -245,7 +245,12 @@ class Simulation:
             self.seq.commit = last
             me.log.note_commit(last)
 
-    def publish(self, count: int, waiting: str | None, targets: list[int]) -> None:
+    def publish(
+        self, count: int, waiting: str | None, targets: list[int], alongside: list[int] | None
+    ) -> None:
+        """Append ``count`` messages; with ``waiting``, claim them for that consumer as the
+        APPEND leaves, its records in the APPEND (``alongside`` None) or, as for a fetch
+        arriving while the APPEND is in flight, in a GROUP update sent to ``alongside``."""
         seq = self.seq
         if seq is None:
             return
@@ -273,10 +278,19 @@ class Simulation:
             me.merge_group(G, claim.delta)
             groups.append((G, claim.delta))
             deliver = claim.deliver
-        req = AppendRequest(
-            CONFIG, Ballot(seq.epoch, str(seq.node)), seq.start, seq.commit, entries, groups
-        )
-        if self._send(targets, lambda s: s.apply_append(KEY, req)):
+        ballot = Ballot(seq.epoch, str(seq.node))
+        if alongside is not None and groups:
+            update = GroupRequest(CONFIG, seq.epoch, G, groups[0][1])
+            plain = AppendRequest(CONFIG, ballot, seq.start, seq.commit, entries)
+            group_ok = self._send(alongside, lambda s: s.apply_group(KEY, update))
+            self.seq = seq  # the APPEND left already: it goes on whatever the update does
+            ok = self._send(targets, lambda s: s.apply_append(KEY, plain)) and group_ok
+        else:
+            req = AppendRequest(CONFIG, ballot, seq.start, seq.commit, entries, groups)
+            ok = self._send(targets, lambda s: s.apply_append(KEY, req))
+        if not ok:  # the consumer gets nothing unless both are on W replicas
+            self.seq = None
+        else:
             seq.commit = entries[-1].seq
             me.log.note_commit(seq.commit)
             if waiting is not None:
@@ -349,6 +363,7 @@ ops = st.one_of(
         st.integers(1, 3),
         st.sampled_from([None, "a", "b"]),
         st.lists(st.integers(0, 4), max_size=4),
+        st.none() | st.lists(st.integers(0, 4), max_size=4),
     ),
     st.tuples(
         st.just("claim"), st.sampled_from("ab"), st.integers(1, 4), st.lists(st.integers(0, 4))
@@ -365,7 +380,7 @@ ops = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.sampled_from([(3, 2), (5, 3), (3, 3)]), st.lists(ops, max_size=60))
 def test_records_sent_with_appends_keep_the_group_guarantees(
     nw: tuple[int, int], steps: list
@@ -376,7 +391,8 @@ def test_records_sent_with_appends_keep_the_group_guarantees(
     for step in steps:
         kind = step[0]
         if kind == "publish":
-            sim.publish(step[1], step[2], [t % n for t in step[3]])
+            alongside = None if step[4] is None else [t % n for t in step[4]]
+            sim.publish(step[1], step[2], [t % n for t in step[3]], alongside)
         elif kind == "claim":
             sim.claim(step[1], step[2], [t % n for t in step[3]])
         elif kind == "settle":

@@ -27,6 +27,20 @@ class Slot:
     groups: list[tuple[str, GroupState]] = field(default_factory=list)
     committed: asyncio.Future[None] | None = None
 
+    def on_commit(self) -> asyncio.Future[None]:
+        """:attr:`committed`, made on first use."""
+        if self.committed is None:
+            self.committed = asyncio.get_running_loop().create_future()
+            # Its failure is also reported to whoever waits on it; a waiter that went away
+            # (a cancelled long-poll) must not leave it "never retrieved".
+            self.committed.add_done_callback(_retrieve)
+        return self.committed
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
 
 @dataclass(slots=True, eq=False)
 class Parked:

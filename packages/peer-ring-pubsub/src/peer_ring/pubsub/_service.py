@@ -76,6 +76,12 @@ def typed_error(exc: BaseException) -> PubSubError | None:
 T = TypeVar("T")
 
 
+async def _both(first: Awaitable[None] | None, second: Awaitable[None]) -> None:
+    if first is not None:
+        await first
+    await second
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -386,10 +392,8 @@ class Service:
                 continue
             state.merge_group(req.group, delta)  # at once: the next claim must not repeat it
             slot.groups.append((req.group, delta))
-            if slot.committed is None:
-                slot.committed = asyncio.get_running_loop().create_future()
             park.reply = reply
-            park.committed = slot.committed
+            park.committed = slot.on_commit()
             self.piggybacked += 1
 
     def _read(self, leader: Leader, req: FetchRequest) -> FetchReply:
@@ -447,11 +451,26 @@ class Service:
         records to await before handing it out (None: nothing changed)."""
         if req.consumer in self._released:
             return FetchReply([], [], 0, 0), None
-        reply, delta = self._claim_now(leader, req)
+        slot = self._inflight(leader)
+        reply, delta = self._claim_now(leader, req, slot)
         wait = None
         if delta is not None:
             wait = self.leaders.replicate_group_begin(leader, req.group, delta)
+        if slot is not None and any(e.seq > leader.commit for e in reply.entries):
+            # Messages of the APPEND in flight were claimed too: their records replicate
+            # alongside it (not after it), and the reply waits for both.
+            wait = _both(wait, slot.on_commit())
         return reply, wait
+
+    def _inflight(self, leader: Leader) -> Slot | None:
+        """The partition's APPEND in flight when a claim may cover it: the only one, of a
+        multi-copy partition, starting right after the commit point."""
+        if len(leader.slots) != 1 or self.leaders.copies(leader.config)[0] == 1:
+            return None
+        slot = leader.slots[0]
+        if slot.ok is not None or slot.batch[0][0].seq != leader.commit + 1:
+            return None
+        return slot
 
     def _claim_now(
         self, leader: Leader, req: FetchRequest, slot: Slot | None = None
