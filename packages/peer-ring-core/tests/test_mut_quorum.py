@@ -25,7 +25,7 @@ async def test_the_error_names_the_namespace_the_command_and_the_quorum() -> Non
     c = collector(3)
     c.add(Reply("a:1", b"", PeerUnavailableError("a:1", "refused")))
     with pytest.raises(QuorumNotReachedError) as info:
-        c.result()
+        c.future.result()
     message = str(info.value)
     assert message.startswith("kv/set: quorum of 3 not reached (0 succeeded)")
     assert info.value.quorum == 3
@@ -37,7 +37,7 @@ async def test_the_error_lists_successes_and_failures_apart() -> None:
     c.add(Reply("a:1", b"ok"))
     c.add(Reply("b:1", b"", PeerUnavailableError("b:1", "refused")))
     with pytest.raises(QuorumNotReachedError) as info:
-        c.result()
+        c.future.result()
     assert info.value.succeeded == ["a:1"]
     assert list(info.value.failures) == ["b:1"]
     assert "(1 succeeded)" in str(info.value)
@@ -48,8 +48,8 @@ async def test_expired_replicas_are_recorded_with_an_empty_payload_and_the_error
     c.add(Reply("a:1", b"ok"))
     deadline = TimeoutError("deadline")
     c.fail_silent(deadline)
-    assert c.outcome.complete
-    expired = [r for r in c.outcome.replies if r.node != "a:1"]
+    assert c.result.complete
+    expired = [r for r in c.result.replies if r.node != "a:1"]
     assert [r.node for r in expired] == ["b:1", "c:1"]
     assert all(r.payload == b"" and r.error is deadline for r in expired)
-    assert c.result() is c.outcome
+    assert c.future.result() is c.result

@@ -19,9 +19,9 @@ def collector(quorum: int) -> QuorumCollector:
 async def test_resolves_at_quorum_and_keeps_collecting() -> None:
     c = collector(2)
     c.add(Reply("a:1", b"1"))
-    assert not c.done()
+    assert not c.future.done()
     c.add(Reply("b:1", b"2"))
-    result = c.result()
+    result = c.future.result()
     assert [r.node for r in result.replies] == ["a:1", "b:1"]
     assert not result.complete
     seen: list[list[Reply]] = []
@@ -34,10 +34,10 @@ async def test_resolves_at_quorum_and_keeps_collecting() -> None:
 async def test_fails_as_soon_as_quorum_is_impossible() -> None:
     c = collector(2)
     c.add(Reply("a:1", b"", PeerUnavailableError("a:1", "refused")))
-    assert not c.done()
+    assert not c.future.done()
     c.add(Reply("b:1", b"", PeerUnavailableError("b:1", "refused")))
     with pytest.raises(QuorumNotReachedError) as info:
-        c.result()
+        c.future.result()
     assert set(info.value.failures) == {"a:1", "b:1"}
     assert "a:1" in str(info.value) and "b:1" in str(info.value)
 
@@ -47,12 +47,12 @@ async def test_expire_fails_only_the_silent_replicas() -> None:
     c.add(Reply("a:1", b"ok"))
     c.fail_silent(TimeoutError("deadline"))
     with pytest.raises(QuorumNotReachedError) as info:
-        c.result()
+        c.future.result()
     # the error is raised the moment quorum 3 became impossible (the first silent replica)
     assert set(info.value.failures) == {"b:1"}
     assert info.value.succeeded == ["a:1"]
-    assert {r.node for r in c.outcome.replies if not r.ok} == {"b:1", "c:1"}
-    assert c.outcome.complete
+    assert {r.node for r in c.result.replies if not r.ok} == {"b:1", "c:1"}
+    assert c.result.complete
 
 
 async def test_replies_after_completion_are_ignored() -> None:
@@ -60,4 +60,4 @@ async def test_replies_after_completion_are_ignored() -> None:
     for node in PREFS:
         c.add(Reply(node, b"x"))
     c.add(Reply("a:1", b"late duplicate"))
-    assert len(c.outcome.replies) == 3
+    assert len(c.result.replies) == 3

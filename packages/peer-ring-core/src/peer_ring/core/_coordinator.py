@@ -4,7 +4,7 @@ Any node can coordinate an operation: it computes the key's preference list, run
 command locally when it is a replica (through the dispatcher, like any peer would), sends
 it to the other replicas and returns once ``quorum`` of them succeeded. It creates no
 asyncio Task per operation: replies reach the operation from the transport's reader, and
-the operation is itself the future awaited (see :mod:`._operation`, :mod:`._quorum`).
+the operation counts them itself (see :mod:`._operation`, :mod:`._quorum`).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class Coordinator:
             )
             op.start(prefs)
         try:
-            return await op
+            return await op.future
         except QuorumNotReachedError:
             self.quorum_failed(namespace)
             raise
@@ -266,7 +266,7 @@ class Coordinator:
                 self, ring, namespace, decl, key_b, payload, partition, n, wait, q, result, sender
             )
             remaining += 1
-            op.add_done_callback(functools.partial(key_done, result))
+            op.future.add_done_callback(functools.partial(key_done, result))
             op.start(prefs)
         sender.flush()
         if remaining:

@@ -1,8 +1,8 @@
 """The fan-out of one key: sloppy-quorum substitutes, read forwarding, batched sends.
 
 An :class:`Operation` sends one key's command to its replicas and counts every reply,
-local or remote: it is a :class:`~peer_ring.core._quorum.QuorumCollector`, the future the
-coordinator awaits (one object per operation). A failed hinted write goes to a substitute
+local or remote: it is a :class:`~peer_ring.core._quorum.QuorumCollector` (one object per
+operation; the coordinator awaits its ``future``). A failed hinted write goes to a substitute
 with a hint (Dynamo §4.6); a read refused as "not ready" goes to a previous holder of the
 partition. Each node is asked at most once per key.
 
@@ -35,7 +35,7 @@ from peer_ring.core._errors import (
     PeerUnavailableError,
     RequestTimeoutError,
 )
-from peer_ring.core._quorum import QuorumCollector, future_init
+from peer_ring.core._quorum import QuorumCollector
 from peer_ring.core._result import ExecuteResult, Reply
 from peer_ring.core._ring import Ring
 from peer_ring.core._status import error_for_status
@@ -51,7 +51,7 @@ _OK = Status.OK
 
 class Operation(QuorumCollector):
     """One key of one ``execute`` / ``execute_many`` call: its fan-out, and (as a
-    :class:`QuorumCollector`) the count of its replies and the future awaited for it."""
+    :class:`QuorumCollector`) the count of its replies and the future awaited for them."""
 
     __slots__ = (
         "batch",
@@ -80,21 +80,20 @@ class Operation(QuorumCollector):
         n: int,
         timeout: float,
         quorum: int,
-        outcome: ExecuteResult,
+        result: ExecuteResult,
         batch: BatchSender | None = None,
     ) -> None:
-        # QuorumCollector.__init__'s work inline (one call less per operation); the loop is
-        # the running one (the C Future.__init__ looks it up).
-        future_init(self)
-        self.outcome = outcome
+        # QuorumCollector.__init__'s work inline (one call less per operation).
+        self.future: asyncio.Future[ExecuteResult] = asyncio.get_running_loop().create_future()
+        self.result = result
+        self.namespace = namespace
         self.name = command.name
         self.quorum = quorum
-        self.expected = len(outcome.preference_list)
+        self.expected = len(result.preference_list)
         self.successes = 0
         self.failures = 0
         self.coord = coord
         self.ring = ring
-        self.namespace = namespace
         self.command = command
         self.key = key
         self.payload = payload
@@ -215,7 +214,7 @@ class Operation(QuorumCollector):
         if local:  # last: remote requests are on their way while the handler runs
             self._run_here("")
         delay = coord.speculate_after
-        if spares and delay is not None and not self.done():
+        if spares and delay is not None and not self.future.done():
             # An entry in the coordinator's DeadlineWheel (5 ms ticks, one timer per wheel),
             # not a timer per read.
             self.tick = coord.speculation.add(self, delay)
@@ -224,7 +223,7 @@ class Operation(QuorumCollector):
         """The quorum is still missing after ``read_speculate_after``: ask one more."""
         self.tick = 0
         coord = self.coord
-        if self.done() or not self.spares or not coord.running:
+        if self.future.done() or not self.spares or not coord.running:
             return
         coord.speculative_reads += 1
         self.expected += 1
@@ -235,7 +234,7 @@ class Operation(QuorumCollector):
 
     def _quorum_known(self) -> None:
         """Disarm the speculative deadline once the read's outcome is decided."""
-        if self.done():
+        if self.future.done():
             self.coord.speculation.remove(self, self.tick)
             self.tick = 0
 
@@ -278,14 +277,14 @@ class Operation(QuorumCollector):
         )
         if type(out) is bytes:  # take_local's common case, without the call
             # QuorumCollector.add's success case, inline.
-            outcome = self.outcome
-            if not outcome._complete:
-                outcome.replies.append(Reply(coord.address, out, None))
+            result = self.result
+            if not result._complete:
+                result.replies.append(Reply(coord.address, out, None))
                 self.successes += 1
-                if self.successes >= self.quorum and not self.done():
-                    self.set_result(outcome)
+                if self.successes >= self.quorum and not self.future.done():
+                    self.future.set_result(result)
                 if self.successes + self.failures >= self.expected:
-                    outcome._finish()
+                    result._finish()
             if self.tick:
                 self._quorum_known()
         else:
@@ -338,14 +337,14 @@ class Operation(QuorumCollector):
         if membership.suspects or membership.downs:  # else peer_ok has nothing to clear
             self.coord.sync.peer_ok(target)
         # QuorumCollector.add's success case, inline.
-        outcome = self.outcome
-        if not outcome._complete:
-            outcome.replies.append(Reply(target, payload, None))
+        result = self.result
+        if not result._complete:
+            result.replies.append(Reply(target, payload, None))
             self.successes += 1
-            if self.successes >= self.quorum and not self.done():
-                self.set_result(outcome)
+            if self.successes >= self.quorum and not self.future.done():
+                self.future.set_result(result)
             if self.successes + self.failures >= self.expected:
-                outcome._finish()
+                result._finish()
         if self.tick:
             self._quorum_known()
 
@@ -372,7 +371,7 @@ class Operation(QuorumCollector):
     def settle(self, target: str, hint: str, err: BaseException, *, forward: bool) -> None:
         """Count a failure, or first try a substitute / previous holder in its place."""
         spares = self.spares
-        if spares and self.coord.running and not self.done():
+        if spares and self.coord.running and not self.future.done():
             # A quorum read: a replica not asked yet takes the failed one's place.
             self.coord.read_retries += 1
             self.send(spares.pop(0), "")
