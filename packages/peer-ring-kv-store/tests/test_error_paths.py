@@ -36,10 +36,12 @@ async def test_a_read_repair_that_fails_is_counted_and_the_read_still_returns(
     await a.set("k", b"new", quorum=2)  # c misses it
     network.heal()
 
-    def broken_put(key: bytes, record: object) -> bool:
+    def broken_put(key: bytes, record: object, *_: object) -> bool:
         raise OSError("disk full on purpose")
 
+    # Both write paths of a replica: the payload's bytes (put_wire) and a Record (put).
     c.engine.put = broken_put  # type: ignore[method-assign,assignment]
+    c.engine.put_wire = broken_put  # type: ignore[method-assign,assignment]
     failed_before = a.node.sync_status()["send"]["failed"]
     assert await a.get("k", quorum=3) == b"new"
     await settle_loop()

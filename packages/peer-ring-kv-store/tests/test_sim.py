@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import peer_ring.kv._store as kv_store
+import peer_ring.kv._store_write as kv_write
 from peer_ring.core.testing.sim import SimConfig, shrink
 from peer_ring.kv.sim import Op, check, run_seed
 
@@ -81,7 +81,7 @@ def test_the_checker_finds_acknowledged_writes_lost_to_skew_without_refusals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Plant the bug the refusals fix: coordinators ignore them (plain LWW on skewed time).
-    monkeypatch.setattr(kv_store, "newest_refusal", lambda payloads: None)
+    monkeypatch.setattr(kv_write, "newest_refusal", lambda payloads: None)
     failed = [s for s in range(6) if not run_seed(s).ok]
     assert len(failed) >= 3, failed
     # Shrinking keeps the seed failing with fewer fault kinds (skew must stay: it is the

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import peer_ring.kv._store as kv_store
+import peer_ring.kv._store_write as kv_write
 import peer_ring.kv.sim as kv_sim
 from peer_ring.core.testing.sim import SimConfig
 from peer_ring.kv._sim_cli import _range, main
@@ -48,7 +48,7 @@ def test_run_with_two_worker_processes(capsys: pytest.CaptureFixture[str]) -> No
 def test_run_reports_failing_seeds_and_how_to_replay(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(kv_store, "newest_refusal", lambda payloads: None)
+    monkeypatch.setattr(kv_write, "newest_refusal", lambda payloads: None)
     failing = [s for s in range(6) if not kv_sim.run_seed(s).ok]
     assert failing
     seed = failing[0]

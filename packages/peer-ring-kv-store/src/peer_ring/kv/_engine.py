@@ -86,7 +86,6 @@ from peer_ring.kv._engine_layout import (
     _DEAD,
     _ENCODED,
     _EXPIRES_AT,
-    _GET_HEAD_PACK,
     _MASK64,
     _TOMB,
     _TTL,
@@ -100,11 +99,10 @@ from peer_ring.kv._engine_layout import (
     _unpack_compact,
     _unpack_wide,
 )
-from peer_ring.kv._engine_partitions import _EnginePartitions
+from peer_ring.kv._engine_wire import _EngineWire
 from peer_ring.kv._expiry import TTLIndex
 from peer_ring.kv._record import Record, Resolver, reconcile
 from peer_ring.kv._versions import MAX_NODE_ID_BYTES, Version
-from peer_ring.kv._wire import FLAG_TOMBSTONE, encode_get_response
 
 # Bound by assignment, not imported by name: CPython 3.11 compiles ``name.pack(...)`` as a
 # method call (LOAD_METHOD, no bound method object) only when ``name`` is not bound by an
@@ -118,7 +116,7 @@ _WIDE = _engine_layout._WIDE
 __all__ = ["RECORD_OVERHEAD", "KVEngine"]
 
 
-class KVEngine(_EnginePartitions):
+class KVEngine(_EngineWire):
     """One node's key-value records: LWW merge, TTL, tombstones, LRU bound, digests.
 
     Keys are ``bytes`` (encode ``str`` keys as UTF-8 first); values are ``bytes``.
@@ -171,6 +169,8 @@ class KVEngine(_EnginePartitions):
         self._node_fps: list[int] = []
         # Each id UTF-8 encoded for get_wire (None: an id the wire format cannot carry).
         self._node_wire: list[bytes | None] = []
+        # The same ids as the wire carries them (UTF-8) -> index, for put_wire.
+        self._wire_index: dict[bytes, int] = {}
         self._lru: OrderedDict[bytes, None] | None = None if max_bytes is None else OrderedDict()
         self._ttl = TTLIndex()
         self._ttl_count = 0  # live records with a TTL (the index also holds stale entries)
@@ -360,45 +360,6 @@ class KVEngine(_EnginePartitions):
             lru.move_to_end(key)
         return value, (flags & _ENCODED) != 0
 
-    def get_wire(self, key: bytes, partition: int) -> bytes:
-        """``encode_get_response(get_record(key))``, straight from the stored bytes.
-
-        A replica's answer to a GET: tombstones included, an expired value answered as
-        the tombstone it becomes, a use for the LRU order. No :class:`Record` or
-        :class:`Version` is built, and ``partition`` is the one the caller computed (the
-        core's ``CommandContext.partition``): a wrong one reads as absent.
-
-        Raises:
-            ValueError: the record's writer id cannot be encoded (as ``encode_record``).
-        """
-        blob = self._parts[partition].get(key)
-        if blob is None:
-            return b"\x00"
-        flags = blob[0]
-        if flags & _WIDE_FLAG:
-            word, logical, node, expires = _unpack_wide(blob)
-            offset = _WIDE_SIZE
-        else:
-            word, node, logical = _unpack_compact(blob)
-            expires = 0.0
-            offset = _COMPACT_SIZE
-        node_b: bytes | None = self._node_wire[node]
-        if node_b is None:  # longer than the wire format allows: encode_record raises
-            return encode_get_response(self.get_record(key))
-        if not flags & _TOMB:
-            if not expires or expires > self._clock.time():
-                lru = self._lru
-                if lru is not None:
-                    lru.move_to_end(key)
-                size = len(blob) - offset
-                head = _GET_HEAD_PACK(
-                    1, flags & _ENCODED, word >> 8, logical, expires, len(node_b), size
-                )
-                return b"".join((head, node_b, blob[offset:]))
-            self._expire(partition, _fp64(key), key, blob)
-        head = _GET_HEAD_PACK(1, FLAG_TOMBSTONE, word >> 8, logical, expires, len(node_b), 0)
-        return head + node_b
-
     def reconcile(self, key: bytes, records: Iterable[Record | None]) -> Record | None:
         """Pick the winner among replicas' records with this engine's resolver.
 
@@ -427,6 +388,24 @@ class KVEngine(_EnginePartitions):
             raise TypeError(f"keys are bytes, got {type(key).__name__}")
         value, version, expires, tombstone, encoded = record
         physical, logical, node_id = version
+        node = self._node_index.get(node_id)
+        if node is None:
+            node = self._intern(node_id)
+        flags = (_TOMB if tombstone else 0) | (_ENCODED if encoded else 0)
+        return self._put(key, value, physical, logical, node, expires, flags)
+
+    def _put(
+        self,
+        key: bytes,
+        value: bytes,
+        physical: int,
+        logical: int,
+        node: int,
+        expires: float,
+        wire_flags: int,
+    ) -> bool:
+        """:meth:`put` of a record given as its fields: ``node`` is the writer's interned
+        index, ``wire_flags`` the record's flags (``_TOMB``, ``_ENCODED``, as on the wire)."""
         fp = _fp64(key)
         partition = fp % self._partitions
         part = self._parts[partition]
@@ -441,16 +420,17 @@ class KVEngine(_EnginePartitions):
             # parts almost always differ, so compare them alone first (no tuple built).
             if old_physical >= physical and (
                 old_physical > physical
-                or (old_logical, self._nodes[old_node]) >= (logical, node_id)
+                or (old_logical, self._nodes[old_node]) >= (logical, self._nodes[node])
             ):
                 return False
+        tombstone = wire_flags & _TOMB
         deadline = 0.0
         if tombstone or expires:
             if not (expires >= 0.0 and math.isfinite(expires)):
                 raise ValueError(f"expires must be a finite time >= 0, got {expires!r}")
             now = self._clock.time()
             if not tombstone and expires <= now:
-                tombstone = True
+                tombstone = _TOMB
             if tombstone:
                 deadline = (expires or physical / 1_000_000) + self._grace
                 if deadline <= now:
@@ -459,14 +439,11 @@ class KVEngine(_EnginePartitions):
                         return False
                     self._remove(partition, fp, key, old)
                     return True
-        node = self._node_index.get(node_id)
-        if node is None:
-            node = self._intern(node_id)
         if tombstone:
             flags = _TOMB | (_TTL if expires else 0)
             value = b""
         else:
-            flags = (_ENCODED if encoded else 0) | (_TTL if expires else 0)
+            flags = (wire_flags & _ENCODED) | (_TTL if expires else 0)
         try:
             if expires or logical > 0xFF or node > 0xFFFF:
                 flags |= _WIDE_FLAG
@@ -474,6 +451,7 @@ class KVEngine(_EnginePartitions):
             else:
                 blob = _COMPACT.pack(flags | physical << 8, node, logical) + value
         except struct.error as exc:
+            version = Version(physical, logical, self._nodes[node])
             raise ValueError(f"version out of range: {version!r} ({exc})") from None
         limit = self._max_bytes
         if limit is not None and len(key) + len(blob) + RECORD_OVERHEAD > limit:
@@ -556,4 +534,6 @@ class KVEngine(_EnginePartitions):
         if wire is not None and len(wire) > MAX_NODE_ID_BYTES:
             wire = None
         self._node_wire.append(wire)
+        if wire is not None:
+            self._wire_index[wire] = index
         return index

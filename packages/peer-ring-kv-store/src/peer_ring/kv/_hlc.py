@@ -125,6 +125,18 @@ class HLC:
         self._logical = logical
         return _new(Version, (physical, logical, self._node_id))
 
+    def observe(self, physical: int, logical: int, node_id: str) -> None:
+        """:meth:`update` with a timestamp given as its parts, for a replica's write.
+
+        The same guarantee (afterwards every :meth:`now` is greater than the timestamp,
+        unless the drift guard refuses it), at no cost when this clock is already past
+        the timestamp: :meth:`now` is strictly greater than every timestamp issued or
+        adopted before, so there is nothing to do, and no clock read.
+        """
+        if physical < self._physical or (physical == self._physical and logical <= self._logical):
+            return
+        self.update(_new(Version, (physical, logical, node_id)))
+
     def _bump(self, logical: int) -> None:
         # The logical counter is a u32 on the wire. Rather than overflow, borrow one
         # microsecond from the future: (p + 1, 0) is still greater than (p, anything).

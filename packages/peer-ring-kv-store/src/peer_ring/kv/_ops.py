@@ -318,7 +318,7 @@ class KVOpsMixin(KVStoreBase):
         else:
             raise InvalidArgumentError(f"unknown operation {op!r}")
         if new is not None:
-            await self._write(key, new, n, q)
+            await self._write(key, encode_record(new), n, q)
             reply["ok"] = True
         return json.dumps(reply).encode()
 

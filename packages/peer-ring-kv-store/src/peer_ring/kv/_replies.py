@@ -10,11 +10,64 @@ decoded answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from peer_ring.core import Reply
+from peer_ring.core import Clock, Reply
 from peer_ring.kv._record import Record, Resolver, reconcile
-from peer_ring.kv._wire import decode_get_response
+from peer_ring.kv._wire import (
+    FLAG_ENCODED,
+    FLAG_TOMBSTONE,
+    GET_RESPONSE_HEAD,
+    KNOWN_FLAGS,
+    decode_get_response,
+    known_node_ids,
+)
+
+#: What :func:`agreed_value` returns for an absent, deleted or expired key.
+ABSENT: tuple[()] = ()
+_unpack_answer = GET_RESPONSE_HEAD.unpack_from
+_ANSWER_HEAD_SIZE = GET_RESPONSE_HEAD.size
+_INF = math.inf
+
+
+def agreed_value(replies: Sequence[Reply], clock: Clock) -> tuple[bytes, bool] | tuple[()] | None:
+    """``(value, encoded)`` of a read whose successful replies are all the same bytes
+    (the common case: replicas in sync), straight from those bytes; :data:`ABSENT` when
+    they say the key is absent, deleted or expired at ``clock.time()``.
+
+    ``None`` when this cannot say as cheaply: the answers differ, or they are not a
+    well-formed record of a writer id the decoder has already checked. The caller then
+    reconciles them (:func:`reconcile_answers`), which gives the same value (one distinct
+    answer is its own winner) or raises the decoder's error.
+    """
+    first: bytes | None = None
+    for reply in replies:
+        if reply.error is None:
+            if first is None:
+                first = reply.payload
+            elif reply.payload != first:
+                return None
+    if first is None or first == b"\x00":
+        return ABSENT
+    size = len(first)
+    if size < _ANSWER_HEAD_SIZE:
+        return None
+    present, flags, _, _, expires, node_len, value_len = _unpack_answer(first)
+    node_end = _ANSWER_HEAD_SIZE + node_len
+    # decode_get_response's checks (see _wire._read_record), and a writer id it decoded.
+    if (
+        present != 1
+        or node_end + value_len != size
+        or flags & ~KNOWN_FLAGS
+        or not 0.0 <= expires < _INF  # also true for NaN
+        or (flags & FLAG_TOMBSTONE and (value_len or flags & FLAG_ENCODED))
+        or first[_ANSWER_HEAD_SIZE:node_end] not in known_node_ids
+    ):
+        return None
+    if flags & FLAG_TOMBSTONE or (expires and expires <= clock.time()):
+        return ABSENT  # deleted or expired (Record.is_live)
+    return first[node_end:], flags & FLAG_ENCODED != 0
 
 
 def reconcile_answers(

@@ -8,8 +8,9 @@ that answered with an older version (Dynamo §4.5 read repair). With R + W > N e
 overlaps every acknowledged write.
 
 This module holds the store's state, lifecycle and single-key client API (the per-operation
-paths); the replica-side handlers are in :mod:`peer_ring.kv._store_replica`, ``mget``/``mset``
-in :mod:`peer_ring.kv._store_batch` and the other operations in :mod:`peer_ring.kv._ops`
+paths); the replica-side handlers are in :mod:`peer_ring.kv._store_replica`, a write's bytes
+and quorum in :mod:`peer_ring.kv._store_write`, ``mget``/``mset`` in
+:mod:`peer_ring.kv._store_batch` and the other operations in :mod:`peer_ring.kv._ops`
 (mixins :class:`KVStore` inherits).
 """
 
@@ -20,7 +21,6 @@ import dataclasses
 import errno
 import functools
 import logging
-from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
@@ -32,33 +32,29 @@ from peer_ring.core import (
     NotRunningError,
     PeerRing,
     PeerRingConfig,
-    QuorumNotReachedError,
     Reply,
     SystemClock,
     Transport,
 )
 from peer_ring.kv._args import MAX_KEY_BYTES as _MAX_KEY_BYTES
-from peer_ring.kv._args import check_sizes, encode, key_bytes, seconds
+from peer_ring.kv._args import check_sizes, key_bytes, seconds
 from peer_ring.kv._codec import DEFAULT_CODEC, Codec, decode_value
 from peer_ring.kv._engine import KVEngine
-from peer_ring.kv._errors import ValueTooLargeError
+from peer_ring.kv._engine_layout import _fp64
 from peer_ring.kv._expiry import run_active_expiry
 from peer_ring.kv._hlc import HLC
 from peer_ring.kv._hooks import KVHooks
 from peer_ring.kv._ops import KVOpsMixin
-from peer_ring.kv._ordered import MAX_ATTEMPTS, WriteRefusedError, newest_refusal, version_above
 from peer_ring.kv._record import Record, Resolver
-from peer_ring.kv._replies import reconcile_answers, stale_nodes
+from peer_ring.kv._replies import agreed_value, reconcile_answers, stale_nodes
 from peer_ring.kv._status import clock_offsets_snapshot
 from peer_ring.kv._store_batch import K, KVBatchMixin
 from peer_ring.kv._store_replica import GET, MGET, MSET, NAMESPACE, SET, KVReplicaMixin
-from peer_ring.kv._versions import ZERO_VERSION
+from peer_ring.kv._store_write import MAX_WIRE_VALUE, KVWriteMixin
 from peer_ring.kv._wire import encode_record
 
 logger = logging.getLogger(__name__)
 
-# Records built without NamedTuple's Python-level __new__ (on every write).
-_new = tuple.__new__
 
 #: Longest accepted key, in bytes (UTF-8 for ``str`` keys).
 MAX_KEY_BYTES = _MAX_KEY_BYTES
@@ -82,7 +78,7 @@ __all__ = [
 ]
 
 
-class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
+class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
     """An embedded, replicated in-memory key-value store.
 
     Args:
@@ -154,6 +150,14 @@ class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
             resolver=resolver,
         )
         self._hlc = HLC(self._clock, self._node.address)
+        # What set() stamps on its records: this node's id as the wire carries it, and
+        # the largest value it encodes without the checks of encode_record.
+        self._writer = self._node.address.encode()
+        self._max_fast_value = min(max_value_bytes, MAX_WIRE_VALUE)
+        # A peer's write moves this node's HLC (see _observe), bound once for _h_set.
+        self._hlc_observe = self._hlc.observe
+        self._address = self._node.address
+        self._partitions = self._config.partitions
         self._hooks = KVHooks(self._engine, on_record=self._observe)
         self._background: set[asyncio.Task[Any]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
@@ -161,9 +165,6 @@ class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
         self.read_repairs = 0
         #: Writes sent again above a newer version a replica refused them with.
         self.reversioned_writes = 0
-        # The last payload _write sent and its record (see _h_set); a placeholder that is
-        # no payload at first (b"" would be: empty bytes are a shared object).
-        self._sent: tuple[object, Record] = (object(), Record(b"", ZERO_VERSION))
         self._register()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -350,16 +351,6 @@ class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
         if not self._node.running:
             raise NotRunningError(f"KVStore {self._node.address} is not running")
 
-    def _record(self, value: object, ttl: float | None) -> Record:
-        if type(value) is bytes:  # raw bytes pass through (encode_value)
-            data, encoded = value, False
-        else:
-            data, encoded = encode(value, self._codec)
-        if len(data) > self._max_value_bytes:
-            raise ValueTooLargeError(len(data), self._max_value_bytes)
-        expires = 0.0 if ttl is None else self._clock.time() + seconds("ttl", ttl)
-        return _new(Record, (data, self._hlc.now(), expires, False, encoded))
-
     async def set(
         self,
         key: Key,
@@ -399,7 +390,7 @@ class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
             and not (type(quorum) is int and 0 < quorum <= self._config.replication)
         ):
             check_sizes(node, replication, quorum)
-        await self._write(key_b, self._record(value, ttl), replication, quorum)
+        await self._write(key_b, self._payload(value, ttl), replication, quorum)
 
     async def delete(
         self, key: Key, *, quorum: int | None = None, replication: int | None = None
@@ -408,59 +399,9 @@ class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
         self._check_running()
         key_b = self._key(key)
         self._check_sizes(replication, quorum)
-        await self._write(key_b, Record.deleted(self._hlc.now()), replication, quorum)
-
-    async def _write(
-        self, key: bytes, record: Record, replication: int | None, quorum: int | None
-    ) -> None:
-        # Acknowledged only once a quorum stored this version: a replica holding a higher
-        # one refuses, and the write goes again above it, so a write acknowledged after
-        # another one wins whatever the clock skew (_ordered, docs/consistency.md).
-        # Hints a substitute stores for a missing replica are sent and delivered later as
-        # usual, but only replicas of the key count for the acknowledgement: a substitute
-        # cannot refuse an older version, so counting it would break the intersection.
-        node = self._node
-        config = self._config
-        n = config.replication if replication is None else replication
-        q = config.quorum_for(n) if quorum is None else quorum
-        for _ in range(MAX_ATTEMPTS):
-            payload = encode_record(record)
-            # The local replica's handler runs inside execute() with this very payload
-            # object: it takes the record from here instead of decoding it (_h_set).
-            self._sent = (payload, record)
-            result = await node.execute(
-                NAMESPACE, SET, key, payload, replication=replication, quorum=quorum
-            )
-            if not self._sloppy_quorum:
-                # The common outcome, in one pass: a quorum of the key's replicas
-                # acknowledged (empty payloads) and none refused (see below).
-                prefs = result.preference_list
-                acks = 0
-                for reply in result.replies:
-                    if reply.error is None:
-                        if reply.payload:
-                            acks = -n  # a refusal, or bytes to look at: the general path
-                            break
-                        if reply.node in prefs:
-                            acks += 1
-                if acks >= q:
-                    return
-            replies = result.ok_replies
-            home: Collection[str] = (
-                {r.node for r in replies} if self._sloppy_quorum else result.preference_list
-            )
-            if sum(1 for r in replies if r.node in home) < q and not result.complete:
-                replies = [r for r in await result.all_replies() if r.error is None]
-            newer = newest_refusal(r.payload for r in replies)
-            if newer is None:
-                acked = [r.node for r in replies if r.node in home]
-                if len(acked) >= q:
-                    return
-                failures = {r.node: r.error for r in result.replies if r.error is not None}
-                raise QuorumNotReachedError(NAMESPACE, SET.name, q, acked, failures)
-            self.reversioned_writes += 1
-            record = record._replace(version=version_above(self._hlc, newer))
-        raise WriteRefusedError(key, len(result.ok_replies), [r.node for r in result.ok_replies])
+        await self._write(
+            key_b, encode_record(Record.deleted(self._hlc.now())), replication, quorum
+        )
 
     async def get(
         self,
@@ -506,16 +447,26 @@ class KVStore(KVReplicaMixin, KVBatchMixin, KVOpsMixin):
             # One hash for both the ring and the readiness check (the engine uses the
             # ring's partition count), and no second liveness check: engine.get() already
             # returns None for absent, deleted and expired keys.
-            engine = self._engine
-            partition = engine.partition_of(key_b)
-            replicas = node.ring.preference_list(partition, n)
-            if node.address in replicas and node.partition_ready(partition):
-                found = engine.get_value(key_b, partition)
+            partition = _fp64(key_b) % self._partitions  # KVEngine.partition_of
+            if self._address in node.ring.preference_list(partition, n) and (
+                node.partition_ready(partition)
+            ):
+                found = self._engine.get_value(key_b, partition)
                 if found is None:
                     return default
-                return decode_value(found[0], found[1], self._codec)
+                data, encoded = found
+                return decode_value(data, True, self._codec) if encoded else data
         # replication/quorum as given: the core's fast path for the defaults (None).
         result = await node.execute(NAMESPACE, GET, key_b, replication=replication, quorum=quorum)
+        if result.complete:
+            # Every replica asked has answered: nothing to repair when they agree, the
+            # common case, and then only the value is needed (no Record).
+            agreed = agreed_value(result.replies, self._clock)
+            if agreed:
+                data, encoded = agreed
+                return decode_value(data, True, self._codec) if encoded else data
+            if agreed is not None:
+                return default  # absent, deleted or expired
         winner, payload = reconcile_answers(key_b, result.payloads, self._resolver)
         if winner is None:
             return default

@@ -8,6 +8,8 @@ before (the handlers are bound methods of the store, registered once).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from peer_ring.core import Command, CommandContext, PartitionNotReadyError
 from peer_ring.kv._hooks import KVHooks
 from peer_ring.kv._ordered import refusal
@@ -32,7 +34,7 @@ class KVReplicaMixin(KVStoreBase):
     """The replica-side handlers; :class:`~peer_ring.kv.KVStore` provides the attributes."""
 
     _hooks: KVHooks
-    _sent: tuple[object, Record]
+    _hlc_observe: Callable[[int, int, str], None]
 
     def _register(self) -> None:
         node = self._node
@@ -51,21 +53,30 @@ class KVReplicaMixin(KVStoreBase):
         self._hlc.update(record.version)
 
     def _h_set(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        sent, record = self._sent
-        if payload is not sent:  # not the local run of this node's own write (_write)
-            record = decode_record(payload)
-        if not ctx.local:
-            self._hlc.update(record.version)
+        engine = self._engine
         # ctx.partition is the one this node computed from the key (the core recomputes a
         # peer's), so no second hash here.
+        if self._node.partition_ready(ctx.partition):
+            # The common write, stored from the payload's bytes (no Record); a peer's
+            # version moves this node's HLC (_observe), this node's own cannot.
+            stored = engine.put_wire(key, payload, None if ctx.local else self._hlc_observe)
+            if stored:
+                return b""
+            if stored is not None:
+                # Not stored: a refusal if this replica holds a higher version (_ordered).
+                return refusal(engine.get_record(key), decode_record(payload))
+        # Anything else as the general path: decode_record raises the precise error of a
+        # malformed payload; put() learns a writer id not seen before.
+        record = decode_record(payload)
+        if not ctx.local:
+            self._hlc.update(record.version)
         if not self._node.partition_ready(ctx.partition):
             # Still pulling the partition (joined, or restarted with empty memory): this
             # replica cannot know the version it should refuse, so it must not count.
             raise PartitionNotReadyError(self._node.address, ctx.partition)
-        if self._engine.put(key, record):
+        if engine.put(key, record):
             return b""
-        # Not stored: a refusal if this replica holds a higher version (see _ordered).
-        return refusal(self._engine.get_record(key), record)
+        return refusal(engine.get_record(key), record)
 
     def _h_get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         # The answer's bytes straight from the stored record (no Record, no re-encoding);

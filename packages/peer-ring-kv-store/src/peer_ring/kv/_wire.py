@@ -44,6 +44,8 @@ from peer_ring.kv._versions import MAX_NODE_ID_BYTES, Version
 FLAG_TOMBSTONE = 0x01
 FLAG_ENCODED = 0x02
 _KNOWN_FLAGS = FLAG_TOMBSTONE | FLAG_ENCODED
+#: The flag bits a record may carry.
+KNOWN_FLAGS = _KNOWN_FLAGS
 
 _RECORD_HEAD = struct.Struct("<BQIdBI")  # flags, physical, logical, expires, node/value length
 _RECORD_HEAD_SIZE = _RECORD_HEAD.size
@@ -62,6 +64,8 @@ _unpack_head = _RECORD_HEAD.unpack_from
 #: Most writer ids remembered by the decoder (bytes -> str); the cache is emptied when full.
 NODE_ID_CACHE_SIZE = 1024
 _node_ids: dict[bytes, str] = {}
+#: The writer ids the decoder has checked (UTF-8 bytes -> str; read-only for others).
+known_node_ids = _node_ids
 
 
 class MalformedPayloadError(PeerRingError, ValueError):
