@@ -3,7 +3,7 @@
 Wire protocol: ``peer_ring/core/proto/peer_ring.proto``. Moving parts:
 
 - a ``grpc.aio`` server on this node's address serves the ``Exchange`` streams peers open
-  to us (:mod:`._inbound`) and the ``Transfer`` RPC;
+  to us (:mod:`._inbound`) and the ``Transfer`` RPC (:mod:`._grpc_transfer`);
 - one :class:`~._outbound.PeerConnection` per peer holds the channel and this node's
   ``Exchange`` stream to it (:mod:`._outbound`);
 - one :class:`~._deadlines.DeadlineWheel` holds every request deadline (outbound requests
@@ -26,11 +26,10 @@ malformed frame be refused cleanly instead of failing inside gRPC.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -41,13 +40,12 @@ from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._errors import (
     InvalidArgumentError,
     NotRunningError,
-    PeerRingError,
     PeerUnavailableError,
     RemoteError,
-    UnknownCommandError,
 )
 from peer_ring.core._types import Request, Response, TransferRequest
 from peer_ring.core.transport._base import (
+    CallOwner,
     InboundHandler,
     ReachabilityListener,
     TransferHandler,
@@ -56,11 +54,8 @@ from peer_ring.core.transport._base import (
 )
 from peer_ring.core.transport._channels import open_channel
 from peer_ring.core.transport._codec import (
-    RecordTooLargeError,
     decode_transfer_chunk,
-    decode_transfer_request,
     encode_transfer_request,
-    transfer_chunks,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel, read_chunk_within
 from peer_ring.core.transport._grpc_errors import (
@@ -69,6 +64,7 @@ from peer_ring.core.transport._grpc_errors import (
     bind_error,
     transfer_error,
 )
+from peer_ring.core.transport._grpc_transfer import serve_transfer
 from peer_ring.core.transport._identity import claim_refusal
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._linger import HOLD_SECONDS
@@ -272,6 +268,29 @@ class GrpcTransport(Transport):
                 return fut
             conn = self._connection(peer)
         return conn.request(request)
+
+    def submit(
+        self,
+        peer: str,
+        owner: CallOwner,
+        hint: str,
+        namespace: str,
+        command: str,
+        key: bytes,
+        payload: bytes,
+        partition: int,
+        timeout: float,
+    ) -> None:
+        """Send a request given by its fields to ``peer``; its outcome goes to ``owner``
+        (see :meth:`Transport.submit`). No :class:`Request` object. Never raises."""
+        conn = self._peers.get(peer)
+        if conn is None:
+            if not self._running:  # the base fails it through the loop, as on TCP
+                fields = (namespace, command, key, payload, partition, timeout)
+                super().submit(peer, owner, hint, *fields)
+                return
+            conn = self._connection(peer)
+        conn.submit(owner, hint, namespace, command, key, payload, partition, timeout)
 
     async def connect(self, peer: str) -> None:
         """Open the stream to ``peer`` now (otherwise the first request does).
@@ -554,44 +573,17 @@ class GrpcTransport(Transport):
                 context,
                 *self._overloaded("Transfer", admitted, context, "max_inbound_transfers", limit),
             )
+        assert self._on_transfer is not None  # checked by _admit
         self._transfers_in_progress += 1
         try:
-            await self._transfer_to(admitted, data, context)
+            await serve_transfer(
+                self._on_transfer,
+                admitted,
+                data,
+                context,
+                self._limits.max_message_bytes,
+                self._stats,
+                self._refusal_log,
+            )
         finally:
             self._transfers_in_progress -= 1
-
-    async def _transfer_to(
-        self, admitted: str, data: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> None:
-        assert self._on_transfer is not None
-        try:
-            request = decode_transfer_request(data)
-        except DecodeError as exc:
-            self._stats.malformed_frames += 1
-            self._refusal_log.warning(
-                "malformed transfer", "malformed Transfer request from %s: %s", admitted, exc
-            )
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
-        self._stats.transfers_sent += 1
-        failure: _Refusal | None = None
-        chunks = self._on_transfer(admitted, request)
-        try:
-            async for records in chunks:
-                for chunk in transfer_chunks(records, self._limits.max_message_bytes):
-                    await context.write(chunk)
-        except RecordTooLargeError as exc:
-            failure = (grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except UnknownCommandError as exc:
-            failure = (grpc.StatusCode.UNIMPLEMENTED, str(exc))
-        except InvalidArgumentError as exc:
-            failure = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:
-            if not isinstance(exc, PeerRingError):
-                logger.warning("transfer %s to %s failed", request, admitted, exc_info=exc)
-            failure = (grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        finally:
-            if isinstance(chunks, AsyncGenerator):
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()
-        if failure is not None:
-            await abort(context, *failure)
