@@ -32,8 +32,9 @@ so :meth:`PartitionLog.merge` is commutative, associative and idempotent):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._errors import OffsetOutOfRangeError
@@ -78,32 +79,72 @@ class Entry:
         return len(self.data) + len(self.key) + len(self.msg_id)
 
 
-_Row = tuple[int, int, float, str, bytes, bytes, int, int]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class EntryMap:
-    """``seq -> Entry`` for a retained log, holding each entry as a plain tuple.
+class TupleMap(MutableMapping[K, V]):
+    """``key -> value`` for values a replica retains in bulk, each held as a plain tuple.
 
     A tuple of ints, floats, strings and bytes is untracked by CPython's garbage collector
-    after the first young collection it survives; an ``Entry`` object is tracked for its
-    whole life. A replica retains up to ``max_messages`` entries per partition, so as
-    objects they made every full collection walk all of them (tens of milliseconds per
-    100,000 entries, a pause of the whole node) and made full collections more frequent
-    (each retained message counted as a survivor). ``Entry`` objects are built on access.
+    after the first young collection it survives; an object is tracked for its whole life.
+    A replica retains up to ``max_messages`` entries per partition and a dedup record per
+    ``msg_id`` for the whole ``dedup_window`` (240,000 records at 2,000 idempotent
+    publishes/s over 120 s): as objects they made every full collection walk all of them
+    (tens of milliseconds per 100,000, a pause of the whole node) and made full
+    collections more frequent (each retained message counted as a survivor). Values are
+    built on access by ``make(*row)``; subclasses write ``__setitem__`` (the row layout).
     """
 
     __slots__ = ("_rows",)
+    make: Callable[..., V]
 
     def __init__(self) -> None:
-        self._rows: dict[int, _Row] = {}
+        self._rows: dict[K, tuple[Any, ...]] = {}
 
-    def get(self, seq: int) -> Entry | None:
-        """The entry at ``seq``, or None."""
-        row = self._rows.get(seq)
-        return None if row is None else Entry(*row)
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        """The value of ``key``, or ``default``."""
+        row = self._rows.get(key)
+        return default if row is None else self.make(*row)
 
-    def __getitem__(self, seq: int) -> Entry:
-        return Entry(*self._rows[seq])
+    def __getitem__(self, key: K) -> V:
+        return self.make(*self._rows[key])
+
+    def __delitem__(self, key: K) -> None:
+        del self._rows[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def items(self) -> Iterator[tuple[K, V]]:  # type: ignore[override]
+        """``(key, value)`` pairs in insertion order (one pass over the rows)."""
+        make = self.make
+        for key, row in self._rows.items():
+            yield key, make(*row)
+
+    def values(self) -> Iterator[V]:  # type: ignore[override]
+        """Values in insertion order."""
+        make = self.make
+        for row in self._rows.values():
+            yield make(*row)
+
+    def pop(self, key: K) -> V:  # type: ignore[override]
+        """Remove and return the value of ``key`` (KeyError when absent)."""
+        return self.make(*self._rows.pop(key))
+
+
+class EntryMap(TupleMap[int, Entry]):
+    """``seq -> Entry`` for a retained log (see :class:`TupleMap`), with field reads that
+    do not build the entry."""
+
+    __slots__ = ()
+    make = Entry
 
     def __setitem__(self, seq: int, entry: Entry) -> None:
         self._rows[seq] = (
@@ -117,29 +158,6 @@ class EntryMap:
             entry.writer,
         )
 
-    def __contains__(self, seq: object) -> bool:
-        return seq in self._rows
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def items(self) -> Iterator[tuple[int, Entry]]:
-        """``(seq, entry)`` pairs in insertion order."""
-        for seq, row in self._rows.items():
-            yield seq, Entry(*row)
-
-    def values(self) -> Iterator[Entry]:
-        """Entries in insertion order."""
-        for row in self._rows.values():
-            yield Entry(*row)
-
-    def pop(self, seq: int) -> Entry:
-        """Remove and return the entry at ``seq`` (KeyError when absent)."""
-        return Entry(*self._rows.pop(seq))
-
     def kind(self, seq: int) -> int | None:
         """The kind of the entry at ``seq`` (None when absent), without building it."""
         row = self._rows.get(seq)
@@ -147,7 +165,7 @@ class EntryMap:
 
     def time(self, seq: int) -> float:
         """The time of the entry at ``seq`` (KeyError when absent), without building it."""
-        return self._rows[seq][2]
+        return self._rows[seq][2]  # type: ignore[no-any-return]
 
     def epoch(self, seq: int) -> int | None:
         """The offset epoch of the entry at ``seq`` (None when absent)."""
@@ -179,39 +197,14 @@ class DedupRecord:
     writer: int = -1
 
 
-class DedupMap(Mapping[str, DedupRecord]):
-    """``msg_id -> DedupRecord``, held as plain tuples for the reason :class:`EntryMap`
-    gives: a replica keeps a record per ``msg_id`` for the whole ``dedup_window`` (120 s by
-    default, i.e. 240,000 records at 2,000 idempotent publishes/s), which as objects every
-    full garbage collection would walk."""
+class DedupMap(TupleMap[str, DedupRecord]):
+    """``msg_id -> DedupRecord`` (see :class:`TupleMap`)."""
 
-    __slots__ = ("_rows",)
-
-    def __init__(self) -> None:
-        self._rows: dict[str, tuple[str, int, int, float, int]] = {}
-
-    def get(self, msg_id: str, default: DedupRecord | None = None) -> DedupRecord | None:  # type: ignore[override]
-        """The record of ``msg_id``, or ``default``."""
-        row = self._rows.get(msg_id)
-        return default if row is None else DedupRecord(*row)
-
-    def __getitem__(self, msg_id: str) -> DedupRecord:
-        return DedupRecord(*self._rows[msg_id])
+    __slots__ = ()
+    make = DedupRecord
 
     def __setitem__(self, msg_id: str, record: DedupRecord) -> None:
         self._rows[msg_id] = (record.msg_id, record.epoch, record.seq, record.time, record.writer)
-
-    def __delitem__(self, msg_id: str) -> None:
-        del self._rows[msg_id]
-
-    def __contains__(self, msg_id: object) -> bool:
-        return msg_id in self._rows
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
 
 
 class PartitionLog:
