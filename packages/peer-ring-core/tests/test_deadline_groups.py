@@ -96,21 +96,39 @@ async def test_requests_of_one_tick_share_one_wheel_entry_and_only_the_unanswere
     assert conn._calls == {} and wheel._ticks == {}
 
 
-async def test_a_group_answered_in_full_leaves_the_wheel_at_once() -> None:
+async def test_a_group_answered_in_full_leaves_the_wheel_once_its_tick_is_not_current() -> None:
     clock = FakeClock(start=0.0)
     conn, wheel, _ = connection(clock)
     owner = Owner()
     for i in range(3):
         send(conn, owner, f"r{i + 1}", 1.0)
     answer(conn, 1, 2, 3)
-    assert items(wheel) == []
-    # A request of the same tick after that: a new group, with a deadline of its own.
+    # Still the current group: a later request of its tick joins it (no new wheel entry).
+    assert len(items(wheel)) == 1
     send(conn, owner, "late", 1.0)
     assert len(items(wheel)) == 1
     clock.advance(1.5)
     await asyncio.sleep(0)
     assert [hint for hint, _ in owner.failures] == ["late"]
     assert len(owner.answers) == 3
+    assert wheel._ticks == {}
+
+
+async def test_a_settled_group_leaves_the_wheel_when_the_tick_changes() -> None:
+    clock = FakeClock(start=0.0)
+    conn, wheel, _ = connection(clock)
+    owner = Owner()
+    send(conn, owner, "a", 1.0)  # id 1, tick 3
+    answer(conn, 1)
+    clock.advance(0.5)  # t = 0.5: a request now lands in tick 4
+    send(conn, owner, "b", 1.0)
+    assert len(items(wheel)) == 1  # the settled group of tick 3 left, tick 4's is in
+    send(conn, owner, "c", 1.0)  # same tick: the same group
+    answer(conn, 3)
+    clock.advance(1.5)
+    await asyncio.sleep(0)
+    assert [hint for hint, _ in owner.failures] == ["b"]
+    assert [hint for hint, _ in owner.answers] == ["a", "c"]
 
 
 async def test_interleaved_timeouts_each_expire_at_their_own_tick() -> None:

@@ -66,6 +66,9 @@ OLD_CHANNEL_GRACE = 30.0
 # Weight of a new round-trip sample in the per-peer latency moving average (metrics).
 _LATENCY_WEIGHT = 0.2
 
+#: Makes an object without calling its ``__init__`` (a DeadlineGroup per tick change).
+_new_object = object.__new__
+
 #: ``(key, value)`` pairs sent as call metadata.
 Metadata = tuple[tuple[str, str], ...]
 #: Builds the exception a request fails with (a fresh one per future, so tracebacks of
@@ -318,7 +321,16 @@ class PeerConnection:
         tick = int((self._monotonic() + timeout) / self._resolution) + 1
         group = self._group
         if group.tick != tick:
-            group = self._group = DeadlineGroup(self, tick, rid)
+            if not group.pending and group.tick:
+                # The previous tick's group, settled in full while it was the current one
+                # (it stayed in the wheel for later requests of its tick): it leaves now.
+                self._wheel.remove(group, group.tick)
+            # DeadlineGroup's __init__ inline (no Python call): a new group per tick change.
+            group = self._group = _new_object(DeadlineGroup)
+            group.owner = self
+            group.tick = tick
+            group.first = rid
+            group.pending = 0
             self._wheel.add_at(group, tick)
         group.last = rid
         group.pending += 1
@@ -354,12 +366,12 @@ class PeerConnection:
                 self._expire_call(call)
 
     def _release(self, group: DeadlineGroup) -> None:
-        """One request of ``group`` is settled; a group settled in full leaves the wheel."""
+        """One request of ``group`` is settled; a group settled in full leaves the wheel,
+        unless it is the current one (later requests of its tick join it; it leaves when
+        the tick changes)."""
         group.pending -= 1
-        if not group.pending:
+        if not group.pending and group is not self._group:
             self._wheel.remove(group, group.tick)
-            if group is self._group:
-                self._group = self._no_group  # later requests of the tick: a new group
 
     def _expire_call(self, call: OutboundCall) -> None:
         """Fail ``call`` with ``RequestTimeoutError`` (its deadline passed)."""
@@ -418,6 +430,10 @@ class PeerConnection:
             self._release(call.group)
             call.set_exception(make_error())
             self.failed(call)
+        group = self._group
+        if not group.pending and group.tick:  # the current group, settled: leaves too
+            self._wheel.remove(group, group.tick)
+        self._group = self._no_group
         return len(calls)
 
     # -- connection lifecycle --------------------------------------------------------------
@@ -696,10 +712,8 @@ class PeerConnection:
             del calls[rid]
             group = call.group  # _release, inline
             group.pending -= 1
-            if not group.pending:
+            if not group.pending and group is not self._group:
                 remove(group, group.tick)
-                if group is self._group:
-                    self._group = self._no_group
             freed += 1
             status = msg.status
             owner = call.owner
