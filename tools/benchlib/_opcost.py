@@ -134,6 +134,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         # ("<string>", 2, "__init__") collapses into one entry and the others' calls were
         # lost (round 3's figures undercount by 4 calls per operation at R1/Q1, 10 at R3/Q2).
         calls = sum(entry.callcount for entry in profiler.getstats())
+        kv_calls = _kv_calls(entries)
         top = sorted(entries.items(), key=lambda kv_: -kv_[1][1])[: int(spec.get("top", 25))]
         reads = kv.node.sync_status().get("reads", {})
         return {
@@ -149,6 +150,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
             "wall_us_per_op": wall / ops * 1e6,
             "gc": meter.summary(ops),
             "calls_per_op": calls / profiled,
+            "kv_calls_per_op": kv_calls / profiled,
             "top_calls_per_op": [
                 {
                     "function": f"{func[2]} ({func[0].rsplit('/src/', 1)[-1]}:{func[1]})",
@@ -160,6 +162,18 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
     finally:
         for store in reversed(stores):
             await store.stop()
+
+
+def _kv_calls(entries: dict[Any, Any]) -> int:
+    """Calls of the KV store's own work: its Python functions (``peer_ring/kv/``) and the
+    C functions they call (builtins, ``struct``, ``farmhash``...), from pstats entries."""
+    total = 0
+    for (path, _, _), (_, calls, _, _, callers) in entries.items():
+        if "/peer_ring/kv/" in path:
+            total += calls
+        elif path == "~":  # a C function: count the calls made from the store's code
+            total += sum(c[1] for caller, c in callers.items() if "/peer_ring/kv/" in caller[0])
+    return total
 
 
 async def _main(spec: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +190,7 @@ def format_op_cost(doc: dict[str, Any], top: int = 12) -> str:
         lines.append(
             f"  {e['transport']} R{e['replication']}/Q{e['quorum']}: "
             f"{e['cpu_us_per_op']:.1f} CPU us/op, {e['calls_per_op']:.0f} calls/op "
+            f"(KV store {e.get('kv_calls_per_op', 0):.1f}) "
             f"({e['ops']} ops, {e['errors']} errors, reads to {e.get('read_fanout', 'all')}, "
             f"{e.get('reads', {}).get('speculative', 0)} speculative)"
         )
