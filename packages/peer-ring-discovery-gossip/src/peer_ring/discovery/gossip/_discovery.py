@@ -173,7 +173,8 @@ class GossipDiscovery:
     def stats(self) -> dict[str, Any]:
         """Counters: packets and bytes sent/received, bad packets by reason
         (``bad_packets.<reason>``), push-pulls, TCP fallback pings, probes, suspicions
-        raised, refutations, and the Lifeguard health score."""
+        raised, refutations, the Lifeguard health score, and the UDP socket closed under
+        the node (``udp_lost``), bound again (``udp_rebinds``) or not (``udp_rebind_failed``)."""
         runtime = self._runtime
         if runtime is None or runtime.swim is None:
             return {}

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from peer_ring.discovery.gossip._address import format_address
 from peer_ring.discovery.gossip._codec import encode
 from peer_ring.discovery.gossip._config import GossipConfig
 from peer_ring.discovery.gossip._membership import initial_incarnation
@@ -26,10 +27,23 @@ logger = logging.getLogger(__name__)
 
 _FRAME = struct.Struct(">I")
 
+#: Attempts to bind the UDP socket again after it was closed under the node, one probe
+#: interval apart (the first at once).
+REBIND_ATTEMPTS = 5
+
 
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, runtime: GossipRuntime) -> None:
         self._runtime = runtime
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Also called after the runtime's own close(): the runtime tells the two apart.
+        if self._transport is not None:
+            self._runtime.on_udp_lost(self._transport, exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self._runtime.on_datagram(data, (str(addr[0]), int(addr[1])))
@@ -80,6 +94,7 @@ class GossipRuntime:
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_addr: Address = bind
         self._server: asyncio.Server | None = None
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
@@ -103,20 +118,17 @@ class GossipRuntime:
         Raises:
             OSError: the gossip address cannot be bound.
         """
-        loop = asyncio.get_running_loop()
         host, port = self.bind
         self._server = await asyncio.start_server(
             self._serve_stream, host, port, reuse_address=True
         )
         bound_port = self._server.sockets[0].getsockname()[1]
+        self._udp_addr = (host, bound_port)
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(host, bound_port)
-            )
+            self._udp = await self._bind_udp()
         except OSError:
             self._server.close()
             raise
-        self._udp = transport
         addr = self.advertise or (host, bound_port)
         self.swim = Swim(
             self.name,
@@ -133,6 +145,80 @@ class GossipRuntime:
             self._joined.set()
         self._flush()
         self._loop_task = asyncio.create_task(self._run(), name=f"gossip {self.name}")
+
+    async def _bind_udp(self) -> asyncio.DatagramTransport:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self), local_addr=self._udp_addr
+        )
+        return transport
+
+    def on_udp_lost(self, transport: asyncio.BaseTransport, exc: Exception | None) -> None:
+        """The UDP transport ``transport`` was closed (``connection_lost``).
+
+        Closed by :meth:`stop` (or already replaced): nothing to do. Closed under the node
+        (the socket closed by someone else, a fatal socket error): sending to it would fail
+        inside asyncio and nothing would arrive any more, so the node logs an error, drops
+        its packets meanwhile and binds the same address again (:data:`REBIND_ATTEMPTS`
+        attempts); if that fails too, the node stops gossiping (see :meth:`_rebind`).
+        """
+        if transport is not self._udp:
+            return
+        self._udp = None
+        swim = self.swim
+        if swim is None or swim.stopped:
+            return
+        self.stats["udp_lost"] += 1
+        logger.error(
+            "the gossip UDP socket of %s on %s was closed under it (%s); binding it again",
+            self.name,
+            format_address(self._udp_addr),
+            exc if exc is not None else "closed",
+        )
+        self._spawn(self._rebind())
+
+    async def _rebind(self) -> None:
+        error: OSError | None = None
+        for attempt in range(REBIND_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(self.config.probe_interval)
+            swim = self.swim
+            if swim is None or swim.stopped or self._udp is not None:
+                return
+            try:
+                self._udp = await self._bind_udp()
+            except OSError as exc:
+                error = exc
+                logger.warning(
+                    "binding gossip UDP %s again failed: %s", format_address(self._udp_addr), exc
+                )
+                continue
+            self.stats["udp_rebinds"] += 1
+            logger.warning(
+                "gossip UDP socket of %s bound again on %s",
+                self.name,
+                format_address(self._udp_addr),
+            )
+            return
+        # No UDP, no probes answered: the others will declare this node failed anyway.
+        # Stopping says so here too, instead of a node that looks alive to itself.
+        logger.error(
+            "gossip of %s stopped: its UDP socket on %s cannot be bound again (%s); the "
+            "other members will declare this node failed",
+            self.name,
+            format_address(self._udp_addr),
+            error,
+        )
+        self.stats["udp_rebind_failed"] += 1
+        self._halt()
+
+    def _halt(self) -> None:
+        """Stop the protocol and the TCP listener from inside (``stop()`` still cleans up)."""
+        if self.swim is not None:
+            self.swim.stop()
+        self._wake.set()  # the timer loop sees ``stopped`` and ends
+        if self._server is not None:
+            self._server.close()
 
     def wake(self) -> None:
         """Flush the protocol's outputs after an outside change (metadata update)."""
@@ -173,9 +259,9 @@ class GossipRuntime:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
+        udp, self._udp = self._udp, None  # first: its connection_lost is then ours
+        if udp is not None:
+            udp.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -226,7 +312,8 @@ class GossipRuntime:
         task.add_done_callback(self._tasks.discard)
 
     def _send_packet(self, out: SendPacket) -> None:
-        if self._udp is None:
+        if self._udp is None:  # lost, being bound again: a lost packet
+            self.stats["udp_send_errors"] += 1
             return
         data = self.codec.pack(list(out.messages))
         try:
