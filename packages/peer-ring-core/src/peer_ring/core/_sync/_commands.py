@@ -12,7 +12,8 @@ from peer_ring.core._hooks import DIGEST_BUCKETS, VersionedDataHooks
 from peer_ring.core._sync._context import SyncContext
 from peer_ring.core._sync._delta import known_versions, take_within
 from peer_ring.core._sync._detector import FailureDetector
-from peer_ring.core._sync._digests import HoldState, RemotePartition, partition_root
+from peer_ring.core._sync._digests import HoldState, RemotePartition
+from peer_ring.core._sync._roots import ROOTS_SLICE
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
@@ -111,18 +112,39 @@ class InternalCommands:
         records, more = take_within(newer, budget)
         return Response(Status.OK, encode_delta_response(records, DELTA_MORE if more else 0), "")
 
-    def _digests(self, payload: bytes) -> Response:
+    def _digests(self, payload: bytes) -> Response | Awaitable[Response]:
         ctx = self._ctx
-        entries = []
         partitions = ctx.cfg.partitions
-        for p, root in decode_digest_request(payload):
+        asked = decode_digest_request(payload)
+        for p, _ in asked:
             if not 0 <= p < partitions:
                 raise ValueError(f"partition {p} out of range")
-            state = ctx.table.state(p)
+        if len(asked) <= ROOTS_SLICE:
+            return Response(Status.OK, encode_digest_response(self._describe(asked)), "")
+        return self._guard(self._digests_sliced, asked)
+
+    async def _digests_sliced(self, asked: list[tuple[int, int]]) -> bytes:
+        # A whole round's partitions (hundreds to thousands): one slice per loop turn, so
+        # that the requests arriving meanwhile are not held behind them (see ._roots).
+        entries: list[RemotePartition] = []
+        for start in range(0, len(asked), ROOTS_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            entries.extend(self._describe(asked[start : start + ROOTS_SLICE]))
+        return encode_digest_response(entries)
+
+    def _describe(self, asked: list[tuple[int, int]]) -> list[RemotePartition]:
+        """This node's answer for each ``(partition, the asker's root)``."""
+        ctx = self._ctx
+        table = ctx.table
+        roots = ctx.roots
+        entries = []
+        for p, root in asked:
+            state = table.state(p)
             if state is HoldState.NONE:
                 entries.append(RemotePartition(p, state, False, {}))
                 continue
             digests = ctx.local_digests(p)
-            equal = partition_root(digests) == root
+            equal = roots.root(p, digests) == root
             entries.append(RemotePartition(p, state, equal, {} if equal else digests))
-        return Response(Status.OK, encode_digest_response(entries), "")
+        return entries

@@ -36,10 +36,10 @@ from peer_ring.core._sync._digests import (
     NamespaceDigests,
     RemotePartition,
     buckets_to_pull,
-    partition_root,
 )
 from peer_ring.core._sync._hints import HintStore
 from peer_ring.core._sync._partitions import PartitionTable
+from peer_ring.core._sync._roots import ROOTS_SLICE, RootCache
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
@@ -142,6 +142,8 @@ class SyncContext:
         self.buckets_transferred_whole = 0
         #: (peer, namespace) -> when the peer could not serve a delta transfer.
         self._delta_refused: dict[tuple[str, str], float] = {}
+        #: This node's partition roots, reused while the digests are unchanged.
+        self.roots = RootCache()
 
     # -- tasks and waiting -----------------------------------------------------------------
 
@@ -193,8 +195,25 @@ class SyncContext:
         """This node's bucket digests of ``partition``, by namespace."""
         return {ns: hooks.digest_partition(partition) for ns, hooks in self.hooks.items()}
 
+    def local_root(self, partition: int) -> int:
+        """This node's root of ``partition`` (see :class:`RootCache`)."""
+        return self.roots.root(partition, self.local_digests(partition))
+
+    async def local_roots(self, partitions: Sequence[int]) -> dict[int, int]:
+        """This node's roots of ``partitions``, giving the event loop a turn after every
+        :data:`~peer_ring.core._sync._roots.ROOTS_SLICE` partitions (see :mod:`._roots`)."""
+        roots: dict[int, int] = {}
+        local_root = self.local_root
+        for start in range(0, len(partitions), ROOTS_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for p in partitions[start : start + ROOTS_SLICE]:
+                roots[p] = local_root(p)
+        return roots
+
     def drop(self, partition: int) -> None:
         """Drop ``partition`` from every namespace."""
+        self.roots.forget(partition)
         for hooks in self.hooks.values():
             hooks.drop_partition(partition)
 
@@ -231,7 +250,7 @@ class SyncContext:
         """Ask ``peer`` for its digests of ``partitions`` (only those whose root differs
         from ours come back with bucket digests)."""
         if roots_of is None:
-            roots_of = {p: partition_root(self.local_digests(p)) for p in partitions}
+            roots_of = await self.local_roots(partitions)
         roots = [(p, roots_of[p]) for p in partitions]
         data = await self.ask(
             peer, "digests", encode_digest_request(roots), self.cfg.request_timeout

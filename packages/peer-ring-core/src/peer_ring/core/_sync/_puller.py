@@ -14,7 +14,7 @@ import logging
 
 from peer_ring.core._errors import PeerRingError
 from peer_ring.core._sync._context import DIGESTS_FRESH_FOR, SyncContext
-from peer_ring.core._sync._digests import HoldState, RemotePartition, partition_root
+from peer_ring.core._sync._digests import HoldState, RemotePartition
 from peer_ring.core._sync._partitions import PullOutcome, decide_pull
 from peer_ring.core._sync._planning import (
     nothing_to_transfer,
@@ -112,7 +112,7 @@ class Puller:
         asked = {node: parts for node, parts in plan.ask.items() if node not in suspected}
         if asked:
             # Our own roots once per round, whoever we ask (digests cost CPU on big stores).
-            roots = {p: partition_root(ctx.local_digests(p)) for p in partitions}
+            roots = await ctx.local_roots(partitions)
 
             async def fetch(node: str, parts: list[int]) -> None:
                 try:

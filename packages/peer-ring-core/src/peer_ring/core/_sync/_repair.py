@@ -108,14 +108,21 @@ class AntiEntropy:
                 continue
             outcome.compared += len(parts)
 
-            async def one(p: int, entry: RemotePartition | None, peer: str = peer) -> int | None:
-                if entry is None or entry.state is HoldState.NONE or entry.equal:
-                    return 0
+            async def one(p: int, entry: RemotePartition, peer: str = peer) -> int | None:
                 async with sem:
                     return await ctx.merge_from(peer, p, entry.digests)
 
-            results = await asyncio.gather(*(one(p, remote.get(p)) for p in parts))
-            for p, got in zip(parts, results, strict=True):
+            # Only the partitions that differ get a task: a round's equal partitions (the
+            # common case, hundreds of them) cost no coroutine, task or loop turn each.
+            differ = [
+                (p, entry)
+                for p in parts
+                if (entry := remote.get(p)) is not None
+                and entry.state is not HoldState.NONE
+                and not entry.equal
+            ]
+            results = await asyncio.gather(*(one(p, entry) for p, entry in differ))
+            for (p, _), got in zip(differ, results, strict=True):
                 if got is None:
                     outcome.failed.add(p)
                 elif got:

@@ -172,6 +172,10 @@ def encode_digest_response(entries: Sequence[RemotePartition]) -> bytes:
     return b"".join(out)
 
 
+#: The hold states by value (indexing a tuple is much cheaper than calling the enum).
+_HOLD_STATES = tuple(HoldState)
+
+
 def decode_digest_response(data: bytes) -> list[RemotePartition]:
     """The entries of :func:`encode_digest_response`.
 
@@ -185,7 +189,7 @@ def decode_digest_response(data: bytes) -> list[RemotePartition]:
         for _ in range(count):
             partition, state, equal = _ENTRY.unpack_from(data, pos)
             pos += _ENTRY.size
-            hold = HoldState(state)
+            hold = _HOLD_STATES[state]  # not HoldState(state): an enum call per entry
             digests: dict[str, list[bytes]] = {}
             if hold is not HoldState.NONE and not equal:
                 (namespaces,) = _U16.unpack_from(data, pos)
@@ -206,7 +210,7 @@ def decode_digest_response(data: bytes) -> list[RemotePartition]:
         if pos != len(data):
             raise ValueError(f"{len(data) - pos} trailing bytes")
         return entries
-    except (struct.error, UnicodeDecodeError) as exc:
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise ValueError(f"malformed digests payload: {exc}") from None
 
 
