@@ -39,16 +39,16 @@ from peer_ring.core._sync._digests import (
 )
 from peer_ring.core._sync._hints import HintStore
 from peer_ring.core._sync._partitions import PartitionTable
-from peer_ring.core._sync._roots import ROOTS_SLICE, RootCache
+from peer_ring.core._sync._roots import DECODE_SLICE, ROOTS_SLICE, RootCache
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
     INTERNAL,
     DeltaRequest,
     decode_delta_response,
-    decode_digest_response,
     encode_delta_request,
     encode_digest_request,
+    iter_digest_response,
 )
 from peer_ring.core._types import Request, Status
 from peer_ring.core.transport._base import Transport
@@ -255,7 +255,13 @@ class SyncContext:
         data = await self.ask(
             peer, "digests", encode_digest_request(roots), self.cfg.request_timeout
         )
-        return {entry.partition: entry for entry in decode_digest_response(data)}
+        # Decoded a slice at a time: a pull round's answer holds up to sync_batch entries.
+        out: dict[int, RemotePartition] = {}
+        for i, entry in enumerate(iter_digest_response(data)):
+            if i and not i % DECODE_SLICE:
+                await asyncio.sleep(0)
+            out[entry.partition] = entry
+        return out
 
     async def merge_from(self, peer: str, partition: int, remote: NamespaceDigests) -> int | None:
         """Pull what differs in ``partition`` from ``peer``'s digests.

@@ -27,6 +27,9 @@ from peer_ring.core._sync._digests import NamespaceDigests, partition_root
 #: each, half of it the hook): 32 keeps a turn near 1 ms.
 ROOTS_SLICE = 32
 
+#: Entries of a ``digests`` answer decoded in one turn (1,024 took 1.6-1.8 ms at load 9).
+DECODE_SLICE = 256
+
 _Key = tuple[tuple[str, tuple[bytes, ...]], ...]
 
 

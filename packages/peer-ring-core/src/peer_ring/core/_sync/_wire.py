@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -182,10 +182,19 @@ def decode_digest_response(data: bytes) -> list[RemotePartition]:
     Raises:
         ValueError: the payload is truncated or malformed.
     """
+    return list(iter_digest_response(data))
+
+
+def iter_digest_response(data: bytes) -> Iterator[RemotePartition]:
+    """The entries of :func:`encode_digest_response`, one at a time (a caller decoding
+    thousands of entries can give the event loop turns between them).
+
+    Raises:
+        ValueError: the payload is truncated or malformed (possibly after some entries).
+    """
     try:
         (count,) = _U32.unpack_from(data)
         pos = 4
-        entries = []
         for _ in range(count):
             partition, state, equal = _ENTRY.unpack_from(data, pos)
             pos += _ENTRY.size
@@ -206,10 +215,9 @@ def decode_digest_response(data: bytes) -> list[RemotePartition]:
                         values.append(bytes(data[pos + 2 : pos + 2 + size]))
                         pos += 2 + size
                     digests[name] = values
-            entries.append(RemotePartition(int(partition), hold, bool(equal), digests))
+            yield RemotePartition(int(partition), hold, bool(equal), digests)
         if pos != len(data):
             raise ValueError(f"{len(data) - pos} trailing bytes")
-        return entries
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise ValueError(f"malformed digests payload: {exc}") from None
 
