@@ -157,3 +157,25 @@ def test_root_cache_is_not_fooled_by_a_list_changed_in_place_or_an_emptied_parti
     cache.root(2, {"kv": buckets})
     cache.forget(2)
     assert len(cache) == 0
+
+
+async def test_a_handoff_round_drops_partitions_a_slice_per_turn(harness: MemoryCluster) -> None:
+    harness.config = fake_time_config(P, replication=1)
+    a, _ = await harness.start_ready(ADDRS[:2])
+    app = harness.apps[a.address]
+    drops: Counter[int] = Counter()
+    with Turns() as turns:
+        drop = app.drop_partition
+
+        def counting_drop(partition: int) -> None:
+            drops[turns.now] += 1
+            drop(partition)
+
+        app.drop_partition = counting_drop  # type: ignore[method-assign]
+        sync = sync_of(a)
+        # Every partition this node does not replicate holds nothing here: each is dropped.
+        not_mine = [p for p in range(P) if p not in sync._ctx.table.replicated]  # type: ignore[attr-defined]
+        await sync._handoff.round(list(range(P)))  # type: ignore[attr-defined]
+    assert len(not_mine) > 2 * ROOTS_SLICE
+    assert sum(drops.values()) == len(not_mine)
+    assert max(drops.values()) <= ROOTS_SLICE, drops

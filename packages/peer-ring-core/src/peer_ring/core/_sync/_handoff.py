@@ -10,6 +10,7 @@ import logging
 from peer_ring.core._errors import PeerRingError
 from peer_ring.core._sync._context import DIGESTS_FRESH_FOR, HANDOFF_BATCH, SyncContext
 from peer_ring.core._sync._digests import HoldState, is_empty
+from peer_ring.core._sync._roots import in_slices
 from peer_ring.core._sync._wire import decode_partitions, encode_partitions
 
 logger = logging.getLogger(__name__)
@@ -25,22 +26,25 @@ class Handoff:
         """Hand held partitions to their current replicas; drop the confirmed ones."""
         ctx = self._ctx
         table = ctx.table
-        ring = ctx.membership.ring
+        membership = ctx.membership
         targets: dict[int, list[str]] = {}
         by_target: dict[str, list[int]] = {}
-        for p in partitions:
+        # In slices: each partition calls the application's digest hook, and a dropped one
+        # its drop hook (a whole partition's records), see ._roots.
+        async for p in in_slices(partitions):
             if p in table.replicated:
                 continue
             if is_empty(ctx.local_digests(p)):
                 table.drop_empty(p)
                 ctx.drop(p)
                 continue
-            nodes = [n for n in ring.preference_list(p, ctx.n) if n != ctx.me]
+            # The ring of now (it may change between slices).
+            nodes = [n for n in membership.ring.preference_list(p, ctx.n) if n != ctx.me]
             targets[p] = nodes
             for node in nodes:
                 by_target.setdefault(node, []).append(p)
         confirmed: dict[str, set[int]] = {}
-        suspected = ctx.membership.suspected
+        suspected = membership.suspected
 
         async def hand(node: str, parts: list[int]) -> None:
             got: set[int] = set()
@@ -63,7 +67,7 @@ class Handoff:
         )
         now = ctx.clock.monotonic()
         dropped = 0
-        for p, nodes in targets.items():
+        async for p, nodes in in_slices(list(targets.items())):
             ok = bool(nodes) and all(p in confirmed.get(node, ()) for node in nodes)
             if table.handoff_result(p, ok, now):
                 ctx.drop(p)
