@@ -15,49 +15,54 @@ frame, writes it, and repeats, so requests made while a write is in progress coa
 into the next frame. One *reader* task matches responses to requests by id. There is no
 task per request: :meth:`PeerConnection.request` returns an :class:`OutboundCall` (a
 future) and the request's deadline lives in a shared :class:`DeadlineWheel`.
+
+The connection is one object in three files, one concept each: the requests and their
+deadlines (:mod:`._outbound_calls`, base class :class:`~._outbound_calls.CallBook`), the
+writer and its hold (:mod:`._outbound_writer`, :class:`~._outbound_writer.FrameWriter`),
+and here the connection's states, the stream's life and its reader. Base classes rather
+than helper objects: a request pays no extra call or attribute hop for the split.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
 from peer_ring.core._clock import Clock
-from peer_ring.core._errors import (
-    InvalidArgumentError,
-    MessageTooLargeError,
-    OverloadedError,
-    PeerUnavailableError,
-    RequestTimeoutError,
-)
-from peer_ring.core._types import Request, Response, Status
+from peer_ring.core._errors import PeerUnavailableError
+from peer_ring.core._types import Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
-from peer_ring.core.transport._base import CallOwner, TransportLimits
-from peer_ring.core.transport._codec import (
-    STATUSES,
-    cancel_parts,
-    join_frames,
-    request_fields_part,
-)
+from peer_ring.core.transport._base import TransportLimits
+from peer_ring.core.transport._codec import STATUSES
 from peer_ring.core.transport._deadlines import DeadlineGroup, DeadlineWheel
-from peer_ring.core.transport._linger import HOLD_MIN_IN_FLIGHT, hold, linger
 from peer_ring.core.transport._options import ACCEPTED_KEY, EOF, EXCHANGE_PATH
+from peer_ring.core.transport._outbound_calls import (
+    MAX_TIMEOUT,
+    ErrorFactory,
+    OutboundCall,
+    _State,
+)
+from peer_ring.core.transport._outbound_writer import FrameWriter
 from peer_ring.core.transport._stats import TransportStats
 
-logger = logging.getLogger(__name__)
+# Re-exported: the transports, _base and tests import these from here.
+__all__ = [
+    "MAX_TIMEOUT",
+    "OLD_CHANNEL_GRACE",
+    "ErrorFactory",
+    "Metadata",
+    "OutboundCall",
+    "PeerConnection",
+]
 
-#: Longest request deadline in seconds (about 11.5 days); longer ones, inf included, are cut.
-MAX_TIMEOUT = 1_000_000.0
+logger = logging.getLogger(__name__)
 
 #: Seconds a replaced channel (after a certificate rotation) lets its calls in progress
 #: (a bulk transfer) finish before it is closed.
@@ -66,87 +71,15 @@ OLD_CHANNEL_GRACE = 30.0
 # Weight of a new round-trip sample in the per-peer latency moving average (metrics).
 _LATENCY_WEIGHT = 0.2
 
-#: Makes an object without calling its ``__init__`` (a DeadlineGroup per tick change).
-_new_object = object.__new__
-
 #: ``(key, value)`` pairs sent as call metadata.
 Metadata = tuple[tuple[str, str], ...]
-#: Builds the exception a request fails with (a fresh one per future, so tracebacks of
-#: different awaiters never pile up on one shared exception object).
-ErrorFactory = Callable[[], BaseException]
-
-
-class _State(enum.Enum):
-    CONNECTING = "connecting"
-    UP = "up"
-    DOWN = "down"
-    CLOSED = "closed"
-
-
-# The states read by every request, looked up once (an enum attribute lookup costs about
-# 0.1 us).
-_UP = _State.UP
-_DOWN = _State.DOWN
-_CLOSED = _State.CLOSED
 
 
 class _ConnectError(Exception):
     """An attempt to open the Exchange stream failed (the message says why)."""
 
 
-class OutboundCall(asyncio.Future[Response]):
-    """The future of one request: it *is* the request's bookkeeping entry.
-
-    Subclassing the future (instead of adding a done-callback) lets a cancellation by the
-    caller release the in-flight slot at once, at no cost on the normal path.
-
-    A call made by :meth:`PeerConnection.submit` with an *owner* is not resolved on an
-    answer: the reader tells the owner directly, in the same loop turn, as
-    ``owner.answered(peer, hint, payload)`` for a success and ``owner.on_response(peer,
-    hint, response)`` for an error status. That saves the future's result, a done-callback
-    and its partial, its scheduling and a loop turn per request, and the ``Response``
-    object of every success (the coordinator's operations work this way). A failure or a
-    cancellation resolves the call and is delivered through the loop, as a done-callback
-    would be, as ``owner.on_done(peer, hint, call)``. A caller may also set :attr:`owner`
-    and :attr:`hint` on a call of :meth:`PeerConnection.request` that is not done yet
-    (``Transport.submit``'s default does).
-    """
-
-    # Set by PeerConnection.submit right after construction: no Python __init__, which
-    # would cost an extra call per request.
-    __slots__ = (
-        "_conn",
-        "command",
-        "data",
-        "group",
-        "hint",
-        "namespace",
-        "owner",
-        "rid",
-        "sent",
-        "timeout",
-    )
-    _conn: PeerConnection
-    rid: int
-    namespace: str
-    command: str
-    data: bytes  # the encoded Frame part, until written
-    timeout: float
-    sent: bool
-    group: DeadlineGroup  # its deadline (see DeadlineGroup)
-    owner: CallOwner | None
-    hint: str
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        """Abandon the request: the slot is freed and the peer told to stop working on it."""
-        if not super().cancel(msg):
-            return False
-        self._conn.abandon(self)
-        self._conn.failed(self)
-        return True
-
-
-class PeerConnection:
+class PeerConnection(FrameWriter):
     """This node's link to one peer: channel, Exchange stream, pending requests.
 
     Args:
@@ -233,208 +166,6 @@ class PeerConnection:
         self._sample: OutboundCall | None = None
         self._sample_at = 0.0
         self.latency: float | None = None
-
-    # -- requests ------------------------------------------------------------------------
-
-    def request(self, req: Request) -> asyncio.Future[Response]:
-        """Queue ``req``; the returned future resolves with the peer's response."""
-        return self.submit(
-            None,
-            req.hint,
-            req.namespace,
-            req.command,
-            req.key,
-            req.payload,
-            req.partition,
-            req.timeout,
-        )
-
-    def submit(
-        self,
-        owner: CallOwner | None,
-        hint: str,
-        namespace: str,
-        command: str,
-        key: bytes,
-        payload: bytes,
-        partition: int,
-        timeout: float,
-    ) -> asyncio.Future[Response]:
-        """Queue a request given by its fields (no :class:`Request` object); ``hint`` is
-        the request's hint, handed back to the owner with the outcome.
-
-        With an ``owner``, the outcome goes to it (see :class:`OutboundCall`), a refusal
-        here (peer down, overloaded, too large) included, through the loop; the returned
-        future is then only for the caller's information. Without one, the future
-        resolves with the peer's response.
-        """
-        state = self._state
-        if state is _DOWN:
-            self._stats.unavailable += 1
-            return self._failed(PeerUnavailableError(self.peer, self._down_reason), owner, hint)
-        if state is _CLOSED:
-            return self._failed(self._closed_error(), owner, hint)
-        if self._task is None:
-            self.start()
-        if len(self._calls) >= self._capacity:
-            self._stats.overloaded += 1
-            return self._failed(
-                OverloadedError(
-                    f"{len(self._calls)} requests already pending for peer {self.peer} "
-                    f"(max_in_flight_per_peer + max_queued_per_peer = {self._capacity})"
-                ),
-                owner,
-                hint,
-            )
-        rid = self._next_id
-        self._next_id = rid + 1
-        if not timeout > 0:  # 0 and NaN too
-            timeout = self._limits.default_timeout
-        if timeout > MAX_TIMEOUT:
-            timeout = MAX_TIMEOUT  # inf would overflow the wire's uint32 milliseconds
-        try:
-            data = request_fields_part(
-                rid, namespace, command, key, payload, partition, hint, timeout
-            )
-        except (TypeError, ValueError) as exc:
-            return self._failed(InvalidArgumentError(f"cannot encode request: {exc}"), owner, hint)
-        if len(data) > self._max_bytes:
-            self._stats.oversized_requests += 1
-            return self._failed(
-                MessageTooLargeError(
-                    f"request {namespace}/{command} to {self.peer} is {len(data)} "
-                    f"bytes, over max_message_bytes={self._max_bytes}"
-                ),
-                owner,
-                hint,
-            )
-        call = OutboundCall(loop=self._loop)
-        call._conn = self
-        call.rid = rid
-        call.namespace = namespace
-        call.command = command
-        call.data = data
-        call.timeout = timeout
-        call.sent = False
-        # The deadline: the tick as DeadlineWheel.add computes it (rounded up: never early),
-        # in the connection's group of that tick (no wheel call per request).
-        tick = int((self._monotonic() + timeout) / self._resolution) + 1
-        group = self._group
-        if group.tick != tick:
-            if not group.pending and group.tick:
-                # The previous tick's group, settled in full while it was the current one
-                # (it stayed in the wheel for later requests of its tick): it leaves now.
-                self._wheel.remove(group, group.tick)
-            # DeadlineGroup's __init__ inline (no Python call): a new group per tick change.
-            group = self._group = _new_object(DeadlineGroup)
-            group.owner = self
-            group.tick = tick
-            group.first = rid
-            group.pending = 0
-            self._wheel.add_at(group, tick)
-        group.last = rid
-        group.pending += 1
-        call.group = group
-        call.owner = owner
-        call.hint = hint
-        self._calls[rid] = call
-        self._queue.append(call)
-        if self._writer_idle and state is _UP and self._in_flight < self._max_in_flight:
-            # Only the first request of a frame wakes the writer (Event.set is a Python
-            # call); a busy writer looks at the queue before it waits again.
-            self._writer_idle = False
-            self._wakeup.set()
-        return call
-
-    def _failed(
-        self, exc: BaseException, owner: CallOwner | None = None, hint: str = ""
-    ) -> asyncio.Future[Response]:
-        fut: asyncio.Future[Response] = self._loop.create_future()
-        fut.set_exception(exc)
-        if owner is not None:
-            fut.add_done_callback(partial(owner.on_done, self.peer, hint))
-        return fut
-
-    def expire_group(self, group: DeadlineGroup) -> None:
-        """The deadline wheel reached ``group``'s tick: fail its unanswered requests."""
-        if group is self._group:
-            self._group = self._no_group
-        calls = self._calls
-        for rid in range(group.first, group.last + 1):
-            call = calls.get(rid)
-            if call is not None and call.group is group:
-                self._expire_call(call)
-
-    def _release(self, group: DeadlineGroup) -> None:
-        """One request of ``group`` is settled; a group settled in full leaves the wheel,
-        unless it is the current one (later requests of its tick join it; it leaves when
-        the tick changes)."""
-        group.pending -= 1
-        if not group.pending and group is not self._group:
-            self._wheel.remove(group, group.tick)
-
-    def _expire_call(self, call: OutboundCall) -> None:
-        """Fail ``call`` with ``RequestTimeoutError`` (its deadline passed)."""
-        if call.done():
-            return
-        self._forget(call)
-        self._stats.timeouts += 1
-        call.set_exception(
-            RequestTimeoutError(
-                f"{call.namespace}/{call.command} to {self.peer} got no answer "
-                f"within {call.timeout:g}s"
-            )
-        )
-        self.failed(call)
-
-    def failed(self, call: OutboundCall) -> None:
-        """Tell ``call``'s owner, if any, of its failure (in a later loop turn, like a
-        done-callback: the failing code may be in the middle of something)."""
-        owner = call.owner
-        if owner is not None:
-            call.owner = None
-            self._loop.call_soon(owner.on_done, self.peer, call.hint, call)
-
-    def abandon(self, call: OutboundCall) -> None:
-        """The caller cancelled ``call``: release its slot, tell the peer."""
-        self._forget(call)
-
-    def load(self) -> tuple[int, int]:
-        """Requests in flight (written, unanswered) and pending (queued or in flight)."""
-        return self._in_flight, len(self._calls)
-
-    def _forget(self, call: OutboundCall) -> None:
-        if call is self._sample:
-            self._sample = None  # timed out or abandoned: not a round trip
-        if self._calls.pop(call.rid, None) is None:
-            return
-        self._release(call.group)
-        if call.sent:
-            self._in_flight -= 1
-            if self._state is _State.UP:
-                # Spare the peer work nobody waits for; it also frees a slot for the queue.
-                self._cancels.append(call.rid)
-                self._wakeup.set()
-        else:
-            call.data = b""  # still in the queue until the writer skips it; drop the bytes
-
-    def _fail_all(self, make_error: ErrorFactory) -> int:
-        calls = self._calls
-        self._calls = {}
-        self._queue.clear()
-        self._cancels = []
-        self._in_flight = 0
-        self._release_at = 0
-        self._sample = None
-        for call in calls.values():
-            self._release(call.group)
-            call.set_exception(make_error())
-            self.failed(call)
-        group = self._group
-        if not group.pending and group.tick:  # the current group, settled: leaves too
-            self._wheel.remove(group, group.tick)
-        self._group = self._no_group
-        return len(calls)
 
     # -- connection lifecycle --------------------------------------------------------------
 
@@ -620,66 +351,6 @@ class PeerConnection:
         return "stream ended"
 
     # -- the stream's reader and writer ----------------------------------------------------
-
-    async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
-        stats = self._stats
-        queue = self._queue
-        wakeup = self._wakeup
-        max_bytes = self._max_bytes
-        max_in_flight = self._max_in_flight
-        while True:
-            if not self._cancels and not (queue and self._in_flight < max_in_flight):
-                wakeup.clear()
-                self._writer_idle = True
-                try:
-                    await wakeup.wait()
-                finally:
-                    self._writer_idle = False
-                await linger(lambda: len(queue))
-                continue
-            if (
-                self._hold
-                and self._in_flight > self._release_at
-                and self._in_flight >= HOLD_MIN_IN_FLIGHT
-                and not self._cancels
-            ):
-                self._holding = True
-                try:
-                    await hold(wakeup, self._hold)
-                finally:
-                    self._holding = False
-                self._release_at = self._in_flight  # answered or not: the next frame goes out
-                await linger(lambda: len(queue))
-                continue
-            parts: list[bytes] = []
-            if self._cancels:
-                ids = self._cancels
-                self._cancels = []
-                parts.extend(cancel_parts(ids, max_bytes))
-                stats.cancels_sent += len(ids)
-            room = max_in_flight - self._in_flight
-            sent = 0
-            while queue and sent < room:
-                call = queue.popleft()
-                if call.done():  # timed out or cancelled while queued
-                    continue
-                parts.append(call.data)
-                call.data = b""
-                call.sent = True
-                sent += 1
-                if self._sample is None:
-                    self._sample = call
-                    self._sample_at = self._loop.time()
-            self._release_at = self._in_flight
-            self._in_flight += sent
-            stats.requests_sent += sent
-            if not parts:
-                continue
-            frames = join_frames(parts, max_bytes)
-            for frame in frames:
-                await stream.write(frame)
-            stats.frames_sent += len(frames)
-
     async def _read_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> str:
         stats = self._stats
         while True:
