@@ -21,6 +21,7 @@ from peer_ring.core._sync._planning import (
     order_sources,
     plan_pull_requests,
 )
+from peer_ring.core._sync._roots import in_slices
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ class Puller:
             judge(p, sources, merged_complete)
 
         transfers = []
-        for p in partitions:
+        # In slices: up to sync_batch partitions are judged here (see ._roots).
+        async for p in in_slices(partitions):
             if p not in table.pending:
                 continue
             sources = [
