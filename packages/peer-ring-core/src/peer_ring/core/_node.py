@@ -140,6 +140,8 @@ class PeerRing:
             self._sync,
             self._clock,
         )
+        self._coord.look_for_tracing = self._look_for_tracing
+        self._look_for_tracing()
         self._ownership = OwnershipTracker(self._address, cfg.replication)
         # First listener: the sync bookkeeping must see a change before anyone else acts.
         self._membership.add_listener(self._on_ring_change)
@@ -342,6 +344,7 @@ class PeerRing:
             await self._transport.close()
             raise
         self._membership.update(members)
+        self._look_for_tracing()  # a provider configured since the node was made
         self._running = self._coord.running = True
         self._ownership.update(self._membership.ring)
         self._sync.start()
@@ -484,11 +487,39 @@ class PeerRing:
                 and their errors (unknown command, timeout, unreachable...).
             NotRunningError: the node is not started.
         """
-        # A plain def handing out the coordinator's coroutine: one coroutine per operation.
-        coro = self._coord.execute(namespace, command, key, payload, replication, quorum, timeout)
+        # Reached only while tracing is on (else the instance's ``execute`` is the
+        # coordinator's, see _look_for_tracing). A plain def handing out a coroutine.
+        coro = self._coord.execute(
+            namespace,
+            command,
+            key,
+            payload,
+            replication=replication,
+            quorum=quorum,
+            timeout=timeout,
+        )
         if _tracing.enabled():
             return _tracing.execute(coro, namespace, _command_name(command))
         return coro
+
+    def _look_for_tracing(self) -> None:
+        """Look for a tracer provider (on start, then every ``_tracing._CHECK_EVERY``
+        operations, counted by the coordinator) and pick the ``execute`` to use.
+
+        Without one (the usual case), this node's ``execute`` is bound to the coordinator's
+        own (same signature and coroutine): an operation calls it directly, with no
+        :meth:`execute` layer and no tracing check. With one, the instance attribute goes
+        and the class's :meth:`execute` wraps each operation in its span; tracing, once on,
+        stays on.
+        """
+        coord = self._coord
+        if _tracing.look():
+            self.__dict__.pop("execute", None)
+            coord.untraced_left = -1
+        else:
+            # setattr: mypy forbids assigning to a method; this shadows it per instance.
+            setattr(self, "execute", coord.execute)  # noqa: B010
+            coord.untraced_left = _tracing._CHECK_EVERY
 
     async def execute_many(
         self,

@@ -46,16 +46,28 @@ def enabled() -> bool:
     the first call and then once every ``_CHECK_EVERY`` calls: a provider set after the
     first operations is picked up within that many operations. Once set, it stays.
     """
-    global _on, _countdown
+    global _countdown
     if _on:
         return True
     if _countdown > 0:
         _countdown -= 1
         return False
-    _countdown = _CHECK_EVERY
-    _on = trace is not None and not isinstance(
-        trace.get_tracer_provider(), trace.ProxyTracerProvider
-    )
+    return look()
+
+
+def look() -> bool:
+    """Like :func:`enabled`, but looks the provider up now (while none was found) and
+    starts a new ``_CHECK_EVERY`` countdown for :func:`enabled`.
+
+    ``PeerRing`` calls it on start and once every ``_CHECK_EVERY`` of its operations: while
+    tracing is off, its ``execute`` is the coordinator's, with no check per operation.
+    """
+    global _on, _countdown
+    if not _on:
+        _countdown = _CHECK_EVERY
+        _on = trace is not None and not isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        )
     return _on
 
 
