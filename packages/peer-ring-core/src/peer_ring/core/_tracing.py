@@ -2,7 +2,8 @@
 
 The library depends on ``opentelemetry-api`` optionally and never on the SDK: without the
 API installed, or with no tracer provider configured by the application, nothing is traced
-and the operations run exactly as without this module (one check per operation).
+and the operations run exactly as without this module (``PeerRing.execute`` is then
+the coordinator's own, see :func:`look`; ``execute_many`` makes one check per call).
 
 Spans:
 
