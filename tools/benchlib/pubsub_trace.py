@@ -149,7 +149,7 @@ def install(ps: Any, trace: Trace) -> None:
 
     service._claim_begin = traced_claim_begin
 
-    piggyback = getattr(leaders, "piggyback", None)  # older package sources: none
+    piggyback: Any = getattr(leaders, "piggyback", None)  # older package sources: none
 
     def traced_piggyback(leader: Any, slot: Any) -> None:
         piggyback(leader, slot)
