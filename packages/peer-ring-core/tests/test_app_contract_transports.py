@@ -113,6 +113,15 @@ async def test_execute_many_survives_a_stopped_replica_and_delivers_hints(
     items = [(f"key-{i}".encode(), b"v%d" % i) for i in range(100)]
     results = await a.execute_many("t", PUT, items, quorum=3)
     assert all(r.ok for r in results)
+    # On a loaded machine a replica can be briefly unreachable from ``a`` (a probe or the
+    # first connection late): its write then went to a substitute as a hint (sloppy
+    # quorum), and a quorum read that asks that replica before the hint arrives sees
+    # nothing. Wait until every preference-list replica holds the value (hints delivered).
+    await eventually(
+        lambda: all(
+            cluster.apps[n].data.get(k) == v for k, v in items for n in a.preference_list(k, 3)
+        )
+    )
     reads = await a.execute_many("t", GET, [(k, b"") for k, _ in items], quorum=2)
     assert all(r.ok and r.payloads[0] == v for r, (_, v) in zip(reads, items, strict=True))
 
