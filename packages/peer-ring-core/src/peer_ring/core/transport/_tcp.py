@@ -63,6 +63,7 @@ from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import EOF
 from peer_ring.core.transport._outbound import _ConnectError
 from peer_ring.core.transport._stats import TransportStats
+from peer_ring.core.transport._tcp_accept import Acceptor
 from peer_ring.core.transport._tcp_outbound import (
     Dialer,
     RefusedError,
@@ -161,6 +162,7 @@ class TcpTransport(Transport):
         self._transfers_in_progress = 0
         self._listeners: list[ReachabilityListener] = []
         self._server: asyncio.Server | None = None
+        self._acceptor: Acceptor | None = None
         self._on_request: InboundHandler | None = None
         self._on_transfer: TransferHandler | None = None
         self._running = False
@@ -207,8 +209,9 @@ class TcpTransport(Transport):
         host, port = split_address(self._address)
         max_body = self._limits.max_message_bytes + HEADROOM
         loop = asyncio.get_running_loop()
+        self._acceptor = Acceptor(max_body, self._on_connection)
         self._server = await loop.create_server(
-            lambda: FrameProtocol(max_body, self._on_connection),
+            self._acceptor.protocol,
             host,
             port,
             ssl=self._server_ssl.root if self._server_ssl is not None else None,
@@ -348,14 +351,17 @@ class TcpTransport(Transport):
         self._peers.clear()
         for conn in peers:
             conn.shutdown(self._not_running)
-        if self._server is not None:
-            self._server.close()
+        if self._server is not None and self._acceptor is not None:
+            self._acceptor.stop_accepting(self._server)
         for stream in list(self._inbound):
             stream.close()
         for proto in list(self._connections):
             proto.abort()
         for task in list(self._serving):
             task.cancel()
+        if self._server is not None and self._acceptor is not None:
+            # Connections asyncio accepted before stop_accepting arrive and are aborted.
+            await self._acceptor.close(self._server)
         await asyncio.gather(
             *(conn.aclose() for conn in peers),
             *self._closing,

@@ -115,6 +115,9 @@ class Dialer:
         try:
             return await task
         except asyncio.CancelledError:
+            # The task is done here: asyncio forwards this caller's cancellation to the task
+            # it awaits and resumes the caller only once that task has finished (its own
+            # cleanup aborted any half-made connection), or the task had already finished.
             if task.done() and not task.cancelled() and task.exception() is None:
                 # Accepted just as this caller was cancelled (close(), a transfer's caller
                 # gone), before it resumed: nobody will use the connection; close it.
