@@ -23,6 +23,7 @@ from pathlib import Path
 
 from peer_ring.core import Ring
 from peer_ring.core.testing import free_port
+from peer_ring.pubsub import sequencers
 
 NODE = Path(__file__).resolve().parents[1] / "pubsub_node.py"
 
@@ -97,7 +98,7 @@ def test_pubsub_kill9_sequencer_restart_empty_kill_another(tmp_path: Path) -> No
         wait(lambda: acked_count(tmp_path) >= 300, 60, "first publishes")
 
         ring = Ring(addresses)
-        heads = {ring.preference_list(ring.partition_for_key(f"e2e/{p}"), 3)[0] for p in range(8)}
+        heads = set(sequencers(ring, "e2e", 8, 3))  # the balanced placement of the nodes
         victim = next(a for a in addresses[1:] if a in heads)  # a sequencer, not the publisher
         procs[victim].kill9()
         write_peers(peers, [a for a in addresses if a != victim])

@@ -38,9 +38,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from benchlib._hist import Histogram
+
+
+class _OpSink(Protocol):
+    def append(self, op: tuple[int, int, str], /) -> None: ...
+
 
 GetOp = Callable[[str], Awaitable[Any]]
 SetOp = Callable[[str, bytes], Awaitable[Any]]
@@ -241,6 +246,7 @@ async def run_load(
     schedule: Schedule,
     *,
     on_window: Callable[[str], None] | None = None,
+    trace: _OpSink | None = None,
 ) -> LoadResult:
     """Run the workload (closed loop, or open loop when ``workload.rate`` is set) on this
     process's event loop and return what was measured.
@@ -253,10 +259,12 @@ async def run_load(
         schedule: the run's shared wall-clock schedule.
         on_window: called with ``"start"`` and ``"end"`` at the measurement window's
             boundaries (CPU time, transport counters and profilers are sampled there).
+        trace: open loop only: ``(intended start ns, latency ns, key)`` is appended for
+            every operation that succeeded (``tools/bench --trace``, :mod:`benchlib._trace`).
     """
     if workload.rate > 0:
         return await run_open_loop(
-            get, set_, workload, sequence, value, schedule, on_window=on_window
+            get, set_, workload, sequence, value, schedule, on_window=on_window, trace=trace
         )
     load_start, window_start, window_end = schedule.perf_ns()
     result = LoadResult()
@@ -338,6 +346,7 @@ async def run_open_loop(
     schedule: Schedule,
     *,
     on_window: Callable[[str], None] | None = None,
+    trace: _OpSink | None = None,
 ) -> LoadResult:
     """Start ``workload.rate`` operations per second (see the module's docstring)."""
     load_start, window_start, window_end = schedule.perf_ns()
@@ -374,6 +383,8 @@ async def run_open_loop(
         now = clock()
         if now - started > overdue_ns:
             note_wait(now - started, overdue_ns)
+        if trace is not None:
+            trace.append((intended, now - intended, key))
         # Counted by intended start: an operation due inside the window counts even when
         # it completes after it (its latency is what a late system makes it).
         if window_start <= due < window_end:

@@ -386,6 +386,7 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
             request_timeout=plan.request_timeout,
             transport=plan.extra.get("transport", "grpc"),
             read_fanout=plan.extra.get("read_fanout", "quorum"),
+            node_config=dict(plan.extra.get("node_config", {})),
         )
     else:
         assert redis is not None
@@ -401,6 +402,8 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
             if plan.profile == "cprofile" and index == 0:
                 spec["profile_path"] = str(cprofile_path)
             name = f"{base['role']}{index}"
+            if plan.extra.get("trace"):
+                spec["trace_path"] = str(run_dir / f"{name}.trace.json")
             workers.append(await Worker.spawn(name, spec, run_dir / f"{name}.log"))
         try:
             await asyncio.gather(*(w.expect("started", 90) for w in workers))
@@ -452,6 +455,11 @@ async def run_plan(plan: RunPlan, workdir: Path, redis: RedisServer | None) -> d
         "processes": results,
         "window": window,
         "profile_files": profile_files,
+        "traces": [
+            str(run_dir / f"{base['role']}{i}.trace.json")
+            for i in range(plan.processes)
+            if plan.extra.get("trace")
+        ],
         "logs": str(run_dir),
     }
 

@@ -31,9 +31,19 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from benchlib._load import Schedule, Workload, make_keys, make_sequence, make_value, run_load
+from benchlib._load import (
+    LoadResult,
+    Schedule,
+    Workload,
+    make_keys,
+    make_sequence,
+    make_value,
+    run_load,
+)
+from benchlib._trace import Tracer
 
 #: Marks the protocol lines on stdout.
 PREFIX = "@@bench "
@@ -206,8 +216,10 @@ async def _measure(
     set_: Callable[[str, bytes], Awaitable[Any]],
     prefill: Callable[[list[str], bytes], Awaitable[None]],
     counters: Callable[[], dict[str, int]] | None,
+    owners: Callable[[str], list[int]] | None = None,
 ) -> None:
-    """Phases 2 and 3, common to both systems."""
+    """Phases 2 and 3, common to both systems (``owners``: a key's replicas as process
+    indexes, for ``--trace``)."""
     workload = Workload(**spec["workload"])
     keys = make_keys(workload.keys)
     value = make_value(workload.value_size)
@@ -230,7 +242,13 @@ async def _measure(
         gc.freeze()
     schedule = Schedule(float(command["start_at"]), float(spec["warmup"]), float(spec["duration"]))
     meter = _Meter(counters, spec.get("profile_path"))
-    result = await run_load(get, set_, workload, sequence, value, schedule, on_window=meter)
+    trace_path = spec.get("trace_path")
+    if trace_path:
+        result = await _traced(
+            Path(trace_path), owners, get, set_, workload, sequence, value, schedule, meter
+        )
+    else:
+        result = await run_load(get, set_, workload, sequence, value, schedule, on_window=meter)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     _emit(
         "result",
@@ -245,6 +263,36 @@ async def _measure(
         gc=meter.gc.summary(max(1, len(result.gets) + len(result.sets))),
         **result.to_json(),
     )
+
+
+async def _traced(
+    path: Path,
+    owners: Callable[[str], list[int]] | None,
+    get: Callable[[str], Awaitable[Any]],
+    set_: Callable[[str, bytes], Awaitable[Any]],
+    workload: Workload,
+    sequence: list[tuple[str, bool]],
+    value: bytes,
+    schedule: Schedule,
+    meter: _Meter,
+) -> LoadResult:
+    """``run_load`` with the :mod:`benchlib._trace` recorders on (``--trace``)."""
+    loop = asyncio.get_running_loop()
+    tracer = Tracer()
+    tracer.install(loop)
+    _, window_start, window_end = schedule.perf_ns()
+    monitor = asyncio.ensure_future(tracer.monitor(window_start, window_end))
+    try:
+        result = await run_load(
+            get, set_, workload, sequence, value, schedule, on_window=meter, trace=tracer.ops
+        )
+        await monitor
+    finally:
+        monitor.cancel()
+        tracer.uninstall(loop)
+    keys = set(tracer.ops.keys)
+    tracer.dump(path, {key: owners(key) for key in keys} if owners else None)
+    return result
 
 
 async def _prefill_batches(
@@ -277,6 +325,7 @@ async def _node(spec: dict[str, Any]) -> None:
         request_timeout=float(spec["request_timeout"]),
         transport=str(spec.get("transport", "grpc")),
         read_fanout=str(spec.get("read_fanout", "quorum")),
+        **spec.get("node_config", {}),
     )
     async with KVStore(discovery, replication=replication, quorum=quorum, config=config) as kv:
         _emit("started", address=kv.node.address)
@@ -316,7 +365,13 @@ async def _node(spec: dict[str, Any]) -> None:
         # the store, not an extra coroutine frame of the harness (Redis gets the same).
         get = functools.partial(kv.get, quorum=quorum, replication=replication)
         set_ = functools.partial(kv.set, quorum=quorum, replication=replication)
-        await _measure(spec, commands, get, set_, prefill, stats)
+        peers: list[str] = list(spec["peers"])
+        node = kv.node
+
+        def owners(key: str) -> list[int]:
+            return [peers.index(a) for a in node.preference_list(key.encode(), replication)]
+
+        await _measure(spec, commands, get, set_, prefill, stats, owners)
         await commands.expect("stop")
 
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import _report, _suite
+from benchlib import _report, _suite, _trace
 from benchlib._load import Workload
 from benchlib._opcost import format_op_cost
 from benchlib._procs import (
@@ -105,6 +105,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="quorum",
         help="peer-ring's PeerRingConfig.read_fanout: gets ask a quorum of replicas "
         "(default) or all N (the behaviour before issue 23's quorum reads)",
+    )
+    p.add_argument(
+        "--node-config",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="PeerRingConfig fields of every node (A/B of a default), e.g. "
+        "anti_entropy_interval=none probe_interval=5 (values: JSON, or none)",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="open loop: trace every operation, GC, loop stall and sync step of every "
+        "process, and attribute the operations slower than Redis's p99 (benchlib._trace)",
     )
     p.add_argument("--value-size", type=int, default=100, help="bytes per value")
     p.add_argument("--keys", type=int, default=10_000, help="key space size")
@@ -188,7 +202,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rate must be > 0")
     if opts.replication > opts.nodes and not (opts.matrix or opts.suite):
         p.error("--replication cannot exceed --nodes")
+    opts.node_config = _node_config(p, opts.node_config)
     return opts
+
+
+def _node_config(p: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs checked against PeerRingConfig (values parsed as JSON)."""
+    from peer_ring.core import PeerRingConfig
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in PeerRingConfig.__dataclass_fields__:
+            p.error(f"--node-config: {item!r} is not FIELD=VALUE of a PeerRingConfig field")
+        try:
+            out[name] = None if text.lower() == "none" else json.loads(text)
+        except json.JSONDecodeError:
+            out[name] = text
+    try:
+        PeerRingConfig(**out)
+    except Exception as exc:
+        p.error(f"--node-config: {exc}")
+    return out
 
 
 async def _run_micro(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -281,7 +316,11 @@ async def _run_case(
                 opts.warmup,
                 opts.duration,
                 uvloop=uvloop,
-                extra={"gc_threshold": opts.gc_threshold, "gc_freeze": opts.gc_freeze},
+                extra={
+                    "gc_threshold": opts.gc_threshold,
+                    "gc_freeze": opts.gc_freeze,
+                    "trace": opts.trace and case.rate > 0,
+                },
             )
         )
     for r, q, transport in case.configs:
@@ -303,9 +342,12 @@ async def _run_case(
                     "gc_threshold": opts.gc_threshold,
                     "gc_freeze": opts.gc_freeze,
                     "read_fanout": opts.read_fanout,
+                    "node_config": opts.node_config,
+                    "trace": opts.trace and case.rate > 0,
                 },
             )
         )
+    redis_p99 = 0.0
     for plan in plans:
         print(
             f"running {_report.label(plan)} ({case.processes} processes, "
@@ -315,6 +357,13 @@ async def _run_case(
         raw = await _run_with_retries(plan, workdir, redis)
         _attach_profile(raw)
         summary = _report.summarize(raw)
+        if raw["traces"]:
+            # Both systems' slow operations against the same bar: Redis's p99.
+            if plan.system == "redis":
+                redis_p99 = summary["p99_ms"]
+            threshold = redis_p99 or summary["p99_ms"]
+            summary["trace"] = _trace.attribute(_trace.load(raw["traces"]), threshold)
+            print(_trace.describe(summary["label"], summary["trace"]), flush=True)
         summary["round"] = round_
         summary["rounds"] = opts.repeat
         runs.append(summary)

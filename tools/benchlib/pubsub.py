@@ -192,6 +192,7 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
                     await t.publish(data)
 
                 out[phase] = await _phase(publish, rec, spec, rate)
+                out[phase]["sequencers"] = _placement(ps, topic, spec)
                 task.cancel()
         if trace is not None:
             await asyncio.sleep(1.5)  # the other nodes dump what they saw last
@@ -200,6 +201,19 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
         metrics.pop("subscriptions")
         out["node0_metrics"] = metrics
         return out
+
+
+def _placement(ps: Any, topic: Any, spec: dict[str, Any]) -> list[int]:
+    """How many of the topic's partitions each node sequences (node 0 runs the load)."""
+    counts = [0] * len(spec["peers"])
+    for p in range(spec["partitions"]):
+        key = f"{topic.name}/{p}".encode()
+        if hasattr(topic, "sequencer"):  # the balanced placement
+            head = topic.sequencer(p)
+        else:  # older code: the head of the preference list
+            head = ps.node.preference_list(key, spec["replication"])[0]
+        counts[spec["peers"].index(head)] += 1
+    return counts
 
 
 async def _profile_serving(path: str) -> None:
@@ -558,6 +572,10 @@ async def _main(opts: argparse.Namespace) -> int:
         for nodes in opts.nodes:
             results.append(await run_pubsub(opts, nodes, workdir))
     print(_table(results))
+    for r in results:
+        placed = r["throughput"].get("sequencers")
+        if placed and len(placed) > 1:
+            print(f"{r['system']}: partitions sequenced per node (node 0 runs the load): {placed}")
     if opts.trace:
         from benchlib.pubsub_trace import table
 

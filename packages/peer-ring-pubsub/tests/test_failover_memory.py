@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from peer_ring.core import Ring
-from peer_ring.pubsub import PartitionUnavailableError, PublishError, PubSub
+from peer_ring.pubsub import PartitionUnavailableError, PublishError, PubSub, sequencers
 from peer_ring.pubsub._wire import ring_key
 
 PARTITIONS = 4
@@ -122,27 +122,18 @@ async def test_a_joining_node_takes_over_partitions_with_their_logs(cluster) -> 
     newcomer = next(
         cand
         for cand in (f"127.0.0.{i}:7101" for i in range(4, 60))
-        if any(
-            (ring := Ring([*cluster.members, cand], 64)).preference_list(
-                ring.partition_for_key(ring_key("grow", p)), 3
-            )[0]
-            == cand
-            for p in range(8)
-        )
+        if cand in sequencers(Ring([*cluster.members, cand], 64), "grow", 8, 3)
     )
     cluster.set_members([*cluster.members, newcomer])
     joined = await cluster.restart_empty(newcomer)  # a fresh node: it pulls, then is ready
     await cluster.until(lambda: all(newcomer in ps.node.ring for ps in cluster.nodes.values()))
-    heads = {
-        p for p in range(8) if joined.node.preference_list(ring_key("grow", p), 3)[0] == newcomer
-    }
+    grow = joined.topic("grow", partitions=8)
+    heads = {p for p in range(8) if grow.sequencer(p) == newcomer}
     assert heads
     for i in range(80, 120):
         r = await topic.publish(f"m{i}".encode(), msg_id=f"m{i}")
         before[(r.partition, r.offset)] = f"m{i}".encode()
-    seen = {
-        (m.partition, m.offset): m.data async for m in joined.topic("grow", partitions=8).read()
-    }
+    seen = {(m.partition, m.offset): m.data async for m in grow.read()}
     assert seen == before
     assert joined.leaders.takeovers >= len(heads)
 

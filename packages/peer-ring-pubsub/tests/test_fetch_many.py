@@ -85,6 +85,8 @@ async def test_one_fetch_many_carries_a_peers_partitions_and_every_message_arriv
 async def test_fetch_many_waits_for_an_append_and_sections_fail_on_their_own(cluster) -> None:
     nodes = await cluster.start(3)
     config = TopicConfig(partitions=8)
+    for ps in nodes:
+        ps.topic("w", partitions=8)  # the sequencers are placed per declared topic
     peer = max(nodes, key=lambda ps: len(_heads(ps, "w", 8).get(ps.node.address, [])))
     mine = _heads(peer, "w", 8)[peer.node.address]
     other = next(k for h, ks in _heads(peer, "w", 8).items() if h != peer.node.address for k in ks)

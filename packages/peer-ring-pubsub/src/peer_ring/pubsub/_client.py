@@ -20,6 +20,7 @@ from peer_ring.core import (
 from peer_ring.pubsub._codec import Reader
 from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._errors import PartitionUnavailableError
+from peer_ring.pubsub._placement import Placement
 from peer_ring.pubsub._service import Service, typed_error
 from peer_ring.pubsub._tasks import spawn
 from peer_ring.pubsub._wire import (
@@ -47,7 +48,6 @@ RETRYABLE = (
 )
 
 T = TypeVar("T")
-_UNKNOWN = object()
 
 
 async def local_call(run: Callable[[Service], Awaitable[T]], service: Service) -> T:
@@ -69,14 +69,16 @@ _PUBLISH_BATCH_BYTES = 1024 * 1024
 
 
 class SequencerClient:
-    """Routes requests to the head of a partition's preference list and retries.
+    """Routes requests to the sequencer of a partition (see :mod:`._placement`) and retries.
 
     When this node is the sequencer, requests go straight to its :class:`Service` without
     encoding anything (the N=1 case, and a share of the partitions in any cluster); a
     retryable error there falls back to the routed, retrying path.
     """
 
-    def __init__(self, node: PeerRing, replication: int, timeout: float) -> None:
+    def __init__(
+        self, node: PeerRing, replication: int, timeout: float, placement: Placement
+    ) -> None:
         self.node = node
         self.replication = replication
         self.timeout = timeout
@@ -84,20 +86,9 @@ class SequencerClient:
         self._peers: dict[str, _PeerBatch] = {}
         self.retries = 0
         self.service: Service | None = None  # set by PubSub once built
-        self._ring: object = None
-        self._heads: dict[bytes, str | None] = {}
-
-    def head(self, key: bytes) -> str | None:
-        """The sequencer (head of the preference list) of ``key`` in the current ring."""
-        ring = self.node.ring
-        if ring is not self._ring:  # a new ring: forget the cached heads
-            self._ring = ring
-            self._heads = {}
-        head = self._heads.get(key, _UNKNOWN)
-        if head is _UNKNOWN:
-            prefs = self.node.preference_list(key, self.replication)
-            head = self._heads[key] = prefs[0] if prefs else None
-        return head  # type: ignore[return-value]
+        #: The partitions' sequencers (cached per ring); ``head`` is its lookup.
+        self.placement = placement
+        self.head = placement.sequencer
 
     def local_service(self, key: bytes) -> Service | None:
         """This node's service when it is the sequencer of ``key``, else None."""

@@ -1,4 +1,4 @@
-"""The sequencer of a topic partition, run by the head of its preference list.
+"""The sequencer of a topic partition, run by one of its replicas (see :mod:`._placement`).
 
 One :class:`Leader` per partition this node sequences. It is created by a takeover
 (:mod:`._sequencer`: learn and promise from R = N - W + 1 replicas, adopt, re-replicate),
@@ -30,6 +30,7 @@ from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._group_batch import GroupBatcher
 from peer_ring.pubsub._leader_state import Leader, Slot
 from peer_ring.pubsub._log import MESSAGE, Ballot, Entry
+from peer_ring.pubsub._placement import Placement
 from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
 from peer_ring.pubsub._store import RefusedError, Store
 from peer_ring.pubsub._tasks import spawn
@@ -62,8 +63,11 @@ _RANGE_PAGE = 1024
 class Leaders:
     """The partitions this node sequences, their takeovers and their appends."""
 
-    def __init__(self, node: PeerRing, store: Store, replication: int, quorum: int) -> None:
+    def __init__(
+        self, node: PeerRing, store: Store, replication: int, quorum: int, placement: Placement
+    ) -> None:
         self.node = node
+        self.placement = placement
         self.store = store
         self.replication = replication
         self.quorum = quorum
@@ -84,11 +88,14 @@ class Leaders:
         return (self.replication, self.quorum) if config.durable else (1, 1)
 
     # ------------------------------------------------------------ leadership
-    def _check_head(self, key: bytes) -> tuple[str, ...]:
+    def _check_head(self, key: bytes, config: TopicConfig) -> tuple[str, ...]:
         prefs = self.node.preference_list(key, self.replication)
-        if not prefs or prefs[0] != self.node.address:
-            head = prefs[0] if prefs else "nobody"
-            raise NotSequencerError(f"{self.node.address} is not the sequencer ({head} is)")
+        self.placement.declare_key(key, config)
+        head = self.placement.sequencer(key)
+        if not prefs or head != self.node.address:
+            raise NotSequencerError(
+                f"{self.node.address} is not the sequencer ({head or 'nobody'} is)"
+            )
         if not self.node.partition_ready(self.node.partition_for_key(key)):
             raise PartitionUnavailableError(
                 f"{self.node.address} is still pulling this partition; retry shortly"
@@ -105,7 +112,7 @@ class Leaders:
             if config != leader.config:
                 leader.config = config
             return leader
-        prefs = self._check_head(key)
+        prefs = self._check_head(key, config)
         if leader is not None and leader.active:
             leader.checked = ring
             if config != leader.config:

@@ -27,6 +27,7 @@ from peer_ring.pubsub._errors import InvalidOptionError, PayloadTooLargeError
 from peer_ring.pubsub._leader import Leaders
 from peer_ring.pubsub._log import Entry
 from peer_ring.pubsub._message import Message, PublishResult
+from peer_ring.pubsub._placement import Placement
 from peer_ring.pubsub._service import Service
 from peer_ring.pubsub._store import Store
 from peer_ring.pubsub._subscription import Subscription
@@ -111,8 +112,9 @@ class PubSub:
         self.replication = replication
         self.quorum = quorum
         self.store = Store(node.partition_for_key, node.clock.time)
-        self.leaders = Leaders(node, self.store, replication, quorum)
-        self.client = SequencerClient(node, replication, timeout)
+        self.placement = Placement(node, replication)
+        self.leaders = Leaders(node, self.store, replication, quorum, self.placement)
+        self.client = SequencerClient(node, replication, timeout, self.placement)
         self.service = Service(self.leaders, self._dead_letter)
         self.client.service = self.service
         self.store.on_change = self._on_store_change
@@ -189,6 +191,7 @@ class PubSub:
                 )
             return known
         topic = self._topics[name] = Topic(self, name, config)
+        self.placement.declare(name, config)
         return topic
 
     def metrics(self) -> dict[str, Any]:
@@ -229,6 +232,8 @@ class PubSub:
             prefs = ring.preference_list(ring.partition_for_key(key), self.replication)
             if prefs != leader.preference:
                 self.leaders.step_down(key, "its replicas changed")
+            elif self.placement.sequencer_in(ring, key) != self.node.address:
+                self.leaders.step_down(key, "another replica sequences it now")
 
     async def _dead_letter(self, topic: str, key: bytes, group: str, entry: Entry) -> None:
         source = self._topics.get(topic)
@@ -268,6 +273,13 @@ class Topic:
         """The topic receiving this topic's messages that reached ``max_deliver``."""
         name = self.name + DEAD_LETTER_SUFFIX
         return self.pubsub._topics.get(name) or self.pubsub.topic(name, **_options(self.config))
+
+    def sequencer(self, partition: int) -> str | None:
+        """The address of the node sequencing ``partition`` in this node's current ring
+        (every node computes the same one from the same ring; None: an empty ring)."""
+        if not isinstance(partition, int) or not 0 <= partition < self.config.partitions:
+            raise InvalidOptionError(f"no partition {partition!r} in topic {self.name!r}")
+        return self.pubsub.placement.sequencer(self._keys[partition])
 
     def partition_for(self, key: bytes | str | None) -> int:
         """The partition a message with ``key`` goes to (round robin without a key)."""
