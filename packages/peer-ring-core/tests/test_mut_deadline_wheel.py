@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from peer_ring.core.testing import FakeClock
 from peer_ring.core.transport._deadlines import DeadlineGroup, DeadlineWheel
 
@@ -225,6 +227,37 @@ def test_after_close_the_first_tick_is_usable_again() -> None:
     assert clock.pending_timers == 1
     clock.advance(0.5)
     assert (old.expired, new.expired) == (0, 1)
+
+
+@pytest.mark.parametrize(("timeout", "tick"), [(-0.6, 0), (-1.1, -1)])
+def test_a_first_deadline_at_tick_zero_or_below_expires_at_once(timeout: float, tick: int) -> None:
+    # A negative timeout (a deadline already passed) on a clock still near 0, as a fake
+    # clock is: tick 0 once was also the wheel's "no latest tick" marker, and such an item
+    # went into a dict no timer ever looked at.
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    first, second, at = Item(), Item(), Item()
+    assert wheel.add(first, timeout) == tick
+    assert wheel.add(second, timeout) == tick  # the latest tick's fast path
+    assert clock.pending_timers == 1
+    clock.advance(0.0)
+    assert (first.expired, second.expired) == (1, 1)
+    wheel.add_at(at, tick)  # after the fire reset the latest tick
+    clock.advance(0.0)
+    assert at.expired == 1
+    assert clock.pending_timers == 0
+
+
+def test_add_at_tick_zero_first_and_after_close_expires() -> None:
+    clock = FakeClock()
+    wheel = DeadlineWheel(clock, resolution=0.5)
+    first, later = Item(), Item()
+    wheel.add_at(first, 0)
+    clock.advance(0.0)
+    wheel.close()
+    wheel.add_at(later, 0)
+    clock.advance(0.0)
+    assert (first.expired, later.expired) == (1, 1)
 
 
 class Owner:

@@ -65,8 +65,10 @@ class DeadlineWheel:
         # fire: cancelling costs as much, and asyncio keeps a cancelled timer queued anyway).
         self._timers: dict[int, TimerHandle] = {}
         self._armed: list[int] = []
-        # The tick of the latest add and its dict: requests made together share it.
-        self._last_tick = 0
+        # The tick of the latest add and its dict: requests made together share it. None
+        # while there is none: every int is a possible tick (a negative timeout on a clock
+        # near 0, as a fake clock is, gives tick 0 or below).
+        self._last_tick: int | None = None
         self._last_members: dict[Expirable, None] = {}
 
     def add(self, item: Expirable, timeout: float) -> int:
@@ -89,7 +91,7 @@ class DeadlineWheel:
     def _insert(self, item: Expirable, tick: int, now: float) -> int:
         members = self._ticks.get(tick)
         if members is None:
-            if self._last_tick and not self._last_members:
+            if self._last_tick is not None and not self._last_members:
                 # The previous latest tick was answered in full: drop it now rather than
                 # keep its dict until its deadline (pop: it may have fired already).
                 self._ticks.pop(self._last_tick, None)
@@ -133,7 +135,7 @@ class DeadlineWheel:
             while pending and pending[0] <= due:
                 tick = heappop(pending)
                 if tick == self._last_tick:
-                    self._last_tick = 0
+                    self._last_tick = None
                 members = ticks.pop(tick, None)
                 if members:
                     for item in members:
@@ -156,7 +158,7 @@ class DeadlineWheel:
             if members is not None:
                 del ticks[tick]
                 if tick == self._last_tick:
-                    self._last_tick = 0
+                    self._last_tick = None
         armed = self._armed
         if pending and (not armed or pending[0] < armed[0]):
             self._arm(pending[0], self._monotonic())
@@ -169,7 +171,7 @@ class DeadlineWheel:
         self._armed.clear()
         self._ticks.clear()
         self._pending.clear()
-        self._last_tick = 0
+        self._last_tick = None
 
 
 async def read_chunk_within(
