@@ -407,3 +407,51 @@ async def app_cluster() -> AsyncIterator[Callable[..., AppCluster[Any]]]:
     yield make
     for cluster in made:
         await cluster.stop_all()
+
+
+class ManualClock:
+    """A fake clock whose timers the test fires by hand (``callbacks``, asked for with
+    ``delays``): a wake-up as late as the test likes, or a little early, as asyncio runs a
+    timer due within its clock resolution. Its time is ``fake``'s (a :class:`FakeClock`)."""
+
+    def __init__(self) -> None:
+        self.fake = FakeClock()
+        self.monotonic = self.fake.monotonic
+        self.time = self.fake.time
+        self.sleep = self.fake.sleep
+        self.callbacks: list[Callable[[], object]] = []
+        self.delays: list[float] = []
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> _NoTimer:
+        self.callbacks.append(callback)
+        self.delays.append(delay)
+        return _NoTimer()
+
+
+class _NoTimer:
+    def cancel(self) -> None:
+        pass
+
+
+class CountingClock(FakeClock):
+    """A fake clock counting every ``call_later`` in ``armed``: timers armed, fired or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = 0
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Any:
+        self.armed += 1
+        return super().call_later(delay, callback)
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A :class:`ManualClock` (the deadline wheel's tests: late and early wake-ups)."""
+    return ManualClock()
+
+
+@pytest.fixture
+def counting_clock() -> CountingClock:
+    """A :class:`CountingClock` (the deadline wheel's tests: timers armed per wheel)."""
+    return CountingClock()

@@ -10,7 +10,6 @@ monotonic time starts at 0, so ``timeout`` 0.1 at t = 0 is tick 1 (it ends at t 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,42 +28,6 @@ class Item:
         self.expired += 1
         if self.log is not None:
             self.log.append(self.name)
-
-
-class CountingClock(FakeClock):
-    """A fake clock counting every ``call_later``: timers armed, fired or not."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = 0
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Any:
-        self.armed += 1
-        return super().call_later(delay, callback)
-
-
-class EarlyClock:
-    """A fake clock whose timers the test fires by hand, also a little early: asyncio runs a
-    timer due within its clock resolution, so a tick's timer may fire just before the tick
-    ends, and a request made right then can land in that same tick."""
-
-    def __init__(self) -> None:
-        self.fake = FakeClock()
-        self.monotonic = self.fake.monotonic
-        self.time = self.fake.time
-        self.sleep = self.fake.sleep
-        self.callbacks: list[Callable[[], object]] = []
-        self.delays: list[float] = []
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Handle:
-        self.callbacks.append(callback)
-        self.delays.append(delay)
-        return Handle()
-
-
-class Handle:
-    def cancel(self) -> None:
-        pass
 
 
 def test_add_at_a_tick_computed_as_add_does_expires_with_the_items_of_add() -> None:
@@ -105,8 +68,10 @@ def test_add_at_an_earlier_tick_arms_its_own_timer_and_fires_on_time() -> None:
     assert (early.expired, late.expired) == (1, 0)
 
 
-def test_an_item_added_to_a_tick_that_just_fired_early_still_expires_once() -> None:
-    clock = EarlyClock()
+def test_an_item_added_to_a_tick_that_just_fired_early_still_expires_once(
+    manual_clock: Any,
+) -> None:
+    clock = manual_clock
     wheel = DeadlineWheel(clock, resolution=0.5)
     first, second = Item(), Item()
     assert wheel.add(first, 0.1) == 1
@@ -120,8 +85,10 @@ def test_an_item_added_to_a_tick_that_just_fired_early_still_expires_once() -> N
     assert (first.expired, second.expired) == (1, 1)
 
 
-def test_an_item_added_to_an_early_fired_tick_after_an_answered_later_tick_expires() -> None:
-    clock = EarlyClock()
+def test_an_item_added_to_an_early_fired_tick_after_an_answered_later_tick_expires(
+    manual_clock: Any,
+) -> None:
+    clock = manual_clock
     wheel = DeadlineWheel(clock, resolution=0.5)
     first, answered, again = Item(), Item(), Item()
     wheel.add(first, 0.1)  # tick 1
@@ -153,8 +120,10 @@ def test_a_latest_tick_answered_in_full_then_used_again_after_a_fire_is_not_lost
     assert (first.expired, answered.expired, later.expired) == (1, 0, 1)
 
 
-def test_a_tick_answered_in_full_and_added_to_again_reuses_its_armed_timer() -> None:
-    clock = CountingClock()
+def test_a_tick_answered_in_full_and_added_to_again_reuses_its_armed_timer(
+    counting_clock: Any,
+) -> None:
+    clock = counting_clock
     wheel = DeadlineWheel(clock, resolution=0.5)
     answered, later, again = Item(), Item(), Item()
     tick = wheel.add(answered, 0.1)  # tick 1: its timer is armed
@@ -187,8 +156,10 @@ def test_answered_latest_ticks_are_not_kept_when_the_next_tick_starts() -> None:
     assert [i.expired for i in items] == [0] * 20
 
 
-def test_an_earlier_armed_tick_firing_does_not_arm_a_second_timer_for_the_later_one() -> None:
-    clock = CountingClock()
+def test_an_earlier_armed_tick_firing_does_not_arm_a_second_timer_for_the_later_one(
+    counting_clock: Any,
+) -> None:
+    clock = counting_clock
     wheel = DeadlineWheel(clock, resolution=0.5)
     late, early = Item(), Item()
     wheel.add(late, 2.0)  # tick 5: armed

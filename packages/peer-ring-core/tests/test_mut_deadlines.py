@@ -9,7 +9,6 @@ when an earlier tick appears).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -179,38 +178,6 @@ def test_items_of_one_tick_expire_in_the_order_they_were_added_not_in_hash_order
     assert log == [*added, 4]
 
 
-class ManualClock:
-    """A fake clock whose timers the test fires by hand: a wake-up as late as it likes."""
-
-    def __init__(self) -> None:
-        self.fake = FakeClock()
-        self.monotonic = self.fake.monotonic
-        self.time = self.fake.time
-        self.sleep = self.fake.sleep
-        self.callbacks: list[Callable[[], object]] = []
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Handle:
-        self.callbacks.append(callback)
-        return Handle()
-
-
-class Handle:
-    def cancel(self) -> None:
-        pass
-
-
-class CountingClock(FakeClock):
-    """A fake clock counting every ``call_later``: timers armed, fired or not."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = 0
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Any:
-        self.armed += 1
-        return super().call_later(delay, callback)
-
-
 def test_deadlines_on_a_hundred_ticks_arm_one_timer_and_fire_tick_by_tick() -> None:
     clock = FakeClock()
     wheel = DeadlineWheel(clock, resolution=0.5)
@@ -246,8 +213,8 @@ def test_an_earlier_tick_added_after_a_later_one_fires_on_time() -> None:
     assert clock.pending_timers == 0
 
 
-def test_a_late_wake_up_expires_every_overdue_tick_in_tick_order() -> None:
-    clock = ManualClock()
+def test_a_late_wake_up_expires_every_overdue_tick_in_tick_order(manual_clock: Any) -> None:
+    clock = manual_clock
     wheel = DeadlineWheel(clock, resolution=0.5)
     log: list[int] = []
     for value, timeout in [(3, 1.0), (1, 0.0), (4, 1.5), (2, 0.5), (9, 10.0), (1_003, 1.0)]:
@@ -266,8 +233,8 @@ def test_a_late_wake_up_expires_every_overdue_tick_in_tick_order() -> None:
     assert log == [1, 2, 3, 1_003, 4, 9]
 
 
-def test_answered_ticks_are_dropped_and_cost_no_timer() -> None:
-    clock = CountingClock()
+def test_answered_ticks_are_dropped_and_cost_no_timer(counting_clock: Any) -> None:
+    clock = counting_clock
     wheel = DeadlineWheel(clock, resolution=0.005)
     items = [Item() for _ in range(2_000)]
     kept = items[1_000]
@@ -321,8 +288,8 @@ class Boom:
         raise RuntimeError("boom")
 
 
-def test_an_expire_that_raises_leaves_the_other_overdue_ticks_armed() -> None:
-    clock = ManualClock()
+def test_an_expire_that_raises_leaves_the_other_overdue_ticks_armed(manual_clock: Any) -> None:
+    clock = manual_clock
     wheel = DeadlineWheel(clock, resolution=0.5)
     after = Item()
     wheel.add(Boom(), 0.1)  # tick 1
