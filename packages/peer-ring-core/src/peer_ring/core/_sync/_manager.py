@@ -90,6 +90,12 @@ class SyncManager:
         self._rng = rng or random.Random()
         ctx = SyncContext(address, config, clock, membership, transport, hooks, transfer, self._rng)
         self._ctx = ctx
+        #: The per-partition sync state (``ctx.table`` is never reassigned). A plain
+        #: attribute, not a property: read inline by the dispatcher's and the operation's
+        #: hot path. :meth:`readable` is ``p not in table.pending``; :meth:`note_write` has
+        #: nothing to do when ``p not in table.pending and (p in table.replicated or p in
+        #: table.held)``.
+        self.table: PartitionTable = ctx.table
         self._detector = FailureDetector(ctx, self._peer_back)
         ctx.peer_ok = self._detector.peer_ok
         ctx.peer_failed = self._detector.peer_failed
@@ -116,11 +122,6 @@ class SyncManager:
     def incarnation(self) -> int:
         """This node's incarnation (random per manager; peers see a restart by it)."""
         return self._ctx.incarnation
-
-    @property
-    def table(self) -> PartitionTable:
-        """The per-partition sync state."""
-        return self._ctx.table
 
     @property
     def hints(self) -> HintStore:
