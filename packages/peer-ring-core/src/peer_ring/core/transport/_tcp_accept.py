@@ -36,22 +36,28 @@ class Acceptor:
         self._max_body = max_body
         self._on_connection = on_connection
         # Protocols asyncio made for an accepted connection that has not reached
-        # connection_made yet. Weak: one whose TLS handshake fails is dropped by asyncio
-        # without a callback, and must not stay here for the node's lifetime.
-        self._arriving: weakref.WeakSet[FrameProtocol] = weakref.WeakSet()
+        # connection_made yet, with the loop time they were made. Weak: one whose TLS
+        # handshake fails is dropped by asyncio without a callback (and stays until the
+        # garbage collector breaks its cycles), and must not stay here for good.
+        self._arriving: weakref.WeakKeyDictionary[FrameProtocol, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        # While close() waits: the ones it waits for, and the future it waits on.
+        self._awaited: set[FrameProtocol] = set()
         self._all_arrived: asyncio.Future[None] | None = None
 
     def protocol(self) -> FrameProtocol:
         """The server's protocol factory (called by asyncio for each accepted socket)."""
         proto = FrameProtocol(self._max_body, self._made)
-        self._arriving.add(proto)
+        self._arriving[proto] = asyncio.get_running_loop().time()
         return proto
 
     def _made(self, proto: FrameProtocol) -> None:
-        self._arriving.discard(proto)
-        waiter = self._all_arrived
-        if waiter is not None and not self._arriving and not waiter.done():
-            waiter.set_result(None)
+        self._arriving.pop(proto, None)
+        if self._all_arrived is not None:
+            self._awaited.discard(proto)
+            if not self._awaited and not self._all_arrived.done():
+                self._all_arrived.set_result(None)
         self._on_connection(proto)
 
     def stop_accepting(self, server: asyncio.Server) -> None:
@@ -73,8 +79,15 @@ class Acceptor:
         # (which builds the transport on the still-open server) in the next turn.
         await asyncio.sleep(0)
         server.close()
-        if not self._arriving:
+        loop = asyncio.get_running_loop()
+        # One made longer ago is a TLS handshake that failed (asyncio dropped it with no
+        # callback) or a slow one, aborted by the transport if it arrives: waiting for
+        # those would make every close after a failed handshake take ARRIVAL_WAIT.
+        since = loop.time() - ARRIVAL_WAIT
+        self._awaited = {proto for proto, made in self._arriving.items() if made > since}
+        if not self._awaited:
             return
-        self._all_arrived = asyncio.get_running_loop().create_future()
+        self._all_arrived = loop.create_future()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._all_arrived), ARRIVAL_WAIT)
+        self._awaited.clear()
