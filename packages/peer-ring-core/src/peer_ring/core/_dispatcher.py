@@ -31,6 +31,7 @@ from peer_ring.core._errors import (
 )
 from peer_ring.core._membership import Membership
 from peer_ring.core._result import CommandContext
+from peer_ring.core._ring import _fingerprint64
 from peer_ring.core._status import error_for_status, status_for_error
 from peer_ring.core._sync import INTERNAL, PartitionNotReadyError
 from peer_ring.core._types import Request, Response, Status
@@ -239,8 +240,8 @@ class Dispatcher:
                 return sync.store_hint(Request(namespace, name, key, payload, partition, hint))
             if key:  # batch-style commands (no key) check their keys with partition_ready
                 # A peer's partition is recomputed (it may be wrong); our own is not.
-                if not local:
-                    partition = self._membership._ring.partition_for_key(key)
+                if not local:  # Ring.partition_for_key inline (one call per request)
+                    partition = _fingerprint64(key) % self._membership._ring._partitions
                 if command.reads:
                     if forwarded:
                         if not sync.holds(partition):

@@ -83,8 +83,13 @@ class Operation(QuorumCollector):
         result: ExecuteResult,
         batch: BatchSender | None = None,
     ) -> None:
-        # QuorumCollector.__init__'s work inline (one call less per operation).
-        self.future: asyncio.Future[ExecuteResult] = asyncio.get_running_loop().create_future()
+        # QuorumCollector.__init__'s work inline (one call less per operation). The loop is
+        # the coordinator's (asyncio.get_running_loop() is a system call per call: see
+        # Coordinator.loop).
+        loop = coord.loop
+        if loop is None:
+            loop = coord.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[ExecuteResult] = loop.create_future()
         self.result = result
         self.namespace = namespace
         self.name = command.name
@@ -280,11 +285,14 @@ class Operation(QuorumCollector):
             result = self.result
             if not result._complete:
                 result.replies.append(Reply(coord.address, out, None))
-                self.successes += 1
-                if self.successes >= self.quorum and not self.future.done():
+                successes = self.successes = self.successes + 1
+                if successes >= self.quorum and not self.future.done():
                     self.future.set_result(result)
-                if self.successes + self.failures >= self.expected:
-                    result._finish()
+                if successes + self.failures >= self.expected:
+                    if result._callbacks is None:  # _finish, without its call
+                        result._complete = True
+                    else:
+                        result._finish()
             if self.tick:
                 self._quorum_known()
         else:
@@ -340,11 +348,14 @@ class Operation(QuorumCollector):
         result = self.result
         if not result._complete:
             result.replies.append(Reply(target, payload, None))
-            self.successes += 1
-            if self.successes >= self.quorum and not self.future.done():
+            successes = self.successes = self.successes + 1
+            if successes >= self.quorum and not self.future.done():
                 self.future.set_result(result)
-            if self.successes + self.failures >= self.expected:
-                result._finish()
+            if successes + self.failures >= self.expected:
+                if result._callbacks is None:  # _finish, without its call
+                    result._complete = True
+                else:
+                    result._finish()
         if self.tick:
             self._quorum_known()
 
