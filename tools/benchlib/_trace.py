@@ -56,7 +56,8 @@ class _Timed(Coroutine[Any, Any, Any]):
 
     def __init__(self, inner: Coroutine[Any, Any, Any], name: str, out: list[Any]) -> None:
         self._inner = inner
-        self._name = name
+        # The instance's id tells one round's steps from another's (``name#id``).
+        self._name = f"{name}#{id(self)}"
         self._out = out
 
     def _step(self, fn: Any, *args: Any) -> Any:
@@ -205,6 +206,17 @@ def _events(trace: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
     return out
 
 
+def _rounds(trace: dict[str, Any]) -> list[tuple[int, int]]:
+    """Spans of the sync tasks with at least two recorded steps (first start, last end)."""
+    spans: dict[str, tuple[int, int]] = {}
+    counts: dict[str, int] = {}
+    for start, wall, _cpu, name in trace["steps"]:
+        first, last = spans.get(name, (start, start + wall))
+        spans[name] = (min(first, start), max(last, start + wall))
+        counts[name] = counts.get(name, 0) + 1
+    return sorted(span for name, span in spans.items() if counts[name] > 1)
+
+
 def _overlap(spans: list[tuple[int, int]], start: int, end: int) -> int:
     """Nanoseconds of ``[start, end)`` covered by ``spans`` (linear: a run has at most a few
     thousand events per process)."""
@@ -226,6 +238,8 @@ def attribute(traces: list[dict[str, Any]], threshold_ms: float) -> dict[str, An
     tagged: list[tuple[int, str]] = []
     sync_names: dict[str, int] = {}
     touched = dict.fromkeys(CAUSES[:-1], 0)
+    rounds = [_rounds(t) for t in traces]
+    in_rounds: list[int] = []
     for index, trace in enumerate(traces):
         owners: dict[str, list[int]] = trace.get("owners", {})
         w0, w1 = trace["window"]
@@ -246,6 +260,8 @@ def attribute(traces: list[dict[str, Any]], threshold_ms: float) -> dict[str, An
             for name, ns in covered.items():
                 if ns >= TOUCH_NS:
                     touched[name] += 1
+            if any(_overlap(rounds[i], intended, end) for i in involved):
+                in_rounds.append(latency)
             if latency <= threshold:
                 tagged.append((latency, ""))
                 continue
@@ -256,7 +272,8 @@ def attribute(traces: list[dict[str, Any]], threshold_ms: float) -> dict[str, An
                 for i in involved:
                     for start, wall, cpu, step in traces[i]["steps"]:
                         if cpu >= MIN_EVENT_NS and start < end and start + wall > intended:
-                            sync_names[step] = sync_names.get(step, 0) + 1
+                            name = step.split("#")[0]
+                            sync_names[name] = sync_names.get(name, 0) + 1
             tagged.append((latency, cause))
     slow = [c for _, c in tagged if c]
     p99 = _p99(latencies)
@@ -283,6 +300,14 @@ def attribute(traces: list[dict[str, Any]], threshold_ms: float) -> dict[str, An
         "sync_steps": sync_names,
         # All operations (slow or not) that a cause's events covered for >= 0.1 ms.
         "touched": touched,
+        # Operations that overlapped a sync task's span (its first to its last recorded
+        # step) in a process they involved: how a round's slices and gaps treat them.
+        "in_sync_rounds": {
+            "ops": len(in_rounds),
+            "p50_ms": sorted(in_rounds)[len(in_rounds) // 2] / 1e6 if in_rounds else 0.0,
+            "p99_ms": _p99(in_rounds),
+            "mean_ms": sum(in_rounds) / len(in_rounds) / 1e6 if in_rounds else 0.0,
+        },
         "per_process": [
             {
                 "gcs": len(t["gcs"]),
@@ -323,6 +348,11 @@ def describe(label: str, result: dict[str, Any]) -> str:
     ]
     touched = ", ".join(f"{c} {n}" for c, n in result["touched"].items())
     lines.append(f"    all ops touched (>= 0.1 ms) by: {touched}")
+    r = result["in_sync_rounds"]
+    lines.append(
+        f"    ops during sync rounds: {r['ops']}, p50 {r['p50_ms']:.2f} / p99 {r['p99_ms']:.2f}"
+        f" / mean {r['mean_ms']:.2f} ms"
+    )
     if result["sync_steps"]:
         top = sorted(result["sync_steps"].items(), key=lambda kv: -kv[1])[:5]
         lines.append("    sync steps met: " + ", ".join(f"{n} x{k}" for n, k in top))

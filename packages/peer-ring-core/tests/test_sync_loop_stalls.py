@@ -10,6 +10,7 @@ root cache may and may not skip.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import pytest
 from peer_ring.core import PeerRing
 from peer_ring.core._hooks import DIGEST_BUCKETS
 from peer_ring.core._sync import partition_root
-from peer_ring.core._sync._roots import ROOTS_SLICE, RootCache
+from peer_ring.core._sync._roots import ROOTS_SLICE, TURNS_BETWEEN_SLICES, RootCache, give_turns
 from peer_ring.core.testing import MemoryCluster, fake_time_config, versioned_payload
 
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 4)]
@@ -61,6 +62,12 @@ def record_digest_calls(node_app: object, turns: Turns, calls: Counter[int]) -> 
     node_app.digest_partition = digest_partition  # type: ignore[attr-defined]
 
 
+def gaps(calls: Counter[int]) -> list[int]:
+    """Loop turns between consecutive turns that called the hook."""
+    turns = sorted(calls)
+    return [b - a for a, b in itertools.pairwise(turns)]
+
+
 def sync_of(node: PeerRing) -> object:
     return node._sync  # the core's own tests drive a round directly
 
@@ -86,6 +93,51 @@ async def test_an_anti_entropy_round_yields_between_slices_on_both_sides(
     assert max(asking.values()) <= ROOTS_SLICE, asking
     assert max(answering.values()) <= ROOTS_SLICE, answering
     assert len(asking) >= P // ROOTS_SLICE and len(answering) >= P // ROOTS_SLICE
+    # Between two slices the rest of the node gets TURNS_BETWEEN_SLICES turns, not one: a
+    # request arriving meanwhile runs its whole chain (read, dispatch, answer, writer) there.
+    assert min(gaps(asking)) >= TURNS_BETWEEN_SLICES, asking
+    assert min(gaps(answering)) >= TURNS_BETWEEN_SLICES, answering
+
+
+async def test_a_request_chain_met_by_a_round_waits_for_at_most_one_slice(
+    harness: MemoryCluster,
+) -> None:
+    """A task needing a few turns (as a request served over TCP does: about four on each
+    side) started while an anti-entropy round runs sees at most one slice of the round on
+    its side; with one turn between slices it waited for a slice before each turn."""
+    harness.config = fake_time_config(P, replication=2, anti_entropy_batch=P)
+    a, b = await harness.start_ready(ADDRS[:2])
+    calls: Counter[int] = Counter()
+    seen: list[int] = []
+    with Turns() as turns:
+        record_digest_calls(harness.apps[a.address], turns, calls)
+        record_digest_calls(harness.apps[b.address], turns, Counter())
+        ae = sync_of(a)._ae  # type: ignore[attr-defined]
+        round_ = asyncio.ensure_future(ae.round())
+
+        async def request() -> None:
+            before = sum(calls.values())
+            for _ in range(4):
+                await asyncio.sleep(0)
+            seen.append(sum(calls.values()) - before)
+
+        while not round_.done():
+            await request()
+        await round_
+    assert sum(calls.values()) == P
+    assert len(seen) > P // ROOTS_SLICE
+    assert max(seen) <= ROOTS_SLICE, seen
+    # Most requests met no slice at all (the round's slices are 1 turn in 9).
+    assert sorted(seen)[len(seen) // 2] == 0, seen
+
+
+async def test_give_turns_gives_the_loop_that_many_turns() -> None:
+    assert TURNS_BETWEEN_SLICES >= 4  # the turns a TCP request needs on one side
+    with Turns() as turns:
+        await asyncio.sleep(0)
+        start = turns.now
+        await give_turns()
+        assert turns.now - start == TURNS_BETWEEN_SLICES
 
 
 async def test_a_pull_round_yields_between_slices(harness: MemoryCluster) -> None:
@@ -97,6 +149,7 @@ async def test_a_pull_round_yields_between_slices(harness: MemoryCluster) -> Non
         await sync_of(a)._puller.round(list(range(P)))  # type: ignore[attr-defined]
     assert sum(asking.values()) == P
     assert max(asking.values()) <= ROOTS_SLICE, asking
+    assert min(gaps(asking)) >= TURNS_BETWEEN_SLICES, asking
 
 
 async def test_anti_entropy_still_repairs_a_change_made_after_roots_were_cached(
@@ -179,3 +232,4 @@ async def test_a_handoff_round_drops_partitions_a_slice_per_turn(harness: Memory
     assert len(not_mine) > 2 * ROOTS_SLICE
     assert sum(drops.values()) == len(not_mine)
     assert max(drops.values()) <= ROOTS_SLICE, drops
+    assert min(gaps(drops)) >= TURNS_BETWEEN_SLICES, drops

@@ -13,7 +13,7 @@ from peer_ring.core._sync._context import SyncContext
 from peer_ring.core._sync._delta import known_versions, take_within
 from peer_ring.core._sync._detector import FailureDetector
 from peer_ring.core._sync._digests import HoldState, RemotePartition
-from peer_ring.core._sync._roots import ROOTS_SLICE
+from peer_ring.core._sync._roots import ROOTS_SLICE, give_turns
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
@@ -124,12 +124,12 @@ class InternalCommands:
         return self._guard(self._digests_sliced, asked)
 
     async def _digests_sliced(self, asked: list[tuple[int, int]]) -> bytes:
-        # A whole round's partitions (hundreds to thousands): one slice per loop turn, so
-        # that the requests arriving meanwhile are not held behind them (see ._roots).
+        # A whole round's partitions (hundreds to thousands): a slice, then a few loop
+        # turns, so that the requests arriving meanwhile are not held behind them (._roots).
         entries: list[RemotePartition] = []
         for start in range(0, len(asked), ROOTS_SLICE):
             if start:
-                await asyncio.sleep(0)
+                await give_turns()
             entries.extend(self._describe(asked[start : start + ROOTS_SLICE]))
         return encode_digest_response(entries)
 

@@ -39,7 +39,7 @@ from peer_ring.core._sync._digests import (
 )
 from peer_ring.core._sync._hints import HintStore
 from peer_ring.core._sync._partitions import PartitionTable
-from peer_ring.core._sync._roots import DECODE_SLICE, ROOTS_SLICE, RootCache
+from peer_ring.core._sync._roots import DECODE_SLICE, ROOTS_SLICE, RootCache, give_turns
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
@@ -200,13 +200,14 @@ class SyncContext:
         return self.roots.root(partition, self.local_digests(partition))
 
     async def local_roots(self, partitions: Sequence[int]) -> dict[int, int]:
-        """This node's roots of ``partitions``, giving the event loop a turn after every
-        :data:`~peer_ring.core._sync._roots.ROOTS_SLICE` partitions (see :mod:`._roots`)."""
+        """This node's roots of ``partitions``, giving the event loop a few turns after
+        every :data:`~peer_ring.core._sync._roots.ROOTS_SLICE` partitions (see
+        :mod:`._roots`)."""
         roots: dict[int, int] = {}
         local_root = self.local_root
         for start in range(0, len(partitions), ROOTS_SLICE):
             if start:
-                await asyncio.sleep(0)
+                await give_turns()
             for p in partitions[start : start + ROOTS_SLICE]:
                 roots[p] = local_root(p)
         return roots
@@ -259,7 +260,7 @@ class SyncContext:
         out: dict[int, RemotePartition] = {}
         for i, entry in enumerate(iter_digest_response(data)):
             if i and not i % DECODE_SLICE:
-                await asyncio.sleep(0)
+                await give_turns()
             out[entry.partition] = entry
         return out
 

@@ -13,9 +13,19 @@ the stall lands in every application's p99. Two things remove it:
   call; only the core's own hashing is skipped, so there is nothing to invalidate: a
   changed digest never matches. An empty partition's root is the constant 0 and is not
   kept.
-* :data:`ROOTS_SLICE`: callers that compute many roots give the loop a turn
-  (``await asyncio.sleep(0)``) after each slice of that many partitions. The slice is a
-  count, not a time budget, so that the simulator's schedules stay deterministic.
+* :data:`ROOTS_SLICE`: callers that compute many roots give the loop
+  :data:`TURNS_BETWEEN_SLICES` turns (:func:`give_turns`) after each slice of that many
+  partitions. The slice is a count, not a time budget, so that the simulator's schedules
+  stay deterministic.
+
+Why several turns and not one: a request that arrives while a round runs needs a few loop
+turns of its own before its answer leaves (over TCP: the frame is read, the read loop
+dispatches it and queues the answer, the writer wakes, lingers one turn, writes; the
+requesting side has as many). With one turn between slices, every one of those turns
+waited behind a slice: a request that met a round took several slices longer (issue 23,
+round 6: the open-loop tails, see docs/benchmarks.md). With a few turns, its whole chain
+usually runs between two slices, and an idle loop pays a few empty turns (microseconds)
+per slice.
 """
 
 from __future__ import annotations
@@ -36,15 +46,29 @@ ROOTS_SLICE = 32
 #: Entries of a ``digests`` answer decoded in one turn (1,024 took 1.6-1.8 ms at load 9).
 DECODE_SLICE = 256
 
+#: Loop turns given to the rest of the node between two slices (see the module docstring):
+#: the turns a request served over TCP needs on one side (read, dispatch and answer,
+#: writer wake-up, linger), so that it runs between two slices instead of one turn per
+#: slice.
+TURNS_BETWEEN_SLICES = 8
+
+
+async def give_turns() -> None:
+    """Give the event loop :data:`TURNS_BETWEEN_SLICES` turns (between two slices)."""
+    for _ in range(TURNS_BETWEEN_SLICES):
+        await asyncio.sleep(0)
+
+
 _Key = tuple[tuple[str, tuple[bytes, ...]], ...]
 
 
 async def in_slices(items: Iterable[_T], size: int = ROOTS_SLICE) -> AsyncIterator[_T]:
-    """``items``, giving the event loop a turn after every ``size`` of them (a loop over
-    partitions that calls the application's hooks for each: digests, drops)."""
+    """``items``, giving the event loop a few turns (:func:`give_turns`) after every
+    ``size`` of them (a loop over partitions that calls the application's hooks for each:
+    digests, drops)."""
     for i, item in enumerate(items):
         if i and not i % size:
-            await asyncio.sleep(0)
+            await give_turns()
         yield item
 
 
