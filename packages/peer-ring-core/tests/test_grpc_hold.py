@@ -4,8 +4,9 @@ While a frame to a peer is unanswered (and at least ``HOLD_MIN_IN_FLIGHT`` reque
 flight to it), new requests to that peer wait for its answers (at most ``hold`` seconds)
 and then go out together. What must hold: a request to an idle peer, or behind a single
 in-flight request, is never held; the held requests all go out in one frame once the
-answers arrive; the cap bounds the wait behind slow requests; a deadline still fails a held
-request (never sent); a cancel is not held. Every wait is bounded.
+answers arrive; the cap bounds the wait behind slow requests (stretched to the peer's
+measured round trip, within ``HOLD_MAX_SECONDS``); a deadline still fails a held request
+(never sent); a cancel is not held. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from peer_ring.core._errors import InvalidArgumentError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.testing import settle_loop
 from peer_ring.core.transport import GrpcTransport
-from peer_ring.core.transport._linger import HOLD_MIN_IN_FLIGHT
+from peer_ring.core.transport._linger import (
+    HOLD_MAX_SECONDS,
+    HOLD_MIN_IN_FLIGHT,
+    HOLD_RTT_FACTOR,
+    hold_cap,
+)
 
 #: Upper bound of any single wait in these tests (real seconds). Only reached on a bug.
 LIMIT = 15.0
@@ -186,3 +192,21 @@ async def test_a_request_behind_a_single_one_in_flight_is_not_held(nodes: NodeFa
 def test_hold_out_of_range_is_refused(bad: float) -> None:
     with pytest.raises(InvalidArgumentError, match="hold"):
         GrpcTransport("127.0.0.1:0", hold=bad)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rtt", "expected"),
+    [
+        (0.005, None, 0.005),  # no round trip measured yet: the configured cap
+        (0.005, 0.001, 0.005),  # a fast peer keeps the configured cap
+        (0.005, 0.005 / HOLD_RTT_FACTOR, 0.005),  # exactly at the cap: unchanged
+        (0.005, 0.01, 0.01 * HOLD_RTT_FACTOR),  # a slower peer stretches it
+        (0.005, 10.0, HOLD_MAX_SECONDS),  # never beyond the maximum...
+        (0.2, 10.0, 0.2),  # ...unless the configured cap is longer still
+        (0.2, 0.01, 0.2),
+    ],
+)
+def test_hold_cap_follows_the_round_trip_within_bounds(
+    seconds: float, rtt: float | None, expected: float
+) -> None:
+    assert hold_cap(seconds, rtt) == pytest.approx(expected)
