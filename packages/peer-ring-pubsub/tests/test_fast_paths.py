@@ -368,3 +368,30 @@ async def test_a_peer_batch_is_split_by_bytes(cluster) -> None:
     results = await asyncio.gather(*(topic.publish(data, partition=remote[0]) for _ in range(6)))
     assert [r.offset for r in results] == list(range(6))
     assert sizes and max(sizes) < 2 * 1024 * 1024  # never the six messages in one request
+
+
+async def test_a_cancelled_local_publish_leaves_the_others_and_the_log_whole(
+    single_copy_cluster,
+) -> None:
+    # On a single-copy partition a publisher awaits its entry's future directly (no
+    # shield): cancelling it cancels that future, which the batch must skip.
+    a, b = await single_copy_cluster.start(2)
+    local = a if a.topic("cancel", partitions=1).sequencer(0) == a.node.address else b
+    topic = local.topic("cancel", partitions=1)  # its sequencer's node: the local path
+    tasks = [asyncio.ensure_future(topic.publish(b"m%d" % i)) for i in range(40)]
+    await asyncio.sleep(0)
+    for t in tasks[5:40:7]:
+        t.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = [r for r in done if isinstance(r, asyncio.CancelledError)]
+    offsets = [r.offset for r in done if not isinstance(r, BaseException)]
+    assert cancelled and len(offsets) + len(cancelled) == 40
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    after = await topic.publish(b"after")
+    stored = [m.data async for m in topic.read()]
+    assert after.offset == len(stored) - 1 and stored[-1] == b"after"
+    assert all(
+        stored[r.offset] == b"m%d" % i
+        for i, r in enumerate(done)
+        if not isinstance(r, BaseException)
+    )

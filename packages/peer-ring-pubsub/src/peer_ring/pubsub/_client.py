@@ -166,9 +166,13 @@ class SequencerClient:
         service = self.local_service(key)
         if service is not None:  # the sequencer batches what arrives while it replicates
             try:
-                results = await local_call(
-                    lambda s: s.leaders.publish(key, config, [message]), service
-                )
+                try:  # local_call inlined: one coroutine less per local publish
+                    results = await service.leaders.publish(key, config, [message])
+                except Exception as exc:
+                    mapped = typed_error(exc)
+                    if mapped is None or mapped is exc:
+                        raise
+                    raise mapped from exc
                 entry, duplicate = results[0]
                 return entry.epoch, entry.seq, duplicate
             except RETRYABLE as exc:
