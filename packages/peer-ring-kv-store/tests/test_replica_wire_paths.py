@@ -1,8 +1,10 @@
 """The per-operation paths that skip Record objects give what the Record paths give.
 
-- A replica stores a SET payload with ``KVEngine.put_wire`` (fields read from the bytes)
-  instead of ``put(decode_record(payload))``: same results, same records, same books
-  (digests, sizes, counts), for any history, malformed payloads included.
+- A replica stores a SET payload with ``KVEngine.put_wire`` (fields read from the bytes,
+  the common write stored inline) instead of ``put(decode_record(payload))``: same
+  results, same records, same books (digests and their deferral, sizes, counts), for any
+  history, malformed payloads included, with the digest deferral's thresholds as shipped
+  and at their smallest.
 - ``set()`` encodes its record itself (``KVStore._payload``): byte for byte
   ``encode_record`` of the record ``_record`` builds, with the same errors.
 - A read whose replies agree takes the value from the bytes (``agreed_value``): the value
@@ -12,7 +14,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +26,7 @@ from hypothesis import strategies as st
 from peer_ring.core import Reply
 from peer_ring.core.testing import FakeClock
 from peer_ring.discovery.static import StaticDiscovery
-from peer_ring.kv import KVStore
+from peer_ring.kv import KVStore, _engine, _engine_partitions, _engine_wire
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._hlc import HLC
@@ -41,12 +46,29 @@ KEYS = [b"k%d" % i for i in range(8)]
 NODES = ["10.0.0.1:7000", "10.0.0.2:7000", "é:1"]
 
 
+@contextmanager
+def deferral(mode: str) -> Iterator[None]:
+    """The digest deferral's thresholds: as shipped, or at their smallest ("eager")."""
+    if mode == "default":
+        yield
+        return
+    with (
+        mock.patch.object(_engine, "_BUDGET_MIN", 0),
+        mock.patch.object(_engine_partitions, "_BUDGET_MIN", 0),
+        mock.patch.object(_engine, "_DEFER_MAX", 2),
+        mock.patch.object(_engine_wire, "_DEFER_MAX", 2),
+        mock.patch.object(_engine_partitions, "_DEFER_MAX", 2),
+    ):
+        yield
+
+
 def state(engine: KVEngine) -> dict[str, object]:
     """Everything a write can change, as plain values."""
     lru = engine._lru
     return {
         "records": {k: engine.get_record(k) for k in KEYS},
         "digests": [list(d) for d in engine._digest],
+        "budgets": list(engine._digest_budget),
         "size": engine.size_bytes,
         "stored": engine.stored,
         "tombstones": engine.tombstones,
@@ -107,16 +129,22 @@ writes = st.lists(
             st.sampled_from([0, 0, 0, 1]),
         ),
         st.tuples(st.just("tick"), st.sampled_from([0.1, 1.0, 4.0])),
+        st.tuples(st.just("digests"), st.integers(0, 3)),
     ),
     max_size=50,
 )
 
 
 @settings(deadline=None, max_examples=150)
-@given(writes, st.sampled_from([None, 2_000]))
+@given(writes, st.sampled_from([None, 2_000]), st.sampled_from(["default", "eager"]))
 def test_put_wire_stores_what_put_of_the_decoded_record_stores(
-    steps: list[tuple[Any, ...]], max_bytes: int | None
+    steps: list[tuple[Any, ...]], max_bytes: int | None, defer: str
 ) -> None:
+    with deferral(defer):
+        check_put_wire_against_put(steps, max_bytes)
+
+
+def check_put_wire_against_put(steps: list[tuple[Any, ...]], max_bytes: int | None) -> None:
     clock, reference_clock = FakeClock(START), FakeClock(START)
     engine = KVEngine(4, clock, max_bytes=max_bytes, tombstone_grace=2.0)
     reference = KVEngine(4, reference_clock, max_bytes=max_bytes, tombstone_grace=2.0)
@@ -124,6 +152,10 @@ def test_put_wire_stores_what_put_of_the_decoded_record_stores(
         if step[0] == "tick":
             clock.advance(step[1])
             reference_clock.advance(step[1])
+            continue
+        if step[0] == "digests":
+            assert engine.digests(step[1]) == reference.digests(step[1])
+            assert state(engine) == state(reference)
             continue
         _, key, at, node, kind, ttl, value, logical, changes, cut = step
         payload = mangle(

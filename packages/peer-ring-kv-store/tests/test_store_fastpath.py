@@ -40,6 +40,11 @@ async def test_every_replica_stores_the_record_the_coordinator_built(
 ) -> None:
     a, _, _ = cluster
     await a.set("raw", b"\x00bytes", quorum=3)
+    # set() encodes raw bytes without TTL inline: the record _payload()/encode_record give.
+    raw = records(cluster, b"raw")
+    assert raw[0] is not None and raw == [raw[0]] * 3
+    assert raw[0] == Record(b"\x00bytes", raw[0].version, 0.0, False, False)
+    assert raw[0].version.node_id == a.node.address
     await a.set("text", "héllo", ttl=30.0, quorum=3)
     await a.set("doc", {"n": [1, 2]}, quorum=3)
     await a.delete("raw", quorum=3)

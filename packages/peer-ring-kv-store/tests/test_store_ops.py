@@ -137,8 +137,13 @@ async def test_concurrent_incr_over_grpc() -> None:
         rounds = 20
         results = await asyncio.gather(*(s.incr("n") for _ in range(rounds) for s in stores))
         assert sorted(results) == list(range(1, 3 * rounds + 1))
-        assert await stores[2].set_if_absent("once", b"x")
+        # The scan below reads stores[1]'s own copy (a scan is eventually consistent): the
+        # writes it must see wait for all three replicas. With the default quorum (2 of 3)
+        # stores[1] could be the replica whose copy is still on its way; that failed once
+        # under load (the scan missed "once").
+        assert await stores[2].set_if_absent("once", b"x", quorum=3)
         assert not await stores[0].set_if_absent("once", b"y")
+        assert await stores[0].incr("n", 0, quorum=3) == 3 * rounds
         assert sorted([k async for k in stores[1].scan("")]) == ["n", "once"]
     finally:
         for s in stores:

@@ -53,6 +53,16 @@ Records past their collection time leave the digest: :meth:`KVEngine.digests` fi
 collects due tombstones, and sweeps the partition for expired values past their grace when
 a per-partition lower bound on expiry times says there may be some.
 
+Two things keep digests cheap. A small partition (at most ``_DEFER_MAX`` = 32 records)
+that takes more writes between two :meth:`KVEngine.digests` calls than it holds records
+(plus 4) stops the per-write update (two record hashes) until the next call, which
+recounts it from its records: the same sums, for about the cost of the updates it skipped
+(a partition of 5 records written 200 times between two anti-entropy rounds pays 9
+updates and one 5-record recount instead of 200 updates). Larger partitions are always
+updated per write, so a recount never holds the event loop for long. And
+:meth:`KVEngine.digests` keeps the list it built for a partition until the partition's
+digest changes, so a round over unchanged partitions packs nothing.
+
 Memory bound (``max_bytes``): every record is accounted as ``len(key)`` + the stored
 record's length (header and value) + :data:`RECORD_OVERHEAD` (approximate: Python object
 headers, the dict and LRU entries), visible as :attr:`KVEngine.size_bytes`. When a write
@@ -82,8 +92,10 @@ from collections.abc import Iterable
 from peer_ring.core import DIGEST_BUCKETS, Clock, InvalidArgumentError
 from peer_ring.kv import _engine_layout
 from peer_ring.kv._engine_layout import (
+    _BUDGET_MIN,
     _COMPACT_SIZE,
     _DEAD,
+    _DEFER_MAX,
     _ENCODED,
     _EXPIRES_AT,
     _MASK64,
@@ -163,6 +175,11 @@ class KVEngine(_EngineWire):
         # Per partition: DIGEST_BUCKETS sums of record hashes, then as many record counts.
         # Arrays hold them unboxed (a list of 64-bit ints would cost ~7 MB at P=2048).
         self._digest: list[array[int]] = [_empty_digest() for _ in range(partitions)]
+        # Per partition: writes left that update the digest incrementally; below 0 the
+        # digest is stale (deferred) and digests() recounts it (_engine_layout._DEFER_MAX).
+        self._digest_budget: list[int] = [_BUDGET_MIN] * partitions
+        # Per partition: the list digests() built, kept until the digest changes.
+        self._digest_lists: list[list[bytes] | None] = [None] * partitions
         # Interned writer ids: index <-> id, and the id's fingerprint for digests.
         self._nodes: list[str] = []
         self._node_index: dict[str, int] = {}
@@ -462,28 +479,40 @@ class KVEngine(_EngineWire):
         # The accounting of the replaced record and of the new one in a single pass: one
         # digest update (new hash - old hash), one size update (see _unaccount for the
         # removal alone; drop and from-scratch recomputation in the tests must agree).
-        node_fps = self._node_fps
-        record_hash = _fp64(
-            _DIGEST_INPUT.pack(
-                fp, physical, logical, node_fps[node], 1 if flags & _DEAD == _TOMB else 0
+        # A small partition written more often than it is digested defers the digest
+        # update to digests() (_digest_budget; see the module docstring).
+        budget = self._digest_budget
+        left = budget[partition] - 1
+        budget[partition] = left
+        if left >= 0:
+            node_fps = self._node_fps
+            record_hash = _fp64(
+                _DIGEST_INPUT.pack(
+                    fp, physical, logical, node_fps[node], 1 if flags & _DEAD == _TOMB else 0
+                )
             )
-        )
+            digest = self._digest[partition]
+            bucket = (fp >> 32) % DIGEST_BUCKETS
+            if old is None:
+                digest[DIGEST_BUCKETS + bucket] += 1
+            else:
+                record_hash -= _fp64(
+                    _DIGEST_INPUT.pack(
+                        fp,
+                        old_physical,
+                        old_logical,
+                        node_fps[old_node],
+                        1 if old[0] & _DEAD == _TOMB else 0,
+                    )
+                )
+            digest[bucket] = (digest[bucket] + record_hash) & _MASK64
+            self._digest_lists[partition] = None
         was_live = False
         if old is None:
             self._size += len(key) + len(blob) + RECORD_OVERHEAD
             self._stored += 1
-            self._digest[partition][DIGEST_BUCKETS + (fp >> 32) % DIGEST_BUCKETS] += 1
         else:
             old_flags = old[0]
-            record_hash -= _fp64(
-                _DIGEST_INPUT.pack(
-                    fp,
-                    old_physical,
-                    old_logical,
-                    node_fps[old_node],
-                    1 if old_flags & _DEAD == _TOMB else 0,
-                )
-            )
             self._size += len(blob) - len(old)
             if old_flags & _TOMB:
                 self._tombstones -= 1  # its grave entry goes stale
@@ -491,11 +520,9 @@ class KVEngine(_EngineWire):
                 was_live = True
                 if old_flags & _TTL:
                     self._ttl_count -= 1  # its TTL index entry goes stale
-        if record_hash:
-            digest = self._digest[partition]
-            bucket = (fp >> 32) % DIGEST_BUCKETS
-            digest[bucket] = (digest[bucket] + record_hash) & _MASK64
         part[key] = blob
+        if left < 0 and old is None and len(part) > _DEFER_MAX:
+            self._recount(partition)  # grown past the bound: per-write updates again
         lru = self._lru
         if flags & _TOMB:
             if was_live and lru is not None:

@@ -56,6 +56,8 @@ class _EngineExpiry:
     _rng: random.Random
     _parts: list[dict[bytes, bytes]]
     _digest: list[array[int]]
+    _digest_budget: list[int]
+    _digest_lists: list[list[bytes] | None]
     _nodes: list[str]
     _node_fps: list[int]
     _node_wire: list[bytes | None]
@@ -152,13 +154,15 @@ class _EngineExpiry:
         flags, physical, logical, node, _, _ = _header(blob)
         self._size -= len(key) + len(blob) + RECORD_OVERHEAD
         self._stored -= 1
-        bucket = (fp >> 32) % DIGEST_BUCKETS
-        digest = self._digest[partition]
-        record_hash = _fp64(
-            _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], _is_delete(flags))
-        )
-        digest[bucket] = (digest[bucket] - record_hash) & _MASK64
-        digest[DIGEST_BUCKETS + bucket] -= 1
+        if self._digest_budget[partition] >= 0:  # else deferred: digests() recounts it
+            bucket = (fp >> 32) % DIGEST_BUCKETS
+            digest = self._digest[partition]
+            record_hash = _fp64(
+                _DIGEST_INPUT.pack(fp, physical, logical, self._node_fps[node], _is_delete(flags))
+            )
+            digest[bucket] = (digest[bucket] - record_hash) & _MASK64
+            digest[DIGEST_BUCKETS + bucket] -= 1
+            self._digest_lists[partition] = None
         if flags & _TOMB:
             self._tombstones -= 1  # its grave entry goes stale
         else:

@@ -43,6 +43,16 @@ _TTL = 0x04
 _WIDE_FLAG = 0x08
 _DEAD = _TOMB | _TTL  # flags & _DEAD == _TOMB: a delete's tombstone (see _is_delete)
 
+# Deferred digests (see the engine's docstring): a partition of at most _DEFER_MAX records
+# may stop updating its digest on every write once it has taken more writes since its last
+# digests() than it holds records plus _BUDGET_MIN, and is then recounted by digests();
+# recounting it costs about what that many incremental updates did (ski rental: at most
+# twice the cheaper of the two). _DEFER_MAX bounds the recount, which runs in a sync round
+# (32 partitions per loop turn) or on the write that takes the partition past the bound.
+_DEFER_MAX = 32
+_BUDGET_MIN = 4
+_NEVER = 1 << 62  # the budget of a partition too large to defer: never exhausted
+
 # The spec's Fingerprint64 (peer_ring.core.fingerprint64), called directly: the wrapper's
 # extra call costs ~100 ns on every read.
 _fp64: Callable[[bytes | str], int] = farmhash.fingerprint64

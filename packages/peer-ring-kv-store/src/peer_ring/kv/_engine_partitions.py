@@ -12,23 +12,35 @@ import math
 from collections.abc import Collection, Iterator
 
 from peer_ring.core import DIGEST_BUCKETS
+from peer_ring.kv import _engine_layout
 from peer_ring.kv._engine_expiry import _EngineExpiry
 from peer_ring.kv._engine_layout import (
+    _BUDGET_MIN,
+    _DEAD,
+    _DEFER_MAX,
     _DIGEST_OUTPUT,
     _ENCODED,
     _KEY_LEN_PACK,
+    _MASK64,
+    _NEVER,
     _RECORD_HEAD_PACK,
     _TOMB,
     _TTL,
+    _WIDE_FLAG,
     RECORD_OVERHEAD,
     _empty_digest,
     _fp64,
     _header,
     _new,
+    _unpack_compact,
+    _unpack_wide,
 )
 from peer_ring.kv._record import Record
 from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import FLAG_TOMBSTONE, encode_entry
+
+# Bound by assignment (a method call, not an attribute load and a call: see _engine.py).
+_DIGEST_INPUT = _engine_layout._DIGEST_INPUT
 
 
 class _EnginePartitions(_EngineExpiry):
@@ -127,6 +139,8 @@ class _EnginePartitions(_EngineExpiry):
         count = len(part)
         self._parts[partition] = {}
         self._digest[partition] = _empty_digest()
+        self._digest_budget[partition] = _BUDGET_MIN
+        self._digest_lists[partition] = None
         self._ttl_floor[partition] = math.inf
         self._size -= size
         self._stored -= count
@@ -146,9 +160,49 @@ class _EnginePartitions(_EngineExpiry):
         self.collect_tombstones(now)
         if self._ttl_floor[partition] + self._grace <= now:
             self._sweep(partition, now)
-        pack = _DIGEST_OUTPUT.pack
-        digest = self._digest[partition]
-        return [
-            pack(digest[bucket], count) if (count := digest[DIGEST_BUCKETS + bucket]) else b""
-            for bucket in range(DIGEST_BUCKETS)
-        ]
+        if self._digest_budget[partition] < 0:
+            self._recount(partition)  # deferred: the writes since the last call skipped it
+        else:
+            self._renew_budget(partition)
+        digests = self._digest_lists[partition]
+        if digests is None:
+            # Kept until the digest changes (every change sets it to None): an anti-entropy
+            # round over unchanged partitions packs nothing. A copy goes out, so a caller
+            # changing its list cannot change what later calls return.
+            pack = _DIGEST_OUTPUT.pack
+            digest = self._digest[partition]
+            digests = [
+                pack(digest[bucket], count) if (count := digest[DIGEST_BUCKETS + bucket]) else b""
+                for bucket in range(DIGEST_BUCKETS)
+            ]
+            self._digest_lists[partition] = digests
+        return digests.copy()
+
+    def _renew_budget(self, partition: int) -> None:
+        """Give ``partition`` as many incremental digest updates as it holds records
+        (plus :data:`_BUDGET_MIN`) until the next :meth:`digests`, or never defer it when it
+        holds more than :data:`_DEFER_MAX`."""
+        size = len(self._parts[partition])
+        self._digest_budget[partition] = size + _BUDGET_MIN if size <= _DEFER_MAX else _NEVER
+
+    def _recount(self, partition: int) -> None:
+        """Compute ``partition``'s digest from its records (what the per-write updates
+        maintain: the same sums and counts), after writes that deferred it."""
+        digest = _empty_digest()
+        node_fps = self._node_fps
+        pack = _DIGEST_INPUT.pack
+        for key, blob in self._parts[partition].items():
+            if blob[0] & _WIDE_FLAG:
+                word, logical, node, _ = _unpack_wide(blob)
+            else:
+                word, node, logical = _unpack_compact(blob)
+            fp = _fp64(key)
+            bucket = (fp >> 32) % DIGEST_BUCKETS
+            record_hash = _fp64(
+                pack(fp, word >> 8, logical, node_fps[node], 1 if word & _DEAD == _TOMB else 0)
+            )
+            digest[bucket] = (digest[bucket] + record_hash) & _MASK64
+            digest[DIGEST_BUCKETS + bucket] += 1
+        self._digest[partition] = digest
+        self._digest_lists[partition] = None
+        self._renew_budget(partition)

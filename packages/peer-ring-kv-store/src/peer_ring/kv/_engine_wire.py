@@ -18,13 +18,18 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from peer_ring.core import DIGEST_BUCKETS
+from peer_ring.kv import _engine_layout
 from peer_ring.kv._engine_layout import (
     _COMPACT_SIZE,
+    _DEFER_MAX,
     _ENCODED,
     _GET_HEAD_PACK,
+    _MASK64,
     _TOMB,
     _WIDE_FLAG,
     _WIDE_SIZE,
+    RECORD_OVERHEAD,
     _fp64,
     _unpack_compact,
     _unpack_wide,
@@ -39,12 +44,23 @@ _RECORD_HEAD_SIZE = RECORD_HEAD.size
 assert (_TOMB, _ENCODED) == (FLAG_TOMBSTONE, FLAG_ENCODED)
 _WIRE_FLAGS = _TOMB | _ENCODED
 _INF = math.inf
+# Bound by assignment (a method call, not an attribute load and a call: see _engine.py).
+_COMPACT = _engine_layout._COMPACT
+_DIGEST_INPUT = _engine_layout._DIGEST_INPUT
+# The largest physical time a compact header holds (word = flags | physical << 8, a u64).
+_MAX_PHYSICAL = (1 << 56) - 1
+# A stored record this path replaces itself: compact header, live, no TTL (flags 0/_ENCODED).
+_SIMPLE_OLD = _WIDE_FLAG | _TOMB
 
 
 class _EngineWire(_EnginePartitions):
     """The wire-format reads and writes of :class:`~peer_ring.kv.KVEngine`."""
 
     _wire_index: dict[bytes, int]
+    _parts: list[dict[bytes, bytes]]
+    _nodes: list[str]
+    _node_wire: list[bytes | None]
+    _partitions: int
 
     if TYPE_CHECKING:
         # Defined by KVEngine (_engine.py).
@@ -130,6 +146,58 @@ class _EngineWire(_EnginePartitions):
         node = self._wire_index.get(payload[_RECORD_HEAD_SIZE:node_end])
         if node is None:
             return None
+        nodes = self._nodes
         if observe is not None:
-            observe(physical, logical, self._nodes[node])
-        return self._put(key, payload[node_end:], physical, logical, node, expires, flags)
+            observe(physical, logical, nodes[node])
+        if (
+            flags & _TOMB
+            or expires
+            or logical > 0xFF
+            or node > 0xFFFF
+            or physical > _MAX_PHYSICAL
+            or self._max_bytes is not None
+        ):
+            return self._put(key, payload[node_end:], physical, logical, node, expires, flags)
+        # The common write, _put's steps for it inline (one Python call fewer per replica
+        # write; tests/test_replica_wire_paths.py compares every state with put()): a live
+        # value without TTL over nothing or a record of the same kind, compact header, no
+        # memory bound (so no LRU order either).
+        fp = _fp64(key)
+        partition = fp % self._partitions
+        part = self._parts[partition]
+        old = part.get(key)
+        if old is not None:
+            if old[0] & _SIMPLE_OLD:  # a tombstone or a TTL record: _put's general steps
+                return self._put(key, payload[node_end:], physical, logical, node, 0.0, flags)
+            old_word, old_node, old_logical = _unpack_compact(old)
+            old_physical = old_word >> 8
+            if old_physical >= physical and (
+                old_physical > physical or (old_logical, nodes[old_node]) >= (logical, nodes[node])
+            ):
+                return False  # LWW: the stored version is not lower
+        blob = _COMPACT.pack(flags | physical << 8, node, logical) + payload[node_end:]
+        budget = self._digest_budget
+        left = budget[partition] - 1
+        budget[partition] = left
+        if left >= 0:
+            node_fps = self._node_fps
+            record_hash = _fp64(_DIGEST_INPUT.pack(fp, physical, logical, node_fps[node], 0))
+            digest = self._digest[partition]
+            bucket = (fp >> 32) % DIGEST_BUCKETS
+            if old is None:
+                digest[DIGEST_BUCKETS + bucket] += 1
+            else:
+                record_hash -= _fp64(
+                    _DIGEST_INPUT.pack(fp, old_physical, old_logical, node_fps[old_node], 0)
+                )
+            digest[bucket] = (digest[bucket] + record_hash) & _MASK64
+            self._digest_lists[partition] = None
+        part[key] = blob
+        if old is None:  # (len(blob) is _COMPACT_SIZE + value_len)
+            self._size += len(key) + _COMPACT_SIZE + value_len + RECORD_OVERHEAD
+            self._stored += 1
+            if left < 0 and len(part) > _DEFER_MAX:
+                self._recount(partition)  # grown past the bound: per-write updates again
+        else:
+            self._size += _COMPACT_SIZE + value_len - len(old)
+        return True

@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import functools
 import logging
+import struct
 from types import TracebackType
 from typing import Any
 
@@ -51,7 +52,7 @@ from peer_ring.kv._status import clock_offsets_snapshot
 from peer_ring.kv._store_batch import K, KVBatchMixin
 from peer_ring.kv._store_replica import GET, MGET, MSET, NAMESPACE, SET, KVReplicaMixin
 from peer_ring.kv._store_write import MAX_WIRE_VALUE, KVWriteMixin
-from peer_ring.kv._wire import encode_record
+from peer_ring.kv._wire import RECORD_HEAD, encode_record
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 MAX_KEY_BYTES = _MAX_KEY_BYTES
 # A str of at most this many characters is at most MAX_KEY_BYTES once UTF-8 encoded.
 _SHORT_KEY = MAX_KEY_BYTES // 4
+_pack_record_head = RECORD_HEAD.pack
 
 Key = str | bytes
 
@@ -158,6 +160,8 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
         self._hlc_observe = self._hlc.observe
         self._address = self._node.address
         self._partitions = self._config.partitions
+        # The default write quorum (the configuration is frozen): set() reads it inline.
+        self._quorum = self._config.quorum_for(self._config.replication)
         self._hooks = KVHooks(self._engine, on_record=self._observe)
         self._background: set[asyncio.Task[Any]] = set()
         self._expiry_task: asyncio.Task[None] | None = None
@@ -390,7 +394,46 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
             and not (type(quorum) is int and 0 < quorum <= self._config.replication)
         ):
             check_sizes(node, replication, quorum)
-        await self._write(key_b, self._payload(value, ttl), replication, quorum)
+        if type(value) is bytes and ttl is None and len(value) <= self._max_fast_value:
+            # _payload() inline for raw bytes without TTL (what it gives, byte for byte).
+            physical, logical, _ = self._hlc.now()
+            writer = self._writer
+            try:
+                payload = b"".join(
+                    (
+                        _pack_record_head(0, physical, logical, 0.0, len(writer), len(value)),
+                        writer,
+                        value,
+                    )
+                )
+            except struct.error:  # a clock beyond the wire's u64: _payload raises
+                payload = self._payload(value, ttl)
+        else:
+            payload = self._payload(value, ttl)
+        # The first attempt of _write() inline, and its common outcome: a quorum of the key's
+        # replicas stored the write (empty replies) and none refused it.
+        result = await node.execute(
+            NAMESPACE, SET, key_b, payload, replication=replication, quorum=quorum
+        )
+        if not self._sloppy_quorum:
+            if quorum is not None:
+                q = quorum
+            elif replication is None:
+                q = self._quorum
+            else:
+                q = self._config.quorum_for(replication)
+            prefs = result.preference_list
+            acks = 0
+            for reply in result.replies:
+                if reply.error is None:
+                    if reply.payload:
+                        acks = -1  # a refusal, or bytes to look at: _write's general path
+                        break
+                    if reply.node in prefs:
+                        acks += 1
+            if acks >= q:
+                return
+        await self._write(key_b, payload, replication, quorum, result)
 
     async def delete(
         self, key: Key, *, quorum: int | None = None, replication: int | None = None

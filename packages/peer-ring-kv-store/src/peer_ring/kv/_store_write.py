@@ -14,7 +14,7 @@ import math
 import struct
 from collections.abc import Collection
 
-from peer_ring.core import QuorumNotReachedError
+from peer_ring.core import ExecuteResult, QuorumNotReachedError
 from peer_ring.kv._args import encode, seconds
 from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._ordered import MAX_ATTEMPTS, WriteRefusedError, newest_refusal, version_above
@@ -76,9 +76,16 @@ class KVWriteMixin(KVStoreBase):
         return encode_record(self._record(value, ttl))  # raises its ValueError
 
     async def _write(
-        self, key: bytes, payload: bytes, replication: int | None, quorum: int | None
+        self,
+        key: bytes,
+        payload: bytes,
+        replication: int | None,
+        quorum: int | None,
+        first: ExecuteResult | None = None,
     ) -> None:
-        """Write the encoded record ``payload`` (see below)."""
+        """Write the encoded record ``payload`` (see below); ``first``: the result of its
+        first attempt when the caller already sent it (``set()`` does, and returns itself
+        in the common case: a quorum of the key's replicas stored it)."""
         # Acknowledged only once a quorum stored this version: a replica holding a higher
         # one refuses, and the write goes again above it, so a write acknowledged after
         # another one wins whatever the clock skew (_ordered, docs/consistency.md).
@@ -90,9 +97,12 @@ class KVWriteMixin(KVStoreBase):
         n = config.replication if replication is None else replication
         q = config.quorum_for(n) if quorum is None else quorum
         for _ in range(MAX_ATTEMPTS):
-            result = await node.execute(
-                NAMESPACE, SET, key, payload, replication=replication, quorum=quorum
-            )
+            if first is None:
+                result = await node.execute(
+                    NAMESPACE, SET, key, payload, replication=replication, quorum=quorum
+                )
+            else:
+                result, first = first, None
             if not self._sloppy_quorum:
                 # The common outcome, in one pass: a quorum of the key's replicas
                 # acknowledged (empty payloads) and none refused (see below).
