@@ -18,6 +18,8 @@ from peer_ring.core.transport._outbound_calls import CallBook
 class FrameWriter(CallBook):
     """Writes queued requests and cancellations (see the module docstring)."""
 
+    latency: float | None  # the peer's round trip, moving average (PeerConnection sets it)
+
     async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
         stats = self._stats
         queue = self._queue
@@ -42,7 +44,7 @@ class FrameWriter(CallBook):
             ):
                 self._holding = True
                 try:
-                    await hold(wakeup, self._hold)
+                    await hold(wakeup, self._hold, self.latency)  # the cap follows the rtt
                 finally:
                     self._holding = False
                 self._release_at = self._in_flight  # answered or not: the next frame goes out
