@@ -74,6 +74,8 @@ class Leaders:
         self.leaders: dict[bytes, Leader] = {}
         self._elections: dict[bytes, asyncio.Future[Leader]] = {}
         self.takeovers = 0
+        #: Group deltas that rode on an APPEND leaving in the same turn.
+        self.folded = 0
         self.step_downs = 0
         self.on_step_down: Callable[[bytes], None] = lambda key: None
         self._outbox: list[tuple[Leader, Slot]] = []
@@ -547,6 +549,16 @@ class Leaders:
                 return None
             if self.copies(leader.config)[0] == 1:  # one copy, not here any more
                 return self._group_done(leader, self._replicate_group(leader, group, delta))
+            if self._flush_scheduled:
+                for queued, slot in self._outbox:
+                    if queued is leader:
+                        # This partition's APPEND leaves at the end of this turn: the delta
+                        # rides on it (one request less). Replicas merge an append's
+                        # groups exactly as a GROUP request's, under the same epoch fence,
+                        # and the APPEND commits once W replicas hold both.
+                        slot.groups.append((group, delta))
+                        self.folded += 1
+                        return self._group_done(leader, asyncio.shield(slot.on_commit()))
             # Batched with the other deltas of this loop turn (any partition, any group).
             return self._group_done(
                 leader,
