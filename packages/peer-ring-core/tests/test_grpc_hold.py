@@ -143,6 +143,21 @@ async def test_the_cap_bounds_the_wait_behind_a_slow_request(nodes: NodeFactory)
     await bounded(others)
 
 
+async def test_the_cap_stretches_to_the_peers_round_trip(nodes: NodeFactory) -> None:
+    a, b, _c, (gate, slow, others) = await slow_pair(nodes, 0.001)
+    rtt = 0.03  # as if measured: the cap becomes 1.5 x 30 ms = 45 ms, not 1 ms
+    a.transport._peers[b.address].latency = rtt
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert (await bounded(a.request(b, b"fast"))).payload == b"fast"
+    # Held behind the slow ones for the stretched cap (a timer never fires early).
+    assert loop.time() - began >= hold_cap(0.001, rtt) * 0.9
+    assert not slow.done()
+    gate.open.set()
+    assert (await bounded(slow)).payload == b"slow"
+    await bounded(others)
+
+
 async def test_a_held_request_still_meets_its_deadline(nodes: NodeFactory) -> None:
     a, b, c, (gate, slow, others) = await slow_pair(nodes, LONG_HOLD)
     late = a.request(b, b"late", timeout=0.1)

@@ -121,9 +121,11 @@ class GrpcTransport(Transport):
             ``server_credentials`` / ``channel_credentials``, which are fixed for the
             transport's life.
         rng: randomness for backoff jitter (seed it for reproducible runs).
-        hold: longest wait, in seconds, of new requests to a peer while the previous frame
-            to it is unanswered (Nagle-like coalescing, see :mod:`._linger`); a request to
-            a peer with nothing in flight is never held. 0 sends each frame at once.
+        hold: cap, in seconds, of the wait of new requests to a peer while the previous
+            frame to it is unanswered (Nagle-like coalescing, see :mod:`._linger`); the cap
+            stretches to 1.5 times the peer's measured round trip when that is longer, at
+            most 50 ms (or ``hold`` if longer). A request to a peer with nothing or a single
+            request in flight is never held. 0 sends each frame at once.
 
     Raises:
         InvalidArgumentError: a limit or ``hold`` is out of range, the token is not
