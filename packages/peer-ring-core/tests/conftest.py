@@ -14,9 +14,12 @@ on the default asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import types
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
@@ -33,6 +36,7 @@ from peer_ring.core.testing import (
     current_clock,
     fake_time_config,
     free_port,
+    free_port_block,
     settle_loop,
 )
 from peer_ring.core.transport import GrpcTransport, TcpTransport, Transport, TransportLimits
@@ -455,3 +459,37 @@ def manual_clock() -> ManualClock:
 def counting_clock() -> CountingClock:
     """A :class:`CountingClock` (the deadline wheel's tests: timers armed per wheel)."""
     return CountingClock()
+
+
+#: Attempts of ``run_example`` when a port of its block was taken meanwhile.
+EXAMPLE_PORT_ATTEMPTS = 3
+
+
+def run_example(path: Path, ports: int, timeout: float = 60.0) -> str:
+    """Run the example script ``path`` with a base port (it binds ``ports`` consecutive
+    ports from it); its stdout. Fails with the script's stderr when it exits non-zero.
+
+    The ports are free when chosen, but the script binds them only once its interpreter
+    has started and imported gRPC (seconds on a loaded machine), and meanwhile another
+    process's connections may take one as their local port: an exit whose stderr says
+    "address already in use" is retried with a fresh block, up to EXAMPLE_PORT_ATTEMPTS.
+    """
+    for _ in range(EXAMPLE_PORT_ATTEMPTS):
+        out = subprocess.run(
+            [sys.executable, str(path), str(free_port_block(ports))],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if out.returncode == 0:
+            return out.stdout
+        if "address already in use" not in out.stderr.lower():
+            break
+    raise AssertionError(f"{path.name} exited with {out.returncode}:\n{out.stderr}")
+
+
+@pytest.fixture(name="run_example")
+def run_example_fixture() -> Callable[..., str]:
+    """``run_example(path, ports)``: see :func:`run_example`."""
+    return run_example

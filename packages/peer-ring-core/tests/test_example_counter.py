@@ -4,7 +4,6 @@ its demo over real gRPC."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +13,6 @@ from typing import Any
 import pytest
 
 from peer_ring.core import PeerRingConfig, PeerUnavailableError, QuorumNotReachedError
-from peer_ring.core.testing import (
-    free_port_block,
-)
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "counter.py"
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 5)]
@@ -138,15 +134,8 @@ async def test_the_ownership_listener_tracks_primary_partitions(cluster: Cluster
     assert sum(c.stats()["primary_partitions"] for c in counters) == CONFIG.partitions
 
 
-def test_the_demo_runs_over_grpc() -> None:
-    port = free_port_block(3)  # the example binds port, port + 1, port + 2
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLE), str(port)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+def test_the_demo_runs_over_grpc(run_example: Callable[..., str]) -> None:
+    out = run_example(EXAMPLE, 3)  # the example binds port, port + 1, port + 2
     assert "counts: {'page:/': 6, 'page:/about': 3, 'page:/new': 0}" in out
     assert "after a node stopped: 16" in out
 

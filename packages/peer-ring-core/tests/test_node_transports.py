@@ -5,9 +5,7 @@ and one IP with many ports."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from peer_ring.core import (
     QuorumNotReachedError,
     UnknownCommandError,
 )
-from peer_ring.core.testing import free_port, free_port_block
+from peer_ring.core.testing import free_port
 from peer_ring.core.transport import TransportLimits
 from peer_ring.discovery.static import StaticDiscovery
 
@@ -161,15 +159,7 @@ async def test_peer_down_fails_within_the_deadline_with_a_clear_error(
     assert result.payloads == [b"v2", b"v2"]
 
 
-def test_readme_example_runs() -> None:
+def test_readme_example_runs(run_example: Callable[..., str]) -> None:
     example = Path(__file__).parents[1] / "examples" / "three_nodes.py"
-    port = free_port_block(3)  # the example binds port, port + 1, port + 2
-    out = subprocess.run(
-        [sys.executable, str(example), str(port)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "all replies:" in out.stdout
+    out = run_example(example, 3)  # the example binds port, port + 1, port + 2
+    assert "all replies:" in out
