@@ -200,6 +200,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             else:
                 swept = [("batch_window", w) for w in args.batch_windows]
                 swept += [("max_batches", b) for b in args.max_batches]
+                swept += [("light", b) for b in args.light_in_flight]
             for setting, value in swept:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
@@ -329,6 +330,7 @@ async def cluster_run(
             spec["concurrency"],
             run.get("batch_window", 0),
             run.get("max_batches", "d"),
+            run.get("light", "d"),
             f"rate{run['rate']:g}" if run.get("rate") else "closed",
         )
     )
@@ -364,6 +366,8 @@ async def cluster_run(
         name += f", batch window {run['batch_window'] * 1000:g} ms"
     if "max_batches" in run:
         name += f", max batches in flight {run['max_batches'] or 'unbounded'}"
+    if "light" in run:
+        name += f", light_in_flight {run['light'] or 'off'}"
     row = summarize(name, res, args.duration)
     batches = sum(r["stats"]["batches"] for r in res)
     row["mean_forward_batch"] = (
@@ -387,6 +391,19 @@ async def cluster_run(
     # sent with the answers need none).
     decided = sum(r["stats"].get("allowed", 0) + r["stats"].get("denied", 0) for r in res)
     row["messages_per_1k"] = round(1000 * (batches + state_batches) / decided, 1) if decided else 0
+    # Forwarded hits (and replicated states) that found every batch slot to their node
+    # busy: they waited for a round trip to end before leaving (nodes that count them).
+    forwarded = sum(r["stats"].get("forwarded", 0) for r in res)
+    if forwarded and all("hits_waited" in r["stats"] for r in res):
+        waited = sum(r["stats"]["hits_waited"] for r in res)
+        row["hits_waited_pct"] = round(100 * waited / forwarded, 1)
+        states = sum(
+            r["stats"].get("mean_state_batch", 0) * r["stats"].get("state_batches", 0) for r in res
+        )
+        if states:
+            row["states_waited_pct"] = round(
+                100 * sum(r["stats"]["states_waited"] for r in res) / states, 1
+            )
     if traced is not None:
         row["trace"] = traced
     return {**row, "algorithm": run["algorithm"], "transport": transport}
@@ -468,6 +485,8 @@ def table(result: dict[str, Any]) -> str:
         "mean_forward_batch",
         "mean_state_batch",
         "messages_per_1k",
+        "hits_waited_pct",
+        "states_waited_pct",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in result["rows"]:
@@ -520,6 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         " heavy and moderate (and open loop at each of --rates)",
     )
     p.add_argument(
+        "--light-in-flight",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run owner mode with these light_in_flight values (0: off), heavy and"
+        " moderate (and open loop at each of --rates)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="cProfile the local run and node 0 of each cluster run (files under --profile-dir)",
@@ -537,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only-extra",
         action="store_true",
-        help="of the cluster runs, only those --rates, --batch-windows and --max-batches add",
+        help="of the cluster runs, only those --rates, --batch-windows, --max-batches and"
+        " --light-in-flight add",
     )
     p.add_argument(
         "--core-gc",

@@ -186,6 +186,8 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if "max_batches" in spec:  # 0: no bound
         extra["max_batches_in_flight"] = spec["max_batches"] or None
+    if "light" in spec:  # 0: off (only max_batches_in_flight)
+        extra["light_in_flight"] = spec["light"] or None
     rl = RateLimiter(
         discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
         replication=spec["replication"],

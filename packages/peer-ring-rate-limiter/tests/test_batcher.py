@@ -59,6 +59,7 @@ async def test_items_wait_for_a_free_slot_and_leave_together() -> None:
     assert await first == 10
     await turn()
     assert peer.batches == [[1], [2, 3, 4]] and sizes == [1, 3]
+    assert b.waited == 3  # each found the one slot busy
     peer.release[1].set()
     assert await asyncio.gather(*waiting) == [20, 30, 40]
 
@@ -153,3 +154,67 @@ async def test_a_lone_item_is_flushed_at_the_next_loop_turn() -> None:
     peer.release[0].set()
     assert await asyncio.gather(fut, fut_same_turn) == [10, 20]
     await b.close()
+
+
+async def test_lone_items_do_not_wait_for_each_other_at_a_light_load() -> None:
+    # A light load: every flush in flight holds one item, so the next item leaves at once
+    # instead of waiting for the previous round trip (up to light_in_flight flushes).
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1, light_in_flight=3)
+    futs = []
+    for i in range(4):
+        futs.append(b.submit(i))
+        await turn()
+    assert peer.batches == [[0], [1], [2]]  # the fourth waits: three flushes in flight
+    assert b.waited == 1
+    peer.release[1].set()
+    await turn()
+    assert peer.batches == [[0], [1], [2], [3]]
+    for gate in peer.release:
+        gate.set()
+    assert await asyncio.gather(*futs) == [0, 10, 20, 30]
+    await b.close()
+
+
+async def test_a_batch_in_flight_keeps_the_bound_under_load() -> None:
+    # Under load the flush in flight holds several items: a new item waits as before.
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1, light_in_flight=2)
+    first = [b.submit(i) for i in (1, 2)]
+    await turn()
+    later = b.submit(3)
+    await turn()
+    assert peer.batches == [[1, 2]]
+    peer.release[0].set()
+    await turn()
+    assert peer.batches == [[1, 2], [3]]
+    peer.release[1].set()
+    assert await asyncio.gather(*first, later) == [10, 20, 30]
+
+
+async def test_a_flush_beside_a_light_one_takes_what_its_turn_gathered() -> None:
+    # The flush that leaves beside a lone one carries every item of its loop turn; once a
+    # flush holding several items is in flight, the bound holds again.
+    peer = Peer()
+    b: Batcher[int, int] = Batcher(peer.flush, max_in_flight=1, light_in_flight=4)
+    a = b.submit(1)
+    await turn()
+    burst = [b.submit(i) for i in (2, 3, 4)]
+    await turn()
+    rest = b.submit(5)
+    await turn()
+    assert peer.batches == [[1], [2, 3, 4]]  # a flush of three in flight: 5 waits
+    assert b.waited == 1
+    peer.release[0].set()
+    await turn()
+    assert peer.batches == [[1], [2, 3, 4]]  # the flush of three is still in flight
+    peer.release[1].set()
+    await turn()
+    assert peer.batches == [[1], [2, 3, 4], [5]]
+    peer.release[2].set()
+    assert await asyncio.gather(a, *burst, rest) == [10, 20, 30, 40, 50]
+
+
+def test_light_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(Peer().flush, light_in_flight=0)

@@ -139,6 +139,45 @@ async def test_replicator_shares_one_future_per_message_and_coalesces_keys() -> 
     assert rep.in_flight == 0
 
 
+async def test_replicator_sends_keys_without_waiting_at_a_light_load() -> None:
+    sent: list[list[bytes]] = []
+    gates: list[asyncio.Event] = []
+
+    async def send(keys: Sequence[bytes]) -> None:
+        sent.append(list(keys))
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+
+    rep = Replicator(send, max_in_flight=1, light_in_flight=2)
+    a = rep.submit(b"a")
+    await settle_loop()
+    b = rep.submit(b"b")
+    await settle_loop()
+    assert sent == [[b"a"], [b"b"]] and rep.in_flight == 2  # a lone message in flight: b went
+    c = [rep.submit(k) for k in (b"c", b"d")]
+    await settle_loop()
+    assert sent == [[b"a"], [b"b"]]  # two in flight (light_in_flight): c and d wait
+    gates[0].set()
+    await a
+    await settle_loop()
+    assert sent == [[b"a"], [b"b"], [b"c", b"d"]]
+    e = rep.submit(b"e")
+    gates[1].set()
+    await b
+    await settle_loop()
+    assert sent == [[b"a"], [b"b"], [b"c", b"d"]]  # a message of two keys in flight: e waits
+    gates[2].set()
+    await c[0]
+    await settle_loop()
+    assert sent[-1] == [b"e"]
+    gates[3].set()
+    await e
+    await rep.close()
+    with pytest.raises(ValueError):
+        Replicator(send, light_in_flight=0)
+
+
 async def test_replicator_failure_fails_the_waiting_decisions_only() -> None:
     async def send(keys: Sequence[bytes]) -> None:
         if b"boom" in keys:

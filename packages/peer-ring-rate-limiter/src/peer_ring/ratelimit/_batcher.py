@@ -16,6 +16,13 @@ by its caller (the fail policy applies when it times out), and a flush holding a
 burst makes the peer work through the burst inside that time: with the bound, the backlog
 waits here, untimed, and each flush costs the peer at most ``max_items`` of work.
 :meth:`fail_pending` ends the backlog at once when a flush shows the peer unreachable.
+
+``light_in_flight`` relaxes the bound at a light load: while every flush in flight holds a
+single item, another may leave at once (up to that many flushes in flight). Under load a
+flush in flight holds many items and ``max_in_flight`` applies as before; at a moderate rate (hits
+one at a time) a hit no longer waits for the previous hit's whole round trip before it
+leaves, which made the slowest few percent of lone forwarded hits take about two round
+trips instead of one.
 """
 
 from __future__ import annotations
@@ -42,16 +49,23 @@ class Batcher(Generic[T, R]):
         window: float = 0.0,
         max_in_flight: int | None = None,
         max_items: int | None = None,
+        light_in_flight: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if max_items is not None and max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")
+        if light_in_flight is not None and light_in_flight < 1:
+            raise ValueError(f"light_in_flight must be at least 1, got {light_in_flight}")
         self._max_items = max_items
         self._flush = flush
         self._window = window
         self._max_in_flight = max_in_flight
+        self._light = light_in_flight or 0
+        self._lone = 0  # flushes in flight holding a single item
+        #: Items that found every flush slot busy (they waited for a round trip to end).
+        self.waited = 0
         self._on_batch = on_batch
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
@@ -64,12 +78,21 @@ class Batcher(Generic[T, R]):
         fut: asyncio.Future[R] = loop.create_future()
         self._items.append(item)
         self._futures.append(fut)
-        if not self._scheduled and not self._saturated():
-            self._schedule(loop)
+        if not self._scheduled:
+            if self._saturated():
+                self.waited += 1  # waits for a flush in flight to end
+            else:
+                self._schedule(loop)
         return fut
 
     def _saturated(self) -> bool:
-        return self._max_in_flight is not None and len(self._tasks) >= self._max_in_flight
+        n = len(self._tasks)
+        if self._max_in_flight is None or n < self._max_in_flight:
+            return False
+        # A light load (every flush in flight holds one item): one more may go now. Not
+        # when one holds more: a bound on the items in flight instead (fewer than 2 or 4)
+        # made 4-8% more requests per 1,000 decisions at 64 hits in flight per process.
+        return self._lone != n or n >= self._light
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
@@ -138,6 +161,8 @@ class Batcher(Generic[T, R]):
         return len(futures)
 
     async def _run(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
+        lone = len(items) == 1
+        self._lone += lone
         try:
             results = await self._flush(items)
         except BaseException as exc:
@@ -147,6 +172,8 @@ class Batcher(Generic[T, R]):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        finally:
+            self._lone -= lone
         for fut, res in zip(futures, results, strict=True):
             if fut.done():
                 continue

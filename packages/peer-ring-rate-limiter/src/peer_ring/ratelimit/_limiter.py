@@ -62,6 +62,9 @@ MAX_KEY_BYTES = 1024
 MAX_COST = MAX_LIMIT
 #: Default bound of forwarded batches in flight per owner (see ``max_batches_in_flight``).
 MAX_BATCHES_IN_FLIGHT: int | None = 1
+#: Default bound of batches in flight to one node while each of them holds a single hit (or
+#: state): beside those, another batch may leave at once (see ``light_in_flight``).
+LIGHT_IN_FLIGHT: int | None = 4
 #: Default bound of hits per forwarded batch (see ``max_batch_size``).
 MAX_BATCH_SIZE: int | None = 256
 
@@ -103,6 +106,11 @@ class RateLimiter:
         max_batches_in_flight: batches awaiting their answer at once, per owner (forwarded
             hits) and per replica node (new states); what arrives meanwhile waits and
             leaves together in the next batch (None: no bound, one batch per loop turn).
+        light_in_flight: while every batch in flight to a node holds a single hit (or
+            state), another batch may leave at once, up to this many in flight (None: only
+            ``max_batches_in_flight``). At a moderate rate a lone hit then does not wait
+            for the previous hit's round trip; under load a batch in flight holds many
+            hits and ``max_batches_in_flight`` applies.
         max_batch_size: hits per forwarded batch at most (None: no bound). ``timeout``
             applies to each batch sent, so a batch holding a whole burst would make the
             owner work through the burst within ``timeout``; with the bound, the backlog
@@ -130,6 +138,7 @@ class RateLimiter:
         timeout: float = 1.0,
         batch_window: float = 0.0,
         max_batches_in_flight: int | None = MAX_BATCHES_IN_FLIGHT,
+        light_in_flight: int | None = LIGHT_IN_FLIGHT,
         max_batch_size: int | None = MAX_BATCH_SIZE,
         sync_interval: float = 0.1,
         rtt_budget: float = 0.01,
@@ -173,6 +182,7 @@ class RateLimiter:
         self._estimates = LocalEstimates()
         self._batch_window = batch_window
         self._max_batches = max_batches_in_flight
+        self._light = light_in_flight
         self._max_batch_size = max_batch_size
         # One batcher per owner: a slow or dead owner holds back only its own keys' hits.
         self._forward: dict[str, Batcher[tuple[bytes, bytes, int], Decision]] = {}
@@ -378,6 +388,7 @@ class RateLimiter:
             window=self._batch_window,
             max_in_flight=self._max_batches,
             max_items=self._max_batch_size,
+            light_in_flight=self._light,
             on_batch=self.metrics.observe_batch,
         )
         return batcher
@@ -424,7 +435,7 @@ class RateLimiter:
             async def send(keys: list[bytes]) -> None:
                 await self._send_states(replica, keys)
 
-            rep = self._replicate[replica] = Replicator(send, self._max_batches)
+            rep = self._replicate[replica] = Replicator(send, self._max_batches, self._light)
         return rep
 
     async def _reset_local(self, kb: bytes, partition: int) -> None:
@@ -549,8 +560,13 @@ class RateLimiter:
         return _empty(self._reset_local(key, ctx.partition))
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this node (also exported as Prometheus metrics)."""
-        return self.metrics.snapshot()
+        """Counters of this node (also exported as Prometheus metrics), plus the forwarded
+        hits and replicated states that waited for a batch in flight to be answered
+        (``hits_waited``, ``states_waited``)."""
+        out = self.metrics.snapshot()
+        out["hits_waited"] = sum(b.waited for b in self._forward.values())
+        out["states_waited"] = sum(r.waited for r in self._replicate.values())
+        return out
 
 
 def _check_cost(cost: object) -> None:

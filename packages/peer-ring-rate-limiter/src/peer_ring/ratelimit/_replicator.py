@@ -10,6 +10,11 @@ future and one wake-up per replica node instead of 20.
 The message leaves at the next event-loop turn: its task is created at once and takes the
 keys when it first runs, so every key submitted in the same turn goes with it (one loop
 iteration fewer than a scheduled callback that then creates the task).
+
+``light_in_flight`` relaxes the bound at a light load, as for forwarded hits (see
+:mod:`~peer_ring.ratelimit._batcher`): while every message in flight holds a single key,
+another may leave at once (up to that many messages in flight), so a lone decision does not
+wait for the previous decision's replication round trip.
 """
 
 from __future__ import annotations
@@ -28,15 +33,26 @@ class Replicator:
         send: sends the newest states of the given keys and returns when the replica
             stored them (or the fallback is done); an exception fails the waiting decisions.
         max_in_flight: messages awaiting their answer at once (None: no bound).
+        light_in_flight: while every message in flight holds a single key, another may
+            leave at once, up to this many in flight (None: only ``max_in_flight``).
     """
 
     def __init__(
-        self, send: Callable[[list[bytes]], Awaitable[None]], max_in_flight: int | None = 1
+        self,
+        send: Callable[[list[bytes]], Awaitable[None]],
+        max_in_flight: int | None = 1,
+        light_in_flight: int | None = None,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if light_in_flight is not None and light_in_flight < 1:
+            raise ValueError(f"light_in_flight must be at least 1, got {light_in_flight}")
         self._send = send
         self._max_in_flight = max_in_flight
+        self._light = light_in_flight or 0
+        self._lone = 0  # messages in flight holding a single key
+        #: Keys that found every message slot busy (they waited for a round trip to end).
+        self.waited = 0
         self._pending: dict[bytes, None] = {}
         self._next: asyncio.Future[None] | None = None
         self._scheduled = False
@@ -56,12 +72,19 @@ class Replicator:
         fut = self._next
         if fut is None:
             fut = self._next = asyncio.get_running_loop().create_future()
-        if not self._scheduled and not self._saturated():
-            self._schedule()
+        if not self._scheduled:
+            if self._saturated():
+                self.waited += 1  # waits for a message in flight to be answered
+            else:
+                self._schedule()
         return fut
 
     def _saturated(self) -> bool:
-        return self._max_in_flight is not None and len(self._tasks) >= self._max_in_flight
+        n = len(self._tasks)
+        if self._max_in_flight is None or n < self._max_in_flight:
+            return False
+        # A light load (every message in flight holds one key): one more may go now.
+        return self._lone != n or n >= self._light
 
     def _schedule(self) -> None:
         self._scheduled = True
@@ -81,6 +104,8 @@ class Replicator:
         self._pending, self._next = {}, None
         if fut is None:
             return
+        lone = len(keys) == 1
+        self._lone += lone
         try:
             await self._send(keys)
         except BaseException as exc:
@@ -91,6 +116,8 @@ class Replicator:
                 raise
             logger.debug("replication of %d keys failed: %r", len(keys), exc)
             return
+        finally:
+            self._lone -= lone
         if not fut.done():
             fut.set_result(None)
 
