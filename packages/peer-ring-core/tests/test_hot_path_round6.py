@@ -11,8 +11,12 @@ on Python 3.11). None of this may show to an application.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from peer_ring.core import (
     Command,
@@ -22,7 +26,14 @@ from peer_ring.core import (
     PeerRingConfig,
     Reply,
 )
-from peer_ring.core.testing import FixedDiscovery, MemoryNetwork
+from peer_ring.core._sync._partitions import _Pull
+from peer_ring.core.testing import (
+    FixedDiscovery,
+    MemoryCluster,
+    MemoryNetwork,
+    VersionedDict,
+    versioned_payload,
+)
 
 ADDRS = [f"127.0.0.{i}:7601" for i in range(1, 4)]
 PUT = Command("put", mutates=True)
@@ -154,3 +165,77 @@ def test_a_node_started_again_under_another_event_loop_creates_its_futures_there
         finally:
             loop.close()
     assert loops[0] is not loops[1]
+
+
+# -- the sync checks the dispatcher makes inline (SyncManager.table) ----------------------
+
+
+async def test_a_write_this_node_neither_replicates_nor_holds_is_held_for_handoff(
+    app_cluster: ClusterFactory, memory_config: ConfigFactory
+) -> None:
+    cluster = app_cluster(
+        memory_config(16, 1), lambda node: Store(node.address), {PUT: Store.put, GET: Store.get}
+    )
+    ring_nodes = await cluster.start_ready(ADDRS)
+    target = ring_nodes[2]
+    foreign = [
+        k
+        for k in (f"s{i}".encode() for i in range(200))
+        if target.address not in target.preference_list(k, 1)
+    ]
+    owned = [k for k in (f"o{i}".encode() for i in range(200)) if target.is_replica(k, 1)]
+    assert foreign and owned
+
+    def partitions() -> dict[str, int]:
+        status: dict[str, int] = target.sync_status()["partitions"]
+        return status
+
+    before = partitions()
+    # Writes of partitions the node replicates: nothing to note (the inline check).
+    for key in owned[:5]:
+        await ring_nodes[0].call(target.address, "t", PUT, key, b"v")
+    assert partitions()["stray"] == before["stray"]
+    assert partitions()["held_for_handoff"] == before["held_for_handoff"]
+    # A write sent straight to a node that does not replicate its partition (a coordinator
+    # with another ring view): the node holds the partition to hand it off.
+    key = foreign[0]
+    await ring_nodes[0].call(target.address, "t", PUT, key, b"v")
+    after = partitions()
+    assert after["stray"] == before["stray"] + 1
+    assert after["held_for_handoff"] == before["held_for_handoff"] + 1
+    # A second write of the same partition: already held, nothing new.
+    await ring_nodes[0].call(target.address, "t", PUT, key, b"w")
+    assert partitions()["stray"] == after["stray"]
+
+
+@pytest.mark.fake_time
+async def test_a_quorum_read_does_not_ask_this_node_while_it_pulls_the_partition(
+    harness: MemoryCluster, count_requests: Callable[[PeerRing], Counter[str]]
+) -> None:
+    harness.config = dataclasses.replace(harness.config, replication=3)
+    a, _, _ = await harness.start_ready(ADDRS)
+    key = next(
+        k
+        for k in (f"key:{i}".encode() for i in range(10_000))
+        if a.preference_list(k, 3)[0] == a.address
+    )
+    prefs = a.preference_list(key, 3)
+    await a.execute("app", VersionedDict.PUT, key, versioned_payload(1, b"v"), quorum=3)
+    sent = count_requests(a)
+    await a.execute("app", VersionedDict.GET, key)
+    assert sent == Counter({prefs[1]: 1})  # readable here: this node and one other
+    # The partition is being pulled here (a pull that is never due, removed right after).
+    pending = a._sync.table.pending
+    pending[a.partition_for_key(key)] = _Pull(0.0, float("inf"), ())
+    try:
+        sent.clear()
+        started = harness.clock.monotonic()
+        result = await a.execute("app", VersionedDict.GET, key)
+        waited = harness.clock.monotonic() - started
+    finally:
+        del pending[a.partition_for_key(key)]
+    assert sent == Counter({prefs[1]: 1, prefs[2]: 1})  # the two other replicas instead
+    # Asked at once: no local run that waits for the pull, is refused and retried.
+    assert waited == 0.0
+    assert a.sync_status()["reads"] == {"speculative": 0, "retried": 0}
+    assert sorted(r.node for r in result.ok_replies) == sorted(prefs[1:])

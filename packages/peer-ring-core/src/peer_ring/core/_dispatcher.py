@@ -242,16 +242,23 @@ class Dispatcher:
                 # A peer's partition is recomputed (it may be wrong); our own is not.
                 if not local:  # Ring.partition_for_key inline (one call per request)
                     partition = _fingerprint64(key) % self._membership._ring._partitions
+                # SyncManager.readable / note_write inline (see SyncManager.table): a
+                # partition being pulled is not readable, and a write needs note_write only
+                # while its partition is pulled or neither replicated nor held here.
+                table = sync.table
                 if command.reads:
                     if forwarded:
                         if not sync.holds(partition):
                             return self._not_ready(partition)
-                    elif not sync.readable(partition):
+                    elif partition in table.pending:
                         ctx = CommandContext(source, partition, hint, local)
                         return self._invoke_when_ready(
                             entry.handler, ctx, key, payload, partition, timeout
                         )
-                if command.mutates:
+                if command.mutates and (
+                    partition in table.pending
+                    or (partition not in table.replicated and partition not in table.held)
+                ):
                     sync.note_write(partition)
                 if not hint:
                     # Frozen and equal for every request of this source and partition: one

@@ -173,7 +173,7 @@ class Operation(QuorumCollector):
         need = self.quorum
         # This node first when it replicates the key and can serve it now (a replica
         # still pulling the partition would make the read wait, then refuse).
-        local = me in prefs and coord.sync.readable(self.partition)
+        local = me in prefs and self.partition not in coord.sync.table.pending  # readable()
         if local:
             need -= 1
         membership = coord.membership
