@@ -38,9 +38,18 @@ async def cluster(
 
 
 def check(
-    report: ScenarioReport, v: dict[str, Any], *, exhausted: bool = True, forgotten: float = 0.0
+    report: ScenarioReport,
+    v: dict[str, Any],
+    *,
+    exhausted: bool = True,
+    forgotten: float = 0.0,
+    lost_answers: float = 0.0,
 ) -> None:
-    """``forgotten``: the share of the limit that may be admitted but not recorded."""
+    """``forgotten``: the share of the limit that may be admitted but not recorded.
+    ``lost_answers``: the share of the limit that may be counted by the cluster but answered
+    ``fail-closed`` (a hit the owner decided, its state already on the replica, whose answer
+    was lost when the owner was killed: the forwarder applies its fail policy; README, "Not
+    done", the ambiguous forwarded hit)."""
     report.add(**{k: val for k, val in v.items() if k != "per_key"}, per_key=v["per_key"])
     report.add(headline=f"over-admission {v['over_admission_max']} ({v['over_admission_pct']}%)")
     for key, f in v["per_key"].items():
@@ -51,7 +60,8 @@ def check(
         assert f["admitted"] <= v["limit"] * 1.01, (key, f)
         if exhausted:
             assert f["recorded"] == v["limit"], (key, f)
-            assert f["admitted"] + f["unknown"] >= v["limit"], (key, f)
+            ambiguous = min(f["fail_closed"], v["limit"] * lost_answers)
+            assert f["admitted"] + f["unknown"] + ambiguous >= v["limit"], (key, f)
 
 
 async def test_ratelimit_kill9_of_an_owner_under_load(
@@ -70,7 +80,9 @@ async def test_ratelimit_kill9_of_an_owner_under_load(
     await load.until_exhausted()
     await load.stop()
     report.add(seconds_after_kill=round(time.monotonic() - killed, 1))
-    check(report, await load.verdict())
+    # A run (load average 15-20) counted 300 of 300 on a key with 299 admitted, 0 unknown
+    # and 121 fail-closed: one decided hit's answer died with the owner.
+    check(report, await load.verdict(), lost_answers=0.01)
 
 
 async def test_ratelimit_rolling_restart_under_load(
