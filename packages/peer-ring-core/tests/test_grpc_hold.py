@@ -145,7 +145,7 @@ async def test_the_cap_bounds_the_wait_behind_a_slow_request(nodes: NodeFactory)
 
 async def test_the_cap_stretches_to_the_peers_round_trip(nodes: NodeFactory) -> None:
     a, b, _c, (gate, slow, others) = await slow_pair(nodes, 0.001)
-    rtt = 0.03  # as if measured: the cap becomes 1.5 x 30 ms = 45 ms, not 1 ms
+    rtt = 0.012  # as if measured: the cap becomes 1.5 x 12 ms = 18 ms, not 1 ms
     a.transport._peers[b.address].latency = rtt
     loop = asyncio.get_running_loop()
     began = loop.time()

@@ -124,7 +124,7 @@ class GrpcTransport(Transport):
         hold: cap, in seconds, of the wait of new requests to a peer while the previous
             frame to it is unanswered (Nagle-like coalescing, see :mod:`._linger`); the cap
             stretches to 1.5 times the peer's measured round trip when that is longer, at
-            most 50 ms (or ``hold`` if longer). A request to a peer with nothing or a single
+            most 20 ms (or ``hold`` if longer). A request to a peer with nothing or a single
             request in flight is never held. 0 sends each frame at once.
 
     Raises:
