@@ -23,12 +23,11 @@ from peer_ring.pubsub._config import TopicConfig
 from peer_ring.pubsub._errors import (
     NotSequencerError,
     PartitionUnavailableError,
-    PayloadTooLargeError,
     PublishError,
 )
 from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._group_batch import GroupBatcher
-from peer_ring.pubsub._leader_state import Leader, Slot
+from peer_ring.pubsub._leader_state import Leader, Slot, check_size
 from peer_ring.pubsub._log import MESSAGE, Ballot, Entry
 from peer_ring.pubsub._placement import Placement
 from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
@@ -299,20 +298,18 @@ class Leaders:
         self, key: bytes, config: TopicConfig, messages: list[OutgoingMessage]
     ) -> list[tuple[Entry, bool]]:
         """Append ``messages`` (deduplicated by msg_id) and wait until W replicas hold them."""
+        if len(messages) == 1 and not messages[0].msg_id and self.copies(config)[0] == 1:
+            # The N=1 local publish: no dedup, no shield (nobody else waits), no lists.
+            cached = self.cached(key, config)
+            if cached is not None:
+                return [(await self._enqueue_one(cached, config, messages[0]), False)]
         leader = await self.get(key, config)
         log = self.store.state(key, config).log
         waits: list[tuple[asyncio.Future[Entry], bool]] = []
-        now = self.node.clock.time()
-        if now < leader.last_time:  # this clock is behind an earlier sequencer's
-            now = leader.last_time
-        leader.last_time = now
+        now = leader.stamp(self.node.clock.time())
         loop = asyncio.get_running_loop()
         for m in messages:
-            size = len(m.data) + len(m.key) + len(m.msg_id)
-            if size > config.max_message_bytes:
-                raise PayloadTooLargeError(
-                    f"message of {size} bytes exceeds max_message_bytes={config.max_message_bytes}"
-                )
+            check_size(m, config)
         shared = False  # a future another caller may wait on (same msg_id)
         for m in messages:
             if m.msg_id:
@@ -357,6 +354,19 @@ class Leaders:
         for fut, duplicate in waits:
             out.append((fut.result() if fut.done() else await asyncio.shield(fut), duplicate))
         return out
+
+    def _enqueue_one(
+        self, leader: Leader, config: TopicConfig, m: OutgoingMessage
+    ) -> asyncio.Future[Entry]:
+        """Queue one message without msg_id (:meth:`publish`'s checks and stamping)."""
+        check_size(m, config)
+        now = leader.stamp(self.node.clock.time())
+        entry = Entry(leader.ballot.epoch, leader.next, now, "", m.key, m.data)
+        leader.next += 1
+        fut: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        leader.queue.append((entry, fut))
+        self._kick(leader)
+        return fut
 
     def _kick(self, leader: Leader) -> None:
         # Up to PIPELINE appends in flight per partition; the commit point only moves over
@@ -553,9 +563,8 @@ class Leaders:
                 for queued, slot in self._outbox:
                     if queued is leader:
                         # This partition's APPEND leaves at the end of this turn: the delta
-                        # rides on it (one request less). Replicas merge an append's
-                        # groups exactly as a GROUP request's, under the same epoch fence,
-                        # and the APPEND commits once W replicas hold both.
+                        # rides on it (one request less; replicas merge an append's groups
+                        # as a GROUP's, same fence; it commits once W replicas hold both).
                         slot.groups.append((group, delta))
                         self.folded += 1
                         return self._group_done(leader, asyncio.shield(slot.on_commit()))

@@ -8,9 +8,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from peer_ring.pubsub._config import TopicConfig
+from peer_ring.pubsub._errors import PayloadTooLargeError
 from peer_ring.pubsub._group import GroupState
 from peer_ring.pubsub._log import Ballot, Entry
-from peer_ring.pubsub._wire import FetchReply, FetchRequest
+from peer_ring.pubsub._wire import FetchReply, FetchRequest, OutgoingMessage
 
 
 @dataclass(slots=True)
@@ -85,6 +86,14 @@ class Leader:
     #: Group long-polls waiting here (see Parked).
     parked: list[Parked] = field(default_factory=list)
 
+    def stamp(self, now: float) -> float:
+        """The time of a new entry: ``now``, or the previous entry's when this clock is
+        behind an earlier sequencer's (times never decrease along the log)."""
+        if now < self.last_time:
+            now = self.last_time
+        self.last_time = now
+        return now
+
     def notify(self) -> None:
         """Wake every long-poll waiting on this partition."""
         self.changed.set()
@@ -95,3 +104,12 @@ class Leader:
                 if not fut.done():
                     fut.set_result(None)
             self.waiters.clear()
+
+
+def check_size(m: OutgoingMessage, config: TopicConfig) -> None:
+    """Raise ``PayloadTooLargeError`` when ``m`` exceeds the topic's ``max_message_bytes``."""
+    size = len(m.data) + len(m.key) + len(m.msg_id)
+    if size > config.max_message_bytes:
+        raise PayloadTooLargeError(
+            f"message of {size} bytes exceeds max_message_bytes={config.max_message_bytes}"
+        )
