@@ -20,7 +20,13 @@ import pytest
 from peer_ring.core import PeerRing
 from peer_ring.core._hooks import DIGEST_BUCKETS
 from peer_ring.core._sync import partition_root
-from peer_ring.core._sync._roots import ROOTS_SLICE, TURNS_BETWEEN_SLICES, RootCache, give_turns
+from peer_ring.core._sync._roots import (
+    ROOTS_SLICE,
+    TURNS_BETWEEN_SLICES,
+    RootCache,
+    give_turns,
+    in_slices,
+)
 from peer_ring.core.testing import MemoryCluster, fake_time_config, versioned_payload
 
 ADDRS = [f"127.0.0.{i}:7101" for i in range(1, 4)]
@@ -131,6 +137,27 @@ async def test_a_request_chain_met_by_a_round_waits_for_at_most_one_slice(
     assert sorted(seen)[len(seen) // 2] == 0, seen
 
 
+async def test_a_node_still_pulling_gives_one_turn_between_slices(harness: MemoryCluster) -> None:
+    """Before its initial pull is over a node refuses the requests of the partitions it
+    pulls anyway: its readiness comes first, one turn between slices (as before round 6)."""
+    harness.config = fake_time_config(P, replication=2)
+    a, _ = await harness.start_ready(ADDRS[:2])
+    ctx = sync_of(a)._ctx  # type: ignore[attr-defined]
+    assert ctx.slice_turns() == TURNS_BETWEEN_SLICES
+    calls: Counter[int] = Counter()
+    ctx.table.ready = False  # as during the initial pull
+    try:
+        assert ctx.slice_turns() == 1
+        with Turns() as turns:
+            record_digest_calls(harness.apps[a.address], turns, calls)
+            await sync_of(a)._puller.round(list(range(P)))  # type: ignore[attr-defined]
+    finally:
+        ctx.table.ready = True
+    assert sum(calls.values()) == P
+    assert max(calls.values()) <= ROOTS_SLICE, calls
+    assert min(gaps(calls)) == 1, calls
+
+
 async def test_give_turns_gives_the_loop_that_many_turns() -> None:
     assert TURNS_BETWEEN_SLICES >= 4  # the turns a TCP request needs on one side
     with Turns() as turns:
@@ -138,6 +165,8 @@ async def test_give_turns_gives_the_loop_that_many_turns() -> None:
         start = turns.now
         await give_turns()
         assert turns.now - start == TURNS_BETWEEN_SLICES
+        await give_turns(3)
+        assert turns.now - start == TURNS_BETWEEN_SLICES + 3
 
 
 async def test_a_pull_round_yields_between_slices(harness: MemoryCluster) -> None:
@@ -233,3 +262,29 @@ async def test_a_handoff_round_drops_partitions_a_slice_per_turn(harness: Memory
     assert sum(drops.values()) == len(not_mine)
     assert max(drops.values()) <= ROOTS_SLICE, drops
     assert min(gaps(drops)) >= TURNS_BETWEEN_SLICES, drops
+
+
+async def test_in_slices_pauses_after_each_full_slice_only() -> None:
+    pauses: list[int] = []
+    seen: list[int] = []
+
+    async def pause() -> None:
+        pauses.append(len(seen))
+
+    async for item in in_slices(range(100), 32, pause=pause):
+        seen.append(item)
+    assert seen == list(range(100))
+    assert pauses == [32, 64, 96]  # never before the first item, never mid-slice
+
+
+def test_root_cache_counts_its_hits_and_misses() -> None:
+    cache = RootCache()
+    assert (cache.hits, cache.misses) == (0, 0)
+    one = {"kv": [b"x"] + [b""] * (DIGEST_BUCKETS - 1)}
+    two = {"kv": [b"y"] + [b""] * (DIGEST_BUCKETS - 1)}
+    cache.root(1, one)
+    assert (cache.hits, cache.misses) == (0, 1)
+    cache.root(2, two)
+    assert (cache.hits, cache.misses) == (0, 2)
+    cache.root(1, one)
+    assert (cache.hits, cache.misses) == (1, 2)

@@ -13,7 +13,7 @@ from peer_ring.core._sync._context import SyncContext
 from peer_ring.core._sync._delta import known_versions, take_within
 from peer_ring.core._sync._detector import FailureDetector
 from peer_ring.core._sync._digests import HoldState, RemotePartition
-from peer_ring.core._sync._roots import ROOTS_SLICE, give_turns
+from peer_ring.core._sync._roots import ROOTS_SLICE
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
@@ -129,7 +129,7 @@ class InternalCommands:
         entries: list[RemotePartition] = []
         for start in range(0, len(asked), ROOTS_SLICE):
             if start:
-                await give_turns()
+                await self._ctx.between_slices()
             entries.extend(self._describe(asked[start : start + ROOTS_SLICE]))
         return encode_digest_response(entries)
 

@@ -39,7 +39,13 @@ from peer_ring.core._sync._digests import (
 )
 from peer_ring.core._sync._hints import HintStore
 from peer_ring.core._sync._partitions import PartitionTable
-from peer_ring.core._sync._roots import DECODE_SLICE, ROOTS_SLICE, RootCache, give_turns
+from peer_ring.core._sync._roots import (
+    DECODE_SLICE,
+    ROOTS_SLICE,
+    TURNS_BETWEEN_SLICES,
+    RootCache,
+    give_turns,
+)
 from peer_ring.core._sync._wire import (
     DELTA_MORE,
     DELTA_UNSUPPORTED,
@@ -199,6 +205,17 @@ class SyncContext:
         """This node's root of ``partition`` (see :class:`RootCache`)."""
         return self.roots.root(partition, self.local_digests(partition))
 
+    def slice_turns(self) -> int:
+        """Loop turns given between two slices of sync work (see :mod:`._roots`):
+        :data:`~peer_ring.core._sync._roots.TURNS_BETWEEN_SLICES` once this node is ready,
+        one while it makes its initial pull (its readiness comes first: until then it
+        refuses the requests of the partitions it pulls anyway)."""
+        return TURNS_BETWEEN_SLICES if self.table.ready else 1
+
+    async def between_slices(self) -> None:
+        """Give the loop :meth:`slice_turns` turns (after a slice of sync work)."""
+        await give_turns(self.slice_turns())
+
     async def local_roots(self, partitions: Sequence[int]) -> dict[int, int]:
         """This node's roots of ``partitions``, giving the event loop a few turns after
         every :data:`~peer_ring.core._sync._roots.ROOTS_SLICE` partitions (see
@@ -207,7 +224,7 @@ class SyncContext:
         local_root = self.local_root
         for start in range(0, len(partitions), ROOTS_SLICE):
             if start:
-                await give_turns()
+                await self.between_slices()
             for p in partitions[start : start + ROOTS_SLICE]:
                 roots[p] = local_root(p)
         return roots
@@ -260,7 +277,7 @@ class SyncContext:
         out: dict[int, RemotePartition] = {}
         for i, entry in enumerate(iter_digest_response(data)):
             if i and not i % DECODE_SLICE:
-                await give_turns()
+                await self.between_slices()
             out[entry.partition] = entry
         return out
 

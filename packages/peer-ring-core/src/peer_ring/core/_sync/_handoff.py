@@ -31,7 +31,7 @@ class Handoff:
         by_target: dict[str, list[int]] = {}
         # In slices: each partition calls the application's digest hook, and a dropped one
         # its drop hook (a whole partition's records), see ._roots.
-        async for p in in_slices(partitions):
+        async for p in in_slices(partitions, pause=ctx.between_slices):
             if p in table.replicated:
                 continue
             if is_empty(ctx.local_digests(p)):
@@ -67,7 +67,7 @@ class Handoff:
         )
         now = ctx.clock.monotonic()
         dropped = 0
-        async for p, nodes in in_slices(list(targets.items())):
+        async for p, nodes in in_slices(list(targets.items()), pause=ctx.between_slices):
             ok = bool(nodes) and all(p in confirmed.get(node, ()) for node in nodes)
             if table.handoff_result(p, ok, now):
                 ctx.drop(p)

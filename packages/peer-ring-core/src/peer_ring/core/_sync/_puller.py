@@ -170,7 +170,7 @@ class Puller:
 
         transfers = []
         # In slices: up to sync_batch partitions are judged here (see ._roots).
-        async for p in in_slices(partitions):
+        async for p in in_slices(partitions, pause=ctx.between_slices):
             if p not in table.pending:
                 continue
             sources = [

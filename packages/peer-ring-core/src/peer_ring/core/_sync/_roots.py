@@ -31,7 +31,7 @@ per slice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from peer_ring.core._sync._digests import NamespaceDigests, partition_root
@@ -49,27 +49,32 @@ DECODE_SLICE = 256
 #: Loop turns given to the rest of the node between two slices (see the module docstring):
 #: the turns a request served over TCP needs on one side (read, dispatch and answer,
 #: writer wake-up, linger), so that it runs between two slices instead of one turn per
-#: slice.
+#: slice. A node still making its initial pull gives one turn (``SyncContext.slice_turns``):
+#: until it is ready it refuses the requests of the partitions it pulls anyway.
 TURNS_BETWEEN_SLICES = 8
 
 
-async def give_turns() -> None:
-    """Give the event loop :data:`TURNS_BETWEEN_SLICES` turns (between two slices)."""
-    for _ in range(TURNS_BETWEEN_SLICES):
+async def give_turns(turns: int | None = None) -> None:
+    """Give the event loop ``turns`` turns (default :data:`TURNS_BETWEEN_SLICES`)."""
+    for _ in range(TURNS_BETWEEN_SLICES if turns is None else turns):
         await asyncio.sleep(0)
 
 
-_Key = tuple[tuple[str, tuple[bytes, ...]], ...]
-
-
-async def in_slices(items: Iterable[_T], size: int = ROOTS_SLICE) -> AsyncIterator[_T]:
-    """``items``, giving the event loop a few turns (:func:`give_turns`) after every
+async def in_slices(
+    items: Iterable[_T],
+    size: int = ROOTS_SLICE,
+    pause: Callable[[], Awaitable[None]] = give_turns,
+) -> AsyncIterator[_T]:
+    """``items``, awaiting ``pause`` (a few loop turns, :func:`give_turns`) after every
     ``size`` of them (a loop over partitions that calls the application's hooks for each:
     digests, drops)."""
     for i, item in enumerate(items):
         if i and not i % size:
-            await give_turns()
+            await pause()
         yield item
+
+
+_Key = tuple[tuple[str, tuple[bytes, ...]], ...]
 
 
 class RootCache:
