@@ -7,6 +7,7 @@ when a test advances the clock, so TTL expiry is checked without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from peer_ring.core import (
     PeerRingConfig,
     RequestTimeoutError,
 )
-from peer_ring.core.testing import FakeClock
+from peer_ring.core.testing import FakeClock, settle_loop
 from peer_ring.kv import KVStore
 from peer_ring.kv._server import KVHttpApi
 
@@ -41,6 +42,14 @@ async def stores(start_stores: Callable[..., Awaitable[list[KVStore]]]) -> list[
 
 @pytest.fixture
 async def api(stores: list[KVStore]) -> KVHttpApi:
+    # The tests of the data API write and read at once: they wait until every node pulled
+    # its partitions (a replica still pulling refuses writes, and the API answers 503).
+    # They used to start while the nodes were still joining and won the race only while a
+    # pull round took fewer loop turns than the first HTTP request (the core's sync slices
+    # now give the loop 8 turns between slices). test_probes_follow_readiness still
+    # covers the API answering while the nodes join.
+    await asyncio.gather(*(s.wait_ready(30.0) for s in stores))
+    await settle_loop()
     api = KVHttpApi(stores[0], max_value_bytes=MAX_VALUE)
     api.set_ready(True)
     return api
@@ -353,6 +362,11 @@ async def test_probes_follow_readiness(
     async with session.get(f"{url}/readyz") as r:
         assert r.status == 503  # HTTP is up, the node not declared ready yet
         assert (await _json(r))["ready"] is False
+    # Ready also means the node pulled its partitions: wait for that (it may take longer
+    # than the request above), then the API's own flag decides.
+    await asyncio.gather(*(s.wait_ready(30.0) for s in stores))
+    async with session.get(f"{url}/readyz") as r:
+        assert r.status == 503  # the node is, the API not declared ready yet
     api.set_ready(True)
     async with session.get(f"{url}/readyz") as r:
         assert r.status == 200
