@@ -20,7 +20,12 @@ import pytest_asyncio
 
 from peer_ring.core import Ring
 from peer_ring.kv._admin_cli import run_admin
-from peer_ring.kv._local_cluster import LocalCluster, allocate_addresses, loopback_aliases_available
+from peer_ring.kv._local_cluster import (
+    LocalCluster,
+    NodeFailedError,
+    allocate_addresses,
+    loopback_aliases_available,
+)
 from peer_ring.kv.cli import build_parser
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -29,6 +34,8 @@ HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 PARTITIONS = 64
 TOKEN = "admin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: Cluster starts tried when a node could not bind its port (taken by another process).
+START_ATTEMPTS = 3
 
 
 async def three_nodes(require_component: Any) -> AsyncIterator[LocalCluster]:
@@ -37,13 +44,27 @@ async def three_nodes(require_component: Any) -> AsyncIterator[LocalCluster]:
         loopback_aliases_available(HOSTS),
         "Linux routes all of 127.0.0.0/8 to lo; elsewhere add the aliases to lo0",
     )
-    async with LocalCluster(
-        allocate_addresses(3, hosts=HOSTS),
-        serve_args=["--replication=3", f"--partitions={PARTITIONS}", "--request-timeout=2"],
-        env={"PEER_RING_HTTP_TOKEN": TOKEN},
-    ) as cluster:
-        await cluster.start(ready_within=60)
-        yield cluster
+    for attempt in range(1, START_ATTEMPTS + 1):
+        cluster = LocalCluster(
+            allocate_addresses(3, hosts=HOSTS),
+            serve_args=["--replication=3", f"--partitions={PARTITIONS}", "--request-timeout=2"],
+            env={"PEER_RING_HTTP_TOKEN": TOKEN},
+        )
+        try:
+            await cluster.start(ready_within=60)
+        except NodeFailedError as exc:
+            await cluster.close()
+            # The ports were free when chosen and released for the nodes to bind; another
+            # process (a parallel test run) can take one in between. Only that is retried,
+            # with fresh ports: anything else fails the test.
+            if attempt < START_ATTEMPTS and "address already in use" in str(exc).lower():
+                continue
+            raise
+        try:
+            yield cluster
+        finally:
+            await cluster.close()
+        return
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
