@@ -395,3 +395,29 @@ async def test_a_cancelled_local_publish_leaves_the_others_and_the_log_whole(
         for i, r in enumerate(done)
         if not isinstance(r, BaseException)
     )
+
+
+async def test_publishes_of_one_turn_join_the_append_that_has_not_left(
+    single_copy_cluster,
+) -> None:
+    a, b = await single_copy_cluster.start(2)
+    local = a if a.topic("join", partitions=1).sequencer(0) == a.node.address else b
+    topic = local.topic("join", partitions=1)
+    await topic.publish(b"warm")  # the takeover is done
+    sizes: list[int] = []
+    real = local.store.apply_append
+
+    def recording(key, req):  # type: ignore[no-untyped-def]
+        sizes.append(len(req.entries))
+        return real(key, req)
+
+    local.store.apply_append = recording  # type: ignore[method-assign]
+    # Started in one turn: the first makes the APPEND, the rest join it before it leaves
+    # (before, 1 + 7: the others waited for the first one's round).
+    results = await asyncio.gather(*(topic.publish(b"m%d" % i) for i in range(8)))
+    assert sizes == [8]
+    assert [r.offset for r in results] == list(range(1, 9))
+    sizes.clear()
+    results = await asyncio.gather(*(topic.publish(b"n%d" % i) for i in range(600)))
+    assert sizes == [512, 88]  # MAX_BATCH still bounds an APPEND
+    assert [r.offset for r in results] == list(range(9, 609))

@@ -373,15 +373,16 @@ class Leaders:
         # a contiguous prefix of completed batches (see _complete).
         # Without replicas (N=1) the append is local and CPU-bound: one batch at a time.
         limit = PIPELINE if self.copies(leader.config)[0] > 1 else 1
-        while leader.queue and leader.active and len(leader.slots) < limit:
-            count = size = 0
-            for entry, _ in leader.queue:  # up to MAX_BATCH entries or ~MAX_BATCH_BYTES
-                if count == MAX_BATCH or (count and size >= MAX_BATCH_BYTES):
-                    break
-                count += 1
-                size += entry.size
-            slot = Slot(leader.queue[:count])
-            del leader.queue[:count]
+        while leader.queue and leader.active:
+            if len(leader.slots) >= limit:
+                # Publishes of the turn that made the last APPEND join it while it has not
+                # left (its publishers were woken together; without this the first made
+                # a batch of one and the others waited for its whole round).
+                if not leader.slots[-1].sent:
+                    leader.slots[-1].fill(leader.queue, MAX_BATCH, MAX_BATCH_BYTES)
+                break
+            slot = Slot([])
+            slot.fill(leader.queue, MAX_BATCH, MAX_BATCH_BYTES)
             leader.slots.append(slot)
             if self.copies(leader.config)[0] == 1:  # one copy: a local merge (or a call)
                 spawn(self._send(leader, slot))
@@ -405,6 +406,8 @@ class Leaders:
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._outbox = self._outbox, []
+        for _, slot in batch:
+            slot.sent = True
         if len(batch) == 1:
             spawn(self._send(*batch[0]))
         elif batch:
@@ -438,6 +441,7 @@ class Leaders:
             self._kick(leader)
 
     async def _send(self, leader: Leader, slot: Slot) -> None:
+        slot.sent = True
         try:
             await self._replicate(leader, [e for e, _ in slot.batch], slot.groups)
             slot.ok = True

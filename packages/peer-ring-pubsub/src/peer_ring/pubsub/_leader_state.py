@@ -27,6 +27,27 @@ class Slot:
     error: BaseException | None = None
     groups: list[tuple[str, GroupState]] = field(default_factory=list)
     committed: asyncio.Future[None] | None = None
+    size: int = 0  # payload bytes of ``batch``
+    #: False until the APPEND is handed to the transport: until then (the rest of the
+    #: turn that made it) later publishes join it instead of waiting for its round.
+    sent: bool = False
+
+    def fill(
+        self, queue: list[tuple[Entry, asyncio.Future[Entry]]], most: int, most_bytes: int
+    ) -> None:
+        """Move the oldest queued entries into the batch, up to ``most`` entries or about
+        ``most_bytes`` (at least one entry in an empty batch)."""
+        count, size, take = len(self.batch), self.size, 0
+        for entry, _ in queue:
+            if count == most or (count and size >= most_bytes):
+                break
+            count += 1
+            size += entry.size
+            take += 1
+        if take:
+            self.batch.extend(queue[:take])
+            del queue[:take]
+            self.size = size
 
     def on_commit(self) -> asyncio.Future[None]:
         """:attr:`committed`, made on first use."""
