@@ -2,12 +2,11 @@
 
 One :class:`Leader` per partition this node sequences. It is created by a takeover
 (:mod:`._sequencer`: learn and promise from R = N - W + 1 replicas, adopt, re-replicate),
-then assigns sequences and replicates appends in batches (up to ``PIPELINE`` APPENDs in
-flight per partition; publishes arriving meanwhile form the next batch, so load turns into
-batching; the commit point moves only over a contiguous prefix of completed batches, and a
-failed batch fails every later one).
-A failed replication, a refused append or a ring change steps it down; the next request
-runs a new takeover with a higher epoch.
+then assigns sequences and replicates appends in batches (``PIPELINE`` in flight per
+partition; what arrives meanwhile forms the next batch; the commit point moves over a
+contiguous prefix of completed batches, a failed batch fails every later one). A failed
+replication, a refused append or a ring change steps it down (the next request runs a
+new takeover with a higher epoch).
 """
 
 from __future__ import annotations
@@ -369,15 +368,13 @@ class Leaders:
         return fut
 
     def _kick(self, leader: Leader) -> None:
-        # Up to PIPELINE appends in flight per partition; the commit point only moves over
-        # a contiguous prefix of completed batches (see _complete).
-        # Without replicas (N=1) the append is local and CPU-bound: one batch at a time.
+        # Up to PIPELINE appends in flight per partition (the commit point only moves over
+        # completed batches, see _complete); one copy (N=1): local, CPU-bound, one at a time.
         limit = PIPELINE if self.copies(leader.config)[0] > 1 else 1
         while leader.queue and leader.active:
             if len(leader.slots) >= limit:
                 # Publishes of the turn that made the last APPEND join it while it has not
-                # left (its publishers were woken together; without this the first made
-                # a batch of one and the others waited for its whole round).
+                # left (publishers woken together: else a batch of one, then the rest).
                 if not leader.slots[-1].sent:
                     leader.slots[-1].fill(leader.queue, MAX_BATCH, MAX_BATCH_BYTES)
                 break
