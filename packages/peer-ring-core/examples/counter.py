@@ -202,7 +202,10 @@ async def main(base_port: int) -> None:
         await counter.node.start()
     try:
         for counter in counters:
-            await counter.node.wait_ready(10.0)
+            # Ready once each partition was pulled or found new everywhere: seconds at most
+            # on a quiet machine, but by design up to sync_give_up_after when holders answer
+            # late (peers still starting, a loaded machine): that is the bound.
+            await counter.node.wait_ready(config.sync_give_up_after)
         for i, counter in enumerate(counters):  # every node counts some views
             await counter.add("page:/", 1 + i)
             await counter.add("page:/about")

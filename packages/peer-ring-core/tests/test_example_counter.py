@@ -135,7 +135,10 @@ async def test_the_ownership_listener_tracks_primary_partitions(cluster: Cluster
 
 
 def test_the_demo_runs_over_grpc(run_example: Callable[..., str]) -> None:
-    out = run_example(EXAMPLE, 3)  # the example binds port, port + 1, port + 2
+    # The example binds port, port + 1, port + 2. It waits up to sync_give_up_after (60 s)
+    # for the nodes to be ready (seconds at most, unless the machine is loaded; over 10 s
+    # once at load 20): the process gets that and the demo's own requests.
+    out = run_example(EXAMPLE, 3, timeout=PeerRingConfig().sync_give_up_after + 60)
     assert "counts: {'page:/': 6, 'page:/about': 3, 'page:/new': 0}" in out
     assert "after a node stopped: 16" in out
 
