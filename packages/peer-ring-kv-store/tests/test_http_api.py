@@ -45,9 +45,9 @@ async def api(stores: list[KVStore]) -> KVHttpApi:
     # The tests of the data API write and read at once: they wait until every node pulled
     # its partitions (a replica still pulling refuses writes, and the API answers 503).
     # They used to start while the nodes were still joining and won the race only while a
-    # pull round took fewer loop turns than the first HTTP request (the core's sync slices
-    # now give the loop 8 turns between slices). test_probes_follow_readiness still
-    # covers the API answering while the nodes join.
+    # pull round took fewer loop turns than the first HTTP request (lost with 5d12eac's 8
+    # turns between sync slices, which fe3a62f later kept out of the initial pull).
+    # test_probes_follow_readiness still covers the API answering while the nodes join.
     await asyncio.gather(*(s.wait_ready(30.0) for s in stores))
     await settle_loop()
     api = KVHttpApi(stores[0], max_value_bytes=MAX_VALUE)
