@@ -62,7 +62,9 @@ async def test_token_mismatch_is_refused_and_logged(
             await bounded(a.request(b, b"x"))
         with pytest.raises(PeerUnavailableError, match="UNAUTHENTICATED"):
             await bounded(anonymous.request(b, b"x"))
-    assert b.transport.stats()["refused_connections"] == 2
+    # At least the two refused requests; a refused peer's connection keeps redialling with
+    # backoff, so under load a third refused attempt may already be counted.
+    assert b.transport.stats()["refused_connections"] >= 2
     assert any("wrong token" in r.message for r in caplog.records)
     assert any("missing token" in r.message for r in caplog.records)
     assert (await bounded(friend.request(b, b"welcome"))).payload == b"welcome"
