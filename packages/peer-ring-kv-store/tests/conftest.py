@@ -12,6 +12,10 @@ of them build is a factory fixture here::
 ``serve_http(api)`` serves a ``KVHttpApi`` on a free loopback port and returns its URL and an
 ``aiohttp`` session, both closed after the test (before the stores stop).
 
+``digest_deferral(mode)`` is a context manager: the engine's digest deferral thresholds as
+shipped (``"default"``) or at their smallest (``"eager"``); session-scoped, so hypothesis
+tests can take it.
+
 ``clock`` and ``network`` are the ones the stores share; a module that defines its own
 ``clock`` fixture gets stores on that clock (pytest resolves it from the test's module).
 """
@@ -19,19 +23,43 @@ of them build is a factory fixture here::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from peer_ring.core import PeerRingConfig
 from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, settle_loop
-from peer_ring.kv import KVStore
+from peer_ring.kv import KVStore, _engine, _engine_partitions, _engine_wire
 
 #: The ``start_stores`` fixture: ``await start_stores(peers, config=..., **KVStore kwargs)``.
 StartStores = Callable[..., Awaitable[list[KVStore]]]
 #: The ``serve_http`` fixture: ``url, session = await serve_http(api)``.
 ServeHttp = Callable[[Any], Awaitable[tuple[str, Any]]]
+
+
+@contextmanager
+def _deferral(mode: str) -> Iterator[None]:
+    """The digest deferral's thresholds: as shipped, or at their smallest ("eager")."""
+    if mode == "default":
+        yield
+        return
+    with (
+        mock.patch.object(_engine, "_BUDGET_MIN", 0),
+        mock.patch.object(_engine_partitions, "_BUDGET_MIN", 0),
+        mock.patch.object(_engine, "_DEFER_MAX", 2),
+        mock.patch.object(_engine_wire, "_DEFER_MAX", 2),
+        mock.patch.object(_engine_partitions, "_DEFER_MAX", 2),
+    ):
+        yield
+
+
+@pytest.fixture(scope="session")
+def digest_deferral() -> Callable[[str], AbstractContextManager[None]]:
+    """``with digest_deferral("eager"): ...`` (or ``"default"``)."""
+    return _deferral
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ the first defers, a partition of more than 2 records never does).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
-from unittest import mock
 
 import farmhash
 import pytest
@@ -25,13 +24,14 @@ from hypothesis import strategies as st
 
 from peer_ring.core import DIGEST_BUCKETS
 from peer_ring.core.testing import FakeClock
-from peer_ring.kv import _engine, _engine_partitions, _engine_wire
 from peer_ring.kv._engine import RECORD_OVERHEAD, KVEngine
 from peer_ring.kv._record import Record
 from peer_ring.kv._versions import Version
 from peer_ring.kv._wire import decode_get_response, encode_entry, encode_get_response
 
 START = 1_700_000_000.0
+#: The conftest ``digest_deferral`` fixture (a test module cannot import its type).
+Deferral = Callable[[str], AbstractContextManager[None]]
 T0 = int(START * 1_000_000)
 KEYS = [b"k%d" % i for i in range(12)]
 # Many writers push records into the wide header (node index > 0xFFFF is out of reach,
@@ -42,22 +42,6 @@ _COMPACT = struct.Struct("<QHB")
 _WIDE = struct.Struct("<QIId")
 _DIGEST_INPUT = struct.Struct("<QQIQB")
 _DIGEST_OUTPUT = struct.Struct("<QI")
-
-
-@contextmanager
-def deferral(mode: str) -> Iterator[None]:
-    """The digest deferral's thresholds: as shipped, or at their smallest ("eager")."""
-    if mode == "default":
-        yield
-        return
-    with (
-        mock.patch.object(_engine, "_BUDGET_MIN", 0),
-        mock.patch.object(_engine_partitions, "_BUDGET_MIN", 0),
-        mock.patch.object(_engine, "_DEFER_MAX", 2),
-        mock.patch.object(_engine_wire, "_DEFER_MAX", 2),
-        mock.patch.object(_engine_partitions, "_DEFER_MAX", 2),
-    ):
-        yield
 
 
 def recompute(engine: KVEngine) -> dict[str, object]:
@@ -180,10 +164,14 @@ def run(engine: KVEngine, clock: FakeClock, steps: list[tuple[Any, ...]]) -> Non
     st.sampled_from(["default", "eager"]),
 )
 def test_books_equal_a_recomputation_after_any_sequence(
-    steps: list[tuple[Any, ...]], max_bytes: int | None, grace: float, defer: str
+    digest_deferral: Deferral,
+    steps: list[tuple[Any, ...]],
+    max_bytes: int | None,
+    grace: float,
+    defer: str,
 ) -> None:
     clock = FakeClock(START)
-    with deferral(defer):
+    with digest_deferral(defer):
         engine = KVEngine(4, clock, max_bytes=max_bytes, tombstone_grace=grace)
         run(engine, clock, steps)
         for p in range(engine.partitions):  # every partition's digests, deferred or not

@@ -14,10 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
-from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 from peer_ring.core import Reply
 from peer_ring.core.testing import FakeClock
 from peer_ring.discovery.static import StaticDiscovery
-from peer_ring.kv import KVStore, _engine, _engine_partitions, _engine_wire
+from peer_ring.kv import KVStore
 from peer_ring.kv._engine import KVEngine
 from peer_ring.kv._errors import ValueTooLargeError
 from peer_ring.kv._hlc import HLC
@@ -41,25 +40,11 @@ from peer_ring.kv._wire import (
 )
 
 START = 1_700_000_000.0
+#: The conftest ``digest_deferral`` fixture (a test module cannot import its type).
+Deferral = Callable[[str], AbstractContextManager[None]]
 T0 = int(START * 1_000_000)
 KEYS = [b"k%d" % i for i in range(8)]
 NODES = ["10.0.0.1:7000", "10.0.0.2:7000", "é:1"]
-
-
-@contextmanager
-def deferral(mode: str) -> Iterator[None]:
-    """The digest deferral's thresholds: as shipped, or at their smallest ("eager")."""
-    if mode == "default":
-        yield
-        return
-    with (
-        mock.patch.object(_engine, "_BUDGET_MIN", 0),
-        mock.patch.object(_engine_partitions, "_BUDGET_MIN", 0),
-        mock.patch.object(_engine, "_DEFER_MAX", 2),
-        mock.patch.object(_engine_wire, "_DEFER_MAX", 2),
-        mock.patch.object(_engine_partitions, "_DEFER_MAX", 2),
-    ):
-        yield
 
 
 def state(engine: KVEngine) -> dict[str, object]:
@@ -138,9 +123,9 @@ writes = st.lists(
 @settings(deadline=None, max_examples=150)
 @given(writes, st.sampled_from([None, 2_000]), st.sampled_from(["default", "eager"]))
 def test_put_wire_stores_what_put_of_the_decoded_record_stores(
-    steps: list[tuple[Any, ...]], max_bytes: int | None, defer: str
+    digest_deferral: Deferral, steps: list[tuple[Any, ...]], max_bytes: int | None, defer: str
 ) -> None:
-    with deferral(defer):
+    with digest_deferral(defer):
         check_put_wire_against_put(steps, max_bytes)
 
 
