@@ -4,7 +4,7 @@ with its own answer; the owner's replication shares one future per replication m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -109,7 +109,11 @@ async def test_a_refused_hit_gets_the_fail_policy_and_the_others_are_decided(
     assert sender.stats()["owner_unavailable"] == 1
 
 
-async def test_replicator_shares_one_future_per_message_and_coalesces_keys() -> None:
+def gated_send() -> tuple[
+    Callable[[Sequence[bytes]], Awaitable[None]], list[list[bytes]], list[asyncio.Event]
+]:
+    """A replicator's ``send`` that records each message's keys and waits until its gate
+    (one event per message, in order) is set: ``send, sent, gates = gated_send()``."""
     sent: list[list[bytes]] = []
     gates: list[asyncio.Event] = []
 
@@ -118,6 +122,12 @@ async def test_replicator_shares_one_future_per_message_and_coalesces_keys() -> 
         gate = asyncio.Event()
         gates.append(gate)
         await gate.wait()
+
+    return send, sent, gates
+
+
+async def test_replicator_shares_one_future_per_message_and_coalesces_keys() -> None:
+    send, sent, gates = gated_send()
 
     rep = Replicator(send, max_in_flight=1)
     first = [rep.submit(k) for k in (b"a", b"b", b"a")]
@@ -140,14 +150,7 @@ async def test_replicator_shares_one_future_per_message_and_coalesces_keys() -> 
 
 
 async def test_replicator_sends_keys_without_waiting_at_a_light_load() -> None:
-    sent: list[list[bytes]] = []
-    gates: list[asyncio.Event] = []
-
-    async def send(keys: Sequence[bytes]) -> None:
-        sent.append(list(keys))
-        gate = asyncio.Event()
-        gates.append(gate)
-        await gate.wait()
+    send, sent, gates = gated_send()
 
     rep = Replicator(send, max_in_flight=1, light_in_flight=2)
     a = rep.submit(b"a")
