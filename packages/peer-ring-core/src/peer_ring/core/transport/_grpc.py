@@ -26,10 +26,10 @@ malformed frame be refused cleanly instead of failing inside gRPC.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -58,14 +58,19 @@ from peer_ring.core.transport._codec import (
     encode_transfer_request,
 )
 from peer_ring.core.transport._deadlines import DeadlineWheel, read_chunk_within
+from peer_ring.core.transport._grpc_admission import Admission
 from peer_ring.core.transport._grpc_errors import (
-    OVERLOADED_DETAILS,
     abort,
     bind_error,
     transfer_error,
 )
+from peer_ring.core.transport._grpc_shared import (
+    SharedCounters,
+    SharedInboundStream,
+    SharedPeerConnection,
+    offers_shared_frames,
+)
 from peer_ring.core.transport._grpc_transfer import serve_transfer
-from peer_ring.core.transport._identity import claim_refusal
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._linger import HOLD_SECONDS
 from peer_ring.core.transport._log import RateLimitedLog
@@ -76,6 +81,7 @@ from peer_ring.core.transport._options import (
     EXCHANGE_METHOD,
     SENDER_KEY,
     SERVICE,
+    SHARED_FRAMES_KEY,
     TRANSFER_METHOD,
     TRANSFER_PATH,
     server_options,
@@ -94,14 +100,15 @@ logger = logging.getLogger(__name__)
 #: Seconds ``close()`` lets in-progress RPCs (transfers) finish before cancelling them.
 CLOSE_GRACE = 0.5
 
+#: Initial metadata of an accepted Exchange, without and with shared frames.
+ACCEPTED: Metadata = ((ACCEPTED_KEY, "1"),)
+SHARED_ACCEPTED: Metadata = (*ACCEPTED, (SHARED_FRAMES_KEY, "1"))
+
 #: Seconds between two log lines about the same kind of refused call (all are counted).
 REFUSAL_LOG_INTERVAL = 10.0
 
 
-_Refusal = tuple[grpc.StatusCode, str]
-
-
-class GrpcTransport(Transport):
+class GrpcTransport(Admission, Transport):
     """Transport over gRPC (grpc.aio): one multiplexed, coalescing stream per peer.
 
     Args:
@@ -126,6 +133,12 @@ class GrpcTransport(Transport):
             stretches to 1.5 times the peer's measured round trip when that is longer, at
             most 20 ms (or ``hold`` if longer). A request to a peer with nothing or a single
             request in flight is never held. 0 sends each frame at once.
+        shared_frames: offer and accept *shared frames* (see :mod:`._grpc_shared`): this
+            node's answers to a peer ride on its own Exchange stream to that peer, in the
+            frames of its requests, instead of a stream of their own (about half the frames
+            under symmetric load). Negotiated per stream by call metadata; with a peer that
+            does not offer or accept them (an older version, or ``False``), both directions
+            keep the two-stream behaviour.
 
     Raises:
         InvalidArgumentError: a limit or ``hold`` is out of range, the token is not
@@ -145,6 +158,7 @@ class GrpcTransport(Transport):
         tls: TLSConfig | None = None,
         rng: random.Random | None = None,
         hold: float = HOLD_SECONDS,
+        shared_frames: bool = True,
     ) -> None:
         limits.check()
         if not 0.0 <= hold <= 1.0:  # NaN fails too
@@ -164,6 +178,8 @@ class GrpcTransport(Transport):
         self._channel_credentials = channel_credentials
         self._rng = rng or random.Random()
         self._hold = hold
+        self._shared_frames = shared_frames
+        self._shared_counters = SharedCounters()
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self._token = token
         self._stats = TransportStats()
@@ -186,6 +202,12 @@ class GrpcTransport(Transport):
         self._closed = False
         self._closing: set[asyncio.Task[None]] = set()
         self._metadata = self._build_metadata()
+
+    def _exchange_metadata(self) -> Metadata:
+        """The Exchange stream's call metadata: the sender, the token, the offers."""
+        if self._shared_frames:
+            return (*self._metadata, (SHARED_FRAMES_KEY, "1"))
+        return self._metadata
 
     def _build_metadata(self) -> Metadata:
         if self._token:
@@ -400,9 +422,12 @@ class GrpcTransport(Transport):
     def stats(self) -> dict[str, int]:
         """Counters since start (frames, requests, responses, errors, refusals...).
 
-        See :class:`~peer_ring.core.transport._stats.TransportStats` for their meaning.
+        See :class:`~peer_ring.core.transport._stats.TransportStats` for their meaning, and
+        :class:`~peer_ring.core.transport._grpc_shared.SharedCounters` for the shared frames'.
         """
-        return self._stats.as_dict()
+        figures = self._stats.as_dict()
+        figures.update(self._shared_counters.as_dict())
+        return figures
 
     def peers(self) -> list[str]:
         """Peers this transport currently holds a connection object for."""
@@ -423,11 +448,14 @@ class GrpcTransport(Transport):
         conn = self._peers.get(peer)
         if conn is None:
             channel, renew = self._channel(peer)
-            conn = PeerConnection(
+            make: Callable[..., PeerConnection] = PeerConnection
+            if self._shared_frames:
+                make = partial(SharedPeerConnection, counters=self._shared_counters)
+            conn = make(
                 peer,
                 channel,
                 renew_channel=renew,
-                metadata=self._metadata,
+                metadata=self._exchange_metadata(),
                 limits=self._limits,
                 clock=self._clock,
                 rng=self._rng,
@@ -454,72 +482,6 @@ class GrpcTransport(Transport):
             except Exception:
                 logger.exception("reachability listener failed for %s", peer)
 
-    def _admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> str | _Refusal:
-        """Return the sender's address, or why the call is refused (counted and logged)."""
-        sender = ""
-        auth = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == SENDER_KEY:
-                sender = str(value)
-            elif key == AUTHORIZATION_KEY:
-                auth = str(value)
-        # Constant-time comparison (of bytes: compare_digest refuses non-ASCII str), so the
-        # time a refusal takes tells nothing about how much of the token was right.
-        if self._expected_auth is not None and not hmac.compare_digest(
-            auth.encode("utf-8", "surrogateescape"), self._expected_auth
-        ):
-            self._stats.refused_connections += 1
-            kind = "wrong" if auth else "missing"
-            self._refusal_log.warning(
-                (method, kind),
-                "refused %s from %s (%s): %s token",
-                method,
-                sender or "unknown sender",
-                context.peer(),
-                kind,
-            )
-            return (grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
-        if not sender:
-            self._stats.refused_connections += 1
-            self._refusal_log.warning(
-                (method, "sender"),
-                "refused %s from %s: no %s metadata",
-                method,
-                context.peer(),
-                SENDER_KEY,
-            )
-            return (grpc.StatusCode.INVALID_ARGUMENT, f"missing {SENDER_KEY} metadata")
-        if self._tls is not None and self._tls.require_client_auth:
-            sans = context.auth_context().get("x509_subject_alternative_name", ())
-            names = [bytes(n).decode("utf-8", "replace") for n in sans]
-            if (why := claim_refusal(sender, names, self._tls.server_name)) is not None:
-                self._stats.refused_connections += 1
-                args = (method, context.peer(), why)
-                self._refusal_log.warning((method, "identity"), "refused %s from %s: %s", *args)
-                return (grpc.StatusCode.PERMISSION_DENIED, f"peer identity: {why}")
-        if not self._running or self._on_request is None:
-            return (grpc.StatusCode.UNAVAILABLE, "node is stopping")
-        return sender
-
-    def _overloaded(
-        self, method: str, sender: str, context: Any, limit: str, value: int
-    ) -> _Refusal:
-        self._stats.refused_overload += 1
-        self._refusal_log.warning(
-            (method, "overload"),
-            "refused %s from %s (%s): %s=%d reached",
-            method,
-            sender,
-            context.peer(),
-            limit,
-            value,
-        )
-        return (
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"{OVERLOADED_DETAILS} node {self._address} serves {limit}={value} "
-            f"{method} calls already; retry later",
-        )
-
     async def _serve_exchange(
         self, _requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
@@ -539,7 +501,13 @@ class GrpcTransport(Transport):
                 context,
                 *self._overloaded("Exchange", admitted, context, "max_inbound_streams", limit),
             )
-        stream = InboundStream(
+        # Answers in the opener's frames are taken only if it offered shared frames and this
+        # node agreed (echoed the offer): see _grpc_shared.
+        shared = self._shared_frames and offers_shared_frames(context.invocation_metadata())
+        make: Callable[..., InboundStream] = InboundStream
+        if self._shared_frames:
+            make = partial(SharedInboundStream, links=self._peers, shared=shared)
+        stream = make(
             admitted,
             context,
             self._on_request,
@@ -551,7 +519,7 @@ class GrpcTransport(Transport):
         # Registered before the first await, so that concurrent openers count each other.
         self._inbound.add(stream)
         try:
-            await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
+            await context.send_initial_metadata(SHARED_ACCEPTED if shared else ACCEPTED)
         except BaseException:
             self._inbound.discard(stream)
             raise

@@ -1,0 +1,347 @@
+"""Shared frames: a node's answers to a peer ride on its own Exchange stream to that peer.
+
+Every gRPC link between two nodes has two Exchange streams, one per direction of requests
+(``A -> B`` opened by A, ``B -> A`` opened by B). Without shared frames, B answers A's
+requests on the server side of ``A -> B`` and sends its own requests on ``B -> A``: under
+symmetric load each node writes two frames per round trip to each peer, one of requests
+and one of answers. A grpc.aio frame costs about 200 µs of CPU (thread hand-offs, both
+ends; docs/benchmarks.md, "gRPC transport, round 6"), far more than the operations in
+it, so frames per operation decide the transport's cost.
+
+With shared frames B writes its answers to A's requests on *its own* stream ``B -> A``,
+in the same frames as its requests to A (``Frame.responses`` next to ``Frame.requests``),
+and A's server side of that stream hands them to A's connection to B, which matches them
+by id as if they had come on ``A -> B``. Answers are not held: queued answers end a
+request hold at once (:mod:`._linger`), and the requests queued then go out with them.
+
+Negotiation (no silent wire change): the opener offers it with the call metadata
+``x-peer-ring-shared-frames: 1``; a server that takes it answers the same key in its initial
+metadata (next to ``x-peer-ring-accepted``). Only then does the *opener* put answers on
+that stream (the server promised to route them). An older node neither offers nor echoes
+the key, and ignores it: with it, both directions keep the two-stream behaviour. While the
+node's own stream to the peer is down, or not negotiated, the answers go on the server side
+of the peer's stream, as before; the peer accepts answers on either path at any time.
+
+Bounds: answers handed to the connection still count against the inbound stream's
+``max_inbound_pending_bytes`` until written (backpressure is unchanged). A connection takes
+at most ``CARRY_BUDGET_SHARE`` of that bound of unwritten answers; beyond it the inbound
+stream writes on its own server side. Without that, two nodes whose inbound readers both
+paused could each wait for the other's write to drain: the server side of a stream is read
+by the opener's reader, which never pauses, so the fallback always drains.
+
+These classes extend :class:`~._outbound.PeerConnection` and :class:`~._inbound.InboundStream`
+(their writer and reader loops), which the TCP transport shares unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from peer_ring.core.proto import peer_ring_pb2 as pb
+from peer_ring.core.transport._codec import cancel_parts, join_frames
+from peer_ring.core.transport._inbound import InboundStream
+from peer_ring.core.transport._linger import HOLD_MIN_IN_FLIGHT, hold, linger
+from peer_ring.core.transport._options import EOF, SHARED_FRAMES_KEY
+from peer_ring.core.transport._outbound import PeerConnection
+
+logger = logging.getLogger(__name__)
+
+#: Share of ``max_inbound_pending_bytes`` a connection takes as unwritten answers (see the
+#: module docstring: the rest always has the server-side path, so a paused reader resumes).
+CARRY_BUDGET_SHARE = 4
+
+
+def offers_shared_frames(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+    """Whether an Exchange's call metadata offers shared frames."""
+    return any(key == SHARED_FRAMES_KEY and value == "1" for key, value in metadata or ())
+
+
+class SharedCounters:
+    """Counters of shared frames, merged into ``GrpcTransport.stats()``.
+
+    Attributes:
+        responses_carried: answers written on this node's own stream to the asker.
+        shared_frames: frames written that carried both requests and answers.
+    """
+
+    __slots__ = ("responses_carried", "shared_frames")
+
+    def __init__(self) -> None:
+        self.responses_carried = 0
+        self.shared_frames = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return {"responses_carried": self.responses_carried, "shared_frames": self.shared_frames}
+
+
+class SharedPeerConnection(PeerConnection):
+    """A :class:`PeerConnection` whose frames also carry this node's answers to the peer.
+
+    Takes :class:`PeerConnection`'s arguments plus ``counters``; ``metadata`` must offer
+    shared frames (``SHARED_FRAMES_KEY``) for the peer to accept them.
+    """
+
+    def __init__(self, *args: Any, counters: SharedCounters, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._counters = counters
+        #: The current stream's server agreed to shared frames (set by the writer).
+        self.carrying = False
+        #: Answers handed over and not yet taken by the writer: (stream, parts, bytes).
+        self._carried: list[tuple[SharedInboundStream, list[bytes], int]] = []
+        #: Bytes of answers handed over and not yet written (the write in progress included).
+        self._carried_bytes = 0
+        self._carry_budget = self._limits.max_inbound_pending_bytes // CARRY_BUDGET_SHARE
+
+    def carry(self, inbound: SharedInboundStream, parts: list[bytes], size: int) -> bool:
+        """Take ``parts`` (encoded answers of ``inbound``, ``size`` bytes) into the next
+        frame; False when this stream does not carry answers or the budget is used up."""
+        if not self.carrying or self._carried_bytes + size > self._carry_budget:
+            return False
+        self._carried.append((inbound, parts, size))
+        self._carried_bytes += size
+        self._wakeup.set()  # wakes an idle writer and ends a hold: requests ride along
+        return True
+
+    def _give_back(self) -> None:
+        """The stream ended: unwritten answers go back to their inbound streams."""
+        carried = self._carried
+        self._carried = []
+        for inbound, parts, size in carried:
+            self._carried_bytes -= size
+            inbound.take_back(parts)
+
+    def _settle(self, batch: list[tuple[SharedInboundStream, list[bytes], int]]) -> int:
+        """Written (or lost with the stream): release the inbound streams' byte counts."""
+        count = 0
+        for inbound, parts, size in batch:
+            self._carried_bytes -= size
+            inbound.written(size)
+            count += len(parts)
+        return count
+
+    async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        initial = await stream.initial_metadata()  # already received: _open waited for it
+        self.carrying = offers_shared_frames(initial)
+        try:
+            await self._shared_write_loop(stream)
+        finally:
+            self.carrying = False
+            self._give_back()
+
+    async def _shared_write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        # FrameWriter._write_loop (see there), plus the answers handed over by carry().
+        stats = self._stats
+        counters = self._counters
+        queue = self._queue
+        wakeup = self._wakeup
+        max_bytes = self._max_bytes
+        max_in_flight = self._max_in_flight
+        while True:
+            if (
+                not self._carried
+                and not self._cancels
+                and not (queue and self._in_flight < max_in_flight)
+            ):
+                wakeup.clear()
+                self._writer_idle = True
+                try:
+                    await wakeup.wait()
+                finally:
+                    self._writer_idle = False
+                await linger(lambda: len(queue) + len(self._carried))
+                continue
+            if (
+                self._hold
+                and not self._carried
+                and self._in_flight > self._release_at
+                and self._in_flight >= HOLD_MIN_IN_FLIGHT
+                and not self._cancels
+            ):
+                self._holding = True
+                try:
+                    await hold(wakeup, self._hold, self.latency)
+                finally:
+                    self._holding = False
+                self._release_at = self._in_flight
+                await linger(lambda: len(queue) + len(self._carried))
+                continue
+            parts: list[bytes] = []
+            batch = self._carried
+            if batch:
+                self._carried = []
+                for _, answers, _ in batch:
+                    parts += answers
+            answers_count = len(parts)
+            if self._cancels:
+                ids = self._cancels
+                self._cancels = []
+                parts.extend(cancel_parts(ids, max_bytes))
+                stats.cancels_sent += len(ids)
+            room = max_in_flight - self._in_flight
+            sent = 0
+            while queue and sent < room:
+                call = queue.popleft()
+                if call.done():  # timed out or cancelled while queued
+                    continue
+                parts.append(call.data)
+                call.data = b""
+                call.sent = True
+                sent += 1
+                if self._sample is None:
+                    self._sample = call
+                    self._sample_at = self._loop.time()
+            self._release_at = self._in_flight
+            self._in_flight += sent
+            stats.requests_sent += sent
+            if not parts:
+                continue
+            frames = join_frames(parts, max_bytes)
+            try:
+                for frame in frames:
+                    await stream.write(frame)
+            finally:
+                if batch:
+                    stats.responses_sent += self._settle(batch)
+            stats.frames_sent += len(frames)
+            if answers_count:
+                counters.responses_carried += answers_count
+                if sent:
+                    counters.shared_frames += 1
+
+
+class SharedInboundStream(InboundStream):
+    """An :class:`InboundStream` that hands its answers to this node's own connection to
+    the sender when that connection carries them, and takes the sender's answers to this
+    node's requests from its frames.
+
+    Takes :class:`InboundStream`'s arguments plus ``links`` (the transport's connections by
+    peer address) and ``shared`` (this stream negotiated shared frames: only then are
+    answers in the sender's frames accepted).
+    """
+
+    def __init__(
+        self, *args: Any, links: Mapping[str, PeerConnection], shared: bool, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._links = links
+        self._shared = shared
+
+    def _link(self) -> SharedPeerConnection | None:
+        link = self._links.get(self.sender)
+        if isinstance(link, SharedPeerConnection) and link.carrying:
+            return link
+        return None
+
+    def take_back(self, parts: list[bytes]) -> None:
+        """Answers the connection could not write (its stream ended): written here."""
+        if self._closed:
+            return
+        self._outbox[:0] = parts
+        self._wakeup.set()
+
+    def written(self, size: int) -> None:
+        """``size`` bytes of answers handed to the connection were written (or dropped)."""
+        self._pending_bytes -= size
+        if self._paused:
+            self._room.set()
+
+    async def _write_loop(self) -> None:
+        # InboundStream._write_loop (see there), with the hand-over to the connection.
+        stats = self._stats
+        wakeup = self._wakeup
+        context = self._context
+        while not self._closed:
+            if not self._outbox:
+                wakeup.clear()
+                await wakeup.wait()
+                if self._link() is None:
+                    await linger(lambda: len(self._outbox))
+                # else: hand over at once; the connection's writer lingers
+                continue
+            parts = self._outbox
+            size = sum(map(len, parts))
+            link = self._link()
+            if link is not None and link.carry(self, parts, size):
+                self._outbox = []
+                continue
+            self._outbox = []
+            frames = join_frames(parts, self._max_bytes)
+            stats.responses_sent += len(parts)
+            for frame in frames:
+                await context.write(frame)
+            stats.frames_sent += len(frames)
+            self._pending_bytes -= size
+            if self._paused:
+                self._room.set()
+
+    async def _read_loop(self) -> None:
+        # InboundStream._read_loop (see there), plus the answers in the sender's frames.
+        stats = self._stats
+        context = self._context
+        try:
+            while not self._closed:
+                data: Any = await context.read()
+                if data is EOF:
+                    return
+                try:
+                    frame = pb.Frame.FromString(data)
+                except DecodeError as exc:
+                    stats.malformed_frames += 1
+                    self.abort_reason = f"malformed frame: {exc}"
+                    args = (self.sender, context.peer(), exc)
+                    message = "malformed frame on the stream from %s (%s): %s"
+                    if self._log is not None:
+                        self._log.warning("malformed frame", message, *args)
+                    else:
+                        logger.warning(message, *args)
+                    return
+                stats.frames_received += 1
+                cancels = frame.cancels
+                if cancels:
+                    stats.cancels_received += len(cancels)
+                    for rid in cancels:
+                        pending = self._tasks.get(rid)
+                        if pending is not None:
+                            self._forget(pending)
+                            pending.task.cancel()
+                requests = frame.requests
+                if requests:
+                    stats.requests_received += len(requests)
+                    for msg in requests:
+                        self._dispatch(msg)
+                        if (
+                            self._pending_bytes > self._max_pending_bytes
+                            or len(self._tasks) >= self._max_pending_requests
+                        ):
+                            await self._wait_for_room()
+                            if self._closed:
+                                return
+                if self._outbox:
+                    self._wakeup.set()
+                responses = frame.responses
+                if responses:
+                    self._on_answers(responses)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("reading the stream from %s failed: %r", self.sender, exc)
+        finally:
+            self.close()
+
+    def _on_answers(self, responses: Any) -> None:
+        """Answers to this node's requests, sent on the sender's own stream."""
+        link = self._links.get(self.sender) if self._shared else None
+        if link is None:
+            # Not negotiated on this stream, or the connection is gone (forgotten peer):
+            # nobody waits for them.
+            self._stats.responses_received += len(responses)
+            self._stats.late_responses += len(responses)
+            return
+        link._on_responses(responses)
