@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -58,6 +59,17 @@ _OK = Status.OK
 
 #: Longest error message of a response (characters); longer ones are cut.
 MAX_ERROR_CHARS = 4096
+
+
+class _Carry:
+    def __repr__(self) -> str:
+        return "CARRY"
+
+
+#: Read from a stream in place of a frame whose requests were served in part where the
+#: frame arrived (the TCP transport's direct path, :mod:`._tcp_inbound`), which stopped at
+#: a bound: the reader waits for room and serves the rest (kept in ``_carry``).
+CARRY = _Carry()
 
 
 class _Pending:
@@ -135,6 +147,11 @@ class InboundStream:
         self._paused = False
         self._tasks: dict[int, _Pending] = {}
         self._closed = False
+        #: The writer waits for work (not lingering, not writing): a response may be
+        #: written at once by whoever has one (the TCP transport's direct path).
+        self._writer_idle = False
+        #: The requests of a frame left when a direct path stopped at a bound (see CARRY).
+        self._carry: Iterator[pb.Request] | None = None
         #: Set when the stream must end with INVALID_ARGUMENT (a malformed frame).
         self.abort_reason: str | None = None
 
@@ -170,7 +187,11 @@ class InboundStream:
         while not self._closed:
             if not self._outbox:
                 wakeup.clear()
-                await wakeup.wait()
+                self._writer_idle = True
+                try:
+                    await wakeup.wait()
+                finally:
+                    self._writer_idle = False
                 await linger(lambda: len(self._outbox))
                 continue
             parts = self._outbox
@@ -196,6 +217,18 @@ class InboundStream:
                 data: Any = await context.read()
                 if data is EOF:
                     return
+                if data is CARRY:
+                    # A direct path served part of a frame and stopped at a bound: wait for
+                    # room, then serve the rest here.
+                    rest, self._carry = self._carry, None
+                    await self._wait_for_room()
+                    if self._closed:
+                        return
+                    if rest is not None and not await self._serve_requests(rest):
+                        return
+                    if self._outbox:
+                        self._wakeup.set()
+                    continue
                 try:
                     frame = pb.Frame.FromString(data)
                 except DecodeError as exc:
@@ -222,17 +255,8 @@ class InboundStream:
                 requests = frame.requests
                 if requests:
                     stats.requests_received += len(requests)
-                    for msg in requests:
-                        self._dispatch(msg)
-                        # Checked per request: one frame of tiny requests may ask for
-                        # answers far larger than itself.
-                        if (
-                            self._pending_bytes > self._max_pending_bytes
-                            or len(self._tasks) >= self._max_pending_requests
-                        ):
-                            await self._wait_for_room()
-                            if self._closed:
-                                return
+                    if not await self._serve_requests(iter(requests)):
+                        return
                 if self._outbox:
                     self._wakeup.set()
         except asyncio.CancelledError:
@@ -242,6 +266,21 @@ class InboundStream:
             logger.debug("reading the stream from %s failed: %r", self.sender, exc)
         finally:
             self.close()
+
+    async def _serve_requests(self, requests: Iterator[pb.Request]) -> bool:
+        """Dispatch ``requests``, pausing at the bounds; False once the stream closed."""
+        for msg in requests:
+            self._dispatch(msg)
+            # Checked per request: one frame of tiny requests may ask for answers far
+            # larger than itself.
+            if (
+                self._pending_bytes > self._max_pending_bytes
+                or len(self._tasks) >= self._max_pending_requests
+            ):
+                await self._wait_for_room()
+                if self._closed:
+                    return False
+        return True
 
     async def _wait_for_room(self) -> None:
         """Stop reading until the writer and the handlers are back under the bounds."""

@@ -133,6 +133,11 @@ class CallBook:
     _cancels: list[int]
     _wakeup: asyncio.Event
     _writer_idle: bool
+    # Requests are written by submit() itself, not the writer, while fewer than this many
+    # are in flight, the writer is idle and no direct write happened this loop turn
+    # (_direct_turn): 0 (gRPC) never; see TcpPeerConnection.
+    _direct_below: int
+    _direct_turn: bool
     _next_id: int
     _hold: float
     _release_at: int
@@ -248,13 +253,29 @@ class CallBook:
         call.owner = owner
         call.hint = hint
         self._calls[rid] = call
+        if self._writer_idle and state is _UP:
+            if (
+                self._in_flight < self._direct_below
+                and not self._direct_turn
+                and not self._queue
+                and not self._cancels
+                and self._send_now(call)
+            ):
+                return call
+            self._queue.append(call)
+            if self._in_flight < self._max_in_flight:
+                # Only the first request of a frame wakes the writer (Event.set is a Python
+                # call); a busy writer looks at the queue before it waits again.
+                self._writer_idle = False
+                self._wakeup.set()
+            return call
         self._queue.append(call)
-        if self._writer_idle and state is _UP and self._in_flight < self._max_in_flight:
-            # Only the first request of a frame wakes the writer (Event.set is a Python
-            # call); a busy writer looks at the queue before it waits again.
-            self._writer_idle = False
-            self._wakeup.set()
         return call
+
+    def _send_now(self, call: OutboundCall) -> bool:
+        """Write ``call`` at once, without the writer task (see ``_direct_below``); False
+        if it cannot be (it is then queued). Only links with ``_direct_below > 0`` call it."""
+        return False
 
     def _failed(
         self, exc: BaseException, owner: CallOwner | None = None, hint: str = ""

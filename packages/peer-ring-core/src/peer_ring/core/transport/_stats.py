@@ -47,6 +47,9 @@ class TransportStats:
         stream_failures: outbound streams that broke after being established.
         connect_failures: failed attempts to establish an outbound stream.
         transfers_sent / transfers_received: Transfer RPCs served / made.
+        direct_frames: frames (among ``frames_sent``) written at once by the code that
+            had them, without waking the connection's writer task (TCP transport: a lone
+            request, answers served in the turn their request arrived).
     """
 
     frames_sent: int = 0
@@ -77,6 +80,7 @@ class TransportStats:
     connect_failures: int = 0
     transfers_sent: int = 0
     transfers_received: int = 0
+    direct_frames: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """A snapshot of every counter."""

@@ -64,6 +64,7 @@ from peer_ring.core.transport._options import EOF
 from peer_ring.core.transport._outbound import _ConnectError
 from peer_ring.core.transport._stats import TransportStats
 from peer_ring.core.transport._tcp_accept import Acceptor
+from peer_ring.core.transport._tcp_inbound import TcpInboundStream
 from peer_ring.core.transport._tcp_outbound import (
     Dialer,
     RefusedError,
@@ -523,7 +524,7 @@ class TcpTransport(Transport):
                 "connections already; retry later",
             )
             return
-        stream = InboundStream(
+        stream = TcpInboundStream(
             sender,
             FrameStream(proto, proto.peername),  # type: ignore[arg-type]
             self._on_request,

@@ -19,12 +19,16 @@ in the refusal logged by the accepting node.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from peer_ring.core.transport._inbound import CARRY
 from peer_ring.core.transport._options import EOF
+
+logger = logging.getLogger(__name__)
 
 VERSION = 1
 MAGIC = b"PRTCP"
@@ -60,6 +64,18 @@ HEADROOM = 1024
 _HEAD = struct.Struct(">IB")
 #: Unread received bytes of one connection beyond which it stops reading the socket.
 READ_HIGH_WATER = 4 * 1024 * 1024
+
+# What a direct consumer (FrameProtocol.on_frame) did with a FRAME body.
+#: Consumed in full.
+DIRECT_DONE = 0
+#: Not consumed: the body is queued for the reader task (which reports a bad frame).
+DIRECT_DECLINED = 1
+#: Consumed in part: the consumer stopped at a bound and keeps the rest; the reader task
+#: gets :data:`~._inbound.CARRY` in the body's place and goes on after waiting for room.
+DIRECT_BLOCKED = 2
+#: The queued item standing for a frame's rest kept by the consumer (not a wire type: those
+#: are a byte).
+_CARRY_KIND = -1
 
 
 class ProtocolError(Exception):
@@ -154,6 +170,11 @@ class FrameProtocol(asyncio.Protocol):
         self.peername = "?"
         #: Called once when the connection is lost (a transfer's export is then cancelled).
         self.on_lost: Callable[[], None] | None = None
+        #: Takes ``FRAME`` bodies in :meth:`data_received` itself while the reader task
+        #: waits in :meth:`read` with nothing queued (returns a ``DIRECT_*`` code): the
+        #: frame is served in the loop turn that read it, not in the reader task's next
+        #: one. Anything queued is read first, so the order of the messages is kept.
+        self.on_frame: Callable[[bytes], int] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -185,24 +206,53 @@ class FrameProtocol(asyncio.Protocol):
             pos = len(PREAMBLE)
         unpack = _HEAD.unpack_from
         messages = self._messages
-        added = 0
+        items: list[tuple[int, bytes]] = []
+        bad: Exception | None = None
         while end - pos >= 5:
             length, kind = unpack(buf, pos)
             if length == 0 or length - 1 > self._max_body:
-                self._fail(
-                    ProtocolError(
-                        f"message of {length} bytes announced, over the limit of "
-                        f"{self._max_body + 1} (max_message_bytes)"
-                    )
+                # Fails the connection once what came before is delivered.
+                bad = ProtocolError(
+                    f"message of {length} bytes announced, over the limit of "
+                    f"{self._max_body + 1} (max_message_bytes)"
                 )
-                return
+                break
             if end - pos - 4 < length:
                 break
-            messages.append((kind, bytes(buf[pos + 5 : pos + 4 + length])))
-            added += length
+            items.append((kind, bytes(buf[pos + 5 : pos + 4 + length])))
             pos += 4 + length
         if pos:
             del buf[:pos]
+        # Split before delivering: a consumer may abort the connection (clearing buf).
+        on_frame = self.on_frame
+        added = 0
+        for kind, body in items:
+            if (
+                on_frame is not None
+                and kind == FRAME
+                and not messages
+                and self._waiter is not None
+                and self._error is None
+                and not self._eof
+            ):
+                try:
+                    done = on_frame(body)
+                except Exception as exc:  # a bug below: end this connection, not the loop
+                    logger.exception("serving a frame from %s failed", self.peername)
+                    bad = exc
+                    break
+                if done == DIRECT_DONE:
+                    continue
+                if done == DIRECT_BLOCKED:
+                    messages.append((_CARRY_KIND, b""))
+                    added += 1
+                    continue
+            messages.append((kind, body))
+            added += len(body) + 1
+        if bad is not None:
+            self._queued_bytes += added
+            self._fail(bad)
+            return
         if added:
             self._queued_bytes += added
             if self._queued_bytes > READ_HIGH_WATER and not self._paused_reading:
@@ -285,6 +335,17 @@ class FrameProtocol(asyncio.Protocol):
             if transport.is_closing():
                 raise ConnectionResetError("connection closed")
 
+    def write_now(self, kind: int, bodies: list[bytes]) -> bool:
+        """Write one message per body at once, unless the socket's buffer is full or the
+        connection is closing (False: nothing written; :meth:`send` waits instead)."""
+        transport = self.transport
+        if transport is None or self._write_paused or transport.is_closing():
+            return False
+        pack = _HEAD.pack
+        for body in bodies:
+            transport.write(pack(len(body) + 1, kind) + body)  # one buffer: see send()
+        return True
+
     def close(self) -> None:
         """Close the connection (buffered writes are still flushed)."""
         if self.transport is not None:
@@ -308,7 +369,9 @@ class FrameStream:
         self._peer = peer
 
     async def read(self) -> bytes | object:
-        """The next frame's bytes, or :data:`EOF`; another message type is a protocol error."""
+        """The next frame's bytes, :data:`EOF`, or :data:`~._inbound.CARRY` where the
+        direct consumer kept a frame's rest (see :data:`DIRECT_BLOCKED`); another message
+        type is a protocol error."""
         item = await self._proto.read()
         if item is EOF:
             return EOF
@@ -316,6 +379,8 @@ class FrameStream:
         kind: int = item[0]
         body: bytes = item[1]
         if kind != FRAME:
+            if kind == _CARRY_KIND:
+                return CARRY
             error = ProtocolError(f"unexpected message type {kind} on an exchange connection")
             # Recorded on the connection, so the server counts and logs it as bad input
             # (the stream's reader only sees "the peer went away").
@@ -326,6 +391,15 @@ class FrameStream:
     async def write(self, frame: bytes) -> None:
         """Send one frame."""
         await self._proto.send(FRAME, frame)
+
+    def write_now(self, frames: list[bytes]) -> bool:
+        """Send ``frames`` at once; False (nothing sent) while the socket's buffer is full or
+        the connection closes: :meth:`write` is then the way, waiting for room."""
+        return self._proto.write_now(FRAME, frames)
+
+    def take_frames(self, consumer: Callable[[bytes], int] | None) -> None:
+        """Let ``consumer`` take frames as they arrive (see ``FrameProtocol.on_frame``)."""
+        self._proto.on_frame = consumer
 
     def cancel(self) -> None:
         """Drop the connection."""

@@ -1,0 +1,106 @@
+"""The TCP transport's inbound stream: requests served, and answered, in the turn they arrive.
+
+:class:`~._inbound.InboundStream` serves a frame in three loop turns after the one that
+read it: its reader task wakes and dispatches, its writer task wakes, the writer lingers
+one turn for more answers, then writes. Each of those turns first runs whatever else the
+loop has ready (the host's own callbacks, a load generator's ticker), so an answer waits
+for them three times. :class:`TcpInboundStream` takes each frame in the protocol's
+``data_received`` instead (``FrameProtocol.on_frame``) while its reader task is idle, and
+when the requests are answered inline (a handler that returns bytes or a ``Response``)
+and the writer is idle too, writes the answers there, with ``transport.write``.
+
+Everything else is the base class's, unchanged: a handler that returns an awaitable gets
+its Task and answers through the writer; answers that meet a busy writer (lingering,
+writing, or waiting for the socket) are queued for it, so a burst still leaves in few
+frames; a full socket buffer sends answers to the writer, which waits for room. The
+bounds of the inbound side hold on the direct path too: requests are dispatched one at a
+time against ``max_inbound_pending_bytes`` / ``max_inbound_pending_requests``, and at a
+bound the rest of the frame goes to the reader task (:data:`~._inbound.CARRY`), which waits
+for room as before while the socket is no longer read. A frame that does not parse is left
+to the reader task, which reports it and ends the stream as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from peer_ring.core.proto import peer_ring_pb2 as pb
+from peer_ring.core.transport._codec import join_frames
+from peer_ring.core.transport._inbound import InboundStream
+from peer_ring.core.transport._tcp_wire import (
+    DIRECT_BLOCKED,
+    DIRECT_DECLINED,
+    DIRECT_DONE,
+    FrameStream,
+)
+
+_from_string = pb.Frame.FromString
+
+
+class TcpInboundStream(InboundStream):
+    """An :class:`InboundStream` over a :class:`FrameStream` that serves frames where they
+    arrive (see the module docstring). Same arguments as :class:`InboundStream`."""
+
+    _context: Any  # a FrameStream here (the base class types it as a gRPC context)
+
+    async def run(self) -> None:
+        """Serve the stream (see :meth:`InboundStream.run`), frames taken as they arrive."""
+        stream: FrameStream = self._context
+        stream.take_frames(self.take_frame)
+        try:
+            await super().run()
+        finally:
+            stream.take_frames(None)
+
+    def take_frame(self, body: bytes) -> int:
+        """Serve one frame in the turn that read it; a ``DIRECT_*`` code says how far."""
+        if self._closed or self._paused:
+            return DIRECT_DECLINED
+        try:
+            frame = _from_string(body)
+        except DecodeError:
+            return DIRECT_DECLINED  # the reader task parses it again, reports it, ends
+        stats = self._stats
+        stats.frames_received += 1
+        cancels = frame.cancels
+        if cancels:  # first: see InboundStream._read_loop
+            stats.cancels_received += len(cancels)
+            for rid in cancels:
+                pending = self._tasks.get(rid)
+                if pending is not None:
+                    self._forget(pending)
+                    pending.task.cancel()
+        requests = frame.requests
+        if requests:
+            stats.requests_received += len(requests)
+            dispatch = self._dispatch
+            rest = iter(requests)
+            for msg in rest:
+                dispatch(msg)
+                if (
+                    self._pending_bytes > self._max_pending_bytes
+                    or len(self._tasks) >= self._max_pending_requests
+                ):
+                    self._carry = rest  # the reader task waits for room, then goes on
+                    if self._outbox:
+                        self._wakeup.set()
+                    return DIRECT_BLOCKED
+        if self._outbox and not (self._writer_idle and self._write_outbox()):
+            self._wakeup.set()
+        return DIRECT_DONE
+
+    def _write_outbox(self) -> bool:
+        """Write the outbox now (the writer is idle); False if the socket cannot take it."""
+        parts = self._outbox
+        frames = join_frames(parts, self._max_bytes)
+        if not self._context.write_now(frames):
+            return False
+        self._outbox = []
+        stats = self._stats
+        stats.responses_sent += len(parts)
+        stats.frames_sent += len(frames)
+        stats.direct_frames += len(frames)
+        self._pending_bytes -= sum(map(len, parts))
+        return True

@@ -1,0 +1,198 @@
+"""The TCP transport's direct path, over real loopback connections: loop turns and frames.
+
+A lone request is written by its caller and answered by the serving side in the turn it
+arrives (``data_received``), and its answer is matched there too; before, each side woke a
+reader task and a writer task that lingered a turn, about nine loop turns in all. Each
+turn is a point where the host's other callbacks run first. What must not change: a
+burst still leaves in few frames, the inbound bounds hold on the direct path, and a bad
+frame is still reported and ends only its stream.
+
+Turns are counted by a ticker that re-schedules itself with ``call_soon``: it runs once
+per loop iteration. Timing (a loaded machine) can only add iterations, so the tests take
+the fewest over several requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from peer_ring.core._types import Request, Response, Status, TransferRequest
+from peer_ring.core.testing import free_port
+from peer_ring.core.transport import TcpTransport, TransportLimits
+
+LIMIT = 15.0
+FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
+
+
+async def no_transfer(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
+    return
+    yield
+
+
+def echo(sender: str, request: Request) -> Response:
+    return Response(Status.OK, request.payload)
+
+
+Pair = Callable[..., Awaitable[tuple[TcpTransport, TcpTransport]]]
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    made: list[TcpTransport] = []
+
+    async def make(handler: Any = echo, limits: TransportLimits = FAST) -> tuple[Any, Any]:
+        server = TcpTransport(f"127.0.0.1:{free_port()}", limits=limits)
+        client = TcpTransport(f"127.0.0.1:{free_port()}", limits=FAST)
+        made.extend((server, client))
+        await server.start(handler, no_transfer)
+        await client.start(echo, no_transfer)
+        await asyncio.wait_for(client.connect(server.address), LIMIT)
+        return client, server
+
+    yield make
+    await asyncio.gather(*(t.close() for t in made))
+
+
+class Ticker:
+    """Counts loop iterations (one call per iteration while it runs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+def ask(client: TcpTransport, server: TcpTransport, payload: bytes) -> asyncio.Future[Response]:
+    return client.request(server.address, Request("t", "echo", b"k", payload, 0, "", 5.0))
+
+
+async def test_a_lone_request_and_its_answer_take_three_loop_turns(pair: Pair) -> None:
+    client, server = await pair()
+    before_client, before_server = client.stats(), server.stats()
+    ticker = Ticker()
+    turns: list[int] = []
+    try:
+        for i in range(20):
+            await asyncio.sleep(0.001)  # nothing in flight: a lone request
+            start = ticker.count
+            fut = ask(client, server, b"%d" % i)
+            fut.add_done_callback(lambda _, start=start: turns.append(ticker.count - start))
+            resp = await asyncio.wait_for(fut, LIMIT)
+            assert resp.payload == b"%d" % i
+    finally:
+        ticker.stop()
+    # Written by the caller; read, served and answered by the server in its first turn;
+    # matched by the client in its next; the future's callbacks run in the third (nine
+    # before: each side's reader task, writer task and linger turn).
+    assert min(turns) <= 3, turns
+    c, s = client.stats(), server.stats()
+    # Every frame of both sides went out without its writer task.
+    assert c["frames_sent"] - before_client["frames_sent"] == 20
+    assert c["direct_frames"] - before_client["direct_frames"] == 20
+    assert s["frames_sent"] - before_server["frames_sent"] == 20
+    assert s["direct_frames"] - before_server["direct_frames"] == 20
+
+
+async def test_a_burst_still_leaves_in_few_frames(pair: Pair) -> None:
+    client, server = await pair()
+    futures = [ask(client, server, b"%d" % i) for i in range(200)]  # one loop turn
+    answers = await asyncio.wait_for(asyncio.gather(*futures), LIMIT)
+    assert [a.payload for a in answers] == [b"%d" % i for i in range(200)]
+    c, s = client.stats(), server.stats()
+    assert c["requests_sent"] == 200 and s["responses_sent"] == 200
+    # The first request goes out at once; the other 199 wait for the writer: one frame.
+    assert c["direct_frames"] == 1
+    assert c["frames_sent"] == 2
+    # The server answers each frame it reads with one frame.
+    assert s["frames_sent"] <= 3
+
+
+async def test_requests_in_flight_keep_the_writer_coalescing(pair: Pair) -> None:
+    """64 callers in a closed loop: answers wake them in groups, and their next requests
+    join frames (only a request with fewer than two in flight goes out on its own)."""
+    client, server = await pair()
+
+    async def caller(n: int) -> None:
+        for i in range(30):
+            resp = await ask(client, server, b"%d-%d" % (n, i))
+            assert resp.payload == b"%d-%d" % (n, i)
+
+    await asyncio.wait_for(asyncio.gather(*(caller(n) for n in range(64))), LIMIT)
+    c = client.stats()
+    assert c["requests_sent"] == 64 * 30
+    assert c["requests_sent"] >= 8 * c["frames_sent"], c
+    assert c["direct_frames"] * 10 <= c["frames_sent"], c
+
+
+async def test_the_inbound_bounds_hold_on_the_direct_path(pair: Pair) -> None:
+    """A frame asks for more running handlers than allowed: the part served where the frame
+    arrived stops at the bound, the reader task serves the rest once there is room."""
+    release = asyncio.Event()
+    active = 0
+    most = 0
+
+    async def slow(sender: str, request: Request) -> Response:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            await release.wait()
+        finally:
+            active -= 1
+        return Response(Status.OK, request.payload)
+
+    limits = TransportLimits(
+        backoff_initial=0.02,
+        backoff_max=0.2,
+        connect_timeout=2.0,
+        max_inbound_pending_requests=3,
+    )
+    client, server = await pair(slow, limits)
+    futures = [ask(client, server, b"%d" % i) for i in range(10)]  # frames of 1 and 9
+    for _ in range(100):
+        if active == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert active == 3
+    assert server.stats()["backpressure_pauses"] >= 1
+    release.set()
+    answers = await asyncio.wait_for(asyncio.gather(*futures), LIMIT)
+    assert [a.payload for a in answers] == [b"%d" % i for i in range(10)]
+    assert most == 3
+    assert server.stats()["requests_received"] == 10
+
+
+async def test_a_malformed_frame_after_direct_ones_ends_only_its_stream(pair: Pair) -> None:
+    client, server = await pair()
+    assert (await asyncio.wait_for(ask(client, server, b"ok"), LIMIT)).payload == b"ok"
+    # The same connection the direct path served: a frame that does not parse.
+    conn = client._peers[server.address]
+    assert conn._frames is not None
+    assert conn._frames.write_now([b"\xff\xff\xff"])
+    for _ in range(200):
+        if server.stats()["malformed_frames"]:
+            break
+        await asyncio.sleep(0.01)
+    assert server.stats()["malformed_frames"] == 1
+    # The client reconnects; the server keeps serving.
+    for _ in range(200):
+        try:
+            resp = await asyncio.wait_for(ask(client, server, b"again"), LIMIT)
+        except Exception:
+            await asyncio.sleep(0.02)
+            continue
+        assert resp.payload == b"again"
+        break
+    else:
+        pytest.fail("the server stopped serving")
