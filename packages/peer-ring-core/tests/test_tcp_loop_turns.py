@@ -196,3 +196,38 @@ async def test_a_malformed_frame_after_direct_ones_ends_only_its_stream(pair: Pa
         break
     else:
         pytest.fail("the server stopped serving")
+
+
+async def test_a_tasks_answer_is_written_when_it_finishes(pair: Pair) -> None:
+    """A handler that returns a coroutine: its Task's answer goes out as it finishes (no
+    writer wake-up and linger turn), and the answers of Tasks finishing in one turn still
+    share a frame."""
+    gate = asyncio.Event()
+
+    async def later(sender: str, request: Request) -> Response:
+        if request.command == "gated":
+            await gate.wait()
+        return Response(Status.OK, request.payload)
+
+    client, server = await pair(later)
+    before = server.stats()
+    for i in range(5):
+        await asyncio.sleep(0.001)
+        resp = await asyncio.wait_for(ask(client, server, b"%d" % i), LIMIT)
+        assert resp.payload == b"%d" % i
+    after = server.stats()
+    assert after["frames_sent"] - before["frames_sent"] == 5
+    assert after["direct_frames"] - before["direct_frames"] == 5
+
+    request = Request("t", "gated", b"k", b"g", 0, "", 5.0)
+    futures = [client.request(server.address, request) for _ in range(50)]
+    for _ in range(200):
+        if server.stats()["requests_received"] == after["requests_received"] + 50:
+            break
+        await asyncio.sleep(0.01)
+    gate.set()  # 50 Tasks finish in the same loop turn
+    answers = await asyncio.wait_for(asyncio.gather(*futures), LIMIT)
+    assert all(a.payload == b"g" for a in answers)
+    gated = server.stats()
+    assert gated["responses_sent"] - after["responses_sent"] == 50
+    assert gated["frames_sent"] - after["frames_sent"] <= 3  # one at once, the rest joined

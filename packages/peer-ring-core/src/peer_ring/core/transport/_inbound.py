@@ -428,6 +428,10 @@ class InboundStream:
         if not isinstance(result, Response):
             result = self._not_a_response(pending.namespace, pending.command, result)
         self._respond(pending.rid, result)
+        self._answer_ready()
+
+    def _answer_ready(self) -> None:
+        """A handler's Task answered (its response is in the outbox): the writer sends it."""
         self._wakeup.set()
 
     def _handler_failed(self, namespace: str, command: str, exc: Exception) -> Response:

@@ -526,7 +526,7 @@ class TcpTransport(Transport):
             return
         stream = TcpInboundStream(
             sender,
-            FrameStream(proto, proto.peername),  # type: ignore[arg-type]
+            FrameStream(proto, proto.peername),
             self._on_request,
             self._limits,
             self._stats,

@@ -9,15 +9,19 @@ for them three times. :class:`TcpInboundStream` takes each frame in the protocol
 when the requests are answered inline (a handler that returns bytes or a ``Response``)
 and the writer is idle too, writes the answers there, with ``transport.write``.
 
-Everything else is the base class's, unchanged: a handler that returns an awaitable gets
-its Task and answers through the writer; answers that meet a busy writer (lingering,
-writing, or waiting for the socket) are queued for it, so a burst still leaves in few
-frames; a full socket buffer sends answers to the writer, which waits for room. The
-bounds of the inbound side hold on the direct path too: requests are dispatched one at a
-time against ``max_inbound_pending_bytes`` / ``max_inbound_pending_requests``, and at a
-bound the rest of the frame goes to the reader task (:data:`~._inbound.CARRY`), which waits
-for room as before while the socket is no longer read. A frame that does not parse is left
-to the reader task, which reports it and ends the stream as before.
+A handler that returns an awaitable gets its Task as before; its answer is written when
+the Task finishes if the writer is idle, once per loop turn (the answers of other Tasks
+finishing in that turn wait for the writer, which joins them).
+
+Everything else is the base class's, unchanged. Answers that meet a busy writer
+(lingering, writing, or waiting for the socket) are queued for it, so a burst still
+leaves in few frames; while the socket's buffer is full, answers go to the writer, which
+waits for room. The inbound bounds hold on the direct path too: requests are dispatched
+one at a time against ``max_inbound_pending_bytes`` / ``max_inbound_pending_requests``;
+at a bound the rest of the frame goes to the reader task (:data:`~._inbound.CARRY`), which
+waits for room as before, and later frames queue behind it (the connection stops reading
+its socket past ``READ_HIGH_WATER`` queued bytes, as before). A frame that does not parse
+is left to the reader task, which reports it and ends the stream as before.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from peer_ring.core.proto import peer_ring_pb2 as pb
+from peer_ring.core.transport._base import InboundHandler, TransportLimits
 from peer_ring.core.transport._codec import join_frames
+from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._inbound import InboundStream
+from peer_ring.core.transport._log import RateLimitedLog
+from peer_ring.core.transport._stats import TransportStats
 from peer_ring.core.transport._tcp_wire import (
     DIRECT_BLOCKED,
     DIRECT_DECLINED,
@@ -44,6 +52,20 @@ class TcpInboundStream(InboundStream):
     arrive (see the module docstring). Same arguments as :class:`InboundStream`."""
 
     _context: Any  # a FrameStream here (the base class types it as a gRPC context)
+
+    def __init__(
+        self,
+        sender: str,
+        context: FrameStream,
+        on_request: InboundHandler,
+        limits: TransportLimits,
+        stats: TransportStats,
+        wheel: DeadlineWheel,
+        log: RateLimitedLog | None = None,
+    ) -> None:
+        super().__init__(sender, context, on_request, limits, stats, wheel, log)  # type: ignore[arg-type]
+        #: A Task's answer was written directly in this loop turn (see _answer_ready).
+        self._direct_turn = False
 
     async def run(self) -> None:
         """Serve the stream (see :meth:`InboundStream.run`), frames taken as they arrive."""
@@ -91,6 +113,18 @@ class TcpInboundStream(InboundStream):
             self._wakeup.set()
         return DIRECT_DONE
 
+    def _answer_ready(self) -> None:
+        # A Task's answer: written here when the writer is idle, once per loop turn (the
+        # answers of other Tasks finishing in the same turn wait for the writer: one frame).
+        if self._writer_idle and not self._direct_turn and self._write_outbox():
+            self._direct_turn = True
+            self._loop.call_soon(self._end_direct_turn)
+        else:
+            self._wakeup.set()
+
+    def _end_direct_turn(self) -> None:
+        self._direct_turn = False
+
     def _write_outbox(self) -> bool:
         """Write the outbox now (the writer is idle); False if the socket cannot take it."""
         parts = self._outbox
@@ -103,4 +137,6 @@ class TcpInboundStream(InboundStream):
         stats.frames_sent += len(frames)
         stats.direct_frames += len(frames)
         self._pending_bytes -= sum(map(len, parts))
+        if self._paused:
+            self._room.set()  # the reader waits for the bounds: re-checked
         return True
