@@ -67,18 +67,22 @@ class SharedCounters:
 
     Attributes:
         responses_carried: answers written on this node's own stream to the asker.
-        shared_frames: frames written that carried both requests and answers.
+        shared_frames: frames of a carrying stream with both requests and answers.
+        answer_frames: frames of a carrying stream with answers and no request.
+        request_frames: frames of a carrying stream with requests and no answer.
     """
 
-    __slots__ = ("responses_carried", "shared_frames")
+    __slots__ = ("answer_frames", "request_frames", "responses_carried", "shared_frames")
 
     def __init__(self) -> None:
         self.responses_carried = 0
         self.shared_frames = 0
+        self.answer_frames = 0
+        self.request_frames = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
-        return {"responses_carried": self.responses_carried, "shared_frames": self.shared_frames}
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class SharedPeerConnection(PeerConnection):
@@ -117,14 +121,11 @@ class SharedPeerConnection(PeerConnection):
             self._carried_bytes -= size
             inbound.take_back(parts)
 
-    def _settle(self, batch: list[tuple[SharedInboundStream, list[bytes], int]]) -> int:
+    def _settle(self, batch: list[tuple[SharedInboundStream, list[bytes], int]]) -> None:
         """Written (or lost with the stream): release the inbound streams' byte counts."""
-        count = 0
-        for inbound, parts, size in batch:
+        for inbound, _, size in batch:
             self._carried_bytes -= size
             inbound.written(size)
-            count += len(parts)
-        return count
 
     async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
         initial = await stream.initial_metadata()  # already received: _open waited for it
@@ -202,18 +203,25 @@ class SharedPeerConnection(PeerConnection):
             stats.requests_sent += sent
             if not parts:
                 continue
+            # Counted before the write, as the inbound writer does: the peer may act on the
+            # frame before this task resumes.
+            if answers_count:
+                stats.responses_sent += answers_count
+                counters.responses_carried += answers_count
+                if sent:
+                    counters.shared_frames += 1
+                else:
+                    counters.answer_frames += 1
+            elif self.carrying:
+                counters.request_frames += 1
             frames = join_frames(parts, max_bytes)
             try:
                 for frame in frames:
                     await stream.write(frame)
             finally:
                 if batch:
-                    stats.responses_sent += self._settle(batch)
+                    self._settle(batch)
             stats.frames_sent += len(frames)
-            if answers_count:
-                counters.responses_carried += answers_count
-                if sent:
-                    counters.shared_frames += 1
 
 
 class SharedInboundStream(InboundStream):
