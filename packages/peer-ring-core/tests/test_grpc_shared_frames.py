@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from peer_ring.core._errors import PeerUnavailableError
 from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.transport import GrpcTransport, TransportLimits
@@ -192,10 +193,56 @@ async def test_answers_take_the_server_side_once_the_own_stream_is_gone(
     slow = a.request(b, b"slow", key=b"slow")
     await bounded(gate.arrived.wait())
     b.transport.forget_peer(a.address)  # b's own stream to a closes: nothing to ride on
+    # Its answer could have been on that stream: a fails it at once rather than at its
+    # deadline (as for a broken stream of its own).
+    with pytest.raises(PeerUnavailableError):
+        await bounded(slow)
+    assert (await bounded(a.request(b, b"after"))).payload == b"after"
+    assert b.transport.stats()["responses_carried"] == 0  # on the server side of a's stream
     gate.open.set()
-    assert (await bounded(slow)).payload == b"slow"
-    assert b.transport.stats()["responses_carried"] == 0
-    assert b.transport.stats()["responses_sent"] == 1
+
+
+async def test_a_new_connection_never_reuses_the_ids_of_a_forgotten_one(
+    nodes: NodeFactory,
+) -> None:
+    a, b = await nodes(), await nodes()
+    await linked((a, b), (b, a))
+    for i in range(5):
+        assert (await bounded(a.request(b, b"%d" % i))).payload == b"%d" % i
+    used = a.transport._peers[b.address].next_id
+    a.transport.forget_peer(b.address)
+    assert (await bounded(a.request(b, b"new"))).payload == b"new"
+    # A stale answer still travelling on b's stream could otherwise match a new request.
+    assert a.transport._peers[b.address].next_id == used + 1
+
+
+async def test_a_handler_calling_back_the_sender_at_the_bounds_is_answered(
+    nodes: NodeFactory,
+) -> None:
+    # a's reader of b's stream is at its bounds (2 handlers running, 4 more requests read),
+    # and its handlers wait for b's answers, which ride on that same stream.
+    box: dict[str, Any] = {}
+
+    def outer(sender: str, request: Request) -> Awaitable[Response]:
+        async def run() -> Response:
+            inner = await box["a"].request(sender, b"in:" + request.payload)
+            return Response(Status.OK, inner.payload)
+
+        return run()
+
+    limits = TransportLimits(
+        backoff_initial=0.02,
+        backoff_max=0.2,
+        connect_timeout=2.0,
+        max_inbound_pending_requests=2,
+    )
+    a = box["a"] = await nodes(handler=outer, limits=limits)
+    b = await nodes()
+    await linked((a, b), (b, a))
+    answers = await bounded(asyncio.gather(*(b.request(a, b"%d" % i) for i in range(6))))
+    assert [r.payload for r in answers] == [b"in:%d" % i for i in range(6)]
+    assert a.transport.stats()["backpressure_pauses"] >= 1  # the bound was reached
+    assert a.transport.stats()["timeouts"] == 0
 
 
 async def test_answers_over_the_budget_take_the_server_side(nodes: NodeFactory) -> None:

@@ -180,6 +180,9 @@ class GrpcTransport(Admission, Transport):
         self._hold = hold
         self._shared_frames = shared_frames
         self._shared_counters = SharedCounters()
+        # Request ids of a new connection to a peer start above those of every connection
+        # forgotten before (answers to them may still arrive on the peer's stream).
+        self._id_floor = 1
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self._token = token
         self._stats = TransportStats()
@@ -389,6 +392,8 @@ class GrpcTransport(Admission, Transport):
         conn = self._peers.pop(peer, None)
         if conn is None:
             return
+        if isinstance(conn, SharedPeerConnection):
+            self._id_floor = max(self._id_floor, conn.next_id)
         conn.shutdown(lambda: PeerUnavailableError(peer, "peer left the cluster"))
         task = asyncio.get_running_loop().create_task(conn.aclose())
         self._closing.add(task)
@@ -450,7 +455,9 @@ class GrpcTransport(Admission, Transport):
             channel, renew = self._channel(peer)
             make: Callable[..., PeerConnection] = PeerConnection
             if self._shared_frames:
-                make = partial(SharedPeerConnection, counters=self._shared_counters)
+                make = partial(
+                    SharedPeerConnection, counters=self._shared_counters, first_id=self._id_floor
+                )
             conn = make(
                 peer,
                 channel,
@@ -506,7 +513,12 @@ class GrpcTransport(Admission, Transport):
         shared = self._shared_frames and offers_shared_frames(context.invocation_metadata())
         make: Callable[..., InboundStream] = InboundStream
         if self._shared_frames:
-            make = partial(SharedInboundStream, links=self._peers, shared=shared)
+            make = partial(
+                SharedInboundStream,
+                links=self._peers,
+                shared=shared,
+                max_deferred=self._limits.max_in_flight_per_peer,
+            )
         stream = make(
             admitted,
             context,

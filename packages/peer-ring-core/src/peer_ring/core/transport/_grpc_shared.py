@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from peer_ring.core._errors import PeerUnavailableError
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.transport._codec import cancel_parts, join_frames
 from peer_ring.core.transport._inbound import InboundStream
@@ -92,8 +94,14 @@ class SharedPeerConnection(PeerConnection):
     shared frames (``SHARED_FRAMES_KEY``) for the peer to accept them.
     """
 
-    def __init__(self, *args: Any, counters: SharedCounters, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, counters: SharedCounters, first_id: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # Answers to this connection may arrive on the peer's stream, which outlives a
+        # forgotten connection: ids continue above every earlier connection's (the
+        # transport's floor), so a stale answer never matches a newer request.
+        self._next_id = first_id
         self._counters = counters
         #: The current stream's server agreed to shared frames (set by the writer).
         self.carrying = False
@@ -112,6 +120,22 @@ class SharedPeerConnection(PeerConnection):
         self._carried_bytes += size
         self._wakeup.set()  # wakes an idle writer and ends a hold: requests ride along
         return True
+
+    def fail_sent(self, reason: str) -> None:
+        """The peer's stream to this node ended: answers it carried may be lost with it,
+        so the requests written and unanswered fail now (``PeerUnavailableError``, as on a
+        broken stream) instead of waiting for their deadlines."""
+        sent = [call for call in self._calls.values() if call.sent and not call.done()]
+        for call in sent:
+            self._forget(call)
+            call.set_exception(PeerUnavailableError(self.peer, reason))
+            self.failed(call)
+        self._stats.unavailable += len(sent)
+
+    @property
+    def next_id(self) -> int:
+        """The id the next request gets (the floor of the next connection to this peer)."""
+        return self._next_id
 
     def _give_back(self) -> None:
         """The stream ended: unwritten answers go back to their inbound streams."""
@@ -230,22 +254,57 @@ class SharedInboundStream(InboundStream):
     node's requests from its frames.
 
     Takes :class:`InboundStream`'s arguments plus ``links`` (the transport's connections by
-    peer address) and ``shared`` (this stream negotiated shared frames: only then are
-    answers in the sender's frames accepted).
+    peer address), ``shared`` (this stream negotiated shared frames: only then are answers
+    in the sender's frames accepted) and ``max_deferred`` (requests read past the inbound
+    bounds that wait for room, at most; see ``_deferred``).
     """
 
     def __init__(
-        self, *args: Any, links: Mapping[str, PeerConnection], shared: bool, **kwargs: Any
+        self,
+        *args: Any,
+        links: Mapping[str, PeerConnection],
+        shared: bool,
+        max_deferred: int,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._links = links
         self._shared = shared
+        # Requests read while the handlers are at the bounds, with their sizes: the reader
+        # keeps reading (the sender's answers to this node's requests ride on this stream
+        # and must not wait behind them); the drainer task dispatches them once there is
+        # room. Bounded too: past max_inbound_pending_bytes of them, or max_deferred (the
+        # transport passes max_in_flight_per_peer: a sender within that bound never gets
+        # there), the reader stops as before (see _deferral_full).
+        self._deferred: deque[tuple[pb.Request, int]] = deque()
+        self._deferred_bytes = 0
+        self._max_deferred = max_deferred
+        self._dropped: set[int] = set()  # ids of deferred requests the sender cancelled
+        self._drainer: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
 
     def _link(self) -> SharedPeerConnection | None:
         link = self._links.get(self.sender)
         if isinstance(link, SharedPeerConnection) and link.carrying:
             return link
         return None
+
+    async def run(self) -> None:
+        """Serve the stream; when it ends, this node's requests in flight to the sender
+        fail at once if their answers could have been travelling on it."""
+        try:
+            await super().run()
+        finally:
+            link = self._links.get(self.sender) if self._shared else None
+            if isinstance(link, SharedPeerConnection):
+                link.fail_sent(f"the stream from {self.sender}, which carried answers, ended")
+
+    def close(self) -> None:
+        """End the stream (unsent responses and deferred requests are dropped)."""
+        super().close()
+        self._drained.set()
+        if self._drainer is not None:
+            self._drainer.cancel()
 
     def take_back(self, parts: list[bytes]) -> None:
         """Answers the connection could not write (its stream ended): written here."""
@@ -290,11 +349,17 @@ class SharedInboundStream(InboundStream):
                 self._room.set()
 
     async def _read_loop(self) -> None:
-        # InboundStream._read_loop (see there), plus the answers in the sender's frames.
+        # InboundStream._read_loop (see there), except: the sender's answers first, and
+        # requests over the bounds are deferred (the reader keeps reading) instead of
+        # pausing the reader.
         stats = self._stats
         context = self._context
         try:
             while not self._closed:
+                if self._deferral_full():
+                    self._drained.clear()
+                    await self._drained.wait()
+                    continue
                 data: Any = await context.read()
                 if data is EOF:
                     return
@@ -311,6 +376,9 @@ class SharedInboundStream(InboundStream):
                         logger.warning(message, *args)
                     return
                 stats.frames_received += 1
+                responses = frame.responses
+                if responses:
+                    self._on_answers(responses)
                 cancels = frame.cancels
                 if cancels:
                     stats.cancels_received += len(cancels)
@@ -319,29 +387,77 @@ class SharedInboundStream(InboundStream):
                         if pending is not None:
                             self._forget(pending)
                             pending.task.cancel()
+                    if self._deferred:
+                        self._dropped.update(cancels)
                 requests = frame.requests
                 if requests:
                     stats.requests_received += len(requests)
-                    for msg in requests:
-                        self._dispatch(msg)
-                        if (
-                            self._pending_bytes > self._max_pending_bytes
-                            or len(self._tasks) >= self._max_pending_requests
-                        ):
-                            await self._wait_for_room()
-                            if self._closed:
-                                return
+                    self._serve(requests)
                 if self._outbox:
                     self._wakeup.set()
-                responses = frame.responses
-                if responses:
-                    self._on_answers(responses)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.debug("reading the stream from %s failed: %r", self.sender, exc)
         finally:
             self.close()
+
+    def _over_bounds(self) -> bool:
+        return (
+            self._pending_bytes > self._max_pending_bytes
+            or len(self._tasks) >= self._max_pending_requests
+        )
+
+    def _deferral_full(self) -> bool:
+        return (
+            self._deferred_bytes > self._max_pending_bytes
+            or len(self._deferred) >= self._max_deferred
+        )
+
+    def _serve(self, requests: Any) -> None:
+        """Dispatch ``requests`` until a bound is reached; defer the rest."""
+        if self._drainer is None:
+            for index, msg in enumerate(requests):
+                self._dispatch(msg)
+                # Checked per request: one frame of tiny requests may ask for answers far
+                # larger than itself.
+                if self._over_bounds():
+                    self._defer(requests[index + 1 :])
+                    return
+            return
+        self._defer(requests)  # behind the deferred ones, in order
+
+    def _defer(self, requests: Any) -> None:
+        for msg in requests:
+            size = msg.ByteSize()
+            self._deferred.append((msg, size))
+            self._deferred_bytes += size
+        if self._drainer is None:
+            self._drainer = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Dispatch the deferred requests as room appears (the reader's pause, moved)."""
+        deferred = self._deferred
+        try:
+            while not self._closed:
+                await self._wait_for_room()
+                if self._closed:
+                    return
+                while deferred and not self._over_bounds():
+                    msg, size = deferred.popleft()
+                    self._deferred_bytes -= size
+                    if self._dropped and msg.id in self._dropped:
+                        continue  # cancelled by the sender while deferred
+                    self._dispatch(msg)
+                self._drained.set()
+                if self._outbox:
+                    self._wakeup.set()
+                if not deferred and not self._over_bounds():
+                    return
+        finally:
+            self._drainer = None
+            if not deferred:
+                self._dropped.clear()
 
     def _on_answers(self, responses: Any) -> None:
         """Answers to this node's requests, sent on the sender's own stream."""
