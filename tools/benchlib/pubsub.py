@@ -53,6 +53,7 @@ class Recorder:
         self.cpu_s = 0.0  # CPU seconds of this (load) process over the measured window
         self.peer_cpu_s = 0.0  # ... and of the other processes of the system (nodes, server)
         self.peer_pids: list[int] = []
+        self.requests = -1  # requests between the nodes in the window (-1: not counted)
 
     def summary(self, duration: float) -> dict[str, Any]:
         return {
@@ -65,6 +66,12 @@ class Recorder:
                 1e6 * (self.cpu_s + self.peer_cpu_s) / max(self.consumed, 1), 1
             ),
             "e2e_per_s": round(self.consumed / duration, 1),
+            # Every request one node wrote to another (the transports' own counters).
+            "requests_per_1000_msgs": (
+                round(1000 * self.requests / max(self.consumed, 1), 1)
+                if self.requests >= 0
+                else None
+            ),
             "errors": self.errors,
             "publish_ms": Histogram.from_ns(self.publish_ns).summary_ms(),
             "e2e_ms": Histogram.from_ns(self.e2e_ns).summary_ms(),
@@ -132,14 +139,20 @@ async def _phase(
             await asyncio.sleep(0.001)
         await asyncio.gather(*inflight)
 
+    count = spec.get("count_requests")  # () -> requests sent so far by every node, or None
+
     async def window() -> None:
         await asyncio.sleep(spec["warmup"])
         rec.measuring = True
         cpu, peers = time.process_time(), _cpu_of(spec.get("peer_pids", []))
+        sent = count() if count else None
         await asyncio.sleep(spec["duration"])
         rec.measuring = False
         rec.cpu_s = time.process_time() - cpu
         rec.peer_cpu_s = _cpu_of(spec.get("peer_pids", [])) - peers
+        if count and sent is not None:
+            now = count()
+            rec.requests = now - sent if now is not None else -1
 
     runners = [paced()] if rate else [closed_loop() for _ in range(conc)]
     await asyncio.gather(window(), *runners)
@@ -169,6 +182,11 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
         install(ps, trace)
     async with ps:
         await ps.node.wait_ready(60)
+        stats_dir = Path(spec["stats_dir"]) if spec.get("stats_dir") else None
+        if spec["role"] == "serve" and stats_dir is not None:
+            _REPORTERS.add(asyncio.ensure_future(_write_stats(ps, stats_dir, spec["self"])))
+        if spec["role"] == "load" and stats_dir is not None:
+            spec = {**spec, "count_requests": lambda: _count_requests(ps, stats_dir, spec)}
         if spec["role"] == "serve":
             profile_to = os.environ.get("PEER_RING_BENCH_PROFILE_SERVE")
             if profile_to:  # the other nodes are killed, never stopped: dump every 2 s
@@ -201,6 +219,39 @@ async def pubsub_load(spec: dict[str, Any]) -> dict[str, Any]:
         metrics.pop("subscriptions")
         out["node0_metrics"] = metrics
         return out
+
+
+_REPORTERS: set[asyncio.Task[None]] = set()  # referenced: asyncio keeps weak ones
+
+
+def _requests_sent(ps: Any) -> int:
+    stats = getattr(ps.node.transport, "stats", None)
+    return int(stats()["requests_sent"]) if stats else 0
+
+
+async def _write_stats(ps: Any, stats_dir: Path, address: str) -> None:
+    """A serving node: its transport's request count, every 50 ms (it is killed, never
+    stopped), for the load process to add up."""
+    path = stats_dir / f"requests.{address.rsplit(':', 1)[1]}"
+    while True:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(_requests_sent(ps)))
+        tmp.replace(path)
+        await asyncio.sleep(0.05)
+
+
+def _count_requests(ps: Any, stats_dir: Path, spec: dict[str, Any]) -> int | None:
+    """Requests written between the nodes so far: this node's own and the serving nodes'
+    last reports (up to 50 ms old), or None when a node has not reported."""
+    total = _requests_sent(ps)
+    for address in spec["peers"]:
+        if address == spec["self"]:
+            continue
+        try:
+            total += int((stats_dir / f"requests.{address.rsplit(':', 1)[1]}").read_text())
+        except (OSError, ValueError):
+            return None
+    return total
 
 
 def _placement(ps: Any, topic: Any, spec: dict[str, Any]) -> list[int]:
@@ -390,6 +441,9 @@ async def run_pubsub(opts: argparse.Namespace, nodes: int, workdir: Path) -> dic
     replication, quorum = (1, 1) if nodes == 1 else (3, 2)
     base = {**_base_spec(opts), "backend": "pubsub", "peers": peers}
     base.update(replication=replication, quorum=quorum)
+    stats_dir = workdir / f"stats-n{nodes}"  # each serving node's request count
+    stats_dir.mkdir()
+    base["stats_dir"] = str(stats_dir)
     trace_dir = workdir / f"trace-n{nodes}"
     if opts.trace:
         trace_dir.mkdir()
@@ -455,18 +509,23 @@ def _base_spec(opts: argparse.Namespace) -> dict[str, Any]:
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [
         f"{'system':<34} {'publish/s':>10} {'e2e/s':>10} {'err':>5} {'pub p50':>8} "
-        f"{'pub p99':>8} {'cpu us':>7} {'all cpu':>7} | {'@rate e2e p50':>13} {'p99 ms':>7} "
-        f"{'e2e/s':>8}"
+        f"{'pub p99':>8} {'cpu us':>7} {'all cpu':>7} {'req/1k':>7} | {'@rate e2e p50':>13} "
+        f"{'p99 ms':>7} {'e2e/s':>8} {'req/1k':>7}"
     ]
+
+    def per_k(phase: dict[str, Any]) -> str:
+        value = phase.get("requests_per_1000_msgs")
+        return f"{value:>7.0f}" if value is not None else f"{'-':>7}"
+
     for r in results:
         t, lat = r["throughput"], r["latency"]
         lines.append(
             f"{r['system']:<34} {t['publish_per_s']:>10.0f} {t['e2e_per_s']:>10.0f} "
             f"{t['errors'] + lat['errors']:>5} {t['publish_ms']['p50_ms']:>8.2f} "
             f"{t['publish_ms']['p99_ms']:>8.2f} {t['load_cpu_us_per_msg']:>7.0f} "
-            f"{t['system_cpu_us_per_msg']:>7.0f} | "
+            f"{t['system_cpu_us_per_msg']:>7.0f} {per_k(t)} | "
             f"{lat['e2e_ms']['p50_ms']:>13.2f} "
-            f"{lat['e2e_ms']['p99_ms']:>7.2f} {lat['e2e_per_s']:>8.0f}"
+            f"{lat['e2e_ms']['p99_ms']:>7.2f} {lat['e2e_per_s']:>8.0f} {per_k(lat)}"
         )
     return "\n".join(lines)
 
