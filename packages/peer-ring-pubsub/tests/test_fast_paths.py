@@ -252,45 +252,6 @@ async def test_publish_many_sections_succeed_or_fail_on_their_own(cluster) -> No
     assert got == sorted([b"a", b"b"] + [f"{i}".encode() for i in range(64)])
 
 
-async def test_group_deltas_of_one_loop_turn_travel_together(cluster) -> None:
-    nodes = await cluster.start(3)
-    ps = nodes[0]
-    config = TopicConfig(partitions=4)
-    keys = [ring_key("g", p) for p in range(2)]
-    for key in keys:  # the state must exist where the deltas land
-        for other in nodes:
-            other.store.state(key, config)
-    sent: list[int] = []
-    real = ps.node.execute_many
-
-    async def counting(namespace, command, items, **kwargs):  # type: ignore[no-untyped-def]
-        items = list(items)
-        sent.append(len(items))
-        return await real(namespace, command, items, **kwargs)
-
-    ps.node.execute_many = counting  # type: ignore[method-assign]
-    batcher = ps.leaders.groups
-    a = GroupState(0, 3)
-    a.pending = {0: Pending("c", 1, 0, 9.0, 5.0), 1: Pending("c", 1, 0, 9.0, 5.0)}
-    b = GroupState(0, 3, done={0})
-    c = GroupState(0, 2, done={1})
-    futs = [
-        batcher.submit(keys[0], config, 0, "grp", a),
-        batcher.submit(keys[0], config, 0, "grp", b),  # joined with a
-        batcher.submit(keys[1], config, 0, "grp", c),
-    ]
-    await asyncio.gather(*futs)
-    assert sent == [2]  # one execute_many, two partitions, one request per peer
-    holders = 0
-    for other in nodes:  # W = 2 replicas hold both partitions' deltas when the futures end
-        g0 = other.store.states[keys[0]].groups.get("grp")
-        g1 = other.store.states[keys[1]].groups.get("grp")
-        if g0 is not None and g1 is not None and g0.is_done(0) and g1.is_done(1):
-            assert 1 in g0.pending and g0.next == 3
-            holders += 1
-    assert holders >= 2
-
-
 async def test_acks_of_several_partitions_share_one_settle_many(cluster) -> None:
     from peer_ring.pubsub import NotHeldError
     from peer_ring.pubsub._wire import (

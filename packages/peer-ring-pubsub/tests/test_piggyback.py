@@ -445,18 +445,20 @@ async def test_a_waiting_consumers_delivery_records_ride_on_the_append(cluster) 
     sequencer = next(ps for ps in nodes if ps.node.address == head)
     for ps in nodes:
         ps.topic(topic_name, partitions=1)
+    # Replication requests: group deltas travel as GROUP requests or as APPEND sections
+    # (with the entries, or without any when no APPEND leaves in their turn).
     groups_sent: list[int] = []
+    appends_sent: list[int] = []
     real_many = sequencer.node.execute_many
     real_one = sequencer.node.execute
 
     async def count_many(namespace, command, items, **kwargs):  # type: ignore[no-untyped-def]
-        if command is GROUP:
-            groups_sent.append(len(items))
+        items = list(items)
+        (groups_sent if command is GROUP else appends_sent).append(len(items))
         return await real_many(namespace, command, items, **kwargs)
 
     async def count_one(namespace, command, key, payload, **kwargs):  # type: ignore[no-untyped-def]
-        if command is GROUP:
-            groups_sent.append(1)
+        (groups_sent if command is GROUP else appends_sent).append(1)
         return await real_one(namespace, command, key, payload, **kwargs)
 
     sequencer.node.execute_many = count_many  # type: ignore[method-assign]
@@ -472,12 +474,13 @@ async def test_a_waiting_consumers_delivery_records_ride_on_the_append(cluster) 
         for i in range(5):
             # The consumer's long-poll is parked on the sequencer before the publish.
             await cluster.until(lambda: b"pig/0" in leaders and bool(leaders[b"pig/0"].parked))
-            before = len(groups_sent)
+            before, appends = len(groups_sent), len(appends_sent)
             await probe.publish(b"m%d" % i)
             msg = await sub.next(timeout=30.0)
             assert msg is not None
             got.append(msg.data)
             assert len(groups_sent) == before, "the delivery record took a GROUP request"
+            assert len(appends_sent) == appends + 1, "the record took a request of its own"
             await msg.ack()
     assert got == [b"m%d" % i for i in range(5)]
     assert sequencer.service.piggybacked >= 5

@@ -48,7 +48,9 @@ class FetchBatcher:
     ) -> None:
         self.client = client
         self._track = track
-        self._queued: dict[str, list[_Item]] = {}
+        # Per peer, this turn's requests: each carries at most one section per partition (a
+        # group subscription keeps two fetches out per partition, in separate requests).
+        self._queued: dict[str, list[dict[bytes, _Item]]] = {}
         self.requests = 0  # FETCH_MANY requests sent (for tests and tuning)
 
     async def fetch(self, key: bytes, req: FetchRequest) -> FetchReply:
@@ -61,7 +63,13 @@ class FetchBatcher:
             if queued is None:
                 queued = self._queued[head] = []
                 asyncio.get_running_loop().call_soon(self._flush, head)
-            queued.append((key, req, fut))
+            for sections in queued:
+                if key not in sections:
+                    break
+            else:
+                sections = {}
+                queued.append(sections)
+            sections[key] = (key, req, fut)
             try:
                 return await fut
             except RETRYABLE as exc:  # this partition's own path retries until its timeout
@@ -76,12 +84,10 @@ class FetchBatcher:
         )
 
     def _flush(self, head: str) -> None:
-        items = self._queued.pop(head, [])
-        items = [item for item in items if not item[2].done()]  # cancelled meanwhile
-        if not items:
-            return
-        task = asyncio.ensure_future(self._send(head, items))
-        self._track(task)
+        for sections in self._queued.pop(head, []):
+            items = [item for item in sections.values() if not item[2].done()]  # cancelled?
+            if items:
+                self._track(asyncio.ensure_future(self._send(head, items)))
 
     async def _send(self, head: str, items: list[_Item]) -> None:
         outcomes: list[FetchReply | BaseException]

@@ -25,9 +25,9 @@ from peer_ring.pubsub._errors import (
     PublishError,
 )
 from peer_ring.pubsub._group import GroupState
-from peer_ring.pubsub._group_batch import GroupBatcher
-from peer_ring.pubsub._leader_state import Leader, Slot, check_size
+from peer_ring.pubsub._leader_state import GroupItem, Leader, Slot, check_size
 from peer_ring.pubsub._log import MESSAGE, Ballot, Entry
+from peer_ring.pubsub._outbox import Outbox
 from peer_ring.pubsub._placement import Placement
 from peer_ring.pubsub._sequencer import ReplicaStatus, adopt, learn_quorum, takeover_range
 from peer_ring.pubsub._store import RefusedError, Store
@@ -56,29 +56,24 @@ MAX_BATCH_BYTES = 1024 * 1024  # an APPEND stays well under the transport's mess
 # _client._PIPELINE).
 PIPELINE = 1
 _RANGE_PAGE = 1024
+#: The longest an ack may wait for its partition's next replication request (the client
+#: asks for less: see _subscription.NOWAIT_HOLD).
+MAX_ACK_HOLD = 0.05
 
 
-class Leaders:
+class Leaders(Outbox):
     """The partitions this node sequences, their takeovers and their appends."""
 
     def __init__(
         self, node: PeerRing, store: Store, replication: int, quorum: int, placement: Placement
     ) -> None:
-        self.node = node
+        super().__init__(node, store, replication, quorum)
         self.placement = placement
-        self.store = store
-        self.replication = replication
-        self.quorum = quorum
         self.leaders: dict[bytes, Leader] = {}
         self._elections: dict[bytes, asyncio.Future[Leader]] = {}
         self.takeovers = 0
-        #: Group deltas that rode on an APPEND leaving in the same turn.
-        self.folded = 0
         self.step_downs = 0
         self.on_step_down: Callable[[bytes], None] = lambda key: None
-        self._outbox: list[tuple[Leader, Slot]] = []
-        self.groups = GroupBatcher(node, replication, quorum)
-        self._flush_scheduled = False
         #: Set by the service: claims for the parked long-polls of a leader whose APPEND
         #: is about to leave, adding their delivery records to the slot.
         self.piggyback: Callable[[Leader, Slot], None] | None = None
@@ -145,6 +140,7 @@ class Leaders:
             if not fut.done():
                 fut.set_exception(err)
         leader.queue.clear()
+        self._release(leader)  # deferred acks leave now (their outcome says what happened)
         leader.notify()
         self.on_step_down(key)
 
@@ -394,48 +390,26 @@ class Leaders:
                 # trip to W replicas instead of two; see the README's design section).
                 self.piggyback(leader, slot)
             # Appends of every partition that became ready in this turn of the event loop
-            # leave together: one execute_many, so one request per replica peer.
-            self._outbox.append((leader, slot))
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            # leave together, with the turn's group deltas (see _outbox.py).
+            self.queue_slot(leader, slot)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._outbox = self._outbox, []
-        for _, slot in batch:
-            slot.sent = True
-        if len(batch) == 1:
-            spawn(self._send(*batch[0]))
-        elif batch:
-            spawn(self._send_many(batch))
+    def sent(self, leader: Leader) -> None:
+        """Outbox: ``leader``'s APPEND has its outcome; the next one may leave."""
+        self._complete(leader)
+        self._kick(leader)
+        self._release(leader)
 
-    async def _send_many(self, batch: list[tuple[Leader, Slot]]) -> None:
-        items = []
-        with contextlib.ExitStack() as own:
-            for leader, slot in batch:
-                entries = [e for e, _ in slot.batch]
-                req = AppendRequest(
-                    leader.config, leader.ballot, leader.start, leader.commit, entries, slot.groups
-                )
-                payload = req.encode()
-                own.enter_context(self.store.own_append(payload, req))
-                items.append((leader.key, payload))
-            try:
-                # Only multi-copy (durable) topics get here, and they all have (N, W).
-                results = await self.node.execute_many(
-                    NAMESPACE, APPEND, items, replication=self.replication, quorum=self.quorum
-                )
-            except PeerRingError as exc:  # the node stopped: every batch failed
-                for _, slot in batch:
-                    slot.ok, slot.error = False, exc
-            else:
-                for (_, slot), result in zip(batch, results, strict=True):
-                    slot.ok = result.ok
-                    slot.error = result.error
-        for leader in {id(leader): leader for leader, _ in batch}.values():
-            self._complete(leader)
-            self._kick(leader)
+    def _release(self, leader: Leader) -> None:
+        """Send the ack deltas that waited for ``leader``'s APPEND in flight, in this turn
+        (with the next APPEND when one leaves, else as a section of their own)."""
+        item = leader.deferred
+        if item is not None:
+            leader.deferred = None
+            self.queue_groups(leader).absorb(item)
+
+    def _hold_ended(self, leader: Leader, item: GroupItem) -> None:
+        if leader.deferred is item:
+            self._release(leader)
 
     async def _send(self, leader: Leader, slot: Slot) -> None:
         slot.sent = True
@@ -529,23 +503,30 @@ class Leaders:
             quorum=self.copies(leader.config)[1],
         )
 
-    async def replicate_group(self, leader: Leader, group: str, delta: GroupState) -> None:
+    async def replicate_group(
+        self, leader: Leader, group: str, delta: GroupState, *, hold: float = 0.0
+    ) -> None:
         """Merge ``delta`` here at once, then wait until W replicas hold it.
+
+        ``hold`` (acks of ``ack_nowait``: nobody waits on them) lets the delta wait up to
+        that many seconds (at most ``MAX_ACK_HOLD``) for the partition's next replication
+        request (its next APPEND, a claim's delivery records, the end of the APPEND in
+        flight) instead of making a request of its own now.
 
         Raises:
             PartitionUnavailableError: replication failed (the sequencer stepped down; the
                 change is not reported as done).
         """
-        wait = self.replicate_group_begin(leader, group, delta)
+        wait = self.replicate_group_begin(leader, group, delta, hold=hold)
         if wait is not None:
             await wait
 
     def replicate_group_begin(
-        self, leader: Leader, group: str, delta: GroupState
+        self, leader: Leader, group: str, delta: GroupState, *, hold: float = 0.0
     ) -> Awaitable[None] | None:
         """:meth:`replicate_group` without waiting: merges ``delta`` here and queues its
-        replication now; returns what to await for W replicas (None: nothing to wait for).
-        The caller must await what it gets.
+        replication (see :meth:`replicate_group` for ``hold``); returns what to await for
+        W replicas (None: nothing to wait for). The caller must await what it gets.
 
         Raises:
             PartitionUnavailableError: refused here (the sequencer stepped down).
@@ -560,20 +541,34 @@ class Leaders:
                 return None
             if self.copies(leader.config)[0] == 1:  # one copy, not here any more
                 return self._group_done(leader, self._replicate_group(leader, group, delta))
-            if self._flush_scheduled:
-                for queued, slot in self._outbox:
-                    if queued is leader:
-                        # This partition's APPEND leaves at the end of this turn: the delta
-                        # rides on it (one request less; replicas merge an append's groups
-                        # as a GROUP's, same fence; it commits once W replicas hold both).
-                        slot.groups.append((group, delta))
-                        self.folded += 1
-                        return self._group_done(leader, asyncio.shield(slot.on_commit()))
-            # Batched with the other deltas of this loop turn (any partition, any group).
-            return self._group_done(
-                leader,
-                self.groups.submit(leader.key, leader.config, leader.ballot.epoch, group, delta),
-            )
+            slot = self.queued_slot(leader)
+            if slot is not None:
+                # This partition's APPEND leaves at the end of this turn: the delta rides
+                # on it (replicas merge an append's groups as a GROUP's, same fence; it
+                # commits once W replicas hold both).
+                slot.groups.append((group, delta))
+                self.folded += 1
+                return self._group_done(leader, asyncio.shield(slot.on_commit()))
+            if hold > 0 and leader.active:
+                # Wait for the partition's next request (see replicate_group), at most
+                # `hold` seconds, rather than making a request of its own now.
+                held = leader.deferred
+                if held is None:
+                    held = leader.deferred = GroupItem(leader)
+                now = self.node.clock.monotonic()
+                hold = min(hold, MAX_ACK_HOLD)
+                if now + hold < held.release_at:
+                    held.release_at = now + hold
+                    ending = held
+                    self.node.clock.call_later(hold, lambda: self._hold_ended(leader, ending))
+                held.add(group, delta)
+                self.deferred += 1
+                return self._group_done(leader, asyncio.shield(held.done))
+            # An APPEND section of its own, in this turn's batch (with every other
+            # partition's appends and deltas of the turn).
+            item = self.queue_groups(leader)
+            item.add(group, delta)
+            return self._group_done(leader, asyncio.shield(item.done))
         except PeerRingError as exc:
             self.step_down(leader.key, f"group replication failed: {exc}", only=leader)
             raise PartitionUnavailableError(f"group state not replicated: {exc}") from exc

@@ -64,6 +64,52 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
+class GroupItem:
+    """Group deltas of one partition waiting to be replicated without entries of their own:
+    they travel as an APPEND section with no entries (or join the partition's APPEND when
+    one leaves in the same turn); ``done`` ends once W replicas hold them, or fails."""
+
+    __slots__ = ("done", "groups", "leader", "release_at")
+
+    def __init__(self, leader: Leader) -> None:
+        self.leader = leader
+        #: When held (``Leader.deferred``): the monotonic time it leaves at the latest.
+        self.release_at = float("inf")
+        #: One joined delta per group (group state is a join-semilattice).
+        self.groups: dict[str, GroupState] = {}
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(_retrieve)
+
+    def add(self, group: str, delta: GroupState) -> None:
+        """Join ``delta`` into this item's delta of ``group`` (``delta`` is not kept)."""
+        joined = self.groups.get(group)
+        if joined is None:
+            joined = self.groups[group] = GroupState()
+        joined.merge(delta)
+
+    def absorb(self, other: GroupItem) -> None:
+        """Take ``other``'s deltas; ``other.done`` ends when this item's does."""
+        for group, delta in other.groups.items():
+            self.add(group, delta)
+        follow(self.done, other.done)
+
+
+def follow(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    """End ``target`` as ``source`` ends (result or exception)."""
+
+    def copy(fut: asyncio.Future[None]) -> None:
+        if target.done():
+            return
+        if fut.cancelled():
+            target.cancel()
+        elif fut.exception() is not None:
+            target.set_exception(fut.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy)
+
+
 @dataclass(slots=True, eq=False)
 class Parked:
     """A group long-poll waiting on a partition for new messages.
@@ -106,6 +152,10 @@ class Leader:
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
     #: Group long-polls waiting here (see Parked).
     parked: list[Parked] = field(default_factory=list)
+    #: Ack deltas waiting for the APPEND in flight to finish: they leave with the next
+    #: APPEND (or, with nothing to append, as an APPEND section of their own) in the turn
+    #: it finishes, instead of a request of their own now (see Leaders.replicate_group_begin).
+    deferred: GroupItem | None = None
 
     def stamp(self, now: float) -> float:
         """The time of a new entry: ``now``, or the previous entry's when this clock is

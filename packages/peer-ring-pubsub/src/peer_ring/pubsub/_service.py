@@ -22,7 +22,7 @@ from peer_ring.pubsub._errors import (
     PubSubError,
 )
 from peer_ring.pubsub._group import GroupState
-from peer_ring.pubsub._leader import Leaders
+from peer_ring.pubsub._leader import MAX_ACK_HOLD, Leaders
 from peer_ring.pubsub._leader_state import Leader, Parked, Slot
 from peer_ring.pubsub._log import MESSAGE, Entry, PartitionLog
 from peer_ring.pubsub._tasks import spawn
@@ -347,14 +347,19 @@ class Service:
         The records of the uncommitted sequences carry the leader's epoch: if the append
         fails and a takeover fills those sequences differently, they are stale and the
         new sequencer hands those sequences out again at once (see GroupState.claim)."""
+        drained: set[str] = set()  # groups left with nothing to claim in this slot
         for park in leader.parked:
             req = park.req
             if park.wake.done() or park.reply is not None or req.consumer in self._released:
                 continue
             state = self.store.state(leader.key, req.config)
-            if req.group not in state.groups or req.config != leader.config:
+            if req.group in drained or req.group not in state.groups:
+                continue
+            if req.config != leader.config:
                 continue
             reply, delta = self._claim_now(leader, req, slot)
+            if len(reply.entries) < req.limit:
+                drained.add(req.group)  # a group's second long-poll stays parked
             if delta is None:
                 continue
             state.merge_group(req.group, delta)  # at once: the next claim must not repeat it
@@ -552,6 +557,10 @@ class Service:
             delta = group.release(req.consumer)
         else:
             raise InvalidOptionError(f"unknown settle operation {req.op}")
-        await self.leaders.replicate_group(leader, req.group, delta)
+        # An ack's `wait` (ack_nowait: nobody waits on it) lets it wait that long for the
+        # partition's next replication request instead of making one of its own. Older
+        # servers ignore `wait` on an ack; a NaN or negative one means no hold.
+        hold = min(req.wait, MAX_ACK_HOLD) if req.op == ACK and req.wait > 0 else 0.0
+        await self.leaders.replicate_group(leader, req.group, delta, hold=hold)
         if req.op in (NAK, RELEASE):
             leader.notify()

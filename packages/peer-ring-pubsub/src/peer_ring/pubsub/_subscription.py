@@ -34,6 +34,7 @@ from peer_ring.pubsub._wire import (
     RELEASE,
     SETTLE,
     SETTLE_MANY,
+    FetchReply,
     FetchRequest,
     SettleRequest,
     decode_section_replies,
@@ -58,6 +59,15 @@ def _ignore_reply(r: Reader) -> None:
 
 
 _ACK_BATCH = 512
+#: Sent as an ``ack_nowait`` batch's ``wait``: the sequencer may hold the ack this long for
+#: the partition's next replication request (it rides on it instead of making its own).
+#: Nobody waits on these acks; an awaited ``ack()`` is never held.
+NOWAIT_HOLD = 0.005
+
+
+def _hold(items: list[tuple[Message, asyncio.Future[None] | None]]) -> float:
+    """The ``wait`` of an ack section: NOWAIT_HOLD when every ack of it is an ack_nowait."""
+    return NOWAIT_HOLD if all(fut is None for _, fut in items) else 0.0
 
 
 @dataclass(slots=True)
@@ -109,6 +119,8 @@ class Subscription:
         self._fetcher = FetchBatcher(topic.pubsub.client, self._track)
         self._closed = False
         self._ack_batches: dict[str, _AckBatch] = {}  # by sequencer peer
+        # Per partition, the latest fetch sent: its reply is handled after the one before.
+        self._last_fetch: dict[int, asyncio.Future[None]] = {}
         self._delivered = self._acked = self._redelivered = 0
         self._expired = self._errors = 0
         self._last_error = ""
@@ -132,8 +144,18 @@ class Subscription:
         if self._tasks or self._closed:
             return
         for partition in self._partitions:
-            self._tasks.append(asyncio.ensure_future(self._loop(partition)))
+            for _ in range(self._loops_per_partition()):
+                self._tasks.append(asyncio.ensure_future(self._loop(partition)))
         self.topic.pubsub._subscriptions.add(self)
+
+    def _loops_per_partition(self) -> int:
+        """Fetches kept out per partition: two for a group on replicated partitions, so
+        one waits on the sequencer when the next APPEND leaves (its delivery records ride
+        on that APPEND: no request of their own) while the other's reply comes back."""
+        pubsub = self.topic.pubsub
+        if self.group is not None and pubsub.replication > 1 and self.topic.config.durable:
+            return 2
+        return 1
 
     def _track(self, task: asyncio.Task[None]) -> None:
         # A request of the fetcher: cancelled with the loops, forgotten when done.
@@ -238,7 +260,8 @@ class Subscription:
         key = ring_key(self.topic.name, partition)
         position = self._initial_position()
         seek = self._start_time  # sent until a fetch succeeded (it placed position/group)
-        per_fetch = max(1, self.max_in_flight // max(1, len(self._partitions)))
+        loops = len(self._partitions) * self._loops_per_partition()
+        per_fetch = max(1, self.max_in_flight // max(1, loops))
         while not self._closed:
             self._expire_held()
             room = self.max_in_flight - self._in_flight
@@ -266,7 +289,7 @@ class Subscription:
                     self.max_deliver,
                     seek,
                 )
-                reply = await self._fetcher.fetch(key, req)
+                reply = await self._fetch_in_order(partition, key, req)
                 got = len(reply.entries)
             except OffsetOutOfRangeError as exc:
                 self._in_flight -= limit
@@ -314,6 +337,26 @@ class Subscription:
                         self._ack_nowait if self.group is not None else None,
                     )
                 )
+
+    async def _fetch_in_order(self, partition: int, key: bytes, req: FetchRequest) -> FetchReply:
+        """Fetch, and return only once the partition's fetch sent before this one has
+        returned: with two fetches out per partition, the sequencer claims in the order
+        they arrive, so handling replies in the order sent keeps the partition's order
+        (a reply may otherwise overtake, held up by another section's replication). The
+        caller queues the messages before its next await."""
+        before = self._last_fetch.get(partition)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_fetch[partition] = mine
+        try:
+            try:
+                return await self._fetcher.fetch(key, req)
+            finally:
+                if before is not None and not before.done():
+                    await asyncio.wait([before])
+        finally:
+            mine.set_result(None)
+            if self._last_fetch.get(partition) is mine:
+                del self._last_fetch[partition]
 
     def _next_expiry(self) -> float:
         if not self._held:
@@ -430,7 +473,9 @@ class Subscription:
                     if partition in done:
                         results: list[BaseException | None] = [None] * len(its)
                     else:  # the partition's own (retrying, per-item on refusal) path
-                        results = await self._ack_partition(partition, [m for m, _ in its])
+                        results = await self._ack_partition(
+                            partition, [m for m, _ in its], _hold(its)
+                        )
                     for (message, fut), result in zip(its, results, strict=True):
                         if fut is None:
                             self._acked_nowait(message, result)
@@ -459,7 +504,7 @@ class Subscription:
                     self.group or "",
                     self.consumer,
                     ACK,
-                    0.0,
+                    _hold(its),
                     [(m.offset, m.deliveries) for m, _ in its],
                 ),
             )
@@ -480,10 +525,10 @@ class Subscription:
         }
 
     async def _ack_partition(
-        self, partition: int, messages: list[Message]
+        self, partition: int, messages: list[Message], hold: float = 0.0
     ) -> list[BaseException | None]:
         try:
-            await self._send_settle(partition, ACK, 0.0, messages)
+            await self._send_settle(partition, ACK, hold, messages)
             return [None] * len(messages)
         except PubSubError as exc:
             if len(messages) == 1:
@@ -492,7 +537,7 @@ class Subscription:
             results: list[BaseException | None] = []
             for m in messages:
                 try:
-                    await self._send_settle(partition, ACK, 0.0, [m])
+                    await self._send_settle(partition, ACK, hold, [m])
                     results.append(None)
                 except PubSubError as one:
                     results.append(one)
