@@ -28,7 +28,9 @@ For each: decisions/s (sum over processes), latency p50/p99 of one decision, err
 per decision (the client/node processes' CPU, plus redis-server's or the Gubernator
 servers', over the measured window, divided by the decisions); for the peer-ring cluster
 runs also hits per forwarded batch, states per replication message and requests between
-nodes per 1,000 decisions (``messages_per_1k``, whole run). ``--profile`` writes a
+nodes per 1,000 decisions (``messages_per_1k``, whole run; the replicas' relayed
+decisions included) and the share of forwarded hits whose decision the key's other
+replica sent (``relayed_pct``). ``--profile`` writes a
 cProfile (CPU time) of the local run and of node 0 of each cluster run. Speed is never
 pass/fail: the exit status is non-zero only when a run could not be made. The children's
 side is ``benchlib.ratelimit_load``.
@@ -201,6 +203,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 swept = [("batch_window", w) for w in args.batch_windows]
                 swept += [("max_batches", b) for b in args.max_batches]
                 swept += [("light", b) for b in args.light_in_flight]
+                swept += [("relay", b) for b in args.relay]
             for setting, value in swept:
                 for conc in (args.concurrency, args.moderate):
                     runs.append(
@@ -368,6 +371,8 @@ async def cluster_run(
         name += f", max batches in flight {run['max_batches'] or 'unbounded'}"
     if "light" in run:
         name += f", light_in_flight {run['light'] or 'off'}"
+    if "relay" in run:
+        name += f", relay {'on' if run['relay'] else 'off'}"
     row = summarize(name, res, args.duration)
     batches = sum(r["stats"]["batches"] for r in res)
     row["mean_forward_batch"] = (
@@ -388,9 +393,15 @@ async def cluster_run(
     )
     # Requests between nodes (each answered) per 1,000 decisions, over the whole run:
     # forwarded batches plus replication messages (states riding on forwarded batches or
-    # sent with the answers need none).
+    # sent with the answers need none) plus the replicas' relayed decisions.
     decided = sum(r["stats"].get("allowed", 0) + r["stats"].get("denied", 0) for r in res)
-    row["messages_per_1k"] = round(1000 * (batches + state_batches) / decided, 1) if decided else 0
+    requests = batches + state_batches + sum(r["stats"].get("relay_messages", 0) for r in res)
+    row["messages_per_1k"] = round(1000 * requests / decided, 1) if decided else 0
+    relayed = sum(r["stats"].get("relayed", 0) for r in res)
+    if relayed:
+        # Share of the forwarded hits whose decision the key's other replica sent.
+        fwd = sum(r["stats"].get("forwarded", 0) for r in res)
+        row["relayed_pct"] = round(100 * relayed / fwd, 1) if fwd else 0
     # Forwarded hits (and replicated states) that found every batch slot to their node
     # busy: they waited for a round trip to end before leaving (nodes that count them).
     forwarded = sum(r["stats"].get("forwarded", 0) for r in res)
@@ -485,6 +496,7 @@ def table(result: dict[str, Any]) -> str:
         "mean_forward_batch",
         "mean_state_batch",
         "messages_per_1k",
+        "relayed_pct",
         "hits_waited_pct",
         "states_waited_pct",
     ]
@@ -547,6 +559,15 @@ def main(argv: list[str] | None = None) -> int:
         " moderate (and open loop at each of --rates)",
     )
     p.add_argument(
+        "--relay",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run owner mode with relay off (0) / on (1): the key's other replica answers"
+        " a forwarder that is not a replica; heavy and moderate (and open loop at each of"
+        " --rates)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="cProfile the local run and node 0 of each cluster run (files under --profile-dir)",
@@ -564,8 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only-extra",
         action="store_true",
-        help="of the cluster runs, only those --rates, --batch-windows, --max-batches and"
-        " --light-in-flight add",
+        help="of the cluster runs, only those --rates, --batch-windows, --max-batches,"
+        " --light-in-flight and --relay add",
     )
     p.add_argument(
         "--core-gc",

@@ -188,6 +188,8 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
         extra["max_batches_in_flight"] = spec["max_batches"] or None
     if "light" in spec:  # 0: off (only max_batches_in_flight)
         extra["light_in_flight"] = spec["light"] or None
+    if "relay" in spec:  # 0: the owner answers every forwarded hit (the old protocol)
+        extra["relay"] = bool(spec["relay"])
     rl = RateLimiter(
         discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
         replication=spec["replication"],

@@ -58,7 +58,7 @@ async def test_a_batch_of_forwarded_hits_is_one_hits_message(cluster: list[RateL
     counts = count_messages(sender)
     out = await asyncio.gather(*(sender.hit(k, WINDOW, 2) for k in keys))
     assert all(d.allowed and d.remaining == 98 and d.source == "owner" for d in out)
-    assert counts == {"hits": 1}  # one message for 20 hits, no execute_many
+    assert counts == {"hits_relay": 1}  # one message for 20 hits, no execute_many
     assert sender.stats()["batches"] == 1
     # Every new state is on both replicas (with the answer or by replication).
     for k in keys:
@@ -110,14 +110,16 @@ async def test_a_refused_hit_gets_the_fail_policy_and_the_others_are_decided(
 
 
 def gated_send() -> tuple[
-    Callable[[Sequence[bytes]], Awaitable[None]], list[list[bytes]], list[asyncio.Event]
+    Callable[[Sequence[bytes], list[bytes]], Awaitable[None]],
+    list[list[bytes]],
+    list[asyncio.Event],
 ]:
     """A replicator's ``send`` that records each message's keys and waits until its gate
     (one event per message, in order) is set: ``send, sent, gates = gated_send()``."""
     sent: list[list[bytes]] = []
     gates: list[asyncio.Event] = []
 
-    async def send(keys: Sequence[bytes]) -> None:
+    async def send(keys: Sequence[bytes], relays: list[bytes]) -> None:
         sent.append(list(keys))
         gate = asyncio.Event()
         gates.append(gate)
@@ -182,7 +184,7 @@ async def test_replicator_sends_keys_without_waiting_at_a_light_load() -> None:
 
 
 async def test_replicator_failure_fails_the_waiting_decisions_only() -> None:
-    async def send(keys: Sequence[bytes]) -> None:
+    async def send(keys: Sequence[bytes], relays: list[bytes]) -> None:
         if b"boom" in keys:
             raise RuntimeError("replica gone")
 

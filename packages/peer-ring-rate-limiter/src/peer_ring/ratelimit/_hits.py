@@ -24,6 +24,7 @@ from peer_ring.ratelimit._errors import (
     RateLimitError,
 )
 from peer_ring.ratelimit._limit import MAX_LIMIT
+from peer_ring.ratelimit._relay import ANSWER_RELAYED, RELAYED_ANSWER, encode_relay
 from peer_ring.ratelimit._wire import (
     ANSWER_BAD,
     ANSWER_NOT_OWNER,
@@ -50,8 +51,14 @@ _NOT_OWNER = answer_error(ANSWER_NOT_OWNER)
 _NOT_READY = answer_error(ANSWER_NOT_READY)
 
 
-def answer_hits(rl: RateLimiter, source: str, payload: bytes) -> bytes | Awaitable[bytes]:
+def answer_hits(
+    rl: RateLimiter, source: str, payload: bytes, batch_id: int | None = None
+) -> bytes | Awaitable[bytes]:
     """Decide a batch of hits from ``source`` on this node (the owner of their keys).
+
+    ``batch_id``: the batch came with ``hits_relay`` (see :mod:`~peer_ring.ratelimit._relay`):
+    at replication 2 a changed hit whose other replica is not ``source`` is relayed, its
+    decision sent to that replica with the state, and answered ``ANSWER_RELAYED`` here.
 
     Each hit is decided only if this node heads its key's preference list in its own ring
     and holds the key's partition in full (as for a single hit); otherwise its answer says
@@ -86,6 +93,14 @@ def answer_hits(rl: RateLimiter, source: str, payload: bytes) -> bytes | Awaitab
         d, changed = rl._decide(kb, p, limit, cost, False)
         answer = answer_ok(encode_decision(d))
         if changed:
+            if batch_id is not None and n == 2 and replicas[1] != source:
+                r = replicas[1]
+                if rl._relays_to(r):
+                    record = encode_relay(source, batch_id, len(answers), encode_decision(d))
+                    rl.replicator(r).relay(kb, record)
+                    metrics.relayed += 1
+                    answers.append(RELAYED_ANSWER)
+                    continue
             for r in replicas[1:]:
                 if r == source:
                     # The sender is another replica: the entry travels with the answer and
@@ -113,10 +128,18 @@ async def _when_replicated(waits: list[asyncio.Future[None]], out: bytes) -> byt
 
 
 def read_answers(
-    rl: RateLimiter, owner: str, items: Sequence[tuple[bytes, bytes, int]], raw: bytes
+    rl: RateLimiter,
+    owner: str,
+    items: Sequence[tuple[bytes, bytes, int]],
+    raw: bytes,
+    relayed: list[int] | None = None,
 ) -> list[Decision | BaseException]:
     """The decisions (or errors) of a batch ``items`` (``(key, hit, partition)``) that
-    ``owner`` answered with ``raw``; entries sent with the answers are stored first."""
+    ``owner`` answered with ``raw``; entries sent with the answers are stored first.
+
+    ``relayed``: the batch was sent with ``hits_relay``; the indices of the hits answered
+    ``ANSWER_RELAYED`` are appended to it (their places in the result hold an error until
+    the caller puts the relayed decision there)."""
     answers = unpack_records(raw)
     if len(answers) != len(items):
         raise CorruptStateError(f"{len(answers)} answers to {len(items)} hits")
@@ -141,6 +164,9 @@ def read_answers(
                 out.append(NotOwnerError(f"{owner} does not own {kb!r} in its ring"))
             elif status == ANSWER_NOT_READY:
                 out.append(PartitionNotReadyError(owner, p))
+            elif status == ANSWER_RELAYED and relayed is not None:
+                relayed.append(len(out))
+                out.append(CorruptStateError("relayed decision not received"))
             elif status == ANSWER_BAD:
                 why = rest.decode(errors="replace")
                 out.append(CorruptStateError(f"{owner} refused the hit: {why}"))

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from peer_ring.core import (
@@ -18,8 +18,6 @@ from peer_ring.core import (
     PeerRing,
     PeerRingConfig,
     PeerRingError,
-    PeerUnavailableError,
-    RequestTimeoutError,
     SystemClock,
     Transport,
 )
@@ -34,11 +32,25 @@ from peer_ring.ratelimit._errors import (
     RateLimitError,
 )
 from peer_ring.ratelimit._estimate import LocalEstimates
+from peer_ring.ratelimit._forwarding import (
+    HITS,
+    HITS_RELAY,
+    RELAYED,
+    STATE,
+    STATES,
+    STATES_RELAY,
+    forward_batcher,
+    on_relayed,
+    on_states,
+    on_states_relay,
+    send_states,
+)
 from peer_ring.ratelimit._global import GlobalSync
-from peer_ring.ratelimit._hits import answer_hits, read_answers
+from peer_ring.ratelimit._hits import answer_hits
 from peer_ring.ratelimit._limit import MAX_LIMIT, Limit
 from peer_ring.ratelimit._metrics import RateLimiterMetrics
 from peer_ring.ratelimit._policy import FailPolicy, Mode
+from peer_ring.ratelimit._relay import RelayWaits, decode_relay_hits
 from peer_ring.ratelimit._replicator import Replicator
 from peer_ring.ratelimit._store import StateStore
 from peer_ring.ratelimit._wire import (
@@ -48,9 +60,6 @@ from peer_ring.ratelimit._wire import (
     encode_decision,
     encode_entry,
     encode_hit,
-    encode_hits,
-    pack_records,
-    unpack_records,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,19 +77,12 @@ LIGHT_IN_FLIGHT: int | None = 4
 #: Default bound of hits per forwarded batch (see ``max_batch_size``).
 MAX_BATCH_SIZE: int | None = 256
 
-#: Decide a batch of hits on their keys' owner (one message per batch; see ``_hits``). The
-#: key of the message is empty: the owner checks each hit's key itself, as for ``HIT``.
-HITS = Command("hits", mutates=True, hinted=False)
 #: Decide a hit on the key's owner (one key; still answered, this node no longer sends it).
 #: Neither ``reads`` nor ``hinted`` (nor ``HITS``): the core must never send a hit elsewhere
 #: when the owner fails (a previous holder or a substitute may have a stale state, or none,
 #: and would decide alongside the owner if it is only slow). A hit the owner cannot take
 #: gets the fail policy instead (see ``_on_hit``).
 HIT = Command("hit", mutates=True, hinted=False)
-#: Store a newer entry (owner to replicas). Idempotent (higher seq wins), hence hinted.
-STATE = Command("state", mutates=True)
-#: Many entries for one replica node in one message (the fast path of replication).
-STATES = Command("states", mutates=True, hinted=False)
 #: Forget a key (a tombstone with the next seq), decided on the owner.
 RESET = Command("reset", mutates=True, hinted=False)
 
@@ -117,6 +119,11 @@ class RateLimiter:
             waits on this node (untimed) and a busy owner is not taken for an unreachable
             one. When a batch finds the owner unreachable, its waiting backlog gets the
             fail policy at once.
+        relay: at replication 2, let the key's other replica answer a forwarded hit (1.5
+            round trips instead of 2 when the forwarder is not a replica; see the README's
+            "Relayed decisions"). False: the owner answers every forwarded hit, and this
+            node neither sends nor accepts the relay protocol's messages (as a node of an
+            older release).
         sync_interval: global mode: seconds between two reconciliations with the owner.
         rtt_budget: global mode: the round trip assumed by the per-node allowance.
         retain: seconds expired entries are remembered (ordering of late records).
@@ -140,6 +147,7 @@ class RateLimiter:
         max_batches_in_flight: int | None = MAX_BATCHES_IN_FLIGHT,
         light_in_flight: int | None = LIGHT_IN_FLIGHT,
         max_batch_size: int | None = MAX_BATCH_SIZE,
+        relay: bool = True,
         sync_interval: float = 0.1,
         rtt_budget: float = 0.01,
         retain: float = 30.0,
@@ -188,6 +196,10 @@ class RateLimiter:
         self._forward: dict[str, Batcher[tuple[bytes, bytes, int], Decision]] = {}
         # One replicator per replica node, for the same reason.
         self._replicate: dict[str, Replicator] = {}
+        self._relay = relay
+        self._relay_waits = RelayWaits()
+        # Peers that answered UnknownCommandError to the relay protocol's commands.
+        self._old_protocol: set[str] = set()
         self._global = GlobalSync(self, sync_interval, rtt_budget)
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_every = max(1.0, retain / 2)
@@ -195,6 +207,12 @@ class RateLimiter:
         self._node.register(self._ns, HIT, self._on_hit)
         self._node.register(self._ns, STATE, self._on_state)
         self._node.register(self._ns, STATES, self._on_states)
+        if relay:
+            # Without relay this node speaks only the old protocol, as a node of an older
+            # release does: its peers get UnknownCommandError and send it hits and states.
+            self._node.register(self._ns, HITS_RELAY, self._on_hits_relay)
+            self._node.register(self._ns, STATES_RELAY, self._on_states_relay)
+            self._node.register(self._ns, RELAYED, self._on_relayed)
         self._node.register(self._ns, RESET, self._on_reset)
         self._node.register_hooks(self._ns, self._store)
         self._global.register(self._node, self._ns)
@@ -360,38 +378,11 @@ class RateLimiter:
             return self._fail(kb, limit, cost, exc)
 
     def _forward_batcher(self, owner: str) -> Batcher[tuple[bytes, bytes, int], Decision]:
-        batcher: Batcher[tuple[bytes, bytes, int], Decision]
+        return forward_batcher(self, owner)
 
-        async def flush(
-            items: Sequence[tuple[bytes, bytes, int]],
-        ) -> Sequence[Decision | BaseException]:
-            try:
-                raw = await self._node.call(
-                    owner,
-                    self._ns,
-                    HITS,
-                    b"",
-                    encode_hits([(kb, hit) for kb, hit, _ in items]),
-                    timeout=self._timeout,
-                )
-            except (RequestTimeoutError, PeerUnavailableError) as exc:
-                # The owner did not answer this batch: the hits queued behind it would
-                # only wait one more timeout each before getting the fail policy.
-                failed = batcher.fail_pending(exc)
-                if failed:
-                    logger.debug("owner %s unreachable: %d queued hits failed", owner, failed)
-                raise
-            return read_answers(self, owner, items, raw)
-
-        batcher = Batcher(
-            flush,
-            window=self._batch_window,
-            max_in_flight=self._max_batches,
-            max_items=self._max_batch_size,
-            light_in_flight=self._light,
-            on_batch=self.metrics.observe_batch,
-        )
-        return batcher
+    def _relays_to(self, peer: str) -> bool:
+        """Whether ``peer`` is sent the relay protocol's messages (see ``_relay``)."""
+        return self._relay and peer not in self._old_protocol
 
     def decide_here(
         self, kb: bytes, partition: int, limit: Limit, cost: int, *, force: bool = False
@@ -432,8 +423,8 @@ class RateLimiter:
         rep = self._replicate.get(replica)
         if rep is None:
 
-            async def send(keys: list[bytes]) -> None:
-                await self._send_states(replica, keys)
+            async def send(keys: list[bytes], relays: list[bytes]) -> None:
+                await send_states(self, replica, keys, relays)
 
             rep = self._replicate[replica] = Replicator(send, self._max_batches, self._light)
         return rep
@@ -448,46 +439,6 @@ class RateLimiter:
             replicated = self._replicated(kb, partition, None)
             if replicated is not None:
                 await replicated
-
-    async def _send_states(self, replica: str, keys: Sequence[bytes]) -> None:
-        """Replicate the newest entries of ``keys`` to ``replica``: one ``STATES`` call (all
-        its keys in one message); if that node fails, the keys go through
-        ``execute_many(STATE)`` instead, with the core's sloppy quorum and hinted handoff."""
-        node = self._node
-        now = self._clock.monotonic()
-        records: dict[bytes, bytes] = {}
-        for kb in dict.fromkeys(keys):  # a key decided twice meanwhile: its newest entry once
-            entry = self._store.get(kb)
-            if entry is not None:
-                records[kb] = encode_entry(kb, entry, now)
-        if not records:
-            return
-        self.metrics.state_batches += 1
-        self.metrics.states_sent += len(records)
-        try:
-            await node.call(
-                replica,
-                self._ns,
-                STATES,
-                b"",
-                pack_records(list(records.values())),
-                timeout=self._timeout,
-            )
-        except PeerRingError as exc:
-            logger.debug("states to %s failed (%s): falling back per key", replica, exc)
-            results = await node.execute_many(
-                self._ns,
-                STATE,
-                list(records.items()),
-                replication=self._replication,
-                quorum=self._state_quorum,
-                timeout=self._timeout,
-            )
-            for res in results:
-                if not res.ok:
-                    self.metrics.replication_failures += 1
-                    logger.debug("state of %r not replicated: %s", res.key, res.error)
-        # A decision stands once taken; a replication failure is counted, not raised.
 
     def _fail(self, kb: bytes, limit: Limit, cost: int, exc: BaseException) -> Decision:
         self.metrics.owner_unavailable += 1
@@ -540,11 +491,22 @@ class RateLimiter:
     def _on_hits(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes | Awaitable[bytes]:
         return answer_hits(self, ctx.source, payload)
 
+    def _on_hits_relay(
+        self, ctx: CommandContext, key: bytes, payload: bytes
+    ) -> bytes | Awaitable[bytes]:
+        batch_id, hits = decode_relay_hits(payload)
+        return answer_hits(self, ctx.source, hits, batch_id)
+
     def _on_states(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        now = self._clock.monotonic()
-        for rec in unpack_records(payload):
-            rkey, entry = decode_entry(rec, now)
-            self._store.merge(rkey, entry, self._node.partition_for_key(rkey))
+        on_states(self, payload)
+        return b""
+
+    def _on_states_relay(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        on_states_relay(self, payload)
+        return b""
+
+    def _on_relayed(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        on_relayed(self, payload)
         return b""
 
     def _on_state(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
@@ -566,6 +528,8 @@ class RateLimiter:
         out = self.metrics.snapshot()
         out["hits_waited"] = sum(b.waited for b in self._forward.values())
         out["states_waited"] = sum(r.waited for r in self._replicate.values())
+        out["relays_received"] = self._relay_waits.received
+        out["relays_late"] = self._relay_waits.late
         return out
 
 

@@ -51,6 +51,11 @@ class RateLimiterMetrics:
         self.states_sent = 0  # key states in them
         # states sent with the owner's answer to a forwarder that is the key's other replica
         self.states_with_answer = 0
+        # Relay protocol (see _relay): forwarded hits this owner had a replica answer, and
+        # relayed decisions this replica sent on to their forwarders.
+        self.relayed = 0
+        self.relays_sent = 0
+        self.relay_messages = 0  # `relayed` requests carrying them (one per forwarder)
         self.registry.register(_StoreCollector(self))
 
     def bind_store(self, store: StateStore) -> None:
@@ -102,6 +107,9 @@ class RateLimiterMetrics:
             if self.state_batches
             else 0.0,
             "states_with_answer": self.states_with_answer,
+            "relayed": self.relayed,
+            "relays_sent": self.relays_sent,
+            "relay_messages": self.relay_messages,
             "keys": 0 if store is None else len(store),
             "handoff_records_in": 0 if store is None else store.handoffs_in,
             "handoff_records_out": 0 if store is None else store.handoffs_out,

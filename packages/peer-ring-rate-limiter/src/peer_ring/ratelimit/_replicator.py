@@ -15,6 +15,10 @@ iteration fewer than a scheduled callback that then creates the task).
 :mod:`~peer_ring.ratelimit._batcher`): while every message in flight holds a single key,
 another may leave at once (up to that many messages in flight), so a lone decision does not
 wait for the previous decision's replication round trip.
+
+Relayed decisions (see :mod:`~peer_ring.ratelimit._relay`) ride in the same message as the
+states: :meth:`Replicator.relay` queues one beside its key, and the replica answers the
+forwarder once it stored the states.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ class Replicator:
     """New states of keys for one replica node, sent in batches (see the module doc).
 
     Args:
-        send: sends the newest states of the given keys and returns when the replica
-            stored them (or the fallback is done); an exception fails the waiting decisions.
+        send: sends the newest states of the given keys, with the relayed decisions queued
+            beside them, and returns when the replica stored them (or the fallback is
+            done); an exception fails the waiting decisions.
         max_in_flight: messages awaiting their answer at once (None: no bound).
         light_in_flight: while every message in flight holds a single key, another may
             leave at once, up to this many in flight (None: only ``max_in_flight``).
@@ -39,7 +44,7 @@ class Replicator:
 
     def __init__(
         self,
-        send: Callable[[list[bytes]], Awaitable[None]],
+        send: Callable[[list[bytes], list[bytes]], Awaitable[None]],
         max_in_flight: int | None = 1,
         light_in_flight: int | None = None,
     ) -> None:
@@ -54,6 +59,7 @@ class Replicator:
         #: Keys that found every message slot busy (they waited for a round trip to end).
         self.waited = 0
         self._pending: dict[bytes, None] = {}
+        self._relays: list[bytes] = []
         self._next: asyncio.Future[None] | None = None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,6 +85,17 @@ class Replicator:
                 self._schedule()
         return fut
 
+    def relay(self, key: bytes, record: bytes) -> None:
+        """Replicate ``key``'s newest state and send the relayed decision ``record`` with it
+        (nobody on this node waits for it: the replica answers the forwarder)."""
+        self._relays.append(record)
+        self.submit(key)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a key submitted now would wait for a message in flight to be answered."""
+        return not self._scheduled and self._saturated()
+
     def _saturated(self) -> bool:
         n = len(self._tasks)
         if self._max_in_flight is None or n < self._max_in_flight:
@@ -100,14 +117,14 @@ class Replicator:
     async def _run(self) -> None:
         # Runs one loop turn after _schedule: the keys of that whole turn go together.
         self._scheduled = False
-        keys, fut = list(self._pending), self._next
-        self._pending, self._next = {}, None
+        keys, fut, relays = list(self._pending), self._next, self._relays
+        self._pending, self._next, self._relays = {}, None, []
         if fut is None:
             return
         lone = len(keys) == 1
         self._lone += lone
         try:
-            await self._send(keys)
+            await self._send(keys, relays)
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(exc)
