@@ -1,0 +1,676 @@
+"""Review of the TCP transport's direct paths (16907a8, 9bb0531), real TCP on loopback.
+
+The caller writes a lone request itself, the serving side serves and answers a frame in
+the ``data_received`` that read it, the asking side matches answers there, and a handler
+Task's answer is written as the Task finishes: all while the connection's writer or reader
+task is idle. These tests mix those paths with the writer tasks' and check what a user
+relies on:
+
+- every answer resolves its own request, whichever path each took (bursts during direct
+  writes, cancellations and deadlines around the matching, callbacks that re-enter the
+  transport from inside ``data_received``), and nothing stays counted afterwards;
+- a handler that raises while served inline is answered with an error, and the stream
+  keeps serving;
+- the bounds hold on the direct path: a reader that stops reading keeps the server within
+  ``max_inbound_pending_bytes``; answers over ``max_message_bytes`` become ``TOO_LARGE``;
+- a peer that closes or resets mid-frame fails what it carried at once; a late answer whose
+  request timed out while its frame was half read is dropped, the connection goes on;
+- the same over TLS; and a 3-node cluster keeps every acknowledged write while a node is
+  stopped and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
+from peer_ring.core._errors import PeerUnavailableError, RequestTimeoutError
+from peer_ring.core._types import Request, Response, Status, TransferRequest
+from peer_ring.core.proto import peer_ring_pb2 as pb
+from peer_ring.core.testing import CertificateAuthority, FixedDiscovery, free_port
+from peer_ring.core.transport import TcpTransport, TransportLimits
+from peer_ring.core.transport._tcp_wire import ACCEPT, FRAME, PREAMBLE, message
+
+#: Upper bound of any single wait (real seconds). Only reached on a bug.
+LIMIT = 20.0
+
+FAST = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=2.0)
+
+
+async def no_transfer(sender: str, request: TransferRequest) -> AsyncIterator[list[bytes]]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+def echo(sender: str, request: Request) -> Response:
+    return Response(Status.OK, request.payload)
+
+
+async def bounded(aw: Awaitable[Any]) -> Any:
+    return await asyncio.wait_for(aw, LIMIT)
+
+
+Pair = Callable[..., Awaitable[tuple[TcpTransport, TcpTransport]]]
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    """``await pair(handler, limits=, client_handler=, tls=)``: a started client and server,
+    the client connected to the server; all closed after the test."""
+    made: list[TcpTransport] = []
+
+    async def make(
+        handler: Any = echo,
+        *,
+        limits: TransportLimits = FAST,
+        client_handler: Any = echo,
+        tls: Any = None,
+    ) -> tuple[TcpTransport, TcpTransport]:
+        server = TcpTransport(f"127.0.0.1:{free_port()}", limits=limits, tls=tls and tls[0])
+        client = TcpTransport(f"127.0.0.1:{free_port()}", limits=FAST, tls=tls and tls[1])
+        made.extend((server, client))
+        await server.start(handler, no_transfer)
+        await client.start(client_handler, no_transfer)
+        await bounded(client.connect(server.address))
+        return client, server
+
+    yield make
+    await asyncio.gather(*(t.close() for t in made))
+
+
+def ask(client: TcpTransport, server: TcpTransport, payload: bytes, **fields: Any) -> Any:
+    fields.setdefault("timeout", 10.0)
+    fields.setdefault("key", b"k")
+    fields.setdefault("command", "echo")
+    return client.request(server.address, Request("t", payload=payload, **fields))
+
+
+async def settled(client: TcpTransport, server: TcpTransport) -> None:
+    """Nothing stays counted once every request is settled (a leak would skew the direct
+    path's conditions, e.g. ``_in_flight < 2``, or hold the bounds for good)."""
+    conn = client._peers[server.address]
+
+    def quiet() -> bool:
+        streams = list(server._inbound)
+        return conn.load() == (0, 0) and all(
+            s._pending_bytes == 0 and not s._tasks and not s._outbox for s in streams
+        )
+
+    for _ in range(2000):
+        if quiet():
+            break
+        await asyncio.sleep(0.005)
+    assert conn.load() == (0, 0)
+    for s in server._inbound:
+        assert (s._pending_bytes, len(s._tasks), len(s._outbox)) == (0, 0, 0)
+
+
+class Owner:
+    """A CallOwner recording outcomes; ``on_answer`` runs inside the matching code."""
+
+    def __init__(self, on_answer: Callable[[str, bytes], None] | None = None) -> None:
+        self.answers: dict[str, bytes] = {}
+        self.errors: dict[str, BaseException | Response] = {}
+        self.on_answer = on_answer
+        self.changed = asyncio.Event()
+
+    def answered(self, target: str, hint: str, payload: bytes) -> None:
+        self.answers[hint] = payload
+        self.changed.set()
+        if self.on_answer is not None:
+            self.on_answer(hint, payload)
+
+    def on_response(self, target: str, hint: str, response: Response) -> None:
+        self.errors[hint] = response
+        self.changed.set()
+
+    def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
+        self.errors[hint] = (
+            asyncio.CancelledError() if fut.cancelled() else fut.exception() or fut.result()
+        )  # type: ignore[assignment]
+        self.changed.set()
+
+    async def wait(self, count: int) -> None:
+        async def until() -> None:
+            while len(self.answers) + len(self.errors) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await bounded(until())
+
+
+# -- matching --------------------------------------------------------------------------------
+
+
+async def test_interleaved_direct_and_writer_paths_answer_every_request_with_its_own(
+    pair: Pair,
+) -> None:
+    """A seeded mix, both directions at once: lone requests (direct), bursts (the writer),
+    inline and Task answers, cancellations and short deadlines; each answer is checked."""
+
+    def mixed(sender: str, request: Request) -> Response | Awaitable[Response]:
+        if request.command == "later":
+            return later(request)
+        if request.command == "boom":
+            raise ValueError("boom")
+        return Response(Status.OK, request.payload)
+
+    async def later(request: Request) -> Response:
+        delay = int(request.key or b"0") / 1000
+        await asyncio.sleep(delay)
+        return Response(Status.OK, request.payload)
+
+    client, server = await pair(mixed, client_handler=mixed)
+    rng = random.Random(23)
+    checked = cancelled = timed_out = errors = 0
+
+    async def one(src: TcpTransport, dst: TcpTransport, n: int) -> None:
+        nonlocal checked, cancelled, timed_out, errors
+        kind = rng.choice(["echo", "echo", "later", "boom", "cancel", "deadline"])
+        payload = b"%s-%d" % (src.address.encode(), n)
+        if kind == "deadline":  # a Task outliving a short deadline (its answer is late)
+            fut = ask(src, dst, payload, command="later", key=b"80", timeout=0.02)
+        elif kind == "later":
+            fut = ask(src, dst, payload, command="later", key=b"%d" % rng.randrange(3))
+        elif kind == "cancel":
+            fut = ask(src, dst, payload, command="later", key=b"2")
+        else:
+            fut = ask(src, dst, payload, command=kind)
+        if kind == "cancel":
+            await asyncio.sleep(rng.choice([0, 0.001]))
+            fut.cancel()
+            cancelled += 1
+            return
+        try:
+            answer = await bounded(fut)
+        except RequestTimeoutError:
+            assert kind == "deadline"
+            timed_out += 1
+            return
+        if kind == "boom":
+            assert answer.status is Status.ERROR and "boom" in answer.error
+            errors += 1
+        elif kind == "deadline":
+            # The server's own deadline fired first (same tick, slower side): fine.
+            assert answer.status is Status.TIMEOUT or answer.payload == payload
+        else:
+            assert (answer.status, answer.payload) == (Status.OK, payload)
+            checked += 1
+
+    async def driver(src: TcpTransport, dst: TcpTransport, base: int) -> None:
+        n = base
+        for _ in range(40):  # rounds
+            shape = rng.choice(["lone", "burst", "trickle"])
+            if shape == "lone":
+                await asyncio.sleep(0.001)
+                await one(src, dst, n)
+                n += 1
+            elif shape == "burst":
+                size = rng.randrange(2, 40)
+                await asyncio.gather(*(one(src, dst, n + i) for i in range(size)))
+                n += size
+            else:  # one per turn: direct writes meeting answers being matched
+                tasks = []
+                for i in range(rng.randrange(2, 10)):
+                    tasks.append(asyncio.ensure_future(one(src, dst, n + i)))
+                    await asyncio.sleep(0)
+                await asyncio.gather(*tasks)
+                n += len(tasks)
+
+    await bounded(asyncio.gather(driver(client, server, 0), driver(server, client, 100_000)))
+    assert checked > 100 and cancelled and errors, (checked, cancelled, timed_out, errors)
+    assert client.stats()["direct_frames"] > 0 and server.stats()["direct_frames"] > 0
+    await settled(client, server)
+    await settled(server, client)
+
+
+async def test_cancelling_a_request_while_its_frame_is_matched_in_data_received(
+    pair: Pair,
+) -> None:
+    """The owner of the first answer of a frame cancels the next request of the same frame
+    (inside the matching loop, in data_received): its answer is skipped, nothing breaks,
+    and the link's bookkeeping comes back to zero."""
+    client, server = await pair()
+    futures: dict[str, Any] = {}
+
+    def cancel_next(hint: str, payload: bytes) -> None:
+        n = int(hint)
+        nxt = futures.get(str(n + 1))
+        if n % 2 == 0 and nxt is not None and not nxt.done():
+            nxt.cancel()
+
+    owner = Owner(cancel_next)
+    for n in range(60):  # one turn: 1 direct, 59 in one frame, answered in one frame
+        futures[str(n)] = client._peers[server.address].submit(
+            owner, str(n), "t", "echo", b"k", b"%d" % n, 0, 10.0
+        )
+    await owner.wait(60)
+    answered = set(owner.answers)
+    for n in range(60):
+        if str(n) in answered:
+            assert owner.answers[str(n)] == b"%d" % n
+        else:
+            assert isinstance(owner.errors[str(n)], asyncio.CancelledError), n
+    assert len(answered) >= 30
+    assert client.stats()["late_responses"] >= 1  # the cancelled ones' answers arrived
+    await settled(client, server)
+    # The link still takes the direct path afterwards.
+    before = client.stats()["direct_frames"]
+    assert (await bounded(ask(client, server, b"after"))).payload == b"after"
+    assert client.stats()["direct_frames"] == before + 1
+
+
+async def test_callbacks_re_entering_the_transport_from_data_received(pair: Pair) -> None:
+    """A server handler served inline asks the client back (its own link, from inside the
+    server's data_received), and the client's owner submits its next request from inside
+    its own data_received: a chain of 100 requests plus 100 call-backs, all answered."""
+    box: dict[str, TcpTransport] = {}
+    backs: list[Any] = []
+
+    def calls_back(sender: str, request: Request) -> Response:
+        backs.append(box["server"].request(sender, Request("t", "echo", b"k", request.payload)))
+        return Response(Status.OK, request.payload)
+
+    client, server = await pair(calls_back)
+    box["server"] = server
+    conn = client._peers[server.address]
+
+    def next_one(hint: str, payload: bytes) -> None:
+        assert payload == hint.encode()
+        n = int(hint) + 1
+        if n < 100:
+            conn.submit(owner, str(n), "t", "echo", b"k", b"%d" % n, 0, 10.0)
+
+    owner = Owner(next_one)
+    conn.submit(owner, "0", "t", "echo", b"k", b"0", 0, 10.0)
+    await owner.wait(100)
+    assert owner.errors == {}
+    assert owner.answers == {str(n): b"%d" % n for n in range(100)}
+    answers = await bounded(asyncio.gather(*backs))
+    assert [a.payload for a in answers] == [b"%d" % n for n in range(100)]
+    assert client.stats()["direct_frames"] >= 50  # the chain did take the direct paths
+    await settled(client, server)
+    await settled(server, client)
+
+
+async def test_a_handler_raising_inline_is_answered_and_serving_goes_on(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    def picky(sender: str, request: Request) -> Response:
+        if request.payload.startswith(b"bad"):
+            raise RuntimeError(f"cannot serve {request.payload!r}")
+        return Response(Status.OK, request.payload)
+
+    client, server = await pair(picky)
+    with caplog.at_level(logging.WARNING):
+        lone = await bounded(ask(client, server, b"bad-lone"))  # direct, inline
+        burst = await bounded(
+            asyncio.gather(
+                *(ask(client, server, b"bad-%d" % i if i % 3 else b"ok-%d" % i) for i in range(30))
+            )
+        )
+    assert lone.status is Status.ERROR and "bad-lone" in lone.error
+    for i, answer in enumerate(burst):
+        if i % 3:
+            assert answer.status is Status.ERROR and (b"bad-%d" % i).decode() in answer.error
+        else:
+            assert (answer.status, answer.payload) == (Status.OK, b"ok-%d" % i)
+    assert server.stats()["handler_errors"] == 21
+    assert (await bounded(ask(client, server, b"fine"))).payload == b"fine"
+    # Reported as a handler failure, never as a failure of the frame's serving code.
+    assert not [r for r in caplog.records if "serving a frame" in r.getMessage()]
+    await settled(client, server)
+
+
+# -- bounds ------------------------------------------------------------------------------------
+
+
+async def test_a_reader_that_stops_reading_keeps_the_server_within_its_bounds(
+    pair: Pair,
+) -> None:
+    """The client stops reading its socket: the server's direct writes stop at the full
+    socket buffer, the writer waits, the reader pauses at max_inbound_pending_bytes, and
+    the handler stops being called; once the client reads again every answer arrives."""
+    answer = b"a" * (256 * 1024)
+    calls = 0
+
+    def big(sender: str, request: Request) -> Response:
+        nonlocal calls
+        calls += 1
+        return Response(Status.OK, request.payload + answer)
+
+    pending = 1024 * 1024
+    limits = replace(FAST, max_inbound_pending_bytes=pending)
+    client, server = await pair(big, limits=limits)
+    assert (await bounded(ask(client, server, b"warm"))).payload == b"warm" + answer
+    conn = client._peers[server.address]
+    assert conn._frames is not None
+    conn._frames._proto.transport.pause_reading()  # a client that no longer reads
+    futures = [ask(client, server, b"%04d" % i, timeout=30.0) for i in range(200)]
+    # Wait until the server stops calling the handler (stable for 0.5 s).
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 0.5:
+        await asyncio.sleep(0.05)
+        if calls != last:
+            last, stable_since = calls, time.monotonic()
+    (stream,) = list(server._inbound)
+    # Kernel buffers on loopback take some answers; the rest is bounded by the stream.
+    assert calls < 150, calls
+    assert stream._pending_bytes <= pending + len(answer) + 64, stream._pending_bytes
+    buffered = stream._context._proto.transport.get_write_buffer_size()
+    assert buffered <= pending + 2 * len(answer), buffered
+    conn._frames._proto.transport.resume_reading()
+    answers = await bounded(asyncio.gather(*futures))
+    assert [a.payload[:4] for a in answers] == [b"%04d" % i for i in range(200)]
+    assert calls == 201
+    await settled(client, server)
+
+
+async def test_answers_over_max_message_bytes_on_the_direct_path(pair: Pair) -> None:
+    max_bytes = 64 * 1024
+    limits = replace(FAST, max_message_bytes=max_bytes)
+
+    def sized(sender: str, request: Request) -> Response:
+        return Response(Status.OK, b"s" * int(request.payload))
+
+    client, server = await pair(sized, limits=limits)
+    too_big = await bounded(ask(client, server, b"%d" % (max_bytes + 1)))  # lone: direct
+    assert too_big.status is Status.TOO_LARGE
+    # Answers of 0.6 of the maximum, many in one outbox: split into frames that fit.
+    size = max_bytes * 6 // 10
+    answers = await bounded(asyncio.gather(*(ask(client, server, b"%d" % size) for _ in range(20))))
+    assert all(len(a.payload) == size for a in answers)
+    assert server.stats()["oversized_responses"] == 1
+    assert server.stats()["malformed_frames"] == 0
+    assert client.stats()["stream_failures"] == 0
+    await settled(client, server)
+
+
+# -- peers that go away mid-frame ------------------------------------------------------------
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
+    """A hand-driven TCP-transport peer: it accepts the HELLO, then runs a script."""
+    servers: list[asyncio.Server] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def serve(script: Script) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                await reader.readexactly(len(PREAMBLE))
+                (length,) = struct.unpack(">I", await reader.readexactly(4))
+                await reader.readexactly(length)  # the HELLO
+                writer.write(PREAMBLE + message(ACCEPT))
+                await script(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield serve
+    for server in servers:
+        server.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()
+
+
+async def read_requests(reader: asyncio.StreamReader) -> list[pb.Request]:
+    """The requests of the next frame that has some (frames of cancels only are skipped)."""
+    while True:
+        length, kind = struct.unpack(">IB", await reader.readexactly(5))
+        body = await reader.readexactly(length - 1)
+        assert kind == FRAME
+        requests = list(pb.Frame.FromString(body).requests)
+        if requests:
+            return requests
+
+
+def answer_message(*requests: pb.Request) -> bytes:
+    frame = pb.Frame(responses=[pb.Response(id=r.id, payload=r.payload) for r in requests])
+    return message(FRAME, frame.SerializeToString())
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TcpTransport]:
+    transport = TcpTransport(f"127.0.0.1:{free_port()}", limits=FAST)
+    await transport.start(echo, no_transfer)
+    yield transport
+    await transport.close()
+
+
+async def test_a_deadline_expiring_while_the_answer_frame_is_half_read(
+    fake_server: Callable[[Script], Awaitable[str]], client: TcpTransport
+) -> None:
+    timed_out = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (first,) = await read_requests(reader)
+        whole = answer_message(first)
+        writer.write(whole[: len(whole) // 2])  # the frame's first half
+        await timed_out.wait()
+        writer.write(whole[len(whole) // 2 :])  # the rest: an answer nobody waits for
+        (second,) = await read_requests(reader)
+        writer.write(answer_message(second))
+        await asyncio.sleep(LIMIT)
+
+    peer = await fake_server(script)
+    await bounded(client.connect(peer))
+    first = client.request(peer, Request("t", "echo", b"k", b"x" * 10_000, 0, "", 0.3))
+    with pytest.raises(RequestTimeoutError):
+        await bounded(first)
+    timed_out.set()
+    second = await bounded(client.request(peer, Request("t", "echo", b"k", b"second", 0, "", 5)))
+    assert second.payload == b"second"
+    stats = client.stats()
+    assert stats["late_responses"] == 1 and stats["stream_failures"] == 0
+    assert client._peers[peer].load() == (0, 0)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_a_peer_closing_mid_frame_fails_its_requests_at_once(
+    fake_server: Callable[[Script], Awaitable[str]], client: TcpTransport, reset: bool
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (first,) = await read_requests(reader)
+        whole = answer_message(first)
+        writer.write(whole[: len(whole) // 2])
+        await writer.drain()
+        if reset:
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            writer.close()
+
+    peer = await fake_server(script)
+    await bounded(client.connect(peer))
+    started = time.monotonic()
+    with pytest.raises(PeerUnavailableError):
+        await bounded(client.request(peer, Request("t", "echo", b"k", b"x" * 5000, 0, "", 10)))
+    assert time.monotonic() - started < 5.0  # the stream's end, not the 10 s deadline
+    assert client._peers[peer].load() == (0, 0)
+
+
+async def test_a_client_resetting_with_answers_unwritten_leaves_the_server_serving(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw client sends 50 frames of requests and resets: the server's direct writes meet
+    a closing transport; nothing is logged as an error and the server serves others."""
+    client, server = await pair()
+    host, _, port = server.address.rpartition(":")
+    from peer_ring.core.transport._tcp_wire import HELLO, KIND_EXCHANGE, encode_hello
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            reader, writer = await bounded(asyncio.open_connection(host, int(port)))
+            writer.write(PREAMBLE + message(HELLO, encode_hello(KIND_EXCHANGE, "raw:1", None)))
+            assert await bounded(reader.readexactly(len(PREAMBLE))) == PREAMBLE
+            frames = b"".join(
+                message(
+                    FRAME,
+                    pb.Frame(
+                        requests=[pb.Request(id=i, namespace="t", command="e", payload=b"p" * 900)]
+                    ).SerializeToString(),
+                )
+                for i in range(1, 51)
+            )
+            writer.write(frames)
+            await writer.drain()
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        answers = await bounded(
+            asyncio.gather(*(ask(client, server, b"%d" % i) for i in range(20)))
+        )
+    assert [a.payload for a in answers] == [b"%d" % i for i in range(20)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+async def test_the_direct_paths_over_tls(pair: Pair, tmp_path: Path) -> None:
+    ca = CertificateAuthority.create("review-ca")
+    tls = tuple(ca.write_node_files(tmp_path / n, n).config() for n in ("server", "client"))
+
+    async def later(request: Request) -> Response:
+        await asyncio.sleep(0)
+        return Response(Status.OK, request.payload)
+
+    def handler(sender: str, request: Request) -> Response | Awaitable[Response]:
+        return later(request) if request.command == "later" else echo(sender, request)
+
+    client, server = await pair(handler, tls=tls)
+    before = (client.stats()["direct_frames"], server.stats()["direct_frames"])
+    for i in range(10):
+        await asyncio.sleep(0.001)
+        command = "later" if i % 2 else "echo"
+        assert (await bounded(ask(client, server, b"%d" % i, command=command))).payload == b"%d" % i
+    after = (client.stats()["direct_frames"], server.stats()["direct_frames"])
+    assert after[0] - before[0] == 10 and after[1] - before[1] == 10
+    # Records of 16 KiB, a write buffer past its high-water mark: whole answers, in order.
+    big = [b"%03d" % i + b"b" * 200_000 for i in range(30)]
+    answers = await bounded(asyncio.gather(*(ask(client, server, p) for p in big)))
+    assert [a.payload for a in answers] == big
+    assert client.stats()["tls_handshakes"] + server.stats()["tls_handshakes"] >= 1
+    await settled(client, server)
+
+
+# -- a cluster: every acknowledged write survives a node's restart ---------------------------
+
+PUT = Command("put", mutates=True)
+GET = Command("get", reads=True)
+
+
+class Store:
+    """A node's data, kept across its restart (as a disk would)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        self.data[key] = payload
+        return b"ok"
+
+    async def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        await asyncio.sleep(0)  # a Task's answer: 9bb0531's path
+        return self.data.get(key, b"")
+
+
+NODE_CONFIG = PeerRingConfig(
+    partitions=64,
+    replication=3,
+    quorum=2,
+    request_timeout=2.0,
+    transport="tcp",
+    transport_limits=TransportLimits(connect_timeout=1.0, backoff_initial=0.02, backoff_max=0.2),
+    anti_entropy_interval=None,
+)
+
+
+def tcp_node(address: str, peers: list[str], store: Store) -> PeerRing:
+    node = PeerRing(FixedDiscovery(address, peers), config=NODE_CONFIG)
+    node.register("kv", PUT, store.put)
+    node.register("kv", GET, store.get)
+    return node
+
+
+@pytest.mark.slow
+async def test_acknowledged_writes_survive_a_restart_over_tcp() -> None:
+    """3 nodes, R3/Q2, writers on every node while one node is stopped and restarted (its
+    data kept): every acknowledged write is on at least 2 nodes and readable afterwards."""
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    stores = {p: Store() for p in peers}
+    nodes = {p: tcp_node(p, peers, stores[p]) for p in peers}
+    acked: dict[bytes, bytes] = {}
+    failed = 0
+    try:
+        for node in nodes.values():
+            await node.start()
+        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+        victim = peers[1]
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            nonlocal failed
+            for i in range(100_000):  # bounded: stop ends it long before
+                if stop.is_set():
+                    return
+                node = nodes[peers[(w + i) % 3]]
+                if node.address == victim and not node.ready:
+                    await asyncio.sleep(0.005)
+                    continue
+                key, value = b"w%d-%d" % (w, i), b"v%d-%d" % (w, i)
+                try:
+                    await node.execute("kv", PUT, key, value, timeout=2.0)
+                except Exception:
+                    failed += 1  # not acknowledged: nothing promised
+                else:
+                    acked[key] = value
+
+        writers = [asyncio.ensure_future(writer(w)) for w in range(6)]
+        try:
+            await asyncio.sleep(0.5)
+            await nodes[victim].stop()
+            await asyncio.sleep(1.0)
+            nodes[victim] = tcp_node(victim, peers, stores[victim])
+            await nodes[victim].start()
+            await bounded(nodes[victim].wait_ready(LIMIT))
+            await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            await bounded(asyncio.gather(*writers))
+        assert len(acked) > 100, (len(acked), failed)
+        for key, value in acked.items():
+            holders = sum(store.data.get(key) == value for store in stores.values())
+            assert holders >= 2, (key, holders)
+        for n, (key, value) in enumerate(sorted(acked.items())):
+            if n % 10:
+                continue  # a sample read back through the public API
+            result = await nodes[peers[n % 3]].execute("kv", GET, key, b"", timeout=5.0)
+            assert value in result.payloads, (key, result.payloads)
+    finally:
+        for node in nodes.values():
+            await node.stop()
