@@ -119,15 +119,29 @@ def install(ps: Any, trace: Trace) -> None:
 
     leaders.publish = traced_publish
 
-    send_many = leaders._send_many
+    def entries_of(batch: Any) -> list[bytes]:
+        return [e.data for leader, slot in batch if traced(leader.key) for e, _ in slot.batch]
 
-    async def traced_send_many(batch: Any) -> None:
-        datas = [e.data for leader, slot in batch if traced(leader.key) for e, _ in slot.batch]
-        trace.mark("append_out", datas)
-        await send_many(batch)
-        trace.mark("committed", datas)
+    send_batch = getattr(leaders, "_send_batch", None)  # a turn's APPEND sections (_outbox)
+    if send_batch is not None:
 
-    leaders._send_many = traced_send_many
+        async def traced_send_batch(batch: Any, items: Any) -> None:
+            datas = entries_of(batch)
+            trace.mark("append_out", datas)
+            await send_batch(batch, items)
+            trace.mark("committed", datas)
+
+        leaders._send_batch = traced_send_batch
+    else:  # older package sources
+        send_many = leaders._send_many
+
+        async def traced_send_many(batch: Any) -> None:
+            datas = entries_of(batch)
+            trace.mark("append_out", datas)
+            await send_many(batch)
+            trace.mark("committed", datas)
+
+        leaders._send_many = traced_send_many
 
     send = leaders._send
 
