@@ -120,7 +120,7 @@ async def test_a_burst_still_leaves_in_few_frames(pair: Pair) -> None:
 
 async def test_requests_in_flight_keep_the_writer_coalescing(pair: Pair) -> None:
     """64 callers in a closed loop: answers wake them in groups, and their next requests
-    join frames (only a request with fewer than two in flight goes out on its own)."""
+    join frames; the server's answers to frames of many requests go through its writer."""
     client, server = await pair()
 
     async def caller(n: int) -> None:
@@ -132,7 +132,13 @@ async def test_requests_in_flight_keep_the_writer_coalescing(pair: Pair) -> None
     c = client.stats()
     assert c["requests_sent"] == 64 * 30
     assert c["requests_sent"] >= 8 * c["frames_sent"], c
-    assert c["direct_frames"] * 10 <= c["frames_sent"], c
+    # In one process the answers of a round arrive together and the callers' next requests
+    # find nothing in flight; after a frame of several answers none goes out on its own
+    # (it did, one per round of 64, before that rule: 30 here).
+    assert c["direct_requests"] <= 3, c
+    # The server answers frames of many requests through its writer, which joins them.
+    s = server.stats()
+    assert s["responses_sent"] >= 8 * s["frames_sent"], s
 
 
 async def test_the_inbound_bounds_hold_on_the_direct_path(pair: Pair) -> None:

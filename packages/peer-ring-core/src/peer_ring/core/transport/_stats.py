@@ -81,6 +81,7 @@ class TransportStats:
     transfers_sent: int = 0
     transfers_received: int = 0
     direct_frames: int = 0
+    direct_requests: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """A snapshot of every counter."""

@@ -218,7 +218,9 @@ class TcpPeerConnection(PeerConnection):
       :data:`DIRECT_BELOW` requests are in flight and no other request was written this
       way in the same loop turn is written by :meth:`submit` itself (no writer wake-up,
       no linger turn); the next requests of that turn queue for the writer, which joins
-      them into one frame as before, and under load (many in flight) every request does;
+      them into one frame as before, and under load (many in flight) every request does,
+      as do the requests of the turn after a frame of several answers (their callers,
+      woken together, would otherwise find nothing in flight and send the first alone);
     - answers are matched in the protocol's ``data_received`` while the reader task is
       idle (:meth:`_take_frame`), in the turn they arrive.
     """
@@ -230,6 +232,8 @@ class TcpPeerConnection(PeerConnection):
         # Never past the in-flight bound (submit() checks only this).
         self._direct_below = min(DIRECT_BELOW, self._max_in_flight)
         self._frames: FrameStream | None = None
+        #: A frame of several answers was matched in this or the previous loop turn.
+        self._burst = False
 
     async def _open(self) -> Any:
         # Only the first attempt waits for a peer that is still starting: later ones run
@@ -246,7 +250,7 @@ class TcpPeerConnection(PeerConnection):
 
     def _send_now(self, call: OutboundCall) -> bool:
         stream = self._frames
-        if stream is None or not stream.write_now([call.data]):
+        if self._burst or stream is None or not stream.write_now([call.data]):
             return False
         call.data = b""
         call.sent = True
@@ -255,6 +259,7 @@ class TcpPeerConnection(PeerConnection):
         stats.requests_sent += 1
         stats.frames_sent += 1
         stats.direct_frames += 1
+        stats.direct_requests += 1
         if self._sample is None:
             self._sample = call
             self._sample_at = self._loop.time()
@@ -275,5 +280,14 @@ class TcpPeerConnection(PeerConnection):
         self._stats.frames_received += 1
         responses = frame.responses
         if responses:
+            if len(responses) > 1 and not self._burst:
+                # Answers to several requests at once: their callers' next requests come in
+                # the next turn, together (closed loop). None of them goes out on its own:
+                # the writer joins them all.
+                self._burst = True
+                self._loop.call_soon(self._loop.call_soon, self._end_burst)
             self._on_responses(responses)
         return DIRECT_DONE
+
+    def _end_burst(self) -> None:
+        self._burst = False
