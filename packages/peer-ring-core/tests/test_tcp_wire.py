@@ -15,8 +15,12 @@ from typing import Any
 
 import pytest
 
+from peer_ring.core.transport._inbound import CARRY
 from peer_ring.core.transport._options import EOF
 from peer_ring.core.transport._tcp_wire import (
+    DIRECT_BLOCKED,
+    DIRECT_DECLINED,
+    DIRECT_DONE,
     FRAME,
     HELLO,
     INTERNAL,
@@ -259,6 +263,93 @@ async def test_cancelling_a_frame_stream_ends_it() -> None:
     stream.cancel()
     assert sock.aborted
     assert await asyncio.wait_for(stream.read(), LIMIT) is EOF
+
+
+# -- direct consumers (FrameProtocol.on_frame) -----------------------------------------------
+
+
+async def waiting_reader(stream: FrameStream) -> asyncio.Future[Any]:
+    reader = asyncio.ensure_future(stream.read())
+    await asyncio.sleep(0)  # now it waits in read()
+    assert not reader.done()
+    return reader
+
+
+async def test_a_consumer_takes_frames_only_while_the_reader_waits_with_nothing_queued() -> None:
+    proto, _ = connected()
+    stream = FrameStream(proto, "10.0.0.1:5")
+    taken: list[bytes] = []
+    stream.take_frames(lambda body: taken.append(body) or DIRECT_DONE)
+    # No reader waiting yet: queued for it, in order.
+    proto.data_received(PREAMBLE + message(FRAME, b"q1"))
+    assert taken == []
+    assert await asyncio.wait_for(stream.read(), LIMIT) == b"q1"
+    reader = await waiting_reader(stream)
+    proto.data_received(message(FRAME, b"d1") + message(FRAME, b"d2"))
+    assert taken == [b"d1", b"d2"]
+    assert not reader.done()  # the reader task never woke
+    # Another message type goes to the reader, and everything behind it too (order).
+    proto.data_received(message(HELLO, b"h") + message(FRAME, b"after"))
+    assert taken == [b"d1", b"d2"]
+    with pytest.raises(ProtocolError, match="unexpected message type 1"):
+        await asyncio.wait_for(reader, LIMIT)
+
+
+async def test_declined_and_blocked_frames_go_to_the_reader_with_what_follows() -> None:
+    proto, _ = connected()
+    stream = FrameStream(proto, "10.0.0.1:5")
+    answers = iter([DIRECT_DECLINED, DIRECT_BLOCKED])
+    seen: list[bytes] = []
+
+    def consumer(body: bytes) -> int:
+        seen.append(body)
+        return next(answers)
+
+    stream.take_frames(consumer)
+    proto.data_received(PREAMBLE)
+    reader = await waiting_reader(stream)
+    proto.data_received(message(FRAME, b"bad") + message(FRAME, b"next"))
+    assert seen == [b"bad"]  # "next" queued behind the declined frame
+    assert await asyncio.wait_for(reader, LIMIT) == b"bad"
+    assert await asyncio.wait_for(stream.read(), LIMIT) == b"next"
+    reader = await waiting_reader(stream)
+    proto.data_received(message(FRAME, b"half") + message(FRAME, b"later"))
+    assert seen == [b"bad", b"half"]
+    # The consumer kept the rest of "half": the reader gets CARRY in its place, then "later".
+    assert await asyncio.wait_for(reader, LIMIT) is CARRY
+    assert await asyncio.wait_for(stream.read(), LIMIT) == b"later"
+
+
+async def test_a_failing_consumer_ends_the_connection_after_what_came_before() -> None:
+    proto, sock = connected()
+    stream = FrameStream(proto, "10.0.0.1:5")
+
+    def consumer(body: bytes) -> int:
+        if body == b"boom":
+            raise RuntimeError("a bug below the transport")
+        return DIRECT_DONE
+
+    stream.take_frames(consumer)
+    proto.data_received(PREAMBLE)
+    reader = await waiting_reader(stream)
+    proto.data_received(message(FRAME, b"ok") + message(FRAME, b"boom") + message(FRAME, b"x"))
+    assert sock.aborted
+    with pytest.raises(RuntimeError, match="a bug below"):
+        await asyncio.wait_for(reader, LIMIT)
+
+
+async def test_write_now_writes_whole_messages_unless_the_socket_is_full_or_closing() -> None:
+    proto, sock = connected()
+    stream = FrameStream(proto, "10.0.0.1:5")
+    del sock.written[:]
+    assert stream.write_now([b"a", b"bc"])
+    assert bytes(sock.written) == message(FRAME, b"a") + message(FRAME, b"bc")
+    proto.pause_writing()
+    assert not stream.write_now([b"d"])
+    proto.resume_writing()
+    sock.close()
+    assert not stream.write_now([b"e"])
+    assert bytes(sock.written) == message(FRAME, b"a") + message(FRAME, b"bc")
 
 
 # -- HELLO and status bodies ----------------------------------------------------------------
