@@ -151,13 +151,16 @@ async def test_the_server_echoes_only_an_offer_it_takes(
     server = await nodes(shared_frames=server_shares)
     metadata: tuple[tuple[str, str], ...] = ((SENDER_KEY, "127.0.0.1:1"),)
     if offer:
-        metadata += ((SHARED_FRAMES_KEY, "1"),)
+        metadata += ((SHARED_FRAMES_KEY, "raw-client"),)
     call = channels(server.address).stream_stream(
         EXCHANGE_PATH, request_serializer=None, response_deserializer=None
     )(None, metadata=metadata)
     initial = dict(await bounded(call.initial_metadata()))
     assert initial[ACCEPTED_KEY] == "1"
-    assert (initial.get(SHARED_FRAMES_KEY) == "1") is echoed
+    # The echo is the server's own instance id (a random token), never the offer's.
+    echo = initial.get(SHARED_FRAMES_KEY)
+    assert (echo is not None) is echoed
+    assert echo != "raw-client"
     call.cancel()
 
 
@@ -180,6 +183,29 @@ async def test_answers_on_a_stream_that_did_not_negotiate_are_ignored(
     assert stats["late_responses"] == 1
     assert stats["responses_carried"] == 0
     call.cancel()
+
+
+async def test_answers_go_only_to_the_instance_that_asked(
+    nodes: NodeFactory, channels: Callable[[str], grpc.aio.Channel]
+) -> None:
+    a, b = await nodes(), await nodes()
+    await linked((b, a))  # b's own stream to a carries answers
+    assert carrying(b, a)
+    # A stream from an older instance of a at the same address (a node restarted while its
+    # old connection stayed half-open): its ids mean other requests than the new a's.
+    call = channels(b.address).stream_stream(
+        EXCHANGE_PATH, request_serializer=None, response_deserializer=None
+    )(None, metadata=((SENDER_KEY, a.address), (SHARED_FRAMES_KEY, "old-instance")))
+    await bounded(call.initial_metadata())
+    frame = pb.Frame(requests=[pb.Request(id=1, namespace="t", command="echo", payload=b"old")])
+    await bounded(call.write(frame.SerializeToString()))
+    answer = pb.Frame.FromString(await bounded(call.read()))
+    assert [(r.id, r.payload) for r in answer.responses] == [(1, b"old")]  # server side
+    assert b.transport.stats()["responses_carried"] == 0
+    assert a.transport.stats()["responses_received"] == 0
+    held = b.request(a, b"x", key=b"x")
+    call.cancel()  # the old instance's stream ends: b's requests to the new a are not failed
+    assert (await bounded(held)).payload == b"x"
 
 
 async def test_answers_take_the_server_side_once_the_own_stream_is_gone(

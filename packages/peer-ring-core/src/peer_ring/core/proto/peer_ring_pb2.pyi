@@ -14,12 +14,15 @@ Connection model
   carries the opener's requests to the peer, and the peer's responses to those requests.
   (The peer's own requests travel on the stream the peer opened in the other direction.)
 * Shared frames (optional, negotiated per stream): the opener offers them with the call
-  metadata `x-peer-ring-shared-frames: 1`; a server that agrees answers the same key in
-  its initial metadata. Then, and only then, the opener may also put its *responses to
+  metadata `x-peer-ring-shared-frames: <instance>` (a random token per node process); a
+  server that agrees answers the same key with its own instance token in its initial
+  metadata. Then, and only then, the opener may also put its *responses to
   the server's requests* (those the server sent on its own stream to the opener) in the
   frames of this stream (`Frame.responses`, opener -> server), and the server matches them
-  with its requests by id as if they had come on its own stream. A node without the
-  feature neither offers nor echoes the key (and ignores it), so both keep the default.
+  with its requests by id as if they had come on its own stream. A node answers on a
+  stream only the requests of the instance that stream reaches (a node restarted at the
+  same address is another instance, with other ids). A node without the feature neither
+  offers nor echoes the key (and ignores it), so both keep the default.
 * Call metadata of every RPC:
     x-peer-ring-sender: the opener's own peer address (`host:port`). Required.
     authorization:      `Bearer <token>` when the cluster shares a token. A server that

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
@@ -68,7 +69,7 @@ from peer_ring.core.transport._grpc_shared import (
     SharedCounters,
     SharedInboundStream,
     SharedPeerConnection,
-    offers_shared_frames,
+    shared_frames_instance,
 )
 from peer_ring.core.transport._grpc_transfer import serve_transfer
 from peer_ring.core.transport._inbound import InboundStream
@@ -102,7 +103,6 @@ CLOSE_GRACE = 0.5
 
 #: Initial metadata of an accepted Exchange, without and with shared frames.
 ACCEPTED: Metadata = ((ACCEPTED_KEY, "1"),)
-SHARED_ACCEPTED: Metadata = (*ACCEPTED, (SHARED_FRAMES_KEY, "1"))
 
 #: Seconds between two log lines about the same kind of refused call (all are counted).
 REFUSAL_LOG_INTERVAL = 10.0
@@ -183,6 +183,10 @@ class GrpcTransport(Admission, Transport):
         # Request ids of a new connection to a peer start above those of every connection
         # forgotten before (answers to them may still arrive on the peer's stream).
         self._id_floor = 1
+        # This transport's instance id, sent with the shared-frames offer and echo: a peer
+        # hands answers only to a stream that reaches the instance that asked (a node
+        # restarted at the same address numbers its requests afresh).
+        self._instance = secrets.token_hex(8)
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self._token = token
         self._stats = TransportStats()
@@ -209,7 +213,7 @@ class GrpcTransport(Admission, Transport):
     def _exchange_metadata(self) -> Metadata:
         """The Exchange stream's call metadata: the sender, the token, the offers."""
         if self._shared_frames:
-            return (*self._metadata, (SHARED_FRAMES_KEY, "1"))
+            return (*self._metadata, (SHARED_FRAMES_KEY, self._instance))
         return self._metadata
 
     def _build_metadata(self) -> Metadata:
@@ -510,13 +514,14 @@ class GrpcTransport(Admission, Transport):
             )
         # Answers in the opener's frames are taken only if it offered shared frames and this
         # node agreed (echoed the offer): see _grpc_shared.
-        shared = self._shared_frames and offers_shared_frames(context.invocation_metadata())
+        offered = shared_frames_instance(context.invocation_metadata())
+        peer_instance = offered if self._shared_frames else None
         make: Callable[..., InboundStream] = InboundStream
         if self._shared_frames:
             make = partial(
                 SharedInboundStream,
                 links=self._peers,
-                shared=shared,
+                peer_instance=peer_instance,
                 max_deferred=self._limits.max_in_flight_per_peer,
             )
         stream = make(
@@ -531,7 +536,11 @@ class GrpcTransport(Admission, Transport):
         # Registered before the first await, so that concurrent openers count each other.
         self._inbound.add(stream)
         try:
-            await context.send_initial_metadata(SHARED_ACCEPTED if shared else ACCEPTED)
+            await context.send_initial_metadata(
+                ACCEPTED
+                if peer_instance is None
+                else (*ACCEPTED, (SHARED_FRAMES_KEY, self._instance))
+            )
         except BaseException:
             self._inbound.discard(stream)
             raise

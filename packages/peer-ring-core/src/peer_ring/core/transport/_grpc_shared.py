@@ -15,10 +15,14 @@ by id as if they had come on ``A -> B``. Answers are not held: queued answers en
 request hold at once (:mod:`._linger`), and the requests queued then go out with them.
 
 Negotiation (no silent wire change): the opener offers it with the call metadata
-``x-peer-ring-shared-frames: 1``; a server that takes it answers the same key in its initial
-metadata (next to ``x-peer-ring-accepted``). Only then does the *opener* put answers on
-that stream (the server promised to route them). An older node neither offers nor echoes
-the key, and ignores it: with it, both directions keep the two-stream behaviour. While the
+``x-peer-ring-shared-frames: <instance>`` (a random token per transport); a server that
+takes it answers the same key with its own instance token in its initial metadata (next to
+``x-peer-ring-accepted``). Only then does the *opener* put answers on that stream (the
+server promised to route them), and only answers to requests that came on a stream opened
+by the instance its own stream reaches: a node restarted at the same address numbers its
+requests afresh, so an answer to its old instance could match a new request. An older
+node neither offers nor echoes the key, and ignores it: with it, both directions keep the
+two-stream behaviour. While the
 node's own stream to the peer is down, or not negotiated, the answers go on the server side
 of the peer's stream, as before; the peer accepts answers on either path at any time.
 
@@ -59,9 +63,13 @@ logger = logging.getLogger(__name__)
 CARRY_BUDGET_SHARE = 4
 
 
-def offers_shared_frames(metadata: Iterable[tuple[str, Any]] | None) -> bool:
-    """Whether an Exchange's call metadata offers shared frames."""
-    return any(key == SHARED_FRAMES_KEY and value == "1" for key, value in metadata or ())
+def shared_frames_instance(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The instance id a peer sent with ``SHARED_FRAMES_KEY`` (its offer, or its echo of
+    ours), or None: the peer does not do shared frames."""
+    for key, value in metadata or ():
+        if key == SHARED_FRAMES_KEY and value:
+            return str(value)
+    return None
 
 
 class SharedCounters:
@@ -105,6 +113,8 @@ class SharedPeerConnection(PeerConnection):
         self._counters = counters
         #: The current stream's server agreed to shared frames (set by the writer).
         self.carrying = False
+        #: The instance id the peer's server echoed on the current stream (see carry()).
+        self.peer_instance: str | None = None
         #: Answers handed over and not yet taken by the writer: (stream, parts, bytes).
         self._carried: list[tuple[SharedInboundStream, list[bytes], int]] = []
         #: Bytes of answers handed over and not yet written (the write in progress included).
@@ -113,8 +123,14 @@ class SharedPeerConnection(PeerConnection):
 
     def carry(self, inbound: SharedInboundStream, parts: list[bytes], size: int) -> bool:
         """Take ``parts`` (encoded answers of ``inbound``, ``size`` bytes) into the next
-        frame; False when this stream does not carry answers or the budget is used up."""
-        if not self.carrying or self._carried_bytes + size > self._carry_budget:
+        frame; False when this stream does not carry answers, the budget is used up, or
+        ``inbound`` was opened by another instance of the peer than the one this stream
+        reaches (a restarted node at the same address: its ids mean other requests)."""
+        if (
+            not self.carrying
+            or inbound.peer_instance != self.peer_instance
+            or self._carried_bytes + size > self._carry_budget
+        ):
             return False
         self._carried.append((inbound, parts, size))
         self._carried_bytes += size
@@ -153,11 +169,13 @@ class SharedPeerConnection(PeerConnection):
 
     async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
         initial = await stream.initial_metadata()  # already received: _open waited for it
-        self.carrying = offers_shared_frames(initial)
+        self.peer_instance = shared_frames_instance(initial)
+        self.carrying = self.peer_instance is not None
         try:
             await self._shared_write_loop(stream)
         finally:
             self.carrying = False
+            self.peer_instance = None
             self._give_back()
 
     async def _shared_write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
@@ -254,22 +272,25 @@ class SharedInboundStream(InboundStream):
     node's requests from its frames.
 
     Takes :class:`InboundStream`'s arguments plus ``links`` (the transport's connections by
-    peer address), ``shared`` (this stream negotiated shared frames: only then are answers
-    in the sender's frames accepted) and ``max_deferred`` (requests read past the inbound
-    bounds that wait for room, at most; see ``_deferred``).
+    peer address), ``peer_instance`` (the instance id of the sender's offer; None when this
+    stream did not negotiate shared frames: only then are answers in its frames accepted)
+    and ``max_deferred`` (requests read past the inbound bounds that wait for room, at
+    most; see ``_deferred``).
     """
 
     def __init__(
         self,
         *args: Any,
         links: Mapping[str, PeerConnection],
-        shared: bool,
+        peer_instance: str | None,
         max_deferred: int,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._links = links
-        self._shared = shared
+        #: The sender's instance id from its offer; None: not negotiated on this stream.
+        self.peer_instance = peer_instance
+        self._shared = peer_instance is not None
         # Requests read while the handlers are at the bounds, with their sizes: the reader
         # keeps reading (the sender's answers to this node's requests ride on this stream
         # and must not wait behind them); the drainer task dispatches them once there is
@@ -296,7 +317,9 @@ class SharedInboundStream(InboundStream):
             await super().run()
         finally:
             link = self._links.get(self.sender) if self._shared else None
-            if isinstance(link, SharedPeerConnection):
+            # Only if this node's stream reaches the instance that opened this one: answers
+            # for it could have been on this stream (see SharedPeerConnection.carry).
+            if isinstance(link, SharedPeerConnection) and link.peer_instance == self.peer_instance:
                 link.fail_sent(f"the stream from {self.sender}, which carried answers, ended")
 
     def close(self) -> None:

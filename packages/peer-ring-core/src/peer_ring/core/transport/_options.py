@@ -28,8 +28,9 @@ AUTHORIZATION_KEY = "authorization"
 #: waits for it, so "stream up" means the peer really accepted us (not just TCP connected).
 ACCEPTED_KEY = "x-peer-ring-accepted"
 #: Shared frames (see :mod:`._grpc_shared`): the opener of an Exchange offers them with this
-#: call metadata (value ``"1"``); a server that agrees echoes it in its initial metadata, and
-#: only then does the opener put its answers to the server's requests on that stream.
+#: call metadata (value: its instance id, a random token per transport); a server that
+#: agrees answers it in its initial metadata with its own instance id, and only then does
+#: the opener put its answers to the server's requests on that stream.
 SHARED_FRAMES_KEY = "x-peer-ring-shared-frames"
 
 #: gRPC refuses messages over its configured maximum. Frames are built to at most
