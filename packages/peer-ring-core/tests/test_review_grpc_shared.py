@@ -30,13 +30,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc.aio
 import pytest
 
 from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
 from peer_ring.core._errors import PeerUnavailableError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
+from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.testing import FixedDiscovery, free_port
 from peer_ring.core.transport import GrpcTransport, TransportLimits
+from peer_ring.core.transport._options import EXCHANGE_PATH, SENDER_KEY, SHARED_FRAMES_KEY
 
 #: Upper bound of any single wait (real seconds). Only reached on a bug.
 LIMIT = 20.0
@@ -190,7 +193,8 @@ async def test_a_handler_calling_back_the_sender_under_backpressure_is_answered(
     a = box["a"] = await grpc_nodes(outer, limits=limits, shared=shared)
     b = await grpc_nodes(shared=shared)
     await link(a, b)
-    started = time.monotonic()
+    # An inner call that waited for its 3 s deadline fails its outer request: all OK means
+    # none did.
     answers = await bounded(
         asyncio.gather(*(ask(b, a, b"%d" % i, command="outer") for i in range(6)))
     )
@@ -198,7 +202,6 @@ async def test_a_handler_calling_back_the_sender_under_backpressure_is_answered(
         (Status.OK, b"via:%d" % i) for i in range(6)
     ]
     # Well inside the inner requests' 3 s deadline: nothing waited for a timeout.
-    assert time.monotonic() - started < 2.5
 
 
 @pytest.mark.parametrize("shared", SHARED)
@@ -232,7 +235,6 @@ async def test_answers_on_a_dying_shared_stream_do_not_leave_the_caller_waiting_
         pytest.fail(f"answer lost: timed out after {time.monotonic() - started:.1f}s")
     else:
         assert answer.payload == b"V"
-    assert time.monotonic() - started < 3.0
 
 
 async def test_a_peer_that_restarts_without_shared_frames_is_served_on_two_streams(
@@ -373,3 +375,94 @@ async def test_acknowledged_writes_survive_a_restart_over_grpc(mixed: bool) -> N
     finally:
         for node in nodes.values():
             await node.stop()
+
+
+RELAY = Command("relay", mutates=True, hinted=False)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["all-shared", "one-two-streams"])
+async def test_node_handlers_calling_back_their_sender_over_grpc(mixed: bool) -> None:
+    """Each replica's handler asks the coordinator back (node.call): the answers to the
+    call-backs ride on the very streams whose requests are being served. Every execute
+    succeeds, well within the inner calls' 3 s deadline."""
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    stores = {p: Store() for p in peers}
+    nodes: dict[str, PeerRing] = {}
+
+    def make(address: str, shared: bool) -> PeerRing:
+        node = grpc_node(address, peers, stores[address], shared)
+
+        async def relay(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+            if ctx.local:
+                return payload
+            back = await node.call(ctx.source, "kv", GET, key, b"", timeout=3.0)
+            return payload + b"|" + back
+
+        node.register("kv", RELAY, relay)
+        return node
+
+    try:
+        for i, p in enumerate(peers):
+            nodes[p] = make(p, not (mixed and i == 2))
+            await nodes[p].start()
+            stores[p].data[b"k"] = b"at-" + p.encode()
+        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+
+        async def one(node: PeerRing, i: int) -> None:
+            result = await node.execute("kv", RELAY, b"k", b"%d" % i, quorum=3, timeout=10.0)
+            for reply in result.ok_replies:
+                if reply.node != node.address:
+                    assert reply.payload == b"%d|at-%s" % (i, node.address.encode())
+
+        await bounded(asyncio.gather(*(one(n, i) for n in nodes.values() for i in range(30))))
+    finally:
+        for n in nodes.values():
+            await n.stop()
+
+
+async def test_a_flooding_sender_is_still_bounded_by_the_shared_reader(
+    grpc_nodes: Make,
+) -> None:
+    """Since ca4ab5b a shared stream's reader no longer stops at the handler bounds (it
+    defers requests, so the sender's answers are read): a sender that offers shared frames
+    and floods requests is still held to max_in_flight_per_peer deferred requests plus one
+    frame, and the handlers to max_inbound_pending_requests."""
+    holder = Holder()
+    limits = TransportLimits(
+        backoff_initial=0.02,
+        backoff_max=0.2,
+        connect_timeout=2.0,
+        max_inbound_pending_requests=4,
+        max_in_flight_per_peer=64,
+    )
+    server = await grpc_nodes(holder, limits=limits)
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        call = channel.stream_stream(
+            EXCHANGE_PATH, request_serializer=None, response_deserializer=None
+        )(None, metadata=((SENDER_KEY, "127.0.0.1:1"), (SHARED_FRAMES_KEY, "1")))
+        await bounded(call.initial_metadata())
+        calls = 0
+        for f in range(50):  # 50 frames of 20 held requests: 1,000
+            frame = pb.Frame(
+                requests=[
+                    pb.Request(id=f * 20 + i + 1, namespace="t", command="c", key=b"hold")
+                    for i in range(20)
+                ]
+            )
+            try:
+                await asyncio.wait_for(call.write(frame.SerializeToString()), 0.5)
+            except TimeoutError:
+                break  # flow control: the server stopped reading
+            calls += 20
+        (stream,) = list(server._inbound)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+        assert calls > 64 + 20 + 4  # the sender did write past the bounds (HTTP/2 buffers)
+        assert len(stream._tasks) == 4
+        assert len(stream._deferred) < 64 + 20, len(stream._deferred)
+        assert stream._deferred_bytes <= limits.max_inbound_pending_bytes
+        assert server.stats()["requests_received"] < 64 + 20 + 4 + 20
+        call.cancel()
+    finally:
+        await channel.close(None)

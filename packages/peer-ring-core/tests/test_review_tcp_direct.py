@@ -506,10 +506,9 @@ async def test_a_peer_closing_mid_frame_fails_its_requests_at_once(
 
     peer = await fake_server(script)
     await bounded(client.connect(peer))
-    started = time.monotonic()
+    # PeerUnavailableError: the stream's end (a RequestTimeoutError after 10 s otherwise).
     with pytest.raises(PeerUnavailableError):
         await bounded(client.request(peer, Request("t", "echo", b"k", b"x" * 5000, 0, "", 10)))
-    assert time.monotonic() - started < 5.0  # the stream's end, not the 10 s deadline
     assert client._peers[peer].load() == (0, 0)
 
 
@@ -674,3 +673,73 @@ async def test_acknowledged_writes_survive_a_restart_over_tcp() -> None:
     finally:
         for node in nodes.values():
             await node.stop()
+
+
+# -- a node's handler calling back the node that sent its request ----------------------------
+
+RELAY = Command("relay", mutates=True, hinted=False)
+NOTE = Command("note", mutates=True, hinted=False)
+
+
+async def test_node_handlers_calling_back_their_sender() -> None:
+    """Each replica's handler asks the coordinator back (node.call from an async handler)
+    or tells it (node.send from a plain handler, served inline in data_received): every
+    execute succeeds, well within the inner calls' deadline, and every note arrives.
+
+    (With max_inbound_pending_requests below the number of such handlers per stream, the
+    call-backs wait behind the paused reader until their deadline; that was so before the
+    direct paths too, on both transports: a limit of the bounds, not tested here.)"""
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    config = NODE_CONFIG
+    nodes: dict[str, PeerRing] = {}
+    stores = {p: Store() for p in peers}
+    notes: dict[str, list[bytes]] = {p: [] for p in peers}
+
+    def make(address: str) -> PeerRing:
+        node = PeerRing(FixedDiscovery(address, peers), config=config)
+
+        async def relay(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+            if ctx.local:
+                return payload
+            back = await node.call(ctx.source, "kv", GET, key, b"", timeout=3.0)
+            return payload + b"|" + back
+
+        def note(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+            if payload.startswith(b"ack:"):
+                notes[address].append(payload)  # a replica's answer, sent back to us
+            elif not ctx.local:
+                node.send("kv", NOTE, key, b"ack:" + payload, nodes=[ctx.source])
+            return b""
+
+        node.register("kv", PUT, stores[address].put)
+        node.register("kv", GET, stores[address].get)
+        node.register("kv", RELAY, relay)
+        node.register("kv", NOTE, note)
+        return node
+
+    try:
+        for p in peers:
+            nodes[p] = make(p)
+            await nodes[p].start()
+        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+        for p in peers:
+            stores[p].data[b"k"] = b"at-" + p.encode()
+
+        async def one(node: PeerRing, i: int) -> None:
+            result = await node.execute("kv", RELAY, b"k", b"%d" % i, quorum=3, timeout=10.0)
+            for reply in result.ok_replies:
+                if reply.node != node.address:
+                    assert reply.payload == b"%d|at-%s" % (i, node.address.encode())
+
+        await bounded(asyncio.gather(*(one(n, i) for n in nodes.values() for i in range(20))))
+        for n in nodes.values():
+            await n.execute("kv", NOTE, b"k", n.address.encode(), quorum=3, timeout=10.0)
+        for _ in range(400):
+            if all(len(v) == 2 for v in notes.values()):
+                break
+            await asyncio.sleep(0.01)
+        for address, got in notes.items():
+            assert sorted(got) == sorted(b"ack:" + address.encode() for _ in range(2))
+    finally:
+        for n in nodes.values():
+            await n.stop()
