@@ -34,7 +34,7 @@ import grpc.aio
 import pytest
 
 from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
-from peer_ring.core._errors import PeerUnavailableError, RequestTimeoutError
+from peer_ring.core._errors import PeerUnavailableError, QuorumNotReachedError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.testing import FixedDiscovery, free_port
@@ -297,7 +297,35 @@ class Store:
         return self.data.get(key, b"")
 
 
-NODE_LIMITS = TransportLimits(connect_timeout=1.0, backoff_initial=0.02, backoff_max=0.2)
+async def connect_all(nodes: list[PeerRing]) -> None:
+    """Open every node's connections to the others first: these tests check calls on
+    connections, not connection set-up on a loaded machine (up to 20 real attempts each)."""
+    for node in nodes:
+        for peer in node.members:
+            if peer == node.address:
+                continue
+            for attempt in range(20):
+                try:
+                    await bounded(node.transport.connect(peer))
+                    break
+                except PeerUnavailableError:
+                    if attempt == 19:
+                        raise
+
+
+async def read_back(node: PeerRing, key: bytes) -> list[bytes]:
+    """The payloads of a quorum read of ``key``, retried (a failed read loses nothing)."""
+    for attempt in range(10):
+        try:
+            return (await node.execute("kv", GET, key, b"", timeout=5.0)).payloads
+        except QuorumNotReachedError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+NODE_LIMITS = TransportLimits(connect_timeout=5.0, backoff_initial=0.02, backoff_max=0.2)
 NODE_CONFIG = PeerRingConfig(
     partitions=64,
     replication=3,
@@ -331,6 +359,7 @@ async def test_acknowledged_writes_survive_a_restart_over_grpc(mixed: bool) -> N
         for node in nodes.values():
             await node.start()
         await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+        await connect_all(list(nodes.values()))
         victim = peers[1]
         stop = asyncio.Event()
 
@@ -370,8 +399,8 @@ async def test_acknowledged_writes_survive_a_restart_over_grpc(mixed: bool) -> N
         for n, (key, value) in enumerate(sorted(acked.items())):
             if n % 10:
                 continue  # a sample read back through the public API
-            result = await nodes[peers[n % 3]].execute("kv", GET, key, b"", timeout=5.0)
-            assert value in result.payloads, (key, result.payloads)
+            payloads = await read_back(nodes[peers[n % 3]], key)
+            assert value in payloads, (key, payloads)
     finally:
         for node in nodes.values():
             await node.stop()
@@ -407,6 +436,7 @@ async def test_node_handlers_calling_back_their_sender_over_grpc(mixed: bool) ->
             await nodes[p].start()
             stores[p].data[b"k"] = b"at-" + p.encode()
         await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+        await connect_all(list(nodes.values()))
 
         async def one(node: PeerRing, i: int) -> None:
             result = await node.execute("kv", RELAY, b"k", b"%d" % i, quorum=3, timeout=10.0)

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
-from peer_ring.core._errors import PeerUnavailableError, RequestTimeoutError
+from peer_ring.core._errors import PeerUnavailableError, QuorumNotReachedError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.testing import CertificateAuthority, FixedDiscovery, free_port
@@ -547,6 +547,23 @@ async def test_a_client_resetting_with_answers_unwritten_leaves_the_server_servi
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
 
 
+@pytest.mark.parametrize("lone", [True, False], ids=["direct", "writer"])
+async def test_a_request_written_as_the_peer_closes_fails_at_once(pair: Pair, lone: bool) -> None:
+    """The server closes while the client's link is idle (a lone request is then written
+    by its caller, on a socket the peer is closing): the requests fail with
+    PeerUnavailableError, not at their 10 s deadline, and the link comes back to zero."""
+    client, server = await pair()
+    assert (await bounded(ask(client, server, b"up"))).payload == b"up"
+    closing = asyncio.ensure_future(server.close())
+    await asyncio.sleep(0)  # the server's sockets are closing; the client has not seen it
+    count = 1 if lone else 20
+    futures = [ask(client, server, b"%d" % i) for i in range(count)]
+    await bounded(closing)
+    for outcome in await bounded(asyncio.gather(*futures, return_exceptions=True)):
+        assert isinstance(outcome, PeerUnavailableError), outcome
+    assert client._peers[server.address].load() == (0, 0)
+
+
 # -- TLS ----------------------------------------------------------------------------------------
 
 
@@ -598,13 +615,41 @@ class Store:
         return self.data.get(key, b"")
 
 
+async def connect_all(nodes: list[PeerRing]) -> None:
+    """Open every node's connections to the others first: these tests check calls on
+    connections, not connection set-up on a loaded machine (up to 20 real attempts each)."""
+    for node in nodes:
+        for peer in node.members:
+            if peer == node.address:
+                continue
+            for attempt in range(20):
+                try:
+                    await bounded(node.transport.connect(peer))
+                    break
+                except PeerUnavailableError:
+                    if attempt == 19:
+                        raise
+
+
+async def read_back(node: PeerRing, key: bytes) -> list[bytes]:
+    """The payloads of a quorum read of ``key``, retried (a failed read loses nothing)."""
+    for attempt in range(10):
+        try:
+            return (await node.execute("kv", GET, key, b"", timeout=5.0)).payloads
+        except QuorumNotReachedError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 NODE_CONFIG = PeerRingConfig(
     partitions=64,
     replication=3,
     quorum=2,
     request_timeout=2.0,
     transport="tcp",
-    transport_limits=TransportLimits(connect_timeout=1.0, backoff_initial=0.02, backoff_max=0.2),
+    transport_limits=TransportLimits(connect_timeout=5.0, backoff_initial=0.02, backoff_max=0.2),
     anti_entropy_interval=None,
 )
 
@@ -629,6 +674,7 @@ async def test_acknowledged_writes_survive_a_restart_over_tcp() -> None:
         for node in nodes.values():
             await node.start()
         await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+        await connect_all(list(nodes.values()))
         victim = peers[1]
         stop = asyncio.Event()
 
@@ -668,8 +714,8 @@ async def test_acknowledged_writes_survive_a_restart_over_tcp() -> None:
         for n, (key, value) in enumerate(sorted(acked.items())):
             if n % 10:
                 continue  # a sample read back through the public API
-            result = await nodes[peers[n % 3]].execute("kv", GET, key, b"", timeout=5.0)
-            assert value in result.payloads, (key, result.payloads)
+            payloads = await read_back(nodes[peers[n % 3]], key)
+            assert value in payloads, (key, payloads)
     finally:
         for node in nodes.values():
             await node.stop()
@@ -722,6 +768,7 @@ async def test_node_handlers_calling_back_their_sender() -> None:
             nodes[p] = make(p)
             await nodes[p].start()
         await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
+        await connect_all(list(nodes.values()))
         for p in peers:
             stores[p].data[b"k"] = b"at-" + p.encode()
 
