@@ -372,7 +372,7 @@ async def cluster_run(
     if "light" in run:
         name += f", light_in_flight {run['light'] or 'off'}"
     if "relay" in run:
-        name += f", relay {'on' if run['relay'] else 'off'}"
+        name += f", relay_max_batch {run['relay']}" if run["relay"] else ", relay off"
     row = summarize(name, res, args.duration)
     batches = sum(r["stats"]["batches"] for r in res)
     row["mean_forward_batch"] = (
@@ -563,9 +563,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="*",
         default=[],
-        help="also run owner mode with relay off (0) / on (1): the key's other replica answers"
-        " a forwarder that is not a replica; heavy and moderate (and open loop at each of"
-        " --rates)",
+        help="also run owner mode with relay off (0) or relay_max_batch n (n > 0): the key's"
+        " other replica answers a forwarder that is not a replica, for batches of at most n"
+        " hits; heavy and moderate (and open loop at each of --rates)",
     )
     p.add_argument(
         "--profile",

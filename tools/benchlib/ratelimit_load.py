@@ -189,7 +189,10 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     if "light" in spec:  # 0: off (only max_batches_in_flight)
         extra["light_in_flight"] = spec["light"] or None
     if "relay" in spec:  # 0: the owner answers every forwarded hit (the old protocol)
+        # n > 0: relay forwarded batches of at most n hits (relay_max_batch)
         extra["relay"] = bool(spec["relay"])
+        if spec["relay"]:
+            extra["relay_max_batch"] = spec["relay"]
     rl = RateLimiter(
         discovery=StaticDiscovery(spec["peers"], self_address=spec["me"]),
         replication=spec["replication"],

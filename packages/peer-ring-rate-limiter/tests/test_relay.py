@@ -18,7 +18,7 @@ from peer_ring.core.testing import (
     free_port,
     settle_loop,
 )
-from peer_ring.ratelimit import CorruptStateError, Limit, RateLimiter
+from peer_ring.ratelimit import CorruptStateError, Limit, RateLimiter, RateLimitError
 from peer_ring.ratelimit._relay import (
     RelayWaits,
     decode_deliveries,
@@ -379,7 +379,7 @@ async def test_a_replica_of_the_old_protocol_gets_states_and_the_owner_answers()
         await c.stop()
 
 
-@pytest.mark.parametrize("cluster", [{"nodes": 5}], indirect=True)
+@pytest.mark.parametrize("cluster", [{"nodes": 5, "relay_max_batch": None}], indirect=True)
 async def test_10k_concurrent_hits_from_5_nodes_admit_exactly_the_limit_through_relays(
     cluster: list[RateLimiter],
 ) -> None:
@@ -420,6 +420,7 @@ async def test_relayed_decisions_over_real_transports_stay_exact(transport: str)
             config=config,
             timeout=30.0,
             fail_policy="fail-closed",
+            relay_max_batch=None,  # every batch relayed, however large
         )
         for a in peers
     ]
@@ -452,3 +453,28 @@ async def test_relayed_decisions_over_real_transports_stay_exact(transport: str)
     finally:
         for rl in limiters:
             await rl.stop()
+
+
+async def test_batches_above_relay_max_batch_are_answered_by_the_owner() -> None:
+    """At a heavy load (batches of more than ``relay_max_batch`` hits) the owner answers the
+    whole batch itself, after replicating, as without relay; small batches are relayed."""
+    c = await Trio(relay_max_batch=2).start()
+    try:
+        fwd, owner, replica = c.roles(b"relay:0")
+        ring = owner.node
+        keys = [
+            k
+            for k in (f"relay:{i}".encode() for i in range(2000))
+            if list(ring.preference_list(k, 2)) == [owner.node.address, replica.node.address]
+        ][:7]
+        assert len(keys) == 7
+        big = await asyncio.gather(*(fwd.hit(k, WINDOW) for k in keys[:5]))
+        assert all(d.allowed for d in big) and owner.stats()["relayed"] == 0
+        small = await asyncio.gather(*(fwd.hit(k, WINDOW) for k in keys[5:]))
+        assert all(d.allowed for d in small) and owner.stats()["relayed"] == 2
+        for k in keys:  # both replicas hold every state either way
+            assert all(rl.store.get(k) is not None for rl in (owner, replica))
+        with pytest.raises(RateLimitError):
+            RateLimiter(FixedDiscovery(PEERS[0], PEERS), relay_max_batch=-1)
+    finally:
+        await c.stop()

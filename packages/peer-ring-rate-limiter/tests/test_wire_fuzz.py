@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peer_ring.ratelimit import CorruptStateError, Limit, decide
+from peer_ring.ratelimit._relay import decode_deliveries, decode_relay_hits, decode_states_relay
 from peer_ring.ratelimit._state import decode_state
 from peer_ring.ratelimit._wire import (
     Entry,
@@ -39,6 +40,9 @@ def test_decoders_never_raise_anything_else(data: bytes) -> None:
     only_typed_errors(decode_hit, data)
     only_typed_errors(decode_decision, data)
     only_typed_errors(unpack_records, data)
+    only_typed_errors(decode_relay_hits, data)
+    only_typed_errors(decode_states_relay, data)
+    only_typed_errors(decode_deliveries, data)
 
 
 @settings(max_examples=200, deadline=None)

@@ -74,7 +74,10 @@ def answer_hits(
     answers: list[bytes] = []
     waits: dict[int, asyncio.Future[None]] = {}
     now = -1.0
-    for kb, hit in decode_hits(payload):
+    hits = decode_hits(payload)
+    if batch_id is not None and rl._relay_max is not None and len(hits) > rl._relay_max:
+        batch_id = None  # a heavy load: the owner answers (see relay_max_batch)
+    for kb, hit in hits:
         try:
             limit, cost = decode_hit(hit)
             if not -MAX_LIMIT <= cost <= MAX_LIMIT:
