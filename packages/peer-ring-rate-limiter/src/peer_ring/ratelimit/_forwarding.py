@@ -117,7 +117,7 @@ async def _flush_relay(
             arrived = waits.arrived(batch_id)
             if not arrived:
                 raise
-            return [decode_decision(arrived[i]) if i in arrived else exc for i in range(len(items))]
+            return [_decision_or(arrived.get(i), exc) for i in range(len(items))]
         relayed: list[int] = []
         out = read_answers(rl, owner, items, raw, relayed)
         if not relayed:
@@ -137,6 +137,15 @@ async def _flush_relay(
         return out
     finally:
         waits.close(batch_id)
+
+
+def _decision_or(raw: bytes | None, exc: BaseException) -> Decision | BaseException:
+    if raw is None:
+        return exc
+    try:
+        return decode_decision(raw)
+    except CorruptStateError as bad:
+        return bad
 
 
 async def _all_or_timeout(rl: RateLimiter, futures: list[asyncio.Future[bytes]]) -> None:
