@@ -131,15 +131,18 @@ def install(trace: HitTrace) -> None:
     """Wrap the rate limiter's class methods (before any ``RateLimiter`` is made) so that
     every limiter of this process records into ``trace``."""
     from peer_ring.ratelimit import _limiter
+    from peer_ring.ratelimit._relay import decode_relay_hits, decode_states_relay
     from peer_ring.ratelimit._wire import decode_entry, decode_hits, unpack_records
 
     cls: Any = _limiter.RateLimiter
-    on_hits, on_states, send_states = cls._on_hits, cls._on_states, cls._send_states
+    on_hits, on_hits_relay = cls._on_hits, cls._on_hits_relay
+    on_states, on_states_relay = cls._on_states, cls._on_states_relay
+    # The replicators call the module's send_states at call time: wrapping the module
+    # attribute covers both the plain and the relayed replication message.
+    limiter_module: Any = _limiter
+    send_states = limiter_module.send_states
 
-    def traced_on_hits(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
-        keys = [k for k, _ in decode_hits(payload)]
-        trace.mark("owner_in", keys)
-        out = on_hits(self, ctx, key, payload)
+    def owner_side(keys: list[bytes], out: Any) -> Any:
         if isinstance(out, bytes):
             trace.mark("owner_out", keys)
             return out
@@ -151,21 +154,34 @@ def install(trace: HitTrace) -> None:
 
         return after()
 
+    def traced_on_hits(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
+        keys = [k for k, _ in decode_hits(payload)]
+        trace.mark("owner_in", keys)
+        return owner_side(keys, on_hits(self, ctx, key, payload))
+
+    def traced_on_hits_relay(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
+        keys = [k for k, _ in decode_hits(decode_relay_hits(payload)[1])]
+        trace.mark("owner_in", keys)
+        return owner_side(keys, on_hits_relay(self, ctx, key, payload))
+
     def traced_on_states(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
         trace.mark("replica_in", [decode_entry(r, 0.0)[0] for r in unpack_records(payload)])
         return on_states(self, ctx, key, payload)
 
-    async def traced_send_states(self: Any, replica: str, keys: Any) -> None:
+    def traced_on_states_relay(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
+        states, _ = decode_states_relay(payload)
+        trace.mark("replica_in", [decode_entry(r, 0.0)[0] for r in states])
+        return on_states_relay(self, ctx, key, payload)
+
+    async def traced_send_states(rl: Any, replica: str, keys: Any, relays: Any) -> None:
         keys = list(keys)
         trace.mark("repl_out", keys)
-        await send_states(self, replica, keys)
+        await send_states(rl, replica, keys, relays)
         trace.mark("repl_back", keys)
 
-    cls._on_hits, cls._on_states, cls._send_states = (
-        traced_on_hits,
-        traced_on_states,
-        traced_send_states,
-    )
+    cls._on_hits, cls._on_hits_relay = traced_on_hits, traced_on_hits_relay
+    cls._on_states, cls._on_states_relay = traced_on_states, traced_on_states_relay
+    limiter_module.send_states = traced_send_states
 
     from peer_ring.ratelimit._store import StateStore
 
@@ -185,6 +201,7 @@ def install(trace: HitTrace) -> None:
 
 def install_node(rl: Any, trace: HitTrace) -> None:
     """Wrap this limiter's node's ``call`` (the forwarded batches leave through it)."""
+    from peer_ring.ratelimit._relay import decode_relay_hits
     from peer_ring.ratelimit._wire import decode_hits
 
     node = rl.node
@@ -193,9 +210,13 @@ def install_node(rl: Any, trace: HitTrace) -> None:
     async def traced_call(
         address: str, ns: str, command: Any, key: bytes, payload: bytes, **kw: Any
     ) -> bytes:
-        if command.name != "hits":
+        if command.name == "hits":
+            hits = payload
+        elif command.name == "hits_relay":  # batch_back: the owner's answer, not the relay's
+            hits = decode_relay_hits(payload)[1]
+        else:
             return await call(address, ns, command, key, payload, **kw)  # type: ignore[no-any-return]
-        keys = [k for k, _ in decode_hits(payload)]
+        keys = [k for k, _ in decode_hits(hits)]
         trace.mark("batch_out", keys)
         out: bytes = await call(address, ns, command, key, payload, **kw)
         trace.mark("batch_back", keys)
