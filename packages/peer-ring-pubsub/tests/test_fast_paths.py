@@ -141,8 +141,11 @@ async def test_ack_nowait_acks_in_batches_and_reports_failures_in_health(cluster
     async with sub1, sub2:
         first = await sub1.next(timeout=30)
         assert first is not None and first.data == b"late"
-        second = await sub2.next(timeout=30)  # after ack_wait, to the other member
-        assert second is not None and second.deliveries == 2
+        # After ack_wait it is redelivered to a live member: sub2, or first sub1 again (a
+        # group subscription keeps two fetches per partition, one of them parked there),
+        # then sub2 after the next ack_wait. Either way sub1's first delivery is stale.
+        second = await sub2.next(timeout=30)
+        assert second is not None and second.data == b"late" and second.deliveries >= 2
         first.ack_nowait()
         await cluster.until(lambda: sub1.health().errors == 1)
         assert "StaleAckError" in sub1.health().last_error
