@@ -1,7 +1,8 @@
 """Core test configuration: the fake-time event loop for tests marked ``fake_time``, and the
 transport harness (``transport_kind``, ``nodes``) shared by the gRPC and TCP transport tests,
-the in-memory cluster (``harness``) of the data-movement tests, and ``app_cluster``: nodes
-each running a test's own application (the commands and handlers it registers).
+the in-memory cluster (``harness``) of the data-movement tests, ``app_cluster``: nodes
+each running a test's own application (the commands and handlers it registers), and
+``review_cluster``: the review tests' 3-node clusters over real transports.
 
 A test (or module, with ``pytestmark``) marked ``@pytest.mark.fake_time`` runs on a
 :class:`~peer_ring.core.testing.FakeClockEventLoop`: the loop's time is a fresh
@@ -24,8 +25,12 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from peer_ring.core import Command, PeerRing, PeerRingConfig
-from peer_ring.core._errors import UnknownCommandError
+from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
+from peer_ring.core._errors import (
+    PeerUnavailableError,
+    QuorumNotReachedError,
+    UnknownCommandError,
+)
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.testing import (
     FakeClock,
@@ -493,3 +498,198 @@ def run_example(path: Path, ports: int, timeout: float = 60.0) -> str:
 def run_example_fixture() -> Callable[..., str]:
     """``run_example(path, ports)``: see :func:`run_example`."""
     return run_example
+
+
+# -- the review tests' 3-node clusters over real transports ----------------------------------
+
+#: Upper bound of one wait in a review cluster (real seconds). Only reached on a bug.
+REVIEW_LIMIT = 20.0
+
+
+class KvStore:
+    """A node's key-value data, kept across its restart (as a disk would), and the handlers
+    of ``ReviewCluster.PUT`` and ``GET`` over it (``get_later`` answers from a Task)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        self.data[key] = payload
+        return b"ok"
+
+    def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        return self.data.get(key, b"")
+
+    async def get_later(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        await asyncio.sleep(0)  # a Task's answer, not one served inline
+        return self.data.get(key, b"")
+
+
+#: ``make(address, peers, store)``: a node, not started, with PUT and GET on ``store``.
+MakeNode = Callable[[str, list[str], KvStore], PeerRing]
+
+
+class ReviewCluster:
+    """The review tests' 3-node clusters (R3/Q2, namespace ``"kv"``) over real transports:
+    their settings, set-up and the checks several transports share. Every node it started
+    is stopped after the test (``review_cluster`` fixture)."""
+
+    PUT = Command("put", mutates=True)
+    GET = Command("get", reads=True)
+    #: A handler that calls back the coordinator of its request (:meth:`relay_handler`).
+    RELAY = Command("relay", mutates=True, hinted=False)
+    LIMIT = REVIEW_LIMIT
+    Store = KvStore
+    LIMITS = TransportLimits(connect_timeout=5.0, backoff_initial=0.02, backoff_max=0.2)
+
+    def __init__(self) -> None:
+        self.started: list[PeerRing] = []
+
+    def config(self, transport: str = "grpc") -> PeerRingConfig:
+        """64 partitions, R3/Q2, requests of 2 s, no periodic anti-entropy."""
+        return PeerRingConfig(
+            partitions=64,
+            replication=3,
+            quorum=2,
+            request_timeout=2.0,
+            transport=transport,
+            transport_limits=self.LIMITS,
+            anti_entropy_interval=None,
+        )
+
+    async def bounded(self, aw: Awaitable[Any]) -> Any:
+        return await asyncio.wait_for(aw, self.LIMIT)
+
+    async def start(self, nodes: Sequence[PeerRing]) -> None:
+        """Start ``nodes``, wait until each is ready, and connect every pair."""
+        for node in nodes:
+            self.started.append(node)
+            await node.start()
+        await self.bounded(asyncio.gather(*(n.wait_ready(self.LIMIT) for n in nodes)))
+        await self.connect_all(nodes)
+
+    async def connect_all(self, nodes: Sequence[PeerRing]) -> None:
+        """Open every node's connections to the others first: these tests check calls on
+        connections, not connection set-up on a loaded machine (up to 20 real attempts each)."""
+        for node in nodes:
+            transport: Any = node.transport  # both real transports have connect()
+            for peer in node.members:
+                if peer == node.address:
+                    continue
+                for attempt in range(20):
+                    try:
+                        await self.bounded(transport.connect(peer))
+                        break
+                    except PeerUnavailableError:
+                        if attempt == 19:
+                            raise
+
+    async def read_back(self, node: PeerRing, key: bytes) -> list[bytes]:
+        """The payloads of a quorum read of ``key``, retried (a failed read loses nothing)."""
+        for attempt in range(10):
+            try:
+                return (await node.execute("kv", self.GET, key, b"", timeout=5.0)).payloads
+            except QuorumNotReachedError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    def addresses(self) -> list[str]:
+        """Three free loopback addresses."""
+        return [f"127.0.0.1:{free_port()}" for _ in range(3)]
+
+    async def acknowledged_writes_survive_a_restart(
+        self, make: MakeNode, peers: list[str] | None = None
+    ) -> None:
+        """3 nodes from ``make`` (on ``peers``, default :meth:`addresses`), writers on every
+        node while the second is stopped and restarted (its data kept): every acknowledged
+        write is on at least 2 nodes, and a sample of them is read back through the public
+        API afterwards."""
+        peers = peers or self.addresses()
+        stores = {p: KvStore() for p in peers}
+        nodes = {p: make(p, peers, stores[p]) for p in peers}
+        acked: dict[bytes, bytes] = {}
+        failed = 0
+        await self.start(list(nodes.values()))
+        victim = peers[1]
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            nonlocal failed
+            for i in range(100_000):  # bounded: stop ends it long before
+                if stop.is_set():
+                    return
+                node = nodes[peers[(w + i) % 3]]
+                if node.address == victim and not node.ready:
+                    await asyncio.sleep(0.005)
+                    continue
+                key, value = b"w%d-%d" % (w, i), b"v%d-%d" % (w, i)
+                try:
+                    await node.execute("kv", self.PUT, key, value, timeout=2.0)
+                except Exception:
+                    failed += 1  # not acknowledged: nothing promised
+                else:
+                    acked[key] = value
+
+        writers = [asyncio.ensure_future(writer(w)) for w in range(6)]
+        try:
+            await asyncio.sleep(0.5)  # writes before the stop (a duration, not a sync point)
+            await nodes[victim].stop()
+            await asyncio.sleep(1.0)  # writes while it is down
+            nodes[victim] = make(victim, peers, stores[victim])
+            self.started.append(nodes[victim])
+            await nodes[victim].start()
+            await self.bounded(nodes[victim].wait_ready(self.LIMIT))
+            await asyncio.sleep(1.0)  # writes after its restart
+        finally:
+            stop.set()
+            await self.bounded(asyncio.gather(*writers))
+        assert len(acked) > 100, (len(acked), failed)
+        for key, value in acked.items():
+            holders = sum(store.data.get(key) == value for store in stores.values())
+            assert holders >= 2, (key, holders)
+        for n, (key, value) in enumerate(sorted(acked.items())):
+            if n % 10:
+                continue  # a sample read back through the public API
+            payloads = await self.read_back(nodes[peers[n % 3]], key)
+            assert value in payloads, (key, payloads)
+
+    def relay_handler(self, node: PeerRing) -> Callable[..., Awaitable[bytes]]:
+        """A RELAY handler for ``node``: a replica asks the coordinator back (``node.call``
+        of GET) and answers ``payload|<the coordinator's value>``."""
+
+        async def relay(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+            if ctx.local:
+                return payload
+            back = await node.call(ctx.source, "kv", self.GET, key, b"", timeout=3.0)
+            return payload + b"|" + back
+
+        return relay
+
+    async def relay_from_every_node(self, nodes: Sequence[PeerRing], rounds: int) -> None:
+        """``rounds`` RELAY executes (quorum 3) from every node at once, the key ``b"k"``
+        holding ``at-<address>`` on each node: each replica's answer carries the value of
+        the coordinator that asked it (its call-back reached the right node); any call-back
+        that waited for its 3 s deadline fails its execute."""
+
+        async def one(node: PeerRing, i: int) -> None:
+            result = await node.execute("kv", self.RELAY, b"k", b"%d" % i, quorum=3, timeout=10.0)
+            assert len(result.ok_replies) == 3
+            for reply in result.ok_replies:
+                if reply.node != node.address:
+                    assert reply.payload == b"%d|at-%s" % (i, node.address.encode())
+
+        await self.bounded(asyncio.gather(*(one(n, i) for n in nodes for i in range(rounds))))
+
+    async def stop_all(self) -> None:
+        for node in self.started:
+            await node.stop()
+
+
+@pytest.fixture
+async def review_cluster() -> AsyncIterator[ReviewCluster]:
+    """A :class:`ReviewCluster`; every node it started is stopped after the test."""
+    cluster = ReviewCluster()
+    yield cluster
+    await cluster.stop_all()

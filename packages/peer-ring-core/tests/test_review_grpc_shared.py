@@ -33,8 +33,8 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
-from peer_ring.core._errors import PeerUnavailableError, QuorumNotReachedError, RequestTimeoutError
+from peer_ring.core import PeerRing
+from peer_ring.core._errors import PeerUnavailableError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.testing import FixedDiscovery, free_port
@@ -243,7 +243,8 @@ async def test_a_peer_that_restarts_without_shared_frames_is_served_on_two_strea
     a = await grpc_nodes()
     b = await grpc_nodes()
     await link(a, b)
-    assert a._peers[b.address].carrying and b._peers[a.address].carrying
+    peers_of: Any = (a._peers, b._peers)  # the gRPC connections (typed as the base class)
+    assert peers_of[0][b.address].carrying and peers_of[1][a.address].carrying
     assert (await bounded(ask(a, b, b"1"))).payload == b"1"
     assert (await bounded(ask(b, a, b"2"))).payload == b"2"
     carried = a.stats()["responses_carried"]
@@ -271,7 +272,7 @@ async def test_a_peer_that_restarts_without_shared_frames_is_served_on_two_strea
     assert [r.payload for r in answers] == [b"o%d" % i for i in range(30)] + [
         b"a%d" % i for i in range(30)
     ]
-    assert not a._peers[address].carrying  # the restarted peer did not echo the offer
+    assert not peers_of[0][address].carrying  # the restarted peer did not echo the offer
     # A answered the older peer's 30 requests on the server side of its stream.
     assert a.stats()["responses_carried"] == carried
     assert a.stats()["late_responses"] == 0
@@ -279,175 +280,58 @@ async def test_a_peer_that_restarts_without_shared_frames_is_served_on_two_strea
 
 # -- a cluster: every acknowledged write survives a node's restart ---------------------------
 
-PUT = Command("put", mutates=True)
-GET = Command("get", reads=True)
+#: ``review_cluster`` of conftest.py: a ``ReviewCluster`` (3 nodes, R3/Q2, namespace "kv").
+Cluster = Any
 
 
-class Store:
-    """A node's data, kept across its restart (as a disk would)."""
+def grpc_maker(cluster: Cluster, shared: dict[str, bool]) -> Callable[..., PeerRing]:
+    """``make(address, peers, store)``: a gRPC node, shared frames as ``shared[address]``."""
 
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
+    def make(address: str, peers: list[str], store: Any) -> PeerRing:
+        transport = GrpcTransport(address, limits=cluster.LIMITS, shared_frames=shared[address])
+        node = PeerRing(
+            FixedDiscovery(address, peers), config=cluster.config(), transport=transport
+        )
+        node.register("kv", cluster.PUT, store.put)
+        node.register("kv", cluster.GET, store.get)
+        return node
 
-    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        self.data[key] = payload
-        return b"ok"
-
-    def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        return self.data.get(key, b"")
-
-
-async def connect_all(nodes: list[PeerRing]) -> None:
-    """Open every node's connections to the others first: these tests check calls on
-    connections, not connection set-up on a loaded machine (up to 20 real attempts each)."""
-    for node in nodes:
-        for peer in node.members:
-            if peer == node.address:
-                continue
-            for attempt in range(20):
-                try:
-                    await bounded(node.transport.connect(peer))
-                    break
-                except PeerUnavailableError:
-                    if attempt == 19:
-                        raise
-
-
-async def read_back(node: PeerRing, key: bytes) -> list[bytes]:
-    """The payloads of a quorum read of ``key``, retried (a failed read loses nothing)."""
-    for attempt in range(10):
-        try:
-            return (await node.execute("kv", GET, key, b"", timeout=5.0)).payloads
-        except QuorumNotReachedError:
-            if attempt == 9:
-                raise
-            await asyncio.sleep(0.1)
-    raise AssertionError("unreachable")
-
-
-NODE_LIMITS = TransportLimits(connect_timeout=5.0, backoff_initial=0.02, backoff_max=0.2)
-NODE_CONFIG = PeerRingConfig(
-    partitions=64,
-    replication=3,
-    quorum=2,
-    request_timeout=2.0,
-    transport_limits=NODE_LIMITS,
-    anti_entropy_interval=None,
-)
-
-
-def grpc_node(address: str, peers: list[str], store: Store, shared: bool) -> PeerRing:
-    transport = GrpcTransport(address, limits=NODE_LIMITS, shared_frames=shared)
-    node = PeerRing(FixedDiscovery(address, peers), config=NODE_CONFIG, transport=transport)
-    node.register("kv", PUT, store.put)
-    node.register("kv", GET, store.get)
-    return node
+    return make
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mixed", [False, True], ids=["all-shared", "one-two-streams"])
-async def test_acknowledged_writes_survive_a_restart_over_grpc(mixed: bool) -> None:
+async def test_acknowledged_writes_survive_a_restart_over_grpc(
+    review_cluster: Cluster, mixed: bool
+) -> None:
     """3 nodes, R3/Q2, writers on every node while one node is stopped and restarted (its
-    data kept): every acknowledged write is on at least 2 nodes and readable afterwards."""
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    stores = {p: Store() for p in peers}
+    data kept): every acknowledged write is on at least 2 nodes and readable afterwards.
+    ``mixed``: the third node runs with ``shared_frames=False``."""
+    peers = review_cluster.addresses()
     shared = {p: not (mixed and i == 2) for i, p in enumerate(peers)}
-    nodes = {p: grpc_node(p, peers, stores[p], shared[p]) for p in peers}
-    acked: dict[bytes, bytes] = {}
-    failed = 0
-    try:
-        for node in nodes.values():
-            await node.start()
-        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
-        await connect_all(list(nodes.values()))
-        victim = peers[1]
-        stop = asyncio.Event()
-
-        async def writer(w: int) -> None:
-            nonlocal failed
-            for i in range(100_000):  # bounded: stop ends it long before
-                if stop.is_set():
-                    return
-                node = nodes[peers[(w + i) % 3]]
-                if node.address == victim and not node.ready:
-                    await asyncio.sleep(0.005)
-                    continue
-                key, value = b"w%d-%d" % (w, i), b"v%d-%d" % (w, i)
-                try:
-                    await node.execute("kv", PUT, key, value, timeout=2.0)
-                except Exception:
-                    failed += 1  # not acknowledged: nothing promised
-                else:
-                    acked[key] = value
-
-        writers = [asyncio.ensure_future(writer(w)) for w in range(6)]
-        try:
-            await asyncio.sleep(0.5)
-            await nodes[victim].stop()
-            await asyncio.sleep(1.0)
-            nodes[victim] = grpc_node(victim, peers, stores[victim], shared[victim])
-            await nodes[victim].start()
-            await bounded(nodes[victim].wait_ready(LIMIT))
-            await asyncio.sleep(1.0)
-        finally:
-            stop.set()
-            await bounded(asyncio.gather(*writers))
-        assert len(acked) > 100, (len(acked), failed)
-        for key, value in acked.items():
-            holders = sum(store.data.get(key) == value for store in stores.values())
-            assert holders >= 2, (key, holders)
-        for n, (key, value) in enumerate(sorted(acked.items())):
-            if n % 10:
-                continue  # a sample read back through the public API
-            payloads = await read_back(nodes[peers[n % 3]], key)
-            assert value in payloads, (key, payloads)
-    finally:
-        for node in nodes.values():
-            await node.stop()
-
-
-RELAY = Command("relay", mutates=True, hinted=False)
+    make = grpc_maker(review_cluster, shared)
+    await review_cluster.acknowledged_writes_survive_a_restart(make, peers)
 
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["all-shared", "one-two-streams"])
-async def test_node_handlers_calling_back_their_sender_over_grpc(mixed: bool) -> None:
+async def test_node_handlers_calling_back_their_sender_over_grpc(
+    review_cluster: Cluster, mixed: bool
+) -> None:
     """Each replica's handler asks the coordinator back (node.call): the answers to the
     call-backs ride on the very streams whose requests are being served. Every execute
     succeeds, well within the inner calls' 3 s deadline."""
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    stores = {p: Store() for p in peers}
-    nodes: dict[str, PeerRing] = {}
-
-    def make(address: str, shared: bool) -> PeerRing:
-        node = grpc_node(address, peers, stores[address], shared)
-
-        async def relay(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-            if ctx.local:
-                return payload
-            back = await node.call(ctx.source, "kv", GET, key, b"", timeout=3.0)
-            return payload + b"|" + back
-
-        node.register("kv", RELAY, relay)
-        return node
-
-    try:
-        for i, p in enumerate(peers):
-            nodes[p] = make(p, not (mixed and i == 2))
-            await nodes[p].start()
-            stores[p].data[b"k"] = b"at-" + p.encode()
-        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
-        await connect_all(list(nodes.values()))
-
-        async def one(node: PeerRing, i: int) -> None:
-            result = await node.execute("kv", RELAY, b"k", b"%d" % i, quorum=3, timeout=10.0)
-            for reply in result.ok_replies:
-                if reply.node != node.address:
-                    assert reply.payload == b"%d|at-%s" % (i, node.address.encode())
-
-        await bounded(asyncio.gather(*(one(n, i) for n in nodes.values() for i in range(30))))
-    finally:
-        for n in nodes.values():
-            await n.stop()
+    peers = review_cluster.addresses()
+    shared = {p: not (mixed and i == 2) for i, p in enumerate(peers)}
+    make = grpc_maker(review_cluster, shared)
+    nodes = []
+    for p in peers:
+        store = review_cluster.Store()
+        store.data[b"k"] = b"at-" + p.encode()
+        node = make(p, peers, store)
+        node.register("kv", review_cluster.RELAY, review_cluster.relay_handler(node))
+        nodes.append(node)
+    await review_cluster.start(nodes)
+    await review_cluster.relay_from_every_node(nodes, 30)
 
 
 async def test_a_flooding_sender_is_still_bounded_by_the_shared_reader(
@@ -485,7 +369,8 @@ async def test_a_flooding_sender_is_still_bounded_by_the_shared_reader(
             except TimeoutError:
                 break  # flow control: the server stopped reading
             calls += 20
-        (stream,) = list(server._inbound)
+        stream: Any = next(iter(server._inbound))
+        assert len(server._inbound) == 1
         for _ in range(100):
             await asyncio.sleep(0.01)
         assert calls > 64 + 20 + 4  # the sender did write past the bounds (HTTP/2 buffers)

@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
-from peer_ring.core._errors import PeerUnavailableError, QuorumNotReachedError, RequestTimeoutError
+from peer_ring.core import Command, CommandContext, PeerRing
+from peer_ring.core._errors import PeerUnavailableError, RequestTimeoutError
 from peer_ring.core._types import Request, Response, Status, TransferRequest
 from peer_ring.core.proto import peer_ring_pb2 as pb
 from peer_ring.core.testing import CertificateAuthority, FixedDiscovery, free_port
@@ -138,7 +138,7 @@ class Owner:
     def on_done(self, target: str, hint: str, fut: asyncio.Future[Response]) -> None:
         self.errors[hint] = (
             asyncio.CancelledError() if fut.cancelled() else fut.exception() or fut.result()
-        )  # type: ignore[assignment]
+        )
         self.changed.set()
 
     async def wait(self, count: int) -> None:
@@ -356,7 +356,8 @@ async def test_a_reader_that_stops_reading_keeps_the_server_within_its_bounds(
     assert (await bounded(ask(client, server, b"warm"))).payload == b"warm" + answer
     conn = client._peers[server.address]
     assert conn._frames is not None
-    conn._frames._proto.transport.pause_reading()  # a client that no longer reads
+    socket_end: Any = conn._frames._proto.transport
+    socket_end.pause_reading()  # a client that no longer reads
     futures = [ask(client, server, b"%04d" % i, timeout=30.0) for i in range(200)]
     # Wait until the server stops calling the handler (stable for 0.5 s).
     last, stable_since = -1, time.monotonic()
@@ -364,13 +365,14 @@ async def test_a_reader_that_stops_reading_keeps_the_server_within_its_bounds(
         await asyncio.sleep(0.05)
         if calls != last:
             last, stable_since = calls, time.monotonic()
-    (stream,) = list(server._inbound)
+    stream: Any = next(iter(server._inbound))
+    assert len(server._inbound) == 1
     # Kernel buffers on loopback take some answers; the rest is bounded by the stream.
     assert calls < 150, calls
     assert stream._pending_bytes <= pending + len(answer) + 64, stream._pending_bytes
     buffered = stream._context._proto.transport.get_write_buffer_size()
     assert buffered <= pending + 2 * len(answer), buffered
-    conn._frames._proto.transport.resume_reading()
+    socket_end.resume_reading()
     answers = await bounded(asyncio.gather(*futures))
     assert [a.payload[:4] for a in answers] == [b"%04d" % i for i in range(200)]
     assert calls == 201
@@ -596,138 +598,36 @@ async def test_the_direct_paths_over_tls(pair: Pair, tmp_path: Path) -> None:
 
 # -- a cluster: every acknowledged write survives a node's restart ---------------------------
 
-PUT = Command("put", mutates=True)
-GET = Command("get", reads=True)
+#: ``review_cluster`` of conftest.py: a ``ReviewCluster`` (3 nodes, R3/Q2, namespace "kv").
+Cluster = Any
 
 
-class Store:
-    """A node's data, kept across its restart (as a disk would)."""
+def tcp_maker(cluster: Cluster) -> Callable[..., PeerRing]:
+    """``make(address, peers, store)``: a TCP node whose GET answers from a Task (9bb0531's
+    path), PUT inline."""
 
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
+    def make(address: str, peers: list[str], store: Any) -> PeerRing:
+        node = PeerRing(FixedDiscovery(address, peers), config=cluster.config("tcp"))
+        node.register("kv", cluster.PUT, store.put)
+        node.register("kv", cluster.GET, store.get_later)
+        return node
 
-    def put(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        self.data[key] = payload
-        return b"ok"
-
-    async def get(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-        await asyncio.sleep(0)  # a Task's answer: 9bb0531's path
-        return self.data.get(key, b"")
-
-
-async def connect_all(nodes: list[PeerRing]) -> None:
-    """Open every node's connections to the others first: these tests check calls on
-    connections, not connection set-up on a loaded machine (up to 20 real attempts each)."""
-    for node in nodes:
-        for peer in node.members:
-            if peer == node.address:
-                continue
-            for attempt in range(20):
-                try:
-                    await bounded(node.transport.connect(peer))
-                    break
-                except PeerUnavailableError:
-                    if attempt == 19:
-                        raise
-
-
-async def read_back(node: PeerRing, key: bytes) -> list[bytes]:
-    """The payloads of a quorum read of ``key``, retried (a failed read loses nothing)."""
-    for attempt in range(10):
-        try:
-            return (await node.execute("kv", GET, key, b"", timeout=5.0)).payloads
-        except QuorumNotReachedError:
-            if attempt == 9:
-                raise
-            await asyncio.sleep(0.1)
-    raise AssertionError("unreachable")
-
-
-NODE_CONFIG = PeerRingConfig(
-    partitions=64,
-    replication=3,
-    quorum=2,
-    request_timeout=2.0,
-    transport="tcp",
-    transport_limits=TransportLimits(connect_timeout=5.0, backoff_initial=0.02, backoff_max=0.2),
-    anti_entropy_interval=None,
-)
-
-
-def tcp_node(address: str, peers: list[str], store: Store) -> PeerRing:
-    node = PeerRing(FixedDiscovery(address, peers), config=NODE_CONFIG)
-    node.register("kv", PUT, store.put)
-    node.register("kv", GET, store.get)
-    return node
+    return make
 
 
 @pytest.mark.slow
-async def test_acknowledged_writes_survive_a_restart_over_tcp() -> None:
+async def test_acknowledged_writes_survive_a_restart_over_tcp(review_cluster: Cluster) -> None:
     """3 nodes, R3/Q2, writers on every node while one node is stopped and restarted (its
     data kept): every acknowledged write is on at least 2 nodes and readable afterwards."""
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    stores = {p: Store() for p in peers}
-    nodes = {p: tcp_node(p, peers, stores[p]) for p in peers}
-    acked: dict[bytes, bytes] = {}
-    failed = 0
-    try:
-        for node in nodes.values():
-            await node.start()
-        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
-        await connect_all(list(nodes.values()))
-        victim = peers[1]
-        stop = asyncio.Event()
-
-        async def writer(w: int) -> None:
-            nonlocal failed
-            for i in range(100_000):  # bounded: stop ends it long before
-                if stop.is_set():
-                    return
-                node = nodes[peers[(w + i) % 3]]
-                if node.address == victim and not node.ready:
-                    await asyncio.sleep(0.005)
-                    continue
-                key, value = b"w%d-%d" % (w, i), b"v%d-%d" % (w, i)
-                try:
-                    await node.execute("kv", PUT, key, value, timeout=2.0)
-                except Exception:
-                    failed += 1  # not acknowledged: nothing promised
-                else:
-                    acked[key] = value
-
-        writers = [asyncio.ensure_future(writer(w)) for w in range(6)]
-        try:
-            await asyncio.sleep(0.5)
-            await nodes[victim].stop()
-            await asyncio.sleep(1.0)
-            nodes[victim] = tcp_node(victim, peers, stores[victim])
-            await nodes[victim].start()
-            await bounded(nodes[victim].wait_ready(LIMIT))
-            await asyncio.sleep(1.0)
-        finally:
-            stop.set()
-            await bounded(asyncio.gather(*writers))
-        assert len(acked) > 100, (len(acked), failed)
-        for key, value in acked.items():
-            holders = sum(store.data.get(key) == value for store in stores.values())
-            assert holders >= 2, (key, holders)
-        for n, (key, value) in enumerate(sorted(acked.items())):
-            if n % 10:
-                continue  # a sample read back through the public API
-            payloads = await read_back(nodes[peers[n % 3]], key)
-            assert value in payloads, (key, payloads)
-    finally:
-        for node in nodes.values():
-            await node.stop()
+    await review_cluster.acknowledged_writes_survive_a_restart(tcp_maker(review_cluster))
 
 
 # -- a node's handler calling back the node that sent its request ----------------------------
 
-RELAY = Command("relay", mutates=True, hinted=False)
 NOTE = Command("note", mutates=True, hinted=False)
 
 
-async def test_node_handlers_calling_back_their_sender() -> None:
+async def test_node_handlers_calling_back_their_sender(review_cluster: Cluster) -> None:
     """Each replica's handler asks the coordinator back (node.call from an async handler)
     or tells it (node.send from a plain handler, served inline in data_received): every
     execute succeeds, well within the inner calls' deadline, and every note arrives.
@@ -735,58 +635,35 @@ async def test_node_handlers_calling_back_their_sender() -> None:
     (With max_inbound_pending_requests below the number of such handlers per stream, the
     call-backs wait behind the paused reader until their deadline; that was so before the
     direct paths too, on both transports: a limit of the bounds, not tested here.)"""
-    peers = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    config = NODE_CONFIG
-    nodes: dict[str, PeerRing] = {}
-    stores = {p: Store() for p in peers}
+    peers = review_cluster.addresses()
     notes: dict[str, list[bytes]] = {p: [] for p in peers}
+    make = tcp_maker(review_cluster)
+    nodes: list[PeerRing] = []
 
-    def make(address: str) -> PeerRing:
-        node = PeerRing(FixedDiscovery(address, peers), config=config)
-
-        async def relay(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
-            if ctx.local:
-                return payload
-            back = await node.call(ctx.source, "kv", GET, key, b"", timeout=3.0)
-            return payload + b"|" + back
-
+    def noter(node: PeerRing) -> Callable[[CommandContext, bytes, bytes], bytes]:
         def note(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
             if payload.startswith(b"ack:"):
-                notes[address].append(payload)  # a replica's answer, sent back to us
+                notes[node.address].append(payload)  # a replica's answer, sent back to us
             elif not ctx.local:
                 node.send("kv", NOTE, key, b"ack:" + payload, nodes=[ctx.source])
             return b""
 
-        node.register("kv", PUT, stores[address].put)
-        node.register("kv", GET, stores[address].get)
-        node.register("kv", RELAY, relay)
-        node.register("kv", NOTE, note)
-        return node
+        return note
 
-    try:
-        for p in peers:
-            nodes[p] = make(p)
-            await nodes[p].start()
-        await bounded(asyncio.gather(*(n.wait_ready(LIMIT) for n in nodes.values())))
-        await connect_all(list(nodes.values()))
-        for p in peers:
-            stores[p].data[b"k"] = b"at-" + p.encode()
-
-        async def one(node: PeerRing, i: int) -> None:
-            result = await node.execute("kv", RELAY, b"k", b"%d" % i, quorum=3, timeout=10.0)
-            for reply in result.ok_replies:
-                if reply.node != node.address:
-                    assert reply.payload == b"%d|at-%s" % (i, node.address.encode())
-
-        await bounded(asyncio.gather(*(one(n, i) for n in nodes.values() for i in range(20))))
-        for n in nodes.values():
-            await n.execute("kv", NOTE, b"k", n.address.encode(), quorum=3, timeout=10.0)
-        for _ in range(400):
-            if all(len(v) == 2 for v in notes.values()):
-                break
-            await asyncio.sleep(0.01)
-        for address, got in notes.items():
-            assert sorted(got) == sorted(b"ack:" + address.encode() for _ in range(2))
-    finally:
-        for n in nodes.values():
-            await n.stop()
+    for p in peers:
+        store = review_cluster.Store()
+        store.data[b"k"] = b"at-" + p.encode()
+        node = make(p, peers, store)
+        node.register("kv", review_cluster.RELAY, review_cluster.relay_handler(node))
+        node.register("kv", NOTE, noter(node))
+        nodes.append(node)
+    await review_cluster.start(nodes)
+    await review_cluster.relay_from_every_node(nodes, 20)
+    for n in nodes:
+        await n.execute("kv", NOTE, b"k", n.address.encode(), quorum=3, timeout=10.0)
+    for _ in range(400):
+        if all(len(v) == 2 for v in notes.values()):
+            break
+        await asyncio.sleep(0.01)
+    for address, got in notes.items():
+        assert sorted(got) == sorted(b"ack:" + address.encode() for _ in range(2))
