@@ -34,7 +34,10 @@ paused could each wait for the other's write to drain: the server side of a stre
 by the opener's reader, which never pauses, so the fallback always drains.
 
 These classes extend :class:`~._outbound.PeerConnection` and :class:`~._inbound.InboundStream`
-(their writer and reader loops), which the TCP transport shares unchanged.
+through the hooks of their writer and reader loops (one loop each, shared with the TCP
+transport): the connection's frames take the handed-over answers first, and the inbound
+stream hands its answers over, reads the sender's answers and defers requests over the
+bounds instead of pausing its reader.
 """
 
 from __future__ import annotations
@@ -42,18 +45,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc.aio
-from google.protobuf.message import DecodeError
 
 from peer_ring.core._errors import PeerUnavailableError
 from peer_ring.core.proto import peer_ring_pb2 as pb
-from peer_ring.core.transport._codec import cancel_parts, join_frames
 from peer_ring.core.transport._inbound import InboundStream
-from peer_ring.core.transport._linger import HOLD_MIN_IN_FLIGHT, hold, linger
-from peer_ring.core.transport._options import EOF, SHARED_FRAMES_KEY
+from peer_ring.core.transport._options import SHARED_FRAMES_KEY
 from peer_ring.core.transport._outbound import PeerConnection
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,8 @@ class SharedPeerConnection(PeerConnection):
         self.peer_instance: str | None = None
         #: Answers handed over and not yet taken by the writer: (stream, parts, bytes).
         self._carried: list[tuple[SharedInboundStream, list[bytes], int]] = []
+        #: Answers taken into the frame being written (released by _riders_written).
+        self._writing: list[tuple[SharedInboundStream, list[bytes], int]] = []
         #: Bytes of answers handed over and not yet written (the write in progress included).
         self._carried_bytes = 0
         self._carry_budget = self._limits.max_inbound_pending_bytes // CARRY_BUDGET_SHARE
@@ -161,109 +163,55 @@ class SharedPeerConnection(PeerConnection):
             self._carried_bytes -= size
             inbound.take_back(parts)
 
-    def _settle(self, batch: list[tuple[SharedInboundStream, list[bytes], int]]) -> None:
-        """Written (or lost with the stream): release the inbound streams' byte counts."""
-        for inbound, _, size in batch:
-            self._carried_bytes -= size
-            inbound.written(size)
-
     async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
         initial = await stream.initial_metadata()  # already received: _open waited for it
         self.peer_instance = shared_frames_instance(initial)
         self.carrying = self.peer_instance is not None
         try:
-            await self._shared_write_loop(stream)
+            await super()._write_loop(stream)
         finally:
             self.carrying = False
             self.peer_instance = None
             self._give_back()
 
-    async def _shared_write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
-        # FrameWriter._write_loop (see there), plus the answers handed over by carry().
-        stats = self._stats
+    # -- FrameWriter's hooks: the carried answers ride first in the next frame -------------
+
+    def _riders_waiting(self) -> int:
+        return len(self._carried)
+
+    def _waiting(self) -> int:
+        return len(self._queue) + len(self._carried)
+
+    def _take_riders(self) -> list[bytes]:
+        parts: list[bytes] = []
+        batch = self._carried
+        if not batch:
+            return parts
+        self._carried = []
+        self._writing = batch
+        for _, answers, _ in batch:
+            parts += answers
+        return parts
+
+    def _count_frame(self, riders: int, requests: int) -> None:
         counters = self._counters
-        queue = self._queue
-        wakeup = self._wakeup
-        max_bytes = self._max_bytes
-        max_in_flight = self._max_in_flight
-        while True:
-            if (
-                not self._carried
-                and not self._cancels
-                and not (queue and self._in_flight < max_in_flight)
-            ):
-                wakeup.clear()
-                self._writer_idle = True
-                try:
-                    await wakeup.wait()
-                finally:
-                    self._writer_idle = False
-                await linger(lambda: len(queue) + len(self._carried))
-                continue
-            if (
-                self._hold
-                and not self._carried
-                and self._in_flight > self._release_at
-                and self._in_flight >= HOLD_MIN_IN_FLIGHT
-                and not self._cancels
-            ):
-                self._holding = True
-                try:
-                    await hold(wakeup, self._hold, self.latency)
-                finally:
-                    self._holding = False
-                self._release_at = self._in_flight
-                await linger(lambda: len(queue) + len(self._carried))
-                continue
-            parts: list[bytes] = []
-            batch = self._carried
-            if batch:
-                self._carried = []
-                for _, answers, _ in batch:
-                    parts += answers
-            answers_count = len(parts)
-            if self._cancels:
-                ids = self._cancels
-                self._cancels = []
-                parts.extend(cancel_parts(ids, max_bytes))
-                stats.cancels_sent += len(ids)
-            room = max_in_flight - self._in_flight
-            sent = 0
-            while queue and sent < room:
-                call = queue.popleft()
-                if call.done():  # timed out or cancelled while queued
-                    continue
-                parts.append(call.data)
-                call.data = b""
-                call.sent = True
-                sent += 1
-                if self._sample is None:
-                    self._sample = call
-                    self._sample_at = self._loop.time()
-            self._release_at = self._in_flight
-            self._in_flight += sent
-            stats.requests_sent += sent
-            if not parts:
-                continue
-            # Counted before the write, as the inbound writer does: the peer may act on the
-            # frame before this task resumes.
-            if answers_count:
-                stats.responses_sent += answers_count
-                counters.responses_carried += answers_count
-                if sent:
-                    counters.shared_frames += 1
-                else:
-                    counters.answer_frames += 1
-            elif self.carrying:
-                counters.request_frames += 1
-            frames = join_frames(parts, max_bytes)
-            try:
-                for frame in frames:
-                    await stream.write(frame)
-            finally:
-                if batch:
-                    self._settle(batch)
-            stats.frames_sent += len(frames)
+        if riders:
+            self._stats.responses_sent += riders
+            counters.responses_carried += riders
+            if requests:
+                counters.shared_frames += 1
+            else:
+                counters.answer_frames += 1
+        elif self.carrying:
+            counters.request_frames += 1
+
+    def _riders_written(self) -> None:
+        """Written (or lost with the stream): release the inbound streams' byte counts."""
+        batch = self._writing
+        self._writing = []
+        for inbound, _, size in batch:
+            self._carried_bytes -= size
+            inbound.written(size)
 
 
 class SharedInboundStream(InboundStream):
@@ -304,7 +252,8 @@ class SharedInboundStream(InboundStream):
         self._drainer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
 
-    def _link(self) -> SharedPeerConnection | None:
+    def _carrier(self) -> SharedPeerConnection | None:
+        """This node's connection to the sender, when its stream carries answers."""
         link = self._links.get(self.sender)
         if isinstance(link, SharedPeerConnection) and link.carrying:
             return link
@@ -336,100 +285,32 @@ class SharedInboundStream(InboundStream):
         self._outbox[:0] = parts
         self._wakeup.set()
 
-    def written(self, size: int) -> None:
-        """``size`` bytes of answers handed to the connection were written (or dropped)."""
-        self._pending_bytes -= size
-        if self._paused:
-            self._room.set()
+    # -- InboundStream's hooks: answers first, and requests over the bounds deferred ---------
 
-    async def _write_loop(self) -> None:
-        # InboundStream._write_loop (see there), with the hand-over to the connection.
-        stats = self._stats
-        wakeup = self._wakeup
-        context = self._context
-        while not self._closed:
-            if not self._outbox:
-                wakeup.clear()
-                await wakeup.wait()
-                if self._link() is None:
-                    await linger(lambda: len(self._outbox))
-                # else: hand over at once; the connection's writer lingers
-                continue
-            parts = self._outbox
-            size = sum(map(len, parts))
-            link = self._link()
-            if link is not None and link.carry(self, parts, size):
-                self._outbox = []
-                continue
-            self._outbox = []
-            frames = join_frames(parts, self._max_bytes)
-            stats.responses_sent += len(parts)
-            for frame in frames:
-                await context.write(frame)
-            stats.frames_sent += len(frames)
-            self._pending_bytes -= size
-            if self._paused:
-                self._room.set()
+    def _open_frame(self, frame: pb.Frame) -> Sequence[pb.Request]:
+        # The sender's answers to this node's requests first: they must not wait behind
+        # this stream's bounds (see _serve_requests).
+        responses = frame.responses
+        if responses:
+            self._on_answers(responses)
+        return super()._open_frame(frame)
 
-    async def _read_loop(self) -> None:
-        # InboundStream._read_loop (see there), except: the sender's answers first, and
-        # requests over the bounds are deferred (the reader keeps reading) instead of
-        # pausing the reader.
-        stats = self._stats
-        context = self._context
-        try:
-            while not self._closed:
-                if self._deferral_full():
-                    self._drained.clear()
-                    await self._drained.wait()
-                    continue
-                data: Any = await context.read()
-                if data is EOF:
-                    return
-                try:
-                    frame = pb.Frame.FromString(data)
-                except DecodeError as exc:
-                    stats.malformed_frames += 1
-                    self.abort_reason = f"malformed frame: {exc}"
-                    args = (self.sender, context.peer(), exc)
-                    message = "malformed frame on the stream from %s (%s): %s"
-                    if self._log is not None:
-                        self._log.warning("malformed frame", message, *args)
-                    else:
-                        logger.warning(message, *args)
-                    return
-                stats.frames_received += 1
-                responses = frame.responses
-                if responses:
-                    self._on_answers(responses)
-                cancels = frame.cancels
-                if cancels:
-                    stats.cancels_received += len(cancels)
-                    for rid in cancels:
-                        pending = self._tasks.get(rid)
-                        if pending is not None:
-                            self._forget(pending)
-                            pending.task.cancel()
-                    if self._deferred:
-                        self._dropped.update(cancels)
-                requests = frame.requests
-                if requests:
-                    stats.requests_received += len(requests)
-                    self._serve(requests)
+    def _take_cancels(self, cancels: Iterable[int]) -> None:
+        super()._take_cancels(cancels)
+        if self._deferred:
+            self._dropped.update(cancels)
+
+    async def _serve_requests(self, requests: Iterator[pb.Request]) -> bool:
+        """Dispatch ``requests`` until a bound is reached and defer the rest: the reader
+        keeps reading. It stops only while the deferred requests are at their bounds."""
+        if self._drainer is not None or not self._dispatch_some(requests):
+            self._defer(requests)  # behind the deferred ones, in order
+            while self._deferral_full() and not self._closed:
                 if self._outbox:
                     self._wakeup.set()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.debug("reading the stream from %s failed: %r", self.sender, exc)
-        finally:
-            self.close()
-
-    def _over_bounds(self) -> bool:
-        return (
-            self._pending_bytes > self._max_pending_bytes
-            or len(self._tasks) >= self._max_pending_requests
-        )
+                self._drained.clear()
+                await self._drained.wait()
+        return not self._closed
 
     def _deferral_full(self) -> bool:
         return (
@@ -437,20 +318,7 @@ class SharedInboundStream(InboundStream):
             or len(self._deferred) >= self._max_deferred
         )
 
-    def _serve(self, requests: Any) -> None:
-        """Dispatch ``requests`` until a bound is reached; defer the rest."""
-        if self._drainer is None:
-            for index, msg in enumerate(requests):
-                self._dispatch(msg)
-                # Checked per request: one frame of tiny requests may ask for answers far
-                # larger than itself.
-                if self._over_bounds():
-                    self._defer(requests[index + 1 :])
-                    return
-            return
-        self._defer(requests)  # behind the deferred ones, in order
-
-    def _defer(self, requests: Any) -> None:
+    def _defer(self, requests: Iterator[pb.Request]) -> None:
         for msg in requests:
             size = msg.ByteSize()
             self._deferred.append((msg, size))

@@ -21,6 +21,10 @@ What a peer can make this node hold is bounded (``TransportLimits``):
 - *deadlines*: every request's ``timeout_ms`` is clamped to ``max_request_timeout`` (0,
   "unspecified", means ``default_timeout``); a handler Task still running at its deadline
   is cancelled and answered with ``TIMEOUT``.
+
+Both transports serve with these loops: the TCP direct path (:mod:`._tcp_inbound`) and the
+gRPC shared frames (:mod:`._grpc_shared`) change a few steps through hooks
+(``_open_frame``, ``_take_cancels``, ``_serve_requests``, ``_carrier``), not copies.
 """
 
 from __future__ import annotations
@@ -28,12 +32,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-import grpc
-import grpc.aio
 from google.protobuf.message import DecodeError
 
 from peer_ring.core._errors import PeerRingError
@@ -72,6 +74,31 @@ class _Carry:
 CARRY = _Carry()
 
 
+class StreamContext(Protocol):
+    """What an inbound stream reads its frames from and writes them to: a gRPC servicer
+    context, or the TCP transport's :class:`~._tcp_wire.FrameStream`."""
+
+    async def read(self) -> object:
+        """The next frame's bytes, or ``EOF``."""
+        ...
+
+    async def write(self, frame: bytes, /) -> None:
+        """Write one frame."""
+        ...
+
+    def peer(self) -> str:
+        """The peer's address as the connection sees it (for the log)."""
+        ...
+
+
+class Carrier(Protocol):
+    """Takes a stream's encoded answers into its own frames (see ``InboundStream._carrier``)."""
+
+    def carry(self, inbound: Any, parts: list[bytes], size: int) -> bool:
+        """Take ``parts`` (``size`` bytes); False when they must be written by ``inbound``."""
+        ...
+
+
 class _Pending:
     """An inbound request whose handler returned an awaitable: its Task and its deadline."""
 
@@ -104,7 +131,7 @@ class InboundStream:
 
     Args:
         sender: the peer's address, from the call metadata.
-        context: the gRPC servicer context of the stream.
+        context: what the stream is read from and written to (the gRPC servicer context).
         on_request: the node's inbound handler.
         limits: message size, inbound bounds and deadlines.
         stats: the transport's counters.
@@ -116,7 +143,7 @@ class InboundStream:
     def __init__(
         self,
         sender: str,
-        context: grpc.aio.ServicerContext[bytes, bytes],
+        context: StreamContext,
         on_request: InboundHandler,
         limits: TransportLimits,
         stats: TransportStats,
@@ -180,6 +207,22 @@ class InboundStream:
         self._wakeup.set()
         self._room.set()
 
+    # -- hooks of a stream whose answers may ride elsewhere (see _grpc_shared) --------------
+
+    def _carrier(self) -> Carrier | None:
+        """Where the writer hands this stream's answers instead of writing them itself, if
+        it takes them (the gRPC shared frames' connection to the sender); None here."""
+        return None
+
+    def written(self, size: int) -> None:
+        """``size`` bytes of this stream's answers were written (or dropped): below the
+        bound again, a paused reader looks once more."""
+        self._pending_bytes -= size
+        if self._paused:
+            self._room.set()
+
+    # -- the writer and the reader -----------------------------------------------------------
+
     async def _write_loop(self) -> None:
         stats = self._stats
         wakeup = self._wakeup
@@ -192,11 +235,15 @@ class InboundStream:
                     await wakeup.wait()
                 finally:
                     self._writer_idle = False
-                await linger(lambda: len(self._outbox))
+                if self._carrier() is None:  # else handed over at once: the carrier lingers
+                    await linger(lambda: len(self._outbox))
                 continue
             parts = self._outbox
             self._outbox = []
             size = sum(map(len, parts))
+            carrier = self._carrier()
+            if carrier is not None and carrier.carry(self, parts, size):
+                continue
             frames = join_frames(parts, self._max_bytes)
             # Counted per frame, not per response (the outbox holds only responses).
             stats.responses_sent += len(parts)
@@ -205,12 +252,9 @@ class InboundStream:
                 # then stops reading once the bound is reached: see _wait_for_room.
                 await context.write(frame)
             stats.frames_sent += len(frames)
-            self._pending_bytes -= size
-            if self._paused:
-                self._room.set()
+            self.written(size)
 
     async def _read_loop(self) -> None:
-        stats = self._stats
         context = self._context
         try:
             while not self._closed:
@@ -232,7 +276,7 @@ class InboundStream:
                 try:
                     frame = pb.Frame.FromString(data)
                 except DecodeError as exc:
-                    stats.malformed_frames += 1
+                    self._stats.malformed_frames += 1
                     self.abort_reason = f"malformed frame: {exc}"
                     args = (self.sender, context.peer(), exc)
                     message = "malformed frame on the stream from %s (%s): %s"
@@ -241,22 +285,9 @@ class InboundStream:
                     else:
                         logger.warning(message, *args)
                     return
-                stats.frames_received += 1
-                # Cancels first: they name requests of earlier frames, whose slots the
-                # opener already reused for the requests of this one.
-                cancels = frame.cancels
-                if cancels:
-                    stats.cancels_received += len(cancels)
-                    for rid in cancels:
-                        pending = self._tasks.get(rid)
-                        if pending is not None:
-                            self._forget(pending)
-                            pending.task.cancel()
-                requests = frame.requests
-                if requests:
-                    stats.requests_received += len(requests)
-                    if not await self._serve_requests(iter(requests)):
-                        return
+                requests = self._open_frame(frame)
+                if requests and not await self._serve_requests(iter(requests)):
+                    return
                 if self._outbox:
                     self._wakeup.set()
         except asyncio.CancelledError:
@@ -267,20 +298,58 @@ class InboundStream:
         finally:
             self.close()
 
+    def _open_frame(self, frame: pb.Frame) -> Sequence[pb.Request]:
+        """Count a parsed frame, act on its cancels and return its requests (counted)."""
+        stats = self._stats
+        stats.frames_received += 1
+        # Cancels first: they name requests of earlier frames, whose slots the opener
+        # already reused for the requests of this one.
+        cancels = frame.cancels
+        if cancels:
+            stats.cancels_received += len(cancels)
+            self._take_cancels(cancels)
+        requests = frame.requests
+        if requests:
+            stats.requests_received += len(requests)
+        return requests
+
+    def _take_cancels(self, cancels: Iterable[int]) -> None:
+        """The peer dropped these requests: their running handlers are cancelled."""
+        for rid in cancels:
+            pending = self._tasks.get(rid)
+            if pending is not None:
+                self._forget(pending)
+                pending.task.cancel()
+
     async def _serve_requests(self, requests: Iterator[pb.Request]) -> bool:
         """Dispatch ``requests``, pausing at the bounds; False once the stream closed."""
+        while not self._dispatch_some(requests):
+            await self._wait_for_room()
+            if self._closed:
+                return False
+        return True
+
+    def _dispatch_some(self, requests: Iterator[pb.Request]) -> bool:
+        """Dispatch ``requests`` up to a bound: True when all were, False when it stopped
+        at one (the rest stay in ``requests``)."""
+        dispatch = self._dispatch
         for msg in requests:
-            self._dispatch(msg)
+            dispatch(msg)
             # Checked per request: one frame of tiny requests may ask for answers far
-            # larger than itself.
+            # larger than itself. (_over_bounds, inline: this runs per request.)
             if (
                 self._pending_bytes > self._max_pending_bytes
                 or len(self._tasks) >= self._max_pending_requests
             ):
-                await self._wait_for_room()
-                if self._closed:
-                    return False
+                return False
         return True
+
+    def _over_bounds(self) -> bool:
+        """The stream's unsent answers or its running handlers are at a bound."""
+        return (
+            self._pending_bytes > self._max_pending_bytes
+            or len(self._tasks) >= self._max_pending_requests
+        )
 
     async def _wait_for_room(self) -> None:
         """Stop reading until the writer and the handlers are back under the bounds."""

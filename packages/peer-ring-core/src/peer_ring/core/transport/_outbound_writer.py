@@ -4,6 +4,11 @@
 request queue into frames (coalescing, in-flight bound, cancellations) and, for gRPC,
 holds new requests back while the previous frame is unanswered (see :mod:`._linger`). A
 base class, not a helper object: the loop runs on the connection's own fields.
+
+The loop is the only one of both transports' outbound links. Frames may also carry parts
+other than requests and cancels (the gRPC shared frames' answers, :mod:`._grpc_shared`):
+the hooks below (``_riders_waiting``, ``_waiting``, ``_take_riders``, ``_count_frame``,
+``_riders_written``) are where a subclass adds them; here there are none.
 """
 
 from __future__ import annotations
@@ -20,27 +25,56 @@ class FrameWriter(CallBook):
 
     latency: float | None  # the peer's round trip, moving average (PeerConnection sets it)
 
+    # -- hooks: parts that ride in a frame besides requests and cancels (none here) --------
+
+    def _riders_waiting(self) -> int:
+        """How many riders wait for the next frame: they wake the writer and end a hold.
+        Asked only when the writer would otherwise wait."""
+        return 0
+
+    def _take_riders(self) -> list[bytes]:
+        """A new list with the riders' parts, which start the next frame (taken from the
+        waiting ones); ``_riders_written`` follows the frame's write when it is not empty."""
+        return []
+
+    def _count_frame(self, riders: int, requests: int) -> None:
+        """A frame of ``riders`` riders and ``requests`` requests is about to be written
+        (counted before the write: the peer may act on it before the writer resumes)."""
+
+    def _riders_written(self) -> None:
+        """The riders taken last were written, or lost with the stream (the write raised)."""
+
+    def _waiting(self) -> int:
+        """What a linger watches grow: the queued requests (and riders, where there are)."""
+        return len(self._queue)
+
     async def _write_loop(self, stream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
         stats = self._stats
         queue = self._queue
         wakeup = self._wakeup
         max_bytes = self._max_bytes
         max_in_flight = self._max_in_flight
+        waiting = self._waiting
         while True:
-            if not self._cancels and not (queue and self._in_flight < max_in_flight):
+            if (
+                not self._cancels
+                and not (queue and self._in_flight < max_in_flight)
+                and not self._riders_waiting()
+            ):
                 wakeup.clear()
                 self._writer_idle = True
                 try:
                     await wakeup.wait()
                 finally:
                     self._writer_idle = False
-                await linger(lambda: len(queue))
+                await linger(waiting)
                 continue
             if (
                 self._hold
                 and self._in_flight > self._release_at
                 and self._in_flight >= HOLD_MIN_IN_FLIGHT
                 and not self._cancels
+                and not self._riders_waiting()  # riders are never held
             ):
                 self._holding = True
                 try:
@@ -48,9 +82,10 @@ class FrameWriter(CallBook):
                 finally:
                     self._holding = False
                 self._release_at = self._in_flight  # answered or not: the next frame goes out
-                await linger(lambda: len(queue))
+                await linger(waiting)
                 continue
-            parts: list[bytes] = []
+            parts = self._take_riders()
+            riders = len(parts)
             if self._cancels:
                 ids = self._cancels
                 self._cancels = []
@@ -74,7 +109,12 @@ class FrameWriter(CallBook):
             stats.requests_sent += sent
             if not parts:
                 continue
+            self._count_frame(riders, sent)
             frames = join_frames(parts, max_bytes)
-            for frame in frames:
-                await stream.write(frame)
+            try:
+                for frame in frames:
+                    await stream.write(frame)
+            finally:
+                if riders:
+                    self._riders_written()
             stats.frames_sent += len(frames)

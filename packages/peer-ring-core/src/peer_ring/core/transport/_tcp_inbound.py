@@ -32,12 +32,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from peer_ring.core.proto import peer_ring_pb2 as pb
-from peer_ring.core.transport._base import InboundHandler, TransportLimits
 from peer_ring.core.transport._codec import join_frames
-from peer_ring.core.transport._deadlines import DeadlineWheel
 from peer_ring.core.transport._inbound import InboundStream
-from peer_ring.core.transport._log import RateLimitedLog
-from peer_ring.core.transport._stats import TransportStats
 from peer_ring.core.transport._tcp_wire import (
     DIRECT_BLOCKED,
     DIRECT_DECLINED,
@@ -56,23 +52,12 @@ DIRECT_ANSWER_MAX = 2
 
 class TcpInboundStream(InboundStream):
     """An :class:`InboundStream` over a :class:`FrameStream` that serves frames where they
-    arrive (see the module docstring). Same arguments as :class:`InboundStream`."""
+    arrive (see the module docstring). Same arguments as :class:`InboundStream`, with a
+    :class:`FrameStream` as ``context``."""
 
-    _context: Any  # a FrameStream here (the base class types it as a gRPC context)
-
-    def __init__(
-        self,
-        sender: str,
-        context: FrameStream,
-        on_request: InboundHandler,
-        limits: TransportLimits,
-        stats: TransportStats,
-        wheel: DeadlineWheel,
-        log: RateLimitedLog | None = None,
-    ) -> None:
-        super().__init__(sender, context, on_request, limits, stats, wheel, log)  # type: ignore[arg-type]
-        #: A Task's answer was written directly in this loop turn (see _answer_ready).
-        self._direct_turn = False
+    _context: Any  # a FrameStream here (the base class knows only a StreamContext)
+    #: A Task's answer was written directly in this loop turn (see _answer_ready).
+    _direct_turn = False
 
     async def run(self) -> None:
         """Serve the stream (see :meth:`InboundStream.run`), frames taken as they arrive."""
@@ -91,31 +76,14 @@ class TcpInboundStream(InboundStream):
             frame = _from_string(body)
         except DecodeError:
             return DIRECT_DECLINED  # the reader task parses it again, reports it, ends
-        stats = self._stats
-        stats.frames_received += 1
-        cancels = frame.cancels
-        if cancels:  # first: see InboundStream._read_loop
-            stats.cancels_received += len(cancels)
-            for rid in cancels:
-                pending = self._tasks.get(rid)
-                if pending is not None:
-                    self._forget(pending)
-                    pending.task.cancel()
-        requests = frame.requests
+        requests = self._open_frame(frame)
         if requests:
-            stats.requests_received += len(requests)
-            dispatch = self._dispatch
             rest = iter(requests)
-            for msg in rest:
-                dispatch(msg)
-                if (
-                    self._pending_bytes > self._max_pending_bytes
-                    or len(self._tasks) >= self._max_pending_requests
-                ):
-                    self._carry = rest  # the reader task waits for room, then goes on
-                    if self._outbox:
-                        self._wakeup.set()
-                    return DIRECT_BLOCKED
+            if not self._dispatch_some(rest):
+                self._carry = rest  # the reader task waits for room, then goes on
+                if self._outbox:
+                    self._wakeup.set()
+                return DIRECT_BLOCKED
         if self._outbox and not (
             len(requests) <= DIRECT_ANSWER_MAX and self._writer_idle and self._write_outbox()
         ):
@@ -145,7 +113,5 @@ class TcpInboundStream(InboundStream):
         stats.responses_sent += len(parts)
         stats.frames_sent += len(frames)
         stats.direct_frames += len(frames)
-        self._pending_bytes -= sum(map(len, parts))
-        if self._paused:
-            self._room.set()  # the reader waits for the bounds: re-checked
+        self.written(sum(map(len, parts)))  # a paused reader re-checks the bounds
         return True
