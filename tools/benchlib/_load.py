@@ -71,6 +71,9 @@ class Workload:
         seed: seeds the operation sequence (each process adds its index).
         rate: open loop: operations started per second by this process (0: closed loop).
         overdue_s: an operation waiting longer than this is counted "past its deadline".
+        stagger: open loop: each process's schedule is offset by ``index / processes`` of
+            its interval (see :func:`run_open_loop`); False: every process starts its
+            operations at the same instants (lockstep, the schedule before 2026-12-07).
     """
 
     keys: int = 10_000
@@ -81,6 +84,7 @@ class Workload:
     seed: int = 1
     rate: float = 0.0
     overdue_s: float = 3.0
+    stagger: bool = True
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,7 @@ async def run_load(
     *,
     on_window: Callable[[str], None] | None = None,
     trace: _OpSink | None = None,
+    phase: float = 0.0,
 ) -> LoadResult:
     """Run the workload (closed loop, or open loop when ``workload.rate`` is set) on this
     process's event loop and return what was measured.
@@ -261,10 +266,21 @@ async def run_load(
             boundaries (CPU time, transport counters and profilers are sampled there).
         trace: open loop only: ``(intended start ns, latency ns, key)`` is appended for
             every operation that succeeded (``tools/bench --trace``, :mod:`benchlib._trace`).
+        phase: open loop only: this process's offset in its schedule, a fraction of the
+            interval between two of its operations (``index / processes``, see
+            :func:`run_open_loop`).
     """
     if workload.rate > 0:
         return await run_open_loop(
-            get, set_, workload, sequence, value, schedule, on_window=on_window, trace=trace
+            get,
+            set_,
+            workload,
+            sequence,
+            value,
+            schedule,
+            on_window=on_window,
+            trace=trace,
+            phase=phase,
         )
     load_start, window_start, window_end = schedule.perf_ns()
     result = LoadResult()
@@ -337,6 +353,12 @@ MAX_OPEN_IN_FLIGHT = 20_000
 _OPEN_EARLY_NS = 500_000
 
 
+def due_ns(load_start: int, i: int, interval: float, phase: float) -> int:
+    """When operation ``i`` of a process with this ``phase`` is due (see
+    :func:`run_open_loop`), on the ``perf_counter_ns`` clock."""
+    return load_start + int((i + phase) * interval)
+
+
 async def run_open_loop(
     get: GetOp,
     set_: SetOp,
@@ -347,8 +369,18 @@ async def run_open_loop(
     *,
     on_window: Callable[[str], None] | None = None,
     trace: _OpSink | None = None,
+    phase: float = 0.0,
 ) -> LoadResult:
-    """Start ``workload.rate`` operations per second (see the module's docstring)."""
+    """Start ``workload.rate`` operations per second (see the module's docstring).
+
+    Operation ``i`` is due at ``load start + (i + phase) * interval``. The processes of a
+    run share the schedule's start, so with the same phase they would all start an
+    operation at the same instants: N operations at once every N / (total rate) seconds
+    instead of one every 1 / (total rate), and each one meeting the others' start-up on
+    the cores (and, for peer-ring, on the loop of the node that serves it, busy starting
+    its own). ``phase = index / processes`` spreads them evenly, as independent clients
+    would be; the offered rate is unchanged and both systems get the same schedules.
+    """
     load_start, window_start, window_end = schedule.perf_ns()
     result = LoadResult()
     gets = result.gets
@@ -402,7 +434,7 @@ async def run_open_loop(
     while i < limit:
         now = clock()
         horizon = now + _OPEN_EARLY_NS
-        due = load_start + int(i * interval)
+        due = due_ns(load_start, i, interval, phase)
         while due <= horizon and i < limit:
             key, is_read = sequence[i & mask]
             if due >= window_start:
@@ -417,7 +449,7 @@ async def run_open_loop(
                 in_flight.add(task)
                 task.add_done_callback(discard)
             i += 1
-            due = load_start + int(i * interval)
+            due = due_ns(load_start, i, interval, phase)
         if i >= limit:
             break
         # The loop's timers have a millisecond resolution: sleep at least that long (a

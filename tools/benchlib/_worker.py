@@ -241,14 +241,18 @@ async def _measure(
         gc.collect()
         gc.freeze()
     schedule = Schedule(float(command["start_at"]), float(spec["warmup"]), float(spec["duration"]))
+    # Open loop: the processes' schedules interleave (see run_open_loop), both systems alike.
+    phase = index / int(spec["processes"]) if workload.stagger else 0.0
     meter = _Meter(counters, spec.get("profile_path"))
     trace_path = spec.get("trace_path")
     if trace_path:
         result = await _traced(
-            Path(trace_path), owners, get, set_, workload, sequence, value, schedule, meter
+            Path(trace_path), owners, get, set_, workload, sequence, value, schedule, meter, phase
         )
     else:
-        result = await run_load(get, set_, workload, sequence, value, schedule, on_window=meter)
+        result = await run_load(
+            get, set_, workload, sequence, value, schedule, on_window=meter, phase=phase
+        )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     _emit(
         "result",
@@ -275,6 +279,7 @@ async def _traced(
     value: bytes,
     schedule: Schedule,
     meter: _Meter,
+    phase: float,
 ) -> LoadResult:
     """``run_load`` with the :mod:`benchlib._trace` recorders on (``--trace``)."""
     loop = asyncio.get_running_loop()
@@ -284,7 +289,15 @@ async def _traced(
     monitor = asyncio.ensure_future(tracer.monitor(window_start, window_end))
     try:
         result = await run_load(
-            get, set_, workload, sequence, value, schedule, on_window=meter, trace=tracer.ops
+            get,
+            set_,
+            workload,
+            sequence,
+            value,
+            schedule,
+            on_window=meter,
+            trace=tracer.ops,
+            phase=phase,
         )
         await monitor
     finally:

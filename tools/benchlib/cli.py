@@ -100,6 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(peer-ring: peer_ring.core.run(gc_freeze_after_start=True))",
     )
     p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="open loop, both systems: every process starts its operations at the same "
+        "instants (the schedule before 2026-12-07; default: the processes' schedules "
+        "interleave, offset by 1/processes of an interval each)",
+    )
+    p.add_argument(
         "--read-fanout",
         choices=("quorum", "all"),
         default="quorum",
@@ -304,6 +311,7 @@ async def _run_case(
         seed=opts.seed,
         rate=case.rate / case.processes,
         overdue_s=opts.request_timeout + opts.late_grace,
+        stagger=not opts.lockstep,
     ).__dict__
     uvloop = not opts.no_uvloop
     plans = []
