@@ -1,6 +1,7 @@
 """A node's replication per turn: APPENDs and group deltas of every partition it sequences
 leave as one request per replica peer, each partition's section merged or refused alone;
-ack_nowait acks wait for their partition's next request; two long-polls per group."""
+ack_nowait acks wait for their partition's next request; a parked long-poll's records ride
+on the APPEND."""
 
 from __future__ import annotations
 
@@ -211,7 +212,7 @@ async def test_only_an_ack_nowait_is_held(cluster) -> None:
     assert seq.leaders.deferred == 1
 
 
-async def test_a_group_keeps_two_long_polls_and_its_records_ride_on_appends(cluster) -> None:
+async def test_a_parked_group_long_poll_has_its_records_ride_on_appends(cluster) -> None:
     nodes = await cluster.start(3)
     for ps in nodes:
         ps.topic(TOPIC, partitions=1)
@@ -226,16 +227,16 @@ async def test_a_group_keeps_two_long_polls_and_its_records_ride_on_appends(clus
     async with consumer.topic(TOPIC, partitions=1).subscribe(group="g", start="latest") as sub:
         leader_key = ring_key(TOPIC, 0)
         leaders = sequencer.leaders.leaders
-        await cluster.until(lambda: len(leaders[leader_key].parked) == 2)  # two fetches wait
+        await cluster.until(lambda: len(leaders[leader_key].parked) == 1)  # the fetch waits
         for i in range(20):
             await topic.publish(b"%d" % i)
-            await cluster.until(lambda: len(leaders[leader_key].parked) == 2)
+            await cluster.until(lambda: len(leaders[leader_key].parked) == 1)
         while len(got) < 20:
             msg = await sub.next(timeout=30.0)
             assert msg is not None
             got.append(msg.offset)
             msg.ack_nowait()
-    assert got == list(range(1, 21))  # the partition's order, across both long-polls
+    assert got == list(range(1, 21))  # the partition's order
     # Each message's APPEND carried its delivery records: no section without entries
     # was needed for them (the acks may add some), and none took a GROUP request.
     assert sequencer.service.piggybacked >= 20
@@ -246,8 +247,8 @@ async def test_requests_per_message_in_a_three_node_cluster_of_eight_partitions(
     """Publishers and a group consumer (ack_nowait) on one node, 8 partitions over 3
     sequencers: requests answered between nodes per 1,000 messages. In this memory cluster
     (fake clock, no latency; the same under any hash seed) the code before the per-turn
-    batching makes 1,380, this code 1,220 (1,180 without the second long-poll, which pays
-    with real latency, not here); the bound sits between."""
+    batching makes 1,380, this code 1,180 (1,220 with round 7's second long-poll per
+    partition, removed since); the bound sits between."""
     nodes = await cluster.start(3)
     for ps in nodes:
         ps.topic(TOPIC, partitions=8)

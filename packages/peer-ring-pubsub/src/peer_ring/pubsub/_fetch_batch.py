@@ -48,9 +48,7 @@ class FetchBatcher:
     ) -> None:
         self.client = client
         self._track = track
-        # Per peer, this turn's requests: each carries at most one section per partition (a
-        # group subscription keeps two fetches out per partition, in separate requests).
-        self._queued: dict[str, list[dict[bytes, _Item]]] = {}
+        self._queued: dict[str, list[_Item]] = {}  # per peer, this turn's sections
         self.requests = 0  # FETCH_MANY requests sent (for tests and tuning)
 
     async def fetch(self, key: bytes, req: FetchRequest) -> FetchReply:
@@ -63,13 +61,7 @@ class FetchBatcher:
             if queued is None:
                 queued = self._queued[head] = []
                 asyncio.get_running_loop().call_soon(self._flush, head)
-            for sections in queued:
-                if key not in sections:
-                    break
-            else:
-                sections = {}
-                queued.append(sections)
-            sections[key] = (key, req, fut)
+            queued.append((key, req, fut))
             try:
                 return await fut
             except RETRYABLE as exc:  # this partition's own path retries until its timeout
@@ -84,10 +76,9 @@ class FetchBatcher:
         )
 
     def _flush(self, head: str) -> None:
-        for sections in self._queued.pop(head, []):
-            items = [item for item in sections.values() if not item[2].done()]  # cancelled?
-            if items:
-                self._track(asyncio.ensure_future(self._send(head, items)))
+        items = [item for item in self._queued.pop(head, []) if not item[2].done()]
+        if items:  # (a section whose fetch was cancelled meanwhile is left out)
+            self._track(asyncio.ensure_future(self._send(head, items)))
 
     async def _send(self, head: str, items: list[_Item]) -> None:
         outcomes: list[FetchReply | BaseException]

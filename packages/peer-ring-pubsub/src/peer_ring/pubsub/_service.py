@@ -363,7 +363,7 @@ class Service:
                 continue
             reply, delta = self._claim_now(leader, req, slot)
             if len(reply.entries) < req.limit:
-                drained.add(req.group)  # a group's second long-poll stays parked
+                drained.add(req.group)  # the group's other long-polls stay parked
             if delta is None:
                 continue
             state.merge_group(req.group, delta)  # at once: the next claim must not repeat it

@@ -34,7 +34,6 @@ from peer_ring.pubsub._wire import (
     RELEASE,
     SETTLE,
     SETTLE_MANY,
-    FetchReply,
     FetchRequest,
     SettleRequest,
     decode_section_replies,
@@ -119,8 +118,6 @@ class Subscription:
         self._fetcher = FetchBatcher(topic.pubsub.client, self._track)
         self._closed = False
         self._ack_batches: dict[str, _AckBatch] = {}  # by sequencer peer
-        # Per partition, the latest fetch sent: its reply is handled after the one before.
-        self._last_fetch: dict[int, asyncio.Future[None]] = {}
         self._delivered = self._acked = self._redelivered = 0
         self._expired = self._errors = 0
         self._last_error = ""
@@ -143,19 +140,12 @@ class Subscription:
         """Start the fetch loops (``async with`` does it)."""
         if self._tasks or self._closed:
             return
+        # One fetch out per partition. Round 7 kept two for a group (so one is parked when
+        # the next APPEND leaves): fewer requests in one process, but more CPU per message
+        # and a higher p99 across processes (docs/benchmarks.md, pub-sub round 8).
         for partition in self._partitions:
-            for _ in range(self._loops_per_partition()):
-                self._tasks.append(asyncio.ensure_future(self._loop(partition)))
+            self._tasks.append(asyncio.ensure_future(self._loop(partition)))
         self.topic.pubsub._subscriptions.add(self)
-
-    def _loops_per_partition(self) -> int:
-        """Fetches kept out per partition: two for a group on replicated partitions, so
-        one waits on the sequencer when the next APPEND leaves (its delivery records ride
-        on that APPEND: no request of their own) while the other's reply comes back."""
-        pubsub = self.topic.pubsub
-        if self.group is not None and pubsub.replication > 1 and self.topic.config.durable:
-            return 2
-        return 1
 
     def _track(self, task: asyncio.Task[None]) -> None:
         # A request of the fetcher: cancelled with the loops, forgotten when done.
@@ -260,8 +250,7 @@ class Subscription:
         key = ring_key(self.topic.name, partition)
         position = self._initial_position()
         seek = self._start_time  # sent until a fetch succeeded (it placed position/group)
-        loops = len(self._partitions) * self._loops_per_partition()
-        per_fetch = max(1, self.max_in_flight // max(1, loops))
+        per_fetch = max(1, self.max_in_flight // max(1, len(self._partitions)))
         while not self._closed:
             self._expire_held()
             room = self.max_in_flight - self._in_flight
@@ -289,7 +278,7 @@ class Subscription:
                     self.max_deliver,
                     seek,
                 )
-                reply = await self._fetch_in_order(partition, key, req)
+                reply = await self._fetcher.fetch(key, req)
                 got = len(reply.entries)
             except OffsetOutOfRangeError as exc:
                 self._in_flight -= limit
@@ -337,26 +326,6 @@ class Subscription:
                         self._ack_nowait if self.group is not None else None,
                     )
                 )
-
-    async def _fetch_in_order(self, partition: int, key: bytes, req: FetchRequest) -> FetchReply:
-        """Fetch, and return only once the partition's fetch sent before this one has
-        returned: with two fetches out per partition, the sequencer claims in the order
-        they arrive, so handling replies in the order sent keeps the partition's order
-        (a reply may otherwise overtake, held up by another section's replication). The
-        caller queues the messages before its next await."""
-        before = self._last_fetch.get(partition)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._last_fetch[partition] = mine
-        try:
-            try:
-                return await self._fetcher.fetch(key, req)
-            finally:
-                if before is not None and not before.done():
-                    await asyncio.wait([before])
-        finally:
-            mine.set_result(None)
-            if self._last_fetch.get(partition) is mine:
-                del self._last_fetch[partition]
 
     def _next_expiry(self) -> float:
         if not self._held:
