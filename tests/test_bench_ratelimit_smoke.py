@@ -75,7 +75,7 @@ def test_bench_ratelimit_trace_smoke(tmp_path: Path) -> None:
     traced = [r for r in rows if "traced" in r["system"]]
     assert [" R2 " in r["system"] for r in traced] == [True, False]
     for row in traced:
-        paths = {k: v for k, v in row["trace"].items() if k in ("1rtt", "2rtt")}
+        paths = {k: v for k, v in row["trace"].items() if k in ("1rtt", "2rtt", "relayed")}
         assert paths, row
         for stages in paths.values():
             assert stages["end-to-end"]["n"] > 0
@@ -83,6 +83,11 @@ def test_bench_ratelimit_trace_smoke(tmp_path: Path) -> None:
         assert {"stalls_over_2ms", "max_stall_ms", "digest_partition_ms"} <= set(
             row["trace"]["loop"]
         )
-    # The replicated path exists only at R2: the owner's replication stages were seen there.
-    assert any("repl_out->replica_in" in s for s in traced[0]["trace"].get("2rtt", {}))
+    # The replicated paths exist only at R2: the owner's replication stages were seen there
+    # (hits forwarded by a node that is not the key's other replica are relayed by default:
+    # the replica's decision reaches the forwarder, relay_in).
+    r2 = traced[0]["trace"]
+    assert any("repl_out->replica_in" in s for p in ("2rtt", "relayed") for s in r2.get(p, {}))
+    assert any(s.endswith("->relay_in") for s in r2.get("relayed", {})), r2
+    assert "relayed" not in traced[1]["trace"]
     assert [r for r in rows if r["system"].startswith("bare asyncio TCP round trip")]

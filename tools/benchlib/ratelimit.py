@@ -131,6 +131,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "warmup": args.warmup,
         "duration": args.duration,
         "core_gc": args.core_gc,
+        "arrivals": args.arrivals,
+        "aligned": args.aligned,
+        "fresh_gc": args.fresh_gc,
     }
     rows: list[dict[str, Any]] = []
     if args.profile:
@@ -603,6 +606,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--trace-keys", type=int, default=100_000, help="keys of the traced runs (100,000)"
+    )
+    p.add_argument(
+        "--arrivals",
+        choices=("thread", "timer"),
+        default="thread",
+        help="open loops: what starts each hit at its scheduled time: a thread that sleeps"
+        " until then (default), or the loop's own timer, 1 ms resolution (rounds 1-7)",
+    )
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="open loops: every process starts its hits at the same instants (rounds 1-7);"
+        " default: each process's schedule is shifted by index/processes of an interval",
+    )
+    p.add_argument(
+        "--fresh-gc",
+        action="store_true",
+        help="peer-ring processes start their load without a full collection first (rounds"
+        " 1-7: the first one then fell inside the measured window); default: one gc.collect()"
+        " after start",
     )
     p.add_argument("--smoke", action="store_true", help="tiny run: it starts and reports")
     p.add_argument("--json", type=Path, default=None, help="results file")

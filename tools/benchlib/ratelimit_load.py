@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import gc
+import itertools
 import json
 import os
 import pstats
 import random
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,22 +107,41 @@ async def open_loop(
     duration: float,
     seed: int,
     trace: Any = None,
+    *,
+    phase: float = 0.0,
+    arrivals: str = "thread",
 ) -> dict[str, Any]:
     """Hits started at a fixed ``rate`` per second whether or not earlier ones finished.
 
     Each latency runs from the hit's *scheduled* start, so a stall that delays the
     following starts counts against them too (no coordinated omission). Hits still
     outstanding beyond :data:`MAX_OUTSTANDING` are not started and count as errors.
+
+    ``arrivals``: what starts the hits. ``"thread"`` (default): a thread sleeps until each
+    hit's scheduled time (``time.sleep``, sub-millisecond) and hands it to the loop with
+    ``call_soon_threadsafe``, which wakes the loop as a request arriving on a socket
+    would. ``"timer"`` (the generator of rounds 1-7): ``asyncio.sleep`` on the loop, whose
+    timers (uvloop's, libuv's) have a 1 ms resolution, so a hit started up to about a
+    millisecond after its scheduled time, and that lateness counted in its latency (the
+    trace's ``scheduled->hit_in``).
+
+    ``phase``: this process's schedule is shifted by ``phase`` intervals. The processes of
+    a run share ``start_at``; with the same phase (0, rounds 1-7) they all started a hit at
+    the same instants, 3 hits at once every 3/(total rate) s on 2 cores instead of one
+    every 1/(total rate), each meeting the others' work on the cores and on the nodes that
+    serve them. ``index / processes`` spreads them as independent clients would be (as
+    ``benchlib._load.run_open_loop`` does for the KV bench); the rate is unchanged.
     """
     rec = Recorder()
     rng = random.Random(seed)
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    t_start = time.monotonic()
+    loop = asyncio.get_running_loop()
+    interval = 1.0 / rate
+    # One instant for every process (start_at is wall time), then this process's phase.
+    t_start = time.monotonic() + max(0.0, start_at - time.time()) + phase * interval
     measure_from = t_start + warmup
     stop_at = measure_from + duration
-    interval = 1.0 / rate
     tasks: set[asyncio.Task[None]] = set()
-    cpu_start = cpu_end = 0.0
+    cpu = {"start": 0.0}
 
     async def one(key: str, scheduled: float, measuring: bool) -> None:
         try:
@@ -132,17 +155,10 @@ async def open_loop(
             rec.decisions += 1
             rec.allowed += bool(ok)
 
-    i = 0
-    while True:
-        scheduled = t_start + i * interval
-        if scheduled >= stop_at:
-            break
-        delay = scheduled - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    def start(scheduled: float) -> None:
         measuring = scheduled >= measure_from
-        if measuring and not cpu_start:
-            cpu_start = time.process_time()
+        if measuring and not cpu["start"]:
+            cpu["start"] = time.process_time()
             if trace is not None:
                 trace.active = True
         key = keys[rng.randrange(len(keys))]
@@ -151,10 +167,23 @@ async def open_loop(
         if len(tasks) >= MAX_OUTSTANDING:
             rec.errors += measuring
         else:
-            task = asyncio.get_running_loop().create_task(one(key, scheduled, measuring))
+            task = loop.create_task(one(key, scheduled, measuring))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        i += 1
+
+    schedule = (t_start + i * interval for i in itertools.count())
+    if arrivals == "thread":
+        await _thread_arrivals(loop, schedule, stop_at, start)
+    elif arrivals == "timer":
+        for scheduled in schedule:
+            if scheduled >= stop_at:
+                break
+            delay = scheduled - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            start(scheduled)
+    else:
+        raise ValueError(f"unknown arrivals {arrivals!r}")
     if tasks:
         await asyncio.wait(tasks, timeout=30)
     cpu_end = time.process_time()
@@ -162,9 +191,45 @@ async def open_loop(
         "decisions": rec.decisions,
         "allowed": rec.allowed,
         "errors": rec.errors,
-        "cpu_s": cpu_end - cpu_start,
+        "cpu_s": cpu_end - cpu["start"],
         "hist": Histogram.from_ns(rec.lat_ns).to_json(),
     }
+
+
+async def _thread_arrivals(
+    loop: asyncio.AbstractEventLoop,
+    schedule: Iterator[float],
+    stop_at: float,
+    start: Callable[[float], None],
+) -> None:
+    """Call ``start(t)`` on ``loop`` at each time ``t`` of ``schedule`` before ``stop_at``
+    (monotonic seconds), from a thread that sleeps until each one."""
+    done: asyncio.Future[None] = loop.create_future()
+    stop = threading.Event()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def arrive() -> None:
+        try:
+            for scheduled in schedule:
+                if scheduled >= stop_at or stop.is_set():
+                    break
+                delay = scheduled - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                loop.call_soon_threadsafe(start, scheduled)
+            loop.call_soon_threadsafe(finish)
+        except RuntimeError:  # the loop closed under us (the run was cancelled)
+            pass
+
+    thread = threading.Thread(target=arrive, name="bench-arrivals", daemon=True)
+    thread.start()
+    try:
+        await done
+    finally:
+        stop.set()
 
 
 #: Open loop: hits in flight per process beyond which no new one is started.
@@ -203,6 +268,13 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
     )
     await rl.start()
     await rl.node.wait_ready(60)
+    if not spec.get("fresh_gc"):
+        # A new process has not had a full collection yet: its first comes once gen1 has
+        # been collected 10 times (the collector's default), a second or two into the
+        # load, and walks every object of the process (about 35,000 here, ~15 ms on a
+        # quiet core, longer on a busy one), stalling that node inside the measured
+        # window. A service that has been up for a while did it long ago; so here too.
+        gc.collect()
     limit = Limit(spec["limit"], 1.0, algorithm=spec["algorithm"])
     mode = spec.get("mode", "owner")
     keys = spec["keys"]
@@ -243,6 +315,11 @@ async def peer_ring_child(spec: dict[str, Any]) -> dict[str, Any]:
                 spec["duration"],
                 spec["seed"],
                 trace,
+                # Spread the processes' schedules (see open_loop) unless asked not to.
+                phase=0.0
+                if spec.get("aligned")
+                else spec["peers"].index(spec["me"]) / len(spec["peers"]),
+                arrivals=spec.get("arrivals", "thread"),
             )
         else:
             out = await closed_loop(
@@ -401,6 +478,7 @@ async def ping_child(spec: dict[str, Any]) -> dict[str, Any]:
             spec["warmup"],
             spec["duration"],
             spec["seed"],
+            arrivals=spec.get("arrivals", "thread"),
         )
     finally:
         writer.close()
@@ -413,8 +491,6 @@ def child(spec: dict[str, Any]) -> None:
 
         uvloop.install()
     if os.environ.get("PEER_RING_BENCH_GC") == "off":  # diagnosis: no collector pauses
-        import gc
-
         gc.disable()
     kind = spec["kind"]
     if kind == "gubernator":

@@ -15,12 +15,16 @@ process on Linux):
 ``repl_back``   the owner had the replica's acknowledgement
 ``owner_out``   the owner's answer was ready (the handler returned or its awaitable ended)
 ``batch_back``  the forwarding node's ``call`` returned
+``relay_in``    a relayed hit: its decision arrived at the forwarding node from the key's
+                other replica (``relayed``)
 ``done``        ``RateLimiter.hit`` returned to the hit's task
 
 The report gives, per stage, the time from the previous stage present for that hit (p50 /
 p90 / p99 / max), separately for hits whose state went with the owner's answer (one round
-trip, "1rtt") and hits whose state the owner replicated first ("2rtt"); then, over the
-slowest 1% of hits, the mean time spent in each stage (where the tail is); the
+trip, "1rtt"), hits whose state the owner replicated first ("2rtt") and hits whose
+decision the key's other replica relayed ("relayed", stages ``RELAY_STAGES``); then, over
+the slowest 1% of hits, the mean time spent in each stage (where the tail is) and how many
+of them overlapped a collector pause or a loop stall in any node process; the
 collector's pauses in every node process; the event loops' stalls (a 1 ms sleep waking
 more than 2 ms late: the loop was busy, or the process waited for a core); and the time in
 the store's ``digest_partition`` (asked for every shared partition by an anti-entropy
@@ -31,6 +35,7 @@ stage; its figures locate time, they are not rates.
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from pathlib import Path
@@ -46,6 +51,19 @@ STAGES = (
     "repl_back",
     "owner_out",
     "batch_back",
+    "relay_in",
+    "done",
+)
+#: A relayed hit's critical path: the owner's answer ("relayed") and the replica's
+#: acknowledgement to the owner run beside it.
+RELAY_STAGES = (
+    "scheduled",
+    "hit_in",
+    "batch_out",
+    "owner_in",
+    "repl_out",
+    "replica_in",
+    "relay_in",
     "done",
 )
 
@@ -63,6 +81,8 @@ class HitTrace:
         # only those over 2 ms; and the store's digest_partition calls (anti-entropy).
         self.lags: list[tuple[int, int]] = []
         self.digests: list[int] = [0, 0]  # calls, total ns
+        # The keys of this node's open hits_relay batches, by batch id (relay_in).
+        self.relay_batches: dict[int, list[bytes]] = {}
 
     async def watch_loop(self) -> None:
         """Record when a 1 ms sleep of this process's loop wakes more than 2 ms late."""
@@ -131,12 +151,13 @@ def install(trace: HitTrace) -> None:
     """Wrap the rate limiter's class methods (before any ``RateLimiter`` is made) so that
     every limiter of this process records into ``trace``."""
     from peer_ring.ratelimit import _limiter
-    from peer_ring.ratelimit._relay import decode_relay_hits, decode_states_relay
+    from peer_ring.ratelimit._relay import decode_deliveries, decode_relay_hits, decode_states_relay
     from peer_ring.ratelimit._wire import decode_entry, decode_hits, unpack_records
 
     cls: Any = _limiter.RateLimiter
     on_hits, on_hits_relay = cls._on_hits, cls._on_hits_relay
     on_states, on_states_relay = cls._on_states, cls._on_states_relay
+    on_relayed = cls._on_relayed
     # The replicators call the module's send_states at call time: wrapping the module
     # attribute covers both the plain and the relayed replication message.
     limiter_module: Any = _limiter
@@ -179,6 +200,16 @@ def install(trace: HitTrace) -> None:
         await send_states(rl, replica, keys, relays)
         trace.mark("repl_back", keys)
 
+    def traced_on_relayed(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
+        keys = []
+        for batch_id, index, _ in decode_deliveries(payload):
+            batch = trace.relay_batches.get(batch_id)
+            if batch is not None and index < len(batch):
+                keys.append(batch[index])
+        trace.mark("relay_in", keys)
+        return on_relayed(self, ctx, key, payload)
+
+    cls._on_relayed = traced_on_relayed
     cls._on_hits, cls._on_hits_relay = traced_on_hits, traced_on_hits_relay
     cls._on_states, cls._on_states_relay = traced_on_states, traced_on_states_relay
     limiter_module.send_states = traced_send_states
@@ -213,11 +244,13 @@ def install_node(rl: Any, trace: HitTrace) -> None:
         if command.name == "hits":
             hits = payload
         elif command.name == "hits_relay":  # batch_back: the owner's answer, not the relay's
-            hits = decode_relay_hits(payload)[1]
+            batch_id, hits = decode_relay_hits(payload)
         else:
             return await call(address, ns, command, key, payload, **kw)  # type: ignore[no-any-return]
         keys = [k for k, _ in decode_hits(hits)]
         trace.mark("batch_out", keys)
+        if command.name == "hits_relay":
+            trace.relay_batches[batch_id] = keys
         out: bytes = await call(address, ns, command, key, payload, **kw)
         trace.mark("batch_back", keys)
         return out
@@ -240,40 +273,61 @@ def _row(values: list[int]) -> dict[str, float]:
     }
 
 
+def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether any ``(begin, finish)`` of the sorted ``spans`` overlaps ``[start, end]``."""
+    i = bisect.bisect_right(spans, (end, end))
+    return any(b >= start for _, b in spans[max(0, i - 64) : i])
+
+
 def breakdown(trace: HitTrace) -> dict[str, Any]:
     """Per path (1rtt / 2rtt): per stage p50/p90/p99/max (ms), and the slowest 1%'s mean
     per stage; GC pauses of all node processes over the measured hits."""
     st = trace.stages
     out: dict[str, Any] = {}
-    for path in ("1rtt", "2rtt"):
+    pauses = sorted((t, t + d) for _, t, d in trace.gc)
+    stalls = sorted((t, t + 1_000_000 + late) for t, late in trace.lags)
+    for path in ("1rtt", "2rtt", "relayed"):
+        stages = RELAY_STAGES if path == "relayed" else STAGES
         segs: dict[str, list[int]] = {}
-        per_hit: list[tuple[int, dict[str, int]]] = []
+        per_hit: list[tuple[int, dict[str, int], int, int]] = []
         for key, t_end in st["done"].items():
             if key in trace.repeated or key not in st["scheduled"]:
                 continue
-            if any(st[s].get(key, t_end) > t_end for s in STAGES[1:]):
-                continue  # a stage of another hit of this key (one before tracing began)
-            if (key in st["repl_out"]) != (path == "2rtt"):
+            if key in st["relay_in"]:
+                kind = "relayed"
+            else:
+                kind = "2rtt" if key in st["repl_out"] else "1rtt"
+            if kind != path:
                 continue
-            prev_name, prev = "scheduled", st["scheduled"][key]
+            t0 = st["scheduled"][key]
+            prev_name, prev = "scheduled", t0
             mine: dict[str, int] = {}
-            for stage in STAGES[1:]:
+            for stage in stages[1:]:
                 t = st[stage].get(key)
-                if t is None:
+                # Not on this hit's path, or after it ended (the replica's acknowledgement
+                # of a relayed hit's state can reach the owner after the hit is done).
+                if t is None or t > t_end or t < t0:
                     continue
                 name = f"{prev_name}->{stage}"
                 segs.setdefault(name, []).append(t - prev)
                 mine[name] = t - prev
                 prev_name, prev = stage, t
-            per_hit.append((t_end - st["scheduled"][key], mine))
+            per_hit.append((t_end - t0, mine, t0, t_end))
         if not per_hit:
             continue
         rows: dict[str, Any] = {name: _row(v) for name, v in segs.items()}
-        rows["end-to-end"] = _row([e for e, _ in per_hit])
+        rows["end-to-end"] = _row([e for e, *_ in per_hit])
         per_hit.sort(key=lambda x: x[0])
         tail = per_hit[int(0.99 * len(per_hit)) :]
         rows["slowest 1% (mean ms per stage)"] = {
-            name: round(sum(m.get(name, 0) for _, m in tail) / len(tail) / 1e6, 3) for name in segs
+            name: round(sum(m.get(name, 0) for _, m, *_ in tail) / len(tail) / 1e6, 3)
+            for name in segs
+        }
+        rows["slowest 1% overlapping"] = {
+            "hits": len(tail),
+            "gc": sum(_overlaps(pauses, a, b) for *_, a, b in tail),
+            "stall": sum(_overlaps(stalls, a, b) for *_, a, b in tail),
+            "either": sum(_overlaps(pauses, a, b) or _overlaps(stalls, a, b) for *_, a, b in tail),
         }
         out[path] = rows
     lags = [late for _, late in trace.lags]
@@ -288,12 +342,12 @@ def breakdown(trace: HitTrace) -> dict[str, Any]:
     if starts and trace.gc:
         lo, hi = min(starts), max(st["done"].values())
         for gen in (0, 1, 2):
-            pauses = [d for g, t, d in trace.gc if g == gen and lo <= t <= hi]
-            if pauses:
+            lengths = [d for g, t, d in trace.gc if g == gen and lo <= t <= hi]
+            if lengths:
                 out.setdefault("gc", {})[f"gen{gen}"] = {
-                    "count": len(pauses),
-                    "max_ms": round(max(pauses) / 1e6, 3),
-                    "total_ms": round(sum(pauses) / 1e6, 1),
+                    "count": len(lengths),
+                    "max_ms": round(max(lengths) / 1e6, 3),
+                    "total_ms": round(sum(lengths) / 1e6, 1),
                 }
     return out
 
@@ -319,6 +373,7 @@ def table(name: str, result: dict[str, Any]) -> str:
             continue
         lines.append(f"  {path}: ms{'':<22} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8} {'n':>6}")
         tail = rows.pop("slowest 1% (mean ms per stage)")
+        over = rows.pop("slowest 1% overlapping")
         for seg, r in rows.items():
             lines.append(
                 f"    {seg:<26} {r['p50']:>7.3f} {r['p90']:>7.3f} {r['p99']:>7.3f}"
@@ -327,5 +382,10 @@ def table(name: str, result: dict[str, Any]) -> str:
         lines.append(
             "    slowest 1%, mean per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in tail.items())
         )
+        lines.append(
+            f"    slowest 1%: {over['hits']} hits, {over['gc']} overlapped a collector pause,"
+            f" {over['stall']} a loop stall over 2 ms, {over['either']} either (any node process)"
+        )
         rows["slowest 1% (mean ms per stage)"] = tail
+        rows["slowest 1% overlapping"] = over
     return "\n".join(lines)
