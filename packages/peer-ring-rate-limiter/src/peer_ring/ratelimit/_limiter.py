@@ -284,7 +284,7 @@ class RateLimiter:
     async def _sweep_loop(self) -> None:
         while True:
             await self._clock.sleep(self._sweep_every)
-            self._store.sweep()
+            await self._store.sweep_gradually()
             self._global.sweep()
             self._estimates.sweep(self._clock.monotonic())
 

@@ -16,6 +16,7 @@ expired entries of one seq mean the same (no entry, ordered by that seq).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +27,9 @@ from peer_ring.ratelimit._wire import Entry, decode_entry, encode_entry
 
 #: The digests of a partition holding no entry (one empty digest per bucket).
 _EMPTY_DIGESTS: tuple[bytes, ...] = (b"",) * DIGEST_BUCKETS
+#: Partitions :meth:`StateStore.sweep_gradually` sweeps per event-loop turn (of the default
+#: 2,048: 64 turns per sweep; at 100,000 keys on a node about 1,600 entries per turn).
+SWEEP_PARTITIONS_PER_TURN = 32
 #: Bytes of a version in ``record_versions``: the entry's seq and an "expired" flag.
 VERSION_BYTES = 9
 _SEQ_BYTES = 8
@@ -82,12 +86,15 @@ class StateStore:
             return True
         return False
 
-    def sweep(self) -> int:
-        """Forget entries expired more than ``retain`` seconds ago; return how many."""
+    def sweep(self, partitions: Iterable[int] | None = None) -> int:
+        """Forget entries expired more than ``retain`` seconds ago (of ``partitions`` only,
+        when given); return how many."""
         cutoff = self._now() - self._retain
         dropped = 0
-        for p in list(self._parts):
-            part = self._parts[p]
+        for p in list(self._parts) if partitions is None else partitions:
+            part = self._parts.get(p)
+            if part is None:
+                continue
             old = [k for k, e in part.items() if e.expires < cutoff]
             for k in old:
                 del part[k]
@@ -96,6 +103,22 @@ class StateStore:
             dropped += len(old)
             if not part:
                 del self._parts[p]
+        return dropped
+
+    async def sweep_gradually(self, per_turn: int = SWEEP_PARTITIONS_PER_TURN) -> int:
+        """:meth:`sweep`, ``per_turn`` partitions per event-loop turn; return how many
+        entries were forgotten.
+
+        A sweep in one pass held the loop for every entry of the node at once (about 1 µs
+        per entry: 16-20 ms for 20,000 entries on a busy core), a stall that every hit
+        arriving meanwhile waited out, every ``retain / 2`` seconds.
+        """
+        dropped = 0
+        parts = list(self._parts)
+        for i in range(0, len(parts), per_turn):
+            if i:
+                await asyncio.sleep(0)
+            dropped += self.sweep(parts[i : i + per_turn])
         return dropped
 
     def keys(self) -> Iterator[bytes]:
