@@ -2,7 +2,8 @@
 transport harness (``transport_kind``, ``nodes``) shared by the gRPC and TCP transport tests,
 the in-memory cluster (``harness``) of the data-movement tests, ``app_cluster``: nodes
 each running a test's own application (the commands and handlers it registers), and
-``review_cluster``: the review tests' 3-node clusters over real transports.
+``review_cluster``: the review tests' 3-node clusters over real transports, and
+``raw_tcp_peer``: a hand-driven peer of the TCP transport.
 
 A test (or module, with ``pytestmark``) marked ``@pytest.mark.fake_time`` runs on a
 :class:`~peer_ring.core.testing.FakeClockEventLoop`: the loop's time is a fresh
@@ -15,6 +16,7 @@ on the default asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
 import types
@@ -45,6 +47,7 @@ from peer_ring.core.testing import (
     settle_loop,
 )
 from peer_ring.core.transport import GrpcTransport, TcpTransport, Transport, TransportLimits
+from peer_ring.core.transport._tcp_wire import PREAMBLE
 
 
 def pytest_asyncio_loop_factories(
@@ -693,3 +696,47 @@ async def review_cluster() -> AsyncIterator[ReviewCluster]:
     cluster = ReviewCluster()
     yield cluster
     await cluster.stop_all()
+
+
+# -- a hand-driven TCP-transport peer ---------------------------------------------------------
+
+#: ``script(reader, writer)`` of a :func:`raw_tcp_peer` connection, after its HELLO was read.
+RawScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_tcp_peer() -> AsyncIterator[Callable[[RawScript], Awaitable[str]]]:
+    """``await raw_tcp_peer(script)``: the address of a hand-driven TCP-transport peer on
+    loopback. Each connection's preamble and HELLO are read, then ``script(reader,
+    writer)`` runs (it answers the HELLO itself, or not); the socket is aborted after it.
+    The servers are closed and the scripts still running cancelled after the test."""
+    servers: list[asyncio.Server] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def serve(script: RawScript) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(task)
+            try:
+                await reader.readexactly(len(PREAMBLE))
+                (length,) = struct.unpack(">I", await reader.readexactly(4))
+                await reader.readexactly(length)  # the HELLO
+                await script(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield serve
+    for server in servers:
+        server.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()

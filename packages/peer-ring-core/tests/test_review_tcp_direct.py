@@ -405,37 +405,19 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @pytest.fixture
-async def fake_server() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
-    """A hand-driven TCP-transport peer: it accepts the HELLO, then runs a script."""
-    servers: list[asyncio.Server] = []
-    tasks: list[asyncio.Task[None]] = []
+def fake_server(raw_tcp_peer: Any) -> Callable[[Script], Awaitable[str]]:
+    """A hand-driven TCP-transport peer (``raw_tcp_peer`` of conftest.py): it accepts the
+    HELLO, then runs a script."""
 
     async def serve(script: Script) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            tasks.append(asyncio.current_task())  # type: ignore[arg-type]
-            try:
-                await reader.readexactly(len(PREAMBLE))
-                (length,) = struct.unpack(">I", await reader.readexactly(4))
-                await reader.readexactly(length)  # the HELLO
-                writer.write(PREAMBLE + message(ACCEPT))
-                await script(reader, writer)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.transport.abort()
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(PREAMBLE + message(ACCEPT))
+            await script(reader, writer)
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        address: str = await raw_tcp_peer(accepted)
+        return address
 
-    yield serve
-    for server in servers:
-        server.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for server in servers:
-        await server.wait_closed()
+    return serve
 
 
 async def read_requests(reader: asyncio.StreamReader) -> list[pb.Request]:

@@ -233,29 +233,11 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @pytest.fixture
-async def fake_peer() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
-    servers: list[asyncio.Server] = []
-
-    async def serve(script: Script) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                await reader.readexactly(len(PREAMBLE))
-                (length,) = struct.unpack(">I", await reader.readexactly(4))
-                await reader.readexactly(length)  # the HELLO
-                await script(reader, writer)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.transport.abort()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield serve
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+def fake_peer(raw_tcp_peer: Any) -> Callable[[Script], Awaitable[str]]:
+    """A hand-driven server (``raw_tcp_peer`` of conftest.py): it reads the HELLO, then
+    runs a script."""
+    serve: Callable[[Script], Awaitable[str]] = raw_tcp_peer
+    return serve
 
 
 def accept_then(*messages: bytes, reset: bool = False, hold: asyncio.Event | None = None) -> Script:
