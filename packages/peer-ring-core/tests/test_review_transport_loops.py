@@ -21,6 +21,7 @@ what a user relies on, whatever path a frame took:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -54,6 +55,9 @@ KINDS = {
     "grpc-shared": (GrpcTransport, True),
     "grpc-two-streams": (GrpcTransport, False),
 }
+
+#: Bounds wide enough for the few requests a test holds open at once.
+LOOSE = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=5.0)
 
 Make = Callable[..., Awaitable[Any]]
 
@@ -276,9 +280,8 @@ async def test_a_peer_stopping_mid_request_fails_what_was_written_to_it_at_once(
         await release.wait()
         return Response(Status.OK, request.payload)
 
-    loose = TransportLimits(backoff_initial=0.02, backoff_max=0.2, connect_timeout=5.0)
-    a = await make(mixed, limits=loose)
-    b = await make(held, limits=loose)
+    a = await make(mixed, limits=LOOSE)
+    b = await make(held, limits=LOOSE)
     await link(a, b)
     # Traffic B -> A too, so that A has answers to carry on its link to B.
     back = [b.request(a.address, Request("t", "later", b"3", b"%d" % i)) for i in range(20)]
@@ -297,7 +300,7 @@ async def test_a_peer_stopping_mid_request_fails_what_was_written_to_it_at_once(
     assert conn.load() == (0, 0)
     assert quiet(a, b) == []
     release.set()
-    again = await make(held, limits=loose, address=b.address)
+    again = await make(held, limits=LOOSE, address=b.address)
     for _ in range(400):
         try:
             answer = await bounded(a.request(again.address, Request("t", "echo", b"k", b"new")))
@@ -307,3 +310,120 @@ async def test_a_peer_stopping_mid_request_fails_what_was_written_to_it_at_once(
     else:
         pytest.fail("A never reached the new node at the same address")
     assert answer.payload == b"new"
+
+
+# -- the inbound handler part (b1519de moved it to _inbound_handlers.py) -------------------
+
+
+class Watched:
+    """A handler whose Tasks wait for ``release``; records which ended cancelled.
+    ``bad``: returns a str (not bytes) inline."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: dict[bytes, asyncio.Event] = {}
+        self.cancelled: set[bytes] = set()
+
+    def __call__(self, sender: str, request: Request) -> Response | Awaitable[Response]:
+        if request.command == "bad":
+            return "not bytes"  # type: ignore[return-value]
+        if request.command == "echo":
+            return Response(Status.OK, request.payload)
+        self.started.setdefault(request.payload, asyncio.Event())
+        return self._run(request)
+
+    async def _run(self, request: Request) -> Response:
+        self.started[request.payload].set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.add(request.payload)
+            raise
+        return Response(Status.OK, request.payload)
+
+    async def wait_started(self, payload: bytes) -> None:
+        await bounded(self.started.setdefault(payload, asyncio.Event()).wait())
+
+
+async def test_a_handler_returning_no_bytes_is_an_error_answer_and_serving_goes_on(
+    make: Make,
+) -> None:
+    a = await make(mixed, limits=LOOSE)
+    b = await make(Watched(), limits=LOOSE)
+    await link(a, b)
+    answers = await bounded(
+        asyncio.gather(
+            *(
+                a.request(b.address, Request("t", "bad" if i % 2 else "echo", b"k", b"%d" % i))
+                for i in range(20)
+            )
+        )
+    )
+    for i, answer in enumerate(answers):
+        if i % 2:
+            assert answer.status is Status.ERROR and "str" in answer.error, answer
+        else:
+            assert (answer.status, answer.payload) == (Status.OK, b"%d" % i)
+    await settled(a, b)
+
+
+async def test_a_cancelled_request_cancels_its_running_handler_on_the_peer(make: Make) -> None:
+    watched = Watched()
+    a = await make(mixed, limits=LOOSE)
+    b = await make(watched, limits=LOOSE)
+    await link(a, b)
+    futures = [a.request(b.address, Request("t", "hold", b"k", b"%d" % i)) for i in range(6)]
+    for i in range(6):
+        await watched.wait_started(b"%d" % i)
+    for fut in futures[:3]:
+        fut.cancel()
+    # The peer hears of the cancels (a frame of cancels) and cancels those Tasks only.
+    for _ in range(4000):
+        if len(watched.cancelled) == 3:
+            break
+        await asyncio.sleep(0.005)
+    assert watched.cancelled == {b"0", b"1", b"2"}
+    watched.release.set()
+    answers = await bounded(asyncio.gather(*futures[3:]))
+    assert [x.payload for x in answers] == [b"3", b"4", b"5"]
+    await settled(a, b)
+
+
+async def test_a_handler_past_the_servers_max_request_timeout_is_answered_timeout(
+    make: Make,
+) -> None:
+    """The request asks for 20 s; the server clamps it to max_request_timeout (0.2 s):
+    its Task is cancelled there and the caller gets TIMEOUT well before its own 20 s."""
+    watched = Watched()
+    clamped = dataclasses.replace(LOOSE, max_request_timeout=0.2)
+    a = await make(mixed, limits=LOOSE)
+    b = await make(watched, limits=clamped)
+    await link(a, b)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await bounded(a.request(b.address, Request("t", "hold", b"k", b"x", 0, "", 20.0)))
+    assert answer.status is Status.TIMEOUT, answer
+    assert loop.time() - started < 10.0
+    assert watched.cancelled == {b"x"}
+    await settled(a, b)
+
+
+async def test_handlers_running_when_their_sender_closes_are_cancelled_and_released(
+    make: Make,
+) -> None:
+    watched = Watched()
+    a = await make(mixed, limits=LOOSE)
+    b = await make(watched, limits=LOOSE)
+    await link(a, b)
+    futures = [a.request(b.address, Request("t", "hold", b"k", b"%d" % i)) for i in range(5)]
+    for i in range(5):
+        await watched.wait_started(b"%d" % i)
+    await bounded(a.close())
+    for outcome in await bounded(asyncio.gather(*futures, return_exceptions=True)):
+        assert isinstance(outcome, Exception), outcome  # not answered: the sender closed
+    for _ in range(4000):
+        if len(watched.cancelled) == 5 and not any(s._tasks for s in list(b._inbound)):
+            break
+        await asyncio.sleep(0.005)
+    assert watched.cancelled == {b"%d" % i for i in range(5)}
+    assert all(not s._tasks and not s._pending_bytes for s in list(b._inbound))
