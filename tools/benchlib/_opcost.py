@@ -44,6 +44,7 @@ async def _loop(
     concurrency: int,
     q: int,
     kinds: dict[str, int] | None = None,
+    replication: int | None = None,
 ) -> int:
     remaining = [ops]
     errors = [0]
@@ -58,9 +59,9 @@ async def _loop(
             i += 1
             try:
                 if i & 1:
-                    await kv.get(key, quorum=q)
+                    await kv.get(key, quorum=q, replication=replication)
                 else:
-                    await kv.set(key, value, quorum=q)
+                    await kv.set(key, value, quorum=q, replication=replication)
             except Exception as exc:
                 errors[0] += 1
                 text = f"{type(exc).__name__}: {str(exc)[:160]}"
@@ -106,7 +107,10 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
             batch: dict[str, object] = dict.fromkeys(keys[start : start + 500], value)
             await kv.mset(batch, quorum=replication)
         concurrency = int(spec["concurrency"])
-        await _loop(kv, keys, value, 2000, concurrency, quorum)  # warm-up
+        # "per_call_replication": pass replication= on every call too, as the cluster
+        # workers of tools/bench do (their get/set are partials with both sizes).
+        per_call = replication if spec.get("per_call_replication") else None
+        await _loop(kv, keys, value, 2000, concurrency, quorum, None, per_call)  # warm-up
         ops = int(spec["ops"])
         meter = GcMeter()
         kinds: dict[str, int] = {}
@@ -114,7 +118,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
         try:
-            errors = await _loop(kv, keys, value, ops, concurrency, quorum, kinds)
+            errors = await _loop(kv, keys, value, ops, concurrency, quorum, kinds, per_call)
         finally:
             gc.callbacks.remove(meter)
         cpu = time.process_time() - cpu0
@@ -122,7 +126,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
         profiled = int(spec["profile_ops"])
         profiler = cProfile.Profile()
         profiler.enable()
-        await _loop(kv, keys, value, profiled, concurrency, quorum)
+        await _loop(kv, keys, value, profiled, concurrency, quorum, None, per_call)
         profiler.disable()
         if spec.get("profile_path"):
             # For a look at the whole profile (pstats, snakeviz): one file per configuration.
@@ -143,6 +147,7 @@ async def _one(spec: dict[str, Any], replication: int, quorum: int) -> dict[str,
             "replication": replication,
             "quorum": quorum,
             "transport": config.transport,
+            "per_call_replication": per_call is not None,
             "ops": ops,
             "errors": errors,
             "error_kinds": kinds,

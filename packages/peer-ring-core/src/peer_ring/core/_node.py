@@ -238,7 +238,25 @@ class PeerRing(NodeOperations):
         partition for them) should refuse keys of partitions that are not ready by
         raising :class:`PartitionNotReadyError`.
         """
-        return self._sync.readable(partition)
+        # SyncManager.readable inline (one call per replica write and local read):
+        # ``table`` is a plain attribute, never reassigned, for this (see SyncManager).
+        return partition not in self._sync.table.pending
+
+    def reads_here(self, partition: int, n: int) -> bool:
+        """Whether this node replicates ``partition`` at replication ``n`` and may answer
+        reads of it now: ``address in ring.preference_list(partition, n) and
+        partition_ready(partition)`` in one call (a local read's check).
+
+        Raises:
+            InvalidArgumentError: ``n < 1`` or ``partition`` is out of range.
+        """
+        ring = self._membership._ring
+        lists = ring._lists.get(n)  # Ring.preference_list inline, as in execute
+        if lists is None:
+            lists = ring._lists_for(n)
+        if not 0 <= partition < ring._partitions:
+            raise ring._bad_partition(partition)
+        return self._address in lists[partition] and (partition not in self._sync.table.pending)
 
     def sync_status(self) -> dict[str, Any]:
         """Data-movement state, for ``GET /cluster`` and metrics (JSON-friendly).

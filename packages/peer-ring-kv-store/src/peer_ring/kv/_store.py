@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 MAX_KEY_BYTES = _MAX_KEY_BYTES
 # A str of at most this many characters is at most MAX_KEY_BYTES once UTF-8 encoded.
 _SHORT_KEY = MAX_KEY_BYTES // 4
+# At most this many remembered per-call size pairs (a bound: callers use a few).
+_MAX_SIZES_OK = 64
 _pack_record_head = RECORD_HEAD.pack
 
 Key = str | bytes
@@ -169,6 +171,12 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
         self.read_repairs = 0
         #: Writes sent again above a newer version a replica refused them with.
         self.reversioned_writes = 0
+        # Per-call (replication, quorum) pairs check_sizes() accepted under the current
+        # ring (exact ints only): applications pass the same few on every call, and the
+        # check counts the members (a copy of the member dict) each time. A ring change
+        # can make a pair too large for the cluster: the listener forgets them all.
+        self._sizes_ok: set[tuple[int, int | None]] = set()
+        self._node.add_ring_listener(self._forget_sizes)
         self._register()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -351,6 +359,19 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
         if replication is not None or quorum is not None:
             check_sizes(self._node, replication, quorum)
 
+    def _check_call_sizes(self, replication: object, quorum: object) -> None:
+        """``check_sizes``, remembering a pair of exact ints it accepts (see
+        ``_sizes_ok``; 3.0 == 3 and True == 1, so nothing else is looked up or kept)."""
+        check_sizes(self._node, replication, quorum)
+        if type(replication) is int and (quorum is None or type(quorum) is int):
+            sizes = self._sizes_ok
+            if len(sizes) >= _MAX_SIZES_OK:
+                sizes.clear()
+            sizes.add((replication, quorum))
+
+    def _forget_sizes(self, old: object, new: object) -> None:
+        self._sizes_ok.clear()
+
     def _check_running(self) -> None:
         if not self._node.running:
             raise NotRunningError(f"KVStore {self._node.address} is not running")
@@ -387,13 +408,21 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
             key_b = b""
         if not key_b:
             key_b = self._key(key)
-        if replication is not None or (
-            # A per-call quorum alone, the common override, checked inline: an int in
-            # 1..replication is what check_sizes() accepts then (bool is not int here).
-            quorum is not None
-            and not (type(quorum) is int and 0 < quorum <= self._config.replication)
+        if (
+            replication is not None
+            or (
+                # A per-call quorum alone, the common override, checked inline: an int in
+                # 1..replication is what check_sizes() accepts then (bool is not int here).
+                quorum is not None
+                and not (type(quorum) is int and 0 < quorum <= self._config.replication)
+            )
+        ) and not (
+            # A pair of exact ints accepted before under this ring (see _sizes_ok).
+            type(replication) is int
+            and (quorum is None or type(quorum) is int)
+            and (replication, quorum) in self._sizes_ok
         ):
-            check_sizes(node, replication, quorum)
+            self._check_call_sizes(replication, quorum)
         if type(value) is bytes and ttl is None and len(value) <= self._max_fast_value:
             # _payload() inline for raw bytes without TTL (what it gives, byte for byte).
             physical, logical, _ = self._hlc.now()
@@ -476,13 +505,21 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
             key_b = b""
         if not key_b:
             key_b = self._key(key)
-        if replication is not None or (
-            # A per-call quorum alone, the common override, checked inline: an int in
-            # 1..replication is what check_sizes() accepts then (bool is not int here).
-            quorum is not None
-            and not (type(quorum) is int and 0 < quorum <= self._config.replication)
+        if (
+            replication is not None
+            or (
+                # A per-call quorum alone, the common override, checked inline: an int in
+                # 1..replication is what check_sizes() accepts then (bool is not int here).
+                quorum is not None
+                and not (type(quorum) is int and 0 < quorum <= self._config.replication)
+            )
+        ) and not (
+            # A pair of exact ints accepted before under this ring (see _sizes_ok).
+            type(replication) is int
+            and (quorum is None or type(quorum) is int)
+            and (replication, quorum) in self._sizes_ok
         ):
-            check_sizes(node, replication, quorum)
+            self._check_call_sizes(replication, quorum)
         config = self._config
         n = config.replication if replication is None else replication
         q = config.quorum_for(n) if quorum is None else quorum
@@ -491,9 +528,8 @@ class KVStore(KVReplicaMixin, KVWriteMixin, KVBatchMixin, KVOpsMixin):
             # ring's partition count), and no second liveness check: engine.get() already
             # returns None for absent, deleted and expired keys.
             partition = _fp64(key_b) % self._partitions  # KVEngine.partition_of
-            if self._address in node.ring.preference_list(partition, n) and (
-                node.partition_ready(partition)
-            ):
+            # (this node in ring.preference_list(partition, n), and partition_ready)
+            if node.reads_here(partition, n):
                 found = self._engine.get_value(key_b, partition)
                 if found is None:
                     return default
