@@ -99,6 +99,8 @@ class Runs:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, bytes, str]] = []
+        #: (address, ctx.source, ctx.local) per run.
+        self.sources: list[tuple[str, str, bool]] = []
         self.refuse: set[str] = set()
         self.slow: set[str] = set()
         self.cancel: set[str] = set()
@@ -107,6 +109,7 @@ class Runs:
     def handler(self, address: str) -> Callable[..., Any]:
         async def run(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
             self.seen.append((address, payload, ctx.hint))
+            self.sources.append((address, ctx.source, ctx.local))
             if address in self.slow:
                 await self.release.wait()
             if address in self.cancel:
@@ -391,3 +394,28 @@ async def test_execute_many_answers_every_key_from_every_replica(
         mine = sorted(p for a, p, _ in runs.seen if a == node.address)
         assert mine == sorted(p for _, p in items), node.address
     assert {h for _, _, h in runs.seen} == {""}
+
+
+async def test_this_node_s_run_is_local_and_bounded_by_the_operation_s_timeout(
+    cluster: Cluster, loop_clock: FakeClock
+) -> None:
+    """This node's handler sees itself as the source and ``local``; a slow one is cancelled
+    at the execute's timeout (0.3 s), not the node's request_timeout (1 s)."""
+    runs = Runs()
+    nodes = await cluster(3, runs)
+    me = nodes[0]
+    key = key_headed_by(me, 3)
+    await me.execute("t", SET, key, b"v", quorum=3)
+    others = [n.address for n in nodes[1:]]
+    assert sorted(runs.sources) == sorted(
+        [(me.address, me.address, True)] + [(a, me.address, False) for a in others]
+    )
+    runs.slow = {me.address}
+    started = loop_clock.monotonic()
+    result = await me.execute("t", SET, key, b"w", quorum=2, timeout=0.3)
+    replies = {r.node: r for r in await asyncio.wait_for(result.all_replies(), 5.0)}
+    assert loop_clock.monotonic() - started <= 0.3 + 0.05
+    mine = replies[me.address].error
+    assert isinstance(mine, RequestTimeoutError), replies
+    assert f"handler on {me.address} timed out after 0.3s" in str(mine)
+    runs.release.set()
