@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 from peer_ring.core import DIGEST_BUCKETS, bucket_for_key, fingerprint64
+from peer_ring.ratelimit._compact import EXPIRES, SEQ, Packed, pack, unpack
 from peer_ring.ratelimit._errors import CorruptStateError
 from peer_ring.ratelimit._wire import Entry, decode_entry, encode_entry
 
@@ -40,6 +41,10 @@ logger = logging.getLogger(__name__)
 class StateStore:
     """Entries by partition and key, with times on this node's clock.
 
+    Held as plain tuples of numbers (:mod:`peer_ring.ratelimit._compact`), which the garbage
+    collector stops tracking, so the number of keys held does not lengthen full
+    collections; :meth:`get` builds the :class:`Entry` on the way out.
+
     Args:
         clock: returns this node's monotonic time (seconds).
         partition_of: the partition of a key in this node's ring.
@@ -53,7 +58,7 @@ class StateStore:
         self._now = clock
         self._partition_of = partition_of
         self._retain = retain
-        self._parts: dict[int, dict[bytes, Entry]] = {}
+        self._parts: dict[int, dict[bytes, Packed]] = {}
         # Digests by partition, dropped when the partition changes: an anti-entropy round
         # asks for the digests of every partition two nodes share (about 1,400 of the
         # default 2,048 at replication 2 on 3 nodes) in one pass of the event loop.
@@ -68,20 +73,23 @@ class StateStore:
         """The entry of ``key`` (expired or not), or None."""
         p = self._partition_of(key) if partition is None else partition
         part = self._parts.get(p)
-        return None if part is None else part.get(key)
+        if part is None:
+            return None
+        packed = part.get(key)
+        return None if packed is None else unpack(packed)
 
     def put(self, key: bytes, entry: Entry, partition: int | None = None) -> None:
         """Store ``entry`` as the key's newest (the caller decided it)."""
         p = self._partition_of(key) if partition is None else partition
-        self._parts.setdefault(p, {})[key] = entry
+        self._parts.setdefault(p, {})[key] = pack(entry)
         self._digests.pop(p, None)
 
     def merge(self, key: bytes, entry: Entry, partition: int) -> bool:
         """Keep ``entry`` if it is newer than the stored one (or that one expired)."""
         part = self._parts.setdefault(partition, {})
         old = part.get(key)
-        if old is None or entry.seq > old.seq or old.expires <= self._now():
-            part[key] = entry
+        if old is None or entry.seq > old[SEQ] or old[EXPIRES] <= self._now():
+            part[key] = pack(entry)
             self._digests.pop(partition, None)
             return True
         return False
@@ -95,7 +103,7 @@ class StateStore:
             part = self._parts.get(p)
             if part is None:
                 continue
-            old = [k for k, e in part.items() if e.expires < cutoff]
+            old = [k for k, e in part.items() if e[EXPIRES] < cutoff]
             for k in old:
                 del part[k]
             if old:
@@ -136,7 +144,7 @@ class StateStore:
         now = self._now()
         wanted = None if buckets is None else set(buckets)
         out = [
-            encode_entry(k, e, now)
+            encode_entry(k, unpack(e), now)
             for k, e in list(part.items())
             if wanted is None or bucket_for_key(k) in wanted
         ]
@@ -161,7 +169,7 @@ class StateStore:
 
     # -- VersionedDataHooks ------------------------------------------------------------
 
-    def _entries(self, partition: int, buckets: Collection[int]) -> list[tuple[bytes, Entry]]:
+    def _entries(self, partition: int, buckets: Collection[int]) -> list[tuple[bytes, Packed]]:
         wanted = set(buckets)
         part = self._parts.get(partition, {})
         return [(k, e) for k, e in list(part.items()) if bucket_for_key(k) in wanted]
@@ -193,12 +201,12 @@ class StateStore:
                     )
                 seq = int.from_bytes(theirs[:_SEQ_BYTES], "big")
                 if theirs[_SEQ_BYTES]:  # expired there: any record replaces it
-                    if seq == e.seq and e.expires <= now:
+                    if seq == e[SEQ] and e[EXPIRES] <= now:
                         continue
-                elif seq >= e.seq:
+                elif seq >= e[SEQ]:
                     continue
             self.handoffs_out += 1
-            yield encode_entry(k, e, now)
+            yield encode_entry(k, unpack(e), now)
 
     def drop_partition(self, partition: int) -> None:
         """Forget ``partition`` (this node no longer replicates it)."""
@@ -221,7 +229,7 @@ class StateStore:
             return _EMPTY_DIGESTS
         groups: dict[int, list[bytes]] = {}
         for k, e in part.items():
-            item = len(k).to_bytes(2, "big") + k + e.seq.to_bytes(8, "big")
+            item = len(k).to_bytes(2, "big") + k + e[SEQ].to_bytes(8, "big")
             b = bucket_for_key(k)
             items = groups.get(b)
             if items is None:
@@ -238,5 +246,6 @@ class StateStore:
         return digests
 
 
-def _version(entry: Entry, now: float) -> bytes:
-    return entry.seq.to_bytes(_SEQ_BYTES, "big") + (b"\x01" if entry.expires <= now else b"\x00")
+def _version(entry: Packed, now: float) -> bytes:
+    seq: int = entry[SEQ]
+    return seq.to_bytes(_SEQ_BYTES, "big") + (b"\x01" if entry[EXPIRES] <= now else b"\x00")
