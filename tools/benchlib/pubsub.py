@@ -508,7 +508,7 @@ def _base_spec(opts: argparse.Namespace) -> dict[str, Any]:
 
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'system':<34} {'publish/s':>10} {'e2e/s':>10} {'err':>5} {'pub p50':>8} "
+        f"{'system':<44} {'publish/s':>10} {'e2e/s':>10} {'err':>5} {'pub p50':>8} "
         f"{'pub p99':>8} {'cpu us':>7} {'all cpu':>7} {'req/1k':>7} | {'@rate e2e p50':>13} "
         f"{'p99 ms':>7} {'e2e/s':>8} {'req/1k':>7}"
     ]
@@ -520,7 +520,7 @@ def _table(results: list[dict[str, Any]]) -> str:
     for r in results:
         t, lat = r["throughput"], r["latency"]
         lines.append(
-            f"{r['system']:<34} {t['publish_per_s']:>10.0f} {t['e2e_per_s']:>10.0f} "
+            f"{r['system']:<44} {t['publish_per_s']:>10.0f} {t['e2e_per_s']:>10.0f} "
             f"{t['errors'] + lat['errors']:>5} {t['publish_ms']['p50_ms']:>8.2f} "
             f"{t['publish_ms']['p99_ms']:>8.2f} {t['load_cpu_us_per_msg']:>7.0f} "
             f"{t['system_cpu_us_per_msg']:>7.0f} {per_k(t)} | "
@@ -559,6 +559,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="gc.freeze() what exists once each pub-sub node started "
         "(peer_ring.core.run(gc_freeze_after_start=True))",
+    )
+    p.add_argument(
+        "--gc-compare",
+        action="store_true",
+        help="run every system twice in this invocation: Python's collector defaults, then "
+        "the host tuning (--gc-freeze and --gc-threshold, 20000 unless given), each "
+        "ratio against Redis Streams run with the same settings",
     )
     p.add_argument(
         "--trace",
@@ -623,13 +630,21 @@ async def _main(opts: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-pubsub-") as tmp:
         workdir = Path(tmp)
-        if not opts.no_redis:
-            if redis_server_binary() is None:
-                print("redis-server not found: Redis baseline skipped", file=sys.stderr)
-            else:
-                results.append(await run_redis(opts, workdir))
-        for nodes in opts.nodes:
-            results.append(await run_pubsub(opts, nodes, workdir))
+        for i, (label, run_opts) in enumerate(_gc_variants(opts)):
+            part: list[dict[str, Any]] = []
+            vdir = workdir / f"variant-{i}"  # each variant's runs write their own files
+            vdir.mkdir()
+            if not opts.no_redis:
+                if redis_server_binary() is None:
+                    print("redis-server not found: Redis baseline skipped", file=sys.stderr)
+                else:
+                    part.append(await run_redis(run_opts, vdir))
+            for nodes in opts.nodes:
+                part.append(await run_pubsub(run_opts, nodes, vdir))
+            for r in part:
+                r["system"] += label
+                r["gc"] = {"threshold": run_opts.gc_threshold, "freeze": run_opts.gc_freeze}
+            results.extend(part)
     print(_table(results))
     for r in results:
         placed = r["throughput"].get("sequencers")
@@ -642,10 +657,9 @@ async def _main(opts: argparse.Namespace) -> int:
             if "trace" in r:
                 print(f"{r['system']}, latency phase at {opts.rate:g} msgs/s, per stage:")
                 print(table(r["trace"]))
-    redis = next((r for r in results if r["system"].startswith("Redis")), None)
-    if redis is not None:
+    for redis in (r for r in results if r["system"].startswith("Redis")):
         for r in results:
-            if r is not redis:
+            if r is not redis and not r["system"].startswith("Redis") and r["gc"] == redis["gc"]:
                 base = redis["throughput"]
                 ratio = r["throughput"]["e2e_per_s"] / max(base["e2e_per_s"], 1)
                 pub = r["throughput"]["publish_per_s"] / max(base["publish_per_s"], 1)
@@ -658,6 +672,19 @@ async def _main(opts: argparse.Namespace) -> int:
     if any(r["throughput"]["publish_per_s"] == 0 for r in results):
         return 1
     return 0
+
+
+def _gc_variants(opts: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
+    """The collector settings to run every system with: the given ones, or with
+    --gc-compare Python's defaults and then the host tuning (the given --gc-threshold,
+    else 20,000, and --gc-freeze), labelled, the same for Redis's client and peer-ring."""
+    if not opts.gc_compare:
+        return [("", opts)]
+    plain = argparse.Namespace(**{**vars(opts), "gc_threshold": None, "gc_freeze": False})
+    tuned = argparse.Namespace(
+        **{**vars(opts), "gc_threshold": opts.gc_threshold or 20_000, "gc_freeze": True}
+    )
+    return [(" gc-default", plain), (" gc-tuned", tuned)]
 
 
 def main(argv: list[str]) -> int:
