@@ -123,10 +123,6 @@ class Parked:
     wake: asyncio.Future[None]
     reply: FetchReply | None = None
     committed: asyncio.Future[None] | None = None
-    #: Monotonic time of the first claim (set with ``reply``).
-    claimed_at: float = 0.0
-    #: A standing claim (_standing.py): later APPENDs claim more for it, up to its limit.
-    standing: bool = False
 
 
 @dataclass(slots=True)
@@ -156,8 +152,6 @@ class Leader:
     waiters: set[asyncio.Future[None]] = field(default_factory=set)
     #: Group long-polls waiting here (see Parked).
     parked: list[Parked] = field(default_factory=list)
-    #: Standing claims by (group, consumer), also in ``parked`` (see _standing.py).
-    standing: dict[tuple[str, str], Parked] = field(default_factory=dict)
     #: Ack deltas waiting for the APPEND in flight to finish: they leave with the next
     #: APPEND (or, with nothing to append, as an APPEND section of their own) in the turn
     #: it finishes, instead of a request of their own now (see Leaders.replicate_group_begin).

@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import TypeVar
 
 from peer_ring.core import CommandContext, PeerRingError
-from peer_ring.pubsub import _standing as standing
 from peer_ring.pubsub._codec import CodecError
 from peer_ring.pubsub._errors import (
     InvalidOptionError,
@@ -127,8 +126,6 @@ class Service:
         leaders.piggyback = self._piggyback
         #: Claims whose delivery records rode on an APPEND (for tests and tuning).
         self.piggybacked = 0
-        #: Standing claims handed out by a consumer's next fetch (for tests and tuning).
-        self.collected = 0
 
     async def _guard(self, run: Callable[[], Awaitable[bytes]]) -> bytes:
         try:
@@ -186,25 +183,8 @@ class Service:
         """Run one FETCH (a group claim or a plain read), waiting up to ``req.wait``.
 
         Called by the FETCH handler, and directly (no encoding) by a consumer on the
-        sequencer's own node; errors are raised as :func:`typed_error` maps them. A group
-        fetch that hands messages out leaves a standing claim (see _standing.py).
+        sequencer's own node; errors are raised as :func:`typed_error` maps them.
         """
-        reply = await self._fetch(key, req)
-        if req.group and reply.entries:
-            self._arm(key, req, len(reply.entries))
-        return reply
-
-    def _arm(self, key: bytes, req: FetchRequest, delivered: int) -> None:
-        leader = self.leaders.leaders.get(key)
-        if (
-            leader is not None
-            and req.consumer not in self._released
-            and req.config == leader.config
-            and self.leaders.copies(leader.config)[0] > 1
-        ):
-            standing.arm(leader, req, delivered)
-
-    async def _fetch(self, key: bytes, req: FetchRequest) -> FetchReply:
         _check_fetch(req)
         leader = await self.leaders.get(key, req.config)
         deadline = self.clock.monotonic() + min(req.wait, 30.0)
@@ -267,7 +247,7 @@ class Service:
             outcomes = await self._fetch_pass(instant)
             now = self.clock.monotonic()
             if now >= deadline or any(isinstance(o, BaseException) or o.entries for o in outcomes):
-                return self._arm_sections(sections, outcomes)
+                return outcomes
             leaders = [self.leaders.leaders.get(key) for key, _ in sections]
             if any(
                 leader is None or (leader, leader.version) != seen
@@ -291,17 +271,7 @@ class Service:
                 i: park for i, park in zip(parked_at, parked, strict=True) if park.reply is not None
             }
             if claimed:
-                return self._arm_sections(sections, await self._parked_outcomes(instant, claimed))
-
-    def _arm_sections(
-        self, sections: list[tuple[bytes, FetchRequest]], outcomes: list[FetchReply | BaseException]
-    ) -> list[FetchReply | BaseException]:
-        # Every answered section, empty ones too: the consumer asks for all of them again
-        # together, and until then the APPENDs of the empty ones have nobody parked either.
-        for (key, req), outcome in zip(sections, outcomes, strict=True):
-            if req.group and isinstance(outcome, FetchReply):
-                self._arm(key, req, len(outcome.entries))
-        return outcomes
+                return await self._parked_outcomes(instant, claimed)
 
     async def _fetch_pass(
         self, sections: list[tuple[bytes, FetchRequest]]
@@ -384,34 +354,21 @@ class Service:
         drained: set[str] = set()  # groups left with nothing to claim in this slot
         for park in leader.parked:
             req = park.req
-            if park.wake.done() or req.consumer in self._released:
+            if park.wake.done() or park.reply is not None or req.consumer in self._released:
                 continue
-            limit = req.limit
-            if park.reply is not None:
-                if not park.standing:
-                    continue
-                limit -= len(park.reply.entries)  # a standing claim fills up to its room
-                if limit < 1:
-                    continue
             state = self.store.state(leader.key, req.config)
             if req.group in drained or req.group not in state.groups:
                 continue
             if req.config != leader.config:
                 continue
-            reply, delta = self._claim_now(
-                leader, req if limit == req.limit else replace(req, limit=limit), slot
-            )
-            if len(reply.entries) < limit:
+            reply, delta = self._claim_now(leader, req, slot)
+            if len(reply.entries) < req.limit:
                 drained.add(req.group)  # the group's other long-polls stay parked
             if delta is None:
                 continue
             state.merge_group(req.group, delta)  # at once: the next claim must not repeat it
             slot.groups.append((req.group, delta))
-            if park.reply is None:
-                park.reply = reply
-                park.claimed_at = self.clock.monotonic()
-            else:  # the earlier APPENDs committed before this one left (one in flight)
-                park.reply = standing.merge(park.reply, reply)
+            park.reply = reply
             park.committed = slot.on_commit()
             self.piggybacked += 1
 
@@ -467,31 +424,9 @@ class Service:
         self, leader: Leader, req: FetchRequest
     ) -> tuple[FetchReply, Awaitable[None] | None]:
         """Claim for an existing group: the reply, and the replication of the delivery
-        records to await before handing it out (None: nothing changed). The consumer's
-        standing claim comes first when it has messages."""
+        records to await before handing it out (None: nothing changed)."""
         if req.consumer in self._released:
             return FetchReply([], [], 0, 0), None
-        park = standing.collect(leader, req, self.clock.monotonic())
-        if park is None:
-            reply, wait = self._claim_fresh(leader, req)
-        else:
-            assert park.reply is not None and park.committed is not None
-            self.collected += 1
-            reply, wait = park.reply, park.committed
-            if len(reply.entries) < req.limit:
-                more = replace(req, limit=req.limit - len(reply.entries))
-                fresh, fresh_wait = self._claim_fresh(leader, more)
-                reply = standing.merge(reply, fresh)
-                wait = both(wait, fresh_wait) if fresh_wait else wait
-        if reply.entries:
-            # Re-armed now, not once the reply leaves: the APPEND that leaves when the
-            # one this reply waits for commits would otherwise find nobody parked.
-            self._arm(leader.key, req, len(reply.entries))
-        return reply, wait
-
-    def _claim_fresh(
-        self, leader: Leader, req: FetchRequest
-    ) -> tuple[FetchReply, Awaitable[None] | None]:
         slot = self._inflight(leader)
         reply, delta = self._claim_now(leader, req, slot)
         wait = None
@@ -623,7 +558,6 @@ class Service:
         elif req.op == RELEASE:
             self._forget_released(now)
             self._released[req.consumer] = now + _RELEASED_MEMORY
-            standing.drop(leader, req.group, req.consumer)  # its claims are released below
             delta = group.release(req.consumer)
         else:
             raise InvalidOptionError(f"unknown settle operation {req.op}")
