@@ -23,11 +23,11 @@ import types
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pytest
 
-from peer_ring.core import Command, CommandContext, PeerRing, PeerRingConfig
+from peer_ring.core import Command, CommandContext, DataHooks, PeerRing, PeerRingConfig
 from peer_ring.core._errors import (
     PeerUnavailableError,
     QuorumNotReachedError,
@@ -327,7 +327,8 @@ class AppCluster(Generic[App]):
         for command, handler in self._handlers.items():
             node.register(self._namespace, command, types.MethodType(handler, app))
         if self._hooks:
-            node.register_hooks(self._namespace, app)
+            # hooks=True: the caller's application implements DataHooks (App is unbound).
+            node.register_hooks(self._namespace, cast(DataHooks, app))
         self.nodes[address] = node
         self.apps[address] = app
         self.discoveries[address] = discovery
