@@ -229,8 +229,9 @@ class Transport(ABC):
         ``owner.on_response(peer, hint, response)`` (both from the reader, at once, where
         the transport can; see ``OutboundCall``); a failure, a cancellation, or any outcome
         on a transport without that direct path reaches ``owner.on_done(peer, hint, fut)``
-        from the loop. Never raises. The TCP transport overrides this with a path that
-        builds no :class:`Request`; this default sends one through :meth:`request`.
+        from the loop. Never raises. The gRPC and TCP transports override this with a path
+        that builds no :class:`Request` (``PeerBook.submit``); this default sends one
+        through :meth:`request`.
         """
         # Imported here: _outbound imports this module.
         from peer_ring.core.transport._outbound import OutboundCall

@@ -41,12 +41,10 @@ from peer_ring.core._clock import Clock, SystemClock
 from peer_ring.core._errors import (
     InvalidArgumentError,
     NotRunningError,
-    PeerUnavailableError,
     RemoteError,
 )
-from peer_ring.core._types import Request, Response, TransferRequest
+from peer_ring.core._types import TransferRequest
 from peer_ring.core.transport._base import (
-    CallOwner,
     InboundHandler,
     ReachabilityListener,
     TransferHandler,
@@ -88,6 +86,7 @@ from peer_ring.core.transport._options import (
     server_options,
 )
 from peer_ring.core.transport._outbound import Metadata, PeerConnection
+from peer_ring.core.transport._peer_book import PeerBook
 from peer_ring.core.transport._stats import TransportStats, peer_figures
 from peer_ring.core.transport._tls import (
     CertificateFiles,
@@ -108,7 +107,7 @@ ACCEPTED: Metadata = ((ACCEPTED_KEY, "1"),)
 REFUSAL_LOG_INTERVAL = 10.0
 
 
-class GrpcTransport(Admission, Transport):
+class GrpcTransport(Admission, PeerBook, Transport):
     """Transport over gRPC (grpc.aio): one multiplexed, coalescing stream per peer.
 
     Args:
@@ -145,6 +144,8 @@ class GrpcTransport(Admission, Transport):
             printable ASCII, ``tls`` is combined with explicit credentials, or a TLS file
             is missing or not PEM.
     """
+
+    _logger = logger
 
     def __init__(
         self,
@@ -284,56 +285,6 @@ class GrpcTransport(Admission, Transport):
         self._running = True
         logger.info("peer-ring transport listening on %s", self._address)
 
-    def request(self, peer: str, request: Request) -> asyncio.Future[Response]:
-        """Send ``request`` to ``peer``; the future resolves with its response.
-
-        Never raises: network problems, deadlines and limits fail the future with
-        ``PeerUnavailableError``, ``RequestTimeoutError``, ``MessageTooLargeError``,
-        ``OverloadedError`` or ``NotRunningError``. Creates no asyncio Task.
-        """
-        conn = self._peers.get(peer)
-        if conn is None:
-            if not self._running:
-                fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-                fut.set_exception(self._not_running())
-                return fut
-            conn = self._connection(peer)
-        return conn.request(request)
-
-    def submit(
-        self,
-        peer: str,
-        owner: CallOwner,
-        hint: str,
-        namespace: str,
-        command: str,
-        key: bytes,
-        payload: bytes,
-        partition: int,
-        timeout: float,
-    ) -> None:
-        """Send a request given by its fields to ``peer``; its outcome goes to ``owner``
-        (see :meth:`Transport.submit`). No :class:`Request` object. Never raises."""
-        conn = self._peers.get(peer)
-        if conn is None:
-            if not self._running:  # the base fails it through the loop, as on TCP
-                fields = (namespace, command, key, payload, partition, timeout)
-                super().submit(peer, owner, hint, *fields)
-                return
-            conn = self._connection(peer)
-        conn.submit(owner, hint, namespace, command, key, payload, partition, timeout)
-
-    async def connect(self, peer: str) -> None:
-        """Open the stream to ``peer`` now (otherwise the first request does).
-
-        Raises:
-            PeerUnavailableError: the attempt failed (the transport keeps retrying).
-            NotRunningError: the transport is not started.
-        """
-        if not self._running:
-            raise self._not_running()
-        await self._connection(peer).wait_up()
-
     async def transfer(
         self,
         peer: str,
@@ -382,26 +333,11 @@ class GrpcTransport(Admission, Transport):
         finally:
             call.cancel()
 
-    def add_reachability_listener(self, listener: ReachabilityListener) -> None:
-        """Register a callback for peers becoming (un)reachable.
-
-        Called with ``(peer, False)`` when a stream to the peer broke or could not be opened,
-        and ``(peer, True)`` when a stream is up (again). Only changes are reported.
-        """
-        self._listeners.append(listener)
-
-    def forget_peer(self, peer: str) -> None:
-        """Close the connection to ``peer``; its pending requests fail with
-        ``PeerUnavailableError``. A later request to it connects afresh."""
-        conn = self._peers.pop(peer, None)
-        if conn is None:
-            return
+    def _forgetting(self, conn: PeerConnection) -> None:
+        # Answers to the forgotten link's requests may still arrive on the peer's stream:
+        # a new link to it numbers its requests above them.
         if isinstance(conn, SharedPeerConnection):
             self._id_floor = max(self._id_floor, conn.next_id)
-        conn.shutdown(lambda: PeerUnavailableError(peer, "peer left the cluster"))
-        task = asyncio.get_running_loop().create_task(conn.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Stop serving and close every connection; pending requests fail with
@@ -438,20 +374,11 @@ class GrpcTransport(Admission, Transport):
         figures.update(self._shared_counters.as_dict())
         return figures
 
-    def peers(self) -> list[str]:
-        """Peers this transport currently holds a connection object for."""
-        return list(self._peers)
-
     def peer_stats(self) -> dict[str, dict[str, float]]:
         """Per peer: ``in_flight``, ``pending``, ``latency_seconds`` (for metrics)."""
         return peer_figures(self._peers)
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _not_running(self) -> NotRunningError:
-        if self._closed:
-            return NotRunningError(f"transport {self._address} is closed")
-        return NotRunningError(f"transport {self._address} is not started")
 
     def _connection(self, peer: str) -> PeerConnection:
         conn = self._peers.get(peer)
@@ -485,13 +412,6 @@ class GrpcTransport(Admission, Transport):
         return open_channel(
             peer, self._limits, self._channel_credentials, self._client_tls, self._tls
         )
-
-    def _notify(self, peer: str, reachable: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(peer, reachable)
-            except Exception:
-                logger.exception("reachability listener failed for %s", peer)
 
     async def _serve_exchange(
         self, _requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]

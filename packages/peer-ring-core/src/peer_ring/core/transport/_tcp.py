@@ -29,7 +29,6 @@ import hmac
 import logging
 import random
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -42,9 +41,8 @@ from peer_ring.core._errors import (
     PeerUnavailableError,
     RemoteError,
 )
-from peer_ring.core._types import Request, Response, TransferRequest
+from peer_ring.core._types import TransferRequest
 from peer_ring.core.transport._base import (
-    CallOwner,
     InboundHandler,
     ReachabilityListener,
     TransferHandler,
@@ -61,7 +59,8 @@ from peer_ring.core.transport._identity import claim_refusal, names_of_peercert
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import EOF
-from peer_ring.core.transport._outbound import _ConnectError
+from peer_ring.core.transport._outbound import PeerConnection, _ConnectError
+from peer_ring.core.transport._peer_book import PeerBook
 from peer_ring.core.transport._stats import TransportStats
 from peer_ring.core.transport._tcp_accept import Acceptor
 from peer_ring.core.transport._tcp_inbound import TcpInboundStream
@@ -104,7 +103,7 @@ logger = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL = 10.0
 
 
-class TcpTransport(Transport):
+class TcpTransport(PeerBook, Transport):
     """Transport over plain TCP (or TLS): length-prefixed frames, one connection per peer
     and direction. Same constructor arguments and guarantees as
     :class:`~peer_ring.core.transport.GrpcTransport`, minus the gRPC credential objects.
@@ -122,6 +121,8 @@ class TcpTransport(Transport):
         InvalidArgumentError: a limit is out of range, the token is not printable ASCII,
             or a TLS file is missing or not PEM.
     """
+
+    _logger = logger
 
     def __init__(
         self,
@@ -156,7 +157,7 @@ class TcpTransport(Transport):
             self._server_ssl = ServerContexts(self._tls_files, tls)
         self._refusal_log = RateLimitedLog(logger, self._clock, REFUSAL_LOG_INTERVAL)
         self._wheel = DeadlineWheel(self._clock)
-        self._peers: dict[str, TcpPeerConnection] = {}
+        self._peers: dict[str, PeerConnection] = {}
         self._inbound: set[InboundStream] = set()
         self._connections: set[FrameProtocol] = set()
         self._serving: set[asyncio.Task[None]] = set()
@@ -227,55 +228,6 @@ class TcpTransport(Transport):
         self._running = True
         logger.info("peer-ring TCP transport listening on %s", self._address)
 
-    def request(self, peer: str, request: Request) -> asyncio.Future[Response]:
-        """Send ``request`` to ``peer``; the future resolves with its response.
-
-        Never raises; failures fail the future (see :class:`Transport`).
-        """
-        conn = self._peers.get(peer)
-        if conn is None:
-            if not self._running:
-                fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-                fut.set_exception(self._not_running())
-                return fut
-            conn = self._connection(peer)
-        return conn.request(request)
-
-    def submit(
-        self,
-        peer: str,
-        owner: CallOwner,
-        hint: str,
-        namespace: str,
-        command: str,
-        key: bytes,
-        payload: bytes,
-        partition: int,
-        timeout: float,
-    ) -> None:
-        """Send a request given by its fields to ``peer``; its outcome goes to ``owner``
-        (see :meth:`Transport.submit`). No :class:`Request` object. Never raises."""
-        conn = self._peers.get(peer)
-        if conn is None:
-            if not self._running:
-                fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-                fut.set_exception(self._not_running())
-                fut.add_done_callback(partial(owner.on_done, peer, hint))
-                return
-            conn = self._connection(peer)
-        conn.submit(owner, hint, namespace, command, key, payload, partition, timeout)
-
-    async def connect(self, peer: str) -> None:
-        """Open the connection to ``peer`` now (otherwise the first request does).
-
-        Raises:
-            PeerUnavailableError: the attempt failed (the transport keeps retrying).
-            NotRunningError: the transport is not started.
-        """
-        if not self._running:
-            raise self._not_running()
-        await self._connection(peer).wait_up()
-
     async def transfer(
         self, peer: str, request: TransferRequest, timeout: float
     ) -> AsyncIterator[list[bytes]]:
@@ -326,21 +278,6 @@ class TcpTransport(Transport):
         finally:
             proto.abort()
 
-    def add_reachability_listener(self, listener: ReachabilityListener) -> None:
-        """Register a callback for peers becoming (un)reachable (changes only)."""
-        self._listeners.append(listener)
-
-    def forget_peer(self, peer: str) -> None:
-        """Close the connection to ``peer``; its pending requests fail with
-        ``PeerUnavailableError``. A later request to it connects afresh."""
-        conn = self._peers.pop(peer, None)
-        if conn is None:
-            return
-        conn.shutdown(lambda: PeerUnavailableError(peer, "peer left the cluster"))
-        task = asyncio.get_running_loop().create_task(conn.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
     async def close(self) -> None:
         """Stop serving and close every connection; pending requests fail with
         ``NotRunningError``. Idempotent."""
@@ -383,18 +320,9 @@ class TcpTransport(Transport):
             self._stats.tls_handshakes = self._server_ssl.handshakes
         return self._stats.as_dict()
 
-    def peers(self) -> list[str]:
-        """Peers this transport currently holds a connection object for."""
-        return list(self._peers)
-
     # -- internals -----------------------------------------------------------------------------
 
-    def _not_running(self) -> NotRunningError:
-        if self._closed:
-            return NotRunningError(f"transport {self._address} is closed")
-        return NotRunningError(f"transport {self._address} is not started")
-
-    def _connection(self, peer: str) -> TcpPeerConnection:
+    def _connection(self, peer: str) -> PeerConnection:
         conn = self._peers.get(peer)
         if conn is None:
             conn = TcpPeerConnection(
@@ -410,13 +338,6 @@ class TcpTransport(Transport):
             )
             self._peers[peer] = conn
         return conn
-
-    def _notify(self, peer: str, reachable: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(peer, reachable)
-            except Exception:
-                logger.exception("reachability listener failed for %s", peer)
 
     def _on_connection(self, proto: FrameProtocol) -> None:
         if not self._running:
