@@ -18,7 +18,14 @@ from peer_ring.core.testing import (
     free_port,
     settle_loop,
 )
-from peer_ring.ratelimit import CorruptStateError, Limit, RateLimiter, RateLimitError
+from peer_ring.ratelimit import (
+    CorruptStateError,
+    Decision,
+    Limit,
+    OwnerUnavailableError,
+    RateLimiter,
+    RateLimitError,
+)
 from peer_ring.ratelimit._relay import (
     RelayWaits,
     decode_deliveries,
@@ -28,7 +35,7 @@ from peer_ring.ratelimit._relay import (
     encode_relay_hits,
     encode_states_relay,
 )
-from peer_ring.ratelimit._wire import pack_records
+from peer_ring.ratelimit._wire import encode_decision, pack_records
 
 WINDOW = Limit(10, 60.0, algorithm="fixed_window")
 PEERS = [f"127.0.0.{i}:7401" for i in range(1, 4)]
@@ -65,23 +72,39 @@ def test_relay_messages_round_trip_and_refuse_bad_bytes() -> None:
 
 
 async def test_relay_waits_take_a_decision_before_or_after_the_owners_answer() -> None:
+    clock = FakeClock()
+    loop = asyncio.get_running_loop()
     waits = RelayWaits()
     a, b = waits.open(), waits.open()
     assert a != b and len(waits) == 2
-    waits.deliver([(a, 1, b"early")])  # the replica beat the owner's answer
-    early = waits.future(a, 1)
-    assert early.done() and early.result() == b"early"
-    later = waits.future(a, 0)
+    yes = encode_decision(Decision(True, 10, 9, 1.0, 0.0))
+    no = encode_decision(Decision(False, 10, 0, 1.0, 1.0))
+    waits.deliver([(a, 1, yes)])  # the replica beat the owner's answer
+    assert waits.arrived(a) == {1: yes}
+    waits.expect(a, 2, clock, 1.0)  # the owner answered: hits 0 and 1 relayed
+    early: asyncio.Future[Decision] = loop.create_future()
+    waits.bind(a, 1, early)
+    assert early.done() and early.result().allowed
+    later: asyncio.Future[Decision] = loop.create_future()
+    waits.bind(a, 0, later)
     assert not later.done()
-    waits.deliver([(a, 0, b"later"), (a, 0, b"twice")])  # a duplicate changes nothing
-    assert later.result() == b"later"
-    pending = waits.future(b, 3)
-    waits.close(b)
-    assert pending.cancelled()
-    waits.deliver([(b, 3, b"too late")])  # a closed batch: dropped and counted
+    # Both hits resolved, the batch closes: the duplicate is dropped and counted.
+    waits.deliver([(a, 0, no), (a, 0, yes)])
+    assert not later.result().allowed
+    assert len(waits) == 1
     assert waits.late == 1 and waits.received == 2
-    waits.close(a)
+    waits.expect(b, 1, clock, 1.0)
+    pending: asyncio.Future[Decision] = loop.create_future()
+    waits.bind(b, 3, pending)
+    idle = asyncio.ensure_future(waits.wait_idle())
+    await asyncio.sleep(0)
+    assert not idle.done()
+    clock.advance(1.0)  # no relay within timeout: the hit fails, the batch closes
+    assert isinstance(pending.exception(), OwnerUnavailableError)
+    await idle
     assert len(waits) == 0
+    waits.deliver([(b, 3, yes)])
+    assert waits.late == 2
 
 
 # -- in-memory clusters ---------------------------------------------------------------

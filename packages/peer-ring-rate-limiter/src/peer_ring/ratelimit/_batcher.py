@@ -29,22 +29,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class Later:
+    """A flush's result for an item whose result comes after the flush returned: the
+    batcher hands ``bind`` the item's future, and whoever ``bind`` gives it to resolves it
+    (a relayed decision, see ``_relay``). The flush, and its slot, end meanwhile."""
+
+    __slots__ = ("bind",)
+
+    def __init__(self, bind: Callable[[asyncio.Future[Any]], None]) -> None:
+        self.bind = bind
 
 
 class Batcher(Generic[T, R]):
     """Call ``flush(items)`` once per loop turn (or window) for the items submitted.
 
     ``flush`` returns one result or exception per item, in order; each submitter's future
-    gets its own. An exception raised by ``flush`` itself fails every item of the batch.
+    gets its own (or, for a :class:`Later`, is handed to it). An exception raised by
+    ``flush`` itself fails every item of the batch.
     """
 
     def __init__(
         self,
-        flush: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
+        flush: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException | Later]]],
         *,
         window: float = 0.0,
         max_in_flight: int | None = None,
@@ -175,6 +187,9 @@ class Batcher(Generic[T, R]):
         finally:
             self._lone -= lone
         for fut, res in zip(futures, results, strict=True):
+            if isinstance(res, Later):
+                res.bind(fut)
+                continue
             if fut.done():
                 continue
             if isinstance(res, BaseException):

@@ -8,9 +8,9 @@ old protocol), and the old ``hits`` / ``states`` messages otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from peer_ring.core import (
@@ -20,10 +20,11 @@ from peer_ring.core import (
     RequestTimeoutError,
     UnknownCommandError,
 )
-from peer_ring.ratelimit._batcher import Batcher
+from peer_ring.ratelimit._batcher import Batcher, Later
 from peer_ring.ratelimit._decision import Decision
-from peer_ring.ratelimit._errors import CorruptStateError, OwnerUnavailableError
+from peer_ring.ratelimit._errors import CorruptStateError
 from peer_ring.ratelimit._hits import read_answers
+from peer_ring.ratelimit._records import decode_packed, encode_packed
 from peer_ring.ratelimit._relay import (
     decode_deliveries,
     decode_states_relay,
@@ -32,8 +33,6 @@ from peer_ring.ratelimit._relay import (
 )
 from peer_ring.ratelimit._wire import (
     decode_decision,
-    decode_entry,
-    encode_entry,
     encode_hits,
     pack_records,
     unpack_records,
@@ -66,7 +65,7 @@ def forward_batcher(rl: RateLimiter, owner: str) -> Batcher[Hit, Decision]:
     batcher: Batcher[Hit, Decision]
     node, ns, timeout = rl.node, rl._ns, rl._timeout
 
-    async def flush(items: Sequence[Hit]) -> Sequence[Decision | BaseException]:
+    async def flush(items: Sequence[Hit]) -> Sequence[Decision | BaseException | Later]:
         hits = encode_hits([(kb, hit) for kb, hit, _ in items])
         try:
             if rl._relays_to(owner):
@@ -98,45 +97,41 @@ def forward_batcher(rl: RateLimiter, owner: str) -> Batcher[Hit, Decision]:
 
 async def _flush_relay(
     rl: RateLimiter, owner: str, items: Sequence[Hit], hits: bytes
-) -> list[Decision | BaseException]:
+) -> list[Decision | BaseException | Later]:
     waits = rl._relay_waits
     batch_id = waits.open()  # before sending: the replica's relay may beat the answer
     try:
-        try:
-            raw = await rl.node.call(
-                owner,
-                rl._ns,
-                HITS_RELAY,
-                b"",
-                encode_relay_hits(batch_id, hits),
-                timeout=rl._timeout,
-            )
-        except (RequestTimeoutError, PeerUnavailableError) as exc:
-            # The owner's answer is lost (it died after deciding, or the link broke), but
-            # decisions the replica relayed meanwhile stand: their states are on both.
-            arrived = waits.arrived(batch_id)
-            if not arrived:
-                raise
-            return [_decision_or(arrived.get(i), exc) for i in range(len(items))]
+        raw = await rl.node.call(
+            owner,
+            rl._ns,
+            HITS_RELAY,
+            b"",
+            encode_relay_hits(batch_id, hits),
+            timeout=rl._timeout,
+        )
         relayed: list[int] = []
-        out = read_answers(rl, owner, items, raw, relayed)
-        if not relayed:
-            return out
-        futures = [waits.future(batch_id, i) for i in relayed]
-        await _all_or_timeout(rl, futures)
-        for i, fut in zip(relayed, futures, strict=True):
-            if fut.done() and not fut.cancelled():
-                try:
-                    out[i] = decode_decision(fut.result())
-                except CorruptStateError as exc:
-                    out[i] = exc
-            else:
-                out[i] = OwnerUnavailableError(
-                    f"decision of {items[i][0]!r} relayed by {owner} not received"
-                )
-        return out
-    finally:
+        out: list[Decision | BaseException | Later] = []
+        out.extend(read_answers(rl, owner, items, raw, relayed))
+    except (RequestTimeoutError, PeerUnavailableError) as exc:
+        # The owner's answer is lost (it died after deciding, or the link broke), but
+        # decisions the replica relayed meanwhile stand: their states are on both.
+        arrived = waits.arrived(batch_id)
         waits.close(batch_id)
+        if not arrived:
+            raise
+        return [_decision_or(arrived.get(i), exc) for i in range(len(items))]
+    except BaseException:
+        waits.close(batch_id)
+        raise
+    if not relayed:
+        waits.close(batch_id)
+        return out
+    # Each relayed hit's future goes to the batch's waits (Later): the relayed decision
+    # resolves it when it arrives, without waking this flush, which ends here.
+    waits.expect(batch_id, len(relayed), rl.node.clock, rl._timeout)
+    for i in relayed:
+        out[i] = Later(partial(waits.bind, batch_id, i))
+    return out
 
 
 def _decision_or(raw: bytes | None, exc: BaseException) -> Decision | BaseException:
@@ -148,33 +143,8 @@ def _decision_or(raw: bytes | None, exc: BaseException) -> Decision | BaseExcept
         return bad
 
 
-async def _all_or_timeout(rl: RateLimiter, futures: list[asyncio.Future[bytes]]) -> None:
-    """Return when every future is done or ``timeout`` passed on the node's clock (not the
-    loop's: tests run the cluster on a fake clock)."""
-    done = asyncio.get_running_loop().create_future()
-    left = len(futures)
-
-    def one(_: asyncio.Future[bytes]) -> None:
-        nonlocal left
-        left -= 1
-        if left == 0 and not done.done():
-            done.set_result(None)
-
-    for fut in futures:
-        fut.add_done_callback(one)
-    timer = rl.node.clock.call_later(
-        rl._timeout, lambda: None if done.done() else done.set_result(None)
-    )
-    try:
-        await done
-    finally:
-        timer.cancel()
-        for fut in futures:
-            fut.remove_done_callback(one)
-
-
 async def send_states(
-    rl: RateLimiter, replica: str, keys: Sequence[bytes], relays: list[bytes]
+    rl: RateLimiter, replica: str, keys: Mapping[bytes, int], relays: list[bytes]
 ) -> None:
     """Replicate the newest entries of ``keys`` to ``replica``: one ``STATES`` call (all
     its keys in one message; ``STATES_RELAY`` with the relayed decisions when there are
@@ -184,10 +154,13 @@ async def send_states(
     node, ns, store, metrics = rl.node, rl._ns, rl.store, rl.metrics
     now = node.clock.monotonic()
     records: dict[bytes, bytes] = {}
-    for kb in dict.fromkeys(keys):  # a key decided twice meanwhile: its newest entry once
-        entry = store.get(kb)
-        if entry is not None:
-            records[kb] = encode_entry(kb, entry, now)
+    part = node.partition_for_key
+    # Each key once (a key decided twice meanwhile: its newest entry), encoded from the
+    # store's tuple (see ``_records``).
+    for kb, p in keys.items():
+        packed = store.get_packed(kb, p if p >= 0 else part(kb))
+        if packed is not None:
+            records[kb] = encode_packed(kb, packed, now)
     if not records and not relays:
         return
     metrics.state_batches += 1
@@ -239,8 +212,8 @@ def on_states(rl: RateLimiter, payload: bytes) -> None:
     store, part = rl.store, rl.node.partition_for_key
     now = rl.node.clock.monotonic()
     for rec in unpack_records(payload):
-        rkey, entry = decode_entry(rec, now)
-        store.merge(rkey, entry, part(rkey))
+        rkey, packed = decode_packed(rec, now)
+        store.merge_packed(rkey, packed, part(rkey))
 
 
 def on_states_relay(rl: RateLimiter, payload: bytes) -> None:
@@ -250,8 +223,8 @@ def on_states_relay(rl: RateLimiter, payload: bytes) -> None:
     store, part = rl.store, rl.node.partition_for_key
     now = rl.node.clock.monotonic()
     for rec in states:
-        rkey, entry = decode_entry(rec, now)
-        store.merge(rkey, entry, part(rkey))
+        rkey, packed = decode_packed(rec, now)
+        store.merge_packed(rkey, packed, part(rkey))
     _deliver(rl, per_forwarder)
 
 

@@ -24,6 +24,7 @@ from peer_ring.ratelimit._errors import (
     RateLimitError,
 )
 from peer_ring.ratelimit._limit import MAX_LIMIT
+from peer_ring.ratelimit._records import decode_packed, encode_packed
 from peer_ring.ratelimit._relay import ANSWER_RELAYED, RELAYED_ANSWER, encode_relay
 from peer_ring.ratelimit._wire import (
     ANSWER_BAD,
@@ -33,11 +34,9 @@ from peer_ring.ratelimit._wire import (
     answer_error,
     answer_ok,
     decode_decision,
-    decode_entry,
     decode_hit,
     decode_hits,
     encode_decision,
-    encode_entry,
     pack_records,
     split_answer,
     split_status,
@@ -100,7 +99,7 @@ def answer_hits(
                 r = replicas[1]
                 if rl._relays_to(r):
                     record = encode_relay(source, batch_id, len(answers), encode_decision(d))
-                    rl.replicator(r).relay(kb, record)
+                    rl.replicator(r).relay(kb, record, p)
                     metrics.relayed += 1
                     answers.append(RELAYED_ANSWER)
                     continue
@@ -110,12 +109,12 @@ def answer_hits(
                     # the sender stores it before it releases the decision.
                     if now < 0:
                         now = rl.node.clock.monotonic()
-                    entry = rl.store.get(kb, p)
-                    assert entry is not None  # just stored
-                    answer += encode_entry(kb, entry, now)
+                    packed = rl.store.get_packed(kb, p)
+                    assert packed is not None  # just stored
+                    answer += encode_packed(kb, packed, now)
                     metrics.states_with_answer += 1
                 else:
-                    fut = rl.replicator(r).submit(kb)
+                    fut = rl.replicator(r).submit(kb, p)
                     waits[id(fut)] = fut
         answers.append(answer)
     out = pack_records(answers)
@@ -158,10 +157,10 @@ def read_answers(
                 if record:
                     # This node is the key's other replica: the owner relies on the entry
                     # being stored here before the decision is released.
-                    rkey, entry = decode_entry(record, now)
+                    rkey, packed = decode_packed(record, now)
                     if rkey != kb:
                         raise CorruptStateError("answer carries another key's state")
-                    store.merge(rkey, entry, p)
+                    store.merge_packed(rkey, packed, p)
                 out.append(d)
             elif status == ANSWER_NOT_OWNER:
                 out.append(NotOwnerError(f"{owner} does not own {kb!r} in its ring"))

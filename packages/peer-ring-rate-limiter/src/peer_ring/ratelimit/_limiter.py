@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from peer_ring.core import (
@@ -50,6 +50,7 @@ from peer_ring.ratelimit._hits import answer_hits
 from peer_ring.ratelimit._limit import MAX_LIMIT, Limit
 from peer_ring.ratelimit._metrics import RateLimiterMetrics
 from peer_ring.ratelimit._policy import FailPolicy, Mode
+from peer_ring.ratelimit._records import encode_packed
 from peer_ring.ratelimit._relay import RelayWaits, decode_relay_hits
 from peer_ring.ratelimit._replicator import Replicator
 from peer_ring.ratelimit._store import StateStore
@@ -58,7 +59,6 @@ from peer_ring.ratelimit._wire import (
     decode_entry,
     decode_hit,
     encode_decision,
-    encode_entry,
     encode_hit,
 )
 
@@ -262,6 +262,8 @@ class RateLimiter:
             self._sweeper = None
         for forward in list(self._forward.values()):
             await forward.close()
+        # Relayed hits handed over by the closed batches: each ends by its relay or timer.
+        await self._relay_waits.wait_idle()
         for replicate in list(self._replicate.values()):
             await replicate.close()
         if self._owns_node and self._node.running:
@@ -424,7 +426,9 @@ class RateLimiter:
         per replica node), ``skip`` excepted (it gets the entry with the answer)."""
         me = self._node.address
         replicas = self._node.ring.preference_list(partition, self._replication)
-        waits = [self.replicator(r).submit(kb) for r in replicas if r != me and r != skip]
+        waits = [
+            self.replicator(r).submit(kb, partition) for r in replicas if r != me and r != skip
+        ]
         if not waits:
             return result
         return _after(waits, result)
@@ -434,7 +438,7 @@ class RateLimiter:
         rep = self._replicate.get(replica)
         if rep is None:
 
-            async def send(keys: list[bytes], relays: list[bytes]) -> None:
+            async def send(keys: Mapping[bytes, int], relays: list[bytes]) -> None:
                 await send_states(self, replica, keys, relays)
 
             rep = self._replicate[replica] = Replicator(send, self._max_batches, self._light)
@@ -492,9 +496,9 @@ class RateLimiter:
             # guarantee is the same as a replication message's (an admitted hit's state is
             # on every replica), one message fewer. At replication 2 in a 3-node ring,
             # half of the forwarded hits come from the key's second replica.
-            entry = self._store.get(key, p)
-            assert entry is not None  # _decide stored it
-            answer += encode_entry(key, entry, self._clock.monotonic())
+            packed = self._store.get_packed(key, p)
+            assert packed is not None  # _decide stored it
+            answer += encode_packed(key, packed, self._clock.monotonic())
             self.metrics.states_with_answer += 1
             return self._replicated(key, p, answer, skip=source)
         return self._replicated(key, p, answer)

@@ -32,9 +32,12 @@ import asyncio
 import random
 import struct
 from collections.abc import Iterable
+from functools import partial
 
-from peer_ring.ratelimit._errors import CorruptStateError
-from peer_ring.ratelimit._wire import pack_records, unpack_records
+from peer_ring.core import Clock, TimerHandle
+from peer_ring.ratelimit._decision import Decision
+from peer_ring.ratelimit._errors import CorruptStateError, OwnerUnavailableError
+from peer_ring.ratelimit._wire import decode_decision, pack_records, unpack_records
 
 #: Status of a hit in O's answer: its decision comes from the key's other replica.
 ANSWER_RELAYED = 4
@@ -104,6 +107,19 @@ def decode_deliveries(payload: bytes) -> list[tuple[int, int, bytes]]:
     return out
 
 
+class _Batch:
+    """One open batch: relayed decisions that came before their hit was handed over
+    (``early``), the hits' futures waiting for theirs (``waiting``)."""
+
+    __slots__ = ("early", "expected", "timer", "waiting")
+
+    def __init__(self) -> None:
+        self.early: dict[int, bytes] = {}
+        self.waiting: dict[int, asyncio.Future[Decision]] = {}
+        self.expected = 0  # relayed hits handed over and not yet resolved
+        self.timer: TimerHandle | None = None
+
+
 class RelayWaits:
     """F's side: the relayed decisions each open batch waits for.
 
@@ -112,11 +128,19 @@ class RelayWaits:
     answer names it; one for a closed (answered or timed out) batch is dropped and counted
     in :attr:`late`. Batch ids start at a random value so that a restarted node with the
     same address does not take an old relay for one of its new batches.
+
+    Once O's answer is read, the hits it answered "relayed" are handed over
+    (:meth:`expect`, then :meth:`bind` with each hit's own future): the relayed decision
+    resolves that future directly when it arrives, so the hit's caller wakes in the loop
+    turn after the relay is read (the batch's flush no longer waits for it, and its slot
+    to the owner is free at the owner's answer). One timer per batch ends the wait after
+    ``timeout``: the hits still waiting get :class:`OwnerUnavailableError`.
     """
 
     def __init__(self) -> None:
-        self._open: dict[int, dict[int, asyncio.Future[bytes]]] = {}
+        self._open: dict[int, _Batch] = {}
         self._next = random.getrandbits(63)
+        self._idle: asyncio.Future[None] | None = None
         #: Relayed decisions that arrived after their batch was closed.
         self.late = 0
         #: Relayed decisions received for open batches.
@@ -126,44 +150,94 @@ class RelayWaits:
         return len(self._open)
 
     def open(self) -> int:
-        """A new batch id, open for relayed decisions until :meth:`close`."""
+        """A new batch id, open for relayed decisions until it is closed."""
         batch_id = self._next
         self._next = (batch_id + 1) & 0xFFFF_FFFF_FFFF_FFFF
-        self._open[batch_id] = {}
+        self._open[batch_id] = _Batch()
         return batch_id
 
     def close(self, batch_id: int) -> None:
         """Stop waiting for ``batch_id``'s relayed decisions (late ones are dropped)."""
-        waits = self._open.pop(batch_id, None)
-        for fut in (waits or {}).values():
-            if not fut.done():
-                fut.cancel()
-
-    def future(self, batch_id: int, index: int) -> asyncio.Future[bytes]:
-        """The decision relayed for hit ``index`` of open batch ``batch_id``."""
-        waits = self._open[batch_id]
-        fut = waits.get(index)
-        if fut is None:
-            fut = waits[index] = asyncio.get_running_loop().create_future()
-        return fut
+        batch = self._open.pop(batch_id, None)
+        if batch is not None and batch.timer is not None:
+            batch.timer.cancel()
+        if not self._open and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def arrived(self, batch_id: int) -> dict[int, bytes]:
-        """The decisions already relayed for open batch ``batch_id``, by index."""
-        waits = self._open.get(batch_id, {})
-        return {i: fut.result() for i, fut in waits.items() if fut.done() and not fut.cancelled()}
+        """The decisions already relayed for open batch ``batch_id`` and not handed over,
+        by index."""
+        batch = self._open.get(batch_id)
+        return {} if batch is None else dict(batch.early)
+
+    def expect(self, batch_id: int, count: int, clock: Clock, timeout: float) -> None:
+        """O answered: ``count`` hits of the batch are relayed and will be handed over with
+        :meth:`bind`; after ``timeout`` on ``clock`` those still waiting fail."""
+        batch = self._open[batch_id]
+        batch.expected += count
+        batch.timer = clock.call_later(timeout, partial(self._expire, batch_id))
+
+    def bind(self, batch_id: int, index: int, fut: asyncio.Future[Decision]) -> None:
+        """Resolve ``fut`` with the decision relayed for hit ``index`` (now if it came)."""
+        batch = self._open.get(batch_id)
+        if batch is None:  # expired already (not on one loop turn: defensive)
+            if not fut.done():
+                fut.set_exception(OwnerUnavailableError("relayed decision not received"))
+            return
+        raw = batch.early.pop(index, None)
+        if raw is None and not fut.done():
+            batch.waiting[index] = fut
+            return
+        if raw is not None:
+            _resolve(fut, raw)
+        self._resolved(batch_id, batch)
 
     def deliver(self, deliveries: Iterable[tuple[int, int, bytes]]) -> None:
         """Decisions from R (``relayed``): each resolves its open batch's hit."""
-        loop: asyncio.AbstractEventLoop | None = None
         for batch_id, index, decision in deliveries:
-            waits = self._open.get(batch_id)
-            if waits is None:
+            batch = self._open.get(batch_id)
+            if batch is None:
                 self.late += 1
                 continue
-            fut = waits.get(index)
-            if fut is None:
-                loop = loop or asyncio.get_running_loop()
-                fut = waits[index] = loop.create_future()
-            if not fut.done():
+            fut = batch.waiting.pop(index, None)
+            if fut is not None:
                 self.received += 1
-                fut.set_result(decision)
+                _resolve(fut, decision)
+                self._resolved(batch_id, batch)
+            elif index not in batch.early:  # a duplicate changes nothing
+                self.received += 1
+                batch.early[index] = decision
+
+    def _resolved(self, batch_id: int, batch: _Batch) -> None:
+        batch.expected -= 1
+        if batch.expected <= 0:
+            self.close(batch_id)
+
+    def _expire(self, batch_id: int) -> None:
+        batch = self._open.get(batch_id)
+        if batch is None:
+            return
+        batch.timer = None
+        self.close(batch_id)
+        for index, fut in batch.waiting.items():
+            if not fut.done():
+                fut.set_exception(
+                    OwnerUnavailableError(f"decision of hit {index} relayed, not received")
+                )
+
+    async def wait_idle(self) -> None:
+        """Return once no batch is open (each ends by its relays or its timer)."""
+        if not self._open:
+            return
+        if self._idle is None or self._idle.done():
+            self._idle = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._idle)
+
+
+def _resolve(fut: asyncio.Future[Decision], raw: bytes) -> None:
+    if fut.done():
+        return  # its caller went away
+    try:
+        fut.set_result(decode_decision(raw))
+    except CorruptStateError as exc:
+        fut.set_exception(exc)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ class Replicator:
     """New states of keys for one replica node, sent in batches (see the module doc).
 
     Args:
-        send: sends the newest states of the given keys, with the relayed decisions queued
-            beside them, and returns when the replica stored them (or the fallback is
+        send: sends the newest states of the given keys (a mapping of each key to its
+            partition, -1 when the submitter did not give it), with the relayed decisions
+            queued beside them, and returns when the replica stored them (or the fallback is
             done); an exception fails the waiting decisions.
         max_in_flight: messages awaiting their answer at once (None: no bound).
         light_in_flight: while every message in flight holds a single key, another may
@@ -44,7 +45,7 @@ class Replicator:
 
     def __init__(
         self,
-        send: Callable[[list[bytes], list[bytes]], Awaitable[None]],
+        send: Callable[[Mapping[bytes, int], list[bytes]], Awaitable[None]],
         max_in_flight: int | None = 1,
         light_in_flight: int | None = None,
     ) -> None:
@@ -58,7 +59,7 @@ class Replicator:
         self._lone = 0  # messages in flight holding a single key
         #: Keys that found every message slot busy (they waited for a round trip to end).
         self.waited = 0
-        self._pending: dict[bytes, None] = {}
+        self._pending: dict[bytes, int] = {}
         self._relays: list[bytes] = []
         self._next: asyncio.Future[None] | None = None
         self._scheduled = False
@@ -69,12 +70,14 @@ class Replicator:
         """Messages sent (or about to be) and not yet answered."""
         return len(self._tasks)
 
-    def submit(self, key: bytes) -> asyncio.Future[None]:
+    def submit(self, key: bytes, partition: int = -1) -> asyncio.Future[None]:
         """Replicate ``key``'s newest state; the future resolves once it is stored there.
 
-        Keys submitted before the next message leaves share its future.
+        Keys submitted before the next message leaves share its future. ``partition``: the
+        key's, when the caller has it (the message then reads the store without hashing
+        the key again).
         """
-        self._pending[key] = None
+        self._pending[key] = partition
         fut = self._next
         if fut is None:
             fut = self._next = asyncio.get_running_loop().create_future()
@@ -85,11 +88,11 @@ class Replicator:
                 self._schedule()
         return fut
 
-    def relay(self, key: bytes, record: bytes) -> None:
+    def relay(self, key: bytes, record: bytes, partition: int = -1) -> None:
         """Replicate ``key``'s newest state and send the relayed decision ``record`` with it
         (nobody on this node waits for it: the replica answers the forwarder)."""
         self._relays.append(record)
-        self.submit(key)
+        self.submit(key, partition)
 
     @property
     def busy(self) -> bool:
@@ -117,7 +120,7 @@ class Replicator:
     async def _run(self) -> None:
         # Runs one loop turn after _schedule: the keys of that whole turn go together.
         self._scheduled = False
-        keys, fut, relays = list(self._pending), self._next, self._relays
+        keys, fut, relays = self._pending, self._next, self._relays
         self._pending, self._next, self._relays = {}, None, []
         if fut is None:
             return

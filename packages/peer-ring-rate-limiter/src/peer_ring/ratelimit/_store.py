@@ -94,6 +94,24 @@ class StateStore:
             return True
         return False
 
+    def get_packed(self, key: bytes, partition: int) -> Packed | None:
+        """The stored tuple of ``key`` (see ``_compact``), for ``_records.encode_packed``."""
+        part = self._parts.get(partition)
+        return None if part is None else part.get(key)
+
+    def merge_packed(self, key: bytes, packed: Packed, partition: int) -> bool:
+        """:meth:`merge` of an entry already in its stored form (``_records.decode_packed``):
+        the replicas' path, which builds no entry or state object."""
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = {}
+        old = part.get(key)
+        if old is None or packed[SEQ] > old[SEQ] or old[EXPIRES] <= self._now():
+            part[key] = packed
+            self._digests.pop(partition, None)
+            return True
+        return False
+
     def sweep(self, partitions: Iterable[int] | None = None) -> int:
         """Forget entries expired more than ``retain`` seconds ago (of ``partitions`` only,
         when given); return how many."""
