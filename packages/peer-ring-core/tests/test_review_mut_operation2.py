@@ -1,0 +1,460 @@
+"""Review, second pass: survivors of tools/mutation on ``core/_operation.py``, killed here.
+
+What an operation does when a replica cannot serve a read, pinned through public outcomes
+(replies, their errors, which handler ran with which hint):
+
+- a read refused by a replica still pulling the partition goes to a *previous holder*: a
+  node the coordinator's own pull names (``read_fallbacks``), then the previous ring's
+  replicas; never a node asked already, nor one suspected or marked down, and a previous
+  holder is asked once; the forwarded request carries the refusing replica as its hint,
+  also when a previous holder refuses in turn (``_previous_holder``, ``on_response``);
+- a quorum read whose coordinator is itself still pulling the partition asks it only when
+  the other replicas are short, without a hint, and lets its pull finish first
+  (``_start_read``, ``expire``).
+
+Fake time on a memory network whose transport answers through the owner protocol and
+carries each request through the TCP encoding (as ``test_review_mut_operation.py``).
+Ring views are changed per node through each node's own discovery, as a discovery that
+has not reached every node yet does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+import pytest
+
+from peer_ring.core import (
+    Command,
+    CommandContext,
+    InvalidArgumentError,
+    PeerRing,
+    PeerRingConfig,
+    PeerUnavailableError,
+    QuorumNotReachedError,
+)
+from peer_ring.core._ring import Ring
+from peer_ring.core._types import Request, Response, Status
+from peer_ring.core.proto import peer_ring_pb2 as pb
+from peer_ring.core.testing import FakeClock, FixedDiscovery, MemoryNetwork, MemoryTransport
+from peer_ring.core.transport import TransportLimits
+from peer_ring.core.transport._base import CallOwner
+from peer_ring.core.transport._codec import request_fields_part, request_from_pb, request_part
+
+pytestmark = pytest.mark.fake_time
+
+GET = Command("get", reads=True)
+#: No periodic probes, anti-entropy or down marking: suspicion changes only as a test says.
+CONFIG = PeerRingConfig(
+    partitions=8,
+    replication=3,
+    quorum=2,
+    request_timeout=1.0,
+    anti_entropy_interval=None,
+    down_after=None,
+    probe_interval=1000.0,
+    suspicion_timeout=1000.0,
+)
+#: Upper bound of one wait, fake seconds (only reached on a bug).
+LIMIT = 30.0
+
+
+def _route(owner: CallOwner, peer: str, hint: str, fut: asyncio.Future[Response]) -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        owner.on_done(peer, hint, fut)
+    elif fut.result().status == Status.OK:
+        owner.answered(peer, hint, fut.result().payload)
+    else:
+        owner.on_response(peer, hint, fut.result())
+
+
+class OwnerTransport(MemoryTransport):
+    """The memory transport with the TCP transport's answer path (``Transport.submit``:
+    a success reaches ``owner.answered``, an error status ``owner.on_response``) and its
+    encoding of each request's fields."""
+
+    def submit(self, peer: str, owner: CallOwner, hint: str, *fields: Any) -> None:
+        namespace, command, key, payload, partition, timeout = fields
+        part = request_fields_part(1, namespace, command, key, payload, partition, hint, timeout)
+        (wire,) = pb.Frame.FromString(part).requests
+        super().request(peer, request_from_pb(wire)).add_done_callback(
+            partial(_route, owner, peer, hint)
+        )
+
+    def request(self, peer: str, request: Request) -> asyncio.Future[Response]:
+        (wire,) = pb.Frame.FromString(request_part(1, request, request.timeout)).requests
+        return super().request(peer, request_from_pb(wire))
+
+
+class Runs:
+    """What each node's GET handler saw (address, hint) and how it answers: a node in
+    ``unavailable`` refuses as a node that cannot serve now (``PeerUnavailableError``:
+    status UNAVAILABLE) that many times, one in ``refuse`` with an error status, one in
+    ``slow`` waits for ``release``; ``on_run`` is called with each run's address."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.unavailable: dict[str, int] = {}
+        self.refuse: set[str] = set()
+        self.slow: set[str] = set()
+        self.release = asyncio.Event()
+        self.on_run: Callable[[str], None] = lambda address: None
+
+    def handler(self, address: str) -> Callable[..., Any]:
+        async def run(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+            self.seen.append((address, ctx.hint))
+            self.on_run(address)
+            if self.unavailable.get(address, 0) > 0:
+                self.unavailable[address] -= 1
+                raise PeerUnavailableError(address, "cannot serve now")
+            if address in self.refuse:
+                raise InvalidArgumentError(f"{address} refuses")
+            if address in self.slow:
+                await self.release.wait()
+            return b"ok from " + address.encode()
+
+        return run
+
+    def ran(self, address: str) -> list[str]:
+        """The hints of the runs on ``address``."""
+        return [hint for a, hint in self.seen if a == address]
+
+
+@dataclasses.dataclass
+class Cluster:
+    nodes: list[PeerRing]
+    discoveries: dict[str, FixedDiscovery]
+    #: Set it to let the pulls of the nodes started with ``held`` go on.
+    gate: asyncio.Event
+
+    def node(self, address: str) -> PeerRing:
+        return next(n for n in self.nodes if n.address == address)
+
+
+Make = Callable[..., Any]
+
+
+@pytest.fixture
+async def cluster(loop_clock: FakeClock) -> AsyncIterator[Make]:
+    """``await cluster(count, runs, held=(), views=None, **config)``: ``count`` started
+    nodes on one memory network; a node whose index is in ``held`` pulls nothing until
+    ``gate`` is set (it stays pending), the others are ready. ``views`` maps an index to
+    the indices its discovery lists at first (default: every node). Stopped after."""
+    made: list[PeerRing] = []
+
+    async def make(
+        count: int,
+        runs: Runs,
+        held: tuple[int, ...] = (),
+        views: dict[int, list[int]] | None = None,
+        **overrides: Any,
+    ) -> Cluster:
+        network = MemoryNetwork(loop_clock)
+        addresses = [f"10.0.0.{i}:7000" for i in range(1, count + 1)]
+        config = dataclasses.replace(CONFIG, **overrides)
+        gate = asyncio.Event()
+        nodes = []
+        discoveries = {}
+        for i, address in enumerate(addresses):
+            view = (views or {}).get(i, range(count))
+            discoveries[address] = FixedDiscovery(address, [addresses[j] for j in view])
+            node = PeerRing(
+                discoveries[address],
+                config=config,
+                transport=OwnerTransport(network, address, TransportLimits()),
+                clock=loop_clock,
+            )
+            node.register("t", GET, runs.handler(address))
+            if i in held:
+                hold_pulls(node, gate)
+            made.append(node)
+            await node.start()
+            nodes.append(node)
+        for i, node in enumerate(nodes):
+            if i not in held:
+                await node.wait_ready(5.0)
+        return Cluster(nodes, discoveries, gate)
+
+    yield make
+    for node in made:
+        await node.stop()
+
+
+def hold_pulls(node: PeerRing, gate: asyncio.Event) -> None:
+    """``node``'s pull rounds wait for ``gate``: its gained partitions stay pending."""
+    sync: Any = node._sync
+    original = sync._pull_round
+
+    async def gated(partitions: list[int]) -> None:
+        await gate.wait()
+        await original(partitions)
+
+    sync._pull_round = gated
+
+
+async def read(node: PeerRing, key: bytes, quorum: int) -> Any:
+    return await asyncio.wait_for(node.execute("t", GET, key, b"", quorum=quorum), LIMIT)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Let the loop run (fake time) until ``predicate`` holds."""
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+def pending(node: PeerRing, key: bytes) -> bool:
+    return not node.partition_ready(node.partition_for_key(key))
+
+
+# -- previous holders -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """A key and five nodes' parts in two ring changes seen by the coordinator only."""
+
+    key: bytes
+    #: The coordinator: not a replica of the key at first, one after ``v`` is dropped.
+    a: str
+    #: Replicas at first, in preference order ``[y, x, v]`` or ``[x, y, v]``.
+    y: str
+    x: str
+    v: str
+    #: The fifth node: a replica once ``v`` and ``x`` are out of the ring.
+    z: str
+
+
+def find_roles(addresses: list[str], partitions: int) -> Roles:
+    everyone = set(addresses)
+    for i in range(10_000):
+        key = f"key:{i}".encode()
+        ring0 = Ring(everyone, partitions)
+        p = ring0.partition_for_key(key)
+        first = ring0.preference_list(p, 3)
+        for v, x in ((first[2], first[0]), (first[2], first[1])):
+            (y,) = set(first) - {v, x}
+            after_v = Ring(everyone - {v}, partitions).preference_list(p, 3)
+            (a,) = set(after_v) - set(first)
+            after_x = Ring(everyone - {v, x}, partitions).preference_list(p, 3)
+            # A not last in its final preference list: a quorum read of 2 with the two
+            # others suspected asks A itself.
+            if set(after_v) == {y, x, a} and {y, a} <= set(after_x) and after_x[2] != a:
+                (z,) = set(after_x) - {y, a}
+                return Roles(key, a, y, x, v, z)
+    raise AssertionError("no key fits")
+
+
+async def two_ring_changes(
+    cluster: Make, runs: Runs, second: str, **config: Any
+) -> tuple[PeerRing, Roles, asyncio.Event]:
+    """5 nodes, R3 (see :class:`Roles`). The coordinator A's view changes twice (the
+    others' do not):
+
+    1. its discovery drops ``v``: A gains the key's partition and pulls it (held, so it
+       stays pending) from its previous holders ``y``, ``x``, ``v``;
+    2. ``second``: ``"down"`` marks ``x`` down, ``"drop"`` drops ``x`` from its discovery
+       too. Either way A's replicas of the key are then ``y``, A, ``z`` (A not last), and
+       its previous ring's ``y``, ``x``, A.
+
+    Returns A, the roles, and the gate that lets A's pulls go on.
+    """
+    c = await cluster(5, runs, **config)
+    everyone = [n.address for n in c.nodes]
+    roles = find_roles(everyone, CONFIG.partitions)
+    a = c.node(roles.a)
+    hold_pulls(a, c.gate)
+    c.discoveries[a.address].set_members([m for m in everyone if m != roles.v])
+    await until(lambda: len(a.ring) == 4)
+    assert set(a.preference_list(roles.key, 3)) == {roles.y, roles.x, roles.a}
+    assert pending(a, roles.key)
+    if second == "down":
+        assert a._membership.mark_down(roles.x)
+    else:
+        c.discoveries[a.address].set_members([m for m in everyone if m not in (roles.v, roles.x)])
+    await until(lambda: len(a.ring) == 3)
+    assert set(a.preference_list(roles.key, 3)) == {roles.y, roles.a, roles.z}
+    assert pending(a, roles.key)
+    return a, roles, c.gate
+
+
+async def test_a_read_refused_by_a_pulling_coordinator_goes_to_the_holder_its_pull_names(
+    cluster: Make,
+) -> None:
+    """The coordinator A still pulls the key's partition: its own run refuses, and the
+    read goes to the first previous holder that was not asked and is not down: of A's
+    pull's holders y, x, v (then its previous ring's y, x, A), y was asked and x is down,
+    so v (named by the pull alone) answers for A, with A as the hint."""
+    runs = Runs()
+    a, r, _ = await two_ring_changes(cluster, runs, "down")
+    result = await read(a, r.key, quorum=3)
+    replies = await asyncio.wait_for(result.all_replies(), LIMIT)
+    assert sorted(reply.node for reply in replies) == sorted([r.y, r.z, r.v])
+    assert all(reply.error is None for reply in replies), replies
+    assert runs.ran(r.v) == [r.a]
+    assert runs.ran(r.y) == [""] and runs.ran(r.z) == [""]
+    assert runs.ran(r.x) == [] and runs.ran(r.a) == []
+
+
+async def test_a_previous_holder_that_refuses_too_is_not_asked_again(cluster: Make) -> None:
+    """As above, v refuses (UNAVAILABLE) once: no other holder is left (v was asked
+    already), so its refusal is the failure counted in A's place."""
+    runs = Runs()
+    a, r, _ = await two_ring_changes(cluster, runs, "down")
+    runs.unavailable[r.v] = 1
+    with pytest.raises(QuorumNotReachedError) as info:
+        await read(a, r.key, quorum=3)
+    assert sorted(info.value.failures) == [r.v]
+    assert isinstance(info.value.failures[r.v], PeerUnavailableError)
+    assert runs.ran(r.v) == [r.a]
+
+
+async def test_a_second_previous_holder_gets_the_first_refusal_s_hint(cluster: Make) -> None:
+    """x and v are both previous holders (A's discovery dropped both): x, first in the
+    pull's order, refuses (UNAVAILABLE), then v is asked, for A still (the hint names the
+    replica the read was for, not the holder that refused)."""
+    runs = Runs()
+    a, r, _ = await two_ring_changes(cluster, runs, "drop")
+    runs.unavailable[r.x] = 1
+    result = await read(a, r.key, quorum=3)
+    assert sorted(reply.node for reply in result.ok_replies) == sorted([r.y, r.z, r.v])
+    assert runs.ran(r.x) == [r.a]
+    assert runs.ran(r.v) == [r.a]
+
+
+async def newcomer_pushes_out(cluster: Make, runs: Runs) -> tuple[PeerRing, str, str, bytes]:
+    """5 nodes, R3; the newcomer N is in no one's view but its own until the coordinator
+    A's discovery lists it. Then N is a replica of the key in A's view and O, a replica
+    of A's previous ring, is not (O's own view, as every node's but N's and A's, still
+    lacks N). N cannot serve the key yet: its handler refuses once with UNAVAILABLE.
+    Returns A, N, O and the key."""
+    addresses = [f"10.0.0.{i}:7000" for i in range(1, 6)]
+    key, n, o, coordinator = find_newcomer(addresses)
+    others = [j for j, address in enumerate(addresses) if address != n]
+    c = await cluster(5, runs, views=dict.fromkeys(others, others))
+    a = c.node(coordinator)
+    c.discoveries[a.address].set_members(addresses)
+    await until(lambda: len(a.ring) == 5)
+    assert o not in a.preference_list(key, 3) and n in a.preference_list(key, 3)
+    runs.unavailable[n] = 1
+    return a, n, o, key
+
+
+def find_newcomer(addresses: list[str]) -> tuple[bytes, str, str, str]:
+    """A key, the newcomer N, the replica O it pushes out, and a coordinator replicating
+    the key in both rings."""
+    for i in range(10_000):
+        key = f"key:{i}".encode()
+        for n in addresses:
+            ring0 = Ring(set(addresses) - {n}, CONFIG.partitions)
+            ring1 = Ring(set(addresses), CONFIG.partitions)
+            p = ring0.partition_for_key(key)
+            first0 = ring0.preference_list(p, 3)
+            first1 = ring1.preference_list(p, 3)
+            if n in first1 and first0[0] in first1:
+                (o,) = set(first0) - set(first1)
+                return key, n, o, first0[0]
+    raise AssertionError("no key fits")
+
+
+async def test_a_read_refused_by_a_newcomer_goes_to_the_replica_it_pushed_out(
+    cluster: Make,
+) -> None:
+    """N refuses: the read goes to O, a replica of A's previous ring, with N as the
+    hint."""
+    runs = Runs()
+    a, n, o, key = await newcomer_pushes_out(cluster, runs)
+    result = await read(a, key, quorum=3)
+    assert sorted(r.node for r in result.ok_replies) == sorted(
+        (set(a.preference_list(key, 3)) - {n}) | {o}
+    )
+    assert runs.ran(o) == [n]
+    assert runs.ran(n) == [""]
+
+
+async def test_a_suspected_previous_holder_is_not_asked(cluster: Make) -> None:
+    """As above with O suspected by A: no previous holder is left, N's refusal is counted
+    (the quorum of 3 fails) and O runs nothing."""
+    runs = Runs()
+    a, n, o, key = await newcomer_pushes_out(cluster, runs)
+    a._membership.suspect(o)
+    with pytest.raises(QuorumNotReachedError) as info:
+        await read(a, key, quorum=3)
+    assert sorted(info.value.failures) == [n]
+    assert isinstance(info.value.failures[n], PeerUnavailableError)
+    assert runs.ran(o) == [] and runs.ran(n) == [""]
+
+
+# -- a quorum read whose coordinator is still pulling the partition ------------------------
+
+
+def open_later(gate: asyncio.Event, delay: float) -> Callable[[str], None]:
+    """An ``on_run`` that opens ``gate`` ``delay`` fake seconds after a run: once the
+    read has reached everything it reaches at once (fake time only moves when idle)."""
+
+    def on_run(address: str) -> None:
+        asyncio.get_running_loop().call_later(delay, gate.set)
+
+    return on_run
+
+
+async def test_a_pulling_coordinator_is_asked_last_without_a_hint_after_a_refusal(
+    cluster: Make,
+) -> None:
+    """R3, quorum 2, A still pulling: y and z are asked, A is the spare. y refuses (an
+    error status): A is asked, its read waits for its pull (which ends 0.1 s later) and
+    its handler then runs without a hint; z and A make the quorum."""
+    runs = Runs()
+    a, r, gate = await two_ring_changes(cluster, runs, "down", read_speculate_after=None)
+    runs.refuse = {r.y}
+    runs.on_run = open_later(gate, 0.1)
+    result = await read(a, r.key, quorum=2)
+    assert sorted(reply.node for reply in result.ok_replies) == sorted([r.z, r.a])
+    assert runs.ran(r.a) == [""]
+    assert runs.ran(r.y) == [""] and runs.ran(r.z) == [""]
+    assert a.sync_status()["reads"] == {"speculative": 0, "retried": 1}
+
+
+async def test_a_pulling_coordinator_short_of_healthy_replicas_asks_itself_at_once(
+    cluster: Make, loop_clock: FakeClock
+) -> None:
+    """R3, quorum 2, A still pulling, y and z suspected: A and the first of y, z in
+    preference order are asked at once (A before the last), the last is a spare never
+    asked. A's own run waits for its pull (ending 0.1 s later) and runs without a hint."""
+    runs = Runs()
+    a, r, gate = await two_ring_changes(cluster, runs, "down", read_speculate_after=None)
+    prefs = a.preference_list(r.key, 3)
+    (other,) = set(prefs[:2]) - {r.a}
+    a._membership.suspect(r.y)
+    a._membership.suspect(r.z)
+    runs.on_run = open_later(gate, 0.1)
+    started = loop_clock.monotonic()
+    result = await read(a, r.key, quorum=2)
+    assert loop_clock.monotonic() - started >= 0.1  # A answered after its pull
+    assert sorted(reply.node for reply in result.ok_replies) == sorted([other, r.a])
+    assert runs.ran(r.a) == [""] and runs.ran(other) == [""]
+    assert runs.ran(prefs[2]) == []
+    assert a.sync_status()["reads"] == {"speculative": 0, "retried": 0}
+
+
+async def test_a_speculative_request_to_a_pulling_coordinator_carries_no_hint(
+    cluster: Make,
+) -> None:
+    """R3, quorum 2, A still pulling: y is slow, z answers; after read_speculate_after
+    (0.05 s) the spare A is asked, and its run (after its pull ends, 0.1 s after z's)
+    has no hint."""
+    runs = Runs()
+    a, r, gate = await two_ring_changes(cluster, runs, "down", read_speculate_after=0.05)
+    runs.slow = {r.y}
+    runs.on_run = open_later(gate, 0.1)
+    result = await read(a, r.key, quorum=2)
+    assert sorted(reply.node for reply in result.ok_replies) == sorted([r.z, r.a])
+    assert runs.ran(r.a) == [""]
+    assert a.sync_status()["reads"] == {"speculative": 1, "retried": 0}
+    runs.release.set()
