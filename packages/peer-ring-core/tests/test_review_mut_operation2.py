@@ -36,7 +36,9 @@ from peer_ring.core import (
     PeerRingConfig,
     PeerUnavailableError,
     QuorumNotReachedError,
+    RequestTimeoutError,
 )
+from peer_ring.core._batch import BATCH
 from peer_ring.core._ring import Ring
 from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
@@ -48,6 +50,8 @@ from peer_ring.core.transport._codec import request_fields_part, request_from_pb
 pytestmark = pytest.mark.fake_time
 
 GET = Command("get", reads=True)
+SET = Command("set", mutates=True)
+HIT = Command("hit", mutates=True, hinted=False)
 #: No periodic probes, anti-entropy or down marking: suspicion changes only as a test says.
 CONFIG = PeerRingConfig(
     partitions=8,
@@ -91,7 +95,7 @@ class OwnerTransport(MemoryTransport):
 
 
 class Runs:
-    """What each node's GET handler saw (address, hint) and how it answers: a node in
+    """What each node's handler (of every command) saw (address, hint) and how it answers: a node in
     ``unavailable`` refuses as a node that cannot serve now (``PeerUnavailableError``:
     status UNAVAILABLE) that many times, one in ``refuse`` with an error status, one in
     ``slow`` waits for ``release``; ``on_run`` is called with each run's address."""
@@ -130,6 +134,7 @@ class Cluster:
     discoveries: dict[str, FixedDiscovery]
     #: Set it to let the pulls of the nodes started with ``held`` go on.
     gate: asyncio.Event
+    network: MemoryNetwork
 
     def node(self, address: str) -> PeerRing:
         return next(n for n in self.nodes if n.address == address)
@@ -168,7 +173,8 @@ async def cluster(loop_clock: FakeClock) -> AsyncIterator[Make]:
                 transport=OwnerTransport(network, address, TransportLimits()),
                 clock=loop_clock,
             )
-            node.register("t", GET, runs.handler(address))
+            for command in (GET, SET, HIT):
+                node.register("t", command, runs.handler(address))
             if i in held:
                 hold_pulls(node, gate)
             made.append(node)
@@ -177,7 +183,7 @@ async def cluster(loop_clock: FakeClock) -> AsyncIterator[Make]:
         for i, node in enumerate(nodes):
             if i not in held:
                 await node.wait_ready(5.0)
-        return Cluster(nodes, discoveries, gate)
+        return Cluster(nodes, discoveries, gate, network)
 
     yield make
     for node in made:
@@ -458,3 +464,160 @@ async def test_a_speculative_request_to_a_pulling_coordinator_carries_no_hint(
     assert runs.ran(r.a) == [""]
     assert a.sync_status()["reads"] == {"speculative": 1, "retried": 0}
     runs.release.set()
+
+
+# -- batches (execute_many) -------------------------------------------------------------------
+
+
+def suspected(node: PeerRing) -> list[str]:
+    return list(node.sync_status()["membership"]["suspected"])
+
+
+def hints_for(node: PeerRing) -> dict[str, int]:
+    return dict(node.sync_status()["hints"]["pending"])
+
+
+def same_partition_keys(node: PeerRing, count: int) -> list[bytes]:
+    """``count`` keys of one partition whose preference list ``node`` heads."""
+    by_partition: dict[int, list[bytes]] = {}
+    for i in range(10_000):
+        key = f"key:{i}".encode()
+        if node.preference_list(key, 3)[0] != node.address:
+            continue
+        keys = by_partition.setdefault(node.partition_for_key(key), [])
+        keys.append(key)
+        if len(keys) == count:
+            return keys
+    raise AssertionError("no such keys")
+
+
+async def many(node: PeerRing, command: Command, keys: list[bytes], quorum: int) -> list[Any]:
+    items = [(key, b"v") for key in keys]
+    return list(
+        await asyncio.wait_for(node.execute_many("t", command, items, quorum=quorum), LIMIT)
+    )
+
+
+async def test_a_suspected_replica_answering_a_batch_is_no_longer_suspected(
+    cluster: Make,
+) -> None:
+    """3 nodes, two keys of one partition (one batch per peer), a non-hinted write: the
+    suspected replica still gets its batch, and its answer clears the suspicion."""
+    runs = Runs()
+    c = await cluster(3, runs)
+    me, other = c.nodes[0], c.nodes[1]
+    keys = same_partition_keys(me, 2)
+    me._membership.suspect(other.address)
+    assert suspected(me) == [other.address]
+    results = await many(me, HIT, keys, quorum=3)
+    assert all(len(r.ok_replies) == 3 for r in results)
+    assert runs.ran(other.address) == ["", ""]
+    assert suspected(me) == []
+
+
+async def test_a_batch_to_an_unreachable_replica_fails_its_items_there(
+    cluster: Make, loop_clock: FakeClock
+) -> None:
+    """3 nodes, two keys of one partition, a non-hinted write, one replica swallowing
+    requests: at the request timeout each key gets that replica's RequestTimeoutError as
+    its reply (the quorum of 2 holds), and the replica is suspected."""
+    runs = Runs()
+    c = await cluster(3, runs)
+    me, lost = c.nodes[0], c.nodes[2]
+    keys = same_partition_keys(me, 2)
+    c.network.pause(lost.address)
+    results = await many(me, HIT, keys, quorum=2)
+    for result in results:
+        replies = {r.node: r for r in await asyncio.wait_for(result.all_replies(), LIMIT)}
+        assert sorted(replies) == sorted(n.address for n in c.nodes)
+        assert isinstance(replies[lost.address].error, RequestTimeoutError), replies
+    assert suspected(me) == [lost.address]
+    c.network.resume(lost.address)
+
+
+async def substitutes_batch(
+    cluster: Make, runs: Runs
+) -> tuple[Cluster, PeerRing, list[bytes], list[str]]:
+    """6 nodes, R3, two keys of one partition headed by the coordinator, whose walk is
+    ``walk``; walk[1] is suspected, so both keys' writes for it go to walk[3] as one
+    batch of hinted items."""
+    c = await cluster(6, runs)
+    me = c.nodes[0]
+    keys = same_partition_keys(me, 2)
+    walk = list(me.preference_list(keys[0], 6))
+    me._membership.suspect(walk[1])
+    return c, me, keys, walk
+
+
+def answer_batches(node: PeerRing, peer: str, status: Status, payload: bytes = b"") -> None:
+    """``node``'s batch requests to ``peer`` get ``status`` and ``payload`` as their answer
+    (what a peer of an older version, without batches, or a stopping one answers)."""
+    transport: Any = node.transport
+    original = transport.request
+
+    def request(target: str, req: Request) -> asyncio.Future[Response]:
+        if target == peer and req.namespace == BATCH:
+            fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            fut.set_result(Response(status, payload, "answered by the test"))
+            return fut
+        return original(target, req)  # type: ignore[no-any-return]
+
+    transport.request = request
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "unavailable"])
+async def test_a_failed_batch_of_hinted_items_goes_to_the_next_substitute_for_the_replica(
+    cluster: Make, failure: str
+) -> None:
+    """walk[3], holding the batch of hints for walk[1], swallows it (times out) or answers
+    it UNAVAILABLE: each write goes on to walk[4], still as a hint for walk[1]."""
+    runs = Runs()
+    c, me, keys, walk = await substitutes_batch(cluster, runs)
+    if failure == "unreachable":
+        c.network.pause(walk[3])
+    else:
+        answer_batches(me, walk[3], Status.UNAVAILABLE)
+    results = await many(me, SET, keys, quorum=3)
+    for result in results:
+        assert sorted(r.node for r in result.ok_replies) == sorted([walk[0], walk[2], walk[4]])
+    assert hints_for(c.node(walk[4])) == {walk[1]: 2}
+    assert hints_for(c.node(walk[3])) == {}
+    c.network.resume(walk[3])
+
+
+async def test_hinted_items_sent_one_by_one_to_a_peer_without_batches_keep_their_hint(
+    cluster: Make,
+) -> None:
+    """walk[3] answers batches UNKNOWN_COMMAND (an older version): the two hinted items
+    go to it as single requests, each still a hint for walk[1] (stored, not run)."""
+    runs = Runs()
+    c, me, keys, walk = await substitutes_batch(cluster, runs)
+    answer_batches(me, walk[3], Status.UNKNOWN_COMMAND)
+    results = await many(me, SET, keys, quorum=3)
+    for result in results:
+        assert sorted(r.node for r in result.ok_replies) == sorted([walk[0], walk[2], walk[3]])
+    assert hints_for(c.node(walk[3])) == {walk[1]: 2}
+    assert runs.ran(walk[3]) == []
+
+
+async def test_a_batch_answer_that_does_not_decode_fails_its_items_without_substitutes(
+    cluster: Make,
+) -> None:
+    """4 nodes, R3, two keys of one partition: prefs[1] answers the batch with a success
+    whose payload is not a batch answer. Each key counts prefs[1]'s failure (invalid
+    argument): a malformed answer is not a reason to write elsewhere, so the fourth node
+    stores no hint."""
+    runs = Runs()
+    c = await cluster(4, runs)
+    me = c.nodes[0]
+    keys = same_partition_keys(me, 2)
+    prefs = me.preference_list(keys[0], 3)
+    (spare,) = {n.address for n in c.nodes} - set(prefs)
+    answer_batches(me, prefs[1], Status.OK, b"\xff\xff not a batch answer")
+    results = await many(me, SET, keys, quorum=2)
+    for result in results:
+        replies = {r.node: r for r in await asyncio.wait_for(result.all_replies(), LIMIT)}
+        assert sorted(replies) == sorted(prefs)
+        assert isinstance(replies[prefs[1]].error, InvalidArgumentError), replies
+    assert hints_for(c.node(spare)) == {}
+    assert runs.ran(spare) == []
