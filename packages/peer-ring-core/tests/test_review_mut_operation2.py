@@ -621,3 +621,25 @@ async def test_a_batch_answer_that_does_not_decode_fails_its_items_without_subst
         assert isinstance(replies[prefs[1]].error, InvalidArgumentError), replies
     assert hints_for(c.node(spare)) == {}
     assert runs.ran(spare) == []
+
+
+async def test_batched_reads_refused_by_a_previous_holder_go_on_with_their_hint(
+    cluster: Make,
+) -> None:
+    """The "drop" case of two_ring_changes with two keys of the partition read in one
+    ``execute_many``: A refuses both (pulling), both go to x in one batch, x refuses each
+    item (UNAVAILABLE), and both then go to v, still for A."""
+    runs = Runs()
+    a, r, _ = await two_ring_changes(cluster, runs, "drop")
+    partition = a.partition_for_key(r.key)
+    second = next(
+        key
+        for key in (f"other:{i}".encode() for i in range(10_000))
+        if a.partition_for_key(key) == partition
+    )
+    runs.unavailable[r.x] = 2
+    results = await many(a, GET, [r.key, second], quorum=3)
+    for result in results:
+        assert sorted(reply.node for reply in result.ok_replies) == sorted([r.y, r.z, r.v])
+    assert runs.ran(r.x) == [r.a, r.a]
+    assert runs.ran(r.v) == [r.a, r.a]
