@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -73,6 +74,10 @@ class Ticker:
         self._handle.cancel()
 
 
+def note_turns(turns: list[int], ticker: Ticker, start: int, _: asyncio.Future[Response]) -> None:
+    turns.append(ticker.count - start)
+
+
 def ask(client: TcpTransport, server: TcpTransport, payload: bytes) -> asyncio.Future[Response]:
     return client.request(server.address, Request("t", "echo", b"k", payload, 0, "", 5.0))
 
@@ -87,7 +92,7 @@ async def test_a_lone_request_and_its_answer_take_three_loop_turns(pair: Pair) -
             await asyncio.sleep(0.001)  # nothing in flight: a lone request
             start = ticker.count
             fut = ask(client, server, b"%d" % i)
-            fut.add_done_callback(lambda _, start=start: turns.append(ticker.count - start))
+            fut.add_done_callback(partial(note_turns, turns, ticker, start))
             resp = await asyncio.wait_for(fut, LIMIT)
             assert resp.payload == b"%d" % i
     finally:
@@ -111,11 +116,38 @@ async def test_a_burst_still_leaves_in_few_frames(pair: Pair) -> None:
     assert [a.payload for a in answers] == [b"%d" % i for i in range(200)]
     c, s = client.stats(), server.stats()
     assert c["requests_sent"] == 200 and s["responses_sent"] == 200
-    # The first request goes out at once; the other 199 wait for the writer: one frame.
-    assert c["direct_frames"] == 1
-    assert c["frames_sent"] == 2
+    # The first two requests go out at once (fewer than DIRECT_BELOW in flight); the other
+    # 198 wait for the writer: one frame.
+    assert c["direct_frames"] == 2
+    assert c["frames_sent"] == 3
     # The server answers each frame it reads with one frame.
-    assert s["frames_sent"] <= 3
+    assert s["frames_sent"] <= 4
+
+
+async def test_a_direct_request_schedules_no_callback(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a lone request leaves nothing for the loop to run: no callback, so no loop
+    iteration of its own (a ``call_soon`` per direct request ended a "one per turn" rule
+    before round 10: one more iteration, and a ``epoll_wait`` with a zero timeout, per
+    remote request)."""
+    client, server = await pair()
+    assert (await asyncio.wait_for(ask(client, server, b"warm"), LIMIT)).payload == b"warm"
+    loop = asyncio.get_running_loop()
+    scheduled: list[Any] = []
+    real = loop.call_soon
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(callback)
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon", counting)
+    before = client.stats()["direct_frames"]
+    fut = ask(client, server, b"lone")
+    assert client.stats()["direct_frames"] == before + 1  # written by the caller
+    assert scheduled == []
+    monkeypatch.undo()
+    assert (await asyncio.wait_for(fut, LIMIT)).payload == b"lone"
 
 
 async def test_requests_in_flight_keep_the_writer_coalescing(pair: Pair) -> None:

@@ -107,7 +107,7 @@ ACCEPTED: Metadata = ((ACCEPTED_KEY, "1"),)
 REFUSAL_LOG_INTERVAL = 10.0
 
 
-class GrpcTransport(Admission, PeerBook, Transport):
+class GrpcTransport(Admission, PeerBook[PeerConnection], Transport):
     """Transport over gRPC (grpc.aio): one multiplexed, coalescing stream per peer.
 
     Args:

@@ -153,7 +153,6 @@ class PeerConnection(FrameWriter):
         self._wakeup = asyncio.Event()  # "the writer has something to do"
         self._writer_idle = False  # the writer waits on _wakeup (a request must set it)
         self._direct_below = 0  # see CallBook: requests never bypass this writer
-        self._direct_turn = False
         self._retry = asyncio.Event()  # "the peer is alive: stop waiting out the backoff"
         self._fresh_channel = False  # the next attempt uses a new channel (retry_now)
         self._next_id = 1

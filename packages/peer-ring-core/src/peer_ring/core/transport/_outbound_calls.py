@@ -134,10 +134,8 @@ class CallBook:
     _wakeup: asyncio.Event
     _writer_idle: bool
     # Requests are written by submit() itself, not the writer, while fewer than this many
-    # are in flight, the writer is idle and no direct write happened this loop turn
-    # (_direct_turn): 0 (gRPC) never; see TcpPeerConnection.
+    # are in flight and the writer is idle: 0 (gRPC) never; see TcpPeerConnection.
     _direct_below: int
-    _direct_turn: bool
     _next_id: int
     _hold: float
     _release_at: int
@@ -256,7 +254,6 @@ class CallBook:
         if self._writer_idle and state is _UP:
             if (
                 self._in_flight < self._direct_below
-                and not self._direct_turn
                 and not self._queue
                 and not self._cancels
                 and self._send_now(call)

@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from typing import Generic, TypeVar
 
 from peer_ring.core._errors import NotRunningError, PeerUnavailableError
 from peer_ring.core._types import Request, Response
 from peer_ring.core.transport._base import CallOwner, ReachabilityListener
 from peer_ring.core.transport._outbound import PeerConnection
 
+#: The transport's kind of link.
+Link = TypeVar("Link", bound=PeerConnection)
 
-class PeerBook:
+
+class PeerBook(Generic[Link]):
     """Requests, connects, listeners and forgetting, over the transport's peer links."""
 
     _address: str
-    _peers: dict[str, PeerConnection]
+    _peers: dict[str, Link]
     _listeners: list[ReachabilityListener]
     _closing: set[asyncio.Task[None]]
     _running: bool
@@ -32,11 +36,11 @@ class PeerBook:
     #: The transport module's logger (a failing listener is logged under its name).
     _logger: logging.Logger
 
-    def _connection(self, peer: str) -> PeerConnection:
+    def _connection(self, peer: str) -> Link:
         """The link to ``peer``, made (and kept in ``_peers``) if there is none."""
         raise NotImplementedError
 
-    def _forgetting(self, conn: PeerConnection) -> None:
+    def _forgetting(self, conn: Link) -> None:
         """``conn`` is about to be shut down by :meth:`forget_peer` (a hook; nothing here)."""
 
     def request(self, peer: str, request: Request) -> asyncio.Future[Response]:

@@ -59,7 +59,7 @@ from peer_ring.core.transport._identity import claim_refusal, names_of_peercert
 from peer_ring.core.transport._inbound import InboundStream
 from peer_ring.core.transport._log import RateLimitedLog
 from peer_ring.core.transport._options import EOF
-from peer_ring.core.transport._outbound import PeerConnection, _ConnectError
+from peer_ring.core.transport._outbound import _ConnectError
 from peer_ring.core.transport._peer_book import PeerBook
 from peer_ring.core.transport._stats import TransportStats
 from peer_ring.core.transport._tcp_accept import Acceptor
@@ -103,7 +103,7 @@ logger = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL = 10.0
 
 
-class TcpTransport(PeerBook, Transport):
+class TcpTransport(PeerBook[TcpPeerConnection], Transport):
     """Transport over plain TCP (or TLS): length-prefixed frames, one connection per peer
     and direction. Same constructor arguments and guarantees as
     :class:`~peer_ring.core.transport.GrpcTransport`, minus the gRPC credential objects.
@@ -157,7 +157,7 @@ class TcpTransport(PeerBook, Transport):
             self._server_ssl = ServerContexts(self._tls_files, tls)
         self._refusal_log = RateLimitedLog(logger, self._clock, REFUSAL_LOG_INTERVAL)
         self._wheel = DeadlineWheel(self._clock)
-        self._peers: dict[str, PeerConnection] = {}
+        self._peers: dict[str, TcpPeerConnection] = {}
         self._inbound: set[InboundStream] = set()
         self._connections: set[FrameProtocol] = set()
         self._serving: set[asyncio.Task[None]] = set()
@@ -322,7 +322,7 @@ class TcpTransport(PeerBook, Transport):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _connection(self, peer: str) -> PeerConnection:
+    def _connection(self, peer: str) -> TcpPeerConnection:
         conn = self._peers.get(peer)
         if conn is None:
             conn = TcpPeerConnection(

@@ -44,6 +44,8 @@ FIRST_CONNECT_PATIENCE = 1.0
 
 #: A request is written at once by its caller while fewer than this many are in flight to
 #: the peer (see TcpPeerConnection): at low and moderate rates 0 or 1 are, under load many.
+#: A burst to an idle peer therefore sends at most two requests alone; the rest queue for
+#: the writer, which joins them into one frame.
 DIRECT_BELOW = 2
 
 _from_string = pb.Frame.FromString
@@ -214,13 +216,16 @@ class TcpPeerConnection(PeerConnection):
 
     Fewer loop turns than the gRPC link, where that costs no coalescing:
 
-    - a request made while the writer is idle, nothing is queued, fewer than
-      :data:`DIRECT_BELOW` requests are in flight and no other request was written this
-      way in the same loop turn is written by :meth:`submit` itself (no writer wake-up,
-      no linger turn); the next requests of that turn queue for the writer, which joins
-      them into one frame as before, and under load (many in flight) every request does,
-      as do the requests of the turn after a frame of several answers (their callers,
-      woken together, would otherwise find nothing in flight and send the first alone);
+    - a request made while the writer is idle, nothing is queued and fewer than
+      :data:`DIRECT_BELOW` requests are in flight is written by :meth:`submit` itself (no
+      writer wake-up, no linger turn); once that many are in flight the next requests
+      queue for the writer, which joins them into one frame as before, and under load
+      (many in flight) every request does, as do the requests of the turn after a frame of
+      several answers (their callers, woken together, would otherwise find nothing in
+      flight and send the first ones alone). A direct write schedules nothing: no
+      callback, so no extra loop iteration (until round 10 a ``call_soon`` per direct
+      request ended a "one direct request per turn" rule; closed-loop frames per
+      operation were the same without it, docs/benchmarks.md);
     - answers are matched in the protocol's ``data_received`` while the reader task is
       idle (:meth:`_take_frame`), in the turn they arrive.
     """
@@ -263,13 +268,7 @@ class TcpPeerConnection(PeerConnection):
         if self._sample is None:
             self._sample = call
             self._sample_at = self._loop.time()
-        # The rest of this turn's requests queue for the writer (one frame for them all).
-        self._direct_turn = True
-        self._loop.call_soon(self._end_direct_turn)
         return True
-
-    def _end_direct_turn(self) -> None:
-        self._direct_turn = False
 
     def _take_frame(self, body: bytes) -> int:
         """Match the answers of a frame in the turn it arrived (see the class docstring)."""
