@@ -73,9 +73,16 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
             await rl.hit(rng.choice(keys), limit)
             done += 1
 
+    # The keys each node forwards (another node owns them), found before the measurement.
+    others = {
+        rl.node.address: [k for k in keys if rl.node.preference_list(k.encode(), 1)[0] != a]
+        for rl in limiters
+        for a in (rl.node.address,)
+    }
+
     async def open_loop(rl: RateLimiter) -> None:
         nonlocal done
-        mine = [k for k in keys if rl.node.preference_list(k.encode(), 1)[0] != rl.node.address]
+        mine = others[rl.node.address]
         interval = 1.0 / args.rate
         tasks: set[asyncio.Task[object]] = set()
         n = target // len(limiters)

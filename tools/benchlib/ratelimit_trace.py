@@ -195,10 +195,12 @@ def install(trace: HitTrace) -> None:
         return on_states_relay(self, ctx, key, payload)
 
     async def traced_send_states(rl: Any, replica: str, keys: Any, relays: Any) -> None:
-        keys = list(keys)
-        trace.mark("repl_out", keys)
+        # ``keys``: a list of keys (older releases) or a mapping key -> partition, passed
+        # on as it came.
+        listed = list(keys)
+        trace.mark("repl_out", listed)
         await send_states(rl, replica, keys, relays)
-        trace.mark("repl_back", keys)
+        trace.mark("repl_back", listed)
 
     def traced_on_relayed(self: Any, ctx: Any, key: bytes, payload: bytes) -> Any:
         keys = []
