@@ -643,3 +643,39 @@ async def test_batched_reads_refused_by_a_previous_holder_go_on_with_their_hint(
         assert sorted(reply.node for reply in result.ok_replies) == sorted([r.y, r.z, r.v])
     assert runs.ran(r.x) == [r.a, r.a]
     assert runs.ran(r.v) == [r.a, r.a]
+
+
+async def test_a_lone_hinted_item_of_execute_many_keeps_its_hint(cluster: Make) -> None:
+    """execute_many of one key, prefs[1] suspected: the substitute gets the one item as a
+    single request (no batch framing), still a hint for prefs[1] (stored, not run)."""
+    runs = Runs()
+    c = await cluster(4, runs)
+    me = c.nodes[0]
+    (key,) = same_partition_keys(me, 1)
+    prefs = me.preference_list(key, 3)
+    (spare,) = {n.address for n in c.nodes} - set(prefs)
+    me._membership.suspect(prefs[1])
+    (result,) = await many(me, SET, [key], quorum=3)
+    assert sorted(r.node for r in result.ok_replies) == sorted([prefs[0], prefs[2], spare])
+    assert hints_for(c.node(spare)) == {prefs[1]: 1}
+    assert runs.ran(spare) == []
+
+
+async def test_a_batch_request_has_the_execute_many_timeout(
+    cluster: Make, loop_clock: FakeClock
+) -> None:
+    """execute_many(timeout=0.3) of two keys, one replica swallowing requests: its batch
+    fails at 0.3 s, the call's deadline (not at the node's 1 s request timeout)."""
+    runs = Runs()
+    c = await cluster(3, runs)
+    me, lost = c.nodes[0], c.nodes[2]
+    keys = same_partition_keys(me, 2)
+    c.network.pause(lost.address)
+    started = loop_clock.monotonic()
+    items = [(key, b"v") for key in keys]
+    results = await asyncio.wait_for(me.execute_many("t", HIT, items, quorum=2, timeout=0.3), LIMIT)
+    for result in results:
+        replies = {r.node: r for r in await asyncio.wait_for(result.all_replies(), LIMIT)}
+        assert isinstance(replies[lost.address].error, RequestTimeoutError), replies
+    assert 0.3 <= loop_clock.monotonic() - started <= 0.3 + 0.05
+    c.network.resume(lost.address)
