@@ -38,7 +38,7 @@ from peer_ring.core import (
     QuorumNotReachedError,
     RequestTimeoutError,
 )
-from peer_ring.core._batch import BATCH
+from peer_ring.core._batch import BATCH, decode_items, item_size
 from peer_ring.core._ring import Ring
 from peer_ring.core._types import Request, Response, Status
 from peer_ring.core.proto import peer_ring_pb2 as pb
@@ -679,3 +679,56 @@ async def test_a_batch_request_has_the_execute_many_timeout(
         assert isinstance(replies[lost.address].error, RequestTimeoutError), replies
     assert 0.3 <= loop_clock.monotonic() - started <= 0.3 + 0.05
     c.network.resume(lost.address)
+
+
+def record_sends(node: PeerRing) -> dict[str, list[int]]:
+    """Per peer, the items of each request ``node`` sends it, in order (1: a single
+    request, more: a batch of that many)."""
+    sent: dict[str, list[int]] = {}
+    transport: Any = node.transport
+    request, submit = transport.request, transport.submit
+
+    def batch(target: str, req: Request) -> asyncio.Future[Response]:
+        if req.namespace == BATCH:
+            sent.setdefault(target, []).append(len(decode_items(req.payload)[1]))
+        return request(target, req)  # type: ignore[no-any-return]
+
+    def single(target: str, *args: Any) -> None:
+        sent.setdefault(target, []).append(1)
+        submit(target, *args)
+
+    transport.request, transport.submit = batch, single
+    return sent
+
+
+#: Items' encoded sizes, as functions of the frame budget B, and the items of each request
+#: a peer gets for them.
+SPLITS: dict[str, tuple[Callable[[int], list[int]], list[int]]] = {
+    # Two items exactly filling the budget: one batch.
+    "fill": (lambda b: [b // 2, b - b // 2], [2]),
+    # One item alone (the next does not fit), then two exactly filling it again.
+    "fill-after-a-split": (lambda b: [b - 10, b // 2, b - b // 2], [1, 2]),
+    # Two items one byte over the budget: two single requests.
+    "one-over": (lambda b: [b // 2, b - b // 2 + 1], [1, 1]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLITS))
+async def test_a_batch_is_split_only_past_the_frame_budget(cluster: Make, case: str) -> None:
+    """execute_many of keys of one partition whose items have the case's encoded sizes:
+    each peer gets requests of exactly as many items as fit the coordinator's frame
+    budget, in order (items that fill it to the byte are not split)."""
+    runs = Runs()
+    c = await cluster(3, runs)
+    me = c.nodes[0]
+    sizes_of, expected = SPLITS[case]
+    sizes = sizes_of(me._coord._frame_budget)
+    keys = same_partition_keys(me, len(sizes))
+    items = [
+        (k, b"x" * (size - item_size(k, b"", ""))) for k, size in zip(keys, sizes, strict=True)
+    ]
+    assert [item_size(k, p, "") for k, p in items] == sizes
+    sent = record_sends(me)
+    results = await asyncio.wait_for(me.execute_many("t", HIT, items, quorum=3), LIMIT)
+    assert all(len(r.ok_replies) == 3 for r in results)
+    assert sent == {n.address: expected for n in c.nodes[1:]}
