@@ -158,7 +158,7 @@ def _group(path: str, name: str) -> str:
     """The part of the stack a profiled function belongs to."""
     if "peer_ring/ratelimit/" in path:
         base = path.rsplit("/", 1)[-1]
-        if base in ("_wire.py", "_state.py", "_compact.py", "_relay.py"):
+        if base in ("_wire.py", "_state.py", "_compact.py", "_relay.py", "_records.py"):
             return "limiter codec"
         if base in ("_batcher.py", "_replicator.py"):
             return "limiter batches and futures"
