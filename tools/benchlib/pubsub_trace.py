@@ -155,8 +155,8 @@ def install(ps: Any, trace: Trace) -> None:
 
     claim_begin = service._claim_begin
 
-    def traced_claim_begin(leader: Any, req: Any) -> Any:
-        reply, wait = claim_begin(leader, req)
+    def traced_claim_begin(leader: Any, req: Any, *more: Any) -> Any:
+        reply, wait = claim_begin(leader, req, *more)  # (newer sources: the requester too)
         if traced(leader.key):
             trace.mark("claimed", [e.data for e in reply.entries])
         return reply, wait
@@ -177,8 +177,8 @@ def install(ps: Any, trace: Trace) -> None:
 
     fetch_pass = service._fetch_pass
 
-    async def traced_fetch_pass(sections: Any) -> Any:
-        outcomes = await fetch_pass(sections)
+    async def traced_fetch_pass(sections: Any, *more: Any) -> Any:
+        outcomes = await fetch_pass(sections, *more)
         now = time.perf_counter_ns()
         for (key, _), out in zip(sections, outcomes, strict=True):
             if traced(key) and not isinstance(out, BaseException):
@@ -189,8 +189,8 @@ def install(ps: Any, trace: Trace) -> None:
 
     fetch = service.fetch
 
-    async def traced_fetch(key: bytes, req: Any) -> Any:
-        reply = await fetch(key, req)
+    async def traced_fetch(key: bytes, req: Any, *more: Any) -> Any:
+        reply = await fetch(key, req, *more)
         if traced(key):
             trace.mark("fetch_out", [e.data for e in reply.entries])
         return reply

@@ -8,6 +8,13 @@ the same turn, so under load a peer's partitions keep travelling in one request,
 group deltas of their claims in one replication on the sequencer. A section that failed
 with a retryable error (the partition changed hands...) and a request that failed as a
 whole go through the partition's own retrying FETCH path, as before this batching.
+
+When this node holds a replica of a section's partition, the section asks the sequencer to
+send the delivery records of messages it claims after their commit in the reply
+(``records_here``): this node merges them under the epoch fence before it hands anything
+out, so with W = 2 the sequencer's copy and this one are the W copies and the reply does
+not wait for a replication round trip first. A section whose merge is refused (a newer
+epoch was promised here) delivers nothing and takes the partition's own path.
 """
 
 from __future__ import annotations
@@ -16,16 +23,19 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from peer_ring.pubsub._client import RETRYABLE, SequencerClient
 from peer_ring.pubsub._errors import PartitionUnavailableError, PubSubError
 from peer_ring.pubsub._service import Service
+from peer_ring.pubsub._store import RefusedError
 from peer_ring.pubsub._wire import (
     FETCH,
     FETCH_MANY,
     NAMESPACE,
     FetchReply,
     FetchRequest,
+    GroupRequest,
     decode_section_replies,
     encode_fetch_many,
     open_reply,
@@ -80,8 +90,44 @@ class FetchBatcher:
         if items:  # (a section whose fetch was cancelled meanwhile is left out)
             self._track(asyncio.ensure_future(self._send(head, items)))
 
+    def _records_here(self, key: bytes, req: FetchRequest) -> FetchRequest:
+        """``req`` asking for its delivery records in the reply when this node holds a
+        ready replica of ``key``'s partition (see the module's doc)."""
+        node = self.client.node
+        if (
+            not req.group
+            or self.client.service is None
+            or not req.config.durable
+            or node.address not in node.preference_list(key, self.client.replication)
+            or not node.partition_ready(node.partition_for_key(key))
+        ):
+            return req
+        return replace(req, records_here=True)
+
+    def _merge_records(
+        self, key: bytes, req: FetchRequest, outcome: FetchReply | BaseException
+    ) -> FetchReply | BaseException:
+        """Merge the delivery records a reply carries into this node's replica before its
+        messages are handed out; a refused merge fails the section (retryably)."""
+        if isinstance(outcome, BaseException) or outcome.records is None:
+            return outcome
+        service = self.client.service
+        if service is None or not req.records_here:  # never asked for: not safe to deliver
+            return PartitionUnavailableError("fetch reply carried records nobody asked for")
+        epoch, delta = outcome.records
+        try:
+            service.store.apply_group(key, GroupRequest(req.config, epoch, req.group, delta))
+        except RefusedError as exc:
+            return PartitionUnavailableError(f"delivery records refused here: {exc}")
+        except Exception as exc:  # not merged: nothing of this section is handed out
+            logger.warning("pubsub: delivery records of %r not merged: %r", key, exc)
+            return PartitionUnavailableError(f"delivery records not merged here: {exc}")
+        outcome.records = None
+        return outcome
+
     async def _send(self, head: str, items: list[_Item]) -> None:
         outcomes: list[FetchReply | BaseException]
+        items = [(key, self._records_here(key, req), fut) for key, req, fut in items]
         try:
             if len(items) == 1:  # one partition: the plain FETCH, no sections
                 key, req, _ = items[0]
@@ -110,7 +156,8 @@ class FetchBatcher:
             raise
         except Exception as exc:  # the whole request failed: each takes its own path
             outcomes = [_as_retryable(exc)] * len(items)
-        for (_, _, fut), outcome in zip(items, outcomes, strict=True):
+        for (key, req, fut), outcome in zip(items, outcomes, strict=True):
+            outcome = self._merge_records(key, req, outcome)
             if fut.done():
                 continue
             if isinstance(outcome, BaseException):

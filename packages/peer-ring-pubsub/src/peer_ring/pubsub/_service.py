@@ -104,9 +104,23 @@ def _ok_section(_: object) -> bytes:
     return ok_reply()
 
 
+def _source(ctx: CommandContext | None) -> str:
+    """The requesting node ("" when unknown, e.g. a handler called directly)."""
+    return ctx.source if ctx is not None else ""
+
+
 def _check_fetch(req: FetchRequest) -> None:
     if req.limit < 1 or req.wait < 0 or req.ack_wait <= 0 or req.max_deliver < 1:
         raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
+
+
+async def _settled(follow_up: Awaitable[None]) -> None:
+    """Await a replication nobody waits for (its failure already made the sequencer step
+    down; the records it carried are on W replicas anyway)."""
+    try:
+        await follow_up
+    except PeerRingError as exc:
+        logger.debug("pubsub: follow-up replication of delivery records failed: %s", exc)
 
 
 class Service:
@@ -126,6 +140,8 @@ class Service:
         leaders.piggyback = self._piggyback
         #: Claims whose delivery records rode on an APPEND (for tests and tuning).
         self.piggybacked = 0
+        #: Claims whose delivery records travelled in the reply to a replica's consumer.
+        self.records_in_reply = 0
 
     async def _guard(self, run: Callable[[], Awaitable[bytes]]) -> bytes:
         try:
@@ -170,7 +186,7 @@ class Service:
     # ------------------------------------------------------------------ fetch
     async def handle_fetch(self, ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
         async def run() -> bytes:
-            return (await self.fetch(key, FetchRequest.decode(payload))).encode()
+            return (await self.fetch(key, FetchRequest.decode(payload), _source(ctx))).encode()
 
         return await self._guard(run)
 
@@ -179,11 +195,12 @@ class Service:
         """``service.fetch(key, req)`` (arguments in the order ``functools.partial`` binds)."""
         return service.fetch(key, req)
 
-    async def fetch(self, key: bytes, req: FetchRequest) -> FetchReply:
+    async def fetch(self, key: bytes, req: FetchRequest, source: str = "") -> FetchReply:
         """Run one FETCH (a group claim or a plain read), waiting up to ``req.wait``.
 
-        Called by the FETCH handler, and directly (no encoding) by a consumer on the
-        sequencer's own node; errors are raised as :func:`typed_error` maps them.
+        Called by the FETCH handler (``source``: the requesting node), and directly (no
+        encoding) by a consumer on the sequencer's own node; errors are raised as
+        :func:`typed_error` maps them.
         """
         _check_fetch(req)
         leader = await self.leaders.get(key, req.config)
@@ -193,7 +210,7 @@ class Service:
                 leader = await self.leaders.get(key, req.config)
             version = leader.version
             if req.group:
-                reply = await self._claim(leader, req)
+                reply = await self._claim(leader, req, source)
             else:
                 reply = self._read(leader, req)
             now = self.clock.monotonic()
@@ -224,13 +241,13 @@ class Service:
         succeeds or fails on its own."""
 
         async def run() -> bytes:
-            outcomes = await self.fetch_many(decode_fetch_sections(payload))
+            outcomes = await self.fetch_many(decode_fetch_sections(payload), _source(ctx))
             return _sections_reply(outcomes, FetchReply.encode)
 
         return await self._guard(run)
 
     async def fetch_many(
-        self, sections: list[tuple[bytes, FetchRequest]]
+        self, sections: list[tuple[bytes, FetchRequest]], source: str = ""
     ) -> list[FetchReply | BaseException]:
         """One long-poll over several partitions: returns as soon as one section has
         messages or failed (with whatever every section holds then), or at the longest
@@ -244,7 +261,7 @@ class Service:
             # Versions before the pass: a partition that commits while another section's
             # claim awaits its replication must not be slept on.
             before = [self._version(key) for key, _ in sections]
-            outcomes = await self._fetch_pass(instant)
+            outcomes = await self._fetch_pass(instant, source)
             now = self.clock.monotonic()
             if now >= deadline or any(isinstance(o, BaseException) or o.entries for o in outcomes):
                 return outcomes
@@ -271,10 +288,10 @@ class Service:
                 i: park for i, park in zip(parked_at, parked, strict=True) if park.reply is not None
             }
             if claimed:
-                return await self._parked_outcomes(instant, claimed)
+                return await self._parked_outcomes(instant, claimed, source)
 
     async def _fetch_pass(
-        self, sections: list[tuple[bytes, FetchRequest]]
+        self, sections: list[tuple[bytes, FetchRequest]], source: str = ""
     ) -> list[FetchReply | BaseException]:
         """One non-waiting fetch of every section. A section whose leader and group exist
         (the common case) is claimed inline, its group delta queued, and the replications
@@ -295,7 +312,7 @@ class Service:
             try:
                 _check_fetch(req)
                 if req.group:
-                    reply, wait = self._claim_begin(leader, req)
+                    reply, wait = self._claim_begin(leader, req, source)
                     if wait is not None:
                         waits.append((i, wait))
                 else:
@@ -324,13 +341,14 @@ class Service:
         self,
         instant: list[tuple[bytes, FetchRequest]],
         claimed: dict[int, Parked],  # section index -> its park, claimed for
+        source: str = "",
     ) -> list[FetchReply | BaseException]:
         """The answer of a long-poll woken with claims made for some sections by an APPEND:
         those sections' replies once their appends committed, the others' of one pass."""
         rest = [i for i in range(len(instant)) if i not in claimed]
         outcomes: list[FetchReply | BaseException | None] = [None] * len(instant)
         if rest:
-            done = await self._fetch_pass([instant[i] for i in rest])
+            done = await self._fetch_pass([instant[i] for i in rest], source)
             for i, outcome in zip(rest, done, strict=True):
                 outcomes[i] = outcome
         for i, park in claimed.items():
@@ -402,7 +420,7 @@ class Service:
                 f"partition {partition}: {exc}", partition, exc.requested, exc.first
             ) from None
 
-    async def _claim(self, leader: Leader, req: FetchRequest) -> FetchReply:
+    async def _claim(self, leader: Leader, req: FetchRequest, source: str = "") -> FetchReply:
         state = self.store.state(leader.key, req.config)
         if req.consumer in self._released:
             return FetchReply([], [], 0, 0)
@@ -415,21 +433,34 @@ class Service:
                 start = self._seek(leader, log, req.start_time)
             state.group(req.group)
             await self.leaders.replicate_group(leader, req.group, GroupState(start, start))
-        reply, wait = self._claim_begin(leader, req)
+        reply, wait = self._claim_begin(leader, req, source)
         if wait is not None:
             await wait
         return reply
 
     def _claim_begin(
-        self, leader: Leader, req: FetchRequest
+        self, leader: Leader, req: FetchRequest, source: str = ""
     ) -> tuple[FetchReply, Awaitable[None] | None]:
         """Claim for an existing group: the reply, and the replication of the delivery
-        records to await before handing it out (None: nothing changed)."""
+        records to await before handing it out (None: nothing to wait for)."""
         if req.consumer in self._released:
             return FetchReply([], [], 0, 0), None
         slot = self._inflight(leader)
         reply, delta = self._claim_now(leader, req, slot)
         wait = None
+        if delta is not None and self._records_to_requester(leader, req, source, reply):
+            # The requester's node is the other copy W needs: it merges the records from
+            # the reply (under the epoch fence) before handing anything out, so nothing
+            # waits here; the rest of the replicas get them with the partition's next
+            # replication request (held as an ack_nowait's ack is).
+            follow_up = self.leaders.replicate_group_begin(
+                leader, req.group, delta, hold=MAX_ACK_HOLD
+            )
+            if follow_up is not None:
+                spawn(_settled(follow_up))
+            reply.records = (leader.ballot.epoch, delta)
+            self.records_in_reply += 1
+            return reply, None
         if delta is not None:
             wait = self.leaders.replicate_group_begin(leader, req.group, delta)
         if slot is not None and any(e.seq > leader.commit for e in reply.entries):
@@ -437,6 +468,25 @@ class Service:
             # alongside it (not after it), and the reply waits for both.
             wait = both(wait, slot.on_commit())
         return reply, wait
+
+    def _records_to_requester(
+        self, leader: Leader, req: FetchRequest, source: str, reply: FetchReply
+    ) -> bool:
+        """Whether the delivery records of ``reply`` may travel in it instead of being on W
+        replicas before it leaves: the requesting node merges them from the reply before
+        it hands out a message (``req.records_here``) and is one of the partition's
+        replicas in this sequencer's ring, W is 2 (this node's copy and the requester's),
+        every message handed out is committed (records of the APPEND in flight keep their
+        own path), and this node's copy is not fenced off (it counts as one of the two)."""
+        if not (req.records_here and reply.entries and source):
+            return False
+        if source == self.leaders.node.address or source not in leader.preference:
+            return False
+        if self.leaders.copies(leader.config)[1] != 2:
+            return False
+        if reply.entries[-1].seq > leader.commit:
+            return False
+        return self.store.state(leader.key, req.config).log.accepts(leader.ballot.epoch)
 
     def _inflight(self, leader: Leader) -> Slot | None:
         """The partition's APPEND in flight when a claim may cover it: the only one, of a

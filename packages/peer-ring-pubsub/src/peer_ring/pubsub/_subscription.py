@@ -122,6 +122,10 @@ class Subscription:
         self._expired = self._errors = 0
         self._last_error = ""
         self._last_settle = topic.pubsub.node.clock.monotonic()
+        # Bound once: every Message refers to these two (not two new objects per message
+        # for the garbage collector to track).
+        self._settle_fn = self._settle
+        self._ack_nowait_fn = self._ack_nowait
 
     # --------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Subscription:
@@ -321,9 +325,9 @@ class Subscription:
                         entry.msg_id,
                         entry.time,
                         deliveries,
-                        self._settle if self.group is not None else None,
+                        self._settle_fn if self.group is not None else None,
                         False,
-                        self._ack_nowait if self.group is not None else None,
+                        self._ack_nowait_fn if self.group is not None else None,
                     )
                 )
 

@@ -440,6 +440,10 @@ class FetchRequest:
     #: Replay by time: start at the first message stamped at or after it (plain reads; a
     #: group being created). None: use ``start``.
     start_time: float | None = None
+    #: The requesting node holds a replica of the partition and merges the delivery
+    #: records sent in the reply (``FetchReply.records``) before handing anything out;
+    #: set only by a requester that does (see ``Service._records_to_requester``).
+    records_here: bool = False
 
     def encode(self) -> bytes:
         w = Writer()
@@ -447,6 +451,8 @@ class FetchRequest:
         w.str_(self.group).str_(self.consumer).i64(self.start).u64(self.limit)
         w.f64(self.wait).f64(self.ack_wait).u64(self.max_deliver)
         w.f64(-1.0 if self.start_time is None else self.start_time)
+        if self.records_here:  # absent (the old encoding) when false
+            w.u64(1)
         return w.getvalue()
 
     @classmethod
@@ -456,6 +462,8 @@ class FetchRequest:
         req = cls(config, r.str_(), r.str_(), r.i64(), r.u64(), r.f64(), r.f64(), r.u64())
         when = r.f64()
         req.start_time = None if when < 0 or when != when else when  # < 0 / NaN: none
+        if not r.at_end():
+            req.records_here = r.u64() == 1
         r.done()
         return req
 
@@ -488,6 +496,10 @@ class FetchReply:
     deliveries: list[int]
     next: int
     expired: int
+    #: ``(epoch, delta)``: the delivery records of this claim, for a requester that holds
+    #: a replica (``FetchRequest.records_here``) to merge under the epoch fence before it
+    #: hands the messages out. None: they are on W replicas already.
+    records: tuple[int, GroupState] | None = None
 
     def encode(self) -> bytes:
         count = len(self.entries)
@@ -497,6 +509,9 @@ class FetchReply:
         for entry in self.entries:
             encode_entry(w, entry)
         w.raw(struct.pack(f">{count}Q", *self.deliveries))  # the counts, packed at once
+        if self.records is not None:  # absent (the old encoding) when none
+            w.u64(self.records[0])
+            encode_group_state(w, self.records[1])
         return ok_reply(w.getvalue())
 
     @classmethod
@@ -508,8 +523,11 @@ class FetchReply:
         nxt, expired, count = r.u64(), r.u64(), r.u64()
         entries = decode_entries(r, count)
         deliveries = list(struct.unpack(f">{count}Q", r.take_bytes(8 * count)))
+        records = None
+        if not r.at_end():
+            records = (r.u64(), decode_group_state(r))
         r.done()
-        return cls(entries, deliveries, nxt, expired)
+        return cls(entries, deliveries, nxt, expired, records)
 
 
 @dataclass(slots=True)
