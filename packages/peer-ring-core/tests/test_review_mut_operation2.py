@@ -98,7 +98,8 @@ class Runs:
     """What each node's handler (of every command) saw (address, hint) and how it answers: a node in
     ``unavailable`` refuses as a node that cannot serve now (``PeerUnavailableError``:
     status UNAVAILABLE) that many times, one in ``refuse`` with an error status, one in
-    ``slow`` waits for ``release``; ``on_run`` is called with each run's address."""
+    ``slow`` waits for ``release``; ``on_run`` is called with each run's address. A node in
+    ``inline`` answers from a plain function (no Task), the others from a coroutine."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
@@ -107,21 +108,33 @@ class Runs:
         self.slow: set[str] = set()
         self.release = asyncio.Event()
         self.on_run: Callable[[str], None] = lambda address: None
+        self.inline: set[str] = set()
 
     def handler(self, address: str) -> Callable[..., Any]:
-        async def run(ctx: CommandContext, key: bytes, payload: bytes) -> bytes:
+        """The handler of ``address``: a coroutine function, or for a node in ``inline``
+        a plain function that answers (or raises) at once."""
+
+        def run(ctx: CommandContext, key: bytes, payload: bytes) -> Any:
             self.seen.append((address, ctx.hint))
             self.on_run(address)
-            if self.unavailable.get(address, 0) > 0:
-                self.unavailable[address] -= 1
-                raise PeerUnavailableError(address, "cannot serve now")
-            if address in self.refuse:
-                raise InvalidArgumentError(f"{address} refuses")
-            if address in self.slow:
-                await self.release.wait()
-            return b"ok from " + address.encode()
+            if address in self.inline:
+                return self._answer(address)
+            return self._later(address)
 
         return run
+
+    def _answer(self, address: str) -> bytes:
+        if self.unavailable.get(address, 0) > 0:
+            self.unavailable[address] -= 1
+            raise PeerUnavailableError(address, "cannot serve now")
+        if address in self.refuse:
+            raise InvalidArgumentError(f"{address} refuses")
+        return b"ok from " + address.encode()
+
+    async def _later(self, address: str) -> bytes:
+        if address in self.slow:
+            await self.release.wait()
+        return self._answer(address)
 
     def ran(self, address: str) -> list[str]:
         """The hints of the runs on ``address``."""
@@ -148,7 +161,9 @@ async def cluster(loop_clock: FakeClock) -> AsyncIterator[Make]:
     """``await cluster(count, runs, held=(), views=None, **config)``: ``count`` started
     nodes on one memory network; a node whose index is in ``held`` pulls nothing until
     ``gate`` is set (it stays pending), the others are ready. ``views`` maps an index to
-    the indices its discovery lists at first (default: every node). Stopped after."""
+    the indices its discovery lists at first (default: every node). ``plain``: the
+    memory transport itself (every outcome through ``owner.on_done``, as a transport
+    without the direct answer path). Stopped after."""
     made: list[PeerRing] = []
 
     async def make(
@@ -156,6 +171,7 @@ async def cluster(loop_clock: FakeClock) -> AsyncIterator[Make]:
         runs: Runs,
         held: tuple[int, ...] = (),
         views: dict[int, list[int]] | None = None,
+        plain: bool = False,
         **overrides: Any,
     ) -> Cluster:
         network = MemoryNetwork(loop_clock)
@@ -170,7 +186,11 @@ async def cluster(loop_clock: FakeClock) -> AsyncIterator[Make]:
             node = PeerRing(
                 discoveries[address],
                 config=config,
-                transport=OwnerTransport(network, address, TransportLimits()),
+                transport=(
+                    network.transport(address)
+                    if plain
+                    else OwnerTransport(network, address, TransportLimits())
+                ),
                 clock=loop_clock,
             )
             for command in (GET, SET, HIT):
@@ -317,16 +337,22 @@ async def test_a_previous_holder_that_refuses_too_is_not_asked_again(cluster: Ma
     with pytest.raises(QuorumNotReachedError) as info:
         await read(a, r.key, quorum=3)
     assert sorted(info.value.failures) == [r.v]
-    assert isinstance(info.value.failures[r.v], PeerUnavailableError)
+    error = info.value.failures[r.v]
+    assert isinstance(error, PeerUnavailableError)
+    assert error.peer == r.v  # names the holder that refused
     assert runs.ran(r.v) == [r.a]
 
 
-async def test_a_second_previous_holder_gets_the_first_refusal_s_hint(cluster: Make) -> None:
+@pytest.mark.parametrize("plain", [False, True], ids=["owner-protocol", "plain-transport"])
+async def test_a_second_previous_holder_gets_the_first_refusal_s_hint(
+    cluster: Make, plain: bool
+) -> None:
     """x and v are both previous holders (A's discovery dropped both): x, first in the
     pull's order, refuses (UNAVAILABLE), then v is asked, for A still (the hint names the
-    replica the read was for, not the holder that refused)."""
+    replica the read was for, not the holder that refused). The refusal reaches the
+    operation through ``on_response`` (owner protocol) or ``on_done`` (plain)."""
     runs = Runs()
-    a, r, _ = await two_ring_changes(cluster, runs, "drop")
+    a, r, _ = await two_ring_changes(cluster, runs, "drop", plain=plain)
     runs.unavailable[r.x] = 1
     result = await read(a, r.key, quorum=3)
     assert sorted(reply.node for reply in result.ok_replies) == sorted([r.y, r.z, r.v])
@@ -623,6 +649,19 @@ async def test_a_batch_answer_that_does_not_decode_fails_its_items_without_subst
     assert runs.ran(spare) == []
 
 
+async def test_each_previous_holder_is_asked_once(cluster: Make) -> None:
+    """x and v both previous holders, both refuse (UNAVAILABLE) once: each is asked once,
+    and with no holder left v's refusal is the failure counted in A's place."""
+    runs = Runs()
+    a, r, _ = await two_ring_changes(cluster, runs, "drop")
+    runs.unavailable[r.x] = 1
+    runs.unavailable[r.v] = 1
+    with pytest.raises(QuorumNotReachedError) as info:
+        await read(a, r.key, quorum=3)
+    assert sorted(info.value.failures) == [r.v]
+    assert runs.ran(r.x) == [r.a] and runs.ran(r.v) == [r.a]
+
+
 async def test_batched_reads_refused_by_a_previous_holder_go_on_with_their_hint(
     cluster: Make,
 ) -> None:
@@ -732,3 +771,126 @@ async def test_a_batch_is_split_only_past_the_frame_budget(cluster: Make, case: 
     results = await asyncio.wait_for(me.execute_many("t", HIT, items, quorum=3), LIMIT)
     assert all(len(r.ok_replies) == 3 for r in results)
     assert sent == {n.address: expected for n in c.nodes[1:]}
+
+
+# -- direct requests: outcomes through on_done ------------------------------------------------
+
+
+async def test_a_request_ending_cancelled_is_the_replica_s_failure_not_forwarded(
+    cluster: Make,
+) -> None:
+    """4 nodes, R3, a hinted write; the transport ends prefs[1]'s request cancelled: its
+    reply is a RequestTimeoutError "request to <prefs[1]> cancelled", the write goes to
+    no substitute, and prefs[1] is not suspected (nothing says it is unreachable)."""
+    runs = Runs()
+    c = await cluster(4, runs, plain=True)
+    me = c.nodes[0]
+    (key,) = same_partition_keys(me, 1)
+    prefs = me.preference_list(key, 3)
+    (spare,) = {n.address for n in c.nodes} - set(prefs)
+    transport: Any = me.transport
+    request = transport.request
+
+    def cancelling(target: str, req: Request) -> asyncio.Future[Response]:
+        fut: asyncio.Future[Response] = request(target, req)
+        if target == prefs[1]:
+            fut.cancel()
+        return fut
+
+    transport.request = cancelling
+    result = await read_write(me, SET, key, quorum=2)
+    replies = {r.node: r for r in await asyncio.wait_for(result.all_replies(), LIMIT)}
+    assert sorted(replies) == sorted(prefs)
+    error = replies[prefs[1]].error
+    assert isinstance(error, RequestTimeoutError), replies
+    assert str(error) == f"request to {prefs[1]} cancelled"
+    assert hints_for(c.node(spare)) == {} and runs.ran(spare) == []
+    assert suspected(me) == []
+
+
+async def test_a_suspected_replica_answering_is_cleared_without_the_direct_path(
+    cluster: Make,
+) -> None:
+    """The memory transport itself (answers through ``on_done``): a suspected replica
+    that answers a non-hinted write is no longer suspected."""
+    runs = Runs()
+    c = await cluster(3, runs, plain=True)
+    me, other = c.nodes[0], c.nodes[1]
+    (key,) = same_partition_keys(me, 1)
+    me._membership.suspect(other.address)
+    result = await read_write(me, HIT, key, quorum=3)
+    assert len(result.ok_replies) == 3
+    assert suspected(me) == []
+
+
+async def test_an_unreachable_substitute_s_write_goes_on_for_the_original_replica(
+    cluster: Make,
+) -> None:
+    """6 nodes, R3, execute of a hinted write with walk[1] suspected: its substitute
+    walk[3] swallows the request, so at the timeout the write goes to walk[4], still as
+    a hint for walk[1]."""
+    runs = Runs()
+    c, me, keys, walk = await substitutes_batch(cluster, runs)
+    c.network.pause(walk[3])
+    result = await read_write(me, SET, keys[0], quorum=3)
+    assert sorted(r.node for r in result.ok_replies) == sorted([walk[0], walk[2], walk[4]])
+    assert hints_for(c.node(walk[4])) == {walk[1]: 1}
+    c.network.resume(walk[3])
+
+
+async def read_write(node: PeerRing, command: Command, key: bytes, quorum: int) -> Any:
+    return await asyncio.wait_for(node.execute("t", command, key, b"v", quorum=quorum), LIMIT)
+
+
+# -- the coordinator as a previous holder -------------------------------------------------------
+
+
+def find_pushed_out(addresses: list[str]) -> tuple[bytes, str, str, str, str]:
+    """A key, and (A, O, Y, N): the first three replicate everything while they are the
+    only members; once the other two join, the key's replicas are Y and the newcomers,
+    and A comes before O in the old preference list. N is one of the newcomers."""
+    old = set(addresses[:3])
+    ring0 = Ring(old, CONFIG.partitions)
+    ring1 = Ring(set(addresses), CONFIG.partitions)
+    for i in range(10_000):
+        key = f"key:{i}".encode()
+        p = ring0.partition_for_key(key)
+        first0 = ring0.preference_list(p, 3)
+        first1 = ring1.preference_list(p, 3)
+        kept = set(first1) & old
+        if len(kept) == 1:
+            (y,) = kept
+            a, o = (m for m in first0 if m != y)
+            (n, *_) = (m for m in first1 if m not in old)
+            return key, a, o, y, n
+    raise AssertionError("no key fits")
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "task"])
+async def test_a_coordinator_that_is_a_previous_holder_and_refuses_passes_the_hint_on(
+    cluster: Make, inline: bool
+) -> None:
+    """5 nodes; A, O, Y alone at first (each replicates every key), then A's discovery
+    adds the two others, whose joining pushes A and O out of the key's replicas. A
+    newcomer N refuses A's read: the read goes to the previous holders in order, A itself
+    (with N as the hint), which refuses too (UNAVAILABLE, answered at once or from a
+    Task), then O, still with N as the hint."""
+    runs = Runs()
+    addresses = [f"10.0.0.{i}:7000" for i in range(1, 6)]
+    key, a_address, o, y, n = find_pushed_out(addresses)
+    old = [0, 1, 2]
+    c = await cluster(5, runs, views=dict.fromkeys(old, old))
+    a = c.node(a_address)
+    c.discoveries[a.address].set_members(addresses)
+    await until(lambda: len(a.ring) == 5)
+    assert a.address not in a.preference_list(key, 3) and y in a.preference_list(key, 3)
+    runs.unavailable = {n: 1, a.address: 1}
+    if inline:
+        runs.inline = {a.address}
+    result = await read(a, key, quorum=3)
+    assert sorted(r.node for r in result.ok_replies) == sorted(
+        (set(a.preference_list(key, 3)) - {n}) | {o}
+    )
+    assert runs.ran(n) == [""]
+    assert runs.ran(a.address) == [n]
+    assert runs.ran(o) == [n]
