@@ -296,7 +296,13 @@ class Simulation:
             if waiting is not None:
                 self._handed_out(waiting, deliver, me.log, {e.seq: e for e in entries})
 
-    def claim(self, consumer: str, limit: int, targets: list[int]) -> None:
+    def claim(
+        self, consumer: str, limit: int, targets: list[int], requester: int | None = None
+    ) -> None:
+        """Claim committed messages for ``consumer``: its records on W replicas before it
+        gets them, or (``requester``, the consumer's node holding a replica, and W = 2:
+        Service._records_to_requester) in the reply, merged there under the fence before
+        anything is handed out, the other replicas getting them afterwards."""
         seq = self.seq
         if seq is None:
             return
@@ -315,7 +321,20 @@ class Simulation:
         assert claim.delta is not None
         me.merge_group(G, claim.delta)
         req = GroupRequest(CONFIG, seq.epoch, G, claim.delta)
-        if self._send(targets, lambda s: s.apply_group(KEY, req)):
+        if (
+            requester is not None
+            and requester != seq.node
+            and self.w == 2
+            and claim.deliver
+            and me.log.accepts(seq.epoch)
+        ):
+            try:  # the consumer's node merges the reply's records (FetchBatcher)
+                self.replicas[requester].apply_group(KEY, req)
+                self._handed_out(consumer, claim.deliver, me.log, {})
+            except RefusedError:
+                pass  # nothing of it handed out
+            self._send(targets, lambda s: s.apply_group(KEY, req))  # the follow-up
+        elif self._send(targets, lambda s: s.apply_group(KEY, req)):
             self._handed_out(consumer, claim.deliver, me.log, {})
         if claim.dead and self.seq is not None:
             dead = GroupRequest(CONFIG, seq.epoch, G, me.group(G).mark_done(claim.dead))
@@ -366,7 +385,11 @@ ops = st.one_of(
         st.none() | st.lists(st.integers(0, 4), max_size=4),
     ),
     st.tuples(
-        st.just("claim"), st.sampled_from("ab"), st.integers(1, 4), st.lists(st.integers(0, 4))
+        st.just("claim"),
+        st.sampled_from("ab"),
+        st.integers(1, 4),
+        st.lists(st.integers(0, 4)),
+        st.none() | st.integers(0, 4),  # records in the reply to this replica's consumer
     ),
     st.tuples(st.just("settle"), st.booleans(), st.integers(0, 9), st.lists(st.integers(0, 4))),
     st.tuples(st.just("time"), st.sampled_from([1.0, 5.0, 11.0])),
@@ -394,7 +417,8 @@ def test_records_sent_with_appends_keep_the_group_guarantees(
             alongside = None if step[4] is None else [t % n for t in step[4]]
             sim.publish(step[1], step[2], [t % n for t in step[3]], alongside)
         elif kind == "claim":
-            sim.claim(step[1], step[2], [t % n for t in step[3]])
+            requester = None if step[4] is None else step[4] % n
+            sim.claim(step[1], step[2], [t % n for t in step[3]], requester)
         elif kind == "settle":
             sim.settle(step[1], step[2], [t % n for t in step[3]])
         elif kind == "time":
@@ -484,3 +508,24 @@ async def test_a_waiting_consumers_delivery_records_ride_on_the_append(cluster) 
             await msg.ack()
     assert got == [b"m%d" % i for i in range(5)]
     assert sequencer.service.piggybacked >= 5
+
+
+def test_records_in_the_reply_are_known_to_a_takeover_that_misses_the_sequencer() -> None:
+    # The records of a claim reached only the sequencer (0) and, in the reply, the
+    # consumer's node (1); the sequencer dies before its follow-up replication. A takeover
+    # by 1 with 2 (a learn quorum without the sequencer) must still see the message held.
+    sim = Simulation(3, 2)
+    sim.takeover(0, [0, 1, 2], [0, 1, 2])
+    sim.publish(2, None, [0, 1, 2], None)
+    sim.claim("a", 2, [], requester=1)  # the follow-up reaches nobody: 0 steps down
+    assert set(sim.held) == {0, 1} and sim.seq is None
+    sim.takeover(1, [2], [1, 2])
+    assert sim.seq is not None and sim.seq.node == 1
+    sim.claim("b", 10, [1, 2])  # b gets nothing a holds within a's ack window
+    assert {s for s, (consumer, *_) in sim.held.items() if consumer == "b"} == set()
+    # A consumer's node fenced off (it promised a newer epoch) hands nothing out.
+    sim.publish(1, None, [1, 2], None)
+    sim.state(0).log.promise(Ballot(sim.seq.epoch + 5, "9"))
+    before = dict(sim.held)
+    sim.claim("c", 10, [1, 2], requester=0)
+    assert sim.held == before
