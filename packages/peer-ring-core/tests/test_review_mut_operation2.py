@@ -336,6 +336,7 @@ async def test_a_previous_holder_that_refuses_too_is_not_asked_again(cluster: Ma
     runs.unavailable[r.v] = 1
     with pytest.raises(QuorumNotReachedError) as info:
         await read(a, r.key, quorum=3)
+    assert str(info.value).startswith("t/get: quorum of 3 not reached (2 succeeded)")
     assert sorted(info.value.failures) == [r.v]
     error = info.value.failures[r.v]
     assert isinstance(error, PeerUnavailableError)
@@ -894,3 +895,82 @@ async def test_a_coordinator_that_is_a_previous_holder_and_refuses_passes_the_hi
     assert runs.ran(n) == [""]
     assert runs.ran(a.address) == [n]
     assert runs.ran(o) == [n]
+
+
+async def test_the_coordinator_answering_last_as_a_previous_holder_completes_the_replies(
+    cluster: Make,
+) -> None:
+    """As above, every replica asked (``read_fanout="all"``), a quorum of 1: the other
+    newcomer answers (the execute returns), the other replica Y refuses (an error status,
+    counted), and the newcomer N refuses late (UNAVAILABLE: forwarded), so A, the first
+    previous holder, answers inline last: its answer completes the result's replies."""
+    runs = Runs()
+    addresses = [f"10.0.0.{i}:7000" for i in range(1, 6)]
+    key, a_address, _o, y, n = find_pushed_out(addresses)
+    old = [0, 1, 2]
+    c = await cluster(5, runs, views=dict.fromkeys(old, old), read_fanout="all")
+    a = c.node(a_address)
+    c.discoveries[a.address].set_members(addresses)
+    await until(lambda: len(a.ring) == 5)
+    prefs = a.preference_list(key, 3)
+    (other,) = set(prefs) - {n, y}
+    runs.unavailable = {n: 1}
+    runs.slow = {n}
+    runs.refuse = {y}
+    runs.inline = {a.address}
+    result = await read(a, key, quorum=1)
+    assert [r.node for r in result.ok_replies] == [other]
+    waiting = asyncio.ensure_future(result.all_replies())
+    await until(lambda: len(result.replies) == 2)  # Y's failure counted too
+    runs.release.set()
+    replies = {r.node: r for r in await asyncio.wait_for(waiting, LIMIT)}
+    assert sorted(replies) == sorted([y, other, a.address])
+    assert isinstance(replies[y].error, InvalidArgumentError)
+    assert replies[a.address].error is None and replies[other].error is None
+    assert runs.ran(a.address) == [n]
+
+
+async def test_a_full_read_by_a_pulling_coordinator_runs_here_without_a_hint_after_the_pull(
+    cluster: Make,
+) -> None:
+    """A (still pulling) reads with a quorum of 3, every replica asked at once: its own
+    run waits for its pull (ending 0.1 s after the first remote run) and then runs
+    without a hint."""
+    runs = Runs()
+    a, r, gate = await two_ring_changes(cluster, runs, "down")
+    runs.on_run = open_later(gate, 0.1)
+    result = await read(a, r.key, quorum=3)
+    assert sorted(reply.node for reply in result.ok_replies) == sorted([r.y, r.a, r.z])
+    assert runs.ran(r.a) == [""]
+
+
+async def test_batched_quorum_reads_carry_no_hint(cluster: Make) -> None:
+    """execute_many of two keys with a quorum of 2 (a quorum read each, in batches):
+    every run has an empty hint."""
+    runs = Runs()
+    c = await cluster(3, runs, read_speculate_after=None)
+    me = c.nodes[0]
+    keys = same_partition_keys(me, 2)
+    results = await many(me, GET, keys, quorum=2)
+    assert all(len(r.ok_replies) == 2 for r in results)
+    assert len(runs.seen) == 4
+    assert {hint for _, hint in runs.seen} == {""}
+
+
+async def test_the_substitute_search_looks_max_n_3_nodes_past_the_replicas(
+    cluster: Make,
+) -> None:
+    """7 nodes, R3: walk[1] and the three nodes after the replicas (walk[3..5]) are
+    suspected. The search for walk[1]'s substitute looks at those three only (max(N, 3)
+    past the preference list), finds none, and the write goes to walk[1] itself: walk[6]
+    stores no hint."""
+    runs = Runs()
+    c = await cluster(7, runs)
+    me = c.nodes[0]
+    (key,) = same_partition_keys(me, 1)
+    walk = list(me.preference_list(key, 7))
+    for address in (walk[1], walk[3], walk[4], walk[5]):
+        me._membership.suspect(address)
+    result = await read_write(me, SET, key, quorum=3)
+    assert sorted(r.node for r in result.ok_replies) == sorted(walk[:3])
+    assert all(hints_for(c.node(a)) == {} for a in walk)
