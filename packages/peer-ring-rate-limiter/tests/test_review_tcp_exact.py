@@ -6,22 +6,26 @@ arrive). What a user relies on, checked with four in-process nodes on loopback (
 four nodes most forwarders are not a replica, so most forwarded hits are relayed):
 
 - concurrent hits of many keys from every node (small waves first, then a burst with
-  small waves meanwhile) admit exactly the limit per key, whatever the algorithm, with the defaults (one batch
-  in flight per owner, batches above 4 hits answered by the owner, smaller ones
-  relayed), with several or unbounded batches in flight, and with every batch relayed;
+  small waves meanwhile) admit exactly the limit per key, whatever the algorithm, with
+  the defaults (one batch in flight per owner, batches above 4 hits answered by the
+  owner, smaller ones relayed), with several or unbounded batches in flight, and with
+  every batch relayed;
 - each admitted hit gets its own decision: per key, the admitted decisions' ``remaining``
   are ``limit - 1`` down to 0, each once (a decision handed to another key's hit, or twice,
   would break it);
 - afterwards every node denies the key (the allowance is spent on both replicas), and
-  every decision came from the owner (fail-closed: none from a fallback or a timeout).
+  every decision came from the owner (fail-closed: none from a fallback or a timeout);
+- when a key's owner stops after admitting relayed hits, the survivors go on from the
+  other replica's state: the key admits exactly its limit in all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -30,7 +34,7 @@ from peer_ring.core import PeerRingConfig
 from peer_ring.core.testing import FixedDiscovery, free_port
 from peer_ring.ratelimit import Algorithm, Decision, Limit, RateLimiter
 
-HOSTS = tuple(f"127.0.0.{i}" for i in range(1, 5))
+NODES = 4
 #: Real seconds; only reached on a bug (a loaded 2-core machine takes a few seconds).
 BOUND = 60.0
 LIMIT = 15
@@ -38,9 +42,14 @@ KEYS = 24
 HITS_PER_KEY = 40
 
 
+def addresses() -> list[str]:
+    """Four loopback addresses, each with its own free port (not one port on four hosts:
+    two test processes picking the same free port would put their nodes in one cluster)."""
+    return [f"127.0.0.1:{free_port()}" for _ in range(NODES)]
+
+
 async def start_cluster(**options: Any) -> list[RateLimiter]:
-    port = free_port(*HOSTS)
-    peers = [f"{h}:{port}" for h in HOSTS]
+    peers = addresses()
     config = PeerRingConfig(partitions=32, request_timeout=30.0, down_after=None, transport="tcp")
     limiters = [
         RateLimiter(
@@ -144,3 +153,52 @@ async def test_concurrent_hits_from_four_tcp_nodes_admit_exactly_the_limit_per_k
     )
     assert not any(d.allowed for d in after)
     assert {d.source for d in after} == {"owner"}
+
+
+async def test_admitted_hits_survive_their_owner_s_stop_over_tcp() -> None:
+    """Relayed and owner-answered hits of one key from the two forwarders (not replicas),
+    then the key's owner stops and leaves the others' view: the survivors go on from the
+    state the other replica holds, so the key admits exactly its limit in all."""
+    peers = addresses()
+    config = PeerRingConfig(partitions=32, request_timeout=30.0, down_after=None, transport="tcp")
+    discoveries = {a: FixedDiscovery(a, peers) for a in peers}
+    limiters = {
+        a: RateLimiter(d, replication=2, config=config, timeout=30.0, fail_policy="fail-closed")
+        for a, d in discoveries.items()
+    }
+    stopped: list[RateLimiter] = []
+    try:
+        for rl in limiters.values():
+            await rl.start()
+        await asyncio.wait_for(
+            asyncio.gather(*(rl.node.wait_ready() for rl in limiters.values())), BOUND
+        )
+        key = b"review:owner-stop"
+        owner, replica = limiters[peers[0]].node.preference_list(key, 2)
+        forwarders = [rl for a, rl in limiters.items() if a not in (owner, replica)]
+        limit = Limit(30, 3600.0, algorithm=Algorithm.FIXED_WINDOW)
+        first = await hit_all([(forwarders[i % 2], key.decode()) for i in range(20)], limit)
+        assert sum(d.allowed for d in first) == 20
+        assert sum(rl.stats()["relayed"] for rl in limiters.values()) > 0
+        gone = limiters.pop(owner)
+        stopped.append(gone)
+        await gone.node.stop()
+        rest = list(limiters)
+        for a in rest:
+            discoveries[a].set_members(rest)
+        await eventually(lambda: all(len(rl.node.ring) == 3 for rl in limiters.values()))
+        survivors = list(limiters.values())
+        second = await hit_all([(survivors[i % 3], key.decode()) for i in range(40)], limit)
+        assert {d.source for d in first + second} == {"owner"}
+        assert sum(d.allowed for d in second) == 10
+    finally:
+        for rl in limiters.values():
+            await rl.stop()
+
+
+async def eventually(predicate: Callable[[], bool], within: float = BOUND) -> None:
+    """Poll a condition of real nodes (there is no event to wait for), bounded in time."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
