@@ -1,6 +1,6 @@
-"""Review finding (pre-existing, seen at 944bbb9 and at its parent): a group consumer whose
-``max_in_flight`` is smaller than the topic's partition count can leave a partition's
-message undelivered while it has room for it.
+"""Regression test of a review finding (seen at 944bbb9 and at its parent, fixed since): a
+group consumer whose ``max_in_flight`` is smaller than the topic's partition count left a
+partition's message undelivered while it had room for it.
 
 Each partition has its own fetch loop, and a loop reserves a slot of ``max_in_flight`` for
 each long poll (``POLL_WAIT``). When the one free slot is taken by the loop of a partition
@@ -10,11 +10,11 @@ that has a message never gets the slot: the message waits until the application 
 something. Found by ``test_review_records_in_reply_tcp.py`` with four partitions (a
 consumer holding messages unacked, the last message of one partition undelivered for
 50 s+ with both consumers below their bound); reproduced here on the memory cluster.
+Fixed: a loop back from a fetch lets the loops parked for room go first, so the free
+slots go round the partitions.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from peer_ring.pubsub import PubSub
 
@@ -22,14 +22,6 @@ TOPIC = "starve"
 PARTITIONS = 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "pub-sub: with max_in_flight < partitions, the fetch loop of an idle partition "
-        "re-reserves the only free slot after each empty long poll, starving the loop of "
-        "the partition that has a message (review finding, pre-existing)"
-    ),
-)
 async def test_a_message_is_delivered_while_the_consumer_has_room(cluster: object) -> None:
     """max_in_flight 2, four partitions: the consumer holds one message of partition 0
     (unacked) and so has room for one more; a message published to partition 3 must

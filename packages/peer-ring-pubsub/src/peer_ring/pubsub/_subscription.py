@@ -113,6 +113,11 @@ class Subscription:
         self._held: dict[tuple[int, int, int], float] = {}
         self._room = asyncio.Event()
         self._room.set()
+        # Loops parked until there is room. A loop back from a fetch lets them go first:
+        # otherwise, with fewer slots than partitions, the loop of an idle partition
+        # takes the slot its empty long poll just gave back, again and again, and a
+        # partition with messages never gets it.
+        self._waiting = 0
         self._tasks: list[asyncio.Task[None]] = []
         # FETCHes to one remote sequencer leave together (one long-poll per peer).
         self._fetcher = FetchBatcher(topic.pubsub.client, self._track)
@@ -261,9 +266,11 @@ class Subscription:
             if room <= 0:
                 self._room.clear()
                 waker = clock.call_later(self._next_expiry(), self._room.set)
+                self._waiting += 1
                 try:
                     await self._room.wait()
                 finally:
+                    self._waiting -= 1
                     waker.cancel()
                 continue
             limit = min(room, per_fetch)
@@ -330,6 +337,11 @@ class Subscription:
                         self._ack_nowait_fn if self.group is not None else None,
                     )
                 )
+            if self._waiting:
+                # One turn for the loops parked for room (woken in the order they
+                # parked) before this one asks again: the free slots go round the
+                # partitions instead of back to this one.
+                await asyncio.sleep(0)
 
     def _next_expiry(self) -> float:
         if not self._held:
