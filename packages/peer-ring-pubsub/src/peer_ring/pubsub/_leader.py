@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from peer_ring.core import PeerRing, PeerRingError
 from peer_ring.pubsub._codec import Reader
@@ -99,26 +100,33 @@ class Leaders(Outbox):
 
     async def get(self, key: bytes, config: TopicConfig) -> Leader:
         """This node's leader for ``key``, running a takeover when there is none."""
-        leader = self.leaders.get(key)
-        ring = self.node.ring
-        if leader is not None and leader.active and leader.checked is ring:
-            # Checked against this very ring already (a ring change that moves the
-            # partition steps the leader down, see PubSub._on_ownership).
-            if config != leader.config:
-                leader.config = config
+        leader = self.active(key, config)
+        if leader is not None:
             return leader
         prefs = self._check_head(key, config)
-        if leader is not None and leader.active:
-            leader.checked = ring
-            if config != leader.config:
-                leader.config = config
-            return leader
         pending = self._elections.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._takeover(key, config, prefs))
             self._elections[key] = pending
             pending.add_done_callback(lambda _: self._elections.pop(key, None))
         return await asyncio.shield(pending)
+
+    def active(self, key: bytes, config: TopicConfig) -> Leader | None:
+        """This node's active leader for ``key``, checked against the current ring (what
+        :meth:`get` returns without waiting), else None. Raises what a takeover's check
+        raises when the ring no longer makes this node the partition's head."""
+        leader = self.leaders.get(key)
+        if leader is None or not leader.active:
+            return None
+        ring = self.node.ring
+        if leader.checked is not ring:
+            # Checked once per ring (a ring change that moves the partition steps the
+            # leader down, see PubSub._on_ownership).
+            self._check_head(key, config)
+            leader.checked = ring
+        if config != leader.config:
+            leader.config = config
+        return leader
 
     def step_down(self, key: bytes, reason: str, only: Leader | None = None) -> None:
         """Stop sequencing ``key``; queued publishes fail with a retryable error.
@@ -299,6 +307,28 @@ class Leaders(Outbox):
             if cached is not None:
                 return [(await self._enqueue_one(cached, config, messages[0]), False)]
         leader = await self.get(key, config)
+        waits, shared = self._enqueue(leader, key, config, messages)
+        return await self._settled(config, waits, shared)
+
+    def publish_begin(
+        self, key: bytes, config: TopicConfig, messages: list[OutgoingMessage]
+    ) -> Coroutine[Any, Any, list[tuple[Entry, bool]]] | None:
+        """The first half of :meth:`publish`, done now when this node's leader for ``key``
+        is cached: the messages take their sequences before this returns, so requests
+        served one after the other keep their order whatever else they carry. Returns the
+        wait for W replicas; None when the leader must be looked up (use :meth:`publish`).
+        Raises what :meth:`publish` raises for a bad message."""
+        leader = self.active(key, config)
+        if leader is None:
+            return None
+        waits, shared = self._enqueue(leader, key, config, messages)
+        return self._settled(config, waits, shared)
+
+    def _enqueue(
+        self, leader: Leader, key: bytes, config: TopicConfig, messages: list[OutgoingMessage]
+    ) -> tuple[list[tuple[asyncio.Future[Entry], bool]], bool]:
+        """Give ``messages`` their sequences on ``leader`` (deduplicated by msg_id) and
+        start their append; the futures, and whether another caller may share them."""
         log = self.store.state(key, config).log
         waits: list[tuple[asyncio.Future[Entry], bool]] = []
         now = leader.stamp(self.node.clock.time())
@@ -330,6 +360,15 @@ class Leaders(Outbox):
                 leader.inflight[m.msg_id] = fut
             waits.append((fut, False))
         self._kick(leader)
+        return waits, shared
+
+    async def _settled(
+        self,
+        config: TopicConfig,
+        waits: list[tuple[asyncio.Future[Entry], bool]],
+        shared: bool,
+    ) -> list[tuple[Entry, bool]]:
+        """Wait until the appends of :meth:`_enqueue` hold on W replicas."""
         # Batches complete in sequence order (a failed one fails every later one), so once
         # the last new message is settled every earlier one is too: one wait per call.
         own = [fut for fut, duplicate in waits if not duplicate]

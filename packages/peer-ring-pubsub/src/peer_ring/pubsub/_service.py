@@ -114,6 +114,11 @@ def _check_fetch(req: FetchRequest) -> None:
         raise InvalidOptionError("fetch: limit, ack_wait, max_deliver must be positive")
 
 
+async def _raise(exc: BaseException) -> list[tuple[Entry, bool]]:
+    """A section that failed before its first await, as one of the gathered outcomes."""
+    raise exc
+
+
 async def _settled(follow_up: Awaitable[None]) -> None:
     """Await a replication nobody waits for (its failure already made the sequencer step
     down; the records it carried are on W replicas anyway)."""
@@ -175,10 +180,21 @@ class Service:
                 except Exception as exc:
                     outcomes = [exc]
             else:
-                outcomes = await asyncio.gather(
-                    *(self.leaders.publish(k, c, m) for k, c, m in sections),
-                    return_exceptions=True,
-                )
+                # Every section takes its sequences now, in order, before the first await:
+                # gathered coroutines would take them a loop turn later, after a request
+                # that arrived later but was served at once (a single section), and a
+                # publisher's two requests in flight would land out of order.
+                pending: list[Awaitable[list[tuple[Entry, bool]]]] = []
+                for k, config, messages in sections:
+                    try:
+                        begun = self.leaders.publish_begin(k, config, messages)
+                    except Exception as exc:
+                        pending.append(_raise(exc))
+                        continue
+                    if begun is None:  # the leader must be looked up first
+                        begun = self.leaders.publish(k, config, messages)
+                    pending.append(begun)
+                outcomes = await asyncio.gather(*pending, return_exceptions=True)
             return _sections_reply(outcomes, _publish_section)
 
         return await self._guard(run)
