@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 
-from peer_ring.pubsub import PubSub
+from peer_ring.pubsub import PubSub, Topic
 from peer_ring.pubsub._wire import OutgoingMessage, encode_publish_many, ring_key
 
 TOPIC = "order"
 PARTITIONS = 8
 
 
-async def test_requests_served_in_one_turn_keep_their_order(cluster: object) -> None:
+async def _sequencer_of_two(cluster: object) -> tuple[PubSub, Topic, int, int]:
+    """A 3-node cluster; a node sequencing two partitions p1, p2 of the topic (each warmed
+    with one message at offset 0, so the node has taken both over), its topic handle."""
     nodes: list[PubSub] = await cluster.start(3)  # type: ignore[attr-defined]
     topic = nodes[0].topic(TOPIC, partitions=PARTITIONS)
     by_node: dict[str, list[int]] = {}
@@ -29,8 +31,13 @@ async def test_requests_served_in_one_turn_keep_their_order(cluster: object) -> 
     p1, p2 = mine[0], mine[1]
     seq = next(n for n in nodes if n.node.address == address)
     seq_topic = seq.topic(TOPIC, partitions=PARTITIONS)
-    for p in (p1, p2):  # the sequencer has taken both partitions over
+    for p in (p1, p2):
         await seq_topic.publish(b"warm", partition=p)
+    return seq, seq_topic, p1, p2
+
+
+async def test_requests_served_in_one_turn_keep_their_order(cluster: object) -> None:
+    seq, seq_topic, p1, p2 = await _sequencer_of_two(cluster)
     config = seq_topic.config
     k1, k2 = ring_key(TOPIC, p1), ring_key(TOPIC, p2)
     first = encode_publish_many(
@@ -51,17 +58,7 @@ async def test_requests_served_in_one_turn_keep_their_order(cluster: object) -> 
 async def test_a_section_refused_before_its_sequence_fails_alone(cluster: object) -> None:
     """An oversized message fails its own section (PayloadTooLargeError) while it is being
     sequenced; the request's other section is appended and the node serves on."""
-    nodes: list[PubSub] = await cluster.start(3)  # type: ignore[attr-defined]
-    topic = nodes[0].topic(TOPIC, partitions=PARTITIONS)
-    by_node: dict[str, list[int]] = {}
-    for p in range(PARTITIONS):
-        by_node.setdefault(topic.sequencer(p) or "", []).append(p)
-    address, mine = next((a, ps) for a, ps in by_node.items() if len(ps) >= 2)
-    p1, p2 = mine[0], mine[1]
-    seq = next(n for n in nodes if n.node.address == address)
-    seq_topic = seq.topic(TOPIC, partitions=PARTITIONS)
-    for p in (p1, p2):
-        await seq_topic.publish(b"warm", partition=p)
+    seq, seq_topic, p1, p2 = await _sequencer_of_two(cluster)
     config = seq_topic.config
     k1, k2 = ring_key(TOPIC, p1), ring_key(TOPIC, p2)
     big = b"z" * (config.max_message_bytes + 1)
